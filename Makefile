@@ -1,0 +1,30 @@
+# One virtualenv for everything; each target creates it when missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench lint clean
+
+$(STAMP): setup.cfg setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python examples/tree_reduction.py
+
+test: $(STAMP)
+	$(BIN)/python -m ruff check zfutures tests scripts examples
+	$(BIN)/python -m pytest -v tests
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python scripts/benchmark.py
+
+lint: $(STAMP)
+	$(BIN)/python -m ruff check zfutures tests scripts examples
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

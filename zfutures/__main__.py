@@ -1,0 +1,13 @@
+"""``python -m zfutures center|worker ...``: the same programs as zfut-center/zfut-worker."""
+import sys
+
+from .cli import center_main, worker_main
+
+_COMMANDS = {"center": center_main, "worker": worker_main}
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] not in _COMMANDS:
+        sys.exit("usage: python -m zfutures {center|worker} [OPTIONS]")
+    command = _COMMANDS[sys.argv[1]]
+    del sys.argv[1]
+    command(prog_name=f"zfut-{command.name.split('-')[-1]}")

@@ -1,0 +1,98 @@
+"""Addresses, and the socket settings every zfutures socket shares."""
+from __future__ import annotations
+
+import re
+import socket
+
+import zmq
+
+DEFAULT_PORT = 8787
+
+_ADDRESS = re.compile(r"^(?:tcp://)?(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+)(?::(?P<port>\d+))?$")
+
+
+def normalize_address(address: str, default_port: int = DEFAULT_PORT) -> str:
+    """Return ``tcp://host:port`` for ``host``, ``host:port`` or ``tcp://host:port``.
+
+    >>> normalize_address("10.0.0.5")
+    'tcp://10.0.0.5:8787'
+    >>> normalize_address("tcp://localhost:9000")
+    'tcp://localhost:9000'
+    """
+    if not isinstance(address, str):
+        raise TypeError(f"an address is a string like 'host:8787', not {type(address).__name__}")
+    match = _ADDRESS.match(address.strip())
+    if match is None:
+        raise ValueError(
+            f"malformed address {address!r}: use 'host', 'host:port' or 'tcp://host:port'")
+    port = int(match["port"]) if match["port"] else default_port
+    if not 0 < port < 65536:
+        raise ValueError(f"malformed address {address!r}: port {port} is out of range")
+    return f"tcp://{match['host']}:{port}"
+
+
+def host_of(address: str) -> str:
+    """The host part of a ``tcp://host:port`` address."""
+    return address[len("tcp://"):].rsplit(":", 1)[0]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` can only be reached from this machine."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except socket.gaierror:
+        return False
+    return all(info[4][0].startswith("127.") or info[4][0] == "::1" for info in infos)
+
+
+def interface_towards(address: str) -> str:
+    """The local IP address that routes to ``address``'s host.
+
+    Used as a worker's default data-server host, so peers can reach it at the
+    address it announces. No packet is sent: connecting a UDP socket only asks
+    the kernel for a route.
+    """
+    host = host_of(address).strip("[]")
+    if is_loopback(host):
+        return "127.0.0.1"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((host, 9))
+            return s.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
+def configure(sock: zmq.Socket, heartbeat_ms: int = 1000) -> zmq.Socket:
+    """Settings every zfutures socket gets.
+
+    - LINGER 0: closing never blocks on unsent messages to a vanished peer.
+    - ZMTP heartbeats: libzmq drops a dead connection on its own, outside the
+      GIL, even while Python is busy.
+    - No high-water mark: our own credit (a short queue per worker) bounds the
+      queues, and a silent drop at the mark would lose a task.
+    """
+    sock.linger = 0
+    sock.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, heartbeat_ms * 3)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, heartbeat_ms * 3)
+    sock.sndhwm = 0
+    sock.rcvhwm = 0
+    if sock.type in (zmq.DEALER, zmq.ROUTER):
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+    return sock
+
+
+def bind_ephemeral(sock: zmq.Socket, host: str, port: int = 0) -> str:
+    """Bind ``sock`` to ``host:port`` (0: any free port); return the address."""
+    endpoint = f"tcp://{host}:{port or '*'}"
+    if ":" in host and not host.startswith("["):
+        endpoint = f"tcp://[{host}]:{port or '*'}"
+        sock.ipv6 = True
+    sock.bind(endpoint)
+    return sock.last_endpoint.decode()

@@ -1,0 +1,260 @@
+"""The center process: one ROUTER socket around the Scheduler.
+
+Clients and workers both connect here with DEALER sockets. The shell decodes
+each message's header, calls the matching Scheduler method, and after each
+burst of messages sends what the scheduler queued, batched per peer. Payload
+frames are kept and forwarded as they came; the center never unpickles them.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+import zmq
+
+from . import protocol
+from .addressing import bind_ephemeral, configure
+from .errors import ProtocolError
+from .logs import RateLimitedLog
+from .scheduler import Scheduler
+from .waker import Waker
+
+logger = logging.getLogger(__name__)
+
+WORKER, CLIENT = "worker", "client"
+
+
+class _Peer:
+    __slots__ = ("role", "last_heard", "last_sent")
+
+    def __init__(self, role: str, now: float):
+        self.role = role
+        self.last_heard = now
+        self.last_sent = now
+
+
+class Center:
+    """Route tasks and data notifications between clients and workers.
+
+    >>> center = Center("127.0.0.1", 0)        # doctest: +SKIP
+    >>> center.address                          # doctest: +SKIP
+    'tcp://127.0.0.1:40423'
+    >>> center.run()                            # doctest: +SKIP
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 8787, *,
+                 allowed_failures: int = 3, heartbeat_interval: float = 0.5,
+                 worker_timeout: float = 5.0, client_timeout: float = 30.0):
+        self.heartbeat_interval = heartbeat_interval
+        self.worker_timeout = worker_timeout
+        self.client_timeout = client_timeout
+        self.scheduler = Scheduler(allowed_failures=allowed_failures)
+        self.context = zmq.Context()
+        self.socket = configure(self.context.socket(zmq.ROUTER))
+        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.address = bind_ephemeral(self.socket, host, port)
+        self.peers: dict[bytes, _Peer] = {}
+        self.waker = Waker()
+        self.dropped = RateLimitedLog(logger)
+        self._stopping = False
+        self._handlers: dict[str, Callable[[bytes, dict, list], None]] = {
+            "register-client": self._register_client,
+            "register-worker": self._register_worker,
+            "submit": self._submit,
+            "release": lambda ident, h, f: self.scheduler.release(ident, h["keys"]),
+            "who-has": self._who_has,
+            "scheduler-info": self._scheduler_info,
+            "has-what": lambda ident, h, f: self._reply(ident, h["id"],
+                                                        self.scheduler.has_what()),
+            "close-client": lambda ident, h, f: self._forget_peer(ident),
+            "task-finished": self._task_finished,
+            "task-erred": self._task_erred,
+            "keys-added": self._keys_added,
+            "missing-data": lambda ident, h, f: self.scheduler.missing_data(
+                ident, h["key"], h["missing"]),
+            "unregister": lambda ident, h, f: self._forget_peer(ident),
+            "heartbeat": lambda ident, h, f: None,
+        }
+        # Which role may send which op; anything else from that role is dropped.
+        self._allowed = {
+            None: {"register-client", "register-worker"},
+            CLIENT: {"register-client", "submit", "release", "who-has", "scheduler-info",
+                     "has-what", "close-client", "heartbeat"},
+            WORKER: {"register-worker", "task-finished", "task-erred", "keys-added",
+                     "missing-data", "unregister", "heartbeat"},
+        }
+
+    # ------------------------------------------------------------------ life cycle
+
+    def run(self) -> None:
+        """Serve until :meth:`stop`."""
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        poller.register(self.waker.read_fd, zmq.POLLIN)
+        next_tick = time.monotonic()
+        try:
+            while not self._stopping:
+                timeout = max(0.0, next_tick - time.monotonic())
+                events = dict(poller.poll(1000 * timeout))
+                if self.socket in events:
+                    self._drain()
+                if self.waker.read_fd in events:
+                    self.waker.drain()
+                now = time.monotonic()
+                if now >= next_tick:
+                    self._tick(now)
+                    next_tick = now + self.heartbeat_interval
+                self._flush()
+        finally:
+            self.socket.close(linger=0)
+            self.context.term()
+            self.waker.close()
+
+    def stop(self) -> None:
+        """Ask the loop to end; safe from signal handlers and other threads."""
+        self._stopping = True
+        self.waker.wake()
+
+    # ------------------------------------------------------------------ input
+
+    def _drain(self, limit: int = 10000) -> None:
+        sock = self.socket
+        for _ in range(limit):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._handle(frames)
+
+    def _handle(self, frames: list) -> None:
+        ident = frames[0].bytes
+        if len(frames) < 2:
+            self.dropped.warning("dropped a message without a header")
+            return
+        try:
+            header = protocol.decode_header(frames[1].bytes)
+        except ProtocolError as e:
+            self.dropped.warning("dropped a malformed message", str(e))
+            return
+        op = header["op"]
+        handler = self._handlers.get(op)
+        peer = self.peers.get(ident)
+        role = peer.role if peer is not None else None
+        if handler is None or op not in self._allowed[role]:
+            self.dropped.warning(f"dropped {op!r} from a {role or 'peer that has not registered'}")
+            return
+        if peer is not None:
+            peer.last_heard = time.monotonic()
+        try:
+            handler(ident, header, frames[2:])
+        except ProtocolError as e:
+            self.dropped.warning(f"dropped a malformed {op!r}", str(e))
+
+    def _register_client(self, ident: bytes, header: dict, frames: list) -> None:
+        if not self._check_protocol(ident, header):
+            return
+        self.peers[ident] = _Peer(CLIENT, time.monotonic())
+        self.scheduler.add_client(ident, header["name"])
+        self._send(ident, "welcome", {"protocol": protocol.PROTOCOL_VERSION,
+                                      "address": self.address})
+
+    def _register_worker(self, ident: bytes, header: dict, frames: list) -> None:
+        if not self._check_protocol(ident, header):
+            return
+        self.peers[ident] = _Peer(WORKER, time.monotonic())
+        self._send(ident, "welcome", {"protocol": protocol.PROTOCOL_VERSION})
+        self.scheduler.add_worker(ident, header["address"], header["name"], header["nthreads"],
+                                  header["memory_limit"], header["resources"], header["keys"])
+        logger.info("worker %s joined (%d threads)", header["address"], header["nthreads"])
+
+    def _check_protocol(self, ident: bytes, header: dict) -> bool:
+        if header["protocol"] == protocol.PROTOCOL_VERSION:
+            return True
+        reason = (f"protocol version {header['protocol']} is not the center's "
+                  f"{protocol.PROTOCOL_VERSION}: install the same zfutures version everywhere")
+        self.dropped.warning("refused a peer", reason)
+        self._send(ident, "refused", {"reason": reason})
+        return False
+
+    def _submit(self, ident: bytes, header: dict, frames: list) -> None:
+        items = header["tasks"]
+        protocol.unpack_items(items, frames)  # checks the frame counts before anything changes
+        self.scheduler.submit(ident, items, frames)
+
+    def _task_finished(self, ident: bytes, header: dict, frames: list) -> None:
+        finished = self.scheduler.task_finished
+        for item in header["tasks"]:
+            finished(ident, item["key"], item["nbytes"], item.get("duration"))
+
+    def _task_erred(self, ident: bytes, header: dict, frames: list) -> None:
+        for item, exception in protocol.unpack_items(header["tasks"], frames):
+            self.scheduler.task_erred(ident, item["key"], exception)
+
+    def _keys_added(self, ident: bytes, header: dict, frames: list) -> None:
+        for item in header["tasks"]:
+            self.scheduler.keys_added(ident, item["key"], item["nbytes"])
+
+    def _who_has(self, ident: bytes, header: dict, frames: list) -> None:
+        self._reply(ident, header["id"], self.scheduler.who_has(header["keys"]))
+
+    def _scheduler_info(self, ident: bytes, header: dict, frames: list) -> None:
+        info = self.scheduler.info()
+        info["address"] = self.address
+        self._reply(ident, header["id"], info)
+
+    def _forget_peer(self, ident: bytes) -> None:
+        peer = self.peers.pop(ident, None)
+        if peer is None:
+            return
+        if peer.role == WORKER:
+            ws = self.scheduler.workers.get(ident)
+            logger.info("worker %s left", ws.address if ws else ident)
+            self.scheduler.remove_worker(ident)
+        else:
+            self.scheduler.remove_client(ident)
+
+    # ------------------------------------------------------------------ timers
+
+    def _tick(self, now: float) -> None:
+        """Heartbeat idle peers; declare silent ones gone."""
+        for ident, peer in list(self.peers.items()):
+            limit = self.worker_timeout if peer.role == WORKER else self.client_timeout
+            if now - peer.last_heard > limit:
+                logger.warning("%s %r silent for %.1fs: removing it", peer.role, ident,
+                               now - peer.last_heard)
+                self._forget_peer(ident)
+            elif now - peer.last_sent >= self.heartbeat_interval:
+                self._send(ident, "heartbeat", {})
+
+    # ------------------------------------------------------------------ output
+
+    def _flush(self) -> None:
+        for ident, op, fields, frames in self.scheduler.outbox.take():
+            self._send(ident, op, fields, frames)
+
+    def _reply(self, ident: bytes, request_id: int, result: Any) -> None:
+        self._send(ident, "reply", {"id": request_id, "result": result})
+
+    def _send(self, ident: bytes, op: str, fields: dict, frames: list | None = None) -> None:
+        try:
+            self.socket.send_multipart([ident, protocol.encode_header(op, **fields),
+                                        *(frames or ())], copy=False)
+        except zmq.ZMQError as e:  # EHOSTUNREACH: the peer is gone; timers will notice
+            self.dropped.warning(f"could not send {op!r}", str(e))
+            return
+        peer = self.peers.get(ident)
+        if peer is not None:
+            peer.last_sent = time.monotonic()
+
+
+def run_center(host: str = "127.0.0.1", port: int = 8787, **kwargs: Any) -> None:
+    """Run a center in this process until SIGINT or SIGTERM."""
+    import signal
+
+    center = Center(host, port, **kwargs)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: center.stop())
+    print(f"zfut-center listening at {center.address}", flush=True)
+    center.run()

@@ -1,0 +1,193 @@
+"""The command-line programs ``zfut-center`` and ``zfut-worker``."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+
+import click
+
+from .addressing import DEFAULT_PORT, is_loopback
+from .local_cluster import PARENT_PID_ENV
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def _die_with_parent(stop) -> None:
+    """When started by a local cluster, stop if that parent process goes away."""
+    parent = os.environ.get(PARENT_PID_ENV)
+    if not parent:
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(parent):
+            if stopped.wait(0.5):
+                return
+        stop()
+
+    stopped = threading.Event()
+    threading.Thread(target=watch, daemon=True, name="zfutures-parent-watch").start()
+
+
+def _check_bind(host: str, insecure: bool) -> None:
+    if not is_loopback(host) and not insecure:
+        raise click.UsageError(
+            f"binding {host} exposes the cluster to the network, and anyone who can send "
+            "it a task runs code on it. Keys are not supported yet: pass --insecure to "
+            "bind anyway on a network you trust.")
+    if not is_loopback(host):
+        logging.getLogger("zfutures").warning(
+            "--insecure: %s is reachable from other hosts without authentication", host)
+
+
+def parse_resources(text: str) -> dict[str, float]:
+    """``"GPU=1,MEM=8e9"`` -> ``{"GPU": 1.0, "MEM": 8e9}``."""
+    resources = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        try:
+            resources[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{part!r} is not NAME=NUMBER", param_hint="--resources")
+    return resources
+
+
+def parse_memory_limit(text: str) -> int:
+    """``"4GB"``, ``"0.8"`` (a share of this machine's memory), ``"auto"`` or ``"0"``."""
+    import psutil
+
+    total = psutil.virtual_memory().total
+    match = _MEMORY.match(text.strip().lower())
+    if text.strip().lower() == "auto":
+        return total
+    if match is None:
+        raise click.BadParameter(f"{text!r}: use e.g. 4GB, 0.8 or auto",
+                                 param_hint="--memory-limit")
+    value, unit = float(match["value"]), match["unit"]
+    if not unit:
+        return int(value * total) if value <= 1 else int(value)
+    return int(value * _UNITS[unit])
+
+
+_MEMORY = re.compile(r"^(?P<value>\d+(?:\.\d*)?(?:e\d+)?)\s*(?P<unit>[kmgt]i?b|b)?$")
+_UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+@click.command(name="zfut-center")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
+@click.option("--port", default=DEFAULT_PORT, show_default=True, help="Port (0: any free one).")
+@click.option("--allowed-failures", default=3, show_default=True,
+              help="Workers that may die running a task before it errs with KilledWorker.")
+@click.option("--heartbeat-interval", default=0.5, show_default=True,
+              help="Seconds between heartbeats to idle peers.")
+@click.option("--worker-timeout", default=5.0, show_default=True,
+              help="Seconds of silence after which a worker is declared dead.")
+@click.option("--insecure", is_flag=True, help="Allow binding beyond loopback without keys.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def center_main(host: str, port: int, allowed_failures: int, heartbeat_interval: float,
+                worker_timeout: float, insecure: bool, log_level: str) -> None:
+    """Run a zfutures center (scheduler and broker) until interrupted."""
+    from .center import Center
+
+    _setup_logging(log_level)
+    _check_bind(host, insecure)
+    center = Center(host, port, allowed_failures=allowed_failures,
+                    heartbeat_interval=heartbeat_interval, worker_timeout=worker_timeout)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: center.stop())
+    _die_with_parent(center.stop)
+    print(f"zfut-center listening at {center.address}", flush=True)
+    center.run()
+
+
+@click.command(name="zfut-worker")
+@click.argument("address")
+@click.option("--nthreads", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Task threads per worker process.")
+@click.option("--nworkers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Worker processes to run.")
+@click.option("--name", default=None, help="Worker name (default: its address).")
+@click.option("--host", default=None,
+              help="Interface the data server binds and announces "
+                   "(default: the one that routes to the center).")
+@click.option("--memory-limit", default="auto", show_default=True,
+              help="4GB, 0.8 (share of this machine's memory) or auto.")
+@click.option("--resources", default="", help='Resources it offers, e.g. "GPU=1,MEM=8e9".')
+@click.option("--heartbeat-interval", default=0.5, show_default=True,
+              help="Seconds between heartbeats to the center when idle.")
+@click.option("--insecure", is_flag=True, help="Allow binding beyond loopback without keys.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def worker_main(address: str, nthreads: int, nworkers: int, name: str | None, host: str | None,
+                memory_limit: str, resources: str, heartbeat_interval: float, insecure: bool,
+                log_level: str) -> None:
+    """Serve tasks for the center at ADDRESS until interrupted."""
+    from .addressing import interface_towards, normalize_address
+
+    _setup_logging(log_level)
+    try:
+        center = normalize_address(address)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="ADDRESS") from None
+    resource_map = parse_resources(resources)
+    limit = parse_memory_limit(memory_limit)
+    host = host or interface_towards(center)
+    _check_bind(host, insecure)
+    if nworkers > 1:
+        _run_worker_processes(nworkers, name)
+        return
+    from .worker import Worker
+
+    worker = Worker(center, nthreads=nthreads, name=name, host=host, memory_limit=limit,
+                    resources=resource_map, heartbeat_interval=heartbeat_interval)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: worker.stop())
+    _die_with_parent(worker.stop)
+    print(f"zfut-worker {worker.name} serving at {worker.address} for {center}", flush=True)
+    worker.run()
+
+
+def _run_worker_processes(nworkers: int, name: str | None) -> None:
+    """Run ``nworkers`` copies of this command with ``--nworkers 1``; stop them on a signal."""
+    args = sys.argv[1:]
+    if "--nworkers" in args:
+        i = args.index("--nworkers")
+        del args[i: i + 2]
+    args = [a for a in args if not a.startswith("--nworkers=")]
+    if name is not None:
+        i = args.index("--name") if "--name" in args else None
+        if i is not None:
+            del args[i: i + 2]
+        args = [a for a in args if not a.startswith("--name=")]
+    env = dict(os.environ, **{PARENT_PID_ENV: str(os.getpid())})
+    children = []
+    for i in range(nworkers):
+        child_name = ["--name", f"{name}-{i}"] if name else []
+        children.append(subprocess.Popen([sys.executable, "-m", "zfutures", "worker", *args,
+                                          *child_name], env=env))
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+    _die_with_parent(stopping.set)
+    while not stopping.wait(0.5) and any(c.poll() is None for c in children):
+        pass
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    for child in children:
+        try:
+            child.wait(10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait(5)

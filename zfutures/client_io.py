@@ -1,0 +1,397 @@
+"""The client's I/O thread: the one owner of an Executor's sockets.
+
+User threads never touch a socket. They put commands on a queue and wake
+this thread (:meth:`ClientIO.call`); it batches what they asked for into as
+few messages as possible, tracks how many live Futures refer to each key,
+resolves futures when the center reports on their keys, and fetches results
+straight from the workers that hold them.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import logging
+import queue
+import threading
+import time
+import uuid
+import weakref
+from typing import Any
+
+import zmq
+
+from . import protocol, serialize
+from .addressing import configure
+from .errors import ConnectionError, FutureLostError, ProtocolError, RemoteTraceback
+from .waker import Waker
+
+logger = logging.getLogger(__name__)
+
+#: Tasks per submit message: big maps go in several messages, so the center
+#: interleaves other peers' messages with them.
+SUBMIT_BATCH = 1000
+
+PENDING, FINISHED, ERRED = "pending", "finished", "erred"
+
+
+class _Key:
+    """What this client knows of one key it holds futures for."""
+
+    __slots__ = ("refs", "futures", "status", "who_has", "exception")
+
+    def __init__(self):
+        self.refs = 0
+        self.futures: list[weakref.ref] = []
+        self.status = PENDING
+        self.who_has: list[str] = []
+        self.exception: BaseException | None = None
+
+    def live_futures(self) -> list:
+        alive = [f for f in (ref() for ref in self.futures) if f is not None]
+        if len(alive) != len(self.futures):
+            self.futures = [weakref.ref(f) for f in alive]
+        return alive
+
+
+class _Gather:
+    """One user request for the values of some keys."""
+
+    __slots__ = ("result", "values", "remaining", "tried")
+
+    def __init__(self, keys: list[str], result: concurrent.futures.Future):
+        self.result = result
+        self.values: dict[str, list] = {}
+        self.remaining = set(keys)
+        self.tried: dict[str, set[str]] = {key: set() for key in keys}
+
+
+def remote_exception(frames: list) -> BaseException:
+    """Rebuild a task's exception, with the remote traceback as its cause."""
+    try:
+        exc, text = serialize.loads(frames)
+    except Exception as e:  # the exception class may not exist here
+        return RuntimeError(f"a task failed, and its exception could not be loaded: {e!r}")
+    if text:
+        exc.__cause__ = RemoteTraceback(text)
+    return exc
+
+
+class ClientIO:
+    """Owns the DEALER to the center and the DEALERs to workers' data servers."""
+
+    def __init__(self, address: str, name: str, *, heartbeat_interval: float = 0.5,
+                 fetch_timeout: float = 10.0, reconnect_deadline: float = 30.0):
+        self.address = address
+        self.name = name
+        self.heartbeat_interval = heartbeat_interval
+        self.fetch_timeout = fetch_timeout
+        self.reconnect_deadline = reconnect_deadline
+        self.context = zmq.Context()
+        self.commands: queue.SimpleQueue = queue.SimpleQueue()
+        self.waker = Waker()
+        self.welcomed = threading.Event()
+        self.refusal: str | None = None
+        self.keys: dict[str, _Key] = {}
+        self.gathers: dict[int, tuple[_Gather, str, list[str], float]] = {}
+        self.rpcs: dict[int, concurrent.futures.Future] = {}
+        self.workers: dict[str, zmq.Socket] = {}
+        self._ids = itertools.count(1)
+        self._outgoing: list[tuple[str, list, list]] = []
+        self._waiting_gathers: list[_Gather] = []
+        self._stopping = False
+        self._last_sent = self._last_heard = time.monotonic()
+        self.center = configure(self.context.socket(zmq.DEALER))
+        self.center.setsockopt(zmq.ROUTING_ID, b"c-" + uuid.uuid4().hex.encode())
+        self.poller = zmq.Poller()
+        self.thread = threading.Thread(target=self._run, name="zfutures-client-io", daemon=True)
+
+    # ------------------------------------------------------------------ user-thread side
+
+    def start(self, timeout: float) -> None:
+        """Connect and register; raise ConnectionError if no welcome in ``timeout``."""
+        self.center.connect(self.address)
+        self.thread.start()
+        self.call("register")
+        if not self.welcomed.wait(timeout):
+            self.stop()
+            raise ConnectionError(f"no zfutures center answered at {self.address} "
+                                  f"within {timeout}s")
+        if self.refusal:
+            self.stop()
+            raise ConnectionError(f"the center at {self.address} refused us: {self.refusal}")
+
+    def call(self, *command: Any) -> None:
+        """Hand a command to the I/O thread. Safe from any thread and from ``__del__``."""
+        self.commands.put(command)
+        self.waker.wake()
+
+    def request(self, op: str, timeout: float | None = None, **fields: Any) -> Any:
+        """Ask the center something and wait for the answer."""
+        result: concurrent.futures.Future = concurrent.futures.Future()
+        self.call("rpc", op, fields, result)
+        return result.result(timeout if timeout is not None else self.reconnect_deadline)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Say goodbye to the center and end the thread."""
+        if self.thread.is_alive():
+            self.call("close")
+            self.thread.join(timeout)
+        if not self.thread.is_alive():
+            self.context.term()
+            self.waker.close()
+
+    # ------------------------------------------------------------------ the loop
+
+    def _run(self) -> None:
+        poller = self.poller
+        poller.register(self.center, zmq.POLLIN)
+        poller.register(self.waker.read_fd, zmq.POLLIN)
+        try:
+            while not self._stopping:
+                events = dict(poller.poll(1000 * self.heartbeat_interval))
+                if self.waker.read_fd in events:
+                    self.waker.drain()
+                self._take_commands()
+                if self.center in events:
+                    self._drain(self.center, self._on_center_message)
+                for sock in list(self.workers.values()):
+                    if sock in events:
+                        self._drain(sock, self._on_data)
+                self._flush()
+                self._tick(time.monotonic())
+        except Exception:  # a bug here must not leave user calls hanging
+            logger.exception("the zfutures client I/O thread failed")
+            self._fail_everything(ConnectionError("the client I/O thread failed; see the log"))
+        finally:
+            for sock in [self.center, *self.workers.values()]:
+                sock.close(linger=0)
+
+    @staticmethod
+    def _drain(sock: zmq.Socket, handle, limit: int = 10000) -> None:
+        for _ in range(limit):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                handle(frames)
+            except ProtocolError as e:
+                logger.warning("dropped a malformed message: %s", e)
+
+    def _tick(self, now: float) -> None:
+        if now - self._last_sent >= self.heartbeat_interval:
+            self._send("heartbeat")
+        if now - self._last_heard > self.reconnect_deadline and self.welcomed.is_set():
+            self._fail_everything(ConnectionError(
+                f"the center at {self.address} has been silent for "
+                f"{now - self._last_heard:.0f}s"))
+            self._last_heard = now
+        for request_id, (gather, address, keys, deadline) in list(self.gathers.items()):
+            if deadline < now:
+                del self.gathers[request_id]
+                logger.warning("worker %s did not answer for %d keys; trying others",
+                               address, len(keys))
+                self._fetch(gather, keys)
+
+    # ------------------------------------------------------------------ commands
+
+    def _take_commands(self) -> None:
+        commands = self.commands
+        while True:
+            try:
+                command = commands.get_nowait()
+            except queue.Empty:
+                return
+            getattr(self, "_cmd_" + command[0])(*command[1:])
+
+    def _cmd_register(self) -> None:
+        self._send("register-client", protocol=protocol.PROTOCOL_VERSION, name=self.name)
+
+    def _cmd_submit(self, tasks: list[tuple[dict, list, Any]]) -> None:
+        """``tasks``: (item, payload frames, Future) for each new future."""
+        for item, frames, future in tasks:
+            key = item["key"]
+            info = self.keys.get(key)
+            if info is None:
+                info = self.keys[key] = _Key()
+                item["nframes"] = len(frames)
+                self._queue("submit", item, frames)
+            self._add_future(info, future)
+
+    def _cmd_ref(self, future: Any) -> None:
+        """A Future made for a key this client already holds (or will)."""
+        info = self.keys.get(future.key)
+        if info is None:
+            info = self.keys[future.key] = _Key()
+        self._add_future(info, future)
+
+    def _add_future(self, info: _Key, future: Any) -> None:
+        info.refs += 1
+        info.futures.append(weakref.ref(future))
+        if info.status == FINISHED:
+            future._set_remote()
+        elif info.status == ERRED:
+            future._set_error(info.exception)
+
+    def _cmd_unref(self, key: str) -> None:
+        info = self.keys.get(key)
+        if info is None:
+            return
+        info.refs -= 1
+        if info.refs <= 0:
+            del self.keys[key]
+            self._queue("release", key)
+
+    def _cmd_fetch(self, keys: list[str], result: concurrent.futures.Future) -> None:
+        gather = _Gather(keys, result)
+        self._fetch(gather, keys)
+
+    def _cmd_rpc(self, op: str, fields: dict, result: concurrent.futures.Future) -> None:
+        request_id = next(self._ids)
+        self.rpcs[request_id] = result
+        self._send(op, id=request_id, **fields)
+
+    def _cmd_close(self) -> None:
+        self._flush()
+        self._send("close-client")
+        self._stopping = True
+        self._fail_everything(ConnectionError("the executor was shut down"))
+
+    # ------------------------------------------------------------------ fetching results
+
+    def _fetch(self, gather: _Gather, keys: list[str]) -> None:
+        """Ask a holder of each key for it, one request per worker."""
+        plan: dict[str, list[str]] = {}
+        for key in keys:
+            if key not in gather.remaining:
+                continue
+            info = self.keys.get(key)
+            if info is None:
+                self._finish_gather(gather, FutureLostError(f"{key!r} was released"))
+                return
+            if info.status == ERRED:
+                self._finish_gather(gather, info.exception)
+                return
+            untried = [w for w in info.who_has if w not in gather.tried[key]]
+            if not untried:
+                self._finish_gather(gather, FutureLostError(
+                    f"could not fetch {key!r} from any of the workers holding it "
+                    f"({', '.join(info.who_has) or 'none'})"))
+                return
+            gather.tried[key].add(untried[0])
+            plan.setdefault(untried[0], []).append(key)
+        deadline = time.monotonic() + self.fetch_timeout
+        for address, worker_keys in plan.items():
+            request_id = next(self._ids)
+            self.gathers[request_id] = (gather, address, worker_keys, deadline)
+            self._worker(address).send(
+                protocol.encode_header("get-data", id=request_id, keys=worker_keys))
+
+    def _on_data(self, frames: list) -> None:
+        header = protocol.decode_header(frames[0].bytes)
+        entry = self.gathers.pop(header["id"], None)
+        if entry is None:
+            return  # timed out earlier and asked elsewhere
+        gather = entry[0]
+        for item, value_frames in protocol.unpack_items(header["items"], frames[1:]):
+            key = item["key"]
+            if key in gather.remaining:
+                gather.remaining.discard(key)
+                gather.values[key] = [f.buffer for f in value_frames]
+        if header["missing"]:
+            self._fetch(gather, header["missing"])
+        elif not gather.remaining:
+            self._finish_gather(gather)
+
+    def _finish_gather(self, gather: _Gather, error: BaseException | None = None) -> None:
+        if gather.result.done():
+            return
+        for request_id in [i for i, entry in self.gathers.items() if entry[0] is gather]:
+            del self.gathers[request_id]
+        if error is None:
+            gather.result.set_result(gather.values)
+        else:
+            gather.result.set_exception(error)
+
+    def _worker(self, address: str) -> zmq.Socket:
+        sock = self.workers.get(address)
+        if sock is None:
+            sock = self.workers[address] = configure(self.context.socket(zmq.DEALER))
+            sock.connect(address)
+            self.poller.register(sock, zmq.POLLIN)
+        return sock
+
+    # ------------------------------------------------------------------ center messages
+
+    def _on_center_message(self, frames: list) -> None:
+        self._last_heard = time.monotonic()
+        header = protocol.decode_header(frames[0].bytes)
+        op = header["op"]
+        if op == "key-finished":
+            for item in header["tasks"]:
+                info = self.keys.get(item["key"])
+                if info is not None:
+                    info.status = FINISHED
+                    info.who_has = item["who_has"]
+                    for future in info.live_futures():
+                        future._set_remote()
+        elif op == "key-erred":
+            for item, exception_frames in protocol.unpack_items(header["tasks"], frames[1:]):
+                info = self.keys.get(item["key"])
+                if info is not None:
+                    info.status = ERRED
+                    info.exception = remote_exception([f.buffer for f in exception_frames])
+                    for future in info.live_futures():
+                        future._set_error(info.exception)
+        elif op == "reply":
+            result = self.rpcs.pop(header["id"], None)
+            if result is not None and not result.done():
+                result.set_result(header["result"])
+        elif op == "welcome":
+            self.welcomed.set()
+        elif op == "refused":
+            self.refusal = header["reason"]
+            self.welcomed.set()
+        elif op != "heartbeat":
+            logger.warning("dropped an unexpected %r from the center", op)
+
+    # ------------------------------------------------------------------ output
+
+    def _queue(self, op: str, item: Any, frames: list = ()) -> None:
+        """Queue an item for the center, merged with the last message if it is alike."""
+        if self._outgoing and self._outgoing[-1][0] == op:
+            _, items, all_frames = self._outgoing[-1]
+            if len(items) < SUBMIT_BATCH:
+                items.append(item)
+                all_frames.extend(frames)
+                return
+        self._outgoing.append((op, [item], list(frames)))
+
+    def _flush(self) -> None:
+        for op, items, frames in self._outgoing:
+            if op == "submit":
+                self._send("submit", frames, tasks=items)
+            else:
+                self._send(op, keys=items)
+        self._outgoing.clear()
+
+    def _send(self, op: str, frames: list | None = None, **fields: Any) -> None:
+        header = protocol.encode_header(op, **fields)
+        if frames:
+            self.center.send_multipart([header, *frames], copy=False)
+        else:
+            self.center.send(header)
+        self._last_sent = time.monotonic()
+
+    def _fail_everything(self, error: BaseException) -> None:
+        """No answer will come: end every wait with ``error``."""
+        for result in self.rpcs.values():
+            if not result.done():
+                result.set_exception(error)
+        self.rpcs.clear()
+        for gather, *_ in list(self.gathers.values()):
+            self._finish_gather(gather, error)
+        for info in self.keys.values():
+            if info.status == PENDING:
+                for future in info.live_futures():
+                    future._set_error(error)

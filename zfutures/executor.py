@@ -1,0 +1,349 @@
+"""Executor: the user's handle on a zfutures cluster."""
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Iterable
+from typing import Any, Callable
+
+from . import serialize
+from .addressing import normalize_address
+from .client_io import ClientIO
+from .future import REMOTE, Future
+
+logger = logging.getLogger(__name__)
+
+
+def _funcname(fn: Callable) -> str:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    name = getattr(fn, "__name__", None) or type(fn).__name__
+    return "lambda" if name == "<lambda>" else name
+
+
+def _walk_futures(obj: Any, found: list) -> None:
+    """Collect the Futures in a nested list/tuple/set/dict structure."""
+    kind = type(obj)
+    if kind is Future:
+        found.append(obj)
+    elif kind in (list, tuple, set, frozenset):
+        for item in obj:
+            _walk_futures(item, found)
+    elif kind is dict:
+        for item in obj.values():
+            _walk_futures(item, found)
+
+
+_SKIP = object()
+
+
+def _substitute(obj: Any, values: dict[str, Any]) -> Any:
+    """Rebuild a nested structure with every Future replaced by its value."""
+    kind = type(obj)
+    if kind is Future:
+        return values.get(obj.key, _SKIP)
+    if kind in (list, tuple, set, frozenset):
+        items = [_substitute(item, values) for item in obj]
+        return kind(item for item in items if item is not _SKIP)
+    if kind is dict:
+        items = ((k, _substitute(v, values)) for k, v in obj.items())
+        return {k: v for k, v in items if v is not _SKIP}
+    return obj
+
+
+class Executor:
+    """Run Python functions on a zfutures cluster, concurrent.futures style.
+
+    Parameters
+    ----------
+    address
+        The center, as ``"host:port"``, ``"tcp://host:port"`` or ``"host"``
+        (port 8787). ``None`` starts a local cluster owned by this executor.
+    n_workers, threads_per_worker
+        Size of the local cluster (default: one worker per CPU core).
+    timeout
+        Seconds to wait for the center before raising
+        :class:`zfutures.ConnectionError`.
+    name
+        How this client appears in the center's logs.
+
+    Examples
+    --------
+    >>> from zfutures import Executor
+    >>> with Executor(n_workers=2) as ex:          # doctest: +SKIP
+    ...     x = ex.submit(inc, 1)
+    ...     y = ex.submit(inc, x)                    # x's value moves worker to worker
+    ...     y.result()
+    3
+    """
+
+    def __init__(self, address: str | None = None, *, n_workers: int | None = None,
+                 threads_per_worker: int = 1, timeout: float = 10, security: Any = None,
+                 name: str | None = None, **cluster_options: Any):
+        _check_options(address, n_workers, threads_per_worker, timeout, name)
+        if security is not None:
+            raise NotImplementedError("security keys are not supported yet")
+        self.cluster = None
+        self._closed = True
+        self._callbacks: queue.SimpleQueue | None = None
+        if address is None:
+            from .local_cluster import LocalCluster
+
+            self.cluster = LocalCluster(n_workers=n_workers,
+                                        threads_per_worker=threads_per_worker,
+                                        timeout=timeout, **cluster_options)
+            address = self.cluster.address
+        elif cluster_options:
+            raise TypeError(f"unexpected keyword arguments {sorted(cluster_options)}: "
+                            "they configure a local cluster, started when address is None")
+        self.address = normalize_address(address)
+        self.name = name or f"client-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._io = ClientIO(self.address, self.name)
+        try:
+            self._io.start(timeout)
+            if self.cluster is not None:
+                self.cluster.wait_for_workers(self._io, timeout)
+        except BaseException:
+            if self.cluster is not None:
+                self.cluster.close()
+            raise
+        self._closed = False
+        # Stops the I/O thread and the local cluster even if the user never calls
+        # shutdown(); holds no reference to self, so it cannot keep it alive.
+        self._finalizer = weakref.finalize(self, _close, self._io, self.cluster)
+
+    def __repr__(self) -> str:
+        return f"<Executor: center={self.address!r}{' (local cluster)' if self.cluster else ''}>"
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, exc_type: Any, *exc_info: Any) -> None:
+        # Leaving on an error: do not wait for futures the error left behind.
+        self.shutdown(wait=exc_type is None)
+
+    # ------------------------------------------------------------------ submitting
+
+    def submit(self, fn: Callable, /, *args: Any, key: str | None = None, pure: bool = True,
+               retries: int = 0, priority: int = 0, workers: Any = None,
+               allow_other_workers: bool = False, resources: dict | None = None,
+               **kwargs: Any) -> Future:
+        """Run ``fn(*args, **kwargs)`` on a worker; return a Future of its result.
+
+        Futures anywhere in the arguments are replaced by their values on the
+        worker; the data moves worker to worker, never through this client.
+
+        >>> x = ex.submit(inc, 1)      # doctest: +SKIP
+        >>> y = ex.submit(inc, x)      # doctest: +SKIP
+        >>> y.result()                 # doctest: +SKIP
+        3
+        """
+        self._check_open()
+        if not callable(fn):
+            raise TypeError(f"submit needs a callable, not {type(fn).__name__} {fn!r}")
+        _check_task_options(retries, priority, workers, resources)
+        item, frames = self._task(fn, args, kwargs, key, pure, retries, priority)
+        future = Future(item["key"], self)
+        self._io.call("submit", [(item, frames, future)])
+        return future
+
+    def map(self, fn: Callable, *iterables: Iterable, key: str | list[str] | None = None,
+            pure: bool = True, retries: int = 0, priority: int = 0, workers: Any = None,
+            resources: dict | None = None) -> list[Future]:
+        """One task per element (zipped like builtin ``map``); a list of Futures.
+
+        ``key`` is a list of keys, one per element, or a prefix for them.
+
+        >>> xs = ex.map(inc, range(10))            # doctest: +SKIP
+        >>> ex.gather(xs)                          # doctest: +SKIP
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+        """
+        self._check_open()
+        if not callable(fn):
+            raise TypeError(f"map needs a callable, not {type(fn).__name__} {fn!r}")
+        if not iterables:
+            raise TypeError("map needs at least one iterable")
+        _check_task_options(retries, priority, workers, resources)
+        argument_lists = list(zip(*iterables))
+        if isinstance(key, (list, tuple)):
+            if len(key) != len(argument_lists):
+                raise ValueError(f"map got {len(key)} keys for {len(argument_lists)} elements")
+            keys = list(key)
+        elif key is None or isinstance(key, str):
+            keys = [None] * len(argument_lists)
+        else:
+            raise TypeError("key must be a list of keys or a string prefix")
+        tasks, futures = [], []
+        for args, task_key in zip(argument_lists, keys):
+            item, frames = self._task(fn, args, {}, task_key, pure, retries, priority,
+                                      prefix=key if isinstance(key, str) else None)
+            future = Future(item["key"], self)
+            tasks.append((item, frames, future))
+            futures.append(future)
+        self._io.call("submit", tasks)
+        return futures
+
+    def _task(self, fn: Callable, args: tuple, kwargs: dict, key: str | None, pure: bool,
+              retries: int, priority: int, prefix: str | None = None) -> tuple[dict, list]:
+        frames, deps = serialize.dumps_task(fn, args, kwargs, Future)
+        if key is None:
+            token = serialize.token(frames) if pure else uuid.uuid4().hex
+            key = f"{prefix or _funcname(fn)}-{token}"
+        elif not isinstance(key, str):
+            raise TypeError(f"key must be a string, not {type(key).__name__}")
+        item = {"key": key, "deps": deps, "priority": priority, "retries": retries}
+        return item, frames
+
+    # ------------------------------------------------------------------ results
+
+    def gather(self, futures: Any, errors: str = "raise", timeout: float | None = None) -> Any:
+        """The same structure with every Future replaced by its result.
+
+        ``errors="skip"`` leaves out futures whose task failed.
+
+        >>> ex.gather({"a": ex.submit(inc, 1), "b": [ex.submit(inc, 2)]})   # doctest: +SKIP
+        {'a': 2, 'b': [3]}
+        """
+        if errors not in ("raise", "skip"):
+            raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
+        found: list[Future] = []
+        _walk_futures(futures, found)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        done, not_done = concurrent.futures.wait(found, timeout)
+        if not_done:
+            raise concurrent.futures.TimeoutError(
+                f"{len(not_done)} of {len(found)} futures not done after {timeout}s")
+        values: dict[str, Any] = {}
+        to_fetch = []
+        for future in found:
+            if future.key in values:
+                continue
+            if future.cancelled() or future.exception(0) is not None:
+                if errors == "raise":
+                    future.result(0)  # raises the task's exception or CancelledError
+                continue
+            cached = future._result
+            if cached is not REMOTE:
+                values[future.key] = cached
+            else:
+                to_fetch.append(future.key)
+        if to_fetch:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            values.update(self._fetch_values(to_fetch, remaining))
+        return _substitute(futures, values)
+
+    def _fetch_values(self, keys: list[str], timeout: float | None) -> dict[str, Any]:
+        """Fetch the values of finished keys straight from the workers."""
+        self._check_open()
+        result: concurrent.futures.Future = concurrent.futures.Future()
+        self._io.call("fetch", list(dict.fromkeys(keys)), result)
+        frames_by_key = result.result(timeout)
+        return {key: serialize.loads(frames) for key, frames in frames_by_key.items()}
+
+    def who_has(self, futures: Any = None) -> dict[str, list[str]]:
+        """Which workers hold each key (the keys of ``futures``, or all of ours)."""
+        if futures is None:
+            keys = list(self._io.keys)
+        else:
+            found: list[Future] = []
+            _walk_futures(futures if not isinstance(futures, Future) else [futures], found)
+            keys = [f.key for f in found]
+        return self._io.request("who-has", keys=keys)
+
+    def scheduler_info(self) -> dict:
+        """The center's view of the cluster: workers and task counts by state."""
+        self._check_open()
+        return self._io.request("scheduler-info")
+
+    def has_what(self) -> dict[str, list[str]]:
+        """The keys each worker holds (every worker, empty ones too)."""
+        self._check_open()
+        return self._io.request("has-what")
+
+    def nthreads(self) -> dict[str, int]:
+        """The number of task threads of each worker."""
+        return {address: w["nthreads"] for address, w in self.scheduler_info()["workers"].items()}
+
+    # ------------------------------------------------------------------ life cycle
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Release this client's keys and stop an owned local cluster.
+
+        With ``wait`` (and without ``cancel_futures``), first wait for this
+        client's pending futures to finish, as ``concurrent.futures`` does.
+        Futures still pending after that are cancelled.
+        """
+        if self._closed:
+            return
+        if wait and not cancel_futures:
+            pending = [f for info in list(self._io.keys.values())
+                       for f in info.live_futures() if not f.done()]
+            concurrent.futures.wait(pending)
+        self._closed = True
+        self._finalizer()
+
+    close = shutdown
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this Executor was shut down; create a new one")
+
+    # ------------------------------------------------------------------ for Future
+
+    def _unref(self, key: str) -> None:
+        if not self._closed:
+            self._io.call("unref", key)
+
+    def _run_callback(self, fn: Callable, future: Future) -> None:
+        """Run a done-callback on the callback thread, never on the I/O thread."""
+        if self._callbacks is None:
+            self._callbacks = queue.SimpleQueue()
+            threading.Thread(target=_callback_thread, args=(self._callbacks,),
+                             name="zfutures-callbacks", daemon=True).start()
+        self._callbacks.put((fn, future))
+
+
+def _callback_thread(callbacks: queue.SimpleQueue) -> None:
+    while True:
+        fn, future = callbacks.get()
+        try:
+            fn(future)
+        except Exception:
+            logger.exception("exception calling callback for %r", future)
+
+
+def _close(io: ClientIO, cluster: Any) -> None:
+    io.stop()
+    if cluster is not None:
+        cluster.close()
+
+
+def _check_options(address: Any, n_workers: Any, threads_per_worker: Any, timeout: Any,
+                   name: Any) -> None:
+    if address is not None and not isinstance(address, str):
+        raise TypeError(f"address must be a string like 'host:8787' or None, "
+                        f"not {type(address).__name__}")
+    if n_workers is not None and (type(n_workers) is not int or n_workers < 1):
+        raise ValueError(f"n_workers must be a positive int, not {n_workers!r}")
+    if type(threads_per_worker) is not int or threads_per_worker < 1:
+        raise ValueError(f"threads_per_worker must be a positive int, not {threads_per_worker!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"name must be a string, not {type(name).__name__}")
+
+
+def _check_task_options(retries: Any, priority: Any, workers: Any, resources: Any) -> None:
+    if type(retries) is not int or retries < 0:
+        raise ValueError(f"retries must be a non-negative int, not {retries!r}")
+    if type(priority) is not int:
+        raise TypeError(f"priority must be an int, not {type(priority).__name__}")
+    if workers is not None or resources is not None:
+        raise NotImplementedError("workers= and resources= are not supported yet")

@@ -1,0 +1,132 @@
+"""Future: a handle on a key computed on the cluster.
+
+A subclass of :class:`concurrent.futures.Future`, so the standard library's
+``wait``, ``as_completed`` and ``asyncio.wrap_future`` accept it. It becomes
+*done* as soon as the cluster holds the result; the value itself stays on the
+worker until :meth:`Future.result` fetches it (straight from that worker), so
+chaining futures into further tasks never moves data through the client.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from concurrent.futures._base import CANCELLED_AND_NOTIFIED, FINISHED
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from .executor import Executor
+
+
+class _Remote:
+    """Placeholder result of a future whose value is still on a worker."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<on the cluster>"
+
+
+REMOTE = _Remote()
+
+
+class Future(concurrent.futures.Future):
+    """The result of a task that runs, or ran, on the cluster.
+
+    >>> x = executor.submit(inc, 1)       # doctest: +SKIP
+    >>> x                                 # doctest: +SKIP
+    <Future: status: pending, key: inc-8bca9db48807c7d8bf613135d01b875f>
+    >>> x.result()                        # doctest: +SKIP
+    2
+    """
+
+    def __init__(self, key: str, executor: Executor):
+        super().__init__()
+        self.key = key
+        self._executor = executor
+        self._lost = False
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def status(self) -> str:
+        """One of ``pending``, ``finished``, ``error``, ``cancelled``, ``lost``."""
+        with self._condition:
+            if self._lost:
+                return "lost"
+            if self._state == FINISHED:
+                return "error" if self._exception is not None else "finished"
+            if self._state in ("CANCELLED", CANCELLED_AND_NOTIFIED):
+                return "cancelled"
+            return "pending"
+
+    def __repr__(self) -> str:
+        return f"<Future: status: {self.status}, key: {self.key}>"
+
+    # ------------------------------------------------------------------ results
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The value, fetched from the worker that holds it.
+
+        Raises the task's own exception (with the remote traceback chained as
+        ``__cause__``), ``concurrent.futures.TimeoutError`` after ``timeout``
+        seconds, or ``CancelledError``.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        value = super().result(timeout)
+        if value is not REMOTE:
+            return value
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        value = self._executor._fetch_values([self.key], remaining)[self.key]
+        with self._condition:
+            if self._result is REMOTE:
+                self._result = value
+        return value
+
+    def release(self) -> None:
+        """Drop this reference; the cluster forgets the key when no one holds it."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor._unref(self.key)
+
+    def __del__(self) -> None:
+        executor = getattr(self, "_executor", None)
+        if executor is not None:
+            executor._unref(self.key)
+
+    def add_done_callback(self, fn: Callable[[Future], Any]) -> None:
+        """Call ``fn(future)`` when done, on the executor's callback thread.
+
+        Callbacks never run on the I/O thread, so a callback may call
+        :meth:`result` (which needs that thread to fetch the value).
+        """
+        executor = self._executor
+        if executor is None:
+            super().add_done_callback(fn)
+        else:
+            super().add_done_callback(lambda f: executor._run_callback(fn, f))
+
+    def __await__(self):
+        import asyncio
+
+        return asyncio.get_running_loop().run_in_executor(None, self.result).__await__()
+
+    # ------------------------------------------------------------------ I/O thread side
+
+    def _set_remote(self) -> None:
+        """The cluster holds the result (called from the executor's I/O thread)."""
+        try:
+            self.set_result(REMOTE)
+        except concurrent.futures.InvalidStateError:
+            pass  # already done, or cancelled
+
+    def _set_error(self, exception: BaseException) -> None:
+        try:
+            self.set_exception(exception)
+        except concurrent.futures.InvalidStateError:
+            pass
+
+    # Pickled into a task, a Future is replaced by its value (see serialize.py);
+    # pickled any other way it would carry a dead socket, so refuse clearly.
+    def __reduce__(self):
+        raise TypeError(
+            f"a Future ({self.key}) can only be sent to the cluster as a task argument")

@@ -1,0 +1,126 @@
+"""A cluster on this machine: a center and workers as child processes.
+
+They are the same programs a user starts by hand (``zfut-center``,
+``zfut-worker``), run as ``python -m zfutures``, so a local cluster tests the
+real thing. Every process started here is stopped by :meth:`LocalCluster.close`,
+at interpreter exit too; and each child watches its parent, so even a parent
+killed with SIGKILL leaves nothing behind.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from .errors import ConnectionError
+
+logger = logging.getLogger(__name__)
+
+#: Children exit when the process with this pid is no longer their parent.
+PARENT_PID_ENV = "ZFUTURES_PARENT_PID"
+
+_LISTENING = re.compile(r"zfut-center listening at (tcp://\S+)")
+
+
+class LocalCluster:
+    """A center and ``n_workers`` worker processes bound to 127.0.0.1.
+
+    >>> cluster = LocalCluster(n_workers=2)    # doctest: +SKIP
+    >>> cluster.address                         # doctest: +SKIP
+    'tcp://127.0.0.1:41235'
+    >>> cluster.close()                         # doctest: +SKIP
+    """
+
+    def __init__(self, n_workers: int | None = None, threads_per_worker: int = 1,
+                 timeout: float = 10, allowed_failures: int = 3,
+                 heartbeat_interval: float | None = None, worker_timeout: float | None = None):
+        self.n_workers = n_workers or os.cpu_count() or 1
+        self.threads_per_worker = threads_per_worker
+        self.processes: list[subprocess.Popen] = []
+        self.address = ""
+        self._closed = False
+        center_args = ["--allowed-failures", str(allowed_failures)]
+        if heartbeat_interval is not None:
+            center_args += ["--heartbeat-interval", str(heartbeat_interval)]
+        if worker_timeout is not None:
+            center_args += ["--worker-timeout", str(worker_timeout)]
+        try:
+            center = self._start(["center", "--host", "127.0.0.1", "--port", "0", *center_args],
+                                 stdout=subprocess.PIPE)
+            self.address = _read_address(center, timeout)
+            center.stdout.close()
+            for i in range(self.n_workers):
+                self._start(["worker", self.address, "--nthreads", str(threads_per_worker),
+                             "--name", f"local-{i}", "--host", "127.0.0.1"],
+                            stdout=subprocess.DEVNULL)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, args: list[str], stdout: Any) -> subprocess.Popen:
+        env = dict(os.environ, **{PARENT_PID_ENV: str(os.getpid())})
+        process = subprocess.Popen([sys.executable, "-m", "zfutures", *args], stdout=stdout,
+                                   stdin=subprocess.DEVNULL, env=env, text=True)
+        self.processes.append(process)
+        return process
+
+    def wait_for_workers(self, client_io: Any, timeout: float) -> None:
+        """Block until every worker has registered with the center."""
+        deadline = time.monotonic() + timeout
+        while True:
+            workers = client_io.request("scheduler-info", timeout)["workers"]
+            if len(workers) >= self.n_workers:
+                return
+            dead = [p for p in self.processes if p.poll() is not None]
+            if dead or time.monotonic() > deadline:
+                why = f"{len(dead)} exited" if dead else f"not all up after {timeout}s"
+                raise ConnectionError(f"local cluster: {len(workers)} of {self.n_workers} "
+                                      f"workers registered ({why})")
+            time.sleep(0.02)  # polling the center: registration has no event to wait on
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop every process (SIGTERM, then SIGKILL after ``timeout``)."""
+        if self._closed:
+            return
+        self._closed = True
+        for process in reversed(self.processes):  # workers first, then the center
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for process in self.processes:
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                logger.warning("process %d did not stop on SIGTERM; killing it", process.pid)
+                process.kill()
+                process.wait(timeout)
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+def _read_address(process: subprocess.Popen, timeout: float) -> str:
+    """The address a starting center prints, or ConnectionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not selector.select(max(0.0, deadline - time.monotonic())):
+                break
+            line = process.stdout.readline()
+            if not line:
+                break
+            match = _LISTENING.search(line)
+            if match:
+                return match.group(1)
+    raise ConnectionError(f"the local center did not start within {timeout}s "
+                          f"(exit status {process.poll()})")

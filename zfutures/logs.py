@@ -1,0 +1,30 @@
+"""Logging helpers: rate-limited warnings, so a flood cannot fill a disk."""
+from __future__ import annotations
+
+import logging
+import time
+
+
+class RateLimitedLog:
+    """Log each distinct reason at most once per ``interval`` seconds.
+
+    Counts what it held back and says so the next time the reason is logged.
+    """
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0, max_reasons: int = 1000):
+        self.logger = logger
+        self.interval = interval
+        self.max_reasons = max_reasons
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def warning(self, reason: str, detail: str = "") -> None:
+        now = time.monotonic()
+        last, held = self._last.get(reason, (-1e9, 0))
+        if now - last < self.interval:
+            self._last[reason] = (last, held + 1)
+            return
+        if len(self._last) >= self.max_reasons:  # bound the memory of reasons too
+            self._last.clear()
+        self._last[reason] = (now, 0)
+        more = f" ({held} more like it not logged)" if held else ""
+        self.logger.warning("%s%s%s", reason, f": {detail}" if detail else "", more)

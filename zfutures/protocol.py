@@ -1,0 +1,171 @@
+"""The wire protocol: how every zfutures message is laid out in ZeroMQ frames.
+
+A message is one multipart ZeroMQ message::
+
+    [identity]   only on the ROUTER side, added and removed by ZeroMQ
+    header       msgpack map {"op": str, ...}: plain data, never pickle
+    frame ...    opaque payload frames (pickled functions, arguments, results)
+
+The center reads headers only; payload frames pass through it untouched, so it
+never runs code that arrived on a socket.
+
+Ops that are produced in bursts carry a list of items (``tasks`` or ``keys``)
+so that many tasks, results or releases travel in one message. An item that
+owns payload frames says how many with ``nframes``; its frames follow the
+header in item order (see :func:`pack_items` and :func:`unpack_items`).
+
+Every header is checked against :data:`SCHEMAS` by :func:`decode_header`
+before any handler sees it: a message that does not fit is rejected there, in
+one place, with a :class:`~zfutures.errors.ProtocolError`.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import msgpack
+
+from .errors import ProtocolError
+
+#: Bumped whenever a message changes shape; peers must register with the same.
+PROTOCOL_VERSION = 1
+
+#: Largest header accepted, in bytes. Headers hold keys and small numbers only.
+MAX_HEADER_BYTES = 64 * 1024 * 1024
+
+# Field types, as accepted by _check_type. A tuple means "one of these".
+_STR = str
+_INT = int
+_NUM = (int, float)
+_STRS = ("list", str)
+_ANY = object
+
+# Item schemas, for the lists inside batched messages.
+_TASK_ITEM = {"key": _STR, "deps": _STRS, "priority": _INT, "nframes": _INT}
+_COMPUTE_ITEM = {"key": _STR, "deps": ("map", "list", str), "nframes": _INT}
+_FINISHED_ITEM = {"key": _STR, "nbytes": _INT}
+_ERRED_ITEM = {"key": _STR, "nframes": _INT}
+_RESULT_ITEM = {"key": _STR, "who_has": _STRS, "nbytes": _INT}
+_DATA_ITEM = {"key": _STR, "nframes": _INT}
+
+#: op -> {field: type}. Every listed field is required; extra fields are
+#: allowed (and ignored) so that newer peers can add optional information.
+SCHEMAS: dict[str, dict[str, Any]] = {
+    # client -> center
+    "register-client": {"protocol": _INT, "name": _STR},
+    "submit": {"tasks": ("items", _TASK_ITEM)},
+    "release": {"keys": _STRS},
+    "who-has": {"id": _INT, "keys": _STRS},
+    "scheduler-info": {"id": _INT},
+    "has-what": {"id": _INT},
+    "close-client": {},
+    # worker -> center
+    "register-worker": {
+        "protocol": _INT, "address": _STR, "name": _STR, "nthreads": _INT,
+        "memory_limit": _INT, "resources": ("map", _NUM), "keys": _STRS,
+    },
+    "task-finished": {"tasks": ("items", _FINISHED_ITEM)},
+    "task-erred": {"tasks": ("items", _ERRED_ITEM)},
+    "keys-added": {"tasks": ("items", _FINISHED_ITEM)},
+    "missing-data": {"key": _STR, "missing": _STRS},
+    "unregister": {},
+    # center -> worker
+    "welcome": {"protocol": _INT},
+    "compute": {"tasks": ("items", _COMPUTE_ITEM)},
+    "release-keys": {"keys": _STRS},
+    # center -> client
+    "key-finished": {"tasks": ("items", _RESULT_ITEM)},
+    "key-erred": {"tasks": ("items", _ERRED_ITEM)},
+    "reply": {"id": _INT, "result": _ANY},
+    "refused": {"reason": _STR},
+    # both directions, center <-> anyone
+    "heartbeat": {},
+    # data server (any peer -> worker) and its answers
+    "get-data": {"id": _INT, "keys": _STRS},
+    "data": {"id": _INT, "items": ("items", _DATA_ITEM), "missing": _STRS},
+}
+
+
+def encode_header(op: str, **fields: Any) -> bytes:
+    """Pack a header for ``op``. Fields must be plain data (msgpack types)."""
+    fields["op"] = op
+    return msgpack.packb(fields, use_bin_type=True)
+
+
+def decode_header(raw: bytes | memoryview) -> dict:
+    """Unpack and validate a header; raise ProtocolError if it does not fit.
+
+    >>> decode_header(encode_header("release", keys=["a"]))["keys"]
+    ['a']
+    """
+    if len(raw) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        header = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception as e:  # msgpack raises several unrelated types
+        raise ProtocolError(f"header is not msgpack: {type(e).__name__}: {e}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError(f"header is a {type(header).__name__}, not a map")
+    op = header.get("op")
+    schema = SCHEMAS.get(op) if isinstance(op, str) else None
+    if schema is None:
+        raise ProtocolError(f"unknown op {op!r}")
+    _check_fields(header, schema, op)
+    return header
+
+
+def _check_fields(mapping: dict, schema: dict, where: str) -> None:
+    for field, kind in schema.items():
+        if field not in mapping:
+            raise ProtocolError(f"{where}: missing field {field!r}")
+        if not _check_type(mapping[field], kind):
+            raise ProtocolError(
+                f"{where}: field {field!r} has type {type(mapping[field]).__name__}")
+
+
+def _check_type(value: Any, kind: Any) -> bool:
+    if kind is object:
+        return True
+    if kind is int:
+        return type(value) is int
+    if kind == (int, float):
+        return type(value) in (int, float)
+    if kind is str:
+        return type(value) is str
+    tag = kind[0]
+    if tag == "list":
+        return type(value) is list and all(_check_type(v, kind[1]) for v in value)
+    if tag == "map":
+        inner = kind[1:] if len(kind) > 2 else kind[1]
+        return type(value) is dict and all(
+            type(k) is str and _check_type(v, inner) for k, v in value.items())
+    if tag == "items":
+        if type(value) is not list:
+            return False
+        for item in value:
+            if type(item) is not dict:
+                return False
+            _check_fields(item, kind[1], "item")
+        return True
+    raise AssertionError(f"bad schema kind {kind!r}")
+
+
+def pack_items(items: list[dict], frame_lists: Sequence[Sequence]) -> list:
+    """Set each item's ``nframes`` and return all their frames, in order."""
+    frames: list = []
+    for item, item_frames in zip(items, frame_lists):
+        item["nframes"] = len(item_frames)
+        frames.extend(item_frames)
+    return frames
+
+
+def unpack_items(items: list[dict], frames: Sequence) -> Iterator[tuple[dict, list]]:
+    """Yield ``(item, its frames)``; raise ProtocolError if the counts disagree."""
+    total = sum(item["nframes"] for item in items)
+    if total != len(frames) or any(item["nframes"] < 0 for item in items):
+        raise ProtocolError(f"items announce {total} frames, message has {len(frames)}")
+    start = 0
+    for item in items:
+        end = start + item["nframes"]
+        yield item, list(frames[start:end])
+        start = end

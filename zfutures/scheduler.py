@@ -1,0 +1,627 @@
+"""The center's scheduler: the task graph as a state machine with no I/O.
+
+Every public method takes one event (a client submitted tasks, a worker
+finished one, a worker was lost, ...) and queues the messages it causes in an
+:class:`Outbox`; the center's shell sends them after each burst of events, so
+messages to the same peer are batched. Nothing here touches a socket, a clock
+or a thread, so every path can be tested directly.
+
+A task's life::
+
+    waiting ──▶ ready ──▶ processing ──▶ memory ──▶ released ──▶ (forgotten)
+       │          │            │  ▲                    │
+       │          │            │  └── a worker died ───┘ wanted again: recompute
+       └──────────┴────────────┴──▶ erred
+
+- ``waiting``: some dependency is not in memory yet.
+- ``ready``: all dependencies are in memory; waits at the center for a slot.
+- ``processing``: sent to one worker.
+- ``memory``: held by one or more workers (``who_has``).
+- ``released``: nobody needs the data any more, but a dependent that still
+  exists may need it recomputed (lineage), so the task itself is kept.
+- ``erred``: the task (or one of its dependencies) raised.
+
+A task is *wanted* while a client holds a future for it or a dependent still
+waits for it; a task that is not wanted is released, and a released task that
+no dependent refers to is forgotten.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import pickle
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from .errors import FutureLostError, KilledWorker
+
+logger = logging.getLogger(__name__)
+
+#: Assumed network bandwidth, bytes/s, to weigh moving data against waiting.
+BANDWIDTH = 500e6
+#: Assumed duration of a task before any has been measured, in seconds.
+DEFAULT_TASK_DURATION = 0.001
+
+WAITING, READY, PROCESSING, MEMORY, RELEASED, ERRED = (
+    "waiting", "ready", "processing", "memory", "released", "erred")
+
+
+class TaskState:
+    """Everything the center knows about one key."""
+
+    __slots__ = (
+        "key", "state", "payload", "priority", "dependencies", "dependents",
+        "waiting_on", "waiters", "who_wants", "who_has", "processing_on", "nbytes",
+        "exception", "retries", "suspicious", "erred_on",
+    )
+
+    def __init__(self, key: str, payload: list | None, priority: tuple, retries: int = 0):
+        self.key = key
+        self.state = RELEASED
+        self.payload = payload            # opaque frames; None for scattered data
+        self.priority = priority          # (-user priority, submission order)
+        self.dependencies: list[TaskState] = []
+        self.dependents: set[TaskState] = set()
+        self.waiting_on: set[TaskState] = set()  # dependencies not in memory yet
+        self.waiters: set[TaskState] = set()     # dependents on their way to memory
+        self.who_wants: set[ClientState] = set()
+        self.who_has: set[WorkerState] = set()
+        self.processing_on: WorkerState | None = None
+        self.nbytes = 0
+        self.exception: list | None = None  # pickled exception frames, when erred
+        self.retries = retries
+        self.suspicious = 0               # workers that died while running it
+        self.erred_on: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<Task {self.key!r} {self.state}>"
+
+    def __lt__(self, other: TaskState) -> bool:  # for the ready heap
+        return self.priority < other.priority
+
+
+class WorkerState:
+    """A worker as the center sees it."""
+
+    __slots__ = ("ident", "address", "name", "nthreads", "memory_limit", "resources",
+                 "processing", "has_what", "nbytes", "capacity")
+
+    def __init__(self, ident: bytes, address: str, name: str, nthreads: int,
+                 memory_limit: int = 0, resources: dict | None = None, capacity: int = 2):
+        self.ident = ident
+        self.address = address
+        self.name = name
+        self.nthreads = nthreads
+        self.memory_limit = memory_limit
+        self.resources = resources or {}
+        self.processing: set[TaskState] = set()
+        self.has_what: set[TaskState] = set()
+        self.nbytes = 0
+        self.capacity = capacity          # tasks it may hold at once (running + queued)
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.address} processing={len(self.processing)}>"
+
+
+class ClientState:
+    """A connected client and the keys it holds futures for."""
+
+    __slots__ = ("ident", "name", "wants")
+
+    def __init__(self, ident: bytes, name: str):
+        self.ident = ident
+        self.name = name
+        self.wants: set[TaskState] = set()
+
+    def __repr__(self) -> str:
+        return f"<Client {self.name} wants={len(self.wants)}>"
+
+
+class Outbox:
+    """Messages queued by the scheduler, merged per recipient and op.
+
+    Items of the same batched op for the same recipient become one message:
+    ``take()`` returns ``[(ident, op, fields, frames)]`` where ``fields[list_field]``
+    holds all the items.
+    """
+
+    def __init__(self):
+        self._batches: dict[tuple[bytes, str], tuple[str, list, list]] = {}
+        self._singles: list[tuple[bytes, str, dict, list]] = []
+
+    def add(self, ident: bytes, op: str, list_field: str, item: Any,
+            frames: list | None = None) -> None:
+        """Queue ``item`` in the ``list_field`` of ``op`` to ``ident``, with its frames."""
+        batch = self._batches.get((ident, op))
+        if batch is None:
+            batch = self._batches[(ident, op)] = (list_field, [], [])
+        batch[1].append(item)
+        if frames is not None:
+            item["nframes"] = len(frames)
+            batch[2].extend(frames)
+
+    def send(self, ident: bytes, op: str, fields: dict, frames: list | None = None) -> None:
+        self._singles.append((ident, op, fields, frames or []))
+
+    def take(self) -> list[tuple[bytes, str, dict, list]]:
+        messages = list(self._singles)
+        for (ident, op), (list_field, items, frames) in self._batches.items():
+            messages.append((ident, op, {list_field: items}, frames))
+        self._batches.clear()
+        self._singles.clear()
+        return messages
+
+
+def _pickled_error(exc: BaseException) -> list:
+    """Frames of an error made by the center itself (never user payload)."""
+    return [pickle.dumps((exc, ""), protocol=5)]
+
+
+class Scheduler:
+    """The task graph and the scheduling policy of one center.
+
+    Parameters
+    ----------
+    allowed_failures
+        How many workers may die while running a task before it errs with
+        :class:`~zfutures.errors.KilledWorker`.
+    extra_queue
+        How many tasks beyond its thread count a worker is sent ahead, so it
+        never idles while the next task travels; the rest waits here, where a
+        worker that joins later can take it.
+
+    >>> s = Scheduler()
+    >>> s.add_worker(b"w1", "tcp://127.0.0.1:9000", "w1", nthreads=1)
+    >>> s.add_client(b"c1", "me")
+    >>> s.submit(b"c1", [{"key": "x", "deps": [], "priority": 0, "nframes": 1}], [b"..."])
+    >>> s.tasks["x"].state
+    'processing'
+    """
+
+    def __init__(self, allowed_failures: int = 3, extra_queue: int = 2):
+        self.allowed_failures = allowed_failures
+        self.extra_queue = extra_queue
+        self.tasks: dict[str, TaskState] = {}
+        self.workers: dict[bytes, WorkerState] = {}
+        self.workers_by_address: dict[str, WorkerState] = {}
+        self.clients: dict[bytes, ClientState] = {}
+        self.ready: list[TaskState] = []      # heap by priority
+        self.with_room: set[WorkerState] = set()
+        self.outbox = Outbox()
+        self.task_duration = DEFAULT_TASK_DURATION
+        self._order = itertools.count()
+        self._maybe_unwanted: list[TaskState] = []
+
+    # ------------------------------------------------------------------ peers
+
+    def add_client(self, ident: bytes, name: str) -> None:
+        if ident not in self.clients:  # a reconnect with the same identity keeps its keys
+            self.clients[ident] = ClientState(ident, name)
+
+    def remove_client(self, ident: bytes) -> None:
+        """A client closed or vanished: it no longer wants any of its keys."""
+        client = self.clients.pop(ident, None)
+        if client is not None:
+            for ts in client.wants:
+                ts.who_wants.discard(client)
+                self._maybe_unwanted.append(ts)
+            client.wants.clear()
+        self._settle()
+
+    def add_worker(self, ident: bytes, address: str, name: str, nthreads: int,
+                   memory_limit: int = 0, resources: dict | None = None,
+                   keys: Iterable[str] = ()) -> None:
+        """A worker registered, possibly already holding ``keys``."""
+        if ident in self.workers:
+            self.remove_worker(ident)
+        old = self.workers_by_address.get(address)
+        if old is not None:  # a restarted worker on the same address
+            self.remove_worker(old.ident)
+        ws = WorkerState(ident, address, name, nthreads, memory_limit, resources,
+                         capacity=nthreads + self.extra_queue)
+        self.workers[ident] = ws
+        self.workers_by_address[address] = ws
+        self.with_room.add(ws)
+        for key in keys:
+            ts = self.tasks.get(key)
+            if ts is not None and ts.state not in (ERRED, PROCESSING) and self._is_wanted(ts):
+                self._add_holder(ts, ws, ts.nbytes)
+                if ts.state != MEMORY:
+                    self._finish(ts)
+            else:
+                self.outbox.add(ident, "release-keys", "keys", key)
+        self._settle()
+
+    def remove_worker(self, ident: bytes) -> None:
+        """A worker left or died: reschedule its tasks, recompute its lost keys."""
+        ws = self.workers.pop(ident, None)
+        if ws is None:
+            return
+        del self.workers_by_address[ws.address]
+        self.with_room.discard(ws)
+        for ts in list(ws.processing):
+            self._unassign(ts)
+            ts.suspicious += 1
+            if ts.suspicious >= self.allowed_failures:
+                self._err(ts, _pickled_error(KilledWorker(
+                    f"task {ts.key!r} was running on {ts.suspicious} workers that died, "
+                    f"the last one {ws.address}")))
+            else:
+                self._set_state(ts, WAITING)
+                self._try_ready(ts)
+        lost = []
+        for ts in ws.has_what:
+            ts.who_has.discard(ws)
+            if not ts.who_has and ts.state == MEMORY:
+                self._set_state(ts, RELEASED)
+                lost.append(ts)
+        ws.has_what.clear()
+        for ts in lost:
+            if self._is_wanted(ts):
+                self._recompute(ts)
+        # Dependents that were waiting for lost keys wait again.
+        for ts in lost:
+            for dependent in ts.dependents:
+                if dependent.state in (WAITING, READY):
+                    if dependent.state == READY:
+                        self._remove_ready(dependent)
+                        self._set_state(dependent, WAITING)
+                    dependent.waiting_on.add(ts)
+        self._settle()
+
+    # ------------------------------------------------------------------ clients' events
+
+    def submit(self, client_ident: bytes, items: list[dict], frames: list) -> None:
+        """A client submitted tasks: ``items`` as in the ``submit`` message."""
+        client = self.clients[client_ident]
+        start = 0
+        for item in items:
+            end = start + item["nframes"]
+            self._add_task(client, item, frames[start:end])
+            start = end
+        self._settle()
+
+    def _add_task(self, client: ClientState, item: dict, payload: list) -> None:
+        key = item["key"]
+        ts = self.tasks.get(key)
+        if ts is not None:  # the same pure call again: one task, one more client
+            if ts.payload is None and payload:
+                ts.payload = payload
+            self._want(ts, client)
+            return
+        ts = self.tasks[key] = TaskState(
+            key, payload, (-item["priority"], next(self._order)), item.get("retries", 0))
+        missing = None
+        for dep_key in item["deps"]:
+            dep = self.tasks.get(dep_key)
+            if dep is None:
+                missing = dep_key
+                continue
+            ts.dependencies.append(dep)
+            dep.dependents.add(ts)
+        if missing is not None:
+            self._err(ts, _pickled_error(FutureLostError(
+                f"task {key!r} depends on {missing!r}, which the center does not know "
+                "(released, or lost in a restart)")))
+        self._want(ts, client)
+
+    def release(self, client_ident: bytes, keys: Iterable[str]) -> None:
+        """A client dropped its last future for each of ``keys``."""
+        client = self.clients.get(client_ident)
+        if client is None:
+            return
+        for key in keys:
+            ts = self.tasks.get(key)
+            if ts is not None and ts in client.wants:
+                client.wants.discard(ts)
+                ts.who_wants.discard(client)
+                self._maybe_unwanted.append(ts)
+        self._settle()
+
+    def who_has(self, keys: Iterable[str]) -> dict[str, list[str]]:
+        """Addresses of the workers holding each key (empty when none does)."""
+        tasks = self.tasks
+        return {key: [ws.address for ws in tasks[key].who_has] if key in tasks else []
+                for key in keys}
+
+    def has_what(self) -> dict[str, list[str]]:
+        """The keys each worker holds, every worker listed."""
+        return {ws.address: [ts.key for ts in ws.has_what] for ws in self.workers.values()}
+
+    # ------------------------------------------------------------------ workers' events
+
+    def task_finished(self, worker_ident: bytes, key: str, nbytes: int,
+                      duration: float | None = None) -> None:
+        """A worker computed ``key`` and holds its result of ``nbytes``."""
+        ws = self.workers.get(worker_ident)
+        if ws is None:
+            return
+        ts = self.tasks.get(key)
+        if ts is None or ts.state in (RELEASED, ERRED):
+            # Forgotten or failed meanwhile: the worker should drop the data.
+            self.outbox.add(ws.ident, "release-keys", "keys", key)
+            return
+        if duration is not None:
+            self.task_duration = 0.9 * self.task_duration + 0.1 * duration
+        if ts.processing_on is not None:
+            self._unassign(ts)
+        elif ts.state == READY:  # rescheduled after a scare, but the result came anyway
+            self._remove_ready(ts)
+        self._add_holder(ts, ws, nbytes)
+        if ts.state != MEMORY:
+            self._finish(ts)
+        self._settle()
+
+    def keys_added(self, worker_ident: bytes, key: str, nbytes: int) -> None:
+        """A worker fetched a copy of ``key`` for a task of its own."""
+        ws = self.workers.get(worker_ident)
+        if ws is None:
+            return
+        ts = self.tasks.get(key)
+        if ts is None or ts.state != MEMORY:
+            self.outbox.add(ws.ident, "release-keys", "keys", key)
+        else:
+            self._add_holder(ts, ws, nbytes)
+
+    def task_erred(self, worker_ident: bytes, key: str, exception: list) -> None:
+        """A task raised on a worker; ``exception`` is the pickled error, opaque here."""
+        ts = self.tasks.get(key)
+        ws = self.workers.get(worker_ident)
+        if ts is None or ws is None or ts.processing_on is not ws:
+            return
+        self._unassign(ts)
+        if ts.retries > 0:
+            ts.retries -= 1
+            self._set_state(ts, WAITING)
+            self._try_ready(ts)
+        else:
+            ts.erred_on = ws.address
+            self._err(ts, exception)
+        self._settle()
+
+    def missing_data(self, worker_ident: bytes, key: str, missing: Iterable[str]) -> None:
+        """A worker could not fetch ``missing`` inputs of ``key`` from any holder."""
+        ws = self.workers.get(worker_ident)
+        ts = self.tasks.get(key)
+        if ws is None or ts is None or ts.processing_on is not ws:
+            return
+        self._unassign(ts)
+        self._set_state(ts, WAITING)
+        for dep_key in missing:
+            dep = self.tasks.get(dep_key)
+            if dep is None or dep not in ts.dependencies:
+                continue
+            for holder in list(dep.who_has):
+                if holder is not ws:
+                    self.outbox.add(holder.ident, "release-keys", "keys", dep.key)
+                    self._remove_holder(dep, holder)
+            if not dep.who_has and dep.state == MEMORY:
+                self._set_state(dep, RELEASED)
+                self._recompute(dep)
+        self._try_ready(ts)
+        self._settle()
+
+    # ------------------------------------------------------------------ transitions
+
+    def _set_state(self, ts: TaskState, state: str) -> None:
+        """The one place a task changes state; keeps ``waiters`` in step."""
+        was_in_flight = ts.state in _IN_FLIGHT
+        ts.state = state
+        if was_in_flight != (state in _IN_FLIGHT):
+            if was_in_flight:
+                for dep in ts.dependencies:
+                    dep.waiters.discard(ts)
+                    self._maybe_unwanted.append(dep)
+            else:
+                for dep in ts.dependencies:
+                    dep.waiters.add(ts)
+
+    def _recompute(self, root: TaskState) -> None:
+        """Bring a wanted, released task and its released inputs back to memory."""
+        stack, revived = [root], []
+        while stack:
+            ts = stack.pop()
+            if ts.state != RELEASED:
+                continue
+            if ts.payload is None:  # scattered data: there is nothing to rerun
+                self._err(ts, _pickled_error(FutureLostError(
+                    f"the data of {ts.key!r} was lost with the worker that held it")))
+                continue
+            self._set_state(ts, WAITING)
+            revived.append(ts)
+            stack.extend(dep for dep in ts.dependencies if dep.state == RELEASED)
+        for ts in revived:
+            self._try_ready(ts)
+
+    def _try_ready(self, ts: TaskState) -> None:
+        """A waiting task: note which inputs it still waits for; ready if none."""
+        if ts.state != WAITING:
+            return
+        ts.waiting_on.clear()
+        for dep in ts.dependencies:
+            if dep.state == ERRED:
+                self._err(ts, dep.exception)
+                return
+            if dep.state != MEMORY:
+                ts.waiting_on.add(dep)
+        if not ts.waiting_on:
+            self._set_state(ts, READY)
+            heapq.heappush(self.ready, ts)
+
+    def _finish(self, ts: TaskState) -> None:
+        """``ts`` has just come into memory: tell its clients, wake its dependents."""
+        self._set_state(ts, MEMORY)
+        ts.suspicious = 0
+        item = {"key": ts.key, "who_has": [ws.address for ws in ts.who_has],
+                "nbytes": ts.nbytes}
+        for client in ts.who_wants:
+            self.outbox.add(client.ident, "key-finished", "tasks", item)
+        for dependent in ts.waiters:
+            waiting_on = dependent.waiting_on
+            if ts in waiting_on:
+                waiting_on.discard(ts)
+                if not waiting_on and dependent.state == WAITING:
+                    self._set_state(dependent, READY)
+                    heapq.heappush(self.ready, dependent)
+        self._maybe_unwanted.append(ts)
+
+    def _err(self, root: TaskState, exception: list) -> None:
+        """``root`` failed; so does every dependent on its way to memory."""
+        stack = [root]
+        while stack:
+            ts = stack.pop()
+            if ts.state == ERRED:
+                continue
+            if ts.state == READY:
+                self._remove_ready(ts)
+            if ts.processing_on is not None:
+                self.outbox.add(ts.processing_on.ident, "release-keys", "keys", ts.key)
+                self._unassign(ts)
+            self._set_state(ts, ERRED)
+            ts.exception = exception
+            ts.waiting_on.clear()
+            for client in ts.who_wants:
+                self.outbox.add(client.ident, "key-erred", "tasks", {"key": ts.key},
+                                exception)
+            stack.extend(d for d in ts.dependents if d.state in _IN_FLIGHT)
+            self._maybe_unwanted.append(ts)
+
+    def _want(self, ts: TaskState, client: ClientState) -> None:
+        """``client`` holds a future for ``ts``: tell it what it missed."""
+        if client in ts.who_wants:
+            return
+        ts.who_wants.add(client)
+        client.wants.add(ts)
+        if ts.state == MEMORY:
+            self.outbox.add(client.ident, "key-finished", "tasks", {
+                "key": ts.key, "who_has": [ws.address for ws in ts.who_has],
+                "nbytes": ts.nbytes})
+        elif ts.state == ERRED:
+            self.outbox.add(client.ident, "key-erred", "tasks", {"key": ts.key},
+                            ts.exception)
+        elif ts.state == RELEASED:
+            self._recompute(ts)
+
+    @staticmethod
+    def _is_wanted(ts: TaskState) -> bool:
+        return bool(ts.who_wants or ts.waiters)
+
+    def _collect_garbage(self) -> None:
+        """Release tasks nobody wants; forget those nothing refers to any more.
+
+        A worklist rather than recursion, because releasing the end of a long
+        chain releases the whole chain.
+        """
+        stack = self._maybe_unwanted
+        while stack:
+            ts = stack.pop()
+            if ts.who_wants or ts.waiters or self.tasks.get(ts.key) is not ts:
+                continue
+            if ts.state == READY:
+                self._remove_ready(ts)
+            if ts.processing_on is not None:
+                self.outbox.add(ts.processing_on.ident, "release-keys", "keys", ts.key)
+                self._unassign(ts)
+            for ws in list(ts.who_has):
+                self.outbox.add(ws.ident, "release-keys", "keys", ts.key)
+                self._remove_holder(ts, ws)
+            if ts.state != RELEASED:
+                self._set_state(ts, RELEASED)
+                ts.exception = None
+                ts.waiting_on.clear()
+            if not ts.dependents:
+                del self.tasks[ts.key]
+                for dep in ts.dependencies:
+                    dep.dependents.discard(ts)
+                    stack.append(dep)
+                ts.dependencies = []
+
+    def _settle(self) -> None:
+        """After every event: drop what is unwanted, then fill free slots."""
+        self._collect_garbage()
+        self._dispatch()
+
+    # ------------------------------------------------------------------ placement
+
+    def _add_holder(self, ts: TaskState, ws: WorkerState, nbytes: int) -> None:
+        ts.nbytes = nbytes
+        if ws not in ts.who_has:
+            ts.who_has.add(ws)
+            ws.has_what.add(ts)
+            ws.nbytes += nbytes
+
+    def _remove_holder(self, ts: TaskState, ws: WorkerState) -> None:
+        ts.who_has.discard(ws)
+        if ts in ws.has_what:
+            ws.has_what.discard(ts)
+            ws.nbytes -= ts.nbytes
+
+    def _unassign(self, ts: TaskState) -> None:
+        ws = ts.processing_on
+        ts.processing_on = None
+        ws.processing.discard(ts)
+        if len(ws.processing) < ws.capacity and ws.ident in self.workers:
+            self.with_room.add(ws)
+
+    def _remove_ready(self, ts: TaskState) -> None:
+        # Rare (a ready task released or erred): rebuild rather than keep tombstones.
+        self.ready.remove(ts)
+        heapq.heapify(self.ready)
+
+    def _dispatch(self) -> None:
+        """Send ready tasks, best first, to workers that have room."""
+        ready, with_room = self.ready, self.with_room
+        while ready and with_room:
+            ts = heapq.heappop(ready)
+            self._assign(ts, self._choose_worker(ts))
+
+    def _choose_worker(self, ts: TaskState) -> WorkerState:
+        """The worker with room where ``ts`` would start soonest.
+
+        Start time is the bytes of inputs it lacks over the bandwidth, plus its
+        queued work; so inputs already on a worker pull the task there.
+        """
+        duration = self.task_duration
+        best, best_cost = None, 0.0
+        for ws in self.with_room:
+            cost = len(ws.processing) / ws.nthreads * duration
+            for dep in ts.dependencies:
+                if ws not in dep.who_has:
+                    cost += dep.nbytes / BANDWIDTH
+            if best is None or cost < best_cost:
+                best, best_cost = ws, cost
+        return best
+
+    def _assign(self, ts: TaskState, ws: WorkerState) -> None:
+        self._set_state(ts, PROCESSING)
+        ts.processing_on = ws
+        ws.processing.add(ts)
+        if len(ws.processing) >= ws.capacity:
+            self.with_room.discard(ws)
+        deps = {dep.key: [w.address for w in dep.who_has] for dep in ts.dependencies}
+        self.outbox.add(ws.ident, "compute", "tasks",
+                        {"key": ts.key, "deps": deps, "priority": -ts.priority[0]}, ts.payload)
+
+    # ------------------------------------------------------------------ reports
+
+    def info(self) -> dict:
+        """A summary for ``Executor.scheduler_info()``."""
+        counts: dict[str, int] = defaultdict(int)
+        for ts in self.tasks.values():
+            counts[ts.state] += 1
+        workers = {
+            ws.address: {
+                "name": ws.name, "nthreads": ws.nthreads, "memory": ws.nbytes,
+                "memory_limit": ws.memory_limit, "resources": ws.resources,
+                "executing": min(len(ws.processing), ws.nthreads),
+                "queued": max(0, len(ws.processing) - ws.nthreads),
+                "keys": len(ws.has_what),
+            }
+            for ws in self.workers.values()
+        }
+        return {"workers": workers, "tasks": dict(counts)}
+
+
+_IN_FLIGHT = frozenset((WAITING, READY, PROCESSING))

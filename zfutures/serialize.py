@@ -1,0 +1,140 @@
+"""Turning Python objects into frames and back, and naming pure tasks.
+
+Objects are pickled with cloudpickle (so lambdas and closures travel) using
+pickle protocol 5: large buffers (numpy arrays, bytes) are not copied into
+the pickle stream but become frames of their own, which ZeroMQ sends without
+copying. A pickled object is therefore a list of frames::
+
+    [pickle stream, buffer, buffer, ...]
+
+A task is ``(function, args, kwargs)`` pickled by :func:`dumps_task`, where any
+Future found anywhere in the arguments is written as a reference to its key
+(a pickle "persistent id"). The worker resolves those references to the data
+when it unpickles the task, so futures nested in lists, dicts, sets or even
+inside user objects are all replaced by their values.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import sys
+from collections.abc import Mapping
+from typing import Any, Callable
+
+import cloudpickle
+
+#: Buffers at least this large travel as frames of their own; smaller ones
+#: stay in the pickle stream, where copying them is cheaper than a frame.
+OUT_OF_BAND_THRESHOLD = 64 * 1024
+
+PROTOCOL = 5
+
+
+def _buffer_callback(frames: list) -> Callable[[pickle.PickleBuffer], bool]:
+    def callback(buffer: pickle.PickleBuffer) -> bool:
+        try:
+            view = buffer.raw()
+        except BufferError:  # not contiguous: let pickle copy it in-band
+            return True
+        if view.nbytes < OUT_OF_BAND_THRESHOLD:
+            return True
+        frames.append(view)
+        return False
+    return callback
+
+
+def dumps(obj: Any) -> list:
+    """Pickle ``obj`` into a list of frames (stream first, then big buffers)."""
+    frames: list = [b""]
+    frames[0] = cloudpickle.dumps(obj, protocol=PROTOCOL,
+                                  buffer_callback=_buffer_callback(frames))
+    return frames
+
+
+def loads(frames: list) -> Any:
+    """Inverse of :func:`dumps`."""
+    return pickle.loads(frames[0], buffers=frames[1:])
+
+
+class _TaskPickler(cloudpickle.Pickler):
+    """Writes every instance of ``reference_type`` as a reference to its key."""
+
+    def __init__(self, file, frames: list, reference_type: type, deps: dict):
+        super().__init__(file, protocol=PROTOCOL, buffer_callback=_buffer_callback(frames))
+        self._reference_type = reference_type
+        self._deps = deps
+
+    def persistent_id(self, obj: Any) -> Any:
+        if type(obj) is self._reference_type:
+            self._deps[obj.key] = None
+            return obj.key
+        return None
+
+
+def dumps_task(fn: Callable, args: tuple, kwargs: dict,
+               reference_type: type) -> tuple[list, list[str]]:
+    """Pickle a call into frames; return ``(frames, keys it depends on)``.
+
+    Raises whatever pickling raises (``TypeError`` or
+    ``pickle.PicklingError``), re-worded to name the object at fault.
+    """
+    frames: list = [b""]
+    deps: dict = {}  # a dict keeps first-seen order and drops repeats
+    stream = io.BytesIO()
+    try:
+        _TaskPickler(stream, frames, reference_type, deps).dump((fn, args, kwargs))
+    except Exception as e:
+        culprit = _find_unpicklable(fn, args, kwargs, reference_type)
+        message = f"cannot serialize {culprit} for the cluster: {type(e).__name__}: {e}"
+        raise type(e)(message) if isinstance(e, (TypeError, pickle.PicklingError)) \
+            else TypeError(message) from e
+    frames[0] = stream.getvalue()
+    return frames, list(deps)
+
+
+def _find_unpicklable(fn: Callable, args: tuple, kwargs: dict, reference_type: type) -> str:
+    """Describe the first part of a call that does not pickle on its own."""
+    parts = [("the function", fn)]
+    parts += [(f"argument {i}", a) for i, a in enumerate(args)]
+    parts += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
+    for label, part in parts:
+        try:
+            _TaskPickler(io.BytesIO(), [b""], reference_type, {}).dump(part)
+        except Exception:
+            text = repr(part)
+            return f"{label} {text[:80] + '...' if len(text) > 80 else text}"
+    return "the call"
+
+
+class _TaskUnpickler(pickle.Unpickler):
+    def __init__(self, file, buffers: list, data: Mapping[str, Any]):
+        super().__init__(file, buffers=buffers)
+        self._data = data
+
+    def persistent_load(self, key: str) -> Any:
+        return self._data[key]
+
+
+def loads_task(frames: list, data: Mapping[str, Any]) -> tuple[Callable, tuple, dict]:
+    """Unpickle a task, replacing key references with ``data[key]``."""
+    return _TaskUnpickler(io.BytesIO(frames[0]), frames[1:], data).load()
+
+
+def token(frames: list) -> str:
+    """A deterministic 32-hex-digit token of a pickled task's bytes."""
+    h = hashlib.blake2b(digest_size=16)
+    for frame in frames:
+        h.update(frame)
+    return h.hexdigest()
+
+
+def sizeof(obj: Any) -> int:
+    """Bytes an object holds, cheaply estimated; used for data locality."""
+    nbytes = getattr(obj, "nbytes", None)
+    if type(nbytes) is int:
+        return nbytes
+    try:
+        return sys.getsizeof(obj)
+    except Exception:
+        return 64

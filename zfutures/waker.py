@@ -1,0 +1,50 @@
+"""Waking a poll loop from other threads, safely even inside ``__del__``."""
+from __future__ import annotations
+
+import os
+
+
+class Waker:
+    """A pipe a zmq poll loop watches; any thread may :meth:`wake` it.
+
+    ZeroMQ sockets belong to one thread, but a file descriptor can be polled
+    beside them, and ``os.write`` is safe from any thread and from finalizers.
+    Repeated wakes before the loop drains cost one syscall each; the loop
+    reads them all at once.
+    """
+
+    def __init__(self):
+        self.read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        os.set_blocking(self._write_fd, False)
+        self._pending = False
+
+    def wake(self) -> None:
+        if self._pending:  # the loop has not drained the last wake yet
+            return
+        self._pending = True
+        try:
+            os.write(self._write_fd, b"x")
+        except (BlockingIOError, OSError):
+            pass  # pipe full (the loop will wake anyway) or closed at shutdown
+
+    def drain(self) -> None:
+        """Called by the loop before it looks for work.
+
+        The pipe is emptied before the flag is cleared: a wake that lands in
+        between skips its write, but its work is already queued and the loop
+        is about to look.
+        """
+        try:
+            while os.read(self.read_fd, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+        self._pending = False
+
+    def close(self) -> None:
+        for fd in (self.read_fd, self._write_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass

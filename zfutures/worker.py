@@ -1,0 +1,326 @@
+"""The worker process: sockets, task threads and a poll loop around WorkerState.
+
+One thread (the one that calls :meth:`Worker.run`) owns every socket:
+
+- a DEALER to the center, for tasks in and reports out;
+- a ROUTER data server, from which peers and clients fetch results;
+- a DEALER per peer it fetches inputs from.
+
+Task threads run user code and hand results back through a queue and a
+:class:`~zfutures.waker.Waker`, so the loop never blocks on a task and keeps
+heartbeating while tasks run.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import sys
+import threading
+import time
+import traceback
+import uuid
+from typing import Any
+
+import zmq
+
+from . import protocol, serialize
+from .addressing import bind_ephemeral, configure, interface_towards, normalize_address
+from .errors import ProtocolError
+from .waker import Waker
+from .worker_state import Task, WorkerState
+
+logger = logging.getLogger(__name__)
+
+#: Reports to the center that travel many to a message, and their list field.
+_BATCHED = {"task-finished": "tasks", "task-erred": "tasks", "keys-added": "tasks"}
+
+
+def pickle_exception(exc: BaseException) -> list:
+    """Frames of ``(exception, formatted traceback)`` for the client to re-raise.
+
+    An exception that does not pickle is replaced by one that does and says
+    what it was, so the failure still reaches the user.
+    """
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        return serialize.dumps((exc, text))
+    except Exception:
+        return serialize.dumps((RuntimeError(f"{type(exc).__name__}: {exc}"), text))
+
+
+def run_task(task: Task, inputs: dict[str, Any]) -> tuple:
+    """Unpickle and run one task: ``(key, value, nbytes, duration, error frames)``."""
+    start = time.perf_counter()
+    try:
+        fn, args, kwargs = serialize.loads_task(task.payload, inputs)
+        value = fn(*args, **kwargs)
+    except BaseException as exc:  # noqa: B036 - a task's failure must reach its future
+        return task.key, None, 0, time.perf_counter() - start, pickle_exception(exc)
+    return task.key, value, serialize.sizeof(value), time.perf_counter() - start, None
+
+
+class Worker:
+    """Serve tasks for the center at ``center_address`` until :meth:`stop`.
+
+    >>> worker = Worker("127.0.0.1:8787", nthreads=2)   # doctest: +SKIP
+    >>> worker.run()                                     # doctest: +SKIP
+    """
+
+    def __init__(self, center_address: str, *, nthreads: int = 1, name: str | None = None,
+                 host: str | None = None, port: int = 0, memory_limit: int = 0,
+                 resources: dict[str, float] | None = None,
+                 heartbeat_interval: float = 0.5, heartbeat_timeout: float = 5.0,
+                 fetch_timeout: float = 10.0):
+        self.center_address = normalize_address(center_address)
+        self.nthreads = nthreads
+        self.memory_limit = memory_limit
+        self.resources = resources or {}
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self.context = zmq.Context()
+        self.server = configure(self.context.socket(zmq.ROUTER))
+        host = host or interface_towards(self.center_address)
+        self.address = bind_ephemeral(self.server, host, port)
+        self.name = name or self.address
+        self.state = WorkerState(self.address, nthreads, fetch_timeout)
+        self.center: zmq.Socket | None = None
+        self.peers: dict[str, zmq.Socket] = {}
+        self.poller = zmq.Poller()
+        self.poller.register(self.server, zmq.POLLIN)
+        self.waker = Waker()
+        self.poller.register(self.waker.read_fd, zmq.POLLIN)
+        self.completions: queue.SimpleQueue = queue.SimpleQueue()
+        self.work: queue.SimpleQueue = queue.SimpleQueue()
+        self.threads = [threading.Thread(target=self._task_thread, daemon=True,
+                                         name=f"zfutures-task-{i}") for i in range(nthreads)]
+        self.registered = False
+        self._stopping = False
+        self._last_sent = self._last_heard = 0.0
+
+    # ------------------------------------------------------------------ life cycle
+
+    def run(self) -> None:
+        """Serve until :meth:`stop` is called (from a signal handler or a thread)."""
+        for thread in self.threads:
+            thread.start()
+        self._connect()
+        logger.info("worker %s serving for %s", self.address, self.center_address)
+        try:
+            while not self._stopping:
+                self._loop_once()
+        finally:
+            self._close()
+
+    def stop(self) -> None:
+        """Ask the loop to end; safe from signal handlers and other threads."""
+        self._stopping = True
+        self.waker.wake()
+
+    def _connect(self) -> None:
+        """(Re)connect to the center and register, announcing the keys held here."""
+        if self.center is not None:
+            self.poller.unregister(self.center)
+            self.center.close(linger=0)
+        self.center = configure(self.context.socket(zmq.DEALER))
+        self.center.setsockopt(zmq.ROUTING_ID, b"w-" + uuid.uuid4().hex.encode())
+        self.center.connect(self.center_address)
+        self.poller.register(self.center, zmq.POLLIN)
+        self.registered = False
+        now = time.monotonic()
+        self._last_heard = now
+        self._send_center("register-worker", protocol=protocol.PROTOCOL_VERSION,
+                          address=self.address, name=self.name, nthreads=self.nthreads,
+                          memory_limit=self.memory_limit, resources=self.resources,
+                          keys=list(self.state.data))
+
+    def _close(self) -> None:
+        if self.center is not None and self.registered:
+            try:
+                self.center.send(protocol.encode_header("unregister"), zmq.NOBLOCK)
+                time.sleep(0)  # let the I/O thread pick the message up before linger 0
+            except zmq.ZMQError:
+                pass
+        for _ in self.threads:
+            self.work.put(None)
+        sockets = [self.server, *self.peers.values()]
+        if self.center is not None:
+            sockets.append(self.center)
+        for sock in sockets:
+            sock.close(linger=100 if sock is self.center else 0)
+        self.context.term()
+        self.waker.close()
+        logger.info("worker %s stopped", self.address)
+
+    # ------------------------------------------------------------------ the loop
+
+    def _loop_once(self) -> None:
+        now = time.monotonic()
+        timeout_ms = max(0, int(1000 * (self._last_sent + self.heartbeat_interval - now)))
+        events = dict(self.poller.poll(min(timeout_ms, 1000 * self.heartbeat_interval)))
+        now = time.monotonic()
+        if self.center in events:
+            self._drain(self.center, self._on_center_message)
+        if self.server in events:
+            self._drain(self.server, self._on_data_request)
+        for address, sock in list(self.peers.items()):
+            if sock in events:
+                self._drain(sock, lambda frames, a=address: self._on_peer_data(a, frames))
+        if self.waker.read_fd in events:
+            self.waker.drain()
+        self._take_completions()
+        self.state.check_timeouts(now)
+        self._flush()
+        if now - self._last_heard > self.heartbeat_timeout:
+            logger.warning("no word from the center at %s for %.1fs; reconnecting",
+                           self.center_address, now - self._last_heard)
+            self._connect()
+        elif now - self._last_sent >= self.heartbeat_interval:
+            self._send_center("heartbeat")
+
+    @staticmethod
+    def _drain(sock: zmq.Socket, handle, limit: int = 1000) -> None:
+        """Handle what is waiting on ``sock``, at most ``limit`` messages (fairness)."""
+        for _ in range(limit):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                handle(frames)
+            except ProtocolError as e:
+                logger.warning("dropped a malformed message: %s", e)
+
+    # ------------------------------------------------------------------ handlers
+
+    def _on_center_message(self, frames: list) -> None:
+        self._last_heard = time.monotonic()
+        header = protocol.decode_header(frames[0].bytes)
+        op = header["op"]
+        now = self._last_heard
+        if op == "compute":
+            for item, payload in protocol.unpack_items(header["tasks"], frames[1:]):
+                self.state.compute(item["key"], item["deps"], item.get("priority", 0),
+                                   [f.buffer for f in payload], now)
+        elif op == "release-keys":
+            self.state.release(header["keys"])
+        elif op == "welcome":
+            self.registered = True
+            logger.info("registered with the center at %s", self.center_address)
+        elif op == "refused":
+            logger.error("the center refused this worker: %s", header["reason"])
+            self.stop()
+        elif op != "heartbeat":
+            logger.warning("dropped an unexpected %r from the center", op)
+
+    def _on_data_request(self, frames: list) -> None:
+        ident = frames[0].bytes
+        header = protocol.decode_header(frames[1].bytes)
+        if header["op"] != "get-data":
+            raise ProtocolError(f"the data server does not serve {header['op']!r}")
+        items, out_frames, missing = [], [], []
+        data, nbytes = self.state.data, self.state.nbytes
+        for key in header["keys"]:
+            if key not in data:
+                missing.append(key)
+                continue
+            try:
+                value_frames = serialize.dumps(data[key])
+            except Exception as e:
+                logger.error("cannot serialize the result %r: %s", key, e)
+                missing.append(key)
+                continue
+            items.append({"key": key, "nframes": len(value_frames), "nbytes": nbytes[key]})
+            out_frames.extend(value_frames)
+        reply = protocol.encode_header("data", id=header["id"], items=items, missing=missing)
+        self.server.send_multipart([ident, reply, *out_frames], copy=False)
+
+    def _on_peer_data(self, address: str, frames: list) -> None:
+        header = protocol.decode_header(frames[0].bytes)
+        if header["op"] != "data":
+            raise ProtocolError(f"expected data from {address}, got {header['op']!r}")
+        values, nbytes = {}, {}
+        for item, value_frames in protocol.unpack_items(header["items"], frames[1:]):
+            key = item["key"]
+            values[key] = serialize.loads([f.buffer for f in value_frames])
+            nbytes[key] = item.get("nbytes", 0)
+        self.state.data_received(header["id"], values, nbytes, time.monotonic())
+
+    def _take_completions(self) -> None:
+        completions = self.completions
+        while True:
+            try:
+                key, value, nbytes, duration, error = completions.get_nowait()
+            except queue.Empty:
+                return
+            self.state.task_done(key, value, nbytes, duration, error)
+
+    # ------------------------------------------------------------------ output
+
+    def _flush(self) -> None:
+        """Send what the state machine asked for since the last flush."""
+        state = self.state
+        if state.to_execute:
+            for task in state.to_execute:
+                self.work.put((task, state.inputs_of(task)))
+            state.to_execute.clear()
+        if state.to_fetch:
+            for request_id, peer, keys in state.to_fetch:
+                self._peer(peer).send(protocol.encode_header("get-data", id=request_id,
+                                                             keys=keys))
+            state.to_fetch.clear()
+        if state.to_center:
+            batches: dict[str, tuple[list, list]] = {}
+            for op, item, frames in state.to_center:
+                if op in _BATCHED:
+                    items, all_frames = batches.setdefault(op, ([], []))
+                    items.append(item)
+                    if frames:
+                        item["nframes"] = len(frames)
+                        all_frames.extend(frames)
+                    elif op == "task-erred":
+                        item["nframes"] = 0
+                else:
+                    self._send_center(op, **item)
+            for op, (items, frames) in batches.items():
+                self._send_center(op, frames, **{_BATCHED[op]: items})
+            state.to_center.clear()
+
+    def _send_center(self, op: str, frames: list | None = None, **fields: Any) -> None:
+        header = protocol.encode_header(op, **fields)
+        if frames:
+            self.center.send_multipart([header, *frames], copy=False)
+        else:
+            self.center.send(header)
+        self._last_sent = time.monotonic()
+
+    def _peer(self, address: str) -> zmq.Socket:
+        sock = self.peers.get(address)
+        if sock is None:
+            sock = self.peers[address] = configure(self.context.socket(zmq.DEALER))
+            sock.connect(address)
+            self.poller.register(sock, zmq.POLLIN)
+        return sock
+
+    # ------------------------------------------------------------------ task threads
+
+    def _task_thread(self) -> None:
+        work, completions, waker = self.work, self.completions, self.waker
+        while True:
+            job = work.get()
+            if job is None:
+                return
+            completions.put(run_task(*job))
+            waker.wake()
+
+
+def run_worker(center_address: str, **kwargs: Any) -> None:
+    """Run a worker in this process until SIGINT or SIGTERM."""
+    import signal
+
+    worker = Worker(center_address, **kwargs)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: worker.stop())
+    print(f"zfut-worker {worker.name} serving at {worker.address} for {worker.center_address}",
+          flush=True)
+    worker.run()
+    sys.stdout.flush()

@@ -1,0 +1,249 @@
+"""A worker's task bookkeeping as a state machine with no I/O.
+
+The center sends tasks (``compute``); a task whose inputs are held by other
+workers first fetches them, batched per peer, straight from those peers; then
+it waits for a free thread, runs, and its result stays here in :attr:`data`
+until the center releases it. The worker's shell feeds events in and carries
+out what this class asks for:
+
+- :attr:`to_center`: ``(op, item, frames)`` reports for the center;
+- :attr:`to_execute`: :class:`Task` objects to hand to a task thread, with
+  their inputs already in :attr:`data`;
+- :attr:`to_fetch`: ``(request id, peer address, keys)`` data requests.
+
+A task here goes ``fetching`` (inputs missing) → ``ready`` (waits for a
+thread) → ``executing`` → done (reported and removed). Time comes in as an
+argument, so fetch timeouts are tested without sleeping.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+FETCHING, READY, EXECUTING = "fetching", "ready", "executing"
+
+
+class Task:
+    """A task this worker was asked to compute."""
+
+    __slots__ = ("key", "deps", "priority", "payload", "state", "missing", "order")
+
+    def __init__(self, key: str, deps: dict[str, list[str]], priority: int, payload: list,
+                 order: int):
+        self.key = key
+        self.deps = deps          # input key -> addresses of workers holding it
+        self.priority = priority
+        self.payload = payload    # opaque frames: the pickled call
+        self.state = FETCHING
+        self.missing: set[str] = set()
+        self.order = order
+
+    def __lt__(self, other: Task) -> bool:  # for the ready heap: priority, then order
+        return (-self.priority, self.order) < (-other.priority, other.order)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.key!r} {self.state}>"
+
+
+class _Fetch:
+    """One input being fetched: the holders not tried yet and who waits for it."""
+
+    __slots__ = ("key", "holders", "waiting_tasks", "request")
+
+    def __init__(self, key: str, holders: list[str]):
+        self.key = key
+        self.holders = holders
+        self.waiting_tasks: set[str] = set()
+        self.request: int | None = None
+
+
+class WorkerState:
+    """The data and the tasks of one worker.
+
+    >>> w = WorkerState("tcp://127.0.0.1:9001", nthreads=1)
+    >>> w.compute("y", {"x": ["tcp://127.0.0.1:9002"]}, 0, [b"..."], now=0.0)
+    >>> w.to_fetch
+    [(1, 'tcp://127.0.0.1:9002', ['x'])]
+    """
+
+    def __init__(self, address: str, nthreads: int, fetch_timeout: float = 10.0):
+        self.address = address
+        self.nthreads = nthreads
+        self.fetch_timeout = fetch_timeout
+        self.data: dict[str, Any] = {}
+        self.nbytes: dict[str, int] = {}
+        self.tasks: dict[str, Task] = {}
+        self.ready: list[Task] = []
+        self.executing: set[str] = set()
+        self.fetches: dict[str, _Fetch] = {}
+        self.requests: dict[int, tuple[str, list[str], float]] = {}  # id -> peer, keys, deadline
+        self.to_center: list[tuple[str, dict, list]] = []
+        self.to_execute: list[Task] = []
+        self.to_fetch: list[tuple[int, str, list[str]]] = []
+        self._order = itertools.count()
+        self._request_ids = itertools.count(1)
+
+    # ------------------------------------------------------------------ events
+
+    def compute(self, key: str, deps: dict[str, list[str]], priority: int, payload: list,
+                now: float) -> None:
+        """The center asks for ``key``; its inputs are on the workers in ``deps``."""
+        if key in self.data:  # already here (computed before a reconnect): just say so
+            self.to_center.append(("task-finished", {"key": key, "nbytes": self.nbytes[key]},
+                                   []))
+            return
+        if key in self.tasks:
+            return
+        task = self.tasks[key] = Task(key, deps, priority, payload, next(self._order))
+        plan: dict[str, list[str]] = {}
+        for dep, holders in deps.items():
+            if dep in self.data:
+                continue
+            task.missing.add(dep)
+            fetch = self.fetches.get(dep)
+            if fetch is None:
+                fetch = self.fetches[dep] = _Fetch(
+                    dep, [h for h in holders if h != self.address])
+                self._plan_fetch(fetch, plan)
+            fetch.waiting_tasks.add(key)
+        self._send_requests(plan, now)
+        if not task.missing:
+            self._make_ready(task)
+        self._start_tasks()
+
+    def data_received(self, request_id: int, values: dict[str, Any], nbytes: dict[str, int],
+                      now: float) -> None:
+        """A peer answered request ``request_id`` with ``values``."""
+        request = self.requests.pop(request_id, None)
+        if request is None:  # timed out earlier; keep the data if still useful
+            keys = list(values)
+        else:
+            keys = request[1]
+        plan: dict[str, list[str]] = {}
+        for key in keys:
+            fetch = self.fetches.get(key)
+            if fetch is None or (request is not None and fetch.request != request_id):
+                if fetch is not None and key in values:
+                    self._store_fetched(fetch, key, values[key], nbytes[key])
+                continue
+            if key in values:
+                self._store_fetched(fetch, key, values[key], nbytes[key])
+            else:  # the peer no longer has it: try the next holder
+                self._plan_fetch(fetch, plan)
+        self._send_requests(plan, now)
+        self._start_tasks()
+
+    def check_timeouts(self, now: float) -> None:
+        """Give up on requests past their deadline and ask other holders."""
+        plan: dict[str, list[str]] = {}
+        for request_id, (peer, keys, deadline) in list(self.requests.items()):
+            if deadline > now:
+                continue
+            del self.requests[request_id]
+            logger.warning("no answer from %s for %d keys within %.1fs; trying other holders",
+                           peer, len(keys), self.fetch_timeout)
+            for key in keys:
+                fetch = self.fetches.get(key)
+                if fetch is not None and fetch.request == request_id:
+                    self._plan_fetch(fetch, plan)
+        self._send_requests(plan, now)
+
+    def task_done(self, key: str, value: Any = None, nbytes: int = 0,
+                  duration: float = 0.0, error: list | None = None) -> None:
+        """A task thread finished ``key``, with a value or a pickled ``error``."""
+        self.executing.discard(key)
+        task = self.tasks.pop(key, None)
+        if task is not None:  # None: released while running, so the result is unwanted
+            if error is None:
+                self.data[key] = value
+                self.nbytes[key] = nbytes
+                self.to_center.append(("task-finished",
+                                       {"key": key, "nbytes": nbytes, "duration": duration},
+                                       []))
+            else:
+                self.to_center.append(("task-erred", {"key": key}, error))
+        self._start_tasks()
+
+    def release(self, keys: list[str]) -> None:
+        """The center no longer needs ``keys`` here: drop data and pending work."""
+        for key in keys:
+            self.data.pop(key, None)
+            self.nbytes.pop(key, None)
+            task = self.tasks.get(key)
+            if task is None:
+                continue
+            del self.tasks[key]  # an executing task's result will be dropped on arrival
+            if task.state == READY:
+                self.ready.remove(task)
+                heapq.heapify(self.ready)
+            for dep in task.missing:
+                fetch = self.fetches.get(dep)
+                if fetch is not None:
+                    fetch.waiting_tasks.discard(key)
+                    if not fetch.waiting_tasks:
+                        del self.fetches[dep]
+
+    def add_data(self, key: str, value: Any, nbytes: int) -> None:
+        """Data put here directly (scattered, or moved from a leaving worker)."""
+        self.data[key] = value
+        self.nbytes[key] = nbytes
+
+    # ------------------------------------------------------------------ internals
+
+    def _plan_fetch(self, fetch: _Fetch, plan: dict[str, list[str]]) -> None:
+        if fetch.holders:
+            plan.setdefault(fetch.holders.pop(0), []).append(fetch.key)
+            return
+        # No holder left to try: the tasks that need it go back to the center.
+        del self.fetches[fetch.key]
+        for task_key in fetch.waiting_tasks:
+            task = self.tasks.pop(task_key, None)
+            if task is None:
+                continue
+            for other in task.missing - {fetch.key}:
+                other_fetch = self.fetches.get(other)
+                if other_fetch is not None:
+                    other_fetch.waiting_tasks.discard(task_key)
+            self.to_center.append(("missing-data", {"key": task_key, "missing": [fetch.key]},
+                                   []))
+
+    def _send_requests(self, plan: dict[str, list[str]], now: float) -> None:
+        for peer, keys in plan.items():
+            request_id = next(self._request_ids)
+            self.requests[request_id] = (peer, keys, now + self.fetch_timeout)
+            for key in keys:
+                self.fetches[key].request = request_id
+            self.to_fetch.append((request_id, peer, keys))
+
+    def _store_fetched(self, fetch: _Fetch, key: str, value: Any, nbytes: int) -> None:
+        del self.fetches[key]
+        self.data[key] = value
+        self.nbytes[key] = nbytes
+        # The center tracks every copy: for locality, and so it can release this one.
+        self.to_center.append(("keys-added", {"key": key, "nbytes": nbytes}, []))
+        for task_key in fetch.waiting_tasks:
+            task = self.tasks.get(task_key)
+            if task is not None:
+                task.missing.discard(key)
+                if not task.missing and task.state == FETCHING:
+                    self._make_ready(task)
+
+    def _make_ready(self, task: Task) -> None:
+        task.state = READY
+        heapq.heappush(self.ready, task)
+
+    def _start_tasks(self) -> None:
+        while self.ready and len(self.executing) < self.nthreads:
+            task = heapq.heappop(self.ready)
+            task.state = EXECUTING
+            self.executing.add(task.key)
+            self.to_execute.append(task)
+
+    def inputs_of(self, task: Task) -> dict[str, Any]:
+        """The values of a task's inputs, to pass along with it to its thread."""
+        data = self.data
+        return {dep: data[dep] for dep in task.deps}

@@ -37,11 +37,12 @@ PENDING, FINISHED, ERRED = "pending", "finished", "erred"
 class _Key:
     """What this client knows of one key it holds futures for."""
 
-    __slots__ = ("refs", "futures", "status", "who_has", "exception")
+    __slots__ = ("refs", "futures", "held", "status", "who_has", "exception")
 
     def __init__(self):
         self.refs = 0
         self.futures: list[weakref.ref] = []
+        self.held: list = []  # futures kept alive until done, for their callbacks
         self.status = PENDING
         self.who_has: list[str] = []
         self.exception: BaseException | None = None
@@ -233,6 +234,12 @@ class ClientIO:
         elif info.status == ERRED:
             future._set_error(info.exception)
 
+    def _cmd_hold(self, future: Any) -> None:
+        """Keep ``future`` alive until it is done: it has callbacks to run."""
+        info = self.keys.get(future.key)
+        if info is not None and info.status == PENDING:
+            info.held.append(future)
+
     def _cmd_unref(self, key: str) -> None:
         info = self.keys.get(key)
         if info is None:
@@ -335,6 +342,7 @@ class ClientIO:
                     info.who_has = item["who_has"]
                     for future in info.live_futures():
                         future._set_remote()
+                    info.held.clear()
         elif op == "key-erred":
             for item, exception_frames in protocol.unpack_items(header["tasks"], frames[1:]):
                 info = self.keys.get(item["key"])
@@ -343,6 +351,7 @@ class ClientIO:
                     info.exception = remote_exception([f.buffer for f in exception_frames])
                     for future in info.live_futures():
                         future._set_error(info.exception)
+                    info.held.clear()
         elif op == "reply":
             result = self.rpcs.pop(header["id"], None)
             if result is not None and not result.done():

@@ -102,8 +102,12 @@ class Future(concurrent.futures.Future):
         executor = self._executor
         if executor is None:
             super().add_done_callback(fn)
-        else:
-            super().add_done_callback(lambda f: executor._run_callback(fn, f))
+            return
+        if not self.done():
+            # Like a concurrent.futures executor, keep a future with callbacks
+            # alive until it is done, even if the caller drops it.
+            executor._io.call("hold", self)
+        super().add_done_callback(lambda f: executor._run_callback(fn, f))
 
     def __await__(self):
         import asyncio

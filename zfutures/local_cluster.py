@@ -64,7 +64,10 @@ class LocalCluster:
             raise
 
     def _start(self, args: list[str], stdout: Any) -> subprocess.Popen:
-        env = dict(os.environ, **{PARENT_PID_ENV: str(os.getpid())})
+        # The workers import what this program can import (its own modules,
+        # a notebook's folder), so functions defined there unpickle on them.
+        path = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
+        env = dict(os.environ, PYTHONPATH=path, **{PARENT_PID_ENV: str(os.getpid())})
         process = subprocess.Popen([sys.executable, "-m", "zfutures", *args], stdout=stdout,
                                    stdin=subprocess.DEVNULL, env=env, text=True)
         self.processes.append(process)

@@ -581,17 +581,18 @@ class Scheduler:
         """The worker with room where ``ts`` would start soonest.
 
         Start time is the bytes of inputs it lacks over the bandwidth, plus its
-        queued work; so inputs already on a worker pull the task there.
+        queued work; so inputs already on a worker pull the task there. Ties go
+        to the worker holding fewer bytes, which spreads data out.
         """
         duration = self.task_duration
-        best, best_cost = None, 0.0
+        best, best_cost = None, (0.0, 0)
         for ws in self.with_room:
             cost = len(ws.processing) / ws.nthreads * duration
             for dep in ts.dependencies:
                 if ws not in dep.who_has:
                     cost += dep.nbytes / BANDWIDTH
-            if best is None or cost < best_cost:
-                best, best_cost = ws, cost
+            if best is None or (cost, ws.nbytes) < best_cost:
+                best, best_cost = ws, (cost, ws.nbytes)
         return best
 
     def _assign(self, ts: TaskState, ws: WorkerState) -> None:

@@ -1,0 +1,134 @@
+"""Fixtures that start real clusters: a local one, and one started by hand."""
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from zfutures import Executor
+
+
+def command(name: str) -> str:
+    """The path of a console script installed beside this interpreter."""
+    beside = os.path.join(os.path.dirname(sys.executable), name)
+    found = beside if os.path.exists(beside) else shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed: pip install -e .")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_line(process: subprocess.Popen, pattern: str, timeout: float = 15) -> re.Match:
+    """Read the process's stdout until a line matches ``pattern``, or fail."""
+    deadline = time.monotonic() + timeout
+    seen = []
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not selector.select(max(0.0, deadline - time.monotonic())):
+                break
+            line = process.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+            match = re.search(pattern, line)
+            if match:
+                return match
+    raise AssertionError(f"no line matching {pattern!r} within {timeout}s; got {seen!r}")
+
+
+def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+    """Signal a process we started and wait for its exit status."""
+    if process.poll() is None:
+        process.send_signal(sig)
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+        raise AssertionError(f"process {process.args} ignored signal {sig}") from None
+
+
+class Processes:
+    """Processes a test starts by hand; all stopped at the end of the test."""
+
+    def __init__(self):
+        self.started: list[subprocess.Popen] = []
+
+    def start(self, *args: str) -> subprocess.Popen:
+        # Like a user who runs workers where their modules are importable:
+        # the tests' functions are pickled by reference to these modules.
+        env = dict(os.environ, PYTHONPATH=os.path.dirname(__file__))
+        process = subprocess.Popen(list(args), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                   text=True, env=env)
+        self.started.append(process)
+        return process
+
+    def center(self, *extra: str) -> tuple[subprocess.Popen, str]:
+        process = self.start(command("zfut-center"), "--port", str(free_port()), *extra)
+        address = read_line(process, r"listening at (tcp://\S+)").group(1)
+        return process, address
+
+    def worker(self, address: str, *extra: str) -> subprocess.Popen:
+        return self.start(command("zfut-worker"), address, *extra)
+
+    def stop_all(self) -> None:
+        for process in reversed(self.started):
+            if process.poll() is None:
+                stop(process)
+            if process.stdout:
+                process.stdout.close()
+
+
+@pytest.fixture
+def processes():
+    started = Processes()
+    yield started
+    started.stop_all()
+
+
+def wait_for(condition, timeout: float = 10, interval: float = 0.02, message: str = ""):
+    """Poll ``condition()`` until true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(message or f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+def zfutures_children() -> list[psutil.Process]:
+    """Live descendants of this test process that run zfutures."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.is_running() and child.status() != psutil.STATUS_ZOMBIE and \
+                    any("zfut" in part for part in child.cmdline()):
+                found.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+@pytest.fixture(scope="module")
+def ex():
+    """A local cluster of two single-threaded workers, shared by a test module."""
+    with Executor(n_workers=2, threads_per_worker=1) as executor:
+        yield executor
+    wait_for(lambda: not zfutures_children(), message="local cluster left processes behind")

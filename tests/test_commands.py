@@ -1,0 +1,83 @@
+"""zfut-center and zfut-worker started as a user starts them."""
+from __future__ import annotations
+
+import signal
+import time
+from operator import add
+
+import numpy as np
+import pytest
+from conftest import command, free_port, read_line, stop, wait_for
+
+from zfutures import Executor
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def inc(x):
+    return x + 1
+
+
+def test_hand_started_cluster_serves_an_executor(processes):
+    center, address = processes.center()
+    assert address.startswith("tcp://127.0.0.1:")
+    for i in range(2):
+        processes.worker(address, "--name", f"w{i}")
+    port = address.rsplit(":", 1)[1]
+    with Executor(f"127.0.0.1:{port}", timeout=10) as ex:
+        wait_for(lambda: len(ex.nthreads()) == 2, message="workers did not register")
+        names = {w["name"] for w in ex.scheduler_info()["workers"].values()}
+        assert names == {"w0", "w1"}
+        xs = ex.map(np.random.random, [10_000] * 8, pure=False)
+        inputs = xs
+        while len(xs) > 1:
+            xs = [ex.submit(add, xs[i], xs[i + 1]) for i in range(0, len(xs), 2)]
+        np.testing.assert_allclose(xs[0].result(timeout=30),
+                                   np.sum(ex.gather(inputs), axis=0))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_commands_exit_cleanly_on_signals(processes, sig):
+    center, address = processes.center()
+    worker = processes.worker(address)
+    read_line(worker, r"serving at tcp://")
+    assert stop(worker, sig) == 0
+    assert stop(center, sig) == 0
+
+
+def test_center_prints_its_address_and_binds_loopback_by_default(processes):
+    port = free_port()
+    center = processes.start(command("zfut-center"), "--port", str(port))
+    line = read_line(center, r"zfut-center listening at (tcp://\S+)")
+    assert line.group(1) == f"tcp://127.0.0.1:{port}"
+
+
+def test_binding_beyond_loopback_without_keys_is_refused(processes):
+    center = processes.start(command("zfut-center"), "--host", "0.0.0.0",
+                             "--port", str(free_port()))
+    assert center.wait(30) != 0
+
+
+def test_worker_started_before_the_center_keeps_trying(processes):
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    processes.worker(address, "--name", "early")
+    time.sleep(1)  # the worker must survive a while with no center at all
+    processes.start(command("zfut-center"), "--port", str(port))
+    with Executor(address, timeout=10) as ex:
+        wait_for(lambda: len(ex.nthreads()) == 1, message="the early worker never registered")
+        assert ex.submit(inc, 1).result(timeout=10) == 2
+
+
+def test_nworkers_runs_several_worker_processes(processes):
+    center, address = processes.center()
+    processes.worker(address, "--nworkers", "2", "--nthreads", "2")
+    with Executor(address, timeout=10) as ex:
+        wait_for(lambda: len(ex.nthreads()) == 2, message="not two workers")
+        assert set(ex.nthreads().values()) == {2}
+        assert ex.gather(ex.map(inc, range(20))) == list(range(1, 21))
+
+
+def test_worker_rejects_a_malformed_address(processes):
+    worker = processes.start(command("zfut-worker"), "not an address")
+    assert worker.wait(30) == 2  # click's usage error

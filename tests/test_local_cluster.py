@@ -1,0 +1,83 @@
+"""Executor() owns a local cluster of real processes and stops them all."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from conftest import wait_for, zfutures_children
+
+from zfutures import Executor
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def inc(x):
+    return x + 1
+
+
+def test_local_cluster_has_the_requested_workers_and_stops_them():
+    with Executor(n_workers=3, threads_per_worker=2) as ex:
+        assert ex.nthreads() and sorted(ex.nthreads().values()) == [2, 2, 2]
+        assert ex.address.startswith("tcp://127.0.0.1:")
+        children = zfutures_children()
+        assert len(children) == 4  # a center and three workers
+        assert ex.submit(inc, 1).result(timeout=10) == 2
+    wait_for(lambda: not zfutures_children(), message="processes left after shutdown")
+    assert not any(p.is_running() for p in children)
+
+
+def test_default_size_is_one_worker_per_core():
+    import os
+
+    with Executor() as ex:
+        assert len(ex.nthreads()) == os.cpu_count()
+
+
+def test_program_exiting_without_shutdown_leaves_no_process():
+    script = textwrap.dedent("""
+        import psutil
+        from zfutures import Executor
+        ex = Executor(n_workers=2)
+        print(ex.submit(abs, -3).result(timeout=10), flush=True)
+        print(" ".join(str(c.pid) for c in psutil.Process().children(recursive=True)),
+              flush=True)
+        # no shutdown(): the interpreter exits with the executor alive
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "3"
+    pids = [int(p) for p in lines[1].split()]
+    assert len(pids) >= 3
+
+    import psutil
+
+    def all_gone():
+        return not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
+                       for p in pids)
+    wait_for(all_gone, timeout=10, message="children outlived their program")
+
+
+def test_killed_program_leaves_no_process():
+    script = textwrap.dedent("""
+        import os, signal, psutil
+        from zfutures import Executor
+        ex = Executor(n_workers=1)
+        print(" ".join(str(c.pid) for c in psutil.Process().children(recursive=True)),
+              flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60)
+    pids = [int(p) for p in out.stdout.split()]
+    assert len(pids) == 2
+
+    import psutil
+
+    def all_gone():
+        return not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
+                       for p in pids)
+    wait_for(all_gone, timeout=10, message="children outlived a killed program")

@@ -81,3 +81,19 @@ def test_nworkers_runs_several_worker_processes(processes):
 def test_worker_rejects_a_malformed_address(processes):
     worker = processes.start(command("zfut-worker"), "not an address")
     assert worker.wait(30) == 2  # click's usage error
+
+
+def test_default_port_serves_executor_by_host_alone(processes):
+    import socket
+
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 8787)) == 0:
+            pytest.skip("port 8787 is taken on this machine")
+    center = processes.start(command("zfut-center"))
+    assert read_line(center, r"listening at (tcp://\S+)").group(1) == "tcp://127.0.0.1:8787"
+    processes.worker("127.0.0.1")
+    with Executor("127.0.0.1:8787", timeout=10) as ex:
+        assert ex.address == "tcp://127.0.0.1:8787"
+        assert ex.submit(inc, 1).result(timeout=10) == 2
+    with Executor("127.0.0.1", timeout=10) as ex:
+        assert ex.submit(inc, 2).result(timeout=10) == 3

@@ -97,3 +97,18 @@ def test_default_port_serves_executor_by_host_alone(processes):
         assert ex.submit(inc, 1).result(timeout=10) == 2
     with Executor("127.0.0.1", timeout=10) as ex:
         assert ex.submit(inc, 2).result(timeout=10) == 3
+
+
+def test_a_worker_that_joins_later_gets_queued_work_at_once(processes):
+    center, address = processes.center()
+    processes.worker(address, "--name", "first")
+    with Executor(address, timeout=10) as ex:
+        wait_for(lambda: len(ex.nthreads()) == 1, message="first worker did not register")
+        futures = ex.map(time.sleep, [0.2] * 20, pure=False)
+        # Only a short queue went to the first worker; the rest waits at the center.
+        queued = ex.scheduler_info()["workers"]
+        assert sum(w["executing"] + w["queued"] for w in queued.values()) <= 4
+        processes.worker(address, "--name", "second")
+        ex.gather(futures, timeout=30)
+        holders = {w for ws in ex.who_has(futures).values() for w in ws}
+        assert len(holders) == 2, "the late worker got none of the waiting tasks"

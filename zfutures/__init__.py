@@ -6,6 +6,7 @@
 ...     ex.submit(inc, x).result()
 3
 """
+from .context import get_executor
 from .errors import (
     ConnectionError,
     FutureLostError,
@@ -15,10 +16,19 @@ from .errors import (
 )
 from .executor import Executor
 from .future import Future
+from .progress import progress
+from .waiting import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, as_completed, wait
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ALL_COMPLETED",
+    "FIRST_COMPLETED",
+    "FIRST_EXCEPTION",
+    "as_completed",
+    "get_executor",
+    "progress",
+    "wait",
     "ConnectionError",
     "Executor",
     "Future",

@@ -64,6 +64,8 @@ class Center:
             "register-worker": self._register_worker,
             "submit": self._submit,
             "release": lambda ident, h, f: self.scheduler.release(ident, h["keys"]),
+            "cancel": lambda ident, h, f: self.scheduler.cancel(ident, h["keys"]),
+            "update-data": lambda ident, h, f: self.scheduler.update_data(ident, h["items"]),
             "who-has": self._who_has,
             "scheduler-info": self._scheduler_info,
             "has-what": lambda ident, h, f: self._reply(ident, h["id"],
@@ -74,16 +76,17 @@ class Center:
             "keys-added": self._keys_added,
             "missing-data": lambda ident, h, f: self.scheduler.missing_data(
                 ident, h["key"], h["missing"]),
+            "task-seceded": lambda ident, h, f: self.scheduler.task_seceded(ident, h["key"]),
             "unregister": lambda ident, h, f: self._forget_peer(ident),
             "heartbeat": lambda ident, h, f: None,
         }
         # Which role may send which op; anything else from that role is dropped.
         self._allowed = {
             None: {"register-client", "register-worker"},
-            CLIENT: {"register-client", "submit", "release", "who-has", "scheduler-info",
-                     "has-what", "close-client", "heartbeat"},
+            CLIENT: {"register-client", "submit", "release", "cancel", "update-data",
+                     "who-has", "scheduler-info", "has-what", "close-client", "heartbeat"},
             WORKER: {"register-worker", "task-finished", "task-erred", "keys-added",
-                     "missing-data", "unregister", "heartbeat"},
+                     "missing-data", "task-seceded", "unregister", "heartbeat"},
         }
 
     # ------------------------------------------------------------------ life cycle

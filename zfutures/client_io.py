@@ -95,6 +95,8 @@ class ClientIO:
         self.keys: dict[str, _Key] = {}
         self.gathers: dict[int, tuple[_Gather, str, list[str], float]] = {}
         self.rpcs: dict[int, concurrent.futures.Future] = {}
+        # Requests to workers other than get-data: id -> callback(header, frames).
+        self.worker_requests: dict[int, Any] = {}
         self.workers: dict[str, zmq.Socket] = {}
         self._ids = itertools.count(1)
         self._outgoing: list[tuple[str, list, list]] = []
@@ -157,7 +159,7 @@ class ClientIO:
                     self._drain(self.center, self._on_center_message)
                 for sock in list(self.workers.values()):
                     if sock in events:
-                        self._drain(sock, self._on_data)
+                        self._drain(sock, self._on_worker_message)
                 self._flush()
                 self._tick(time.monotonic())
         except Exception:  # a bug here must not leave user calls hanging
@@ -232,7 +234,10 @@ class ClientIO:
         if info.status == FINISHED:
             future._set_remote()
         elif info.status == ERRED:
-            future._set_error(info.exception)
+            if isinstance(info.exception, concurrent.futures.CancelledError):
+                future._set_cancelled()
+            else:
+                future._set_error(info.exception)
 
     def _cmd_hold(self, future: Any) -> None:
         """Keep ``future`` alive until it is done: it has callbacks to run."""
@@ -249,9 +254,61 @@ class ClientIO:
             del self.keys[key]
             self._queue("release", key)
 
+    def _cmd_cancel(self, keys: list[str]) -> None:
+        self._queue("cancel", keys[0])
+        for key in keys[1:]:
+            self._queue("cancel", key)
+
     def _cmd_fetch(self, keys: list[str], result: concurrent.futures.Future) -> None:
         gather = _Gather(keys, result)
         self._fetch(gather, keys)
+
+    def _cmd_scatter(self, plan: dict[str, list[tuple[str, list]]], futures: list,
+                     result: concurrent.futures.Future) -> None:
+        """Put data on workers (``plan``: address -> [(key, frames)]), then tell the center."""
+        for future in futures:
+            self._cmd_ref(future)
+        holders: dict[str, list[str]] = {}
+        nbytes: dict[str, int] = {}
+        waiting = set(plan)
+
+        def stored(address: str, header: dict, frames: list) -> None:
+            waiting.discard(address)
+            for key, size in header["nbytes"].items():
+                holders.setdefault(key, []).append(address)
+                nbytes[key] = size
+            if not waiting:
+                items = [{"key": k, "nbytes": nbytes[k], "workers": w} for k, w in holders.items()]
+                self._flush()  # keep the order: earlier messages first
+                self._send("update-data", items=items)
+                result.set_result(None)
+
+        for address, entries in plan.items():
+            items = [{"key": key} for key, _ in entries]
+            frames = protocol.pack_items(items, [f for _, f in entries])
+            request_id = next(self._ids)
+            self.worker_requests[request_id] = lambda h, f, a=address: stored(a, h, f)
+            self._worker(address).send_multipart(
+                [protocol.encode_header("put-data", id=request_id, items=items), *frames],
+                copy=False)
+
+    def _cmd_run(self, addresses: list[str], frames: list,
+                 result: concurrent.futures.Future) -> None:
+        """Run a pickled call on each worker in ``addresses``; gather the outcomes."""
+        outcomes: dict[str, tuple[bool, list]] = {}
+
+        def answered(address: str, header: dict, reply_frames: list) -> None:
+            outcomes[address] = (header["ok"], [f.buffer for f in reply_frames])
+            if len(outcomes) == len(addresses) and not result.done():
+                result.set_result(outcomes)
+
+        if not addresses:
+            result.set_result(outcomes)
+        for address in addresses:
+            request_id = next(self._ids)
+            self.worker_requests[request_id] = lambda h, f, a=address: answered(a, h, f)
+            self._worker(address).send_multipart(
+                [protocol.encode_header("run", id=request_id), *frames], copy=False)
 
     def _cmd_rpc(self, op: str, fields: dict, result: concurrent.futures.Future) -> None:
         request_id = next(self._ids)
@@ -294,8 +351,16 @@ class ClientIO:
             self._worker(address).send(
                 protocol.encode_header("get-data", id=request_id, keys=worker_keys))
 
-    def _on_data(self, frames: list) -> None:
+    def _on_worker_message(self, frames: list) -> None:
         header = protocol.decode_header(frames[0].bytes)
+        if header["op"] == "data":
+            self._on_data(header, frames)
+            return
+        callback = self.worker_requests.pop(header["id"], None)
+        if callback is not None:
+            callback(header, frames[1:])
+
+    def _on_data(self, header: dict, frames: list) -> None:
         entry = self.gathers.pop(header["id"], None)
         if entry is None:
             return  # timed out earlier and asked elsewhere
@@ -349,8 +414,12 @@ class ClientIO:
                 if info is not None:
                     info.status = ERRED
                     info.exception = remote_exception([f.buffer for f in exception_frames])
+                    cancelled = isinstance(info.exception, concurrent.futures.CancelledError)
                     for future in info.live_futures():
-                        future._set_error(info.exception)
+                        if cancelled:
+                            future._set_cancelled()
+                        else:
+                            future._set_error(info.exception)
                     info.held.clear()
         elif op == "reply":
             result = self.rpcs.pop(header["id"], None)
@@ -380,7 +449,7 @@ class ClientIO:
         for op, items, frames in self._outgoing:
             if op == "submit":
                 self._send("submit", frames, tasks=items)
-            else:
+            else:  # release, cancel
                 self._send(op, keys=items)
         self._outgoing.clear()
 

@@ -13,9 +13,9 @@ import weakref
 from collections.abc import Iterable
 from typing import Any, Callable
 
-from . import serialize
+from . import context, serialize
 from .addressing import normalize_address
-from .client_io import ClientIO
+from .client_io import ClientIO, remote_exception
 from .future import REMOTE, Future
 
 logger = logging.getLogger(__name__)
@@ -150,13 +150,14 @@ class Executor:
             raise TypeError(f"submit needs a callable, not {type(fn).__name__} {fn!r}")
         _check_task_options(retries, priority, workers, resources)
         item, frames = self._task(fn, args, kwargs, key, pure, retries, priority)
+        _add_placement(item, workers, allow_other_workers, resources)
         future = Future(item["key"], self)
         self._io.call("submit", [(item, frames, future)])
         return future
 
     def map(self, fn: Callable, *iterables: Iterable, key: str | list[str] | None = None,
             pure: bool = True, retries: int = 0, priority: int = 0, workers: Any = None,
-            resources: dict | None = None) -> list[Future]:
+            allow_other_workers: bool = False, resources: dict | None = None) -> list[Future]:
         """One task per element (zipped like builtin ``map``); a list of Futures.
 
         ``key`` is a list of keys, one per element, or a prefix for them.
@@ -184,6 +185,7 @@ class Executor:
         for args, task_key in zip(argument_lists, keys):
             item, frames = self._task(fn, args, {}, task_key, pure, retries, priority,
                                       prefix=key if isinstance(key, str) else None)
+            _add_placement(item, workers, allow_other_workers, resources)
             future = Future(item["key"], self)
             tasks.append((item, frames, future))
             futures.append(future)
@@ -216,6 +218,7 @@ class Executor:
         found: list[Future] = []
         _walk_futures(futures, found)
         deadline = None if timeout is None else time.monotonic() + timeout
+        context.secede()  # inside a task, waiting gives the thread slot back
         done, not_done = concurrent.futures.wait(found, timeout)
         if not_done:
             raise concurrent.futures.TimeoutError(
@@ -246,6 +249,96 @@ class Executor:
         self._io.call("fetch", list(dict.fromkeys(keys)), result)
         frames_by_key = result.result(timeout)
         return {key: serialize.loads(frames) for key, frames in frames_by_key.items()}
+
+    def scatter(self, data: Any, workers: Any = None, broadcast: bool = False) -> Any:
+        """Put local data on workers; return a Future for it (a list or dict of them
+        for a list or dict).
+
+        Keys are a deterministic token of the data, so scattering the same data
+        twice gives the same key. ``workers`` limits where it goes;
+        ``broadcast=True`` puts a copy on every (chosen) worker.
+
+        >>> [a, b] = ex.scatter([np.arange(10), np.ones(10)])   # doctest: +SKIP
+        >>> ex.submit(np.add, a, b).result()                      # doctest: +SKIP
+        array([ 1.,  2.,  3.,  4.,  5.,  6.,  7.,  8.,  9., 10.])
+        """
+        self._check_open()
+        if isinstance(data, dict):
+            keys_values = list(data.items())
+        elif isinstance(data, (list, tuple)):
+            keys_values = list(enumerate(data))
+        else:
+            keys_values = [(None, data)]
+        targets = self._worker_addresses(workers)
+        if not targets:
+            raise RuntimeError("no workers to scatter to: the cluster has none yet")
+        plan: dict[str, list[tuple[str, list]]] = {}
+        futures = []
+        for i, (_, value) in enumerate(keys_values):
+            frames = serialize.dumps(value)
+            key = f"{type(value).__name__}-{serialize.token(frames)}"
+            chosen = targets if broadcast else [targets[i % len(targets)]]
+            for address in chosen:
+                plan.setdefault(address, []).append((key, frames))
+            futures.append(Future(key, self))
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        self._io.call("scatter", plan, futures, done)
+        done.result(self._io.reconnect_deadline)
+        if isinstance(data, dict):
+            return dict(zip(data, futures))
+        if isinstance(data, (list, tuple)):
+            return type(data)(futures)
+        return futures[0]
+
+    def cancel(self, futures: Any) -> None:
+        """Cancel pending work (and work that depends on it); release the keys.
+
+        Futures already finished stay as they are.
+        """
+        found: list[Future] = []
+        _walk_futures(futures if not isinstance(futures, Future) else [futures], found)
+        for future in found:
+            future.cancel()
+
+    def run(self, fn: Callable, *args: Any, workers: Any = None, **kwargs: Any) -> dict:
+        """Run ``fn(*args, **kwargs)`` now on every (or the named) worker.
+
+        Outside the task graph: nothing is scheduled or kept. Returns
+        ``{worker address: result}``; a call that raised re-raises here.
+
+        >>> ex.run(os.getpid)                      # doctest: +SKIP
+        {'tcp://127.0.0.1:40405': 5141, 'tcp://127.0.0.1:35797': 5143}
+        """
+        self._check_open()
+        if not callable(fn):
+            raise TypeError(f"run needs a callable, not {type(fn).__name__} {fn!r}")
+        frames = serialize.dumps((fn, args, kwargs))
+        addresses = self._worker_addresses(workers)
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        self._io.call("run", addresses, frames, done)
+        outcomes = done.result(self._io.reconnect_deadline)
+        results = {}
+        for address in addresses:
+            ok, out = outcomes[address]
+            if not ok:
+                raise remote_exception(out)
+            results[address] = serialize.loads(out)
+        return results
+
+    def _worker_addresses(self, workers: Any) -> list[str]:
+        """Addresses of the named workers (addresses or names), or of all workers."""
+        info = self.scheduler_info()["workers"]
+        if workers is None:
+            return sorted(info)
+        names = [workers] if isinstance(workers, str) else list(workers)
+        by_name = {w["name"]: address for address, w in info.items()}
+        addresses = []
+        for name in names:
+            address = _normal_worker(name) if name.startswith("tcp://") else by_name.get(name)
+            if address not in info:
+                raise ValueError(f"no worker {name!r} in the cluster; it has {sorted(info)}")
+            addresses.append(address)
+        return addresses
 
     def who_has(self, futures: Any = None) -> dict[str, list[str]]:
         """Which workers hold each key (the keys of ``futures``, or all of ours)."""
@@ -345,5 +438,31 @@ def _check_task_options(retries: Any, priority: Any, workers: Any, resources: An
         raise ValueError(f"retries must be a non-negative int, not {retries!r}")
     if type(priority) is not int:
         raise TypeError(f"priority must be an int, not {type(priority).__name__}")
-    if workers is not None or resources is not None:
-        raise NotImplementedError("workers= and resources= are not supported yet")
+    if workers is not None:
+        names = [workers] if isinstance(workers, str) else workers
+        if not isinstance(names, (list, tuple, set, frozenset)) or \
+                not all(isinstance(w, str) for w in names):
+            raise TypeError("workers must be a worker address or name, or a list of them")
+    if resources is not None:
+        if not isinstance(resources, dict) or not all(
+                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+                and v >= 0 for k, v in resources.items()):
+            raise TypeError('resources must map names to amounts, like {"GPU": 1}')
+
+
+def _add_placement(item: dict, workers: Any, allow_other_workers: bool,
+                   resources: dict | None) -> None:
+    """Put a task's worker restrictions and resource needs in its message item."""
+    if workers is not None:
+        names = [workers] if isinstance(workers, str) else list(workers)
+        item["workers"] = [_normal_worker(w) for w in names]
+        item["allow_other_workers"] = bool(allow_other_workers)
+    if resources:
+        item["resources"] = {k: float(v) for k, v in resources.items()}
+
+
+def _normal_worker(name: str) -> str:
+    """Worker addresses in their canonical form; names as they are."""
+    if name.startswith("tcp://"):
+        return normalize_address(name)
+    return name

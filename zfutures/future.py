@@ -13,6 +13,8 @@ import time
 from concurrent.futures._base import CANCELLED_AND_NOTIFIED, FINISHED
 from typing import TYPE_CHECKING, Any, Callable
 
+from . import context
+
 if TYPE_CHECKING:
     from .executor import Executor
 
@@ -72,6 +74,8 @@ class Future(concurrent.futures.Future):
         seconds, or ``CancelledError``.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        if not self.done():
+            context.secede()  # inside a task, waiting gives the thread slot back
         value = super().result(timeout)
         if value is not REMOTE:
             return value
@@ -81,6 +85,12 @@ class Future(concurrent.futures.Future):
             if self._result is REMOTE:
                 self._result = value
         return value
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The task's exception, or None if it succeeded; waits like :meth:`result`."""
+        if not self.done():
+            context.secede()
+        return super().exception(timeout)
 
     def release(self) -> None:
         """Drop this reference; the cluster forgets the key when no one holds it."""
@@ -122,6 +132,24 @@ class Future(concurrent.futures.Future):
             self.set_result(REMOTE)
         except concurrent.futures.InvalidStateError:
             pass  # already done, or cancelled
+
+    def _set_cancelled(self) -> None:
+        super().cancel()
+
+    def cancel(self) -> bool:
+        """Cancel the task: True if the future is now cancelled, False if it was done.
+
+        Pending work is dropped (and work that depends on it is cancelled too);
+        a running task's result is discarded when it arrives.
+        """
+        with self._condition:
+            if self._state == FINISHED:
+                return False
+        executor = self._executor
+        if executor is not None and not executor._closed:
+            executor._io.call("cancel", [self.key])
+        super().cancel()
+        return True
 
     def _set_error(self, exception: BaseException) -> None:
         try:

@@ -41,20 +41,26 @@ _STRS = ("list", str)
 _ANY = object
 
 # Item schemas, for the lists inside batched messages.
-_TASK_ITEM = {"key": _STR, "deps": _STRS, "priority": _INT, "nframes": _INT}
+_TASK_ITEM = {"key": _STR, "deps": _STRS, "priority": _INT, "nframes": _INT,
+              "retries?": _INT, "workers?": _STRS, "allow_other_workers?": bool,
+              "resources?": ("map", _NUM)}
 _COMPUTE_ITEM = {"key": _STR, "deps": ("map", "list", str), "nframes": _INT}
 _FINISHED_ITEM = {"key": _STR, "nbytes": _INT}
 _ERRED_ITEM = {"key": _STR, "nframes": _INT}
 _RESULT_ITEM = {"key": _STR, "who_has": _STRS, "nbytes": _INT}
 _DATA_ITEM = {"key": _STR, "nframes": _INT}
+_SCATTERED_ITEM = {"key": _STR, "nbytes": _INT, "workers": _STRS}
 
-#: op -> {field: type}. Every listed field is required; extra fields are
+#: op -> {field: type}. Every listed field is required, except those whose
+#: name ends in "?", which are checked only when present. Other fields are
 #: allowed (and ignored) so that newer peers can add optional information.
 SCHEMAS: dict[str, dict[str, Any]] = {
     # client -> center
     "register-client": {"protocol": _INT, "name": _STR},
     "submit": {"tasks": ("items", _TASK_ITEM)},
     "release": {"keys": _STRS},
+    "cancel": {"keys": _STRS},
+    "update-data": {"items": ("items", _SCATTERED_ITEM)},
     "who-has": {"id": _INT, "keys": _STRS},
     "scheduler-info": {"id": _INT},
     "has-what": {"id": _INT},
@@ -68,6 +74,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "task-erred": {"tasks": ("items", _ERRED_ITEM)},
     "keys-added": {"tasks": ("items", _FINISHED_ITEM)},
     "missing-data": {"key": _STR, "missing": _STRS},
+    "task-seceded": {"key": _STR},
     "unregister": {},
     # center -> worker
     "welcome": {"protocol": _INT},
@@ -83,6 +90,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     # data server (any peer -> worker) and its answers
     "get-data": {"id": _INT, "keys": _STRS},
     "data": {"id": _INT, "items": ("items", _DATA_ITEM), "missing": _STRS},
+    "put-data": {"id": _INT, "items": ("items", _DATA_ITEM)},
+    "data-stored": {"id": _INT, "nbytes": ("map", _INT)},
+    "run": {"id": _INT},
+    "run-result": {"id": _INT, "ok": bool},
 }
 
 
@@ -116,7 +127,11 @@ def decode_header(raw: bytes | memoryview) -> dict:
 
 def _check_fields(mapping: dict, schema: dict, where: str) -> None:
     for field, kind in schema.items():
-        if field not in mapping:
+        if field[-1] == "?":
+            field = field[:-1]
+            if field not in mapping:
+                continue
+        elif field not in mapping:
             raise ProtocolError(f"{where}: missing field {field!r}")
         if not _check_type(mapping[field], kind):
             raise ProtocolError(
@@ -132,6 +147,8 @@ def _check_type(value: Any, kind: Any) -> bool:
         return type(value) in (int, float)
     if kind is str:
         return type(value) is str
+    if kind is bool:
+        return type(value) is bool
     tag = kind[0]
     if tag == "list":
         return type(value) is list and all(_check_type(v, kind[1]) for v in value)

@@ -33,6 +33,7 @@ import logging
 import pickle
 from collections import defaultdict
 from collections.abc import Iterable
+from concurrent.futures import CancelledError
 from typing import Any
 
 from .errors import FutureLostError, KilledWorker
@@ -54,7 +55,8 @@ class TaskState:
     __slots__ = (
         "key", "state", "payload", "priority", "dependencies", "dependents",
         "waiting_on", "waiters", "who_wants", "who_has", "processing_on", "nbytes",
-        "exception", "retries", "suspicious", "erred_on",
+        "exception", "retries", "suspicious", "erred_on", "restrictions", "loose",
+        "resources",
     )
 
     def __init__(self, key: str, payload: list | None, priority: tuple, retries: int = 0):
@@ -74,6 +76,9 @@ class TaskState:
         self.retries = retries
         self.suspicious = 0               # workers that died while running it
         self.erred_on: str | None = None
+        self.restrictions: frozenset[str] | None = None  # worker addresses or names
+        self.loose = False                # restrictions are only a preference
+        self.resources: dict[str, float] | None = None  # needed while processing
 
     def __repr__(self) -> str:
         return f"<Task {self.key!r} {self.state}>"
@@ -86,7 +91,7 @@ class WorkerState:
     """A worker as the center sees it."""
 
     __slots__ = ("ident", "address", "name", "nthreads", "memory_limit", "resources",
-                 "processing", "has_what", "nbytes", "capacity")
+                 "used_resources", "processing", "seceded", "has_what", "nbytes", "capacity")
 
     def __init__(self, ident: bytes, address: str, name: str, nthreads: int,
                  memory_limit: int = 0, resources: dict | None = None, capacity: int = 2):
@@ -96,7 +101,9 @@ class WorkerState:
         self.nthreads = nthreads
         self.memory_limit = memory_limit
         self.resources = resources or {}
+        self.used_resources = dict.fromkeys(self.resources, 0.0)
         self.processing: set[TaskState] = set()
+        self.seceded: set[TaskState] = set()  # processing, but not holding a thread
         self.has_what: set[TaskState] = set()
         self.nbytes = 0
         self.capacity = capacity          # tasks it may hold at once (running + queued)
@@ -293,6 +300,11 @@ class Scheduler:
             return
         ts = self.tasks[key] = TaskState(
             key, payload, (-item["priority"], next(self._order)), item.get("retries", 0))
+        if item.get("workers"):
+            ts.restrictions = frozenset(item["workers"])
+            ts.loose = bool(item.get("allow_other_workers"))
+        if item.get("resources"):
+            ts.resources = item["resources"]
         missing = None
         for dep_key in item["deps"]:
             dep = self.tasks.get(dep_key)
@@ -318,6 +330,47 @@ class Scheduler:
                 client.wants.discard(ts)
                 ts.who_wants.discard(client)
                 self._maybe_unwanted.append(ts)
+        self._settle()
+
+    def cancel(self, client_ident: bytes, keys: Iterable[str]) -> None:
+        """Drop pending work for ``keys``: they and their dependents are cancelled.
+
+        Keys already in memory or erred are left alone. Every client waiting
+        for a cancelled key is told (its futures become cancelled), then this
+        client's interest in the keys is released.
+        """
+        client = self.clients.get(client_ident)
+        if client is None:
+            return
+        cancelled = _pickled_error(CancelledError("cancelled"))
+        for key in keys:
+            ts = self.tasks.get(key)
+            if ts is None:
+                continue
+            if ts.state not in (MEMORY, ERRED):
+                self._err(ts, cancelled)
+            if ts in client.wants:
+                client.wants.discard(ts)
+                ts.who_wants.discard(client)
+                self._maybe_unwanted.append(ts)
+        self._settle()
+
+    def update_data(self, client_ident: bytes, items: list[dict]) -> None:
+        """A client put data on workers itself (scatter): ``{key, nbytes, workers}``."""
+        client = self.clients.get(client_ident)
+        if client is None:
+            return
+        for item in items:
+            ts = self.tasks.get(item["key"])
+            if ts is None:
+                ts = self.tasks[item["key"]] = TaskState(item["key"], None, (0, next(self._order)))
+            holders = [self.workers_by_address[a] for a in item["workers"]
+                       if a in self.workers_by_address]
+            for ws in holders:
+                self._add_holder(ts, ws, item["nbytes"])
+            if ts.state != MEMORY and ts.who_has:
+                self._finish(ts)
+            self._want(ts, client)
         self._settle()
 
     def who_has(self, keys: Iterable[str]) -> dict[str, list[str]]:
@@ -347,8 +400,6 @@ class Scheduler:
             self.task_duration = 0.9 * self.task_duration + 0.1 * duration
         if ts.processing_on is not None:
             self._unassign(ts)
-        elif ts.state == READY:  # rescheduled after a scare, but the result came anyway
-            self._remove_ready(ts)
         self._add_holder(ts, ws, nbytes)
         if ts.state != MEMORY:
             self._finish(ts)
@@ -381,6 +432,19 @@ class Scheduler:
             self._err(ts, exception)
         self._settle()
 
+    def task_seceded(self, worker_ident: bytes, key: str) -> None:
+        """A running task waits on other tasks and gave its thread back: the worker
+        may take one more task, or a task waiting on tasks would deadlock it."""
+        ws = self.workers.get(worker_ident)
+        ts = self.tasks.get(key)
+        if ws is None or ts is None or ts.processing_on is not ws or ts in ws.seceded:
+            return
+        ws.seceded.add(ts)
+        ws.capacity += 1
+        if len(ws.processing) < ws.capacity:
+            self.with_room.add(ws)
+        self._settle()
+
     def missing_data(self, worker_ident: bytes, key: str, missing: Iterable[str]) -> None:
         """A worker could not fetch ``missing`` inputs of ``key`` from any holder."""
         ws = self.workers.get(worker_ident)
@@ -393,10 +457,9 @@ class Scheduler:
             dep = self.tasks.get(dep_key)
             if dep is None or dep not in ts.dependencies:
                 continue
-            for holder in list(dep.who_has):
-                if holder is not ws:
-                    self.outbox.add(holder.ident, "release-keys", "keys", dep.key)
-                    self._remove_holder(dep, holder)
+            for holder in list(dep.who_has):  # none of them could give it
+                self.outbox.add(holder.ident, "release-keys", "keys", dep.key)
+                self._remove_holder(dep, holder)
             if not dep.who_has and dep.state == MEMORY:
                 self._set_state(dep, RELEASED)
                 self._recompute(dep)
@@ -452,6 +515,8 @@ class Scheduler:
 
     def _finish(self, ts: TaskState) -> None:
         """``ts`` has just come into memory: tell its clients, wake its dependents."""
+        if ts.state == READY:  # e.g. being recomputed when a holder came back
+            self._remove_ready(ts)
         self._set_state(ts, MEMORY)
         ts.suspicious = 0
         item = {"key": ts.key, "who_has": [ws.address for ws in ts.who_has],
@@ -562,6 +627,12 @@ class Scheduler:
         ws = ts.processing_on
         ts.processing_on = None
         ws.processing.discard(ts)
+        if ts in ws.seceded:
+            ws.seceded.discard(ts)
+            ws.capacity -= 1
+        if ts.resources:
+            for name, amount in ts.resources.items():
+                ws.used_resources[name] -= amount
         if len(ws.processing) < ws.capacity and ws.ident in self.workers:
             self.with_room.add(ws)
 
@@ -571,22 +642,40 @@ class Scheduler:
         heapq.heapify(self.ready)
 
     def _dispatch(self) -> None:
-        """Send ready tasks, best first, to workers that have room."""
+        """Send ready tasks, best first, to workers that have room.
+
+        A task no worker with room may run (restricted to busy workers, or
+        needing resources in use) waits aside without blocking the others.
+        """
         ready, with_room = self.ready, self.with_room
+        waiting_aside = []
         while ready and with_room:
             ts = heapq.heappop(ready)
-            self._assign(ts, self._choose_worker(ts))
+            ws = self._choose_worker(ts)
+            if ws is None:
+                waiting_aside.append(ts)
+            else:
+                self._assign(ts, ws)
+        for ts in waiting_aside:
+            heapq.heappush(ready, ts)
 
-    def _choose_worker(self, ts: TaskState) -> WorkerState:
-        """The worker with room where ``ts`` would start soonest.
+    def _choose_worker(self, ts: TaskState) -> WorkerState | None:
+        """The worker with room where ``ts`` would start soonest, or None.
 
         Start time is the bytes of inputs it lacks over the bandwidth, plus its
         queued work; so inputs already on a worker pull the task there. Ties go
         to the worker holding fewer bytes, which spreads data out.
         """
+        candidates = self.with_room
+        if ts.restrictions is not None or ts.resources:
+            candidates = [ws for ws in candidates if self._may_run(ts, ws)]
+            if ts.loose and ts.restrictions is not None:
+                preferred = [ws for ws in candidates
+                             if ws.address in ts.restrictions or ws.name in ts.restrictions]
+                candidates = preferred or candidates
         duration = self.task_duration
         best, best_cost = None, (0.0, 0)
-        for ws in self.with_room:
+        for ws in candidates:
             cost = len(ws.processing) / ws.nthreads * duration
             for dep in ts.dependencies:
                 if ws not in dep.who_has:
@@ -595,10 +684,25 @@ class Scheduler:
                 best, best_cost = ws, (cost, ws.nbytes)
         return best
 
+    @staticmethod
+    def _may_run(ts: TaskState, ws: WorkerState) -> bool:
+        """Whether ``ws`` satisfies the task's worker restrictions and resources now."""
+        if ts.restrictions is not None and not ts.loose and \
+                ws.address not in ts.restrictions and ws.name not in ts.restrictions:
+            return False
+        if ts.resources:
+            for name, amount in ts.resources.items():
+                if ws.used_resources.get(name, 0.0) + amount > ws.resources.get(name, 0.0):
+                    return False
+        return True
+
     def _assign(self, ts: TaskState, ws: WorkerState) -> None:
         self._set_state(ts, PROCESSING)
         ts.processing_on = ws
         ws.processing.add(ts)
+        if ts.resources:
+            for name, amount in ts.resources.items():
+                ws.used_resources[name] += amount
         if len(ws.processing) >= ws.capacity:
             self.with_room.discard(ws)
         deps = {dep.key: [w.address for w in dep.who_has] for dep in ts.dependencies}

@@ -23,7 +23,7 @@ from typing import Any
 
 import zmq
 
-from . import protocol, serialize
+from . import context, protocol, serialize
 from .addressing import bind_ephemeral, configure, interface_towards, normalize_address
 from .errors import ProtocolError
 from .waker import Waker
@@ -89,10 +89,13 @@ class Worker:
         self.poller.register(self.server, zmq.POLLIN)
         self.waker = Waker()
         self.poller.register(self.waker.read_fd, zmq.POLLIN)
-        self.completions: queue.SimpleQueue = queue.SimpleQueue()
+        # Calls for the loop thread, made by other threads: (function, args).
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.work: queue.SimpleQueue = queue.SimpleQueue()
-        self.threads = [threading.Thread(target=self._task_thread, daemon=True,
-                                         name=f"zfutures-task-{i}") for i in range(nthreads)]
+        self.threads: list[threading.Thread] = []
+        self.executor = None  # a client for tasks that submit tasks (context.get_executor)
+        self._data_handlers = {"get-data": self._get_data, "put-data": self._put_data,
+                               "run": self._run}
         self.registered = False
         self._stopping = False
         self._last_sent = self._last_heard = 0.0
@@ -101,8 +104,8 @@ class Worker:
 
     def run(self) -> None:
         """Serve until :meth:`stop` is called (from a signal handler or a thread)."""
-        for thread in self.threads:
-            thread.start()
+        for _ in range(self.nthreads):
+            self._start_thread()
         self._connect()
         logger.info("worker %s serving for %s", self.address, self.center_address)
         try:
@@ -140,6 +143,8 @@ class Worker:
                 time.sleep(0)  # let the I/O thread pick the message up before linger 0
             except zmq.ZMQError:
                 pass
+        if self.executor is not None:
+            self.executor.shutdown(wait=False)
         for _ in self.threads:
             self.work.put(None)
         sockets = [self.server, *self.peers.values()]
@@ -167,7 +172,7 @@ class Worker:
                 self._drain(sock, lambda frames, a=address: self._on_peer_data(a, frames))
         if self.waker.read_fd in events:
             self.waker.drain()
-        self._take_completions()
+        self._take_inbox()
         self.state.check_timeouts(now)
         self._flush()
         if now - self._last_heard > self.heartbeat_timeout:
@@ -213,10 +218,17 @@ class Worker:
             logger.warning("dropped an unexpected %r from the center", op)
 
     def _on_data_request(self, frames: list) -> None:
+        if len(frames) < 2:
+            raise ProtocolError("a request without a header")
         ident = frames[0].bytes
         header = protocol.decode_header(frames[1].bytes)
-        if header["op"] != "get-data":
+        handler = self._data_handlers.get(header["op"])
+        if handler is None:
             raise ProtocolError(f"the data server does not serve {header['op']!r}")
+        handler(ident, header, frames[2:])
+
+    def _get_data(self, ident: bytes, header: dict, frames: list) -> None:
+        """Serve results to a peer or a client."""
         items, out_frames, missing = [], [], []
         data, nbytes = self.state.data, self.state.nbytes
         for key in header["keys"]:
@@ -234,6 +246,29 @@ class Worker:
         reply = protocol.encode_header("data", id=header["id"], items=items, missing=missing)
         self.server.send_multipart([ident, reply, *out_frames], copy=False)
 
+    def _put_data(self, ident: bytes, header: dict, frames: list) -> None:
+        """A client scatters data here; it tells the center once we answer."""
+        nbytes = {}
+        for item, value_frames in protocol.unpack_items(header["items"], frames):
+            value = serialize.loads([f.buffer for f in value_frames])
+            nbytes[item["key"]] = serialize.sizeof(value)
+            self.state.add_data(item["key"], value, nbytes[item["key"]])
+        self.server.send_multipart(
+            [ident, protocol.encode_header("data-stored", id=header["id"], nbytes=nbytes)])
+
+    def _run(self, ident: bytes, header: dict, frames: list) -> None:
+        """Run a function outside the task graph (Executor.run), on a thread of its own."""
+        def run() -> None:
+            try:
+                fn, args, kwargs = serialize.loads([f.buffer for f in frames])
+                out, ok = serialize.dumps(fn(*args, **kwargs)), True
+            except BaseException as exc:  # noqa: B036 - reported to the caller
+                out, ok = pickle_exception(exc), False
+            reply = protocol.encode_header("run-result", id=header["id"], ok=ok)
+            self.call_soon(self.server.send_multipart, [ident, reply, *out])
+
+        threading.Thread(target=run, daemon=True, name="zfutures-run").start()
+
     def _on_peer_data(self, address: str, frames: list) -> None:
         header = protocol.decode_header(frames[0].bytes)
         if header["op"] != "data":
@@ -245,14 +280,19 @@ class Worker:
             nbytes[key] = item.get("nbytes", 0)
         self.state.data_received(header["id"], values, nbytes, time.monotonic())
 
-    def _take_completions(self) -> None:
-        completions = self.completions
+    def call_soon(self, fn, *args: Any) -> None:
+        """Have the loop thread call ``fn(*args)``; safe from any thread."""
+        self.inbox.put((fn, args))
+        self.waker.wake()
+
+    def _take_inbox(self) -> None:
+        inbox = self.inbox
         while True:
             try:
-                key, value, nbytes, duration, error = completions.get_nowait()
+                fn, args = inbox.get_nowait()
             except queue.Empty:
                 return
-            self.state.task_done(key, value, nbytes, duration, error)
+            fn(*args)
 
     # ------------------------------------------------------------------ output
 
@@ -303,14 +343,34 @@ class Worker:
 
     # ------------------------------------------------------------------ task threads
 
+    def _start_thread(self) -> None:
+        thread = threading.Thread(target=self._task_thread, daemon=True,
+                                  name=f"zfutures-task-{len(self.threads)}")
+        self.threads.append(thread)
+        thread.start()
+
+    def secede(self, key: str) -> None:
+        """Called from the task thread running ``key``, which waits on futures."""
+        self.call_soon(self._secede, key)
+
+    def _secede(self, key: str) -> None:
+        self.state.secede(key)
+        self._send_center("task-seceded", key=key)
+        self._start_thread()  # takes the slot; the seceded thread ends with its task
+
     def _task_thread(self) -> None:
-        work, completions, waker = self.work, self.completions, self.waker
+        work, task_done = self.work, self.state.task_done
         while True:
             job = work.get()
             if job is None:
                 return
-            completions.put(run_task(*job))
-            waker.wake()
+            task = job[0]
+            context.enter_task(self, task.key)
+            result = run_task(*job)
+            seceded = context.leave_task()
+            self.call_soon(task_done, *result)
+            if seceded:
+                return
 
 
 def run_worker(center_address: str, **kwargs: Any) -> None:

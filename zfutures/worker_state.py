@@ -79,6 +79,10 @@ class WorkerState:
         self.tasks: dict[str, Task] = {}
         self.ready: list[Task] = []
         self.executing: set[str] = set()
+        self.seceded: set[str] = set()  # running, but gave their thread slot back
+        # Released while running: the thread stays busy, the result will be dropped
+        # (unless the center asks for the key again before it comes).
+        self.released_running: dict[str, Task] = {}
         self.fetches: dict[str, _Fetch] = {}
         self.requests: dict[int, tuple[str, list[str], float]] = {}  # id -> peer, keys, deadline
         self.to_center: list[tuple[str, dict, list]] = []
@@ -98,6 +102,9 @@ class WorkerState:
             return
         if key in self.tasks:
             return
+        if key in self.released_running:  # still running from before: adopt that run
+            self.tasks[key] = self.released_running.pop(key)
+            return
         task = self.tasks[key] = Task(key, deps, priority, payload, next(self._order))
         plan: dict[str, list[str]] = {}
         for dep, holders in deps.items():
@@ -108,10 +115,12 @@ class WorkerState:
             if fetch is None:
                 fetch = self.fetches[dep] = _Fetch(
                     dep, [h for h in holders if h != self.address])
+                fetch.waiting_tasks.add(key)
                 self._plan_fetch(fetch, plan)
-            fetch.waiting_tasks.add(key)
+            else:
+                fetch.waiting_tasks.add(key)
         self._send_requests(plan, now)
-        if not task.missing:
+        if key in self.tasks and not task.missing:  # not given up for want of an input
             self._make_ready(task)
         self._start_tasks()
 
@@ -156,6 +165,8 @@ class WorkerState:
                   duration: float = 0.0, error: list | None = None) -> None:
         """A task thread finished ``key``, with a value or a pickled ``error``."""
         self.executing.discard(key)
+        self.seceded.discard(key)
+        self.released_running.pop(key, None)
         task = self.tasks.pop(key, None)
         if task is not None:  # None: released while running, so the result is unwanted
             if error is None:
@@ -176,7 +187,9 @@ class WorkerState:
             task = self.tasks.get(key)
             if task is None:
                 continue
-            del self.tasks[key]  # an executing task's result will be dropped on arrival
+            del self.tasks[key]
+            if task.state == EXECUTING:  # its result will be dropped on arrival
+                self.released_running[key] = task
             if task.state == READY:
                 self.ready.remove(task)
                 heapq.heapify(self.ready)
@@ -186,6 +199,13 @@ class WorkerState:
                     fetch.waiting_tasks.discard(key)
                     if not fetch.waiting_tasks:
                         del self.fetches[dep]
+
+    def secede(self, key: str) -> None:
+        """Task ``key`` waits on other tasks: its slot goes to the next ready task."""
+        if key in self.executing:
+            self.executing.discard(key)
+            self.seceded.add(key)
+            self._start_tasks()
 
     def add_data(self, key: str, value: Any, nbytes: int) -> None:
         """Data put here directly (scattered, or moved from a leaving worker)."""
@@ -208,6 +228,8 @@ class WorkerState:
                 other_fetch = self.fetches.get(other)
                 if other_fetch is not None:
                     other_fetch.waiting_tasks.discard(task_key)
+                    if not other_fetch.waiting_tasks and other_fetch.request is None:
+                        del self.fetches[other]
             self.to_center.append(("missing-data", {"key": task_key, "missing": [fetch.key]},
                                    []))
 

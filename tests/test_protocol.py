@@ -1,0 +1,351 @@
+"""The wire protocol: headers are validated in one place and only ProtocolError escapes."""
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from zfutures import protocol
+from zfutures.errors import ProtocolError
+from zfutures.protocol import SCHEMAS, decode_header, encode_header, pack_items, unpack_items
+
+
+def valid(kind: Any) -> Any:
+    """A value that fits a schema kind of :data:`protocol.SCHEMAS`."""
+    if kind is object:
+        return {"anything": [1, "goes"]}
+    if kind is bool:
+        return True
+    if kind is int:
+        return 3
+    if kind == (int, float):
+        return 1.5
+    if kind is str:
+        return "s"
+    tag = kind[0]
+    if tag == "list":
+        return [valid(kind[1]), valid(kind[1])]
+    if tag == "map":
+        inner = kind[1:] if len(kind) > 2 else kind[1]
+        return {"k": valid(inner)}
+    if tag == "items":
+        return [{name(field): valid(k) for field, k in kind[1].items()}]
+    raise AssertionError(kind)
+
+
+def wrong(kind: Any) -> list:
+    """Values that do not fit a schema kind."""
+    if kind is bool:
+        return [1, 0, "true", None]
+    if kind is int:
+        return ["3", 3.0, True, None]
+    if kind == (int, float):
+        return ["1.5", None, [1], True]
+    if kind is str:
+        return [3, b"bytes", None, ["s"]]
+    tag = kind[0]
+    if tag == "list":
+        return ["not a list", {"k": valid(kind[1])}] + [[w] for w in wrong(kind[1])[:2]]
+    if tag == "map":
+        inner = kind[1:] if len(kind) > 2 else kind[1]
+        return [[], "map"] + [{"k": w} for w in wrong(inner)[:2]]
+    if tag == "items":
+        return [{}, "items", ["not a map"], [{}]]
+    raise AssertionError(kind)
+
+
+def name(field: str) -> str:
+    """A schema field's name on the wire: a trailing "?" marks it optional."""
+    return field[:-1] if field.endswith("?") else field
+
+
+def example_fields(op: str) -> dict:
+    """Every field of ``op``, optional ones too, with fitting values."""
+    return {name(field): valid(kind) for field, kind in SCHEMAS[op].items()}
+
+
+def raw(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+OPS = sorted(SCHEMAS)
+FIELDS = [(op, field) for op in OPS for field in SCHEMAS[op]]
+REQUIRED_FIELDS = [(op, field) for op, field in FIELDS if not field.endswith("?")]
+TYPED_FIELDS = [(op, field) for op, field in FIELDS if SCHEMAS[op][field] is not object]
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_every_op_round_trips_through_encode_and_decode(op):
+    fields = example_fields(op)
+    header = decode_header(encode_header(op, **fields))
+    assert header == dict(fields, op=op)
+
+
+def test_decode_accepts_a_memoryview():
+    data = encode_header("release", keys=["a", "b"])
+    assert decode_header(memoryview(data)) == {"op": "release", "keys": ["a", "b"]}
+
+
+def test_unknown_extra_fields_are_accepted_and_kept():
+    header = decode_header(encode_header("release", keys=["a"], newer_option=7))
+    assert header["keys"] == ["a"] and header["newer_option"] == 7
+
+
+def test_strings_and_binary_stay_distinct():
+    header = decode_header(encode_header("reply", id=1, result={"text": "é", "data": b"\x00"}))
+    assert header["result"] == {"text": "é", "data": b"\x00"}
+
+
+# --------------------------------------------------------------------------- rejections
+
+
+@pytest.mark.parametrize("data", [
+    b"",                                   # nothing
+    b"\xc1",                               # a byte msgpack never uses
+    raw({"op": "release", "keys": ["a"]})[:-2],          # truncated
+    raw({"op": "release", "keys": ["a"]}) + b"trailing",  # extra data after the header
+    b"\x80\x03\x7d\x71\x00\x2e",           # a pickle, of all things
+], ids=["empty", "reserved-byte", "truncated", "trailing-bytes", "pickle"])
+def test_bytes_that_are_not_one_msgpack_object_are_rejected(data):
+    with pytest.raises(ProtocolError):
+        decode_header(data)
+
+
+@pytest.mark.parametrize("obj", [["op", "release"], "release", 3, None, b"release", 1.5])
+def test_header_that_is_not_a_map_is_rejected(obj):
+    with pytest.raises(ProtocolError, match="not a map"):
+        decode_header(raw(obj))
+
+
+def test_map_with_non_string_keys_is_rejected():
+    with pytest.raises(ProtocolError):
+        decode_header(raw({"op": "release", "keys": ["a"], 1: "x"}))
+
+
+@pytest.mark.parametrize("op", ["no-such-op", "", "RELEASE", 3, None, ["release"]])
+def test_unknown_op_is_rejected(op):
+    with pytest.raises(ProtocolError, match="unknown op"):
+        decode_header(raw({"op": op, "keys": ["a"]}))
+
+
+def test_header_without_op_is_rejected():
+    with pytest.raises(ProtocolError, match="unknown op"):
+        decode_header(raw({"keys": ["a"]}))
+
+
+@pytest.mark.parametrize(("op", "field"), REQUIRED_FIELDS)
+def test_header_missing_a_required_field_is_rejected(op, field):
+    fields = example_fields(op)
+    del fields[field]
+    with pytest.raises(ProtocolError, match=field):
+        decode_header(encode_header(op, **fields))
+
+
+def optional_fields(schema: dict) -> list[str]:
+    return [name(field) for field in schema if field.endswith("?")]
+
+
+def test_optional_fields_may_be_left_out():
+    for op, schema in SCHEMAS.items():
+        fields = {name(f): valid(k) for f, k in schema.items() if not f.endswith("?")}
+        for field, kind in schema.items():       # optional fields of items too
+            if isinstance(kind, tuple) and kind[0] == "items":
+                for item in fields[name(field)]:
+                    for optional in optional_fields(kind[1]):
+                        item.pop(optional, None)
+        assert decode_header(encode_header(op, **fields))["op"] == op
+
+
+@pytest.mark.parametrize(("op", "field"), TYPED_FIELDS)
+def test_field_of_the_wrong_type_is_rejected(op, field):
+    for bad in wrong(SCHEMAS[op][field]):
+        fields = example_fields(op)
+        fields[name(field)] = bad
+        with pytest.raises(ProtocolError):
+            decode_header(encode_header(op, **fields))
+
+
+ITEM_FIELDS = [(op, field, item_field)
+               for op in OPS for field, kind in SCHEMAS[op].items()
+               if isinstance(kind, tuple) and kind[0] == "items"
+               for item_field in kind[1] if kind[1][item_field] is not object]
+
+
+@pytest.mark.parametrize(("op", "field", "item_field"), ITEM_FIELDS)
+def test_item_field_of_the_wrong_type_is_rejected(op, field, item_field):
+    kind = SCHEMAS[op][field][1][item_field]
+    for bad in wrong(kind):
+        fields = example_fields(op)
+        fields[name(field)][0][name(item_field)] = bad
+        with pytest.raises(ProtocolError):
+            decode_header(encode_header(op, **fields))
+
+
+@pytest.mark.parametrize("tasks", [
+    "not a list",
+    ["not a map"],
+    [{"key": "x", "deps": [], "priority": 0}],                       # no nframes
+    [{"key": 1, "deps": [], "priority": 0, "nframes": 1}],           # key not a string
+    [{"key": "x", "deps": "y", "priority": 0, "nframes": 1}],        # deps not a list
+    [{"key": "x", "deps": [1], "priority": 0, "nframes": 1}],        # dep not a string
+    [{"key": "x", "deps": [], "priority": 0.5, "nframes": 1}],       # priority not an int
+    [{"key": "x", "deps": [], "priority": 0, "nframes": 1}, 7],      # one bad item of two
+], ids=["not-list", "not-map", "no-nframes", "int-key", "str-deps", "int-dep",
+        "float-priority", "second-item"])
+def test_submit_with_a_bad_item_is_rejected(tasks):
+    with pytest.raises(ProtocolError):
+        decode_header(raw({"op": "submit", "tasks": tasks}))
+
+
+def test_compute_deps_must_map_keys_to_lists_of_addresses():
+    good = {"key": "y", "deps": {"x": ["tcp://a:1"]}, "nframes": 1}
+    decode_header(encode_header("compute", tasks=[good]))
+    for deps in [{"x": "tcp://a:1"}, {"x": [1]}, ["x"], {"x": None}]:
+        with pytest.raises(ProtocolError):
+            decode_header(encode_header("compute", tasks=[dict(good, deps=deps)]))
+
+
+def test_oversized_header_is_rejected_before_unpacking(monkeypatch):
+    monkeypatch.setattr(protocol, "MAX_HEADER_BYTES", 100)
+    small = encode_header("release", keys=["a"])
+    big = encode_header("release", keys=["a" * 200])
+    assert decode_header(small)["keys"] == ["a"]
+    with pytest.raises(ProtocolError, match="exceeds"):
+        decode_header(big)
+
+
+# --------------------------------------------------------------------------- items and frames
+
+
+def test_pack_items_counts_each_items_frames_and_concatenates_them_in_order():
+    items = [{"key": "a"}, {"key": "b"}, {"key": "c"}]
+    frames = pack_items(items, [[b"a1", b"a2"], [], [b"c1"]])
+    assert frames == [b"a1", b"a2", b"c1"]
+    assert [item["nframes"] for item in items] == [2, 0, 1]
+    assert [(item["key"], f) for item, f in unpack_items(items, frames)] == [
+        ("a", [b"a1", b"a2"]), ("b", []), ("c", [b"c1"])]
+
+
+def test_items_survive_the_wire():
+    items = [{"key": "a", "deps": [], "priority": 0}, {"key": "b", "deps": ["a"], "priority": 1}]
+    frames = pack_items(items, [[b"fa"], [b"fb1", b"fb2"]])
+    header = decode_header(encode_header("submit", tasks=items))
+    assert dict((item["key"], f) for item, f in unpack_items(header["tasks"], frames)) == {
+        "a": [b"fa"], "b": [b"fb1", b"fb2"]}
+
+
+@pytest.mark.parametrize("nframes", [[2, 1], [1, 0], [0, 0], [-1, 3]],
+                         ids=["more-announced", "fewer-announced", "none-announced",
+                              "negative"])
+def test_unpack_items_rejects_frame_counts_that_do_not_match(nframes):
+    items = [{"key": "a", "nframes": nframes[0]}, {"key": "b", "nframes": nframes[1]}]
+    with pytest.raises(ProtocolError):
+        list(unpack_items(items, [b"1", b"2"]))
+
+
+def test_unpack_items_checks_counts_before_yielding_anything():
+    items = [{"key": "a", "nframes": 1}, {"key": "b", "nframes": 5}]
+    pairs = unpack_items(items, [b"1", b"2"])
+    with pytest.raises(ProtocolError):
+        next(pairs)
+
+
+# --------------------------------------------------------------------------- fuzzing
+
+FIELD_NAMES = sorted({name(field) for schema in SCHEMAS.values() for field in schema}
+                     | {name(field) for schema in SCHEMAS.values() for kind in schema.values()
+                        if isinstance(kind, tuple) and kind[0] == "items"
+                        for field in kind[1]})
+
+scalars = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats()
+           | st.text(max_size=8) | st.binary(max_size=8))
+values = st.recursive(
+    scalars,
+    lambda children: (st.lists(children, max_size=3)
+                      | st.dictionaries(st.sampled_from(FIELD_NAMES) | st.text(max_size=4)
+                                        | st.integers(-3, 3), children, max_size=3)),
+    max_leaves=10)
+
+
+def near(kind: Any) -> st.SearchStrategy:
+    """Values that mostly fit a schema kind, with misfits at every depth."""
+    if kind is object:
+        return values
+    if kind is bool:
+        fit = st.booleans()
+    elif kind is int:
+        fit = st.integers(-3, 3)
+    elif kind == (int, float):
+        fit = st.integers(-3, 3) | st.floats()
+    elif kind is str:
+        fit = st.text(max_size=4)
+    elif not isinstance(kind, tuple):
+        return values                           # a kind this test does not know yet
+    elif kind[0] == "list":
+        fit = st.lists(near(kind[1]), max_size=3)
+    elif kind[0] == "map":
+        inner = kind[1:] if len(kind) > 2 else kind[1]
+        fit = st.dictionaries(st.text(max_size=3), near(inner), max_size=3)
+    elif kind[0] == "items":
+        fit = st.lists(st.fixed_dictionaries(
+            {f: near(k) for f, k in kind[1].items() if not f.endswith("?")},
+            optional={name(f): near(k) for f, k in kind[1].items() if f.endswith("?")}),
+            max_size=3)
+    else:
+        return values                           # a kind this test does not know yet
+    return st.one_of(fit, fit, fit, scalars)
+
+
+headers = st.one_of([
+    st.fixed_dictionaries(
+        {"op": st.just(op), **{f: near(k) for f, k in SCHEMAS[op].items() if f[-1] != "?"}},
+        optional={name(f): near(k) for f, k in SCHEMAS[op].items() if f[-1] == "?"})
+    for op in OPS])
+
+FUZZ = settings(max_examples=200, deadline=None, database=None,
+                suppress_health_check=[HealthCheck.too_slow])
+
+
+def decode_or_protocol_error(data: bytes) -> None:
+    """decode_header either accepts (and then unpack_items is safe) or raises ProtocolError."""
+    try:
+        header = decode_header(data)
+    except ProtocolError:
+        return
+    assert header["op"] in SCHEMAS
+    for field, kind in SCHEMAS[header["op"]].items():
+        if isinstance(kind, tuple) and kind[0] == "items" and "nframes" in kind[1]:
+            for nframes in (0, 1, 3):
+                try:
+                    list(unpack_items(header[field], [b""] * nframes))
+                except ProtocolError:
+                    pass
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+@example(b"\xdd\xff\xff\xff\xff")         # announces a 4-billion-element array
+@example(b"\xdf\xff\xff\xff\xff")         # ... and map
+@example(b"\x91" * 5000)                  # deeply nested arrays
+def test_random_bytes_never_raise_anything_but_ProtocolError(data):
+    decode_or_protocol_error(data)
+
+
+@FUZZ
+@given(values)
+def test_random_msgpack_values_never_raise_anything_but_ProtocolError(value):
+    decode_or_protocol_error(raw(value))
+
+
+@FUZZ
+@given(headers)
+@example({"op": "submit", "tasks": [{"key": "x", "deps": [], "priority": 0, "nframes": -1}]})
+@example({"op": "compute", "tasks": [{"key": "x", "deps": {"a": 1}, "nframes": 0}]})
+def test_random_headers_of_real_ops_never_raise_anything_but_ProtocolError(header):
+    decode_or_protocol_error(raw(header))

@@ -1,0 +1,842 @@
+"""The center's Scheduler, driven one event at a time: no sockets, threads or sleeps.
+
+Every message the scheduler queues is checked against the wire protocol on the
+way out (see :meth:`Sim.take`), so a test that reads the outbox also checks
+that the center would send well-formed messages.
+"""
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from zfutures import protocol
+from zfutures.errors import FutureLostError, KilledWorker
+from zfutures.scheduler import Scheduler
+
+C1, C2 = b"client-1", b"client-2"
+W1, W2, W3 = b"w1", b"w2", b"w3"
+
+MB = 1_000_000
+
+
+def addr(ident: bytes) -> str:
+    return f"tcp://{ident.decode()}:9000"
+
+
+def task(key: str, *deps: str, priority: int = 0, retries: int = 0) -> tuple[dict, list]:
+    """A submit item and its payload, as a client would send them."""
+    item = {"key": key, "deps": list(deps), "priority": priority}
+    if retries:
+        item["retries"] = retries
+    return item, [f"payload of {key}".encode()]
+
+
+def error_frames(exc: BaseException) -> list:
+    """Exception frames as a worker sends them: opaque to the center."""
+    return [pickle.dumps((exc, "remote traceback text"), protocol=5)]
+
+
+def exception_in(frames: list) -> BaseException:
+    exc, _text = pickle.loads(frames[0])
+    return exc
+
+
+class Sent:
+    """The messages of one ``outbox.take()``, indexed by recipient and op."""
+
+    def __init__(self, messages: list):
+        self.messages = messages
+        self._by = {}
+        for ident, op, fields, frames in messages:
+            assert (ident, op) not in self._by, f"two {op!r} messages to {ident!r}: not batched"
+            self._by[(ident, op)] = (fields, frames)
+
+    def ops(self, ident: bytes) -> set[str]:
+        return {op for i, op in self._by if i == ident}
+
+    def items(self, op: str, ident: bytes) -> list[dict]:
+        fields, _ = self._by.get((ident, op), ({}, []))
+        return fields.get("tasks", [])
+
+    def keys(self, op: str, ident: bytes) -> list[str]:
+        """Keys of a ``release-keys`` message, or of the items of a batched one."""
+        fields, _ = self._by.get((ident, op), ({}, []))
+        if "keys" in fields:
+            return list(fields["keys"])
+        return [item["key"] for item in fields.get("tasks", [])]
+
+    def frames(self, op: str, ident: bytes) -> dict[str, list]:
+        """key -> its frames, for ops whose items own frames."""
+        fields, frames = self._by.get((ident, op), ({}, []))
+        return {item["key"]: f for item, f in protocol.unpack_items(fields.get("tasks", []),
+                                                                     frames)}
+
+    def computes(self) -> dict[bytes, list[str]]:
+        return {ident: [item["key"] for item in fields["tasks"]]
+                for (ident, op), (fields, _) in self._by.items() if op == "compute"}
+
+    def computed_keys(self) -> list[str]:
+        return [key for keys in self.computes().values() for key in keys]
+
+
+class Sim:
+    """A Scheduler plus helpers that speak its events and read its outbox."""
+
+    def __init__(self, clients=(C1,), **kwargs):
+        self.s = Scheduler(**kwargs)
+        for client in clients:
+            self.s.add_client(client, client.decode())
+
+    def worker(self, ident: bytes, nthreads: int = 1, keys=()) -> None:
+        self.s.add_worker(ident, addr(ident), ident.decode(), nthreads, keys=list(keys))
+
+    def submit(self, *tasks: tuple[dict, list], client: bytes = C1) -> None:
+        items, frames = [], []
+        for item, payload in tasks:
+            items.append(dict(item, nframes=len(payload)))
+            frames.extend(payload)
+        self.s.submit(client, items, frames)
+
+    def finish(self, key: str, worker: bytes | None = None, nbytes: int = 8) -> None:
+        if worker is None:
+            worker = self.s.tasks[key].processing_on.ident
+        self.s.task_finished(worker, key, nbytes)
+
+    def err(self, key: str, exc: BaseException) -> list:
+        frames = error_frames(exc)
+        self.s.task_erred(self.s.tasks[key].processing_on.ident, key, frames)
+        return frames
+
+    def state(self, key: str) -> str:
+        return self.s.tasks[key].state
+
+    def on(self, key: str) -> bytes | None:
+        ws = self.s.tasks[key].processing_on
+        return None if ws is None else ws.ident
+
+    def take(self) -> Sent:
+        """Take the outbox, checking every message against the wire protocol."""
+        messages = self.s.outbox.take()
+        for _ident, op, fields, frames in messages:
+            header = protocol.decode_header(protocol.encode_header(op, **fields))
+            items = header.get("tasks")
+            if items and "nframes" in protocol.SCHEMAS[op]["tasks"][1]:
+                list(protocol.unpack_items(items, frames))
+            else:
+                assert not frames, f"{op!r} carries frames no item accounts for"
+        return Sent(messages)
+
+
+def chain(n: int) -> list[tuple[dict, list]]:
+    """t0 <- t1 <- ... <- t(n-1), each task depending on the one before."""
+    return [task(f"t{i}", *([f"t{i - 1}"] if i else [])) for i in range(n)]
+
+
+# --------------------------------------------------------------------------- life cycle
+
+
+def test_task_goes_waiting_ready_processing_memory_released_forgotten():
+    sim = Sim()
+    sim.submit(task("a"), task("b", "a"))
+    assert sim.state("a") == "ready"      # no inputs, but no worker yet
+    assert sim.state("b") == "waiting"    # its input is not in memory
+    assert sim.take().computes() == {}
+
+    sim.worker(W1)
+    sent = sim.take()
+    assert sent.computes() == {W1: ["a"]}
+    assert sent.frames("compute", W1) == {"a": [b"payload of a"]}
+    assert sim.state("a") == "processing" and sim.on("a") == W1
+    assert sim.state("b") == "waiting"
+
+    sim.finish("a", nbytes=100)
+    sent = sim.take()
+    assert sim.state("a") == "memory"
+    assert sent.keys("key-finished", C1) == ["a"]
+    assert sent.items("key-finished", C1)[0]["who_has"] == [addr(W1)]
+    assert sent.items("key-finished", C1)[0]["nbytes"] == 100
+    assert sim.state("b") == "processing"
+    assert sent.items("compute", W1)[0]["deps"] == {"a": [addr(W1)]}
+
+    sim.finish("b")
+    assert sim.state("b") == "memory"
+    assert sim.take().keys("key-finished", C1) == ["b"]
+
+    sim.s.release(C1, ["a"])
+    # b no longer needs a and nobody holds a future for it: its data goes ...
+    assert sim.take().keys("release-keys", W1) == ["a"]
+    # ... but the task stays, so that b could be recomputed from it.
+    assert sim.state("a") == "released"
+    assert sim.s.who_has(["a"]) == {"a": []}
+
+    sim.s.release(C1, ["b"])
+    assert sim.take().keys("release-keys", W1) == ["b"]
+    assert sim.s.tasks == {}
+    assert sim.s.has_what() == {addr(W1): []}
+    assert sim.s.workers[W1].nbytes == 0
+
+
+def test_task_waits_until_all_of_its_inputs_are_in_memory():
+    sim = Sim(extra_queue=1)
+    sim.worker(W1)
+    sim.submit(task("a"), task("b"), task("c", "a", "b"))
+    sim.take()
+    sim.finish("a")
+    assert sim.state("c") == "waiting"
+    assert "c" not in sim.take().computed_keys()
+    sim.finish("b")
+    sent = sim.take()
+    assert sent.computes() == {W1: ["c"]}
+    assert sent.items("compute", W1)[0]["deps"] == {"a": [addr(W1)], "b": [addr(W1)]}
+
+
+def test_compute_message_lists_every_holder_of_each_input():
+    sim = Sim()
+    sim.worker(W1)
+    sim.submit(task("x"))
+    sim.finish("x", W1)
+    sim.worker(W2)
+    sim.s.keys_added(W2, "x", 8)
+    sim.take()
+    sim.submit(task("y", "x"))
+    sent = sim.take()
+    (item,) = [i for ident in (W1, W2) for i in sent.items("compute", ident)]
+    assert sorted(item["deps"]["x"]) == [addr(W1), addr(W2)]
+
+
+def test_released_input_is_recomputed_for_a_new_dependent():
+    sim = Sim()
+    sim.worker(W1)
+    sim.submit(task("a"), task("b", "a"))
+    sim.finish("a")
+    sim.finish("b")
+    sim.s.release(C1, ["a"])
+    sim.take()
+    assert sim.state("a") == "released"
+
+    sim.submit(task("c", "a"))
+    assert sim.take().computes() == {W1: ["a"]}
+    assert sim.state("c") == "waiting"
+    sim.finish("a")
+    assert sim.take().computes() == {W1: ["c"]}
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_task_whose_input_erred_errs_with_the_same_exception_frames_transitively():
+    sim = Sim()
+    sim.worker(W1)
+    sim.submit(task("a"), task("b", "a"), task("c", "b"))
+    sim.take()
+    frames = sim.err("a", ValueError("boom", 42))
+    sent = sim.take()
+    assert {k: sim.state(k) for k in "abc"} == {"a": "erred", "b": "erred", "c": "erred"}
+    assert sent.frames("key-erred", C1) == {"a": frames, "b": frames, "c": frames}
+    exc = exception_in(sent.frames("key-erred", C1)["c"])
+    assert type(exc) is ValueError and exc.args == ("boom", 42)
+    assert sent.computes() == {}          # b and c never run
+    assert sim.s.ready == [] and not sim.s.workers[W1].processing
+
+
+def test_task_submitted_after_its_input_erred_errs_at_once_instead_of_waiting():
+    sim = Sim()
+    sim.worker(W1)
+    sim.submit(task("a"))
+    frames = sim.err("a", KeyError("k"))
+    sim.take()
+    sim.submit(task("b", "a"))
+    sent = sim.take()
+    assert sim.state("b") == "erred"
+    assert sent.frames("key-erred", C1) == {"b": frames}
+    assert sent.computes() == {}
+
+
+def test_error_reaches_the_end_of_a_long_chain_without_recursion():
+    sim = Sim()
+    sim.worker(W1)
+    sim.submit(*chain(5000))
+    sim.take()
+    frames = sim.err("t0", RuntimeError("first link"))
+    sent = sim.take()
+    assert all(ts.state == "erred" for ts in sim.s.tasks.values())
+    assert len(sent.keys("key-erred", C1)) == 5000
+    assert sent.frames("key-erred", C1)["t4999"] == frames
+
+
+def test_task_depending_on_an_unknown_key_errs_with_FutureLostError():
+    sim = Sim()
+    sim.worker(W1)
+    sim.submit(task("b", "never-submitted"))
+    sent = sim.take()
+    assert sim.state("b") == "erred"
+    exc = exception_in(sent.frames("key-erred", C1)["b"])
+    assert isinstance(exc, FutureLostError) and "never-submitted" in str(exc)
+    assert sent.computes() == {}
+
+
+def test_task_with_retries_is_run_again_and_errs_when_they_are_used_up():
+    sim = Sim()
+    sim.worker(W1)
+    sim.submit(task("x", retries=1))
+    sim.take()
+    sim.err("x", OSError("flaky"))
+    sent = sim.take()
+    assert sent.computes() == {W1: ["x"]}
+    assert "key-erred" not in sent.ops(C1)
+    frames = sim.err("x", OSError("flaky again"))
+    sent = sim.take()
+    assert sim.state("x") == "erred"
+    assert sent.frames("key-erred", C1) == {"x": frames}
+
+
+def test_erred_key_released_by_its_client_is_forgotten():
+    sim = Sim()
+    sim.worker(W1)
+    sim.submit(task("a"), task("b", "a"))
+    sim.err("a", ValueError())
+    sim.s.release(C1, ["a", "b"])
+    assert sim.s.tasks == {}
+
+
+# --------------------------------------------------------------------------- placement
+
+
+@pytest.mark.parametrize(("x_bytes", "y_bytes", "expected"),
+                         [(10 * MB, 1 * MB, W1), (1 * MB, 10 * MB, W2)])
+def test_task_goes_to_the_worker_holding_most_bytes_of_its_inputs(x_bytes, y_bytes, expected):
+    sim = Sim()
+    sim.worker(W1)
+    sim.submit(task("x"))                 # W1 is busy with x ...
+    sim.worker(W2)
+    sim.submit(task("y"))                 # ... so y goes to the idle W2
+    assert (sim.on("x"), sim.on("y")) == (W1, W2)
+    sim.finish("x", W1, nbytes=x_bytes)
+    sim.finish("y", W2, nbytes=y_bytes)
+    sim.take()
+    sim.submit(task("z", "x", "y"))
+    assert sim.on("z") == expected
+    assert sim.take().computed_keys() == ["z"]
+
+
+def test_task_without_inputs_goes_to_the_least_loaded_worker():
+    sim = Sim(extra_queue=2)
+    sim.worker(W1)
+    sim.submit(task("a"), task("b"))      # W1: 2 tasks
+    sim.worker(W2)
+    sim.submit(task("c"))                 # W2: 1 task
+    assert sim.on("c") == W2
+    sim.worker(W3)
+    sim.submit(task("d"))
+    assert sim.on("d") == W3
+    sim.submit(task("e"))                 # W2 and W3 have 1 each, W1 has 2
+    assert sim.on("e") in (W2, W3)
+
+
+def test_between_equally_loaded_workers_a_task_goes_where_less_data_is_held():
+    sim = Sim()
+    sim.worker(W1)
+    sim.submit(task("big"))
+    sim.finish("big", nbytes=10 * MB)
+    sim.worker(W2)
+    sim.submit(task("z"))
+    assert sim.on("z") == W2
+
+
+def test_load_is_measured_per_thread():
+    sim = Sim(extra_queue=0)
+    sim.worker(W1, nthreads=4)
+    sim.submit(task("a"), task("b"))      # W1: 2 of 4 threads busy
+    sim.worker(W2, nthreads=1)
+    sim.submit(task("c"))                 # W2's only thread is busier than W1's half
+    assert sim.on("c") == W2
+    sim.submit(task("d"))
+    assert sim.on("d") == W1
+
+
+def test_worker_gets_at_most_nthreads_plus_extra_queue_tasks_and_the_rest_waits():
+    sim = Sim(extra_queue=2)
+    sim.worker(W1, nthreads=2)
+    sim.submit(*[task(f"t{i}") for i in range(10)])
+    sent = sim.take()
+    assert len(sent.computes()[W1]) == 4
+    assert len(sim.s.workers[W1].processing) == 4
+    assert sorted(sim.state(f"t{i}") for i in range(10)) == ["processing"] * 4 + ["ready"] * 6
+
+    sim.finish(sent.computes()[W1][0])
+    assert len(sim.take().computes()[W1]) == 1
+    assert len(sim.s.workers[W1].processing) == 4
+
+
+def test_worker_that_joins_later_gets_queued_work_at_once():
+    sim = Sim(extra_queue=1)
+    sim.worker(W1, nthreads=1)
+    sim.submit(*[task(f"t{i}") for i in range(10)])
+    sim.take()
+    sim.worker(W2, nthreads=3)
+    sent = sim.take()
+    assert len(sent.computes()[W2]) == 4
+    assert sum(sim.state(f"t{i}") == "ready" for i in range(10)) == 4
+
+
+def test_ready_tasks_are_sent_by_priority_then_submission_order():
+    sim = Sim(extra_queue=0)
+    priorities = {"p0-first": 0, "p5-first": 5, "p0-second": 0, "p5-second": 5,
+                  "low": -1, "p10": 10}
+    sim.submit(*[task(key, priority=p) for key, p in priorities.items()])
+    sim.worker(W1, nthreads=1)
+    order = []
+    for _ in priorities:
+        (item,) = sim.take().items("compute", W1)
+        assert item["priority"] == priorities[item["key"]]
+        order.append(item["key"])
+        sim.finish(item["key"])
+    assert order == ["p10", "p5-first", "p5-second", "p0-first", "p0-second", "low"]
+
+
+def test_many_tasks_for_one_worker_travel_in_one_compute_message():
+    sim = Sim(extra_queue=100)
+    sim.worker(W1)
+    sim.submit(*[task(f"t{i}") for i in range(50)])
+    messages = [m for m in sim.s.outbox.take() if m[1] == "compute"]
+    assert len(messages) == 1
+    ident, _, fields, frames = messages[0]
+    assert ident == W1 and len(fields["tasks"]) == 50
+    payloads = dict((item["key"], f) for item, f in protocol.unpack_items(fields["tasks"],
+                                                                         frames))
+    assert payloads == {f"t{i}": [f"payload of t{i}".encode()] for i in range(50)}
+
+
+def test_results_for_one_client_travel_in_one_message():
+    sim = Sim(extra_queue=10)
+    sim.worker(W1)
+    sim.submit(*[task(f"t{i}") for i in range(5)])
+    sim.take()
+    for i in range(5):
+        sim.s.task_finished(W1, f"t{i}", 8)
+    sent = sim.take()
+    assert sorted(sent.keys("key-finished", C1)) == [f"t{i}" for i in range(5)]
+
+
+# --------------------------------------------------------------------------- sharing keys
+
+
+def test_same_key_submitted_twice_by_one_client_runs_once():
+    sim = Sim()
+    sim.worker(W1)
+    sim.submit(task("x"))
+    sim.submit(task("x"))
+    assert sim.take().computed_keys() == ["x"]
+    sim.finish("x")
+    assert sim.take().keys("key-finished", C1) == ["x"]
+    sim.s.release(C1, ["x"])              # one release: the client holds it once
+    assert sim.take().keys("release-keys", W1) == ["x"]
+
+
+def test_same_key_submitted_by_two_clients_runs_once_and_both_hear_of_it():
+    sim = Sim(clients=(C1, C2))
+    sim.worker(W1)
+    sim.submit(task("x"), client=C1)
+    sim.submit(task("x"), client=C2)
+    assert sim.take().computed_keys() == ["x"]
+    sim.finish("x")
+    sent = sim.take()
+    assert sent.keys("key-finished", C1) == ["x"]
+    assert sent.keys("key-finished", C2) == ["x"]
+
+
+def test_key_submitted_again_after_it_finished_is_reported_without_rerunning():
+    sim = Sim(clients=(C1, C2))
+    sim.worker(W1)
+    sim.submit(task("x"), client=C1)
+    sim.finish("x")
+    sim.take()
+    sim.submit(task("x"), client=C2)
+    sent = sim.take()
+    assert sent.computes() == {}
+    assert sent.keys("key-finished", C2) == ["x"]
+    assert "key-finished" not in sent.ops(C1)
+
+
+def test_release_by_one_client_keeps_a_key_another_client_wants():
+    sim = Sim(clients=(C1, C2))
+    sim.worker(W1)
+    sim.submit(task("x"), client=C1)
+    sim.submit(task("x"), client=C2)
+    sim.finish("x")
+    sim.take()
+    sim.s.release(C1, ["x"])
+    assert "release-keys" not in sim.take().ops(W1)
+    assert sim.state("x") == "memory"
+    sim.s.release(C1, ["x"])              # a second release by C1 changes nothing
+    assert sim.state("x") == "memory"
+    sim.s.release(C2, ["x"])
+    assert sim.take().keys("release-keys", W1) == ["x"]
+    assert "x" not in sim.s.tasks
+
+
+def test_release_while_another_client_waits_keeps_the_task_running():
+    sim = Sim(clients=(C1, C2))
+    sim.worker(W1)
+    sim.submit(task("x"), client=C1)
+    sim.submit(task("x"), client=C2)
+    sim.s.release(C1, ["x"])
+    assert sim.state("x") == "processing"
+    sim.finish("x")
+    assert sim.take().keys("key-finished", C2) == ["x"]
+
+
+def test_input_kept_while_a_dependent_still_needs_it_though_no_client_holds_it():
+    sim = Sim()
+    sim.worker(W1)
+    sim.submit(task("a"), task("b", "a"))
+    sim.s.release(C1, ["a"])
+    sim.finish("a")
+    assert sim.state("a") == "memory"     # b has not run yet
+    assert sim.state("b") == "processing"
+    assert "release-keys" not in sim.take().ops(W1)
+    sim.finish("b")
+    assert sim.take().keys("release-keys", W1) == ["a"]
+
+
+def test_releasing_a_processing_task_cancels_it_on_its_worker_and_frees_the_slot():
+    sim = Sim(extra_queue=0)
+    sim.worker(W1)
+    sim.submit(task("a"), task("b"))
+    assert sim.take().computes() == {W1: ["a"]}
+    sim.s.release(C1, ["a"])
+    sent = sim.take()
+    assert sent.keys("release-keys", W1) == ["a"]
+    assert sent.computes() == {W1: ["b"]}
+    assert "a" not in sim.s.tasks
+    # The cancelled task's result, arriving anyway, is dropped on the worker.
+    sim.s.task_finished(W1, "a", 8)
+    assert sim.take().keys("release-keys", W1) == ["a"]
+    assert "a" not in sim.s.tasks and sim.s.workers[W1].nbytes == 0
+
+
+def test_releasing_a_waiting_task_releases_inputs_only_it_needed():
+    sim = Sim()
+    sim.worker(W1)
+    sim.submit(task("a"), task("b", "a"))
+    sim.s.release(C1, ["a", "b"])
+    assert sim.s.tasks == {}
+    assert sim.take().keys("release-keys", W1) == ["a"]   # a was processing
+
+
+def test_releasing_the_end_of_a_long_chain_forgets_the_whole_chain():
+    n = 5000
+    sim = Sim()
+    sim.submit(*chain(n))
+    sim.s.release(C1, [f"t{i}" for i in range(n - 1)])   # the client keeps only the last
+    sim.worker(W1)
+    for i in range(n):
+        assert sim.on(f"t{i}") == W1
+        sim.finish(f"t{i}", nbytes=10)
+    sim.take()
+    assert sim.state(f"t{n - 1}") == "memory"
+    assert sum(ts.state == "released" for ts in sim.s.tasks.values()) == n - 1
+    assert sim.s.has_what() == {addr(W1): [f"t{n - 1}"]}
+
+    sim.s.release(C1, [f"t{n - 1}"])
+    assert sim.take().keys("release-keys", W1) == [f"t{n - 1}"]
+    assert sim.s.tasks == {}
+    assert sim.s.workers[W1].nbytes == 0
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_lost_workers_processing_tasks_are_rescheduled_on_another_worker():
+    sim = Sim(extra_queue=1)
+    sim.worker(W1, nthreads=1)
+    sim.submit(task("a"), task("b"))
+    sim.worker(W2, nthreads=1)
+    sim.take()
+    sim.s.remove_worker(W1)
+    sent = sim.take()
+    assert sorted(sent.computes()[W2]) == ["a", "b"]
+    assert {sim.on("a"), sim.on("b")} == {W2}
+    assert addr(W1) not in sim.s.has_what()
+
+
+def test_lost_worker_without_replacement_leaves_its_tasks_ready_for_the_next_one():
+    sim = Sim()
+    sim.worker(W1)
+    sim.submit(task("a"))
+    sim.s.remove_worker(W1)
+    assert sim.state("a") == "ready"
+    sim.take()
+    sim.worker(W2)
+    assert sim.take().computes() == {W2: ["a"]}
+
+
+def test_lost_key_still_wanted_is_recomputed_through_released_inputs():
+    sim = Sim()
+    sim.worker(W1)
+    sim.submit(task("a"), task("b", "a"), task("c", "b"))
+    sim.s.release(C1, ["a", "b"])         # the client holds only c
+    for key in "abc":
+        sim.finish(key)
+    sim.worker(W2)
+    sim.take()
+    assert sim.state("a") == sim.state("b") == "released"
+
+    sim.s.remove_worker(W1)
+    sent = sim.take()
+    assert sent.computes() == {W2: ["a"]}
+    assert (sim.state("b"), sim.state("c")) == ("waiting", "waiting")
+    sim.finish("a")
+    assert sim.take().computes() == {W2: ["b"]}
+    sim.finish("b")
+    sent = sim.take()
+    assert sent.computes() == {W2: ["c"]}
+    assert sent.keys("release-keys", W2) == ["a"]   # not needed once b is back
+    sim.finish("c")
+    assert sim.take().keys("key-finished", C1) == ["c"]
+
+
+def test_lost_chain_is_recomputed_from_its_start_without_recursion():
+    n = 5000
+    sim = Sim()
+    sim.worker(W1)
+    sim.submit(*chain(n))
+    sim.s.release(C1, [f"t{i}" for i in range(n - 1)])
+    for i in range(n):
+        sim.finish(f"t{i}")
+    sim.take()
+    sim.s.remove_worker(W1)
+    states = [sim.state(f"t{i}") for i in range(n)]
+    assert states == ["ready"] + ["waiting"] * (n - 1)
+
+
+def test_ready_task_whose_input_is_lost_waits_again_until_the_input_is_recomputed():
+    sim = Sim(extra_queue=0)
+    sim.worker(W1)
+    sim.submit(task("x"))
+    sim.finish("x", W1)
+    sim.submit(task("busy"))              # W1 is now full ...
+    sim.submit(task("y", "x"))
+    assert sim.state("y") == "ready"      # ... so y, ready, waits at the center
+    sim.take()
+
+    sim.s.remove_worker(W1)               # x was only on W1
+    assert sim.state("y") == "waiting"
+    assert sim.state("x") == "ready"
+    sim.worker(W2)
+    assert sim.take().computes() == {W2: ["x"]}   # x first: y cannot run without it
+    sim.finish("x")
+    assert sim.take().computes() == {W2: ["busy"]}
+    sim.finish("busy")
+    sent = sim.take()
+    assert sent.computes() == {W2: ["y"]}
+    assert sent.items("compute", W2)[0]["deps"] == {"x": [addr(W2)]}
+
+
+def test_lost_key_with_another_holder_is_not_recomputed():
+    sim = Sim()
+    sim.worker(W1)
+    sim.worker(W2)
+    sim.submit(task("x"))
+    holder = sim.on("x")
+    other = W2 if holder == W1 else W1
+    sim.finish("x")
+    sim.s.keys_added(other, "x", 8)
+    sim.take()
+    sim.s.remove_worker(holder)
+    assert sim.state("x") == "memory"
+    assert sim.take().computes() == {}
+    assert sim.s.who_has(["x"]) == {"x": [addr(other)]}
+
+
+def test_task_errs_with_KilledWorker_after_allowed_failures_worker_deaths():
+    sim = Sim(allowed_failures=2)
+    sim.worker(W1)
+    sim.worker(W2)
+    sim.submit(task("x"), task("y", "x"))
+    first = sim.on("x")
+    sim.s.remove_worker(first)
+    assert sim.state("x") == "processing"   # one death is not enough
+    sim.take()
+    sim.s.remove_worker(sim.on("x"))
+    sent = sim.take()
+    assert sim.state("x") == sim.state("y") == "erred"
+    frames = sent.frames("key-erred", C1)
+    assert set(frames) == {"x", "y"}
+    exc = exception_in(frames["x"])
+    assert isinstance(exc, KilledWorker) and "'x'" in str(exc)
+    assert frames["y"] == frames["x"]
+
+
+def test_other_tasks_go_on_when_a_task_is_killed():
+    sim = Sim(allowed_failures=1)
+    sim.worker(W1)
+    sim.submit(task("killer"))
+    sim.worker(W2)
+    sim.submit(task("innocent"))
+    assert (sim.on("killer"), sim.on("innocent")) == (W1, W2)
+    sim.take()
+    sim.s.remove_worker(W1)
+    assert sim.state("killer") == "erred"
+    assert sim.state("innocent") == "processing" and sim.on("innocent") == W2
+    sim.finish("innocent")
+    sent = sim.take()
+    assert sent.keys("key-finished", C1) == ["innocent"]
+    assert sent.keys("key-erred", C1) == ["killer"]
+
+
+def test_lost_data_that_cannot_be_recomputed_errs_with_FutureLostError():
+    sim = Sim()
+    sim.worker(W1)
+    sim.submit(task("scattered"), task("y", "scattered"))
+    sim.finish("scattered", W1)
+    sim.s.tasks["scattered"].payload = None   # as for scattered data: no task to rerun
+    sim.worker(W2)
+    sim.take()
+    sim.s.remove_worker(W1)
+    sent = sim.take()
+    assert sim.state("scattered") == "erred"
+    assert sim.state("y") == "erred"
+    frames = sent.frames("key-erred", C1)
+    assert isinstance(exception_in(frames["scattered"]), FutureLostError)
+    assert frames["y"] == frames["scattered"]
+    assert sent.computes() == {}
+
+
+def test_missing_data_recomputes_the_input_no_holder_could_provide():
+    sim = Sim(extra_queue=0)
+    sim.worker(W1)
+    sim.submit(task("x"))
+    sim.finish("x", W1)
+    sim.submit(task("busy"))              # W1 is full: y must go to W2
+    sim.worker(W2)
+    sim.submit(task("y", "x"))
+    assert sim.on("y") == W2
+    sim.take()
+
+    sim.s.missing_data(W2, "y", ["x"])
+    sent = sim.take()
+    assert sent.keys("release-keys", W1) == ["x"]   # W1 is no holder after all
+    assert sent.computes() == {W2: ["x"]}
+    assert sim.state("y") == "waiting"
+    sim.finish("x", W2)
+    sent = sim.take()
+    assert sent.computes() == {W2: ["y"]}
+    assert sent.items("compute", W2)[0]["deps"] == {"x": [addr(W2)]}
+
+
+def test_missing_data_from_a_worker_not_processing_the_task_is_ignored():
+    sim = Sim()
+    sim.worker(W1)
+    sim.worker(W2)
+    sim.submit(task("x"))
+    sim.finish("x")
+    sim.submit(task("y", "x"))
+    sim.take()
+    stranger = W2 if sim.on("y") == W1 else W1
+    sim.s.missing_data(stranger, "y", ["x"])
+    assert sim.state("x") == "memory" and sim.state("y") == "processing"
+    assert sim.take().messages == []
+
+
+def test_removing_a_client_releases_its_keys_but_not_other_clients_keys():
+    sim = Sim(clients=(C1, C2))
+    sim.worker(W1, nthreads=2)
+    sim.submit(task("mine"), task("pending"), client=C1)
+    sim.submit(task("theirs"), client=C2)
+    sim.finish("mine")
+    sim.finish("theirs")
+    sim.take()
+    sim.s.remove_client(C1)
+    assert sorted(sim.take().keys("release-keys", W1)) == ["mine", "pending"]
+    assert set(sim.s.tasks) == {"theirs"}
+    assert C1 not in sim.s.clients
+
+
+def test_task_finished_for_a_forgotten_key_tells_the_worker_to_release_it():
+    sim = Sim()
+    sim.worker(W1)
+    sim.s.task_finished(W1, "nobody-asked", 1000)
+    sent = sim.take()
+    assert sent.keys("release-keys", W1) == ["nobody-asked"]
+    assert "nobody-asked" not in sim.s.tasks
+    assert sim.s.workers[W1].nbytes == 0
+
+
+def test_task_finished_from_an_unknown_worker_changes_nothing():
+    sim = Sim()
+    sim.worker(W1)
+    sim.submit(task("x"))
+    sim.take()
+    sim.s.task_finished(b"ghost", "x", 8)
+    assert sim.state("x") == "processing"
+    assert sim.take().messages == []
+
+
+def test_keys_added_records_a_copy_that_is_released_with_the_key():
+    sim = Sim()
+    sim.worker(W1)
+    sim.worker(W2)
+    sim.submit(task("x"))
+    holder = sim.on("x")
+    other = W2 if holder == W1 else W1
+    sim.finish("x", nbytes=500)
+    sim.s.keys_added(other, "x", 500)
+    assert sorted(sim.s.who_has(["x"])["x"]) == sorted([addr(W1), addr(W2)])
+    assert sim.s.workers[other].nbytes == 500
+    sim.take()
+    sim.s.release(C1, ["x"])
+    sent = sim.take()
+    assert sent.keys("release-keys", W1) == ["x"] and sent.keys("release-keys", W2) == ["x"]
+    assert sim.s.workers[W1].nbytes == sim.s.workers[W2].nbytes == 0
+
+
+def test_keys_added_for_a_key_not_in_memory_is_released_on_that_worker():
+    sim = Sim()
+    sim.worker(W1)
+    sim.s.keys_added(W1, "unknown", 8)
+    assert sim.take().keys("release-keys", W1) == ["unknown"]
+    assert sim.s.has_what() == {addr(W1): []}
+
+
+def test_worker_joining_with_data_nobody_wants_is_told_to_release_it():
+    sim = Sim()
+    sim.worker(W1, keys=["stale"])
+    assert sim.take().keys("release-keys", W1) == ["stale"]
+    assert sim.s.has_what() == {addr(W1): []}
+
+
+def test_worker_returning_with_a_key_queued_for_recomputation_is_not_recomputed():
+    sim = Sim()
+    sim.worker(W1)
+    sim.submit(task("x"))
+    sim.finish("x", W1)
+    sim.s.remove_worker(W1)               # e.g. a network blip: the center gives up on W1
+    assert sim.state("x") == "ready"      # wanted, lost: to be recomputed
+    sim.take()
+    sim.worker(W1, keys=["x"])            # the same worker registers again, still holding x
+    sent = sim.take()
+    assert sim.state("x") == "memory"
+    assert sim.s.who_has(["x"]) == {"x": [addr(W1)]}
+    assert sent.computes() == {}
+    assert sim.s.tasks["x"] not in sim.s.ready
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def test_info_counts_tasks_by_state_and_reports_each_workers_load():
+    sim = Sim(extra_queue=1)
+    sim.worker(W1, nthreads=1)
+    sim.submit(task("done"))
+    sim.finish("done", nbytes=1234)
+    sim.submit(task("bad"))
+    sim.err("bad", ValueError())
+    sim.submit(task("a"), task("b"), task("c"), task("d", "c"))
+    info = sim.s.info()
+    assert info["tasks"] == {"memory": 1, "erred": 1, "processing": 2, "ready": 1,
+                             "waiting": 1}
+    assert info["workers"] == {addr(W1): {
+        "name": "w1", "nthreads": 1, "memory": 1234, "memory_limit": 0, "resources": {},
+        "executing": 1, "queued": 1, "keys": 1}}

@@ -1,0 +1,257 @@
+"""Objects to frames and back; tasks with futures as key references; pure-task tokens."""
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import threading
+
+import numpy as np
+import pytest
+
+from zfutures.serialize import (
+    OUT_OF_BAND_THRESHOLD,
+    dumps,
+    dumps_task,
+    loads,
+    loads_task,
+    sizeof,
+    token,
+)
+
+
+class Ref:
+    """A stand-in for Future: all the task pickler looks at is the type and ``key``."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def __repr__(self) -> str:
+        return f"Ref({self.key!r})"
+
+
+@dataclasses.dataclass
+class Box:
+    content: object
+
+
+def add(a, b=0):
+    return a + b
+
+
+def through_the_wire(frames: list) -> list:
+    """Frames as a receiver gets them: separate bytes objects, nothing shared."""
+    return [bytes(frame) for frame in frames]
+
+
+# --------------------------------------------------------------------------- dumps / loads
+
+
+@pytest.mark.parametrize("obj", [
+    None, 0, -(2**70), 1.5, "text é", b"\x00bytes", [1, [2, [3]]], (1, "a"), {"k": {1, 2}},
+    frozenset({"x"}), Box([1, 2]), range(10),
+])
+def test_plain_objects_round_trip(obj):
+    assert loads(through_the_wire(dumps(obj))) == obj
+
+
+def test_lambdas_and_closures_round_trip_by_value():
+    offset = 10
+
+    def closure(x):
+        return x + offset
+
+    assert loads(through_the_wire(dumps(closure)))(1) == 11
+    assert loads(through_the_wire(dumps(lambda x: x * 3)))(2) == 6
+
+
+def test_large_array_travels_out_of_band_without_being_copied():
+    arr = np.arange(1_000_000, dtype=np.float64)            # 8 MB
+    frames = dumps(arr)
+    assert len(frames) > 1
+    assert len(frames[0]) < 10_000                          # the stream holds no data
+    buffer = frames[1]
+    assert isinstance(buffer, memoryview)
+    assert buffer.nbytes == arr.nbytes
+    assert np.shares_memory(np.frombuffer(buffer, dtype=arr.dtype), arr)
+
+    copy = loads(through_the_wire(frames))
+    assert copy.dtype == arr.dtype and copy.shape == arr.shape
+    assert np.array_equal(copy, arr)
+
+
+def test_loading_uses_the_received_buffer_without_copying():
+    arr = np.arange(100_000, dtype=np.int64)
+    received = [bytes(frames) if i == 0 else bytearray(frames)
+                for i, frames in enumerate(dumps(arr))]
+    copy = loads(received)
+    assert np.shares_memory(copy, np.frombuffer(received[1], dtype=np.int64))
+
+
+def test_arrays_inside_containers_each_get_their_own_frame():
+    a = np.ones(100_000)
+    b = np.zeros((300, 300), dtype=np.float32)
+    frames = dumps({"a": a, "b": [b], "small": np.arange(3)})
+    assert len(frames) == 3
+    out = loads(through_the_wire(frames))
+    assert np.array_equal(out["a"], a) and np.array_equal(out["b"][0], b)
+    assert out["b"][0].dtype == np.float32 and np.array_equal(out["small"], np.arange(3))
+
+
+def test_small_array_stays_in_the_stream():
+    frames = dumps(np.arange(10))
+    assert len(frames) == 1
+    assert np.array_equal(loads(through_the_wire(frames)), np.arange(10))
+
+
+def test_non_contiguous_large_array_round_trips():
+    base = np.arange(2 * OUT_OF_BAND_THRESHOLD, dtype=np.int64).reshape(-1, 2)
+    view = base[:, 1]                                       # strided: no single buffer
+    out = loads(through_the_wire(dumps(view)))
+    assert np.array_equal(out, view)
+
+
+def test_fortran_ordered_array_keeps_its_values_and_order():
+    arr = np.asfortranarray(np.arange(200_000, dtype=np.int32).reshape(400, 500))
+    out = loads(through_the_wire(dumps(arr)))
+    assert np.array_equal(out, arr)
+
+
+def test_sizeof_uses_nbytes_for_arrays():
+    arr = np.zeros(1000, dtype=np.float64)
+    assert sizeof(arr) == 8000
+    assert sizeof(b"x" * 1000) >= 1000
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+def test_dumps_task_finds_references_nested_anywhere_in_the_call():
+    refs = {name: Ref(name) for name in
+            ["arg", "in-list", "in-dict", "in-set", "in-tuple", "in-kwarg", "deep", "in-obj"]}
+    args = (refs["arg"], [1, refs["in-list"]], {"k": refs["in-dict"]}, {refs["in-set"]},
+            (refs["in-tuple"],), Box(refs["in-obj"]))
+    kwargs = {"b": refs["in-kwarg"], "c": [{"d": ({refs["deep"]},)}]}
+    _frames, deps = dumps_task(add, args, kwargs, Ref)
+    assert sorted(deps) == sorted(refs)
+
+
+def test_dumps_task_lists_each_dependency_once_in_first_seen_order():
+    x, y = Ref("x"), Ref("y")
+    _frames, deps = dumps_task(add, (y, x, [y, Ref("x")]), {"b": x}, Ref)
+    assert deps == ["y", "x"]
+
+
+def test_dumps_task_without_references_has_no_dependencies():
+    _frames, deps = dumps_task(add, (1, [2], {"k": 3}), {}, Ref)
+    assert deps == []
+
+
+def test_loads_task_replaces_references_with_values():
+    args = (Ref("x"), [Ref("y"), 5], {"k": Ref("x")}, {Ref("s")}, Box(Ref("y")))
+    kwargs = {"b": (Ref("y"),)}
+    frames, _ = dumps_task(add, args, kwargs, Ref)
+    fn, args2, kwargs2 = loads_task(through_the_wire(frames), {"x": 1, "y": "Y", "s": 3.5})
+    assert fn is add
+    assert args2[:4] == (1, ["Y", 5], {"k": 1}, {3.5})
+    assert args2[4] == Box("Y")
+    assert kwargs2 == {"b": ("Y",)}
+
+
+def test_loads_task_shares_one_value_between_references_to_the_same_key():
+    frames, _ = dumps_task(add, (Ref("x"), Ref("x")), {}, Ref)
+    value = [1, 2]
+    _, args, _ = loads_task(frames, {"x": value})
+    assert args[0] is value and args[1] is value
+
+
+def test_task_with_a_large_array_argument_sends_it_out_of_band():
+    arr = np.ones(200_000)
+    frames, deps = dumps_task(add, (arr, Ref("x")), {}, Ref)
+    assert len(frames) == 2 and deps == ["x"]
+    _, args, _ = loads_task(through_the_wire(frames), {"x": 0})
+    assert np.array_equal(args[0], arr) and args[1] == 0
+
+
+def test_only_the_exact_reference_type_is_a_reference():
+    class NotARef:
+        key = "looks-like-one"
+
+    _frames, deps = dumps_task(add, (NotARef(), Box("key")), {}, Ref)
+    assert deps == []
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+def task_token(fn, *args, **kwargs) -> str:
+    frames, _ = dumps_task(fn, args, kwargs, Ref)
+    return token(frames)
+
+
+def test_token_is_32_hex_digits_and_deterministic_for_equal_calls():
+    first = task_token(add, 1, b=[2, 3])
+    assert len(first) == 32 and int(first, 16) >= 0
+    assert task_token(add, 1, b=[2, 3]) == first
+    assert task_token(add, 1, b=[2, 3]) == task_token(add, 1, b=list((2, 3)))
+
+
+def test_token_is_deterministic_for_calls_with_futures_and_arrays():
+    arr = np.arange(100_000)
+    assert task_token(add, Ref("x"), arr) == task_token(add, Ref("x"), arr.copy())
+
+
+@pytest.mark.parametrize("other", [
+    lambda: task_token(add, 2, b=[2, 3]),          # another argument
+    lambda: task_token(add, 1, b=[2, 4]),          # another keyword value
+    lambda: task_token(add, 1, [2, 3]),            # positional instead of keyword
+    lambda: task_token(lambda a, b=0: a - b, 1, b=[2, 3]),   # another function
+], ids=["arg", "kwarg", "positional", "function"])
+def test_token_differs_for_different_calls(other):
+    assert other() != task_token(add, 1, b=[2, 3])
+
+
+def test_token_differs_for_different_futures():
+    assert task_token(add, Ref("x")) != task_token(add, Ref("y"))
+
+
+def test_token_covers_out_of_band_buffers():
+    a = np.zeros(100_000)
+    b = a.copy()
+    b[-1] = 1.0
+    frames_a, _ = dumps_task(add, (a,), {}, Ref)
+    frames_b, _ = dumps_task(add, (b,), {}, Ref)
+    assert frames_a[0] == frames_b[0]                  # the data is not in the stream ...
+    assert token(frames_a) != token(frames_b)          # ... yet the token sees it
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_unpicklable_positional_argument_is_named():
+    lock = threading.Lock()
+    with pytest.raises((TypeError, pickle.PicklingError), match="argument 1"):
+        dumps_task(add, (1, lock), {}, Ref)
+
+
+def test_unpicklable_keyword_argument_is_named():
+    with pytest.raises((TypeError, pickle.PicklingError), match="keyword argument 'b'"):
+        dumps_task(add, (1,), {"b": threading.Lock()}, Ref)
+
+
+def test_argument_failing_to_pickle_with_another_error_raises_TypeError_naming_it():
+    class Stubborn:
+        def __reduce__(self):
+            raise ValueError("no pickling for me")
+
+        def __repr__(self):
+            return "<Stubborn object>"
+
+    with pytest.raises(TypeError, match=r"argument 0 <Stubborn object>") as info:
+        dumps_task(add, (Stubborn(),), {}, Ref)
+    assert "no pickling for me" in str(info.value)
+
+
+def test_unpicklable_object_nested_in_an_argument_is_blamed_on_that_argument():
+    gen = (i for i in range(3))
+    with pytest.raises((TypeError, pickle.PicklingError), match="argument 2"):
+        dumps_task(add, (1, 2, {"deep": [gen]}), {}, Ref)

@@ -1,0 +1,321 @@
+"""A worker's task bookkeeping, driven one event at a time: no sockets, threads or sleeps.
+
+Time is an argument (``now``), so fetch timeouts are tested by passing a later
+``now`` rather than by waiting.
+"""
+from __future__ import annotations
+
+from zfutures.worker_state import WorkerState
+
+ME = "tcp://me:9000"
+P1, P2, P3 = "tcp://p1:9000", "tcp://p2:9000", "tcp://p3:9000"
+TIMEOUT = 10.0
+
+
+def make(nthreads: int = 1) -> WorkerState:
+    return WorkerState(ME, nthreads=nthreads, fetch_timeout=TIMEOUT)
+
+
+def compute(w: WorkerState, key: str, deps: dict | None = None, priority: int = 0,
+            now: float = 0.0) -> None:
+    w.compute(key, deps or {}, priority, [f"payload of {key}".encode()], now)
+
+
+def executed(w: WorkerState) -> list[str]:
+    """Keys handed to task threads since the last call (the shell clears the list)."""
+    keys = [task.key for task in w.to_execute]
+    w.to_execute.clear()
+    return keys
+
+
+def fetches(w: WorkerState) -> list[tuple[int, str, list[str]]]:
+    requests = list(w.to_fetch)
+    w.to_fetch.clear()
+    return requests
+
+
+def reports(w: WorkerState) -> list[tuple[str, dict, list]]:
+    out = list(w.to_center)
+    w.to_center.clear()
+    return out
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def test_task_without_inputs_goes_straight_to_a_thread():
+    w = make()
+    compute(w, "x")
+    assert executed(w) == ["x"]
+    assert w.to_fetch == [] and w.to_center == []
+
+
+def test_task_with_local_inputs_runs_without_fetching_and_gets_their_values():
+    w = make()
+    w.add_data("a", [1, 2, 3], 24)
+    compute(w, "b", {"a": [ME]})
+    (task,) = w.to_execute
+    assert task.key == "b" and task.payload == [b"payload of b"]
+    assert w.inputs_of(task) == {"a": [1, 2, 3]}
+    assert w.to_fetch == []
+
+
+def test_remote_inputs_are_fetched_with_one_request_per_peer():
+    w = make()
+    w.add_data("local", 0, 8)
+    compute(w, "t", {"a": [P1], "b": [P1], "c": [P2], "local": [ME]})
+    requests = fetches(w)
+    by_peer = {peer: keys for _, peer, keys in requests}
+    assert len(requests) == 2
+    assert sorted(by_peer[P1]) == ["a", "b"] and by_peer[P2] == ["c"]
+    assert len({request_id for request_id, _, _ in requests}) == 2
+    assert executed(w) == []
+    assert w.tasks["t"].state == "fetching"
+
+
+def test_this_worker_is_never_asked_for_its_own_data():
+    w = make()
+    compute(w, "t", {"a": [ME, P1]})
+    assert [(peer, keys) for _, peer, keys in fetches(w)] == [(P1, ["a"])]
+
+
+def test_input_needed_by_two_tasks_is_fetched_once_and_feeds_both():
+    w = make(nthreads=2)
+    compute(w, "t1", {"a": [P1]})
+    compute(w, "t2", {"a": [P1]})
+    ((request_id, peer, keys),) = fetches(w)
+    assert (peer, keys) == (P1, ["a"])
+    w.data_received(request_id, {"a": "A"}, {"a": 1}, now=1.0)
+    assert sorted(executed(w)) == ["t1", "t2"]
+
+
+def test_data_received_stores_inputs_reports_them_and_starts_the_task():
+    w = make()
+    compute(w, "t", {"a": [P1], "b": [P2]})
+    requests = {peer: request_id for request_id, peer, _ in fetches(w)}
+    w.data_received(requests[P1], {"a": "A"}, {"a": 100}, now=1.0)
+    assert executed(w) == []              # still waiting for b
+    assert w.tasks["t"].state == "fetching"
+    w.data_received(requests[P2], {"b": "B"}, {"b": 200}, now=1.0)
+    (task,) = w.to_execute
+    assert task.key == "t"
+    assert w.inputs_of(task) == {"a": "A", "b": "B"}
+    assert w.nbytes == {"a": 100, "b": 200}
+    # The center tracks every copy: each fetched input is reported with its size.
+    assert sorted((op, item["key"], item["nbytes"]) for op, item, _ in reports(w)) == [
+        ("keys-added", "a", 100), ("keys-added", "b", 200)]
+
+
+# --------------------------------------------------------------------------- threads
+
+
+def test_never_more_executing_than_nthreads_and_queued_tasks_start_by_priority():
+    w = make(nthreads=2)
+    compute(w, "a", priority=0)
+    compute(w, "b", priority=0)
+    assert executed(w) == ["a", "b"]
+    compute(w, "low", priority=1)
+    compute(w, "high", priority=5)
+    compute(w, "low-later", priority=1)
+    compute(w, "lowest", priority=-3)
+    assert executed(w) == []              # both threads are busy
+    started = []
+    for done in ["a", "b", "high", "low", "low-later"]:
+        w.task_done(done, value=done, nbytes=8)
+        now_running = executed(w)
+        assert len(now_running) <= 1
+        started += now_running
+        assert len(w.executing) <= 2
+    assert started == ["high", "low", "low-later", "lowest"]
+
+
+def test_finished_task_keeps_its_result_and_reports_it_to_the_center():
+    w = make()
+    compute(w, "x")
+    executed(w)
+    w.task_done("x", value=42, nbytes=28, duration=0.5)
+    assert w.data == {"x": 42} and w.nbytes == {"x": 28}
+    assert reports(w) == [("task-finished", {"key": "x", "nbytes": 28, "duration": 0.5}, [])]
+    assert "x" not in w.tasks and w.executing == set()
+
+
+def test_failed_task_reports_its_exception_frames_and_keeps_no_data():
+    w = make()
+    compute(w, "x")
+    executed(w)
+    w.task_done("x", error=[b"pickled exception"])
+    assert reports(w) == [("task-erred", {"key": "x"}, [b"pickled exception"])]
+    assert "x" not in w.data
+
+
+def test_compute_for_a_key_already_held_reports_it_finished_without_running_it():
+    w = make()
+    w.add_data("x", "value", 64)
+    compute(w, "x")
+    assert executed(w) == []
+    assert reports(w) == [("task-finished", {"key": "x", "nbytes": 64}, [])]
+
+
+def test_compute_for_a_key_already_queued_is_not_run_twice():
+    w = make()
+    compute(w, "busy")
+    compute(w, "x")
+    compute(w, "x")
+    assert executed(w) == ["busy"]
+    w.task_done("busy", 1, 8)
+    assert executed(w) == ["x"]
+    w.task_done("x", 1, 8)
+    assert executed(w) == []
+
+
+# --------------------------------------------------------------------------- fetch failures
+
+
+def test_fetch_timeout_tries_the_next_holder_then_reports_missing_data():
+    w = make()
+    compute(w, "t", {"a": [P1, P2]}, now=100.0)
+    ((first, peer, _),) = fetches(w)
+    assert peer == P1
+
+    w.check_timeouts(now=100.0 + TIMEOUT - 0.1)
+    assert fetches(w) == []               # not late yet
+
+    w.check_timeouts(now=100.0 + TIMEOUT)
+    ((second, peer, keys),) = fetches(w)
+    assert (peer, keys) == (P2, ["a"]) and second != first
+    assert reports(w) == []
+
+    w.check_timeouts(now=100.0 + 2 * TIMEOUT)
+    assert fetches(w) == []
+    assert reports(w) == [("missing-data", {"key": "t", "missing": ["a"]}, [])]
+    assert "t" not in w.tasks and "a" not in w.fetches
+    assert executed(w) == []
+
+
+def test_timeout_of_one_request_leaves_other_requests_alone():
+    w = make()
+    compute(w, "t1", {"a": [P1, P3]}, now=0.0)
+    compute(w, "t2", {"b": [P2]}, now=5.0)
+    fetches(w)
+    w.check_timeouts(now=TIMEOUT)
+    assert [(peer, keys) for _, peer, keys in fetches(w)] == [(P3, ["a"])]
+    assert reports(w) == []
+
+
+def test_peer_answering_missing_sends_the_request_to_the_next_holder():
+    w = make()
+    compute(w, "t", {"a": [P1, P2], "b": [P1]})
+    ((request_id, _, keys),) = fetches(w)
+    assert sorted(keys) == ["a", "b"]
+    w.data_received(request_id, {"b": "B"}, {"b": 8}, now=1.0)   # P1 no longer has a
+    ((retry, peer, keys),) = fetches(w)
+    assert (peer, keys) == (P2, ["a"])
+    assert executed(w) == []
+    w.data_received(retry, {"a": "A"}, {"a": 8}, now=2.0)
+    assert executed(w) == ["t"]
+
+
+def test_peer_answering_missing_with_no_holder_left_reports_missing_data():
+    w = make()
+    compute(w, "t", {"a": [P1]})
+    ((request_id, _, _),) = fetches(w)
+    w.data_received(request_id, {}, {}, now=1.0)
+    assert reports(w) == [("missing-data", {"key": "t", "missing": ["a"]}, [])]
+    assert fetches(w) == [] and executed(w) == []
+    assert "t" not in w.tasks
+
+
+def test_late_answer_after_a_timeout_is_still_used():
+    w = make()
+    compute(w, "t", {"a": [P1, P2]}, now=0.0)
+    ((first, _, _),) = fetches(w)
+    w.check_timeouts(now=TIMEOUT)
+    ((second, _, _),) = fetches(w)
+    w.data_received(first, {"a": "A"}, {"a": 8}, now=TIMEOUT + 1)   # P1 was only slow
+    assert executed(w) == ["t"]
+    w.data_received(second, {"a": "A"}, {"a": 8}, now=TIMEOUT + 2)
+    assert executed(w) == []              # no second run
+    assert [op for op, _, _ in reports(w)] == ["keys-added"]
+
+
+def test_input_with_no_holder_to_ask_is_reported_missing_instead_of_waiting_forever():
+    w = make()
+    compute(w, "t", {"a": [ME]})          # the center thinks we hold a; we do not
+    assert fetches(w) == []
+    assert reports(w) == [("missing-data", {"key": "t", "missing": ["a"]}, [])]
+    assert "t" not in w.tasks
+
+
+# --------------------------------------------------------------------------- release
+
+
+def test_release_drops_data():
+    w = make()
+    w.add_data("a", "A", 8)
+    compute(w, "b")
+    w.task_done(executed(w)[0], "B", 8)
+    w.release(["a", "b", "never-here"])
+    assert w.data == {} and w.nbytes == {}
+
+
+def test_release_drops_a_queued_task():
+    w = make()
+    compute(w, "running")
+    compute(w, "queued")
+    assert executed(w) == ["running"]
+    w.release(["queued"])
+    w.task_done("running", 1, 8)
+    assert executed(w) == []
+    assert "queued" not in w.tasks
+
+
+def test_release_of_a_fetching_task_cancels_it():
+    w = make()
+    compute(w, "t", {"a": [P1]})
+    ((request_id, _, _),) = fetches(w)
+    w.release(["t"])
+    assert w.fetches == {}
+    w.data_received(request_id, {"a": "A"}, {"a": 8}, now=1.0)
+    assert executed(w) == []
+    w.check_timeouts(now=2 * TIMEOUT)
+    assert fetches(w) == [] and reports(w) == []
+
+
+def test_release_of_a_running_task_discards_its_result_when_it_arrives():
+    w = make()
+    compute(w, "x")
+    compute(w, "next")
+    assert executed(w) == ["x"]
+    w.release(["x"])
+    assert executed(w) == []              # the thread is still busy with x
+    w.task_done("x", value="unwanted", nbytes=8)
+    assert "x" not in w.data
+    assert reports(w) == []
+    assert executed(w) == ["next"]        # its thread is free again
+
+
+def test_key_computed_again_while_its_released_run_goes_on_adopts_that_run():
+    w = make(nthreads=2)
+    compute(w, "x")
+    assert executed(w) == ["x"]
+    w.release(["x"])                      # e.g. cancelled, ...
+    compute(w, "x")                       # ... and submitted again while still running
+    assert executed(w) == []              # no second run: the first one is still going
+    compute(w, "y")
+    assert executed(w) == ["y"]           # the second thread is free
+    compute(w, "z")
+    assert executed(w) == []              # both threads busy: x and y
+
+
+def test_adopted_run_reports_its_result_once_and_is_not_run_again():
+    w = make(nthreads=1)
+    compute(w, "x")
+    assert executed(w) == ["x"]
+    w.release(["x"])
+    compute(w, "x")
+    assert executed(w) == []
+    w.task_done("x", value="X", nbytes=8)
+    finished = [item["key"] for op, item, _ in reports(w) if op == "task-finished"]
+    assert finished == ["x"]
+    assert w.data["x"] == "X"
+    assert executed(w) == []

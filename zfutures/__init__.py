@@ -16,6 +16,7 @@ from .errors import (
 )
 from .executor import Executor
 from .future import Future
+from .pool import PoolExecutor
 from .progress import progress
 from .waiting import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, as_completed, wait
 
@@ -34,6 +35,7 @@ __all__ = [
     "Future",
     "FutureLostError",
     "KilledWorker",
+    "PoolExecutor",
     "RemoteTraceback",
     "ZFuturesError",
 ]

@@ -37,9 +37,10 @@ PENDING, FINISHED, ERRED = "pending", "finished", "erred"
 class _Key:
     """What this client knows of one key it holds futures for."""
 
-    __slots__ = ("refs", "futures", "held", "status", "who_has", "exception")
+    __slots__ = ("refs", "futures", "held", "status", "who_has", "exception", "eager")
 
     def __init__(self):
+        self.eager = False  # fetch the value as soon as it exists, then release the key
         self.refs = 0
         self.futures: list[weakref.ref] = []
         self.held: list = []  # futures kept alive until done, for their callbacks
@@ -210,8 +211,12 @@ class ClientIO:
     def _cmd_register(self) -> None:
         self._send("register-client", protocol=protocol.PROTOCOL_VERSION, name=self.name)
 
-    def _cmd_submit(self, tasks: list[tuple[dict, list, Any]]) -> None:
-        """``tasks``: (item, payload frames, Future) for each new future."""
+    def _cmd_submit(self, tasks: list[tuple[dict, list, Any]], eager: bool = False) -> None:
+        """``tasks``: (item, payload frames, Future) for each new future.
+
+        ``eager`` futures get their values as soon as the cluster has them,
+        and are held until then even if their caller drops them.
+        """
         for item, frames, future in tasks:
             key = item["key"]
             info = self.keys.get(key)
@@ -219,6 +224,9 @@ class ClientIO:
                 info = self.keys[key] = _Key()
                 item["nframes"] = len(frames)
                 self._queue("submit", item, frames)
+            if eager:
+                info.eager = True
+                info.held.append(future)
             self._add_future(info, future)
 
     def _cmd_ref(self, future: Any) -> None:
@@ -351,6 +359,36 @@ class ClientIO:
             self._worker(address).send(
                 protocol.encode_header("get-data", id=request_id, keys=worker_keys))
 
+    def _fetch_eager(self, keys: list[str]) -> None:
+        """Fetch finished eager keys now; their futures complete with the values."""
+        result: concurrent.futures.Future = concurrent.futures.Future()
+        gather = _Gather(keys, result)
+        # Runs on this thread, when the gather completes.
+        result.add_done_callback(lambda done: self._deliver(keys, done))
+        self._fetch(gather, keys)
+
+    def _deliver(self, keys: list[str], done: concurrent.futures.Future) -> None:
+        error = done.exception()
+        values = {} if error is not None else done.result()
+        for key in keys:
+            info = self.keys.pop(key, None)
+            if info is None:
+                continue
+            try:
+                if error is not None:
+                    raise error
+                value, failure = serialize.loads(values[key]), None
+            except Exception as e:
+                failure = e
+            for future in info.live_futures():
+                future._executor = None  # the value is here: the future no longer refers
+                if failure is None:      # to the key, which is released right below
+                    future._set_value(value)
+                else:
+                    future._set_error(failure)
+            info.held.clear()
+            self._queue("release", key)
+
     def _on_worker_message(self, frames: list) -> None:
         header = protocol.decode_header(frames[0].bytes)
         if header["op"] == "data":
@@ -400,14 +438,20 @@ class ClientIO:
         header = protocol.decode_header(frames[0].bytes)
         op = header["op"]
         if op == "key-finished":
+            eager = []
             for item in header["tasks"]:
                 info = self.keys.get(item["key"])
                 if info is not None:
                     info.status = FINISHED
                     info.who_has = item["who_has"]
+                    if info.eager:
+                        eager.append(item["key"])
+                        continue
                     for future in info.live_futures():
                         future._set_remote()
                     info.held.clear()
+            if eager:
+                self._fetch_eager(eager)
         elif op == "key-erred":
             for item, exception_frames in protocol.unpack_items(header["tasks"], frames[1:]):
                 info = self.keys.get(item["key"])

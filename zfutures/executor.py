@@ -410,6 +410,7 @@ def _callback_thread(callbacks: queue.SimpleQueue) -> None:
             fn(future)
         except Exception:
             logger.exception("exception calling callback for %r", future)
+        del fn, future  # hold no future while waiting: it would keep its key alive
 
 
 def _close(io: ClientIO, cluster: Any) -> None:

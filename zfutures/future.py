@@ -133,6 +133,12 @@ class Future(concurrent.futures.Future):
         except concurrent.futures.InvalidStateError:
             pass  # already done, or cancelled
 
+    def _set_value(self, value: Any) -> None:
+        try:
+            self.set_result(value)
+        except concurrent.futures.InvalidStateError:
+            pass
+
     def _set_cancelled(self) -> None:
         super().cancel()
 

@@ -44,6 +44,12 @@ logger = logging.getLogger(__name__)
 BANDWIDTH = 500e6
 #: Assumed duration of a task before any has been measured, in seconds.
 DEFAULT_TASK_DURATION = 0.001
+#: Roughly how long a result takes to reach the center and the next task to
+#: reach the worker, in seconds: a worker is sent enough short tasks ahead to
+#: stay busy meanwhile, and only a few long ones, so the rest stays here.
+ROUND_TRIP = 0.002
+#: The most tasks queued ahead per thread, however short they are.
+MAX_AHEAD_PER_THREAD = 50
 
 WAITING, READY, PROCESSING, MEMORY, RELEASED, ERRED = (
     "waiting", "ready", "processing", "memory", "released", "erred")
@@ -175,9 +181,10 @@ class Scheduler:
         How many workers may die while running a task before it errs with
         :class:`~zfutures.errors.KilledWorker`.
     extra_queue
-        How many tasks beyond its thread count a worker is sent ahead, so it
-        never idles while the next task travels; the rest waits here, where a
-        worker that joins later can take it.
+        How many tasks beyond its thread count a worker is sent ahead at the
+        least, so it never idles while the next task travels; more when tasks
+        are short (see ROUND_TRIP). The rest waits here, where a worker that
+        joins later can take it.
 
     >>> s = Scheduler()
     >>> s.add_worker(b"w1", "tcp://127.0.0.1:9000", "w1", nthreads=1)
@@ -198,6 +205,7 @@ class Scheduler:
         self.with_room: set[WorkerState] = set()
         self.outbox = Outbox()
         self.task_duration = DEFAULT_TASK_DURATION
+        self._duration_measured = False
         self._order = itertools.count()
         self._maybe_unwanted: list[TaskState] = []
 
@@ -226,8 +234,8 @@ class Scheduler:
         old = self.workers_by_address.get(address)
         if old is not None:  # a restarted worker on the same address
             self.remove_worker(old.ident)
-        ws = WorkerState(ident, address, name, nthreads, memory_limit, resources,
-                         capacity=nthreads + self.extra_queue)
+        ws = WorkerState(ident, address, name, nthreads, memory_limit, resources)
+        self._refresh_capacity(ws)
         self.workers[ident] = ws
         self.workers_by_address[address] = ws
         self.with_room.add(ws)
@@ -398,6 +406,8 @@ class Scheduler:
             return
         if duration is not None:
             self.task_duration = 0.9 * self.task_duration + 0.1 * duration
+            self._duration_measured = True
+            self._refresh_capacity(ws)
         if ts.processing_on is not None:
             self._unassign(ts)
         self._add_holder(ts, ws, nbytes)
@@ -440,9 +450,7 @@ class Scheduler:
         if ws is None or ts is None or ts.processing_on is not ws or ts in ws.seceded:
             return
         ws.seceded.add(ts)
-        ws.capacity += 1
-        if len(ws.processing) < ws.capacity:
-            self.with_room.add(ws)
+        self._refresh_capacity(ws)
         self._settle()
 
     def missing_data(self, worker_ident: bytes, key: str, missing: Iterable[str]) -> None:
@@ -629,12 +637,24 @@ class Scheduler:
         ws.processing.discard(ts)
         if ts in ws.seceded:
             ws.seceded.discard(ts)
-            ws.capacity -= 1
+            self._refresh_capacity(ws)
         if ts.resources:
             for name, amount in ts.resources.items():
                 ws.used_resources[name] -= amount
         if len(ws.processing) < ws.capacity and ws.ident in self.workers:
             self.with_room.add(ws)
+
+    def _refresh_capacity(self, ws: WorkerState) -> None:
+        """How many tasks ``ws`` may hold: its threads, plus enough queued ahead
+        to cover a round trip at the current task duration, plus seceded tasks."""
+        ahead = 0
+        if self._duration_measured:
+            ahead = min(MAX_AHEAD_PER_THREAD, int(ROUND_TRIP / max(self.task_duration, 1e-9)))
+        ws.capacity = ws.nthreads + max(self.extra_queue, ahead * ws.nthreads) + len(ws.seceded)
+        if len(ws.processing) < ws.capacity and ws.ident in self.workers:
+            self.with_room.add(ws)
+        else:
+            self.with_room.discard(ws)
 
     def _remove_ready(self, ts: TaskState) -> None:
         # Rare (a ready task released or erred): rebuild rather than keep tombstones.

@@ -16,9 +16,11 @@ inside user objects are all replaced by their values.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 import pickle
 import sys
+import types
 from collections.abc import Mapping
 from typing import Any, Callable
 
@@ -47,8 +49,9 @@ def _buffer_callback(frames: list) -> Callable[[pickle.PickleBuffer], bool]:
 def dumps(obj: Any) -> list:
     """Pickle ``obj`` into a list of frames (stream first, then big buffers)."""
     frames: list = [b""]
-    frames[0] = cloudpickle.dumps(obj, protocol=PROTOCOL,
-                                  buffer_callback=_buffer_callback(frames))
+    stream = io.BytesIO()
+    _Pickler(stream, protocol=PROTOCOL, buffer_callback=_buffer_callback(frames)).dump(obj)
+    frames[0] = stream.getvalue()
     return frames
 
 
@@ -57,7 +60,44 @@ def loads(frames: list) -> Any:
     return pickle.loads(frames[0], buffers=frames[1:])
 
 
-class _TaskPickler(cloudpickle.Pickler):
+def _shared_rng_method(module: str, name: str) -> Any:
+    """The method ``name`` of a module's shared random generator, on this process."""
+    return getattr(importlib.import_module(module), name)
+
+
+def _reduce_shared_rng_method(obj: Any) -> Any:
+    """Send ``np.random.random`` and the like by name, not with a copy of the generator.
+
+    Pickled as-is, a method of numpy's (or the ``random`` module's) shared
+    generator carries that generator's state along, so every task would draw
+    the very same numbers. By name, each worker uses its own generator.
+    """
+    owner = getattr(obj, "__self__", None)
+    if owner is None or not callable(obj):
+        return NotImplemented
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None and owner is getattr(numpy_random.mtrand, "_rand", None):
+        return _shared_rng_method, ("numpy.random", obj.__name__)
+    if owner is getattr(sys.modules.get("random"), "_inst", None):
+        return _shared_rng_method, ("random", obj.__name__)
+    return NotImplemented
+
+
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle, sending the methods of shared random generators by name."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) in _METHOD_TYPES:
+            reduced = _reduce_shared_rng_method(obj)
+            if reduced is not NotImplemented:
+                return reduced
+        return super().reducer_override(obj)
+
+
+_METHOD_TYPES = (types.BuiltinMethodType, types.MethodType)
+
+
+class _TaskPickler(_Pickler):
     """Writes every instance of ``reference_type`` as a reference to its key."""
 
     def __init__(self, file, frames: list, reference_type: type, deps: dict):

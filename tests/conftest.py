@@ -129,6 +129,7 @@ def zfutures_children() -> list[psutil.Process]:
 @pytest.fixture(scope="module")
 def ex():
     """A local cluster of two single-threaded workers, shared by a test module."""
-    with Executor(n_workers=2, threads_per_worker=1) as executor:
-        yield executor
+    executor = Executor(n_workers=2, threads_per_worker=1)
+    yield executor
+    executor.shutdown(wait=False)  # a failed test's stuck future must not hang teardown
     wait_for(lambda: not zfutures_children(), message="local cluster left processes behind")

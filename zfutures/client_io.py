@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 #: interleaves other peers' messages with them.
 SUBMIT_BATCH = 1000
 
-PENDING, FINISHED, ERRED = "pending", "finished", "erred"
+PENDING, FINISHED, ERRED, CANCELLED = "pending", "finished", "erred", "cancelled"
 
 
 class _Key:
@@ -220,8 +220,11 @@ class ClientIO:
         for item, frames, future in tasks:
             key = item["key"]
             info = self.keys.get(key)
-            if info is None:
-                info = self.keys[key] = _Key()
+            if info is None or info.status == CANCELLED:
+                # New, or cancelled earlier: the center forgot it for us, send it again.
+                if info is None:
+                    info = self.keys[key] = _Key()
+                info.status, info.exception = PENDING, None
                 item["nframes"] = len(frames)
                 self._queue("submit", item, frames)
             if eager:
@@ -263,8 +266,11 @@ class ClientIO:
             self._queue("release", key)
 
     def _cmd_cancel(self, keys: list[str]) -> None:
-        self._queue("cancel", keys[0])
-        for key in keys[1:]:
+        for key in keys:
+            info = self.keys.get(key)
+            if info is not None and info.status != FINISHED:
+                info.status = CANCELLED
+                info.held.clear()
             self._queue("cancel", key)
 
     def _cmd_fetch(self, keys: list[str], result: concurrent.futures.Future) -> None:
@@ -319,6 +325,7 @@ class ClientIO:
                 [protocol.encode_header("run", id=request_id), *frames], copy=False)
 
     def _cmd_rpc(self, op: str, fields: dict, result: concurrent.futures.Future) -> None:
+        self._flush()  # answers then reflect everything asked for before
         request_id = next(self._ids)
         self.rpcs[request_id] = result
         self._send(op, id=request_id, **fields)

@@ -263,6 +263,8 @@ class Executor:
         array([ 1.,  2.,  3.,  4.,  5.,  6.,  7.,  8.,  9., 10.])
         """
         self._check_open()
+        if isinstance(data, (list, tuple, dict)) and not data:
+            return type(data)()
         if isinstance(data, dict):
             keys_values = list(data.items())
         elif isinstance(data, (list, tuple)):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
-from concurrent.futures._base import CANCELLED_AND_NOTIFIED, FINISHED
+from concurrent.futures._base import CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import context
@@ -120,9 +120,21 @@ class Future(concurrent.futures.Future):
         super().add_done_callback(lambda f: executor._run_callback(fn, f))
 
     def __await__(self):
+        return self._wait_async().__await__()
+
+    async def _wait_async(self) -> Any:
         import asyncio
 
-        return asyncio.get_running_loop().run_in_executor(None, self.result).__await__()
+        if not self.done():
+            # Wait on a plain future set from a callback: cancelling this await
+            # then leaves no thread blocked behind it.
+            done: concurrent.futures.Future = concurrent.futures.Future()
+            self.add_done_callback(lambda _: done.done() or done.set_result(None))
+            await asyncio.wrap_future(done)
+        if self._state == FINISHED and self._exception is None and self._result is REMOTE:
+            # Fetching is bounded by the fetch timeouts; off the event loop's thread.
+            return await asyncio.get_running_loop().run_in_executor(None, self.result)
+        return self.result(0)
 
     # ------------------------------------------------------------------ I/O thread side
 
@@ -140,7 +152,13 @@ class Future(concurrent.futures.Future):
             pass
 
     def _set_cancelled(self) -> None:
-        super().cancel()
+        with self._condition:
+            if self._state != PENDING:
+                return
+            super().cancel()
+            # Waiters of concurrent.futures.wait and as_completed only count a
+            # cancellation once the executor acknowledges it, as this does.
+            self.set_running_or_notify_cancel()
 
     def cancel(self) -> bool:
         """Cancel the task: True if the future is now cancelled, False if it was done.
@@ -154,7 +172,7 @@ class Future(concurrent.futures.Future):
         executor = self._executor
         if executor is not None and not executor._closed:
             executor._io.call("cancel", [self.key])
-        super().cancel()
+        self._set_cancelled()
         return True
 
     def _set_error(self, exception: BaseException) -> None:

@@ -7,6 +7,7 @@ then forgets them), so they stay readable after :meth:`PoolExecutor.shutdown`.
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import itertools
 import os
@@ -54,11 +55,15 @@ class PoolExecutor(concurrent.futures.Executor):
             raise ValueError("max_workers must be greater than 0")
         if address is None:
             self._executor = Executor(n_workers=max_workers or os.cpu_count() or 1)
-            self._slots = None
+            self._max_running = None  # the cluster's size is the cap
         else:
             self._executor = Executor(address)
-            self._slots = threading.BoundedSemaphore(max_workers) if max_workers else None
+            self._max_running = max_workers
         self._max_workers = max_workers
+        # With a cap: tasks beyond it wait here, unsent, until earlier ones finish.
+        self._slot_lock = threading.Lock()
+        self._unsent: collections.deque = collections.deque()
+        self._sent: set = set()
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         self._pending: weakref.WeakSet = weakref.WeakSet()
@@ -80,8 +85,6 @@ class PoolExecutor(concurrent.futures.Executor):
             tasks, futures = [], []
             name = _funcname(fn)
             for args, kwargs in calls:
-                if self._slots is not None:
-                    self._slots.acquire()
                 frames, deps = serialize.dumps_task(_call, (fn, args, kwargs), {}, Future)
                 key = f"{name}-{uuid.uuid4().hex}"
                 future = Future(key, self._executor)
@@ -89,10 +92,29 @@ class PoolExecutor(concurrent.futures.Executor):
                 tasks.append((item, frames, future))
                 futures.append(future)
                 self._pending.add(future)
-                if self._slots is not None:
-                    future.add_done_callback(lambda _: self._slots.release())
-            self._executor._io.call("submit", tasks, True)
+            if self._max_running is None:
+                self._executor._io.call("submit", tasks, True)
+            else:
+                with self._slot_lock:
+                    self._unsent.extend(tasks)
+                self._send_unsent()
             return futures
+
+    def _send_unsent(self, finished: Future | None = None) -> None:
+        """Send waiting tasks while fewer than ``max_workers`` of ours are out."""
+        to_send = []
+        with self._slot_lock:
+            self._sent.discard(finished)
+            while self._unsent and len(self._sent) < self._max_running:
+                task = self._unsent.popleft()
+                if task[2].cancelled():
+                    continue
+                self._sent.add(task[2])
+                to_send.append(task)
+        for task in to_send:
+            task[2].add_done_callback(self._send_unsent)
+        if to_send:
+            self._executor._io.call("submit", to_send, True)
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
             chunksize: int = 1) -> Iterator:

@@ -70,7 +70,11 @@ def progress(futures: Any, timeout: float | None = None, file: Any = None) -> No
     from .executor import _walk_futures
 
     found: list = []
-    _walk_futures(futures if not hasattr(futures, "key") else [futures], found)
+    if hasattr(futures, "key"):
+        futures = [futures]
+    elif not isinstance(futures, (list, tuple, set, frozenset, dict)):
+        futures = list(futures)  # any iterable, as wait and as_completed take
+    _walk_futures(futures, found)
     found = list(dict.fromkeys(found))
     bar = _bar(len(found), sys.stderr if file is None else file)
     try:

@@ -343,9 +343,9 @@ class Scheduler:
     def cancel(self, client_ident: bytes, keys: Iterable[str]) -> None:
         """Drop pending work for ``keys``: they and their dependents are cancelled.
 
-        Keys already in memory or erred are left alone. Every client waiting
-        for a cancelled key is told (its futures become cancelled), then this
-        client's interest in the keys is released.
+        Keys already in memory or erred are left alone. This client's interest
+        in the keys is released; every other client waiting for a cancelled key
+        is told (its futures become cancelled).
         """
         client = self.clients.get(client_ident)
         if client is None:
@@ -355,12 +355,12 @@ class Scheduler:
             ts = self.tasks.get(key)
             if ts is None:
                 continue
-            if ts.state not in (MEMORY, ERRED):
-                self._err(ts, cancelled)
-            if ts in client.wants:
-                client.wants.discard(ts)
+            if ts in client.wants:  # first: the canceller knows, and must not be told
+                client.wants.discard(ts)  # after it may have submitted the key again
                 ts.who_wants.discard(client)
                 self._maybe_unwanted.append(ts)
+            if ts.state not in (MEMORY, ERRED):
+                self._err(ts, cancelled)
         self._settle()
 
     def update_data(self, client_ident: bytes, items: list[dict]) -> None:

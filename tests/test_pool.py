@@ -1,0 +1,265 @@
+"""PoolExecutor behaves as concurrent.futures documents an Executor to behave.
+
+Each test states one documented promise of ``concurrent.futures.Executor``
+(or of ProcessPoolExecutor, which PoolExecutor replaces) and checks it.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import gc
+import subprocess
+import sys
+import textwrap
+import time
+import weakref
+
+import pytest
+from conftest import wait_for, zfutures_children
+
+import zfutures
+from zfutures import PoolExecutor
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def mul(x, y):
+    return x * y
+
+
+def capture(*args, **kwargs):
+    return args, kwargs
+
+
+def fail(message):
+    raise ValueError(message)
+
+
+def slow_square(x, delay=0.2):
+    time.sleep(delay)
+    return x * x
+
+
+class Thing:
+    def method(self):
+        return None
+
+
+def make_thing(_):
+    return Thing()
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with PoolExecutor(2) as executor:
+        yield executor
+    wait_for(lambda: not zfutures_children(), message="the pool left processes behind")
+
+
+def test_is_a_concurrent_futures_executor(pool):
+    assert isinstance(pool, concurrent.futures.Executor)
+    assert isinstance(pool.submit(pow, 2, 3), concurrent.futures.Future)
+
+
+def test_submit_returns_a_future_of_the_call(pool):
+    assert pool.submit(pow, 2, 8).result(timeout=10) == 256
+
+
+def test_submit_passes_every_keyword_to_the_function(pool):
+    # Even keywords that Executor.submit itself takes (key, pure, workers...).
+    future = pool.submit(capture, 1, 2, key="k", pure=False, workers=3, fn=4)
+    assert future.result(timeout=10) == ((1, 2), {"key": "k", "pure": False, "workers": 3,
+                                                  "fn": 4})
+
+
+def test_exceptions_propagate_to_the_future(pool):
+    future = pool.submit(fail, "boom")
+    with pytest.raises(ValueError, match="boom"):
+        future.result(timeout=10)
+    assert isinstance(future.exception(timeout=10), ValueError)
+
+
+def test_map_returns_results_in_order(pool):
+    assert list(pool.map(pow, range(10), range(10))) == list(map(pow, range(10), range(10)))
+
+
+def test_map_stops_at_the_shortest_iterable(pool):
+    assert list(pool.map(mul, [1, 2, 3], [10, 20])) == [10, 40]
+
+
+def test_map_is_an_iterator_that_raises_at_the_failing_element(pool):
+    results = pool.map(fail, ["a"])
+    assert iter(results) is results
+    results = pool.map(lambda x: 1 / x, [1, 2, 0, 4])
+    assert next(results) == 1.0
+    assert next(results) == 0.5
+    with pytest.raises(ZeroDivisionError):
+        next(results)
+
+
+def test_map_timeout_raises_timeout_error(pool):
+    results = []
+    with pytest.raises(concurrent.futures.TimeoutError):
+        for value in pool.map(slow_square, [1, 2, 3], [0, 0, 5], timeout=1):
+            results.append(value)
+    assert results == [1, 4]
+
+
+def test_map_with_chunksize_gives_the_same_results(pool):
+    expected = [x * x for x in range(101)]
+    for chunksize in (1, 7, 50, 200):
+        assert list(pool.map(pow, range(101), [2] * 101, chunksize=chunksize)) == expected
+    with pytest.raises(ValueError):
+        pool.map(pow, [1], [1], chunksize=0)
+
+
+def test_map_does_not_keep_yielded_results_alive(pool):
+    refs = []
+    for thing in pool.map(make_thing, range(5)):
+        refs.append(weakref.ref(thing))
+        del thing
+    gc.collect()
+    assert all(ref() is None for ref in refs)
+
+
+def test_results_do_not_keep_done_futures_alive(pool):
+    future = pool.submit(make_thing, 0)
+    future.result(timeout=10)
+    ref = weakref.ref(future)
+    del future
+    gc.collect()
+    assert ref() is None
+
+
+def test_stdlib_wait_and_as_completed(pool):
+    futures = [pool.submit(mul, i, 2) for i in range(6)]
+    done, not_done = concurrent.futures.wait(futures, timeout=20)
+    assert done == set(futures) and not not_done
+    first = pool.submit(fail, "first")
+    pending = pool.submit(slow_square, 3, 1)
+    done, not_done = concurrent.futures.wait([first, pending], timeout=20,
+                                             return_when=concurrent.futures.FIRST_EXCEPTION)
+    assert first in done
+    assert sorted(f.result() for f in concurrent.futures.as_completed(futures, timeout=20)) \
+        == [0, 2, 4, 6, 8, 10]
+    assert pending.result(timeout=10) == 9
+
+
+def test_run_in_executor_from_asyncio(pool):
+    async def main():
+        loop = asyncio.get_running_loop()
+        return await asyncio.gather(*(loop.run_in_executor(pool, mul, i, 3) for i in range(4)))
+
+    assert asyncio.run(main()) == [0, 3, 6, 9]
+
+
+def test_max_workers_must_be_positive():
+    for bad in (0, -1):
+        with pytest.raises(ValueError):
+            PoolExecutor(bad)
+
+
+def test_max_workers_is_the_size_of_the_local_cluster():
+    with PoolExecutor(3) as pool:
+        assert len(pool._executor.nthreads()) == 3
+
+
+def assert_processes_stop(pool: PoolExecutor) -> None:
+    processes = pool._executor.cluster.processes
+    wait_for(lambda: all(p.poll() is not None for p in processes),
+             message="shutdown left processes behind")
+
+
+def test_shutdown_waits_for_pending_work_and_results_stay_readable():
+    pool = PoolExecutor(1)
+    futures = [pool.submit(slow_square, i, 0.1) for i in range(4)]
+    pool.shutdown(wait=True)
+    assert all(f.done() for f in futures)
+    assert [f.result() for f in futures] == [0, 1, 4, 9]
+    assert_processes_stop(pool)
+
+
+def test_submit_after_shutdown_raises_runtime_error():
+    pool = PoolExecutor(1)
+    pool.shutdown()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        pool.submit(pow, 2, 2)
+    with pytest.raises(RuntimeError):
+        pool.map(pow, [2], [2])
+    pool.shutdown()  # twice is harmless
+
+
+def test_context_manager_shuts_down_waiting():
+    with PoolExecutor(1) as pool:
+        future = pool.submit(slow_square, 5, 0.2)
+    assert future.done() and future.result() == 25
+    with pytest.raises(RuntimeError):
+        pool.submit(pow, 1, 1)
+
+
+def test_shutdown_with_cancel_futures_cancels_what_has_not_finished():
+    pool = PoolExecutor(1)
+    futures = [pool.submit(slow_square, i, 0.3) for i in range(30)]
+    pool.shutdown(wait=True, cancel_futures=True)
+    cancelled = [f for f in futures if f.cancelled()]
+    finished = [f for f in futures if not f.cancelled()]
+    assert len(cancelled) > 20
+    assert all(f.done() for f in futures)
+    assert all(f.result() == i * i for i, f in enumerate(futures) if f in finished)
+
+
+def test_shutdown_without_wait_returns_at_once():
+    pool = PoolExecutor(1)
+    future = pool.submit(slow_square, 2, 3)
+    start = time.monotonic()
+    pool.shutdown(wait=False)
+    assert time.monotonic() - start < 2.5  # not the 3 s the task takes
+    assert_processes_stop(pool)
+    with pytest.raises((concurrent.futures.CancelledError, zfutures.ConnectionError)):
+        future.result(timeout=5)  # the cluster is gone: the future says so, it never hangs
+
+
+def test_pending_work_finishes_at_interpreter_exit():
+    # As with ProcessPoolExecutor, a program that exits without shutdown()
+    # lets submitted work finish, then leaves no process behind.
+    script = textwrap.dedent("""
+        import time
+        from zfutures import PoolExecutor
+
+        def slow(x):
+            time.sleep(0.3)
+            return x
+
+        pool = PoolExecutor(1)
+        future = pool.submit(slow, 7)
+        future.add_done_callback(lambda f: print("done", f.result(), flush=True))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "done 7"
+
+
+def test_connects_to_a_running_cluster_and_caps_concurrency(processes):
+    center, address = processes.center()
+    processes.worker(address, "--nthreads", "4")
+    with PoolExecutor(2, address=address) as pool:
+        results = list(pool.map(slow_square, range(6), [0.05] * 6))
+    assert results == [x * x for x in range(6)]
+
+
+def test_differential_evolution_with_pool_map_matches_serial():
+    optimize = pytest.importorskip("scipy.optimize")
+    bounds = [(-5, 5), (-5, 5)]
+    kwargs = dict(seed=1, maxiter=20, popsize=8, tol=1e-8, polish=False)
+    serial = optimize.differential_evolution(optimize.rosen, bounds, workers=1,
+                                             updating="deferred", **kwargs)
+    with PoolExecutor(2) as pool:
+        parallel = optimize.differential_evolution(optimize.rosen, bounds, workers=pool.map,
+                                                   updating="deferred", **kwargs)
+    assert parallel.x.tolist() == serial.x.tolist()
+    assert parallel.fun == serial.fun
+
+
+def test_exported_from_the_package():
+    assert zfutures.PoolExecutor is PoolExecutor

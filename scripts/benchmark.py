@@ -32,10 +32,10 @@ Benchmarks (``--only`` names):
 ``scale``      10x more trivial tasks through ``map`` than ``tasks``: time per
                task relative to the smaller run, and the center's peak RSS
 
-Sizes, full / ``--quick``: 2,000 / 200 round trips; 10,000 / 500 tasks;
+Sizes, full / ``--quick``: 2,000 / 200 round trips; 10,000 / 300 tasks;
 chains of 2,000 / 200; trees of 16x1M, 64x1M, 16x8M / 16x100k, 64x100k,
-16x800k float64; the transfer repeated 3 / 1 times; 100,000 / 5,000 tasks
-for ``scale``.  A full run takes about ten minutes on two cores, most of it
+16x800k float64; the transfer repeated 3 / 1 times; 100,000 / 3,000 tasks
+for ``scale``.  A full run takes 10-15 minutes on two cores, most of it
 dask running the 100,000 tasks.
 
 ProcessPoolExecutor cannot pass futures to tasks: for ``tree`` its adapter
@@ -155,18 +155,28 @@ class Config:
             n_workers=n_workers,
             timeout=timeout or 60.0,
             roundtrips=200,
-            n_tasks=500,
+            n_tasks=300,
             chain=200,
             tree=((16, 100_000), (64, 100_000), (16, 800_000)),
             check_all_trees=True,
             transfer_repeats=1,
-            n_scale=5000,
+            n_scale=3000,
         )
 
 
 # ---------------------------------------------------------------------------
-# Bounded waiting
+# Checks and bounded waiting
 # ---------------------------------------------------------------------------
+
+
+class WrongResult(Exception):
+    """A system returned a wrong result: its figures would mean nothing."""
+
+
+def check(condition: bool, message: str) -> None:
+    """Raise WrongResult(message) unless ``condition``."""
+    if not condition:
+        raise WrongResult(message)
 
 
 class BenchTimeout(Exception):
@@ -391,9 +401,10 @@ class System:
         raise NotImplementedError
 
     def ready(self) -> None:
-        """Wait for all workers and run a few tasks on them (warm-up)."""
-        futures = self.map(inc, range(4 * self.n_workers))
-        assert self.gather(futures) == list(range(1, 4 * self.n_workers + 1))
+        """Run a few tasks on the workers (warm-up, numpy imported there too)."""
+        n = 4 * self.n_workers
+        check(self.gather(self.map(inc, range(n))) == list(range(1, n + 1)), "warm-up results")
+        check(len(self.gather(self.map(make_array, [64] * n))) == n, "warm-up arrays")
 
     def settle(self) -> Optional[str]:
         """Let released keys be forgotten; a note if the cluster still holds some."""
@@ -629,7 +640,7 @@ def bench_start(system: System, cfg: Config) -> Figures:
     system.start()
     value = system.result(system.submit(inc, 1))
     elapsed = time.perf_counter() - t0
-    assert value == 2, value
+    check(value == 2, f"inc(1) returned {value!r}")
     yield "start_s", elapsed
 
 
@@ -642,7 +653,7 @@ def bench_roundtrip(system: System, cfg: Config) -> Figures:
         t0 = time.perf_counter()
         value = system.result(system.submit(inc, i))
         samples.append(time.perf_counter() - t0)
-        assert value == i + 1, (i, value)
+        check(value == i + 1, f"inc({i}) returned {value!r}")
     yield "roundtrip_median_ms", 1e3 * statistics.median(samples)
     yield "roundtrip_p99_ms", 1e3 * float(np.percentile(samples, 99))
 
@@ -658,8 +669,7 @@ def _run_trivial_tasks(system: System, n: int, use_map: bool) -> float:
         return system.gather(futures)
 
     elapsed, values = _timed(run)
-    if values != list(range(1, n + 1)):
-        raise AssertionError(f"wrong results from {n} inc tasks")
+    check(values == list(range(1, n + 1)), f"wrong results from {n} inc tasks")
     del values
     system.settle()
     return elapsed
@@ -684,7 +694,7 @@ def bench_chain(system: System, cfg: Config) -> Figures:
         return system.result(x)
 
     elapsed, value = _timed(run)
-    assert value == cfg.chain, value
+    check(value == cfg.chain, f"a chain of {cfg.chain} inc returned {value!r}")
     yield "chain_tasks_per_s", cfg.chain / elapsed
 
 
@@ -719,8 +729,8 @@ def bench_tree(system: System, cfg: Config) -> Figures:
         elapsed, (leaves, total) = _timed(run)
         if cfg.check_all_trees or index == 0:
             expected = tree_reduce(lambda fn, a, b: fn(a, b), system.gather(leaves))
-            if not np.allclose(total, expected, rtol=1e-12, atol=0):
-                raise AssertionError(f"tree {tree_case_name(k, n)}: wrong sum")
+            correct = np.allclose(total, expected, rtol=1e-12, atol=0)
+            check(correct, f"tree {tree_case_name(k, n)}: wrong sum")
         del leaves, total
         system.settle()
         yield f"tree_{tree_case_name(k, n)}_s", elapsed
@@ -749,12 +759,11 @@ def bench_transfer(system: System, cfg: Config) -> Figures:
             array = system.submit(make_array, cfg.transfer_bytes, workers=[worker_a])
             system.wait([array])
             holders = system.who_has(array)
-            if holders != [worker_a]:
-                raise AssertionError(f"array pinned on {worker_a} is held by {holders}")
+            check(holders == [worker_a], f"array pinned on {worker_a} is held by {holders}")
             task = system.submit(pid_and_nbytes, array, workers=[worker_b])
             elapsed, (pid, nbytes) = _timed(lambda task=task: system.result(task))
-            if (pid, nbytes) != (pid_b, cfg.transfer_bytes):
-                raise AssertionError(f"B task ran in pid {pid} (B is {pid_b}), got {nbytes} B")
+            check(pid == pid_b, f"task pinned on B (pid {pid_b}) ran in pid {pid}")
+            check(nbytes == cfg.transfer_bytes, f"B got {nbytes} bytes")
             rates.append(cfg.transfer_bytes / MB / max(elapsed - baseline, 1e-6))
             del array, task
             system.settle()
@@ -1046,15 +1055,9 @@ def compare(
 
 
 def _verdict(entry: dict[str, Any]) -> str:
-    """``yes``, ``NO (...)``, ``?`` or empty, for the table's last column."""
-    if not entry["targets"]:
-        return ""
-    failed = [t for t, ok in zip(entry["targets"], entry["met"]) if ok is False]
-    if failed:
-        return "NO " + ",".join(failed)
-    if any(ok is None for ok in entry["met"]):
-        return "?"
-    return "yes"
+    """``yes``/``no``/``?`` per target, in the order of the target column."""
+    words = {True: "yes", False: "no", None: "?"}
+    return ", ".join(words[ok] for ok in entry["met"])
 
 
 def format_table(table: list[dict[str, Any]]) -> str:
@@ -1086,7 +1089,9 @@ def versions() -> dict[str, str]:
     return found
 
 
-def write_json(path: str, cfg: Config, runs: dict[str, SystemRun], table: list, skipped: dict):
+def write_json(
+    path: str, cfg: Config, runs: dict[str, SystemRun], table: list, skipped: dict, load: float
+) -> None:
     """Everything measured, for later comparison."""
     document = {
         "meta": {
@@ -1095,6 +1100,7 @@ def write_json(path: str, cfg: Config, runs: dict[str, SystemRun], table: list, 
             "cpus": os.cpu_count(),
             "versions": versions(),
             "argv": sys.argv[1:],
+            "load_average_before": load,
         },
         "config": asdict(cfg),
         "systems": {name: asdict(run) for name, run in runs.items()},
@@ -1181,19 +1187,21 @@ def run_all(names: Sequence[str], benchmarks: list[str], cfg: Config) -> tuple[d
         try:
             system = make_system(name, cfg)
         except Exception as exc:
-            skipped[name] = f"{type(exc).__name__}: {exc}"
-            hint = " (pip install -e '.[bench]')" if name == "dask" else ""
-            log(f"skipping {name}: cannot import it: {skipped[name]}{hint}")
+            hint = "; pip install -e '.[bench]'" if name == "dask" else ""
+            skipped[name] = f"cannot import it: {type(exc).__name__}: {exc}{hint}"
+            log(f"skipping {name}: {skipped[name]}")
             continue
         runs[name] = run_system(system, benchmarks, cfg)
     return runs, skipped
 
 
-def print_report(cfg: Config, quick: bool, table: list, runs: dict, skipped: dict) -> None:
+def print_report(
+    cfg: Config, quick: bool, load: float, table: list, runs: dict, skipped: dict
+) -> None:
     """The table, then skipped systems, errors and notes."""
     mode = "quick" if quick else "full"
     print(f"\n{cfg.n_workers} single-threaded workers per system, {mode} sizes, ", end="")
-    print(f"{os.cpu_count()} CPUs")
+    print(f"{os.cpu_count()} CPUs, load average before the run {load:.2f}")
     print("rates (/s) are higher-is-better, times lower-is-better; ratios are zfutures/peer")
     print(format_table(table))
     print()
@@ -1213,11 +1221,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     cfg = Config.for_mode(args.quick, args.workers, args.timeout)
     total = args.total_timeout or (300.0 if args.quick else 3600.0)
+    load = os.getloadavg()[0]  # other work competing for the cores makes figures noisy
     with Watchdog(total, _expire):
         runs, skipped = run_all(args.systems, args.only, cfg)
     table = compare(runs, metric_rows(cfg), args.only)
-    print_report(cfg, args.quick, table, runs, skipped)
-    write_json(args.json, cfg, runs, table, skipped)
+    print_report(cfg, args.quick, load, table, runs, skipped)
+    write_json(args.json, cfg, runs, table, skipped, load)
     print(f"\nwrote {args.json}")
     status = 0 if any(run.metrics for run in runs.values()) else 1
     main_thread = threading.main_thread()

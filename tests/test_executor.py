@@ -130,6 +130,14 @@ def test_remote_exception_keeps_type_args_and_traceback(ex):
     assert isinstance(x.exception(timeout=1), ValueError)
 
 
+def test_traceback_is_the_remote_traceback_text(ex):
+    x = ex.submit(fail, 3)
+    text = x.traceback(timeout=10)
+    assert text.startswith("Traceback (most recent call last):")
+    assert "in fail" in text and text.rstrip().endswith("ValueError: ('bad input', 3)")
+    assert ex.submit(inc, 3).traceback(timeout=10) is None
+
+
 def test_a_task_whose_input_failed_fails_with_that_exception(ex):
     x = ex.submit(fail, 1)
     y = ex.submit(inc, x)

@@ -154,6 +154,8 @@ class Center:
             handler(ident, header, frames[2:])
         except ProtocolError as e:
             self.dropped.warning(f"dropped a malformed {op!r}", str(e))
+        except Exception:  # a bug must not take the center down with every task
+            logger.exception("failed to handle %r; dropped it", op)
 
     def _register_client(self, ident: bytes, header: dict, frames: list) -> None:
         if not self._check_protocol(ident, header):

@@ -23,9 +23,11 @@ import zmq
 from . import protocol, serialize
 from .addressing import configure
 from .errors import ConnectionError, FutureLostError, ProtocolError, RemoteTraceback
+from .logs import RateLimitedLog
 from .waker import Waker
 
 logger = logging.getLogger(__name__)
+dropped = RateLimitedLog(logger)
 
 #: Tasks per submit message: big maps go in several messages, so the center
 #: interleaves other peers' messages with them.
@@ -180,7 +182,10 @@ class ClientIO:
             try:
                 handle(frames)
             except ProtocolError as e:
-                logger.warning("dropped a malformed message: %s", e)
+                dropped.warning("dropped a malformed message", str(e))
+            except Exception as e:  # no message may stop the loop
+                dropped.warning("dropped a message that failed to load or apply",
+                                f"{type(e).__name__}: {e}")
 
     def _tick(self, now: float) -> None:
         if now - self._last_sent >= self.heartbeat_interval:

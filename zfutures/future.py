@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
+import traceback as _traceback
 from concurrent.futures._base import CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import context
+from .errors import RemoteTraceback
 
 if TYPE_CHECKING:
     from .executor import Executor
@@ -91,6 +93,24 @@ class Future(concurrent.futures.Future):
         if not self.done():
             context.secede()
         return super().exception(timeout)
+
+    def traceback(self, timeout: float | None = None) -> str | None:
+        """The formatted traceback of the task's exception, as the worker saw it.
+
+        None if the task succeeded. Waits like :meth:`result`.
+
+        >>> print(executor.submit(int, "x").traceback())   # doctest: +SKIP
+        Traceback (most recent call last):
+          ...
+        ValueError: invalid literal for int() with base 10: 'x'
+        """
+        exc = self.exception(timeout)
+        if exc is None:
+            return None
+        cause = exc.__cause__
+        if isinstance(cause, RemoteTraceback):
+            return cause.tb
+        return "".join(_traceback.format_exception(type(exc), exc, exc.__traceback__))
 
     def release(self) -> None:
         """Drop this reference; the cluster forgets the key when no one holds it."""

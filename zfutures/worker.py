@@ -26,10 +26,12 @@ import zmq
 from . import context, protocol, serialize
 from .addressing import bind_ephemeral, configure, interface_towards, normalize_address
 from .errors import ProtocolError
+from .logs import RateLimitedLog
 from .waker import Waker
 from .worker_state import Task, WorkerState
 
 logger = logging.getLogger(__name__)
+dropped = RateLimitedLog(logger)
 
 #: Reports to the center that travel many to a message, and their list field.
 _BATCHED = {"task-finished": "tasks", "task-erred": "tasks", "keys-added": "tasks"}
@@ -193,7 +195,10 @@ class Worker:
             try:
                 handle(frames)
             except ProtocolError as e:
-                logger.warning("dropped a malformed message: %s", e)
+                dropped.warning("dropped a malformed message", str(e))
+            except Exception as e:  # no message may stop the loop
+                dropped.warning("dropped a message that failed to load or apply",
+                                f"{type(e).__name__}: {e}")
 
     # ------------------------------------------------------------------ handlers
 
@@ -369,6 +374,9 @@ class Worker:
             result = run_task(*job)
             seceded = context.leave_task()
             self.call_soon(task_done, *result)
+            # Hold nothing while waiting for the next job: the inputs and the
+            # result must go when the center releases them.
+            del job, task, result
             if seceded:
                 return
 

@@ -389,8 +389,10 @@ def test_scheduler_info_fields_and_task_counts(ex, gates):
 # ---------------------------------------------------------------------- run
 
 def _worker_pids(ex):
+    """Worker processes, not their nanny (which runs no tasks)."""
     return {p.pid for p in zfutures_children()
-            if "worker" in p.cmdline() and ex.address in p.cmdline()}
+            if "worker" in p.cmdline() and ex.address in p.cmdline()
+            and "--no-nanny" in p.cmdline()}
 
 
 def test_run_runs_on_every_worker(ex):

@@ -840,3 +840,20 @@ def test_info_counts_tasks_by_state_and_reports_each_workers_load():
     assert info["workers"] == {addr(W1): {
         "name": "w1", "nthreads": 1, "memory": 1234, "memory_limit": 0, "resources": {},
         "executing": 1, "queued": 1, "keys": 1}}
+
+
+def test_only_the_tasks_a_dead_worker_was_running_are_suspected():
+    from zfutures.scheduler import Scheduler
+
+    s = Scheduler(allowed_failures=1, extra_queue=3)
+    s.add_client(b"c", "c")
+    s.add_worker(b"w1", "tcp://w1:1", "w1", nthreads=1)
+    s.submit(b"c", [{"key": f"t{i}", "deps": [], "priority": 0, "nframes": 1}
+                    for i in range(4)], [b"p"] * 4)
+    assert all(s.tasks[f"t{i}"].state == "processing" for i in range(4))
+    s.add_worker(b"w2", "tcp://w2:1", "w2", nthreads=1)
+    s.remove_worker(b"w1")
+    # t0 was first in line, so it was the one running: with one allowed failure it
+    # errs. t1..t3 were only queued: they go to w2 unharmed.
+    assert s.tasks["t0"].state == "erred"
+    assert [s.tasks[f"t{i}"].state for i in (1, 2, 3)] == ["processing"] * 3

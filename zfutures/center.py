@@ -22,7 +22,7 @@ from .waker import Waker
 
 logger = logging.getLogger(__name__)
 
-WORKER, CLIENT = "worker", "client"
+WORKER, CLIENT, NANNY = "worker", "client", "nanny"
 
 
 class _Peer:
@@ -62,6 +62,8 @@ class Center:
         self._handlers: dict[str, Callable[[bytes, dict, list], None]] = {
             "register-client": self._register_client,
             "register-worker": self._register_worker,
+            "register-nanny": self._register_nanny,
+            "worker-died": self._worker_died,
             "submit": self._submit,
             "release": lambda ident, h, f: self.scheduler.release(ident, h["keys"]),
             "cancel": lambda ident, h, f: self.scheduler.cancel(ident, h["keys"]),
@@ -82,7 +84,8 @@ class Center:
         }
         # Which role may send which op; anything else from that role is dropped.
         self._allowed = {
-            None: {"register-client", "register-worker"},
+            None: {"register-client", "register-worker", "register-nanny"},
+            NANNY: {"register-nanny", "worker-died", "heartbeat"},
             CLIENT: {"register-client", "submit", "release", "cancel", "update-data",
                      "who-has", "scheduler-info", "has-what", "close-client", "heartbeat"},
             WORKER: {"register-worker", "task-finished", "task-erred", "keys-added",
@@ -174,6 +177,17 @@ class Center:
                                   header["memory_limit"], header["resources"], header["keys"])
         logger.info("worker %s joined (%d threads)", header["address"], header["nthreads"])
 
+    def _register_nanny(self, ident: bytes, header: dict, frames: list) -> None:
+        if self._check_protocol(ident, header):
+            self.peers[ident] = _Peer(NANNY, time.monotonic())
+
+    def _worker_died(self, ident: bytes, header: dict, frames: list) -> None:
+        """A nanny saw its worker process exit: no need to wait for heartbeats."""
+        ws = self.scheduler.workers_by_address.get(header["address"])
+        if ws is not None:
+            logger.warning("worker %s died (its nanny says)", ws.address)
+            self._forget_peer(ws.ident)
+
     def _check_protocol(self, ident: bytes, header: dict) -> bool:
         if header["protocol"] == protocol.PROTOCOL_VERSION:
             return True
@@ -225,6 +239,8 @@ class Center:
     def _tick(self, now: float) -> None:
         """Heartbeat idle peers; declare silent ones gone."""
         for ident, peer in list(self.peers.items()):
+            if peer.role == NANNY:
+                continue  # nannies register again with each report
             limit = self.worker_timeout if peer.role == WORKER else self.client_timeout
             if now - peer.last_heard > limit:
                 logger.warning("%s %r silent for %.1fs: removing it", peer.role, ident,

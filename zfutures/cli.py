@@ -5,7 +5,6 @@ import logging
 import os
 import re
 import signal
-import subprocess
 import sys
 import threading
 
@@ -117,22 +116,29 @@ def center_main(host: str, port: int, allowed_failures: int, heartbeat_interval:
               help="Task threads per worker process.")
 @click.option("--nworkers", default=1, show_default=True, type=click.IntRange(min=1),
               help="Worker processes to run.")
-@click.option("--name", default=None, help="Worker name (default: its address).")
+@click.option("--name", default=None,
+              help="Worker name (default: its address); NAME-i with several workers.")
 @click.option("--host", default=None,
               help="Interface the data server binds and announces "
                    "(default: the one that routes to the center).")
 @click.option("--memory-limit", default="auto", show_default=True,
-              help="4GB, 0.8 (share of this machine's memory) or auto.")
+              help="Per worker: 4GB, 0.8 (share of this machine's memory), 0 (none), or "
+                   "auto (an equal share for each worker). Above it the nanny restarts it.")
 @click.option("--resources", default="", help='Resources it offers, e.g. "GPU=1,MEM=8e9".')
 @click.option("--heartbeat-interval", default=0.5, show_default=True,
               help="Seconds between heartbeats to the center when idle.")
+@click.option("--no-nanny", is_flag=True,
+              help="Run one worker in this process, with no nanny to restart it.")
 @click.option("--insecure", is_flag=True, help="Allow binding beyond loopback without keys.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def worker_main(address: str, nthreads: int, nworkers: int, name: str | None, host: str | None,
-                memory_limit: str, resources: str, heartbeat_interval: float, insecure: bool,
-                log_level: str) -> None:
-    """Serve tasks for the center at ADDRESS until interrupted."""
+                memory_limit: str, resources: str, heartbeat_interval: float, no_nanny: bool,
+                insecure: bool, log_level: str) -> None:
+    """Serve tasks for the center at ADDRESS until interrupted.
+
+    A nanny process runs the workers and starts a fresh one when one dies.
+    """
     from .addressing import interface_towards, normalize_address
 
     _setup_logging(log_level)
@@ -142,11 +148,24 @@ def worker_main(address: str, nthreads: int, nworkers: int, name: str | None, ho
         raise click.BadParameter(str(e), param_hint="ADDRESS") from None
     resource_map = parse_resources(resources)
     limit = parse_memory_limit(memory_limit)
+    if memory_limit.strip().lower() == "auto":
+        limit //= nworkers
     host = host or interface_towards(center)
     _check_bind(host, insecure)
-    if nworkers > 1:
-        _run_worker_processes(nworkers, name)
+    if not no_nanny:
+        from .nanny import Nanny
+
+        worker_args = ["--nthreads", str(nthreads), "--host", host, "--memory-limit", str(limit),
+                       "--resources", resources, "--heartbeat-interval", str(heartbeat_interval),
+                       "--log-level", log_level, *(["--insecure"] if insecure else [])]
+        nanny = Nanny(center, worker_args, nworkers, name, memory_limit=limit)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: nanny.stop())
+        _die_with_parent(nanny.stop)
+        nanny.run()
         return
+    if nworkers > 1:
+        raise click.UsageError("--no-nanny runs one worker: drop --nworkers")
     from .worker import Worker
 
     worker = Worker(center, nthreads=nthreads, name=name, host=host, memory_limit=limit,
@@ -156,38 +175,3 @@ def worker_main(address: str, nthreads: int, nworkers: int, name: str | None, ho
     _die_with_parent(worker.stop)
     print(f"zfut-worker {worker.name} serving at {worker.address} for {center}", flush=True)
     worker.run()
-
-
-def _run_worker_processes(nworkers: int, name: str | None) -> None:
-    """Run ``nworkers`` copies of this command with ``--nworkers 1``; stop them on a signal."""
-    args = sys.argv[1:]
-    if "--nworkers" in args:
-        i = args.index("--nworkers")
-        del args[i: i + 2]
-    args = [a for a in args if not a.startswith("--nworkers=")]
-    if name is not None:
-        i = args.index("--name") if "--name" in args else None
-        if i is not None:
-            del args[i: i + 2]
-        args = [a for a in args if not a.startswith("--name=")]
-    env = dict(os.environ, **{PARENT_PID_ENV: str(os.getpid())})
-    children = []
-    for i in range(nworkers):
-        child_name = ["--name", f"{name}-{i}"] if name else []
-        children.append(subprocess.Popen([sys.executable, "-m", "zfutures", "worker", *args,
-                                          *child_name], env=env))
-    stopping = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopping.set())
-    _die_with_parent(stopping.set)
-    while not stopping.wait(0.5) and any(c.poll() is None for c in children):
-        pass
-    for child in children:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    for child in children:
-        try:
-            child.wait(10)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait(5)

@@ -5,6 +5,7 @@ catches whatever the library itself raises (as opposed to exceptions raised by
 user tasks, which are re-raised unchanged).
 """
 import builtins
+from concurrent.futures.process import BrokenProcessPool
 
 
 class ZFuturesError(Exception):
@@ -19,8 +20,12 @@ class ConnectionError(ZFuturesError, builtins.ConnectionError):
     """
 
 
-class KilledWorker(ZFuturesError):
-    """Workers died ``allowed_failures`` times while running this task."""
+class KilledWorker(ZFuturesError, BrokenProcessPool):
+    """Workers died ``allowed_failures`` times while running this task.
+
+    Also a :class:`concurrent.futures.process.BrokenProcessPool`, which is what
+    code written for ProcessPoolExecutor catches when a task kills its process.
+    """
 
 
 class FutureLostError(ZFuturesError):

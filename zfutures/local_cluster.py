@@ -55,10 +55,11 @@ class LocalCluster:
                                  stdout=subprocess.PIPE)
             self.address = _read_address(center, timeout)
             center.stdout.close()
-            for i in range(self.n_workers):
-                self._start(["worker", self.address, "--nthreads", str(threads_per_worker),
-                             "--name", f"local-{i}", "--host", "127.0.0.1"],
-                            stdout=subprocess.DEVNULL)
+            # One nanny runs the workers and replaces any that die.
+            self._start(["worker", self.address, "--nworkers", str(self.n_workers),
+                         "--nthreads", str(threads_per_worker),
+                         "--name", "local" if self.n_workers > 1 else "local-0",
+                         "--host", "127.0.0.1"], stdout=subprocess.DEVNULL)
         except BaseException:
             self.close()
             raise

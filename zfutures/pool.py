@@ -54,7 +54,11 @@ class PoolExecutor(concurrent.futures.Executor):
         if max_workers is not None and (type(max_workers) is not int or max_workers <= 0):
             raise ValueError("max_workers must be greater than 0")
         if address is None:
-            self._executor = Executor(n_workers=max_workers or os.cpu_count() or 1)
+            # A task that kills its worker fails at once, as in ProcessPoolExecutor
+            # (with BrokenProcessPool); the nanny replaces the worker, and the
+            # other tasks go on.
+            self._executor = Executor(n_workers=max_workers or os.cpu_count() or 1,
+                                      allowed_failures=1)
             self._max_running = None  # the cluster's size is the cap
         else:
             self._executor = Executor(address)

@@ -76,6 +76,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "missing-data": {"key": _STR, "missing": _STRS},
     "task-seceded": {"key": _STR},
     "unregister": {},
+    # nanny -> center
+    "register-nanny": {"protocol": _INT},
+    "worker-died": {"address": _STR},
     # center -> worker
     "welcome": {"protocol": _INT},
     "compute": {"tasks": ("items", _COMPUTE_ITEM)},

@@ -256,8 +256,18 @@ class Scheduler:
             return
         del self.workers_by_address[ws.address]
         self.with_room.discard(ws)
-        for ts in list(ws.processing):
+        # Only the tasks it was probably running are suspected of killing it: the
+        # worker runs its tasks in the order of their priority, as they were sent,
+        # so the first of them (one per thread, plus seceded ones); the rest of its
+        # queue is innocent and just goes elsewhere.
+        by_order = sorted(ws.processing, key=lambda t: t.priority)
+        running = set(by_order[:ws.nthreads]) | ws.seceded
+        for ts in by_order:
             self._unassign(ts)
+            if ts not in running:
+                self._set_state(ts, WAITING)
+                self._try_ready(ts)
+                continue
             ts.suspicious += 1
             if ts.suspicious >= self.allowed_failures:
                 self._err(ts, _pickled_error(KilledWorker(

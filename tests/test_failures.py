@@ -1,0 +1,95 @@
+"""Workers that die: work goes elsewhere, lost data is recomputed, nothing hangs."""
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import time
+
+import numpy as np
+import psutil
+import pytest
+from conftest import wait_for
+
+from zfutures import Executor, FutureLostError, KilledWorker, PoolExecutor
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def inc(x):
+    return x + 1
+
+
+def die():
+    os._exit(1)
+
+
+def slow_inc(x, delay=0.1):
+    time.sleep(delay)
+    return x + 1
+
+
+def worker_pids(ex):
+    return ex.run(os.getpid)
+
+
+def test_a_killed_worker_is_replaced_and_its_work_done_elsewhere(processes):
+    center, address = processes.center()
+    processes.worker(address, "--nworkers", "2", "--name", "w")
+    with Executor(address, timeout=10) as ex:
+        wait_for(lambda: len(ex.nthreads()) == 2, message="workers did not register")
+        futures = ex.map(slow_inc, range(40), pure=False)
+        wait_for(lambda: sum(f.done() for f in futures) >= 5, timeout=30)
+        victim_address, victim_pid = sorted(worker_pids(ex).items())[0]
+        os.kill(victim_pid, signal.SIGKILL)
+        assert ex.gather(futures, timeout=60) == list(range(1, 41))
+        # The nanny started a fresh worker in place of the dead one.
+        wait_for(lambda: len(ex.nthreads()) == 2 and victim_address not in ex.nthreads(),
+                 timeout=20, message="the killed worker was not replaced")
+        assert not psutil.pid_exists(victim_pid) or \
+            psutil.Process(victim_pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_lost_results_are_recomputed_from_their_tasks():
+    with Executor(n_workers=2) as ex:
+        xs = ex.map(inc, range(20), pure=False)
+        ys = [ex.submit(inc, x) for x in xs]
+        ex.gather(ys, timeout=30)
+        holders = ex.who_has(xs)
+        victim, pid = sorted(worker_pids(ex).items())[0]
+        lost = [x for x in xs if holders[x.key] == [victim]]
+        assert lost, "no key lived on the victim only"
+        os.kill(pid, signal.SIGKILL)
+        # A new task on a lost key: the key is recomputed (lineage), not lost.
+        zs = [ex.submit(inc, x) for x in lost]
+        assert ex.gather(zs, timeout=60) == [ex.gather(x) + 1 for x in lost]
+
+
+def test_a_task_that_keeps_killing_workers_errs_with_killed_worker():
+    with Executor(n_workers=2, allowed_failures=2) as ex:
+        bad = ex.submit(die, pure=False)
+        good = ex.map(inc, range(10))
+        with pytest.raises(KilledWorker) as info:
+            bad.result(timeout=60)
+        assert isinstance(info.value, concurrent.futures.process.BrokenProcessPool)
+        assert ex.gather(good, timeout=60) == list(range(1, 11))
+        # The cluster keeps its size and serves on.
+        wait_for(lambda: len(ex.nthreads()) == 2, timeout=20)
+        assert ex.submit(inc, 1).result(timeout=20) == 2
+
+
+def test_scattered_data_on_a_dead_worker_is_lost_with_a_clear_error():
+    with Executor(n_workers=2) as ex:
+        victim, pid = sorted(worker_pids(ex).items())[0]
+        data = ex.scatter(np.arange(10), workers=[victim])
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(FutureLostError):
+            ex.submit(np.sum, data).result(timeout=30)
+
+
+def test_pool_task_that_kills_its_worker_breaks_only_its_future():
+    with PoolExecutor(2) as pool:
+        doomed = pool.submit(die)
+        with pytest.raises(concurrent.futures.process.BrokenProcessPool):
+            doomed.result(timeout=30)
+        assert list(pool.map(inc, range(5))) == [1, 2, 3, 4, 5]

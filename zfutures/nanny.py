@@ -1,0 +1,160 @@
+"""The nanny: runs a machine's worker processes and keeps their number up.
+
+``zfut-worker`` is a nanny unless told ``--no-nanny``. It starts each worker
+as a child process (the same command, ``--no-nanny``), and when one dies
+(killed, crashed, or restarted by the nanny for going over its memory
+limit) it tells the center at once, so the dead worker's tasks are
+rescheduled without waiting for heartbeats to time out, then starts a
+fresh one.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import zmq
+
+from . import protocol
+from .addressing import configure
+from .local_cluster import PARENT_PID_ENV
+
+logger = logging.getLogger(__name__)
+
+#: How often the nanny looks at its workers, in seconds.
+CHECK_INTERVAL = 0.2
+#: Restarts of one worker within this many seconds are spaced out, so a
+#: worker that cannot start does not spin.
+RESTART_WINDOW = 10.0
+
+_SERVING = re.compile(r"serving at (tcp://\S+)")
+
+
+class _Child:
+    """One worker process and what the nanny knows of it."""
+
+    def __init__(self, name: str | None):
+        self.name = name
+        self.process: subprocess.Popen | None = None
+        self.address: str | None = None
+        self.started = 0.0
+        self.restarts: list[float] = []
+
+
+class Nanny:
+    """Keep ``nworkers`` worker processes running for the center at ``center_address``.
+
+    ``worker_args`` are the options each worker gets (its center address
+    excepted); ``memory_limit`` (bytes, 0 for none) is per worker: above it,
+    the worker is restarted.
+    """
+
+    def __init__(self, center_address: str, worker_args: list[str], nworkers: int = 1,
+                 name: str | None = None, memory_limit: int = 0, restart: bool = True):
+        self.center_address = center_address
+        self.worker_args = worker_args
+        self.memory_limit = memory_limit
+        self.restart = restart
+        self.children = [_Child(f"{name}-{i}" if name and nworkers > 1 else name)
+                         for i in range(nworkers)]
+        self._stopping = threading.Event()
+        self._context = zmq.Context()
+        self._center = configure(self._context.socket(zmq.DEALER))
+        self._center.setsockopt(zmq.ROUTING_ID, b"n-" + uuid.uuid4().hex.encode())
+
+    def run(self) -> None:
+        """Supervise until :meth:`stop`; then stop every worker."""
+        self._center.connect(self.center_address)
+        try:
+            for child in self.children:
+                self._start(child)
+            while not self._stopping.wait(CHECK_INTERVAL):
+                for child in self.children:
+                    self._check(child)
+                if not self.restart and all(c.process.poll() is not None
+                                            for c in self.children):
+                    break
+        finally:
+            self._stop_children()
+            self._center.close(linger=0)
+            self._context.term()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to end; safe from signal handlers."""
+        self._stopping.set()
+
+    def _start(self, child: _Child) -> None:
+        args = [sys.executable, "-m", "zfutures", "worker", self.center_address,
+                *self.worker_args, "--no-nanny"]
+        if child.name:
+            args += ["--name", child.name]
+        env = dict(os.environ, **{PARENT_PID_ENV: str(os.getpid())})
+        child.process = subprocess.Popen(args, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                         env=env, text=True)
+        child.address = None
+        child.started = time.monotonic()
+        threading.Thread(target=self._read_output, args=(child, child.process), daemon=True,
+                         name="zfutures-nanny-read").start()
+
+    @staticmethod
+    def _read_output(child: _Child, process: subprocess.Popen) -> None:
+        """Learn the worker's address from its first line; pass its output on."""
+        for line in process.stdout:
+            match = _SERVING.search(line)
+            if match and child.process is process:
+                child.address = match.group(1)
+            sys.stdout.write(line)
+            sys.stdout.flush()
+
+    def _check(self, child: _Child) -> None:
+        process = child.process
+        if process.poll() is None:
+            if self.memory_limit and self._rss(process.pid) > self.memory_limit:
+                logger.warning("worker %s uses more than its memory limit of %d bytes; "
+                               "restarting it", child.address or process.pid, self.memory_limit)
+                process.kill()
+                process.wait(10)
+            else:
+                return
+        logger.warning("worker %s exited with status %s", child.address or process.pid,
+                       process.returncode)
+        if child.address:
+            self._center.send_multipart([protocol.encode_header(
+                "register-nanny", protocol=protocol.PROTOCOL_VERSION)])
+            self._center.send(protocol.encode_header("worker-died", address=child.address))
+        if not self.restart or self._stopping.is_set():
+            return
+        now = time.monotonic()
+        child.restarts = [t for t in child.restarts if now - t < RESTART_WINDOW]
+        if len(child.restarts) >= 3 and now - child.started < RESTART_WINDOW:
+            if self._stopping.wait(min(5.0, RESTART_WINDOW / 2)):  # back off, stay stoppable
+                return
+        child.restarts.append(time.monotonic())
+        self._start(child)
+
+    @staticmethod
+    def _rss(pid: int) -> int:
+        import psutil
+
+        try:
+            return psutil.Process(pid).memory_info().rss
+        except psutil.Error:
+            return 0
+
+    def _stop_children(self, timeout: float = 10.0) -> None:
+        live = [c.process for c in self.children if c.process and c.process.poll() is None]
+        for process in live:
+            process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for process in live:
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)

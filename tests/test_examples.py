@@ -251,3 +251,25 @@ def test_tree_reduction_script_rejects_bad_arguments(tmp_path):
     status, output, errors = _run_script(tmp_path, "--workers", "0")
     assert status == 2, f"exit status {status}\n{output}{errors}"
     assert "--workers: must be at least 1" in errors
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def test_progress_draws_an_updating_bar_in_a_notebook(python3_kernel, tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import time\n"
+        "from zfutures import Executor, progress\n"
+        "with Executor(n_workers=1) as ex:\n"
+        "    futures = ex.map(time.sleep, [0.05] * 8, pure=False)\n"
+        "    progress(futures)\n"
+        "    print('all done:', all(f.done() for f in futures))\n")])
+    nbclient.NotebookClient(nb, timeout=120, kernel_name=python3_kernel,
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = nb.cells[0].outputs
+    html = [o for o in outputs if o.output_type == "display_data" and "text/html" in o.data]
+    assert html, f"no HTML bar displayed: {outputs}"
+    # One display, updated in place (not one output per step), showing the end state.
+    assert len(html) == 1
+    assert "8/8 done" in html[0].data["text/html"]
+    assert "all done: True" in _output_text(nb.cells[0])

@@ -85,6 +85,9 @@ def test_scattered_data_on_a_dead_worker_is_lost_with_a_clear_error():
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(FutureLostError):
             ex.submit(np.sum, data).result(timeout=30)
+        wait_for(lambda: data.status == "lost", timeout=20)
+        with pytest.raises(FutureLostError):
+            data.result(timeout=5)
 
 
 def test_pool_task_that_kills_its_worker_breaks_only_its_future():

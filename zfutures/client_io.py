@@ -471,9 +471,12 @@ class ClientIO:
                     info.status = ERRED
                     info.exception = remote_exception([f.buffer for f in exception_frames])
                     cancelled = isinstance(info.exception, concurrent.futures.CancelledError)
+                    lost = isinstance(info.exception, FutureLostError)
                     for future in info.live_futures():
                         if cancelled:
                             future._set_cancelled()
+                        elif lost:
+                            future._set_lost(info.exception)
                         else:
                             future._set_error(info.exception)
                     info.held.clear()

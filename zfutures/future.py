@@ -47,7 +47,7 @@ class Future(concurrent.futures.Future):
         super().__init__()
         self.key = key
         self._executor = executor
-        self._lost = False
+        self._lost: BaseException | None = None  # the data is gone for good
 
     # ------------------------------------------------------------------ state
 
@@ -55,7 +55,7 @@ class Future(concurrent.futures.Future):
     def status(self) -> str:
         """One of ``pending``, ``finished``, ``error``, ``cancelled``, ``lost``."""
         with self._condition:
-            if self._lost:
+            if self._lost is not None:
                 return "lost"
             if self._state == FINISHED:
                 return "error" if self._exception is not None else "finished"
@@ -81,6 +81,8 @@ class Future(concurrent.futures.Future):
         value = super().result(timeout)
         if value is not REMOTE:
             return value
+        if self._lost is not None:
+            raise self._lost
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         value = self._executor._fetch_values([self.key], remaining)[self.key]
         with self._condition:
@@ -194,6 +196,11 @@ class Future(concurrent.futures.Future):
             executor._io.call("cancel", [self.key])
         self._set_cancelled()
         return True
+
+    def _set_lost(self, exception: BaseException) -> None:
+        """The key's data is gone and cannot be recomputed, even if it had finished."""
+        self._lost = exception
+        self._set_error(exception)
 
     def _set_error(self, exception: BaseException) -> None:
         try:

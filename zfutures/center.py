@@ -17,8 +17,8 @@ from . import protocol
 from .addressing import bind_ephemeral, configure
 from .errors import ProtocolError
 from .logs import RateLimitedLog
+from .loop import Waker
 from .scheduler import Scheduler
-from .waker import Waker
 
 logger = logging.getLogger(__name__)
 
@@ -268,14 +268,3 @@ class Center:
         peer = self.peers.get(ident)
         if peer is not None:
             peer.last_sent = time.monotonic()
-
-
-def run_center(host: str = "127.0.0.1", port: int = 8787, **kwargs: Any) -> None:
-    """Run a center in this process until SIGINT or SIGTERM."""
-    import signal
-
-    center = Center(host, port, **kwargs)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: center.stop())
-    print(f"zfut-center listening at {center.address}", flush=True)
-    center.run()

@@ -35,6 +35,15 @@ def _die_with_parent(stop) -> None:
     threading.Thread(target=watch, daemon=True, name="zfutures-parent-watch").start()
 
 
+def _serve(run, stop) -> None:
+    """Run until SIGINT or SIGTERM (exit status 0), or until a parent that
+    started us as part of a local cluster goes away."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop())
+    _die_with_parent(stop)
+    run()
+
+
 def _check_bind(host: str, insecure: bool) -> None:
     if not is_loopback(host) and not insecure:
         raise click.UsageError(
@@ -103,11 +112,8 @@ def center_main(host: str, port: int, allowed_failures: int, heartbeat_interval:
     _check_bind(host, insecure)
     center = Center(host, port, allowed_failures=allowed_failures,
                     heartbeat_interval=heartbeat_interval, worker_timeout=worker_timeout)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: center.stop())
-    _die_with_parent(center.stop)
     print(f"zfut-center listening at {center.address}", flush=True)
-    center.run()
+    _serve(center.run, center.stop)
 
 
 @click.command(name="zfut-worker")
@@ -159,10 +165,7 @@ def worker_main(address: str, nthreads: int, nworkers: int, name: str | None, ho
                        "--resources", resources, "--heartbeat-interval", str(heartbeat_interval),
                        "--log-level", log_level, *(["--insecure"] if insecure else [])]
         nanny = Nanny(center, worker_args, nworkers, name, memory_limit=limit)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: nanny.stop())
-        _die_with_parent(nanny.stop)
-        nanny.run()
+        _serve(nanny.run, nanny.stop)
         return
     if nworkers > 1:
         raise click.UsageError("--no-nanny runs one worker: drop --nworkers")
@@ -170,8 +173,5 @@ def worker_main(address: str, nthreads: int, nworkers: int, name: str | None, ho
 
     worker = Worker(center, nthreads=nthreads, name=name, host=host, memory_limit=limit,
                     resources=resource_map, heartbeat_interval=heartbeat_interval)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: worker.stop())
-    _die_with_parent(worker.stop)
     print(f"zfut-worker {worker.name} serving at {worker.address} for {center}", flush=True)
-    worker.run()
+    _serve(worker.run, worker.stop)

@@ -22,9 +22,9 @@ import zmq
 
 from . import protocol, serialize
 from .addressing import configure
-from .errors import ConnectionError, FutureLostError, ProtocolError, RemoteTraceback
+from .errors import ConnectionError, FutureLostError, RemoteTraceback
 from .logs import RateLimitedLog
-from .waker import Waker
+from .loop import Waker, drain
 
 logger = logging.getLogger(__name__)
 dropped = RateLimitedLog(logger)
@@ -103,7 +103,6 @@ class ClientIO:
         self.workers: dict[str, zmq.Socket] = {}
         self._ids = itertools.count(1)
         self._outgoing: list[tuple[str, list, list]] = []
-        self._waiting_gathers: list[_Gather] = []
         self._stopping = False
         self._last_sent = self._last_heard = time.monotonic()
         self.center = configure(self.context.socket(zmq.DEALER))
@@ -159,10 +158,10 @@ class ClientIO:
                     self.waker.drain()
                 self._take_commands()
                 if self.center in events:
-                    self._drain(self.center, self._on_center_message)
+                    drain(self.center, self._on_center_message, dropped)
                 for sock in list(self.workers.values()):
                     if sock in events:
-                        self._drain(sock, self._on_worker_message)
+                        drain(sock, self._on_worker_message, dropped)
                 self._flush()
                 self._tick(time.monotonic())
         except Exception:  # a bug here must not leave user calls hanging
@@ -171,21 +170,6 @@ class ClientIO:
         finally:
             for sock in [self.center, *self.workers.values()]:
                 sock.close(linger=0)
-
-    @staticmethod
-    def _drain(sock: zmq.Socket, handle, limit: int = 10000) -> None:
-        for _ in range(limit):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            try:
-                handle(frames)
-            except ProtocolError as e:
-                dropped.warning("dropped a malformed message", str(e))
-            except Exception as e:  # no message may stop the loop
-                dropped.warning("dropped a message that failed to load or apply",
-                                f"{type(e).__name__}: {e}")
 
     def _tick(self, now: float) -> None:
         if now - self._last_sent >= self.heartbeat_interval:

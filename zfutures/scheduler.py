@@ -61,7 +61,7 @@ class TaskState:
     __slots__ = (
         "key", "state", "payload", "priority", "dependencies", "dependents",
         "waiting_on", "waiters", "who_wants", "who_has", "processing_on", "nbytes",
-        "exception", "retries", "suspicious", "erred_on", "restrictions", "loose",
+        "exception", "retries", "suspicious", "restrictions", "loose",
         "resources",
     )
 
@@ -81,7 +81,6 @@ class TaskState:
         self.exception: list | None = None  # pickled exception frames, when erred
         self.retries = retries
         self.suspicious = 0               # workers that died while running it
-        self.erred_on: str | None = None
         self.restrictions: frozenset[str] | None = None  # worker addresses or names
         self.loose = False                # restrictions are only a preference
         self.resources: dict[str, float] | None = None  # needed while processing
@@ -142,7 +141,6 @@ class Outbox:
 
     def __init__(self):
         self._batches: dict[tuple[bytes, str], tuple[str, list, list]] = {}
-        self._singles: list[tuple[bytes, str, dict, list]] = []
 
     def add(self, ident: bytes, op: str, list_field: str, item: Any,
             frames: list | None = None) -> None:
@@ -155,15 +153,10 @@ class Outbox:
             item["nframes"] = len(frames)
             batch[2].extend(frames)
 
-    def send(self, ident: bytes, op: str, fields: dict, frames: list | None = None) -> None:
-        self._singles.append((ident, op, fields, frames or []))
-
     def take(self) -> list[tuple[bytes, str, dict, list]]:
-        messages = list(self._singles)
-        for (ident, op), (list_field, items, frames) in self._batches.items():
-            messages.append((ident, op, {list_field: items}, frames))
+        messages = [(ident, op, {list_field: items}, frames)
+                    for (ident, op), (list_field, items, frames) in self._batches.items()]
         self._batches.clear()
-        self._singles.clear()
         return messages
 
 
@@ -448,7 +441,6 @@ class Scheduler:
             self._set_state(ts, WAITING)
             self._try_ready(ts)
         else:
-            ts.erred_on = ws.address
             self._err(ts, exception)
         self._settle()
 
@@ -557,11 +549,7 @@ class Scheduler:
             ts = stack.pop()
             if ts.state == ERRED:
                 continue
-            if ts.state == READY:
-                self._remove_ready(ts)
-            if ts.processing_on is not None:
-                self.outbox.add(ts.processing_on.ident, "release-keys", "keys", ts.key)
-                self._unassign(ts)
+            self._stop_pending_work(ts)
             self._set_state(ts, ERRED)
             ts.exception = exception
             ts.waiting_on.clear()
@@ -570,6 +558,14 @@ class Scheduler:
                                 exception)
             stack.extend(d for d in ts.dependents if d.state in _IN_FLIGHT)
             self._maybe_unwanted.append(ts)
+
+    def _stop_pending_work(self, ts: TaskState) -> None:
+        """Take ``ts`` off the ready queue, or off its worker (which drops it)."""
+        if ts.state == READY:
+            self._remove_ready(ts)
+        if ts.processing_on is not None:
+            self.outbox.add(ts.processing_on.ident, "release-keys", "keys", ts.key)
+            self._unassign(ts)
 
     def _want(self, ts: TaskState, client: ClientState) -> None:
         """``client`` holds a future for ``ts``: tell it what it missed."""
@@ -602,11 +598,7 @@ class Scheduler:
             ts = stack.pop()
             if ts.who_wants or ts.waiters or self.tasks.get(ts.key) is not ts:
                 continue
-            if ts.state == READY:
-                self._remove_ready(ts)
-            if ts.processing_on is not None:
-                self.outbox.add(ts.processing_on.ident, "release-keys", "keys", ts.key)
-                self._unassign(ts)
+            self._stop_pending_work(ts)
             for ws in list(ts.who_has):
                 self.outbox.add(ws.ident, "release-keys", "keys", ts.key)
                 self._remove_holder(ts, ws)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import sys
 import threading
 import time
 import traceback
@@ -27,7 +26,7 @@ from . import context, protocol, serialize
 from .addressing import bind_ephemeral, configure, interface_towards, normalize_address
 from .errors import ProtocolError
 from .logs import RateLimitedLog
-from .waker import Waker
+from .loop import Waker, drain
 from .worker_state import Task, WorkerState
 
 logger = logging.getLogger(__name__)
@@ -166,12 +165,13 @@ class Worker:
         events = dict(self.poller.poll(min(timeout_ms, 1000 * self.heartbeat_interval)))
         now = time.monotonic()
         if self.center in events:
-            self._drain(self.center, self._on_center_message)
+            drain(self.center, self._on_center_message, dropped)
         if self.server in events:
-            self._drain(self.server, self._on_data_request)
+            drain(self.server, self._on_data_request, dropped)
         for address, sock in list(self.peers.items()):
             if sock in events:
-                self._drain(sock, lambda frames, a=address: self._on_peer_data(a, frames))
+                drain(sock, lambda frames, a=address: self._on_peer_data(a, frames),
+                      dropped)
         if self.waker.read_fd in events:
             self.waker.drain()
         self._take_inbox()
@@ -183,22 +183,6 @@ class Worker:
             self._connect()
         elif now - self._last_sent >= self.heartbeat_interval:
             self._send_center("heartbeat")
-
-    @staticmethod
-    def _drain(sock: zmq.Socket, handle, limit: int = 1000) -> None:
-        """Handle what is waiting on ``sock``, at most ``limit`` messages (fairness)."""
-        for _ in range(limit):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            try:
-                handle(frames)
-            except ProtocolError as e:
-                dropped.warning("dropped a malformed message", str(e))
-            except Exception as e:  # no message may stop the loop
-                dropped.warning("dropped a message that failed to load or apply",
-                                f"{type(e).__name__}: {e}")
 
     # ------------------------------------------------------------------ handlers
 
@@ -379,16 +363,3 @@ class Worker:
             del job, task, result
             if seceded:
                 return
-
-
-def run_worker(center_address: str, **kwargs: Any) -> None:
-    """Run a worker in this process until SIGINT or SIGTERM."""
-    import signal
-
-    worker = Worker(center_address, **kwargs)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: worker.stop())
-    print(f"zfut-worker {worker.name} serving at {worker.address} for {worker.center_address}",
-          flush=True)
-    worker.run()
-    sys.stdout.flush()

@@ -1,7 +1,16 @@
-"""Waking a poll loop from other threads, safely even inside ``__del__``."""
+"""Pieces every poll loop shares: a wake-up other threads can use, and draining.
+
+Each zfutures process runs one poll loop per role (the center, a worker, a
+client's I/O thread) that owns its sockets.
+"""
 from __future__ import annotations
 
 import os
+from typing import Any, Callable
+
+import zmq
+
+from .errors import ProtocolError
 
 
 class Waker:
@@ -48,3 +57,24 @@ class Waker:
                 os.close(fd)
             except OSError:
                 pass
+
+
+def drain(sock: zmq.Socket, handle: Callable[[list], Any], dropped: Any,
+          limit: int = 1000) -> None:
+    """Handle what is waiting on ``sock``, at most ``limit`` messages (fairness).
+
+    A message that is malformed, or fails to load or to apply, is dropped and
+    logged through ``dropped`` (a RateLimitedLog): no message stops the loop.
+    """
+    for _ in range(limit):
+        try:
+            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return
+        try:
+            handle(frames)
+        except ProtocolError as e:
+            dropped.warning("dropped a malformed message", str(e))
+        except Exception as e:
+            dropped.warning("dropped a message that failed to load or apply",
+                            f"{type(e).__name__}: {e}")

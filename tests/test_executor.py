@@ -304,6 +304,24 @@ def test_second_client_connects_to_a_local_cluster(ex):
         assert other.submit(inc, 1).result(timeout=10) == 2
 
 
+def test_shutdown_waits_for_pending_futures_unless_told_to_cancel_them():
+    import time
+
+    executor = Executor(n_workers=1)
+    waited = executor.submit(time.sleep, 0.3, pure=False)
+    executor.shutdown(wait=True)
+    assert waited.status == "finished"
+
+    executor = Executor(n_workers=1)
+    futures = [executor.submit(time.sleep, 1, pure=False) for _ in range(5)]
+    start = time.monotonic()
+    executor.shutdown(wait=True, cancel_futures=True)
+    assert time.monotonic() - start < 3  # did not wait for five seconds of sleeps
+    assert all(f.cancelled() for f in futures)
+    with pytest.raises(concurrent.futures.CancelledError):
+        futures[-1].result(timeout=1)
+
+
 def test_submit_after_shutdown_raises():
     executor = Executor(n_workers=1)
     executor.shutdown()

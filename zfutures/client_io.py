@@ -323,7 +323,7 @@ class ClientIO:
         self._flush()
         self._send("close-client")
         self._stopping = True
-        self._fail_everything(ConnectionError("the executor was shut down"))
+        self._fail_everything(ConnectionError("the executor was shut down"), cancel=True)
 
     # ------------------------------------------------------------------ fetching results
 
@@ -504,8 +504,9 @@ class ClientIO:
             self.center.send(header)
         self._last_sent = time.monotonic()
 
-    def _fail_everything(self, error: BaseException) -> None:
-        """No answer will come: end every wait with ``error``."""
+    def _fail_everything(self, error: BaseException, cancel: bool = False) -> None:
+        """No answer will come: end every wait with ``error``; with ``cancel``,
+        pending futures are cancelled instead (the executor shut down)."""
         for result in self.rpcs.values():
             if not result.done():
                 result.set_exception(error)
@@ -515,4 +516,7 @@ class ClientIO:
         for info in self.keys.values():
             if info.status == PENDING:
                 for future in info.live_futures():
-                    future._set_error(error)
+                    if cancel:
+                        future._set_cancelled()
+                    else:
+                        future._set_error(error)

@@ -378,8 +378,9 @@ class Executor:
         if self._closed:
             return
         if wait and not cancel_futures:
-            pending = [f for info in list(self._io.keys.values())
-                       for f in info.live_futures() if not f.done()]
+            # Read-only here: the I/O thread owns these records.
+            pending = [f for info in list(self._io.keys.values()) for ref in list(info.futures)
+                       if (f := ref()) is not None and not f.done()]
             concurrent.futures.wait(pending)
         self._closed = True
         self._finalizer()

@@ -773,3 +773,11 @@ def test_progress_accepts_an_iterator_of_futures(ex, gates):
     finally:
         opener.join(5)
     assert all(f.done() for f in futures)
+
+
+def test_all_lists_exactly_the_lazily_loaded_names():
+    assert sorted(zfutures.__all__) == sorted(zfutures._EXPORTS)
+    for name in zfutures.__all__:
+        assert getattr(zfutures, name) is not None
+    with pytest.raises(AttributeError):
+        zfutures.no_such_name  # noqa: B018

@@ -13,6 +13,7 @@ import os
 import re
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -51,15 +52,29 @@ class LocalCluster:
         if worker_timeout is not None:
             center_args += ["--worker-timeout", str(worker_timeout)]
         try:
-            center = self._start(["center", "--host", "127.0.0.1", "--port", "0", *center_args],
-                                 stdout=subprocess.PIPE)
-            self.address = _read_address(center, timeout)
+            # The center and the workers start side by side (workers keep trying
+            # until the center is up), on a port picked here; should another
+            # process take that port in between, the center fails to bind and
+            # we try another.
+            for attempt in range(3):
+                port = _free_port()
+                center = self._start(["center", "--host", "127.0.0.1", "--port", str(port),
+                                      *center_args], stdout=subprocess.PIPE)
+                # One nanny runs the workers and replaces any that die.
+                nanny = self._start(["worker", f"tcp://127.0.0.1:{port}",
+                                     "--nworkers", str(self.n_workers),
+                                     "--nthreads", str(threads_per_worker),
+                                     "--name", "local" if self.n_workers > 1 else "local-0",
+                                     "--host", "127.0.0.1"], stdout=subprocess.DEVNULL)
+                try:
+                    self.address = _read_address(center, timeout)
+                    break
+                except ConnectionError:
+                    if center.poll() is None or attempt == 2:
+                        raise
+                    _stop([nanny, center])
+                    self.processes.clear()
             center.stdout.close()
-            # One nanny runs the workers and replaces any that die.
-            self._start(["worker", self.address, "--nworkers", str(self.n_workers),
-                         "--nthreads", str(threads_per_worker),
-                         "--name", "local" if self.n_workers > 1 else "local-0",
-                         "--host", "127.0.0.1"], stdout=subprocess.DEVNULL)
         except BaseException:
             self.close()
             raise
@@ -93,23 +108,34 @@ class LocalCluster:
         if self._closed:
             return
         self._closed = True
-        for process in reversed(self.processes):  # workers first, then the center
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for process in self.processes:
-            try:
-                process.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                logger.warning("process %d did not stop on SIGTERM; killing it", process.pid)
-                process.kill()
-                process.wait(timeout)
+        _stop(list(reversed(self.processes)), timeout)  # workers first, then the center
 
     def __enter__(self) -> LocalCluster:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(processes: list[subprocess.Popen], timeout: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout``, for processes we started."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            logger.warning("process %d did not stop on SIGTERM; killing it", process.pid)
+            process.kill()
+            process.wait(timeout)
 
 
 def _read_address(process: subprocess.Popen, timeout: float) -> str:

@@ -11,6 +11,7 @@ import pytest
 from zfutures.serialize import (
     OUT_OF_BAND_THRESHOLD,
     dumps,
+    dumps_function,
     dumps_task,
     loads,
     loads_task,
@@ -167,7 +168,7 @@ def test_loads_task_shares_one_value_between_references_to_the_same_key():
 def test_task_with_a_large_array_argument_sends_it_out_of_band():
     arr = np.ones(200_000)
     frames, deps = dumps_task(add, (arr, Ref("x")), {}, Ref)
-    assert len(frames) == 2 and deps == ["x"]
+    assert len(frames) == 3 and deps == ["x"]              # function, call, the array
     _, args, _ = loads_task(through_the_wire(frames), {"x": 0})
     assert np.array_equal(args[0], arr) and args[1] == 0
 
@@ -255,3 +256,24 @@ def test_unpicklable_object_nested_in_an_argument_is_blamed_on_that_argument():
     gen = (i for i in range(3))
     with pytest.raises((TypeError, pickle.PicklingError), match="argument 2"):
         dumps_task(add, (1, 2, {"deep": [gen]}), {}, Ref)
+
+
+def test_a_function_pickled_once_serves_many_calls():
+    function = dumps_function(add, Ref)
+    first, _ = dumps_task(add, (1, 2), {}, Ref, function)
+    second, _ = dumps_task(add, (3, 4), {}, Ref, function)
+    assert first[0] is second[0] is function.stream         # not pickled again
+    assert first == dumps_task(add, (1, 2), {}, Ref)[0]     # same bytes as without it
+    functions = {}
+    fn1, args1, _ = loads_task(first, {}, functions)
+    fn2, args2, _ = loads_task(second, {}, functions)
+    assert fn1 is fn2 and args1 == (1, 2) and args2 == (3, 4)  # unpickled once
+
+
+def test_functions_holding_futures_are_not_cached():
+    holder = {"ref": Ref("k")}
+    frames, deps = dumps_task(lambda: holder, (), {}, Ref)
+    assert deps == ["k"]
+    functions = {}
+    fn, _, _ = loads_task(frames, {"k": 1}, functions)
+    assert fn()["ref"] == 1 and not functions               # depends on data: not kept

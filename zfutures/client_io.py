@@ -197,6 +197,10 @@ class ClientIO:
                 return
             getattr(self, "_cmd_" + command[0])(*command[1:])
 
+    def _cmd_sync(self, done: concurrent.futures.Future) -> None:
+        """Commands are taken in order: once this runs, all before it have."""
+        done.set_result(None)
+
     def _cmd_register(self) -> None:
         self._send("register-client", protocol=protocol.PROTOCOL_VERSION, name=self.name)
 

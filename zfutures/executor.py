@@ -182,9 +182,11 @@ class Executor:
         else:
             raise TypeError("key must be a list of keys or a string prefix")
         tasks, futures = [], []
+        function = serialize.dumps_function(fn, Future)  # once for all the tasks
         for args, task_key in zip(argument_lists, keys):
             item, frames = self._task(fn, args, {}, task_key, pure, retries, priority,
-                                      prefix=key if isinstance(key, str) else None)
+                                      prefix=key if isinstance(key, str) else None,
+                                      function=function)
             _add_placement(item, workers, allow_other_workers, resources)
             future = Future(item["key"], self)
             tasks.append((item, frames, future))
@@ -193,8 +195,9 @@ class Executor:
         return futures
 
     def _task(self, fn: Callable, args: tuple, kwargs: dict, key: str | None, pure: bool,
-              retries: int, priority: int, prefix: str | None = None) -> tuple[dict, list]:
-        frames, deps = serialize.dumps_task(fn, args, kwargs, Future)
+              retries: int, priority: int, prefix: str | None = None,
+              function: serialize.PickledFunction | None = None) -> tuple[dict, list]:
+        frames, deps = serialize.dumps_task(fn, args, kwargs, Future, function)
         if key is None:
             token = serialize.token(frames) if pure else uuid.uuid4().hex
             key = f"{prefix or _funcname(fn)}-{token}"
@@ -378,6 +381,9 @@ class Executor:
         if self._closed:
             return
         if wait and not cancel_futures:
+            synced: concurrent.futures.Future = concurrent.futures.Future()
+            self._io.call("sync", synced)  # the futures submitted so far are on record
+            synced.result(self._io.reconnect_deadline)
             # Read-only here: the I/O thread owns these records.
             pending = [f for info in list(self._io.keys.values()) for ref in list(info.futures)
                        if (f := ref()) is not None and not f.done()]

@@ -23,11 +23,6 @@ from .executor import Executor, _funcname
 from .future import Future
 
 
-def _call(fn: Callable, args: tuple, kwargs: dict) -> Any:
-    """Runs on a worker: the user's call, with keyword arguments passed untouched."""
-    return fn(*args, **kwargs)
-
-
 def _call_chunk(fn: Callable, chunk: list[tuple]) -> list:
     """Runs on a worker: ``fn`` over several argument tuples, for ``map(chunksize=)``."""
     return [fn(*args) for args in chunk]
@@ -88,8 +83,9 @@ class PoolExecutor(concurrent.futures.Executor):
                 raise TypeError(f"{fn!r} is not callable")
             tasks, futures = [], []
             name = _funcname(fn)
+            function = serialize.dumps_function(fn, Future)  # once for all the calls
             for args, kwargs in calls:
-                frames, deps = serialize.dumps_task(_call, (fn, args, kwargs), {}, Future)
+                frames, deps = serialize.dumps_task(fn, args, kwargs, Future, function)
                 key = f"{name}-{uuid.uuid4().hex}"
                 future = Future(key, self._executor)
                 item = {"key": key, "deps": deps, "priority": 0, "retries": 0}

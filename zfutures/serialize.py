@@ -7,11 +7,17 @@ copying. A pickled object is therefore a list of frames::
 
     [pickle stream, buffer, buffer, ...]
 
-A task is ``(function, args, kwargs)`` pickled by :func:`dumps_task`, where any
-Future found anywhere in the arguments is written as a reference to its key
-(a pickle "persistent id"). The worker resolves those references to the data
-when it unpickles the task, so futures nested in lists, dicts, sets or even
-inside user objects are all replaced by their values.
+A task is pickled by :func:`dumps_task` into two streams, the function and
+its ``(args, kwargs)``, then their big buffers::
+
+    [function stream, call stream, buffer, ...]
+
+so that ``map`` pickles its function once for all its tasks, and a worker
+unpickles a function it has seen before only once. Any Future found
+anywhere in the call is written as a reference to its key (a pickle
+"persistent id"); the worker resolves those references to the data when it
+unpickles the task, so futures nested in lists, dicts, sets or even inside
+user objects are all replaced by their values.
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ import pickle
 import sys
 import types
 from collections.abc import Mapping
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple, NoReturn
 
 import cloudpickle
 
@@ -34,6 +40,7 @@ PROTOCOL = 5
 
 
 def _buffer_callback(frames: list) -> Callable[[pickle.PickleBuffer], bool]:
+    """pickle's buffer_callback: big contiguous buffers go to ``frames``."""
     def callback(buffer: pickle.PickleBuffer) -> bool:
         try:
             view = buffer.raw()
@@ -112,25 +119,52 @@ class _TaskPickler(_Pickler):
         return None
 
 
-def dumps_task(fn: Callable, args: tuple, kwargs: dict,
-               reference_type: type) -> tuple[list, list[str]]:
+class PickledFunction(NamedTuple):
+    """A function pickled once, to be sent with many calls."""
+
+    stream: bytes
+    buffers: list
+    deps: list[str]
+
+
+def dumps_function(fn: Callable, reference_type: type) -> PickledFunction:
+    """Pickle a task's function (see :func:`dumps_task`)."""
+    buffers: list = []
+    deps: dict = {}
+    stream = io.BytesIO()
+    try:
+        _TaskPickler(stream, buffers, reference_type, deps).dump(fn)
+    except Exception as e:
+        _reraise_naming_culprit(e, fn, (), {}, reference_type)
+    return PickledFunction(stream.getvalue(), buffers, list(deps))
+
+
+def dumps_task(fn: Callable, args: tuple, kwargs: dict, reference_type: type,
+               function: PickledFunction | None = None) -> tuple[list, list[str]]:
     """Pickle a call into frames; return ``(frames, keys it depends on)``.
 
+    ``function``, from :func:`dumps_function`, saves pickling ``fn`` again.
     Raises whatever pickling raises (``TypeError`` or
     ``pickle.PicklingError``), re-worded to name the object at fault.
     """
-    frames: list = [b""]
-    deps: dict = {}  # a dict keeps first-seen order and drops repeats
+    if function is None:
+        function = dumps_function(fn, reference_type)
+    buffers: list = []
+    deps: dict = dict.fromkeys(function.deps)  # keeps first-seen order, drops repeats
     stream = io.BytesIO()
     try:
-        _TaskPickler(stream, frames, reference_type, deps).dump((fn, args, kwargs))
+        _TaskPickler(stream, buffers, reference_type, deps).dump((args, kwargs))
     except Exception as e:
-        culprit = _find_unpicklable(fn, args, kwargs, reference_type)
-        message = f"cannot serialize {culprit} for the cluster: {type(e).__name__}: {e}"
-        raise type(e)(message) if isinstance(e, (TypeError, pickle.PicklingError)) \
-            else TypeError(message) from e
-    frames[0] = stream.getvalue()
-    return frames, list(deps)
+        _reraise_naming_culprit(e, fn, args, kwargs, reference_type)
+    return [function.stream, stream.getvalue(), *function.buffers, *buffers], list(deps)
+
+
+def _reraise_naming_culprit(error: Exception, fn: Callable, args: tuple, kwargs: dict,
+                            reference_type: type) -> NoReturn:
+    culprit = _find_unpicklable(fn, args, kwargs, reference_type)
+    message = f"cannot serialize {culprit} for the cluster: {type(error).__name__}: {error}"
+    kind = type(error) if isinstance(error, (TypeError, pickle.PicklingError)) else TypeError
+    raise kind(message) from error
 
 
 def _find_unpicklable(fn: Callable, args: tuple, kwargs: dict, reference_type: type) -> str:
@@ -140,7 +174,7 @@ def _find_unpicklable(fn: Callable, args: tuple, kwargs: dict, reference_type: t
     parts += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
     for label, part in parts:
         try:
-            _TaskPickler(io.BytesIO(), [b""], reference_type, {}).dump(part)
+            _TaskPickler(io.BytesIO(), [], reference_type, {}).dump(part)
         except Exception:
             text = repr(part)
             return f"{label} {text[:80] + '...' if len(text) > 80 else text}"
@@ -148,17 +182,41 @@ def _find_unpicklable(fn: Callable, args: tuple, kwargs: dict, reference_type: t
 
 
 class _TaskUnpickler(pickle.Unpickler):
-    def __init__(self, file, buffers: list, data: Mapping[str, Any]):
+    def __init__(self, file, buffers: Any, data: Mapping[str, Any]):
         super().__init__(file, buffers=buffers)
         self._data = data
+        self.used_data = False
 
     def persistent_load(self, key: str) -> Any:
+        self.used_data = True
         return self._data[key]
 
 
-def loads_task(frames: list, data: Mapping[str, Any]) -> tuple[Callable, tuple, dict]:
-    """Unpickle a task, replacing key references with ``data[key]``."""
-    return _TaskUnpickler(io.BytesIO(frames[0]), frames[1:], data).load()
+#: Most functions a worker keeps unpickled, keyed by their pickled bytes.
+FUNCTION_CACHE_SIZE = 256
+
+
+def loads_task(frames: list, data: Mapping[str, Any],
+               functions: dict | None = None) -> tuple[Callable, tuple, dict]:
+    """Unpickle a task, replacing key references with ``data[key]``.
+
+    ``functions`` caches unpickled functions by their pickled bytes, for
+    those that stand alone (no buffers, no futures inside).
+    """
+    buffers = iter(frames[2:])  # the function takes its buffers first, the call the rest
+    fn = None
+    if functions is not None and len(frames) == 2:
+        key = bytes(frames[0])
+        fn = functions.get(key)
+    if fn is None:
+        unpickler = _TaskUnpickler(io.BytesIO(frames[0]), buffers, data)
+        fn = unpickler.load()
+        if functions is not None and len(frames) == 2 and not unpickler.used_data:
+            if len(functions) >= FUNCTION_CACHE_SIZE:
+                functions.clear()
+            functions[key] = fn
+    args, kwargs = _TaskUnpickler(io.BytesIO(frames[1]), buffers, data).load()
+    return fn, args, kwargs
 
 
 def token(frames: list) -> str:

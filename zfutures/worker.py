@@ -49,11 +49,15 @@ def pickle_exception(exc: BaseException) -> list:
         return serialize.dumps((RuntimeError(f"{type(exc).__name__}: {exc}"), text))
 
 
+#: Functions unpickled before, shared by the task threads (see serialize.loads_task).
+_functions: dict = {}
+
+
 def run_task(task: Task, inputs: dict[str, Any]) -> tuple:
     """Unpickle and run one task: ``(key, value, nbytes, duration, error frames)``."""
     start = time.perf_counter()
     try:
-        fn, args, kwargs = serialize.loads_task(task.payload, inputs)
+        fn, args, kwargs = serialize.loads_task(task.payload, inputs, _functions)
         value = fn(*args, **kwargs)
     except BaseException as exc:  # noqa: B036 - a task's failure must reach its future
         return task.key, None, 0, time.perf_counter() - start, pickle_exception(exc)

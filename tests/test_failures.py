@@ -96,3 +96,25 @@ def test_pool_task_that_kills_its_worker_breaks_only_its_future():
         with pytest.raises(concurrent.futures.process.BrokenProcessPool):
             doomed.result(timeout=30)
         assert list(pool.map(inc, range(5))) == [1, 2, 3, 4, 5]
+
+
+def hog_memory(megabytes):
+    block = np.ones(megabytes * 2**20 // 8)  # touched, so it is resident
+    time.sleep(30)
+    return block.sum()
+
+
+def test_a_worker_over_its_memory_limit_is_restarted(processes):
+    center, address = processes.center("--allowed-failures", "1")
+    processes.worker(address, "--memory-limit", "300MB", "--name", "small")
+    with Executor(address, timeout=10) as ex:
+        wait_for(lambda: len(ex.nthreads()) == 1, message="the worker did not register")
+        (first,) = ex.nthreads()
+        hog = ex.submit(hog_memory, 600, pure=False)
+        # The nanny kills it well before the task's 30 s sleep ends; the center
+        # hears of the death at once, and a fresh worker takes its place.
+        with pytest.raises(KilledWorker):
+            hog.result(timeout=30)
+        wait_for(lambda: len(ex.nthreads()) == 1 and first not in ex.nthreads(), timeout=20,
+                 message="no fresh worker replaced the one over its limit")
+        assert ex.submit(inc, 1).result(timeout=20) == 2

@@ -58,14 +58,18 @@ class LocalCluster:
             # we try another.
             for attempt in range(3):
                 port = _free_port()
+                # Warnings only: a local cluster's routine logs would clutter the
+                # user's own output.
                 center = self._start(["center", "--host", "127.0.0.1", "--port", str(port),
-                                      *center_args], stdout=subprocess.PIPE)
+                                      "--log-level", "warning", *center_args],
+                                     stdout=subprocess.PIPE)
                 # One nanny runs the workers and replaces any that die.
                 nanny = self._start(["worker", f"tcp://127.0.0.1:{port}",
                                      "--nworkers", str(self.n_workers),
                                      "--nthreads", str(threads_per_worker),
                                      "--name", "local" if self.n_workers > 1 else "local-0",
-                                     "--host", "127.0.0.1"], stdout=subprocess.DEVNULL)
+                                     "--host", "127.0.0.1", "--log-level", "warning"],
+                                    stdout=subprocess.DEVNULL)
                 try:
                     self.address = _read_address(center, timeout)
                     break

@@ -262,8 +262,13 @@ class Center:
         try:
             self.socket.send_multipart([ident, protocol.encode_header(op, **fields),
                                         *(frames or ())], copy=False)
-        except zmq.ZMQError as e:  # EHOSTUNREACH: the peer is gone; timers will notice
-            self.dropped.warning(f"could not send {op!r}", str(e))
+        except zmq.ZMQError as e:
+            # EHOSTUNREACH: the peer is gone, which heartbeats or its nanny will
+            # report; routine at shutdown, so not worth a warning.
+            if e.errno == zmq.EHOSTUNREACH:
+                logger.debug("could not send %r to a peer that is gone", op)
+            else:
+                self.dropped.warning(f"could not send {op!r}", str(e))
             return
         peer = self.peers.get(ident)
         if peer is not None:

@@ -118,3 +118,23 @@ def test_a_worker_over_its_memory_limit_is_restarted(processes):
         wait_for(lambda: len(ex.nthreads()) == 1 and first not in ex.nthreads(), timeout=20,
                  message="no fresh worker replaced the one over its limit")
         assert ex.submit(inc, 1).result(timeout=20) == 2
+
+
+def test_a_worker_stopped_with_sigterm_hands_its_keys_on_first(processes):
+    center, address = processes.center()
+    leaving = processes.worker(address, "--name", "leaving", "--no-nanny")
+    processes.worker(address, "--name", "staying")
+    with Executor(address, timeout=10) as ex:
+        wait_for(lambda: len(ex.nthreads()) == 2, message="workers did not register")
+        # Scattered data cannot be recomputed: it survives only if it is moved.
+        data = ex.scatter([np.arange(1000) + i for i in range(5)], workers=["leaving"])
+        computed = ex.submit(np.sum, data[0], workers=["leaving"])
+        computed.result(timeout=10)
+        leaving.send_signal(signal.SIGTERM)
+        assert leaving.wait(15) == 0
+        staying = [w for w, info in ex.scheduler_info()["workers"].items()
+                   if info["name"] == "staying"]
+        wait_for(lambda: len(ex.nthreads()) == 1, message="the leaving worker did not leave")
+        assert all(ws == staying for ws in ex.who_has(data + [computed]).values())
+        assert [int(x.sum()) for x in ex.gather(data)] == [499500 + 1000 * i for i in range(5)]
+        assert computed.result(timeout=10) == 499500

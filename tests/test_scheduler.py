@@ -857,3 +857,26 @@ def test_only_the_tasks_a_dead_worker_was_running_are_suspected():
     # errs. t1..t3 were only queued: they go to w2 unharmed.
     assert s.tasks["t0"].state == "erred"
     assert [s.tasks[f"t{i}"].state for i in (1, 2, 3)] == ["processing"] * 3
+
+
+def test_a_retiring_worker_hands_on_the_keys_only_it_holds_then_is_told_to_go():
+    from zfutures.scheduler import Scheduler
+
+    s = Scheduler()
+    s.add_client(b"c", "c")
+    s.add_worker(b"w1", "tcp://w1:1", "w1", nthreads=1)
+    s.add_worker(b"w2", "tcp://w2:1", "w2", nthreads=1)
+    s.update_data(b"c", [{"key": "only-w1", "nbytes": 10, "workers": ["tcp://w1:1"]},
+                         {"key": "both", "nbytes": 10, "workers": ["tcp://w1:1", "tcp://w2:1"]}])
+    s.outbox.take()
+    s.retire_worker(b"w1")
+    sent = {(ident, op): fields for ident, op, fields, _ in s.outbox.take()}
+    assert sent[(b"w2", "acquire")]["tasks"] == [{"key": "only-w1", "holders": ["tcp://w1:1"]}]
+    assert (b"w1", "retired") not in sent             # not before its key is safe
+    s.submit(b"c", [{"key": "t", "deps": [], "priority": 0, "nframes": 1}], [b"p"])
+    assert s.tasks["t"].processing_on.ident == b"w2"  # a retiring worker takes no task
+    s.keys_added(b"w2", "only-w1", 10)
+    sent = {(ident, op) for ident, op, _, _ in s.outbox.take()}
+    assert (b"w1", "retired") in sent
+    s.remove_worker(b"w1")
+    assert s.tasks["only-w1"].state == "memory"         # nothing lost, nothing recomputed

@@ -79,6 +79,7 @@ class Center:
             "missing-data": lambda ident, h, f: self.scheduler.missing_data(
                 ident, h["key"], h["missing"]),
             "task-seceded": lambda ident, h, f: self.scheduler.task_seceded(ident, h["key"]),
+            "retire": lambda ident, h, f: self.scheduler.retire_worker(ident),
             "unregister": lambda ident, h, f: self._forget_peer(ident),
             "heartbeat": lambda ident, h, f: None,
         }
@@ -89,7 +90,7 @@ class Center:
             CLIENT: {"register-client", "submit", "release", "cancel", "update-data",
                      "who-has", "scheduler-info", "has-what", "close-client", "heartbeat"},
             WORKER: {"register-worker", "task-finished", "task-erred", "keys-added",
-                     "missing-data", "task-seceded", "unregister", "heartbeat"},
+                     "missing-data", "task-seceded", "retire", "unregister", "heartbeat"},
         }
 
     # ------------------------------------------------------------------ life cycle

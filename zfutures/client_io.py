@@ -60,9 +60,10 @@ class _Key:
 class _Gather:
     """One user request for the values of some keys."""
 
-    __slots__ = ("result", "values", "remaining", "tried")
+    __slots__ = ("result", "values", "remaining", "tried", "asked_center")
 
     def __init__(self, keys: list[str], result: concurrent.futures.Future):
+        self.asked_center = False
         self.result = result
         self.values: dict[str, list] = {}
         self.remaining = set(keys)
@@ -334,6 +335,7 @@ class ClientIO:
     def _fetch(self, gather: _Gather, keys: list[str]) -> None:
         """Ask a holder of each key for it, one request per worker."""
         plan: dict[str, list[str]] = {}
+        exhausted = []
         for key in keys:
             if key not in gather.remaining:
                 continue
@@ -346,18 +348,43 @@ class ClientIO:
                 return
             untried = [w for w in info.who_has if w not in gather.tried[key]]
             if not untried:
-                self._finish_gather(gather, FutureLostError(
-                    f"could not fetch {key!r} from any of the workers holding it "
-                    f"({', '.join(info.who_has) or 'none'})"))
-                return
+                exhausted.append(key)
+                continue
             gather.tried[key].add(untried[0])
             plan.setdefault(untried[0], []).append(key)
+        if exhausted:
+            self._ask_where(gather, exhausted)
         deadline = time.monotonic() + self.fetch_timeout
         for address, worker_keys in plan.items():
             request_id = next(self._ids)
             self.gathers[request_id] = (gather, address, worker_keys, deadline)
             self._worker(address).send(
                 protocol.encode_header("get-data", id=request_id, keys=worker_keys))
+
+    def _ask_where(self, gather: _Gather, keys: list[str]) -> None:
+        """The holders we knew of failed: ask the center once where the keys are now
+        (a worker that left handed them on), then try there."""
+        if gather.asked_center:
+            info = self.keys.get(keys[0])
+            self._finish_gather(gather, FutureLostError(
+                f"could not fetch {keys[0]!r} from any of the workers holding it "
+                f"({', '.join(info.who_has) if info else 'none'})"))
+            return
+        gather.asked_center = True
+
+        def answered(reply: concurrent.futures.Future) -> None:  # runs on this thread
+            if reply.exception() is not None:
+                self._finish_gather(gather, reply.exception())
+                return
+            for key, holders in reply.result().items():
+                info = self.keys.get(key)
+                if info is not None:
+                    info.who_has = holders
+            self._fetch(gather, keys)
+
+        reply: concurrent.futures.Future = concurrent.futures.Future()
+        reply.add_done_callback(answered)
+        self._cmd_rpc("who-has", {"keys": keys}, reply)
 
     def _fetch_eager(self, keys: list[str]) -> None:
         """Fetch finished eager keys now; their futures complete with the values."""
@@ -442,6 +469,9 @@ class ClientIO:
             for item in header["tasks"]:
                 info = self.keys.get(item["key"])
                 if info is not None:
+                    if info.status == FINISHED:  # news of where it is now
+                        info.who_has = item["who_has"]
+                        continue
                     info.status = FINISHED
                     info.who_has = item["who_has"]
                     if info.eager:

@@ -112,7 +112,10 @@ class LocalCluster:
         if self._closed:
             return
         self._closed = True
-        _stop(list(reversed(self.processes)), timeout)  # workers first, then the center
+        # Workers first, while the center is there to let them go at once (their
+        # keys were released with the client), then the center.
+        for process in reversed(self.processes):
+            _stop([process], timeout)
 
     def __enter__(self) -> LocalCluster:
         return self

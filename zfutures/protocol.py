@@ -75,6 +75,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "keys-added": {"tasks": ("items", _FINISHED_ITEM)},
     "missing-data": {"key": _STR, "missing": _STRS},
     "task-seceded": {"key": _STR},
+    "retire": {},
     "unregister": {},
     # nanny -> center
     "register-nanny": {"protocol": _INT},
@@ -83,6 +84,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "welcome": {"protocol": _INT},
     "compute": {"tasks": ("items", _COMPUTE_ITEM)},
     "release-keys": {"keys": _STRS},
+    "acquire": {"tasks": ("items", {"key": _STR, "holders": _STRS})},
+    "retired": {},
     # center -> client
     "key-finished": {"tasks": ("items", _RESULT_ITEM)},
     "key-erred": {"tasks": ("items", _ERRED_ITEM)},

@@ -96,7 +96,8 @@ class WorkerState:
     """A worker as the center sees it."""
 
     __slots__ = ("ident", "address", "name", "nthreads", "memory_limit", "resources",
-                 "used_resources", "processing", "seceded", "has_what", "nbytes", "capacity")
+                 "used_resources", "processing", "seceded", "has_what", "nbytes", "capacity",
+                 "retiring", "moving")
 
     def __init__(self, ident: bytes, address: str, name: str, nthreads: int,
                  memory_limit: int = 0, resources: dict | None = None, capacity: int = 2):
@@ -109,6 +110,8 @@ class WorkerState:
         self.used_resources = dict.fromkeys(self.resources, 0.0)
         self.processing: set[TaskState] = set()
         self.seceded: set[TaskState] = set()  # processing, but not holding a thread
+        self.retiring = False                  # leaving: takes no tasks, hands its keys on
+        self.moving: set[TaskState] = set()    # its keys still being copied elsewhere
         self.has_what: set[TaskState] = set()
         self.nbytes = 0
         self.capacity = capacity          # tasks it may hold at once (running + queued)
@@ -153,8 +156,12 @@ class Outbox:
             item["nframes"] = len(frames)
             batch[2].extend(frames)
 
+    def send(self, ident: bytes, op: str) -> None:
+        """Queue a message without fields."""
+        self._batches.setdefault((ident, op), ("", [], []))
+
     def take(self) -> list[tuple[bytes, str, dict, list]]:
-        messages = [(ident, op, {list_field: items}, frames)
+        messages = [(ident, op, {list_field: items} if list_field else {}, frames)
                     for (ident, op), (list_field, items, frames) in self._batches.items()]
         self._batches.clear()
         return messages
@@ -275,6 +282,11 @@ class Scheduler:
             if not ts.who_has and ts.state == MEMORY:
                 self._set_state(ts, RELEASED)
                 lost.append(ts)
+            elif ts.state == MEMORY:  # clients fetch from the holders that remain
+                item = {"key": ts.key, "who_has": [w.address for w in ts.who_has],
+                        "nbytes": ts.nbytes}
+                for client in ts.who_wants:
+                    self.outbox.add(client.ident, "key-finished", "tasks", dict(item))
         ws.has_what.clear()
         for ts in lost:
             if self._is_wanted(ts):
@@ -428,6 +440,40 @@ class Scheduler:
             self.outbox.add(ws.ident, "release-keys", "keys", key)
         else:
             self._add_holder(ts, ws, nbytes)
+            for holder in ts.who_has:
+                if ts in holder.moving:
+                    holder.moving.discard(ts)
+                    self._check_retired(holder)
+
+    def retire_worker(self, worker_ident: bytes) -> None:
+        """A worker wants to leave: its tasks go elsewhere, and the keys only it
+        holds are copied to other workers first, so nothing needs recomputing.
+        It is told ``retired`` when it may go."""
+        ws = self.workers.get(worker_ident)
+        if ws is None or ws.retiring:
+            return
+        ws.retiring = True
+        self.with_room.discard(ws)
+        for ts in sorted(ws.processing, key=lambda t: t.priority):
+            self.outbox.add(ws.ident, "release-keys", "keys", ts.key)
+            self._unassign(ts)
+            self._set_state(ts, WAITING)
+            self._try_ready(ts)
+        targets = [w for w in self.workers.values() if not w.retiring]
+        if targets:
+            for ts in ws.has_what:
+                if ts.who_has == {ws} and self._is_wanted(ts):
+                    target = min(targets, key=lambda w: w.nbytes)
+                    target.nbytes += ts.nbytes  # counted now, so the next key goes elsewhere
+                    self.outbox.add(target.ident, "acquire", "tasks",
+                                    {"key": ts.key, "holders": [ws.address]})
+                    ws.moving.add(ts)
+        self._check_retired(ws)
+        self._settle()
+
+    def _check_retired(self, ws: WorkerState) -> None:
+        if ws.retiring and not ws.moving:
+            self.outbox.send(ws.ident, "retired")
 
     def task_erred(self, worker_ident: bytes, key: str, exception: list) -> None:
         """A task raised on a worker; ``exception`` is the pickled error, opaque here."""
@@ -632,6 +678,9 @@ class Scheduler:
         if ts in ws.has_what:
             ws.has_what.discard(ts)
             ws.nbytes -= ts.nbytes
+        if ts in ws.moving:  # released meanwhile: nothing left to hand on
+            ws.moving.discard(ts)
+            self._check_retired(ws)
 
     def _unassign(self, ts: TaskState) -> None:
         ws = ts.processing_on
@@ -643,7 +692,7 @@ class Scheduler:
         if ts.resources:
             for name, amount in ts.resources.items():
                 ws.used_resources[name] -= amount
-        if len(ws.processing) < ws.capacity and ws.ident in self.workers:
+        if len(ws.processing) < ws.capacity and ws.ident in self.workers and not ws.retiring:
             self.with_room.add(ws)
 
     def _refresh_capacity(self, ws: WorkerState) -> None:
@@ -653,7 +702,7 @@ class Scheduler:
         if self._duration_measured:
             ahead = min(MAX_AHEAD_PER_THREAD, int(ROUND_TRIP / max(self.task_duration, 1e-9)))
         ws.capacity = ws.nthreads + max(self.extra_queue, ahead * ws.nthreads) + len(ws.seceded)
-        if len(ws.processing) < ws.capacity and ws.ident in self.workers:
+        if len(ws.processing) < ws.capacity and ws.ident in self.workers and not ws.retiring:
             self.with_room.add(ws)
         else:
             self.with_room.discard(ws)

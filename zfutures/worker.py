@@ -75,7 +75,7 @@ class Worker:
                  host: str | None = None, port: int = 0, memory_limit: int = 0,
                  resources: dict[str, float] | None = None,
                  heartbeat_interval: float = 0.5, heartbeat_timeout: float = 5.0,
-                 fetch_timeout: float = 10.0):
+                 fetch_timeout: float = 10.0, retire_timeout: float = 10.0):
         self.center_address = normalize_address(center_address)
         self.nthreads = nthreads
         self.memory_limit = memory_limit
@@ -102,7 +102,10 @@ class Worker:
         self._data_handlers = {"get-data": self._get_data, "put-data": self._put_data,
                                "run": self._run}
         self.registered = False
+        self.retire_timeout = retire_timeout
         self._stopping = False
+        self._leave_requested = False
+        self._retire_deadline: float | None = None
         self._last_sent = self._last_heard = 0.0
 
     # ------------------------------------------------------------------ life cycle
@@ -120,9 +123,29 @@ class Worker:
             self._close()
 
     def stop(self) -> None:
-        """Ask the loop to end; safe from signal handlers and other threads."""
-        self._stopping = True
+        """Leave gracefully; safe from signal handlers and other threads.
+
+        The keys only this worker holds are first handed on to other workers
+        (for at most ``retire_timeout`` seconds); a second call leaves at once.
+        """
+        if self._leave_requested:
+            self._stopping = True
+        self._leave_requested = True
         self.waker.wake()
+
+    def _leave(self, now: float) -> None:
+        """Start retiring, or stop if there is nothing to hand on or time is up."""
+        if self._retire_deadline is None:
+            if not (self.registered and self.state.data):
+                self._stopping = True
+                return
+            logger.info("worker %s retiring: handing its keys on", self.address)
+            self._retire_deadline = now + self.retire_timeout
+            self._send_center("retire")
+        elif now > self._retire_deadline:
+            logger.warning("worker %s: the center did not take its keys within %.0fs; "
+                           "leaving anyway", self.address, self.retire_timeout)
+            self._stopping = True
 
     def _connect(self) -> None:
         """(Re)connect to the center and register, announcing the keys held here."""
@@ -181,6 +204,8 @@ class Worker:
         self._take_inbox()
         self.state.check_timeouts(now)
         self._flush()
+        if self._leave_requested and not self._stopping:
+            self._leave(now)
         if now - self._last_heard > self.heartbeat_timeout:
             logger.warning("no word from the center at %s for %.1fs; reconnecting",
                            self.center_address, now - self._last_heard)
@@ -201,6 +226,12 @@ class Worker:
                                    [f.buffer for f in payload], now)
         elif op == "release-keys":
             self.state.release(header["keys"])
+        elif op == "acquire":
+            for item in header["tasks"]:
+                self.state.acquire(item["key"], item["holders"], now)
+        elif op == "retired":
+            logger.info("worker %s handed its keys on; leaving", self.address)
+            self._stopping = True
         elif op == "welcome":
             self.registered = True
             logger.info("registered with the center at %s", self.center_address)

@@ -200,6 +200,18 @@ class WorkerState:
                     if not fetch.waiting_tasks:
                         del self.fetches[dep]
 
+    def acquire(self, key: str, holders: list[str], now: float) -> None:
+        """Copy ``key`` here from ``holders`` (a worker that leaves hands it on)."""
+        if key in self.data:
+            self.to_center.append(("keys-added", {"key": key, "nbytes": self.nbytes[key]}, []))
+            return
+        if key in self.fetches:
+            return
+        fetch = self.fetches[key] = _Fetch(key, [h for h in holders if h != self.address])
+        plan: dict[str, list[str]] = {}
+        self._plan_fetch(fetch, plan)
+        self._send_requests(plan, now)
+
     def secede(self, key: str) -> None:
         """Task ``key`` waits on other tasks: its slot goes to the next ready task."""
         if key in self.executing:

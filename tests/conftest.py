@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import re
-import selectors
 import shutil
 import signal
 import socket
@@ -15,6 +14,7 @@ import psutil
 import pytest
 
 from zfutures import Executor
+from zfutures.processes import read_matching_line
 
 
 def command(name: str) -> str:
@@ -34,21 +34,10 @@ def free_port() -> int:
 
 def read_line(process: subprocess.Popen, pattern: str, timeout: float = 15) -> re.Match:
     """Read the process's stdout until a line matches ``pattern``, or fail."""
-    deadline = time.monotonic() + timeout
-    seen = []
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if not selector.select(max(0.0, deadline - time.monotonic())):
-                break
-            line = process.stdout.readline()
-            if not line:
-                break
-            seen.append(line)
-            match = re.search(pattern, line)
-            if match:
-                return match
-    raise AssertionError(f"no line matching {pattern!r} within {timeout}s; got {seen!r}")
+    match = read_matching_line(process, pattern, timeout)
+    assert match, (f"no line matching {pattern!r} within {timeout}s "
+                   f"(exit status {process.poll()})")
+    return match
 
 
 def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10) -> int:

@@ -61,8 +61,9 @@ def test_binding_beyond_loopback_without_keys_is_refused(processes):
 def test_worker_started_before_the_center_keeps_trying(processes):
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
-    processes.worker(address, "--name", "early")
-    time.sleep(1)  # the worker must survive a while with no center at all
+    early = processes.worker(address, "--name", "early")
+    time.sleep(1)  # a while with no center at all (a duration, not a condition)...
+    assert early.poll() is None  # ...which the worker survives
     processes.start(command("zfut-center"), "--port", str(port))
     with Executor(address, timeout=10) as ex:
         wait_for(lambda: len(ex.nthreads()) == 1, message="the early worker never registered")

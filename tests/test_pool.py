@@ -211,11 +211,11 @@ def test_shutdown_with_cancel_futures_cancels_what_has_not_finished():
 def test_shutdown_without_wait_returns_at_once():
     pool = PoolExecutor(1)
     future = pool.submit(slow_square, 2, 3)
-    start = time.monotonic()
     pool.shutdown(wait=False)
-    assert time.monotonic() - start < 2.5  # not the 3 s the task takes
+    # It did not wait for the 3 s task: the future was still pending, and is cancelled.
+    assert future.cancelled()
     assert_processes_stop(pool)
-    with pytest.raises((concurrent.futures.CancelledError, zfutures.ConnectionError)):
+    with pytest.raises(concurrent.futures.CancelledError):
         future.result(timeout=5)  # the cluster is gone: the future says so, it never hangs
 
 

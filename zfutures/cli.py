@@ -11,7 +11,7 @@ import threading
 import click
 
 from .addressing import DEFAULT_PORT, is_loopback
-from .local_cluster import PARENT_PID_ENV
+from .processes import PARENT_PID_ENV
 
 
 def _setup_logging(level: str) -> None:

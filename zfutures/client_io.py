@@ -106,6 +106,7 @@ class ClientIO:
         self._outgoing: list[tuple[str, list, list]] = []
         self._stopping = False
         self._last_sent = self._last_heard = time.monotonic()
+        self._next_timeout_check = 0.0
         self.center = configure(self.context.socket(zmq.DEALER))
         self.center.setsockopt(zmq.ROUTING_ID, b"c-" + uuid.uuid4().hex.encode())
         self.poller = zmq.Poller()
@@ -180,6 +181,9 @@ class ClientIO:
                 f"the center at {self.address} has been silent for "
                 f"{now - self._last_heard:.0f}s"))
             self._last_heard = now
+        if now < self._next_timeout_check:  # fetch timeouts are seconds long: scanning
+            return                          # the requests at every message is waste
+        self._next_timeout_check = now + self.heartbeat_interval
         for request_id, (gather, address, keys, deadline) in list(self.gathers.items()):
             if deadline < now:
                 del self.gathers[request_id]

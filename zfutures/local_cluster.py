@@ -11,8 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import selectors
-import signal
 import socket
 import subprocess
 import sys
@@ -20,11 +18,9 @@ import time
 from typing import Any
 
 from .errors import ConnectionError
+from .processes import PARENT_PID_ENV, read_matching_line, stop_processes
 
 logger = logging.getLogger(__name__)
-
-#: Children exit when the process with this pid is no longer their parent.
-PARENT_PID_ENV = "ZFUTURES_PARENT_PID"
 
 _LISTENING = re.compile(r"zfut-center listening at (tcp://\S+)")
 
@@ -70,14 +66,15 @@ class LocalCluster:
                                      "--name", "local" if self.n_workers > 1 else "local-0",
                                      "--host", "127.0.0.1", "--log-level", "warning"],
                                     stdout=subprocess.DEVNULL)
-                try:
-                    self.address = _read_address(center, timeout)
+                listening = read_matching_line(center, _LISTENING, timeout)
+                if listening:
+                    self.address = listening.group(1)
                     break
-                except ConnectionError:
-                    if center.poll() is None or attempt == 2:
-                        raise
-                    _stop([nanny, center])
-                    self.processes.clear()
+                if center.poll() is None or attempt == 2:
+                    raise ConnectionError(f"the local center did not start within {timeout}s "
+                                          f"(exit status {center.poll()})")
+                stop_processes([nanny, center])
+                self.processes.clear()
             center.stdout.close()
         except BaseException:
             self.close()
@@ -115,7 +112,7 @@ class LocalCluster:
         # Workers first, while the center is there to let them go at once (their
         # keys were released with the client), then the center.
         for process in reversed(self.processes):
-            _stop([process], timeout)
+            stop_processes([process], timeout)
 
     def __enter__(self) -> LocalCluster:
         return self
@@ -128,36 +125,3 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _stop(processes: list[subprocess.Popen], timeout: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL after ``timeout``, for processes we started."""
-    for process in processes:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    for process in processes:
-        try:
-            process.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            logger.warning("process %d did not stop on SIGTERM; killing it", process.pid)
-            process.kill()
-            process.wait(timeout)
-
-
-def _read_address(process: subprocess.Popen, timeout: float) -> str:
-    """The address a starting center prints, or ConnectionError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if not selector.select(max(0.0, deadline - time.monotonic())):
-                break
-            line = process.stdout.readline()
-            if not line:
-                break
-            match = _LISTENING.search(line)
-            if match:
-                return match.group(1)
-    raise ConnectionError(f"the local center did not start within {timeout}s "
-                          f"(exit status {process.poll()})")

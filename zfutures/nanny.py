@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ import zmq
 
 from . import protocol
 from .addressing import configure
-from .local_cluster import PARENT_PID_ENV
+from .processes import PARENT_PID_ENV, stop_processes
 
 logger = logging.getLogger(__name__)
 
@@ -147,14 +146,6 @@ class Nanny:
         except psutil.Error:
             return 0
 
-    def _stop_children(self, timeout: float = 10.0) -> None:
-        live = [c.process for c in self.children if c.process and c.process.poll() is None]
-        for process in live:
-            process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for process in live:
-            try:
-                process.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+    def _stop_children(self) -> None:
+        # Leaving workers first hand their keys on: give them time to.
+        stop_processes([c.process for c in self.children if c.process], timeout=15.0)

@@ -106,7 +106,7 @@ class Worker:
         self._stopping = False
         self._leave_requested = False
         self._retire_deadline: float | None = None
-        self._last_sent = self._last_heard = 0.0
+        self._last_sent = self._last_heard = self._next_timeout_check = 0.0
 
     # ------------------------------------------------------------------ life cycle
 
@@ -168,7 +168,6 @@ class Worker:
         if self.center is not None and self.registered:
             try:
                 self.center.send(protocol.encode_header("unregister"), zmq.NOBLOCK)
-                time.sleep(0)  # let the I/O thread pick the message up before linger 0
             except zmq.ZMQError:
                 pass
         if self.executor is not None:
@@ -202,7 +201,9 @@ class Worker:
         if self.waker.read_fd in events:
             self.waker.drain()
         self._take_inbox()
-        self.state.check_timeouts(now)
+        if now >= self._next_timeout_check:  # timeouts are seconds long: no need to scan
+            self._next_timeout_check = now + self.heartbeat_interval  # requests per message
+            self.state.check_timeouts(now)
         self._flush()
         if self._leave_requested and not self._stopping:
             self._leave(now)

@@ -1,0 +1,46 @@
+"""Child processes: what the local cluster, the nanny and the tests share."""
+from __future__ import annotations
+
+import logging
+import re
+import selectors
+import signal
+import subprocess
+import time
+
+logger = logging.getLogger(__name__)
+
+#: Children exit when the process with this pid is no longer their parent.
+PARENT_PID_ENV = "ZFUTURES_PARENT_PID"
+
+
+def stop_processes(processes: list[subprocess.Popen], timeout: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout``, for processes we started."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            logger.warning("process %d did not stop on SIGTERM; killing it", process.pid)
+            process.kill()
+            process.wait(timeout)
+
+
+def read_matching_line(process: subprocess.Popen, pattern: str | re.Pattern,
+                       timeout: float) -> re.Match | None:
+    """Read ``process``'s stdout until a line matches ``pattern``; None if it
+    ends, or ``timeout`` seconds pass, first."""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        while selector.select(max(0.0, deadline - time.monotonic())):
+            line = process.stdout.readline()
+            if not line:
+                return None
+            match = re.search(pattern, line)
+            if match:
+                return match
+    return None

@@ -880,3 +880,94 @@ def test_a_retiring_worker_hands_on_the_keys_only_it_holds_then_is_told_to_go():
     assert (b"w1", "retired") in sent
     s.remove_worker(b"w1")
     assert s.tasks["only-w1"].state == "memory"         # nothing lost, nothing recomputed
+
+
+# --------------------------------------------------------------------------- recovery
+# A center that (re)starts recovers: workers come back with keys it never saw,
+# and clients submit again what they hold, saying where finished keys were.
+
+
+def test_keys_a_worker_brings_back_are_taken_when_a_client_submits_them_again():
+    sim = Sim(recovering=True)
+    sim.s.add_worker(W1, addr(W1), "w1", 1, keys={"x": 800})
+    assert sim.take().keys("release-keys", W1) == []  # kept, unclaimed, for now
+    sim.submit(task("x"), task("y", "x"))
+    sent = sim.take()
+    assert sim.state("x") == "memory" and sim.s.tasks["x"].nbytes == 800
+    assert sent.computed_keys() == ["y"]                   # x is not run again
+    assert sent.items("key-finished", C1) == [{"key": "x", "who_has": [addr(W1)],
+                                               "nbytes": 800}]
+
+
+def test_a_key_expected_on_a_worker_not_back_yet_waits_for_it():
+    sim = Sim(recovering=True)
+    sim.worker(W2)
+    item, payload = task("x")
+    sim.submit((dict(item, who_has=[addr(W1)]), payload), task("y", "x"))
+    assert sim.take().computed_keys() == []               # neither x nor y runs yet
+    sim.s.add_worker(W1, addr(W1), "w1", 1, keys={"x": 8})
+    assert sim.state("x") == "memory"
+    assert sim.take().computed_keys() == ["y"]
+
+
+def test_an_expected_key_its_worker_comes_back_without_is_recomputed():
+    sim = Sim(recovering=True)
+    item, payload = task("x")
+    sim.submit((dict(item, who_has=[addr(W1)]), payload))
+    sim.worker(W1)                                        # back, but without x
+    assert sim.take().computed_keys() == ["x"]
+
+
+def test_end_of_recovery_releases_unclaimed_keys_and_recomputes_missing_ones():
+    sim = Sim(recovering=True)
+    sim.s.add_worker(W1, addr(W1), "w1", 1, keys={"orphan": 8})
+    item, payload = task("x")
+    sim.submit((dict(item, who_has=[addr(W2)]), payload))  # W2 never comes back
+    sim.s.update_data(C1, [{"key": "scattered", "nbytes": 8, "workers": [addr(W2)]}])
+    assert sim.take().computed_keys() == []
+    sim.s.end_recovery()
+    sent = sim.take()
+    assert sent.keys("release-keys", W1) == ["orphan"]
+    assert sent.computed_keys() == ["x"]
+    # Scattered data cannot be recomputed: its future is lost, with a reason.
+    assert isinstance(exception_in(sent.frames("key-erred", C1)["scattered"]),
+                      FutureLostError)
+
+
+def test_results_finished_before_the_client_is_back_are_kept_for_it():
+    sim = Sim(recovering=True)
+    sim.worker(W1)
+    sim.s.task_finished(W1, "x", 8)                        # it was running when the center died
+    assert sim.take().keys("release-keys", W1) == []
+    sim.submit(task("x"))
+    assert sim.state("x") == "memory" and sim.take().computed_keys() == []
+
+
+def test_outside_recovery_unknown_keys_are_released_at_once():
+    sim = Sim()
+    sim.s.add_worker(W1, addr(W1), "w1", 1, keys={"x": 8})
+    sim.s.task_finished(W1, "y", 8)
+    assert sorted(sim.take().keys("release-keys", W1)) == ["x", "y"]
+    assert not sim.s.unclaimed
+
+
+def test_a_worker_coming_back_with_a_key_being_computed_elsewhere_stops_that_run():
+    sim = Sim()
+    sim.worker(W1)
+    sim.submit(task("x"))
+    sim.take()
+    sim.s.add_worker(W2, addr(W2), "w2", 1, keys={"x": 8})
+    sent = sim.take()
+    assert sim.state("x") == "memory" and sim.s.tasks["x"].who_has == {sim.s.workers[W2]}
+    assert sent.keys("release-keys", W1) == ["x"]           # W1 drops its run
+    assert not sim.s.workers[W1].processing
+
+
+def test_a_dead_worker_drops_out_of_the_unclaimed_keys():
+    sim = Sim(recovering=True)
+    sim.s.add_worker(W1, addr(W1), "w1", 1, keys={"x": 8})
+    sim.s.remove_worker(W1)
+    assert not sim.s.unclaimed
+    sim.submit(task("x"))
+    assert sim.take().computed_keys() == []  # no worker: it waits, to be computed later
+    assert sim.state("x") == "ready"

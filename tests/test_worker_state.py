@@ -319,3 +319,24 @@ def test_adopted_run_reports_its_result_once_and_is_not_run_again():
     assert finished == ["x"]
     assert w.data["x"] == "X"
     assert executed(w) == []
+
+
+# --------------------------------------------------------------------------- center restart
+
+
+def test_forgetting_the_queue_keeps_running_tasks_and_data():
+    w = make(nthreads=1)
+    w.add_data("held", 1, 8)
+    compute(w, "running")
+    compute(w, "queued")
+    compute(w, "fetching", {"remote": [P1]})
+    assert executed(w) == ["running"]
+    fetches(w)
+    w.forget_queue()
+    assert set(w.tasks) == {"running"} and not w.ready and not w.fetches
+    # The running task still reports; a late answer to a dropped fetch is harmless.
+    w.task_done("running", 2, 8)
+    assert [op for op, _, _ in reports(w)] == ["task-finished"]
+    assert executed(w) == []                      # the queued task is not started
+    w.data_received(1, {"remote": 5}, {"remote": 8}, now=1.0)
+    assert w.data == {"held": 1, "running": 2}

@@ -24,6 +24,12 @@ logger = logging.getLogger(__name__)
 
 WORKER, CLIENT, NANNY = "worker", "client", "nanny"
 
+#: Ops from a peer we do not know that mean it believes it is registered.
+_ASK_TO_REGISTER = frozenset((
+    "heartbeat", "submit", "release", "cancel", "update-data", "who-has", "scheduler-info",
+    "has-what", "task-finished", "task-erred", "keys-added", "missing-data", "task-seceded",
+    "retire"))
+
 
 class _Peer:
     __slots__ = ("role", "last_heard", "last_sent")
@@ -45,11 +51,15 @@ class Center:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8787, *,
                  allowed_failures: int = 3, heartbeat_interval: float = 0.5,
-                 worker_timeout: float = 5.0, client_timeout: float = 30.0):
+                 worker_timeout: float = 5.0, client_timeout: float = 30.0,
+                 recovery_window: float = 10.0):
         self.heartbeat_interval = heartbeat_interval
         self.worker_timeout = worker_timeout
         self.client_timeout = client_timeout
-        self.scheduler = Scheduler(allowed_failures=allowed_failures)
+        # A center may be a restart of one that died: for a while, keys workers
+        # bring back wait for the clients that want them (see Scheduler.recovering).
+        self.scheduler = Scheduler(allowed_failures=allowed_failures, recovering=True)
+        self.recovery_ends = time.monotonic() + recovery_window
         self.context = zmq.Context()
         self.socket = configure(self.context.socket(zmq.ROUTER))
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -150,7 +160,14 @@ class Center:
         peer = self.peers.get(ident)
         role = peer.role if peer is not None else None
         if handler is None or op not in self._allowed[role]:
-            self.dropped.warning(f"dropped {op!r} from a {role or 'peer that has not registered'}")
+            if role is None and op in _ASK_TO_REGISTER:
+                # A peer of an earlier center, or one we gave up on: it registers
+                # again, with what it holds, at once rather than after a timeout.
+                logger.debug("asked a peer we do not know to register again (it sent %r)", op)
+                self._send(ident, "reregister", {})
+            else:
+                self.dropped.warning(
+                    f"dropped {op!r} from a {role or 'peer that has not registered'}")
             return
         if peer is not None:
             peer.last_heard = time.monotonic()
@@ -172,10 +189,14 @@ class Center:
     def _register_worker(self, ident: bytes, header: dict, frames: list) -> None:
         if not self._check_protocol(ident, header):
             return
+        keys, nbytes = header["keys"], header.get("nbytes") or []
+        if len(nbytes) != len(keys):
+            nbytes = [0] * len(keys)
         self.peers[ident] = _Peer(WORKER, time.monotonic())
         self._send(ident, "welcome", {"protocol": protocol.PROTOCOL_VERSION})
         self.scheduler.add_worker(ident, header["address"], header["name"], header["nthreads"],
-                                  header["memory_limit"], header["resources"], header["keys"])
+                                  header["memory_limit"], header["resources"],
+                                  dict(zip(keys, nbytes)))
         logger.info("worker %s joined (%d threads)", header["address"], header["nthreads"])
 
     def _register_nanny(self, ident: bytes, header: dict, frames: list) -> None:
@@ -238,7 +259,9 @@ class Center:
     # ------------------------------------------------------------------ timers
 
     def _tick(self, now: float) -> None:
-        """Heartbeat idle peers; declare silent ones gone."""
+        """Heartbeat idle peers; declare silent ones gone; end recovery."""
+        if self.scheduler.recovering and now >= self.recovery_ends:
+            self.scheduler.end_recovery()
         for ident, peer in list(self.peers.items()):
             if peer.role == NANNY:
                 continue  # nannies register again with each report

@@ -100,18 +100,25 @@ _UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
               help="Seconds between heartbeats to idle peers.")
 @click.option("--worker-timeout", default=5.0, show_default=True,
               help="Seconds of silence after which a worker is declared dead.")
+@click.option("--client-timeout", default=30.0, show_default=True,
+              help="Seconds of silence after which a client's keys are released.")
+@click.option("--recovery-window", default=10.0, show_default=True,
+              help="After a restart, seconds to wait for workers and clients to bring "
+                   "their keys back before recomputing what is missing.")
 @click.option("--insecure", is_flag=True, help="Allow binding beyond loopback without keys.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def center_main(host: str, port: int, allowed_failures: int, heartbeat_interval: float,
-                worker_timeout: float, insecure: bool, log_level: str) -> None:
+                worker_timeout: float, client_timeout: float, recovery_window: float,
+                insecure: bool, log_level: str) -> None:
     """Run a zfutures center (scheduler and broker) until interrupted."""
     from .center import Center
 
     _setup_logging(log_level)
     _check_bind(host, insecure)
     center = Center(host, port, allowed_failures=allowed_failures,
-                    heartbeat_interval=heartbeat_interval, worker_timeout=worker_timeout)
+                    heartbeat_interval=heartbeat_interval, worker_timeout=worker_timeout,
+                    client_timeout=client_timeout, recovery_window=recovery_window)
     print(f"zfut-center listening at {center.address}", flush=True)
     _serve(center.run, center.stop)
 
@@ -133,13 +140,16 @@ def center_main(host: str, port: int, allowed_failures: int, heartbeat_interval:
 @click.option("--resources", default="", help='Resources it offers, e.g. "GPU=1,MEM=8e9".')
 @click.option("--heartbeat-interval", default=0.5, show_default=True,
               help="Seconds between heartbeats to the center when idle.")
+@click.option("--heartbeat-timeout", default=5.0, show_default=True,
+              help="Seconds without a word from the center before reconnecting to it.")
 @click.option("--no-nanny", is_flag=True,
               help="Run one worker in this process, with no nanny to restart it.")
 @click.option("--insecure", is_flag=True, help="Allow binding beyond loopback without keys.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def worker_main(address: str, nthreads: int, nworkers: int, name: str | None, host: str | None,
-                memory_limit: str, resources: str, heartbeat_interval: float, no_nanny: bool,
+                memory_limit: str, resources: str, heartbeat_interval: float,
+                heartbeat_timeout: float, no_nanny: bool,
                 insecure: bool, log_level: str) -> None:
     """Serve tasks for the center at ADDRESS until interrupted.
 
@@ -163,6 +173,7 @@ def worker_main(address: str, nthreads: int, nworkers: int, name: str | None, ho
 
         worker_args = ["--nthreads", str(nthreads), "--host", host, "--memory-limit", str(limit),
                        "--resources", resources, "--heartbeat-interval", str(heartbeat_interval),
+                       "--heartbeat-timeout", str(heartbeat_timeout),
                        "--log-level", log_level, *(["--insecure"] if insecure else [])]
         nanny = Nanny(center, worker_args, nworkers, name, memory_limit=limit)
         _serve(nanny.run, nanny.stop)
@@ -172,6 +183,7 @@ def worker_main(address: str, nthreads: int, nworkers: int, name: str | None, ho
     from .worker import Worker
 
     worker = Worker(center, nthreads=nthreads, name=name, host=host, memory_limit=limit,
-                    resources=resource_map, heartbeat_interval=heartbeat_interval)
+                    resources=resource_map, heartbeat_interval=heartbeat_interval,
+                    heartbeat_timeout=heartbeat_timeout)
     print(f"zfut-worker {worker.name} serving at {worker.address} for {center}", flush=True)
     _serve(worker.run, worker.stop)

@@ -39,10 +39,19 @@ PENDING, FINISHED, ERRED, CANCELLED = "pending", "finished", "erred", "cancelled
 class _Key:
     """What this client knows of one key it holds futures for."""
 
-    __slots__ = ("refs", "futures", "held", "status", "who_has", "exception", "eager")
+    __slots__ = ("refs", "futures", "held", "status", "who_has", "exception", "eager",
+                 "nbytes", "submitted", "deps", "scattered")
 
     def __init__(self):
         self.eager = False  # fetch the value as soon as it exists, then release the key
+        self.nbytes = 0
+        # What to send a center that restarted: the submit item and its payload
+        # frames (None for keys this client did not submit), the inputs' entries
+        # while it is pending (their own submissions may be needed again), and
+        # whether it is data this client scattered.
+        self.submitted: tuple[dict, list] | None = None
+        self.deps: list[_Key] | None = None
+        self.scattered = False
         self.refs = 0
         self.futures: list[weakref.ref] = []
         self.held: list = []  # futures kept alive until done, for their callbacks
@@ -98,7 +107,9 @@ class ClientIO:
         self.refusal: str | None = None
         self.keys: dict[str, _Key] = {}
         self.gathers: dict[int, tuple[_Gather, str, list[str], float]] = {}
-        self.rpcs: dict[int, concurrent.futures.Future] = {}
+        # Requests to the center awaiting replies: id -> (result, op, fields).
+        self.rpcs: dict[int, tuple[concurrent.futures.Future, str, dict]] = {}
+        self._reregistering = False
         # Requests to workers other than get-data: id -> callback(header, frames).
         self.worker_requests: dict[int, Any] = {}
         self.workers: dict[str, zmq.Socket] = {}
@@ -136,7 +147,18 @@ class ClientIO:
         """Ask the center something and wait for the answer."""
         result: concurrent.futures.Future = concurrent.futures.Future()
         self.call("rpc", op, fields, result)
-        return result.result(timeout if timeout is not None else self.reconnect_deadline)
+        if timeout is not None:
+            return result.result(timeout)
+        return self.wait(result, f"the center at {self.address}")
+
+    def wait(self, result: concurrent.futures.Future, who: str) -> Any:
+        """Wait for an answer from ``who`` within the reconnect deadline, or raise
+        ConnectionError."""
+        try:
+            return result.result(self.reconnect_deadline)
+        except concurrent.futures.TimeoutError:
+            raise ConnectionError(f"{who} did not answer within the reconnect deadline "
+                                  f"of {self.reconnect_deadline}s") from None
 
     def stop(self, timeout: float = 5.0) -> None:
         """Say goodbye to the center and end the thread."""
@@ -224,6 +246,9 @@ class ClientIO:
                     info = self.keys[key] = _Key()
                 info.status, info.exception = PENDING, None
                 item["nframes"] = len(frames)
+                info.submitted = (item, frames)
+                keys = self.keys
+                info.deps = [keys[d] for d in item["deps"] if d in keys]
                 self._queue("submit", item, frames)
             if eager:
                 info.eager = True
@@ -291,6 +316,11 @@ class ClientIO:
                 nbytes[key] = size
             if not waiting:
                 items = [{"key": k, "nbytes": nbytes[k], "workers": w} for k, w in holders.items()]
+                for item in items:
+                    info = self.keys.get(item["key"])
+                    if info is not None:
+                        info.scattered, info.who_has = True, item["workers"]
+                        info.nbytes = item["nbytes"]
                 self._flush()  # keep the order: earlier messages first
                 self._send("update-data", items=items)
                 result.set_result(None)
@@ -325,7 +355,7 @@ class ClientIO:
     def _cmd_rpc(self, op: str, fields: dict, result: concurrent.futures.Future) -> None:
         self._flush()  # answers then reflect everything asked for before
         request_id = next(self._ids)
-        self.rpcs[request_id] = result
+        self.rpcs[request_id] = (result, op, fields)
         self._send(op, id=request_id, **fields)
 
     def _cmd_close(self) -> None:
@@ -475,9 +505,12 @@ class ClientIO:
                 if info is not None:
                     if info.status == FINISHED:  # news of where it is now
                         info.who_has = item["who_has"]
+                        info.nbytes = item["nbytes"]
                         continue
                     info.status = FINISHED
                     info.who_has = item["who_has"]
+                    info.nbytes = item["nbytes"]
+                    info.deps = None
                     if info.eager:
                         eager.append(item["key"])
                         continue
@@ -491,6 +524,7 @@ class ClientIO:
                 info = self.keys.get(item["key"])
                 if info is not None:
                     info.status = ERRED
+                    info.deps = None
                     info.exception = remote_exception([f.buffer for f in exception_frames])
                     cancelled = isinstance(info.exception, concurrent.futures.CancelledError)
                     lost = isinstance(info.exception, FutureLostError)
@@ -503,16 +537,74 @@ class ClientIO:
                             future._set_error(info.exception)
                     info.held.clear()
         elif op == "reply":
-            result = self.rpcs.pop(header["id"], None)
+            result, _, _ = self.rpcs.pop(header["id"], (None, None, None))
             if result is not None and not result.done():
                 result.set_result(header["result"])
         elif op == "welcome":
+            if self._reregistering:
+                self._reregistering = False
+                self._bring_back()
             self.welcomed.set()
+        elif op == "reregister":
+            if self.welcomed.is_set() and not self._reregistering:
+                logger.warning("the center at %s does not know this client (it restarted?); "
+                               "registering again", self.address)
+                self._reregistering = True
+                self._cmd_register()
         elif op == "refused":
             self.refusal = header["reason"]
             self.welcomed.set()
         elif op != "heartbeat":
             logger.warning("dropped an unexpected %r from the center", op)
+
+    def _bring_back(self) -> None:
+        """The center lost what it knew of us (it restarted): send again every
+        key we hold, inputs before the tasks that need them, saying where the
+        finished ones were, so the center takes them back instead of
+        recomputing; then the requests it had not answered."""
+        order: list[tuple[str, _Key]] = []
+        seen: set[int] = set()
+        by_id = {id(info): key for key, info in self.keys.items()}
+        for key, info in list(self.keys.items()):
+            stack = [(key, info, False)]
+            while stack:  # depth first, inputs first: a chain can be long
+                key, info, expanded = stack.pop()
+                if expanded:
+                    order.append((key, info))
+                    continue
+                if id(info) in seen:
+                    continue
+                seen.add(id(info))
+                stack.append((key, info, True))
+                for dep in info.deps or ():
+                    if id(dep) not in seen:
+                        dep_key = by_id.get(id(dep)) or dep.submitted[0]["key"]
+                        stack.append((dep_key, dep, False))
+        # Whatever is queued is among the keys brought back here, or about keys
+        # the new center never knew.
+        self._outgoing.clear()
+        scattered, inputs_only = [], []
+        for key, info in order:
+            if info.status in (ERRED, CANCELLED):
+                continue
+            if info.scattered:
+                scattered.append({"key": key, "nbytes": info.nbytes, "workers": info.who_has})
+            elif info.submitted is not None:
+                item, frames = info.submitted
+                if info.status == FINISHED:
+                    item = dict(item, who_has=info.who_has)
+                self._queue("submit", item, frames)
+                if key not in self.keys:  # wanted only as an input of a pending task
+                    inputs_only.append(key)
+        if scattered:
+            self._send("update-data", items=scattered)
+        for key in inputs_only:
+            self._queue("release", key)
+        self._flush()
+        for request_id, (_, op, fields) in self.rpcs.items():
+            self._send(op, id=request_id, **fields)
+        logger.warning("registered again with the center at %s; brought back %d keys",
+                       self.address, len(order))
 
     # ------------------------------------------------------------------ output
 
@@ -545,7 +637,7 @@ class ClientIO:
     def _fail_everything(self, error: BaseException, cancel: bool = False) -> None:
         """No answer will come: end every wait with ``error``; with ``cancel``,
         pending futures are cancelled instead (the executor shut down)."""
-        for result in self.rpcs.values():
+        for result, _, _ in self.rpcs.values():
             if not result.done():
                 result.set_exception(error)
         self.rpcs.clear()

@@ -73,6 +73,14 @@ class Executor:
         :class:`zfutures.ConnectionError`.
     name
         How this client appears in the center's logs.
+    reconnect_deadline
+        Seconds a call waits for a center that went silent (it may be
+        restarting: one that comes back sooner loses no work) before raising
+        :class:`zfutures.ConnectionError`.
+    cluster_options
+        For a local cluster only: ``allowed_failures``, ``heartbeat_interval``
+        (seconds between heartbeats) and ``worker_timeout`` (seconds of silence
+        after which a worker is declared dead).
 
     Examples
     --------
@@ -86,8 +94,13 @@ class Executor:
 
     def __init__(self, address: str | None = None, *, n_workers: int | None = None,
                  threads_per_worker: int = 1, timeout: float = 10, security: Any = None,
-                 name: str | None = None, **cluster_options: Any):
+                 name: str | None = None, reconnect_deadline: float = 30.0,
+                 **cluster_options: Any):
         _check_options(address, n_workers, threads_per_worker, timeout, name)
+        if isinstance(reconnect_deadline, bool) or \
+                not isinstance(reconnect_deadline, (int, float)) or reconnect_deadline <= 0:
+            raise ValueError("reconnect_deadline must be a positive number of seconds, "
+                             f"not {reconnect_deadline!r}")
         if security is not None:
             raise NotImplementedError("security keys are not supported yet")
         self.cluster = None
@@ -105,7 +118,7 @@ class Executor:
                             "they configure a local cluster, started when address is None")
         self.address = normalize_address(address)
         self.name = name or f"client-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._io = ClientIO(self.address, self.name)
+        self._io = ClientIO(self.address, self.name, reconnect_deadline=reconnect_deadline)
         try:
             self._io.start(timeout)
             if self.cluster is not None:
@@ -288,7 +301,7 @@ class Executor:
             futures.append(Future(key, self))
         done: concurrent.futures.Future = concurrent.futures.Future()
         self._io.call("scatter", plan, futures, done)
-        done.result(self._io.reconnect_deadline)
+        self._io.wait(done, "the workers")
         if isinstance(data, dict):
             return dict(zip(data, futures))
         if isinstance(data, (list, tuple)):
@@ -321,7 +334,7 @@ class Executor:
         addresses = self._worker_addresses(workers)
         done: concurrent.futures.Future = concurrent.futures.Future()
         self._io.call("run", addresses, frames, done)
-        outcomes = done.result(self._io.reconnect_deadline)
+        outcomes = self._io.wait(done, "the workers")
         results = {}
         for address in addresses:
             ok, out = outcomes[address]
@@ -383,7 +396,7 @@ class Executor:
         if wait and not cancel_futures:
             synced: concurrent.futures.Future = concurrent.futures.Future()
             self._io.call("sync", synced)  # the futures submitted so far are on record
-            synced.result(self._io.reconnect_deadline)
+            self._io.wait(synced, "the client I/O thread")
             # Read-only here: the I/O thread owns these records.
             pending = [f for info in list(self._io.keys.values()) for ref in list(info.futures)
                        if (f := ref()) is not None and not f.done()]

@@ -43,8 +43,10 @@ class LocalCluster:
         self.address = ""
         self._closed = False
         center_args = ["--allowed-failures", str(allowed_failures)]
+        worker_args = []
         if heartbeat_interval is not None:
             center_args += ["--heartbeat-interval", str(heartbeat_interval)]
+            worker_args += ["--heartbeat-interval", str(heartbeat_interval)]
         if worker_timeout is not None:
             center_args += ["--worker-timeout", str(worker_timeout)]
         try:
@@ -64,7 +66,8 @@ class LocalCluster:
                                      "--nworkers", str(self.n_workers),
                                      "--nthreads", str(threads_per_worker),
                                      "--name", "local" if self.n_workers > 1 else "local-0",
-                                     "--host", "127.0.0.1", "--log-level", "warning"],
+                                     "--host", "127.0.0.1", "--log-level", "warning",
+                                     *worker_args],
                                     stdout=subprocess.DEVNULL)
                 listening = read_matching_line(center, _LISTENING, timeout)
                 if listening:

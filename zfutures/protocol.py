@@ -43,7 +43,7 @@ _ANY = object
 # Item schemas, for the lists inside batched messages.
 _TASK_ITEM = {"key": _STR, "deps": _STRS, "priority": _INT, "nframes": _INT,
               "retries?": _INT, "workers?": _STRS, "allow_other_workers?": bool,
-              "resources?": ("map", _NUM)}
+              "resources?": ("map", _NUM), "who_has?": _STRS}
 _COMPUTE_ITEM = {"key": _STR, "deps": ("map", "list", str), "nframes": _INT}
 _FINISHED_ITEM = {"key": _STR, "nbytes": _INT}
 _ERRED_ITEM = {"key": _STR, "nframes": _INT}
@@ -69,6 +69,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "register-worker": {
         "protocol": _INT, "address": _STR, "name": _STR, "nthreads": _INT,
         "memory_limit": _INT, "resources": ("map", _NUM), "keys": _STRS,
+        "nbytes?": ("list", _INT),
     },
     "task-finished": {"tasks": ("items", _FINISHED_ITEM)},
     "task-erred": {"tasks": ("items", _ERRED_ITEM)},
@@ -91,6 +92,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "key-erred": {"tasks": ("items", _ERRED_ITEM)},
     "reply": {"id": _INT, "result": _ANY},
     "refused": {"reason": _STR},
+    # center -> a worker or client it does not know (it restarted, or gave up on
+    # the peer): register again, bringing back your keys and tasks
+    "reregister": {},
     # both directions, center <-> anyone
     "heartbeat": {},
     # data server (any peer -> worker) and its answers

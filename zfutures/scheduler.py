@@ -32,7 +32,7 @@ import itertools
 import logging
 import pickle
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import CancelledError
 from typing import Any
 
@@ -194,7 +194,8 @@ class Scheduler:
     'processing'
     """
 
-    def __init__(self, allowed_failures: int = 3, extra_queue: int = 2):
+    def __init__(self, allowed_failures: int = 3, extra_queue: int = 2,
+                 recovering: bool = False):
         self.allowed_failures = allowed_failures
         self.extra_queue = extra_queue
         self.tasks: dict[str, TaskState] = {}
@@ -208,6 +209,14 @@ class Scheduler:
         self._duration_measured = False
         self._order = itertools.count()
         self._maybe_unwanted: list[TaskState] = []
+        # Recovery, after the center (re)starts: workers come back holding keys
+        # this center never saw, and clients submit those keys again. Until
+        # end_recovery(), such keys wait unclaimed (key -> holder -> nbytes), and a
+        # key a client says is held by a worker that has not come back yet waits
+        # for it (key -> addresses) rather than being recomputed.
+        self.recovering = recovering
+        self.unclaimed: dict[str, dict[WorkerState, int]] = {}
+        self.expected: dict[str, set[str]] = {}
 
     # ------------------------------------------------------------------ peers
 
@@ -227,8 +236,8 @@ class Scheduler:
 
     def add_worker(self, ident: bytes, address: str, name: str, nthreads: int,
                    memory_limit: int = 0, resources: dict | None = None,
-                   keys: Iterable[str] = ()) -> None:
-        """A worker registered, possibly already holding ``keys``."""
+                   keys: Mapping[str, int] | Iterable[str] = ()) -> None:
+        """A worker registered, possibly already holding ``keys`` (key -> nbytes)."""
         if ident in self.workers:
             self.remove_worker(ident)
         old = self.workers_by_address.get(address)
@@ -239,15 +248,58 @@ class Scheduler:
         self.workers[ident] = ws
         self.workers_by_address[address] = ws
         self.with_room.add(ws)
-        for key in keys:
+        if not isinstance(keys, Mapping):
+            keys = dict.fromkeys(keys, 0)
+        for key, nbytes in keys.items():
             ts = self.tasks.get(key)
-            if ts is not None and ts.state not in (ERRED, PROCESSING) and self._is_wanted(ts):
-                self._add_holder(ts, ws, ts.nbytes)
+            if ts is not None and ts.state != ERRED and self._is_wanted(ts):
+                # Computed here meanwhile (e.g. while the center was away): take it
+                # rather than wait for another run.
+                if ts.state == PROCESSING:
+                    self._stop_pending_work(ts)
+                self._add_holder(ts, ws, nbytes or ts.nbytes)
+                self.expected.pop(key, None)
                 if ts.state != MEMORY:
                     self._finish(ts)
+            elif ts is None and self.recovering:
+                self.unclaimed.setdefault(key, {})[ws] = nbytes
             else:
                 self.outbox.add(ident, "release-keys", "keys", key)
+        if self.expected:  # keys a client expected here that it did not bring back
+            for key, addresses in list(self.expected.items()):
+                addresses.discard(address)
+                if not addresses:
+                    del self.expected[key]
+                    self._recompute_if_wanted(self.tasks.get(key))
         self._settle()
+
+    def end_recovery(self) -> None:
+        """Recovery is over: release unclaimed keys; recompute what never came back."""
+        self.recovering = False
+        for key, holders in self.unclaimed.items():
+            for ws in holders:
+                self.outbox.add(ws.ident, "release-keys", "keys", key)
+        self.unclaimed.clear()
+        expected, self.expected = self.expected, {}
+        for key in expected:
+            self._recompute_if_wanted(self.tasks.get(key))
+        self._settle()
+
+    def _recompute_if_wanted(self, ts: TaskState | None) -> None:
+        if ts is not None and ts.state == RELEASED and self._is_wanted(ts):
+            self._recompute(ts)
+
+    def _claim(self, ts: TaskState, holders: Iterable[str]) -> None:
+        """During recovery, a client brought back ``ts``, last seen on ``holders``:
+        take it from the workers that came back with it, or wait for them."""
+        for ws, nbytes in self.unclaimed.pop(ts.key, {}).items():
+            self._add_holder(ts, ws, nbytes)
+        if ts.who_has:
+            self._finish(ts)
+            return
+        absent = {a for a in holders if a not in self.workers_by_address}
+        if absent:
+            self.expected[ts.key] = absent
 
     def remove_worker(self, ident: bytes) -> None:
         """A worker left or died: reschedule its tasks, recompute its lost keys."""
@@ -256,6 +308,10 @@ class Scheduler:
             return
         del self.workers_by_address[ws.address]
         self.with_room.discard(ws)
+        if self.unclaimed:
+            for key, holders in list(self.unclaimed.items()):
+                if holders.pop(ws, None) is not None and not holders:
+                    del self.unclaimed[key]
         # Only the tasks it was probably running are suspected of killing it: the
         # worker runs its tasks in the order of their priority, as they were sent,
         # so the first of them (one per thread, plus seceded ones); the rest of its
@@ -340,6 +396,8 @@ class Scheduler:
             self._err(ts, _pickled_error(FutureLostError(
                 f"task {key!r} depends on {missing!r}, which the center does not know "
                 "(released, or lost in a restart)")))
+        elif self.recovering:
+            self._claim(ts, item.get("who_has", ()))
         self._want(ts, client)
 
     def release(self, client_ident: bytes, keys: Iterable[str]) -> None:
@@ -379,7 +437,10 @@ class Scheduler:
         self._settle()
 
     def update_data(self, client_ident: bytes, items: list[dict]) -> None:
-        """A client put data on workers itself (scatter): ``{key, nbytes, workers}``."""
+        """A client put data on workers itself (scatter): ``{key, nbytes, workers}``.
+
+        During recovery it may also name workers that have not come back yet.
+        """
         client = self.clients.get(client_ident)
         if client is None:
             return
@@ -391,6 +452,8 @@ class Scheduler:
                        if a in self.workers_by_address]
             for ws in holders:
                 self._add_holder(ts, ws, item["nbytes"])
+            if self.recovering and ts.state != MEMORY:
+                self._claim(ts, item["workers"])
             if ts.state != MEMORY and ts.who_has:
                 self._finish(ts)
             self._want(ts, client)
@@ -415,10 +478,15 @@ class Scheduler:
         if ws is None:
             return
         ts = self.tasks.get(key)
-        if ts is None or ts.state in (RELEASED, ERRED):
+        if ts is None and self.recovering:  # submitted to the center before this one
+            self.unclaimed.setdefault(key, {})[ws] = nbytes
+            return
+        if ts is None or ts.state == ERRED or (ts.state == RELEASED
+                                               and not self._is_wanted(ts)):
             # Forgotten or failed meanwhile: the worker should drop the data.
             self.outbox.add(ws.ident, "release-keys", "keys", key)
             return
+        self.expected.pop(key, None)
         if duration is not None:
             self.task_duration = 0.9 * self.task_duration + 0.1 * duration
             self._duration_measured = True
@@ -542,8 +610,8 @@ class Scheduler:
         stack, revived = [root], []
         while stack:
             ts = stack.pop()
-            if ts.state != RELEASED:
-                continue
+            if ts.state != RELEASED or ts.key in self.expected:
+                continue  # (an expected key comes back with its worker)
             if ts.payload is None:  # scattered data: there is nothing to rerun
                 self._err(ts, _pickled_error(FutureLostError(
                     f"the data of {ts.key!r} was lost with the worker that held it")))
@@ -575,6 +643,7 @@ class Scheduler:
             self._remove_ready(ts)
         self._set_state(ts, MEMORY)
         ts.suspicious = 0
+        ts.waiting_on.clear()
         item = {"key": ts.key, "who_has": [ws.address for ws in ts.who_has],
                 "nbytes": ts.nbytes}
         for client in ts.who_wants:

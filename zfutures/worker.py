@@ -156,13 +156,18 @@ class Worker:
         self.center.setsockopt(zmq.ROUTING_ID, b"w-" + uuid.uuid4().hex.encode())
         self.center.connect(self.center_address)
         self.poller.register(self.center, zmq.POLLIN)
+        self._last_heard = time.monotonic()
+        self._register()
+
+    def _register(self) -> None:
+        """Announce this worker and the keys it holds; the center answers ``welcome``."""
         self.registered = False
-        now = time.monotonic()
-        self._last_heard = now
+        self.state.forget_queue()
+        keys = list(self.state.data)
         self._send_center("register-worker", protocol=protocol.PROTOCOL_VERSION,
                           address=self.address, name=self.name, nthreads=self.nthreads,
                           memory_limit=self.memory_limit, resources=self.resources,
-                          keys=list(self.state.data))
+                          keys=keys, nbytes=[self.state.nbytes.get(k, 0) for k in keys])
 
     def _close(self) -> None:
         if self.center is not None and self.registered:
@@ -236,6 +241,13 @@ class Worker:
         elif op == "welcome":
             self.registered = True
             logger.info("registered with the center at %s", self.center_address)
+        elif op == "reregister":
+            if self.registered:  # (else our registration is on its way already)
+                logger.warning("the center at %s does not know this worker (it restarted?); "
+                               "registering again with %d keys", self.center_address,
+                               len(self.state.data))
+                self.state.forget_queue()
+                self._register()
         elif op == "refused":
             logger.error("the center refused this worker: %s", header["reason"])
             self.stop()

@@ -212,6 +212,18 @@ class WorkerState:
         self._plan_fetch(fetch, plan)
         self._send_requests(plan, now)
 
+    def forget_queue(self) -> None:
+        """The center lost track of this worker's tasks (it restarted, or gave up
+        on us), and will send again those still wanted: drop the tasks that have
+        not started. Running ones finish and report; the center takes their
+        results if someone still wants them."""
+        for key, task in list(self.tasks.items()):
+            if task.state != EXECUTING:
+                del self.tasks[key]
+        self.ready.clear()
+        self.fetches.clear()
+        self.requests.clear()
+
     def secede(self, key: str) -> None:
         """Task ``key`` waits on other tasks: its slot goes to the next ready task."""
         if key in self.executing:

@@ -120,6 +120,41 @@ def test_a_worker_over_its_memory_limit_is_restarted(processes):
         assert ex.submit(inc, 1).result(timeout=20) == 2
 
 
+def big_array(megabytes):
+    return np.ones(megabytes * 2**20 // 8)
+
+
+def test_a_worker_over_its_memory_high_mark_takes_no_tasks_until_memory_falls(processes):
+    center, address = processes.center()
+    # Paused above 80% of 500 MB, resumed below 70%: a 400 MB result crosses the
+    # mark, and releasing it falls back under.
+    processes.worker(address, "--memory-limit", "500MB", "--name", "full",
+                     "--heartbeat-interval", "0.1")
+    processes.worker(address, "--name", "roomy")
+    with Executor(address, timeout=10) as ex:
+        wait_for(lambda: len(ex.nthreads()) == 2, message="workers did not register")
+        workers = ex.scheduler_info()["workers"]
+        full = next(w for w, info in workers.items() if info["name"] == "full")
+        roomy = next(w for w in workers if w != full)
+
+        def paused():
+            return ex.scheduler_info()["workers"][full]["paused"]
+
+        block = ex.submit(big_array, 400, workers=["full"], pure=False)
+        block.exception(timeout=20)
+        wait_for(paused, timeout=10, message="the worker did not pause")
+        others = ex.map(inc, range(20), pure=False)
+        assert ex.gather(others, timeout=20) == list(range(1, 21))
+        assert all(holders == [roomy] for holders in ex.who_has(others).values())
+        # A task that may run only there waits, and runs once memory falls.
+        pinned = ex.submit(inc, 100, workers=["full"], pure=False)
+        assert not pinned.done() and paused()
+        del block
+        wait_for(lambda: not paused(), timeout=10, message="the worker did not resume")
+        assert pinned.result(timeout=10) == 101
+        assert ex.who_has([pinned])[pinned.key] == [full]
+
+
 def test_a_worker_stopped_with_sigterm_hands_its_keys_on_first(processes):
     center, address = processes.center()
     leaving = processes.worker(address, "--name", "leaving", "--no-nanny")

@@ -839,7 +839,7 @@ def test_info_counts_tasks_by_state_and_reports_each_workers_load():
                              "waiting": 1}
     assert info["workers"] == {addr(W1): {
         "name": "w1", "nthreads": 1, "memory": 1234, "memory_limit": 0, "resources": {},
-        "executing": 1, "queued": 1, "keys": 1}}
+        "executing": 1, "queued": 1, "keys": 1, "paused": False}}
 
 
 def test_only_the_tasks_a_dead_worker_was_running_are_suspected():
@@ -971,3 +971,32 @@ def test_a_dead_worker_drops_out_of_the_unclaimed_keys():
     sim.submit(task("x"))
     assert sim.take().computed_keys() == []  # no worker: it waits, to be computed later
     assert sim.state("x") == "ready"
+
+
+# --------------------------------------------------------------------------- memory pressure
+
+
+def test_a_paused_worker_gets_no_tasks_and_its_queue_goes_elsewhere():
+    sim = Sim()
+    sim.worker(W1)
+    sim.submit(*[task(f"t{i}") for i in range(3)])        # one runs on W1, two queue there
+    assert sorted(sim.take().computed_keys()) == ["t0", "t1", "t2"]
+    sim.s.worker_paused(W1, True)
+    sent = sim.take()
+    assert sorted(sent.keys("release-keys", W1)) == ["t1", "t2"]  # t0 runs on
+    assert sim.on("t0") == W1 and sim.state("t1") == sim.state("t2") == "ready"
+    sim.worker(W2)
+    assert sorted(sim.take().computes()[W2]) == ["t1", "t2"]
+    sim.submit(task("later"))
+    assert sim.on("later") == W2
+    assert sim.s.info()["workers"][addr(W1)]["paused"] is True
+
+
+def test_a_worker_that_resumes_takes_tasks_again():
+    sim = Sim()
+    sim.worker(W1)
+    sim.s.worker_paused(W1, True)
+    sim.submit(task("x"))
+    assert sim.take().computed_keys() == [] and sim.state("x") == "ready"
+    sim.s.worker_paused(W1, False)
+    assert sim.take().computes() == {W1: ["x"]}

@@ -340,3 +340,15 @@ def test_forgetting_the_queue_keeps_running_tasks_and_data():
     assert executed(w) == []                      # the queued task is not started
     w.data_received(1, {"remote": 5}, {"remote": 8}, now=1.0)
     assert w.data == {"held": 1, "running": 2}
+
+
+# --------------------------------------------------------------------------- memory pressure
+
+
+def test_a_paused_worker_starts_no_task_until_it_resumes():
+    w = make(nthreads=1)
+    w.set_paused(True)
+    compute(w, "x")
+    assert executed(w) == []
+    w.set_paused(False)
+    assert executed(w) == ["x"]

@@ -28,7 +28,7 @@ WORKER, CLIENT, NANNY = "worker", "client", "nanny"
 _ASK_TO_REGISTER = frozenset((
     "heartbeat", "submit", "release", "cancel", "update-data", "who-has", "scheduler-info",
     "has-what", "task-finished", "task-erred", "keys-added", "missing-data", "task-seceded",
-    "retire"))
+    "retire", "paused"))
 
 
 class _Peer:
@@ -90,6 +90,7 @@ class Center:
                 ident, h["key"], h["missing"]),
             "task-seceded": lambda ident, h, f: self.scheduler.task_seceded(ident, h["key"]),
             "retire": lambda ident, h, f: self.scheduler.retire_worker(ident),
+            "paused": lambda ident, h, f: self.scheduler.worker_paused(ident, h["paused"]),
             "unregister": lambda ident, h, f: self._forget_peer(ident),
             "heartbeat": lambda ident, h, f: None,
         }
@@ -100,7 +101,8 @@ class Center:
             CLIENT: {"register-client", "submit", "release", "cancel", "update-data",
                      "who-has", "scheduler-info", "has-what", "close-client", "heartbeat"},
             WORKER: {"register-worker", "task-finished", "task-erred", "keys-added",
-                     "missing-data", "task-seceded", "retire", "unregister", "heartbeat"},
+                     "missing-data", "task-seceded", "retire", "unregister", "heartbeat",
+                     "paused"},
         }
 
     # ------------------------------------------------------------------ life cycle

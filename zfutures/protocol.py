@@ -78,6 +78,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "task-seceded": {"key": _STR},
     "retire": {},
     "unregister": {},
+    "paused": {"paused": bool},
     # nanny -> center
     "register-nanny": {"protocol": _INT},
     "worker-died": {"address": _STR},

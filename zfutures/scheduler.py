@@ -97,7 +97,7 @@ class WorkerState:
 
     __slots__ = ("ident", "address", "name", "nthreads", "memory_limit", "resources",
                  "used_resources", "processing", "seceded", "has_what", "nbytes", "capacity",
-                 "retiring", "moving")
+                 "retiring", "moving", "paused")
 
     def __init__(self, ident: bytes, address: str, name: str, nthreads: int,
                  memory_limit: int = 0, resources: dict | None = None, capacity: int = 2):
@@ -111,6 +111,7 @@ class WorkerState:
         self.processing: set[TaskState] = set()
         self.seceded: set[TaskState] = set()  # processing, but not holding a thread
         self.retiring = False                  # leaving: takes no tasks, hands its keys on
+        self.paused = False                    # short of memory: takes no tasks for now
         self.moving: set[TaskState] = set()    # its keys still being copied elsewhere
         self.has_what: set[TaskState] = set()
         self.nbytes = 0
@@ -539,6 +540,30 @@ class Scheduler:
         self._check_retired(ws)
         self._settle()
 
+    def worker_paused(self, worker_ident: bytes, paused: bool) -> None:
+        """A worker's memory crossed its high mark (``paused``) or fell back.
+
+        A paused worker finishes what it runs but starts nothing new; the tasks
+        queued on it go back to be placed elsewhere.
+        """
+        ws = self.workers.get(worker_ident)
+        if ws is None or ws.paused == paused:
+            return
+        ws.paused = paused
+        if paused:
+            self.with_room.discard(ws)
+            by_order = sorted(ws.processing, key=lambda t: t.priority)
+            for ts in by_order[ws.nthreads:]:
+                if ts in ws.seceded:
+                    continue
+                self.outbox.add(ws.ident, "release-keys", "keys", ts.key)
+                self._unassign(ts)
+                self._set_state(ts, WAITING)
+                self._try_ready(ts)
+        else:
+            self._refresh_capacity(ws)
+        self._settle()
+
     def _check_retired(self, ws: WorkerState) -> None:
         if ws.retiring and not ws.moving:
             self.outbox.send(ws.ident, "retired")
@@ -761,8 +786,11 @@ class Scheduler:
         if ts.resources:
             for name, amount in ts.resources.items():
                 ws.used_resources[name] -= amount
-        if len(ws.processing) < ws.capacity and ws.ident in self.workers and not ws.retiring:
+        if len(ws.processing) < ws.capacity and self._takes_tasks(ws):
             self.with_room.add(ws)
+
+    def _takes_tasks(self, ws: WorkerState) -> bool:
+        return ws.ident in self.workers and not ws.retiring and not ws.paused
 
     def _refresh_capacity(self, ws: WorkerState) -> None:
         """How many tasks ``ws`` may hold: its threads, plus enough queued ahead
@@ -771,7 +799,7 @@ class Scheduler:
         if self._duration_measured:
             ahead = min(MAX_AHEAD_PER_THREAD, int(ROUND_TRIP / max(self.task_duration, 1e-9)))
         ws.capacity = ws.nthreads + max(self.extra_queue, ahead * ws.nthreads) + len(ws.seceded)
-        if len(ws.processing) < ws.capacity and ws.ident in self.workers and not ws.retiring:
+        if len(ws.processing) < ws.capacity and self._takes_tasks(ws):
             self.with_room.add(ws)
         else:
             self.with_room.discard(ws)
@@ -863,6 +891,7 @@ class Scheduler:
                 "executing": min(len(ws.processing), ws.nthreads),
                 "queued": max(0, len(ws.processing) - ws.nthreads),
                 "keys": len(ws.has_what),
+                "paused": ws.paused,
             }
             for ws in self.workers.values()
         }

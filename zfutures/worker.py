@@ -32,6 +32,11 @@ from .worker_state import Task, WorkerState
 logger = logging.getLogger(__name__)
 dropped = RateLimitedLog(logger)
 
+#: Shares of the memory limit: above the first a worker starts no new task
+#: (the center sends them elsewhere); below the second it resumes. Above the
+#: limit itself, its nanny restarts it.
+PAUSE_AT, RESUME_AT = 0.8, 0.7
+
 #: Reports to the center that travel many to a message, and their list field.
 _BATCHED = {"task-finished": "tasks", "task-erred": "tasks", "keys-added": "tasks"}
 
@@ -107,6 +112,7 @@ class Worker:
         self._leave_requested = False
         self._retire_deadline: float | None = None
         self._last_sent = self._last_heard = self._next_timeout_check = 0.0
+        self._process = None  # psutil's view of this process, to watch its memory
 
     # ------------------------------------------------------------------ life cycle
 
@@ -168,6 +174,8 @@ class Worker:
                           address=self.address, name=self.name, nthreads=self.nthreads,
                           memory_limit=self.memory_limit, resources=self.resources,
                           keys=keys, nbytes=[self.state.nbytes.get(k, 0) for k in keys])
+        if self.state.paused:
+            self._send_center("paused", paused=True)
 
     def _close(self) -> None:
         if self.center is not None and self.registered:
@@ -209,6 +217,7 @@ class Worker:
         if now >= self._next_timeout_check:  # timeouts are seconds long: no need to scan
             self._next_timeout_check = now + self.heartbeat_interval  # requests per message
             self.state.check_timeouts(now)
+            self._check_memory()
         self._flush()
         if self._leave_requested and not self._stopping:
             self._leave(now)
@@ -218,6 +227,28 @@ class Worker:
             self._connect()
         elif now - self._last_sent >= self.heartbeat_interval:
             self._send_center("heartbeat")
+
+    def _check_memory(self) -> None:
+        """Pause above the high mark of the memory limit; resume below the low one."""
+        if not self.memory_limit:
+            return
+        if self._process is None:
+            import psutil
+
+            self._process = psutil.Process()
+        rss = self._process.memory_info().rss
+        paused = self.state.paused
+        if not paused and rss > PAUSE_AT * self.memory_limit:
+            logger.warning("worker %s uses %d MB, over %d%% of its memory limit: it starts "
+                           "no new task until memory falls", self.address, rss // 2**20,
+                           100 * PAUSE_AT)
+        elif paused and rss < RESUME_AT * self.memory_limit:
+            logger.warning("worker %s memory fell to %d MB: taking tasks again",
+                           self.address, rss // 2**20)
+        else:
+            return
+        self.state.set_paused(not paused)
+        self._send_center("paused", paused=not paused)
 
     # ------------------------------------------------------------------ handlers
 

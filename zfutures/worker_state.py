@@ -88,6 +88,7 @@ class WorkerState:
         self.to_center: list[tuple[str, dict, list]] = []
         self.to_execute: list[Task] = []
         self.to_fetch: list[tuple[int, str, list[str]]] = []
+        self.paused = False  # short of memory: start no new task
         self._order = itertools.count()
         self._request_ids = itertools.count(1)
 
@@ -282,8 +283,13 @@ class WorkerState:
         task.state = READY
         heapq.heappush(self.ready, task)
 
+    def set_paused(self, paused: bool) -> None:
+        """Memory crossed the high mark (stop starting tasks) or fell back."""
+        self.paused = paused
+        self._start_tasks()
+
     def _start_tasks(self) -> None:
-        while self.ready and len(self.executing) < self.nthreads:
+        while self.ready and len(self.executing) < self.nthreads and not self.paused:
             task = heapq.heappop(self.ready)
             task.state = EXECUTING
             self.executing.add(task.key)

@@ -76,11 +76,17 @@ class Processes:
         return self.start(command("zfut-worker"), address, *extra)
 
     def stop_all(self) -> None:
+        """Stop every process, even when one of them will not stop (that fails)."""
+        stubborn = []
         for process in reversed(self.started):
             if process.poll() is None:
-                stop(process)
+                try:
+                    stop(process)
+                except AssertionError as e:
+                    stubborn.append(str(e))
             if process.stdout:
                 process.stdout.close()
+        assert not stubborn, stubborn
 
 
 @pytest.fixture

@@ -1000,3 +1000,34 @@ def test_a_worker_that_resumes_takes_tasks_again():
     assert sim.take().computed_keys() == [] and sim.state("x") == "ready"
     sim.s.worker_paused(W1, False)
     assert sim.take().computes() == {W1: ["x"]}
+
+
+def test_a_worker_coming_back_with_a_key_already_in_memory_elsewhere_drops_its_copy():
+    sim = Sim()
+    sim.worker(W1)
+    sim.worker(W2)
+    sim.submit(task("x"))
+    sim.finish("x", sim.on("x"))
+    holder = next(iter(sim.s.tasks["x"].who_has)).ident
+    sim.take()
+    # W3 ran x too, before the center gave up on it: an impure task's two runs
+    # may differ, so the key keeps the one value clients have already seen.
+    sim.s.add_worker(W3, addr(W3), "w3", 1, keys={"x": 8})
+    assert sim.take().keys("release-keys", W3) == ["x"]
+    assert {ws.ident for ws in sim.s.tasks["x"].who_has} == {holder}
+
+
+def test_a_late_result_of_a_task_already_done_elsewhere_is_dropped():
+    sim = Sim()
+    sim.worker(W1)
+    sim.worker(W2)
+    sim.submit(task("x"))
+    first = sim.on("x")
+    sim.s.remove_worker(first)                  # given up on while running x
+    second = sim.on("x")
+    sim.finish("x", second)
+    sim.take()
+    sim.worker(first)                           # back, and its run of x ends
+    sim.s.task_finished(first, "x", 8)
+    assert sim.take().keys("release-keys", first) == ["x"]
+    assert {ws.ident for ws in sim.s.tasks["x"].who_has} == {second}

@@ -253,9 +253,10 @@ class Scheduler:
             keys = dict.fromkeys(keys, 0)
         for key, nbytes in keys.items():
             ts = self.tasks.get(key)
-            if ts is not None and ts.state != ERRED and self._is_wanted(ts):
+            if ts is not None and ts.state not in (ERRED, MEMORY) and self._is_wanted(ts):
                 # Computed here meanwhile (e.g. while the center was away): take it
-                # rather than wait for another run.
+                # rather than wait for another run. (A key already in memory stays
+                # as it is: a second run of an impure task would differ.)
                 if ts.state == PROCESSING:
                     self._stop_pending_work(ts)
                 self._add_holder(ts, ws, nbytes or ts.nbytes)
@@ -483,8 +484,10 @@ class Scheduler:
             self.unclaimed.setdefault(key, {})[ws] = nbytes
             return
         if ts is None or ts.state == ERRED or (ts.state == RELEASED
-                                               and not self._is_wanted(ts)):
-            # Forgotten or failed meanwhile: the worker should drop the data.
+                                               and not self._is_wanted(ts)) or \
+                (ts.state == MEMORY and ts.processing_on is not ws):
+            # Forgotten or failed meanwhile, or a second run (by a worker the center
+            # gave up on) of a task done elsewhere: the worker should drop the data.
             self.outbox.add(ws.ident, "release-keys", "keys", key)
             return
         self.expected.pop(key, None)

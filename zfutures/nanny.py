@@ -17,14 +17,18 @@ import sys
 import threading
 import time
 import uuid
+from typing import Any
 
 import zmq
 
 from . import protocol
 from .addressing import configure
+from .logs import RateLimitedLog
+from .loop import send
 from .processes import PARENT_PID_ENV, stop_processes
 
 logger = logging.getLogger(__name__)
+dropped = RateLimitedLog(logger)
 
 #: How often the nanny looks at its workers, in seconds.
 CHECK_INTERVAL = 0.2
@@ -44,6 +48,7 @@ class _Child:
         self.address: str | None = None
         self.started = 0.0
         self.restarts: list[float] = []
+        self.restart_at: float | None = None  # when a dead worker is due to be replaced
 
 
 class Nanny:
@@ -55,7 +60,8 @@ class Nanny:
     """
 
     def __init__(self, center_address: str, worker_args: list[str], nworkers: int = 1,
-                 name: str | None = None, memory_limit: int = 0, restart: bool = True):
+                 name: str | None = None, memory_limit: int = 0, restart: bool = True,
+                 security: Any = None):
         self.center_address = center_address
         self.worker_args = worker_args
         self.memory_limit = memory_limit
@@ -64,7 +70,7 @@ class Nanny:
                          for i in range(nworkers)]
         self._stopping = threading.Event()
         self._context = zmq.Context()
-        self._center = configure(self._context.socket(zmq.DEALER))
+        self._center = configure(self._context.socket(zmq.DEALER), security)
         self._center.setsockopt(zmq.ROUTING_ID, b"n-" + uuid.uuid4().hex.encode())
 
     def run(self) -> None:
@@ -113,6 +119,12 @@ class Nanny:
 
     def _check(self, child: _Child) -> None:
         process = child.process
+        if child.restart_at is not None:  # dead, and reported: waiting to restart
+            if time.monotonic() >= child.restart_at and not self._stopping.is_set():
+                child.restart_at = None
+                child.restarts.append(time.monotonic())
+                self._start(child)
+            return
         if process.poll() is None:
             if self.memory_limit and self._rss(process.pid) > self.memory_limit:
                 logger.warning("worker %s uses more than its memory limit of %d bytes; "
@@ -124,18 +136,21 @@ class Nanny:
         logger.warning("worker %s exited with status %s", child.address or process.pid,
                        process.returncode)
         if child.address:
-            self._center.send_multipart([protocol.encode_header(
-                "register-nanny", protocol=protocol.PROTOCOL_VERSION)])
-            self._center.send(protocol.encode_header("worker-died", address=child.address))
+            send(self._center, [protocol.encode_header(
+                "register-nanny", protocol=protocol.PROTOCOL_VERSION)], dropped, "a report")
+            send(self._center, [protocol.encode_header("worker-died", address=child.address)],
+                 dropped, "a report")
         if not self.restart or self._stopping.is_set():
             return
         now = time.monotonic()
         child.restarts = [t for t in child.restarts if now - t < RESTART_WINDOW]
+        # A worker that keeps dying right after it starts is restarted after a
+        # pause, so it does not spin; the other workers are watched meanwhile.
         if len(child.restarts) >= 3 and now - child.started < RESTART_WINDOW:
-            if self._stopping.wait(min(5.0, RESTART_WINDOW / 2)):  # back off, stay stoppable
-                return
-        child.restarts.append(time.monotonic())
-        self._start(child)
+            child.restart_at = now + RESTART_WINDOW / 2
+        else:
+            child.restarts.append(now)
+            self._start(child)
 
     @staticmethod
     def _rss(pid: int) -> int:

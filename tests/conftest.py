@@ -58,22 +58,24 @@ class Processes:
     def __init__(self):
         self.started: list[subprocess.Popen] = []
 
-    def start(self, *args: str) -> subprocess.Popen:
+    def start(self, *args: str, stderr=None) -> subprocess.Popen:
+        """Start a command, its stdout piped (and its stderr to ``stderr``, e.g. a file)."""
         # Like a user who runs workers where their modules are importable:
         # the tests' functions are pickled by reference to these modules.
         env = dict(os.environ, PYTHONPATH=os.path.dirname(__file__))
         process = subprocess.Popen(list(args), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                   text=True, env=env)
+                                   stderr=stderr, text=True, env=env)
         self.started.append(process)
         return process
 
-    def center(self, *extra: str) -> tuple[subprocess.Popen, str]:
-        process = self.start(command("zfut-center"), "--port", str(free_port()), *extra)
+    def center(self, *extra: str, stderr=None) -> tuple[subprocess.Popen, str]:
+        process = self.start(command("zfut-center"), "--port", str(free_port()), *extra,
+                             stderr=stderr)
         address = read_line(process, r"listening at (tcp://\S+)").group(1)
         return process, address
 
-    def worker(self, address: str, *extra: str) -> subprocess.Popen:
-        return self.start(command("zfut-worker"), address, *extra)
+    def worker(self, address: str, *extra: str, stderr=None) -> subprocess.Popen:
+        return self.start(command("zfut-worker"), address, *extra, stderr=stderr)
 
     def stop_all(self) -> None:
         """Stop every process, even when one of them will not stop (that fails)."""

@@ -52,10 +52,15 @@ def test_center_prints_its_address_and_binds_loopback_by_default(processes):
     assert line.group(1) == f"tcp://127.0.0.1:{port}"
 
 
-def test_binding_beyond_loopback_without_keys_is_refused(processes):
-    center = processes.start(command("zfut-center"), "--host", "0.0.0.0",
-                             "--port", str(free_port()))
-    assert center.wait(30) != 0
+def test_binding_beyond_loopback_without_keys_is_refused(processes, tmp_path):
+    for name in ("zfut-center", "zfut-worker"):
+        args = ["--host", "0.0.0.0"] + (["--port", str(free_port())] if "center" in name
+                                         else ["tcp://127.0.0.1:1"])
+        with open(tmp_path / "err", "w") as err:
+            refused = processes.start(command(name), *args, stderr=err)
+            assert refused.wait(30) != 0
+        # The message says how to do it right.
+        assert "zfut-keygen" in (tmp_path / "err").read_text()
 
 
 def test_worker_started_before_the_center_keeps_trying(processes):

@@ -32,12 +32,13 @@ _EXPORTS = {
     "FutureLostError": "errors",
     "KilledWorker": "errors",
     "RemoteTraceback": "errors",
+    "Security": "security",
     "ZFuturesError": "errors",
 }
 
 __all__ = [  # the same names as _EXPORTS, spelled out for tools that read __all__
     "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "ConnectionError", "Executor",
-    "Future", "FutureLostError", "KilledWorker", "PoolExecutor", "RemoteTraceback",
+    "Future", "FutureLostError", "KilledWorker", "PoolExecutor", "RemoteTraceback", "Security",
     "ZFuturesError", "as_completed", "get_executor", "progress", "wait",
 ]
 
@@ -68,4 +69,5 @@ if TYPE_CHECKING:  # for type checkers and editors: the names, eagerly
     from .future import Future
     from .pool import PoolExecutor
     from .progress import progress
+    from .security import Security
     from .waiting import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, as_completed, wait

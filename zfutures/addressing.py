@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import socket
+from typing import Any
 
 import zmq
 
@@ -67,8 +68,11 @@ def interface_towards(address: str) -> str:
             return "127.0.0.1"
 
 
-def configure(sock: zmq.Socket, heartbeat_ms: int = 1000) -> zmq.Socket:
+def configure(sock: zmq.Socket, security: Any = None, heartbeat_ms: int = 1000) -> zmq.Socket:
     """Settings every zfutures socket gets.
+
+    - With ``security`` (a :class:`~zfutures.security.Security`): CURVE, as a
+      server for a ROUTER (it binds), as a client for a DEALER (it connects).
 
     - LINGER 0: closing never blocks on unsent messages to a vanished peer.
     - ZMTP heartbeats: libzmq drops a dead connection on its own, outside the
@@ -85,6 +89,11 @@ def configure(sock: zmq.Socket, heartbeat_ms: int = 1000) -> zmq.Socket:
     if sock.type in (zmq.DEALER, zmq.ROUTER):
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+    if security is not None:
+        if sock.type == zmq.ROUTER:
+            security.serving(sock)
+        else:
+            security.connecting(sock)
     return sock
 
 

@@ -12,6 +12,7 @@ import time
 from typing import Any, Callable
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from . import protocol
 from .addressing import bind_ephemeral, configure
@@ -23,6 +24,12 @@ from .scheduler import Scheduler
 logger = logging.getLogger(__name__)
 
 WORKER, CLIENT, NANNY = "worker", "client", "nanny"
+
+#: Messages queued per peer, each way (see Center.__init__).
+RCVHWM, SNDHWM = 10_000, 100_000
+
+_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                     | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
 #: Ops from a peer we do not know that mean it believes it is registered.
 _ASK_TO_REGISTER = frozenset((
@@ -52,7 +59,8 @@ class Center:
     def __init__(self, host: str = "127.0.0.1", port: int = 8787, *,
                  allowed_failures: int = 3, heartbeat_interval: float = 0.5,
                  worker_timeout: float = 5.0, client_timeout: float = 30.0,
-                 recovery_window: float = 10.0):
+                 recovery_window: float = 10.0, security: Any = None,
+                 max_message_size: int = protocol.MAX_MESSAGE_SIZE):
         self.heartbeat_interval = heartbeat_interval
         self.worker_timeout = worker_timeout
         self.client_timeout = client_timeout
@@ -61,8 +69,21 @@ class Center:
         self.scheduler = Scheduler(allowed_failures=allowed_failures, recovering=True)
         self.recovery_ends = time.monotonic() + recovery_window
         self.context = zmq.Context()
-        self.socket = configure(self.context.socket(zmq.ROUTER))
+        # Keys: the ZAP handler admits only the allow list (see security.py).
+        self.auth = security.authenticator(self.context) if security is not None else None
+        self.socket = configure(self.context.socket(zmq.ROUTER), security)
+        # Connections that fail the handshake (no keys, wrong keys, not ZeroMQ)
+        # never reach the ROUTER: the monitor is where they are seen and logged.
+        self.monitor = self.socket.get_monitor_socket(_HANDSHAKE_FAILED)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # Bounds against a peer that floods: a larger message drops its
+        # connection; past RCVHWM queued messages from one peer, libzmq stops
+        # reading its socket (TCP pushes back); past SNDHWM queued for a peer
+        # that does not read, messages to it are dropped (see _send).
+        self.max_message_size = max_message_size
+        self.socket.setsockopt(zmq.MAXMSGSIZE, max_message_size)
+        self.socket.rcvhwm = RCVHWM
+        self.socket.sndhwm = SNDHWM
         self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.address = bind_ephemeral(self.socket, host, port)
         self.peers: dict[bytes, _Peer] = {}
@@ -112,6 +133,7 @@ class Center:
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
         poller.register(self.waker.read_fd, zmq.POLLIN)
+        poller.register(self.monitor, zmq.POLLIN)
         next_tick = time.monotonic()
         try:
             while not self._stopping:
@@ -121,13 +143,19 @@ class Center:
                     self._drain()
                 if self.waker.read_fd in events:
                     self.waker.drain()
+                if self.monitor in events:
+                    self._log_handshake_failures()
                 now = time.monotonic()
                 if now >= next_tick:
                     self._tick(now)
                     next_tick = now + self.heartbeat_interval
                 self._flush()
         finally:
+            self.socket.disable_monitor()
+            self.monitor.close(linger=0)
             self.socket.close(linger=0)
+            if self.auth is not None:
+                self.auth.stop()
             self.context.term()
             self.waker.close()
 
@@ -180,13 +208,24 @@ class Center:
         except Exception:  # a bug must not take the center down with every task
             logger.exception("failed to handle %r; dropped it", op)
 
+    def _log_handshake_failures(self) -> None:
+        for _ in range(100):
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.dropped.warning("refused a connection that failed the handshake (no keys, "
+                                 "keys of another cluster, or not a zfutures peer)",
+                                 f"event {event['event']}, value {event['value']}")
+
     def _register_client(self, ident: bytes, header: dict, frames: list) -> None:
         if not self._check_protocol(ident, header):
             return
         self.peers[ident] = _Peer(CLIENT, time.monotonic())
         self.scheduler.add_client(ident, header["name"])
         self._send(ident, "welcome", {"protocol": protocol.PROTOCOL_VERSION,
-                                      "address": self.address})
+                                      "address": self.address,
+                                      "max_message_size": self.max_message_size})
 
     def _register_worker(self, ident: bytes, header: dict, frames: list) -> None:
         if not self._check_protocol(ident, header):
@@ -293,6 +332,9 @@ class Center:
             # report; routine at shutdown, so not worth a warning.
             if e.errno == zmq.EHOSTUNREACH:
                 logger.debug("could not send %r to a peer that is gone", op)
+            elif e.errno == zmq.EAGAIN:
+                self.dropped.warning(f"dropped {op!r} to a peer that does not read "
+                                     f"({SNDHWM} messages queued for it)")
             else:
                 self.dropped.warning(f"could not send {op!r}", str(e))
             return

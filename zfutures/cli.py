@@ -44,15 +44,40 @@ def _serve(run, stop) -> None:
     run()
 
 
-def _check_bind(host: str, insecure: bool) -> None:
-    if not is_loopback(host) and not insecure:
+def _check_bind(host: str, insecure: bool, security) -> None:
+    if is_loopback(host) or security is not None:
+        return
+    if not insecure:
         raise click.UsageError(
-            f"binding {host} exposes the cluster to the network, and anyone who can send "
-            "it a task runs code on it. Keys are not supported yet: pass --insecure to "
-            "bind anyway on a network you trust.")
-    if not is_loopback(host):
-        logging.getLogger("zfutures").warning(
-            "--insecure: %s is reachable from other hosts without authentication", host)
+            f"binding {host} without keys exposes the cluster to the network, and anyone "
+            "who can send it a task runs code on it. Create keys with 'zfut-keygen DIR' "
+            "and pass --keys DIR (or set ZFUTURES_KEYS=DIR); or pass --insecure to bind "
+            "without them on a network you trust.")
+    logging.getLogger("zfutures").warning(
+        "--insecure: %s is reachable from other hosts, and anyone who reaches it can run "
+        "code on this cluster", host)
+
+
+def _load_keys(keys: str | None):
+    """The Security for --keys DIR (or $ZFUTURES_KEYS), or None."""
+    if not keys:
+        return None
+    from .security import Security, SecurityError
+
+    try:
+        return Security(keys)
+    except SecurityError as e:
+        raise click.BadParameter(str(e), param_hint="--keys") from None
+
+
+_MAX_MESSAGE_SIZE_OPTION = click.option(
+    "--max-message-size", default=2**30, show_default=True, type=click.IntRange(min=1024),
+    help="Bytes: a peer that sends a larger message is disconnected.")
+
+_KEYS_OPTION = click.option(
+    "--keys", envvar="ZFUTURES_KEYS", default=None, metavar="DIR",
+    help="Key directory made by zfut-keygen (default: $ZFUTURES_KEYS): encrypt every "
+         "connection and admit only the keys in DIR/allowed.")
 
 
 def parse_resources(text: str) -> dict[str, float]:
@@ -105,20 +130,25 @@ _UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
 @click.option("--recovery-window", default=10.0, show_default=True,
               help="After a restart, seconds to wait for workers and clients to bring "
                    "their keys back before recomputing what is missing.")
+@_MAX_MESSAGE_SIZE_OPTION
+@_KEYS_OPTION
 @click.option("--insecure", is_flag=True, help="Allow binding beyond loopback without keys.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def center_main(host: str, port: int, allowed_failures: int, heartbeat_interval: float,
                 worker_timeout: float, client_timeout: float, recovery_window: float,
-                insecure: bool, log_level: str) -> None:
+                max_message_size: int, keys: str | None, insecure: bool,
+                log_level: str) -> None:
     """Run a zfutures center (scheduler and broker) until interrupted."""
     from .center import Center
 
     _setup_logging(log_level)
-    _check_bind(host, insecure)
+    security = _load_keys(keys)
+    _check_bind(host, insecure, security)
     center = Center(host, port, allowed_failures=allowed_failures,
                     heartbeat_interval=heartbeat_interval, worker_timeout=worker_timeout,
-                    client_timeout=client_timeout, recovery_window=recovery_window)
+                    client_timeout=client_timeout, recovery_window=recovery_window,
+                    security=security, max_message_size=max_message_size)
     print(f"zfut-center listening at {center.address}", flush=True)
     _serve(center.run, center.stop)
 
@@ -144,13 +174,15 @@ def center_main(host: str, port: int, allowed_failures: int, heartbeat_interval:
               help="Seconds without a word from the center before reconnecting to it.")
 @click.option("--no-nanny", is_flag=True,
               help="Run one worker in this process, with no nanny to restart it.")
+@_MAX_MESSAGE_SIZE_OPTION
+@_KEYS_OPTION
 @click.option("--insecure", is_flag=True, help="Allow binding beyond loopback without keys.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def worker_main(address: str, nthreads: int, nworkers: int, name: str | None, host: str | None,
                 memory_limit: str, resources: str, heartbeat_interval: float,
-                heartbeat_timeout: float, no_nanny: bool,
-                insecure: bool, log_level: str) -> None:
+                heartbeat_timeout: float, no_nanny: bool, max_message_size: int,
+                keys: str | None, insecure: bool, log_level: str) -> None:
     """Serve tasks for the center at ADDRESS until interrupted.
 
     A nanny process runs the workers and starts a fresh one when one dies.
@@ -167,15 +199,19 @@ def worker_main(address: str, nthreads: int, nworkers: int, name: str | None, ho
     if memory_limit.strip().lower() == "auto":
         limit //= nworkers
     host = host or interface_towards(center)
-    _check_bind(host, insecure)
+    security = _load_keys(keys)
+    _check_bind(host, insecure, security)
     if not no_nanny:
         from .nanny import Nanny
 
         worker_args = ["--nthreads", str(nthreads), "--host", host, "--memory-limit", str(limit),
                        "--resources", resources, "--heartbeat-interval", str(heartbeat_interval),
                        "--heartbeat-timeout", str(heartbeat_timeout),
-                       "--log-level", log_level, *(["--insecure"] if insecure else [])]
-        nanny = Nanny(center, worker_args, nworkers, name, memory_limit=limit)
+                       "--max-message-size", str(max_message_size),
+                       "--log-level", log_level, *(["--insecure"] if insecure else []),
+                       *(["--keys", str(security.directory)] if security else [])]
+        nanny = Nanny(center, worker_args, nworkers, name, memory_limit=limit,
+                      security=security)
         _serve(nanny.run, nanny.stop)
         return
     if nworkers > 1:
@@ -184,6 +220,27 @@ def worker_main(address: str, nthreads: int, nworkers: int, name: str | None, ho
 
     worker = Worker(center, nthreads=nthreads, name=name, host=host, memory_limit=limit,
                     resources=resource_map, heartbeat_interval=heartbeat_interval,
-                    heartbeat_timeout=heartbeat_timeout)
+                    heartbeat_timeout=heartbeat_timeout, security=security,
+                    max_message_size=max_message_size)
     print(f"zfut-worker {worker.name} serving at {worker.address} for {center}", flush=True)
     _serve(worker.run, worker.stop)
+
+
+@click.command(name="zfut-keygen")
+@click.argument("directory", type=click.Path(file_okay=False))
+def keygen_main(directory: str) -> None:
+    """Create the keys of a secured cluster in DIRECTORY.
+
+    The center's key pair (also used by the workers' data servers), a key pair
+    for clients and workers, and the allow list DIRECTORY/allowed holding the
+    latter's public key. Give clients center.key and client.key_secret; give
+    the center and the workers the whole directory.
+    """
+    from .security import SecurityError, keygen
+
+    try:
+        path = keygen(directory)
+    except (SecurityError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"keys written to {path}: start the center and the workers with --keys {path}, "
+               f"and clients with Executor(..., security={str(path)!r})")

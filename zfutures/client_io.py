@@ -24,7 +24,7 @@ from . import protocol, serialize
 from .addressing import configure
 from .errors import ConnectionError, FutureLostError, RemoteTraceback
 from .logs import RateLimitedLog
-from .loop import Waker, drain
+from .loop import Waker, drain, send
 
 logger = logging.getLogger(__name__)
 dropped = RateLimitedLog(logger)
@@ -94,7 +94,8 @@ class ClientIO:
     """Owns the DEALER to the center and the DEALERs to workers' data servers."""
 
     def __init__(self, address: str, name: str, *, heartbeat_interval: float = 0.5,
-                 fetch_timeout: float = 10.0, reconnect_deadline: float = 30.0):
+                 fetch_timeout: float = 10.0, reconnect_deadline: float = 30.0,
+                 security: Any = None):
         self.address = address
         self.name = name
         self.heartbeat_interval = heartbeat_interval
@@ -110,15 +111,19 @@ class ClientIO:
         # Requests to the center awaiting replies: id -> (result, op, fields).
         self.rpcs: dict[int, tuple[concurrent.futures.Future, str, dict]] = {}
         self._reregistering = False
+        # The center's limit (learned from its welcome): larger messages would
+        # cost us our connection, so submits are split below it.
+        self.max_message_size = protocol.MAX_MESSAGE_SIZE
         # Requests to workers other than get-data: id -> callback(header, frames).
         self.worker_requests: dict[int, Any] = {}
         self.workers: dict[str, zmq.Socket] = {}
         self._ids = itertools.count(1)
-        self._outgoing: list[tuple[str, list, list]] = []
+        self._outgoing: list[list] = []  # [op, items, frames, bytes of frames]
         self._stopping = False
         self._last_sent = self._last_heard = time.monotonic()
         self._next_timeout_check = 0.0
-        self.center = configure(self.context.socket(zmq.DEALER))
+        self.security = security
+        self.center = configure(self.context.socket(zmq.DEALER), security)
         self.center.setsockopt(zmq.ROUTING_ID, b"c-" + uuid.uuid4().hex.encode())
         self.poller = zmq.Poller()
         self.thread = threading.Thread(target=self._run, name="zfutures-client-io", daemon=True)
@@ -330,9 +335,9 @@ class ClientIO:
             frames = protocol.pack_items(items, [f for _, f in entries])
             request_id = next(self._ids)
             self.worker_requests[request_id] = lambda h, f, a=address: stored(a, h, f)
-            self._worker(address).send_multipart(
-                [protocol.encode_header("put-data", id=request_id, items=items), *frames],
-                copy=False)
+            send(self._worker(address),
+                 [protocol.encode_header("put-data", id=request_id, items=items), *frames],
+                 dropped, f"data to {address}")
 
     def _cmd_run(self, addresses: list[str], frames: list,
                  result: concurrent.futures.Future) -> None:
@@ -349,8 +354,8 @@ class ClientIO:
         for address in addresses:
             request_id = next(self._ids)
             self.worker_requests[request_id] = lambda h, f, a=address: answered(a, h, f)
-            self._worker(address).send_multipart(
-                [protocol.encode_header("run", id=request_id), *frames], copy=False)
+            send(self._worker(address), [protocol.encode_header("run", id=request_id), *frames],
+                 dropped, f"a call to {address}")
 
     def _cmd_rpc(self, op: str, fields: dict, result: concurrent.futures.Future) -> None:
         self._flush()  # answers then reflect everything asked for before
@@ -392,8 +397,9 @@ class ClientIO:
         for address, worker_keys in plan.items():
             request_id = next(self._ids)
             self.gathers[request_id] = (gather, address, worker_keys, deadline)
-            self._worker(address).send(
-                protocol.encode_header("get-data", id=request_id, keys=worker_keys))
+            send(self._worker(address),
+                 [protocol.encode_header("get-data", id=request_id, keys=worker_keys)],
+                 dropped, f"a data request to {address}")
 
     def _ask_where(self, gather: _Gather, keys: list[str]) -> None:
         """The holders we knew of failed: ask the center once where the keys are now
@@ -487,7 +493,8 @@ class ClientIO:
     def _worker(self, address: str) -> zmq.Socket:
         sock = self.workers.get(address)
         if sock is None:
-            sock = self.workers[address] = configure(self.context.socket(zmq.DEALER))
+            sock = self.workers[address] = configure(self.context.socket(zmq.DEALER),
+                                                     self.security)
             sock.connect(address)
             self.poller.register(sock, zmq.POLLIN)
         return sock
@@ -541,6 +548,7 @@ class ClientIO:
             if result is not None and not result.done():
                 result.set_result(header["result"])
         elif op == "welcome":
+            self.max_message_size = header.get("max_message_size", self.max_message_size)
             if self._reregistering:
                 self._reregistering = False
                 self._bring_back()
@@ -609,17 +617,20 @@ class ClientIO:
     # ------------------------------------------------------------------ output
 
     def _queue(self, op: str, item: Any, frames: list = ()) -> None:
-        """Queue an item for the center, merged with the last message if it is alike."""
+        """Queue an item for the center, merged with the last message if it is alike
+        (up to SUBMIT_BATCH items, and half the center's message size limit)."""
+        size = sum(memoryview(f).nbytes for f in frames) if frames else 0
         if self._outgoing and self._outgoing[-1][0] == op:
-            _, items, all_frames = self._outgoing[-1]
-            if len(items) < SUBMIT_BATCH:
-                items.append(item)
-                all_frames.extend(frames)
+            last = self._outgoing[-1]
+            if len(last[1]) < SUBMIT_BATCH and last[3] + size < self.max_message_size // 2:
+                last[1].append(item)
+                last[2].extend(frames)
+                last[3] += size
                 return
-        self._outgoing.append((op, [item], list(frames)))
+        self._outgoing.append([op, [item], list(frames), size])
 
     def _flush(self) -> None:
-        for op, items, frames in self._outgoing:
+        for op, items, frames, _ in self._outgoing:
             if op == "submit":
                 self._send("submit", frames, tasks=items)
             else:  # release, cancel
@@ -627,11 +638,8 @@ class ClientIO:
         self._outgoing.clear()
 
     def _send(self, op: str, frames: list | None = None, **fields: Any) -> None:
-        header = protocol.encode_header(op, **fields)
-        if frames:
-            self.center.send_multipart([header, *frames], copy=False)
-        else:
-            self.center.send(header)
+        send(self.center, [protocol.encode_header(op, **fields), *(frames or ())], dropped,
+             f"{op!r} to the center")
         self._last_sent = time.monotonic()
 
     def _fail_everything(self, error: BaseException, cancel: bool = False) -> None:

@@ -71,6 +71,11 @@ class Executor:
     timeout
         Seconds to wait for the center before raising
         :class:`zfutures.ConnectionError`.
+    security
+        Keys for a secured cluster: a directory made by ``zfut-keygen`` (it
+        needs ``center.key`` and ``client.key_secret``) or a
+        :class:`zfutures.Security`. Default: the directory named by the
+        ``ZFUTURES_KEYS`` environment variable, if set.
     name
         How this client appears in the center's logs.
     reconnect_deadline
@@ -101,8 +106,9 @@ class Executor:
                 not isinstance(reconnect_deadline, (int, float)) or reconnect_deadline <= 0:
             raise ValueError("reconnect_deadline must be a positive number of seconds, "
                              f"not {reconnect_deadline!r}")
-        if security is not None:
-            raise NotImplementedError("security keys are not supported yet")
+        from .security import Security
+
+        security = Security.coerce(security)
         self.cluster = None
         self._closed = True
         self._callbacks: queue.SimpleQueue | None = None
@@ -111,14 +117,16 @@ class Executor:
 
             self.cluster = LocalCluster(n_workers=n_workers,
                                         threads_per_worker=threads_per_worker,
-                                        timeout=timeout, **cluster_options)
+                                        timeout=timeout, security=security,
+                                        **cluster_options)
             address = self.cluster.address
         elif cluster_options:
             raise TypeError(f"unexpected keyword arguments {sorted(cluster_options)}: "
                             "they configure a local cluster, started when address is None")
         self.address = normalize_address(address)
         self.name = name or f"client-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._io = ClientIO(self.address, self.name, reconnect_deadline=reconnect_deadline)
+        self._io = ClientIO(self.address, self.name, reconnect_deadline=reconnect_deadline,
+                            security=security)
         try:
             self._io.start(timeout)
             if self.cluster is not None:
@@ -211,6 +219,7 @@ class Executor:
               retries: int, priority: int, prefix: str | None = None,
               function: serialize.PickledFunction | None = None) -> tuple[dict, list]:
         frames, deps = serialize.dumps_task(fn, args, kwargs, Future, function)
+        self._check_size(frames)
         if key is None:
             token = serialize.token(frames) if pure else uuid.uuid4().hex
             key = f"{prefix or _funcname(fn)}-{token}"
@@ -218,6 +227,17 @@ class Executor:
             raise TypeError(f"key must be a string, not {type(key).__name__}")
         item = {"key": key, "deps": deps, "priority": priority, "retries": retries}
         return item, frames
+
+    def _check_size(self, frames: list) -> None:
+        """Refuse, here and now, a call the center would refuse to receive."""
+        size = sum(memoryview(f).nbytes for f in frames)
+        limit = self._io.max_message_size // 2
+        if size > limit:
+            raise ValueError(
+                f"this call pickles to {size} bytes, more than half the center's message "
+                f"size limit ({self._io.max_message_size} bytes, zfut-center "
+                "--max-message-size): put big data on the cluster with scatter() and pass "
+                "the future instead, or make it on a worker with a task")
 
     # ------------------------------------------------------------------ results
 

@@ -36,7 +36,8 @@ class LocalCluster:
 
     def __init__(self, n_workers: int | None = None, threads_per_worker: int = 1,
                  timeout: float = 10, allowed_failures: int = 3,
-                 heartbeat_interval: float | None = None, worker_timeout: float | None = None):
+                 heartbeat_interval: float | None = None, worker_timeout: float | None = None,
+                 security: Any = None):
         self.n_workers = n_workers or os.cpu_count() or 1
         self.threads_per_worker = threads_per_worker
         self.processes: list[subprocess.Popen] = []
@@ -44,6 +45,9 @@ class LocalCluster:
         self._closed = False
         center_args = ["--allowed-failures", str(allowed_failures)]
         worker_args = []
+        if security is not None:  # the same keys for everyone on this machine
+            center_args += ["--keys", str(security.directory)]
+            worker_args += ["--keys", str(security.directory)]
         if heartbeat_interval is not None:
             center_args += ["--heartbeat-interval", str(heartbeat_interval)]
             worker_args += ["--heartbeat-interval", str(heartbeat_interval)]

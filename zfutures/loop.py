@@ -78,3 +78,22 @@ def drain(sock: zmq.Socket, handle: Callable[[list], Any], dropped: Any,
         except Exception as e:
             dropped.warning("dropped a message that failed to load or apply",
                             f"{type(e).__name__}: {e}")
+
+
+def send(sock: zmq.Socket, frames: list, dropped: Any, what: str) -> bool:
+    """Send ``frames`` on a DEALER without blocking; False if it could not.
+
+    A DEALER queues messages for a peer that is away, but holds no queue at
+    all for one that refused it (a failed CURVE handshake): a blocking send
+    would then hang the loop for good, so such a message is dropped, logged,
+    and left to the retries and timeouts every request already has.
+    """
+    try:
+        if len(frames) == 1:
+            sock.send(frames[0], zmq.NOBLOCK)
+        else:
+            sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        return True
+    except zmq.Again:
+        dropped.warning(f"could not send {what}: no connection (refused by the peer?)")
+        return False

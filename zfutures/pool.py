@@ -86,6 +86,7 @@ class PoolExecutor(concurrent.futures.Executor):
             function = serialize.dumps_function(fn, Future)  # once for all the calls
             for args, kwargs in calls:
                 frames, deps = serialize.dumps_task(fn, args, kwargs, Future, function)
+                self._executor._check_size(frames)
                 key = f"{name}-{uuid.uuid4().hex}"
                 future = Future(key, self._executor)
                 item = {"key": key, "deps": deps, "priority": 0, "retries": 0}

@@ -33,6 +33,12 @@ PROTOCOL_VERSION = 1
 #: Largest header accepted, in bytes. Headers hold keys and small numbers only.
 MAX_HEADER_BYTES = 64 * 1024 * 1024
 
+#: Largest message the center and the workers' data servers accept by default
+#: (``--max-message-size``), payload frames included: room for big task
+#: arguments and scattered data, while a peer cannot make a server buffer
+#: without bound. libzmq drops the connection of a peer that sends more.
+MAX_MESSAGE_SIZE = 2**30
+
 # Field types, as accepted by _check_type. A tuple means "one of these".
 _STR = str
 _INT = int
@@ -83,7 +89,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "register-nanny": {"protocol": _INT},
     "worker-died": {"address": _STR},
     # center -> worker
-    "welcome": {"protocol": _INT},
+    "welcome": {"protocol": _INT, "max_message_size?": _INT},
     "compute": {"tasks": ("items", _COMPUTE_ITEM)},
     "release-keys": {"keys": _STRS},
     "acquire": {"tasks": ("items", {"key": _STR, "holders": _STRS})},

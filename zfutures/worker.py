@@ -26,7 +26,7 @@ from . import context, protocol, serialize
 from .addressing import bind_ephemeral, configure, interface_towards, normalize_address
 from .errors import ProtocolError
 from .logs import RateLimitedLog
-from .loop import Waker, drain
+from .loop import Waker, drain, send
 from .worker_state import Task, WorkerState
 
 logger = logging.getLogger(__name__)
@@ -80,15 +80,19 @@ class Worker:
                  host: str | None = None, port: int = 0, memory_limit: int = 0,
                  resources: dict[str, float] | None = None,
                  heartbeat_interval: float = 0.5, heartbeat_timeout: float = 5.0,
-                 fetch_timeout: float = 10.0, retire_timeout: float = 10.0):
+                 fetch_timeout: float = 10.0, retire_timeout: float = 10.0,
+                 security: Any = None, max_message_size: int = protocol.MAX_MESSAGE_SIZE):
         self.center_address = normalize_address(center_address)
         self.nthreads = nthreads
         self.memory_limit = memory_limit
         self.resources = resources or {}
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
+        self.security = security
         self.context = zmq.Context()
-        self.server = configure(self.context.socket(zmq.ROUTER))
+        self.auth = security.authenticator(self.context) if security is not None else None
+        self.server = configure(self.context.socket(zmq.ROUTER), security)
+        self.server.setsockopt(zmq.MAXMSGSIZE, max_message_size)  # e.g. scattered data
         host = host or interface_towards(self.center_address)
         self.address = bind_ephemeral(self.server, host, port)
         self.name = name or self.address
@@ -158,7 +162,7 @@ class Worker:
         if self.center is not None:
             self.poller.unregister(self.center)
             self.center.close(linger=0)
-        self.center = configure(self.context.socket(zmq.DEALER))
+        self.center = configure(self.context.socket(zmq.DEALER), self.security)
         self.center.setsockopt(zmq.ROUTING_ID, b"w-" + uuid.uuid4().hex.encode())
         self.center.connect(self.center_address)
         self.poller.register(self.center, zmq.POLLIN)
@@ -192,6 +196,8 @@ class Worker:
             sockets.append(self.center)
         for sock in sockets:
             sock.close(linger=100 if sock is self.center else 0)
+        if self.auth is not None:
+            self.auth.stop()
         self.context.term()
         self.waker.close()
         logger.info("worker %s stopped", self.address)
@@ -373,8 +379,9 @@ class Worker:
             state.to_execute.clear()
         if state.to_fetch:
             for request_id, peer, keys in state.to_fetch:
-                self._peer(peer).send(protocol.encode_header("get-data", id=request_id,
-                                                             keys=keys))
+                send(self._peer(peer), [protocol.encode_header("get-data", id=request_id,
+                                                               keys=keys)],
+                     dropped, f"a data request to {peer}")
             state.to_fetch.clear()
         if state.to_center:
             batches: dict[str, tuple[list, list]] = {}
@@ -394,17 +401,15 @@ class Worker:
             state.to_center.clear()
 
     def _send_center(self, op: str, frames: list | None = None, **fields: Any) -> None:
-        header = protocol.encode_header(op, **fields)
-        if frames:
-            self.center.send_multipart([header, *frames], copy=False)
-        else:
-            self.center.send(header)
+        send(self.center, [protocol.encode_header(op, **fields), *(frames or ())], dropped,
+             f"{op!r} to the center")
         self._last_sent = time.monotonic()
 
     def _peer(self, address: str) -> zmq.Socket:
         sock = self.peers.get(address)
         if sock is None:
-            sock = self.peers[address] = configure(self.context.socket(zmq.DEALER))
+            sock = self.peers[address] = configure(self.context.socket(zmq.DEALER),
+                                                   self.security)
             sock.connect(address)
             self.poller.register(sock, zmq.POLLIN)
         return sock

@@ -193,6 +193,26 @@ def test_unpicklable_argument_is_rejected_at_submit_naming_it(ex):
     assert set(ex._io.keys) <= keys_before
 
 
+def is_locked(lock):
+    return lock.locked()
+
+
+def test_a_result_that_cannot_be_pickled_fails_only_where_it_must_leave_its_worker(ex):
+    w0, w1 = sorted(ex.nthreads())
+    lock = ex.submit(threading.Lock, workers=[w0], pure=False)
+    fine = ex.submit(inc, 1)
+    # Fetching it to the client, or to another worker, fails with a clear error...
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        lock.result(timeout=20)
+    elsewhere = ex.submit(is_locked, lock, workers=[w1], pure=False)
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        elsewhere.result(timeout=20)
+    # ...while it stays usable where it lives, and nothing else is affected.
+    assert ex.submit(is_locked, lock, workers=[w0], pure=False).result(timeout=20) is False
+    assert fine.result(timeout=20) == 2
+    assert ex.submit(inc, 41).result(timeout=20) == 42
+
+
 def test_bad_task_options_are_rejected(ex):
     with pytest.raises(ValueError, match="retries"):
         ex.submit(inc, 1, retries=-1)

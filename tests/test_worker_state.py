@@ -352,3 +352,16 @@ def test_a_paused_worker_starts_no_task_until_it_resumes():
     assert executed(w) == []
     w.set_paused(False)
     assert executed(w) == ["x"]
+
+
+def test_an_input_that_cannot_arrive_fails_the_tasks_waiting_for_it_only():
+    w = make(nthreads=1)
+    compute(w, "needs-bad", {"bad": [P1], "good": [P2]})
+    compute(w, "needs-good", {"good": [P2]})
+    fetches(w)
+    error = [b"pickled TypeError"]
+    w.input_failed("bad", error)
+    assert reports(w) == [("task-erred", {"key": "needs-bad"}, error)]
+    assert set(w.tasks) == {"needs-good"}
+    w.data_received(2, {"good": 1}, {"good": 8}, now=1.0)
+    assert executed(w) == ["needs-good"]

@@ -470,8 +470,13 @@ class ClientIO:
         if entry is None:
             return  # timed out earlier and asked elsewhere
         gather = entry[0]
-        for item, value_frames in protocol.unpack_items(header["items"], frames[1:]):
+        items = header["items"]
+        both = items + header.get("errors", [])
+        for i, (item, value_frames) in enumerate(protocol.unpack_items(both, frames[1:])):
             key = item["key"]
+            if i >= len(items):  # the value cannot be pickled to leave its worker
+                self._finish_gather(gather, remote_exception([f.buffer for f in value_frames]))
+                return
             if key in gather.remaining:
                 gather.remaining.discard(key)
                 gather.values[key] = [f.buffer for f in value_frames]

@@ -106,7 +106,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "heartbeat": {},
     # data server (any peer -> worker) and its answers
     "get-data": {"id": _INT, "keys": _STRS},
-    "data": {"id": _INT, "items": ("items", _DATA_ITEM), "missing": _STRS},
+    # errors: results that could not be pickled to leave their worker
+    "data": {"id": _INT, "items": ("items", _DATA_ITEM), "missing": _STRS,
+             "errors?": ("items", _DATA_ITEM)},
     "put-data": {"id": _INT, "items": ("items", _DATA_ITEM)},
     "data-stored": {"id": _INT, "nbytes": ("map", _INT)},
     "run": {"id": _INT},

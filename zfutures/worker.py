@@ -303,7 +303,7 @@ class Worker:
 
     def _get_data(self, ident: bytes, header: dict, frames: list) -> None:
         """Serve results to a peer or a client."""
-        items, out_frames, missing = [], [], []
+        items, out_frames, missing, errors, error_frames = [], [], [], [], []
         data, nbytes = self.state.data, self.state.nbytes
         for key in header["keys"]:
             if key not in data:
@@ -311,14 +311,20 @@ class Worker:
                 continue
             try:
                 value_frames = serialize.dumps(data[key])
-            except Exception as e:
-                logger.error("cannot serialize the result %r: %s", key, e)
-                missing.append(key)
+            except Exception as e:  # the task's fault, reported to whoever wants it
+                dropped.warning(f"the result {key!r} cannot be pickled", str(e))
+                exc = TypeError(f"the result of {key!r} cannot be pickled to leave its "
+                                f"worker: {type(e).__name__}: {e}")
+                frames = pickle_exception(exc)
+                errors.append({"key": key, "nframes": len(frames)})
+                error_frames.extend(frames)
                 continue
             items.append({"key": key, "nframes": len(value_frames), "nbytes": nbytes[key]})
             out_frames.extend(value_frames)
-        reply = protocol.encode_header("data", id=header["id"], items=items, missing=missing)
-        self.server.send_multipart([ident, reply, *out_frames], copy=False)
+        fields = {"errors": errors} if errors else {}
+        reply = protocol.encode_header("data", id=header["id"], items=items, missing=missing,
+                                       **fields)
+        self.server.send_multipart([ident, reply, *out_frames, *error_frames], copy=False)
 
     def _put_data(self, ident: bytes, header: dict, frames: list) -> None:
         """A client scatters data here; it tells the center once we answer."""
@@ -348,8 +354,13 @@ class Worker:
         if header["op"] != "data":
             raise ProtocolError(f"expected data from {address}, got {header['op']!r}")
         values, nbytes = {}, {}
-        for item, value_frames in protocol.unpack_items(header["items"], frames[1:]):
+        items, errors = header["items"], header.get("errors", [])
+        for i, (item, value_frames) in enumerate(protocol.unpack_items(items + errors,
+                                                                        frames[1:])):
             key = item["key"]
+            if i >= len(items):  # an error item: the value cannot leave its worker
+                self.state.input_failed(key, [f.buffer for f in value_frames])
+                continue
             values[key] = serialize.loads([f.buffer for f in value_frames])
             nbytes[key] = item.get("nbytes", 0)
         self.state.data_received(header["id"], values, nbytes, time.monotonic())

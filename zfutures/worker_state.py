@@ -147,6 +147,25 @@ class WorkerState:
         self._send_requests(plan, now)
         self._start_tasks()
 
+    def input_failed(self, key: str, error: list) -> None:
+        """Input ``key`` can never arrive (its value cannot be pickled): the tasks
+        that need it fail with ``error`` (pickled exception frames)."""
+        fetch = self.fetches.pop(key, None)
+        if fetch is None:
+            return
+        for task_key in fetch.waiting_tasks:
+            task = self.tasks.pop(task_key, None)
+            if task is None:
+                continue
+            if task.state == READY:
+                self.ready.remove(task)
+                heapq.heapify(self.ready)
+            for other in task.missing - {key}:
+                other_fetch = self.fetches.get(other)
+                if other_fetch is not None:
+                    other_fetch.waiting_tasks.discard(task_key)
+            self.to_center.append(("task-erred", {"key": task_key}, list(error)))
+
     def check_timeouts(self, now: float) -> None:
         """Give up on requests past their deadline and ask other holders."""
         plan: dict[str, list[str]] = {}

@@ -1,6 +1,7 @@
 """A cluster over separate hosts: network namespaces on one machine."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -45,25 +46,35 @@ CLIENT = textwrap.dedent("""
 """)
 
 
-def test_tree_reduction_across_three_hosts(tmp_path):
+@pytest.mark.parametrize("secured", [False, True], ids=["insecure", "keys"])
+def test_tree_reduction_across_three_hosts(tmp_path, secured):
+    """Data moves between worker hosts; with keys, every connection is CURVE."""
+    if secured:
+        keys = str(tmp_path / "keys")
+        subprocess.run([command("zfut-keygen"), keys], check=True, capture_output=True,
+                       timeout=30)
+        security = ["--keys", keys]
+    else:
+        security = ["--insecure"]
     with netns.Network(3) as net:
         started = []
         try:
             center = subprocess.Popen(
                 net.command(0, command("zfut-center"), "--host", net.addresses[0],
-                            "--port", "8787", "--insecure"),
+                            "--port", "8787", *security),
                 stdout=subprocess.PIPE, text=True)
             started.append(center)
             address = read_line(center, r"listening at (tcp://\S+)").group(1)
             assert address == f"tcp://{net.addresses[0]}:8787"
             for host in (1, 2):
                 started.append(subprocess.Popen(
-                    net.command(host, command("zfut-worker"), address, "--insecure"),
+                    net.command(host, command("zfut-worker"), address, *security),
                     stdout=subprocess.DEVNULL))
             script = tmp_path / "client.py"
             script.write_text(CLIENT)
+            env = dict(os.environ, ZFUTURES_KEYS=keys) if secured else None
             out = subprocess.run(net.command(0, sys.executable, str(script), address),
-                                 capture_output=True, text=True, timeout=90)
+                                 capture_output=True, text=True, timeout=90, env=env)
             assert out.returncode == 0, out.stderr
             lines = out.stdout.splitlines()
             # Workers announce the address peers reach them at, on their own hosts.

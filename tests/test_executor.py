@@ -213,6 +213,15 @@ def test_a_result_that_cannot_be_pickled_fails_only_where_it_must_leave_its_work
     assert ex.submit(inc, 41).result(timeout=20) == 42
 
 
+def test_small_results_arrive_with_their_completion_big_ones_wait_for_a_fetch(ex):
+    small = ex.submit(inc, 1)
+    big = ex.submit(np.ones, 100_000)
+    zfutures.wait([small, big], timeout=20)
+    assert small._result == 2                    # here already: no fetch
+    assert big._result is zfutures.future.REMOTE  # fetched from its worker on demand
+    assert big.result(timeout=20).sum() == 100_000
+
+
 def test_bad_task_options_are_rejected(ex):
     with pytest.raises(ValueError, match="retries"):
         ex.submit(inc, 1, retries=-1)

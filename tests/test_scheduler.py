@@ -1031,3 +1031,26 @@ def test_a_late_result_of_a_task_already_done_elsewhere_is_dropped():
     sim.s.task_finished(first, "x", 8)
     assert sim.take().keys("release-keys", first) == ["x"]
     assert {ws.ident for ws in sim.s.tasks["x"].who_has} == {second}
+
+
+# --------------------------------------------------------------------------- inline results
+
+
+def test_a_small_result_a_client_waits_for_comes_to_it_with_the_completion():
+    sim = Sim()
+    sim.worker(W1)
+    sim.submit(task("x"))
+    (item,) = sim.take().items("compute", W1)
+    assert item["inline"] is True                # a client waits for x
+    sim.s.task_finished(W1, "x", 8, 0.001, [b"pickled 2"])
+    sent = sim.take()
+    assert sent.frames("key-finished", C1) == {"x": [b"pickled 2"]}
+
+
+def test_a_result_no_client_waits_for_is_not_sent_along():
+    sim = Sim()
+    sim.submit(task("x"), task("y", "x"))
+    sim.s.release(C1, ["x"])                     # only y wants x now
+    sim.worker(W1)
+    (item,) = sim.take().items("compute", W1)
+    assert item["key"] == "x" and "inline" not in item

@@ -365,3 +365,14 @@ def test_an_input_that_cannot_arrive_fails_the_tasks_waiting_for_it_only():
     assert set(w.tasks) == {"needs-good"}
     w.data_received(2, {"good": 1}, {"good": 8}, now=1.0)
     assert executed(w) == ["needs-good"]
+
+
+def test_a_pickled_result_rides_with_its_completion():
+    w = make()
+    w.compute("x", {}, 0, [b"payload"], 0.0, inline=True)
+    (task,) = w.to_execute
+    assert task.inline
+    w.task_done("x", 2, 8, 0.001, None, [b"pickled 2"])
+    assert reports(w) == [("task-finished", {"key": "x", "nbytes": 8, "duration": 0.001},
+                           [b"pickled 2"])]
+    assert w.data == {"x": 2}

@@ -267,8 +267,12 @@ class Center:
 
     def _task_finished(self, ident: bytes, header: dict, frames: list) -> None:
         finished = self.scheduler.task_finished
-        for item in header["tasks"]:
-            finished(ident, item["key"], item["nbytes"], item.get("duration"))
+        if not frames:
+            for item in header["tasks"]:
+                finished(ident, item["key"], item["nbytes"], item.get("duration"))
+            return
+        for item, value in list(protocol.unpack_some_items(header["tasks"], frames)):
+            finished(ident, item["key"], item["nbytes"], item.get("duration"), value or None)
 
     def _task_erred(self, ident: bytes, header: dict, frames: list) -> None:
         for item, exception in protocol.unpack_items(header["tasks"], frames):

@@ -456,6 +456,19 @@ class ClientIO:
             info.held.clear()
             self._queue("release", key)
 
+    @staticmethod
+    def _set_values(info: _Key, frames: list) -> None:
+        """Complete the futures of a finished key with its value, sent inline."""
+        try:
+            value, failure = serialize.loads(frames), None
+        except Exception as e:  # as a fetch would have raised in result()
+            failure = e
+        for future in info.live_futures():
+            if failure is None:
+                future._set_value(value)
+            else:
+                future._set_error(failure)
+
     def _on_worker_message(self, frames: list) -> None:
         header = protocol.decode_header(frames[0].bytes)
         if header["op"] == "data":
@@ -511,8 +524,8 @@ class ClientIO:
         header = protocol.decode_header(frames[0].bytes)
         op = header["op"]
         if op == "key-finished":
-            eager = []
-            for item in header["tasks"]:
+            eager, inline = [], {}
+            for item, value in protocol.unpack_some_items(header["tasks"], frames[1:]):
                 info = self.keys.get(item["key"])
                 if info is not None:
                     if info.status == FINISHED:  # news of where it is now
@@ -524,13 +537,23 @@ class ClientIO:
                     info.nbytes = item["nbytes"]
                     info.deps = None
                     if info.eager:
-                        eager.append(item["key"])
+                        if value:
+                            inline[item["key"]] = [f.buffer for f in value]
+                        else:
+                            eager.append(item["key"])
                         continue
-                    for future in info.live_futures():
-                        future._set_remote()
+                    if value:  # small: the result came along, no fetch needed
+                        self._set_values(info, [f.buffer for f in value])
+                    else:
+                        for future in info.live_futures():
+                            future._set_remote()
                     info.held.clear()
             if eager:
                 self._fetch_eager(eager)
+            if inline:
+                done: concurrent.futures.Future = concurrent.futures.Future()
+                done.set_result(inline)
+                self._deliver(list(inline), done)
         elif op == "key-erred":
             for item, exception_frames in protocol.unpack_items(header["tasks"], frames[1:]):
                 info = self.keys.get(item["key"])

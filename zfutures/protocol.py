@@ -50,10 +50,13 @@ _ANY = object
 _TASK_ITEM = {"key": _STR, "deps": _STRS, "priority": _INT, "nframes": _INT,
               "retries?": _INT, "workers?": _STRS, "allow_other_workers?": bool,
               "resources?": ("map", _NUM), "who_has?": _STRS}
-_COMPUTE_ITEM = {"key": _STR, "deps": ("map", "list", str), "nframes": _INT}
+_COMPUTE_ITEM = {"key": _STR, "deps": ("map", "list", str), "nframes": _INT,
+                 "inline?": bool}
 _FINISHED_ITEM = {"key": _STR, "nbytes": _INT}
+# A finished task's small result may ride along (nframes) to the clients waiting for it.
+_DONE_ITEM = {"key": _STR, "nbytes": _INT, "nframes?": _INT}
 _ERRED_ITEM = {"key": _STR, "nframes": _INT}
-_RESULT_ITEM = {"key": _STR, "who_has": _STRS, "nbytes": _INT}
+_RESULT_ITEM = {"key": _STR, "who_has": _STRS, "nbytes": _INT, "nframes?": _INT}
 _DATA_ITEM = {"key": _STR, "nframes": _INT}
 _SCATTERED_ITEM = {"key": _STR, "nbytes": _INT, "workers": _STRS}
 
@@ -77,7 +80,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "memory_limit": _INT, "resources": ("map", _NUM), "keys": _STRS,
         "nbytes?": ("list", _INT),
     },
-    "task-finished": {"tasks": ("items", _FINISHED_ITEM)},
+    "task-finished": {"tasks": ("items", _DONE_ITEM)},
     "task-erred": {"tasks": ("items", _ERRED_ITEM)},
     "keys-added": {"tasks": ("items", _FINISHED_ITEM)},
     "missing-data": {"key": _STR, "missing": _STRS},
@@ -193,6 +196,23 @@ def pack_items(items: list[dict], frame_lists: Sequence[Sequence]) -> list:
         item["nframes"] = len(item_frames)
         frames.extend(item_frames)
     return frames
+
+
+def unpack_some_items(items: list[dict], frames: Sequence) -> Iterator[tuple[dict, list]]:
+    """Like :func:`unpack_items`, for items that own frames only when they say so."""
+    total = 0
+    for item in items:
+        n = item.get("nframes", 0)
+        if n < 0:
+            raise ProtocolError(f"an item announces {n} frames")
+        total += n
+    if total != len(frames):
+        raise ProtocolError(f"items announce {total} frames, message has {len(frames)}")
+    start = 0
+    for item in items:
+        end = start + item.get("nframes", 0)
+        yield item, list(frames[start:end])
+        start = end
 
 
 def unpack_items(items: list[dict], frames: Sequence) -> Iterator[tuple[dict, list]]:

@@ -474,8 +474,12 @@ class Scheduler:
     # ------------------------------------------------------------------ workers' events
 
     def task_finished(self, worker_ident: bytes, key: str, nbytes: int,
-                      duration: float | None = None) -> None:
-        """A worker computed ``key`` and holds its result of ``nbytes``."""
+                      duration: float | None = None, value: list | None = None) -> None:
+        """A worker computed ``key`` and holds its result of ``nbytes``.
+
+        ``value``: the pickled result, when small and sent along for the
+        clients waiting for it (see ``inline`` in :meth:`_assign`).
+        """
         ws = self.workers.get(worker_ident)
         if ws is None:
             return
@@ -499,7 +503,7 @@ class Scheduler:
             self._unassign(ts)
         self._add_holder(ts, ws, nbytes)
         if ts.state != MEMORY:
-            self._finish(ts)
+            self._finish(ts, value)
         self._settle()
 
     def keys_added(self, worker_ident: bytes, key: str, nbytes: int) -> None:
@@ -665,8 +669,9 @@ class Scheduler:
             self._set_state(ts, READY)
             heapq.heappush(self.ready, ts)
 
-    def _finish(self, ts: TaskState) -> None:
-        """``ts`` has just come into memory: tell its clients, wake its dependents."""
+    def _finish(self, ts: TaskState, value: list | None = None) -> None:
+        """``ts`` has just come into memory: tell its clients (with its pickled
+        ``value`` when the worker sent it along), wake its dependents."""
         if ts.state == READY:  # e.g. being recomputed when a holder came back
             self._remove_ready(ts)
         self._set_state(ts, MEMORY)
@@ -675,7 +680,10 @@ class Scheduler:
         item = {"key": ts.key, "who_has": [ws.address for ws in ts.who_has],
                 "nbytes": ts.nbytes}
         for client in ts.who_wants:
-            self.outbox.add(client.ident, "key-finished", "tasks", item)
+            if value:
+                self.outbox.add(client.ident, "key-finished", "tasks", dict(item), value)
+            else:
+                self.outbox.add(client.ident, "key-finished", "tasks", item)
         for dependent in ts.waiters:
             waiting_on = dependent.waiting_on
             if ts in waiting_on:
@@ -877,8 +885,10 @@ class Scheduler:
         if len(ws.processing) >= ws.capacity:
             self.with_room.discard(ws)
         deps = {dep.key: [w.address for w in dep.who_has] for dep in ts.dependencies}
-        self.outbox.add(ws.ident, "compute", "tasks",
-                        {"key": ts.key, "deps": deps, "priority": -ts.priority[0]}, ts.payload)
+        item = {"key": ts.key, "deps": deps, "priority": -ts.priority[0]}
+        if ts.who_wants:  # a client waits for it: a small result comes back inline
+            item["inline"] = True
+        self.outbox.add(ws.ident, "compute", "tasks", item, ts.payload)
 
     # ------------------------------------------------------------------ reports
 

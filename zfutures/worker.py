@@ -58,15 +58,29 @@ def pickle_exception(exc: BaseException) -> list:
 _functions: dict = {}
 
 
+#: Results up to this size (bytes, estimated) travel with the task's completion
+#: to the clients waiting for them, saving the fetch that would follow.
+INLINE_LIMIT = 16 * 1024
+
+
 def run_task(task: Task, inputs: dict[str, Any]) -> tuple:
-    """Unpickle and run one task: ``(key, value, nbytes, duration, error frames)``."""
+    """Unpickle and run one task:
+    ``(key, value, nbytes, duration, error frames, pickled value or None)``."""
     start = time.perf_counter()
     try:
         fn, args, kwargs = serialize.loads_task(task.payload, inputs, _functions)
         value = fn(*args, **kwargs)
     except BaseException as exc:  # noqa: B036 - a task's failure must reach its future
-        return task.key, None, 0, time.perf_counter() - start, pickle_exception(exc)
-    return task.key, value, serialize.sizeof(value), time.perf_counter() - start, None
+        return task.key, None, 0, time.perf_counter() - start, pickle_exception(exc), None
+    duration = time.perf_counter() - start
+    nbytes = serialize.sizeof(value)
+    pickled = None
+    if task.inline and nbytes <= INLINE_LIMIT:
+        try:
+            pickled = serialize.dumps(value)
+        except Exception:  # fetched (and its error reported) the usual way instead
+            pickled = None
+    return task.key, value, nbytes, duration, None, pickled
 
 
 class Worker:
@@ -266,7 +280,7 @@ class Worker:
         if op == "compute":
             for item, payload in protocol.unpack_items(header["tasks"], frames[1:]):
                 self.state.compute(item["key"], item["deps"], item.get("priority", 0),
-                                   [f.buffer for f in payload], now)
+                                   [f.buffer for f in payload], now, item.get("inline", False))
         elif op == "release-keys":
             self.state.release(header["keys"])
         elif op == "acquire":

@@ -30,10 +30,10 @@ FETCHING, READY, EXECUTING = "fetching", "ready", "executing"
 class Task:
     """A task this worker was asked to compute."""
 
-    __slots__ = ("key", "deps", "priority", "payload", "state", "missing", "order")
+    __slots__ = ("key", "deps", "priority", "payload", "state", "missing", "order", "inline")
 
     def __init__(self, key: str, deps: dict[str, list[str]], priority: int, payload: list,
-                 order: int):
+                 order: int, inline: bool = False):
         self.key = key
         self.deps = deps          # input key -> addresses of workers holding it
         self.priority = priority
@@ -41,6 +41,7 @@ class Task:
         self.state = FETCHING
         self.missing: set[str] = set()
         self.order = order
+        self.inline = inline      # a client waits: send a small result along
 
     def __lt__(self, other: Task) -> bool:  # for the ready heap: priority, then order
         return (-self.priority, self.order) < (-other.priority, other.order)
@@ -95,7 +96,7 @@ class WorkerState:
     # ------------------------------------------------------------------ events
 
     def compute(self, key: str, deps: dict[str, list[str]], priority: int, payload: list,
-                now: float) -> None:
+                now: float, inline: bool = False) -> None:
         """The center asks for ``key``; its inputs are on the workers in ``deps``."""
         if key in self.data:  # already here (computed before a reconnect): just say so
             self.to_center.append(("task-finished", {"key": key, "nbytes": self.nbytes[key]},
@@ -106,7 +107,7 @@ class WorkerState:
         if key in self.released_running:  # still running from before: adopt that run
             self.tasks[key] = self.released_running.pop(key)
             return
-        task = self.tasks[key] = Task(key, deps, priority, payload, next(self._order))
+        task = self.tasks[key] = Task(key, deps, priority, payload, next(self._order), inline)
         plan: dict[str, list[str]] = {}
         for dep, holders in deps.items():
             if dep in self.data:
@@ -182,8 +183,10 @@ class WorkerState:
         self._send_requests(plan, now)
 
     def task_done(self, key: str, value: Any = None, nbytes: int = 0,
-                  duration: float = 0.0, error: list | None = None) -> None:
-        """A task thread finished ``key``, with a value or a pickled ``error``."""
+                  duration: float = 0.0, error: list | None = None,
+                  pickled: list | None = None) -> None:
+        """A task thread finished ``key``, with a value or a pickled ``error``
+        (and the value ``pickled`` too, when it is small and a client waits)."""
         self.executing.discard(key)
         self.seceded.discard(key)
         self.released_running.pop(key, None)
@@ -194,7 +197,7 @@ class WorkerState:
                 self.nbytes[key] = nbytes
                 self.to_center.append(("task-finished",
                                        {"key": key, "nbytes": nbytes, "duration": duration},
-                                       []))
+                                       pickled or []))
             else:
                 self.to_center.append(("task-erred", {"key": key}, error))
         self._start_tasks()

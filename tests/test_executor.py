@@ -214,8 +214,8 @@ def test_a_result_that_cannot_be_pickled_fails_only_where_it_must_leave_its_work
 
 
 def test_small_results_arrive_with_their_completion_big_ones_wait_for_a_fetch(ex):
-    small = ex.submit(inc, 1)
-    big = ex.submit(np.ones, 100_000)
+    small = ex.submit(inc, 1, pure=False)
+    big = ex.submit(np.ones, 100_000, pure=False)
     zfutures.wait([small, big], timeout=20)
     assert small._result == 2                    # here already: no fetch
     assert big._result is zfutures.future.REMOTE  # fetched from its worker on demand

@@ -69,8 +69,8 @@ class Sent:
     def frames(self, op: str, ident: bytes) -> dict[str, list]:
         """key -> its frames, for ops whose items own frames."""
         fields, frames = self._by.get((ident, op), ({}, []))
-        return {item["key"]: f for item, f in protocol.unpack_items(fields.get("tasks", []),
-                                                                     frames)}
+        return {item["key"]: f for item, f in protocol.unpack_some_items(
+            fields.get("tasks", []), frames)}
 
     def computes(self) -> dict[bytes, list[str]]:
         return {ident: [item["key"] for item in fields["tasks"]]
@@ -121,8 +121,11 @@ class Sim:
         for _ident, op, fields, frames in messages:
             header = protocol.decode_header(protocol.encode_header(op, **fields))
             items = header.get("tasks")
-            if items and "nframes" in protocol.SCHEMAS[op]["tasks"][1]:
+            item_schema = protocol.SCHEMAS[op]["tasks"][1] if items else {}
+            if "nframes" in item_schema:
                 list(protocol.unpack_items(items, frames))
+            elif "nframes?" in item_schema:
+                list(protocol.unpack_some_items(items, frames))
             else:
                 assert not frames, f"{op!r} carries frames no item accounts for"
         return Sent(messages)
@@ -145,10 +148,12 @@ def test_task_goes_waiting_ready_processing_memory_released_forgotten():
 
     sim.worker(W1)
     sent = sim.take()
-    assert sent.computes() == {W1: ["a"]}
-    assert sent.frames("compute", W1) == {"a": [b"payload of a"]}
+    # b follows a to the worker computing a, to start there as soon as a is done.
+    assert sent.computes() == {W1: ["a", "b"]}
+    assert sent.frames("compute", W1) == {"a": [b"payload of a"], "b": [b"payload of b"]}
     assert sim.state("a") == "processing" and sim.on("a") == W1
-    assert sim.state("b") == "waiting"
+    assert sim.state("b") == "processing" and sim.s.tasks["b"].waiting_on
+    assert sent.items("compute", W1)[1]["deps"] == {"a": []}  # not anywhere yet
 
     sim.finish("a", nbytes=100)
     sent = sim.take()
@@ -156,8 +161,7 @@ def test_task_goes_waiting_ready_processing_memory_released_forgotten():
     assert sent.keys("key-finished", C1) == ["a"]
     assert sent.items("key-finished", C1)[0]["who_has"] == [addr(W1)]
     assert sent.items("key-finished", C1)[0]["nbytes"] == 100
-    assert sim.state("b") == "processing"
-    assert sent.items("compute", W1)[0]["deps"] == {"a": [addr(W1)]}
+    assert sim.state("b") == "processing" and not sim.s.tasks["b"].waiting_on
 
     sim.finish("b")
     assert sim.state("b") == "memory"
@@ -216,10 +220,11 @@ def test_released_input_is_recomputed_for_a_new_dependent():
     assert sim.state("a") == "released"
 
     sim.submit(task("c", "a"))
-    assert sim.take().computes() == {W1: ["a"]}
-    assert sim.state("c") == "waiting"
+    assert sim.take().computes() == {W1: ["a", "c"]}  # c follows a, to wait for it there
+    assert sim.state("a") == sim.state("c") == "processing"
     sim.finish("a")
-    assert sim.take().computes() == {W1: ["c"]}
+    sim.finish("c")
+    assert sim.state("c") == "memory"
 
 
 # --------------------------------------------------------------------------- errors
@@ -522,7 +527,7 @@ def test_releasing_a_waiting_task_releases_inputs_only_it_needed():
     sim.submit(task("a"), task("b", "a"))
     sim.s.release(C1, ["a", "b"])
     assert sim.s.tasks == {}
-    assert sim.take().keys("release-keys", W1) == ["a"]   # a was processing
+    assert sorted(sim.take().keys("release-keys", W1)) == ["a", "b"]  # both were sent
 
 
 def test_releasing_the_end_of_a_long_chain_forgets_the_whole_chain():
@@ -585,13 +590,10 @@ def test_lost_key_still_wanted_is_recomputed_through_released_inputs():
 
     sim.s.remove_worker(W1)
     sent = sim.take()
-    assert sent.computes() == {W2: ["a"]}
-    assert (sim.state("b"), sim.state("c")) == ("waiting", "waiting")
+    assert sent.computes() == {W2: ["a", "b", "c"]}   # the chain, sent ahead in order
     sim.finish("a")
-    assert sim.take().computes() == {W2: ["b"]}
     sim.finish("b")
     sent = sim.take()
-    assert sent.computes() == {W2: ["c"]}
     assert sent.keys("release-keys", W2) == ["a"]   # not needed once b is back
     sim.finish("c")
     assert sim.take().keys("key-finished", C1) == ["c"]
@@ -658,6 +660,7 @@ def test_task_errs_with_KilledWorker_after_allowed_failures_worker_deaths():
     first = sim.on("x")
     sim.s.remove_worker(first)
     assert sim.state("x") == "processing"   # one death is not enough
+    assert sim.s.tasks["y"].suspicious == 0  # it was waiting for x, not running
     sim.take()
     sim.s.remove_worker(sim.on("x"))
     sent = sim.take()
@@ -1052,5 +1055,64 @@ def test_a_result_no_client_waits_for_is_not_sent_along():
     sim.submit(task("x"), task("y", "x"))
     sim.s.release(C1, ["x"])                     # only y wants x now
     sim.worker(W1)
-    (item,) = sim.take().items("compute", W1)
+    item, _ = sim.take().items("compute", W1)
     assert item["key"] == "x" and "inline" not in item
+
+
+# --------------------------------------------------------------------------- sent ahead
+
+
+def test_the_next_link_of_a_chain_is_sent_ahead_to_the_worker_computing_its_input():
+    sim = Sim()
+    sim.worker(W1)
+    sim.worker(W2)
+    sim.submit(*chain(3))
+    computes = sim.take().computes()
+    # All three go to one worker at once: t1 and t2 wait there for their inputs.
+    assert list(computes.values()) == [["t0", "t1", "t2"]]
+    (worker,) = computes
+    assert sim.state("t2") == "processing" and sim.s.tasks["t2"].waiting_on
+    sim.finish("t0", worker)
+    sim.finish("t1", worker)
+    assert sim.take().computed_keys() == []  # nothing new to send: they were there
+    sim.finish("t2", worker)
+    assert [sim.state(f"t{i}") for i in range(3)] == ["memory"] * 3
+
+
+def test_a_task_is_not_sent_ahead_when_an_input_lives_elsewhere():
+    sim = Sim()
+    sim.worker(W1)
+    sim.worker(W2)
+    sim.submit(task("a"), task("b"))
+    placed = {k: sim.on(k) for k in "ab"}
+    assert placed["a"] != placed["b"]
+    sim.finish("b", placed["b"])
+    sim.take()
+    sim.submit(task("c", "a", "b"))         # a runs on one worker, b is on the other
+    assert sim.take().computed_keys() == [] and sim.state("c") == "waiting"
+
+
+def test_tasks_sent_ahead_are_taken_back_when_their_input_is_retried_elsewhere():
+    sim = Sim()
+    sim.worker(W1)
+    sim.submit(task("t0", retries=1), task("t1", "t0"), task("t2", "t1"))
+    sim.take()
+    sim.err("t0", ValueError("flaky"))
+    sent = sim.take()
+    assert sorted(sent.keys("release-keys", W1)) == ["t1", "t2"]
+    assert sent.computes() == {W1: ["t0", "t1", "t2"]}  # then sent again, in order
+    sim.finish("t0", W1)
+    sim.finish("t1", W1)
+    sim.finish("t2", W1)
+    assert sim.state("t2") == "memory"
+
+
+def test_a_dead_worker_suspects_only_tasks_that_could_run_not_those_sent_ahead():
+    sim = Sim(allowed_failures=2)
+    sim.worker(W1)
+    sim.submit(task("t0"))
+    sim.submit(task("t1", "t0", priority=10))  # high priority, but it cannot start first
+    assert sim.on("t1") == W1
+    sim.s.remove_worker(W1)
+    assert sim.s.tasks["t0"].suspicious == 1     # the one that was running
+    assert sim.s.tasks["t1"].suspicious == 0

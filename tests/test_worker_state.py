@@ -376,3 +376,24 @@ def test_a_pickled_result_rides_with_its_completion():
     assert reports(w) == [("task-finished", {"key": "x", "nbytes": 8, "duration": 0.001},
                            [b"pickled 2"])]
     assert w.data == {"x": 2}
+
+
+def test_a_task_sent_ahead_waits_for_its_input_computed_here_and_does_not_fetch_it():
+    w = make(nthreads=1)
+    compute(w, "t0")
+    compute(w, "t1", {"t0": []})
+    assert executed(w) == ["t0"] and fetches(w) == []
+    w.task_done("t0", 1, 8)
+    assert executed(w) == ["t1"]
+    assert w.inputs_of(w.tasks["t1"]) == {"t0": 1}
+
+
+def test_a_task_sent_ahead_is_dropped_with_its_release_and_its_input_still_reports():
+    w = make(nthreads=1)
+    compute(w, "t0")
+    compute(w, "t1", {"t0": []})
+    executed(w)
+    w.release(["t1"])
+    w.task_done("t0", 1, 8)
+    assert executed(w) == [] and not w.local_waiters
+    assert [op for op, _, _ in reports(w)] == ["task-finished"]

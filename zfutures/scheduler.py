@@ -319,8 +319,11 @@ class Scheduler:
         # so the first of them (one per thread, plus seceded ones); the rest of its
         # queue is innocent and just goes elsewhere.
         by_order = sorted(ws.processing, key=lambda t: t.priority)
-        running = set(by_order[:ws.nthreads]) | ws.seceded
+        startable = [ts for ts in by_order if not ts.waiting_on]  # (not sent early)
+        running = set(startable[:ws.nthreads]) | ws.seceded
         for ts in by_order:
+            if ts.processing_on is not ws:  # erred meanwhile, with an input it waited for
+                continue
             self._unassign(ts)
             if ts not in running:
                 self._set_state(ts, WAITING)
@@ -531,6 +534,8 @@ class Scheduler:
         ws.retiring = True
         self.with_room.discard(ws)
         for ts in sorted(ws.processing, key=lambda t: t.priority):
+            if ts.processing_on is not ws:  # erred meanwhile, with an input
+                continue
             self.outbox.add(ws.ident, "release-keys", "keys", ts.key)
             self._unassign(ts)
             self._set_state(ts, WAITING)
@@ -560,8 +565,9 @@ class Scheduler:
         if paused:
             self.with_room.discard(ws)
             by_order = sorted(ws.processing, key=lambda t: t.priority)
-            for ts in by_order[ws.nthreads:]:
-                if ts in ws.seceded:
+            running = set([ts for ts in by_order if not ts.waiting_on][:ws.nthreads])
+            for ts in by_order:
+                if ts in ws.seceded or ts in running or ts.processing_on is not ws:
                     continue
                 self.outbox.add(ws.ident, "release-keys", "keys", ts.key)
                 self._unassign(ts)
@@ -584,6 +590,7 @@ class Scheduler:
         self._unassign(ts)
         if ts.retries > 0:
             ts.retries -= 1
+            self._recall_early(ts)
             self._set_state(ts, WAITING)
             self._try_ready(ts)
         else:
@@ -608,6 +615,7 @@ class Scheduler:
         if ws is None or ts is None or ts.processing_on is not ws:
             return
         self._unassign(ts)
+        self._recall_early(ts)
         self._set_state(ts, WAITING)
         for dep_key in missing:
             dep = self.tasks.get(dep_key)
@@ -668,6 +676,39 @@ class Scheduler:
         if not ts.waiting_on:
             self._set_state(ts, READY)
             heapq.heappush(self.ready, ts)
+        else:
+            self._maybe_send_early(ts)
+
+    def _maybe_send_early(self, ts: TaskState) -> None:
+        """Send a waiting task ahead to the worker computing all it still waits for
+        (its other inputs already there), which starts it as soon as they are done,
+        without a round trip through the center: a chain runs at the worker's pace."""
+        ws = None
+        for dep in ts.waiting_on:
+            if dep.state != PROCESSING or (ws is not None and dep.processing_on is not ws):
+                return
+            ws = dep.processing_on
+        if ws not in self.with_room or not all(
+                ws in dep.who_has for dep in ts.dependencies if dep not in ts.waiting_on):
+            return
+        if (ts.restrictions is not None or ts.resources) and not self._may_run(ts, ws):
+            return
+        self._assign(ts, ws)
+
+    def _recall_early(self, ts: TaskState) -> None:
+        """``ts`` no longer runs where it was sent: take back the tasks sent ahead to
+        wait for it there (and those waiting for them)."""
+        stack = [ts]
+        while stack:
+            dep = stack.pop()
+            for dependent in list(dep.waiters):
+                if dependent.state == PROCESSING and dep in dependent.waiting_on:
+                    self.outbox.add(dependent.processing_on.ident, "release-keys", "keys",
+                                    dependent.key)
+                    self._unassign(dependent)
+                    self._set_state(dependent, WAITING)
+                    stack.append(dependent)
+        # (each recalled task waits again, and is placed anew once its inputs are)
 
     def _finish(self, ts: TaskState, value: list | None = None) -> None:
         """``ts`` has just come into memory: tell its clients (with its pickled
@@ -889,6 +930,9 @@ class Scheduler:
         if ts.who_wants:  # a client waits for it: a small result comes back inline
             item["inline"] = True
         self.outbox.add(ws.ident, "compute", "tasks", item, ts.payload)
+        for dependent in ts.waiters:  # the next links of a chain may follow it there
+            if dependent.state == WAITING and ts in dependent.waiting_on:
+                self._maybe_send_early(dependent)
 
     # ------------------------------------------------------------------ reports
 

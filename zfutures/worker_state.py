@@ -85,6 +85,8 @@ class WorkerState:
         # (unless the center asks for the key again before it comes).
         self.released_running: dict[str, Task] = {}
         self.fetches: dict[str, _Fetch] = {}
+        # Tasks sent ahead, waiting for inputs being computed here: input -> tasks.
+        self.local_waiters: dict[str, set[str]] = {}
         self.requests: dict[int, tuple[str, list[str], float]] = {}  # id -> peer, keys, deadline
         self.to_center: list[tuple[str, dict, list]] = []
         self.to_execute: list[Task] = []
@@ -113,6 +115,9 @@ class WorkerState:
             if dep in self.data:
                 continue
             task.missing.add(dep)
+            if dep in self.tasks:  # computed here soon: no need to fetch it
+                self.local_waiters.setdefault(dep, set()).add(key)
+                continue
             fetch = self.fetches.get(dep)
             if fetch is None:
                 fetch = self.fetches[dep] = _Fetch(
@@ -191,6 +196,7 @@ class WorkerState:
         self.seceded.discard(key)
         self.released_running.pop(key, None)
         task = self.tasks.pop(key, None)
+        waiters = self.local_waiters.pop(key, ())
         if task is not None:  # None: released while running, so the result is unwanted
             if error is None:
                 self.data[key] = value
@@ -198,8 +204,15 @@ class WorkerState:
                 self.to_center.append(("task-finished",
                                        {"key": key, "nbytes": nbytes, "duration": duration},
                                        pickled or []))
+                for waiter_key in waiters:  # sent ahead for this very input
+                    waiter = self.tasks.get(waiter_key)
+                    if waiter is not None and key in waiter.missing:
+                        waiter.missing.discard(key)
+                        if not waiter.missing and waiter.state == FETCHING:
+                            self._make_ready(waiter)
             else:
                 self.to_center.append(("task-erred", {"key": key}, error))
+                # (the center errs or takes back the tasks that waited for it)
         self._start_tasks()
 
     def release(self, keys: list[str]) -> None:
@@ -217,6 +230,9 @@ class WorkerState:
                 self.ready.remove(task)
                 heapq.heapify(self.ready)
             for dep in task.missing:
+                waiting_here = self.local_waiters.get(dep)
+                if waiting_here is not None:
+                    waiting_here.discard(key)
                 fetch = self.fetches.get(dep)
                 if fetch is not None:
                     fetch.waiting_tasks.discard(key)
@@ -246,6 +262,7 @@ class WorkerState:
         self.ready.clear()
         self.fetches.clear()
         self.requests.clear()
+        self.local_waiters.clear()
 
     def secede(self, key: str) -> None:
         """Task ``key`` waits on other tasks: its slot goes to the next ready task."""

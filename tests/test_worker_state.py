@@ -397,3 +397,23 @@ def test_a_task_sent_ahead_is_dropped_with_its_release_and_its_input_still_repor
     w.task_done("t0", 1, 8)
     assert executed(w) == [] and not w.local_waiters
     assert [op for op, _, _ in reports(w)] == ["task-finished"]
+
+
+def test_short_tasks_are_handed_to_the_threads_a_few_at_a_time():
+    w = make(nthreads=1)
+    for i in range(20):
+        compute(w, f"t{i}")
+    assert executed(w) == ["t0"]                 # no durations yet: one at a time
+    w.task_duration = 0.0001                     # measured: very short tasks
+    w.task_done("t0", 0, 8, 0.0001)
+    handed = executed(w)
+    assert 1 < len(handed) <= 1 + 8
+    assert handed == [f"t{i}" for i in range(1, 1 + len(handed))]  # in order
+
+
+def test_long_tasks_are_handed_over_one_per_thread():
+    w = make(nthreads=2)
+    w.task_duration = 1.0
+    for i in range(5):
+        compute(w, f"t{i}")
+    assert executed(w) == ["t0", "t1"]

@@ -456,6 +456,14 @@ class Worker:
         self._send_center("task-seceded", key=key)
         self._start_thread()  # takes the slot; the seceded thread ends with its task
 
+    def _skipped(self, job: tuple) -> None:
+        """A task thread did not start a task released while it waited in line."""
+        task = job[0]
+        if task.key in self.state.released_running:
+            self.state.task_done(task.key, error=[])  # frees its slot; nothing to report
+        else:  # the center asked for it again meanwhile: run it after all
+            self.work.put(job)
+
     def _task_thread(self) -> None:
         work, task_done = self.work, self.state.task_done
         while True:
@@ -463,6 +471,10 @@ class Worker:
             if job is None:
                 return
             task = job[0]
+            if task.key in self.state.released_running:  # released before it started
+                self.call_soon(self._skipped, job)
+                del job, task
+                continue
             context.enter_task(self, task.key)
             result = run_task(*job)
             seceded = context.leave_task()

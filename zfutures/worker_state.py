@@ -26,6 +26,13 @@ logger = logging.getLogger(__name__)
 
 FETCHING, READY, EXECUTING = "fetching", "ready", "executing"
 
+#: Short tasks are handed to the task threads a few at a time, up to about this
+#: many seconds of work per thread (at most MAX_HANDED_AHEAD tasks), so a
+#: thread runs them back to back and their results go out in one message,
+#: rather than one thread handoff and one message per task.
+HAND_AHEAD_TIME = 0.002
+MAX_HANDED_AHEAD = 8
+
 
 class Task:
     """A task this worker was asked to compute."""
@@ -79,7 +86,8 @@ class WorkerState:
         self.nbytes: dict[str, int] = {}
         self.tasks: dict[str, Task] = {}
         self.ready: list[Task] = []
-        self.executing: set[str] = set()
+        self.executing: set[str] = set()  # handed to a task thread (running, or next)
+        self.task_duration = 0.01  # a moving average, seconds
         self.seceded: set[str] = set()  # running, but gave their thread slot back
         # Released while running: the thread stays busy, the result will be dropped
         # (unless the center asks for the key again before it comes).
@@ -195,6 +203,8 @@ class WorkerState:
         self.executing.discard(key)
         self.seceded.discard(key)
         self.released_running.pop(key, None)
+        if error is None:
+            self.task_duration = 0.9 * self.task_duration + 0.1 * duration
         task = self.tasks.pop(key, None)
         waiters = self.local_waiters.pop(key, ())
         if task is not None:  # None: released while running, so the result is unwanted
@@ -328,7 +338,9 @@ class WorkerState:
         self._start_tasks()
 
     def _start_tasks(self) -> None:
-        while self.ready and len(self.executing) < self.nthreads and not self.paused:
+        ahead = min(MAX_HANDED_AHEAD, int(HAND_AHEAD_TIME / max(self.task_duration, 1e-9)))
+        limit = self.nthreads * (1 + ahead)
+        while self.ready and len(self.executing) < limit and not self.paused:
             task = heapq.heappop(self.ready)
             task.state = EXECUTING
             self.executing.add(task.key)

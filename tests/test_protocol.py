@@ -357,3 +357,27 @@ def test_random_msgpack_values_never_raise_anything_but_ProtocolError(value):
 @example({"op": "compute", "tasks": [{"key": "x", "deps": {"a": 1}, "nframes": 0}]})
 def test_random_headers_of_real_ops_never_raise_anything_but_ProtocolError(header):
     decode_or_protocol_error(raw(header))
+
+
+# --------------------------------------------------------------------------- packed frames
+
+
+@FUZZ
+@given(st.lists(st.sampled_from([0, 1, 100, protocol.PACK_BELOW - 1, protocol.PACK_BELOW,
+                                 protocol.PACK_BELOW + 7]), max_size=12))
+def test_small_frames_travel_packed_and_come_out_as_they_went_in(sizes):
+    frames = [bytes([i % 256]) * n for i, n in enumerate(sizes)]
+    wire = protocol.encode("run", frames, id=1)
+    small = [n for n in sizes if n < protocol.PACK_BELOW]
+    if len(small) > 1:  # one frame for all the small ones
+        assert len(wire) == 1 + 1 + (len(sizes) - len(small))
+    header, payload = protocol.decode(wire)
+    assert header == {"op": "run", "id": 1}
+    assert [bytes(p) for p in payload] == frames
+
+
+@pytest.mark.parametrize("layout", [[5, 6], [3], [-1, 10], [10, -2], "10", [10.0], [10, None]])
+def test_a_layout_that_does_not_match_its_frames_is_rejected(layout):
+    wire = [encode_header("run", id=1, layout=layout), b"x" * 10]
+    with pytest.raises(ProtocolError):
+        protocol.decode(wire)

@@ -181,7 +181,7 @@ class Center:
             self.dropped.warning("dropped a message without a header")
             return
         try:
-            header = protocol.decode_header(frames[1].bytes)
+            header, payload = protocol.decode(frames[1:])
         except ProtocolError as e:
             self.dropped.warning("dropped a malformed message", str(e))
             return
@@ -202,7 +202,7 @@ class Center:
         if peer is not None:
             peer.last_heard = time.monotonic()
         try:
-            handler(ident, header, frames[2:])
+            handler(ident, header, payload)
         except ProtocolError as e:
             self.dropped.warning(f"dropped a malformed {op!r}", str(e))
         except Exception:  # a bug must not take the center down with every task
@@ -262,8 +262,12 @@ class Center:
 
     def _submit(self, ident: bytes, header: dict, frames: list) -> None:
         items = header["tasks"]
-        protocol.unpack_items(items, frames)  # checks the frame counts before anything changes
-        self.scheduler.submit(ident, items, frames)
+        list(protocol.unpack_items(items, frames))  # checks the counts before anything changes
+        # Small payloads are slices of one packed frame: copied out, so that a
+        # task that stays does not keep its whole batch in memory.
+        below = protocol.PACK_BELOW
+        self.scheduler.submit(ident, items, [bytes(f) if f.nbytes < below else f
+                                             for f in frames])
 
     def _task_finished(self, ident: bytes, header: dict, frames: list) -> None:
         finished = self.scheduler.task_finished
@@ -276,7 +280,8 @@ class Center:
 
     def _task_erred(self, ident: bytes, header: dict, frames: list) -> None:
         for item, exception in protocol.unpack_items(header["tasks"], frames):
-            self.scheduler.task_erred(ident, item["key"], exception)
+            # Kept while the task stays erred: copied out of the packed frame.
+            self.scheduler.task_erred(ident, item["key"], [bytes(f) for f in exception])
 
     def _keys_added(self, ident: bytes, header: dict, frames: list) -> None:
         for item in header["tasks"]:
@@ -329,8 +334,8 @@ class Center:
 
     def _send(self, ident: bytes, op: str, fields: dict, frames: list | None = None) -> None:
         try:
-            self.socket.send_multipart([ident, protocol.encode_header(op, **fields),
-                                        *(frames or ())], copy=False)
+            self.socket.send_multipart([ident, *protocol.encode(op, frames or (), **fields)],
+                                       copy=False)
         except zmq.ZMQError as e:
             # EHOSTUNREACH: the peer is gone, which heartbeats or its nanny will
             # report; routine at shutdown, so not worth a warning.

@@ -336,7 +336,7 @@ class ClientIO:
             request_id = next(self._ids)
             self.worker_requests[request_id] = lambda h, f, a=address: stored(a, h, f)
             send(self._worker(address),
-                 [protocol.encode_header("put-data", id=request_id, items=items), *frames],
+                 protocol.encode("put-data", frames, id=request_id, items=items),
                  dropped, f"data to {address}")
 
     def _cmd_run(self, addresses: list[str], frames: list,
@@ -345,7 +345,7 @@ class ClientIO:
         outcomes: dict[str, tuple[bool, list]] = {}
 
         def answered(address: str, header: dict, reply_frames: list) -> None:
-            outcomes[address] = (header["ok"], [f.buffer for f in reply_frames])
+            outcomes[address] = (header["ok"], reply_frames)
             if len(outcomes) == len(addresses) and not result.done():
                 result.set_result(outcomes)
 
@@ -354,7 +354,7 @@ class ClientIO:
         for address in addresses:
             request_id = next(self._ids)
             self.worker_requests[request_id] = lambda h, f, a=address: answered(a, h, f)
-            send(self._worker(address), [protocol.encode_header("run", id=request_id), *frames],
+            send(self._worker(address), protocol.encode("run", frames, id=request_id),
                  dropped, f"a call to {address}")
 
     def _cmd_rpc(self, op: str, fields: dict, result: concurrent.futures.Future) -> None:
@@ -470,13 +470,13 @@ class ClientIO:
                 future._set_error(failure)
 
     def _on_worker_message(self, frames: list) -> None:
-        header = protocol.decode_header(frames[0].bytes)
+        header, frames = protocol.decode(frames)
         if header["op"] == "data":
             self._on_data(header, frames)
             return
         callback = self.worker_requests.pop(header["id"], None)
         if callback is not None:
-            callback(header, frames[1:])
+            callback(header, frames)
 
     def _on_data(self, header: dict, frames: list) -> None:
         entry = self.gathers.pop(header["id"], None)
@@ -485,14 +485,14 @@ class ClientIO:
         gather = entry[0]
         items = header["items"]
         both = items + header.get("errors", [])
-        for i, (item, value_frames) in enumerate(protocol.unpack_items(both, frames[1:])):
+        for i, (item, value_frames) in enumerate(protocol.unpack_items(both, frames)):
             key = item["key"]
             if i >= len(items):  # the value cannot be pickled to leave its worker
-                self._finish_gather(gather, remote_exception([f.buffer for f in value_frames]))
+                self._finish_gather(gather, remote_exception(value_frames))
                 return
             if key in gather.remaining:
                 gather.remaining.discard(key)
-                gather.values[key] = [f.buffer for f in value_frames]
+                gather.values[key] = value_frames
         if header["missing"]:
             self._fetch(gather, header["missing"])
         elif not gather.remaining:
@@ -521,11 +521,11 @@ class ClientIO:
 
     def _on_center_message(self, frames: list) -> None:
         self._last_heard = time.monotonic()
-        header = protocol.decode_header(frames[0].bytes)
+        header, frames = protocol.decode(frames)
         op = header["op"]
         if op == "key-finished":
             eager, inline = [], {}
-            for item, value in protocol.unpack_some_items(header["tasks"], frames[1:]):
+            for item, value in protocol.unpack_some_items(header["tasks"], frames):
                 info = self.keys.get(item["key"])
                 if info is not None:
                     if info.status == FINISHED:  # news of where it is now
@@ -538,12 +538,12 @@ class ClientIO:
                     info.deps = None
                     if info.eager:
                         if value:
-                            inline[item["key"]] = [f.buffer for f in value]
+                            inline[item["key"]] = value
                         else:
                             eager.append(item["key"])
                         continue
                     if value:  # small: the result came along, no fetch needed
-                        self._set_values(info, [f.buffer for f in value])
+                        self._set_values(info, value)
                     else:
                         for future in info.live_futures():
                             future._set_remote()
@@ -555,12 +555,12 @@ class ClientIO:
                 done.set_result(inline)
                 self._deliver(list(inline), done)
         elif op == "key-erred":
-            for item, exception_frames in protocol.unpack_items(header["tasks"], frames[1:]):
+            for item, exception_frames in protocol.unpack_items(header["tasks"], frames):
                 info = self.keys.get(item["key"])
                 if info is not None:
                     info.status = ERRED
                     info.deps = None
-                    info.exception = remote_exception([f.buffer for f in exception_frames])
+                    info.exception = remote_exception(exception_frames)
                     cancelled = isinstance(info.exception, concurrent.futures.CancelledError)
                     lost = isinstance(info.exception, FutureLostError)
                     for future in info.live_futures():
@@ -666,7 +666,7 @@ class ClientIO:
         self._outgoing.clear()
 
     def _send(self, op: str, frames: list | None = None, **fields: Any) -> None:
-        send(self.center, [protocol.encode_header(op, **fields), *(frames or ())], dropped,
+        send(self.center, protocol.encode(op, frames or (), **fields), dropped,
              f"{op!r} to the center")
         self._last_sent = time.monotonic()
 

@@ -221,7 +221,7 @@ class Executor:
         frames, deps = serialize.dumps_task(fn, args, kwargs, Future, function)
         self._check_size(frames)
         if key is None:
-            token = serialize.token(frames) if pure else uuid.uuid4().hex
+            token = serialize.token(frames) if pure else serialize.unique_token()
             key = f"{prefix or _funcname(fn)}-{token}"
         elif not isinstance(key, str):
             raise TypeError(f"key must be a string, not {type(key).__name__}")

@@ -13,7 +13,6 @@ import itertools
 import os
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable
@@ -87,7 +86,7 @@ class PoolExecutor(concurrent.futures.Executor):
             for args, kwargs in calls:
                 frames, deps = serialize.dumps_task(fn, args, kwargs, Future, function)
                 self._executor._check_size(frames)
-                key = f"{name}-{uuid.uuid4().hex}"
+                key = f"{name}-{serialize.unique_token()}"
                 future = Future(key, self._executor)
                 item = {"key": key, "deps": deps, "priority": 0, "retries": 0}
                 tasks.append((item, frames, future))

@@ -119,6 +119,70 @@ SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 
+#: Payload frames smaller than this travel packed together in one frame: each
+#: frame costs several microseconds to send and receive, whatever its size, and
+#: a batch of a thousand small tasks would otherwise pay that thousands of times.
+PACK_BELOW = 64 * 1024
+
+
+def encode(op: str, frames: Sequence = (), **fields: Any) -> list:
+    """The wire frames of a message: its header, then its payload ``frames``.
+
+    Small payload frames are joined into one (the first after the header) and
+    the header's ``layout`` says how to cut it again: the size of each frame
+    in order, or -1 for a frame that travels on its own (see :func:`decode`).
+    """
+    if len(frames) > 1:
+        layout, small, large = [], [], []
+        for frame in frames:
+            size = memoryview(frame).nbytes
+            if size < PACK_BELOW:
+                layout.append(size)
+                small.append(frame)
+            else:
+                layout.append(-1)
+                large.append(frame)
+        if len(small) > 1:
+            fields["layout"] = layout
+            return [encode_header(op, **fields), b"".join(small), *large]
+    return [encode_header(op, **fields), *frames]
+
+
+def decode(frames: Sequence) -> tuple[dict, list]:
+    """``(header, payload buffers)`` of a message's frames (zmq Frames or bytes),
+    the packed frames cut out again; ProtocolError if anything does not fit."""
+    if not frames:
+        raise ProtocolError("a message without a header")
+    header = decode_header(_bytes(frames[0]))
+    rest = [_buffer(f) for f in frames[1:]]
+    layout = header.pop("layout", None)
+    if layout is None:
+        return header, rest
+    if type(layout) is not list or not rest or not all(type(n) is int and n >= -1
+                                                       for n in layout):
+        raise ProtocolError("a malformed layout")
+    blob, large = rest[0], iter(rest[1:])
+    if sum(n for n in layout if n > 0) != blob.nbytes or \
+            layout.count(-1) != len(rest) - 1:
+        raise ProtocolError("the layout does not match the frames")
+    payload, start = [], 0
+    for n in layout:
+        if n < 0:
+            payload.append(next(large))
+        else:
+            payload.append(blob[start:start + n])
+            start += n
+    return header, payload
+
+
+def _bytes(frame: Any) -> bytes:
+    return frame.bytes if hasattr(frame, "bytes") else bytes(frame)
+
+
+def _buffer(frame: Any) -> memoryview:
+    return frame.buffer if hasattr(frame, "buffer") else memoryview(frame)
+
+
 def encode_header(op: str, **fields: Any) -> bytes:
     """Pack a header for ``op``. Fields must be plain data (msgpack types)."""
     fields["op"] = op

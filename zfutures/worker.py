@@ -274,13 +274,13 @@ class Worker:
 
     def _on_center_message(self, frames: list) -> None:
         self._last_heard = time.monotonic()
-        header = protocol.decode_header(frames[0].bytes)
+        header, frames = protocol.decode(frames)
         op = header["op"]
         now = self._last_heard
         if op == "compute":
-            for item, payload in protocol.unpack_items(header["tasks"], frames[1:]):
+            for item, payload in protocol.unpack_items(header["tasks"], frames):
                 self.state.compute(item["key"], item["deps"], item.get("priority", 0),
-                                   [f.buffer for f in payload], now, item.get("inline", False))
+                                   payload, now, item.get("inline", False))
         elif op == "release-keys":
             self.state.release(header["keys"])
         elif op == "acquire":
@@ -309,11 +309,11 @@ class Worker:
         if len(frames) < 2:
             raise ProtocolError("a request without a header")
         ident = frames[0].bytes
-        header = protocol.decode_header(frames[1].bytes)
+        header, payload = protocol.decode(frames[1:])
         handler = self._data_handlers.get(header["op"])
         if handler is None:
             raise ProtocolError(f"the data server does not serve {header['op']!r}")
-        handler(ident, header, frames[2:])
+        handler(ident, header, payload)
 
     def _get_data(self, ident: bytes, header: dict, frames: list) -> None:
         """Serve results to a peer or a client."""
@@ -336,15 +336,15 @@ class Worker:
             items.append({"key": key, "nframes": len(value_frames), "nbytes": nbytes[key]})
             out_frames.extend(value_frames)
         fields = {"errors": errors} if errors else {}
-        reply = protocol.encode_header("data", id=header["id"], items=items, missing=missing,
-                                       **fields)
-        self.server.send_multipart([ident, reply, *out_frames, *error_frames], copy=False)
+        reply = protocol.encode("data", [*out_frames, *error_frames], id=header["id"],
+                                items=items, missing=missing, **fields)
+        self.server.send_multipart([ident, *reply], copy=False)
 
     def _put_data(self, ident: bytes, header: dict, frames: list) -> None:
         """A client scatters data here; it tells the center once we answer."""
         nbytes = {}
         for item, value_frames in protocol.unpack_items(header["items"], frames):
-            value = serialize.loads([f.buffer for f in value_frames])
+            value = serialize.loads(value_frames)
             nbytes[item["key"]] = serialize.sizeof(value)
             self.state.add_data(item["key"], value, nbytes[item["key"]])
         self.server.send_multipart(
@@ -354,28 +354,28 @@ class Worker:
         """Run a function outside the task graph (Executor.run), on a thread of its own."""
         def run() -> None:
             try:
-                fn, args, kwargs = serialize.loads([f.buffer for f in frames])
+                fn, args, kwargs = serialize.loads(frames)
                 out, ok = serialize.dumps(fn(*args, **kwargs)), True
             except BaseException as exc:  # noqa: B036 - reported to the caller
                 out, ok = pickle_exception(exc), False
-            reply = protocol.encode_header("run-result", id=header["id"], ok=ok)
-            self.call_soon(self.server.send_multipart, [ident, reply, *out])
+            reply = protocol.encode("run-result", out, id=header["id"], ok=ok)
+            self.call_soon(self.server.send_multipart, [ident, *reply])
 
         threading.Thread(target=run, daemon=True, name="zfutures-run").start()
 
     def _on_peer_data(self, address: str, frames: list) -> None:
-        header = protocol.decode_header(frames[0].bytes)
+        header, frames = protocol.decode(frames)
         if header["op"] != "data":
             raise ProtocolError(f"expected data from {address}, got {header['op']!r}")
         values, nbytes = {}, {}
         items, errors = header["items"], header.get("errors", [])
         for i, (item, value_frames) in enumerate(protocol.unpack_items(items + errors,
-                                                                        frames[1:])):
+                                                                        frames)):
             key = item["key"]
             if i >= len(items):  # an error item: the value cannot leave its worker
-                self.state.input_failed(key, [f.buffer for f in value_frames])
+                self.state.input_failed(key, value_frames)
                 continue
-            values[key] = serialize.loads([f.buffer for f in value_frames])
+            values[key] = serialize.loads(value_frames)
             nbytes[key] = item.get("nbytes", 0)
         self.state.data_received(header["id"], values, nbytes, time.monotonic())
 
@@ -426,7 +426,7 @@ class Worker:
             state.to_center.clear()
 
     def _send_center(self, op: str, frames: list | None = None, **fields: Any) -> None:
-        send(self.center, [protocol.encode_header(op, **fields), *(frames or ())], dropped,
+        send(self.center, protocol.encode(op, frames or (), **fields), dropped,
              f"{op!r} to the center")
         self._last_sent = time.monotonic()
 

@@ -277,3 +277,24 @@ def test_functions_holding_futures_are_not_cached():
     functions = {}
     fn, _, _ = loads_task(frames, {"k": 1}, functions)
     assert fn()["ref"] == 1 and not functions               # depends on data: not kept
+
+
+def test_a_function_submitted_again_is_not_pickled_again():
+    def work(x):
+        return x + 1
+
+    first = dumps_function(work, Ref)
+    assert dumps_function(work, Ref) is first
+    other = dumps_function(lambda x: x + 1, Ref)
+    assert other is not first
+
+
+def test_a_function_that_refers_to_a_key_is_pickled_each_time():
+    ref = Ref("key-1")
+
+    def uses(x):
+        return (x, ref)
+
+    first = dumps_function(uses, Ref)
+    assert first.deps == ["key-1"]
+    assert dumps_function(uses, Ref) is not first

@@ -18,7 +18,7 @@ from . import protocol
 from .addressing import bind_ephemeral, configure
 from .errors import ProtocolError
 from .logs import RateLimitedLog
-from .loop import Waker
+from .loop import Waker, receive, send_frames
 from .scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
@@ -169,9 +169,8 @@ class Center:
     def _drain(self, limit: int = 10000) -> None:
         sock = self.socket
         for _ in range(limit):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            frames = receive(sock)
+            if frames is None:
                 return
             self._handle(frames)
 
@@ -334,8 +333,7 @@ class Center:
 
     def _send(self, ident: bytes, op: str, fields: dict, frames: list | None = None) -> None:
         try:
-            self.socket.send_multipart([ident, *protocol.encode(op, frames or (), **fields)],
-                                       copy=False)
+            send_frames(self.socket, [ident, *protocol.encode(op, frames or (), **fields)])
         except zmq.ZMQError as e:
             # EHOSTUNREACH: the peer is gone, which heartbeats or its nanny will
             # report; routine at shutdown, so not worth a warning.

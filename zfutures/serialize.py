@@ -129,8 +129,29 @@ class PickledFunction(NamedTuple):
     deps: list[str]
 
 
+#: Functions pickled recently: id -> (function, its pickle). Pickling a function
+#: defined in a script or notebook (by value) costs far more than a small call;
+#: a function submitted again is sent as it was first pickled (as dask does).
+_pickled_functions: dict[int, tuple[Callable, PickledFunction]] = {}
+_PICKLED_FUNCTIONS_MAX = 128
+_PICKLED_FUNCTION_MAX_BYTES = 100_000
+
+
 def dumps_function(fn: Callable, reference_type: type) -> PickledFunction:
-    """Pickle a task's function (see :func:`dumps_task`)."""
+    """Pickle a task's function (see :func:`dumps_task`), or reuse its recent pickle."""
+    cached = _pickled_functions.get(id(fn))
+    if cached is not None and cached[0] is fn:
+        return cached[1]
+    pickled = _dumps_function(fn, reference_type)
+    if not pickled.deps and not pickled.buffers and \
+            len(pickled.stream) < _PICKLED_FUNCTION_MAX_BYTES:  # (futures inside change)
+        if len(_pickled_functions) >= _PICKLED_FUNCTIONS_MAX:
+            _pickled_functions.clear()
+        _pickled_functions[id(fn)] = (fn, pickled)
+    return pickled
+
+
+def _dumps_function(fn: Callable, reference_type: type) -> PickledFunction:
     buffers: list = []
     deps: dict = {}
     stream = io.BytesIO()

@@ -26,7 +26,7 @@ from . import context, protocol, serialize
 from .addressing import bind_ephemeral, configure, interface_towards, normalize_address
 from .errors import ProtocolError
 from .logs import RateLimitedLog
-from .loop import Waker, drain, send
+from .loop import Waker, drain, send, send_frames
 from .worker_state import Task, WorkerState
 
 logger = logging.getLogger(__name__)
@@ -338,7 +338,7 @@ class Worker:
         fields = {"errors": errors} if errors else {}
         reply = protocol.encode("data", [*out_frames, *error_frames], id=header["id"],
                                 items=items, missing=missing, **fields)
-        self.server.send_multipart([ident, *reply], copy=False)
+        send_frames(self.server, [ident, *reply])
 
     def _put_data(self, ident: bytes, header: dict, frames: list) -> None:
         """A client scatters data here; it tells the center once we answer."""
@@ -359,7 +359,7 @@ class Worker:
             except BaseException as exc:  # noqa: B036 - reported to the caller
                 out, ok = pickle_exception(exc), False
             reply = protocol.encode("run-result", out, id=header["id"], ok=ok)
-            self.call_soon(self.server.send_multipart, [ident, *reply])
+            self.call_soon(send_frames, self.server, [ident, *reply])
 
         threading.Thread(target=run, daemon=True, name="zfutures-run").start()
 

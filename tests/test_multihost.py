@@ -59,10 +59,11 @@ def test_tree_reduction_across_three_hosts(tmp_path, secured):
     with netns.Network(3) as net:
         started = []
         try:
+            center_log = open(tmp_path / "center.log", "w")
             center = subprocess.Popen(
                 net.command(0, command("zfut-center"), "--host", net.addresses[0],
                             "--port", "8787", *security),
-                stdout=subprocess.PIPE, text=True)
+                stdout=subprocess.PIPE, stderr=center_log, text=True)
             started.append(center)
             address = read_line(center, r"listening at (tcp://\S+)").group(1)
             assert address == f"tcp://{net.addresses[0]}:8787"
@@ -82,6 +83,9 @@ def test_tree_reduction_across_three_hosts(tmp_path, secured):
             assert lines[1] == "input hosts 2"
             assert lines[2] == "moved between workers True"
             assert lines[3] == "correct True"
+            # Without keys, the center says at start that anyone may run code on it.
+            warned = "reachable from other hosts" in (tmp_path / "center.log").read_text()
+            assert warned == (not secured)
         finally:
             for process in reversed(started):
                 process.terminate()

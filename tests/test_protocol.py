@@ -4,11 +4,13 @@ from __future__ import annotations
 from typing import Any
 
 import msgpack
+import numpy as np
 import pytest
+import zmq
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from zfutures import protocol
+from zfutures import loop, protocol
 from zfutures.errors import ProtocolError
 from zfutures.protocol import (
     SCHEMAS,
@@ -381,3 +383,29 @@ def test_a_layout_that_does_not_match_its_frames_is_rejected(layout):
     wire = [encode_header("run", id=1, layout=layout), b"x" * 10]
     with pytest.raises(ProtocolError):
         protocol.decode(wire)
+
+
+@pytest.fixture
+def socket_pair():
+    context = zmq.Context()
+    a, b = context.socket(zmq.PAIR), context.socket(zmq.PAIR)
+    a.bind("inproc://wire")
+    b.connect("inproc://wire")
+    yield a, b
+    a.close(0)
+    b.close(0)
+    context.term()
+
+
+def test_large_frames_travel_on_their_own_and_small_ones_packed(socket_pair):
+    a, b = socket_pair
+    big = np.arange(200_000, dtype=np.float64)
+    frames = [b"small", memoryview(big), b"x" * 100, bytes(protocol.PACK_BELOW)]
+    wire = protocol.encode("run", frames, id=7)
+    assert len(wire) == 1 + 1 + 2     # the header, the packed small ones, two large
+    loop.send_frames(a, wire)
+    header, payload = protocol.decode(loop.receive(b))
+    assert header == {"op": "run", "id": 7}
+    assert [bytes(p) for p in payload] == [bytes(f) for f in frames]
+    assert np.array_equal(np.frombuffer(payload[1], np.float64), big)
+    assert loop.receive(b) is None    # nothing more, and no exception to say so

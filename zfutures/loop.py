@@ -96,7 +96,7 @@ def receive(sock: zmq.Socket) -> list | None:
         return None
     try:
         return sock.recv_multipart(_NOBLOCK, copy=False)
-    except zmq.Again:  # (a message announced but not complete: rare)
+    except zmq.Again:  # (announced but gone: rare)
         return None
 
 

@@ -124,28 +124,28 @@ SCHEMAS: dict[str, dict[str, Any]] = {
 #: a batch of a thousand small tasks would otherwise pay that thousands of times.
 PACK_BELOW = 64 * 1024
 
-
 def encode(op: str, frames: Sequence = (), **fields: Any) -> list:
     """The wire frames of a message: its header, then its payload ``frames``.
 
-    Small payload frames are joined into one (the first after the header) and
-    the header's ``layout`` says how to cut it again: the size of each frame
-    in order, or -1 for a frame that travels on its own (see :func:`decode`).
+    With more than one payload frame, the header's ``layout`` gives each frame
+    in order: its size ``n >= 0`` if it is packed with the other small ones
+    into one frame (the first after the header), or ``-size`` if it travels on
+    its own, zero-copy (see :func:`decode`).
     """
-    if len(frames) > 1:
-        layout, small, large = [], [], []
-        for frame in frames:
-            size = memoryview(frame).nbytes
-            if size < PACK_BELOW:
-                layout.append(size)
-                small.append(frame)
-            else:
-                layout.append(-1)
-                large.append(frame)
-        if len(small) > 1:
-            fields["layout"] = layout
-            return [encode_header(op, **fields), b"".join(small), *large]
-    return [encode_header(op, **fields), *frames]
+    if len(frames) < 2:
+        return [encode_header(op, **fields), *frames]
+    layout, small, large = [], [], []
+    for frame in frames:
+        size = memoryview(frame).nbytes
+        if size < PACK_BELOW:
+            layout.append(size)
+            small.append(frame)
+        else:
+            layout.append(-size)
+            large.append(frame)
+    fields["layout"] = layout
+    packed = [b"".join(small)] if small else []
+    return [encode_header(op, **fields), *packed, *large]
 
 
 def decode(frames: Sequence) -> tuple[dict, list]:
@@ -158,17 +158,21 @@ def decode(frames: Sequence) -> tuple[dict, list]:
     layout = header.pop("layout", None)
     if layout is None:
         return header, rest
-    if type(layout) is not list or not rest or not all(type(n) is int and n >= -1
-                                                       for n in layout):
+    if type(layout) is not list or not all(type(n) is int for n in layout):
         raise ProtocolError("a malformed layout")
-    blob, large = rest[0], iter(rest[1:])
-    if sum(n for n in layout if n > 0) != blob.nbytes or \
-            layout.count(-1) != len(rest) - 1:
+    has_blob = any(n >= 0 for n in layout)
+    large_sizes = [-n for n in layout if n < 0]
+    if len(rest) != has_blob + len(large_sizes):
         raise ProtocolError("the layout does not match the frames")
-    payload, start = [], 0
+    blob = rest[0] if has_blob else None
+    large = rest[has_blob:]
+    if (has_blob and sum(n for n in layout if n >= 0) != blob.nbytes) or \
+            any(f.nbytes != size for f, size in zip(large, large_sizes)):
+        raise ProtocolError("the layout does not match the frames")
+    payload, start, large_iter = [], 0, iter(large)
     for n in layout:
         if n < 0:
-            payload.append(next(large))
+            payload.append(next(large_iter))
         else:
             payload.append(blob[start:start + n])
             start += n

@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 WORKER, CLIENT, NANNY = "worker", "client", "nanny"
 
+_NOBLOCK = int(zmq.NOBLOCK)
+
 #: Messages queued per peer, each way (see Center.__init__).
 RCVHWM, SNDHWM = 10_000, 100_000
 
@@ -229,6 +231,12 @@ class Center:
     def _register_worker(self, ident: bytes, header: dict, frames: list) -> None:
         if not self._check_protocol(ident, header):
             return
+        if not 1 <= header["nthreads"] <= 100_000 or header["memory_limit"] < 0:
+            reason = (f"nthreads {header['nthreads']} and memory_limit "
+                      f"{header['memory_limit']}: a worker needs at least one thread")
+            self.dropped.warning("refused a worker", reason)
+            self._send(ident, "refused", {"reason": reason})
+            return
         keys, nbytes = header["keys"], header.get("nbytes") or []
         if len(nbytes) != len(keys):
             nbytes = [0] * len(keys)
@@ -333,7 +341,8 @@ class Center:
 
     def _send(self, ident: bytes, op: str, fields: dict, frames: list | None = None) -> None:
         try:
-            send_frames(self.socket, [ident, *protocol.encode(op, frames or (), **fields)])
+            send_frames(self.socket, [ident, *protocol.encode(op, frames or (), **fields)],
+                        _NOBLOCK)
         except zmq.ZMQError as e:
             # EHOSTUNREACH: the peer is gone, which heartbeats or its nanny will
             # report; routine at shutdown, so not worth a warning.

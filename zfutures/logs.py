@@ -4,6 +4,13 @@ from __future__ import annotations
 import logging
 import time
 
+#: Longest reason or detail logged, in characters.
+MAX_TEXT = 300
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= MAX_TEXT else f"{text[:MAX_TEXT]}... ({len(text)} characters)"
+
 
 class RateLimitedLog:
     """Log each distinct reason at most once per ``interval`` seconds.
@@ -18,6 +25,8 @@ class RateLimitedLog:
         self._last: dict[str, tuple[float, int]] = {}
 
     def warning(self, reason: str, detail: str = "") -> None:
+        # What a peer sent may be in reason or detail: a line stays short whatever it is.
+        reason, detail = _shorten(reason), _shorten(detail)
         now = time.monotonic()
         last, held = self._last.get(reason, (-1e9, 0))
         if now - last < self.interval:

@@ -50,6 +50,9 @@ DEFAULT_TASK_DURATION = 0.001
 ROUND_TRIP = 0.002
 #: The most tasks queued ahead per thread, however short they are.
 MAX_AHEAD_PER_THREAD = 50
+#: Sizes reported by workers are capped here (a petabyte), so that sums of
+#: them always fit in a message.
+MAX_NBYTES = 2**50
 
 WAITING, READY, PROCESSING, MEMORY, RELEASED, ERRED = (
     "waiting", "ready", "processing", "memory", "released", "erred")
@@ -455,6 +458,8 @@ class Scheduler:
                 ts = self.tasks[item["key"]] = TaskState(item["key"], None, (0, next(self._order)))
             holders = [self.workers_by_address[a] for a in item["workers"]
                        if a in self.workers_by_address]
+            if holders and ts.state in (READY, PROCESSING):  # the data is here: no need
+                self._stop_pending_work(ts)
             for ws in holders:
                 self._add_holder(ts, ws, item["nbytes"])
             if self.recovering and ts.state != MEMORY:
@@ -498,7 +503,7 @@ class Scheduler:
             self.outbox.add(ws.ident, "release-keys", "keys", key)
             return
         self.expected.pop(key, None)
-        if duration is not None:
+        if duration is not None and 0.0 <= duration < 1e9:  # (NaN fails this too)
             self.task_duration = 0.9 * self.task_duration + 0.1 * duration
             self._duration_measured = True
             self._refresh_capacity(ws)
@@ -758,6 +763,7 @@ class Scheduler:
         if ts.processing_on is not None:
             self.outbox.add(ts.processing_on.ident, "release-keys", "keys", ts.key)
             self._unassign(ts)
+            self._recall_early(ts)  # tasks sent ahead to wait for it there
 
     def _want(self, ts: TaskState, client: ClientState) -> None:
         """``client`` holds a future for ``ts``: tell it what it missed."""
@@ -813,6 +819,7 @@ class Scheduler:
     # ------------------------------------------------------------------ placement
 
     def _add_holder(self, ts: TaskState, ws: WorkerState, nbytes: int) -> None:
+        nbytes = min(max(nbytes, 0), MAX_NBYTES)  # a peer's figure: keep sums encodable
         ts.nbytes = nbytes
         if ws not in ts.who_has:
             ts.who_has.add(ws)
@@ -837,7 +844,7 @@ class Scheduler:
             self._refresh_capacity(ws)
         if ts.resources:
             for name, amount in ts.resources.items():
-                ws.used_resources[name] -= amount
+                ws.used_resources[name] = ws.used_resources.get(name, 0.0) - amount
         if len(ws.processing) < ws.capacity and self._takes_tasks(ws):
             self.with_room.add(ws)
 
@@ -922,7 +929,7 @@ class Scheduler:
         ws.processing.add(ts)
         if ts.resources:
             for name, amount in ts.resources.items():
-                ws.used_resources[name] += amount
+                ws.used_resources[name] = ws.used_resources.get(name, 0.0) + amount
         if len(ws.processing) >= ws.capacity:
             self.with_room.discard(ws)
         deps = {dep.key: [w.address for w in dep.who_has] for dep in ts.dependencies}
@@ -943,7 +950,7 @@ class Scheduler:
             counts[ts.state] += 1
         workers = {
             ws.address: {
-                "name": ws.name, "nthreads": ws.nthreads, "memory": ws.nbytes,
+                "name": ws.name, "nthreads": ws.nthreads, "memory": min(ws.nbytes, 2**62),
                 "memory_limit": ws.memory_limit, "resources": ws.resources,
                 "executing": min(len(ws.processing), ws.nthreads),
                 "queued": max(0, len(ws.processing) - ws.nthreads),

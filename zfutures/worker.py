@@ -319,7 +319,7 @@ class Worker:
         """Serve results to a peer or a client."""
         items, out_frames, missing, errors, error_frames = [], [], [], [], []
         data, nbytes = self.state.data, self.state.nbytes
-        for key in header["keys"]:
+        for key in dict.fromkeys(header["keys"]):  # each key once, however often asked
             if key not in data:
                 missing.append(key)
                 continue

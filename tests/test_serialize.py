@@ -298,3 +298,17 @@ def test_a_function_that_refers_to_a_key_is_pickled_each_time():
     first = dumps_function(uses, Ref)
     assert first.deps == ["key-1"]
     assert dumps_function(uses, Ref) is not first
+
+
+def test_calls_with_plain_arguments_take_the_fast_path_and_load_the_same():
+    def add(a, b=0):
+        return a + b
+
+    plain_args = (1, 2.5, "s", None, True, (1, [2, 3]))
+    frames, deps = dumps_task(add, plain_args, {}, Ref)
+    assert deps == []
+    assert loads_task(frames, {}, {})[1:] == (plain_args, {})
+    # A future anywhere, even inside a list, still becomes a reference.
+    frames, deps = dumps_task(add, (1, [Ref("k")]), {}, Ref)
+    assert deps == ["k"]
+    assert loads_task(frames, {"k": 41}, {})[1] == (1, [41])

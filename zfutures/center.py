@@ -4,6 +4,11 @@ Clients and workers both connect here with DEALER sockets. The shell decodes
 each message's header, calls the matching Scheduler method, and after each
 burst of messages sends what the scheduler queued, batched per peer. Payload
 frames are kept and forwarded as they came; the center never unpickles them.
+
+A center may be the restart of one that died: a peer it does not know is
+asked to register again (``reregister``), and for ``recovery_window`` seconds
+the keys workers bring back wait for the clients that submit them again.
+With keys (see security.py), only peers in the allow list get in.
 """
 from __future__ import annotations
 

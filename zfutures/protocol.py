@@ -13,6 +13,8 @@ Ops that are produced in bursts carry a list of items (``tasks`` or ``keys``)
 so that many tasks, results or releases travel in one message. An item that
 owns payload frames says how many with ``nframes``; its frames follow the
 header in item order (see :func:`pack_items` and :func:`unpack_items`).
+On the wire, the small payload frames of a message travel packed into one
+frame, which the header's ``layout`` cuts again (:func:`encode`, :func:`decode`).
 
 Every header is checked against :data:`SCHEMAS` by :func:`decode_header`
 before any handler sees it: a message that does not fit is rejected there, in

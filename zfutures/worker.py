@@ -7,8 +7,10 @@ One thread (the one that calls :meth:`Worker.run`) owns every socket:
 - a DEALER per peer it fetches inputs from.
 
 Task threads run user code and hand results back through a queue and a
-:class:`~zfutures.waker.Waker`, so the loop never blocks on a task and keeps
-heartbeating while tasks run.
+:class:`~zfutures.loop.Waker`, so the loop never blocks on a task and keeps
+heartbeating while tasks run. Short tasks are handed over a few at a time
+(see ``HAND_AHEAD_TIME`` in worker_state.py), and a small result a client
+waits for is pickled on the task thread and sent with the completion.
 """
 from __future__ import annotations
 

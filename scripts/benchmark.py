@@ -775,6 +775,10 @@ def bench_transfer(system: System, cfg: Config) -> Figures:
     yield "transfer_rss_peak_b_MB", memory.peak[pid_b] / MB
 
 
+def _rss(pid: int) -> float:
+    return psutil.Process(pid).memory_info().rss
+
+
 def bench_scale(system: System, cfg: Config) -> Figures:
     """Time per task of a 10x larger map, relative to the smaller one.
 
@@ -786,9 +790,16 @@ def bench_scale(system: System, cfg: Config) -> Figures:
     client_pid = os.getpid()
     center_pid = system.center_pid()
     pids = [client_pid] if center_pid is None else [client_pid, center_pid]
+    scheduler_pid = center_pid if center_pid is not None else client_pid
+    before = _rss(scheduler_pid)
     with PeakMemory(pids) as memory:
         big = _run_trivial_tasks(system, cfg.n_scale, use_map=True)
     yield "scale_tasks_per_s", cfg.n_scale / big
+    # The futures are gone: once the scheduler has forgotten their tasks, how
+    # much of the memory it took has it given back?
+    system.settle()
+    if system.name != "pool":
+        yield "scale_center_rss_kept_MB", (_rss(scheduler_pid) - before) / MB
     yield "scale_per_task_ratio", (big / cfg.n_scale) / (small / cfg.n_tasks)
     yield "scale_client_rss_peak_MB", memory.peak[client_pid] / MB
     if center_pid is not None:
@@ -970,6 +981,8 @@ def metric_rows(cfg: Config) -> list[Metric]:
             ratios=False,
         ),
         Metric("scale_center_rss_peak_MB", "  center peak RSS (MB)", ratios=False),
+        Metric("scale_center_rss_kept_MB", "  center RSS kept after release (MB)",
+               ratios=False),
         Metric("scale_client_rss_peak_MB", "  client peak RSS (MB)", ratios=False),
     ]
     return rows

@@ -1116,3 +1116,19 @@ def test_a_dead_worker_suspects_only_tasks_that_could_run_not_those_sent_ahead()
     sim.s.remove_worker(W1)
     assert sim.s.tasks["t0"].suspicious == 1     # the one that was running
     assert sim.s.tasks["t1"].suspicious == 0
+
+
+def test_an_empty_graph_can_be_compacted_and_the_scheduler_goes_on():
+    sim = Sim()
+    sim.worker(W1)
+    sim.submit(*[task(f"t{i}") for i in range(50)])
+    while sim.s.workers[W1].processing:
+        for ts in list(sim.s.workers[W1].processing):
+            sim.finish(ts.key, W1)
+    sim.s.release(C1, [f"t{i}" for i in range(50)])
+    tables = sim.s.tasks
+    sim.s.compact()
+    assert sim.s.tasks == {} and sim.s.tasks is not tables
+    sim.submit(task("again"))
+    sim.finish("again", W1)
+    assert sim.state("again") == "memory"

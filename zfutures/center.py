@@ -12,6 +12,8 @@ With keys (see security.py), only peers in the allow list get in.
 """
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
 import time
 from typing import Any, Callable
@@ -31,6 +33,19 @@ logger = logging.getLogger(__name__)
 WORKER, CLIENT, NANNY = "worker", "client", "nanny"
 
 _NOBLOCK = int(zmq.NOBLOCK)
+
+#: A center that held at least this many tasks gives memory back once idle.
+TRIM_AFTER_TASKS = 10_000
+
+
+def _find_malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to ask
+        return None
+
+
+_malloc_trim = _find_malloc_trim()
 
 #: Messages queued per peer, each way (see Center.__init__).
 RCVHWM, SNDHWM = 10_000, 100_000
@@ -75,6 +90,7 @@ class Center:
         # bring back wait for the clients that want them (see Scheduler.recovering).
         self.scheduler = Scheduler(allowed_failures=allowed_failures, recovering=True)
         self.recovery_ends = time.monotonic() + recovery_window
+        self._peak_tasks = 0
         self.context = zmq.Context()
         # Keys: the ZAP handler admits only the allow list (see security.py).
         self.auth = security.authenticator(self.context) if security is not None else None
@@ -324,6 +340,7 @@ class Center:
         """Heartbeat idle peers; declare silent ones gone; end recovery."""
         if self.scheduler.recovering and now >= self.recovery_ends:
             self.scheduler.end_recovery()
+        self._give_back_memory()
         for ident, peer in list(self.peers.items()):
             if peer.role == NANNY:
                 continue  # nannies register again with each report
@@ -334,6 +351,25 @@ class Center:
                 self._forget_peer(ident)
             elif now - peer.last_sent >= self.heartbeat_interval:
                 self._send(ident, "heartbeat", {})
+
+    def _give_back_memory(self) -> None:
+        """Once a large graph is all forgotten, hand its memory back to the system.
+
+        Python keeps the tables of emptied dicts and sets, and the C allocator
+        keeps freed memory for reuse: a center that ran 100,000 tasks would stay
+        at its peak while idle. So, when the scheduler has gone from many tasks
+        to none, its largest tables are made anew and glibc is asked to trim.
+        """
+        count = len(self.scheduler.tasks)
+        if count > self._peak_tasks:
+            self._peak_tasks = count
+        if count or self._peak_tasks < TRIM_AFTER_TASKS:
+            return
+        self._peak_tasks = 0
+        self.scheduler.compact()
+        gc.collect()
+        if _malloc_trim is not None:
+            _malloc_trim(0)
 
     # ------------------------------------------------------------------ output
 

@@ -811,6 +811,17 @@ class Scheduler:
                     stack.append(dep)
                 ts.dependencies = []
 
+    def compact(self) -> None:
+        """Make the tables of an empty graph anew: emptied dicts and sets keep
+        the size they grew to."""
+        if not self.tasks:
+            self.tasks = {}
+            self.ready = []
+            for client in self.clients.values():
+                client.wants = set()
+            for ws in self.workers.values():
+                ws.processing, ws.has_what = set(), set()
+
     def _settle(self) -> None:
         """After every event: drop what is unwanted, then fill free slots."""
         self._collect_garbage()

@@ -76,3 +76,26 @@ def test_calls_end_with_connection_error_when_no_center_comes_back(processes):
             pending.result()
         with pytest.raises(zfutures.ConnectionError):
             ex.scheduler_info()
+
+
+def combine(x, data, delay):
+    time.sleep(delay)
+    return x + int(data.sum())
+
+
+def test_inputs_the_client_let_go_of_come_back_with_the_tasks_that_need_them(processes):
+    port = free_port()
+    center, address = start_center(processes, port)
+    processes.worker(address, "--nworkers", "2", "--name", "w")
+    with Executor(address, timeout=10) as ex:
+        wait_for(lambda: len(ex.nthreads()) == 2, message="workers did not register")
+        data = ex.scatter(np.arange(10))
+        x = ex.submit(slow_inc, 1, 0)
+        pending = ex.submit(combine, x, data, 1.5)
+        waiting = ex.submit(combine, pending, data, 0)
+        x.result(timeout=20)
+        del x, data  # only the pending tasks refer to them now
+        assert stop(center, signal.SIGKILL) == -signal.SIGKILL
+        center, _ = start_center(processes, port)
+        assert waiting.result(timeout=60) == 2 + 45 + 45
+        assert pending.result(timeout=10) == 2 + 45

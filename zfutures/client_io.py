@@ -39,10 +39,11 @@ PENDING, FINISHED, ERRED, CANCELLED = "pending", "finished", "erred", "cancelled
 class _Key:
     """What this client knows of one key it holds futures for."""
 
-    __slots__ = ("refs", "futures", "held", "status", "who_has", "exception", "eager",
+    __slots__ = ("key", "refs", "futures", "held", "status", "who_has", "exception", "eager",
                  "nbytes", "submitted", "deps", "scattered")
 
-    def __init__(self):
+    def __init__(self, key: str):
+        self.key = key
         self.eager = False  # fetch the value as soon as it exists, then release the key
         self.nbytes = 0
         # What to send a center that restarted: the submit item and its payload
@@ -248,7 +249,7 @@ class ClientIO:
             if info is None or info.status == CANCELLED:
                 # New, or cancelled earlier: the center forgot it for us, send it again.
                 if info is None:
-                    info = self.keys[key] = _Key()
+                    info = self.keys[key] = _Key(key)
                 info.status, info.exception = PENDING, None
                 item["nframes"] = len(frames)
                 info.submitted = (item, frames)
@@ -264,7 +265,7 @@ class ClientIO:
         """A Future made for a key this client already holds (or will)."""
         info = self.keys.get(future.key)
         if info is None:
-            info = self.keys[future.key] = _Key()
+            info = self.keys[future.key] = _Key(future.key)
         self._add_future(info, future)
 
     def _add_future(self, info: _Key, future: Any) -> None:
@@ -600,22 +601,18 @@ class ClientIO:
         recomputing; then the requests it had not answered."""
         order: list[tuple[str, _Key]] = []
         seen: set[int] = set()
-        by_id = {id(info): key for key, info in self.keys.items()}
-        for key, info in list(self.keys.items()):
-            stack = [(key, info, False)]
+        for info in list(self.keys.values()):
+            stack = [(info, False)]
             while stack:  # depth first, inputs first: a chain can be long
-                key, info, expanded = stack.pop()
+                info, expanded = stack.pop()
                 if expanded:
-                    order.append((key, info))
+                    order.append((info.key, info))
                     continue
                 if id(info) in seen:
                     continue
                 seen.add(id(info))
-                stack.append((key, info, True))
-                for dep in info.deps or ():
-                    if id(dep) not in seen:
-                        dep_key = by_id.get(id(dep)) or dep.submitted[0]["key"]
-                        stack.append((dep_key, dep, False))
+                stack.append((info, True))
+                stack.extend((dep, False) for dep in info.deps or () if id(dep) not in seen)
         # Whatever is queued is among the keys brought back here, or about keys
         # the new center never knew.
         self._outgoing.clear()
@@ -630,8 +627,10 @@ class ClientIO:
                 if info.status == FINISHED:
                     item = dict(item, who_has=info.who_has)
                 self._queue("submit", item, frames)
-                if key not in self.keys:  # wanted only as an input of a pending task
-                    inputs_only.append(key)
+            else:
+                continue
+            if key not in self.keys:  # wanted only as an input of a pending task
+                inputs_only.append(key)
         if scattered:
             self._send("update-data", items=scattered)
         for key in inputs_only:

@@ -69,7 +69,7 @@ class Sent:
     def frames(self, op: str, ident: bytes) -> dict[str, list]:
         """key -> its frames, for ops whose items own frames."""
         fields, frames = self._by.get((ident, op), ({}, []))
-        return {item["key"]: f for item, f in protocol.unpack_some_items(
+        return {item["key"]: f for item, f in protocol.unpack_items(
             fields.get("tasks", []), frames)}
 
     def computes(self) -> dict[bytes, list[str]]:
@@ -122,10 +122,8 @@ class Sim:
             header = protocol.decode_header(protocol.encode_header(op, **fields))
             items = header.get("tasks")
             item_schema = protocol.SCHEMAS[op]["tasks"][1] if items else {}
-            if "nframes" in item_schema:
-                list(protocol.unpack_items(items, frames))
-            elif "nframes?" in item_schema:
-                list(protocol.unpack_some_items(items, frames))
+            if "nframes" in item_schema or "nframes?" in item_schema:
+                protocol.unpack_items(items, frames)  # checks the counts
             else:
                 assert not frames, f"{op!r} carries frames no item accounts for"
         return Sent(messages)

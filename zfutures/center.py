@@ -290,7 +290,7 @@ class Center:
 
     def _submit(self, ident: bytes, header: dict, frames: list) -> None:
         items = header["tasks"]
-        list(protocol.unpack_items(items, frames))  # checks the counts before anything changes
+        protocol.unpack_items(items, frames)  # checks the counts before anything changes
         # Small payloads are slices of one packed frame: copied out, so that a
         # task that stays does not keep its whole batch in memory.
         below = protocol.PACK_BELOW
@@ -299,11 +299,7 @@ class Center:
 
     def _task_finished(self, ident: bytes, header: dict, frames: list) -> None:
         finished = self.scheduler.task_finished
-        if not frames:
-            for item in header["tasks"]:
-                finished(ident, item["key"], item["nbytes"], item.get("duration"))
-            return
-        for item, value in list(protocol.unpack_some_items(header["tasks"], frames)):
+        for item, value in protocol.unpack_items(header["tasks"], frames):
             finished(ident, item["key"], item["nbytes"], item.get("duration"), value or None)
 
     def _task_erred(self, ident: bytes, header: dict, frames: list) -> None:

@@ -526,7 +526,7 @@ class ClientIO:
         op = header["op"]
         if op == "key-finished":
             eager, inline = [], {}
-            for item, value in protocol.unpack_some_items(header["tasks"], frames):
+            for item, value in protocol.unpack_items(header["tasks"], frames):
                 info = self.keys.get(item["key"])
                 if info is not None:
                     if info.status == FINISHED:  # news of where it is now

@@ -268,30 +268,21 @@ def pack_items(items: list[dict], frame_lists: Sequence[Sequence]) -> list:
     return frames
 
 
-def unpack_some_items(items: list[dict], frames: Sequence) -> Iterator[tuple[dict, list]]:
-    """Like :func:`unpack_items`, for items that own frames only when they say so."""
-    total = 0
-    for item in items:
-        n = item.get("nframes", 0)
-        if n < 0:
-            raise ProtocolError(f"an item announces {n} frames")
-        total += n
-    if total != len(frames):
-        raise ProtocolError(f"items announce {total} frames, message has {len(frames)}")
-    start = 0
-    for item in items:
-        end = start + item.get("nframes", 0)
-        yield item, list(frames[start:end])
-        start = end
-
-
 def unpack_items(items: list[dict], frames: Sequence) -> Iterator[tuple[dict, list]]:
-    """Yield ``(item, its frames)``; raise ProtocolError if the counts disagree."""
-    total = sum(item["nframes"] for item in items)
-    if total != len(frames) or any(item["nframes"] < 0 for item in items):
+    """``(item, its frames)`` for each item, an item without ``nframes`` owning none.
+
+    The counts are checked at the call, before anything is yielded: raises
+    ProtocolError if they disagree with the frames.
+    """
+    counts = [item.get("nframes", 0) for item in items]
+    total = sum(counts)
+    if total != len(frames) or any(n < 0 for n in counts):
         raise ProtocolError(f"items announce {total} frames, message has {len(frames)}")
+    return _slices(items, counts, frames)
+
+
+def _slices(items: list[dict], counts: list[int], frames: Sequence) -> Iterator[tuple[dict, list]]:
     start = 0
-    for item in items:
-        end = start + item["nframes"]
-        yield item, list(frames[start:end])
-        start = end
+    for item, count in zip(items, counts):
+        yield item, list(frames[start:start + count])
+        start += count

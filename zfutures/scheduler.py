@@ -317,13 +317,9 @@ class Scheduler:
             for key, holders in list(self.unclaimed.items()):
                 if holders.pop(ws, None) is not None and not holders:
                     del self.unclaimed[key]
-        # Only the tasks it was probably running are suspected of killing it: the
-        # worker runs its tasks in the order of their priority, as they were sent,
-        # so the first of them (one per thread, plus seceded ones); the rest of its
-        # queue is innocent and just goes elsewhere.
-        by_order = sorted(ws.processing, key=lambda t: t.priority)
-        startable = [ts for ts in by_order if not ts.waiting_on]  # (not sent early)
-        running = set(startable[:ws.nthreads]) | ws.seceded
+        # Only the tasks it was probably running are suspected of killing it; the
+        # rest of its queue is innocent and just goes elsewhere.
+        by_order, running = self._probably_running(ws)
         for ts in by_order:
             if ts.processing_on is not ws:  # erred meanwhile, with an input it waited for
                 continue
@@ -539,12 +535,9 @@ class Scheduler:
         ws.retiring = True
         self.with_room.discard(ws)
         for ts in sorted(ws.processing, key=lambda t: t.priority):
-            if ts.processing_on is not ws:  # erred meanwhile, with an input
-                continue
-            self.outbox.add(ws.ident, "release-keys", "keys", ts.key)
-            self._unassign(ts)
-            self._set_state(ts, WAITING)
-            self._try_ready(ts)
+            if ts.processing_on is ws:  # (else erred meanwhile, with an input)
+                self._take_back(ts)
+                self._try_ready(ts)
         targets = [w for w in self.workers.values() if not w.retiring]
         if targets:
             for ts in ws.has_what:
@@ -569,18 +562,29 @@ class Scheduler:
         ws.paused = paused
         if paused:
             self.with_room.discard(ws)
-            by_order = sorted(ws.processing, key=lambda t: t.priority)
-            running = set([ts for ts in by_order if not ts.waiting_on][:ws.nthreads])
+            by_order, running = self._probably_running(ws)
             for ts in by_order:
-                if ts in ws.seceded or ts in running or ts.processing_on is not ws:
-                    continue
-                self.outbox.add(ws.ident, "release-keys", "keys", ts.key)
-                self._unassign(ts)
-                self._set_state(ts, WAITING)
-                self._try_ready(ts)
+                if ts not in running and ts.processing_on is ws:
+                    self._take_back(ts)
+                    self._try_ready(ts)
         else:
             self._refresh_capacity(ws)
         self._settle()
+
+    @staticmethod
+    def _probably_running(ws: WorkerState) -> tuple[list[TaskState], set[TaskState]]:
+        """``ws``'s tasks by priority, and those it is probably running: a worker
+        starts its tasks in priority order as they arrive, so the first that could
+        start (not waiting for inputs), one per thread, plus seceded ones."""
+        by_order = sorted(ws.processing, key=lambda t: t.priority)
+        startable = [ts for ts in by_order if not ts.waiting_on]
+        return by_order, set(startable[:ws.nthreads]) | ws.seceded
+
+    def _take_back(self, ts: TaskState) -> None:
+        """Take ``ts`` off its worker (which drops it): it waits to be placed anew."""
+        self.outbox.add(ts.processing_on.ident, "release-keys", "keys", ts.key)
+        self._unassign(ts)
+        self._set_state(ts, WAITING)
 
     def _check_retired(self, ws: WorkerState) -> None:
         if ws.retiring and not ws.moving:
@@ -708,10 +712,7 @@ class Scheduler:
             dep = stack.pop()
             for dependent in list(dep.waiters):
                 if dependent.state == PROCESSING and dep in dependent.waiting_on:
-                    self.outbox.add(dependent.processing_on.ident, "release-keys", "keys",
-                                    dependent.key)
-                    self._unassign(dependent)
-                    self._set_state(dependent, WAITING)
+                    self._take_back(dependent)
                     stack.append(dependent)
         # (each recalled task waits again, and is placed anew once its inputs are)
 

@@ -417,3 +417,16 @@ def test_long_tasks_are_handed_over_one_per_thread():
     for i in range(5):
         compute(w, f"t{i}")
     assert executed(w) == ["t0", "t1"]
+
+
+def test_a_task_released_before_its_thread_started_it_frees_its_place():
+    w = make(nthreads=1)
+    w.task_duration = 0.0001                     # short tasks: handed over several at once
+    compute(w, "t0")
+    compute(w, "t1")
+    compute(w, "t2")
+    assert executed(w) == ["t0", "t1", "t2"]
+    w.release(["t1"])
+    w.task_skipped("t1")                         # its thread saw it released: not run
+    assert "t1" not in w.executing and "t1" not in w.released_running
+    assert reports(w) == []

@@ -299,7 +299,6 @@ class Worker:
                 logger.warning("the center at %s does not know this worker (it restarted?); "
                                "registering again with %d keys", self.center_address,
                                len(self.state.data))
-                self.state.forget_queue()
                 self._register()
         elif op == "refused":
             logger.error("the center refused this worker: %s", header["reason"])
@@ -462,7 +461,7 @@ class Worker:
         """A task thread did not start a task released while it waited in line."""
         task = job[0]
         if task.key in self.state.released_running:
-            self.state.task_done(task.key, error=[])  # frees its slot; nothing to report
+            self.state.task_skipped(task.key)
         else:  # the center asked for it again meanwhile: run it after all
             self.work.put(job)
 

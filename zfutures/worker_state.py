@@ -164,21 +164,10 @@ class WorkerState:
     def input_failed(self, key: str, error: list) -> None:
         """Input ``key`` can never arrive (its value cannot be pickled): the tasks
         that need it fail with ``error`` (pickled exception frames)."""
-        fetch = self.fetches.pop(key, None)
-        if fetch is None:
-            return
-        for task_key in fetch.waiting_tasks:
-            task = self.tasks.pop(task_key, None)
-            if task is None:
-                continue
-            if task.state == READY:
-                self.ready.remove(task)
-                heapq.heapify(self.ready)
-            for other in task.missing - {key}:
-                other_fetch = self.fetches.get(other)
-                if other_fetch is not None:
-                    other_fetch.waiting_tasks.discard(task_key)
-            self.to_center.append(("task-erred", {"key": task_key}, list(error)))
+        fetch = self.fetches.get(key)
+        if fetch is not None:
+            for task_key in self._give_up(fetch):
+                self.to_center.append(("task-erred", {"key": task_key}, list(error)))
 
     def check_timeouts(self, now: float) -> None:
         """Give up on requests past their deadline and ask other holders."""
@@ -261,6 +250,12 @@ class WorkerState:
         self._plan_fetch(fetch, plan)
         self._send_requests(plan, now)
 
+    def task_skipped(self, key: str) -> None:
+        """A task thread did not start ``key``, released while it waited in line."""
+        self.executing.discard(key)
+        self.released_running.pop(key, None)
+        self._start_tasks()
+
     def forget_queue(self) -> None:
         """The center lost track of this worker's tasks (it restarted, or gave up
         on us), and will send again those still wanted: drop the tasks that have
@@ -293,19 +288,27 @@ class WorkerState:
             plan.setdefault(fetch.holders.pop(0), []).append(fetch.key)
             return
         # No holder left to try: the tasks that need it go back to the center.
+        for task_key in self._give_up(fetch):
+            self.to_center.append(("missing-data", {"key": task_key, "missing": [fetch.key]},
+                                   []))
+
+    def _give_up(self, fetch: _Fetch) -> list[str]:
+        """Stop fetching an input; drop the tasks waiting for it (they no longer
+        wait for their other inputs either) and return their keys."""
         del self.fetches[fetch.key]
+        dropped = []
         for task_key in fetch.waiting_tasks:
             task = self.tasks.pop(task_key, None)
             if task is None:
                 continue
+            dropped.append(task_key)
             for other in task.missing - {fetch.key}:
                 other_fetch = self.fetches.get(other)
                 if other_fetch is not None:
                     other_fetch.waiting_tasks.discard(task_key)
                     if not other_fetch.waiting_tasks and other_fetch.request is None:
                         del self.fetches[other]
-            self.to_center.append(("missing-data", {"key": task_key, "missing": [fetch.key]},
-                                   []))
+        return dropped
 
     def _send_requests(self, plan: dict[str, list[str]], now: float) -> None:
         for peer, keys in plan.items():

@@ -432,43 +432,38 @@ class ClientIO:
         result: concurrent.futures.Future = concurrent.futures.Future()
         gather = _Gather(keys, result)
         # Runs on this thread, when the gather completes.
-        result.add_done_callback(lambda done: self._deliver(keys, done))
+        result.add_done_callback(lambda done: self._deliver(
+            keys, {} if done.exception() else done.result(), done.exception()))
         self._fetch(gather, keys)
 
-    def _deliver(self, keys: list[str], done: concurrent.futures.Future) -> None:
-        error = done.exception()
-        values = {} if error is not None else done.result()
+    def _deliver(self, keys: list[str], values: dict[str, list],
+                 error: BaseException | None = None) -> None:
+        """Eager keys' values (pickled) are here, or ``error``: complete their
+        futures, which then no longer refer to the keys, and release the keys."""
         for key in keys:
             info = self.keys.pop(key, None)
-            if info is None:
-                continue
-            try:
-                if error is not None:
-                    raise error
-                value, failure = serialize.loads(values[key]), None
-            except Exception as e:
-                failure = e
-            for future in info.live_futures():
-                future._executor = None  # the value is here: the future no longer refers
-                if failure is None:      # to the key, which is released right below
-                    future._set_value(value)
-                else:
-                    future._set_error(failure)
-            info.held.clear()
-            self._queue("release", key)
+            if info is not None:
+                self._complete(info, values.get(key), error, detach=True)
+                info.held.clear()
+                self._queue("release", key)
 
     @staticmethod
-    def _set_values(info: _Key, frames: list) -> None:
-        """Complete the futures of a finished key with its value, sent inline."""
-        try:
-            value, failure = serialize.loads(frames), None
-        except Exception as e:  # as a fetch would have raised in result()
-            failure = e
+    def _complete(info: _Key, frames: list | None, error: BaseException | None = None,
+                  detach: bool = False) -> None:
+        """Complete the futures of a finished key with its pickled value (or
+        ``error``); a value that fails to load fails them, as result() would."""
+        if error is None:
+            try:
+                value = serialize.loads(frames)
+            except Exception as e:
+                error = e
         for future in info.live_futures():
-            if failure is None:
+            if detach:
+                future._executor = None
+            if error is None:
                 future._set_value(value)
             else:
-                future._set_error(failure)
+                future._set_error(error)
 
     def _on_worker_message(self, frames: list) -> None:
         header, frames = protocol.decode(frames)
@@ -544,7 +539,7 @@ class ClientIO:
                             eager.append(item["key"])
                         continue
                     if value:  # small: the result came along, no fetch needed
-                        self._set_values(info, value)
+                        self._complete(info, value)
                     else:
                         for future in info.live_futures():
                             future._set_remote()
@@ -552,9 +547,7 @@ class ClientIO:
             if eager:
                 self._fetch_eager(eager)
             if inline:
-                done: concurrent.futures.Future = concurrent.futures.Future()
-                done.set_result(inline)
-                self._deliver(list(inline), done)
+                self._deliver(list(inline), inline)
         elif op == "key-erred":
             for item, exception_frames in protocol.unpack_items(header["tasks"], frames):
                 info = self.keys.get(item["key"])

@@ -102,10 +102,7 @@ class Executor:
                  name: str | None = None, reconnect_deadline: float = 30.0,
                  **cluster_options: Any):
         _check_options(address, n_workers, threads_per_worker, timeout, name)
-        if isinstance(reconnect_deadline, bool) or \
-                not isinstance(reconnect_deadline, (int, float)) or reconnect_deadline <= 0:
-            raise ValueError("reconnect_deadline must be a positive number of seconds, "
-                             f"not {reconnect_deadline!r}")
+        _check_seconds("reconnect_deadline", reconnect_deadline)
         from .security import Security
 
         security = Security.coerce(security)
@@ -461,6 +458,11 @@ def _close(io: ClientIO, cluster: Any) -> None:
         cluster.close()
 
 
+def _check_seconds(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+
+
 def _check_options(address: Any, n_workers: Any, threads_per_worker: Any, timeout: Any,
                    name: Any) -> None:
     if address is not None and not isinstance(address, str):
@@ -470,8 +472,7 @@ def _check_options(address: Any, n_workers: Any, threads_per_worker: Any, timeou
         raise ValueError(f"n_workers must be a positive int, not {n_workers!r}")
     if type(threads_per_worker) is not int or threads_per_worker < 1:
         raise ValueError(f"threads_per_worker must be a positive int, not {threads_per_worker!r}")
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    _check_seconds("timeout", timeout)
     if name is not None and not isinstance(name, str):
         raise TypeError(f"name must be a string, not {type(name).__name__}")
 

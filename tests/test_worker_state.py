@@ -430,3 +430,14 @@ def test_a_task_released_before_its_thread_started_it_frees_its_place():
     w.task_skipped("t1")                         # its thread saw it released: not run
     assert "t1" not in w.executing and "t1" not in w.released_running
     assert reports(w) == []
+
+
+def test_a_task_given_up_for_one_input_drops_the_fetch_just_planned_for_another():
+    w = make()
+    # a has a holder to ask; b has none left (its holder died meanwhile): the
+    # task goes back to the center before the request for a is even sent.
+    compute(w, "t", {"a": [P1], "b": []})
+    assert reports(w) == [("missing-data", {"key": "t", "missing": ["b"]}, [])]
+    assert fetches(w) == [] and not w.fetches and "t" not in w.tasks
+    compute(w, "u", {"a": [P1]})                   # the worker goes on as usual
+    assert fetches(w) == [(1, P1, ["a"])]

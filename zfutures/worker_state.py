@@ -312,6 +312,11 @@ class WorkerState:
 
     def _send_requests(self, plan: dict[str, list[str]], now: float) -> None:
         for peer, keys in plan.items():
+            # A fetch planned in this same event may be gone already: its only
+            # task was given up for want of another input (see _give_up).
+            keys = [key for key in keys if key in self.fetches]
+            if not keys:
+                continue
             request_id = next(self._request_ids)
             self.requests[request_id] = (peer, keys, now + self.fetch_timeout)
             for key in keys:

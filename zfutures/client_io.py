@@ -21,7 +21,7 @@ from typing import Any
 import zmq
 
 from . import protocol, serialize
-from .addressing import configure
+from .addressing import configure, peer_endpoint
 from .errors import ConnectionError, FutureLostError, RemoteTraceback
 from .logs import RateLimitedLog
 from .loop import Waker, drain, send
@@ -509,7 +509,7 @@ class ClientIO:
         if sock is None:
             sock = self.workers[address] = configure(self.context.socket(zmq.DEALER),
                                                      self.security)
-            sock.connect(address)
+            sock.connect(peer_endpoint(address))
             self.poller.register(sock, zmq.POLLIN)
         return sock
 

@@ -25,7 +25,7 @@ from . import protocol
 from .addressing import configure
 from .logs import RateLimitedLog
 from .loop import send
-from .processes import PARENT_PID_ENV, stop_processes
+from .processes import stop_processes, worker_environment
 
 logger = logging.getLogger(__name__)
 dropped = RateLimitedLog(logger)
@@ -99,9 +99,8 @@ class Nanny:
                 *self.worker_args, "--no-nanny"]
         if child.name:
             args += ["--name", child.name]
-        env = dict(os.environ, **{PARENT_PID_ENV: str(os.getpid())})
         child.process = subprocess.Popen(args, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                         env=env, text=True)
+                                         env=worker_environment(os.getpid()), text=True)
         child.address = None
         child.started = time.monotonic()
         threading.Thread(target=self._read_output, args=(child, child.process), daemon=True,

@@ -25,7 +25,15 @@ from typing import Any
 import zmq
 
 from . import context, protocol, serialize
-from .addressing import bind_ephemeral, configure, interface_towards, normalize_address
+from .addressing import (
+    LOCAL_TRANSPORT,
+    bind_ephemeral,
+    configure,
+    interface_towards,
+    local_endpoint,
+    normalize_address,
+    peer_endpoint,
+)
 from .errors import ProtocolError
 from .logs import RateLimitedLog
 from .loop import Waker, drain, send, send_frames
@@ -111,6 +119,8 @@ class Worker:
         self.server.setsockopt(zmq.MAXMSGSIZE, max_message_size)  # e.g. scattered data
         host = host or interface_towards(self.center_address)
         self.address = bind_ephemeral(self.server, host, port)
+        if LOCAL_TRANSPORT:  # peers in this network namespace come this way
+            self.server.bind(local_endpoint(self.address))
         self.name = name or self.address
         self.state = WorkerState(self.address, nthreads, fetch_timeout)
         self.center: zmq.Socket | None = None
@@ -436,7 +446,7 @@ class Worker:
         if sock is None:
             sock = self.peers[address] = configure(self.context.socket(zmq.DEALER),
                                                    self.security)
-            sock.connect(address)
+            sock.connect(peer_endpoint(address))
             self.poller.register(sock, zmq.POLLIN)
         return sock
 

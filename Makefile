@@ -21,6 +21,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[bench]'
+	@# Byte-compile the package as an install from a wheel would: with an
+	@# editable install and PYTHONDONTWRITEBYTECODE set, every process of a
+	@# cluster would otherwise compile zfutures from source as it starts.
+	$(BIN)/python -m compileall -q zfutures
 	$(BIN)/python scripts/benchmark.py
 
 lint: $(STAMP)

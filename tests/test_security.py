@@ -271,5 +271,6 @@ def test_keys_come_from_the_environment_too(processes, keys, tmp_path, monkeypat
 def test_a_local_cluster_takes_the_keys_too(keys):
     with Executor(n_workers=1, security=keys) as ex:
         assert ex.submit(inc, 1).result(timeout=20) == 2
-        for process in ex.cluster.processes:  # the center and the workers' nanny
-            assert process.args[process.args.index("--keys") + 1] == keys
+        for args in [process.args for process in ex.cluster.processes] + \
+                [ex.cluster.nanny.worker_args]:  # the center's and the workers'
+            assert args[args.index("--keys") + 1] == keys

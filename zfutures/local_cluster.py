@@ -1,10 +1,13 @@
 """A cluster on this machine: a center and workers as child processes.
 
-They are the same programs a user starts by hand (``zfut-center``,
-``zfut-worker``), run as ``python -m zfutures``, so a local cluster tests the
-real thing. Every process started here is stopped by :meth:`LocalCluster.close`,
-at interpreter exit too; and each child watches its parent, so even a parent
-killed with SIGKILL leaves nothing behind.
+They are the same programs a user starts by hand (``zfut-center``, and the
+workers of ``zfut-worker``), run as ``python -m zfutures``, so a local cluster
+tests the real thing. The workers' nanny runs on a thread of this program
+rather than in a process of its own: the workers start at once, beside the
+center, instead of after one more interpreter has started. Every process
+started here is stopped by :meth:`LocalCluster.close`, at interpreter exit
+too; and each child watches its parent, so even a parent killed with SIGKILL
+leaves nothing behind.
 """
 from __future__ import annotations
 
@@ -14,10 +17,12 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
 from .errors import ConnectionError
+from .nanny import Nanny
 from .processes import PARENT_PID_ENV, read_matching_line, stop_processes
 
 logger = logging.getLogger(__name__)
@@ -40,11 +45,17 @@ class LocalCluster:
                  security: Any = None):
         self.n_workers = n_workers or os.cpu_count() or 1
         self.threads_per_worker = threads_per_worker
-        self.processes: list[subprocess.Popen] = []
+        self.processes: list[subprocess.Popen] = []  # the center
+        self.nanny: Nanny | None = None
+        self._nanny_thread: threading.Thread | None = None
         self.address = ""
         self._closed = False
+        self._security = security
         center_args = ["--allowed-failures", str(allowed_failures)]
-        worker_args = []
+        # Each worker may use an equal share of this machine's memory.
+        self._memory_limit = _total_memory() // self.n_workers
+        worker_args = ["--nthreads", str(threads_per_worker), "--host", "127.0.0.1",
+                       "--memory-limit", str(self._memory_limit), "--log-level", "warning"]
         if security is not None:  # the same keys for everyone on this machine
             center_args += ["--keys", str(security.directory)]
             worker_args += ["--keys", str(security.directory)]
@@ -66,13 +77,7 @@ class LocalCluster:
                                       "--log-level", "warning", *center_args],
                                      stdout=subprocess.PIPE)
                 # One nanny runs the workers and replaces any that die.
-                nanny = self._start(["worker", f"tcp://127.0.0.1:{port}",
-                                     "--nworkers", str(self.n_workers),
-                                     "--nthreads", str(threads_per_worker),
-                                     "--name", "local" if self.n_workers > 1 else "local-0",
-                                     "--host", "127.0.0.1", "--log-level", "warning",
-                                     *worker_args],
-                                    stdout=subprocess.DEVNULL)
+                self._start_nanny(f"tcp://127.0.0.1:{port}", worker_args)
                 listening = read_matching_line(center, _LISTENING, timeout)
                 if listening:
                     self.address = listening.group(1)
@@ -80,7 +85,8 @@ class LocalCluster:
                 if center.poll() is None or attempt == 2:
                     raise ConnectionError(f"the local center did not start within {timeout}s "
                                           f"(exit status {center.poll()})")
-                stop_processes([nanny, center])
+                self._stop_nanny(timeout)
+                stop_processes([center])
                 self.processes.clear()
             center.stdout.close()
         except BaseException:
@@ -88,14 +94,31 @@ class LocalCluster:
             raise
 
     def _start(self, args: list[str], stdout: Any) -> subprocess.Popen:
-        # The workers import what this program can import (its own modules,
-        # a notebook's folder), so functions defined there unpickle on them.
-        path = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
-        env = dict(os.environ, PYTHONPATH=path, **{PARENT_PID_ENV: str(os.getpid())})
+        env = dict(os.environ, PYTHONPATH=_import_path(),
+                   **{PARENT_PID_ENV: str(os.getpid())})
         process = subprocess.Popen([sys.executable, "-m", "zfutures", *args], stdout=stdout,
                                    stdin=subprocess.DEVNULL, env=env, text=True)
         self.processes.append(process)
         return process
+
+    def _start_nanny(self, center_address: str, worker_args: list[str]) -> None:
+        self.nanny = Nanny(center_address, worker_args, self.n_workers,
+                           name="local" if self.n_workers > 1 else "local-0",
+                           memory_limit=self._memory_limit,
+                           security=self._security, env={"PYTHONPATH": _import_path()},
+                           echo=False)
+        self._nanny_thread = threading.Thread(target=self.nanny.run, daemon=True,
+                                              name="zfutures-local-nanny")
+        self._nanny_thread.start()
+
+    def _stop_nanny(self, timeout: float) -> None:
+        """Stop the workers (SIGTERM, then SIGKILL) and the nanny's thread."""
+        if self.nanny is None:
+            return
+        self.nanny.stop()
+        # The nanny gives leaving workers time to hand their keys on, then kills.
+        self._nanny_thread.join(timeout + 20)
+        self.nanny = self._nanny_thread = None
 
     def wait_for_workers(self, client_io: Any, timeout: float) -> None:
         """Block until every worker has registered with the center."""
@@ -105,6 +128,8 @@ class LocalCluster:
             if len(workers) >= self.n_workers:
                 return
             dead = [p for p in self.processes if p.poll() is not None]
+            if self._nanny_thread is None or not self._nanny_thread.is_alive():
+                dead.append(None)  # the nanny itself failed
             if dead or time.monotonic() > deadline:
                 why = f"{len(dead)} exited" if dead else f"not all up after {timeout}s"
                 raise ConnectionError(f"local cluster: {len(workers)} of {self.n_workers} "
@@ -118,14 +143,26 @@ class LocalCluster:
         self._closed = True
         # Workers first, while the center is there to let them go at once (their
         # keys were released with the client), then the center.
-        for process in reversed(self.processes):
-            stop_processes([process], timeout)
+        self._stop_nanny(timeout)
+        stop_processes(self.processes, timeout)
 
     def __enter__(self) -> LocalCluster:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+
+def _import_path() -> str:
+    """PYTHONPATH for the children: what this program can import (its own
+    modules, a notebook's folder), so functions defined there unpickle there."""
+    return os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
+
+
+def _total_memory() -> int:
+    import psutil
+
+    return psutil.virtual_memory().total
 
 
 def _free_port() -> int:

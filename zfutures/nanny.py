@@ -56,14 +56,20 @@ class Nanny:
 
     ``worker_args`` are the options each worker gets (its center address
     excepted); ``memory_limit`` (bytes, 0 for none) is per worker: above it,
-    the worker is restarted.
+    the worker is restarted. ``env`` adds to the workers' environment; with
+    ``echo`` the workers' output is passed on to ours.
+
+    ``zfut-worker`` runs one in its own process; a local cluster runs one on
+    a thread of the user's program (:meth:`run` there, :meth:`stop` to end).
     """
 
     def __init__(self, center_address: str, worker_args: list[str], nworkers: int = 1,
                  name: str | None = None, memory_limit: int = 0, restart: bool = True,
-                 security: Any = None):
+                 security: Any = None, env: dict[str, str] | None = None, echo: bool = True):
         self.center_address = center_address
         self.worker_args = worker_args
+        self.env = env or {}
+        self.echo = echo
         self.memory_limit = memory_limit
         self.restart = restart
         self.children = [_Child(f"{name}-{i}" if name and nworkers > 1 else name)
@@ -99,22 +105,24 @@ class Nanny:
                 *self.worker_args, "--no-nanny"]
         if child.name:
             args += ["--name", child.name]
+        env = dict(worker_environment(os.getpid()), **self.env)
         child.process = subprocess.Popen(args, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                         env=worker_environment(os.getpid()), text=True)
+                                         env=env, text=True)
         child.address = None
         child.started = time.monotonic()
         threading.Thread(target=self._read_output, args=(child, child.process), daemon=True,
                          name="zfutures-nanny-read").start()
 
-    @staticmethod
-    def _read_output(child: _Child, process: subprocess.Popen) -> None:
+    def _read_output(self, child: _Child, process: subprocess.Popen) -> None:
         """Learn the worker's address from its first line; pass its output on."""
         for line in process.stdout:
             match = _SERVING.search(line)
             if match and child.process is process:
                 child.address = match.group(1)
-            sys.stdout.write(line)
-            sys.stdout.flush()
+            if self.echo:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+        process.stdout.close()
 
     def _check(self, child: _Child) -> None:
         process = child.process

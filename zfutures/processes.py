@@ -17,8 +17,11 @@ PARENT_PID_ENV = "ZFUTURES_PARENT_PID"
 #: glibc's malloc asks for transparent huge pages for its large blocks. A
 #: worker receives big buffers into blocks libzmq mallocs; faulting them in
 #: 2 MiB at a time instead of 4 KiB doubles the rate of a large transfer
-#: (numpy already does the same for its own arrays). Older glibcs ignore it.
-_HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
+#: (numpy already does the same for its own arrays). The trim threshold keeps
+#: the heap's top from being given back and faulted in again, a huge page at
+#: a time, on every small task: that cost more than a task's round trip.
+#: Older glibcs ignore both.
+_HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1:glibc.malloc.trim_threshold=8388608"
 
 
 def worker_environment(parent_pid: int) -> dict[str, str]:

@@ -394,3 +394,27 @@ def test_bad_executor_arguments_are_rejected():
         Executor(n_workers=0)
     with pytest.raises(ValueError, match="timeout"):
         Executor("127.0.0.1:1", timeout=-1)
+
+
+def test_keys_let_go_of_and_submitted_again_at_once_keep_their_values(ex):
+    """A dropped future's key is released a little later, with others; a
+    resubmission meanwhile must reach the center after that release."""
+    w0 = sorted(ex.nthreads())[0]
+    for i in range(20):
+        assert ex.submit(inc, i % 3, workers=[w0]).result(timeout=20) == i % 3 + 1
+        # (dropped at once) A new key, then the one just let go of, in one message.
+        assert ex.gather(ex.map(inc, [100 + i, i % 3], workers=[w0]),
+                         timeout=20) == [101 + i, i % 3 + 1]
+
+
+def test_data_scattered_again_right_after_its_release_stays(ex):
+    for _ in range(10):
+        x = ex.scatter(np.arange(5))
+        key = x.key
+        del x
+        gc.collect()
+        y = ex.scatter(np.arange(5))
+        assert y.key == key
+        assert ex.submit(np.sum, y).result(timeout=20) == 10
+    wait_for(lambda: ex.who_has([y]).get(y.key), timeout=5,
+             message="the scattered key was forgotten while a future holds it")

@@ -141,34 +141,53 @@ class ClientState:
 class Outbox:
     """Messages queued by the scheduler, merged per recipient and op.
 
-    Items of the same batched op for the same recipient become one message:
-    ``take()`` returns ``[(ident, op, fields, frames)]`` where ``fields[list_field]``
-    holds all the items.
+    Items of one op for one recipient become one message, except where that
+    would reorder what the recipient hears of one key: a release of a key
+    followed by a new compute of it must not arrive the other way round, so
+    such an item starts a new message after the one it must follow.
+    ``take()`` returns ``[(ident, op, fields, frames)]`` in the order each
+    recipient must see them; ``fields[list_field]`` holds the items.
     """
 
     def __init__(self):
-        self._batches: dict[tuple[bytes, str], tuple[str, list, list]] = {}
+        # ident -> [its messages in order: [op, list_field, items, frames],
+        #           op -> index of its last message, key -> index of the last
+        #           message that names it]
+        self._queued: dict[bytes, tuple[list, dict, dict]] = {}
 
     def add(self, ident: bytes, op: str, list_field: str, item: Any,
             frames: list | None = None) -> None:
         """Queue ``item`` in the ``list_field`` of ``op`` to ``ident``, with its frames."""
-        batch = self._batches.get((ident, op))
-        if batch is None:
-            batch = self._batches[(ident, op)] = (list_field, [], [])
-        batch[1].append(item)
+        queued = self._queued.get(ident)
+        if queued is None:
+            queued = self._queued[ident] = ([], {}, {})
+        messages, last_of_op, last_naming = queued
+        key = item if isinstance(item, str) else item.get("key")
+        index = last_of_op.get(op)
+        if index is None or last_naming.get(key, -1) > index:
+            index = last_of_op[op] = len(messages)
+            messages.append([op, list_field, [], []])
+        if key is not None:
+            last_naming[key] = index
+        message = messages[index]
+        message[2].append(item)
         if frames is not None:
             item["nframes"] = len(frames)
-            batch[2].extend(frames)
+            message[3].extend(frames)
 
     def send(self, ident: bytes, op: str) -> None:
         """Queue a message without fields."""
-        self._batches.setdefault((ident, op), ("", [], []))
+        queued = self._queued.setdefault(ident, ([], {}, {}))
+        if op not in queued[1]:
+            queued[1][op] = len(queued[0])
+            queued[0].append([op, "", [], []])
 
     def take(self) -> list[tuple[bytes, str, dict, list]]:
-        messages = [(ident, op, {list_field: items} if list_field else {}, frames)
-                    for (ident, op), (list_field, items, frames) in self._batches.items()]
-        self._batches.clear()
-        return messages
+        taken = [(ident, op, {list_field: items} if list_field else {}, frames)
+                 for ident, (messages, _, _) in self._queued.items()
+                 for op, list_field, items, frames in messages]
+        self._queued.clear()
+        return taken
 
 
 def _pickled_error(exc: BaseException) -> list:
@@ -903,7 +922,8 @@ class Scheduler:
 
         Start time is the bytes of inputs it lacks over the bandwidth, plus its
         queued work; so inputs already on a worker pull the task there. Ties go
-        to the worker holding fewer bytes, which spreads data out.
+        to the worker holding fewer MiB, which spreads data out; within a MiB,
+        to the same worker each time, which is awake already.
         """
         candidates = self.with_room
         if ts.restrictions is not None or ts.resources:
@@ -919,8 +939,9 @@ class Scheduler:
             for dep in ts.dependencies:
                 if ws not in dep.who_has:
                     cost += dep.nbytes / BANDWIDTH
-            if best is None or (cost, ws.nbytes) < best_cost:
-                best, best_cost = ws, (cost, ws.nbytes)
+            held = ws.nbytes >> 20
+            if best is None or (cost, held) < best_cost:
+                best, best_cost = ws, (cost, held)
         return best
 
     @staticmethod

@@ -32,6 +32,13 @@ dropped = RateLimitedLog(logger)
 #: Tasks per submit message: big maps go in several messages, so the center
 #: interleaves other peers' messages with them.
 SUBMIT_BATCH = 1000
+#: Keys let go of are told to the center in one message at most this many
+#: seconds later: a loop of submit().result() would otherwise cost the center
+#: and the worker one more message per task.
+RELEASE_DELAY = 0.01
+#: What may overtake keys waiting to be released: nothing in these names a
+#: key let go of (a submit that does is sent after the release).
+_UNORDERED = frozenset({"heartbeat", "submit", "release", "cancel"})
 
 PENDING, FINISHED, ERRED, CANCELLED = "pending", "finished", "erred", "cancelled"
 
@@ -120,6 +127,8 @@ class ClientIO:
         self.workers: dict[str, zmq.Socket] = {}
         self._ids = itertools.count(1)
         self._outgoing: list[list] = []  # [op, items, frames, bytes of frames]
+        self._releasing: dict[str, None] = {}  # keys to release at _release_due
+        self._release_due: float | None = None
         self._stopping = False
         self._last_sent = self._last_heard = time.monotonic()
         self._next_timeout_check = 0.0
@@ -183,7 +192,10 @@ class ClientIO:
         poller.register(self.waker.read_fd, zmq.POLLIN)
         try:
             while not self._stopping:
-                events = dict(poller.poll(1000 * self.heartbeat_interval))
+                timeout = self.heartbeat_interval
+                if self._release_due is not None:
+                    timeout = min(timeout, max(0.0, self._release_due - time.monotonic()))
+                events = dict(poller.poll(1000 * timeout))
                 if self.waker.read_fd in events:
                     self.waker.drain()
                 self._take_commands()
@@ -192,8 +204,11 @@ class ClientIO:
                 for sock in list(self.workers.values()):
                     if sock in events:
                         drain(sock, self._on_worker_message, dropped)
+                now = time.monotonic()
+                if self._release_due is not None and now >= self._release_due:
+                    self._release_now()
                 self._flush()
-                self._tick(time.monotonic())
+                self._tick(now)
         except Exception:  # a bug here must not leave user calls hanging
             logger.exception("the zfutures client I/O thread failed")
             self._fail_everything(ConnectionError("the client I/O thread failed; see the log"))
@@ -292,7 +307,7 @@ class ClientIO:
         info.refs -= 1
         if info.refs <= 0:
             del self.keys[key]
-            self._queue("release", key)
+            self._release_later(key)
 
     def _cmd_cancel(self, keys: list[str]) -> None:
         for key in keys:
@@ -445,7 +460,7 @@ class ClientIO:
             if info is not None:
                 self._complete(info, values.get(key), error, detach=True)
                 info.held.clear()
-                self._queue("release", key)
+                self._release_later(key)
 
     @staticmethod
     def _complete(info: _Key, frames: list | None, error: BaseException | None = None,
@@ -636,9 +651,25 @@ class ClientIO:
 
     # ------------------------------------------------------------------ output
 
+    def _release_later(self, key: str) -> None:
+        """Release ``key`` with others, within RELEASE_DELAY."""
+        if self._release_due is None:
+            self._release_due = time.monotonic() + RELEASE_DELAY
+        self._releasing[key] = None
+        if len(self._releasing) >= SUBMIT_BATCH:
+            self._release_now()
+
+    def _release_now(self) -> None:
+        for key in self._releasing:
+            self._queue("release", key)
+        self._releasing.clear()
+        self._release_due = None
+
     def _queue(self, op: str, item: Any, frames: list = ()) -> None:
         """Queue an item for the center, merged with the last message if it is alike
         (up to SUBMIT_BATCH items, and half the center's message size limit)."""
+        if op == "submit" and item["key"] in self._releasing:
+            self._release_now()  # submitted again: the center must see the release first
         size = sum(memoryview(f).nbytes for f in frames) if frames else 0
         if self._outgoing and self._outgoing[-1][0] == op:
             last = self._outgoing[-1]
@@ -658,6 +689,10 @@ class ClientIO:
         self._outgoing.clear()
 
     def _send(self, op: str, frames: list | None = None, **fields: Any) -> None:
+        if self._releasing and op not in _UNORDERED:
+            # Scattered data, requests and closing see our releases done first.
+            self._release_now()
+            self._flush()
         send(self.center, protocol.encode(op, frames or (), **fields), dropped,
              f"{op!r} to the center")
         self._last_sent = time.monotonic()

@@ -857,7 +857,7 @@ def check_invariants(center: Center) -> None:
         assert peer is not None and peer.role == "client", f"{client} is not a registered client"
         for ts in client.wants:
             assert client in ts.who_wants and s.tasks.get(ts.key) is ts, (client, ts)
-    ready = set(s.ready)
+    ready = {ts for _, ts in s.ready}
     for key, ts in s.tasks.items():
         assert ts.key == key
         if ts.state == "memory":

@@ -821,7 +821,7 @@ def test_worker_returning_with_a_key_queued_for_recomputation_is_not_recomputed(
     assert sim.state("x") == "memory"
     assert sim.s.who_has(["x"]) == {"x": [addr(W1)]}
     assert sent.computes() == {}
-    assert sim.s.tasks["x"] not in sim.s.ready
+    assert sim.s.tasks["x"] not in [ts for _, ts in sim.s.ready]
 
 
 # --------------------------------------------------------------------------- reports

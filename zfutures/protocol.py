@@ -22,7 +22,7 @@ one place, with a :class:`~zfutures.errors.ProtocolError`.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import msgpack
@@ -41,7 +41,7 @@ MAX_HEADER_BYTES = 64 * 1024 * 1024
 #: without bound. libzmq drops the connection of a peer that sends more.
 MAX_MESSAGE_SIZE = 2**30
 
-# Field types, as accepted by _check_type. A tuple means "one of these".
+# Field types, as accepted by _type_check. A tuple means "one of these".
 _STR = str
 _INT = int
 _NUM = (int, float)
@@ -210,53 +210,79 @@ def decode_header(raw: bytes | memoryview) -> dict:
     if not isinstance(header, dict):
         raise ProtocolError(f"header is a {type(header).__name__}, not a map")
     op = header.get("op")
-    schema = SCHEMAS.get(op) if isinstance(op, str) else None
-    if schema is None:
+    check = _CHECKS.get(op) if isinstance(op, str) else None
+    if check is None:
         raise ProtocolError(f"unknown op {op!r}")
-    _check_fields(header, schema, op)
+    check(header)
     return header
 
 
-def _check_fields(mapping: dict, schema: dict, where: str) -> None:
-    for field, kind in schema.items():
-        if field[-1] == "?":
-            field = field[:-1]
-            if field not in mapping:
-                continue
-        elif field not in mapping:
-            raise ProtocolError(f"{where}: missing field {field!r}")
-        if not _check_type(mapping[field], kind):
-            raise ProtocolError(
-                f"{where}: field {field!r} has type {type(mapping[field]).__name__}")
-
-
-def _check_type(value: Any, kind: Any) -> bool:
+def _type_check(kind: Any) -> Callable[[Any], bool]:
+    """A function telling whether a value is of the schema type ``kind``."""
     if kind is object:
-        return True
-    if kind is int:
-        return type(value) is int
+        return lambda value: True
+    if kind in (int, str, bool):  # exactly: a bool is not an int here
+        return lambda value: type(value) is kind
     if kind == (int, float):
-        return type(value) in (int, float)
-    if kind is str:
-        return type(value) is str
-    if kind is bool:
-        return type(value) is bool
+        return lambda value: type(value) is int or type(value) is float
     tag = kind[0]
     if tag == "list":
-        return type(value) is list and all(_check_type(v, kind[1]) for v in value)
+        inner = _type_check(kind[1])
+        return lambda value: type(value) is list and all(map(inner, value))
     if tag == "map":
-        inner = kind[1:] if len(kind) > 2 else kind[1]
-        return type(value) is dict and all(
-            type(k) is str and _check_type(v, inner) for k, v in value.items())
+        inner = _type_check(kind[1:] if len(kind) > 2 else kind[1])
+        return lambda value: type(value) is dict and all(
+            type(k) is str and inner(v) for k, v in value.items())
     if tag == "items":
-        if type(value) is not list:
-            return False
-        for item in value:
-            if type(item) is not dict:
+        check_item = _fields_check(kind[1], "item")
+
+        def check_items(value: Any) -> bool:
+            if type(value) is not list:
                 return False
-            _check_fields(item, kind[1], "item")
-        return True
+            for item in value:
+                if type(item) is not dict:
+                    return False
+                check_item(item)
+            return True
+        return check_items
     raise AssertionError(f"bad schema kind {kind!r}")
+
+
+def _fields_check(schema: dict, where: str) -> Callable[[dict], None]:
+    """A function raising ProtocolError where a mapping does not fit ``schema``.
+
+    Schemas are turned into these once: messages are checked field by field
+    at every hop, for every item of a batch, so this is a hot path.
+    """
+    # Fields of a plain type are checked inline; the others by a function.
+    plain = [(f, k) for f, k in schema.items() if f[-1] != "?" and k in (int, str, bool)]
+    other = [(f, _type_check(k)) for f, k in schema.items()
+             if f[-1] != "?" and k not in (int, str, bool)]
+    optional = [(f[:-1], _type_check(k)) for f, k in schema.items() if f[-1] == "?"]
+
+    def wrong(mapping: dict, field: str) -> ProtocolError:
+        if field not in mapping:
+            return ProtocolError(f"{where}: missing field {field!r}")
+        return ProtocolError(
+            f"{where}: field {field!r} has type {type(mapping[field]).__name__}")
+
+    def check(mapping: dict) -> None:
+        try:
+            for field, kind in plain:
+                if type(mapping[field]) is not kind:
+                    raise wrong(mapping, field)
+            for field, ok in other:
+                if not ok(mapping[field]):
+                    raise wrong(mapping, field)
+        except KeyError as e:
+            raise wrong(mapping, e.args[0]) from None
+        for field, ok in optional:
+            if field in mapping and not ok(mapping[field]):
+                raise wrong(mapping, field)
+    return check
+
+
+_CHECKS = {op: _fields_check(schema, op) for op, schema in SCHEMAS.items()}
 
 
 def pack_items(items: list[dict], frame_lists: Sequence[Sequence]) -> list:

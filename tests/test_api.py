@@ -781,3 +781,14 @@ def test_all_lists_exactly_the_lazily_loaded_names():
         assert getattr(zfutures, name) is not None
     with pytest.raises(AttributeError):
         zfutures.no_such_name  # noqa: B018
+
+
+def test_gather_timeout_says_how_many_futures_are_not_done(ex, gates):
+    gate = gates()
+    done = ex.map(inc, range(3))
+    ex.gather(done, timeout=10)
+    slow = [ex.submit(gated, gate, i, pure=False) for i in range(2)]
+    with pytest.raises(concurrent.futures.TimeoutError, match="2 of 5 futures not done"):
+        ex.gather(done + slow, timeout=0.3)
+    open_gate(gate)
+    assert ex.gather(done + slow, timeout=20) == [1, 2, 3, 0, 1]

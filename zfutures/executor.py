@@ -28,6 +28,23 @@ def _funcname(fn: Callable) -> str:
     return "lambda" if name == "<lambda>" else name
 
 
+def _wait_all(futures: list[Future], timeout: float | None) -> int:
+    """Wait for every future, up to ``timeout`` seconds; return how many are not done.
+
+    One future at a time: those done by the time we look cost one lock, where
+    concurrent.futures.wait hangs a waiter on each and takes it off again.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for index, future in enumerate(futures):
+        if future.done():
+            continue
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        concurrent.futures.wait((future,), remaining)
+        if not future.done():
+            return sum(1 for f in futures[index:] if not f.done())
+    return 0
+
+
 def _walk_futures(obj: Any, found: list) -> None:
     """Collect the Futures in a nested list/tuple/set/dict structure."""
     kind = type(obj)
@@ -252,10 +269,10 @@ class Executor:
         _walk_futures(futures, found)
         deadline = None if timeout is None else time.monotonic() + timeout
         context.secede()  # inside a task, waiting gives the thread slot back
-        done, not_done = concurrent.futures.wait(found, timeout)
+        not_done = _wait_all(found, timeout)
         if not_done:
             raise concurrent.futures.TimeoutError(
-                f"{len(not_done)} of {len(found)} futures not done after {timeout}s")
+                f"{not_done} of {len(found)} futures not done after {timeout}s")
         values: dict[str, Any] = {}
         to_fetch = []
         for future in found:

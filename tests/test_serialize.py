@@ -312,3 +312,30 @@ def test_calls_with_plain_arguments_take_the_fast_path_and_load_the_same():
     frames, deps = dumps_task(add, (1, [Ref("k")]), {}, Ref)
     assert deps == ["k"]
     assert loads_task(frames, {"k": 41}, {})[1] == (1, [41])
+
+
+def test_killed_worker_is_a_broken_process_pool_and_pickles_by_reference():
+    from concurrent.futures.process import BrokenProcessPool
+
+    from zfutures import KilledWorker, ZFuturesError
+    from zfutures.errors import KilledWorker as same
+
+    assert KilledWorker is same
+    error = pickle.loads(pickle.dumps(KilledWorker("died running 'x'")))
+    assert type(error) is KilledWorker
+    assert isinstance(error, BrokenProcessPool) and isinstance(error, ZFuturesError)
+    assert error.args == ("died running 'x'",)
+
+
+def test_a_worker_process_starts_without_multiprocessing_or_psutil():
+    """Each is tens of milliseconds of every worker's start, and a worker
+    needs neither: KilledWorker is made on first use, RSS is read from /proc."""
+    import subprocess
+    import sys
+
+    code = ("import sys, zfutures.cli, zfutures.worker, zfutures.nanny; "
+            "print(sorted(m for m in ('concurrent.futures.process', 'psutil') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.strip() == "[]"

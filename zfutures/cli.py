@@ -11,7 +11,7 @@ import threading
 import click
 
 from .addressing import DEFAULT_PORT, is_loopback
-from .processes import PARENT_PID_ENV
+from .processes import PARENT_PID_ENV, total_memory
 
 
 def _setup_logging(level: str) -> None:
@@ -96,18 +96,15 @@ def parse_resources(text: str) -> dict[str, float]:
 
 def parse_memory_limit(text: str) -> int:
     """``"4GB"``, ``"0.8"`` (a share of this machine's memory), ``"auto"`` or ``"0"``."""
-    import psutil
-
-    total = psutil.virtual_memory().total
     match = _MEMORY.match(text.strip().lower())
     if text.strip().lower() == "auto":
-        return total
+        return total_memory()
     if match is None:
         raise click.BadParameter(f"{text!r}: use e.g. 4GB, 0.8 or auto",
                                  param_hint="--memory-limit")
     value, unit = float(match["value"]), match["unit"]
     if not unit:
-        return int(value * total) if value <= 1 else int(value)
+        return int(value * total_memory()) if value <= 1 else int(value)
     return int(value * _UNITS[unit])
 
 

@@ -5,7 +5,7 @@ catches whatever the library itself raises (as opposed to exceptions raised by
 user tasks, which are re-raised unchanged).
 """
 import builtins
-from concurrent.futures.process import BrokenProcessPool
+from typing import Any
 
 
 class ZFuturesError(Exception):
@@ -17,14 +17,6 @@ class ConnectionError(ZFuturesError, builtins.ConnectionError):
 
     Subclasses the builtin :class:`ConnectionError` too, so code that already
     catches network failures keeps working.
-    """
-
-
-class KilledWorker(ZFuturesError, BrokenProcessPool):
-    """Workers died ``allowed_failures`` times while running this task.
-
-    Also a :class:`concurrent.futures.process.BrokenProcessPool`, which is what
-    code written for ProcessPoolExecutor catches when a task kills its process.
     """
 
 
@@ -50,3 +42,27 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return self.tb
+
+
+def _make_killed_worker() -> type:
+    # concurrent.futures.process brings multiprocessing with it (25 ms at
+    # start): made on first use, workers never pay for it.
+    from concurrent.futures.process import BrokenProcessPool
+
+    class KilledWorker(ZFuturesError, BrokenProcessPool):
+        """Workers died ``allowed_failures`` times while running this task.
+
+        Also a :class:`concurrent.futures.process.BrokenProcessPool`, which is
+        what code written for ProcessPoolExecutor catches when a task kills
+        its process.
+        """
+
+    KilledWorker.__module__, KilledWorker.__qualname__ = __name__, "KilledWorker"
+    return KilledWorker
+
+
+def __getattr__(name: str) -> Any:
+    if name == "KilledWorker":
+        globals()["KilledWorker"] = cls = _make_killed_worker()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,7 +23,7 @@ from typing import Any
 
 from .errors import ConnectionError
 from .nanny import Nanny
-from .processes import PARENT_PID_ENV, read_matching_line, stop_processes
+from .processes import PARENT_PID_ENV, read_matching_line, stop_processes, total_memory
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class LocalCluster:
         self._security = security
         center_args = ["--allowed-failures", str(allowed_failures)]
         # Each worker may use an equal share of this machine's memory.
-        self._memory_limit = _total_memory() // self.n_workers
+        self._memory_limit = total_memory() // self.n_workers
         worker_args = ["--nthreads", str(threads_per_worker), "--host", "127.0.0.1",
                        "--memory-limit", str(self._memory_limit), "--log-level", "warning"]
         if security is not None:  # the same keys for everyone on this machine
@@ -134,7 +134,7 @@ class LocalCluster:
                 why = f"{len(dead)} exited" if dead else f"not all up after {timeout}s"
                 raise ConnectionError(f"local cluster: {len(workers)} of {self.n_workers} "
                                       f"workers registered ({why})")
-            time.sleep(0.02)  # polling the center: registration has no event to wait on
+            time.sleep(0.005)  # polling the center: registration has no event to wait on
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop every process (SIGTERM, then SIGKILL after ``timeout``)."""
@@ -157,12 +157,6 @@ def _import_path() -> str:
     """PYTHONPATH for the children: what this program can import (its own
     modules, a notebook's folder), so functions defined there unpickle there."""
     return os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
-
-
-def _total_memory() -> int:
-    import psutil
-
-    return psutil.virtual_memory().total
 
 
 def _free_port() -> int:

@@ -33,6 +33,31 @@ def worker_environment(parent_pid: int) -> dict[str, str]:
     return env
 
 
+def total_memory() -> int:
+    """Bytes of memory this machine has."""
+    import psutil  # only when asked: 25 ms of a worker's start otherwise
+
+    return psutil.virtual_memory().total
+
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def own_rss() -> int:
+    """Resident memory of this process, in bytes.
+
+    Read from /proc where there is one: a worker checks it at every heartbeat,
+    and needs no psutil for it.
+    """
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE_SIZE
+    except OSError:
+        import psutil
+
+        return psutil.Process().memory_info().rss
+
+
 def stop_processes(processes: list[subprocess.Popen], timeout: float = 5.0) -> None:
     """SIGTERM, then SIGKILL after ``timeout``, for processes we started."""
     for process in processes:

@@ -37,6 +37,7 @@ from .addressing import (
 from .errors import ProtocolError
 from .logs import RateLimitedLog
 from .loop import Waker, drain, send, send_frames
+from .processes import own_rss
 from .worker_state import Task, WorkerState
 
 logger = logging.getLogger(__name__)
@@ -142,7 +143,6 @@ class Worker:
         self._leave_requested = False
         self._retire_deadline: float | None = None
         self._last_sent = self._last_heard = self._next_timeout_check = 0.0
-        self._process = None  # psutil's view of this process, to watch its memory
 
     # ------------------------------------------------------------------ life cycle
 
@@ -264,11 +264,7 @@ class Worker:
         """Pause above the high mark of the memory limit; resume below the low one."""
         if not self.memory_limit:
             return
-        if self._process is None:
-            import psutil
-
-            self._process = psutil.Process()
-        rss = self._process.memory_info().rss
+        rss = own_rss()
         paused = self.state.paused
         if not paused and rss > PAUSE_AT * self.memory_limit:
             logger.warning("worker %s uses %d MB, over %d%% of its memory limit: it starts "

@@ -339,3 +339,13 @@ def test_a_worker_process_starts_without_multiprocessing_or_psutil():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_frames_nbytes_counts_bytes_and_buffers_of_any_item_size():
+    from zfutures.serialize import dumps, frames_nbytes
+
+    array = np.arange(1000, dtype=np.float64)
+    frames = [b"abc", bytearray(5), memoryview(array), pickle.PickleBuffer(array)]
+    assert frames_nbytes(frames) == 3 + 5 + 8000 + 8000
+    assert frames_nbytes([]) == 0
+    assert frames_nbytes(dumps(array)) >= 8000

@@ -670,7 +670,7 @@ class ClientIO:
         (up to SUBMIT_BATCH items, and half the center's message size limit)."""
         if op == "submit" and item["key"] in self._releasing:
             self._release_now()  # submitted again: the center must see the release first
-        size = sum(memoryview(f).nbytes for f in frames) if frames else 0
+        size = serialize.frames_nbytes(frames) if frames else 0
         if self._outgoing and self._outgoing[-1][0] == op:
             last = self._outgoing[-1]
             if len(last[1]) < SUBMIT_BATCH and last[3] + size < self.max_message_size // 2:

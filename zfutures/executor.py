@@ -244,7 +244,7 @@ class Executor:
 
     def _check_size(self, frames: list) -> None:
         """Refuse, here and now, a call the center would refuse to receive."""
-        size = sum(memoryview(f).nbytes for f in frames)
+        size = serialize.frames_nbytes(frames)
         limit = self._io.max_message_size // 2
         if size > limit:
             raise ValueError(

@@ -283,6 +283,17 @@ def token(frames: list) -> str:
     return h.hexdigest()
 
 
+def frames_nbytes(frames: list) -> int:
+    """Total bytes of payload frames (bytes, or buffers as pickle gives them).
+
+    Per task on the submit path: bytes, the common case, need no memoryview.
+    """
+    total = 0
+    for frame in frames:
+        total += len(frame) if type(frame) is bytes else memoryview(frame).nbytes
+    return total
+
+
 def sizeof(obj: Any) -> int:
     """Bytes an object holds, cheaply estimated; used for data locality."""
     nbytes = getattr(obj, "nbytes", None)

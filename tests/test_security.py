@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import stat
@@ -100,6 +101,11 @@ def test_a_client_without_keys_cannot_connect_and_the_center_logs_it(processes, 
         Executor(address, timeout=2)
     wait_for(lambda: "failed the handshake" in log.read_text(), timeout=10,
              message="the center did not log the refused connection")
+    # The monitor event is decoded: one of the handshake failures it watches.
+    events = {int(n) for n in re.findall(r"event (\d+), value", log.read_text())}
+    failures = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+                zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+    assert events and events <= set(failures), events
 
 
 def test_a_client_whose_key_is_not_allowed_is_refused_and_logged(processes, keys, stranger,

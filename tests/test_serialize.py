@@ -327,14 +327,15 @@ def test_killed_worker_is_a_broken_process_pool_and_pickles_by_reference():
     assert error.args == ("died running 'x'",)
 
 
-def test_a_worker_process_starts_without_multiprocessing_or_psutil():
-    """Each is tens of milliseconds of every worker's start, and a worker
-    needs neither: KilledWorker is made on first use, RSS is read from /proc."""
+def test_center_and_worker_processes_start_without_multiprocessing_psutil_or_asyncio():
+    """Each is tens of milliseconds of every process's start, and neither
+    needs them: KilledWorker is made on first use, RSS is read from /proc,
+    monitor events are parsed by the center itself."""
     import subprocess
     import sys
 
-    code = ("import sys, zfutures.cli, zfutures.worker, zfutures.nanny; "
-            "print(sorted(m for m in ('concurrent.futures.process', 'psutil') "
+    code = ("import sys, zfutures.cli, zfutures.worker, zfutures.nanny, zfutures.center; "
+            "print(sorted(m for m in ('concurrent.futures.process', 'psutil', 'asyncio') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True)

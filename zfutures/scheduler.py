@@ -36,7 +36,8 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import CancelledError
 from typing import Any
 
-from .errors import FutureLostError, KilledWorker
+from . import errors
+from .errors import FutureLostError
 
 logger = logging.getLogger(__name__)
 
@@ -350,7 +351,7 @@ class Scheduler:
                 continue
             ts.suspicious += 1
             if ts.suspicious >= self.allowed_failures:
-                self._err(ts, _pickled_error(KilledWorker(
+                self._err(ts, _pickled_error(errors.KilledWorker(
                     f"task {ts.key!r} was running on {ts.suspicious} workers that died, "
                     f"the last one {ws.address}")))
             else:

@@ -334,6 +334,9 @@ class Scheduler:
             return
         del self.workers_by_address[ws.address]
         self.with_room.discard(ws)
+        for other in self.workers.values():
+            if other.moving:  # it may have been copying their keys: plan anew
+                self._hand_on(other)
         if self.unclaimed:
             for key, holders in list(self.unclaimed.items()):
                 if holders.pop(ws, None) is not None and not holders:
@@ -559,6 +562,13 @@ class Scheduler:
             if ts.processing_on is ws:  # (else erred meanwhile, with an input)
                 self._take_back(ts)
                 self._try_ready(ts)
+        self._hand_on(ws)
+        self._settle()
+
+    def _hand_on(self, ws: WorkerState) -> None:
+        """Have workers that stay copy the wanted keys only ``ws`` holds; tell
+        ``ws`` it may go once none is left to copy (or no worker stays)."""
+        ws.moving.clear()
         targets = [w for w in self.workers.values() if not w.retiring]
         if targets:
             for ts in ws.has_what:
@@ -569,7 +579,6 @@ class Scheduler:
                                     {"key": ts.key, "holders": [ws.address]})
                     ws.moving.add(ts)
         self._check_retired(ws)
-        self._settle()
 
     def worker_paused(self, worker_ident: bytes, paused: bool) -> None:
         """A worker's memory crossed its high mark (``paused``) or fell back.

@@ -883,6 +883,36 @@ def test_a_retiring_worker_hands_on_the_keys_only_it_holds_then_is_told_to_go():
     assert s.tasks["only-w1"].state == "memory"         # nothing lost, nothing recomputed
 
 
+def test_a_retiring_worker_whose_keys_target_left_is_handed_on_again_or_let_go():
+    """w1 retires and w2 is asked to copy its key; w2 retires and leaves before
+    copying it. w1 must not wait for a copy that will never come: its key goes
+    to w3 if one stays, and with no worker staying it is told to go."""
+    from zfutures.scheduler import Scheduler
+
+    for stays in (True, False):
+        s = Scheduler()
+        s.add_client(b"c", "c")
+        for w in (b"w1", b"w2"):
+            s.add_worker(w, f"tcp://{w.decode()}:1", w.decode(), nthreads=1)
+        s.update_data(b"c", [{"key": "k", "nbytes": 10, "workers": ["tcp://w1:1"]}])
+        s.retire_worker(b"w1")
+        sent = {(ident, op): fields for ident, op, fields, _ in s.outbox.take()}
+        assert sent[(b"w2", "acquire")]["tasks"] == [{"key": "k", "holders": ["tcp://w1:1"]}]
+        if stays:
+            s.add_worker(b"w3", "tcp://w3:1", "w3", nthreads=1)
+        s.retire_worker(b"w2")
+        s.remove_worker(b"w2")
+        sent = {(ident, op): fields for ident, op, fields, _ in s.outbox.take()}
+        if stays:
+            assert sent[(b"w3", "acquire")]["tasks"] == [{"key": "k",
+                                                         "holders": ["tcp://w1:1"]}]
+            assert (b"w1", "retired") not in sent
+            s.keys_added(b"w3", "k", 10)
+            assert (b"w1", "retired") in {(i, op) for i, op, _, _ in s.outbox.take()}
+        else:
+            assert (b"w1", "retired") in sent
+
+
 # --------------------------------------------------------------------------- recovery
 # A center that (re)starts recovers: workers come back with keys it never saw,
 # and clients submit again what they hold, saying where finished keys were.

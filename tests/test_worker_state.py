@@ -441,3 +441,42 @@ def test_a_task_given_up_for_one_input_drops_the_fetch_just_planned_for_another(
     assert fetches(w) == [] and not w.fetches and "t" not in w.tasks
     compute(w, "u", {"a": [P1]})                   # the worker goes on as usual
     assert fetches(w) == [(1, P1, ["a"])]
+
+
+# --------------------------------------------------------------------------- holding reports
+
+
+def test_completions_may_wait_a_moment_only_while_more_work_runs():
+    from zfutures.worker_state import HOLD_MAX, HOLD_REPORTS
+
+    w = make()
+    compute(w, "x")
+    compute(w, "y")
+    executed(w)
+    w.task_done("x", value=1, nbytes=28, duration=1e-4)
+    assert "y" in w.executing
+    assert w.reports_may_wait(held=0, waited=0.0)
+    assert not w.reports_may_wait(held=0, waited=HOLD_REPORTS)      # waited long enough
+    assert not w.reports_may_wait(held=HOLD_MAX, waited=0.0)         # enough for a message
+    w.task_done("y", value=2, nbytes=28, duration=1e-4)
+    assert not w.executing and not w.reports_may_wait(held=1, waited=0.0)  # idle: report
+
+
+def test_a_completion_with_dependents_waiting_here_is_reported_at_once():
+    w = make()
+    compute(w, "a")
+    compute(w, "b", {"a": [ME]})   # sent ahead: waits here for a
+    compute(w, "c")
+    executed(w)
+    w.task_done("a", value=1, nbytes=28, duration=1e-4)
+    assert w.executing and w.report_now
+    assert not w.reports_may_wait(held=0, waited=0.0)
+
+
+def test_an_error_is_reported_at_once():
+    w = make()
+    compute(w, "x")
+    compute(w, "y")
+    executed(w)
+    w.task_done("x", error=[b"pickled error"])
+    assert w.executing and not w.reports_may_wait(held=0, waited=0.0)

@@ -38,7 +38,7 @@ from .errors import ProtocolError
 from .logs import RateLimitedLog
 from .loop import Waker, drain, send, send_frames
 from .processes import own_rss
-from .worker_state import Task, WorkerState
+from .worker_state import HOLD_REPORTS, Task, WorkerState
 
 logger = logging.getLogger(__name__)
 dropped = RateLimitedLog(logger)
@@ -50,6 +50,7 @@ PAUSE_AT, RESUME_AT = 0.8, 0.7
 
 #: Reports to the center that travel many to a message, and their list field.
 _BATCHED = {"task-finished": "tasks", "task-erred": "tasks", "keys-added": "tasks"}
+
 
 
 def pickle_exception(exc: BaseException) -> list:
@@ -143,6 +144,8 @@ class Worker:
         self._leave_requested = False
         self._retire_deadline: float | None = None
         self._last_sent = self._last_heard = self._next_timeout_check = 0.0
+        self._held: list[tuple[str, dict, list]] = []  # completions held back a moment
+        self._held_since: float | None = None
 
     # ------------------------------------------------------------------ life cycle
 
@@ -233,6 +236,9 @@ class Worker:
     def _loop_once(self) -> None:
         now = time.monotonic()
         timeout_ms = max(0, int(1000 * (self._last_sent + self.heartbeat_interval - now)))
+        if self._held_since is not None:  # (+1: poll's milliseconds must not round to 0)
+            timeout_ms = min(timeout_ms,
+                             max(0, int(1000 * (self._held_since + HOLD_REPORTS - now)) + 1))
         events = dict(self.poller.poll(min(timeout_ms, 1000 * self.heartbeat_interval)))
         now = time.monotonic()
         if self.center in events:
@@ -415,9 +421,24 @@ class Worker:
                                                                keys=keys)],
                      dropped, f"a data request to {peer}")
             state.to_fetch.clear()
-        if state.to_center:
+        if state.to_center or self._held:
+            self._report()
+
+    def _report(self) -> None:
+        """Send the state machine's reports, or hold completions back a moment."""
+        state = self.state
+        now = time.monotonic()
+        if self._may_hold(now):
+            self._held.extend(state.to_center)
+            state.to_center.clear()
+            if self._held_since is None:
+                self._held_since = now
+            return
+        reports = self._held + state.to_center if self._held else state.to_center
+        self._held, self._held_since, state.report_now = [], None, False
+        if reports:
             batches: dict[str, tuple[list, list]] = {}
-            for op, item, frames in state.to_center:
+            for op, item, frames in reports:
                 if op in _BATCHED:
                     items, all_frames = batches.setdefault(op, ([], []))
                     items.append(item)
@@ -431,6 +452,12 @@ class Worker:
             for op, (items, frames) in batches.items():
                 self._send_center(op, frames, **{_BATCHED[op]: items})
             state.to_center.clear()
+
+    def _may_hold(self, now: float) -> bool:
+        if self._stopping or self._leave_requested:
+            return False
+        waited = 0.0 if self._held_since is None else now - self._held_since
+        return self.state.reports_may_wait(len(self._held), waited)
 
     def _send_center(self, op: str, frames: list | None = None, **fields: Any) -> None:
         send(self.center, protocol.encode(op, frames or (), **fields), dropped,

@@ -33,6 +33,13 @@ FETCHING, READY, EXECUTING = "fetching", "ready", "executing"
 HAND_AHEAD_TIME = 0.002
 MAX_HANDED_AHEAD = 8
 
+#: While the task threads have more work, completions may wait up to this
+#: many seconds (or HOLD_MAX of them) to go to the center in one message: a
+#: map of short tasks then costs the center, and the worker, one message per
+#: few tasks instead of one per task.
+HOLD_REPORTS = 0.001
+HOLD_MAX = 64
+
 
 class Task:
     """A task this worker was asked to compute."""
@@ -100,6 +107,9 @@ class WorkerState:
         self.to_execute: list[Task] = []
         self.to_fetch: list[tuple[int, str, list[str]]] = []
         self.paused = False  # short of memory: start no new task
+        # A finished task had dependents sent ahead to wait here: the center
+        # should hear at once, to send the links after them (the shell clears it).
+        self.report_now = False
         self._order = itertools.count()
         self._request_ids = itertools.count(1)
 
@@ -203,6 +213,8 @@ class WorkerState:
                 self.to_center.append(("task-finished",
                                        {"key": key, "nbytes": nbytes, "duration": duration},
                                        pickled or []))
+                if waiters:
+                    self.report_now = True
                 for waiter_key in waiters:  # sent ahead for this very input
                     waiter = self.tasks.get(waiter_key)
                     if waiter is not None and key in waiter.missing:
@@ -213,6 +225,19 @@ class WorkerState:
                 self.to_center.append(("task-erred", {"key": key}, error))
                 # (the center errs or takes back the tasks that waited for it)
         self._start_tasks()
+
+    def reports_may_wait(self, held: int, waited: float) -> bool:
+        """Whether the reports in ``to_center`` may wait, with ``held`` others
+        that have waited ``waited`` seconds, to go in one message.
+
+        Only completions wait, and only while a task thread has more to run:
+        a worker with nothing else to run, or whose finished task has
+        dependents waiting here (the center sends the next links of a chain
+        when it hears), reports at once.
+        """
+        return (bool(self.executing) and not self.report_now
+                and held + len(self.to_center) < HOLD_MAX and waited < HOLD_REPORTS
+                and all(op == "task-finished" for op, _, _ in self.to_center))
 
     def release(self, keys: list[str]) -> None:
         """The center no longer needs ``keys`` here: drop data and pending work."""

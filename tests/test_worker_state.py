@@ -450,6 +450,7 @@ def test_completions_may_wait_a_moment_only_while_more_work_runs():
     from zfutures.worker_state import HOLD_MAX, HOLD_REPORTS
 
     w = make()
+    w.task_duration = 1e-4  # as after a run of short tasks
     compute(w, "x")
     compute(w, "y")
     executed(w)
@@ -462,8 +463,23 @@ def test_completions_may_wait_a_moment_only_while_more_work_runs():
     assert not w.executing and not w.reports_may_wait(held=1, waited=0.0)  # idle: report
 
 
+def test_completions_of_longer_tasks_are_reported_at_once():
+    from zfutures.worker_state import HOLD_REPORTS
+
+    w = make()
+    w.task_duration = 1e-4
+    for key in "abc":
+        compute(w, key)
+    executed(w)
+    for key in "ab":  # tasks longer than the wait: their dependents start sooner
+        w.task_done(key, value=1, nbytes=28, duration=50 * HOLD_REPORTS)
+    assert w.executing and w.task_duration >= HOLD_REPORTS
+    assert not w.reports_may_wait(held=0, waited=0.0)
+
+
 def test_a_completion_with_dependents_waiting_here_is_reported_at_once():
     w = make()
+    w.task_duration = 1e-4
     compute(w, "a")
     compute(w, "b", {"a": [ME]})   # sent ahead: waits here for a
     compute(w, "c")
@@ -475,6 +491,7 @@ def test_a_completion_with_dependents_waiting_here_is_reported_at_once():
 
 def test_an_error_is_reported_at_once():
     w = make()
+    w.task_duration = 1e-4
     compute(w, "x")
     compute(w, "y")
     executed(w)

@@ -33,10 +33,11 @@ FETCHING, READY, EXECUTING = "fetching", "ready", "executing"
 HAND_AHEAD_TIME = 0.002
 MAX_HANDED_AHEAD = 8
 
-#: While the task threads have more work, completions may wait up to this
-#: many seconds (or HOLD_MAX of them) to go to the center in one message: a
-#: map of short tasks then costs the center, and the worker, one message per
-#: few tasks instead of one per task.
+#: While the task threads have more work, and tasks take less than this many
+#: seconds, completions may wait as long (or until HOLD_MAX of them) to go to
+#: the center in one message: a map of short tasks then costs the center, and
+#: the worker, one message per few tasks instead of one per task. Longer tasks
+#: gain nothing from it, and their dependents would start later.
 HOLD_REPORTS = 0.001
 HOLD_MAX = 64
 
@@ -230,12 +231,13 @@ class WorkerState:
         """Whether the reports in ``to_center`` may wait, with ``held`` others
         that have waited ``waited`` seconds, to go in one message.
 
-        Only completions wait, and only while a task thread has more to run:
-        a worker with nothing else to run, or whose finished task has
-        dependents waiting here (the center sends the next links of a chain
-        when it hears), reports at once.
+        Only completions of short tasks wait, and only while a task thread
+        has more to run: a worker with nothing else to run, or whose finished
+        task has dependents waiting here (the center sends the next links of
+        a chain when it hears), reports at once.
         """
         return (bool(self.executing) and not self.report_now
+                and self.task_duration < HOLD_REPORTS
                 and held + len(self.to_center) < HOLD_MAX and waited < HOLD_REPORTS
                 and all(op == "task-finished" for op, _, _ in self.to_center))
 

@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+EDITABLE := --config-settings editable_mode=compat
 
 .PHONY: demo test bench lint clean
 
@@ -10,8 +11,10 @@ $(STAMP): setup.cfg setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	@# compat: the checkout goes on sys.path, where the default editable mode
-	@# installs an import hook that every process of a cluster pays for.
-	$(BIN)/python -m pip install -q -e '.[test]' --config-settings editable_mode=compat
+	@# installs an import hook that every process of a cluster pays for
+	@# (setuptools calls compat transitional: the default mode is the fallback).
+	$(BIN)/python -m pip install -q -e '.[test]' $(EDITABLE) || \
+		$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -22,7 +25,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -v tests
 
 bench: $(STAMP)
-	$(BIN)/python -m pip install -q -e '.[bench]' --config-settings editable_mode=compat
+	$(BIN)/python -m pip install -q -e '.[bench]' $(EDITABLE) || \
+		$(BIN)/python -m pip install -q -e '.[bench]'
 	@# Byte-compile the package as an install from a wheel would: with an
 	@# editable install and PYTHONDONTWRITEBYTECODE set, every process of a
 	@# cluster would otherwise compile zfutures from source as it starts.

@@ -1220,3 +1220,129 @@ def test_a_key_released_and_submitted_again_in_one_turn_is_released_first_on_its
     assert [(op, fields.get("keys") or [t["key"] for t in fields["tasks"]])
             for _, op, fields in messages] == [
         ("compute", ["a"]), ("release-keys", ["k"]), ("compute", ["k"])]
+
+
+# ---------------------------------------------------------------------- blocks of a map
+
+
+def run_all(sim: Sim, keys: list[str], order=None) -> dict[str, bytes]:
+    """Finish tasks one at a time until ``keys`` are all in memory; return
+    where each ran. ``order(running keys)`` picks the one to finish next; by
+    default, workers take turns (each finishing its earliest task), as
+    workers of equal speed would."""
+    ran: dict[str, bytes] = {}
+    finished = dict.fromkeys(sim.s.workers, 0)
+    for _ in range(10 * len(keys)):
+        running = [k for k in keys if sim.state(k) == "processing"]
+        if not running:
+            break
+        if order:
+            key = order(running)
+        else:
+            key = min(running, key=lambda k: (finished[sim.on(k)], sim.s.tasks[k].priority))
+        ran[key] = sim.on(key)
+        finished[ran[key]] += 1
+        sim.finish(key)
+    assert all(sim.state(k) == "memory" for k in keys)
+    return ran
+
+
+def test_the_tasks_of_a_map_run_in_contiguous_blocks_one_per_worker():
+    # Neighbours are combined later (a tree reduction adds x0 to x1): made on
+    # one worker, no transfer is needed.
+    sim = Sim(extra_queue=1)
+    sim.worker(W1)
+    sim.worker(W2)
+    keys = [f"x{i}" for i in range(8)]
+    sim.submit(*[task(k) for k in keys])
+    ran = run_all(sim, keys)
+    assert [ran[k] for k in keys] == [W1] * 4 + [W2] * 4
+    assert sim.s.affine == 0
+
+
+def test_blocks_follow_the_workers_threads():
+    sim = Sim(extra_queue=1)
+    sim.worker(W1, nthreads=3)
+    sim.worker(W2, nthreads=1)
+    sim.submit(*[task(f"x{i}") for i in range(16)])
+    assert sim.take().computes() == {W1: ["x0", "x1", "x2", "x3"], W2: ["x12", "x13"]}
+    assert [ts.key for _, ts in sorted(sim.s.workers[W1].ready_here)] == \
+        [f"x{i}" for i in range(4, 12)]
+
+
+def test_a_worker_done_with_its_block_takes_the_next_task_of_the_largest_block():
+    sim = Sim(extra_queue=1)
+    sim.worker(W1)
+    sim.worker(W2)
+    keys = [f"x{i}" for i in range(12)]
+    sim.submit(*[task(k) for k in keys])
+    # W2 is slow: W1 finishes everything it gets while W2 finishes nothing.
+    ran = run_all(sim, keys, order=lambda running: next(
+        (k for k in running if sim.on(k) == W1), running[0]))
+    assert [ran[k] for k in keys[:6]] == [W1] * 6
+    # W2 started x6 and had x7 queued; W1 then took W2's block from its front,
+    # always keeping busy.
+    assert ran["x6"] == ran["x7"] == W2
+    assert all(ran[k] == W1 for k in keys[8:])
+
+
+def test_a_later_task_of_higher_priority_goes_before_the_blocks():
+    sim = Sim(extra_queue=0)
+    sim.worker(W1)
+    sim.worker(W2)
+    sim.submit(*[task(f"x{i}") for i in range(8)])
+    sim.take()
+    sim.submit(task("urgent", priority=10))
+    assert sim.state("urgent") == "ready"
+    sim.finish("x4")                      # W2 frees up first
+    assert sim.on("urgent") == W2
+
+
+def test_a_map_with_mixed_priorities_is_not_split_into_blocks():
+    sim = Sim(extra_queue=0)
+    sim.worker(W1)
+    sim.worker(W2)
+    sim.submit(*[task(f"x{i}", priority=i % 2) for i in range(8)])
+    order = []
+    for _ in range(8):
+        running = [k for k in sim.s.tasks if sim.state(k) == "processing"]
+        key = min(running, key=lambda k: sim.s.tasks[k].priority)
+        order.append(key)
+        sim.finish(key)
+    assert order[:4] == ["x1", "x3", "x5", "x7"]   # priority first, on both workers
+
+
+@pytest.mark.parametrize("leave", ["remove", "pause", "retire"])
+def test_the_block_of_a_worker_that_leaves_pauses_or_retires_goes_to_the_others(leave):
+    sim = Sim(extra_queue=0)
+    sim.worker(W1)
+    sim.worker(W2)
+    keys = [f"x{i}" for i in range(8)]
+    sim.submit(*[task(k) for k in keys])
+    assert sim.on("x4") == W2 and sim.s.affine == 6
+    w2 = sim.s.workers[W2]
+    if leave == "remove":
+        sim.s.remove_worker(W2)
+    elif leave == "pause":
+        sim.s.worker_paused(W2, True)
+    else:
+        sim.s.retire_worker(W2)
+    assert sim.s.affine == 3 and not w2.ready_here
+    ran = run_all(sim, keys, order=lambda running: next(
+        (k for k in running if sim.on(k) == W1), running[0]))
+    assert all(ran[k] == W1 for k in keys if k != "x4")
+    assert sim.s.affine == 0
+
+
+def test_a_task_released_while_it_waits_in_a_block_is_forgotten():
+    sim = Sim(extra_queue=0)
+    sim.worker(W1)
+    sim.worker(W2)
+    keys = [f"x{i}" for i in range(8)]
+    sim.submit(*[task(k) for k in keys])
+    assert sim.state("x6") == "ready"
+    sim.s.release(C1, ["x6"])
+    assert "x6" not in sim.s.tasks and sim.s.affine == 5
+    rest = [k for k in keys if k != "x6"]
+    ran = run_all(sim, rest)
+    assert [ran[k] for k in rest] == [W1] * 4 + [W2] * 3

@@ -14,7 +14,9 @@ A task's life::
        └──────────┴────────────┴──▶ erred
 
 - ``waiting``: some dependency is not in memory yet.
-- ``ready``: all dependencies are in memory; waits at the center for a slot.
+- ``ready``: all dependencies are in memory; waits at the center for a slot
+  (the tasks without inputs of a big submit wait in per-worker blocks: see
+  ``Scheduler._root_blocks``).
 - ``processing``: sent to one worker.
 - ``memory``: held by one or more workers (``who_has``).
 - ``released``: nobody needs the data any more, but a dependent that still
@@ -66,7 +68,7 @@ class TaskState:
         "key", "state", "payload", "priority", "dependencies", "dependents",
         "waiting_on", "waiters", "who_wants", "who_has", "processing_on", "nbytes",
         "exception", "retries", "suspicious", "restrictions", "loose",
-        "resources",
+        "resources", "affinity",
     )
 
     def __init__(self, key: str, payload: list | None, priority: tuple, retries: int = 0):
@@ -88,6 +90,7 @@ class TaskState:
         self.restrictions: frozenset[str] | None = None  # worker addresses or names
         self.loose = False                # restrictions are only a preference
         self.resources: dict[str, float] | None = None  # needed while processing
+        self.affinity: WorkerState | None = None  # ready, kept for this worker
 
     def __repr__(self) -> str:
         return f"<Task {self.key!r} {self.state}>"
@@ -101,7 +104,7 @@ class WorkerState:
 
     __slots__ = ("ident", "address", "name", "nthreads", "memory_limit", "resources",
                  "used_resources", "processing", "seceded", "has_what", "nbytes", "capacity",
-                 "retiring", "moving", "paused")
+                 "retiring", "moving", "paused", "ready_here")
 
     def __init__(self, ident: bytes, address: str, name: str, nthreads: int,
                  memory_limit: int = 0, resources: dict | None = None, capacity: int = 2):
@@ -120,6 +123,7 @@ class WorkerState:
         self.has_what: set[TaskState] = set()
         self.nbytes = 0
         self.capacity = capacity          # tasks it may hold at once (running + queued)
+        self.ready_here: list[tuple[tuple, TaskState]] = []  # heap of its block of roots
 
     def __repr__(self) -> str:
         return f"<Worker {self.address} processing={len(self.processing)}>"
@@ -229,6 +233,7 @@ class Scheduler:
         # Heap of (priority, task): tuples compare in C, far faster than __lt__.
         self.ready: list[tuple[tuple, TaskState]] = []
         self.with_room: set[WorkerState] = set()
+        self.affine = 0  # ready tasks kept in workers' ready_here heaps
         self.outbox = Outbox()
         self.task_duration = DEFAULT_TASK_DURATION
         self._duration_measured = False
@@ -334,6 +339,7 @@ class Scheduler:
             return
         del self.workers_by_address[ws.address]
         self.with_room.discard(ws)
+        self._give_up_block(ws)
         for other in self.workers.values():
             if other.moving:  # it may have been copying their keys: plan anew
                 self._hand_on(other)
@@ -390,14 +396,40 @@ class Scheduler:
     def submit(self, client_ident: bytes, items: list[dict], frames: list) -> None:
         """A client submitted tasks: ``items`` as in the ``submit`` message."""
         client = self.clients[client_ident]
+        blocks = self._root_blocks(items)
         start = 0
-        for item in items:
+        for index, item in enumerate(items):
             end = start + item["nframes"]
-            self._add_task(client, item, frames[start:end])
+            self._add_task(client, item, frames[start:end], blocks.get(index))
             start = end
         self._settle()
 
-    def _add_task(self, client: ClientState, item: dict, payload: list) -> None:
+    def _root_blocks(self, items: list[dict]) -> dict[int, WorkerState]:
+        """Split the new tasks without inputs of one submit into contiguous blocks,
+        one per worker, in proportion to its threads: item index -> worker.
+
+        Neighbours in a ``map`` are usually combined later (a tree reduction
+        adds x[0] to x[1]); made on the same worker, they are combined there
+        without a transfer. A worker that runs out of its block takes from the
+        largest other one (see _dispatch), so this costs no balance. Only for
+        tasks of one priority, with no placement of their own, and enough of
+        them for blocks of two.
+        """
+        slots = [ws for ws in self.workers.values() if self._takes_tasks(ws)
+                 for _ in range(ws.nthreads)]
+        if len(slots) < 2 or len(items) < 2 * len(slots):
+            return {}
+        roots = [index for index, item in enumerate(items)
+                 if not item["deps"] and not item.get("workers")
+                 and not item.get("resources") and item["key"] not in self.tasks]
+        if len(roots) < 2 * len(slots) or \
+                len({items[index]["priority"] for index in roots}) != 1:
+            return {}
+        return {index: slots[position * len(slots) // len(roots)]
+                for position, index in enumerate(roots)}
+
+    def _add_task(self, client: ClientState, item: dict, payload: list,
+                  affinity: WorkerState | None = None) -> None:
         key = item["key"]
         ts = self.tasks.get(key)
         if ts is not None:  # the same pure call again: one task, one more client
@@ -412,6 +444,7 @@ class Scheduler:
             ts.loose = bool(item.get("allow_other_workers"))
         if item.get("resources"):
             ts.resources = item["resources"]
+        ts.affinity = affinity
         missing = None
         for dep_key in item["deps"]:
             dep = self.tasks.get(dep_key)
@@ -558,6 +591,7 @@ class Scheduler:
             return
         ws.retiring = True
         self.with_room.discard(ws)
+        self._give_up_block(ws)
         for ts in sorted(ws.processing, key=lambda t: t.priority):
             if ts.processing_on is ws:  # (else erred meanwhile, with an input)
                 self._take_back(ts)
@@ -592,6 +626,7 @@ class Scheduler:
         ws.paused = paused
         if paused:
             self.with_room.discard(ws)
+            self._give_up_block(ws)
             by_order, running = self._probably_running(ws)
             for ts in by_order:
                 if ts not in running and ts.processing_on is ws:
@@ -714,7 +749,7 @@ class Scheduler:
                 ts.waiting_on.add(dep)
         if not ts.waiting_on:
             self._set_state(ts, READY)
-            heapq.heappush(self.ready, (ts.priority, ts))
+            self._push_ready(ts)
         else:
             self._maybe_send_early(ts)
 
@@ -767,7 +802,7 @@ class Scheduler:
                 waiting_on.discard(ts)
                 if not waiting_on and dependent.state == WAITING:
                     self._set_state(dependent, READY)
-                    heapq.heappush(self.ready, (dependent.priority, dependent))
+                    self._push_ready(dependent)
         self._maybe_unwanted.append(ts)
 
     def _err(self, root: TaskState, exception: list) -> None:
@@ -848,10 +883,11 @@ class Scheduler:
         if not self.tasks:
             self.tasks = {}
             self.ready = []
+            self.affine = 0
             for client in self.clients.values():
                 client.wants = set()
             for ws in self.workers.values():
-                ws.processing, ws.has_what = set(), set()
+                ws.processing, ws.has_what, ws.ready_here = set(), set(), []
 
     def _settle(self) -> None:
         """After every event: drop what is unwanted, then fill free slots."""
@@ -905,10 +941,39 @@ class Scheduler:
         else:
             self.with_room.discard(ws)
 
+    def _push_ready(self, ts: TaskState) -> None:
+        ws = ts.affinity
+        if ws is not None and self._takes_tasks(ws):
+            heapq.heappush(ws.ready_here, (ts.priority, ts))
+            self.affine += 1
+        else:
+            ts.affinity = None
+            heapq.heappush(self.ready, (ts.priority, ts))
+
     def _remove_ready(self, ts: TaskState) -> None:
         # Rare (a ready task released or erred): rebuild rather than keep tombstones.
-        self.ready[:] = [entry for entry in self.ready if entry[1] is not ts]
-        heapq.heapify(self.ready)
+        ws = ts.affinity
+        heap = self.ready if ws is None else ws.ready_here
+        size = len(heap)
+        heap[:] = [entry for entry in heap if entry[1] is not ts]
+        heapq.heapify(heap)
+        if ws is not None:
+            self.affine -= size - len(heap)
+            ts.affinity = None
+
+    def _pop_affine(self, ws: WorkerState) -> TaskState:
+        ts = heapq.heappop(ws.ready_here)[1]
+        self.affine -= 1
+        ts.affinity = None
+        return ts
+
+    def _give_up_block(self, ws: WorkerState) -> None:
+        """``ws`` takes no tasks for now: its block waits for any worker."""
+        for entry in ws.ready_here:
+            entry[1].affinity = None
+            heapq.heappush(self.ready, entry)
+        self.affine -= len(ws.ready_here)
+        ws.ready_here = []
 
     def _dispatch(self) -> None:
         """Send ready tasks, best first, to workers that have room.
@@ -918,13 +983,28 @@ class Scheduler:
         """
         ready, with_room = self.ready, self.with_room
         waiting_aside = []
-        while ready and with_room:
-            entry = heapq.heappop(ready)
-            ws = self._choose_worker(entry[1])
-            if ws is None:
-                waiting_aside.append(entry)
+        while with_room:
+            own = None  # the worker with room whose block holds the best task
+            if self.affine:
+                for ws in with_room:
+                    heap = ws.ready_here
+                    if heap and (own is None or heap[0] < own.ready_here[0]):
+                        own = ws
+            if ready and (own is None or ready[0] < own.ready_here[0]):
+                entry = heapq.heappop(ready)
+                ws = self._choose_worker(entry[1])
+                if ws is None:
+                    waiting_aside.append(entry)
+                else:
+                    self._assign(entry[1], ws)
+            elif own is not None:
+                self._assign(self._pop_affine(own), own)
+            elif self.affine:  # room only on workers done with their blocks: take
+                largest = max(self.workers.values(), key=lambda w: len(w.ready_here))
+                ts = self._pop_affine(largest)  # (the next of the largest block)
+                self._assign(ts, self._choose_worker(ts))
             else:
-                self._assign(entry[1], ws)
+                break
         for entry in waiting_aside:
             heapq.heappush(ready, entry)
 

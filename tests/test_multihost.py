@@ -31,13 +31,15 @@ CLIENT = textwrap.dedent("""
             assert __import__("time").monotonic() < deadline, "workers did not join"
             __import__("time").sleep(0.05)
         inputs = ex.map(np.random.random, [200_000] * 16, pure=False)
-        xs = inputs
+        xs, every = inputs, list(inputs)
         while len(xs) > 1:
             xs = [ex.submit(add, xs[i], xs[i + 1]) for i in range(0, len(xs), 2)]
+            every += xs
         total = xs[0].result(timeout=60)
         hosts = sorted({w.split("//")[1].split(":")[0] for w in ex.nthreads()})
         holders = {w for ws in ex.who_has(inputs).values() for w in ws}
-        copies = sum(len(ws) > 1 for ws in ex.who_has(inputs).values())
+        # (the inputs are made in blocks, one per worker: what moves is a partial sum)
+        copies = sum(len(ws) > 1 for ws in ex.who_has(every).values())
         ok = np.allclose(total, np.sum(ex.gather(inputs), axis=0))
         print("hosts", *hosts)
         print("input hosts", len(holders))

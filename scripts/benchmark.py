@@ -34,10 +34,10 @@ Benchmarks (``--only`` names):
 
 Sizes, full / ``--quick``: 2,000 / 200 round trips; 10,000 / 300 tasks;
 chains of 2,000 / 200; trees of 16x1M, 64x1M, 16x8M / 16x100k, 64x100k,
-16x800k float64, each the median of 3 / 1 runs; the transfer repeated 3 / 1
-times; 100,000 / 3,000 tasks
-for ``scale``.  A full run takes 10-15 minutes on two cores, most of it
-dask running the 100,000 tasks.
+16x800k float64, each the median of 3 / 1 runs; the transfer, after an
+untimed one, repeated 3 / 1 times; 100,000 / 3,000 tasks for ``scale``.
+A full run takes 10-15 minutes on two cores, most of it dask running the
+100,000 tasks.
 
 ProcessPoolExecutor cannot pass futures to tasks: for ``tree`` its adapter
 waits for the inputs in the client and sends their values (data goes through
@@ -751,7 +751,8 @@ def bench_transfer(system: System, cfg: Config) -> Figures:
     """MB/s moving one array from worker A to a task on worker B.
 
     Rate = size / (time of the B task including the transfer - median time of
-    a tiny task on B).  Also the peak RSS growth of A and B over the
+    a tiny task on B), the median of ``cfg.transfer_repeats`` moves after an
+    untimed one.  Also the peak RSS growth of A and B over the
     benchmark (the array is created on A, so about 1x size on each side means
     no extra copies).
     """
@@ -764,20 +765,32 @@ def bench_transfer(system: System, cfg: Config) -> Figures:
         _timed(lambda: system.result(system.submit(pid_of_worker, workers=[worker_b])))[0]
         for _ in range(7)
     )
+
+    def move() -> float:
+        """Seconds for the task on B to get the array made on A."""
+        array = system.submit(make_array, cfg.transfer_bytes, workers=[worker_a])
+        system.wait([array])
+        holders = system.who_has(array)
+        check(holders == [worker_a], f"array pinned on {worker_a} is held by {holders}")
+        task = system.submit(pid_and_nbytes, array, workers=[worker_b])
+        elapsed, (pid, nbytes) = _timed(lambda task=task: system.result(task))
+        check(pid == pid_b, f"task pinned on B (pid {pid_b}) ran in pid {pid}")
+        check(nbytes == cfg.transfer_bytes, f"B got {nbytes} bytes")
+        del array, task
+        system.settle()
+        return elapsed
+
+    # One move first, untimed: on a virtual machine the first touch of memory
+    # no process used lately is several times slower than reusing freed memory
+    # (seen here: 400 MB/s in a fresh run, 2,700-3,100 MB/s in the next two),
+    # which would penalise whichever system runs first. (Inside the peak
+    # memory measurement: a copy kept from one move to the next shows there.)
     rates = []
     with PeakMemory([pid_a, pid_b]) as memory:
+        move()
         for _ in range(cfg.transfer_repeats):
-            array = system.submit(make_array, cfg.transfer_bytes, workers=[worker_a])
-            system.wait([array])
-            holders = system.who_has(array)
-            check(holders == [worker_a], f"array pinned on {worker_a} is held by {holders}")
-            task = system.submit(pid_and_nbytes, array, workers=[worker_b])
-            elapsed, (pid, nbytes) = _timed(lambda task=task: system.result(task))
-            check(pid == pid_b, f"task pinned on B (pid {pid_b}) ran in pid {pid}")
-            check(nbytes == cfg.transfer_bytes, f"B got {nbytes} bytes")
+            elapsed = move()
             rates.append(cfg.transfer_bytes / MB / max(elapsed - baseline, 1e-6))
-            del array, task
-            system.settle()
     yield "transfer_MB_per_s", statistics.median(rates)
     yield "transfer_baseline_ms", 1e3 * baseline
     yield "transfer_rss_growth_a_MB", memory.growth_mb(pid_a)

@@ -457,7 +457,8 @@ class Scheduler:
             self._err(ts, _pickled_error(FutureLostError(
                 f"task {key!r} depends on {missing!r}, which the center does not know "
                 "(released, or lost in a restart)")))
-        elif self.recovering:
+        elif self.recovering and (self.unclaimed or item.get("who_has")):
+            # (every center starts out recovering; most submits claim nothing)
             self._claim(ts, item.get("who_has", ()))
         self._want(ts, client)
 

@@ -1346,3 +1346,52 @@ def test_a_task_released_while_it_waits_in_a_block_is_forgotten():
     rest = [k for k in keys if k != "x6"]
     ran = run_all(sim, rest)
     assert [ran[k] for k in rest] == [W1] * 4 + [W2] * 3
+
+
+# ---------------------------------------------------------------------- durations
+
+
+def finish_timed(sim: Sim, key: str, seconds: float) -> None:
+    sim.s.task_finished(sim.s.tasks[key].processing_on.ident, key, 8, seconds)
+
+
+def test_short_tasks_once_timed_are_sent_ahead_by_the_dozen():
+    sim = Sim(extra_queue=2)
+    sim.worker(W1)
+    sim.submit(*[task(f"inc-{i}") for i in range(100)])
+    assert len(sim.s.workers[W1].processing) == 3    # not timed yet: capacity only
+    finish_timed(sim, "inc-0", 20e-6)
+    # 20 us each: a round trip's worth is 100 of them, capped per thread.
+    assert len(sim.s.workers[W1].processing) == 3 + 50
+
+
+def test_long_tasks_after_short_ones_are_not_sent_ahead_until_timed_themselves():
+    # A worker sent a dozen long tasks ahead keeps them even if it turns out
+    # slower than the others, which then idle.
+    sim = Sim(extra_queue=2)
+    sim.worker(W1)
+    sim.worker(W2)
+    sim.submit(*[task(f"inc-{i}") for i in range(4)])
+    for key in [f"inc-{i}" for i in range(4)]:
+        finish_timed(sim, key, 20e-6)
+    sim.submit(*[task(f"random-{i}") for i in range(40)])
+    assert [len(sim.s.workers[w].processing) for w in (W1, W2)] == [3, 3]
+    finish_timed(sim, "random-0", 0.010)
+    assert [len(sim.s.workers[w].processing) for w in (W1, W2)] == [3, 3]
+    # The short group keeps its own figure.
+    sim.submit(*[task(f"inc-{i}") for i in range(4, 8)])
+    assert sim.s.durations == {"inc": pytest.approx(20e-6), "random": 0.010}
+
+
+def test_a_task_goes_to_the_worker_with_less_expected_work_not_fewer_tasks():
+    sim = Sim(extra_queue=2)
+    sim.worker(W1)
+    sim.worker(W2)
+    sim.submit(task("long-0"), task("short-0"))
+    finish_timed(sim, "long-0", 0.5)
+    finish_timed(sim, "short-0", 0.001)
+    sim.submit(task("long-1"))
+    busy = sim.on("long-1")
+    sim.submit(task("short-1"), task("short-2"))
+    # The worker with one long task queued looks busier than one with two short.
+    assert sim.on("short-1") != busy and sim.on("short-2") != busy

@@ -45,11 +45,13 @@ logger = logging.getLogger(__name__)
 
 #: Assumed network bandwidth, bytes/s, to weigh moving data against waiting.
 BANDWIDTH = 500e6
-#: Assumed duration of a task before any has been measured, in seconds.
-DEFAULT_TASK_DURATION = 0.001
 #: Roughly how long a result takes to reach the center and the next task to
 #: reach the worker, in seconds: a worker is sent enough short tasks ahead to
-#: stay busy meanwhile, and only a few long ones, so the rest stays here.
+#: stay busy meanwhile, and only a few long ones, so the rest stays here, where
+#: any worker that frees up can take it. Durations are measured per task group
+#: (a task's key up to its last "-": its function's name); a task of a group
+#: not timed yet counts as a round trip, so none is sent beyond a worker's
+#: capacity until one has been.
 ROUND_TRIP = 0.002
 #: The most tasks queued ahead per thread, however short they are.
 MAX_AHEAD_PER_THREAD = 50
@@ -68,7 +70,7 @@ class TaskState:
         "key", "state", "payload", "priority", "dependencies", "dependents",
         "waiting_on", "waiters", "who_wants", "who_has", "processing_on", "nbytes",
         "exception", "retries", "suspicious", "restrictions", "loose",
-        "resources", "affinity",
+        "resources", "affinity", "group",
     )
 
     def __init__(self, key: str, payload: list | None, priority: tuple, retries: int = 0):
@@ -91,6 +93,7 @@ class TaskState:
         self.loose = False                # restrictions are only a preference
         self.resources: dict[str, float] | None = None  # needed while processing
         self.affinity: WorkerState | None = None  # ready, kept for this worker
+        self.group = key.rpartition("-")[0] or key  # tasks timed together
 
     def __repr__(self) -> str:
         return f"<Task {self.key!r} {self.state}>"
@@ -104,7 +107,7 @@ class WorkerState:
 
     __slots__ = ("ident", "address", "name", "nthreads", "memory_limit", "resources",
                  "used_resources", "processing", "seceded", "has_what", "nbytes", "capacity",
-                 "retiring", "moving", "paused", "ready_here")
+                 "retiring", "moving", "paused", "ready_here", "queued")
 
     def __init__(self, ident: bytes, address: str, name: str, nthreads: int,
                  memory_limit: int = 0, resources: dict | None = None, capacity: int = 2):
@@ -122,7 +125,8 @@ class WorkerState:
         self.moving: set[TaskState] = set()    # its keys still being copied elsewhere
         self.has_what: set[TaskState] = set()
         self.nbytes = 0
-        self.capacity = capacity          # tasks it may hold at once (running + queued)
+        self.capacity = capacity          # tasks it may always hold (running + queued)
+        self.queued: dict[str, int] = {}  # task group -> its tasks here (not seceded)
         self.ready_here: list[tuple[tuple, TaskState]] = []  # heap of its block of roots
 
     def __repr__(self) -> str:
@@ -235,8 +239,7 @@ class Scheduler:
         self.with_room: set[WorkerState] = set()
         self.affine = 0  # ready tasks kept in workers' ready_here heaps
         self.outbox = Outbox()
-        self.task_duration = DEFAULT_TASK_DURATION
-        self._duration_measured = False
+        self.durations: dict[str, float] = {}  # task group -> seconds, measured
         self._order = itertools.count()
         self._maybe_unwanted: list[TaskState] = []
         # Recovery, after the center (re)starts: workers come back holding keys
@@ -558,8 +561,9 @@ class Scheduler:
             return
         self.expected.pop(key, None)
         if duration is not None and 0.0 <= duration < 1e9:  # (NaN fails this too)
-            self.task_duration = 0.9 * self.task_duration + 0.1 * duration
-            self._duration_measured = True
+            durations = self.durations
+            known = durations.get(ts.group)
+            durations[ts.group] = duration if known is None else 0.8 * known + 0.2 * duration
             self._refresh_capacity(ws)
         if ts.processing_on is not None:
             self._unassign(ts)
@@ -680,6 +684,7 @@ class Scheduler:
         if ws is None or ts is None or ts.processing_on is not ws or ts in ws.seceded:
             return
         ws.seceded.add(ts)
+        self._count_out(ws, ts)
         self._refresh_capacity(ws)
         self._settle()
 
@@ -920,27 +925,57 @@ class Scheduler:
         ws.processing.discard(ts)
         if ts in ws.seceded:
             ws.seceded.discard(ts)
-            self._refresh_capacity(ws)
+            ws.capacity -= 1
+        else:
+            self._count_out(ws, ts)
         if ts.resources:
             for name, amount in ts.resources.items():
                 ws.used_resources[name] = ws.used_resources.get(name, 0.0) - amount
-        if len(ws.processing) < ws.capacity and self._takes_tasks(ws):
+        if self._has_room(ws) and self._takes_tasks(ws):
             self.with_room.add(ws)
 
     def _takes_tasks(self, ws: WorkerState) -> bool:
         return ws.ident in self.workers and not ws.retiring and not ws.paused
 
     def _refresh_capacity(self, ws: WorkerState) -> None:
-        """How many tasks ``ws`` may hold: its threads, plus enough queued ahead
-        to cover a round trip at the current task duration, plus seceded tasks."""
-        ahead = 0
-        if self._duration_measured:
-            ahead = min(MAX_AHEAD_PER_THREAD, int(ROUND_TRIP / max(self.task_duration, 1e-9)))
-        ws.capacity = ws.nthreads + max(self.extra_queue, ahead * ws.nthreads) + len(ws.seceded)
-        if len(ws.processing) < ws.capacity and self._takes_tasks(ws):
+        """How many tasks ``ws`` may always hold: its threads, ``extra_queue``
+        more, and its seceded tasks (which hold no thread)."""
+        ws.capacity = ws.nthreads + self.extra_queue + len(ws.seceded)
+        if self._has_room(ws) and self._takes_tasks(ws):
             self.with_room.add(ws)
         else:
             self.with_room.discard(ws)
+
+    def _has_room(self, ws: WorkerState) -> bool:
+        """Whether ``ws`` may be sent one more task: below its capacity, or,
+        beyond it, while the work it holds is expected to last less than a
+        round trip per thread (short tasks keep it busy only if many are
+        queued), up to MAX_AHEAD_PER_THREAD.
+
+        Expected durations are per task group, so a map of long tasks after
+        many short ones is not sent ahead by the dozen, where a worker that
+        turns out slower keeps it while the others idle.
+        """
+        count = len(ws.processing)
+        if count < ws.capacity:
+            return True
+        return count < ws.capacity + MAX_AHEAD_PER_THREAD * ws.nthreads and \
+            self._queued_work(ws) < ROUND_TRIP * ws.nthreads
+
+    def _queued_work(self, ws: WorkerState) -> float:
+        """Seconds the tasks ``ws`` holds are expected to take, by the latest
+        figures of their groups."""
+        durations = self.durations
+        return sum(count * durations.get(group, ROUND_TRIP)
+                   for group, count in ws.queued.items())
+
+    @staticmethod
+    def _count_out(ws: WorkerState, ts: TaskState) -> None:
+        left = ws.queued[ts.group] - 1
+        if left:
+            ws.queued[ts.group] = left
+        else:
+            del ws.queued[ts.group]
 
     def _push_ready(self, ts: TaskState) -> None:
         ws = ts.affinity
@@ -1024,10 +1059,9 @@ class Scheduler:
                 preferred = [ws for ws in candidates
                              if ws.address in ts.restrictions or ws.name in ts.restrictions]
                 candidates = preferred or candidates
-        duration = self.task_duration
         best, best_cost = None, (0.0, 0)
         for ws in candidates:
-            cost = len(ws.processing) / ws.nthreads * duration
+            cost = self._queued_work(ws) / ws.nthreads
             for dep in ts.dependencies:
                 if ws not in dep.who_has:
                     cost += dep.nbytes / BANDWIDTH
@@ -1052,10 +1086,11 @@ class Scheduler:
         self._set_state(ts, PROCESSING)
         ts.processing_on = ws
         ws.processing.add(ts)
+        ws.queued[ts.group] = ws.queued.get(ts.group, 0) + 1
         if ts.resources:
             for name, amount in ts.resources.items():
                 ws.used_resources[name] = ws.used_resources.get(name, 0.0) + amount
-        if len(ws.processing) >= ws.capacity:
+        if not self._has_room(ws):
             self.with_room.discard(ws)
         deps = {dep.key: [w.address for w in dep.who_has] for dep in ts.dependencies}
         item = {"key": ts.key, "deps": deps, "priority": -ts.priority[0]}

@@ -745,6 +745,7 @@ def bench_tree(system: System, cfg: Config) -> Figures:
             del leaves, total
             system.settle()
         yield f"tree_{tree_case_name(k, n)}_s", statistics.median(times)
+        yield f"tree_{tree_case_name(k, n)}_runs_s", times  # (JSON only: the spread)
 
 
 def bench_transfer(system: System, cfg: Config) -> Figures:
@@ -792,6 +793,7 @@ def bench_transfer(system: System, cfg: Config) -> Figures:
             elapsed = move()
             rates.append(cfg.transfer_bytes / MB / max(elapsed - baseline, 1e-6))
     yield "transfer_MB_per_s", statistics.median(rates)
+    yield "transfer_runs_MB_per_s", rates
     yield "transfer_baseline_ms", 1e3 * baseline
     yield "transfer_rss_growth_a_MB", memory.growth_mb(pid_a)
     yield "transfer_rss_growth_b_MB", memory.growth_mb(pid_b)

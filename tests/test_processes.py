@@ -18,3 +18,17 @@ def test_own_rss_follows_what_psutil_sees():
 
 def test_total_memory_is_the_machines():
     assert total_memory() == psutil.virtual_memory().total
+
+
+def test_a_center_process_collects_cyclic_garbage_less_often():
+    import gc
+
+    from zfutures.center import GC_THRESHOLDS, tune_garbage_collector
+
+    before = gc.get_threshold()
+    try:
+        tune_garbage_collector()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert GC_THRESHOLDS[0] > before[0]   # rarer than Python's default
+    finally:
+        gc.set_threshold(*before)

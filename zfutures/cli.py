@@ -137,8 +137,9 @@ def center_main(host: str, port: int, allowed_failures: int, heartbeat_interval:
                 max_message_size: int, keys: str | None, insecure: bool,
                 log_level: str) -> None:
     """Run a zfutures center (scheduler and broker) until interrupted."""
-    from .center import Center
+    from .center import Center, tune_garbage_collector
 
+    tune_garbage_collector()
     _setup_logging(log_level)
     security = _load_keys(keys)
     _check_bind(host, insecure, security)

@@ -1247,12 +1247,17 @@ def run_all(sim: Sim, keys: list[str], order=None) -> dict[str, bytes]:
     return ran
 
 
+def two_workers(extra_queue: int) -> Sim:
+    sim = Sim(extra_queue=extra_queue)
+    sim.worker(W1)
+    sim.worker(W2)
+    return sim
+
+
 def test_the_tasks_of_a_map_run_in_contiguous_blocks_one_per_worker():
     # Neighbours are combined later (a tree reduction adds x0 to x1): made on
     # one worker, no transfer is needed.
-    sim = Sim(extra_queue=1)
-    sim.worker(W1)
-    sim.worker(W2)
+    sim = two_workers(extra_queue=1)
     keys = [f"x{i}" for i in range(8)]
     sim.submit(*[task(k) for k in keys])
     ran = run_all(sim, keys)
@@ -1271,9 +1276,7 @@ def test_blocks_follow_the_workers_threads():
 
 
 def test_a_worker_done_with_its_block_takes_the_next_task_of_the_largest_block():
-    sim = Sim(extra_queue=1)
-    sim.worker(W1)
-    sim.worker(W2)
+    sim = two_workers(extra_queue=1)
     keys = [f"x{i}" for i in range(12)]
     sim.submit(*[task(k) for k in keys])
     # W2 is slow: W1 finishes everything it gets while W2 finishes nothing.
@@ -1287,9 +1290,7 @@ def test_a_worker_done_with_its_block_takes_the_next_task_of_the_largest_block()
 
 
 def test_a_later_task_of_higher_priority_goes_before_the_blocks():
-    sim = Sim(extra_queue=0)
-    sim.worker(W1)
-    sim.worker(W2)
+    sim = two_workers(extra_queue=0)
     sim.submit(*[task(f"x{i}") for i in range(8)])
     sim.take()
     sim.submit(task("urgent", priority=10))
@@ -1299,24 +1300,21 @@ def test_a_later_task_of_higher_priority_goes_before_the_blocks():
 
 
 def test_a_map_with_mixed_priorities_is_not_split_into_blocks():
-    sim = Sim(extra_queue=0)
-    sim.worker(W1)
-    sim.worker(W2)
-    sim.submit(*[task(f"x{i}", priority=i % 2) for i in range(8)])
-    order = []
-    for _ in range(8):
-        running = [k for k in sim.s.tasks if sim.state(k) == "processing"]
-        key = min(running, key=lambda k: sim.s.tasks[k].priority)
-        order.append(key)
-        sim.finish(key)
-    assert order[:4] == ["x1", "x3", "x5", "x7"]   # priority first, on both workers
+    # In blocks, W1 would run its own low-priority tasks while high-priority
+    # ones waited in the block of a busy W2.
+    sim = two_workers(extra_queue=0)
+    keys = [f"x{i}" for i in range(8)]
+    sim.submit(*[task(k, priority=i % 2) for i, k in enumerate(keys)])
+    ran = run_all(sim, keys, order=lambda running: next(
+        (k for k in running if sim.on(k) == W1), running[0]))
+    low = [sim.s.tasks[k].priority[0] == 0 for k, w in ran.items() if w == W1]
+    assert low == sorted(low)             # W1 ran every high one before any low one
+    assert low.count(False) >= 3
 
 
 @pytest.mark.parametrize("leave", ["remove", "pause", "retire"])
 def test_the_block_of_a_worker_that_leaves_pauses_or_retires_goes_to_the_others(leave):
-    sim = Sim(extra_queue=0)
-    sim.worker(W1)
-    sim.worker(W2)
+    sim = two_workers(extra_queue=0)
     keys = [f"x{i}" for i in range(8)]
     sim.submit(*[task(k) for k in keys])
     assert sim.on("x4") == W2 and sim.s.affine == 6
@@ -1335,9 +1333,7 @@ def test_the_block_of_a_worker_that_leaves_pauses_or_retires_goes_to_the_others(
 
 
 def test_a_task_released_while_it_waits_in_a_block_is_forgotten():
-    sim = Sim(extra_queue=0)
-    sim.worker(W1)
-    sim.worker(W2)
+    sim = two_workers(extra_queue=0)
     keys = [f"x{i}" for i in range(8)]
     sim.submit(*[task(k) for k in keys])
     assert sim.state("x6") == "ready"
@@ -1368,9 +1364,7 @@ def test_short_tasks_once_timed_are_sent_ahead_by_the_dozen():
 def test_long_tasks_after_short_ones_are_not_sent_ahead_until_timed_themselves():
     # A worker sent a dozen long tasks ahead keeps them even if it turns out
     # slower than the others, which then idle.
-    sim = Sim(extra_queue=2)
-    sim.worker(W1)
-    sim.worker(W2)
+    sim = two_workers(extra_queue=2)
     sim.submit(*[task(f"inc-{i}") for i in range(4)])
     for key in [f"inc-{i}" for i in range(4)]:
         finish_timed(sim, key, 20e-6)
@@ -1384,9 +1378,7 @@ def test_long_tasks_after_short_ones_are_not_sent_ahead_until_timed_themselves()
 
 
 def test_a_task_goes_to_the_worker_with_less_expected_work_not_fewer_tasks():
-    sim = Sim(extra_queue=2)
-    sim.worker(W1)
-    sim.worker(W2)
+    sim = two_workers(extra_queue=2)
     sim.submit(task("long-0"), task("short-0"))
     finish_timed(sim, "long-0", 0.5)
     finish_timed(sim, "short-0", 0.001)

@@ -341,8 +341,7 @@ class Scheduler:
         if ws is None:
             return
         del self.workers_by_address[ws.address]
-        self.with_room.discard(ws)
-        self._give_up_block(ws)
+        self._stop_sending_to(ws)
         for other in self.workers.values():
             if other.moving:  # it may have been copying their keys: plan anew
                 self._hand_on(other)
@@ -418,6 +417,8 @@ class Scheduler:
         tasks of one priority, with no placement of their own, and enough of
         them for blocks of two.
         """
+        if len(items) < 4:  # (the common submit of one task: no workers to list)
+            return {}
         slots = [ws for ws in self.workers.values() if self._takes_tasks(ws)
                  for _ in range(ws.nthreads)]
         if len(slots) < 2 or len(items) < 2 * len(slots):
@@ -564,7 +565,6 @@ class Scheduler:
             durations = self.durations
             known = durations.get(ts.group)
             durations[ts.group] = duration if known is None else 0.8 * known + 0.2 * duration
-            self._refresh_capacity(ws)
         if ts.processing_on is not None:
             self._unassign(ts)
         self._add_holder(ts, ws, nbytes)
@@ -595,8 +595,7 @@ class Scheduler:
         if ws is None or ws.retiring:
             return
         ws.retiring = True
-        self.with_room.discard(ws)
-        self._give_up_block(ws)
+        self._stop_sending_to(ws)
         for ts in sorted(ws.processing, key=lambda t: t.priority):
             if ts.processing_on is ws:  # (else erred meanwhile, with an input)
                 self._take_back(ts)
@@ -630,8 +629,7 @@ class Scheduler:
             return
         ws.paused = paused
         if paused:
-            self.with_room.discard(ws)
-            self._give_up_block(ws)
+            self._stop_sending_to(ws)
             by_order, running = self._probably_running(ws)
             for ts in by_order:
                 if ts not in running and ts.processing_on is ws:
@@ -925,7 +923,7 @@ class Scheduler:
         ws.processing.discard(ts)
         if ts in ws.seceded:
             ws.seceded.discard(ts)
-            ws.capacity -= 1
+            self._refresh_capacity(ws)
         else:
             self._count_out(ws, ts)
         if ts.resources:
@@ -1003,8 +1001,9 @@ class Scheduler:
         ts.affinity = None
         return ts
 
-    def _give_up_block(self, ws: WorkerState) -> None:
+    def _stop_sending_to(self, ws: WorkerState) -> None:
         """``ws`` takes no tasks for now: its block waits for any worker."""
+        self.with_room.discard(ws)
         for entry in ws.ready_here:
             entry[1].affinity = None
             heapq.heappush(self.ready, entry)

@@ -3,18 +3,19 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EDITABLE := --config-settings editable_mode=compat
+# Install the checkout editable with extras $(1). compat: the checkout goes on
+# sys.path, where the default editable mode installs an import hook that every
+# process of a cluster pays for (setuptools calls compat transitional: the
+# default mode is the fallback).
+install = $(BIN)/python -m pip install -q -e '.[$(1)]' --config-settings editable_mode=compat \
+	|| $(BIN)/python -m pip install -q -e '.[$(1)]'
 
 .PHONY: demo test bench lint clean
 
 $(STAMP): setup.cfg setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	@# compat: the checkout goes on sys.path, where the default editable mode
-	@# installs an import hook that every process of a cluster pays for
-	@# (setuptools calls compat transitional: the default mode is the fallback).
-	$(BIN)/python -m pip install -q -e '.[test]' $(EDITABLE) || \
-		$(BIN)/python -m pip install -q -e '.[test]'
+	$(call install,test)
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -25,8 +26,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -v tests
 
 bench: $(STAMP)
-	$(BIN)/python -m pip install -q -e '.[bench]' $(EDITABLE) || \
-		$(BIN)/python -m pip install -q -e '.[bench]'
+	$(call install,bench)
 	@# Byte-compile the package as an install from a wheel would: with an
 	@# editable install and PYTHONDONTWRITEBYTECODE set, every process of a
 	@# cluster would otherwise compile zfutures from source as it starts.

@@ -459,11 +459,7 @@ class _ClientSystem(System):
 
     def _wait_until_idle(self, count_tasks: Callable[[], int]) -> Optional[str]:
         gc.collect()
-        deadline = time.monotonic() + 5.0
-        held = count_tasks()
-        while held and time.monotonic() < deadline:
-            time.sleep(0.05)
-            held = count_tasks()
+        held = _poll(count_tasks, lambda held: not held, 5.0)
         return f"{held} task(s) still held 5 s after their futures were dropped" if held else None
 
 
@@ -805,16 +801,22 @@ def _rss(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss
 
 
+def _poll(read: Callable[[], Any], done: Callable[[Any], bool], within: float) -> Any:
+    """``read()`` every 50 ms until ``done`` says yes or ``within`` seconds
+    pass; the last value read."""
+    deadline = time.monotonic() + within
+    value = read()
+    while not done(value) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        value = read()
+    return value
+
+
 def _rss_returned(pid: int, baseline: float, within: float = 5.0) -> float:
     """Bytes of RSS ``pid`` still holds above ``baseline`` once it has had up to
     ``within`` seconds to give memory back (a scheduler may do so only when it
     next finds itself idle); returns early once within 1 MB."""
-    deadline = time.monotonic() + within
-    kept = _rss(pid) - baseline
-    while kept > MB and time.monotonic() < deadline:
-        time.sleep(0.05)
-        kept = _rss(pid) - baseline
-    return kept
+    return _poll(lambda: _rss(pid) - baseline, lambda kept: kept <= MB, within)
 
 
 def bench_scale(system: System, cfg: Config) -> Figures:

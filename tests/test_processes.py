@@ -1,9 +1,12 @@
 """Helpers every zfutures process uses about itself and the machine."""
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import psutil
 
+from zfutures.center import GC_THRESHOLDS, tune_garbage_collector
 from zfutures.processes import own_rss, total_memory
 
 
@@ -21,10 +24,6 @@ def test_total_memory_is_the_machines():
 
 
 def test_a_center_process_collects_cyclic_garbage_less_often():
-    import gc
-
-    from zfutures.center import GC_THRESHOLDS, tune_garbage_collector
-
     before = gc.get_threshold()
     try:
         tune_garbage_collector()

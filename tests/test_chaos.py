@@ -124,8 +124,11 @@ def test_random_worker_kills_during_a_large_graph_lose_nothing(processes):
         assert all(gone(pid) for pid, _ in kills)
 
         # The nanny keeps the cluster at four workers, none of them a killed one.
-        wait_for(lambda: len(ex.nthreads()) == 4, timeout=30,
-                 message="the nanny did not bring the cluster back to four workers")
+        # (Four live children first: the nanny reports a death before it starts
+        # the replacement, so the center then lists no killed worker, which
+        # ex.run would wait on in vain for the reconnect deadline.)
+        wait_for(lambda: len(live_workers(nanny)) == 4 and len(ex.nthreads()) == 4,
+                 timeout=30, message="the nanny did not bring the cluster back to four workers")
         survivors = ex.run(os.getpid)
         assert not set(survivors.values()) & {pid for pid, _ in kills}
         seen.update(survivors.values())

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import sys
 import threading
 
 import numpy as np
@@ -121,6 +122,17 @@ def test_sizeof_uses_nbytes_for_arrays():
     arr = np.zeros(1000, dtype=np.float64)
     assert sizeof(arr) == 8000
     assert sizeof(b"x" * 1000) >= 1000
+
+
+def test_sizeof_counts_what_containers_hold():
+    arr = np.zeros(10**6, dtype=np.uint8)
+    assert sizeof((arr, "label")) >= 10**6
+    assert sizeof({"a": arr, "b": [arr, arr]}) >= 3 * 10**6
+    many = [np.zeros(1000, dtype=np.uint8)] * 1000  # sampled, then scaled
+    assert 10**6 <= sizeof(many) <= 2 * 10**6
+    assert sizeof([]) == sys.getsizeof([]) and sizeof({}) == sys.getsizeof({})
+    nested = [[[[arr]]]]  # deeper than it looks: an estimate, not a walk
+    assert sizeof(nested) < 10**6
 
 
 # --------------------------------------------------------------------------- tasks

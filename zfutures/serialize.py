@@ -294,12 +294,31 @@ def frames_nbytes(frames: list) -> int:
     return total
 
 
-def sizeof(obj: Any) -> int:
-    """Bytes an object holds, cheaply estimated; used for data locality."""
+#: Containers whose elements :func:`sizeof` looks into, and how many it samples.
+_CONTAINERS = (list, tuple, set, frozenset, dict)
+_SAMPLE = 8
+
+
+def sizeof(obj: Any, depth: int = 3) -> int:
+    """Bytes an object holds, cheaply estimated; used for data locality and to
+    decide which results are small enough to travel with their completion.
+
+    Containers count their elements (a sample of them, scaled, when there are
+    many), so that a tuple holding an array is as big as the array.
+
+    >>> sizeof((bytearray(10**6), "label")) > 10**6
+    True
+    """
     nbytes = getattr(obj, "nbytes", None)
     if type(nbytes) is int:
         return nbytes
     try:
-        return sys.getsizeof(obj)
+        own = sys.getsizeof(obj)
     except Exception:
         return 64
+    if depth and type(obj) in _CONTAINERS and obj:
+        elements = obj.values() if type(obj) is dict else obj
+        sample = list(itertools.islice(elements, _SAMPLE))
+        inner = sum(sizeof(element, depth - 1) for element in sample)
+        own += inner * len(obj) // len(sample)
+    return own

@@ -92,6 +92,10 @@ def run_task(task: Task, inputs: dict[str, Any]) -> tuple:
             pickled = serialize.dumps(value)
         except Exception:  # fetched (and its error reported) the usual way instead
             pickled = None
+        # An object can hide big buffers from sizeof: those are fetched from
+        # here, never carried through the center.
+        if pickled is not None and serialize.frames_nbytes(pickled) > INLINE_LIMIT:
+            pickled = None
     return task.key, value, nbytes, duration, None, pickled
 
 

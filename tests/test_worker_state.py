@@ -5,7 +5,11 @@ Time is an argument (``now``), so fetch timeouts are tested by passing a later
 """
 from __future__ import annotations
 
-from zfutures.worker_state import WorkerState
+import numpy as np
+
+from zfutures.serialize import dumps_task, loads
+from zfutures.worker import INLINE_LIMIT, run_task
+from zfutures.worker_state import Task, WorkerState
 
 ME = "tcp://me:9000"
 P1, P2, P3 = "tcp://p1:9000", "tcp://p2:9000", "tcp://p3:9000"
@@ -513,33 +517,21 @@ class _NoReference:
 
 
 def _make_holder(nbytes):
-    import numpy as np
-
     return _Holder(np.zeros(nbytes, dtype=np.uint8))
 
 
-def _inline_task(fn, *args) -> "Task":
-    from zfutures.serialize import dumps_task
-    from zfutures.worker_state import Task
-
+def _inline_task(fn, *args) -> Task:
     frames, _ = dumps_task(fn, args, {}, reference_type=_NoReference)  # (no references here)
     return Task("k", {}, 0, frames, 0, inline=True)
 
 
 def test_a_small_result_a_client_waits_for_is_pickled_to_travel_with_its_completion():
-    from zfutures.serialize import loads
-    from zfutures.worker import run_task
-
     key, value, nbytes, _, error, pickled = run_task(_inline_task(sum, [1, 2, 3]), {})
     assert (key, value, error) == ("k", 6, None)
     assert loads(pickled) == 6
 
 
 def test_a_big_result_never_travels_with_its_completion_even_when_well_hidden():
-    import numpy as np
-
-    from zfutures.worker import INLINE_LIMIT, run_task
-
     # in a tuple (sizeof sees it), then in an object (only pickling shows it)
     *_, nbytes, _, _, pickled = run_task(_inline_task(tuple, [np.zeros(10**6), "label"]), {})
     assert nbytes >= 8 * 10**6 and pickled is None

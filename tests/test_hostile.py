@@ -455,6 +455,11 @@ MALFORMED_DATA_REQUESTS = {
     "get-data with a float id": [h("get-data", id=1.0, keys=["k"])],
     "get-data without keys": [raw({"op": "get-data", "id": 1})],
     "get-data with binary keys": [h("get-data", id=1, keys=[b"k"])],
+    "get-data with a machine that is not a string": [h("get-data", id=1, keys=["k"],
+                                                       machine=7)],
+    "data-read without a lease": [h("data-read")],
+    "data-read with a string lease": [h("data-read", lease="1")],
+    "data-read for a lease never granted": [h("data-read", lease=12345)],
     "put-data announcing more frames than it has": [
         h("put-data", id=1, items=[{"key": "evil", "nframes": 4}]), b"x"],
     "put-data with negative nframes": [

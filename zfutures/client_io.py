@@ -20,7 +20,7 @@ from typing import Any
 
 import zmq
 
-from . import protocol, serialize
+from . import peer_memory, protocol, serialize
 from .addressing import configure, peer_endpoint
 from .errors import ConnectionError, FutureLostError, RemoteTraceback
 from .logs import RateLimitedLog
@@ -201,9 +201,10 @@ class ClientIO:
                 self._take_commands()
                 if self.center in events:
                     drain(self.center, self._on_center_message, dropped)
-                for sock in list(self.workers.values()):
+                for address, sock in list(self.workers.items()):
                     if sock in events:
-                        drain(sock, self._on_worker_message, dropped)
+                        drain(sock, lambda frames, a=address: self._on_worker_message(a, frames),
+                              dropped)
                 now = time.monotonic()
                 if self._release_due is not None and now >= self._release_due:
                     self._release_now()
@@ -414,7 +415,8 @@ class ClientIO:
             request_id = next(self._ids)
             self.gathers[request_id] = (gather, address, worker_keys, deadline)
             send(self._worker(address),
-                 [protocol.encode_header("get-data", id=request_id, keys=worker_keys)],
+                 [protocol.encode_header("get-data", id=request_id, keys=worker_keys,
+                                         **peer_memory.reader_fields())],
                  dropped, f"a data request to {address}")
 
     def _ask_where(self, gather: _Gather, keys: list[str]) -> None:
@@ -480,23 +482,29 @@ class ClientIO:
             else:
                 future._set_error(error)
 
-    def _on_worker_message(self, frames: list) -> None:
+    def _on_worker_message(self, address: str, frames: list) -> None:
         header, frames = protocol.decode(frames)
         if header["op"] == "data":
-            self._on_data(header, frames)
+            self._on_data(address, header, frames)
             return
         callback = self.worker_requests.pop(header["id"], None)
         if callback is not None:
             callback(header, frames)
 
-    def _on_data(self, header: dict, frames: list) -> None:
+    def _on_data(self, address: str, header: dict, frames: list) -> None:
         entry = self.gathers.pop(header["id"], None)
-        if entry is None:
+        if "lease" in header:
+            unpacked = self._read_offered(address, header, frames, entry)
+            if unpacked is None:
+                return
+        elif entry is None:
             return  # timed out earlier and asked elsewhere
+        else:
+            unpacked = protocol.unpack_items(header["items"] + header.get("errors", []),
+                                             frames)
         gather = entry[0]
         items = header["items"]
-        both = items + header.get("errors", [])
-        for i, (item, value_frames) in enumerate(protocol.unpack_items(both, frames)):
+        for i, (item, value_frames) in enumerate(unpacked):
             key = item["key"]
             if i >= len(items):  # the value cannot be pickled to leave its worker
                 self._finish_gather(gather, remote_exception(value_frames))
@@ -508,6 +516,31 @@ class ClientIO:
             self._fetch(gather, header["missing"])
         elif not gather.remaining:
             self._finish_gather(gather)
+
+    def _read_offered(self, address: str, header: dict, frames: list,
+                      entry: tuple | None) -> list | None:
+        """A worker on this machine left big buffers to read from its memory:
+        read them, or (the kernel refused) ask again for frames; then free the
+        worker's lease. None if the reply is not to be used."""
+        try:
+            if entry is None:  # timed out earlier and asked elsewhere
+                return None
+            if time.monotonic() - (entry[3] - self.fetch_timeout) > peer_memory.READ_WITHIN:
+                self.gathers[header["id"]] = entry  # the lease may be ending: time out
+                return None
+            try:
+                return peer_memory.unpack_data(header, frames)
+            except peer_memory.ReadFailed as e:
+                peer_memory.disable(str(e))
+                self.gathers[header["id"]] = entry
+                send(self._worker(address), [protocol.encode_header(
+                    "get-data", id=header["id"], keys=entry[2])], dropped,
+                    f"a data request to {address}")
+                return None
+        finally:
+            send(self._worker(address), [protocol.encode_header("data-read",
+                                                                 lease=header["lease"])],
+                 dropped, f"the end of a read to {address}")
 
     def _finish_gather(self, gather: _Gather, error: BaseException | None = None) -> None:
         if gather.result.done():

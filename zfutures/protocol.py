@@ -60,6 +60,11 @@ _DONE_ITEM = {"key": _STR, "nbytes": _INT, "nframes?": _INT}
 _ERRED_ITEM = {"key": _STR, "nframes": _INT}
 _RESULT_ITEM = {"key": _STR, "who_has": _STRS, "nbytes": _INT, "nframes?": _INT}
 _DATA_ITEM = {"key": _STR, "nframes": _INT}
+# In a "data" reply to a reader on the holder's machine: buffers left to be
+# read from the holder's memory, [position among the value's frames, address,
+# size] each (see peer_memory.py).
+_OFFERED_ITEM = {"key": _STR, "nframes": _INT, "nbytes?": _INT,
+                 "remote?": ("list", ("list", _INT))}
 _SCATTERED_ITEM = {"key": _STR, "nbytes": _INT, "workers": _STRS}
 
 #: op -> {field: type}. Every listed field is required, except those whose
@@ -110,10 +115,14 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     # both directions, center <-> anyone
     "heartbeat": {},
     # data server (any peer -> worker) and its answers
-    "get-data": {"id": _INT, "keys": _STRS},
-    # errors: results that could not be pickled to leave their worker
-    "data": {"id": _INT, "items": ("items", _DATA_ITEM), "missing": _STRS,
-             "errors?": ("items", _DATA_ITEM)},
+    # machine: the requester may read the holder's memory (see peer_memory.py)
+    "get-data": {"id": _INT, "keys": _STRS, "machine?": _STR},
+    # errors: results that could not be pickled to leave their worker; lease
+    # and pid: items with remote buffers are read from process pid's memory,
+    # and "data-read" with the lease says when that is done
+    "data": {"id": _INT, "items": ("items", _OFFERED_ITEM), "missing": _STRS,
+             "errors?": ("items", _DATA_ITEM), "lease?": _INT, "pid?": _INT},
+    "data-read": {"lease": _INT},
     "put-data": {"id": _INT, "items": ("items", _DATA_ITEM)},
     "data-stored": {"id": _INT, "nbytes": ("map", _INT)},
     "run": {"id": _INT},

@@ -15,6 +15,7 @@ waits for is pickled on the task thread and sent with the completion.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -24,7 +25,7 @@ from typing import Any
 
 import zmq
 
-from . import context, protocol, serialize
+from . import context, peer_memory, protocol, serialize
 from .addressing import (
     LOCAL_TRANSPORT,
     bind_ephemeral,
@@ -141,7 +142,8 @@ class Worker:
         self.threads: list[threading.Thread] = []
         self.executor = None  # a client for tasks that submit tasks (context.get_executor)
         self._data_handlers = {"get-data": self._get_data, "put-data": self._put_data,
-                               "run": self._run}
+                               "run": self._run, "data-read": self._data_read}
+        self.leases = peer_memory.Leases()  # values offered to readers on this machine
         self.registered = False
         self.retire_timeout = retire_timeout
         self._stopping = False
@@ -259,6 +261,7 @@ class Worker:
         if now >= self._next_timeout_check:  # timeouts are seconds long: no need to scan
             self._next_timeout_check = now + self.heartbeat_interval  # requests per message
             self.state.check_timeouts(now)
+            self.leases.expire(now)
             self._check_memory()
         self._flush()
         if self._leave_requested and not self._stopping:
@@ -333,9 +336,11 @@ class Worker:
         handler(ident, header, payload)
 
     def _get_data(self, ident: bytes, header: dict, frames: list) -> None:
-        """Serve results to a peer or a client."""
+        """Serve results to a peer or a client; big buffers, to one on this
+        machine, by address, to be read from this process's memory."""
         items, out_frames, missing, errors, error_frames = [], [], [], [], []
         data, nbytes = self.state.data, self.state.nbytes
+        offer, offered = peer_memory.may_offer(header), []
         for key in dict.fromkeys(header["keys"]):  # each key once, however often asked
             if key not in data:
                 missing.append(key)
@@ -350,12 +355,27 @@ class Worker:
                 errors.append({"key": key, "nframes": len(frames)})
                 error_frames.extend(frames)
                 continue
-            items.append({"key": key, "nframes": len(value_frames), "nbytes": nbytes[key]})
+            item = {"key": key, "nbytes": nbytes[key]}
+            if offer:
+                sent, remote = peer_memory.split_frames(value_frames)
+                if remote:
+                    item["remote"] = remote
+                    offered.append(value_frames)  # alive until read
+                    value_frames = sent
+            item["nframes"] = len(value_frames)
+            items.append(item)
             out_frames.extend(value_frames)
-        fields = {"errors": errors} if errors else {}
+        fields: dict[str, Any] = {"errors": errors} if errors else {}
+        if offered:
+            fields["lease"] = self.leases.grant(ident, offered, time.monotonic())
+            fields["pid"] = os.getpid()
         reply = protocol.encode("data", [*out_frames, *error_frames], id=header["id"],
                                 items=items, missing=missing, **fields)
         send_frames(self.server, [ident, *reply])
+
+    def _data_read(self, ident: bytes, header: dict, frames: list) -> None:
+        """A reader on this machine copied what a lease kept alive."""
+        self.leases.end(header["lease"], ident)
 
     def _put_data(self, ident: bytes, header: dict, frames: list) -> None:
         """A client scatters data here; it tells the center once we answer."""
@@ -384,10 +404,16 @@ class Worker:
         header, frames = protocol.decode(frames)
         if header["op"] != "data":
             raise ProtocolError(f"expected data from {address}, got {header['op']!r}")
+        if "lease" in header:
+            unpacked = self._read_offered(address, header, frames)
+            if unpacked is None:
+                return
+        else:
+            unpacked = protocol.unpack_items(header["items"] + header.get("errors", []),
+                                             frames)
         values, nbytes = {}, {}
-        items, errors = header["items"], header.get("errors", [])
-        for i, (item, value_frames) in enumerate(protocol.unpack_items(items + errors,
-                                                                        frames)):
+        items = header["items"]
+        for i, (item, value_frames) in enumerate(unpacked):
             key = item["key"]
             if i >= len(items):  # an error item: the value cannot leave its worker
                 self.state.input_failed(key, value_frames)
@@ -395,6 +421,30 @@ class Worker:
             values[key] = serialize.loads(value_frames)
             nbytes[key] = item.get("nbytes", 0)
         self.state.data_received(header["id"], values, nbytes, time.monotonic())
+
+    def _read_offered(self, address: str, header: dict, frames: list) -> list | None:
+        """A peer on this machine left big buffers to read from its memory: read
+        them, or (the kernel refused) ask again for frames; then free the peer's
+        lease. None if the reply is not to be used."""
+        request = self.state.requests.get(header["id"])
+        try:
+            if request is None:  # timed out and asked elsewhere
+                return None
+            sent = request[2] - self.state.fetch_timeout
+            if time.monotonic() - sent > peer_memory.READ_WITHIN:  # the lease may be ending
+                return None
+            try:
+                return peer_memory.unpack_data(header, frames)
+            except peer_memory.ReadFailed as e:
+                peer_memory.disable(str(e))
+                send(self._peer(address), [protocol.encode_header(
+                    "get-data", id=header["id"], keys=request[1])], dropped,
+                    f"a data request to {address}")
+                return None
+        finally:
+            send(self._peer(address), [protocol.encode_header("data-read",
+                                                               lease=header["lease"])],
+                 dropped, f"the end of a read to {address}")
 
     def call_soon(self, fn, *args: Any) -> None:
         """Have the loop thread call ``fn(*args)``; safe from any thread."""
@@ -421,8 +471,8 @@ class Worker:
             state.to_execute.clear()
         if state.to_fetch:
             for request_id, peer, keys in state.to_fetch:
-                send(self._peer(peer), [protocol.encode_header("get-data", id=request_id,
-                                                               keys=keys)],
+                send(self._peer(peer), [protocol.encode_header(
+                    "get-data", id=request_id, keys=keys, **peer_memory.reader_fields())],
                      dropped, f"a data request to {peer}")
             state.to_fetch.clear()
         if state.to_center or self._held:

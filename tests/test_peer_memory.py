@@ -1,0 +1,292 @@
+"""Big buffers read straight from a same-machine holder's memory (peer_memory.py).
+
+The pieces are tested on their own (leases, splitting a value's frames,
+reading another process's memory, putting a reply back together), then the
+whole exchange with real workers: worker to worker, worker to client, with
+reads turned off, and with a reader the kernel refuses.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import command, read_line, wait_for
+
+from zfutures import Executor, peer_memory, serialize
+from zfutures.context import current_worker
+from zfutures.errors import ProtocolError
+from zfutures.peer_memory import READ_FROM, Leases, ReadFailed
+
+pytestmark = pytest.mark.skipif(not peer_memory.enabled(),
+                                reason="process_vm_readv is not available here")
+
+MB = 2**20
+
+
+# ----------------------------------------------------------------------------- leases
+
+def test_a_lease_ends_only_for_its_reader_or_after_its_time():
+    leases = Leases(duration=60)
+    values = [object()]
+    lease = leases.grant(b"reader", values, now=100.0)
+    leases.end(lease, b"another peer")
+    leases.end(lease + 1, b"reader")
+    assert len(leases) == 1
+    assert leases.expire(now=159.9) == 0 and len(leases) == 1
+    assert leases.expire(now=160.0) == 1 and len(leases) == 0
+
+    lease = leases.grant(b"reader", values, now=200.0)
+    leases.end(lease, b"reader")
+    assert len(leases) == 0
+
+
+def test_each_lease_has_its_own_id():
+    leases = Leases()
+    assert len({leases.grant(b"r", [], now=0.0) for _ in range(5)}) == 5
+
+
+# ----------------------------------------------------------------------------- frames
+
+def offered_reply(value, *, pid: int | None = None) -> tuple[dict, list, list]:
+    """A holder's ``data`` reply for ``value`` offered by address, as a worker
+    builds it: (header, frames sent, the full frames it keeps alive)."""
+    frames = serialize.dumps(value)
+    sent, remote = peer_memory.split_frames(frames)
+    item = {"key": "x", "nbytes": 0, "nframes": len(sent)}
+    if remote:
+        item["remote"] = remote
+    header = {"id": 1, "items": [item], "missing": [], "lease": 7,
+              "pid": os.getpid() if pid is None else pid}
+    return header, sent, frames
+
+
+def test_only_big_buffers_are_left_to_read():
+    small = np.arange(1000.0)
+    big = np.arange(READ_FROM // 8, dtype=np.float64)
+    header, sent, frames = offered_reply({"small": small, "big": big, "text": "t" * 100})
+    remote = header["items"][0]["remote"]
+    assert [size for _, _, size in remote] == [big.nbytes]
+    assert [address for _, address, _ in remote] == [big.ctypes.data]
+    assert len(sent) == len(frames) - 1  # the stream travels, the big buffer does not
+
+
+def test_a_value_put_back_together_equals_the_original_and_is_writable():
+    value = {"a": np.arange(3 * MB // 8, dtype=np.float64),
+             "b": np.ones((512, 1024), dtype=np.int32),
+             "c": np.arange(10), "label": "x" * 200}
+    header, sent, keep = offered_reply(value)
+    assert len(header["items"][0]["remote"]) == 2
+    [(item, frames)] = peer_memory.unpack_data(header, sent)
+    copy = serialize.loads(frames)
+    assert copy["label"] == value["label"]
+    for name in "abc":
+        np.testing.assert_array_equal(copy[name], value[name])
+    assert copy["a"].ctypes.data != value["a"].ctypes.data  # a copy, not the holder's own
+    copy["a"][0] = -1.0  # the reader owns a writable buffer
+    assert value["a"][0] == 0.0
+    del keep
+
+
+def test_a_reply_without_remote_buffers_is_unpacked_as_sent():
+    header, sent, _ = offered_reply([1, 2, 3])
+    assert "remote" not in header["items"][0]
+    [(_, frames)] = peer_memory.unpack_data(header, sent, read=pytest.fail)
+    assert serialize.loads(frames) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("remote, lease", [
+    ([[0, 4096, 10], [0, 8192, 10]], True),  # one position twice
+    ([[5, 4096, 10]], True),                  # past the value's frames
+    ([[0, 0, 10]], True),                     # a null address
+    ([[0, 4096, -1]], True),                  # a negative size
+    ([[0, 4096]], True),                      # not a triple
+    ([[0, 4096, 10]], False),                 # no lease to end
+])
+def test_a_reply_whose_remote_buffers_do_not_add_up_is_refused(remote, lease):
+    header = {"id": 1, "missing": [],
+              "items": [{"key": "x", "nframes": 1, "remote": remote}]}
+    if lease:
+        header.update(lease=1, pid=os.getpid())
+    with pytest.raises(ProtocolError):
+        peer_memory.unpack_data(header, [b"stream"], read=pytest.fail)
+
+
+def test_buffers_come_back_in_position_order_whatever_the_list_order():
+    first = np.full(READ_FROM, 1, dtype=np.uint8)
+    second = np.full(READ_FROM, 2, dtype=np.uint8)
+    header = {"id": 1, "missing": [], "lease": 1, "pid": os.getpid(),
+              "items": [{"key": "x", "nframes": 1,
+                         "remote": [[2, second.ctypes.data, second.nbytes],
+                                    [1, first.ctypes.data, first.nbytes]]}]}
+    [(_, frames)] = peer_memory.unpack_data(header, [b"stream"])
+    assert bytes(frames[0]) == b"stream"
+    assert frames[1][0] == 1 and frames[2][0] == 2
+
+
+# ----------------------------------------------------------------------------- reading
+
+HOLDER = """
+import sys, numpy as np
+a = np.arange({n}, dtype=np.float64)
+print(a.ctypes.data, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_reading_another_process_copies_its_bytes():
+    n = 5 * MB // 8
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER.format(n=n)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        address = int(holder.stdout.readline())
+        before = dict(peer_memory.stats)
+        # many spans, more than one call takes (the iovec limit), then one big one
+        spans = [(address + 8 * i, 8) for i in range(2500)] + [(address, 8 * n)]
+        *pieces, whole = peer_memory.read_buffers(holder.pid, spans)
+    finally:
+        holder.stdin.close()
+        holder.wait(10)
+    expected = np.arange(n, dtype=np.float64)
+    np.testing.assert_array_equal(whole.view(np.float64), expected)
+    assert [piece.view(np.float64)[0] for piece in pieces] == list(expected[:2500])
+    assert peer_memory.stats["bytes"] - before["bytes"] == 8 * (n + 2500)
+
+
+def test_reading_memory_that_is_not_there_fails():
+    with pytest.raises(ReadFailed):
+        peer_memory.read_buffers(os.getpid(), [(4096, 4096)])
+
+
+def test_reading_a_process_that_is_gone_fails():
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(10)
+    with pytest.raises(ReadFailed):
+        peer_memory.read_buffers(gone.pid, [(4096, 10)])
+
+
+def test_a_holder_offers_reads_only_to_its_own_machine():
+    [request] = [peer_memory.reader_fields()]
+    assert peer_memory.may_offer(request)
+    assert not peer_memory.may_offer({})
+    assert not peer_memory.may_offer({"machine": request["machine"] + "x"})
+    assert not peer_memory.may_offer({"machine": 3})
+
+
+# ----------------------------------------------------------------------------- workers
+
+def make_array(nbytes: int) -> tuple[np.ndarray, str]:
+    return np.arange(nbytes // 8, dtype=np.float64), "made here"
+
+
+def inspect(pair: tuple[np.ndarray, str]) -> tuple[float, str, int]:
+    """On the reader: the value's sum and label, and the bytes read so far."""
+    array, label = pair
+    return float(array.sum()), label, peer_memory.stats["bytes"]
+
+
+def leases_held() -> int:
+    return len(current_worker().leases)
+
+
+def start_workers(processes, address: str, *reader_prefix: str,
+                  reader_log=None) -> tuple[str, str]:
+    """Two workers as a user starts them: the holder, then the reader, whose
+    command line starts with ``reader_prefix``; their data addresses."""
+    addresses = []
+    for prefix, log in (((), None), (reader_prefix, reader_log)):
+        worker = processes.start(*prefix, command("zfut-worker"), address, "--no-nanny",
+                                 stderr=log)
+        addresses.append(read_line(worker, r"serving at (tcp://\S+) for").group(1))
+    return addresses[0], addresses[1]
+
+
+def run_transfer(ex: Executor, holder: str, reader: str) -> tuple[float, str, int]:
+    """Make 16 MB on the holder, inspect it on the reader; the holder's leases
+    must all end."""
+    nbytes = 16 * MB
+    x = ex.submit(make_array, nbytes, workers=[holder])
+    result = ex.submit(inspect, x, workers=[reader]).result(timeout=30)
+    n = nbytes // 8
+    assert result[:2] == (n * (n - 1) / 2, "made here")
+    wait_for(lambda: ex.submit(leases_held, workers=[holder], pure=False).result(timeout=10) == 0,
+             timeout=20, message="the holder kept its lease after the read")
+    return result
+
+
+@pytest.mark.timeout(120)
+def test_a_big_result_is_read_from_the_holders_memory(processes):
+    _, address = processes.center()
+    holder, reader = start_workers(processes, address)
+    with Executor(address, timeout=20) as ex:
+        wait_for(lambda: len(ex.nthreads()) == 2, timeout=20, message="workers did not join")
+        *_, read = run_transfer(ex, holder, reader)
+        assert read >= 16 * MB, "the reader did not read the holder's memory"
+
+        # and to the client (this process), which is on the same machine too
+        before = peer_memory.stats["bytes"]
+        x = ex.submit(make_array, 16 * MB, workers=[holder])
+        array, label = x.result(timeout=30)
+        np.testing.assert_array_equal(array, np.arange(2 * MB, dtype=np.float64))
+        assert peer_memory.stats["bytes"] - before >= 16 * MB
+        wait_for(lambda: ex.submit(leases_held, workers=[holder], pure=False).result(10) == 0,
+                 timeout=20, message="the holder kept the client's lease")
+
+
+@pytest.mark.timeout(120)
+def test_with_direct_reads_turned_off_data_moves_over_sockets(processes, monkeypatch):
+    _, address = processes.center()
+    monkeypatch.setenv("ZFUTURES_DIRECT_READS", "0")
+    holder, reader = start_workers(processes, address)
+    monkeypatch.delenv("ZFUTURES_DIRECT_READS")
+    with Executor(address, timeout=20) as ex:
+        wait_for(lambda: len(ex.nthreads()) == 2, timeout=20, message="workers did not join")
+        *_, read = run_transfer(ex, holder, reader)
+        assert read == 0
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="needs root to start a worker as another user")
+def test_a_reader_the_kernel_refuses_gets_the_data_over_sockets(processes, tmp_path):
+    """A worker running as another user may not read a root worker's memory:
+    it gets the value as frames instead, and the holder's lease still ends."""
+    _, address = processes.center()
+    nobody = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+    log = tmp_path / "reader.log"
+    with open(log, "w") as f:
+        holder, reader = start_workers(processes, address, *nobody, reader_log=f)
+    with Executor(address, timeout=20) as ex:
+        wait_for(lambda: len(ex.nthreads()) == 2, timeout=20, message="workers did not join")
+        *_, read = run_transfer(ex, holder, reader)
+        assert read == 0
+        *_, read = run_transfer(ex, holder, reader)  # and again, not asking any more
+        assert read == 0
+    lines = log.read_text().splitlines()
+    refusals = [line for line in lines if "reading peers' memory failed" in line]
+    assert len(refusals) == 1, "the reader did not try, or kept trying, to read"
+    # it asked again at once, rather than waiting for its request to time out
+    assert not [line for line in lines if "no answer from" in line]
+
+
+@pytest.mark.timeout(120)
+def test_a_client_the_kernel_refuses_gets_the_data_over_sockets(processes, monkeypatch):
+    _, address = processes.center()
+    worker = processes.worker(address, "--no-nanny")
+    holder = read_line(worker, r"serving at (tcp://\S+) for").group(1)
+
+    def refuse(pid, spans):
+        raise ReadFailed(f"process {pid}: Operation not permitted")
+
+    monkeypatch.setattr(peer_memory, "read_buffers", refuse)
+    monkeypatch.setattr(peer_memory, "_enabled", True)
+    with Executor(address, timeout=20) as ex:
+        x = ex.submit(make_array, 16 * MB, workers=[holder])
+        array, label = x.result(timeout=30)
+        np.testing.assert_array_equal(array, np.arange(2 * MB, dtype=np.float64))
+        assert not peer_memory.enabled()
+        wait_for(lambda: ex.submit(leases_held, workers=[holder], pure=False).result(10) == 0,
+                 timeout=20, message="the holder kept a lease the client could not read")

@@ -1,0 +1,254 @@
+"""Large buffers between processes of one machine: read from the holder's memory.
+
+A data server normally sends a result's buffers as ZeroMQ frames: the
+holder's kernel copies them into a socket, the reader's kernel out of it.
+Between processes of the same machine the reader can instead copy them
+straight out of the holder's memory with ``process_vm_readv(2)``: one copy
+instead of two, nothing on the holder's side, and exactly one copy on the
+reader's (the buffer the value then lives in).
+
+The exchange rides on ``get-data`` (see protocol.py):
+
+1. The reader adds ``machine`` (:func:`reader_fields`) to its request.
+2. A holder on the same machine, network namespace and pid namespace
+   (:func:`may_offer`) answers each buffer of at least :data:`READ_FROM`
+   bytes with ``[position, address, size]`` in the item's ``remote`` list
+   instead of a frame (:func:`split_frames`), and keeps the value alive under
+   a lease (:class:`Leases`). The reply carries the lease and the holder's pid.
+3. The reader copies the buffers (:func:`unpack_data`, :func:`read_buffers`),
+   then sends ``data-read`` with the lease so the holder lets go.
+4. If the kernel refuses the read (another user, a container without ptrace
+   rights, a holder gone), the reader stops asking for reads for good
+   (:func:`disable`) and requests the same keys again, as frames.
+
+A lease also ends by itself after :data:`LEASE_SECONDS`, in case the reader
+died, and a reader reads only replies to requests younger than
+:data:`READ_WITHIN`, far less: so a holder never frees memory that is still
+being read. Set ``ZFUTURES_DIRECT_READS=0`` to keep every transfer on sockets.
+"""
+from __future__ import annotations
+
+import ctypes
+import itertools
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .errors import ProtocolError
+
+logger = logging.getLogger(__name__)
+
+#: Buffers at least this big are offered for reading; smaller ones travel as
+#: frames, which cost less than the extra ``data-read`` message.
+READ_FROM = 1024 * 1024
+
+#: A holder keeps a value it offered at least this long unless the reader
+#: says it is done; and a reader reads only for requests it sent less than
+#: READ_WITHIN ago. The gap is the time a read may take.
+LEASE_SECONDS = 60.0
+READ_WITHIN = 20.0
+
+#: ``process_vm_readv`` takes at most this many buffers per call (IOV_MAX).
+_MAX_IOVECS = 1024
+
+#: Bytes read from peers by this process (for tests and diagnostics).
+stats = {"reads": 0, "bytes": 0}
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+def _load_process_vm_readv() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).process_vm_readv
+    except (AttributeError, OSError):
+        return None
+    iovecs = ctypes.POINTER(_IoVec)
+    function.argtypes = [ctypes.c_int, iovecs, ctypes.c_ulong, iovecs, ctypes.c_ulong,
+                         ctypes.c_ulong]
+    function.restype = ctypes.c_ssize_t
+    return function  # (a ctypes call: the GIL is released while it copies)
+
+
+def _machine_token() -> str | None:
+    """Same token, same kernel and the same pid and network namespaces: pids
+    mean the same process and the data server's address the same server."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        pid_ns = os.stat("/proc/self/ns/pid").st_ino
+        net_ns = os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return None
+    return f"{boot}/{pid_ns}/{net_ns}"
+
+
+_process_vm_readv = _load_process_vm_readv()
+_machine = _machine_token() if _process_vm_readv is not None else None
+_enabled = _machine is not None and os.environ.get("ZFUTURES_DIRECT_READS", "1") != "0"
+
+
+def enabled() -> bool:
+    """Whether this process asks holders on its machine for direct reads."""
+    return _enabled
+
+
+def disable(reason: str) -> None:
+    """Stop asking for direct reads (the kernel refused one): sockets from now on."""
+    global _enabled
+    if _enabled:
+        logger.warning("reading peers' memory failed (%s); moving data over sockets "
+                       "from now on", reason)
+    _enabled = False
+
+
+def reader_fields() -> dict[str, Any]:
+    """Fields a ``get-data`` request carries to be offered direct reads."""
+    return {"machine": _machine} if _enabled else {}
+
+
+def may_offer(request: dict) -> bool:
+    """Whether the sender of a ``get-data`` request can read this process's memory."""
+    return _machine is not None and request.get("machine") == _machine
+
+
+def buffer_address(buffer: Any) -> int:
+    """The address of a contiguous buffer's first byte (writable or not)."""
+    import numpy  # loaded already wherever buffers this big are pickled
+
+    return numpy.frombuffer(buffer, dtype=numpy.uint8).ctypes.data
+
+
+def split_frames(frames: list) -> tuple[list, list[list[int]]]:
+    """A value's frames: ``(those to send, [[position, address, size], ...] of
+    those left to read)``. The caller keeps ``frames`` alive until the read."""
+    sent, remote = [], []
+    for position, frame in enumerate(frames):
+        if type(frame) is memoryview and frame.nbytes >= READ_FROM and frame.contiguous:
+            remote.append([position, buffer_address(frame), frame.nbytes])
+        else:
+            sent.append(frame)
+    return sent, remote
+
+
+class Leases:
+    """Values a data server offered for reading, kept alive until read.
+
+    >>> leases = Leases()
+    >>> lease = leases.grant(b"reader", [b"a value's frames"], now=0.0)
+    >>> leases.end(lease, b"someone else"); len(leases)
+    1
+    >>> leases.end(lease, b"reader"); len(leases)
+    0
+    """
+
+    def __init__(self, duration: float = LEASE_SECONDS):
+        self.duration = duration
+        self._held: dict[int, tuple[bytes, list, float]] = {}
+        self._ids = itertools.count(1)
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def grant(self, reader: bytes, values: list, now: float) -> int:
+        """Keep ``values`` alive for ``reader`` (its socket identity); the lease id."""
+        lease = next(self._ids)
+        self._held[lease] = (reader, values, now + self.duration)
+        return lease
+
+    def end(self, lease: int, reader: bytes) -> None:
+        """The reader is done. Only the reader a lease was granted to may end it."""
+        held = self._held.get(lease)
+        if held is not None and held[0] == reader:
+            del self._held[lease]
+
+    def expire(self, now: float) -> int:
+        """End the leases past their time (readers that died); how many."""
+        old = [lease for lease, (_, _, until) in self._held.items() if until <= now]
+        for lease in old:
+            del self._held[lease]
+        return len(old)
+
+
+class ReadFailed(Exception):
+    """The kernel would not let this process read the holder's memory."""
+
+
+def read_buffers(pid: int, spans: Sequence[tuple[int, int]]) -> list:
+    """Copy ``(address, size)`` spans out of process ``pid``: fresh writable buffers.
+
+    Raises ReadFailed if the kernel refuses or the memory is not there.
+    """
+    import numpy
+
+    if _process_vm_readv is None:
+        raise ReadFailed("process_vm_readv is not available")
+    try:
+        buffers = [numpy.empty(size, dtype=numpy.uint8) for _, size in spans]
+    except MemoryError as e:
+        raise ReadFailed(f"no memory for {sum(s for _, s in spans)} bytes") from e
+    # One (local, remote) pair of iovecs per span; a call may stop short, so
+    # carry on from where it stopped.
+    pending = [(buffer.ctypes.data, address, size)
+               for buffer, (address, size) in zip(buffers, spans) if size]
+    while pending:
+        batch = pending[:_MAX_IOVECS]
+        local = (_IoVec * len(batch))(*[(here, size) for here, _, size in batch])
+        remote = (_IoVec * len(batch))(*[(there, size) for _, there, size in batch])
+        copied = _process_vm_readv(pid, local, len(batch), remote, len(batch), 0)
+        if copied <= 0:
+            errno = ctypes.get_errno()
+            raise ReadFailed(f"process {pid}: {os.strerror(errno) if errno else 'no bytes'}")
+        stats["bytes"] += copied
+        rest = []
+        for here, there, size in batch:  # drop what was copied, keep the remainder
+            if copied >= size:
+                copied -= size
+            else:
+                rest.append((here + copied, there + copied, size - copied))
+                copied = 0
+        pending = rest + pending[_MAX_IOVECS:]
+    stats["reads"] += 1
+    return buffers
+
+
+def unpack_data(header: dict, frames: Sequence, read: Any = None) -> list:
+    """``(item, its value frames)`` for each item then each error item of a
+    ``data`` reply, the buffers it left in the holder's memory read here.
+
+    Raises ProtocolError if the reply does not add up, ReadFailed if the
+    buffers cannot be read. ``read`` is :func:`read_buffers` unless given.
+    """
+    from .protocol import unpack_items
+
+    items = header["items"]
+    unpacked = list(unpack_items(items + header.get("errors", []), frames))
+    wanted = [(item, spans) for item, _ in unpacked if (spans := item.get("remote"))]
+    if not wanted:
+        return unpacked
+    if "lease" not in header or "pid" not in header:
+        raise ProtocolError("remote buffers without a lease")
+    spans: list[tuple[int, int]] = []
+    for item, remote in wanted:
+        total = item["nframes"] + len(remote)
+        if any(len(entry) != 3 for entry in remote) or \
+                len({entry[0] for entry in remote}) != len(remote) or \
+                not all(0 <= p < total and address > 0 and size >= 0
+                        for p, address, size in remote):
+            raise ProtocolError(f"malformed remote buffers for {item['key']!r}")
+        item["remote"] = remote = sorted(remote)  # filled in position order below
+        spans.extend((address, size) for _, address, size in remote)
+    buffers = iter((read or read_buffers)(header["pid"], spans))
+    result = []
+    for item, sent in unpacked:
+        if item.get("remote"):
+            sent = list(sent)
+            for position, _, _ in item["remote"]:  # ascending: each lands at its place
+                sent.insert(position, next(buffers))
+        result.append((item, sent))
+    return result

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import zmq
@@ -62,10 +63,17 @@ class _Key:
         self.scattered = False
         self.refs = 0
         self.futures: list[weakref.ref] = []
-        self.held: list = []  # futures kept alive until done, for their callbacks
+        # Futures kept alive until done, for their callbacks; None when there
+        # are none (most keys: a list each costs the garbage collector too).
+        self.held: list | None = None
         self.status = PENDING
-        self.who_has: list[str] = []
+        self.who_has: Sequence[str] = ()
         self.exception: BaseException | None = None
+
+    def hold(self, future: Any) -> None:
+        if self.held is None:
+            self.held = []
+        self.held.append(future)
 
     def live_futures(self) -> list:
         alive = [f for f in (ref() for ref in self.futures) if f is not None]
@@ -270,11 +278,11 @@ class ClientIO:
                 item["nframes"] = len(frames)
                 info.submitted = (item, frames)
                 keys = self.keys
-                info.deps = [keys[d] for d in item["deps"] if d in keys]
+                info.deps = [keys[d] for d in item["deps"] if d in keys] or None
                 self._queue("submit", item, frames)
             if eager:
                 info.eager = True
-                info.held.append(future)
+                info.hold(future)
             self._add_future(info, future)
 
     def _cmd_ref(self, future: Any) -> None:
@@ -299,7 +307,7 @@ class ClientIO:
         """Keep ``future`` alive until it is done: it has callbacks to run."""
         info = self.keys.get(future.key)
         if info is not None and info.status == PENDING:
-            info.held.append(future)
+            info.hold(future)
 
     def _cmd_unref(self, key: str) -> None:
         info = self.keys.get(key)
@@ -315,7 +323,7 @@ class ClientIO:
             info = self.keys.get(key)
             if info is not None and info.status != FINISHED:
                 info.status = CANCELLED
-                info.held.clear()
+                info.held = None
             self._queue("cancel", key)
 
     def _cmd_fetch(self, keys: list[str], result: concurrent.futures.Future) -> None:
@@ -461,7 +469,7 @@ class ClientIO:
             info = self.keys.pop(key, None)
             if info is not None:
                 self._complete(info, values.get(key), error, detach=True)
-                info.held.clear()
+                info.held = None
                 self._release_later(key)
 
     @staticmethod
@@ -591,7 +599,7 @@ class ClientIO:
                     else:
                         for future in info.live_futures():
                             future._set_remote()
-                    info.held.clear()
+                    info.held = None
             if eager:
                 self._fetch_eager(eager)
             if inline:
@@ -612,7 +620,7 @@ class ClientIO:
                             future._set_lost(info.exception)
                         else:
                             future._set_error(info.exception)
-                    info.held.clear()
+                    info.held = None
         elif op == "reply":
             result, _, _ = self.rpcs.pop(header["id"], (None, None, None))
             if result is not None and not result.done():

@@ -278,7 +278,7 @@ class Executor:
         for future in found:
             if future.key in values:
                 continue
-            if future.cancelled() or future.exception(0) is not None:
+            if future.cancelled() or future._exception is not None:  # (all done here)
                 if errors == "raise":
                     future.result(0)  # raises the task's exception or CancelledError
                 continue

@@ -9,9 +9,10 @@ chaining futures into further tasks never moves data through the client.
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 import time
 import traceback as _traceback
-from concurrent.futures._base import CANCELLED_AND_NOTIFIED, FINISHED, PENDING
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import context
@@ -32,6 +33,10 @@ class _Remote:
 
 REMOTE = _Remote()
 
+#: Serializes making a future's condition with completing a future that has none.
+_LAZY = threading.Lock()
+_DONE = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
+
 
 class Future(concurrent.futures.Future):
     """The result of a task that runs, or ran, on the cluster.
@@ -44,24 +49,68 @@ class Future(concurrent.futures.Future):
     """
 
     def __init__(self, key: str, executor: Executor):
-        super().__init__()
+        # Not concurrent.futures.Future.__init__: it makes a Condition (a lock,
+        # a deque, five bound methods) and two lists per future, about 4 us and
+        # a dozen objects for the garbage collector to traverse, for each of the
+        # thousands of futures a map returns. They are made on first use (a
+        # wait, a callback, as_completed); the stdlib's methods reach them
+        # through the properties below. A future completed before anyone used
+        # them has no one to wake and is completed without them (_complete).
+        self._state = PENDING
+        self._result = None
+        self._exception: BaseException | None = None
         self.key = key
         self._executor = executor
         self._lost: BaseException | None = None  # the data is gone for good
+
+    def _make_lazy(self) -> None:
+        with _LAZY:
+            if "_lazy_condition" not in self.__dict__:
+                self._lazy_waiters: list = []
+                self._lazy_callbacks: list = []
+                self._lazy_condition = threading.Condition()  # last: it marks all three made
+
+    @property
+    def _condition(self) -> threading.Condition:
+        if "_lazy_condition" not in self.__dict__:
+            self._make_lazy()
+        return self._lazy_condition
+
+    @property
+    def _waiters(self) -> list:  # (concurrent.futures.wait and as_completed add theirs)
+        if "_lazy_condition" not in self.__dict__:
+            self._make_lazy()
+        return self._lazy_waiters
+
+    @property
+    def _done_callbacks(self) -> list:
+        if "_lazy_condition" not in self.__dict__:
+            self._make_lazy()
+        return self._lazy_callbacks
+
+    # Reading the state needs no lock (one attribute read), and taking the
+    # condition would make one for each of the many futures a gather looks at.
+    def done(self) -> bool:
+        """True if finished (with a value or an error) or cancelled."""
+        return self._state in _DONE
+
+    def cancelled(self) -> bool:
+        """True if the future was cancelled."""
+        return self._state in (CANCELLED, CANCELLED_AND_NOTIFIED)
 
     # ------------------------------------------------------------------ state
 
     @property
     def status(self) -> str:
         """One of ``pending``, ``finished``, ``error``, ``cancelled``, ``lost``."""
-        with self._condition:
-            if self._lost is not None:
-                return "lost"
-            if self._state == FINISHED:
-                return "error" if self._exception is not None else "finished"
-            if self._state in ("CANCELLED", CANCELLED_AND_NOTIFIED):
-                return "cancelled"
-            return "pending"
+        state = self._state  # (no lock: see done())
+        if self._lost is not None:
+            return "lost"
+        if state == FINISHED:
+            return "error" if self._exception is not None else "finished"
+        if state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+            return "cancelled"
+        return "pending"
 
     def __repr__(self) -> str:
         return f"<Future: status: {self.status}, key: {self.key}>"
@@ -76,9 +125,12 @@ class Future(concurrent.futures.Future):
         seconds, or ``CancelledError``.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        if not self.done():
-            context.secede()  # inside a task, waiting gives the thread slot back
-        value = super().result(timeout)
+        if self._state == FINISHED and self._exception is None:
+            value = self._result  # (final once finished: no lock needed)
+        else:
+            if not self.done():
+                context.secede()  # inside a task, waiting gives the thread slot back
+            value = super().result(timeout)
         if value is not REMOTE:
             return value
         if self._lost is not None:
@@ -92,6 +144,8 @@ class Future(concurrent.futures.Future):
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The task's exception, or None if it succeeded; waits like :meth:`result`."""
+        if self._state == FINISHED:
+            return self._exception
         if not self.done():
             context.secede()
         return super().exception(timeout)
@@ -160,18 +214,28 @@ class Future(concurrent.futures.Future):
 
     # ------------------------------------------------------------------ I/O thread side
 
-    def _set_remote(self) -> None:
-        """The cluster holds the result (called from the executor's I/O thread)."""
+    def _complete(self, value: Any, exception: BaseException | None) -> None:
+        """Finish with ``value`` or ``exception``, unless done or cancelled already."""
+        with _LAZY:
+            if "_lazy_condition" not in self.__dict__:  # no waiter, no callback
+                if self._state == PENDING:
+                    self._result, self._exception = value, exception
+                    self._state = FINISHED
+                return
         try:
-            self.set_result(REMOTE)
+            if exception is None:
+                self.set_result(value)
+            else:
+                self.set_exception(exception)
         except concurrent.futures.InvalidStateError:
             pass  # already done, or cancelled
 
+    def _set_remote(self) -> None:
+        """The cluster holds the result (called from the executor's I/O thread)."""
+        self._complete(REMOTE, None)
+
     def _set_value(self, value: Any) -> None:
-        try:
-            self.set_result(value)
-        except concurrent.futures.InvalidStateError:
-            pass
+        self._complete(value, None)
 
     def _set_cancelled(self) -> None:
         with self._condition:
@@ -203,10 +267,7 @@ class Future(concurrent.futures.Future):
         self._set_error(exception)
 
     def _set_error(self, exception: BaseException) -> None:
-        try:
-            self.set_exception(exception)
-        except concurrent.futures.InvalidStateError:
-            pass
+        self._complete(None, exception)
 
     # Pickled into a task, a Future is replaced by its value (see serialize.py);
     # pickled any other way it would carry a dead socket, so refuse clearly.

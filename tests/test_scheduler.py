@@ -225,6 +225,23 @@ def test_released_input_is_recomputed_for_a_new_dependent():
     assert sim.state("c") == "memory"
 
 
+def test_tasks_without_links_share_one_empty_set_and_links_get_their_own():
+    # An empty set per task for dependents, waiting_on and waiters was a third
+    # of the center's memory per task at 100,000 tasks.
+    sim = Sim()
+    sim.submit(task("a"), task("b"), task("c", "a"))
+    a, b, c = (sim.s.tasks[k] for k in "abc")
+    assert b.dependents is b.waiting_on is b.waiters is a.waiting_on
+    assert a.dependents == {c} and not b.dependents
+    assert c.waiting_on == {a} and a.waiters == {c} and not b.waiters
+    sim.worker(W1)
+    sim.finish("a")
+    sim.finish("c")
+    assert not c.waiting_on and not a.waiters and not b.waiters
+    sim.s.release(C1, ["c", "a", "b"])
+    assert not sim.s.tasks
+
+
 # --------------------------------------------------------------------------- errors
 
 

@@ -9,8 +9,9 @@ import time
 import numpy as np
 import psutil
 import pytest
-from conftest import wait_for
+from conftest import read_line, wait_for
 
+import zfutures
 from zfutures import Executor, FutureLostError, KilledWorker, PoolExecutor
 
 pytestmark = pytest.mark.timeout(120)
@@ -173,3 +174,18 @@ def test_a_worker_stopped_with_sigterm_hands_its_keys_on_first(processes):
         assert all(ws == staying for ws in ex.who_has(data + [computed]).values())
         assert [int(x.sum()) for x in ex.gather(data)] == [499500 + 1000 * i for i in range(5)]
         assert computed.result(timeout=10) == 499500
+
+
+@pytest.mark.timeout(120)
+def test_a_call_to_a_worker_that_dies_during_it_fails_without_waiting_out_the_deadline(
+        processes):
+    """The center tells clients a worker left; a run waiting on it fails then,
+    not after the reconnect deadline (60 s here, and it would say so)."""
+    _, address = processes.center()
+    worker = processes.worker(address, "--no-nanny")
+    read_line(worker, r"serving at (tcp://\S+) for")
+    with Executor(address, timeout=20, reconnect_deadline=60) as ex:
+        wait_for(lambda: len(ex.nthreads()) == 1, timeout=20, message="no worker joined")
+        with pytest.raises(zfutures.ConnectionError, match="left the cluster before answering"):
+            ex.run(os._exit, 1)
+        assert worker.wait(10) == 1

@@ -581,6 +581,21 @@ def test_lost_workers_processing_tasks_are_rescheduled_on_another_worker():
     assert addr(W1) not in sim.s.has_what()
 
 
+def test_every_client_hears_when_a_worker_leaves():
+    # (their calls to it, Executor.run and scatter, then fail at once)
+    sim = Sim(clients=(C1, C2))
+    sim.worker(W1)
+    sim.worker(W2)
+    sim.take()
+    sim.s.remove_worker(W1)
+    sim.s.remove_worker(W1)  # (twice: said once)
+    sent = sim.take()
+    for client in (C1, C2):
+        fields, _ = sent._by[(client, "workers-left")]
+        assert fields["addresses"] == [addr(W1)]
+    assert "workers-left" not in sent.ops(W2)
+
+
 def test_lost_worker_without_replacement_leaves_its_tasks_ready_for_the_next_one():
     sim = Sim()
     sim.worker(W1)

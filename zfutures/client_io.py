@@ -130,8 +130,9 @@ class ClientIO:
         # The center's limit (learned from its welcome): larger messages would
         # cost us our connection, so submits are split below it.
         self.max_message_size = protocol.MAX_MESSAGE_SIZE
-        # Requests to workers other than get-data: id -> callback(header, frames).
-        self.worker_requests: dict[int, Any] = {}
+        # Requests to workers other than get-data:
+        # id -> (worker address, callback(header, frames), the caller's future).
+        self.worker_requests: dict[int, tuple[str, Any, concurrent.futures.Future]] = {}
         self.workers: dict[str, zmq.Socket] = {}
         self._ids = itertools.count(1)
         self._outgoing: list[list] = []  # [op, items, frames, bytes of frames]
@@ -359,7 +360,8 @@ class ClientIO:
             items = [{"key": key} for key, _ in entries]
             frames = protocol.pack_items(items, [f for _, f in entries])
             request_id = next(self._ids)
-            self.worker_requests[request_id] = lambda h, f, a=address: stored(a, h, f)
+            self.worker_requests[request_id] = (address, lambda h, f, a=address: stored(a, h, f),
+                                                result)
             send(self._worker(address),
                  protocol.encode("put-data", frames, id=request_id, items=items),
                  dropped, f"data to {address}")
@@ -378,7 +380,8 @@ class ClientIO:
             result.set_result(outcomes)
         for address in addresses:
             request_id = next(self._ids)
-            self.worker_requests[request_id] = lambda h, f, a=address: answered(a, h, f)
+            self.worker_requests[request_id] = (address,
+                                                lambda h, f, a=address: answered(a, h, f), result)
             send(self._worker(address), protocol.encode("run", frames, id=request_id),
                  dropped, f"a call to {address}")
 
@@ -495,9 +498,9 @@ class ClientIO:
         if header["op"] == "data":
             self._on_data(address, header, frames)
             return
-        callback = self.worker_requests.pop(header["id"], None)
-        if callback is not None:
-            callback(header, frames)
+        request = self.worker_requests.pop(header["id"], None)
+        if request is not None and request[0] == address:
+            request[1](header, frames)
 
     def _on_data(self, address: str, header: dict, frames: list) -> None:
         entry = self.gathers.pop(header["id"], None)
@@ -637,11 +640,30 @@ class ClientIO:
                                "registering again", self.address)
                 self._reregistering = True
                 self._cmd_register()
+        elif op == "workers-left":
+            for address in header["addresses"]:
+                self._worker_left(address)
         elif op == "refused":
             self.refusal = header["reason"]
             self.welcomed.set()
         elif op != "heartbeat":
             logger.warning("dropped an unexpected %r from the center", op)
+
+    def _worker_left(self, address: str) -> None:
+        """The center says a worker left or died: calls waiting on it (run,
+        scatter) fail now rather than at the reconnect deadline, and its socket
+        goes. Fetches from it time out and try other holders as usual: its keys
+        may be on their way back (handed on, or recomputed)."""
+        for request_id, (worker, _, result) in list(self.worker_requests.items()):
+            if worker == address:
+                del self.worker_requests[request_id]
+                if not result.done():
+                    result.set_exception(ConnectionError(
+                        f"the worker {address} left the cluster before answering"))
+        sock = self.workers.pop(address, None)
+        if sock is not None:
+            self.poller.unregister(sock)
+            sock.close(linger=0)
 
     def _bring_back(self) -> None:
         """The center lost what it knew of us (it restarted): send again every

@@ -108,6 +108,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "key-finished": {"tasks": ("items", _RESULT_ITEM)},
     "key-erred": {"tasks": ("items", _ERRED_ITEM)},
     "reply": {"id": _INT, "result": _ANY},
+    # workers that left or died: calls waiting on them fail at once
+    "workers-left": {"addresses": _STRS},
     "refused": {"reason": _STR},
     # center -> a worker or client it does not know (it restarted, or gave up on
     # the peer): register again, bringing back your keys and tasks

@@ -359,6 +359,8 @@ class Scheduler:
             return
         del self.workers_by_address[ws.address]
         self._stop_sending_to(ws)
+        for client in self.clients.values():  # (their calls to it fail at once)
+            self.outbox.add(client.ident, "workers-left", "addresses", ws.address)
         for other in self.workers.values():
             if other.moving:  # it may have been copying their keys: plan anew
                 self._hand_on(other)

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 from conftest import wait_for, zfutures_children
 
-from zfutures import Executor
+from zfutures import Executor, wait
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -38,7 +38,7 @@ def test_default_size_is_one_worker_per_core():
 def test_program_exiting_without_shutdown_leaves_no_process():
     script = textwrap.dedent("""
         import psutil
-        from zfutures import Executor
+        from zfutures import Executor, wait
         ex = Executor(n_workers=2)
         print(ex.submit(abs, -3).result(timeout=10), flush=True)
         print(" ".join(str(c.pid) for c in psutil.Process().children(recursive=True)),
@@ -64,7 +64,7 @@ def test_program_exiting_without_shutdown_leaves_no_process():
 def test_killed_program_leaves_no_process():
     script = textwrap.dedent("""
         import os, signal, psutil
-        from zfutures import Executor
+        from zfutures import Executor, wait
         ex = Executor(n_workers=1)
         print(" ".join(str(c.pid) for c in psutil.Process().children(recursive=True)),
               flush=True)
@@ -81,3 +81,46 @@ def test_killed_program_leaves_no_process():
         return not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
                        for p in pids)
     wait_for(all_gone, timeout=10, message="children outlived a killed program")
+
+
+# ----------------------------------------------------------------------------- memory
+
+#: Small objects a task leaves behind, between the big buffers it made.
+_left_behind: list = []
+
+
+def build_piecewise(count: int, nbytes: int) -> list:
+    """Big buffers with small long-lived objects between them, as a task that
+    builds its result piece by piece (and caches something) leaves the heap."""
+    import numpy as np
+
+    pieces = []
+    for _ in range(count):
+        pieces.append(np.ones(nbytes, dtype=np.uint8))
+        _left_behind.append(bytearray(1000))
+    return pieces
+
+
+def worker_rss() -> int:
+    from zfutures.processes import own_rss
+
+    return own_rss()
+
+
+@pytest.mark.timeout(120)
+def test_an_idle_worker_gives_the_memory_of_released_results_back():
+    MB = 2**20
+    with Executor(n_workers=1) as ex:
+        [before] = ex.run(worker_rss).values()
+        x = ex.submit(build_piecewise, 40, 4 * MB)
+        wait([x], timeout=30)
+        [holding] = ex.run(worker_rss).values()
+        assert holding - before > 150 * MB
+        del x
+
+        def returned() -> bool:
+            [now] = ex.run(worker_rss).values()
+            return now - before < 40 * MB
+
+        wait_for(returned, timeout=20, interval=0.2,
+                 message="the worker kept the memory of released results")

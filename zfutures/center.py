@@ -12,7 +12,6 @@ With keys (see security.py), only peers in the allow list get in.
 """
 from __future__ import annotations
 
-import ctypes
 import gc
 import logging
 import struct
@@ -26,6 +25,7 @@ from .addressing import bind_ephemeral, configure
 from .errors import ProtocolError
 from .logs import RateLimitedLog
 from .loop import Waker, receive, send_frames
+from .processes import release_free_memory
 from .scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
@@ -58,14 +58,6 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def _find_malloc_trim():
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc: nothing to ask
-        return None
-
-
-_malloc_trim = _find_malloc_trim()
 
 #: Messages queued per peer, each way (see Center.__init__).
 RCVHWM, SNDHWM = 10_000, 100_000
@@ -389,8 +381,7 @@ class Center:
         self._peak_tasks = 0
         self.scheduler.compact()
         gc.collect()
-        if _malloc_trim is not None:
-            _malloc_trim(0)
+        release_free_memory()
 
     # ------------------------------------------------------------------ output
 

@@ -38,7 +38,7 @@ from .addressing import (
 from .errors import ProtocolError
 from .logs import RateLimitedLog
 from .loop import Waker, drain, send, send_frames
-from .processes import own_rss
+from .processes import own_rss, release_free_memory
 from .worker_state import HOLD_REPORTS, Task, WorkerState
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,11 @@ dropped = RateLimitedLog(logger)
 #: (the center sends them elsewhere); below the second it resumes. Above the
 #: limit itself, its nanny restarts it.
 PAUSE_AT, RESUME_AT = 0.8, 0.7
+
+#: A worker idle this long (seconds) after results were released gives their
+#: freed memory back to the system. Not sooner: reusing it is what makes a
+#: burst of tasks on big arrays fast (see processes._HUGE_PAGES_TUNABLE).
+GIVE_BACK_AFTER = 1.0
 
 #: Reports to the center that travel many to a message, and their list field.
 _BATCHED = {"task-finished": "tasks", "task-erred": "tasks", "keys-added": "tasks"}
@@ -152,6 +157,8 @@ class Worker:
         self._last_sent = self._last_heard = self._next_timeout_check = 0.0
         self._held: list[tuple[str, dict, list]] = []  # completions held back a moment
         self._held_since: float | None = None
+        self._freed = False  # results released since memory was last given back
+        self._last_busy = 0.0
 
     # ------------------------------------------------------------------ life cycle
 
@@ -262,6 +269,7 @@ class Worker:
             self._next_timeout_check = now + self.heartbeat_interval  # requests per message
             self.state.check_timeouts(now)
             self.leases.expire(now)
+            self._give_back_memory(now)
             self._check_memory()
         self._flush()
         if self._leave_requested and not self._stopping:
@@ -273,11 +281,22 @@ class Worker:
         elif now - self._last_sent >= self.heartbeat_interval:
             self._send_center("heartbeat")
 
+    def _give_back_memory(self, now: float) -> None:
+        """Once idle for a while after results were released, return freed memory."""
+        if self.state.executing or self.state.fetches:
+            self._last_busy = now
+        elif self._freed and now - self._last_busy >= GIVE_BACK_AFTER:
+            self._freed = False
+            release_free_memory()
+
     def _check_memory(self) -> None:
         """Pause above the high mark of the memory limit; resume below the low one."""
         if not self.memory_limit:
             return
         rss = own_rss()
+        if rss > PAUSE_AT * self.memory_limit and self._freed:
+            release_free_memory()  # (what is only free to reuse should not count)
+            rss = own_rss()
         paused = self.state.paused
         if not paused and rss > PAUSE_AT * self.memory_limit:
             logger.warning("worker %s uses %d MB, over %d%% of its memory limit: it starts "
@@ -304,6 +323,7 @@ class Worker:
                                    payload, now, item.get("inline", False))
         elif op == "release-keys":
             self.state.release(header["keys"])
+            self._freed = True
         elif op == "acquire":
             for item in header["tasks"]:
                 self.state.acquire(item["key"], item["holders"], now)
@@ -466,6 +486,7 @@ class Worker:
         """Send what the state machine asked for since the last flush."""
         state = self.state
         if state.to_execute:
+            self._last_busy = time.monotonic()  # (see _give_back_memory)
             for task in state.to_execute:
                 self.work.put((task, state.inputs_of(task)))
             state.to_execute.clear()

@@ -38,7 +38,7 @@ def test_default_size_is_one_worker_per_core():
 def test_program_exiting_without_shutdown_leaves_no_process():
     script = textwrap.dedent("""
         import psutil
-        from zfutures import Executor, wait
+        from zfutures import Executor
         ex = Executor(n_workers=2)
         print(ex.submit(abs, -3).result(timeout=10), flush=True)
         print(" ".join(str(c.pid) for c in psutil.Process().children(recursive=True)),

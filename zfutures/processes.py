@@ -19,17 +19,20 @@ PARENT_PID_ENV = "ZFUTURES_PARENT_PID"
 #: glibc's malloc asks for transparent huge pages for its large blocks. A
 #: worker receives big buffers into blocks libzmq mallocs; faulting them in
 #: 2 MiB at a time instead of 4 KiB doubles the rate of a large transfer
-#: (numpy already does the same for its own arrays). The trim threshold keeps
-#: the heap's top from being given back and faulted in again, a huge page at
-#: a time, on every small task: that cost more than a task's round trip.
-#: Setting it also freezes glibc's mmap threshold at 128 KiB, where it would
-#: otherwise rise to the size of the blocks being freed: every array up to
-#: 32 MiB would then be mapped fresh and faulted in, and unmapped when freed.
-#: So the mmap threshold is set too, at glibc's own ceiling: adding two 8 MB
-#: arrays took 2.5-3.8 ms that way here, 0.8 ms from reused heap memory. The
-#: worker gives freed heap memory back once idle (release_free_memory).
+#: (numpy already does the same for its own arrays).
+#:
+#: The mmap threshold is set to glibc's ceiling, 32 MiB, so that arrays up to
+#: that size come from heap memory the worker reuses rather than from fresh
+#: mappings faulted in page by page and unmapped when freed (setting the trim
+#: threshold alone would freeze the mmap threshold at 128 KiB): adding two
+#: 8 MB arrays took 2.5-3.8 ms that way here, 0.8 ms from reused memory.
+#: The trim threshold keeps up to 128 MiB of freed memory at the top of a
+#: heap for the next task instead of returning it and faulting it in again:
+#: on this virtual machine, reading 16 MB from a peer into memory just
+#: returned took up to 80 ms instead of 3, stalling a whole tree reduction.
+#: The worker returns freed memory once idle (see Worker._give_back_memory).
 #: Older glibcs ignore all three.
-_HUGE_PAGES_TUNABLE = ("glibc.malloc.hugetlb=1:glibc.malloc.trim_threshold=8388608:"
+_HUGE_PAGES_TUNABLE = ("glibc.malloc.hugetlb=1:glibc.malloc.trim_threshold=134217728:"
                        "glibc.malloc.mmap_threshold=33554432")
 
 

@@ -782,6 +782,10 @@ def bench_transfer(system: System, cfg: Config) -> Figures:
     # (seen here: 400 MB/s in a fresh run, 2,700-3,100 MB/s in the next two),
     # which would penalise whichever system runs first. (Inside the peak
     # memory measurement: a copy kept from one move to the next shows there.)
+    # A worker may give memory back once it has been idle a while (zfutures
+    # does after a second): doing so inside the peak measurement below would
+    # hide what the moves add, so the measurement starts from steady memory.
+    _wait_for_steady_rss([pid_a, pid_b])
     rates = []
     with PeakMemory([pid_a, pid_b]) as memory:
         move()
@@ -810,6 +814,19 @@ def _poll(read: Callable[[], Any], done: Callable[[Any], bool], within: float) -
         time.sleep(0.05)
         value = read()
     return value
+
+
+def _wait_for_steady_rss(pids: Sequence[int], steady_for: float = 1.5,
+                         within: float = 10.0) -> None:
+    """Wait until no process of ``pids`` has changed its RSS by 1 MB for
+    ``steady_for`` seconds, or ``within`` seconds have passed."""
+    deadline = time.monotonic() + within
+    since, previous = time.monotonic(), [_rss(pid) for pid in pids]
+    while time.monotonic() < deadline and time.monotonic() - since < steady_for:
+        time.sleep(0.1)
+        current = [_rss(pid) for pid in pids]
+        if any(abs(now - before) >= MB for now, before in zip(current, previous)):
+            since, previous = time.monotonic(), current
 
 
 def _rss_returned(pid: int, baseline: float, within: float = 5.0) -> float:

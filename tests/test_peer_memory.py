@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -42,6 +43,14 @@ def test_a_lease_ends_only_for_its_reader_or_after_its_time():
     lease = leases.grant(b"reader", values, now=200.0)
     leases.end(lease, b"reader")
     assert len(leases) == 0
+
+
+def test_a_lease_on_more_bytes_lasts_longer():
+    # (a read into memory faulted in for the first time can be slow)
+    leases = Leases(duration=60)
+    leases.grant(b"reader", [], now=0.0, nbytes=int(10 * peer_memory.SLOWEST_READ))
+    assert leases.expire(now=69.0) == 0
+    assert leases.expire(now=70.0) == 1
 
 
 def test_each_lease_has_its_own_id():
@@ -174,6 +183,40 @@ def test_a_holder_offers_reads_only_to_its_own_machine():
     assert not peer_memory.may_offer({})
     assert not peer_memory.may_offer({"machine": request["machine"] + "x"})
     assert not peer_memory.may_offer({"machine": 3})
+
+
+def read_on_thread(header: dict, frames: list, young: bool = True):
+    """Run one reply through a Reader; (outcome, the thread done ran on)."""
+    reader = peer_memory.Reader()
+    finished = threading.Event()
+    seen = {}
+
+    def done(outcome) -> None:
+        seen["outcome"], seen["thread"] = outcome, threading.current_thread()
+        finished.set()
+
+    reader.read(header, frames, lambda: young, done)
+    assert finished.wait(10), "the reader did not finish"
+    reader.stop()
+    return seen["outcome"], seen["thread"]
+
+
+def test_the_reader_reads_on_its_own_thread():
+    value = np.arange(READ_FROM // 4, dtype=np.float64)
+    header, sent, _ = offered_reply(value)
+    outcome, thread = read_on_thread(header, sent)
+    assert thread is not threading.current_thread()
+    [(item, frames)] = outcome
+    np.testing.assert_array_equal(serialize.loads(frames), value)
+
+
+def test_the_reader_skips_a_reply_too_old_to_read_and_reports_failures():
+    header, sent, _ = offered_reply(np.zeros(READ_FROM))
+    assert read_on_thread(header, sent, young=False)[0] is None
+    header["pid"] = 2**22 + 12345  # no such process
+    assert isinstance(read_on_thread(header, sent)[0], ReadFailed)
+    header["items"][0]["remote"] = [[9, 4096, 1]]  # does not add up
+    assert isinstance(read_on_thread(header, sent)[0], ProtocolError)
 
 
 # ----------------------------------------------------------------------------- workers

@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import zmq
@@ -145,6 +145,7 @@ class ClientIO:
         self.center = configure(self.context.socket(zmq.DEALER), security)
         self.center.setsockopt(zmq.ROUTING_ID, b"c-" + uuid.uuid4().hex.encode())
         self.poller = zmq.Poller()
+        self.reader = peer_memory.Reader()  # reads what workers on this machine offer
         self.thread = threading.Thread(target=self._run, name="zfutures-client-io", daemon=True)
 
     # ------------------------------------------------------------------ user-thread side
@@ -223,6 +224,7 @@ class ClientIO:
             logger.exception("the zfutures client I/O thread failed")
             self._fail_everything(ConnectionError("the client I/O thread failed; see the log"))
         finally:
+            self.reader.stop()
             for sock in [self.center, *self.workers.values()]:
                 sock.close(linger=0)
 
@@ -503,17 +505,18 @@ class ClientIO:
             request[1](header, frames)
 
     def _on_data(self, address: str, header: dict, frames: list) -> None:
-        entry = self.gathers.pop(header["id"], None)
         if "lease" in header:
-            unpacked = self._read_offered(address, header, frames, entry)
-            if unpacked is None:
-                return
-        elif entry is None:
+            self._read_offered(address, header, frames)
+            return
+        entry = self.gathers.pop(header["id"], None)
+        if entry is None:
             return  # timed out earlier and asked elsewhere
-        else:
-            unpacked = protocol.unpack_items(header["items"] + header.get("errors", []),
-                                             frames)
-        gather = entry[0]
+        self._take_data(entry[0], header, protocol.unpack_items(
+            header["items"] + header.get("errors", []), frames))
+
+    def _take_data(self, gather: _Gather, header: dict,
+                   unpacked: Iterable[tuple[dict, list]]) -> None:
+        """A worker's answer to a fetch, each item with its frames."""
         items = header["items"]
         for i, (item, value_frames) in enumerate(unpacked):
             key = item["key"]
@@ -528,29 +531,45 @@ class ClientIO:
         elif not gather.remaining:
             self._finish_gather(gather)
 
-    def _read_offered(self, address: str, header: dict, frames: list,
-                      entry: tuple | None) -> list | None:
+    def _read_offered(self, address: str, header: dict, frames: list) -> None:
         """A worker on this machine left big buffers to read from its memory:
-        read them, or (the kernel refused) ask again for frames; then free the
-        worker's lease. None if the reply is not to be used."""
-        try:
-            if entry is None:  # timed out earlier and asked elsewhere
-                return None
-            if time.monotonic() - (entry[3] - self.fetch_timeout) > peer_memory.READ_WITHIN:
-                self.gathers[header["id"]] = entry  # the lease may be ending: time out
-                return None
-            try:
-                return peer_memory.unpack_data(header, frames)
-            except peer_memory.ReadFailed as e:
-                peer_memory.disable(str(e))
-                self.gathers[header["id"]] = entry
-                send(self._worker(address), [protocol.encode_header(
-                    "get-data", id=header["id"], keys=entry[2])], dropped,
-                    f"a data request to {address}")
-                return None
-        finally:
-            send(self._worker(address), [protocol.encode_header("data-read",
-                                                                 lease=header["lease"])],
+        read them on the reader thread, while this thread goes on serving. The
+        request stays pending meanwhile (its timeout still applies)."""
+        entry = self.gathers.get(header["id"])
+        if entry is None:  # timed out earlier and asked elsewhere
+            self._end_lease(address, header)
+            return
+        sent = entry[3] - self.fetch_timeout
+
+        def young_enough() -> bool:  # (the worker's lease outlasts this by far)
+            return time.monotonic() - sent <= peer_memory.READ_WITHIN
+
+        self.reader.read(header, frames, young_enough, lambda outcome: self.call(
+            "offered_read", address, header, outcome))
+
+    def _cmd_offered_read(self, address: str, header: dict, outcome: Any) -> None:
+        """The reader thread is done with a reply (see peer_memory.Reader)."""
+        self._end_lease(address, header)
+        if isinstance(outcome, list):
+            entry = self.gathers.pop(header["id"], None)
+            if entry is not None:
+                self._take_data(entry[0], header, outcome)
+            return
+        if isinstance(outcome, peer_memory.ReadFailed):
+            peer_memory.disable(str(outcome))
+        elif isinstance(outcome, Exception):
+            dropped.warning("dropped a malformed message", str(outcome))
+            return
+        entry = self.gathers.get(header["id"])
+        if entry is not None:  # ask again at once: as frames, if the kernel refused
+            send(self._worker(address), [protocol.encode_header(
+                "get-data", id=header["id"], keys=entry[2], **peer_memory.reader_fields())],
+                dropped, f"a data request to {address}")
+
+    def _end_lease(self, address: str, header: dict) -> None:
+        sock = self.workers.get(address)
+        if sock is not None:  # (else the worker left: its leases went with it)
+            send(sock, [protocol.encode_header("data-read", lease=header["lease"])],
                  dropped, f"the end of a read to {address}")
 
     def _finish_gather(self, gather: _Gather, error: BaseException | None = None) -> None:

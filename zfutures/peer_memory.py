@@ -15,14 +15,17 @@ The exchange rides on ``get-data`` (see protocol.py):
    bytes with ``[position, address, size]`` in the item's ``remote`` list
    instead of a frame (:func:`split_frames`), and keeps the value alive under
    a lease (:class:`Leases`). The reply carries the lease and the holder's pid.
-3. The reader copies the buffers (:func:`unpack_data`, :func:`read_buffers`),
-   then sends ``data-read`` with the lease so the holder lets go.
+3. The reader copies the buffers (:func:`unpack_data`, :func:`read_buffers`)
+   on a thread of its own (:class:`Reader`), so that its poll loop keeps
+   serving peers and heartbeating meanwhile, then sends ``data-read`` with
+   the lease so the holder lets go.
 4. If the kernel refuses the read (another user, a container without ptrace
    rights, a holder gone), the reader stops asking for reads for good
    (:func:`disable`) and requests the same keys again, as frames.
 
-A lease also ends by itself after :data:`LEASE_SECONDS`, in case the reader
-died, and a reader reads only replies to requests younger than
+A lease also ends by itself, in case the reader died: after
+:data:`LEASE_SECONDS`, plus a second for every :data:`SLOWEST_READ` bytes
+offered. A reader starts a read only for a request younger than
 :data:`READ_WITHIN`, far less: so a holder never frees memory that is still
 being read. Set ``ZFUTURES_DIRECT_READS=0`` to keep every transfer on sockets.
 """
@@ -32,8 +35,10 @@ import ctypes
 import itertools
 import logging
 import os
+import queue
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import ProtocolError
@@ -49,6 +54,9 @@ READ_FROM = 1024 * 1024
 #: READ_WITHIN ago. The gap is the time a read may take.
 LEASE_SECONDS = 60.0
 READ_WITHIN = 20.0
+#: Bytes per second a read is assumed to go at least (memory faulted in for
+#: the first time on a virtual machine: about 300 MB/s seen here).
+SLOWEST_READ = 50e6
 
 #: ``process_vm_readv`` takes at most this many buffers per call (IOV_MAX).
 _MAX_IOVECS = 1024
@@ -155,10 +163,11 @@ class Leases:
     def __len__(self) -> int:
         return len(self._held)
 
-    def grant(self, reader: bytes, values: list, now: float) -> int:
-        """Keep ``values`` alive for ``reader`` (its socket identity); the lease id."""
+    def grant(self, reader: bytes, values: list, now: float, nbytes: int = 0) -> int:
+        """Keep ``values`` (``nbytes`` to read) alive for ``reader`` (its socket
+        identity); the lease id."""
         lease = next(self._ids)
-        self._held[lease] = (reader, values, now + self.duration)
+        self._held[lease] = (reader, values, now + self.duration + nbytes / SLOWEST_READ)
         return lease
 
     def end(self, lease: int, reader: bytes) -> None:
@@ -173,6 +182,54 @@ class Leases:
         for lease in old:
             del self._held[lease]
         return len(old)
+
+
+def offered_bytes(items: list) -> int:
+    """Bytes the ``remote`` lists of a reply's items leave to read."""
+    return sum(size for item in items for _, _, size in item.get("remote", ()))
+
+
+class Reader:
+    """A thread that reads offered buffers, one reply after another.
+
+    ``read(header, frames, started, done)`` queues a reply; on the thread,
+    ``started()`` says whether the read may still begin (its request is young
+    enough), then ``done(outcome)`` gets the unpacked items or the exception
+    (ReadFailed, ProtocolError), or ``None`` if it did not begin. ``done``
+    runs on the reader's thread: hand it to the poll loop from there.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def read(self, header: dict, frames: list, started: Callable[[], bool],
+             done: Callable[[Any], None]) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, daemon=True,
+                                            name="zfutures-peer-reads")
+            self._thread.start()
+        self._queue.put((header, frames, started, done))
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            header, frames, started, done = job
+            del job
+            outcome: Any = None
+            try:
+                if started():
+                    outcome = unpack_data(header, frames)
+            except Exception as e:  # ReadFailed, ProtocolError: the loop decides
+                outcome = e
+            done(outcome)
+            del header, frames, outcome
 
 
 class ReadFailed(Exception):

@@ -21,6 +21,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import zmq
@@ -149,6 +150,7 @@ class Worker:
         self._data_handlers = {"get-data": self._get_data, "put-data": self._put_data,
                                "run": self._run, "data-read": self._data_read}
         self.leases = peer_memory.Leases()  # values offered to readers on this machine
+        self.reader = peer_memory.Reader()  # reads what peers on this machine offer
         self.registered = False
         self.retire_timeout = retire_timeout
         self._stopping = False
@@ -233,6 +235,7 @@ class Worker:
             self.executor.shutdown(wait=False)
         for _ in self.threads:
             self.work.put(None)
+        self.reader.stop()
         sockets = [self.server, *self.peers.values()]
         if self.center is not None:
             sockets.append(self.center)
@@ -387,7 +390,8 @@ class Worker:
             out_frames.extend(value_frames)
         fields: dict[str, Any] = {"errors": errors} if errors else {}
         if offered:
-            fields["lease"] = self.leases.grant(ident, offered, time.monotonic())
+            fields["lease"] = self.leases.grant(ident, offered, time.monotonic(),
+                                                peer_memory.offered_bytes(items))
             fields["pid"] = os.getpid()
         reply = protocol.encode("data", [*out_frames, *error_frames], id=header["id"],
                                 items=items, missing=missing, **fields)
@@ -425,12 +429,13 @@ class Worker:
         if header["op"] != "data":
             raise ProtocolError(f"expected data from {address}, got {header['op']!r}")
         if "lease" in header:
-            unpacked = self._read_offered(address, header, frames)
-            if unpacked is None:
-                return
+            self._read_offered(address, header, frames)
         else:
-            unpacked = protocol.unpack_items(header["items"] + header.get("errors", []),
-                                             frames)
+            self._take_data(header, protocol.unpack_items(
+                header["items"] + header.get("errors", []), frames))
+
+    def _take_data(self, header: dict, unpacked: Iterable[tuple[dict, list]]) -> None:
+        """A peer's answer to a request for data, each item with its frames."""
         values, nbytes = {}, {}
         items = header["items"]
         for i, (item, value_frames) in enumerate(unpacked):
@@ -442,29 +447,41 @@ class Worker:
             nbytes[key] = item.get("nbytes", 0)
         self.state.data_received(header["id"], values, nbytes, time.monotonic())
 
-    def _read_offered(self, address: str, header: dict, frames: list) -> list | None:
+    def _read_offered(self, address: str, header: dict, frames: list) -> None:
         """A peer on this machine left big buffers to read from its memory: read
-        them, or (the kernel refused) ask again for frames; then free the peer's
-        lease. None if the reply is not to be used."""
+        them on the reader thread, while this loop goes on serving."""
         request = self.state.requests.get(header["id"])
-        try:
-            if request is None:  # timed out and asked elsewhere
-                return None
-            sent = request[2] - self.state.fetch_timeout
-            if time.monotonic() - sent > peer_memory.READ_WITHIN:  # the lease may be ending
-                return None
-            try:
-                return peer_memory.unpack_data(header, frames)
-            except peer_memory.ReadFailed as e:
-                peer_memory.disable(str(e))
-                send(self._peer(address), [protocol.encode_header(
-                    "get-data", id=header["id"], keys=request[1])], dropped,
-                    f"a data request to {address}")
-                return None
-        finally:
-            send(self._peer(address), [protocol.encode_header("data-read",
-                                                               lease=header["lease"])],
-                 dropped, f"the end of a read to {address}")
+        if request is None:  # timed out and asked elsewhere
+            self._end_lease(address, header)
+            return
+        sent = request[2] - self.state.fetch_timeout
+
+        def young_enough() -> bool:  # (the holder's lease outlasts this by far)
+            return time.monotonic() - sent <= peer_memory.READ_WITHIN
+
+        self.reader.read(header, frames, young_enough, lambda outcome: self.call_soon(
+            self._offered_read, address, header, outcome))
+
+    def _offered_read(self, address: str, header: dict, outcome: Any) -> None:
+        """The reader thread is done with a reply (see peer_memory.Reader)."""
+        self._end_lease(address, header)
+        if isinstance(outcome, list):
+            self._take_data(header, outcome)
+            return
+        if isinstance(outcome, peer_memory.ReadFailed):
+            peer_memory.disable(str(outcome))
+        elif isinstance(outcome, Exception):
+            dropped.warning("dropped a malformed message", str(outcome))
+            return
+        request = self.state.requests.get(header["id"])
+        if request is not None:  # ask again at once: as frames, if the kernel refused
+            send(self._peer(address), [protocol.encode_header(
+                "get-data", id=header["id"], keys=request[1], **peer_memory.reader_fields())],
+                dropped, f"a data request to {address}")
+
+    def _end_lease(self, address: str, header: dict) -> None:
+        send(self._peer(address), [protocol.encode_header("data-read", lease=header["lease"])],
+             dropped, f"the end of a read to {address}")
 
     def call_soon(self, fn, *args: Any) -> None:
         """Have the loop thread call ``fn(*args)``; safe from any thread."""

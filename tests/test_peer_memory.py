@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -185,8 +186,9 @@ def test_a_holder_offers_reads_only_to_its_own_machine():
     assert not peer_memory.may_offer({"machine": 3})
 
 
-def read_on_thread(header: dict, frames: list, young: bool = True):
-    """Run one reply through a Reader; (outcome, the thread done ran on)."""
+def read_on_thread(header: dict, frames: list, age: float = 0.0):
+    """Run one reply to a request sent ``age`` seconds ago through a Reader;
+    (outcome, the thread done ran on)."""
     reader = peer_memory.Reader()
     finished = threading.Event()
     seen = {}
@@ -195,7 +197,7 @@ def read_on_thread(header: dict, frames: list, young: bool = True):
         seen["outcome"], seen["thread"] = outcome, threading.current_thread()
         finished.set()
 
-    reader.read(header, frames, lambda: young, done)
+    reader.read(header, frames, time.monotonic() - age, done)
     assert finished.wait(10), "the reader did not finish"
     reader.stop()
     return seen["outcome"], seen["thread"]
@@ -212,11 +214,33 @@ def test_the_reader_reads_on_its_own_thread():
 
 def test_the_reader_skips_a_reply_too_old_to_read_and_reports_failures():
     header, sent, _ = offered_reply(np.zeros(READ_FROM))
-    assert read_on_thread(header, sent, young=False)[0] is None
+    assert read_on_thread(header, sent, age=peer_memory.READ_WITHIN + 1)[0] is None
     header["pid"] = 2**22 + 12345  # no such process
-    assert isinstance(read_on_thread(header, sent)[0], ReadFailed)
+    failed = read_on_thread(header, sent)[0]
+    assert isinstance(failed, ReadFailed) and not failed.permanent
+    header["pid"] = 0
+    assert isinstance(read_on_thread(header, sent)[0], ProtocolError)
+    header["pid"] = os.getpid()
     header["items"][0]["remote"] = [[9, 4096, 1]]  # does not add up
     assert isinstance(read_on_thread(header, sent)[0], ProtocolError)
+
+
+def test_a_read_that_ends_after_the_lease_could_have_is_not_used(monkeypatch):
+    # (a reader stalled mid-copy: the holder may have reused that memory)
+    header, sent, _ = offered_reply(np.zeros(READ_FROM))
+    monkeypatch.setattr(peer_memory, "LEASE_SECONDS", 0.0)
+    assert read_on_thread(header, sent)[0] is None
+
+
+def test_what_a_loop_does_after_a_read(monkeypatch):
+    monkeypatch.setattr(peer_memory, "_enabled", True)
+    assert peer_memory.after_read([]) == "take"
+    assert peer_memory.after_read(None) == "again"
+    assert peer_memory.after_read(ProtocolError("bad")) == "drop"
+    assert peer_memory.after_read(ReadFailed("gone")) == "again"
+    assert peer_memory.enabled()  # one failed read: the next may work
+    assert peer_memory.after_read(ReadFailed("refused", permanent=True)) == "again"
+    assert not peer_memory.enabled()  # the kernel refuses: sockets from now on
 
 
 # ----------------------------------------------------------------------------- workers
@@ -322,7 +346,7 @@ def test_a_client_the_kernel_refuses_gets_the_data_over_sockets(processes, monke
     holder = read_line(worker, r"serving at (tcp://\S+) for").group(1)
 
     def refuse(pid, spans):
-        raise ReadFailed(f"process {pid}: Operation not permitted")
+        raise ReadFailed(f"process {pid}: Operation not permitted", permanent=True)
 
     monkeypatch.setattr(peer_memory, "read_buffers", refuse)
     monkeypatch.setattr(peer_memory, "_enabled", True)

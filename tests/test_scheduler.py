@@ -594,6 +594,10 @@ def test_every_client_hears_when_a_worker_leaves():
         fields, _ = sent._by[(client, "workers-left")]
         assert fields["addresses"] == [addr(W1)]
     assert "workers-left" not in sent.ops(W2)
+    # a worker that reconnects (a new identity, the same address) did not leave
+    sim.s.add_worker(b"w2-again", addr(W2), "w2", 1)
+    sim.s.add_worker(b"w2-again", addr(W2), "w2", 1)
+    assert "workers-left" not in sim.take().ops(C1)
 
 
 def test_lost_worker_without_replacement_leaves_its_tasks_ready_for_the_next_one():

@@ -229,6 +229,18 @@ def test_peer_answering_missing_with_no_holder_left_reports_missing_data():
     assert "t" not in w.tasks
 
 
+def test_a_request_being_read_gets_more_time_and_never_less():
+    w = WorkerState(ME, nthreads=1, fetch_timeout=10)
+    w.compute("y", {"x": [P1]}, 0, [b"..."], now=0.0)
+    [(request_id, _, _)] = w.to_fetch
+    w.extend_request(request_id, until=30.0)
+    w.extend_request(request_id, until=20.0)
+    w.check_timeouts(now=25.0)
+    assert request_id in w.requests  # still waiting for the read
+    w.check_timeouts(now=31.0)
+    assert request_id not in w.requests
+
+
 def test_late_answer_after_a_timeout_is_still_used():
     w = make()
     compute(w, "t", {"a": [P1, P2]}, now=0.0)

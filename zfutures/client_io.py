@@ -224,7 +224,7 @@ class ClientIO:
             logger.exception("the zfutures client I/O thread failed")
             self._fail_everything(ConnectionError("the client I/O thread failed; see the log"))
         finally:
-            self.reader.stop()
+            self.reader.stop()  # (before the waker closes: it wakes this thread)
             for sock in [self.center, *self.workers.values()]:
                 sock.close(linger=0)
 
@@ -500,8 +500,9 @@ class ClientIO:
         if header["op"] == "data":
             self._on_data(address, header, frames)
             return
-        request = self.worker_requests.pop(header["id"], None)
-        if request is not None and request[0] == address:
+        request = self.worker_requests.get(header["id"])
+        if request is not None and request[0] == address:  # (only its worker answers it)
+            del self.worker_requests[header["id"]]
             request[1](header, frames)
 
     def _on_data(self, address: str, header: dict, frames: list) -> None:
@@ -534,37 +535,33 @@ class ClientIO:
     def _read_offered(self, address: str, header: dict, frames: list) -> None:
         """A worker on this machine left big buffers to read from its memory:
         read them on the reader thread, while this thread goes on serving. The
-        request stays pending meanwhile (its timeout still applies)."""
+        request stays pending meanwhile, given the time the read may take."""
         entry = self.gathers.get(header["id"])
         if entry is None:  # timed out earlier and asked elsewhere
             self._end_lease(address, header)
             return
-        sent = entry[3] - self.fetch_timeout
-
-        def young_enough() -> bool:  # (the worker's lease outlasts this by far)
-            return time.monotonic() - sent <= peer_memory.READ_WITHIN
-
-        self.reader.read(header, frames, young_enough, lambda outcome: self.call(
+        gather, worker, keys, deadline = entry
+        sent = deadline - self.fetch_timeout
+        self.gathers[header["id"]] = (gather, worker, keys, max(
+            deadline, time.monotonic() + self.fetch_timeout
+            + peer_memory.offered_bytes(header["items"]) / peer_memory.SLOWEST_READ))
+        self.reader.read(header, frames, sent, lambda outcome: self.call(
             "offered_read", address, header, outcome))
 
     def _cmd_offered_read(self, address: str, header: dict, outcome: Any) -> None:
         """The reader thread is done with a reply (see peer_memory.Reader)."""
         self._end_lease(address, header)
-        if isinstance(outcome, list):
+        then = peer_memory.after_read(outcome)
+        if then == "take":
             entry = self.gathers.pop(header["id"], None)
             if entry is not None:
                 self._take_data(entry[0], header, outcome)
             return
-        if isinstance(outcome, peer_memory.ReadFailed):
-            peer_memory.disable(str(outcome))
-        elif isinstance(outcome, Exception):
-            dropped.warning("dropped a malformed message", str(outcome))
-            return
         entry = self.gathers.get(header["id"])
-        if entry is not None:  # ask again at once: as frames, if the kernel refused
-            send(self._worker(address), [protocol.encode_header(
-                "get-data", id=header["id"], keys=entry[2], **peer_memory.reader_fields())],
-                dropped, f"a data request to {address}")
+        sock = self.workers.get(address)  # (None: the worker left; the fetch times out)
+        if then == "again" and entry is not None and sock is not None:
+            send(sock, [protocol.encode_header("get-data", id=header["id"], keys=entry[2])],
+                 dropped, f"a data request to {address}")  # at once, as frames this time
 
     def _end_lease(self, address: str, header: dict) -> None:
         sock = self.workers.get(address)
@@ -680,7 +677,8 @@ class ClientIO:
                     result.set_exception(ConnectionError(
                         f"the worker {address} left the cluster before answering"))
         sock = self.workers.pop(address, None)
-        if sock is not None:
+        if sock is not None:  # (after taking what it had already sent)
+            drain(sock, lambda frames: self._on_worker_message(address, frames), dropped)
             self.poller.unregister(sock)
             sock.close(linger=0)
 

@@ -52,7 +52,9 @@ class Waker:
         self._pending = False
 
     def close(self) -> None:
-        for fd in (self.read_fd, self._write_fd):
+        fds, self.read_fd, self._write_fd = (self.read_fd, self._write_fd), -1, -1
+        self._pending = True  # a late wake() writes nowhere, not to a reused descriptor
+        for fd in fds:
             try:
                 os.close(fd)
             except OSError:

@@ -19,31 +19,39 @@ The exchange rides on ``get-data`` (see protocol.py):
    on a thread of its own (:class:`Reader`), so that its poll loop keeps
    serving peers and heartbeating meanwhile, then sends ``data-read`` with
    the lease so the holder lets go.
-4. If the kernel refuses the read (another user, a container without ptrace
-   rights, a holder gone), the reader stops asking for reads for good
-   (:func:`disable`) and requests the same keys again, as frames.
+4. If the read fails, the reader requests the same keys again, as frames;
+   if the kernel refused it (another user, a container without ptrace
+   rights), it stops asking for reads for good (:func:`disable`).
 
 A lease also ends by itself, in case the reader died: after
 :data:`LEASE_SECONDS`, plus a second for every :data:`SLOWEST_READ` bytes
 offered. A reader starts a read only for a request younger than
-:data:`READ_WITHIN`, far less: so a holder never frees memory that is still
-being read. Set ``ZFUTURES_DIRECT_READS=0`` to keep every transfer on sockets.
+:data:`READ_WITHIN`, far less, and uses what it read only if the read ended
+less than LEASE_SECONDS after it sent the request: the holder granted the
+lease after that, on the same clock (the machine token says so), so the
+memory was still held for the whole copy, whatever stalled the reader.
+
+Set ``ZFUTURES_DIRECT_READS=0`` to keep every transfer on sockets.
 """
 from __future__ import annotations
 
 import ctypes
+import errno as errno_module
 import itertools
 import logging
 import os
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import ProtocolError
+from .logs import RateLimitedLog
 
 logger = logging.getLogger(__name__)
+dropped = RateLimitedLog(logger)
 
 #: Buffers at least this big are offered for reading; smaller ones travel as
 #: frames, which cost less than the extra ``data-read`` message.
@@ -192,48 +200,77 @@ def offered_bytes(items: list) -> int:
 class Reader:
     """A thread that reads offered buffers, one reply after another.
 
-    ``read(header, frames, started, done)`` queues a reply; on the thread,
-    ``started()`` says whether the read may still begin (its request is young
-    enough), then ``done(outcome)`` gets the unpacked items or the exception
-    (ReadFailed, ProtocolError), or ``None`` if it did not begin. ``done``
-    runs on the reader's thread: hand it to the poll loop from there.
+    ``read(header, frames, sent, done)`` queues a reply to a request sent at
+    ``sent`` (time.monotonic); ``done(outcome)`` then gets the unpacked items,
+    or the exception (ReadFailed, ProtocolError), or ``None`` if the request
+    was too old to read or the read ended too late to trust (see the module
+    docstring); :func:`after_read` says what to do with it. ``done`` runs on
+    the reader's thread: hand it to the poll loop from there.
     """
 
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
-    def read(self, header: dict, frames: list, started: Callable[[], bool],
+    def read(self, header: dict, frames: list, sent: float,
              done: Callable[[Any], None]) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, daemon=True,
                                             name="zfutures-peer-reads")
             self._thread.start()
-        self._queue.put((header, frames, started, done))
+        self._queue.put((header, frames, sent, done))
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the thread after the read in progress (waiting up to ``timeout``)."""
         if self._thread is not None:
             self._queue.put(None)
+            self._thread.join(timeout)
 
     def _run(self) -> None:
         while True:
             job = self._queue.get()
             if job is None:
                 return
-            header, frames, started, done = job
+            header, frames, sent, done = job
             del job
             outcome: Any = None
             try:
-                if started():
+                if time.monotonic() - sent <= READ_WITHIN:
                     outcome = unpack_data(header, frames)
+                    if time.monotonic() - sent >= LEASE_SECONDS:
+                        outcome = None  # the lease may have ended during the copy
             except Exception as e:  # ReadFailed, ProtocolError: the loop decides
                 outcome = e
             done(outcome)
             del header, frames, outcome
 
 
+def after_read(outcome: Any) -> str:
+    """What a poll loop does with a :class:`Reader` outcome: ``"take"`` the
+    items, ask ``"again"`` for the same keys as frames, or ``"drop"`` a reply
+    that did not add up (logged)."""
+    if isinstance(outcome, list):
+        return "take"
+    if isinstance(outcome, ReadFailed):
+        if outcome.permanent:
+            disable(str(outcome))
+    elif isinstance(outcome, Exception):
+        dropped.warning("dropped a malformed message", str(outcome))
+        return "drop"
+    return "again"
+
+
 class ReadFailed(Exception):
-    """The kernel would not let this process read the holder's memory."""
+    """The holder's memory could not be read. ``permanent``: the kernel refuses
+    this process such reads (and will again), rather than this one failing."""
+
+    def __init__(self, message: str, permanent: bool = False):
+        super().__init__(message)
+        self.permanent = permanent
+
+
+#: errnos of a kernel that refuses reads of other processes' memory.
+_REFUSED = (errno_module.EPERM, errno_module.EACCES, errno_module.ENOSYS)
 
 
 def read_buffers(pid: int, spans: Sequence[tuple[int, int]]) -> list:
@@ -244,7 +281,7 @@ def read_buffers(pid: int, spans: Sequence[tuple[int, int]]) -> list:
     import numpy
 
     if _process_vm_readv is None:
-        raise ReadFailed("process_vm_readv is not available")
+        raise ReadFailed("process_vm_readv is not available", permanent=True)
     try:
         buffers = [numpy.empty(size, dtype=numpy.uint8) for _, size in spans]
     except MemoryError as e:
@@ -260,7 +297,8 @@ def read_buffers(pid: int, spans: Sequence[tuple[int, int]]) -> list:
         copied = _process_vm_readv(pid, local, len(batch), remote, len(batch), 0)
         if copied <= 0:
             errno = ctypes.get_errno()
-            raise ReadFailed(f"process {pid}: {os.strerror(errno) if errno else 'no bytes'}")
+            raise ReadFailed(f"process {pid}: {os.strerror(errno) if errno else 'no bytes'}",
+                             permanent=errno in _REFUSED)
         stats["bytes"] += copied
         rest = []
         for here, there, size in batch:  # drop what was copied, keep the remainder
@@ -290,6 +328,8 @@ def unpack_data(header: dict, frames: Sequence, read: Any = None) -> list:
         return unpacked
     if "lease" not in header or "pid" not in header:
         raise ProtocolError("remote buffers without a lease")
+    if header["pid"] <= 0:
+        raise ProtocolError(f"remote buffers in process {header['pid']}")
     spans: list[tuple[int, int]] = []
     for item, remote in wanted:
         total = item["nframes"] + len(remote)

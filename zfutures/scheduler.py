@@ -288,11 +288,13 @@ class Scheduler:
                    memory_limit: int = 0, resources: dict | None = None,
                    keys: Mapping[str, int] | Iterable[str] = ()) -> None:
         """A worker registered, possibly already holding ``keys`` (key -> nbytes)."""
+        # A worker that registers again (it reconnected, or was restarted on
+        # its address) replaces its old self: clients need not hear it left.
         if ident in self.workers:
-            self.remove_worker(ident)
+            self.remove_worker(ident, replaced=True)
         old = self.workers_by_address.get(address)
-        if old is not None:  # a restarted worker on the same address
-            self.remove_worker(old.ident)
+        if old is not None:
+            self.remove_worker(old.ident, replaced=True)
         ws = WorkerState(ident, address, name, nthreads, memory_limit, resources)
         self._refresh_capacity(ws)
         self.workers[ident] = ws
@@ -352,15 +354,17 @@ class Scheduler:
         if absent:
             self.expected[ts.key] = absent
 
-    def remove_worker(self, ident: bytes) -> None:
-        """A worker left or died: reschedule its tasks, recompute its lost keys."""
+    def remove_worker(self, ident: bytes, replaced: bool = False) -> None:
+        """A worker left or died: reschedule its tasks, recompute its lost keys.
+        ``replaced``: it registers again at the same address, this instant."""
         ws = self.workers.pop(ident, None)
         if ws is None:
             return
         del self.workers_by_address[ws.address]
         self._stop_sending_to(ws)
-        for client in self.clients.values():  # (their calls to it fail at once)
-            self.outbox.add(client.ident, "workers-left", "addresses", ws.address)
+        if not replaced:  # (the clients' calls to it fail at once)
+            for client in self.clients.values():
+                self.outbox.add(client.ident, "workers-left", "addresses", ws.address)
         for other in self.workers.values():
             if other.moving:  # it may have been copying their keys: plan anew
                 self._hand_on(other)

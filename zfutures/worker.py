@@ -50,9 +50,9 @@ dropped = RateLimitedLog(logger)
 #: limit itself, its nanny restarts it.
 PAUSE_AT, RESUME_AT = 0.8, 0.7
 
-#: A worker idle this long (seconds) after results were released gives their
-#: freed memory back to the system. Not sooner: reusing it is what makes a
-#: burst of tasks on big arrays fast (see processes._HUGE_PAGES_TUNABLE).
+#: A worker idle this long (seconds) after running tasks or releasing results
+#: gives the memory they freed back to the system. Not sooner: reusing it is
+#: what makes a burst of tasks on big arrays fast (processes._HUGE_PAGES_TUNABLE).
 GIVE_BACK_AFTER = 1.0
 
 #: Reports to the center that travel many to a message, and their list field.
@@ -159,7 +159,8 @@ class Worker:
         self._last_sent = self._last_heard = self._next_timeout_check = 0.0
         self._held: list[tuple[str, dict, list]] = []  # completions held back a moment
         self._held_since: float | None = None
-        self._freed = False  # results released since memory was last given back
+        # Tasks ran or results were released since memory was last given back.
+        self._trim_due = False
         self._last_busy = 0.0
 
     # ------------------------------------------------------------------ life cycle
@@ -285,11 +286,11 @@ class Worker:
             self._send_center("heartbeat")
 
     def _give_back_memory(self, now: float) -> None:
-        """Once idle for a while after results were released, return freed memory."""
+        """Once idle for a while after work, return the memory it freed."""
         if self.state.executing or self.state.fetches:
             self._last_busy = now
-        elif self._freed and now - self._last_busy >= GIVE_BACK_AFTER:
-            self._freed = False
+        elif self._trim_due and now - self._last_busy >= GIVE_BACK_AFTER:
+            self._trim_due = False
             release_free_memory()
 
     def _check_memory(self) -> None:
@@ -297,8 +298,9 @@ class Worker:
         if not self.memory_limit:
             return
         rss = own_rss()
-        if rss > PAUSE_AT * self.memory_limit and self._freed:
-            release_free_memory()  # (what is only free to reuse should not count)
+        if rss > PAUSE_AT * self.memory_limit and self._trim_due:
+            self._trim_due = False  # (until more is freed: not at every check)
+            release_free_memory()  # what is only free to reuse should not count
             rss = own_rss()
         paused = self.state.paused
         if not paused and rss > PAUSE_AT * self.memory_limit:
@@ -326,7 +328,7 @@ class Worker:
                                    payload, now, item.get("inline", False))
         elif op == "release-keys":
             self.state.release(header["keys"])
-            self._freed = True
+            self._trim_due = True
         elif op == "acquire":
             for item in header["tasks"]:
                 self.state.acquire(item["key"], item["holders"], now)
@@ -455,28 +457,24 @@ class Worker:
             self._end_lease(address, header)
             return
         sent = request[2] - self.state.fetch_timeout
-
-        def young_enough() -> bool:  # (the holder's lease outlasts this by far)
-            return time.monotonic() - sent <= peer_memory.READ_WITHIN
-
-        self.reader.read(header, frames, young_enough, lambda outcome: self.call_soon(
+        # The peer has answered: give the read the time it may take.
+        self.state.extend_request(header["id"], time.monotonic() + self.state.fetch_timeout
+                                  + peer_memory.offered_bytes(header["items"])
+                                  / peer_memory.SLOWEST_READ)
+        self.reader.read(header, frames, sent, lambda outcome: self.call_soon(
             self._offered_read, address, header, outcome))
 
     def _offered_read(self, address: str, header: dict, outcome: Any) -> None:
         """The reader thread is done with a reply (see peer_memory.Reader)."""
         self._end_lease(address, header)
-        if isinstance(outcome, list):
+        then = peer_memory.after_read(outcome)
+        if then == "take":
             self._take_data(header, outcome)
             return
-        if isinstance(outcome, peer_memory.ReadFailed):
-            peer_memory.disable(str(outcome))
-        elif isinstance(outcome, Exception):
-            dropped.warning("dropped a malformed message", str(outcome))
-            return
         request = self.state.requests.get(header["id"])
-        if request is not None:  # ask again at once: as frames, if the kernel refused
+        if then == "again" and request is not None:  # at once, as frames this time
             send(self._peer(address), [protocol.encode_header(
-                "get-data", id=header["id"], keys=request[1], **peer_memory.reader_fields())],
+                "get-data", id=header["id"], keys=request[1])],
                 dropped, f"a data request to {address}")
 
     def _end_lease(self, address: str, header: dict) -> None:
@@ -504,6 +502,7 @@ class Worker:
         state = self.state
         if state.to_execute:
             self._last_busy = time.monotonic()  # (see _give_back_memory)
+            self._trim_due = True  # (tasks free what they used, too)
             for task in state.to_execute:
                 self.work.put((task, state.inputs_of(task)))
             state.to_execute.clear()

@@ -172,6 +172,13 @@ class WorkerState:
         self._send_requests(plan, now)
         self._start_tasks()
 
+    def extend_request(self, request_id: int, until: float) -> None:
+        """A peer answered ``request_id`` and its data is still to be read
+        from that peer's memory: wait for it until ``until``."""
+        request = self.requests.get(request_id)
+        if request is not None and request[2] < until:
+            self.requests[request_id] = (request[0], request[1], until)
+
     def input_failed(self, key: str, error: list) -> None:
         """Input ``key`` can never arrive (its value cannot be pickled): the tasks
         that need it fail with ``error`` (pickled exception frames)."""

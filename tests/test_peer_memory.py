@@ -49,7 +49,8 @@ def test_a_lease_ends_only_for_its_reader_or_after_its_time():
 def test_a_lease_on_more_bytes_lasts_longer():
     # (a read into memory faulted in for the first time can be slow)
     leases = Leases(duration=60)
-    leases.grant(b"reader", [], now=0.0, nbytes=int(10 * peer_memory.SLOWEST_READ))
+    reply_items = [{"key": "x", "remote": [[1, 4096, int(10 * peer_memory.SLOWEST_READ)]]}]
+    leases.grant(b"reader", [], now=0.0, reading=peer_memory.read_time(reply_items))
     assert leases.expire(now=69.0) == 0
     assert leases.expire(now=70.0) == 1
 

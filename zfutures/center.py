@@ -58,7 +58,6 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-
 #: Messages queued per peer, each way (see Center.__init__).
 RCVHWM, SNDHWM = 10_000, 100_000
 

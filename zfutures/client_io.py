@@ -213,8 +213,7 @@ class ClientIO:
                     drain(self.center, self._on_center_message, dropped)
                 for address, sock in list(self.workers.items()):
                     if sock in events:
-                        drain(sock, lambda frames, a=address: self._on_worker_message(a, frames),
-                              dropped)
+                        self._drain_worker(address, sock)
                 now = time.monotonic()
                 if self._release_due is not None and now >= self._release_due:
                     self._release_now()
@@ -495,6 +494,9 @@ class ClientIO:
             else:
                 future._set_error(error)
 
+    def _drain_worker(self, address: str, sock: zmq.Socket) -> None:
+        drain(sock, lambda frames: self._on_worker_message(address, frames), dropped)
+
     def _on_worker_message(self, address: str, frames: list) -> None:
         header, frames = protocol.decode(frames)
         if header["op"] == "data":
@@ -543,8 +545,8 @@ class ClientIO:
         gather, worker, keys, deadline = entry
         sent = deadline - self.fetch_timeout
         self.gathers[header["id"]] = (gather, worker, keys, max(
-            deadline, time.monotonic() + self.fetch_timeout
-            + peer_memory.offered_bytes(header["items"]) / peer_memory.SLOWEST_READ))
+            deadline,
+            time.monotonic() + self.fetch_timeout + peer_memory.read_time(header["items"])))
         self.reader.read(header, frames, sent, lambda outcome: self.call(
             "offered_read", address, header, outcome))
 
@@ -678,7 +680,7 @@ class ClientIO:
                         f"the worker {address} left the cluster before answering"))
         sock = self.workers.pop(address, None)
         if sock is not None:  # (after taking what it had already sent)
-            drain(sock, lambda frames: self._on_worker_message(address, frames), dropped)
+            self._drain_worker(address, sock)
             self.poller.unregister(sock)
             sock.close(linger=0)
 

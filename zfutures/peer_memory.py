@@ -49,6 +49,7 @@ from typing import Any
 
 from .errors import ProtocolError
 from .logs import RateLimitedLog
+from .protocol import unpack_items
 
 logger = logging.getLogger(__name__)
 dropped = RateLimitedLog(logger)
@@ -171,11 +172,12 @@ class Leases:
     def __len__(self) -> int:
         return len(self._held)
 
-    def grant(self, reader: bytes, values: list, now: float, nbytes: int = 0) -> int:
-        """Keep ``values`` (``nbytes`` to read) alive for ``reader`` (its socket
-        identity); the lease id."""
+    def grant(self, reader: bytes, values: list, now: float, reading: float = 0.0) -> int:
+        """Keep ``values`` alive for ``reader`` (its socket identity), for the
+        lease's duration plus ``reading`` seconds (see :func:`read_time`); the
+        lease id."""
         lease = next(self._ids)
-        self._held[lease] = (reader, values, now + self.duration + nbytes / SLOWEST_READ)
+        self._held[lease] = (reader, values, now + self.duration + reading)
         return lease
 
     def end(self, lease: int, reader: bytes) -> None:
@@ -192,9 +194,10 @@ class Leases:
         return len(old)
 
 
-def offered_bytes(items: list) -> int:
-    """Bytes the ``remote`` lists of a reply's items leave to read."""
-    return sum(size for item in items for _, _, size in item.get("remote", ()))
+def read_time(items: list) -> float:
+    """Seconds a read of what a reply's items leave in the holder's memory
+    (their ``remote`` lists) may take, at the slowest."""
+    return sum(size for item in items for _, _, size in item.get("remote", ())) / SLOWEST_READ
 
 
 class Reader:
@@ -319,11 +322,8 @@ def unpack_data(header: dict, frames: Sequence, read: Any = None) -> list:
     Raises ProtocolError if the reply does not add up, ReadFailed if the
     buffers cannot be read. ``read`` is :func:`read_buffers` unless given.
     """
-    from .protocol import unpack_items
-
-    items = header["items"]
-    unpacked = list(unpack_items(items + header.get("errors", []), frames))
-    wanted = [(item, spans) for item, _ in unpacked if (spans := item.get("remote"))]
+    unpacked = list(unpack_items(header["items"] + header.get("errors", []), frames))
+    wanted = [(item, item["remote"]) for item, _ in unpacked if item.get("remote")]
     if not wanted:
         return unpacked
     if "lease" not in header or "pid" not in header:

@@ -393,7 +393,7 @@ class Worker:
         fields: dict[str, Any] = {"errors": errors} if errors else {}
         if offered:
             fields["lease"] = self.leases.grant(ident, offered, time.monotonic(),
-                                                peer_memory.offered_bytes(items))
+                                                peer_memory.read_time(items))
             fields["pid"] = os.getpid()
         reply = protocol.encode("data", [*out_frames, *error_frames], id=header["id"],
                                 items=items, missing=missing, **fields)
@@ -459,8 +459,7 @@ class Worker:
         sent = request[2] - self.state.fetch_timeout
         # The peer has answered: give the read the time it may take.
         self.state.extend_request(header["id"], time.monotonic() + self.state.fetch_timeout
-                                  + peer_memory.offered_bytes(header["items"])
-                                  / peer_memory.SLOWEST_READ)
+                                  + peer_memory.read_time(header["items"]))
         self.reader.read(header, frames, sent, lambda outcome: self.call_soon(
             self._offered_read, address, header, outcome))
 

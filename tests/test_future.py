@@ -110,8 +110,9 @@ def test_asyncio_can_await_a_wrapped_future():
     [f] = futures(1)
 
     async def main() -> str:
-        threading.Timer(0.01, f._set_value, args=("v",)).start()
-        return await asyncio.wait_for(asyncio.wrap_future(f), 10)
+        wrapped = asyncio.wrap_future(f)  # (its callback is on f before f completes)
+        threading.Thread(target=f._set_value, args=("v",)).start()
+        return await asyncio.wait_for(wrapped, 10)
 
     assert asyncio.run(main()) == "v"
 

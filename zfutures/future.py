@@ -35,7 +35,8 @@ REMOTE = _Remote()
 
 #: Serializes making a future's condition with completing a future that has none.
 _LAZY = threading.Lock()
-_DONE = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
+_CANCELLED = (CANCELLED, CANCELLED_AND_NOTIFIED)
+_DONE = (*_CANCELLED, FINISHED)
 
 
 class Future(concurrent.futures.Future):
@@ -63,30 +64,19 @@ class Future(concurrent.futures.Future):
         self._executor = executor
         self._lost: BaseException | None = None  # the data is gone for good
 
-    def _make_lazy(self) -> None:
-        with _LAZY:
-            if "_lazy_condition" not in self.__dict__:
-                self._lazy_waiters: list = []
-                self._lazy_callbacks: list = []
-                self._lazy_condition = threading.Condition()  # last: it marks all three made
-
-    @property
-    def _condition(self) -> threading.Condition:
+    def _lazily(self, name: str) -> Any:
+        """The condition or one of its lists (``name``), all three made on first use."""
         if "_lazy_condition" not in self.__dict__:
-            self._make_lazy()
-        return self._lazy_condition
+            with _LAZY:
+                if "_lazy_condition" not in self.__dict__:
+                    self._lazy_waiters: list = []
+                    self._lazy_callbacks: list = []
+                    self._lazy_condition = threading.Condition()  # last: all three made
+        return self.__dict__[name]
 
-    @property
-    def _waiters(self) -> list:  # (concurrent.futures.wait and as_completed add theirs)
-        if "_lazy_condition" not in self.__dict__:
-            self._make_lazy()
-        return self._lazy_waiters
-
-    @property
-    def _done_callbacks(self) -> list:
-        if "_lazy_condition" not in self.__dict__:
-            self._make_lazy()
-        return self._lazy_callbacks
+    _condition = property(lambda self: self._lazily("_lazy_condition"))
+    _waiters = property(lambda self: self._lazily("_lazy_waiters"))  # (for wait, as_completed)
+    _done_callbacks = property(lambda self: self._lazily("_lazy_callbacks"))
 
     # Reading the state needs no lock (one attribute read), and taking the
     # condition would make one for each of the many futures a gather looks at.
@@ -96,7 +86,7 @@ class Future(concurrent.futures.Future):
 
     def cancelled(self) -> bool:
         """True if the future was cancelled."""
-        return self._state in (CANCELLED, CANCELLED_AND_NOTIFIED)
+        return self._state in _CANCELLED
 
     # ------------------------------------------------------------------ state
 
@@ -108,7 +98,7 @@ class Future(concurrent.futures.Future):
             return "lost"
         if state == FINISHED:
             return "error" if self._exception is not None else "finished"
-        if state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+        if state in _CANCELLED:
             return "cancelled"
         return "pending"
 

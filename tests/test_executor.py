@@ -54,6 +54,20 @@ def test_pure_calls_share_a_key_and_impure_ones_do_not(ex):
     assert a.result(timeout=10) == b.result(timeout=10) == 6
 
 
+def test_a_key_dropped_while_it_runs_and_submitted_again_is_computed_again():
+    """The worker's reports of the dropped run can reach the center after it
+    forgot the key, or after it gave the key to the same worker again; taken
+    for the new run, they point the client at data the worker has dropped."""
+    with Executor(n_workers=2, threads_per_worker=2) as fresh:  # (a young center recovers)
+        for attempt in range(100):
+            futures = fresh.map(inc, range(20))
+            # one done: others are finishing, their reports on the way
+            concurrent.futures.wait([futures[attempt % 20]], timeout=10)
+            del futures
+            futures = fresh.map(inc, range(20))
+            assert fresh.gather(futures, timeout=10) == list(range(1, 21)), attempt
+
+
 def test_pure_duplicate_runs_once(ex):
     counter = ex.submit(np.random.random, 3)  # pure: the same random numbers twice
     again = ex.submit(np.random.random, 3)

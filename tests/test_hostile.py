@@ -315,17 +315,17 @@ MALFORMED = {
 #: Valid messages that a client may not send (they are for workers, nannies or
 #: the center's own replies), including some that would hurt if obeyed.
 FORBIDDEN_FOR_A_CLIENT = {
-    "task-finished": [h("task-finished", tasks=[{"key": "k", "nbytes": 1}])],
-    "task-erred": [h("task-erred", tasks=[{"key": "k", "nframes": 1}]), b"boom"],
+    "task-finished": [h("task-finished", tasks=[{"key": "k", "nbytes": 1, "run": 1}])],
+    "task-erred": [h("task-erred", tasks=[{"key": "k", "nframes": 1, "run": 1}]), b"boom"],
     "keys-added": [h("keys-added", tasks=[{"key": "k", "nbytes": 1}])],
-    "missing-data": [h("missing-data", key="k", missing=["j"])],
-    "task-seceded": [h("task-seceded", key="k")],
+    "missing-data": [h("missing-data", key="k", missing=["j"], run=1)],
+    "task-seceded": [h("task-seceded", key="k", run=1)],
     "retire": [h("retire")],
     "unregister": [h("unregister")],
     "paused": [h("paused", paused=True)],
     "register-worker": [h("register-worker", **REGISTER_WORKER)],
     "register-nanny": [h("register-nanny", protocol=PROTOCOL_VERSION)],
-    "compute": [h("compute", tasks=[{"key": "k", "deps": {}, "nframes": 0}])],
+    "compute": [h("compute", tasks=[{"key": "k", "deps": {}, "nframes": 0, "run": 1}])],
     "welcome": [h("welcome", protocol=PROTOCOL_VERSION)],
     "key-finished": [h("key-finished", tasks=[{"key": "k", "who_has": [], "nbytes": 1}])],
     "reply": [h("reply", id=1, result=None)],
@@ -391,7 +391,7 @@ def test_malformed_messages_to_the_center_are_dropped_and_logged_rate_limited(
                 sent += 1
             stranger.send(h("heartbeat"))
             stranger.send(h("submit", tasks=[TASK]), b"p")
-            stranger.send(h("task-finished", tasks=[{"key": "k", "nbytes": 1}]))
+            stranger.send(h("task-finished", tasks=[{"key": "k", "nbytes": 1, "run": 1}]))
             sent += 3
         for _ in range(3 * repeat):
             header, _ = stranger.expect("reregister", skip=())
@@ -791,6 +791,8 @@ class CenterUnderTest:
 
     def __init__(self):
         self.center = Center("127.0.0.1", 0)
+        # Runs counted from 0, so fuzzed reports (small ints often) name real runs.
+        self.center.scheduler._first_run = self.center.scheduler._next_run = 0
         self.sent: list[tuple[bytes, str, dict]] = []
         send = self.center._send
 
@@ -840,6 +842,12 @@ def register_fakes(cut: CenterUnderTest) -> None:
         {"key": "a", "deps": [], "priority": 0, "nframes": 1},
         {"key": "b", "deps": ["a"], "priority": 1, "nframes": 1},
         {"key": "c", "deps": [], "priority": 0, "nframes": 1}])
+
+
+def run_of(cut: CenterUnderTest, key: str) -> int:
+    """The run id of ``key``'s latest compute message."""
+    return [item["run"] for _, op, fields in cut.sent if op == "compute"
+            for item in fields["tasks"] if item["key"] == key][-1]
 
 
 def check_invariants(center: Center) -> None:
@@ -899,7 +907,7 @@ def check_normal_flow(cut: CenterUnderTest) -> None:
     ws = ts.processing_on
     assert any(ident == ws.ident and op == "compute" and key in [t["key"] for t in f["tasks"]]
                for ident, op, f in cut.sent), "the task was not sent to its worker"
-    cut.send_op(ws.ident, "task-finished", tasks=[{"key": key, "nbytes": 8}])
+    cut.send_op(ws.ident, "task-finished", tasks=[{"key": key, "nbytes": 8, "run": ts.run}])
     assert ts.state == "memory" and ts.who_has == {ws}
     assert any(ident == b"c-final" and op == "key-finished" and
                key in [t["key"] for t in f["tasks"]] for ident, op, f in cut.sent)
@@ -1075,8 +1083,8 @@ def test_a_nan_duration_does_not_poison_the_scheduler():
     cut = CenterUnderTest()
     try:
         register_fakes(cut)
-        cut.send_op(WORKER, "task-finished",
-                    tasks=[{"key": "a", "nbytes": 8, "duration": float("nan")}])
+        cut.send_op(WORKER, "task-finished", tasks=[
+            {"key": "a", "nbytes": 8, "duration": float("nan"), "run": run_of(cut, "a")}])
         cut.send_op(b"w-two", "register-worker", **dict(REGISTER_WORKER, address=OTHER_ADDRESS))
         assert not cut.errors, cut.errors[0]
         assert b"w-two" in cut.center.scheduler.workers
@@ -1133,8 +1141,9 @@ def test_byte_counts_that_add_up_past_msgpack_range_do_not_stop_scheduler_info()
     cut = CenterUnderTest()
     try:
         register_fakes(cut)
-        cut.send_op(WORKER, "task-finished", tasks=[{"key": "a", "nbytes": 2**64 - 1},
-                                                    {"key": "c", "nbytes": 2**64 - 1}])
+        cut.send_op(WORKER, "task-finished", tasks=[
+            {"key": "a", "nbytes": 2**64 - 1, "run": run_of(cut, "a")},
+            {"key": "c", "nbytes": 2**64 - 1, "run": run_of(cut, "c")}])
         cut.send_op(CLIENT, "scheduler-info", id=5)
         assert not cut.errors, cut.errors[0]
         assert [f["id"] for ident, op, f in cut.sent if op == "reply"] == [5]

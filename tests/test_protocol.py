@@ -212,7 +212,7 @@ def test_submit_with_a_bad_item_is_rejected(tasks):
 
 
 def test_compute_deps_must_map_keys_to_lists_of_addresses():
-    good = {"key": "y", "deps": {"x": ["tcp://a:1"]}, "nframes": 1}
+    good = {"key": "y", "deps": {"x": ["tcp://a:1"]}, "nframes": 1, "run": 3}
     decode_header(encode_header("compute", tasks=[good]))
     for deps in [{"x": "tcp://a:1"}, {"x": [1]}, ["x"], {"x": None}]:
         with pytest.raises(ProtocolError):
@@ -353,7 +353,7 @@ def test_random_msgpack_values_never_raise_anything_but_ProtocolError(value):
 @FUZZ
 @given(headers)
 @example({"op": "submit", "tasks": [{"key": "x", "deps": [], "priority": 0, "nframes": -1}]})
-@example({"op": "compute", "tasks": [{"key": "x", "deps": {"a": 1}, "nframes": 0}]})
+@example({"op": "compute", "tasks": [{"key": "x", "deps": {"a": 1}, "nframes": 0, "run": 0}]})
 def test_random_headers_of_real_ops_never_raise_anything_but_ProtocolError(header):
     decode_or_protocol_error(raw(header))
 

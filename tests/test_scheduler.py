@@ -101,7 +101,7 @@ class Sim:
     def finish(self, key: str, worker: bytes | None = None, nbytes: int = 8) -> None:
         if worker is None:
             worker = self.s.tasks[key].processing_on.ident
-        self.s.task_finished(worker, key, nbytes)
+        self.s.task_finished(worker, key, nbytes, run=self.s.tasks[key].run)
 
     def err(self, key: str, exc: BaseException) -> list:
         frames = error_frames(exc)
@@ -801,6 +801,66 @@ def test_task_finished_for_a_forgotten_key_tells_the_worker_to_release_it():
     assert sim.s.workers[W1].nbytes == 0
 
 
+# --------------------------------------------------------------------------- stale reports
+
+
+def run_sent(sent: Sent, worker: bytes, key: str) -> int:
+    """The run id of ``key``'s compute message to ``worker``."""
+    (run,) = [item["run"] for item in sent.items("compute", worker) if item["key"] == key]
+    return run
+
+
+def test_a_late_report_of_a_released_run_is_not_taken_for_the_next_run_of_the_key():
+    sim = Sim()
+    sim.worker(W1)
+    sim.submit(task("x"))
+    first = run_sent(sim.take(), W1, "x")
+    sim.s.release(C1, ["x"])                # dropped while W1 runs it ...
+    assert sim.take().keys("release-keys", W1) == ["x"]
+    sim.submit(task("x"))                   # ... and submitted again, to W1 again
+    second = run_sent(sim.take(), W1, "x")
+    assert second != first
+    # W1 reported the first run before it heard of the release: that data is
+    # gone by now, so the key must not be said to be in memory there.
+    sim.s.task_finished(W1, "x", 8, run=first)
+    assert sim.state("x") == "processing" and sim.on("x") == W1
+    assert sim.take().messages == []        # (no key-finished; no release of the new run)
+    sim.s.task_finished(W1, "x", 8, run=second)
+    assert sim.state("x") == "memory"
+    assert sim.take().keys("key-finished", C1) == ["x"]
+
+
+def test_a_late_report_from_a_worker_a_task_was_taken_back_from_is_dropped():
+    sim = Sim()
+    sim.worker(W1)
+    sim.submit(task("running"), task("queued"))
+    sent = sim.take()
+    run = run_sent(sent, W1, "queued")
+    sim.s.worker_paused(W1, True)           # queued goes back: W1 drops it
+    assert "queued" in sim.take().keys("release-keys", W1)
+    assert sim.state("queued") != "processing"
+    sim.s.task_finished(W1, "queued", 8, run=run)  # it had run after all, and said so
+    assert sim.state("queued") != "memory"
+    assert sim.take().keys("release-keys", W1) == ["queued"]
+    assert sim.s.who_has(["queued"]) == {"queued": []}
+
+
+def test_late_errors_missing_inputs_and_secessions_of_an_earlier_run_are_ignored():
+    sim = Sim()
+    sim.worker(W1)
+    sim.submit(task("x"))
+    first = run_sent(sim.take(), W1, "x")
+    sim.s.release(C1, ["x"])
+    sim.submit(task("x"))
+    sim.take()
+    sim.s.task_erred(W1, "x", error_frames(ValueError("the first run")), run=first)
+    sim.s.missing_data(W1, "x", [], run=first)
+    sim.s.task_seceded(W1, "x", run=first)
+    assert sim.state("x") == "processing" and sim.on("x") == W1
+    assert not sim.s.workers[W1].seceded
+    assert sim.take().messages == []
+
+
 def test_task_finished_from_an_unknown_worker_changes_nothing():
     sim = Sim()
     sim.worker(W1)
@@ -964,6 +1024,32 @@ def test_keys_a_worker_brings_back_are_taken_when_a_client_submits_them_again():
     assert sent.computed_keys() == ["y"]                   # x is not run again
     assert sent.items("key-finished", C1) == [{"key": "x", "who_has": [addr(W1)],
                                                "nbytes": 800}]
+
+
+def test_a_run_a_previous_center_assigned_is_kept_for_the_client_that_brings_it_back():
+    previous = Sim()
+    previous.worker(W1)
+    previous.submit(task("x"))
+    old_run = run_sent(previous.take(), W1, "x")
+    sim = Sim(recovering=True)                  # the center restarted meanwhile
+    sim.worker(W1)
+    sim.s.task_finished(W1, "x", 8, run=old_run)
+    assert sim.take().keys("release-keys", W1) == []
+    sim.submit(task("x"))
+    assert sim.take().computed_keys() == [] and sim.state("x") == "memory"
+
+
+def test_a_late_report_of_a_run_this_center_forgot_is_not_kept_for_claiming():
+    sim = Sim(recovering=True)                  # (every center starts out recovering)
+    sim.worker(W1)
+    sim.submit(task("x"))
+    run = run_sent(sim.take(), W1, "x")
+    sim.s.release(C1, ["x"])                    # forgotten: W1 is told to drop it ...
+    assert sim.take().keys("release-keys", W1) == ["x"]
+    sim.s.task_finished(W1, "x", 8, run=run)    # ... after it said it was done
+    sim.submit(task("x"))
+    assert sim.take().computed_keys() == ["x"]  # run again, not claimed from W1
+    assert sim.state("x") == "processing"
 
 
 def test_a_key_expected_on_a_worker_not_back_yet_waits_for_it():

@@ -14,6 +14,7 @@ from zfutures.worker_state import Task, WorkerState
 ME = "tcp://me:9000"
 P1, P2, P3 = "tcp://p1:9000", "tcp://p2:9000", "tcp://p3:9000"
 TIMEOUT = 10.0
+RUN = 7  # the run id the center gave, which every report on the task carries back
 
 
 def make(nthreads: int = 1) -> WorkerState:
@@ -21,8 +22,8 @@ def make(nthreads: int = 1) -> WorkerState:
 
 
 def compute(w: WorkerState, key: str, deps: dict | None = None, priority: int = 0,
-            now: float = 0.0) -> None:
-    w.compute(key, deps or {}, priority, [f"payload of {key}".encode()], now)
+            now: float = 0.0, run: int = RUN) -> None:
+    w.compute(key, deps or {}, priority, [f"payload of {key}".encode()], now, run=run)
 
 
 def executed(w: WorkerState) -> list[str]:
@@ -139,7 +140,8 @@ def test_finished_task_keeps_its_result_and_reports_it_to_the_center():
     executed(w)
     w.task_done("x", value=42, nbytes=28, duration=0.5)
     assert w.data == {"x": 42} and w.nbytes == {"x": 28}
-    assert reports(w) == [("task-finished", {"key": "x", "nbytes": 28, "duration": 0.5}, [])]
+    assert reports(w) == [
+        ("task-finished", {"key": "x", "nbytes": 28, "duration": 0.5, "run": RUN}, [])]
     assert "x" not in w.tasks and w.executing == set()
 
 
@@ -148,7 +150,7 @@ def test_failed_task_reports_its_exception_frames_and_keeps_no_data():
     compute(w, "x")
     executed(w)
     w.task_done("x", error=[b"pickled exception"])
-    assert reports(w) == [("task-erred", {"key": "x"}, [b"pickled exception"])]
+    assert reports(w) == [("task-erred", {"key": "x", "run": RUN}, [b"pickled exception"])]
     assert "x" not in w.data
 
 
@@ -157,7 +159,7 @@ def test_compute_for_a_key_already_held_reports_it_finished_without_running_it()
     w.add_data("x", "value", 64)
     compute(w, "x")
     assert executed(w) == []
-    assert reports(w) == [("task-finished", {"key": "x", "nbytes": 64}, [])]
+    assert reports(w) == [("task-finished", {"key": "x", "nbytes": 64, "run": RUN}, [])]
 
 
 def test_compute_for_a_key_already_queued_is_not_run_twice():
@@ -191,7 +193,7 @@ def test_fetch_timeout_tries_the_next_holder_then_reports_missing_data():
 
     w.check_timeouts(now=100.0 + 2 * TIMEOUT)
     assert fetches(w) == []
-    assert reports(w) == [("missing-data", {"key": "t", "missing": ["a"]}, [])]
+    assert reports(w) == [("missing-data", {"key": "t", "missing": ["a"], "run": RUN}, [])]
     assert "t" not in w.tasks and "a" not in w.fetches
     assert executed(w) == []
 
@@ -224,7 +226,7 @@ def test_peer_answering_missing_with_no_holder_left_reports_missing_data():
     compute(w, "t", {"a": [P1]})
     ((request_id, _, _),) = fetches(w)
     w.data_received(request_id, {}, {}, now=1.0)
-    assert reports(w) == [("missing-data", {"key": "t", "missing": ["a"]}, [])]
+    assert reports(w) == [("missing-data", {"key": "t", "missing": ["a"], "run": RUN}, [])]
     assert fetches(w) == [] and executed(w) == []
     assert "t" not in w.tasks
 
@@ -258,7 +260,7 @@ def test_input_with_no_holder_to_ask_is_reported_missing_instead_of_waiting_fore
     w = make()
     compute(w, "t", {"a": [ME]})          # the center thinks we hold a; we do not
     assert fetches(w) == []
-    assert reports(w) == [("missing-data", {"key": "t", "missing": ["a"]}, [])]
+    assert reports(w) == [("missing-data", {"key": "t", "missing": ["a"], "run": RUN}, [])]
     assert "t" not in w.tasks
 
 
@@ -325,16 +327,44 @@ def test_key_computed_again_while_its_released_run_goes_on_adopts_that_run():
 
 def test_adopted_run_reports_its_result_once_and_is_not_run_again():
     w = make(nthreads=1)
-    compute(w, "x")
+    compute(w, "x", run=1)
     assert executed(w) == ["x"]
     w.release(["x"])
-    compute(w, "x")
+    compute(w, "x", run=2)
     assert executed(w) == []
     w.task_done("x", value="X", nbytes=8)
-    finished = [item["key"] for op, item, _ in reports(w) if op == "task-finished"]
-    assert finished == ["x"]
+    finished = [(item["key"], item["run"]) for op, item, _ in reports(w)
+                if op == "task-finished"]
+    assert finished == [("x", 2)]   # it answers the assignment the center waits on
     assert w.data["x"] == "X"
     assert executed(w) == []
+
+
+def test_a_task_assigned_again_while_it_runs_reports_the_new_run():
+    w = make(nthreads=1)
+    compute(w, "x", run=1)
+    w.forget_queue()                      # the center gave up on us, and sent x again
+    compute(w, "x", run=2)
+    w.task_done("x", value="X", nbytes=8)
+    assert [item["run"] for _, item, _ in reports(w)] == [2]
+
+
+def test_a_key_held_already_is_reported_for_the_run_that_asks_for_it():
+    w = make()
+    w.add_data("x", "X", 8)
+    compute(w, "x", run=5)
+    assert reports(w) == [("task-finished", {"key": "x", "nbytes": 8, "run": 5}, [])]
+
+
+def test_a_seceding_task_tells_its_run_and_a_released_one_tells_nothing():
+    w = make(nthreads=1)
+    compute(w, "x", run=3)
+    compute(w, "y", run=4)
+    assert executed(w) == ["x"]
+    assert w.secede("x") == 3
+    assert executed(w) == ["y"]           # its slot went to the next task
+    w.release(["y"])
+    assert w.secede("y") is None          # the center took it back: nothing to say
 
 
 # --------------------------------------------------------------------------- center restart
@@ -377,7 +407,7 @@ def test_an_input_that_cannot_arrive_fails_the_tasks_waiting_for_it_only():
     fetches(w)
     error = [b"pickled TypeError"]
     w.input_failed("bad", error)
-    assert reports(w) == [("task-erred", {"key": "needs-bad"}, error)]
+    assert reports(w) == [("task-erred", {"key": "needs-bad", "run": RUN}, error)]
     assert set(w.tasks) == {"needs-good"}
     w.data_received(2, {"good": 1}, {"good": 8}, now=1.0)
     assert executed(w) == ["needs-good"]
@@ -385,12 +415,12 @@ def test_an_input_that_cannot_arrive_fails_the_tasks_waiting_for_it_only():
 
 def test_a_pickled_result_rides_with_its_completion():
     w = make()
-    w.compute("x", {}, 0, [b"payload"], 0.0, inline=True)
+    w.compute("x", {}, 0, [b"payload"], 0.0, inline=True, run=RUN)
     (task,) = w.to_execute
     assert task.inline
     w.task_done("x", 2, 8, 0.001, None, [b"pickled 2"])
-    assert reports(w) == [("task-finished", {"key": "x", "nbytes": 8, "duration": 0.001},
-                           [b"pickled 2"])]
+    assert reports(w) == [
+        ("task-finished", {"key": "x", "nbytes": 8, "duration": 0.001, "run": RUN}, [b"pickled 2"])]
     assert w.data == {"x": 2}
 
 
@@ -453,7 +483,7 @@ def test_a_task_given_up_for_one_input_drops_the_fetch_just_planned_for_another(
     # a has a holder to ask; b has none left (its holder died meanwhile): the
     # task goes back to the center before the request for a is even sent.
     compute(w, "t", {"a": [P1], "b": []})
-    assert reports(w) == [("missing-data", {"key": "t", "missing": ["b"]}, [])]
+    assert reports(w) == [("missing-data", {"key": "t", "missing": ["b"], "run": RUN}, [])]
     assert fetches(w) == [] and not w.fetches and "t" not in w.tasks
     compute(w, "u", {"a": [P1]})                   # the worker goes on as usual
     assert fetches(w) == [(1, P1, ["a"])]

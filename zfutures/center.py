@@ -142,8 +142,9 @@ class Center:
             "task-erred": self._task_erred,
             "keys-added": self._keys_added,
             "missing-data": lambda ident, h, f: self.scheduler.missing_data(
-                ident, h["key"], h["missing"]),
-            "task-seceded": lambda ident, h, f: self.scheduler.task_seceded(ident, h["key"]),
+                ident, h["key"], h["missing"], h["run"]),
+            "task-seceded": lambda ident, h, f: self.scheduler.task_seceded(
+                ident, h["key"], h["run"]),
             "retire": lambda ident, h, f: self.scheduler.retire_worker(ident),
             "paused": lambda ident, h, f: self.scheduler.worker_paused(ident, h["paused"]),
             "unregister": lambda ident, h, f: self._forget_peer(ident),
@@ -316,12 +317,14 @@ class Center:
     def _task_finished(self, ident: bytes, header: dict, frames: list) -> None:
         finished = self.scheduler.task_finished
         for item, value in protocol.unpack_items(header["tasks"], frames):
-            finished(ident, item["key"], item["nbytes"], item.get("duration"), value or None)
+            finished(ident, item["key"], item["nbytes"], item.get("duration"), value or None,
+                     item["run"])
 
     def _task_erred(self, ident: bytes, header: dict, frames: list) -> None:
         for item, exception in protocol.unpack_items(header["tasks"], frames):
             # Kept while the task stays erred: copied out of the packed frame.
-            self.scheduler.task_erred(ident, item["key"], [bytes(f) for f in exception])
+            self.scheduler.task_erred(ident, item["key"], [bytes(f) for f in exception],
+                                      item["run"])
 
     def _keys_added(self, ident: bytes, header: dict, frames: list) -> None:
         for item in header["tasks"]:

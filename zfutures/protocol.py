@@ -30,7 +30,7 @@ import msgpack
 from .errors import ProtocolError
 
 #: Bumped whenever a message changes shape; peers must register with the same.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 #: Largest header accepted, in bytes. Headers hold keys and small numbers only.
 MAX_HEADER_BYTES = 64 * 1024 * 1024
@@ -52,11 +52,14 @@ _ANY = object
 _TASK_ITEM = {"key": _STR, "deps": _STRS, "priority": _INT, "nframes": _INT,
               "retries?": _INT, "workers?": _STRS, "allow_other_workers?": bool,
               "resources?": ("map", _NUM), "who_has?": _STRS}
+# run: the id of this assignment, which the worker's reports on the task
+# carry back (a report of an earlier run of the same key is then told apart)
 _COMPUTE_ITEM = {"key": _STR, "deps": ("map", "list", str), "nframes": _INT,
-                 "inline?": bool}
+                 "run": _INT, "inline?": bool}
 _FINISHED_ITEM = {"key": _STR, "nbytes": _INT}
 # A finished task's small result may ride along (nframes) to the clients waiting for it.
-_DONE_ITEM = {"key": _STR, "nbytes": _INT, "nframes?": _INT}
+_DONE_ITEM = {"key": _STR, "nbytes": _INT, "run": _INT, "nframes?": _INT}
+_FAILED_ITEM = {"key": _STR, "nframes": _INT, "run": _INT}
 _ERRED_ITEM = {"key": _STR, "nframes": _INT}
 _RESULT_ITEM = {"key": _STR, "who_has": _STRS, "nbytes": _INT, "nframes?": _INT}
 _DATA_ITEM = {"key": _STR, "nframes": _INT}
@@ -88,10 +91,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "nbytes?": ("list", _INT),
     },
     "task-finished": {"tasks": ("items", _DONE_ITEM)},
-    "task-erred": {"tasks": ("items", _ERRED_ITEM)},
+    "task-erred": {"tasks": ("items", _FAILED_ITEM)},
     "keys-added": {"tasks": ("items", _FINISHED_ITEM)},
-    "missing-data": {"key": _STR, "missing": _STRS},
-    "task-seceded": {"key": _STR},
+    "missing-data": {"key": _STR, "missing": _STRS, "run": _INT},
+    "task-seceded": {"key": _STR, "run": _INT},
     "retire": {},
     "unregister": {},
     "paused": {"paused": bool},

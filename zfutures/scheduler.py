@@ -33,6 +33,7 @@ import heapq
 import itertools
 import logging
 import pickle
+import random
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
@@ -86,7 +87,7 @@ class TaskState:
         "key", "state", "payload", "priority", "dependencies", "dependents",
         "waiting_on", "waiters", "who_wants", "who_has", "processing_on", "nbytes",
         "exception", "retries", "suspicious", "restrictions", "loose",
-        "resources", "affinity", "group",
+        "resources", "affinity", "group", "run",
     )
 
     def __init__(self, key: str, payload: list | None, priority: tuple, retries: int = 0):
@@ -111,6 +112,9 @@ class TaskState:
         self.resources: dict[str, float] | None = None  # needed while processing
         self.affinity: WorkerState | None = None  # ready, kept for this worker
         self.group = key.rpartition("-")[0] or key  # tasks timed together
+        # The id of its latest assignment to a worker: reports name the run they
+        # are about, so a report of an earlier run is never taken for this one.
+        self.run = 0
 
     def __repr__(self) -> str:
         return f"<Task {self.key!r} {self.state}>"
@@ -258,6 +262,9 @@ class Scheduler:
         self.outbox = Outbox()
         self.durations: dict[str, float] = {}  # task group -> seconds, measured
         self._order = itertools.count()
+        # Run ids, from a random start: a worker's report naming a run of this
+        # center's is told from one of a run a previous center assigned.
+        self._first_run = self._next_run = random.getrandbits(62)
         self._maybe_unwanted: list[TaskState] = []
         # Recovery, after the center (re)starts: workers come back holding keys
         # this center never saw, and clients submit those keys again. Until
@@ -563,25 +570,34 @@ class Scheduler:
     # ------------------------------------------------------------------ workers' events
 
     def task_finished(self, worker_ident: bytes, key: str, nbytes: int,
-                      duration: float | None = None, value: list | None = None) -> None:
+                      duration: float | None = None, value: list | None = None,
+                      run: int | None = None) -> None:
         """A worker computed ``key`` and holds its result of ``nbytes``.
 
         ``value``: the pickled result, when small and sent along for the
         clients waiting for it (see ``inline`` in :meth:`_assign`).
+        ``run``: the run id of the compute message the worker answers (None:
+        the current one). Only a report of the task's current run on that
+        worker counts: an earlier run's report may come after the center told
+        the worker to drop the key, so that data may be gone.
         """
         ws = self.workers.get(worker_ident)
         if ws is None:
             return
         ts = self.tasks.get(key)
-        if ts is None and self.recovering:  # submitted to the center before this one
+        if ts is None and self.recovering and not self._assigned_here(run):
+            # submitted to the center before this one: a client may claim it
             self.unclaimed.setdefault(key, {})[ws] = nbytes
             return
-        if ts is None or ts.state == ERRED or (ts.state == RELEASED
-                                               and not self._is_wanted(ts)) or \
-                (ts.state == MEMORY and ts.processing_on is not ws):
-            # Forgotten or failed meanwhile, or a second run (by a worker the center
-            # gave up on) of a task done elsewhere: the worker should drop the data.
-            self.outbox.add(ws.ident, "release-keys", "keys", key)
+        if ts is None or ts.processing_on is not ws:
+            # Forgotten, failed, taken back, or run by a worker the center gave
+            # up on and done elsewhere since: the worker should drop its copy.
+            if ts is None or ws not in ts.who_has:
+                self.outbox.add(ws.ident, "release-keys", "keys", key)
+            return
+        if run is not None and run != ts.run:
+            # An earlier run here, released since and assigned again: the worker
+            # reports the current run too (see WorkerState.compute).
             return
         self.expected.pop(key, None)
         if duration is not None and 0.0 <= duration < 1e9:  # (NaN fails this too)
@@ -681,11 +697,12 @@ class Scheduler:
         if ws.retiring and not ws.moving:
             self.outbox.send(ws.ident, "retired")
 
-    def task_erred(self, worker_ident: bytes, key: str, exception: list) -> None:
-        """A task raised on a worker; ``exception`` is the pickled error, opaque here."""
-        ts = self.tasks.get(key)
-        ws = self.workers.get(worker_ident)
-        if ts is None or ws is None or ts.processing_on is not ws:
+    def task_erred(self, worker_ident: bytes, key: str, exception: list,
+                   run: int | None = None) -> None:
+        """A task raised on a worker; ``exception`` is the pickled error, opaque here.
+        (``run``: as for :meth:`task_finished`.)"""
+        ts = self._current_run(worker_ident, key, run)
+        if ts is None:
             return
         self._unassign(ts)
         if ts.retries > 0:
@@ -697,23 +714,23 @@ class Scheduler:
             self._err(ts, exception)
         self._settle()
 
-    def task_seceded(self, worker_ident: bytes, key: str) -> None:
+    def task_seceded(self, worker_ident: bytes, key: str, run: int | None = None) -> None:
         """A running task waits on other tasks and gave its thread back: the worker
         may take one more task, or a task waiting on tasks would deadlock it."""
-        ws = self.workers.get(worker_ident)
-        ts = self.tasks.get(key)
-        if ws is None or ts is None or ts.processing_on is not ws or ts in ws.seceded:
+        ts = self._current_run(worker_ident, key, run)
+        if ts is None or ts in ts.processing_on.seceded:
             return
+        ws = ts.processing_on
         ws.seceded.add(ts)
         self._count_out(ws, ts)
         self._refresh_capacity(ws)
         self._settle()
 
-    def missing_data(self, worker_ident: bytes, key: str, missing: Iterable[str]) -> None:
+    def missing_data(self, worker_ident: bytes, key: str, missing: Iterable[str],
+                     run: int | None = None) -> None:
         """A worker could not fetch ``missing`` inputs of ``key`` from any holder."""
-        ws = self.workers.get(worker_ident)
-        ts = self.tasks.get(key)
-        if ws is None or ts is None or ts.processing_on is not ws:
+        ts = self._current_run(worker_ident, key, run)
+        if ts is None:
             return
         self._unassign(ts)
         self._recall_early(ts)
@@ -730,6 +747,20 @@ class Scheduler:
                 self._recompute(dep)
         self._try_ready(ts)
         self._settle()
+
+    def _assigned_here(self, run: int | None) -> bool:
+        """Whether this center assigned ``run`` (to a task it may have forgotten)."""
+        return run is not None and self._first_run <= run < self._next_run
+
+    def _current_run(self, worker_ident: bytes, key: str, run: int | None) -> TaskState | None:
+        """The task a worker's report is about, if it is running there in that
+        run (None: the current run); else None, and the report is stale."""
+        ts = self.tasks.get(key)
+        ws = self.workers.get(worker_ident)
+        if ts is None or ws is None or ts.processing_on is not ws or \
+                (run is not None and run != ts.run):
+            return None
+        return ts
 
     # ------------------------------------------------------------------ transitions
 
@@ -1119,7 +1150,9 @@ class Scheduler:
         if not self._has_room(ws):
             self.with_room.discard(ws)
         deps = {dep.key: [w.address for w in dep.who_has] for dep in ts.dependencies}
-        item = {"key": ts.key, "deps": deps, "priority": -ts.priority[0]}
+        ts.run = self._next_run
+        self._next_run += 1
+        item = {"key": ts.key, "deps": deps, "priority": -ts.priority[0], "run": ts.run}
         if ts.who_wants:  # a client waits for it: a small result comes back inline
             item["inline"] = True
         self.outbox.add(ws.ident, "compute", "tasks", item, ts.payload)

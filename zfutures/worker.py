@@ -325,7 +325,7 @@ class Worker:
         if op == "compute":
             for item, payload in protocol.unpack_items(header["tasks"], frames):
                 self.state.compute(item["key"], item["deps"], item.get("priority", 0),
-                                   payload, now, item.get("inline", False))
+                                   payload, now, item.get("inline", False), item["run"])
         elif op == "release-keys":
             self.state.release(header["keys"])
             self._trim_due = True
@@ -576,8 +576,9 @@ class Worker:
         self.call_soon(self._secede, key)
 
     def _secede(self, key: str) -> None:
-        self.state.secede(key)
-        self._send_center("task-seceded", key=key)
+        run = self.state.secede(key)
+        if run is not None:
+            self._send_center("task-seceded", key=key, run=run)
         self._start_thread()  # takes the slot; the seceded thread ends with its task
 
     def _skipped(self, job: tuple) -> None:

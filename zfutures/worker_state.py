@@ -45,10 +45,11 @@ HOLD_MAX = 64
 class Task:
     """A task this worker was asked to compute."""
 
-    __slots__ = ("key", "deps", "priority", "payload", "state", "missing", "order", "inline")
+    __slots__ = ("key", "deps", "priority", "payload", "state", "missing", "order", "inline",
+                 "run")
 
     def __init__(self, key: str, deps: dict[str, list[str]], priority: int, payload: list,
-                 order: int, inline: bool = False):
+                 order: int, inline: bool = False, run: int = 0):
         self.key = key
         self.deps = deps          # input key -> addresses of workers holding it
         self.priority = priority
@@ -57,6 +58,7 @@ class Task:
         self.missing: set[str] = set()
         self.order = order
         self.inline = inline      # a client waits: send a small result along
+        self.run = run            # the center's id for this assignment; reports carry it
 
     def __lt__(self, other: Task) -> bool:  # for the ready heap: priority, then order
         return (-self.priority, self.order) < (-other.priority, other.order)
@@ -117,18 +119,25 @@ class WorkerState:
     # ------------------------------------------------------------------ events
 
     def compute(self, key: str, deps: dict[str, list[str]], priority: int, payload: list,
-                now: float, inline: bool = False) -> None:
-        """The center asks for ``key``; its inputs are on the workers in ``deps``."""
+                now: float, inline: bool = False, run: int = 0) -> None:
+        """The center asks for ``key``; its inputs are on the workers in ``deps``.
+
+        ``run`` names this assignment: the reports on it carry it back, so the
+        center can tell them from those of an earlier run of the same key.
+        """
         if key in self.data:  # already here (computed before a reconnect): just say so
-            self.to_center.append(("task-finished", {"key": key, "nbytes": self.nbytes[key]},
-                                   []))
+            self.to_center.append(("task-finished", {"key": key, "nbytes": self.nbytes[key],
+                                                     "run": run}, []))
             return
-        if key in self.tasks:
+        task = self.tasks.get(key)
+        if task is None and key in self.released_running:  # still running from before
+            task = self.tasks[key] = self.released_running.pop(key)
+        if task is not None:  # adopt the run under way: it answers this assignment
+            task.run = run
+            task.inline = task.inline or inline
             return
-        if key in self.released_running:  # still running from before: adopt that run
-            self.tasks[key] = self.released_running.pop(key)
-            return
-        task = self.tasks[key] = Task(key, deps, priority, payload, next(self._order), inline)
+        task = self.tasks[key] = Task(key, deps, priority, payload, next(self._order), inline,
+                                      run)
         plan: dict[str, list[str]] = {}
         for dep, holders in deps.items():
             if dep in self.data:
@@ -184,8 +193,9 @@ class WorkerState:
         that need it fail with ``error`` (pickled exception frames)."""
         fetch = self.fetches.get(key)
         if fetch is not None:
-            for task_key in self._give_up(fetch):
-                self.to_center.append(("task-erred", {"key": task_key}, list(error)))
+            for task in self._give_up(fetch):
+                self.to_center.append(("task-erred", {"key": task.key, "run": task.run},
+                                       list(error)))
 
     def check_timeouts(self, now: float) -> None:
         """Give up on requests past their deadline and ask other holders."""
@@ -218,8 +228,8 @@ class WorkerState:
             if error is None:
                 self.data[key] = value
                 self.nbytes[key] = nbytes
-                self.to_center.append(("task-finished",
-                                       {"key": key, "nbytes": nbytes, "duration": duration},
+                self.to_center.append(("task-finished", {"key": key, "nbytes": nbytes,
+                                                         "duration": duration, "run": task.run},
                                        pickled or []))
                 if waiters:
                     self.report_now = True
@@ -230,7 +240,7 @@ class WorkerState:
                         if not waiter.missing and waiter.state == FETCHING:
                             self._make_ready(waiter)
             else:
-                self.to_center.append(("task-erred", {"key": key}, error))
+                self.to_center.append(("task-erred", {"key": key, "run": task.run}, error))
                 # (the center errs or takes back the tasks that waited for it)
         self._start_tasks()
 
@@ -303,12 +313,16 @@ class WorkerState:
         self.requests.clear()
         self.local_waiters.clear()
 
-    def secede(self, key: str) -> None:
-        """Task ``key`` waits on other tasks: its slot goes to the next ready task."""
-        if key in self.executing:
-            self.executing.discard(key)
-            self.seceded.add(key)
-            self._start_tasks()
+    def secede(self, key: str) -> int | None:
+        """Task ``key`` waits on other tasks: its slot goes to the next ready task.
+        Returns the run to tell the center of, or None if it need not hear."""
+        if key not in self.executing:
+            return None
+        self.executing.discard(key)
+        self.seceded.add(key)
+        self._start_tasks()
+        task = self.tasks.get(key)  # (None: released while running)
+        return None if task is None else task.run
 
     def add_data(self, key: str, value: Any, nbytes: int) -> None:
         """Data put here directly (scattered, or moved from a leaving worker)."""
@@ -322,20 +336,20 @@ class WorkerState:
             plan.setdefault(fetch.holders.pop(0), []).append(fetch.key)
             return
         # No holder left to try: the tasks that need it go back to the center.
-        for task_key in self._give_up(fetch):
-            self.to_center.append(("missing-data", {"key": task_key, "missing": [fetch.key]},
-                                   []))
+        for task in self._give_up(fetch):
+            self.to_center.append(("missing-data", {"key": task.key, "missing": [fetch.key],
+                                                    "run": task.run}, []))
 
-    def _give_up(self, fetch: _Fetch) -> list[str]:
+    def _give_up(self, fetch: _Fetch) -> list[Task]:
         """Stop fetching an input; drop the tasks waiting for it (they no longer
-        wait for their other inputs either) and return their keys."""
+        wait for their other inputs either) and return them."""
         del self.fetches[fetch.key]
         dropped = []
         for task_key in fetch.waiting_tasks:
             task = self.tasks.pop(task_key, None)
             if task is None:
                 continue
-            dropped.append(task_key)
+            dropped.append(task)
             for other in task.missing - {fetch.key}:
                 other_fetch = self.fetches.get(other)
                 if other_fetch is not None:

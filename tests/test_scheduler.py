@@ -6,6 +6,7 @@ that the center would send well-formed messages.
 """
 from __future__ import annotations
 
+import itertools
 import pickle
 
 import pytest
@@ -1397,18 +1398,45 @@ def test_blocks_follow_the_workers_threads():
         [f"x{i}" for i in range(4, 12)]
 
 
-def test_a_worker_done_with_its_block_takes_the_next_task_of_the_largest_block():
+def test_a_worker_done_with_its_block_takes_the_back_half_of_the_largest_block():
     sim = two_workers(extra_queue=1)
-    keys = [f"x{i}" for i in range(12)]
+    keys = [f"x{i}" for i in range(16)]
     sim.submit(*[task(k) for k in keys])
-    # W2 is slow: W1 finishes everything it gets while W2 finishes nothing.
-    ran = run_all(sim, keys, order=lambda running: next(
-        (k for k in running if sim.on(k) == W1), running[0]))
-    assert [ran[k] for k in keys[:6]] == [W1] * 6
-    # W2 started x6 and had x7 queued; W1 then took W2's block from its front,
-    # always keeping busy.
-    assert ran["x6"] == ran["x7"] == W2
-    assert all(ran[k] == W1 for k in keys[8:])
+    sim.take()
+    for key in ["x0", "x1"]:                   # W1 is quick: done with two tasks ...
+        sim.finish(key)
+    assert sim.take().computes() == {W1: ["x2", "x3"]}
+    for key in ["x2", "x3", "x4", "x5", "x6", "x7"]:  # ... and with its block
+        sim.finish(key)
+    sent = sim.take()
+    # W2 has x8 and x9; W1 takes the back half of what remains of W2's block,
+    # and runs it from its front.
+    assert sent.computes() == {W1: ["x4", "x5", "x6", "x7", "x13", "x14"]}
+    assert [ts.key for _, ts in sorted(sim.s.workers[W1].ready_here)] == ["x15"]
+    assert [ts.key for _, ts in sorted(sim.s.workers[W2].ready_here)] == \
+        ["x10", "x11", "x12"]
+
+
+def test_workers_of_different_speeds_keep_neighbours_together():
+    # W1 finishes two tasks in the time W2 finishes one. Taking turns at the
+    # front of W2's block would split most of its pairs.
+    sim = two_workers(extra_queue=1)
+    keys = [f"x{i}" for i in range(32)]
+    sim.submit(*[task(k) for k in keys])
+    turns = itertools.cycle([W1, W1, W2])
+
+    def two_to_one(running: list[str]) -> str:
+        for _ in range(3):
+            worker = next(turns)
+            mine = [k for k in running if sim.on(k) == worker]
+            if mine:
+                return min(mine, key=lambda k: sim.s.tasks[k].priority)
+        return running[0]
+
+    ran = run_all(sim, keys, order=two_to_one)
+    assert sum(ran[f"x{i}"] == W1 for i in range(32)) > 16   # the quick one did more
+    split = [i for i in range(0, 32, 2) if ran[f"x{i}"] != ran[f"x{i + 1}"]]
+    assert len(split) <= 1, split   # (the boundary of the two runs)
 
 
 def test_a_later_task_of_higher_priority_goes_before_the_blocks():

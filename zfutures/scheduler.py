@@ -16,7 +16,7 @@ A task's life::
 - ``waiting``: some dependency is not in memory yet.
 - ``ready``: all dependencies are in memory; waits at the center for a slot
   (the tasks without inputs of a big submit wait in per-worker blocks: see
-  ``Scheduler._root_blocks``).
+  ``Scheduler._root_blocks`` and ``Scheduler._split_largest_block``).
 - ``processing``: sent to one worker.
 - ``memory``: held by one or more workers (``who_has``).
 - ``released``: nobody needs the data any more, but a dependent that still
@@ -442,8 +442,9 @@ class Scheduler:
 
         Neighbours in a ``map`` are usually combined later (a tree reduction
         adds x[0] to x[1]); made on the same worker, they are combined there
-        without a transfer. A worker that runs out of its block takes from the
-        largest other one (see _dispatch), so this costs no balance. Only for
+        without a transfer. A worker that runs out of its block takes the back
+        half of the largest other one (see _split_largest_block), so this costs
+        no balance. Only for
         tasks of one priority, with no placement of their own, and enough of
         them for blocks of two.
         """
@@ -1059,6 +1060,22 @@ class Scheduler:
         ts.affinity = None
         return ts
 
+    def _split_largest_block(self, thief: WorkerState) -> None:
+        """``thief`` has room but no block left: it takes the back half of the
+        largest block (at least one task) as its own.
+
+        The back, because the owner runs its block from the front: each keeps
+        a contiguous run of the map, and neighbours stay together. (Taking the
+        owner's next task instead, turn about, split nearly every pair.)
+        """
+        largest = max(self.workers.values(), key=lambda w: len(w.ready_here))
+        entries = sorted(largest.ready_here)
+        keep = len(entries) // 2
+        largest.ready_here = entries[:keep]  # (sorted: still a heap)
+        thief.ready_here = taken = entries[keep:]
+        for _, ts in taken:
+            ts.affinity = thief
+
     def _stop_sending_to(self, ws: WorkerState) -> None:
         """``ws`` takes no tasks for now: its block waits for any worker."""
         self.with_room.discard(ws)
@@ -1092,10 +1109,8 @@ class Scheduler:
                     self._assign(entry[1], ws)
             elif own is not None:
                 self._assign(self._pop_affine(own), own)
-            elif self.affine:  # room only on workers done with their blocks: take
-                largest = max(self.workers.values(), key=lambda w: len(w.ready_here))
-                ts = self._pop_affine(largest)  # (the next of the largest block)
-                self._assign(ts, self._choose_worker(ts))
+            elif self.affine:  # room only on workers done with their blocks
+                self._split_largest_block(next(iter(with_room)))
             else:
                 break
         for entry in waiting_aside:

@@ -189,3 +189,24 @@ def test_a_call_to_a_worker_that_dies_during_it_fails_without_waiting_out_the_de
         with pytest.raises(zfutures.ConnectionError, match="left the cluster before answering"):
             ex.run(os._exit, 1)
         assert worker.wait(10) == 1
+
+
+def full(value, n=100_000):
+    return np.full(n, value)
+
+
+def test_fetching_a_result_whose_holder_died_waits_for_its_recomputation_not_a_timeout():
+    """The only holder of a finished result dies before the client fetches it.
+    The fetch is planned again at once, learns from the center that the key is
+    being computed anew, and takes the value when it is in memory again. (It
+    used to wait out the fetch timeout, 10 s by default, set to 120 s here so
+    that the old behaviour fails the test.)"""
+    with Executor(n_workers=2, threads_per_worker=1) as ex:
+        ex._io.fetch_timeout = 120.0  # (no public knob: the default would pass, slowly)
+        value = ex.submit(full, 7.0)  # too big to come back with its completion
+        concurrent.futures.wait([value], timeout=30)
+        (holder,) = ex.who_has([value])[value.key]
+        os.kill(worker_pids(ex)[holder], signal.SIGKILL)
+        wait_for(lambda: holder not in ex.nthreads(), timeout=30,
+                 message="the center did not notice the worker died")
+        assert (value.result(timeout=60) == 7.0).all()

@@ -85,10 +85,10 @@ class _Key:
 class _Gather:
     """One user request for the values of some keys."""
 
-    __slots__ = ("result", "values", "remaining", "tried", "asked_center")
+    __slots__ = ("result", "values", "remaining", "tried", "asked")
 
     def __init__(self, keys: list[str], result: concurrent.futures.Future):
-        self.asked_center = False
+        self.asked: set[str] = set()  # keys the center was asked about, since last in memory
         self.result = result
         self.values: dict[str, list] = {}
         self.remaining = set(keys)
@@ -124,6 +124,9 @@ class ClientIO:
         self.refusal: str | None = None
         self.keys: dict[str, _Key] = {}
         self.gathers: dict[int, tuple[_Gather, str, list[str], float]] = {}
+        # Gathers waiting for a key to be in memory again (its holders died, and
+        # the center is computing it anew): key -> gathers.
+        self.awaiting: dict[str, list[_Gather]] = {}
         # Requests to the center awaiting replies: id -> (result, op, fields).
         self.rpcs: dict[int, tuple[concurrent.futures.Future, str, dict]] = {}
         self._reregistering = False
@@ -433,28 +436,49 @@ class ClientIO:
 
     def _ask_where(self, gather: _Gather, keys: list[str]) -> None:
         """The holders we knew of failed: ask the center once where the keys are now
-        (a worker that left handed them on), then try there."""
-        if gather.asked_center:
-            info = self.keys.get(keys[0])
-            self._finish_gather(gather, FutureLostError(
-                f"could not fetch {keys[0]!r} from any of the workers holding it "
-                f"({', '.join(info.who_has) if info else 'none'})"))
-            return
-        gather.asked_center = True
+        (a worker that left handed them on), then try there. A key held nowhere
+        is being computed again (its holders died): the gather waits for it
+        (see :meth:`_key_back`)."""
+        for key in keys:
+            if key in gather.asked:
+                info = self.keys.get(key)
+                self._finish_gather(gather, FutureLostError(
+                    f"could not fetch {key!r} from any of the workers holding it "
+                    f"({', '.join(info.who_has) if info else 'none'})"))
+                return
+        gather.asked.update(keys)
 
         def answered(reply: concurrent.futures.Future) -> None:  # runs on this thread
             if reply.exception() is not None:
                 self._finish_gather(gather, reply.exception())
                 return
+            held = []
             for key, holders in reply.result().items():
                 info = self.keys.get(key)
+                if info is not None and not holders and not gather.result.done():
+                    # (its key-finished, or key-erred, comes after this reply)
+                    self.awaiting.setdefault(key, []).append(gather)
+                    continue
                 if info is not None:
                     info.who_has = holders
-            self._fetch(gather, keys)
+                held.append(key)
+            self._fetch(gather, held)
 
         reply: concurrent.futures.Future = concurrent.futures.Future()
         reply.add_done_callback(answered)
         self._cmd_rpc("who-has", {"keys": keys}, reply)
+
+    def _key_back(self, info: _Key) -> None:
+        """``info``'s key is in memory again, or erred: gathers waiting for it go on."""
+        for gather in self.awaiting.pop(info.key, ()):
+            if gather.result.done():
+                continue
+            if info.status == ERRED:
+                self._finish_gather(gather, info.exception)
+            else:
+                gather.tried[info.key] = set()
+                gather.asked.discard(info.key)
+                self._fetch(gather, [info.key])
 
     def _fetch_eager(self, keys: list[str]) -> None:
         """Fetch finished eager keys now; their futures complete with the values."""
@@ -576,6 +600,12 @@ class ClientIO:
             return
         for request_id in [i for i, entry in self.gathers.items() if entry[0] is gather]:
             del self.gathers[request_id]
+        for key in gather.remaining:
+            waiting = self.awaiting.get(key)
+            if waiting is not None and gather in waiting:
+                waiting.remove(gather)
+                if not waiting:
+                    del self.awaiting[key]
         if error is None:
             gather.result.set_result(gather.values)
         else:
@@ -604,6 +634,8 @@ class ClientIO:
                     if info.status == FINISHED:  # news of where it is now
                         info.who_has = item["who_has"]
                         info.nbytes = item["nbytes"]
+                        if info.key in self.awaiting:
+                            self._key_back(info)
                         continue
                     info.status = FINISHED
                     info.who_has = item["who_has"]
@@ -642,6 +674,8 @@ class ClientIO:
                         else:
                             future._set_error(info.exception)
                     info.held = None
+                    if info.key in self.awaiting:
+                        self._key_back(info)
         elif op == "reply":
             result, _, _ = self.rpcs.pop(header["id"], (None, None, None))
             if result is not None and not result.done():
@@ -670,8 +704,9 @@ class ClientIO:
     def _worker_left(self, address: str) -> None:
         """The center says a worker left or died: calls waiting on it (run,
         scatter) fail now rather than at the reconnect deadline, and its socket
-        goes. Fetches from it time out and try other holders as usual: its keys
-        may be on their way back (handed on, or recomputed)."""
+        goes. Fetches from it try other holders at once, or wait for the keys
+        to be in memory again (handed on, or recomputed), rather than for the
+        fetch timeout."""
         for request_id, (worker, _, result) in list(self.worker_requests.items()):
             if worker == address:
                 del self.worker_requests[request_id]
@@ -683,6 +718,12 @@ class ClientIO:
             self._drain_worker(address, sock)
             self.poller.unregister(sock)
             sock.close(linger=0)
+        for info in self.keys.values():
+            if address in info.who_has:
+                info.who_has = [a for a in info.who_has if a != address]
+        for request_id, (gather, worker, keys, _) in list(self.gathers.items()):
+            if worker == address and self.gathers.pop(request_id, None) is not None:
+                self._fetch(gather, keys)
 
     def _bring_back(self) -> None:
         """The center lost what it knew of us (it restarted): send again every
@@ -788,6 +829,9 @@ class ClientIO:
         self.rpcs.clear()
         for gather, *_ in list(self.gathers.values()):
             self._finish_gather(gather, error)
+        for waiting in list(self.awaiting.values()):
+            for gather in list(waiting):
+                self._finish_gather(gather, error)
         for info in self.keys.values():
             if info.status == PENDING:
                 for future in info.live_futures():

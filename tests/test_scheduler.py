@@ -671,6 +671,33 @@ def test_ready_task_whose_input_is_lost_waits_again_until_the_input_is_recompute
     assert sent.items("compute", W2)[0]["deps"] == {"x": [addr(W2)]}
 
 
+def test_a_task_fetching_an_input_whose_only_holder_died_goes_back_to_wait_for_it():
+    sim = Sim(extra_queue=0)
+    sim.worker(W1)
+    sim.worker(W2)
+    sim.submit(task("x"))
+    x_on = sim.on("x")
+    other = W2 if x_on == W1 else W1
+    sim.finish("x")
+    sim.submit(task("busy"))              # x's holder is now full ...
+    sim.submit(task("y", "x"))
+    assert sim.on("y") == other           # ... so y went to fetch x from it
+    sim.take()
+
+    sim.s.remove_worker(x_on)             # x was only there
+    sent = sim.take()
+    # y's worker would wait out its fetch timeout on the dead holder: it drops
+    # y, which waits for x to be computed again, there.
+    assert "y" in sent.keys("release-keys", other)
+    assert sim.state("y") == "waiting" and sim.s.tasks["y"].waiting_on == {sim.s.tasks["x"]}
+    assert sent.computes() == {other: ["x"]}  # (then busy, then y: one at a time)
+    sim.finish("x")
+    sim.finish("busy")
+    sent = sim.take()
+    assert sent.computes() == {other: ["busy", "y"]}
+    assert sent.items("compute", other)[1]["deps"] == {"x": [addr(other)]}
+
+
 def test_lost_key_with_another_holder_is_not_recomputed():
     sim = Sim()
     sim.worker(W1)

@@ -410,6 +410,14 @@ class Scheduler:
                 for client in ts.who_wants:
                     self.outbox.add(client.ident, "key-finished", "tasks", dict(item))
         ws.has_what.clear()
+        # Tasks sent elsewhere with a lost key among their inputs are fetching
+        # it from the dead worker, and would wait out their fetch timeout (then
+        # report it missing): they come back, to wait for it like the others.
+        for ts in lost:
+            for dependent in list(ts.dependents):
+                if dependent.state == PROCESSING and ts not in dependent.waiting_on:
+                    self._take_back(dependent)
+                    self._recall_early(dependent)
         for ts in lost:
             if self._is_wanted(ts):
                 self._recompute(ts)

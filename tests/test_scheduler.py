@@ -1067,6 +1067,25 @@ def test_a_run_a_previous_center_assigned_is_kept_for_the_client_that_brings_it_
     assert sim.take().computed_keys() == [] and sim.state("x") == "memory"
 
 
+def test_a_run_a_previous_center_assigned_ends_the_key_brought_back_meanwhile():
+    previous = Sim()
+    previous.worker(W1)
+    previous.submit(task("x"))
+    old_run = run_sent(previous.take(), W1, "x")
+    sim = Sim(recovering=True)                  # the center restarted: W1 still runs x
+    sim.worker(W1)
+    sim.worker(W2)
+    item, payload = task("x")                   # the client brought x back: it runs
+    sim.submit((dict(item, workers=[addr(W2)], allow_other_workers=True), payload))
+    assert sim.on("x") == W2                    # anew, elsewhere
+    sim.take()
+    sim.s.task_finished(W1, "x", 8, run=old_run)  # W1's first run ends: never dropped
+    sent = sim.take()
+    assert sim.state("x") == "memory" and sim.s.who_has(["x"]) == {"x": [addr(W1)]}
+    assert sent.keys("key-finished", C1) == ["x"]
+    assert sent.keys("release-keys", W2) == ["x"]  # the second run is not needed
+
+
 def test_a_late_report_of_a_run_this_center_forgot_is_not_kept_for_claiming():
     sim = Sim(recovering=True)                  # (every center starts out recovering)
     sim.worker(W1)

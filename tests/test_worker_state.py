@@ -367,6 +367,16 @@ def test_a_seceding_task_tells_its_run_and_a_released_one_tells_nothing():
     assert w.secede("y") is None          # the center took it back: nothing to say
 
 
+def test_a_seceded_task_assigned_again_tells_its_secession_for_the_new_run():
+    w = make(nthreads=1)
+    compute(w, "x", run=1)
+    assert executed(w) == ["x"]
+    w.release(["x"])                      # dropped while it runs ...
+    assert w.secede("x") is None          # ... it gives its thread back, unannounced
+    compute(w, "x", run=2)                # ... and is asked for again: adopted
+    assert reports(w) == [("task-seceded", {"key": "x", "run": 2}, [])]
+
+
 # --------------------------------------------------------------------------- center restart
 
 

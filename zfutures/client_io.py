@@ -455,12 +455,17 @@ class ClientIO:
             held = []
             for key, holders in reply.result().items():
                 info = self.keys.get(key)
-                if info is not None and not holders and not gather.result.done():
-                    # (its key-finished, or key-erred, comes after this reply)
+                if info is not None and info.status == FINISHED and not holders \
+                        and not gather.result.done():
+                    # Being computed again: its key-finished (or key-erred)
+                    # comes after this reply. (A key that erred or was released
+                    # meanwhile goes on to _fetch, which fails the gather.)
                     self.awaiting.setdefault(key, []).append(gather)
                     continue
                 if info is not None:
                     info.who_has = holders
+                    if any(h not in gather.tried[key] for h in holders):
+                        gather.asked.discard(key)  # (handed on: it may move again)
                 held.append(key)
             self._fetch(gather, held)
 

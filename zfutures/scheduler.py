@@ -598,6 +598,17 @@ class Scheduler:
             # submitted to the center before this one: a client may claim it
             self.unclaimed.setdefault(key, {})[ws] = nbytes
             return
+        if ts is not None and ts.processing_on is not ws and run is not None and \
+                not self._assigned_here(run) and ts.state not in (ERRED, MEMORY) and \
+                self._is_wanted(ts):
+            # A run a previous center assigned, which this center never told the
+            # worker to drop: take its result rather than compute it again.
+            self._stop_pending_work(ts)
+            self._add_holder(ts, ws, nbytes)
+            self.expected.pop(key, None)
+            self._finish(ts, value)
+            self._settle()
+            return
         if ts is None or ts.processing_on is not ws:
             # Forgotten, failed, taken back, or run by a worker the center gave
             # up on and done elsewhere since: the worker should drop its copy.

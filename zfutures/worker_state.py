@@ -135,6 +135,8 @@ class WorkerState:
         if task is not None:  # adopt the run under way: it answers this assignment
             task.run = run
             task.inline = task.inline or inline
+            if key in self.seceded:  # the center counts it against our threads else
+                self.to_center.append(("task-seceded", {"key": key, "run": run}, []))
             return
         task = self.tasks[key] = Task(key, deps, priority, payload, next(self._order), inline,
                                       run)

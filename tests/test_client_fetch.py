@@ -1,0 +1,143 @@
+"""The client's fetching of results, driven by hand against a real Scheduler.
+
+No thread runs the client's loop here: its handlers are called directly, its
+requests to the center are answered by the Scheduler, and its data requests
+to workers are only recorded (the sockets never connect), so each ordering
+of events is played exactly.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+
+import pytest
+
+from zfutures import FutureLostError, protocol, serialize
+from zfutures.client_io import FINISHED, ClientIO, _Key
+from zfutures.scheduler import Scheduler
+
+A1, A2 = "tcp://127.0.0.1:1", "tcp://127.0.0.1:2"
+W1, W2, C = b"w1", b"w2", b"c"
+
+
+class Client:
+    """A ClientIO whose center is ``scheduler``, handled by hand."""
+
+    def __init__(self, scheduler: Scheduler):
+        self.s = scheduler
+        self.io = ClientIO("tcp://127.0.0.1:9", C.decode())
+        self.rpcs: list = []
+        self.io._cmd_rpc = lambda op, fields, result: self.rpcs.append((op, fields, result))
+
+    def holds(self, key: str, *holders: str) -> _Key:
+        """The client holds a finished future for ``key``."""
+        info = self.io.keys[key] = _Key(key)
+        info.status, info.who_has, info.refs = FINISHED, list(holders), 1
+        return info
+
+    def fetch(self, key: str) -> concurrent.futures.Future:
+        result: concurrent.futures.Future = concurrent.futures.Future()
+        self.io._cmd_fetch([key], result)
+        return result
+
+    def requests_to(self, address: str) -> list[list[str]]:
+        return [keys for _, worker, keys, _ in self.io.gathers.values() if worker == address]
+
+    def center_speaks(self) -> None:
+        """Deliver what the center sent this client, in order."""
+        for ident, op, fields, frames in self.s.outbox.take():
+            if ident == C:
+                self.io._on_center_message(protocol.encode(op, frames, **fields))
+
+    def center_answers(self) -> None:
+        """The center answers the who-has requests asked so far."""
+        asked, self.rpcs = self.rpcs, []
+        for op, fields, result in asked:
+            assert op == "who-has"
+            result.set_result(self.s.who_has(fields["keys"]))
+
+    def worker_answers(self, address: str, key: str, value: object) -> None:
+        """``address`` answers the client's pending request for ``key``."""
+        (request_id,) = [i for i, (_, worker, keys, _) in self.io.gathers.items()
+                         if worker == address and key in keys]
+        frames = serialize.dumps(value)
+        header = {"op": "data", "id": request_id, "missing": [],
+                  "items": [{"key": key, "nframes": len(frames)}]}
+        self.io._on_data(address, header, frames)
+
+    def close(self) -> None:
+        self.io.context.destroy(linger=0)
+
+
+@pytest.fixture
+def cluster():
+    s = Scheduler()
+    s.add_worker(W1, A1, "w1", 1)
+    s.add_worker(W2, A2, "w2", 1)
+    s.add_client(C, "c")
+    client = Client(s)
+    yield s, client
+    client.close()
+
+
+def finished_on(s: Scheduler, key: str, address: str) -> None:
+    """``key`` was computed on the worker at ``address`` (any other may run it again)."""
+    s.submit(C, [{"key": key, "deps": [], "priority": 0, "nframes": 1, "workers": [address],
+                  "allow_other_workers": True}], [b"payload"])
+    ts = s.tasks[key]
+    s.task_finished(ts.processing_on.ident, key, 8, run=ts.run)
+    assert s.who_has([key]) == {key: [address]}
+    s.outbox.take()
+
+
+def test_a_fetch_from_a_worker_that_died_waits_for_the_key_computed_again(cluster):
+    s, client = cluster
+    finished_on(s, "x", A1)
+    client.holds("x", A1)
+    result = client.fetch("x")
+    assert client.requests_to(A1) == [["x"]]
+
+    s.remove_worker(W1)                      # x is computed again, on W2
+    client.center_speaks()                   # workers-left: the request goes at once ...
+    assert client.requests_to(A1) == []
+    client.center_answers()                  # ... the center holds x nowhere yet
+    assert not result.done()
+    s.task_finished(W2, "x", 8, run=s.tasks["x"].run)
+    client.center_speaks()                   # x is back: fetched from its new holder
+    assert client.requests_to(A2) == [["x"]]
+    client.worker_answers(A2, "x", 42)
+    assert serialize.loads(result.result(0)["x"]) == 42
+    assert client.io.awaiting == {}
+
+
+def test_a_fetch_fails_when_the_lost_key_errs_before_the_center_answers(cluster):
+    s, client = cluster
+    s.update_data(C, [{"key": "data", "nbytes": 8, "workers": [A1]}])  # scattered
+    s.outbox.take()
+    client.holds("data", A1).scattered = True
+    result = client.fetch("data")
+
+    s.remove_worker(W1)            # scattered data cannot be computed again: it errs ...
+    client.center_speaks()         # ... and the client hears it before the who-has answer
+    client.center_answers()
+    with pytest.raises(FutureLostError, match="lost with the worker"):
+        result.result(0)
+    assert client.io.awaiting == {} and client.io.gathers == {}
+
+
+def test_a_key_handed_on_twice_is_asked_for_again(cluster):
+    s, client = cluster
+    finished_on(s, "x", A1)
+    client.holds("x", A1)
+    result = client.fetch("x")
+    s.keys_added(W2, "x", 8)                 # W1 handed x on to W2, and left
+    s.remove_worker(W1)
+    client.center_speaks()
+    client.center_answers()
+    assert client.requests_to(A2) == [["x"]]
+    s.add_worker(b"w3", "tcp://127.0.0.1:3", "w3", 1)
+    s.keys_added(b"w3", "x", 8)              # W2 handed it on to W3, and left too
+    s.remove_worker(W2)
+    client.center_speaks()
+    client.center_answers()                  # a second question, with a new answer
+    assert client.requests_to("tcp://127.0.0.1:3") == [["x"]]
+    assert not result.done()

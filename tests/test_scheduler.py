@@ -582,23 +582,26 @@ def test_lost_workers_processing_tasks_are_rescheduled_on_another_worker():
     assert addr(W1) not in sim.s.has_what()
 
 
-def test_every_client_hears_when_a_worker_leaves():
-    # (their calls to it, Executor.run and scatter, then fail at once)
+def test_every_client_and_worker_hears_when_a_worker_leaves():
+    # (clients' calls to it, Executor.run and scatter, then fail at once, and
+    # fetches from it, by clients and workers, go to other holders at once)
     sim = Sim(clients=(C1, C2))
     sim.worker(W1)
     sim.worker(W2)
+    sim.worker(W3)
     sim.take()
     sim.s.remove_worker(W1)
     sim.s.remove_worker(W1)  # (twice: said once)
     sent = sim.take()
-    for client in (C1, C2):
-        fields, _ = sent._by[(client, "workers-left")]
+    for peer in (C1, C2, W2, W3):
+        fields, _ = sent._by[(peer, "workers-left")]
         assert fields["addresses"] == [addr(W1)]
-    assert "workers-left" not in sent.ops(W2)
+    assert "workers-left" not in sent.ops(W1)
     # a worker that reconnects (a new identity, the same address) did not leave
     sim.s.add_worker(b"w2-again", addr(W2), "w2", 1)
     sim.s.add_worker(b"w2-again", addr(W2), "w2", 1)
-    assert "workers-left" not in sim.take().ops(C1)
+    sent = sim.take()
+    assert "workers-left" not in sent.ops(C1) and "workers-left" not in sent.ops(W3)
 
 
 def test_lost_worker_without_replacement_leaves_its_tasks_ready_for_the_next_one():

@@ -198,6 +198,22 @@ def test_fetch_timeout_tries_the_next_holder_then_reports_missing_data():
     assert executed(w) == []
 
 
+def test_a_peer_that_left_is_asked_nothing_more_and_its_requests_go_elsewhere_at_once():
+    w = make()
+    compute(w, "t", {"a": [P1, P2]}, now=0.0)
+    compute(w, "u", {"b": [P2, P1], "c": [P3]}, now=0.0)
+    assert sorted((peer, keys) for _, peer, keys in fetches(w)) == \
+        [(P1, ["a"]), (P2, ["b"]), (P3, ["c"])]
+    w.peer_left(P1, now=1.0)            # long before the fetch timeout
+    assert [(peer, keys) for _, peer, keys in fetches(w)] == [(P2, ["a"])]
+    assert reports(w) == []
+    w.peer_left(P2, now=2.0)            # a's and b's last holder: nowhere else to ask
+    assert fetches(w) == []
+    assert sorted((op, item["key"], tuple(item["missing"])) for op, item, _ in reports(w)) == \
+        [("missing-data", "t", ("a",)), ("missing-data", "u", ("b",))]
+    assert [peer for peer, _, _ in w.requests.values()] == [P3]  # (left alone)
+
+
 def test_timeout_of_one_request_leaves_other_requests_alone():
     w = make()
     compute(w, "t1", {"a": [P1, P3]}, now=0.0)

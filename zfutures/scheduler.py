@@ -369,9 +369,9 @@ class Scheduler:
             return
         del self.workers_by_address[ws.address]
         self._stop_sending_to(ws)
-        if not replaced:  # (the clients' calls to it fail at once)
-            for client in self.clients.values():
-                self.outbox.add(client.ident, "workers-left", "addresses", ws.address)
+        if not replaced:  # (calls to it fail at once; fetches from it go elsewhere)
+            for peer in [*self.clients.values(), *self.workers.values()]:
+                self.outbox.add(peer.ident, "workers-left", "addresses", ws.address)
         for other in self.workers.values():
             if other.moving:  # it may have been copying their keys: plan anew
                 self._hand_on(other)

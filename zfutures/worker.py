@@ -332,6 +332,9 @@ class Worker:
         elif op == "acquire":
             for item in header["tasks"]:
                 self.state.acquire(item["key"], item["holders"], now)
+        elif op == "workers-left":
+            for address in header["addresses"]:
+                self._peer_left(address, now)
         elif op == "retired":
             logger.info("worker %s handed its keys on; leaving", self.address)
             self._stopping = True
@@ -349,6 +352,16 @@ class Worker:
             self.stop()
         elif op != "heartbeat":
             logger.warning("dropped an unexpected %r from the center", op)
+
+    def _peer_left(self, address: str, now: float) -> None:
+        """A worker left: its socket goes (after taking what it had already
+        sent), and fetches from it go to other holders."""
+        sock = self.peers.pop(address, None)
+        if sock is not None:
+            drain(sock, lambda frames: self._on_peer_data(address, frames), dropped)
+            self.poller.unregister(sock)
+            sock.close(linger=0)
+        self.state.peer_left(address, now)
 
     def _on_data_request(self, frames: list) -> None:
         if len(frames) < 2:
@@ -477,8 +490,10 @@ class Worker:
                 dropped, f"a data request to {address}")
 
     def _end_lease(self, address: str, header: dict) -> None:
-        send(self._peer(address), [protocol.encode_header("data-read", lease=header["lease"])],
-             dropped, f"the end of a read to {address}")
+        sock = self.peers.get(address)
+        if sock is not None:  # (else the peer left: its leases went with it)
+            send(sock, [protocol.encode_header("data-read", lease=header["lease"])],
+                 dropped, f"the end of a read to {address}")
 
     def call_soon(self, fn, *args: Any) -> None:
         """Have the loop thread call ``fn(*args)``; safe from any thread."""

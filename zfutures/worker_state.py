@@ -190,6 +190,24 @@ class WorkerState:
         if request is not None and request[2] < until:
             self.requests[request_id] = (request[0], request[1], until)
 
+    def peer_left(self, address: str, now: float) -> None:
+        """The worker at ``address`` left the cluster or died: what was asked
+        of it is asked of the next holder now (or reported missing), rather
+        than after the fetch timeout, and it is asked nothing more."""
+        for fetch in self.fetches.values():
+            if address in fetch.holders:
+                fetch.holders.remove(address)
+        plan: dict[str, list[str]] = {}
+        for request_id, (peer, keys, _) in list(self.requests.items()):
+            if peer != address:
+                continue
+            del self.requests[request_id]
+            for key in keys:
+                fetch = self.fetches.get(key)
+                if fetch is not None and fetch.request == request_id:
+                    self._plan_fetch(fetch, plan)
+        self._send_requests(plan, now)
+
     def input_failed(self, key: str, error: list) -> None:
         """Input ``key`` can never arrive (its value cannot be pickled): the tasks
         that need it fail with ``error`` (pickled exception frames)."""

@@ -794,6 +794,25 @@ def test_missing_data_recomputes_the_input_no_holder_could_provide():
     assert sent.items("compute", W2)[0]["deps"] == {"x": [addr(W2)]}
 
 
+def test_missing_data_keeps_a_copy_the_worker_never_asked_for():
+    sim = Sim(extra_queue=0)
+    sim.worker(W1)
+    sim.worker(W2)
+    sim.worker(W3)
+    sim.s.update_data(C1, [{"key": "x", "nbytes": 8, "workers": [addr(W1)]}])  # scattered
+    item, payload = task("y", "x")
+    sim.submit((dict(item, workers=[addr(W3)]), payload))
+    assert sim.take().items("compute", W3)[0]["deps"] == {"x": [addr(W1)]}
+    sim.s.keys_added(W2, "x", 8)           # a copy on W2 since, which W3 does not know of
+    sim.s.missing_data(W3, "y", ["x"], run=sim.s.tasks["y"].run, tried=[addr(W1)])
+    sent = sim.take()
+    # Only W1's copy goes: x stays in memory (scattered, it could not be made
+    # again), and y is sent again, to fetch it from W2.
+    assert sent.keys("release-keys", W1) == ["x"] and "release-keys" not in sent.ops(W2)
+    assert sim.state("x") == "memory" and sim.s.who_has(["x"]) == {"x": [addr(W2)]}
+    assert sent.items("compute", W3)[0]["deps"] == {"x": [addr(W2)]}
+
+
 def test_missing_data_from_a_worker_not_processing_the_task_is_ignored():
     sim = Sim()
     sim.worker(W1)

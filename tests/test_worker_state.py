@@ -193,7 +193,8 @@ def test_fetch_timeout_tries_the_next_holder_then_reports_missing_data():
 
     w.check_timeouts(now=100.0 + 2 * TIMEOUT)
     assert fetches(w) == []
-    assert reports(w) == [("missing-data", {"key": "t", "missing": ["a"], "run": RUN}, [])]
+    assert reports(w) == [
+        ("missing-data", {"key": "t", "missing": ["a"], "run": RUN, "tried": [P1, P2]}, [])]
     assert "t" not in w.tasks and "a" not in w.fetches
     assert executed(w) == []
 
@@ -242,7 +243,8 @@ def test_peer_answering_missing_with_no_holder_left_reports_missing_data():
     compute(w, "t", {"a": [P1]})
     ((request_id, _, _),) = fetches(w)
     w.data_received(request_id, {}, {}, now=1.0)
-    assert reports(w) == [("missing-data", {"key": "t", "missing": ["a"], "run": RUN}, [])]
+    assert reports(w) == [
+        ("missing-data", {"key": "t", "missing": ["a"], "run": RUN, "tried": [P1]}, [])]
     assert fetches(w) == [] and executed(w) == []
     assert "t" not in w.tasks
 
@@ -276,7 +278,8 @@ def test_input_with_no_holder_to_ask_is_reported_missing_instead_of_waiting_fore
     w = make()
     compute(w, "t", {"a": [ME]})          # the center thinks we hold a; we do not
     assert fetches(w) == []
-    assert reports(w) == [("missing-data", {"key": "t", "missing": ["a"], "run": RUN}, [])]
+    assert reports(w) == [
+        ("missing-data", {"key": "t", "missing": ["a"], "run": RUN, "tried": [ME]}, [])]
     assert "t" not in w.tasks
 
 
@@ -509,7 +512,8 @@ def test_a_task_given_up_for_one_input_drops_the_fetch_just_planned_for_another(
     # a has a holder to ask; b has none left (its holder died meanwhile): the
     # task goes back to the center before the request for a is even sent.
     compute(w, "t", {"a": [P1], "b": []})
-    assert reports(w) == [("missing-data", {"key": "t", "missing": ["b"], "run": RUN}, [])]
+    assert reports(w) == [
+        ("missing-data", {"key": "t", "missing": ["b"], "run": RUN, "tried": []}, [])]
     assert fetches(w) == [] and not w.fetches and "t" not in w.tasks
     compute(w, "u", {"a": [P1]})                   # the worker goes on as usual
     assert fetches(w) == [(1, P1, ["a"])]

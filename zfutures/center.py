@@ -142,7 +142,7 @@ class Center:
             "task-erred": self._task_erred,
             "keys-added": self._keys_added,
             "missing-data": lambda ident, h, f: self.scheduler.missing_data(
-                ident, h["key"], h["missing"], h["run"]),
+                ident, h["key"], h["missing"], h["run"], h.get("tried")),
             "task-seceded": lambda ident, h, f: self.scheduler.task_seceded(
                 ident, h["key"], h["run"]),
             "retire": lambda ident, h, f: self.scheduler.retire_worker(ident),

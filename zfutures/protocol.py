@@ -93,7 +93,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "task-finished": {"tasks": ("items", _DONE_ITEM)},
     "task-erred": {"tasks": ("items", _FAILED_ITEM)},
     "keys-added": {"tasks": ("items", _FINISHED_ITEM)},
-    "missing-data": {"key": _STR, "missing": _STRS, "run": _INT},
+    # tried: the holders the worker asked in vain (others may hold a copy)
+    "missing-data": {"key": _STR, "missing": _STRS, "run": _INT, "tried?": _STRS},
     "task-seceded": {"key": _STR, "run": _INT},
     "retire": {},
     "unregister": {},

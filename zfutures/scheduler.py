@@ -747,8 +747,10 @@ class Scheduler:
         self._settle()
 
     def missing_data(self, worker_ident: bytes, key: str, missing: Iterable[str],
-                     run: int | None = None) -> None:
-        """A worker could not fetch ``missing`` inputs of ``key`` from any holder."""
+                     run: int | None = None, tried: Iterable[str] | None = None) -> None:
+        """A worker could not fetch ``missing`` inputs of ``key`` from the holders
+        it asked, ``tried`` (addresses; None: every holder). Those lose their
+        copies; a copy made elsewhere since is kept, and the task placed again."""
         ts = self._current_run(worker_ident, key, run)
         if ts is None:
             return
@@ -760,8 +762,9 @@ class Scheduler:
             if dep is None or dep not in ts.dependencies:
                 continue
             for holder in list(dep.who_has):  # none of them could give it
-                self.outbox.add(holder.ident, "release-keys", "keys", dep.key)
-                self._remove_holder(dep, holder)
+                if tried is None or holder.address in tried:
+                    self.outbox.add(holder.ident, "release-keys", "keys", dep.key)
+                    self._remove_holder(dep, holder)
             if not dep.who_has and dep.state == MEMORY:
                 self._set_state(dep, RELEASED)
                 self._recompute(dep)

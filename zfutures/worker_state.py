@@ -68,13 +68,15 @@ class Task:
 
 
 class _Fetch:
-    """One input being fetched: the holders not tried yet and who waits for it."""
+    """One input being fetched: the holders not tried yet, those tried, and
+    who waits for it."""
 
-    __slots__ = ("key", "holders", "waiting_tasks", "request")
+    __slots__ = ("key", "holders", "tried", "waiting_tasks", "request")
 
     def __init__(self, key: str, holders: list[str]):
         self.key = key
         self.holders = holders
+        self.tried: list[str] = []
         self.waiting_tasks: set[str] = set()
         self.request: int | None = None
 
@@ -152,6 +154,8 @@ class WorkerState:
             if fetch is None:
                 fetch = self.fetches[dep] = _Fetch(
                     dep, [h for h in holders if h != self.address])
+                if self.address in holders:  # the center thinks we hold it: we do not
+                    fetch.tried.append(self.address)
                 fetch.waiting_tasks.add(key)
                 self._plan_fetch(fetch, plan)
             else:
@@ -353,12 +357,16 @@ class WorkerState:
 
     def _plan_fetch(self, fetch: _Fetch, plan: dict[str, list[str]]) -> None:
         if fetch.holders:
-            plan.setdefault(fetch.holders.pop(0), []).append(fetch.key)
+            holder = fetch.holders.pop(0)
+            fetch.tried.append(holder)
+            plan.setdefault(holder, []).append(fetch.key)
             return
-        # No holder left to try: the tasks that need it go back to the center.
+        # No holder left to try: the tasks that need it go back to the center,
+        # saying which holders failed (others may have a copy by now).
         for task in self._give_up(fetch):
             self.to_center.append(("missing-data", {"key": task.key, "missing": [fetch.key],
-                                                    "run": task.run}, []))
+                                                    "run": task.run,
+                                                    "tried": list(fetch.tried)}, []))
 
     def _give_up(self, fetch: _Fetch) -> list[Task]:
         """Stop fetching an input; drop the tasks waiting for it (they no longer

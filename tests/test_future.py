@@ -63,6 +63,7 @@ def test_every_way_of_waiting_sees_every_completion(round_):
     assert not not_done and len(done) == len(fs)
     assert len(list(concurrent.futures.as_completed(fs, timeout=10))) == len(fs)
     completer.join(10)
+    assert not completer.is_alive()
     assert sorted(f.key for f in called) == sorted(f.key for f in fs[::3])
     for f in fs:
         assert f.done() and f.status in ("finished", "error")

@@ -116,6 +116,11 @@ class Sim:
         ws = self.s.tasks[key].processing_on
         return None if ws is None else ws.ident
 
+    def on_and_other(self, key: str) -> tuple[bytes, bytes]:
+        """The worker processing ``key``, and the other one of W1 and W2."""
+        on = self.on(key)
+        return on, W2 if on == W1 else W1
+
     def take(self) -> Sent:
         """Take the outbox, checking every message against the wire protocol."""
         messages = self.s.outbox.take()
@@ -679,8 +684,7 @@ def test_a_task_fetching_an_input_whose_only_holder_died_goes_back_to_wait_for_i
     sim.worker(W1)
     sim.worker(W2)
     sim.submit(task("x"))
-    x_on = sim.on("x")
-    other = W2 if x_on == W1 else W1
+    x_on, other = sim.on_and_other("x")
     sim.finish("x")
     sim.submit(task("busy"))              # x's holder is now full ...
     sim.submit(task("y", "x"))
@@ -706,8 +710,7 @@ def test_lost_key_with_another_holder_is_not_recomputed():
     sim.worker(W1)
     sim.worker(W2)
     sim.submit(task("x"))
-    holder = sim.on("x")
-    other = W2 if holder == W1 else W1
+    holder, other = sim.on_and_other("x")
     sim.finish("x")
     sim.s.keys_added(other, "x", 8)
     sim.take()
@@ -821,7 +824,7 @@ def test_missing_data_from_a_worker_not_processing_the_task_is_ignored():
     sim.finish("x")
     sim.submit(task("y", "x"))
     sim.take()
-    stranger = W2 if sim.on("y") == W1 else W1
+    _, stranger = sim.on_and_other("y")
     sim.s.missing_data(stranger, "y", ["x"])
     assert sim.state("x") == "memory" and sim.state("y") == "processing"
     assert sim.take().messages == []
@@ -926,8 +929,7 @@ def test_keys_added_records_a_copy_that_is_released_with_the_key():
     sim.worker(W1)
     sim.worker(W2)
     sim.submit(task("x"))
-    holder = sim.on("x")
-    other = W2 if holder == W1 else W1
+    holder, other = sim.on_and_other("x")
     sim.finish("x", nbytes=500)
     sim.s.keys_added(other, "x", 500)
     assert sorted(sim.s.who_has(["x"])["x"]) == sorted([addr(W1), addr(W2)])

@@ -25,7 +25,7 @@ from . import peer_memory, protocol, serialize
 from .addressing import configure, peer_endpoint
 from .errors import ConnectionError, FutureLostError, RemoteTraceback
 from .logs import RateLimitedLog
-from .loop import Waker, drain, send
+from .loop import Waker, close_drained, drain, send
 
 logger = logging.getLogger(__name__)
 dropped = RateLimitedLog(logger)
@@ -216,7 +216,8 @@ class ClientIO:
                     drain(self.center, self._on_center_message, dropped)
                 for address, sock in list(self.workers.items()):
                     if sock in events:
-                        self._drain_worker(address, sock)
+                        drain(sock, lambda frames, a=address: self._on_worker_message(a, frames),
+                              dropped)
                 now = time.monotonic()
                 if self._release_due is not None and now >= self._release_due:
                     self._release_now()
@@ -474,7 +475,8 @@ class ClientIO:
         self._cmd_rpc("who-has", {"keys": keys}, reply)
 
     def _key_back(self, info: _Key) -> None:
-        """``info``'s key is in memory again, or erred: gathers waiting for it go on."""
+        """``info``'s key is in memory again, or erred: gathers waiting for it, if
+        any, go on."""
         for gather in self.awaiting.pop(info.key, ()):
             if gather.result.done():
                 continue
@@ -522,9 +524,6 @@ class ClientIO:
                 future._set_value(value)
             else:
                 future._set_error(error)
-
-    def _drain_worker(self, address: str, sock: zmq.Socket) -> None:
-        drain(sock, lambda frames: self._on_worker_message(address, frames), dropped)
 
     def _on_worker_message(self, address: str, frames: list) -> None:
         header, frames = protocol.decode(frames)
@@ -639,8 +638,7 @@ class ClientIO:
                     if info.status == FINISHED:  # news of where it is now
                         info.who_has = item["who_has"]
                         info.nbytes = item["nbytes"]
-                        if info.key in self.awaiting:
-                            self._key_back(info)
+                        self._key_back(info)
                         continue
                     info.status = FINISHED
                     info.who_has = item["who_has"]
@@ -679,8 +677,7 @@ class ClientIO:
                         else:
                             future._set_error(info.exception)
                     info.held = None
-                    if info.key in self.awaiting:
-                        self._key_back(info)
+                    self._key_back(info)
         elif op == "reply":
             result, _, _ = self.rpcs.pop(header["id"], (None, None, None))
             if result is not None and not result.done():
@@ -719,10 +716,9 @@ class ClientIO:
                     result.set_exception(ConnectionError(
                         f"the worker {address} left the cluster before answering"))
         sock = self.workers.pop(address, None)
-        if sock is not None:  # (after taking what it had already sent)
-            self._drain_worker(address, sock)
-            self.poller.unregister(sock)
-            sock.close(linger=0)
+        if sock is not None:
+            close_drained(sock, self.poller,
+                          lambda frames: self._on_worker_message(address, frames), dropped)
         for info in self.keys.values():
             if address in info.who_has:
                 info.who_has = [a for a in info.who_has if a != address]

@@ -102,6 +102,15 @@ def receive(sock: zmq.Socket) -> list | None:
         return None
 
 
+def close_drained(sock: zmq.Socket, poller: zmq.Poller, handle: Callable[[list], Any],
+                  dropped: Any) -> None:
+    """Handle what ``sock`` has received already, then stop polling it and close
+    it: a peer that left may have answered before it went."""
+    drain(sock, handle, dropped)
+    poller.unregister(sock)
+    sock.close(linger=0)
+
+
 def send_frames(sock: zmq.Socket, frames: list, flags: int = 0) -> None:
     """Send a multipart message: big frames zero-copy, small ones copied (cheaper)."""
     last = len(frames) - 1

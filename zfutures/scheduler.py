@@ -311,16 +311,8 @@ class Scheduler:
             keys = dict.fromkeys(keys, 0)
         for key, nbytes in keys.items():
             ts = self.tasks.get(key)
-            if ts is not None and ts.state not in (ERRED, MEMORY) and self._is_wanted(ts):
-                # Computed here meanwhile (e.g. while the center was away): take it
-                # rather than wait for another run. (A key already in memory stays
-                # as it is: a second run of an impure task would differ.)
-                if ts.state == PROCESSING:
-                    self._stop_pending_work(ts)
-                self._add_holder(ts, ws, nbytes or ts.nbytes)
-                self.expected.pop(key, None)
-                if ts.state != MEMORY:
-                    self._finish(ts)
+            if self._takes_result(ts):  # computed here meanwhile (the center was away)
+                self._take_result(ts, ws, nbytes or ts.nbytes)
             elif ts is None and self.recovering:
                 self.unclaimed.setdefault(key, {})[ws] = nbytes
             else:
@@ -410,20 +402,18 @@ class Scheduler:
                 for client in ts.who_wants:
                     self.outbox.add(client.ident, "key-finished", "tasks", dict(item))
         ws.has_what.clear()
-        # Tasks sent elsewhere with a lost key among their inputs are fetching
-        # it from the dead worker, and would wait out their fetch timeout (then
-        # report it missing): they come back, to wait for it like the others.
+        for ts in lost:
+            if self._is_wanted(ts):
+                self._recompute(ts)
+        # Dependents that were waiting for lost keys wait again. Those sent
+        # elsewhere are fetching a lost key from the dead worker, and would
+        # wait out their fetch timeout (then report it missing): they come
+        # back, to wait for it like the others.
         for ts in lost:
             for dependent in list(ts.dependents):
                 if dependent.state == PROCESSING and ts not in dependent.waiting_on:
                     self._take_back(dependent)
                     self._recall_early(dependent)
-        for ts in lost:
-            if self._is_wanted(ts):
-                self._recompute(ts)
-        # Dependents that were waiting for lost keys wait again.
-        for ts in lost:
-            for dependent in ts.dependents:
                 if dependent.state in (WAITING, READY):
                     if dependent.state == READY:
                         self._remove_ready(dependent)
@@ -598,21 +588,15 @@ class Scheduler:
             # submitted to the center before this one: a client may claim it
             self.unclaimed.setdefault(key, {})[ws] = nbytes
             return
-        if ts is not None and ts.processing_on is not ws and run is not None and \
-                not self._assigned_here(run) and ts.state not in (ERRED, MEMORY) and \
-                self._is_wanted(ts):
-            # A run a previous center assigned, which this center never told the
-            # worker to drop: take its result rather than compute it again.
-            self._stop_pending_work(ts)
-            self._add_holder(ts, ws, nbytes)
-            self.expected.pop(key, None)
-            self._finish(ts, value)
-            self._settle()
-            return
         if ts is None or ts.processing_on is not ws:
-            # Forgotten, failed, taken back, or run by a worker the center gave
-            # up on and done elsewhere since: the worker should drop its copy.
-            if ts is None or ws not in ts.who_has:
+            if run is not None and not self._assigned_here(run) and self._takes_result(ts):
+                # A run a previous center assigned, which this center never told
+                # the worker to drop: as for a key a worker registers with.
+                self._take_result(ts, ws, nbytes, value)
+                self._settle()
+            elif ts is None or ws not in ts.who_has:
+                # Forgotten, failed, taken back, or run by a worker the center
+                # gave up on and done elsewhere since: the worker drops its copy.
                 self.outbox.add(ws.ident, "release-keys", "keys", key)
             return
         if run is not None and run != ts.run:
@@ -770,6 +754,22 @@ class Scheduler:
                 self._recompute(dep)
         self._try_ready(ts)
         self._settle()
+
+    def _takes_result(self, ts: TaskState | None) -> bool:
+        """Whether a result this center did not ask for (a worker computed it
+        while the center was away) is taken for ``ts``: if it is still wanted
+        and not done. (A key already in memory keeps its value: a second run of
+        an impure task would differ.)"""
+        return ts is not None and ts.state not in (ERRED, MEMORY) and self._is_wanted(ts)
+
+    def _take_result(self, ts: TaskState, ws: WorkerState, nbytes: int,
+                     value: list | None = None) -> None:
+        """``ws`` holds ``ts``'s result: pending work on it stops, it is done."""
+        if ts.state == PROCESSING:  # (a ready one leaves the queue in _finish)
+            self._stop_pending_work(ts)
+        self._add_holder(ts, ws, nbytes)
+        self.expected.pop(ts.key, None)
+        self._finish(ts, value)
 
     def _assigned_here(self, run: int | None) -> bool:
         """Whether this center assigned ``run`` (to a task it may have forgotten)."""

@@ -38,7 +38,7 @@ from .addressing import (
 )
 from .errors import ProtocolError
 from .logs import RateLimitedLog
-from .loop import Waker, drain, send, send_frames
+from .loop import Waker, close_drained, drain, send, send_frames
 from .processes import own_rss, release_free_memory
 from .worker_state import HOLD_REPORTS, Task, WorkerState
 
@@ -358,9 +358,8 @@ class Worker:
         sent), and fetches from it go to other holders."""
         sock = self.peers.pop(address, None)
         if sock is not None:
-            drain(sock, lambda frames: self._on_peer_data(address, frames), dropped)
-            self.poller.unregister(sock)
-            sock.close(linger=0)
+            close_drained(sock, self.poller, lambda frames: self._on_peer_data(address, frames),
+                          dropped)
         self.state.peer_left(address, now)
 
     def _on_data_request(self, frames: list) -> None:

@@ -202,14 +202,9 @@ class WorkerState:
             if address in fetch.holders:
                 fetch.holders.remove(address)
         plan: dict[str, list[str]] = {}
-        for request_id, (peer, keys, _) in list(self.requests.items()):
-            if peer != address:
-                continue
-            del self.requests[request_id]
-            for key in keys:
-                fetch = self.fetches.get(key)
-                if fetch is not None and fetch.request == request_id:
-                    self._plan_fetch(fetch, plan)
+        for request_id, (peer, _, _) in list(self.requests.items()):
+            if peer == address:
+                self._abandon(request_id, plan)
         self._send_requests(plan, now)
 
     def input_failed(self, key: str, error: list) -> None:
@@ -227,13 +222,9 @@ class WorkerState:
         for request_id, (peer, keys, deadline) in list(self.requests.items()):
             if deadline > now:
                 continue
-            del self.requests[request_id]
             logger.warning("no answer from %s for %d keys within %.1fs; trying other holders",
                            peer, len(keys), self.fetch_timeout)
-            for key in keys:
-                fetch = self.fetches.get(key)
-                if fetch is not None and fetch.request == request_id:
-                    self._plan_fetch(fetch, plan)
+            self._abandon(request_id, plan)
         self._send_requests(plan, now)
 
     def task_done(self, key: str, value: Any = None, nbytes: int = 0,
@@ -354,6 +345,14 @@ class WorkerState:
         self.nbytes[key] = nbytes
 
     # ------------------------------------------------------------------ internals
+
+    def _abandon(self, request_id: int, plan: dict[str, list[str]]) -> None:
+        """Stop waiting for request ``request_id``: plan its keys from the next
+        holders (those still fetched for it, not since asked elsewhere)."""
+        for key in self.requests.pop(request_id)[1]:
+            fetch = self.fetches.get(key)
+            if fetch is not None and fetch.request == request_id:
+                self._plan_fetch(fetch, plan)
 
     def _plan_fetch(self, fetch: _Fetch, plan: dict[str, list[str]]) -> None:
         if fetch.holders:

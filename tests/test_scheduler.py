@@ -1607,3 +1607,169 @@ def test_a_task_goes_to_the_worker_with_less_expected_work_not_fewer_tasks():
     sim.submit(task("short-1"), task("short-2"))
     # The worker with one long task queued looks busier than one with two short.
     assert sim.on("short-1") != busy and sim.on("short-2") != busy
+
+
+# --------------------------------------------------------------------------- direct tasks
+# A client sends a lone task straight to a worker, in a run of its own, and
+# tells the center in its submit; the worker's reports travel apart from it.
+
+DIRECT_RUN = 7 << 40
+
+
+def direct(key: str, worker: bytes, run: int = DIRECT_RUN, ack: bool = False) -> tuple:
+    item, payload = task(key)
+    item.update(direct_worker=addr(worker), direct_run=run)
+    if ack:
+        item["direct_ack"] = True
+    return item, payload
+
+
+def test_a_direct_task_counts_as_processing_on_its_worker_without_a_compute():
+    sim = Sim()
+    sim.worker(W1)
+    sim.worker(W2)
+    sim.submit(direct("x", W2, ack=True))
+    assert sim.state("x") == "processing" and sim.on("x") == W2
+    sent = sim.take()
+    assert sent.computes() == {}              # the worker has it from the client
+    assert sent.keys("direct-accepted", C1) == ["x"]
+    sim.s.task_finished(W2, "x", 8, run=DIRECT_RUN, direct=True)
+    assert sim.state("x") == "memory"
+    assert sim.take().keys("key-finished", C1) == ["x"]
+    assert sim.s.unconfirmed == {}
+
+
+def test_a_direct_tasks_report_that_comes_before_the_submit_waits_for_it():
+    sim = Sim()
+    sim.worker(W1)
+    sim.s.task_finished(W1, "x", 8, duration=0.001, value=[b"small"], run=DIRECT_RUN,
+                        direct=True)
+    assert "x" not in sim.s.tasks and sim.take().messages == []  # kept, not released
+    sim.submit(direct("x", W1))
+    assert sim.state("x") == "memory" and sim.s.who_has(["x"]) == {"x": [addr(W1)]}
+    sent = sim.take()
+    assert sent.frames("key-finished", C1) == {"x": [b"small"]}
+    assert sent.computes() == {} and sim.s.parked == {} and sim.s.unconfirmed == {}
+
+
+def test_an_error_and_a_secession_before_the_submit_are_played_back_too():
+    sim = Sim()
+    sim.worker(W1, nthreads=1)
+    sim.s.task_seceded(W1, "waits", run=DIRECT_RUN, direct=True)
+    frames = error_frames(ValueError("boom"))
+    sim.s.task_erred(W1, "fails", frames, run=DIRECT_RUN + 1, direct=True)
+    sim.submit(direct("waits", W1))
+    assert sim.s.tasks["waits"] in sim.s.workers[W1].seceded  # its thread is free
+    sim.take()
+    sim.submit(direct("fails", W1, run=DIRECT_RUN + 1))
+    assert sim.state("fails") == "erred"
+    assert sim.take().frames("key-erred", C1) == {"fails": frames}
+
+
+def test_a_direct_task_for_a_busy_worker_is_placed_as_usual_and_dropped_there():
+    sim = Sim()
+    sim.worker(W1)
+    sim.worker(W2)
+    sim.submit(task("long"))
+    busy = sim.on("long")
+    sim.take()
+    sim.submit(direct("x", busy, ack=True))
+    sent = sim.take()
+    assert sim.on("x") != busy and sent.computes()[sim.on("x")] == ["x"]
+    assert sent.keys("release-keys", busy) == ["x"]  # its copy, queued behind "long"
+    assert "direct-accepted" not in sent.ops(C1)     # (so the client ignores its answer)
+    # It answered anyway: not taken (it was told to drop that copy).
+    sim.s.task_finished(busy, "x", 8, run=DIRECT_RUN, direct=True)
+    assert sim.state("x") == "processing"
+    assert sim.take().keys("release-keys", busy) == ["x"]
+
+
+@pytest.mark.parametrize("how", ["left", "paused"])
+def test_a_direct_task_for_a_worker_that_left_or_paused_is_placed_as_usual(how):
+    sim = Sim()
+    sim.worker(W1)
+    sim.worker(W2)
+    if how == "left":
+        sim.s.remove_worker(W2)
+    else:
+        sim.s.worker_paused(W2, True)
+    sim.take()
+    sim.submit(direct("x", W2))
+    assert sim.on("x") == W1 and sim.take().computes() == {W1: ["x"]}
+
+
+def test_a_direct_task_the_worker_never_confirms_is_placed_again_after_two_sweeps():
+    sim = Sim()
+    sim.worker(W1, nthreads=2)
+    sim.submit(direct("lost", W1))
+    sim.submit(direct("slow", W1, run=DIRECT_RUN + 1))
+    sim.take()
+    sim.s.sweep_direct()
+    sim.s.task_accepted(W1, "slow", DIRECT_RUN + 1)  # still running there
+    assert sim.take().messages == []                 # one sweep is not enough
+    sim.s.sweep_direct()
+    sent = sim.take()
+    assert "lost" in sent.keys("release-keys", W1)
+    assert run_sent(sent, W1, "lost") != DIRECT_RUN  # placed anew, in a center run
+    assert sim.on("slow") == W1 and sim.s.tasks["slow"].run == DIRECT_RUN + 1
+
+
+def test_a_parked_report_whose_submit_never_comes_is_released_after_two_sweeps():
+    sim = Sim()
+    sim.worker(W1)
+    sim.s.task_finished(W1, "orphan", 8, run=DIRECT_RUN, direct=True)
+    sim.s.sweep_direct()
+    assert sim.take().messages == []
+    sim.s.sweep_direct()
+    assert sim.take().keys("release-keys", W1) == ["orphan"]
+    assert sim.s.parked == {}
+
+
+def test_a_direct_run_of_a_key_the_center_already_has_is_stale():
+    sim = Sim(clients=(C1, C2))
+    sim.worker(W1)
+    sim.worker(W2)
+    sim.submit(task("x"), client=C2)
+    on, other = sim.on_and_other("x")
+    sim.take()
+    sim.submit(direct("x", other))       # C1 sends the same pure call straight
+    assert sim.on("x") == on
+    sim.s.task_finished(other, "x", 8, run=DIRECT_RUN, direct=True)
+    assert sim.state("x") == "processing"
+    assert sim.take().keys("release-keys", other) == ["x"]
+    sim.finish("x")
+    assert set(sim.take().keys("key-finished", C1)) == {"x"}
+
+
+def test_a_direct_task_released_by_its_client_is_dropped_on_its_worker():
+    sim = Sim()
+    sim.worker(W1)
+    sim.submit(direct("x", W1))
+    sim.take()
+    sim.s.release(C1, ["x"])
+    assert sim.take().keys("release-keys", W1) == ["x"]
+    assert "x" not in sim.s.tasks and sim.s.unconfirmed == {}
+    sim.s.task_finished(W1, "x", 8, run=DIRECT_RUN, direct=True)  # (it had run)
+    sim.s.sweep_direct()
+    sim.s.sweep_direct()
+    assert sim.take().keys("release-keys", W1) == ["x"]
+
+
+def test_a_dead_workers_direct_task_is_placed_elsewhere():
+    sim = Sim()
+    sim.worker(W1)
+    sim.worker(W2)
+    sim.submit(direct("x", W2))
+    sim.take()
+    sim.s.remove_worker(W2)
+    assert sim.on("x") == W1 and sim.s.unconfirmed == {}
+
+
+def test_a_direct_task_its_worker_refuses_is_placed_by_the_center():
+    sim = Sim()
+    sim.worker(W1)
+    sim.s.task_refused(W1, "x", DIRECT_RUN)  # (before the submit: played back)
+    sim.submit(direct("x", W1))
+    sent = sim.take()
+    assert sent.keys("release-keys", W1) == ["x"]   # then, in order, the new run
+    assert run_sent(sent, W1, "x") != DIRECT_RUN and sim.s.unconfirmed == {}

@@ -609,3 +609,84 @@ def test_a_big_result_never_travels_with_its_completion_even_when_well_hidden():
     assert nbytes >= 8 * 10**6 and pickled is None
     *_, pickled = run_task(_inline_task(_make_holder, 4 * INLINE_LIMIT), {})
     assert pickled is None
+
+
+# --------------------------------------------------------------------------- direct tasks
+
+CLIENT = b"client-routing-id"
+DIRECT = 9 << 40  # a run the client chose
+
+
+def test_a_direct_task_runs_and_its_small_result_goes_to_its_client_and_not_twice():
+    w = make()
+    w.run_direct("x", [b"payload"], DIRECT, CLIENT, now=0.0)
+    (task,) = w.to_execute
+    assert task.inline and task.direct and task.run == DIRECT
+    w.task_done("x", 2, 28, 0.001, None, [b"pickled 2"])
+    assert w.to_clients == [(CLIENT, "x", DIRECT, 28, [b"pickled 2"])]
+    (report,) = reports(w)
+    op, item, frames = report
+    assert op == "task-finished" and item["run"] == DIRECT and item["direct"] is True
+    assert frames == []  # its client has it; the center need not carry it again
+    assert w.data["x"] == 2
+
+
+def test_a_direct_tasks_error_goes_to_the_center_only():
+    w = make()
+    w.run_direct("x", [b"payload"], DIRECT, CLIENT, now=0.0)
+    w.task_done("x", error=[b"exception"])
+    assert w.to_clients == []
+    assert reports(w) == [("task-erred", {"key": "x", "run": DIRECT, "direct": True},
+                           [b"exception"])]
+
+
+def test_a_direct_task_still_running_is_announced_once_at_the_next_check():
+    w = make()
+    w.run_direct("x", [b"payload"], DIRECT, CLIENT, now=0.0)
+    w.run_direct("done", [b"payload"], DIRECT + 1, CLIENT, now=0.0)
+    w.check_timeouts(0.5)
+    assert reports(w) == [("task-accepted", {"key": "x", "run": DIRECT}, []),
+                          ("task-accepted", {"key": "done", "run": DIRECT + 1}, [])]
+    w.check_timeouts(1.0)
+    assert reports(w) == []
+    w.run_direct("gone", [b"payload"], DIRECT + 2, CLIENT, now=1.0)
+    w.release(["gone"])
+    w.check_timeouts(1.5)
+    assert reports(w) == []  # released before the check: nothing to confirm
+
+
+def test_a_direct_task_the_center_sends_too_reports_the_centers_run_and_answers_the_client():
+    w = make()
+    w.run_direct("x", [b"payload"], DIRECT, CLIENT, now=0.0)
+    compute(w, "x", run=RUN)  # placed here by the center after all
+    assert executed(w) == ["x"]
+    w.task_done("x", 2, 28, 0.001, None, [b"pickled 2"])
+    assert w.to_clients == [(CLIENT, "x", DIRECT, 28, [b"pickled 2"])]
+    ((op, item, _),) = reports(w)
+    assert item["run"] == RUN and "direct" not in item
+
+
+def test_a_direct_request_for_a_key_held_or_queued_here_is_refused():
+    w = make()
+    w.add_data("held", 5, 28)
+    compute(w, "queued", run=RUN)
+    executed(w)
+    # The center may have told us to drop these, in a message still on its way.
+    w.run_direct("held", [b"payload"], DIRECT, CLIENT, now=0.0)
+    w.run_direct("queued", [b"payload"], DIRECT + 1, CLIENT, now=0.0)
+    assert executed(w) == []
+    assert reports(w) == [("task-refused", {"key": "held", "run": DIRECT}, []),
+                          ("task-refused", {"key": "queued", "run": DIRECT + 1}, [])]
+    w.release(["held", "queued"])
+    assert w.data == {} and w.to_clients == []
+
+
+def test_a_direct_task_released_before_it_ran_sends_nothing():
+    w = make()
+    compute(w, "long")
+    w.run_direct("x", [b"payload"], DIRECT, CLIENT, now=0.0)
+    w.release(["x"])
+    w.task_done("long", 1, 28, 0.001)
+    assert executed(w) == ["long"]
+    reports(w)
+    assert w.to_clients == [] and "x" not in w.tasks

@@ -37,6 +37,11 @@ _NOBLOCK = int(zmq.NOBLOCK)
 #: A center that held at least this many tasks gives memory back once idle.
 TRIM_AFTER_TASKS = 10_000
 
+#: Seconds between sweeps of the tasks clients sent straight to workers (see
+#: Scheduler.sweep_direct): one the worker has not confirmed within one to
+#: two of these is placed again. Workers confirm within a heartbeat interval.
+DIRECT_SWEEP = 2.0
+
 
 #: Garbage-collector thresholds of a center process (see tune_garbage_collector).
 GC_THRESHOLDS = (10_000, 50, 100)
@@ -68,7 +73,7 @@ _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_
 _ASK_TO_REGISTER = frozenset((
     "heartbeat", "submit", "release", "cancel", "update-data", "who-has", "scheduler-info",
     "has-what", "task-finished", "task-erred", "keys-added", "missing-data", "task-seceded",
-    "retire", "paused"))
+    "task-accepted", "task-refused", "retire", "paused"))
 
 
 class _Peer:
@@ -124,6 +129,7 @@ class Center:
         self.waker = Waker()
         self.dropped = RateLimitedLog(logger)
         self._stopping = False
+        self._next_sweep = time.monotonic() + DIRECT_SWEEP
         self._handlers: dict[str, Callable[[bytes, dict, list], None]] = {
             "register-client": self._register_client,
             "register-worker": self._register_worker,
@@ -144,6 +150,10 @@ class Center:
             "missing-data": lambda ident, h, f: self.scheduler.missing_data(
                 ident, h["key"], h["missing"], h["run"], h.get("tried")),
             "task-seceded": lambda ident, h, f: self.scheduler.task_seceded(
+                ident, h["key"], h["run"], h.get("direct", False)),
+            "task-accepted": lambda ident, h, f: self.scheduler.task_accepted(
+                ident, h["key"], h["run"]),
+            "task-refused": lambda ident, h, f: self.scheduler.task_refused(
                 ident, h["key"], h["run"]),
             "retire": lambda ident, h, f: self.scheduler.retire_worker(ident),
             "paused": lambda ident, h, f: self.scheduler.worker_paused(ident, h["paused"]),
@@ -157,8 +167,8 @@ class Center:
             CLIENT: {"register-client", "submit", "release", "cancel", "update-data",
                      "who-has", "scheduler-info", "has-what", "close-client", "heartbeat"},
             WORKER: {"register-worker", "task-finished", "task-erred", "keys-added",
-                     "missing-data", "task-seceded", "retire", "unregister", "heartbeat",
-                     "paused"},
+                     "missing-data", "task-seceded", "task-accepted", "task-refused",
+                     "retire", "unregister", "heartbeat", "paused"},
         }
 
     # ------------------------------------------------------------------ life cycle
@@ -318,13 +328,13 @@ class Center:
         finished = self.scheduler.task_finished
         for item, value in protocol.unpack_items(header["tasks"], frames):
             finished(ident, item["key"], item["nbytes"], item.get("duration"), value or None,
-                     item["run"])
+                     item["run"], item.get("direct", False))
 
     def _task_erred(self, ident: bytes, header: dict, frames: list) -> None:
         for item, exception in protocol.unpack_items(header["tasks"], frames):
             # Kept while the task stays erred: copied out of the packed frame.
             self.scheduler.task_erred(ident, item["key"], [bytes(f) for f in exception],
-                                      item["run"])
+                                      item["run"], item.get("direct", False))
 
     def _keys_added(self, ident: bytes, header: dict, frames: list) -> None:
         for item in header["tasks"]:
@@ -355,6 +365,9 @@ class Center:
         """Heartbeat idle peers; declare silent ones gone; end recovery."""
         if self.scheduler.recovering and now >= self.recovery_ends:
             self.scheduler.end_recovery()
+        if now >= self._next_sweep:
+            self._next_sweep = now + DIRECT_SWEEP
+            self.scheduler.sweep_direct()
         self._give_back_memory()
         for ident, peer in list(self.peers.items()):
             if peer.role == NANNY:

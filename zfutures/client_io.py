@@ -12,6 +12,7 @@ import concurrent.futures
 import itertools
 import logging
 import queue
+import random
 import threading
 import time
 import uuid
@@ -37,6 +38,14 @@ SUBMIT_BATCH = 1000
 #: seconds later: a loop of submit().result() would otherwise cost the center
 #: and the worker one more message per task.
 RELEASE_DELAY = 0.01
+#: A lone task's arguments up to this size (bytes) may go straight to a worker
+#: (see ClientIO._send_direct); bigger ones go through the center only.
+DIRECT_PAYLOAD_LIMIT = 1 << 20
+#: Lone tasks go straight to a worker only after one of ours finished there
+#: with a result up to this size (bytes): a loop of small calls is latency
+#: bound; tasks that make big results are not, and the center spreads their
+#: results across the workers, where the worker last used would gather them all.
+DIRECT_AFTER_NBYTES = 16 * 1024
 #: What may overtake keys waiting to be released: nothing in these names a
 #: key let go of (a submit that does is sent after the release).
 _UNORDERED = frozenset({"heartbeat", "submit", "release", "cancel"})
@@ -48,7 +57,7 @@ class _Key:
     """What this client knows of one key it holds futures for."""
 
     __slots__ = ("key", "refs", "futures", "held", "status", "who_has", "exception", "eager",
-                 "nbytes", "submitted", "deps", "scattered")
+                 "nbytes", "submitted", "deps", "scattered", "direct")
 
     def __init__(self, key: str):
         self.key = key
@@ -69,6 +78,9 @@ class _Key:
         self.status = PENDING
         self.who_has: Sequence[str] = ()
         self.exception: BaseException | None = None
+        # While its task, sent straight to a worker, may answer us directly
+        # (see ClientIO._send_direct).
+        self.direct: _Direct | None = None
 
     def hold(self, future: Any) -> None:
         if self.held is None:
@@ -80,6 +92,21 @@ class _Key:
         if len(alive) != len(self.futures):
             self.futures = [weakref.ref(f) for f in alive]
         return alive
+
+
+class _Direct:
+    """A task sent straight to a worker, whose answer is awaited."""
+
+    __slots__ = ("address", "run", "trusted", "early")
+
+    def __init__(self, address: str, run: int, trusted: bool):
+        self.address = address
+        self.run = run
+        # Whether its answer may complete the futures: a pure task's always (any
+        # run's result will do); another's once the center counts this run as
+        # the task's (direct-accepted), else the center may run it elsewhere.
+        self.trusted = trusted
+        self.early: tuple[int, list] | None = None  # (nbytes, frames) come before trust
 
 
 class _Gather:
@@ -137,6 +164,17 @@ class ClientIO:
         # id -> (worker address, callback(header, frames), the caller's future).
         self.worker_requests: dict[int, tuple[str, Any, concurrent.futures.Future]] = {}
         self.workers: dict[str, zmq.Socket] = {}
+        # Sending a lone task straight to a worker (see _send_direct): the
+        # worker that last finished one of our tasks, the key sent straight
+        # and not answered yet, and run ids (from a random start, as the
+        # center's: a run of ours is never taken for one of its).
+        self._direct_worker: str | None = None
+        self._direct_pending: _Key | None = None
+        self._direct_runs = itertools.count(random.getrandbits(62))
+        self.direct_answers = 0  # results that came straight from a worker
+        # Eager keys finished in the message at hand (see _finished).
+        self._eager_fetch: list[str] = []
+        self._eager_inline: dict[str, list] = {}
         self._ids = itertools.count(1)
         self._outgoing: list[list] = []  # [op, items, frames, bytes of frames]
         self._releasing: dict[str, None] = {}  # keys to release at _release_due
@@ -267,11 +305,14 @@ class ClientIO:
     def _cmd_register(self) -> None:
         self._send("register-client", protocol=protocol.PROTOCOL_VERSION, name=self.name)
 
-    def _cmd_submit(self, tasks: list[tuple[dict, list, Any]], eager: bool = False) -> None:
+    def _cmd_submit(self, tasks: list[tuple[dict, list, Any]], eager: bool = False,
+                    direct: bool = False) -> None:
         """``tasks``: (item, payload frames, Future) for each new future.
 
         ``eager`` futures get their values as soon as the cluster has them,
-        and are held until then even if their caller drops them.
+        and are held until then even if their caller drops them. ``direct``:
+        the task is pure (any run of it will do); alone, any task without
+        inputs may go straight to a worker (see _send_direct).
         """
         for item, frames, future in tasks:
             key = item["key"]
@@ -285,11 +326,77 @@ class ClientIO:
                 info.submitted = (item, frames)
                 keys = self.keys
                 info.deps = [keys[d] for d in item["deps"] if d in keys] or None
+                if len(tasks) == 1 and info.refs == 0:  # (new: not sent before)
+                    item = self._send_direct(info, item, frames, direct)
                 self._queue("submit", item, frames)
             if eager:
                 info.eager = True
                 info.hold(future)
             self._add_future(info, future)
+
+    def _send_direct(self, info: _Key, item: dict, frames: list, pure: bool) -> dict:
+        """Send a lone task without inputs straight to a worker, and return the
+        item that tells the center so; or return ``item`` unchanged.
+
+        A task through the center takes four hops (client, center, worker,
+        center, client); sent straight, its small result comes back in two,
+        and the center hears of it on the side: the worker's reports and our
+        submit travel apart, and the center matches them by the run id we
+        choose (see Scheduler._runs_direct); the center places it as usual if
+        that worker has no thread free. The result of a task that is not
+        ``pure`` counts only once the center says it counts that run
+        (direct-accepted), which comes back about as soon. One such task at
+        a time, to the worker that last finished one of ours with a small
+        result (DIRECT_AFTER_NBYTES): a burst of submits goes through the
+        center, which balances it across the workers.
+        """
+        address = self._direct_worker
+        pending = self._direct_pending
+        if address is None or (pending is not None and pending.direct is not None
+                               and pending.status == PENDING
+                               and self.keys.get(pending.key) is pending) or \
+                item["deps"] or "workers" in item or "resources" in item or \
+                item.get("retries") or self._reregistering or \
+                serialize.frames_nbytes(frames) > DIRECT_PAYLOAD_LIMIT:
+            return item
+        run = next(self._direct_runs)
+        if not send(self._worker(address),
+                    protocol.encode("run-task", frames, key=info.key, run=run),
+                    dropped, f"a task to {address}"):
+            return item
+        info.direct = _Direct(address, run, pure)
+        self._direct_pending = info
+        if pure:
+            return dict(item, direct_worker=address, direct_run=run)
+        return dict(item, direct_worker=address, direct_run=run, direct_ack=True)
+
+    def _direct_result(self, address: str, header: dict, frames: list) -> None:
+        """A worker sent back the small result of a task we sent it straight."""
+        info = self.keys.get(header["key"])
+        direct = info.direct if info is not None and info.status == PENDING else None
+        if direct is None or direct.address != address or direct.run != header["run"]:
+            return  # (cancelled, released, or the worker left meanwhile)
+        if not direct.trusted:
+            direct.early = (header["nbytes"], frames)
+            return
+        info.direct = None
+        self.direct_answers += 1
+        self._finished(info, [address], header["nbytes"], frames)
+        self._finish_eager()
+
+    def _direct_accepted(self, keys: list[str]) -> None:
+        """The center counts the direct runs of ``keys`` as the tasks' own."""
+        for key in keys:
+            info = self.keys.get(key)
+            direct = info.direct if info is not None and info.status == PENDING else None
+            if direct is None:
+                continue
+            direct.trusted = True
+            if direct.early is not None:
+                info.direct = None
+                self.direct_answers += 1
+                self._finished(info, [direct.address], *direct.early)
+        self._finish_eager()
 
     def _cmd_ref(self, future: Any) -> None:
         """A Future made for a key this client already holds (or will)."""
@@ -530,6 +637,9 @@ class ClientIO:
         if header["op"] == "data":
             self._on_data(address, header, frames)
             return
+        if header["op"] == "direct-result":
+            self._direct_result(address, header, frames)
+            return
         request = self.worker_requests.get(header["id"])
         if request is not None and request[0] == address:  # (only its worker answers it)
             del self.worker_requests[header["id"]]
@@ -631,7 +741,6 @@ class ClientIO:
         header, frames = protocol.decode(frames)
         op = header["op"]
         if op == "key-finished":
-            eager, inline = [], {}
             for item, value in protocol.unpack_items(header["tasks"], frames):
                 info = self.keys.get(item["key"])
                 if info is not None:
@@ -640,26 +749,9 @@ class ClientIO:
                         info.nbytes = item["nbytes"]
                         self._key_back(info)
                         continue
-                    info.status = FINISHED
-                    info.who_has = item["who_has"]
-                    info.nbytes = item["nbytes"]
-                    info.deps = None
-                    if info.eager:
-                        if value:
-                            inline[item["key"]] = value
-                        else:
-                            eager.append(item["key"])
-                        continue
-                    if value:  # small: the result came along, no fetch needed
-                        self._complete(info, value)
-                    else:
-                        for future in info.live_futures():
-                            future._set_remote()
-                    info.held = None
-            if eager:
-                self._fetch_eager(eager)
-            if inline:
-                self._deliver(list(inline), inline)
+                    info.direct = None
+                    self._finished(info, item["who_has"], item["nbytes"], value)
+            self._finish_eager()
         elif op == "key-erred":
             for item, exception_frames in protocol.unpack_items(header["tasks"], frames):
                 info = self.keys.get(item["key"])
@@ -678,6 +770,8 @@ class ClientIO:
                             future._set_error(info.exception)
                     info.held = None
                     self._key_back(info)
+        elif op == "direct-accepted":
+            self._direct_accepted(header["keys"])
         elif op == "reply":
             result, _, _ = self.rpcs.pop(header["id"], (None, None, None))
             if result is not None and not result.done():
@@ -703,6 +797,40 @@ class ClientIO:
         elif op != "heartbeat":
             logger.warning("dropped an unexpected %r from the center", op)
 
+    def _finished(self, info: _Key, who_has: Sequence[str], nbytes: int,
+                  value: list) -> None:
+        """``info``'s key is in memory on ``who_has``; its pickled ``value``
+        came along when small. Eager keys are seen to by _finish_eager."""
+        info.status = FINISHED
+        info.who_has = who_has
+        info.nbytes = nbytes
+        info.deps = None
+        # The next lone task may go to a worker that is up (see _send_direct).
+        self._direct_worker = who_has[0] if who_has and nbytes <= DIRECT_AFTER_NBYTES \
+            else None
+        if info.eager:
+            if value:
+                self._eager_inline[info.key] = value
+            else:
+                self._eager_fetch.append(info.key)
+            return
+        if value:  # small: the result came along, no fetch needed
+            self._complete(info, value)
+        else:
+            for future in info.live_futures():
+                future._set_remote()
+        info.held = None
+
+    def _finish_eager(self) -> None:
+        """Fetch the finished eager keys whose values did not come along, and
+        deliver those whose values did."""
+        if self._eager_fetch:
+            eager, self._eager_fetch = self._eager_fetch, []
+            self._fetch_eager(eager)
+        if self._eager_inline:
+            inline, self._eager_inline = self._eager_inline, {}
+            self._deliver(list(inline), inline)
+
     def _worker_left(self, address: str) -> None:
         """The center says a worker left or died: calls waiting on it (run,
         scatter) fail now rather than at the reconnect deadline, and its socket
@@ -719,9 +847,13 @@ class ClientIO:
         if sock is not None:
             close_drained(sock, self.poller,
                           lambda frames: self._on_worker_message(address, frames), dropped)
+        if self._direct_worker == address:
+            self._direct_worker = None
         for info in self.keys.values():
             if address in info.who_has:
                 info.who_has = [a for a in info.who_has if a != address]
+            if info.direct is not None and info.direct.address == address:
+                info.direct = None  # (the center places its task again)
         for request_id, (gather, worker, keys, _) in list(self.gathers.items()):
             if worker == address and self.gathers.pop(request_id, None) is not None:
                 self._fetch(gather, keys)

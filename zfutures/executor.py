@@ -187,7 +187,8 @@ class Executor:
         item, frames = self._task(fn, args, kwargs, key, pure, retries, priority)
         _add_placement(item, workers, allow_other_workers, resources)
         future = Future(item["key"], self)
-        self._io.call("submit", [(item, frames, future)])
+        # A lone task may go straight to a worker (see ClientIO._send_direct).
+        self._io.call("submit", [(item, frames, future)], False, pure and key is None)
         return future
 
     def map(self, fn: Callable, *iterables: Iterable, key: str | list[str] | None = None,

@@ -30,7 +30,7 @@ import msgpack
 from .errors import ProtocolError
 
 #: Bumped whenever a message changes shape; peers must register with the same.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 #: Largest header accepted, in bytes. Headers hold keys and small numbers only.
 MAX_HEADER_BYTES = 64 * 1024 * 1024
@@ -51,15 +51,18 @@ _ANY = object
 # Item schemas, for the lists inside batched messages.
 _TASK_ITEM = {"key": _STR, "deps": _STRS, "priority": _INT, "nframes": _INT,
               "retries?": _INT, "workers?": _STRS, "allow_other_workers?": bool,
-              "resources?": ("map", _NUM), "who_has?": _STRS}
+              "resources?": ("map", _NUM), "who_has?": _STRS,
+              "direct_worker?": _STR, "direct_run?": _INT, "direct_ack?": bool}
 # run: the id of this assignment, which the worker's reports on the task
 # carry back (a report of an earlier run of the same key is then told apart)
 _COMPUTE_ITEM = {"key": _STR, "deps": ("map", "list", str), "nframes": _INT,
                  "run": _INT, "inline?": bool}
 _FINISHED_ITEM = {"key": _STR, "nbytes": _INT}
 # A finished task's small result may ride along (nframes) to the clients waiting for it.
-_DONE_ITEM = {"key": _STR, "nbytes": _INT, "run": _INT, "nframes?": _INT}
-_FAILED_ITEM = {"key": _STR, "nframes": _INT, "run": _INT}
+# direct: the run is one a client chose, sending the task straight to the
+# worker (see "run-task"); the center may hear of it before the client's submit.
+_DONE_ITEM = {"key": _STR, "nbytes": _INT, "run": _INT, "nframes?": _INT, "direct?": bool}
+_FAILED_ITEM = {"key": _STR, "nframes": _INT, "run": _INT, "direct?": bool}
 _ERRED_ITEM = {"key": _STR, "nframes": _INT}
 _RESULT_ITEM = {"key": _STR, "who_has": _STRS, "nbytes": _INT, "nframes?": _INT}
 _DATA_ITEM = {"key": _STR, "nframes": _INT}
@@ -95,7 +98,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "keys-added": {"tasks": ("items", _FINISHED_ITEM)},
     # tried: the holders the worker asked in vain (others may hold a copy)
     "missing-data": {"key": _STR, "missing": _STRS, "run": _INT, "tried?": _STRS},
-    "task-seceded": {"key": _STR, "run": _INT},
+    "task-seceded": {"key": _STR, "run": _INT, "direct?": bool},
+    # a task a client sent straight here is running (see "run-task")
+    "task-accepted": {"key": _STR, "run": _INT},
+    # ... or will not run it: it holds the key already (see WorkerState.run_direct)
+    "task-refused": {"key": _STR, "run": _INT},
     "retire": {},
     "unregister": {},
     "paused": {"paused": bool},
@@ -112,6 +119,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "key-finished": {"tasks": ("items", _RESULT_ITEM)},
     "key-erred": {"tasks": ("items", _ERRED_ITEM)},
     "reply": {"id": _INT, "result": _ANY},
+    # the center counts these keys' direct runs (see "run-task") as theirs
+    "direct-accepted": {"keys": _STRS},
     # workers that left or died: calls waiting on them fail at once
     "workers-left": {"addresses": _STRS},
     "refused": {"reason": _STR},
@@ -133,6 +142,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "data-stored": {"id": _INT, "nbytes": ("map", _INT)},
     "run": {"id": _INT},
     "run-result": {"id": _INT, "ok": bool},
+    # a client sends a lone task without inputs straight to a worker, in a run
+    # of its own choosing, and tells the center in its submit (direct_worker,
+    # direct_run); the worker sends a small result straight back
+    "run-task": {"key": _STR, "run": _INT},
+    "direct-result": {"key": _STR, "run": _INT, "nbytes": _INT},
 }
 
 

@@ -87,7 +87,7 @@ class TaskState:
         "key", "state", "payload", "priority", "dependencies", "dependents",
         "waiting_on", "waiters", "who_wants", "who_has", "processing_on", "nbytes",
         "exception", "retries", "suspicious", "restrictions", "loose",
-        "resources", "affinity", "group", "run",
+        "resources", "affinity", "group", "run", "direct_run",
     )
 
     def __init__(self, key: str, payload: list | None, priority: tuple, retries: int = 0):
@@ -115,6 +115,9 @@ class TaskState:
         # The id of its latest assignment to a worker: reports name the run they
         # are about, so a report of an earlier run is never taken for this one.
         self.run = 0
+        # The run its client chose, sending it straight to a worker (see
+        # Scheduler.submit); None if it did not.
+        self.direct_run: int | None = None
 
     def __repr__(self) -> str:
         return f"<Task {self.key!r} {self.state}>"
@@ -274,6 +277,13 @@ class Scheduler:
         self.recovering = recovering
         self.unclaimed: dict[str, dict[WorkerState, int]] = {}
         self.expected: dict[str, set[str]] = {}
+        # Tasks clients sent straight to workers (see submit): those the worker
+        # has not confirmed yet (task -> generation), and the workers' reports
+        # that came before the client's submit (key -> [(generation, worker
+        # ident, method, args)]). sweep_direct() ages both.
+        self.unconfirmed: dict[TaskState, int] = {}
+        self.parked: dict[str, list[tuple[int, bytes, str, tuple]]] = {}
+        self._generation = 0
 
     # ------------------------------------------------------------------ peers
 
@@ -432,6 +442,11 @@ class Scheduler:
             end = start + item["nframes"]
             self._add_task(client, item, frames[start:end], blocks.get(index))
             start = end
+        if self.parked:  # the worker's reports on direct tasks came first
+            for item in items:
+                if "direct_run" in item:
+                    for _, ident, method, args in self.parked.pop(item["key"], ()):
+                        getattr(self, method)(ident, *args)
         self._settle()
 
     def _root_blocks(self, items: list[dict]) -> dict[int, WorkerState]:
@@ -468,6 +483,8 @@ class Scheduler:
         if ts is not None:  # the same pure call again: one task, one more client
             if ts.payload is None and payload:
                 ts.payload = payload
+            if ts.direct_run is None and "direct_run" in item:  # (see _runs_direct)
+                ts.direct_run = item["direct_run"]
             self._want(ts, client)
             return
         ts = self.tasks[key] = TaskState(
@@ -493,7 +510,40 @@ class Scheduler:
         elif self.recovering and (self.unclaimed or item.get("who_has")):
             # (every center starts out recovering; most submits claim nothing)
             self._claim(ts, item.get("who_has", ()))
+        if "direct_run" in item and self._runs_direct(ts, item, client):
+            return
         self._want(ts, client)
+
+    def _runs_direct(self, ts: TaskState, item: dict, client: ClientState) -> bool:
+        """The client sent ``ts`` straight to a worker too (``direct_worker``),
+        in a run of its own (``direct_run``): count it as processing there, in
+        that run, without sending it, if that worker takes tasks. The worker
+        confirms it with its first report (see sweep_direct).
+
+        Otherwise (the worker left, paused, retires or has no thread free, or
+        the key is no longer new) the task is placed as usual, and the
+        worker drops its copy; a report of the direct run is stale. A client
+        takes the result the worker sends it straight only if any run's will
+        do (a pure task), or once told ``direct-accepted`` (``direct_ack``).
+        """
+        ts.direct_run = item["direct_run"]
+        if ts.state != RELEASED or ts.dependencies or ts.restrictions is not None or \
+                ts.resources:
+            return False
+        ws = self.workers_by_address.get(item.get("direct_worker", ""))
+        if ws is None or not self._takes_tasks(ws) or \
+                len(ws.processing) - len(ws.seceded) >= ws.nthreads:
+            if ws is not None:  # (a new key: it holds no other copy)
+                self.outbox.add(ws.ident, "release-keys", "keys", ts.key)
+            return False
+        ts.who_wants.add(client)
+        client.wants.add(ts)
+        self._occupy(ts, ws)
+        ts.run = item["direct_run"]
+        self.unconfirmed[ts] = self._generation
+        if item.get("direct_ack"):
+            self.outbox.add(client.ident, "direct-accepted", "keys", ts.key)
+        return True
 
     def release(self, client_ident: bytes, keys: Iterable[str]) -> None:
         """A client dropped its last future for each of ``keys``."""
@@ -570,7 +620,7 @@ class Scheduler:
 
     def task_finished(self, worker_ident: bytes, key: str, nbytes: int,
                       duration: float | None = None, value: list | None = None,
-                      run: int | None = None) -> None:
+                      run: int | None = None, direct: bool = False) -> None:
         """A worker computed ``key`` and holds its result of ``nbytes``.
 
         ``value``: the pickled result, when small and sent along for the
@@ -579,7 +629,11 @@ class Scheduler:
         the current one). Only a report of the task's current run on that
         worker counts: an earlier run's report may come after the center told
         the worker to drop the key, so that data may be gone.
+        ``direct``: a run a client chose (see _runs_direct).
         """
+        if direct and self._park(worker_ident, key, run, "task_finished",
+                                 (key, nbytes, duration, value, run, True)):
+            return
         ws = self.workers.get(worker_ident)
         if ws is None:
             return
@@ -589,9 +643,12 @@ class Scheduler:
             self.unclaimed.setdefault(key, {})[ws] = nbytes
             return
         if ts is None or ts.processing_on is not ws:
-            if run is not None and not self._assigned_here(run) and self._takes_result(ts):
+            if run is not None and not direct and not self._assigned_here(run) \
+                    and self._takes_result(ts):
                 # A run a previous center assigned, which this center never told
                 # the worker to drop: as for a key a worker registers with.
+                # (Not a direct run the center did not count: it may have told
+                # the worker to drop that one.)
                 self._take_result(ts, ws, nbytes, value)
                 self._settle()
             elif ts is None or ws not in ts.who_has:
@@ -702,9 +759,12 @@ class Scheduler:
             self.outbox.send(ws.ident, "retired")
 
     def task_erred(self, worker_ident: bytes, key: str, exception: list,
-                   run: int | None = None) -> None:
+                   run: int | None = None, direct: bool = False) -> None:
         """A task raised on a worker; ``exception`` is the pickled error, opaque here.
-        (``run``: as for :meth:`task_finished`.)"""
+        (``run`` and ``direct``: as for :meth:`task_finished`.)"""
+        if direct and self._park(worker_ident, key, run, "task_erred",
+                                 (key, exception, run, True)):
+            return
         ts = self._current_run(worker_ident, key, run)
         if ts is None:
             return
@@ -718,16 +778,78 @@ class Scheduler:
             self._err(ts, exception)
         self._settle()
 
-    def task_seceded(self, worker_ident: bytes, key: str, run: int | None = None) -> None:
+    def task_seceded(self, worker_ident: bytes, key: str, run: int | None = None,
+                     direct: bool = False) -> None:
         """A running task waits on other tasks and gave its thread back: the worker
         may take one more task, or a task waiting on tasks would deadlock it."""
+        if direct and self._park(worker_ident, key, run, "task_seceded", (key, run, True)):
+            return
         ts = self._current_run(worker_ident, key, run)
         if ts is None or ts in ts.processing_on.seceded:
             return
+        self.unconfirmed.pop(ts, None)
         ws = ts.processing_on
         ws.seceded.add(ts)
         self._count_out(ws, ts)
         self._refresh_capacity(ws)
+        self._settle()
+
+    def task_accepted(self, worker_ident: bytes, key: str, run: int) -> None:
+        """A worker runs a task a client sent it straight, in ``run``, and has
+        not reported on it yet: it is not to be placed again (see sweep_direct)."""
+        if self._park(worker_ident, key, run, "task_accepted", (key, run)):
+            return
+        ts = self._current_run(worker_ident, key, run)
+        if ts is not None:
+            self.unconfirmed.pop(ts, None)
+
+    def task_refused(self, worker_ident: bytes, key: str, run: int) -> None:
+        """A worker will not run a task a client sent it straight (it held the
+        key already): it is placed as any other."""
+        if self._park(worker_ident, key, run, "task_refused", (key, run)):
+            return
+        ts = self._current_run(worker_ident, key, run)
+        if ts is not None:
+            self._take_back(ts)
+            self._try_ready(ts)
+            self._settle()
+
+    def _park(self, worker_ident: bytes, key: str, run: int | None, method: str,
+              args: tuple) -> bool:
+        """Keep a worker's report on a direct run the center has not heard of
+        from its client yet (the two travel apart); True if kept. The client's
+        submit plays it back (see submit); sweep_direct drops it if none comes."""
+        ts = self.tasks.get(key)
+        if ts is not None and ts.direct_run == run:
+            return False
+        self.parked.setdefault(key, []).append((self._generation, worker_ident, method, args))
+        return True
+
+    def sweep_direct(self) -> None:
+        """Called every few seconds: a direct task its worker has not confirmed
+        since the sweep before last never reached it (the worker restarted,
+        say), and is placed again; reports parked as long are for submits that
+        never came, and the results they announced are released."""
+        self._generation += 1
+        old = self._generation - 1
+        for ts, generation in list(self.unconfirmed.items()):
+            if generation < old and ts.processing_on is not None:
+                logger.warning("task %r, sent straight to worker %s, was not confirmed by "
+                               "it; placing it again", ts.key, ts.processing_on.address)
+                self._take_back(ts)
+                self._try_ready(ts)
+        for key, reports in list(self.parked.items()):
+            kept = [report for report in reports if report[0] >= old]
+            for generation, ident, method, _ in reports:
+                ws = self.workers.get(ident)
+                ts = self.tasks.get(key)
+                if generation < old and method == "task_finished" and ws is not None \
+                        and (ts is None or ws not in ts.who_has):
+                    self.outbox.add(ident, "release-keys", "keys", key)
+            if kept:
+                self.parked[key] = kept
+            else:
+                del self.parked[key]
         self._settle()
 
     def missing_data(self, worker_ident: bytes, key: str, missing: Iterable[str],
@@ -1001,6 +1123,8 @@ class Scheduler:
     def _unassign(self, ts: TaskState) -> None:
         ws = ts.processing_on
         ts.processing_on = None
+        if self.unconfirmed:
+            self.unconfirmed.pop(ts, None)
         ws.processing.discard(ts)
         if ts in ws.seceded:
             ws.seceded.discard(ts)
@@ -1177,15 +1301,7 @@ class Scheduler:
         return True
 
     def _assign(self, ts: TaskState, ws: WorkerState) -> None:
-        self._set_state(ts, PROCESSING)
-        ts.processing_on = ws
-        ws.processing.add(ts)
-        ws.queued[ts.group] = ws.queued.get(ts.group, 0) + 1
-        if ts.resources:
-            for name, amount in ts.resources.items():
-                ws.used_resources[name] = ws.used_resources.get(name, 0.0) + amount
-        if not self._has_room(ws):
-            self.with_room.discard(ws)
+        self._occupy(ts, ws)
         deps = {dep.key: [w.address for w in dep.who_has] for dep in ts.dependencies}
         ts.run = self._next_run
         self._next_run += 1
@@ -1196,6 +1312,18 @@ class Scheduler:
         for dependent in ts.waiters:  # the next links of a chain may follow it there
             if dependent.state == WAITING and ts in dependent.waiting_on:
                 self._maybe_send_early(dependent)
+
+    def _occupy(self, ts: TaskState, ws: WorkerState) -> None:
+        """``ts`` is processing on ``ws`` from now: count it there."""
+        self._set_state(ts, PROCESSING)
+        ts.processing_on = ws
+        ws.processing.add(ts)
+        ws.queued[ts.group] = ws.queued.get(ts.group, 0) + 1
+        if ts.resources:
+            for name, amount in ts.resources.items():
+                ws.used_resources[name] = ws.used_resources.get(name, 0.0) + amount
+        if not self._has_room(ws):
+            self.with_room.discard(ws)
 
     # ------------------------------------------------------------------ reports
 

@@ -148,7 +148,8 @@ class Worker:
         self.threads: list[threading.Thread] = []
         self.executor = None  # a client for tasks that submit tasks (context.get_executor)
         self._data_handlers = {"get-data": self._get_data, "put-data": self._put_data,
-                               "run": self._run, "data-read": self._data_read}
+                               "run": self._run, "data-read": self._data_read,
+                               "run-task": self._run_task}
         self.leases = peer_memory.Leases()  # values offered to readers on this machine
         self.reader = peer_memory.Reader()  # reads what peers on this machine offer
         self.registered = False
@@ -425,6 +426,10 @@ class Worker:
         self.server.send_multipart(
             [ident, protocol.encode_header("data-stored", id=header["id"], nbytes=nbytes)])
 
+    def _run_task(self, ident: bytes, header: dict, frames: list) -> None:
+        """A client sent a task straight here (see WorkerState.run_direct)."""
+        self.state.run_direct(header["key"], frames, header["run"], ident, time.monotonic())
+
     def _run(self, ident: bytes, header: dict, frames: list) -> None:
         """Run a function outside the task graph (Executor.run), on a thread of its own."""
         def run() -> None:
@@ -519,6 +524,11 @@ class Worker:
             for task in state.to_execute:
                 self.work.put((task, state.inputs_of(task)))
             state.to_execute.clear()
+        if state.to_clients:
+            for ident, key, run, nbytes, frames in state.to_clients:
+                send_frames(self.server, [ident, *protocol.encode(
+                    "direct-result", frames, key=key, run=run, nbytes=nbytes)])
+            state.to_clients.clear()
         if state.to_fetch:
             for request_id, peer, keys in state.to_fetch:
                 send(self._peer(peer), [protocol.encode_header(
@@ -592,7 +602,8 @@ class Worker:
     def _secede(self, key: str) -> None:
         run = self.state.secede(key)
         if run is not None:
-            self._send_center("task-seceded", key=key, run=run)
+            direct = {"direct": True} if self.state.tasks[key].direct else {}
+            self._send_center("task-seceded", key=key, run=run, **direct)
         self._start_thread()  # takes the slot; the seceded thread ends with its task
 
     def _skipped(self, job: tuple) -> None:

@@ -9,7 +9,10 @@ out what this class asks for:
 - :attr:`to_center`: ``(op, item, frames)`` reports for the center;
 - :attr:`to_execute`: :class:`Task` objects to hand to a task thread, with
   their inputs already in :attr:`data`;
-- :attr:`to_fetch`: ``(request id, peer address, keys)`` data requests.
+- :attr:`to_fetch`: ``(request id, peer address, keys)`` data requests;
+- :attr:`to_clients`: ``(client, key, run, nbytes, frames)`` small results of
+  tasks a client sent straight here (:meth:`WorkerState.run_direct`), for
+  the data server to send back to that client.
 
 A task here goes ``fetching`` (inputs missing) → ``ready`` (waits for a
 thread) → ``executing`` → done (reported and removed). Time comes in as an
@@ -46,7 +49,7 @@ class Task:
     """A task this worker was asked to compute."""
 
     __slots__ = ("key", "deps", "priority", "payload", "state", "missing", "order", "inline",
-                 "run")
+                 "run", "direct", "reply_to")
 
     def __init__(self, key: str, deps: dict[str, list[str]], priority: int, payload: list,
                  order: int, inline: bool = False, run: int = 0):
@@ -59,6 +62,8 @@ class Task:
         self.order = order
         self.inline = inline      # a client waits: send a small result along
         self.run = run            # the center's id for this assignment; reports carry it
+        self.direct = False       # run is a client's id: it sent the task straight here
+        self.reply_to: tuple[bytes, int] | None = None  # (client, its run): answer it too
 
     def __lt__(self, other: Task) -> bool:  # for the ready heap: priority, then order
         return (-self.priority, self.order) < (-other.priority, other.order)
@@ -111,6 +116,10 @@ class WorkerState:
         self.to_center: list[tuple[str, dict, list]] = []
         self.to_execute: list[Task] = []
         self.to_fetch: list[tuple[int, str, list[str]]] = []
+        self.to_clients: list[tuple[bytes, str, int, int, list]] = []
+        # Direct tasks the center has not heard about from us yet: key -> run
+        # (see check_timeouts).
+        self.unannounced: dict[str, int] = {}
         self.paused = False  # short of memory: start no new task
         # A finished task had dependents sent ahead to wait here: the center
         # should hear at once, to send the links after them (the shell clears it).
@@ -136,6 +145,7 @@ class WorkerState:
             task = self.tasks[key] = self.released_running.pop(key)
         if task is not None:  # adopt the run under way: it answers this assignment
             task.run = run
+            task.direct = False
             task.inline = task.inline or inline
             if key in self.seceded:  # the center counts it against our threads else
                 self.to_center.append(("task-seceded", {"key": key, "run": run}, []))
@@ -163,6 +173,33 @@ class WorkerState:
         self._send_requests(plan, now)
         if key in self.tasks and not task.missing:  # not given up for want of an input
             self._make_ready(task)
+        self._start_tasks()
+
+    def run_direct(self, key: str, payload: list, run: int, client: bytes,
+                   now: float) -> None:
+        """``client`` sent ``key``, a task without inputs, straight here, in a
+        ``run`` of its own; its small result goes back to it (:attr:`to_clients`)
+        as well as to the center, whose reports say the run is direct.
+
+        The client told the center too; which of the two hears first is open,
+        and the center sorts that out (see Scheduler._park). A key already
+        here is refused, and the center places the task itself: the center
+        may have told us to drop that copy, in a message still on its way,
+        which cannot be told from one about this run.
+        """
+        if key in self.tasks or key in self.data:
+            self.to_center.append(("task-refused", {"key": key, "run": run}, []))
+            return
+        task = self.released_running.pop(key, None)
+        if task is None:
+            task = Task(key, {}, 0, payload, next(self._order), True, run)
+            self._make_ready(task)
+        self.tasks[key] = task
+        task.run, task.direct, task.inline, task.reply_to = run, True, True, (client, run)
+        self.unannounced[key] = run
+        if key in self.seceded:
+            self.to_center.append(("task-seceded", {"key": key, "run": run, "direct": True},
+                                   []))
         self._start_tasks()
 
     def data_received(self, request_id: int, values: dict[str, Any], nbytes: dict[str, int],
@@ -217,7 +254,14 @@ class WorkerState:
                                        list(error)))
 
     def check_timeouts(self, now: float) -> None:
-        """Give up on requests past their deadline and ask other holders."""
+        """Give up on requests past their deadline and ask other holders; tell
+        the center of direct tasks still running (it places again those it
+        does not hear of: see Scheduler.sweep_direct)."""
+        for key, run in self.unannounced.items():
+            task = self.tasks.get(key)
+            if task is not None and task.run == run and task.direct:
+                self.to_center.append(("task-accepted", {"key": key, "run": run}, []))
+        self.unannounced.clear()
         plan: dict[str, list[str]] = {}
         for request_id, (peer, keys, deadline) in list(self.requests.items()):
             if deadline > now:
@@ -240,12 +284,18 @@ class WorkerState:
         task = self.tasks.pop(key, None)
         waiters = self.local_waiters.pop(key, ())
         if task is not None:  # None: released while running, so the result is unwanted
+            report = {"key": key, "run": task.run}
+            if task.direct:
+                report["direct"] = True
             if error is None:
                 self.data[key] = value
                 self.nbytes[key] = nbytes
-                self.to_center.append(("task-finished", {"key": key, "nbytes": nbytes,
-                                                         "duration": duration, "run": task.run},
-                                       pickled or []))
+                if task.reply_to is not None and pickled:
+                    client, client_run = task.reply_to
+                    self.to_clients.append((client, key, client_run, nbytes, pickled))
+                    pickled = None  # (its client has it; any other fetches it from here)
+                report["nbytes"], report["duration"] = nbytes, duration
+                self.to_center.append(("task-finished", report, pickled or []))
                 if waiters:
                     self.report_now = True
                 for waiter_key in waiters:  # sent ahead for this very input
@@ -255,7 +305,7 @@ class WorkerState:
                         if not waiter.missing and waiter.state == FETCHING:
                             self._make_ready(waiter)
             else:
-                self.to_center.append(("task-erred", {"key": key, "run": task.run}, error))
+                self.to_center.append(("task-erred", report, error))
                 # (the center errs or takes back the tasks that waited for it)
         self._start_tasks()
 

@@ -1,0 +1,143 @@
+"""Lone tasks sent straight to a worker: the result comes back in two hops,
+the center hears of the task on the side, and nothing is lost or doubled.
+
+These run real clusters; the state machines' side of it is unit-tested in
+test_scheduler.py and test_worker_state.py ("direct tasks").
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+from conftest import wait_for
+
+from zfutures import Executor
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def inc(x):
+    return x + 1
+
+
+def identity(x):
+    return x
+
+
+def fail(message):
+    raise ValueError(message)
+
+
+def pid_after(path, x):
+    """Write this process's pid to ``path``, then wait for the file to go;
+    return at once if ``path + ".done"`` exists."""
+    if os.path.exists(path + ".done"):
+        return x + 1
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    deadline = time.monotonic() + 60
+    while os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return x + 1
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with Executor(n_workers=2, threads_per_worker=1, timeout=20) as ex:
+        yield ex
+
+
+def test_sequential_calls_are_answered_straight_by_a_worker(cluster):
+    ex = cluster
+    ex.submit(inc, -1).result(timeout=10)  # a worker to send the next ones to
+    before = ex._io.direct_answers
+    for i in range(30):
+        assert ex.submit(inc, i).result(timeout=10) == i + 1
+        assert ex.submit(inc, i, pure=False).result(timeout=10) == i + 1
+    # (a few may go through the center: a worker busy in the center's eyes)
+    assert ex._io.direct_answers - before >= 40
+    wait_for(lambda: not ex.scheduler_info()["tasks"], timeout=10,
+             message="the center kept tasks its client let go of")
+
+
+def test_an_impure_direct_result_is_the_value_the_cluster_keeps(cluster):
+    ex = cluster
+    ex.submit(inc, -1).result(timeout=10)
+    before = ex._io.direct_answers
+    for _ in range(20):
+        x = ex.submit(np.random.random, 3, pure=False)
+        seen = x.result(timeout=10)
+        # A task that reads x on the cluster sees the same value.
+        assert np.array_equal(ex.submit(identity, x).result(timeout=10), seen)
+        del x
+    assert ex._io.direct_answers > before
+
+
+def test_a_direct_tasks_error_reaches_its_future(cluster):
+    ex = cluster
+    ex.submit(inc, -1).result(timeout=10)
+    with pytest.raises(ValueError, match="straight"):
+        ex.submit(fail, "straight").result(timeout=10)
+    assert ex.submit(inc, 1).result(timeout=10) == 2
+
+
+def test_a_cancelled_direct_task_is_cancelled_and_the_next_one_runs(cluster, tmp_path):
+    ex = cluster
+    ex.submit(inc, -1).result(timeout=10)
+    path = str(tmp_path / "running")
+    f = ex.submit(pid_after, path, 1, pure=False)
+    wait_for(lambda: os.path.exists(path), timeout=10, message="the task did not start")
+    assert f.cancel()
+    os.remove(path)  # let it end
+    assert f.cancelled()
+    assert ex.submit(inc, 2, pure=False).result(timeout=10) == 3
+
+
+def test_a_direct_task_whose_worker_dies_is_run_elsewhere(tmp_path):
+    with Executor(n_workers=2, threads_per_worker=1, timeout=20) as ex:
+        ex.submit(inc, -1).result(timeout=10)
+        path = str(tmp_path / "running")
+        f = ex.submit(pid_after, path, 41, pure=False)
+        wait_for(lambda: os.path.exists(path) and os.path.getsize(path), timeout=10,
+                 message="the task did not start")
+        with open(path) as file:
+            victim = int(file.read())
+        assert ex._io.keys[f.key].direct is not None  # it went straight there
+        open(path + ".done", "w").close()  # the rerun elsewhere returns at once
+        os.kill(victim, signal.SIGKILL)
+        assert f.result(timeout=60) == 42
+        assert ex.submit(inc, 1).result(timeout=20) == 2
+
+
+def test_many_threads_calling_at_once_each_get_their_own_answer(cluster):
+    ex = cluster
+    ex.submit(inc, -1).result(timeout=10)
+    errors = []
+
+    def calls(offset):
+        try:
+            for i in range(50):
+                assert ex.submit(inc, offset + i, pure=False).result(timeout=20) == offset + i + 1
+        except BaseException as e:  # reported below, in the test's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=calls, args=(1000 * t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and not any(t.is_alive() for t in threads)
+
+
+def test_the_same_pure_call_again_and_again_after_letting_go_of_it(cluster):
+    # Each release travels center -> worker while the next call goes client
+    # -> worker: the worker must not answer from (or keep) a copy it is being
+    # told to drop.
+    ex = cluster
+    for _ in range(100):
+        assert ex.submit(inc, 1).result(timeout=10) == 2
+        assert ex.gather(ex.submit(inc, 2), timeout=10) == 3

@@ -95,6 +95,8 @@ def test_a_cancelled_direct_task_is_cancelled_and_the_next_one_runs(cluster, tmp
     os.remove(path)  # let it end
     assert f.cancelled()
     assert ex.submit(inc, 2, pure=False).result(timeout=10) == 3
+    wait_for(lambda: "processing" not in ex.scheduler_info()["tasks"], timeout=10,
+             message="the center still counts the cancelled task as running")
 
 
 def test_a_direct_task_whose_worker_dies_is_run_elsewhere(tmp_path):

@@ -306,13 +306,13 @@ class ClientIO:
         self._send("register-client", protocol=protocol.PROTOCOL_VERSION, name=self.name)
 
     def _cmd_submit(self, tasks: list[tuple[dict, list, Any]], eager: bool = False,
-                    direct: bool = False) -> None:
+                    pure: bool = False) -> None:
         """``tasks``: (item, payload frames, Future) for each new future.
 
         ``eager`` futures get their values as soon as the cluster has them,
-        and are held until then even if their caller drops them. ``direct``:
-        the task is pure (any run of it will do); alone, any task without
-        inputs may go straight to a worker (see _send_direct).
+        and are held until then even if their caller drops them. ``pure``:
+        any run of the task will do. Alone, a task without inputs may go
+        straight to a worker (see _send_direct).
         """
         for item, frames, future in tasks:
             key = item["key"]
@@ -327,7 +327,7 @@ class ClientIO:
                 keys = self.keys
                 info.deps = [keys[d] for d in item["deps"] if d in keys] or None
                 if len(tasks) == 1 and info.refs == 0:  # (new: not sent before)
-                    item = self._send_direct(info, item, frames, direct)
+                    item = self._send_direct(info, item, frames, pure)
                 self._queue("submit", item, frames)
             if eager:
                 info.eager = True
@@ -353,8 +353,7 @@ class ClientIO:
         address = self._direct_worker
         pending = self._direct_pending
         if address is None or (pending is not None and pending.direct is not None
-                               and pending.status == PENDING
-                               and self.keys.get(pending.key) is pending) or \
+                               and pending.status == PENDING) or \
                 item["deps"] or "workers" in item or "resources" in item or \
                 item.get("retries") or self._reregistering or \
                 serialize.frames_nbytes(frames) > DIRECT_PAYLOAD_LIMIT:
@@ -429,6 +428,7 @@ class ClientIO:
         info.refs -= 1
         if info.refs <= 0:
             del self.keys[key]
+            info.direct = None  # (its answer is no longer awaited)
             self._release_later(key)
 
     def _cmd_cancel(self, keys: list[str]) -> None:

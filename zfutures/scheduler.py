@@ -839,12 +839,15 @@ class Scheduler:
                 self._take_back(ts)
                 self._try_ready(ts)
         for key, reports in list(self.parked.items()):
-            kept = [report for report in reports if report[0] >= old]
-            for generation, ident, method, _ in reports:
-                ws = self.workers.get(ident)
-                ts = self.tasks.get(key)
-                if generation < old and method == "task_finished" and ws is not None \
-                        and (ts is None or ws not in ts.who_has):
+            kept = []
+            for report in reports:
+                generation, ident, method, _ = report
+                if generation >= old:
+                    kept.append(report)
+                    continue
+                ws, ts = self.workers.get(ident), self.tasks.get(key)
+                if method == "task_finished" and ws is not None and \
+                        (ts is None or ws not in ts.who_has):
                     self.outbox.add(ident, "release-keys", "keys", key)
             if kept:
                 self.parked[key] = kept

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from conftest import wait_for
 
+import zfutures
 from zfutures import Executor
 
 pytestmark = pytest.mark.timeout(120)
@@ -43,6 +44,16 @@ def pid_after(path, x):
     while os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.01)
     return x + 1
+
+
+def thread_name(x):
+    return threading.current_thread().name, x
+
+
+def halves_on_the_same_worker(n):
+    """Wait, inside a task, on another task (a one-worker cluster runs it here)."""
+    executor = zfutures.get_executor()
+    return executor.submit(inc, n // 2, pure=False).result(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +154,48 @@ def test_the_same_pure_call_again_and_again_after_letting_go_of_it(cluster):
     for _ in range(100):
         assert ex.submit(inc, 1).result(timeout=10) == 2
         assert ex.gather(ex.submit(inc, 2), timeout=10) == 3
+
+
+# ---------------------------------------------------------------------- on the loop thread
+
+def test_a_lone_direct_task_runs_on_its_workers_loop_thread(cluster):
+    ex = cluster
+    ex.submit(inc, -1).result(timeout=10)
+    names = [ex.submit(thread_name, i, pure=False).result(timeout=10)[0] for i in range(20)]
+    # (a few may go through the center, to a task thread)
+    assert names.count("zfutures-loop") >= 15, names
+
+
+def test_a_long_direct_task_leaves_its_worker_serving_and_the_loop_moves_on(tmp_path):
+    with Executor(n_workers=2, threads_per_worker=1, timeout=20) as ex:
+        first = sorted(ex.scheduler_info()["workers"])[0]
+        big = ex.submit(np.ones, 1_000_000, workers=[first])  # stays there: fetched
+        ex.submit(inc, 0, workers=[first]).result(timeout=10)  # the next goes there
+        path = str(tmp_path / "running")
+        long = ex.submit(pid_after, path, 1, pure=False)
+        wait_for(lambda: os.path.exists(path) and os.path.getsize(path), timeout=10,
+                 message="the task did not start")
+        assert ex._io.keys[long.key].direct.address == first
+        # The task runs on the loop thread, and the standby takes the loop
+        # over: the worker still serves its data while the task runs.
+        assert big.result(timeout=10).sum() == 1_000_000
+        assert not long.done()
+        os.remove(path)
+        assert long.result(timeout=20) == 2
+        # Lone tasks run on the loop's new thread.
+        names = {ex.submit(thread_name, i, pure=False).result(timeout=10)[0]
+                 for i in range(10)}
+        assert "zfutures-loop" in names
+
+
+def test_a_direct_task_that_waits_on_a_task_gives_its_slot_back():
+    # One worker, one thread: the inner task can run only if the outer one,
+    # running on the loop thread, gives its slot back once the loop moves on.
+    with Executor(n_workers=1, threads_per_worker=1, timeout=20) as ex:
+        ex.submit(inc, -1).result(timeout=10)
+        before = ex._io.direct_answers
+        outer = ex.submit(halves_on_the_same_worker, 10, pure=False)
+        assert outer.result(timeout=60) == 6
+        assert ex._io.direct_answers == before + 1  # (the outer one; the inner
+        # one's client is the worker's)
+        assert ex.submit(inc, 1, pure=False).result(timeout=10) == 2

@@ -1,6 +1,6 @@
 """The worker process: sockets, task threads and a poll loop around WorkerState.
 
-One thread (the one that calls :meth:`Worker.run`) owns every socket:
+One thread at a time, the loop thread, owns every socket:
 
 - a DEALER to the center, for tasks in and reports out;
 - a ROUTER data server, from which peers and clients fetch results;
@@ -11,6 +11,13 @@ Task threads run user code and hand results back through a queue and a
 heartbeating while tasks run. Short tasks are handed over a few at a time
 (see ``HAND_AHEAD_TIME`` in worker_state.py), and a small result a client
 waits for is pickled on the task thread and sent with the completion.
+
+A lone task a client sent straight here runs on the loop thread itself when
+no other task waits for a thread (see ``INLINE_CHECK``): its client waits on
+each hop, and a handoff between threads costs tens of microseconds where the
+wakeup crosses CPUs. Should it run long, a standby thread takes the loop
+over, and the task finishes where it started, as on a task thread. The
+thread that calls :meth:`Worker.run` only waits, so signals reach it at once.
 """
 from __future__ import annotations
 
@@ -54,6 +61,15 @@ PAUSE_AT, RESUME_AT = 0.8, 0.7
 #: gives the memory they freed back to the system. Not sooner: reusing it is
 #: what makes a burst of tasks on big arrays fast (processes._HUGE_PAGES_TUNABLE).
 GIVE_BACK_AFTER = 1.0
+
+#: How often (seconds) the standby thread looks at a task running on the loop
+#: thread: if the same one runs at two looks, it takes the loop over. A task
+#: may so hold the loop for up to twice this; heartbeats are far apart.
+INLINE_CHECK = 0.002
+
+#: The standby thread sleeps once no task has run on the loop thread for this
+#: long (seconds), so an idle worker does not wake every INLINE_CHECK.
+STANDBY_IDLE = 0.5
 
 #: Reports to the center that travel many to a message, and their list field.
 _BATCHED = {"task-finished": "tasks", "task-erred": "tasks", "keys-added": "tasks"}
@@ -104,6 +120,10 @@ def run_task(task: Task, inputs: dict[str, Any]) -> tuple:
         if pickled is not None and serialize.frames_nbytes(pickled) > INLINE_LIMIT:
             pickled = None
     return task.key, value, nbytes, duration, None, pickled
+
+
+class _LoopMoved(Exception):
+    """The standby thread took the loop over while this thread ran a task."""
 
 
 class Worker:
@@ -163,6 +183,18 @@ class Worker:
         # Tasks ran or results were released since memory was last given back.
         self._trim_due = False
         self._last_busy = 0.0
+        # Tasks on the loop thread (see INLINE_CHECK). The lock orders a run's
+        # end with the standby's takeover, and hands the sockets over safely.
+        self._inline_lock = threading.Lock()
+        self._inline_job: tuple[Task, dict] | None = None  # to run at the end of this turn
+        self._inline_key: str | None = None  # running on a loop thread now
+        self._inline_runs = 0  # counts them; the one the standby took the loop during:
+        self._taken_during = 0
+        self._last_inline = 0.0
+        self._standby: threading.Thread | None = None
+        self._standby_wake = threading.Event()  # set while tasks run on the loop thread
+        self._closed = threading.Event()
+        self._loop_error: BaseException | None = None
 
     # ------------------------------------------------------------------ life cycle
 
@@ -172,11 +204,28 @@ class Worker:
             self._start_thread()
         self._connect()
         logger.info("worker %s serving for %s", self.address, self.center_address)
+        threading.Thread(target=self._serve, daemon=True, name="zfutures-loop").start()
+        while not self._closed.wait(1.0):  # (wakes for signals meanwhile)
+            pass
+        if self._loop_error is not None:
+            raise self._loop_error
+
+    def _serve(self) -> None:
+        """Run the loop on this thread until the worker stops, or until the
+        standby takes it over while this thread runs a task (see _run_inline)."""
         try:
             while not self._stopping:
                 self._loop_once()
-        finally:
+        except _LoopMoved:
+            return
+        except BaseException as exc:  # noqa: B036 - run() raises it, once closed
+            logger.exception("the worker loop failed")
+            self._loop_error = exc
+        try:
             self._close()
+        finally:
+            self._closed.set()
+            self._standby_wake.set()  # (the standby ends)
 
     def stop(self) -> None:
         """Leave gracefully; safe from signal handlers and other threads.
@@ -285,6 +334,57 @@ class Worker:
             self._connect()
         elif now - self._last_sent >= self.heartbeat_interval:
             self._send_center("heartbeat")
+        while self._inline_job is not None:  # (its _flush may set the next one aside)
+            self._run_inline()
+
+    def _run_inline(self) -> None:
+        """Run the task _flush set aside on this, the loop thread, and send its
+        result at once; or, if the standby took the loop over meanwhile, hand
+        the result to the loop as a task thread would, and leave the loop."""
+        (task, inputs), self._inline_job = self._inline_job, None
+        with self._inline_lock:
+            self._inline_runs += 1
+            self._inline_key = task.key
+            self._last_inline = time.monotonic()
+            if self._standby is None:  # (the first, or the last took the loop over)
+                self._standby = threading.Thread(target=self._watch_inline, daemon=True,
+                                                 name="zfutures-standby")
+                self._standby.start()
+            if not self._standby_wake.is_set():
+                self._standby_wake.set()
+        context.enter_task(self, task.key)
+        result = run_task(task, inputs)
+        context.leave_task()  # (seceded or not, this thread goes on)
+        del task, inputs
+        with self._inline_lock:
+            self._inline_key = None
+            moved = self._taken_during == self._inline_runs
+        if moved:
+            self.call_soon(self.state.task_done, *result)
+            raise _LoopMoved
+        self.state.task_done(*result)
+        self._flush()
+
+    def _watch_inline(self) -> None:
+        """The standby: take the loop over from a task that runs on it too long."""
+        seen = 0
+        while not self._closed.is_set():
+            if not self._standby_wake.wait(1.0) or self._closed.wait(INLINE_CHECK):
+                continue  # (parked: no task ran on the loop thread lately)
+            with self._inline_lock:
+                running = self._inline_runs if self._inline_key is not None else 0
+                take = running and running == seen
+                if take:
+                    self._taken_during, self._standby = running, None
+                    logger.debug("task %s runs long on the loop thread; the standby "
+                                 "takes the loop over", self._inline_key)
+                elif not running and time.monotonic() - self._last_inline > STANDBY_IDLE:
+                    self._standby_wake.clear()
+                seen = running
+            if take:
+                threading.current_thread().name = "zfutures-loop"
+                self._serve()
+                return
 
     def _give_back_memory(self, now: float) -> None:
         """Once idle for a while after work, return the memory it freed."""
@@ -521,6 +621,13 @@ class Worker:
         if state.to_execute:
             self._last_busy = time.monotonic()  # (see _give_back_memory)
             self._trim_due = True  # (tasks free what they used, too)
+            last = state.to_execute[-1]
+            if last.reply_to is not None and self._inline_job is None and \
+                    not self._stopping and self.work.empty() and \
+                    len(state.executing) - len(state.to_execute) < self.nthreads:
+                # A client waits on it, and no thread is busy running tasks,
+                # or about to be: run it on this thread (see INLINE_CHECK).
+                self._inline_job = (state.to_execute.pop(), {})
             for task in state.to_execute:
                 self.work.put((task, state.inputs_of(task)))
             state.to_execute.clear()
@@ -597,14 +704,15 @@ class Worker:
 
     def secede(self, key: str) -> None:
         """Called from the task thread running ``key``, which waits on futures."""
-        self.call_soon(self._secede, key)
+        self.call_soon(self._secede, key, key != self._inline_key)
 
-    def _secede(self, key: str) -> None:
+    def _secede(self, key: str, on_task_thread: bool = True) -> None:
         run = self.state.secede(key)
         if run is not None:
             direct = {"direct": True} if self.state.tasks[key].direct else {}
             self._send_center("task-seceded", key=key, run=run, **direct)
-        self._start_thread()  # takes the slot; the seceded thread ends with its task
+        if on_task_thread:  # (a task on the loop thread took no task thread)
+            self._start_thread()  # takes the slot; the seceded thread ends with its task
 
     def _skipped(self, job: tuple) -> None:
         """A task thread did not start a task released while it waited in line."""

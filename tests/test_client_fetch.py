@@ -11,7 +11,7 @@ import concurrent.futures
 
 import pytest
 
-from zfutures import FutureLostError, protocol, serialize
+from zfutures import Future, FutureLostError, protocol, serialize
 from zfutures.client_io import FINISHED, ClientIO, _Key
 from zfutures.scheduler import Scheduler
 
@@ -141,3 +141,45 @@ def test_a_key_handed_on_twice_is_asked_for_again(cluster):
     client.center_answers()                  # a second question, with a new answer
     assert client.requests_to("tcp://127.0.0.1:3") == [["x"]]
     assert not result.done()
+
+
+# --------------------------------------------------------------------------- straight from a worker
+
+def submit_alone(client: Client, key: str, own_key: bool) -> tuple[Future, dict]:
+    """Submit ``key`` as a lone task with a worker to send it to; return its
+    future and the item the center is told of."""
+    client.io._direct_worker = A1
+    future = Future(key, None)
+    item = {"key": key, "deps": [], "priority": 0}
+    client.io._cmd_submit([(item, [b"payload"], future)], False, own_key)
+    ((op, (sent,), _, _),) = client.io._outgoing
+    assert op == "submit" and sent["direct_worker"] == A1
+    return future, sent
+
+
+def worker_answers_straight(client: Client, key: str, run: int, value: object) -> None:
+    client.io._direct_result(A1, {"key": key, "run": run, "nbytes": 8},
+                             serialize.dumps(value))
+
+
+def test_a_direct_result_for_a_key_the_executor_made_counts_at_once(cluster):
+    # The center counts every run its worker does not refuse: no need to wait
+    # for the center's word.
+    _, client = cluster
+    future, sent = submit_alone(client, "made-here", own_key=True)
+    assert "direct_ack" not in sent
+    worker_answers_straight(client, "made-here", sent["direct_run"], 3)
+    assert future.result(0) == 3 and client.io.direct_answers == 1
+
+
+def test_a_direct_result_for_a_key_the_caller_chose_waits_for_the_centers_word(cluster):
+    # The center may hold that key already, from another run: the worker's
+    # answer counts only once the center says the run is the task's.
+    s, client = cluster
+    future, sent = submit_alone(client, "chosen", own_key=False)
+    assert sent["direct_ack"] is True
+    worker_answers_straight(client, "chosen", sent["direct_run"], 3)
+    assert not future.done()
+    s.submit(C, [dict(sent, nframes=1)], [b"payload"])
+    client.center_speaks()  # direct-accepted
+    assert future.result(0) == 3 and client.io.direct_answers == 1

@@ -199,3 +199,20 @@ def test_a_direct_task_that_waits_on_a_task_gives_its_slot_back():
         assert ex._io.direct_answers == before + 1  # (the outer one; the inner
         # one's client is the worker's)
         assert ex.submit(inc, 1, pure=False).result(timeout=10) == 2
+
+
+def test_only_a_key_the_caller_chose_makes_a_direct_result_wait_for_the_center(cluster):
+    # A key the executor made (a pure task's token, an impure task's unique
+    # key) is new to the center or any run of it will do; the caller's own
+    # key may name another run's value at the center.
+    ex = cluster
+    calls = []
+    call = ex._io.call
+    ex._io.call = lambda *command: (calls.append(command), call(*command))
+    try:
+        for options in ({}, {"pure": False}, {"key": "chosen-by-caller"}):
+            assert ex.submit(inc, 1, **options).result(timeout=10) == 2
+    finally:
+        del ex._io.call
+    own_key = [command[3] for command in calls if command[0] == "submit"]
+    assert own_key == [True, True, False]

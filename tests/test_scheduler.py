@@ -1666,39 +1666,80 @@ def test_an_error_and_a_secession_before_the_submit_are_played_back_too():
     assert sim.take().frames("key-erred", C1) == {"fails": frames}
 
 
-def test_a_direct_task_for_a_busy_worker_is_placed_as_usual_and_dropped_there():
+@pytest.mark.parametrize("how", ["busy", "paused", "retiring"])
+def test_a_direct_task_counts_on_its_worker_whatever_the_center_thinks_of_it(how):
+    # The worker decides (it refuses what it cannot start): a run it did not
+    # refuse is the task's, and its client may hold the result already.
     sim = Sim()
-    sim.worker(W1)
+    sim.worker(W1, keys=["held"] if how == "retiring" else ())
     sim.worker(W2)
-    sim.submit(task("long"))
-    busy = sim.on("long")
-    sim.take()
-    sim.submit(direct("x", busy, ack=True))
-    sent = sim.take()
-    assert sim.on("x") != busy and sent.computes()[sim.on("x")] == ["x"]
-    assert sent.keys("release-keys", busy) == ["x"]  # its copy, queued behind "long"
-    assert "direct-accepted" not in sent.ops(C1)     # (so the client ignores its answer)
-    # It answered anyway: not taken (it was told to drop that copy).
-    sim.s.task_finished(busy, "x", 8, run=DIRECT_RUN, direct=True)
-    assert sim.state("x") == "processing"
-    assert sim.take().keys("release-keys", busy) == ["x"]
-
-
-@pytest.mark.parametrize("how", ["left", "paused"])
-def test_a_direct_task_for_a_worker_that_left_or_paused_is_placed_as_usual(how):
-    sim = Sim()
-    sim.worker(W1)
-    sim.worker(W2)
-    if how == "left":
-        sim.s.remove_worker(W2)
+    if how == "busy":
+        sim.submit(task("long"), task("next"))  # one on each worker's thread
+        assert {sim.on("long"), sim.on("next")} == {W1, W2}
+    elif how == "paused":
+        sim.s.worker_paused(W1, True)
     else:
-        sim.s.worker_paused(W2, True)
+        sim.s.retire_worker(W1)
+    sim.take()
+    sim.submit(direct("x", W1))
+    sent = sim.take()
+    assert sim.on("x") == W1 and sent.computes() == {} and sent.keys("release-keys", W1) == []
+    sim.s.task_finished(W1, "x", 8, run=DIRECT_RUN, direct=True)
+    assert sim.state("x") == "memory" and sim.s.who_has(["x"]) == {"x": [addr(W1)]}
+
+
+def test_a_direct_task_for_a_worker_that_left_is_placed_as_usual():
+    sim = Sim()
+    sim.worker(W1)
+    sim.worker(W2)
+    sim.s.remove_worker(W2)
     sim.take()
     sim.submit(direct("x", W2))
     assert sim.on("x") == W1 and sim.take().computes() == {W1: ["x"]}
 
 
-def test_a_direct_task_the_worker_never_confirms_is_placed_again_after_two_sweeps():
+def test_pausing_does_not_take_back_a_direct_run():
+    sim = Sim()
+    sim.worker(W1, nthreads=1)
+    sim.submit(task("first"))    # the worker's one thread, in the center's eyes
+    sim.submit(direct("x", W1))  # it ran x all the same ("first" was done there, say)
+    sim.worker(W2)
+    sim.take()
+    sim.s.worker_paused(W1, True)
+    assert sim.take().keys("release-keys", W1) == [] and sim.on("x") == W1
+
+
+def test_a_retiring_worker_goes_only_once_its_direct_run_is_done_and_handed_on():
+    sim = Sim()
+    sim.worker(W1)
+    sim.worker(W2)
+    sim.submit(direct("x", W1))
+    sim.take()
+    sim.s.retire_worker(W1)
+    sent = sim.take()
+    assert sim.on("x") == W1 and "retired" not in sent.ops(W1)  # it runs there still
+    sim.s.task_finished(W1, "x", 8, run=DIRECT_RUN, direct=True)
+    sent = sim.take()
+    assert sent.keys("acquire", W2) == ["x"] and "retired" not in sent.ops(W1)
+    sim.s.keys_added(W2, "x", 8)
+    assert "retired" in sim.take().ops(W1)
+    sim.s.remove_worker(W1)
+    assert sim.state("x") == "memory" and sim.s.who_has(["x"]) == {"x": [addr(W2)]}
+
+
+def test_a_retiring_worker_that_refuses_its_direct_run_goes_and_the_task_is_placed():
+    sim = Sim()
+    sim.worker(W1)
+    sim.worker(W2)
+    sim.submit(direct("x", W1))
+    sim.s.retire_worker(W1)
+    sim.take()
+    sim.s.task_refused(W1, "x", DIRECT_RUN)
+    sent = sim.take()
+    assert "retired" in sent.ops(W1) and sent.computes() == {W2: ["x"]}
+
+
+def test_a_direct_task_the_worker_never_confirms_is_placed_only_once_it_refuses_it():
     sim = Sim()
     sim.worker(W1, nthreads=2)
     sim.submit(direct("lost", W1))
@@ -1707,11 +1748,18 @@ def test_a_direct_task_the_worker_never_confirms_is_placed_again_after_two_sweep
     sim.s.sweep_direct()
     sim.s.task_accepted(W1, "slow", DIRECT_RUN + 1)  # still running there
     assert sim.take().messages == []                 # one sweep is not enough
-    sim.s.sweep_direct()
+    for _ in range(2):  # asked at each sweep until it answers
+        sim.s.sweep_direct()
+        sent = sim.take()
+        assert sent.items("drop-direct", W1) == [{"key": "lost", "run": DIRECT_RUN}]
+        assert sent.computes() == {} and sim.on("lost") == W1  # (it may have run it)
+    sim.s.task_refused(W1, "lost", DIRECT_RUN)
     sent = sim.take()
     assert "lost" in sent.keys("release-keys", W1)
     assert run_sent(sent, W1, "lost") != DIRECT_RUN  # placed anew, in a center run
     assert sim.on("slow") == W1 and sim.s.tasks["slow"].run == DIRECT_RUN + 1
+    sim.s.sweep_direct()
+    assert sim.take().messages == []
 
 
 def test_a_parked_report_whose_submit_never_comes_is_released_after_two_sweeps():

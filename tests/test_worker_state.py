@@ -6,10 +6,11 @@ Time is an argument (``now``), so fetch timeouts are tested by passing a later
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from zfutures.serialize import dumps_task, loads
 from zfutures.worker import INLINE_LIMIT, run_task
-from zfutures.worker_state import Task, WorkerState
+from zfutures.worker_state import DROPPED_DIRECT_KEPT, Task, WorkerState
 
 ME = "tcp://me:9000"
 P1, P2, P3 = "tcp://p1:9000", "tcp://p2:9000", "tcp://p3:9000"
@@ -641,7 +642,7 @@ def test_a_direct_tasks_error_goes_to_the_center_only():
 
 
 def test_a_direct_task_still_running_is_announced_once_at_the_next_check():
-    w = make()
+    w = make(nthreads=2)
     w.run_direct("x", [b"payload"], DIRECT, CLIENT, now=0.0)
     w.run_direct("done", [b"payload"], DIRECT + 1, CLIENT, now=0.0)
     w.check_timeouts(0.5)
@@ -649,6 +650,9 @@ def test_a_direct_task_still_running_is_announced_once_at_the_next_check():
                           ("task-accepted", {"key": "done", "run": DIRECT + 1}, [])]
     w.check_timeouts(1.0)
     assert reports(w) == []
+    w.task_done("x", 2, 28, 0.001, None, [b"pickled 2"])
+    w.task_done("done", 2, 28, 0.001, None, [b"pickled 2"])
+    reports(w)
     w.run_direct("gone", [b"payload"], DIRECT + 2, CLIENT, now=1.0)
     w.release(["gone"])
     w.check_timeouts(1.5)
@@ -681,12 +685,51 @@ def test_a_direct_request_for_a_key_held_or_queued_here_is_refused():
     assert w.data == {} and w.to_clients == []
 
 
-def test_a_direct_task_released_before_it_ran_sends_nothing():
+def test_a_direct_task_released_before_its_thread_took_it_sends_nothing():
     w = make()
-    compute(w, "long")
     w.run_direct("x", [b"payload"], DIRECT, CLIENT, now=0.0)
+    assert executed(w) == ["x"]
     w.release(["x"])
-    w.task_done("long", 1, 28, 0.001)
-    assert executed(w) == ["long"]
+    w.task_skipped("x")  # its thread found it released, and did not start it
+    assert reports(w) == [] and w.to_clients == [] and "x" not in w.tasks
+
+
+@pytest.mark.parametrize("why", ["busy", "paused", "closing"])
+def test_a_direct_task_that_cannot_start_at_once_is_refused(why):
+    # What the worker runs, the center counts as the task's run: the worker
+    # takes only what it starts now, and the center places the rest.
+    w = make()
+    if why == "busy":
+        compute(w, "long")
+        executed(w)
+    elif why == "paused":
+        w.set_paused(True)
+    else:
+        w.closing = True
     reports(w)
-    assert w.to_clients == [] and "x" not in w.tasks
+    w.run_direct("x", [b"payload"], DIRECT, CLIENT, now=0.0)
+    assert reports(w) == [("task-refused", {"key": "x", "run": DIRECT}, [])]
+    assert "x" not in w.tasks and "x" not in [t.key for t in w.to_execute]
+
+
+def test_a_direct_run_the_center_gave_up_on_is_refused_when_it_comes_late():
+    w = make()
+    w.drop_direct("late", DIRECT, now=0.0)  # never came here
+    assert reports(w) == [("task-refused", {"key": "late", "run": DIRECT}, [])]
+    w.run_direct("late", [b"payload"], DIRECT, CLIENT, now=1.0)
+    assert reports(w) == [("task-refused", {"key": "late", "run": DIRECT}, [])]
+    assert "late" not in w.tasks
+    w.check_timeouts(DROPPED_DIRECT_KEPT + 1)  # kept a while, then forgotten
+    assert w.dropped_direct == {}
+
+
+def test_a_direct_run_the_center_gave_up_on_that_came_here_is_kept():
+    w = make(nthreads=2)
+    w.run_direct("running", [b"payload"], DIRECT, CLIENT, now=0.0)
+    w.run_direct("done", [b"payload"], DIRECT + 1, CLIENT, now=0.0)
+    w.task_done("done", 2, 28, 0.001, None, [b"pickled 2"])
+    reports(w)
+    w.drop_direct("running", DIRECT, now=1.0)  # its reports are on their way
+    w.drop_direct("done", DIRECT + 1, now=1.0)
+    assert reports(w) == [] and w.dropped_direct == {}
+    assert "running" in w.tasks and w.data["done"] == 2

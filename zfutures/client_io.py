@@ -102,9 +102,11 @@ class _Direct:
     def __init__(self, address: str, run: int, trusted: bool):
         self.address = address
         self.run = run
-        # Whether its answer may complete the futures: a pure task's always (any
-        # run's result will do); another's once the center counts this run as
-        # the task's (direct-accepted), else the center may run it elsewhere.
+        # Whether its answer may complete the futures: at once if the executor
+        # made the key (the center counts every run the worker does not
+        # refuse, see Scheduler._runs_direct); for a key the caller chose,
+        # once the center says it counts this run (direct-accepted): the
+        # center may hold that key already, from another run.
         self.trusted = trusted
         self.early: tuple[int, list] | None = None  # (nbytes, frames) come before trust
 
@@ -306,13 +308,14 @@ class ClientIO:
         self._send("register-client", protocol=protocol.PROTOCOL_VERSION, name=self.name)
 
     def _cmd_submit(self, tasks: list[tuple[dict, list, Any]], eager: bool = False,
-                    pure: bool = False) -> None:
+                    own_key: bool = False) -> None:
         """``tasks``: (item, payload frames, Future) for each new future.
 
         ``eager`` futures get their values as soon as the cluster has them,
-        and are held until then even if their caller drops them. ``pure``:
-        any run of the task will do. Alone, a task without inputs may go
-        straight to a worker (see _send_direct).
+        and are held until then even if their caller drops them.
+        ``own_key``: the executor made the key (a pure task's token, or an
+        impure task's unique key), not the caller. Alone, a task without
+        inputs may go straight to a worker (see _send_direct).
         """
         for item, frames, future in tasks:
             key = item["key"]
@@ -327,14 +330,14 @@ class ClientIO:
                 keys = self.keys
                 info.deps = [keys[d] for d in item["deps"] if d in keys] or None
                 if len(tasks) == 1 and info.refs == 0:  # (new: not sent before)
-                    item = self._send_direct(info, item, frames, pure)
+                    item = self._send_direct(info, item, frames, own_key)
                 self._queue("submit", item, frames)
             if eager:
                 info.eager = True
                 info.hold(future)
             self._add_future(info, future)
 
-    def _send_direct(self, info: _Key, item: dict, frames: list, pure: bool) -> dict:
+    def _send_direct(self, info: _Key, item: dict, frames: list, own_key: bool) -> dict:
         """Send a lone task without inputs straight to a worker, and return the
         item that tells the center so; or return ``item`` unchanged.
 
@@ -342,13 +345,13 @@ class ClientIO:
         center, client); sent straight, its small result comes back in two,
         and the center hears of it on the side: the worker's reports and our
         submit travel apart, and the center matches them by the run id we
-        choose (see Scheduler._runs_direct); the center places it as usual if
-        that worker has no thread free. The result of a task that is not
-        ``pure`` counts only once the center says it counts that run
-        (direct-accepted), which comes back about as soon. One such task at
-        a time, to the worker that last finished one of ours with a small
-        result (DIRECT_AFTER_NBYTES): a burst of submits goes through the
-        center, which balances it across the workers.
+        choose (see Scheduler._runs_direct). The worker refuses it if it
+        cannot start it at once, and the center then places it as usual.
+        The result counts at once if ``own_key``, else only once the center
+        says it counts that run (direct-accepted). One such task at a time,
+        to the worker that last finished one of ours with a small result
+        (DIRECT_AFTER_NBYTES): a burst of submits goes through the center,
+        which balances it across the workers.
         """
         address = self._direct_worker
         pending = self._direct_pending
@@ -363,9 +366,9 @@ class ClientIO:
                     protocol.encode("run-task", frames, key=info.key, run=run),
                     dropped, f"a task to {address}"):
             return item
-        info.direct = _Direct(address, run, pure)
+        info.direct = _Direct(address, run, own_key)
         self._direct_pending = info
-        if pure:
+        if own_key:
             return dict(item, direct_worker=address, direct_run=run)
         return dict(item, direct_worker=address, direct_run=run, direct_ack=True)
 

@@ -188,7 +188,7 @@ class Executor:
         _add_placement(item, workers, allow_other_workers, resources)
         future = Future(item["key"], self)
         # A lone task may go straight to a worker (see ClientIO._send_direct).
-        self._io.call("submit", [(item, frames, future)], False, pure and key is None)
+        self._io.call("submit", [(item, frames, future)], False, key is None)
         return future
 
     def map(self, fn: Callable, *iterables: Iterable, key: str | list[str] | None = None,

@@ -93,7 +93,7 @@ class PoolExecutor(concurrent.futures.Executor):
                 futures.append(future)
                 self._pending.add(future)
             if self._max_running is None:
-                self._executor._io.call("submit", tasks, True)
+                self._executor._io.call("submit", tasks, True, True)  # (unique keys)
             else:
                 with self._slot_lock:
                     self._unsent.extend(tasks)
@@ -114,7 +114,7 @@ class PoolExecutor(concurrent.futures.Executor):
         for task in to_send:
             task[2].add_done_callback(self._send_unsent)
         if to_send:
-            self._executor._io.call("submit", to_send, True)
+            self._executor._io.call("submit", to_send, True, True)
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
             chunksize: int = 1) -> Iterator:

@@ -30,7 +30,7 @@ import msgpack
 from .errors import ProtocolError
 
 #: Bumped whenever a message changes shape; peers must register with the same.
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 #: Largest header accepted, in bytes. Headers hold keys and small numbers only.
 MAX_HEADER_BYTES = 64 * 1024 * 1024
@@ -101,7 +101,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "task-seceded": {"key": _STR, "run": _INT, "direct?": bool},
     # a task a client sent straight here is running (see "run-task")
     "task-accepted": {"key": _STR, "run": _INT},
-    # ... or will not run it: it holds the key already (see WorkerState.run_direct)
+    # ... or will not run it: it could not start it at once, or holds the key
+    # already, or the center gave up on that run (see WorkerState.run_direct)
     "task-refused": {"key": _STR, "run": _INT},
     "retire": {},
     "unregister": {},
@@ -115,11 +116,15 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "release-keys": {"keys": _STRS},
     "acquire": {"tasks": ("items", {"key": _STR, "holders": _STRS})},
     "retired": {},
+    # the center has not heard of this direct run for seconds: refuse it if it
+    # never came (see WorkerState.drop_direct)
+    "drop-direct": {"tasks": ("items", {"key": _STR, "run": _INT})},
     # center -> client
     "key-finished": {"tasks": ("items", _RESULT_ITEM)},
     "key-erred": {"tasks": ("items", _ERRED_ITEM)},
     "reply": {"id": _INT, "result": _ANY},
-    # the center counts these keys' direct runs (see "run-task") as theirs
+    # the center counts these keys' direct runs (see "run-task") as theirs;
+    # sent when the submit asked (direct_ack: a key the client chose)
     "direct-accepted": {"keys": _STRS},
     # workers that left or died: calls waiting on them fail at once
     "workers-left": {"addresses": _STRS},

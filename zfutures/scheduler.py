@@ -223,6 +223,12 @@ class Outbox:
         return taken
 
 
+def _is_direct(ts: TaskState) -> bool:
+    """Whether ``ts`` runs in the run a client chose, sending it straight to
+    its worker (see Scheduler._runs_direct)."""
+    return ts.direct_run is not None and ts.run == ts.direct_run
+
+
 def _pickled_error(exc: BaseException) -> list:
     """Frames of an error made by the center itself (never user payload)."""
     return [pickle.dumps((exc, ""), protocol=5)]
@@ -517,24 +523,24 @@ class Scheduler:
     def _runs_direct(self, ts: TaskState, item: dict, client: ClientState) -> bool:
         """The client sent ``ts`` straight to a worker too (``direct_worker``),
         in a run of its own (``direct_run``): count it as processing there, in
-        that run, without sending it, if that worker takes tasks. The worker
-        confirms it with its first report (see sweep_direct).
+        that run, without sending it. The worker confirms it with its first
+        report (see sweep_direct), or refuses it (see task_refused).
 
-        Otherwise (the worker left, paused, retires or has no thread free, or
-        the key is no longer new) the task is placed as usual, and the
-        worker drops its copy; a report of the direct run is stale. A client
-        takes the result the worker sends it straight only if any run's will
-        do (a pure task), or once told ``direct-accepted`` (``direct_ack``).
+        The worker decides whether it runs the task (WorkerState.run_direct),
+        and the client may take its result at once: so a run on a worker the
+        center knows is counted whatever the center thinks of that worker
+        (paused, retiring, busy), and is placed again only if the worker
+        refuses it or dies. If the worker left, or the key is no longer new,
+        the task is placed as usual, and the worker drops any copy; a report
+        of the direct run is stale. A client that chose the key itself takes
+        the result only once told ``direct-accepted`` (``direct_ack``).
         """
         ts.direct_run = item["direct_run"]
         if ts.state != RELEASED or ts.dependencies or ts.restrictions is not None or \
                 ts.resources:
             return False
         ws = self.workers_by_address.get(item.get("direct_worker", ""))
-        if ws is None or not self._takes_tasks(ws) or \
-                len(ws.processing) - len(ws.seceded) >= ws.nthreads:
-            if ws is not None:  # (a new key: it holds no other copy)
-                self.outbox.add(ws.ident, "release-keys", "keys", ts.key)
+        if ws is None:
             return False
         ts.who_wants.add(client)
         client.wants.add(ts)
@@ -670,6 +676,9 @@ class Scheduler:
         self._add_holder(ts, ws, nbytes)
         if ts.state != MEMORY:
             self._finish(ts, value)
+        if ws.retiring:  # a direct run it finished: hand its result on too
+            self._hand_on_key(ws, ts)
+            self._check_retired(ws)
         self._settle()
 
     def keys_added(self, worker_ident: bytes, key: str, nbytes: int) -> None:
@@ -690,14 +699,15 @@ class Scheduler:
     def retire_worker(self, worker_ident: bytes) -> None:
         """A worker wants to leave: its tasks go elsewhere, and the keys only it
         holds are copied to other workers first, so nothing needs recomputing.
-        It is told ``retired`` when it may go."""
+        It is told ``retired`` when it may go. Direct runs stay: the worker
+        runs them or refuses them, and hands their results on as they come."""
         ws = self.workers.get(worker_ident)
         if ws is None or ws.retiring:
             return
         ws.retiring = True
         self._stop_sending_to(ws)
         for ts in sorted(ws.processing, key=lambda t: t.priority):
-            if ts.processing_on is ws:  # (else erred meanwhile, with an input)
+            if ts.processing_on is ws and not _is_direct(ts):  # (else erred meanwhile)
                 self._take_back(ts)
                 self._try_ready(ts)
         self._hand_on(ws)
@@ -707,16 +717,22 @@ class Scheduler:
         """Have workers that stay copy the wanted keys only ``ws`` holds; tell
         ``ws`` it may go once none is left to copy (or no worker stays)."""
         ws.moving.clear()
+        for ts in ws.has_what:
+            self._hand_on_key(ws, ts)
+        self._check_retired(ws)
+
+    def _hand_on_key(self, ws: WorkerState, ts: TaskState) -> None:
+        """Have a worker that stays copy ``ts`` from retiring ``ws``, if wanted
+        and only there."""
+        if ts.who_has != {ws} or not self._is_wanted(ts):
+            return
         targets = [w for w in self.workers.values() if not w.retiring]
         if targets:
-            for ts in ws.has_what:
-                if ts.who_has == {ws} and self._is_wanted(ts):
-                    target = min(targets, key=lambda w: w.nbytes)
-                    target.nbytes += ts.nbytes  # counted now, so the next key goes elsewhere
-                    self.outbox.add(target.ident, "acquire", "tasks",
-                                    {"key": ts.key, "holders": [ws.address]})
-                    ws.moving.add(ts)
-        self._check_retired(ws)
+            target = min(targets, key=lambda w: w.nbytes)
+            target.nbytes += ts.nbytes  # counted now, so the next key goes elsewhere
+            self.outbox.add(target.ident, "acquire", "tasks",
+                            {"key": ts.key, "holders": [ws.address]})
+            ws.moving.add(ts)
 
     def worker_paused(self, worker_ident: bytes, paused: bool) -> None:
         """A worker's memory crossed its high mark (``paused``) or fell back.
@@ -731,8 +747,8 @@ class Scheduler:
         if paused:
             self._stop_sending_to(ws)
             by_order, running = self._probably_running(ws)
-            for ts in by_order:
-                if ts not in running and ts.processing_on is ws:
+            for ts in by_order:  # (a direct run runs, or the worker refuses it)
+                if ts not in running and ts.processing_on is ws and not _is_direct(ts):
                     self._take_back(ts)
                     self._try_ready(ts)
         else:
@@ -755,7 +771,7 @@ class Scheduler:
         self._set_state(ts, WAITING)
 
     def _check_retired(self, ws: WorkerState) -> None:
-        if ws.retiring and not ws.moving:
+        if ws.retiring and not ws.moving and not any(_is_direct(ts) for ts in ws.processing):
             self.outbox.send(ws.ident, "retired")
 
     def task_erred(self, worker_ident: bytes, key: str, exception: list,
@@ -768,6 +784,7 @@ class Scheduler:
         ts = self._current_run(worker_ident, key, run)
         if ts is None:
             return
+        ws = ts.processing_on
         self._unassign(ts)
         if ts.retries > 0:
             ts.retries -= 1
@@ -776,6 +793,7 @@ class Scheduler:
             self._try_ready(ts)
         else:
             self._err(ts, exception)
+        self._check_retired(ws)  # (a direct run may have kept it)
         self._settle()
 
     def task_seceded(self, worker_ident: bytes, key: str, run: int | None = None,
@@ -804,14 +822,16 @@ class Scheduler:
             self.unconfirmed.pop(ts, None)
 
     def task_refused(self, worker_ident: bytes, key: str, run: int) -> None:
-        """A worker will not run a task a client sent it straight (it held the
-        key already): it is placed as any other."""
+        """A worker will not run a task a client sent it straight (see
+        WorkerState.run_direct): it is placed as any other."""
         if self._park(worker_ident, key, run, "task_refused", (key, run)):
             return
         ts = self._current_run(worker_ident, key, run)
         if ts is not None:
+            ws = ts.processing_on
             self._take_back(ts)
             self._try_ready(ts)
+            self._check_retired(ws)
             self._settle()
 
     def _park(self, worker_ident: bytes, key: str, run: int | None, method: str,
@@ -827,17 +847,20 @@ class Scheduler:
 
     def sweep_direct(self) -> None:
         """Called every few seconds: a direct task its worker has not confirmed
-        since the sweep before last never reached it (the worker restarted,
-        say), and is placed again; reports parked as long are for submits that
-        never came, and the results they announced are released."""
+        since the sweep before last probably never reached it (the worker
+        restarted, say); the worker is asked to refuse it (drop-direct, at
+        each sweep until it answers), and the task is placed again when it
+        does. Not before: had the worker run it, its client may hold the
+        result. Reports parked as long are for submits that never came, and
+        the results they announced are released."""
         self._generation += 1
         old = self._generation - 1
-        for ts, generation in list(self.unconfirmed.items()):
+        for ts, generation in self.unconfirmed.items():
             if generation < old and ts.processing_on is not None:
                 logger.warning("task %r, sent straight to worker %s, was not confirmed by "
-                               "it; placing it again", ts.key, ts.processing_on.address)
-                self._take_back(ts)
-                self._try_ready(ts)
+                               "it; asking it to refuse it", ts.key, ts.processing_on.address)
+                self.outbox.add(ts.processing_on.ident, "drop-direct", "tasks",
+                                {"key": ts.key, "run": ts.run})
         for key, reports in list(self.parked.items()):
             kept = []
             for report in reports:

@@ -236,6 +236,7 @@ class Worker:
         if self._leave_requested:
             self._stopping = True
         self._leave_requested = True
+        self.state.closing = True  # (clients' lone tasks go through the center now)
         self.waker.wake()
 
     def _leave(self, now: float) -> None:
@@ -430,6 +431,9 @@ class Worker:
         elif op == "release-keys":
             self.state.release(header["keys"])
             self._trim_due = True
+        elif op == "drop-direct":
+            for item in header["tasks"]:
+                self.state.drop_direct(item["key"], item["run"], now)
         elif op == "acquire":
             for item in header["tasks"]:
                 self.state.acquire(item["key"], item["holders"], now)

@@ -44,6 +44,10 @@ MAX_HANDED_AHEAD = 8
 HOLD_REPORTS = 0.001
 HOLD_MAX = 64
 
+#: How long (seconds) a worker refuses a direct run the center gave up on, in
+#: case the client's message comes after all (see WorkerState.drop_direct).
+DROPPED_DIRECT_KEPT = 60.0
+
 
 class Task:
     """A task this worker was asked to compute."""
@@ -121,6 +125,10 @@ class WorkerState:
         # (see check_timeouts).
         self.unannounced: dict[str, int] = {}
         self.paused = False  # short of memory: start no new task
+        self.closing = False  # leaving: take no task from a client (see run_direct)
+        # Direct runs the center gave up waiting for (see drop_direct):
+        # key -> (run, when), kept DROPPED_DIRECT_KEPT seconds.
+        self.dropped_direct: dict[str, tuple[int, float]] = {}
         # A finished task had dependents sent ahead to wait here: the center
         # should hear at once, to send the links after them (the shell clears it).
         self.report_now = False
@@ -182,12 +190,19 @@ class WorkerState:
         as well as to the center, whose reports say the run is direct.
 
         The client told the center too; which of the two hears first is open,
-        and the center sorts that out (see Scheduler._park). A key already
-        here is refused, and the center places the task itself: the center
-        may have told us to drop that copy, in a message still on its way,
-        which cannot be told from one about this run.
+        and the center sorts that out (see Scheduler._park). What this worker
+        runs, the center counts as the task's run (and the client may take
+        the result at once), so the decision is made here: the task is
+        refused, and the center places it itself, unless it can start now
+        (no thread busy or owed, not paused, not leaving), and unless the key
+        is here already (the center may have told us to drop that copy, in a
+        message still on its way, which cannot be told from one about this
+        run) or the center gave up on this run (see drop_direct).
         """
-        if key in self.tasks or key in self.data:
+        dropped = self.dropped_direct.get(key)
+        if key in self.tasks or key in self.data or self.paused or self.closing or \
+                self.ready or len(self.executing) >= self.nthreads or \
+                (dropped is not None and dropped[0] == run):
             self.to_center.append(("task-refused", {"key": key, "run": run}, []))
             return
         task = self.released_running.pop(key, None)
@@ -201,6 +216,20 @@ class WorkerState:
             self.to_center.append(("task-seceded", {"key": key, "run": run, "direct": True},
                                    []))
         self._start_tasks()
+
+    def drop_direct(self, key: str, run: int, now: float) -> None:
+        """The center has not heard of direct ``run`` of ``key`` for seconds.
+
+        If the run came here, its reports are on their way (or its task-accepted
+        at the next check_timeouts). If it did not, it is refused now and
+        should it come later: the center then places the task itself, and no
+        client gets a result from a run the center does not count.
+        """
+        task = self.tasks.get(key)
+        if (task is not None and task.run == run) or key in self.data:
+            return
+        self.dropped_direct[key] = (run, now)
+        self.to_center.append(("task-refused", {"key": key, "run": run}, []))
 
     def data_received(self, request_id: int, values: dict[str, Any], nbytes: dict[str, int],
                       now: float) -> None:
@@ -262,6 +291,9 @@ class WorkerState:
             if task is not None and task.run == run and task.direct:
                 self.to_center.append(("task-accepted", {"key": key, "run": run}, []))
         self.unannounced.clear()
+        for key, (_, when) in list(self.dropped_direct.items()):
+            if now - when > DROPPED_DIRECT_KEPT:
+                del self.dropped_direct[key]
         plan: dict[str, list[str]] = {}
         for request_id, (peer, keys, deadline) in list(self.requests.items()):
             if deadline > now:

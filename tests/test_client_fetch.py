@@ -183,3 +183,26 @@ def test_a_direct_result_for_a_key_the_caller_chose_waits_for_the_centers_word(c
     s.submit(C, [dict(sent, nframes=1)], [b"payload"])
     client.center_speaks()  # direct-accepted
     assert future.result(0) == 3 and client.io.direct_answers == 1
+
+
+def test_a_caller_sends_a_lone_task_itself_and_leaves_its_submit_for_the_next_turn(cluster):
+    # No I/O thread runs here: the lock is free, so the calling thread does
+    # the work. The task leaves for its worker at once; the center's copy of
+    # the submit waits for the loop's next turn (when the answer comes), and
+    # the I/O thread is told to wait on the socket made for that worker.
+    _, client = cluster
+    client.io._direct_worker = A1
+    future = Future("alone", None)
+    item = {"key": "alone", "deps": [], "priority": 0}
+    client.io.call_now("submit", [(item, [b"payload"], future)], False, True)
+    assert A1 in client.io.workers and client.io.keys["alone"].direct is not None
+    ((op, (sent,), _, _),) = client.io._outgoing
+    assert op == "submit" and sent["direct_worker"] == A1
+    assert client.io.waker.pending
+    client.io.lock.acquire()  # the I/O thread is at the sockets: it is handed over
+    try:
+        client.io.call_now("submit", [({"key": "next", "deps": [], "priority": 0},
+                                        [b"payload"], Future("next", None))], False, True)
+        assert "next" not in client.io.keys and not client.io.commands.empty()
+    finally:
+        client.io.lock.release()

@@ -207,12 +207,12 @@ def test_only_a_key_the_caller_chose_makes_a_direct_result_wait_for_the_center(c
     # key may name another run's value at the center.
     ex = cluster
     calls = []
-    call = ex._io.call
-    ex._io.call = lambda *command: (calls.append(command), call(*command))
+    call = ex._io.call_now
+    ex._io.call_now = lambda *command: (calls.append(command), call(*command))
     try:
         for options in ({}, {"pure": False}, {"key": "chosen-by-caller"}):
             assert ex.submit(inc, 1, **options).result(timeout=10) == 2
     finally:
-        del ex._io.call
+        del ex._io.call_now
     own_key = [command[3] for command in calls if command[0] == "submit"]
     assert own_key == [True, True, False]

@@ -1,10 +1,14 @@
-"""The client's I/O thread: the one owner of an Executor's sockets.
+"""The client's I/O: an Executor's sockets, and the state behind its Futures.
 
-User threads never touch a socket. They put commands on a queue and wake
-this thread (:meth:`ClientIO.call`); it batches what they asked for into as
-few messages as possible, tracks how many live Futures refer to each key,
-resolves futures when the center reports on their keys, and fetches results
-straight from the workers that hold them.
+One thread at a time owns the sockets and this state: the one holding
+:attr:`ClientIO.lock`. User threads put commands on a queue and wake the I/O
+thread (:meth:`ClientIO.call`), or, for a submit, do the work themselves
+when no other thread is at it (:meth:`ClientIO.call_now`). Either way, what
+they asked for is batched into as few messages as possible; the owner
+tracks how many live Futures refer to each key, resolves futures when the
+center reports on their keys, and fetches results straight from the
+workers that hold them. The I/O thread waits on the sockets' file
+descriptors, not on the sockets, so it holds nothing while it waits.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import itertools
 import logging
 import queue
 import random
+import select
 import threading
 import time
 import uuid
@@ -26,7 +31,7 @@ from . import peer_memory, protocol, serialize
 from .addressing import configure, peer_endpoint
 from .errors import ConnectionError, FutureLostError, RemoteTraceback
 from .logs import RateLimitedLog
-from .loop import Waker, close_drained, drain, send
+from .loop import EVENTS, POLLIN, Waker, drain, send
 
 logger = logging.getLogger(__name__)
 dropped = RateLimitedLog(logger)
@@ -49,6 +54,11 @@ DIRECT_AFTER_NBYTES = 16 * 1024
 #: What may overtake keys waiting to be released: nothing in these names a
 #: key let go of (a submit that does is sent after the release).
 _UNORDERED = frozenset({"heartbeat", "submit", "release", "cancel"})
+
+#: Rounds of commands, messages and output in one turn of the loop, after
+#: which a user thread doing the turn (call_now) leaves the rest to the I/O
+#: thread.
+PUMP_ROUNDS = 8
 
 PENDING, FINISHED, ERRED, CANCELLED = "pending", "finished", "erred", "cancelled"
 
@@ -172,6 +182,7 @@ class ClientIO:
         # center's: a run of ours is never taken for one of its).
         self._direct_worker: str | None = None
         self._direct_pending: _Key | None = None
+        self._sent_direct = False  # by the command at hand (see call_now)
         self._direct_runs = itertools.count(random.getrandbits(62))
         self.direct_answers = 0  # results that came straight from a worker
         # Eager keys finished in the message at hand (see _finished).
@@ -187,7 +198,12 @@ class ClientIO:
         self.security = security
         self.center = configure(self.context.socket(zmq.DEALER), security)
         self.center.setsockopt(zmq.ROUTING_ID, b"c-" + uuid.uuid4().hex.encode())
-        self.poller = zmq.Poller()
+        # The owner of the sockets and the state (see the module's docstring),
+        # and the file descriptors that signal news on each socket.
+        self.lock = threading.Lock()
+        self._descriptors: dict[zmq.Socket, int] = {self.center: self.center.FD}
+        self._asleep_until = 0.0  # when the I/O thread wakes, if nothing happens
+        self._new_socket = False  # made since the I/O thread last looked
         self.reader = peer_memory.Reader()  # reads what workers on this machine offer
         self.thread = threading.Thread(target=self._run, name="zfutures-client-io", daemon=True)
 
@@ -210,6 +226,52 @@ class ClientIO:
         """Hand a command to the I/O thread. Safe from any thread and from ``__del__``."""
         self.commands.put(command)
         self.waker.wake()
+
+    def call_soon(self, *command: Any) -> None:
+        """Leave a command for the next turn of the loop, on whichever thread,
+        within ``heartbeat_interval`` at the latest. Safe from ``__del__``.
+
+        For what need not happen at once (letting go of a key): in a loop of
+        submit().result(), waking the I/O thread for it would have it take the
+        sockets just as the next submit wants them.
+        """
+        self.commands.put(command)
+
+    def call_now(self, *command: Any) -> None:
+        """Do a command on this thread if no other thread is at the sockets,
+        else hand it to the I/O thread. Not from ``__del__`` (see :meth:`call`).
+
+        Done here, a lone task leaves for its worker without a wakeup of the
+        I/O thread: on a machine where a wakeup that crosses CPUs costs tens
+        of microseconds, that is a good part of a round trip.
+        """
+        self.commands.put(command)
+        if not self.lock.acquire(blocking=False):
+            self.waker.wake()  # (its holder may have looked at the queue already)
+            return
+        wake = True
+        try:
+            if not self._stopping:
+                self._sent_direct = False
+                self._take_commands()
+                if not self._sent_direct:
+                    self._flush()
+                # else its submit goes to the center with the next turn of the
+                # loop, when the answer comes (or within heartbeat_interval):
+                # the worker's report waits for it there if need be, and the
+                # CPUs are not busy with it while the task travels.
+                due = self._release_due
+                # (sending can take in news the descriptors then do not signal)
+                wake = self._new_socket or (due is not None and due < self._asleep_until) \
+                    or any(sock.getsockopt(EVENTS) & POLLIN for sock in self._descriptors)
+        except Exception:  # as on the I/O thread: no user call may hang on it
+            logger.exception("the zfutures client I/O failed")
+            self._fail_everything(ConnectionError("the client I/O failed; see the log"))
+            self._stopping = True
+        finally:
+            self.lock.release()
+        if wake:
+            self.waker.wake()
 
     def request(self, op: str, timeout: float | None = None, **fields: Any) -> Any:
         """Ask the center something and wait for the answer."""
@@ -240,36 +302,59 @@ class ClientIO:
     # ------------------------------------------------------------------ the loop
 
     def _run(self) -> None:
-        poller = self.poller
-        poller.register(self.center, zmq.POLLIN)
-        poller.register(self.waker.read_fd, zmq.POLLIN)
         try:
-            while not self._stopping:
-                timeout = self.heartbeat_interval
-                if self._release_due is not None:
-                    timeout = min(timeout, max(0.0, self._release_due - time.monotonic()))
-                events = dict(poller.poll(1000 * timeout))
-                if self.waker.read_fd in events:
-                    self.waker.drain()
-                self._take_commands()
-                if self.center in events:
-                    drain(self.center, self._on_center_message, dropped)
-                for address, sock in list(self.workers.items()):
-                    if sock in events:
-                        drain(sock, lambda frames, a=address: self._on_worker_message(a, frames),
-                              dropped)
-                now = time.monotonic()
-                if self._release_due is not None and now >= self._release_due:
-                    self._release_now()
-                self._flush()
-                self._tick(now)
+            while True:
+                with self.lock:
+                    if self._stopping:
+                        break
+                    more = self._pump()
+                    timeout = 0.0 if more else self.heartbeat_interval
+                    if self._release_due is not None:
+                        timeout = min(timeout, max(0.0, self._release_due - time.monotonic()))
+                    self._asleep_until = time.monotonic() + timeout
+                    descriptors = [self.waker.read_fd, *self._descriptors.values()]
+                    self._new_socket = False
+                # No zmq call while waiting: another thread may use the sockets.
+                poll = select.poll()
+                for fd in descriptors:
+                    poll.register(fd, select.POLLIN)
+                poll.poll(1000 * timeout)
         except Exception:  # a bug here must not leave user calls hanging
             logger.exception("the zfutures client I/O thread failed")
-            self._fail_everything(ConnectionError("the client I/O thread failed; see the log"))
+            with self.lock:
+                self._fail_everything(ConnectionError("the client I/O thread failed; see the log"))
+                self._stopping = True
         finally:
             self.reader.stop()  # (before the waker closes: it wakes this thread)
-            for sock in [self.center, *self.workers.values()]:
-                sock.close(linger=0)
+            with self.lock:
+                for sock in [self.center, *self.workers.values()]:
+                    sock.close(linger=0)
+
+    def _pump(self) -> bool:
+        """A turn of the loop, by the holder of :attr:`lock`: commands, messages,
+        releases due, output. True if news may wait still: the sockets'
+        descriptors signal only new news, so the I/O thread must not sleep
+        on them then."""
+        for _ in range(PUMP_ROUNDS):
+            if self.waker.pending:
+                self.waker.drain()
+            self._take_commands()
+            drain(self.center, self._on_center_message, dropped)
+            for address, sock in list(self.workers.items()):
+                drain(sock, lambda frames, a=address: self._on_worker_message(a, frames),
+                      dropped)
+            now = time.monotonic()
+            if self._release_due is not None and now >= self._release_due:
+                self._release_now()
+            self._flush()
+            self._tick(now)
+            if self._stopping:
+                return False
+            # (sending can take in news the descriptors will not signal)
+            if self.commands.empty() and not any(
+                    sock.getsockopt(EVENTS) & POLLIN for sock in self._descriptors):
+                return False
+        return True
 
     def _tick(self, now: float) -> None:
         if now - self._last_sent >= self.heartbeat_interval:
@@ -368,6 +453,7 @@ class ClientIO:
             return item
         info.direct = _Direct(address, run, own_key)
         self._direct_pending = info
+        self._sent_direct = True
         if own_key:
             return dict(item, direct_worker=address, direct_run=run)
         return dict(item, direct_worker=address, direct_run=run, direct_ack=True)
@@ -734,7 +820,8 @@ class ClientIO:
             sock = self.workers[address] = configure(self.context.socket(zmq.DEALER),
                                                      self.security)
             sock.connect(peer_endpoint(address))
-            self.poller.register(sock, zmq.POLLIN)
+            self._descriptors[sock] = sock.FD
+            self._new_socket = True  # (the I/O thread must wait on it too)
         return sock
 
     # ------------------------------------------------------------------ center messages
@@ -847,9 +934,10 @@ class ClientIO:
                     result.set_exception(ConnectionError(
                         f"the worker {address} left the cluster before answering"))
         sock = self.workers.pop(address, None)
-        if sock is not None:
-            close_drained(sock, self.poller,
-                          lambda frames: self._on_worker_message(address, frames), dropped)
+        if sock is not None:  # (what it answered before it went is taken first)
+            drain(sock, lambda frames: self._on_worker_message(address, frames), dropped)
+            del self._descriptors[sock]
+            sock.close(linger=0)
         if self._direct_worker == address:
             self._direct_worker = None
         for info in self.keys.values():

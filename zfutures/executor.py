@@ -188,7 +188,7 @@ class Executor:
         _add_placement(item, workers, allow_other_workers, resources)
         future = Future(item["key"], self)
         # A lone task may go straight to a worker (see ClientIO._send_direct).
-        self._io.call("submit", [(item, frames, future)], False, key is None)
+        self._io.call_now("submit", [(item, frames, future)], False, key is None)
         return future
 
     def map(self, fn: Callable, *iterables: Iterable, key: str | list[str] | None = None,
@@ -449,7 +449,7 @@ class Executor:
 
     def _unref(self, key: str) -> None:
         if not self._closed:
-            self._io.call("unref", key)
+            self._io.call_soon("unref", key)
 
     def _run_callback(self, fn: Callable, future: Future) -> None:
         """Run a done-callback on the callback thread, never on the I/O thread."""

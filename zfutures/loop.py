@@ -37,6 +37,11 @@ class Waker:
         except (BlockingIOError, OSError):
             pass  # pipe full (the loop will wake anyway) or closed at shutdown
 
+    @property
+    def pending(self) -> bool:
+        """Woken since the last :meth:`drain`."""
+        return self._pending
+
     def drain(self) -> None:
         """Called by the loop before it looks for work.
 
@@ -82,7 +87,7 @@ def drain(sock: zmq.Socket, handle: Callable[[list], Any], dropped: Any,
 
 
 # Plain ints: pyzmq's flag enums cost microseconds to combine, per frame.
-_EVENTS, _POLLIN, _NOBLOCK, _SNDMORE = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK), \
+EVENTS, POLLIN, _NOBLOCK, _SNDMORE = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK), \
     int(zmq.SNDMORE)
 #: Frames at least this big are sent without a copy; smaller ones are cheaper copied.
 _ZERO_COPY_FROM = 64 * 1024
@@ -94,7 +99,7 @@ def receive(sock: zmq.Socket) -> list | None:
     Asks the socket whether a message waits rather than catching zmq.Again,
     whose exception costs more than the receive itself.
     """
-    if not sock.getsockopt(_EVENTS) & _POLLIN:
+    if not sock.getsockopt(EVENTS) & POLLIN:
         return None
     try:
         return sock.recv_multipart(_NOBLOCK, copy=False)

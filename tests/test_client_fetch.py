@@ -8,6 +8,7 @@ of events is played exactly.
 from __future__ import annotations
 
 import concurrent.futures
+import time
 
 import pytest
 
@@ -206,3 +207,21 @@ def test_a_caller_sends_a_lone_task_itself_and_leaves_its_submit_for_the_next_tu
         assert "next" not in client.io.keys and not client.io.commands.empty()
     finally:
         client.io.lock.release()
+
+
+def test_a_direct_submit_waits_a_moment_for_the_answer_and_then_says_it_came(cluster):
+    # The center then need not send the result this client has already.
+    _, client = cluster
+    future, sent = submit_alone(client, "own", own_key=True)
+    now = time.monotonic()
+    assert client.io._holds_for_answer(now)
+    assert not client.io._holds_for_answer(now + 1.0)  # (not for long)
+    worker_answers_straight(client, "own", sent["direct_run"], 3)
+    assert future.result(0) == 3
+    assert sent["direct_answered"] is True and not client.io._holds_for_answer(now)
+
+
+def test_a_direct_submit_that_waits_for_the_centers_word_is_not_held(cluster):
+    _, client = cluster
+    _, sent = submit_alone(client, "chosen", own_key=False)
+    assert not client.io._holds_for_answer(time.monotonic())

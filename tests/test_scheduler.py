@@ -1688,6 +1688,32 @@ def test_a_direct_task_counts_on_its_worker_whatever_the_center_thinks_of_it(how
     assert sim.state("x") == "memory" and sim.s.who_has(["x"]) == {"x": [addr(W1)]}
 
 
+def test_a_client_that_has_the_direct_result_already_is_not_sent_it_again():
+    sim = Sim(clients=(C1, C2))
+    sim.worker(W1)
+    item, payload = direct("x", W1)
+    sim.submit((dict(item, direct_answered=True), payload))
+    sim.submit(task("x"), client=C2)  # the same pure call, from another client
+    sim.take()
+    sim.s.task_finished(W1, "x", 8, run=DIRECT_RUN, direct=True)
+    sent = sim.take()
+    assert sent.keys("key-finished", C1) == [] and sent.keys("key-finished", C2) == ["x"]
+    assert sim.state("x") == "memory"
+
+
+def test_a_client_that_had_a_direct_result_hears_of_a_later_run():
+    sim = Sim()
+    sim.worker(W1)
+    sim.worker(W2)
+    item, payload = direct("x", W1)
+    sim.submit((dict(item, direct_answered=True), payload))
+    sim.take()
+    sim.s.remove_worker(W1)  # it answered, then died before its report came
+    assert sim.on("x") == W2
+    sim.finish("x")
+    assert sim.take().keys("key-finished", C1) == ["x"]
+
+
 def test_a_direct_task_for_a_worker_that_left_is_placed_as_usual():
     sim = Sim()
     sim.worker(W1)

@@ -183,6 +183,10 @@ class ClientIO:
         self._direct_worker: str | None = None
         self._direct_pending: _Key | None = None
         self._sent_direct = False  # by the command at hand (see call_now)
+        # The last direct task and its submit, while that is still queued, and
+        # until when it may wait there for the answer (see _holds_for_answer).
+        self._unsent_direct: tuple[_Key, dict] | None = None
+        self._unsent_direct_due = 0.0
         self._direct_runs = itertools.count(random.getrandbits(62))
         self.direct_answers = 0  # results that came straight from a worker
         # Eager keys finished in the message at hand (see _finished).
@@ -260,10 +264,11 @@ class ClientIO:
                 # loop, when the answer comes (or within heartbeat_interval):
                 # the worker's report waits for it there if need be, and the
                 # CPUs are not busy with it while the task travels.
-                due = self._release_due
+                due = self._release_due  # (a release may be late by RELEASE_DELAY)
+                late = due is not None and due + RELEASE_DELAY < self._asleep_until
                 # (sending can take in news the descriptors then do not signal)
-                wake = self._new_socket or (due is not None and due < self._asleep_until) \
-                    or any(sock.getsockopt(EVENTS) & POLLIN for sock in self._descriptors)
+                wake = self._new_socket or late or \
+                    any(sock.getsockopt(EVENTS) & POLLIN for sock in self._descriptors)
         except Exception:  # as on the I/O thread: no user call may hang on it
             logger.exception("the zfutures client I/O failed")
             self._fail_everything(ConnectionError("the client I/O failed; see the log"))
@@ -309,8 +314,11 @@ class ClientIO:
                         break
                     more = self._pump()
                     timeout = 0.0 if more else self.heartbeat_interval
+                    now = time.monotonic()
                     if self._release_due is not None:
-                        timeout = min(timeout, max(0.0, self._release_due - time.monotonic()))
+                        timeout = min(timeout, max(0.0, self._release_due - now))
+                    if self._outgoing:  # (held for an answer)
+                        timeout = min(timeout, max(0.0, self._unsent_direct_due - now))
                     self._asleep_until = time.monotonic() + timeout
                     descriptors = [self.waker.read_fd, *self._descriptors.values()]
                     self._new_socket = False
@@ -346,7 +354,8 @@ class ClientIO:
             now = time.monotonic()
             if self._release_due is not None and now >= self._release_due:
                 self._release_now()
-            self._flush()
+            if not self._holds_for_answer(now):
+                self._flush()
             self._tick(now)
             if self._stopping:
                 return False
@@ -454,9 +463,12 @@ class ClientIO:
         info.direct = _Direct(address, run, own_key)
         self._direct_pending = info
         self._sent_direct = True
-        if own_key:
-            return dict(item, direct_worker=address, direct_run=run)
-        return dict(item, direct_worker=address, direct_run=run, direct_ack=True)
+        item = dict(item, direct_worker=address, direct_run=run)
+        if not own_key:
+            item["direct_ack"] = True
+        self._unsent_direct = (info, item)
+        self._unsent_direct_due = time.monotonic() + RELEASE_DELAY
+        return item
 
     def _direct_result(self, address: str, header: dict, frames: list) -> None:
         """A worker sent back the small result of a task we sent it straight."""
@@ -464,6 +476,8 @@ class ClientIO:
         direct = info.direct if info is not None and info.status == PENDING else None
         if direct is None or direct.address != address or direct.run != header["run"]:
             return  # (cancelled, released, or the worker left meanwhile)
+        if self._unsent_direct is not None and self._unsent_direct[0] is info:
+            self._unsent_direct[1]["direct_answered"] = True  # (see protocol._TASK_ITEM)
         if not direct.trusted:
             direct.early = (header["nbytes"], frames)
             return
@@ -971,6 +985,7 @@ class ClientIO:
         # Whatever is queued is among the keys brought back here, or about keys
         # the new center never knew.
         self._outgoing.clear()
+        self._unsent_direct = None
         scattered, inputs_only = [], []
         for key, info in order:
             if info.status in (ERRED, CANCELLED):
@@ -1027,7 +1042,18 @@ class ClientIO:
                 return
         self._outgoing.append([op, [item], list(frames), size])
 
+    def _holds_for_answer(self, now: float) -> bool:
+        """Whether all there is to send is the submit of the direct task in
+        flight, which may wait (RELEASE_DELAY at most) for the worker's answer:
+        it then tells the center so, and the center need not send the result
+        again (direct_answered). Not if we wait on the center's word."""
+        unsent = self._unsent_direct
+        return unsent is not None and len(self._outgoing) == 1 and \
+            len(self._outgoing[0][1]) == 1 and now < self._unsent_direct_due and \
+            "direct_answered" not in unsent[1] and "direct_ack" not in unsent[1]
+
     def _flush(self) -> None:
+        self._unsent_direct = None
         for op, items, frames, _ in self._outgoing:
             if op == "submit":
                 self._send("submit", frames, tasks=items)

@@ -87,7 +87,7 @@ class TaskState:
         "key", "state", "payload", "priority", "dependencies", "dependents",
         "waiting_on", "waiters", "who_wants", "who_has", "processing_on", "nbytes",
         "exception", "retries", "suspicious", "restrictions", "loose",
-        "resources", "affinity", "group", "run", "direct_run",
+        "resources", "affinity", "group", "run", "direct_run", "answered",
     )
 
     def __init__(self, key: str, payload: list | None, priority: tuple, retries: int = 0):
@@ -116,8 +116,10 @@ class TaskState:
         # are about, so a report of an earlier run is never taken for this one.
         self.run = 0
         # The run its client chose, sending it straight to a worker (see
-        # Scheduler.submit); None if it did not.
+        # Scheduler.submit); None if it did not. The client, if it has that
+        # run's result already (it need not hear of it).
         self.direct_run: int | None = None
+        self.answered: ClientState | None = None
 
     def __repr__(self) -> str:
         return f"<Task {self.key!r} {self.state}>"
@@ -546,6 +548,8 @@ class Scheduler:
         client.wants.add(ts)
         self._occupy(ts, ws)
         ts.run = item["direct_run"]
+        if item.get("direct_answered"):
+            ts.answered = client
         self.unconfirmed[ts] = self._generation
         if item.get("direct_ack"):
             self.outbox.add(client.ident, "direct-accepted", "keys", ts.key)
@@ -1023,7 +1027,10 @@ class Scheduler:
         ts.waiting_on = _NO_TASKS
         item = {"key": ts.key, "who_has": [ws.address for ws in ts.who_has],
                 "nbytes": ts.nbytes}
+        answered = ts.answered if _is_direct(ts) else None
         for client in ts.who_wants:
+            if client is answered:
+                continue  # (it has the result, from the worker)
             if value:
                 self.outbox.add(client.ident, "key-finished", "tasks", dict(item), value)
             else:

@@ -209,19 +209,27 @@ def test_a_caller_sends_a_lone_task_itself_and_leaves_its_submit_for_the_next_tu
         client.io.lock.release()
 
 
-def test_a_direct_submit_waits_a_moment_for_the_answer_and_then_says_it_came(cluster):
-    # The center then need not send the result this client has already.
+def test_direct_submits_wait_a_moment_for_the_answers_and_go_together(cluster):
+    # The center then need not send the results this client has already.
     _, client = cluster
-    future, sent = submit_alone(client, "own", own_key=True)
+    first, sent = submit_alone(client, "first", own_key=True)
     now = time.monotonic()
-    assert client.io._holds_for_answer(now)
-    assert not client.io._holds_for_answer(now + 1.0)  # (not for long)
-    worker_answers_straight(client, "own", sent["direct_run"], 3)
-    assert future.result(0) == 3
-    assert sent["direct_answered"] is True and not client.io._holds_for_answer(now)
+    assert client.io._holds(now)
+    assert not client.io._holds(now + 1.0)  # (not for long)
+    worker_answers_straight(client, "first", sent["direct_run"], 3)
+    assert first.result(0) == 3 and sent["direct_answered"] is True
+    assert client.io._holds(now)  # the next may join it
+    client.io._direct_worker = A1
+    client.io._cmd_submit([({"key": "next", "deps": [], "priority": 0}, [b"payload"],
+                            Future("next", None))], False, True)
+    ((op, items, _, _),) = client.io._outgoing
+    assert [item["key"] for item in items] == ["first", "next"] and client.io._holds(now)
+    client.io._cmd_submit([({"key": "burst", "deps": [], "priority": 0}, [b"payload"],
+                            Future("burst", None))], False, True)  # (one is in flight)
+    assert not client.io._holds(now)  # a submit through the center goes at once
 
 
 def test_a_direct_submit_that_waits_for_the_centers_word_is_not_held(cluster):
     _, client = cluster
-    _, sent = submit_alone(client, "chosen", own_key=False)
-    assert not client.io._holds_for_answer(time.monotonic())
+    submit_alone(client, "chosen", own_key=False)
+    assert not client.io._holds(time.monotonic())

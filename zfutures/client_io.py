@@ -55,6 +55,9 @@ DIRECT_AFTER_NBYTES = 16 * 1024
 #: key let go of (a submit that does is sent after the release).
 _UNORDERED = frozenset({"heartbeat", "submit", "release", "cancel"})
 
+#: How long (seconds) a caller's submit waits for the I/O thread to end its
+#: turn of the loop before handing the command over instead (see call_now).
+CALL_NOW_WAIT = 0.001
 #: Rounds of commands, messages and output in one turn of the loop, after
 #: which a user thread doing the turn (call_now) leaves the rest to the I/O
 #: thread.
@@ -183,9 +186,9 @@ class ClientIO:
         self._direct_worker: str | None = None
         self._direct_pending: _Key | None = None
         self._sent_direct = False  # by the command at hand (see call_now)
-        # The last direct task and its submit, while that is still queued, and
-        # until when it may wait there for the answer (see _holds_for_answer).
-        self._unsent_direct: tuple[_Key, dict] | None = None
+        # Direct tasks' submits while queued (key -> item), and until when they
+        # may wait there for the workers' answers (see _holds).
+        self._unsent_direct: dict[str, dict] = {}
         self._unsent_direct_due = 0.0
         self._direct_runs = itertools.count(random.getrandbits(62))
         self.direct_answers = 0  # results that came straight from a worker
@@ -250,7 +253,10 @@ class ClientIO:
         of microseconds, that is a good part of a round trip.
         """
         self.commands.put(command)
-        if not self.lock.acquire(blocking=False):
+        # The I/O thread holds the lock only for a turn of the loop, which may
+        # be finishing the answer this caller just had: waiting for it costs
+        # less than handing the command over.
+        if not self.lock.acquire(timeout=CALL_NOW_WAIT):
             self.waker.wake()  # (its holder may have looked at the queue already)
             return
         wake = True
@@ -264,7 +270,10 @@ class ClientIO:
                 # loop, when the answer comes (or within heartbeat_interval):
                 # the worker's report waits for it there if need be, and the
                 # CPUs are not busy with it while the task travels.
-                due = self._release_due  # (a release may be late by RELEASE_DELAY)
+                # (a release or a held submit may be late by RELEASE_DELAY)
+                due = self._release_due
+                if self._unsent_direct and (due is None or self._unsent_direct_due < due):
+                    due = self._unsent_direct_due
                 late = due is not None and due + RELEASE_DELAY < self._asleep_until
                 # (sending can take in news the descriptors then do not signal)
                 wake = self._new_socket or late or \
@@ -354,7 +363,7 @@ class ClientIO:
             now = time.monotonic()
             if self._release_due is not None and now >= self._release_due:
                 self._release_now()
-            if not self._holds_for_answer(now):
+            if not self._holds(now):
                 self._flush()
             self._tick(now)
             if self._stopping:
@@ -466,8 +475,10 @@ class ClientIO:
         item = dict(item, direct_worker=address, direct_run=run)
         if not own_key:
             item["direct_ack"] = True
-        self._unsent_direct = (info, item)
-        self._unsent_direct_due = time.monotonic() + RELEASE_DELAY
+        if own_key:  # (one waiting on the center's word is not held: see _holds)
+            if not self._unsent_direct:
+                self._unsent_direct_due = time.monotonic() + RELEASE_DELAY
+            self._unsent_direct[info.key] = item
         return item
 
     def _direct_result(self, address: str, header: dict, frames: list) -> None:
@@ -476,8 +487,9 @@ class ClientIO:
         direct = info.direct if info is not None and info.status == PENDING else None
         if direct is None or direct.address != address or direct.run != header["run"]:
             return  # (cancelled, released, or the worker left meanwhile)
-        if self._unsent_direct is not None and self._unsent_direct[0] is info:
-            self._unsent_direct[1]["direct_answered"] = True  # (see protocol._TASK_ITEM)
+        unsent = self._unsent_direct.get(info.key)
+        if unsent is not None:
+            unsent["direct_answered"] = True  # (see protocol._TASK_ITEM)
         if not direct.trusted:
             direct.early = (header["nbytes"], frames)
             return
@@ -985,7 +997,7 @@ class ClientIO:
         # Whatever is queued is among the keys brought back here, or about keys
         # the new center never knew.
         self._outgoing.clear()
-        self._unsent_direct = None
+        self._unsent_direct.clear()
         scattered, inputs_only = [], []
         for key, info in order:
             if info.status in (ERRED, CANCELLED):
@@ -1042,18 +1054,19 @@ class ClientIO:
                 return
         self._outgoing.append([op, [item], list(frames), size])
 
-    def _holds_for_answer(self, now: float) -> bool:
-        """Whether all there is to send is the submit of the direct task in
-        flight, which may wait (RELEASE_DELAY at most) for the worker's answer:
-        it then tells the center so, and the center need not send the result
-        again (direct_answered). Not if we wait on the center's word."""
-        unsent = self._unsent_direct
-        return unsent is not None and len(self._outgoing) == 1 and \
-            len(self._outgoing[0][1]) == 1 and now < self._unsent_direct_due and \
-            "direct_answered" not in unsent[1] and "direct_ack" not in unsent[1]
+    def _holds(self, now: float) -> bool:
+        """Whether all there is to send is submits of direct tasks, which may
+        wait (RELEASE_DELAY at most from the first) to go to the center in one
+        message: the worker's answers come meanwhile, and the submits say so
+        (direct_answered), so the center need not send those results again.
+        Its copy of the task is not needed sooner: the worker's reports wait
+        for it there. Not for a task that waits on the center's word."""
+        outgoing = self._outgoing
+        return bool(self._unsent_direct) and now < self._unsent_direct_due and \
+            len(outgoing) == 1 and len(outgoing[0][1]) == len(self._unsent_direct)
 
     def _flush(self) -> None:
-        self._unsent_direct = None
+        self._unsent_direct.clear()
         for op, items, frames, _ in self._outgoing:
             if op == "submit":
                 self._send("submit", frames, tasks=items)

@@ -233,3 +233,12 @@ def test_a_direct_submit_that_waits_for_the_centers_word_is_not_held(cluster):
     _, client = cluster
     submit_alone(client, "chosen", own_key=False)
     assert not client.io._holds(time.monotonic())
+
+
+def test_the_io_thread_ends_as_soon_as_it_is_closed():
+    # Not at its next heartbeat: an Executor's shutdown waits for it.
+    io = ClientIO("tcp://127.0.0.1:9", "c", heartbeat_interval=600)
+    io.center.connect(io.address)  # (nobody answers: no matter)
+    io.thread.start()
+    io.stop(timeout=10)
+    assert not io.thread.is_alive()

@@ -234,16 +234,6 @@ class ClientIO:
         self.commands.put(command)
         self.waker.wake()
 
-    def call_soon(self, *command: Any) -> None:
-        """Leave a command for the next turn of the loop, on whichever thread,
-        within ``heartbeat_interval`` at the latest. Safe from ``__del__``.
-
-        For what need not happen at once (letting go of a key): in a loop of
-        submit().result(), waking the I/O thread for it would have it take the
-        sockets just as the next submit wants them.
-        """
-        self.commands.put(command)
-
     def call_now(self, *command: Any) -> None:
         """Do a command on this thread if no other thread is at the sockets,
         else hand it to the I/O thread. Not from ``__del__`` (see :meth:`call`).
@@ -264,18 +254,16 @@ class ClientIO:
             if not self._stopping:
                 self._sent_direct = False
                 self._take_commands()
-                if not self._sent_direct:
+                if not self._sent_direct or not self._holds(time.monotonic()):
                     self._flush()
-                # else its submit goes to the center with the next turn of the
-                # loop, when the answer comes (or within heartbeat_interval):
-                # the worker's report waits for it there if need be, and the
-                # CPUs are not busy with it while the task travels.
-                # (a release or a held submit may be late by RELEASE_DELAY)
+                # The I/O thread is woken only if it must: to wait on a socket
+                # made for a new worker, for news that sending took in (the
+                # descriptors will not signal it), or for a release or held
+                # submit that would be late by more than RELEASE_DELAY.
                 due = self._release_due
                 if self._unsent_direct and (due is None or self._unsent_direct_due < due):
                     due = self._unsent_direct_due
                 late = due is not None and due + RELEASE_DELAY < self._asleep_until
-                # (sending can take in news the descriptors then do not signal)
                 wake = self._new_socket or late or \
                     any(sock.getsockopt(EVENTS) & POLLIN for sock in self._descriptors)
         except Exception:  # as on the I/O thread: no user call may hang on it
@@ -322,13 +310,15 @@ class ClientIO:
                     if self._stopping:
                         break
                     more = self._pump()
+                    if self._stopping:
+                        break
                     timeout = 0.0 if more else self.heartbeat_interval
                     now = time.monotonic()
                     if self._release_due is not None:
                         timeout = min(timeout, max(0.0, self._release_due - now))
                     if self._outgoing:  # (held for an answer)
                         timeout = min(timeout, max(0.0, self._unsent_direct_due - now))
-                    self._asleep_until = time.monotonic() + timeout
+                    self._asleep_until = now + timeout
                     descriptors = [self.waker.read_fd, *self._descriptors.values()]
                     self._new_socket = False
                 # No zmq call while waiting: another thread may use the sockets.
@@ -356,10 +346,12 @@ class ClientIO:
             if self.waker.pending:
                 self.waker.drain()
             self._take_commands()
-            drain(self.center, self._on_center_message, dropped)
+            # Workers first: a direct task's answer, which carries its value,
+            # must not be overtaken by the center's word of it, which does not.
             for address, sock in list(self.workers.items()):
                 drain(sock, lambda frames, a=address: self._on_worker_message(a, frames),
                       dropped)
+            drain(self.center, self._on_center_message, dropped)
             now = time.monotonic()
             if self._release_due is not None and now >= self._release_due:
                 self._release_now()
@@ -474,8 +466,8 @@ class ClientIO:
         self._sent_direct = True
         item = dict(item, direct_worker=address, direct_run=run)
         if not own_key:
-            item["direct_ack"] = True
-        if own_key:  # (one waiting on the center's word is not held: see _holds)
+            item["direct_ack"] = True  # (and it goes to the center at once)
+        else:  # it may wait to go with others (see _holds)
             if not self._unsent_direct:
                 self._unsent_direct_due = time.monotonic() + RELEASE_DELAY
             self._unsent_direct[info.key] = item

@@ -50,6 +50,10 @@ def thread_name(x):
     return threading.current_thread().name, x
 
 
+def loop_threads(_=None):
+    return sum(t.name == "zfutures-loop" for t in threading.enumerate())
+
+
 def halves_on_the_same_worker(n):
     """Wait, inside a task, on another task (a one-worker cluster runs it here)."""
     executor = zfutures.get_executor()
@@ -186,6 +190,30 @@ def test_a_long_direct_task_leaves_its_worker_serving_and_the_loop_moves_on(tmp_
         names = {ex.submit(thread_name, i, pure=False).result(timeout=10)[0]
                  for i in range(10)}
         assert "zfutures-loop" in names
+
+
+def test_a_long_task_left_behind_by_the_loop_ends_with_its_thread(tmp_path):
+    # Two threads: while the long task runs where the loop left it, the loop
+    # runs short ones on its new thread. The long one's thread must then end
+    # as any task thread's would, not take up the loop again.
+    with Executor(n_workers=1, threads_per_worker=2, timeout=20) as ex:
+        ex.submit(inc, -1).result(timeout=10)
+        worker_pid = ex.submit(os.getpid, pure=False).result(timeout=10)
+        path = str(tmp_path / "running")
+        long = ex.submit(pid_after, path, 1, pure=False)
+        wait_for(lambda: os.path.exists(path) and os.path.getsize(path), timeout=10,
+                 message="the task did not start")
+        assert ex._io.keys[long.key].direct is not None
+        with Executor(ex.address, timeout=20) as other:  # (one direct task per client)
+            other.submit(inc, -1).result(timeout=10)
+            names = [other.submit(thread_name, i, pure=False).result(timeout=10)[0]
+                     for i in range(10)]
+        assert "zfutures-loop" in names  # (on the loop's new thread)
+        os.remove(path)
+        assert long.result(timeout=20) == 2
+        wait_for(lambda: ex.submit(loop_threads, pure=False).result(timeout=10) == 1,
+                 timeout=10, message="two threads run the worker's loop")
+        assert ex.submit(os.getpid, pure=False).result(timeout=10) == worker_pid  # alive
 
 
 def test_a_direct_task_that_waits_on_a_task_gives_its_slot_back():

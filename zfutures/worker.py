@@ -187,9 +187,10 @@ class Worker:
         # end with the standby's takeover, and hands the sockets over safely.
         self._inline_lock = threading.Lock()
         self._inline_job: tuple[Task, dict] | None = None  # to run at the end of this turn
-        self._inline_key: str | None = None  # running on a loop thread now
-        self._inline_runs = 0  # counts them; the one the standby took the loop during:
-        self._taken_during = 0
+        self._inline_runs = 0  # counts them
+        self._on_loop = 0  # the one running on the loop thread now, if any
+        self._taken_during: set[int] = set()  # ones the standby took the loop over from
+        self._off_pool: set[str] = set()  # keys running on a loop thread, or a former one
         self._last_inline = 0.0
         self._standby: threading.Thread | None = None
         self._standby_wake = threading.Event()  # set while tasks run on the loop thread
@@ -345,7 +346,8 @@ class Worker:
         (task, inputs), self._inline_job = self._inline_job, None
         with self._inline_lock:
             self._inline_runs += 1
-            self._inline_key = task.key
+            self._on_loop = mine = self._inline_runs
+            self._off_pool.add(task.key)
             self._last_inline = time.monotonic()
             if self._standby is None:  # (the first, or the last took the loop over)
                 self._standby = threading.Thread(target=self._watch_inline, daemon=True,
@@ -356,10 +358,14 @@ class Worker:
         context.enter_task(self, task.key)
         result = run_task(task, inputs)
         context.leave_task()  # (seceded or not, this thread goes on)
-        del task, inputs
         with self._inline_lock:
-            self._inline_key = None
-            moved = self._taken_during == self._inline_runs
+            self._off_pool.discard(task.key)
+            moved = mine in self._taken_during
+            if moved:  # (the loop may have run others on its new thread since)
+                self._taken_during.discard(mine)
+            else:
+                self._on_loop = 0
+        del task, inputs
         if moved:
             self.call_soon(self.state.task_done, *result)
             raise _LoopMoved
@@ -373,12 +379,13 @@ class Worker:
             if not self._standby_wake.wait(1.0) or self._closed.wait(INLINE_CHECK):
                 continue  # (parked: no task ran on the loop thread lately)
             with self._inline_lock:
-                running = self._inline_runs if self._inline_key is not None else 0
+                running = self._on_loop
                 take = running and running == seen
                 if take:
-                    self._taken_during, self._standby = running, None
-                    logger.debug("task %s runs long on the loop thread; the standby "
-                                 "takes the loop over", self._inline_key)
+                    self._taken_during.add(running)
+                    self._on_loop, self._standby = 0, None
+                    logger.debug("a task runs long on the loop thread; the standby "
+                                 "takes the loop over")
                 elif not running and time.monotonic() - self._last_inline > STANDBY_IDLE:
                     self._standby_wake.clear()
                 seen = running
@@ -708,7 +715,7 @@ class Worker:
 
     def secede(self, key: str) -> None:
         """Called from the task thread running ``key``, which waits on futures."""
-        self.call_soon(self._secede, key, key != self._inline_key)
+        self.call_soon(self._secede, key, key not in self._off_pool)
 
     def _secede(self, key: str, on_task_thread: bool = True) -> None:
         run = self.state.secede(key)

@@ -242,3 +242,18 @@ def test_the_io_thread_ends_as_soon_as_it_is_closed():
     io.thread.start()
     io.stop(timeout=10)
     assert not io.thread.is_alive()
+
+
+def test_a_burst_of_submits_goes_to_the_io_thread_after_the_first(cluster):
+    # The first may go straight to a worker, sent by the caller; the others
+    # cannot while it is in flight, and the I/O thread sends them together.
+    _, client = cluster
+    client.io._direct_worker = A1
+    for key in ("first", "second", "third"):
+        client.io.submit({"key": key, "deps": [], "priority": 0}, [b"payload"],
+                         Future(key, None), own_key=True)
+    assert client.io.keys["first"].direct is not None
+    assert "second" not in client.io.keys and client.io.waker.pending
+    client.io._take_commands()  # (the I/O thread's turn)
+    ((op, items, _, _),) = client.io._outgoing
+    assert [item["key"] for item in items] == ["first", "second", "third"]

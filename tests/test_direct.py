@@ -234,13 +234,13 @@ def test_only_a_key_the_caller_chose_makes_a_direct_result_wait_for_the_center(c
     # key) is new to the center or any run of it will do; the caller's own
     # key may name another run's value at the center.
     ex = cluster
-    calls = []
-    call = ex._io.call_now
-    ex._io.call_now = lambda *command: (calls.append(command), call(*command))
+    own_key = []
+    submit = ex._io.submit
+    ex._io.submit = lambda *args, **kwargs: (own_key.append(kwargs["own_key"]),
+                                             submit(*args, **kwargs))
     try:
         for options in ({}, {"pure": False}, {"key": "chosen-by-caller"}):
             assert ex.submit(inc, 1, **options).result(timeout=10) == 2
     finally:
-        del ex._io.call_now
-    own_key = [command[3] for command in calls if command[0] == "submit"]
+        del ex._io.submit
     assert own_key == [True, True, False]

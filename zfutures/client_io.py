@@ -137,6 +137,13 @@ class _Gather:
         self.tried: dict[str, set[str]] = {key: set() for key in keys}
 
 
+def _may_go_direct(item: dict) -> bool:
+    """Whether a task may go straight to a worker, as far as it alone goes: no
+    inputs, no placement of its own, no retries (see ClientIO._send_direct)."""
+    return not item["deps"] and "workers" not in item and "resources" not in item and \
+        not item.get("retries")
+
+
 def remote_exception(frames: list) -> BaseException:
     """Rebuild a task's exception, with the remote traceback as its cause."""
     try:
@@ -233,6 +240,20 @@ class ClientIO:
         """Hand a command to the I/O thread. Safe from any thread and from ``__del__``."""
         self.commands.put(command)
         self.waker.wake()
+
+    def submit(self, item: dict, frames: list, future: Any, own_key: bool) -> None:
+        """Submit one task (Executor.submit; ``own_key``: see _cmd_submit).
+
+        One that may go straight to a worker (see _send_direct) is sent by
+        this thread, if no other is at the sockets (see call_now). Others go
+        to the I/O thread, which sends a burst of them in few messages.
+        """
+        command = ("submit", [(item, frames, future)], False, own_key)
+        if self._direct_worker is not None and not self._direct_in_flight() and \
+                _may_go_direct(item):  # (read unlocked: _send_direct decides)
+            self.call_now(*command)
+        else:
+            self.call(*command)
 
     def call_now(self, *command: Any) -> None:
         """Do a command on this thread if no other thread is at the sockets,
@@ -449,12 +470,8 @@ class ClientIO:
         which balances it across the workers.
         """
         address = self._direct_worker
-        pending = self._direct_pending
-        if address is None or (pending is not None and pending.direct is not None
-                               and pending.status == PENDING) or \
-                item["deps"] or "workers" in item or "resources" in item or \
-                item.get("retries") or self._reregistering or \
-                serialize.frames_nbytes(frames) > DIRECT_PAYLOAD_LIMIT:
+        if address is None or self._direct_in_flight() or not _may_go_direct(item) or \
+                self._reregistering or serialize.frames_nbytes(frames) > DIRECT_PAYLOAD_LIMIT:
             return item
         run = next(self._direct_runs)
         if not send(self._worker(address),
@@ -472,6 +489,11 @@ class ClientIO:
                 self._unsent_direct_due = time.monotonic() + RELEASE_DELAY
             self._unsent_direct[info.key] = item
         return item
+
+    def _direct_in_flight(self) -> bool:
+        """Whether a task sent straight to a worker awaits its answer (one at a time)."""
+        pending = self._direct_pending
+        return pending is not None and pending.direct is not None and pending.status == PENDING
 
     def _direct_result(self, address: str, header: dict, frames: list) -> None:
         """A worker sent back the small result of a task we sent it straight."""

@@ -187,8 +187,7 @@ class Executor:
         item, frames = self._task(fn, args, kwargs, key, pure, retries, priority)
         _add_placement(item, workers, allow_other_workers, resources)
         future = Future(item["key"], self)
-        # A lone task may go straight to a worker (see ClientIO._send_direct).
-        self._io.call_now("submit", [(item, frames, future)], False, key is None)
+        self._io.submit(item, frames, future, own_key=key is None)
         return future
 
     def map(self, fn: Callable, *iterables: Iterable, key: str | list[str] | None = None,

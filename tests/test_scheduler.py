@@ -1624,6 +1624,15 @@ def direct(key: str, worker: bytes, run: int = DIRECT_RUN, ack: bool = False) ->
     return item, payload
 
 
+def two_workers_and_direct(on: bytes) -> Sim:
+    """Workers W1 and W2, and "x" sent straight to ``on``."""
+    sim = Sim()
+    sim.worker(W1)
+    sim.worker(W2)
+    sim.submit(direct("x", on))
+    return sim
+
+
 def test_a_direct_task_counts_as_processing_on_its_worker_without_a_compute():
     sim = Sim()
     sim.worker(W1)
@@ -1736,10 +1745,7 @@ def test_pausing_does_not_take_back_a_direct_run():
 
 
 def test_a_retiring_worker_goes_only_once_its_direct_run_is_done_and_handed_on():
-    sim = Sim()
-    sim.worker(W1)
-    sim.worker(W2)
-    sim.submit(direct("x", W1))
+    sim = two_workers_and_direct(W1)
     sim.take()
     sim.s.retire_worker(W1)
     sent = sim.take()
@@ -1754,10 +1760,7 @@ def test_a_retiring_worker_goes_only_once_its_direct_run_is_done_and_handed_on()
 
 
 def test_a_retiring_worker_that_refuses_its_direct_run_goes_and_the_task_is_placed():
-    sim = Sim()
-    sim.worker(W1)
-    sim.worker(W2)
-    sim.submit(direct("x", W1))
+    sim = two_workers_and_direct(W1)
     sim.s.retire_worker(W1)
     sim.take()
     sim.s.task_refused(W1, "x", DIRECT_RUN)
@@ -1830,10 +1833,7 @@ def test_a_direct_task_released_by_its_client_is_dropped_on_its_worker():
 
 
 def test_a_dead_workers_direct_task_is_placed_elsewhere():
-    sim = Sim()
-    sim.worker(W1)
-    sim.worker(W2)
-    sim.submit(direct("x", W2))
+    sim = two_workers_and_direct(W2)
     sim.take()
     sim.s.remove_worker(W2)
     assert sim.on("x") == W1 and sim.s.unconfirmed == {}

@@ -192,7 +192,6 @@ class ClientIO:
         # center's: a run of ours is never taken for one of its).
         self._direct_worker: str | None = None
         self._direct_pending: _Key | None = None
-        self._sent_direct = False  # by the command at hand (see call_now)
         # Direct tasks' submits while queued (key -> item), and until when they
         # may wait there for the workers' answers (see _holds).
         self._unsent_direct: dict[str, dict] = {}
@@ -217,7 +216,9 @@ class ClientIO:
         self.lock = threading.Lock()
         self._descriptors: dict[zmq.Socket, int] = {self.center: self.center.FD}
         self._asleep_until = 0.0  # when the I/O thread wakes, if nothing happens
-        self._new_socket = False  # made since the I/O thread last looked
+        # A socket came or went since the I/O thread last looked: it must wait
+        # on the new one, and not on a closed descriptor.
+        self._sockets_changed = True
         self.reader = peer_memory.Reader()  # reads what workers on this machine offer
         self.thread = threading.Thread(target=self._run, name="zfutures-client-io", daemon=True)
 
@@ -273,19 +274,18 @@ class ClientIO:
         wake = True
         try:
             if not self._stopping:
-                self._sent_direct = False
                 self._take_commands()
-                if not self._sent_direct or not self._holds(time.monotonic()):
+                if not self._holds(time.monotonic()):
                     self._flush()
-                # The I/O thread is woken only if it must: to wait on a socket
-                # made for a new worker, for news that sending took in (the
+                # The I/O thread is woken only if it must: to wait on the
+                # sockets as they are now, for news that sending took in (the
                 # descriptors will not signal it), or for a release or held
                 # submit that would be late by more than RELEASE_DELAY.
                 due = self._release_due
                 if self._unsent_direct and (due is None or self._unsent_direct_due < due):
                     due = self._unsent_direct_due
                 late = due is not None and due + RELEASE_DELAY < self._asleep_until
-                wake = self._new_socket or late or \
+                wake = self._sockets_changed or late or \
                     any(sock.getsockopt(EVENTS) & POLLIN for sock in self._descriptors)
         except Exception:  # as on the I/O thread: no user call may hang on it
             logger.exception("the zfutures client I/O failed")
@@ -325,6 +325,7 @@ class ClientIO:
     # ------------------------------------------------------------------ the loop
 
     def _run(self) -> None:
+        poll = select.poll()
         try:
             while True:
                 with self.lock:
@@ -340,12 +341,12 @@ class ClientIO:
                     if self._outgoing:  # (held for an answer)
                         timeout = min(timeout, max(0.0, self._unsent_direct_due - now))
                     self._asleep_until = now + timeout
-                    descriptors = [self.waker.read_fd, *self._descriptors.values()]
-                    self._new_socket = False
+                    if self._sockets_changed:
+                        self._sockets_changed = False
+                        poll = select.poll()
+                        for fd in [self.waker.read_fd, *self._descriptors.values()]:
+                            poll.register(fd, select.POLLIN)
                 # No zmq call while waiting: another thread may use the sockets.
-                poll = select.poll()
-                for fd in descriptors:
-                    poll.register(fd, select.POLLIN)
                 poll.poll(1000 * timeout)
         except Exception:  # a bug here must not leave user calls hanging
             logger.exception("the zfutures client I/O thread failed")
@@ -480,7 +481,6 @@ class ClientIO:
             return item
         info.direct = _Direct(address, run, own_key)
         self._direct_pending = info
-        self._sent_direct = True
         item = dict(item, direct_worker=address, direct_run=run)
         if not own_key:
             item["direct_ack"] = True  # (and it goes to the center at once)
@@ -861,7 +861,7 @@ class ClientIO:
                                                      self.security)
             sock.connect(peer_endpoint(address))
             self._descriptors[sock] = sock.FD
-            self._new_socket = True  # (the I/O thread must wait on it too)
+            self._sockets_changed = True
         return sock
 
     # ------------------------------------------------------------------ center messages
@@ -977,6 +977,7 @@ class ClientIO:
         if sock is not None:  # (what it answered before it went is taken first)
             drain(sock, lambda frames: self._on_worker_message(address, frames), dropped)
             del self._descriptors[sock]
+            self._sockets_changed = True
             sock.close(linger=0)
         if self._direct_worker == address:
             self._direct_worker = None

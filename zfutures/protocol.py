@@ -56,6 +56,7 @@ _TASK_ITEM = {"key": _STR, "deps": _STRS, "priority": _INT, "nframes": _INT,
               "direct_answered?": bool}
 # direct_answered: the client has the direct run's result already (sent after
 # the answer came): the center need not send it key-finished for that run
+
 # run: the id of this assignment, which the worker's reports on the task
 # carry back (a report of an earlier run of the same key is then told apart)
 _COMPUTE_ITEM = {"key": _STR, "deps": ("map", "list", str), "nframes": _INT,

@@ -681,7 +681,7 @@ class Scheduler:
         if ts.state != MEMORY:
             self._finish(ts, value)
         if ws.retiring:  # a direct run it finished: hand its result on too
-            self._hand_on_key(ws, ts)
+            self._hand_on_key(ws, ts, self._staying())
             self._check_retired(ws)
         self._settle()
 
@@ -721,16 +721,21 @@ class Scheduler:
         """Have workers that stay copy the wanted keys only ``ws`` holds; tell
         ``ws`` it may go once none is left to copy (or no worker stays)."""
         ws.moving.clear()
+        targets = self._staying()
         for ts in ws.has_what:
-            self._hand_on_key(ws, ts)
+            self._hand_on_key(ws, ts, targets)
         self._check_retired(ws)
 
-    def _hand_on_key(self, ws: WorkerState, ts: TaskState) -> None:
-        """Have a worker that stays copy ``ts`` from retiring ``ws``, if wanted
+    def _staying(self) -> list[WorkerState]:
+        """The workers not retiring: those that may take keys on."""
+        return [w for w in self.workers.values() if not w.retiring]
+
+    def _hand_on_key(self, ws: WorkerState, ts: TaskState,
+                     targets: list[WorkerState]) -> None:
+        """Have one of ``targets`` copy ``ts`` from retiring ``ws``, if wanted
         and only there."""
         if ts.who_has != {ws} or not self._is_wanted(ts):
             return
-        targets = [w for w in self.workers.values() if not w.retiring]
         if targets:
             target = min(targets, key=lambda w: w.nbytes)
             target.nbytes += ts.nbytes  # counted now, so the next key goes elsewhere
@@ -1027,7 +1032,9 @@ class Scheduler:
         ts.waiting_on = _NO_TASKS
         item = {"key": ts.key, "who_has": [ws.address for ws in ts.who_has],
                 "nbytes": ts.nbytes}
-        answered = ts.answered if _is_direct(ts) else None
+        answered = ts.answered  # (only for the direct run: a later one is news)
+        if answered is not None and not _is_direct(ts):
+            answered = None
         for client in ts.who_wants:
             if client is answered:
                 continue  # (it has the result, from the worker)

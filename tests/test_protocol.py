@@ -10,7 +10,7 @@ import zmq
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from zfutures import loop, protocol
+from zfutures import loop, protocol, serialize
 from zfutures.errors import ProtocolError
 from zfutures.protocol import (
     SCHEMAS,
@@ -362,17 +362,33 @@ def test_random_headers_of_real_ops_never_raise_anything_but_ProtocolError(heade
 
 
 @FUZZ
-@given(st.lists(st.sampled_from([0, 1, 100, protocol.PACK_BELOW - 1, protocol.PACK_BELOW,
+@given(st.lists(st.sampled_from([0, 1, 100, protocol.INLINE_BELOW - 1, protocol.INLINE_BELOW,
+                                 protocol.PACK_BELOW - 1, protocol.PACK_BELOW,
                                  protocol.PACK_BELOW + 7]), max_size=12))
 def test_small_frames_travel_packed_and_come_out_as_they_went_in(sizes):
     frames = [bytes([i % 256]) * n for i, n in enumerate(sizes)]
     wire = protocol.encode("run", frames, id=1)
     small = [n for n in sizes if n < protocol.PACK_BELOW]
-    if len(small) > 1:  # one frame for all the small ones
+    if sizes and sum(sizes) < protocol.INLINE_BELOW:  # all in the header
+        assert len(wire) == 1
+    elif len(small) > 1:  # one frame for all the small ones
         assert len(wire) == 1 + 1 + (len(sizes) - len(small))
+    else:
+        assert len(wire) == 1 + len(sizes)
     header, payload = protocol.decode(wire)
     assert header == {"op": "run", "id": 1}
     assert [bytes(p) for p in payload] == frames
+
+
+def test_a_small_payload_makes_a_message_of_one_frame(socket_pair):
+    a, b = socket_pair
+    pickled = serialize.dumps({"x": 1})
+    wire = protocol.encode("direct-result", pickled, key="k", run=3, nbytes=28)
+    assert len(wire) == 1
+    loop.send_frames(a, wire)
+    header, payload = protocol.decode(loop.receive(b))
+    assert header == {"op": "direct-result", "key": "k", "run": 3, "nbytes": 28}
+    assert serialize.loads(payload) == {"x": 1}
 
 
 @pytest.mark.parametrize("layout", [[5, 6], [3], [-1, 10], [10, -2], "10", [10.0], [10, None]])
@@ -380,6 +396,19 @@ def test_a_layout_that_does_not_match_its_frames_is_rejected(layout):
     wire = [encode_header("run", id=1, layout=layout), b"x" * 10]
     with pytest.raises(ProtocolError):
         protocol.decode(wire)
+
+
+@pytest.mark.parametrize("fields, frames", [
+    ({"inline": b"abc"}, []),                           # no layout to cut it
+    ({"layout": [3], "inline": "abc"}, []),             # not bytes
+    ({"layout": [4], "inline": b"abc"}, []),            # cut past its end
+    ({"layout": [1, 1], "inline": b"abc"}, []),         # bytes left over
+    ({"layout": [3, -2], "inline": b"abc"}, []),        # a large frame missing
+    ({"layout": [-2], "inline": b"abc"}, [b"xy"]),      # inline, but nothing cut from it
+])
+def test_an_inline_payload_that_does_not_match_its_layout_is_rejected(fields, frames):
+    with pytest.raises(ProtocolError):
+        protocol.decode([encode_header("run", id=1, **fields), *frames])
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ test_scheduler.py and test_worker_state.py ("direct tasks").
 """
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import signal
 import threading
@@ -16,7 +17,7 @@ import pytest
 from conftest import wait_for
 
 import zfutures
-from zfutures import Executor
+from zfutures import Executor, client_io
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -44,6 +45,11 @@ def pid_after(path, x):
     while os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.01)
     return x + 1
+
+
+def sleep_then(seconds, x):
+    time.sleep(seconds)
+    return x
 
 
 def thread_name(x):
@@ -244,3 +250,146 @@ def test_only_a_key_the_caller_chose_makes_a_direct_result_wait_for_the_center(c
     finally:
         del ex._io.submit
     assert own_key == [True, True, False]
+
+
+# ---------------------------------------------------------------------- the caller's own wait
+
+def _result_in_thread(future, timeout=60):
+    """Call ``future.result(timeout)`` on a thread; its outcome lands in the returned dict."""
+    outcome: dict = {}
+
+    def wait():
+        try:
+            outcome["value"] = future.result(timeout)
+        except BaseException as e:  # checked by the test
+            outcome["error"] = e
+
+    thread = threading.Thread(target=wait, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def _reader_threads(ex):
+    """Record the name of the thread that reads each direct answer."""
+    names = []
+    read = ex._io._direct_result
+
+    def recording(*args):
+        names.append(threading.current_thread().name)
+        read(*args)
+    ex._io._direct_result = recording
+    return names
+
+
+def _long_direct_task(ex, tmp_path, worker=None):
+    """A direct task that runs until its file is removed, started; and that file."""
+    if worker is not None:
+        ex.submit(inc, 0, workers=[worker]).result(timeout=10)  # the next goes there
+    else:
+        ex.submit(inc, -1).result(timeout=10)
+    path = str(tmp_path / "running")
+    future = ex.submit(pid_after, path, 1, pure=False)
+    wait_for(lambda: os.path.exists(path) and os.path.getsize(path), timeout=10,
+             message="the task did not start")
+    assert ex._io.keys[future.key].direct is not None  # it went straight to a worker
+    return future, path
+
+
+def test_a_caller_reads_its_direct_answer_on_its_own_thread(cluster):
+    ex = cluster
+    ex.submit(inc, -1).result(timeout=10)
+    names = _reader_threads(ex)
+    try:
+        for i in range(20):
+            assert ex.submit(inc, i, pure=False).result(timeout=10) == i + 1
+    finally:
+        del ex._io._direct_result
+    # (one may find the I/O thread at the lock, and leave it the answer)
+    assert names.count(threading.current_thread().name) >= 15, names
+    assert ex._io._parked is None
+
+
+def test_a_long_direct_task_is_left_to_the_io_thread_after_a_while(cluster):
+    ex = cluster
+    ex.submit(inc, -1).result(timeout=10)
+    names = _reader_threads(ex)
+    try:
+        assert ex.submit(sleep_then, 0.2, 7, pure=False).result(timeout=10) == 7
+    finally:
+        del ex._io._direct_result
+    assert names == ["zfutures-client-io"]
+    assert ex._io._parked is None
+    assert ex.submit(inc, 1, pure=False).result(timeout=10) == 2
+
+
+def test_a_direct_wait_ends_at_its_timeout_and_the_answer_still_comes(cluster, tmp_path):
+    ex = cluster
+    future, path = _long_direct_task(ex, tmp_path)
+    with pytest.raises(TimeoutError):
+        future.result(timeout=0.005)
+    assert ex._io._parked is None
+    os.remove(path)
+    assert future.result(timeout=20) == 2
+
+
+def test_a_waiting_caller_hears_at_once_that_its_task_was_cancelled(monkeypatch, tmp_path):
+    monkeypatch.setattr(client_io, "PARK_LIMIT", 600)  # only word from others ends the wait
+    with Executor(n_workers=2, threads_per_worker=1, timeout=20) as ex:
+        future, path = _long_direct_task(ex, tmp_path)
+        thread, outcome = _result_in_thread(future)
+        wait_for(lambda: ex._io._parked is not None, message="the caller did not wait itself")
+        assert future.cancel()
+        thread.join(20)
+        assert not thread.is_alive(), "the caller still waits on the worker"
+        assert isinstance(outcome.get("error"), concurrent.futures.CancelledError)
+        os.remove(path)
+        assert ex.submit(inc, 1, pure=False).result(timeout=20) == 2
+
+
+def test_a_waiting_caller_whose_worker_dies_gets_the_rerun(monkeypatch, tmp_path):
+    monkeypatch.setattr(client_io, "PARK_LIMIT", 600)
+    with Executor(n_workers=2, threads_per_worker=1, timeout=20) as ex:
+        future, path = _long_direct_task(ex, tmp_path)
+        thread, outcome = _result_in_thread(future)
+        wait_for(lambda: ex._io._parked is not None, message="the caller did not wait itself")
+        with open(path) as file:
+            victim = int(file.read())
+        open(path + ".done", "w").close()  # the rerun elsewhere returns at once
+        os.kill(victim, signal.SIGKILL)
+        thread.join(60)
+        assert not thread.is_alive(), "the caller still waits on the dead worker"
+        assert outcome == {"value": 2}
+        assert ex.submit(inc, 1, pure=False).result(timeout=20) == 2
+
+
+def test_data_fetched_from_the_worker_a_caller_waits_on_is_not_held_up(monkeypatch, tmp_path):
+    # The I/O thread leaves that worker's socket to the waiting caller, who
+    # must then read every answer that comes on it, not only its own.
+    monkeypatch.setattr(client_io, "PARK_LIMIT", 600)
+    with Executor(n_workers=2, threads_per_worker=1, timeout=20) as ex:
+        first = sorted(ex.scheduler_info()["workers"])[0]
+        big = ex.submit(np.ones, 100_000, workers=[first])  # stays there: fetched
+        concurrent.futures.wait([big], timeout=10)
+        future, path = _long_direct_task(ex, tmp_path, worker=first)
+        assert ex._io.keys[future.key].direct.address == first
+        thread, outcome = _result_in_thread(future)
+        wait_for(lambda: ex._io._parked is not None, message="the caller did not wait itself")
+        assert big.result(timeout=20).sum() == 100_000
+        assert ex._io._parked is not None and not future.done()  # still waiting
+        os.remove(path)
+        thread.join(20)
+        assert outcome == {"value": 2}
+
+
+def test_shutting_down_ends_a_callers_wait_on_a_worker(monkeypatch, tmp_path):
+    monkeypatch.setattr(client_io, "PARK_LIMIT", 600)
+    ex = Executor(n_workers=2, threads_per_worker=1, timeout=20)
+    try:
+        future, path = _long_direct_task(ex, tmp_path)
+        thread, outcome = _result_in_thread(future)
+        wait_for(lambda: ex._io._parked is not None, message="the caller did not wait itself")
+    finally:
+        ex.shutdown(cancel_futures=True)  # (returns: the waiting caller lets its socket go)
+    thread.join(20)
+    assert not thread.is_alive(), "the caller still waits on the worker"
+    assert isinstance(outcome.get("error"), concurrent.futures.CancelledError)

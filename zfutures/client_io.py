@@ -63,6 +63,11 @@ CALL_NOW_WAIT = 0.001
 #: thread.
 PUMP_ROUNDS = 8
 
+#: How long a caller waits on its own thread for the answer of a task sent
+#: straight to a worker (see ClientIO.await_direct), before it leaves the
+#: wait to the I/O thread.
+PARK_LIMIT = 0.02
+
 PENDING, FINISHED, ERRED, CANCELLED = "pending", "finished", "erred", "cancelled"
 
 
@@ -219,6 +224,20 @@ class ClientIO:
         # A socket came or went since the I/O thread last looked: it must wait
         # on the new one, and not on a closed descriptor.
         self._sockets_changed = True
+        # A caller waiting for the answer of a task sent straight to a worker
+        # reads it itself (see await_direct): the socket it waits on, which
+        # the I/O thread leaves alone meanwhile, with the task's key and the
+        # wait's poll object; a pipe that tells it to look again; and the
+        # socket the I/O thread's own poll leaves out (the one parked on at
+        # its last turn).
+        self._parked: zmq.Socket | None = None
+        self._parked_info: _Key | None = None
+        self._park_poll: tuple[zmq.Socket | None, Any] = (None, None)
+        self._park_waker = Waker()
+        self._poll_skips: zmq.Socket | None = None
+        # When the I/O thread must wait on the socket of a task sent straight,
+        # if no caller waits on it (see _must_wake).
+        self._direct_due = 0.0
         self.reader = peer_memory.Reader()  # reads what workers on this machine offer
         self.thread = threading.Thread(target=self._run, name="zfutures-client-io", daemon=True)
 
@@ -241,6 +260,21 @@ class ClientIO:
         """Hand a command to the I/O thread. Safe from any thread and from ``__del__``."""
         self.commands.put(command)
         self.waker.wake()
+
+    def call_later(self, *command: Any) -> None:
+        """Hand the I/O thread a command that may wait RELEASE_DELAY (an unref):
+        it is woken for it only if it would sleep longer. Safe from any thread
+        and from ``__del__``.
+
+        Each Future dropped unrefs its key: woken for each, the I/O thread
+        would take a turn per result in a loop of round trips, and compete
+        with the caller's next submit for the interpreter.
+        """
+        self.commands.put(command)
+        # (Put, then read: the I/O thread sets _asleep_until, then looks at the
+        # queue a last time before it sleeps, so one of the two sees the other.)
+        if self._asleep_until > time.monotonic() + RELEASE_DELAY:
+            self.waker.wake()
 
     def submit(self, item: dict, frames: list, future: Any, own_key: bool) -> None:
         """Submit one task (Executor.submit; ``own_key``: see _cmd_submit).
@@ -277,16 +311,8 @@ class ClientIO:
                 self._take_commands()
                 if not self._holds(time.monotonic()):
                     self._flush()
-                # The I/O thread is woken only if it must: to wait on the
-                # sockets as they are now, for news that sending took in (the
-                # descriptors will not signal it), or for a release or held
-                # submit that would be late by more than RELEASE_DELAY.
-                due = self._release_due
-                if self._unsent_direct and (due is None or self._unsent_direct_due < due):
-                    due = self._unsent_direct_due
-                late = due is not None and due + RELEASE_DELAY < self._asleep_until
-                wake = self._sockets_changed or late or \
-                    any(sock.getsockopt(EVENTS) & POLLIN for sock in self._descriptors)
+                self._poke_parked()
+                wake = self._must_wake()
         except Exception:  # as on the I/O thread: no user call may hang on it
             logger.exception("the zfutures client I/O failed")
             self._fail_everything(ConnectionError("the client I/O failed; see the log"))
@@ -295,6 +321,120 @@ class ClientIO:
             self.lock.release()
         if wake:
             self.waker.wake()
+
+    def await_direct(self, future: Any, timeout: float | None) -> None:
+        """Wait for ``future`` on this thread if it is a task's that went
+        straight to a worker: read the worker's answer here. Returns when the
+        future is done, or after PARK_LIMIT (or ``timeout``), the wait then
+        left to the I/O thread (as for any other future).
+
+        Read by the I/O thread, the answer would reach the caller only after
+        that thread's wakeup, its turn, and the caller's wakeup: on a machine
+        where a wakeup that crosses CPUs costs tens of microseconds, a good
+        part of a round trip. The caller waits on that worker's socket alone
+        (the I/O thread leaves it out of its own wait meanwhile), and takes
+        the lock only to read it.
+        """
+        info = self._direct_pending
+        if info is None or info.key != future.key or \
+                not self.lock.acquire(timeout=CALL_NOW_WAIT):
+            return
+        sock = None
+        try:
+            sock = self._park(info)
+            if sock is None:
+                return
+            address = info.direct.address
+            end = time.monotonic() + (PARK_LIMIT if timeout is None else min(timeout, PARK_LIMIT))
+            cached, poll = self._park_poll
+            if cached is not sock:
+                poll = select.poll()
+                poll.register(self._descriptors[sock], select.POLLIN)
+                poll.register(self._park_waker.read_fd, select.POLLIN)
+                self._park_poll = (sock, poll)
+            while True:
+                if self._park_waker.pending:
+                    self._park_waker.drain()
+                if not self._stopping and self.workers.get(address) is sock:
+                    drain(sock, lambda frames: self._on_worker_message(address, frames),
+                          dropped)
+                left = end - time.monotonic()
+                if future.done() or info.status != PENDING or info.direct is None or \
+                        self._stopping or self.workers.get(address) is not sock or left <= 0:
+                    break
+                self.lock.release()
+                try:
+                    poll.poll(1000 * left)
+                finally:
+                    self.lock.acquire()
+        except Exception:  # as on the I/O thread: no user call may hang on it
+            logger.exception("the zfutures client I/O failed")
+            self._fail_everything(ConnectionError("the client I/O failed; see the log"))
+            self._stopping = True
+        finally:
+            if sock is not None:
+                self._unpark(sock, address)
+            wake = self._must_wake()
+            self.lock.release()
+        if wake:
+            self.waker.wake()
+
+    def _park(self, info: _Key) -> zmq.Socket | None:
+        """Take the wait for ``info``'s direct answer (see await_direct): its
+        worker's socket, or None if there is nothing to wait for here."""
+        direct = info.direct
+        if self._stopping or self._parked is not None or info is not self._direct_pending or \
+                info.status != PENDING or direct is None or not direct.trusted:
+            return None
+        sock = self.workers.get(direct.address)
+        if sock is not None:
+            self._parked, self._parked_info = sock, info
+        return sock
+
+    def _unpark(self, sock: zmq.Socket, address: str) -> None:
+        self._parked = self._parked_info = None
+        if self._stopping or self.workers.get(address) is not sock:
+            sock.close(linger=0)  # (left to us: see _worker_left and _run)
+
+    def _poke_parked(self) -> None:
+        """Tell the caller waiting on a worker's socket to look again if its wait
+        may be over: its task finished or was cancelled by another way, or its
+        worker left, or we stop. (By a holder of the lock at the end of its turn.)"""
+        info = self._parked_info
+        if info is not None and (info.status != PENDING or info.direct is None or
+                                 self._stopping):
+            self._park_waker.wake()
+
+    def _must_wake(self) -> bool:
+        """Whether the I/O thread, waiting, must be woken by the thread about to
+        leave the lock: to wait on the sockets as they are now (one came or
+        went, a caller waits on one it waits on, or the one it leaves out must
+        be watched again), for news that sending took in (the descriptors will
+        not signal it), or for a release, held submit or direct answer that
+        would be late by more than RELEASE_DELAY."""
+        if self._stopping:  # (the sockets are closed, or about to be)
+            return False
+        parked, skipped = self._parked, self._poll_skips
+        if self._sockets_changed or parked is not None and skipped is not parked:
+            return True
+        due = self._release_due
+        if self._unsent_direct and (due is None or self._unsent_direct_due < due):
+            due = self._unsent_direct_due
+        if skipped is not None and skipped is not parked:  # (no one reads that socket)
+            if self._awaits(skipped):
+                return True
+            if self._direct_in_flight() and (due is None or self._direct_due < due):
+                due = self._direct_due
+        if due is not None and due + RELEASE_DELAY < self._asleep_until:
+            return True
+        return any(sock.getsockopt(EVENTS) & POLLIN
+                   for sock in self._descriptors if sock is not parked)
+
+    def _awaits(self, sock: zmq.Socket) -> bool:
+        """Whether an answer other than a direct task's is awaited on a worker's socket."""
+        workers = self.workers
+        return any(workers.get(entry[1]) is sock for entry in self.gathers.values()) or \
+            any(workers.get(entry[0]) is sock for entry in self.worker_requests.values())
 
     def request(self, op: str, timeout: float | None = None, **fields: Any) -> Any:
         """Ask the center something and wait for the answer."""
@@ -341,11 +481,18 @@ class ClientIO:
                     if self._outgoing:  # (held for an answer)
                         timeout = min(timeout, max(0.0, self._unsent_direct_due - now))
                     self._asleep_until = now + timeout
-                    if self._sockets_changed:
+                    if not self.commands.empty():  # (see call_later)
+                        timeout = 0.0
+                    parked = self._parked
+                    if self._sockets_changed or self._poll_skips is not parked:
                         self._sockets_changed = False
+                        self._poll_skips = parked
                         poll = select.poll()
-                        for fd in [self.waker.read_fd, *self._descriptors.values()]:
-                            poll.register(fd, select.POLLIN)
+                        poll.register(self.waker.read_fd, select.POLLIN)
+                        for sock, fd in self._descriptors.items():
+                            if sock is not parked:
+                                poll.register(fd, select.POLLIN)
+                    self._poke_parked()
                 # No zmq call while waiting: another thread may use the sockets.
                 poll.poll(1000 * timeout)
         except Exception:  # a bug here must not leave user calls hanging
@@ -357,7 +504,10 @@ class ClientIO:
             self.reader.stop()  # (before the waker closes: it wakes this thread)
             with self.lock:
                 for sock in [self.center, *self.workers.values()]:
-                    sock.close(linger=0)
+                    if sock is self._parked:  # (its caller closes it: see _unpark)
+                        self._park_waker.wake()
+                    else:
+                        sock.close(linger=0)
 
     def _pump(self) -> bool:
         """A turn of the loop, by the holder of :attr:`lock`: commands, messages,
@@ -370,9 +520,12 @@ class ClientIO:
             self._take_commands()
             # Workers first: a direct task's answer, which carries its value,
             # must not be overtaken by the center's word of it, which does not.
+            # (Not the one a caller waits on: see await_direct.)
+            parked = self._parked
             for address, sock in list(self.workers.items()):
-                drain(sock, lambda frames, a=address: self._on_worker_message(a, frames),
-                      dropped)
+                if sock is not parked:
+                    drain(sock, lambda frames, a=address: self._on_worker_message(a, frames),
+                          dropped)
             drain(self.center, self._on_center_message, dropped)
             now = time.monotonic()
             if self._release_due is not None and now >= self._release_due:
@@ -384,7 +537,8 @@ class ClientIO:
                 return False
             # (sending can take in news the descriptors will not signal)
             if self.commands.empty() and not any(
-                    sock.getsockopt(EVENTS) & POLLIN for sock in self._descriptors):
+                    sock.getsockopt(EVENTS) & POLLIN
+                    for sock in self._descriptors if sock is not parked):
                 return False
         return True
 
@@ -475,10 +629,11 @@ class ClientIO:
                 self._reregistering or serialize.frames_nbytes(frames) > DIRECT_PAYLOAD_LIMIT:
             return item
         run = next(self._direct_runs)
-        if not send(self._worker(address),
-                    protocol.encode("run-task", frames, key=info.key, run=run),
-                    dropped, f"a task to {address}"):
+        if not self._to_worker(self._worker(address),
+                               protocol.encode("run-task", frames, key=info.key, run=run),
+                               f"a task to {address}"):
             return item
+        self._direct_due = time.monotonic() + RELEASE_DELAY
         info.direct = _Direct(address, run, own_key)
         self._direct_pending = info
         item = dict(item, direct_worker=address, direct_run=run)
@@ -603,9 +758,9 @@ class ClientIO:
             request_id = next(self._ids)
             self.worker_requests[request_id] = (address, lambda h, f, a=address: stored(a, h, f),
                                                 result)
-            send(self._worker(address),
-                 protocol.encode("put-data", frames, id=request_id, items=items),
-                 dropped, f"data to {address}")
+            self._to_worker(self._worker(address),
+                            protocol.encode("put-data", frames, id=request_id, items=items),
+                            f"data to {address}")
 
     def _cmd_run(self, addresses: list[str], frames: list,
                  result: concurrent.futures.Future) -> None:
@@ -623,8 +778,8 @@ class ClientIO:
             request_id = next(self._ids)
             self.worker_requests[request_id] = (address,
                                                 lambda h, f, a=address: answered(a, h, f), result)
-            send(self._worker(address), protocol.encode("run", frames, id=request_id),
-                 dropped, f"a call to {address}")
+            self._to_worker(self._worker(address), protocol.encode("run", frames, id=request_id),
+                            f"a call to {address}")
 
     def _cmd_rpc(self, op: str, fields: dict, result: concurrent.futures.Future) -> None:
         self._flush()  # answers then reflect everything asked for before
@@ -666,10 +821,9 @@ class ClientIO:
         for address, worker_keys in plan.items():
             request_id = next(self._ids)
             self.gathers[request_id] = (gather, address, worker_keys, deadline)
-            send(self._worker(address),
-                 [protocol.encode_header("get-data", id=request_id, keys=worker_keys,
-                                         **peer_memory.reader_fields())],
-                 dropped, f"a data request to {address}")
+            header = protocol.encode_header("get-data", id=request_id, keys=worker_keys,
+                                            **peer_memory.reader_fields())
+            self._to_worker(self._worker(address), [header], f"a data request to {address}")
 
     def _ask_where(self, gather: _Gather, keys: list[str]) -> None:
         """The holders we knew of failed: ask the center once where the keys are now
@@ -829,14 +983,15 @@ class ClientIO:
         entry = self.gathers.get(header["id"])
         sock = self.workers.get(address)  # (None: the worker left; the fetch times out)
         if then == "again" and entry is not None and sock is not None:
-            send(sock, [protocol.encode_header("get-data", id=header["id"], keys=entry[2])],
-                 dropped, f"a data request to {address}")  # at once, as frames this time
+            self._to_worker(sock, [protocol.encode_header("get-data", id=header["id"],
+                                                          keys=entry[2])],
+                            f"a data request to {address}")  # at once, as frames this time
 
     def _end_lease(self, address: str, header: dict) -> None:
         sock = self.workers.get(address)
         if sock is not None:  # (else the worker left: its leases went with it)
-            send(sock, [protocol.encode_header("data-read", lease=header["lease"])],
-                 dropped, f"the end of a read to {address}")
+            self._to_worker(sock, [protocol.encode_header("data-read", lease=header["lease"])],
+                            f"the end of a read to {address}")
 
     def _finish_gather(self, gather: _Gather, error: BaseException | None = None) -> None:
         if gather.result.done():
@@ -978,7 +1133,8 @@ class ClientIO:
             drain(sock, lambda frames: self._on_worker_message(address, frames), dropped)
             del self._descriptors[sock]
             self._sockets_changed = True
-            sock.close(linger=0)
+            if sock is not self._parked:  # (else its caller closes it: see _unpark)
+                sock.close(linger=0)
         if self._direct_worker == address:
             self._direct_worker = None
         for info in self.keys.values():
@@ -1088,6 +1244,13 @@ class ClientIO:
             else:  # release, cancel
                 self._send(op, keys=items)
         self._outgoing.clear()
+
+    def _to_worker(self, sock: zmq.Socket, frames: list, what: str) -> bool:
+        """Send ``frames`` to a worker (see loop.send)."""
+        sent = send(sock, frames, dropped, what)
+        if sock is self._parked:  # (sending may take in news its descriptor then
+            self._park_waker.wake()  # does not signal: the caller must look)
+        return sent
 
     def _send(self, op: str, frames: list | None = None, **fields: Any) -> None:
         if self._releasing and op not in _UNORDERED:

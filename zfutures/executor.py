@@ -448,7 +448,7 @@ class Executor:
 
     def _unref(self, key: str) -> None:
         if not self._closed:
-            self._io.call("unref", key)
+            self._io.call_later("unref", key)
 
     def _run_callback(self, fn: Callable, future: Future) -> None:
         """Run a done-callback on the callback thread, never on the I/O thread."""

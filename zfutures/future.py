@@ -115,11 +115,16 @@ class Future(concurrent.futures.Future):
         seconds, or ``CancelledError``.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self._state != FINISHED and not self.done():
+            context.secede()  # inside a task, waiting gives the thread slot back
+            executor = self._executor
+            if executor is not None:  # (a lone task's answer: read on this thread)
+                executor._io.await_direct(self, timeout)
+                if deadline is not None:
+                    timeout = max(0.0, deadline - time.monotonic())
         if self._state == FINISHED and self._exception is None:
             value = self._result  # (final once finished: no lock needed)
         else:
-            if not self.done():
-                context.secede()  # inside a task, waiting gives the thread slot back
             value = super().result(timeout)
         if value is not REMOTE:
             return value

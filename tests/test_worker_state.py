@@ -533,11 +533,11 @@ def test_completions_may_wait_a_moment_only_while_more_work_runs():
     executed(w)
     w.task_done("x", value=1, nbytes=28, duration=1e-4)
     assert "y" in w.executing
-    assert w.reports_may_wait(held=0, waited=0.0)
-    assert not w.reports_may_wait(held=0, waited=HOLD_REPORTS)      # waited long enough
-    assert not w.reports_may_wait(held=HOLD_MAX, waited=0.0)         # enough for a message
+    assert w.report_hold([]) == HOLD_REPORTS
+    held = [("task-finished", {"key": f"k{i}", "run": 1}, []) for i in range(HOLD_MAX)]
+    assert w.report_hold(held) == 0.0                               # enough for a message
     w.task_done("y", value=2, nbytes=28, duration=1e-4)
-    assert not w.executing and not w.reports_may_wait(held=1, waited=0.0)  # idle: report
+    assert not w.executing and w.report_hold(held[:1]) == 0.0      # idle: report
 
 
 def test_completions_of_longer_tasks_are_reported_at_once():
@@ -551,7 +551,7 @@ def test_completions_of_longer_tasks_are_reported_at_once():
     for key in "ab":  # tasks longer than the wait: their dependents start sooner
         w.task_done(key, value=1, nbytes=28, duration=50 * HOLD_REPORTS)
     assert w.executing and w.task_duration >= HOLD_REPORTS
-    assert not w.reports_may_wait(held=0, waited=0.0)
+    assert w.report_hold([]) == 0.0
 
 
 def test_a_completion_with_dependents_waiting_here_is_reported_at_once():
@@ -563,7 +563,7 @@ def test_a_completion_with_dependents_waiting_here_is_reported_at_once():
     executed(w)
     w.task_done("a", value=1, nbytes=28, duration=1e-4)
     assert w.executing and w.report_now
-    assert not w.reports_may_wait(held=0, waited=0.0)
+    assert w.report_hold([]) == 0.0
 
 
 def test_an_error_is_reported_at_once():
@@ -573,7 +573,7 @@ def test_an_error_is_reported_at_once():
     compute(w, "y")
     executed(w)
     w.task_done("x", error=[b"pickled error"])
-    assert w.executing and not w.reports_may_wait(held=0, waited=0.0)
+    assert w.executing and w.report_hold([]) == 0.0
 
 
 # ----------------------------------------------------------------------------- run_task
@@ -630,6 +630,44 @@ def test_a_direct_task_runs_and_its_small_result_goes_to_its_client_and_not_twic
     assert op == "task-finished" and item["run"] == DIRECT and item["direct"] is True
     assert frames == []  # its client has it; the center need not carry it again
     assert w.data["x"] == 2
+
+
+def test_a_direct_completion_its_client_has_may_wait_longer_even_when_idle():
+    from zfutures.worker_state import HOLD_ANSWERED, HOLD_MAX
+
+    w = make()
+    w.run_direct("x", [b"payload"], DIRECT, CLIENT, now=0.0)
+    w.task_done("x", 2, 28, 0.001, None, [b"pickled 2"])
+    assert not w.executing
+    assert w.report_hold([]) == HOLD_ANSWERED
+    (held,) = reports(w)
+    assert held[1]["answered"] is True
+    w.run_direct("y", [b"payload"], DIRECT + 1, CLIENT, now=0.0)
+    w.task_done("y", 3, 28, 0.001, None, [b"pickled 3"])
+    assert w.report_hold([held]) == HOLD_ANSWERED
+    assert w.report_hold([held] * HOLD_MAX) == 0.0           # enough for a message
+    reports(w)
+    w.run_direct("z", [b"payload"], DIRECT + 2, CLIENT, now=0.0)
+    w.task_done("z", error=[b"exception"])                   # anything else: at once
+    assert w.report_hold([held]) == 0.0
+
+
+def test_a_direct_completion_its_client_did_not_get_is_reported_at_once():
+    w = make()
+    w.run_direct("big", [b"payload"], DIRECT, CLIENT, now=0.0)
+    w.task_done("big", b"x" * 10, 10**9, 0.001, None, None)  # too big to send along
+    assert w.to_clients == []
+    assert w.report_hold([]) == 0.0  # its client hears of it through the center
+    (report,) = reports(w)
+    assert "answered" not in report[1]
+
+
+def test_a_direct_completion_with_dependents_waiting_here_is_reported_at_once():
+    w = make(nthreads=2)
+    w.run_direct("x", [b"payload"], DIRECT, CLIENT, now=0.0)
+    compute(w, "y", {"x": [ME]})   # sent ahead by the center: waits here for x
+    w.task_done("x", 2, 28, 0.001, None, [b"pickled 2"])
+    assert w.report_hold([]) == 0.0
 
 
 def test_a_direct_tasks_error_goes_to_the_center_only():

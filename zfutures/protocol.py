@@ -67,7 +67,9 @@ _FINISHED_ITEM = {"key": _STR, "nbytes": _INT}
 # A finished task's small result may ride along (nframes) to the clients waiting for it.
 # direct: the run is one a client chose, sending the task straight to the
 # worker (see "run-task"); the center may hear of it before the client's submit.
-_DONE_ITEM = {"key": _STR, "nbytes": _INT, "run": _INT, "nframes?": _INT, "direct?": bool}
+# answered: its client had the result straight from the worker too.
+_DONE_ITEM = {"key": _STR, "nbytes": _INT, "run": _INT, "nframes?": _INT, "direct?": bool,
+              "answered?": bool}
 _FAILED_ITEM = {"key": _STR, "nframes": _INT, "run": _INT, "direct?": bool}
 _ERRED_ITEM = {"key": _STR, "nframes": _INT}
 _RESULT_ITEM = {"key": _STR, "who_has": _STRS, "nbytes": _INT, "nframes?": _INT}

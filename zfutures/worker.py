@@ -47,7 +47,7 @@ from .errors import ProtocolError
 from .logs import RateLimitedLog
 from .loop import Waker, close_drained, drain, send, send_frames
 from .processes import own_rss, release_free_memory
-from .worker_state import HOLD_REPORTS, Task, WorkerState
+from .worker_state import Task, WorkerState
 
 logger = logging.getLogger(__name__)
 dropped = RateLimitedLog(logger)
@@ -180,6 +180,7 @@ class Worker:
         self._last_sent = self._last_heard = self._next_timeout_check = 0.0
         self._held: list[tuple[str, dict, list]] = []  # completions held back a moment
         self._held_since: float | None = None
+        self._held_until = 0.0  # when they go, at the latest
         # Tasks ran or results were released since memory was last given back.
         self._trim_due = False
         self._last_busy = 0.0
@@ -306,8 +307,7 @@ class Worker:
         now = time.monotonic()
         timeout_ms = max(0, int(1000 * (self._last_sent + self.heartbeat_interval - now)))
         if self._held_since is not None:  # (+1: poll's milliseconds must not round to 0)
-            timeout_ms = min(timeout_ms,
-                             max(0, int(1000 * (self._held_since + HOLD_REPORTS - now)) + 1))
+            timeout_ms = min(timeout_ms, max(0, int(1000 * (self._held_until - now)) + 1))
         events = dict(self.poller.poll(min(timeout_ms, 1000 * self.heartbeat_interval)))
         now = time.monotonic()
         if self.center in events:
@@ -660,11 +660,13 @@ class Worker:
         """Send the state machine's reports, or hold completions back a moment."""
         state = self.state
         now = time.monotonic()
-        if self._may_hold(now):
+        hold = 0.0 if self._stopping or self._leave_requested else \
+            state.report_hold(self._held)
+        since = now if self._held_since is None else self._held_since
+        if now - since < hold:
             self._held.extend(state.to_center)
             state.to_center.clear()
-            if self._held_since is None:
-                self._held_since = now
+            self._held_since, self._held_until = since, since + hold
             return
         reports = self._held + state.to_center if self._held else state.to_center
         self._held, self._held_since, state.report_now = [], None, False
@@ -684,12 +686,6 @@ class Worker:
             for op, (items, frames) in batches.items():
                 self._send_center(op, frames, **{_BATCHED[op]: items})
             state.to_center.clear()
-
-    def _may_hold(self, now: float) -> bool:
-        if self._stopping or self._leave_requested:
-            return False
-        waited = 0.0 if self._held_since is None else now - self._held_since
-        return self.state.reports_may_wait(len(self._held), waited)
 
     def _send_center(self, op: str, frames: list | None = None, **fields: Any) -> None:
         send(self.center, protocol.encode(op, frames or (), **fields), dropped,

@@ -257,3 +257,39 @@ def test_a_burst_of_submits_goes_to_the_io_thread_after_the_first(cluster):
     client.io._take_commands()  # (the I/O thread's turn)
     ((op, items, _, _),) = client.io._outgoing
     assert [item["key"] for item in items] == ["first", "second", "third"]
+
+
+def test_news_of_a_key_let_go_of_and_submitted_again_is_not_taken_for_the_new_one(cluster):
+    # The center's word that x finished, sent before it heard that we let x
+    # go, reaches us after we submitted x again: x is then about to be
+    # dropped where that word says it is, and the new x is not done.
+    s, client = cluster
+    io = client.io
+
+    def center_hears():  # what the client sent, in order, to the real Scheduler
+        for op, frames, fields in sent:
+            if op == "submit":
+                s.submit(C, fields["tasks"], frames, fields["seq"])
+            elif op == "release":
+                s.release(C, fields["keys"])
+        sent.clear()
+
+    sent: list = []
+    io._send = lambda op, frames=None, **fields: sent.append((op, frames or [], fields))
+    first = Future("x", None)
+    io._cmd_submit([({"key": "x", "deps": [], "priority": 0}, [b"payload"], first)])
+    io._flush()
+    center_hears()
+    worker = s.tasks["x"].processing_on
+    s.task_finished(worker.ident, "x", 8, run=s.tasks["x"].run)  # (its word waits)
+    io._cmd_unref("x")
+    second = Future("x", None)
+    io._cmd_submit([({"key": "x", "deps": [], "priority": 0}, [b"payload"], second)])
+    io._flush()  # (the release, then the submit)
+    center_hears()
+    client.center_speaks()
+    assert not second.done()
+    s.task_finished(s.tasks["x"].processing_on.ident, "x", 8, run=s.tasks["x"].run)
+    client.center_speaks()
+    assert second.done()
+    assert io.keys["x"].who_has == [ws.address for ws in s.tasks["x"].who_has]

@@ -127,3 +127,40 @@ def test_a_future_no_one_waits_on_costs_the_collector_two_objects():
     for f in fs:
         f._set_value(None)
     assert len(gc.get_objects()) - before <= 2 * 1000 + 10  # the future and its __dict__
+
+
+class _WatchingIO:
+    """Stands in for ClientIO: records which futures someone waits on."""
+
+    def __init__(self):
+        self.watched: list[str] = []
+
+    def watch(self, future: Future) -> None:
+        self.watched.append(future.key)
+
+    def call(self, *command) -> None:  # ("hold": a future with callbacks)
+        pass
+
+
+class _Executor:
+    def __init__(self):
+        self._io = _WatchingIO()
+
+    def _unref(self, key: str) -> None:
+        pass
+
+
+def test_a_wait_by_other_means_than_result_is_told_to_the_io_once():
+    # The I/O thread may have left a lone task's answer to its caller (see
+    # ClientIO.watch): a callback, or a wait of the standard library, must
+    # make it read that answer itself.
+    executor = _Executor()
+    pending, done = Future("pending", executor), Future("done", executor)
+    done._set_value(1)
+    concurrent.futures.wait([pending, done], timeout=0)
+    concurrent.futures.wait([pending], timeout=0)  # (once is enough)
+    pending.add_done_callback(lambda f: None)
+    assert executor._io.watched == ["pending"]
+    called = Future("callback", executor)
+    called.add_done_callback(lambda f: None)
+    assert executor._io.watched == ["pending", "callback"]

@@ -1827,9 +1827,44 @@ def test_a_direct_task_released_by_its_client_is_dropped_on_its_worker():
     assert sim.take().keys("release-keys", W1) == ["x"]
     assert "x" not in sim.s.tasks and sim.s.unconfirmed == {}
     sim.s.task_finished(W1, "x", 8, run=DIRECT_RUN, direct=True)  # (it had run)
-    sim.s.sweep_direct()
-    sim.s.sweep_direct()
+    assert sim.take().keys("release-keys", W1) == [] and not sim.s.parked  # (told once)
+
+
+def test_a_late_report_of_a_released_direct_run_leaves_the_next_run_alone():
+    # The client let x go and sent it again, straight to the same worker;
+    # the first run's report comes after both. The worker must not be told
+    # to drop x again: the copy it holds by then is the second run's.
+    sim = Sim()
+    sim.worker(W1)
+    sim.submit(direct("x", W1))
+    sim.s.release(C1, ["x"])
     assert sim.take().keys("release-keys", W1) == ["x"]
+    sim.submit(direct("x", W1, run=DIRECT_RUN + 1))
+    sim.s.task_finished(W1, "x", 8, run=DIRECT_RUN, direct=True)       # late: the first run
+    sim.s.task_finished(W1, "x", 8, run=DIRECT_RUN + 1, direct=True)   # the second
+    for _ in range(3):
+        sim.s.sweep_direct()
+    assert sim.take().keys("release-keys", W1) == []
+    assert sim.s.tasks["x"].state == "memory" and sim.s.who_has(["x"]) == {"x": [addr(W1)]}
+    assert not sim.s.parked and not sim.s.released_direct
+
+
+def test_news_of_a_key_tells_its_client_which_submit_it_follows():
+    # A client that let a key go and submitted it again must be able to tell
+    # news of the first submit, still on its way, from news of the second.
+    sim = Sim()
+    sim.worker(W1)
+    for seq in (4, 5):
+        item, payload = task("x")
+        sim.s.submit(C1, [dict(item, nframes=len(payload))], payload, seq=seq)
+        sim.finish("x")
+        if seq == 4:  # (all in one burst: the center sends nothing in between)
+            sim.s.release(C1, ["x"])
+    finished = [protocol.decode_header(protocol.encode_header(op, **fields))
+                for ident, op, fields, _ in sim.s.outbox.take()  # (two messages: not Sent)
+                if ident == C1 and op == "key-finished"]
+    assert [(f["seen"], [i["key"] for i in f["tasks"]]) for f in finished] == \
+        [(4, ["x"]), (5, ["x"])]
 
 
 def test_a_dead_workers_direct_task_is_placed_elsewhere():

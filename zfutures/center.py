@@ -322,7 +322,7 @@ class Center:
         # task that stays does not keep its whole batch in memory.
         below = protocol.PACK_BELOW
         self.scheduler.submit(ident, items, [bytes(f) if f.nbytes < below else f
-                                             for f in frames])
+                                             for f in frames], header.get("seq"))
 
     def _task_finished(self, ident: bytes, header: dict, frames: list) -> None:
         finished = self.scheduler.task_finished

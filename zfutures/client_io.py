@@ -75,7 +75,7 @@ class _Key:
     """What this client knows of one key it holds futures for."""
 
     __slots__ = ("key", "refs", "futures", "held", "status", "who_has", "exception", "eager",
-                 "nbytes", "submitted", "deps", "scattered", "direct")
+                 "nbytes", "submitted", "deps", "scattered", "direct", "since")
 
     def __init__(self, key: str):
         self.key = key
@@ -99,6 +99,9 @@ class _Key:
         # While its task, sent straight to a worker, may answer us directly
         # (see ClientIO._send_direct).
         self.direct: _Direct | None = None
+        # The seq of the submit that made it (see _flush): the center's news
+        # of the key stamped earlier is of a submit we let go of since.
+        self.since = 0
 
     def hold(self, future: Any) -> None:
         if self.held is None:
@@ -207,6 +210,7 @@ class ClientIO:
         self._eager_fetch: list[str] = []
         self._eager_inline: dict[str, list] = {}
         self._ids = itertools.count(1)
+        self._submit_seqs = itertools.count(1)
         self._outgoing: list[list] = []  # [op, items, frames, bytes of frames]
         self._releasing: dict[str, None] = {}  # keys to release at _release_due
         self._release_due: float | None = None
@@ -235,6 +239,7 @@ class ClientIO:
         self._park_poll: tuple[zmq.Socket | None, Any] = (None, None)
         self._park_waker = Waker()
         self._poll_skips: zmq.Socket | None = None
+        self._sockets_closed = False  # (by the I/O thread as it ended)
         # When the I/O thread must wait on the socket of a task sent straight,
         # if no caller waits on it (see _must_wake).
         self._direct_due = 0.0
@@ -395,6 +400,17 @@ class ClientIO:
         self._parked = self._parked_info = None
         if self._stopping or self.workers.get(address) is not sock:
             sock.close(linger=0)  # (left to us: see _worker_left and _run)
+        if self._sockets_closed:
+            self._park_waker.close()
+
+    def watch(self, future: Any) -> None:
+        """Someone waits for ``future`` other than by ``result()`` (a callback,
+        ``concurrent.futures.wait``): if it is the task sent straight to a
+        worker, the I/O thread must read its answer, and may have left that
+        worker's socket out of its wait (see await_direct). Safe from any thread."""
+        pending = self._direct_pending
+        if pending is not None and pending.key == future.key:
+            self.waker.wake()  # (a turn makes it wait on every socket no one else does)
 
     def _poke_parked(self) -> None:
         """Tell the caller waiting on a worker's socket to look again if its wait
@@ -508,6 +524,9 @@ class ClientIO:
                         self._park_waker.wake()
                     else:
                         sock.close(linger=0)
+                if self._parked is None:
+                    self._park_waker.close()
+                self._sockets_closed = True
 
     def _pump(self) -> bool:
         """A turn of the loop, by the holder of :attr:`lock`: commands, messages,
@@ -667,11 +686,12 @@ class ClientIO:
         self._finished(info, [address], header["nbytes"], frames)
         self._finish_eager()
 
-    def _direct_accepted(self, keys: list[str]) -> None:
+    def _direct_accepted(self, keys: list[str], seen: int) -> None:
         """The center counts the direct runs of ``keys`` as the tasks' own."""
         for key in keys:
             info = self.keys.get(key)
-            direct = info.direct if info is not None and info.status == PENDING else None
+            direct = info.direct if info is not None and info.status == PENDING and \
+                seen >= info.since else None
             if direct is None:
                 continue
             direct.trusted = True
@@ -1025,10 +1045,11 @@ class ClientIO:
         self._last_heard = time.monotonic()
         header, frames = protocol.decode(frames)
         op = header["op"]
+        seen = header.get("seen", 0)
         if op == "key-finished":
             for item, value in protocol.unpack_items(header["tasks"], frames):
                 info = self.keys.get(item["key"])
-                if info is not None:
+                if info is not None and seen >= info.since:  # (else stale: see _Key.since)
                     if info.status == FINISHED:  # news of where it is now
                         info.who_has = item["who_has"]
                         info.nbytes = item["nbytes"]
@@ -1040,7 +1061,7 @@ class ClientIO:
         elif op == "key-erred":
             for item, exception_frames in protocol.unpack_items(header["tasks"], frames):
                 info = self.keys.get(item["key"])
-                if info is not None:
+                if info is not None and seen >= info.since:
                     info.status = ERRED
                     info.deps = None
                     info.exception = remote_exception(exception_frames)
@@ -1056,7 +1077,7 @@ class ClientIO:
                     info.held = None
                     self._key_back(info)
         elif op == "direct-accepted":
-            self._direct_accepted(header["keys"])
+            self._direct_accepted(header["keys"], seen)
         elif op == "reply":
             result, _, _ = self.rpcs.pop(header["id"], (None, None, None))
             if result is not None and not result.done():
@@ -1238,9 +1259,15 @@ class ClientIO:
 
     def _flush(self) -> None:
         self._unsent_direct.clear()
+        keys = self.keys
         for op, items, frames, _ in self._outgoing:
             if op == "submit":
-                self._send("submit", frames, tasks=items)
+                seq = next(self._submit_seqs)
+                self._send("submit", frames, tasks=items, seq=seq)
+                for item in items:
+                    info = keys.get(item["key"])
+                    if info is not None:
+                        info.since = seq
             else:  # release, cancel
                 self._send(op, keys=items)
         self._outgoing.clear()

@@ -68,10 +68,14 @@ class Future(concurrent.futures.Future):
         """The condition or one of its lists (``name``), all three made on first use."""
         if "_lazy_condition" not in self.__dict__:
             with _LAZY:
-                if "_lazy_condition" not in self.__dict__:
+                made = "_lazy_condition" not in self.__dict__
+                if made:
                     self._lazy_waiters: list = []
                     self._lazy_callbacks: list = []
                     self._lazy_condition = threading.Condition()  # last: all three made
+            executor = self._executor
+            if made and executor is not None and self._state == PENDING:
+                executor._io.watch(self)  # (someone waits on it: see ClientIO.watch)
         return self.__dict__[name]
 
     _condition = property(lambda self: self._lazily("_lazy_condition"))

@@ -87,7 +87,10 @@ _SCATTERED_ITEM = {"key": _STR, "nbytes": _INT, "workers": _STRS}
 SCHEMAS: dict[str, dict[str, Any]] = {
     # client -> center
     "register-client": {"protocol": _INT, "name": _STR},
-    "submit": {"tasks": ("items", _TASK_ITEM)},
+    # seq: numbers the client's submits; news of their keys carries the last
+    # one the center had handled (seen), so a client that let a key go and
+    # submitted it again tells news of the earlier submit from the later
+    "submit": {"tasks": ("items", _TASK_ITEM), "seq?": _INT},
     "release": {"keys": _STRS},
     "cancel": {"keys": _STRS},
     "update-data": {"items": ("items", _SCATTERED_ITEM)},
@@ -128,12 +131,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     # never came (see WorkerState.drop_direct)
     "drop-direct": {"tasks": ("items", {"key": _STR, "run": _INT})},
     # center -> client
-    "key-finished": {"tasks": ("items", _RESULT_ITEM)},
-    "key-erred": {"tasks": ("items", _ERRED_ITEM)},
+    "key-finished": {"tasks": ("items", _RESULT_ITEM), "seen?": _INT},
+    "key-erred": {"tasks": ("items", _ERRED_ITEM), "seen?": _INT},
     "reply": {"id": _INT, "result": _ANY},
     # the center counts these keys' direct runs (see "run-task") as theirs;
     # sent when the submit asked (direct_ack: a key the client chose)
-    "direct-accepted": {"keys": _STRS},
+    "direct-accepted": {"keys": _STRS, "seen?": _INT},
     # workers that left or died: calls waiting on them fail at once
     "workers-left": {"addresses": _STRS},
     "refused": {"reason": _STR},

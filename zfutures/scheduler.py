@@ -162,12 +162,17 @@ class WorkerState:
 class ClientState:
     """A connected client and the keys it holds futures for."""
 
-    __slots__ = ("ident", "name", "wants")
+    __slots__ = ("ident", "name", "wants", "seen")
 
     def __init__(self, ident: bytes, name: str):
         self.ident = ident
         self.name = name
         self.wants: set[TaskState] = set()
+        # The ``seq`` of its last submit the center handled. News of a key is
+        # stamped with it: a client that let a key go and submitted it again
+        # takes only news stamped with that later submit or after (what was
+        # on its way about the earlier one is stale).
+        self.seen = 0
 
     def __repr__(self) -> str:
         return f"<Client {self.name} wants={len(self.wants)}>"
@@ -191,17 +196,18 @@ class Outbox:
         self._queued: dict[bytes, tuple[list, dict, dict]] = {}
 
     def add(self, ident: bytes, op: str, list_field: str, item: Any,
-            frames: list | None = None) -> None:
-        """Queue ``item`` in the ``list_field`` of ``op`` to ``ident``, with its frames."""
+            frames: list | None = None, seen: int | None = None) -> None:
+        """Queue ``item`` in the ``list_field`` of ``op`` to ``ident``, with its
+        frames; with ``seen``, in a message stamped so (see ClientState.seen)."""
         queued = self._queued.get(ident)
         if queued is None:
             queued = self._queued[ident] = ([], {}, {})
         messages, last_of_op, last_naming = queued
         key = item if isinstance(item, str) else item.get("key")
         index = last_of_op.get(op)
-        if index is None or last_naming.get(key, -1) > index:
+        if index is None or last_naming.get(key, -1) > index or messages[index][4] != seen:
             index = last_of_op[op] = len(messages)
-            messages.append([op, list_field, [], []])
+            messages.append([op, list_field, [], [], seen])
         if key is not None:
             last_naming[key] = index
         message = messages[index]
@@ -215,14 +221,21 @@ class Outbox:
         queued = self._queued.setdefault(ident, ([], {}, {}))
         if op not in queued[1]:
             queued[1][op] = len(queued[0])
-            queued[0].append([op, "", [], []])
+            queued[0].append([op, "", [], [], None])
 
     def take(self) -> list[tuple[bytes, str, dict, list]]:
-        taken = [(ident, op, {list_field: items} if list_field else {}, frames)
+        taken = [(ident, op, _fields(list_field, items, seen), frames)
                  for ident, (messages, _, _) in self._queued.items()
-                 for op, list_field, items, frames in messages]
+                 for op, list_field, items, frames, seen in messages]
         self._queued.clear()
         return taken
+
+
+def _fields(list_field: str, items: list, seen: int | None) -> dict:
+    fields = {list_field: items} if list_field else {}
+    if seen is not None:
+        fields["seen"] = seen
+    return fields
 
 
 def _is_direct(ts: TaskState) -> bool:
@@ -288,9 +301,12 @@ class Scheduler:
         # Tasks clients sent straight to workers (see submit): those the worker
         # has not confirmed yet (task -> generation), and the workers' reports
         # that came before the client's submit (key -> [(generation, worker
-        # ident, method, args)]). sweep_direct() ages both.
+        # ident, method, args)]), and the direct runs released before their
+        # worker reported on them ((key, run) -> generation: see _park).
+        # sweep_direct() ages all three.
         self.unconfirmed: dict[TaskState, int] = {}
         self.parked: dict[str, list[tuple[int, bytes, str, tuple]]] = {}
+        self.released_direct: dict[tuple[str, int], int] = {}
         self._generation = 0
 
     # ------------------------------------------------------------------ peers
@@ -418,7 +434,7 @@ class Scheduler:
                 item = {"key": ts.key, "who_has": [w.address for w in ts.who_has],
                         "nbytes": ts.nbytes}
                 for client in ts.who_wants:
-                    self.outbox.add(client.ident, "key-finished", "tasks", dict(item))
+                    self._tell(client, "key-finished", dict(item))
         ws.has_what.clear()
         for ts in lost:
             if self._is_wanted(ts):
@@ -441,9 +457,13 @@ class Scheduler:
 
     # ------------------------------------------------------------------ clients' events
 
-    def submit(self, client_ident: bytes, items: list[dict], frames: list) -> None:
-        """A client submitted tasks: ``items`` as in the ``submit`` message."""
+    def submit(self, client_ident: bytes, items: list[dict], frames: list,
+               seq: int | None = None) -> None:
+        """A client submitted tasks: ``items`` as in the ``submit`` message,
+        whose ``seq`` the news of them carries back (see ClientState.seen)."""
         client = self.clients[client_ident]
+        if seq is not None:
+            client.seen = seq
         blocks = self._root_blocks(items)
         start = 0
         for index, item in enumerate(items):
@@ -552,7 +572,7 @@ class Scheduler:
             ts.answered = client
         self.unconfirmed[ts] = self._generation
         if item.get("direct_ack"):
-            self.outbox.add(client.ident, "direct-accepted", "keys", ts.key)
+            self.outbox.add(client.ident, "direct-accepted", "keys", ts.key, seen=client.seen)
         return True
 
     def release(self, client_ident: bytes, keys: Iterable[str]) -> None:
@@ -851,6 +871,14 @@ class Scheduler:
         ts = self.tasks.get(key)
         if ts is not None and ts.direct_run == run:
             return False
+        if self.released_direct and (key, run) in self.released_direct:
+            # A run released before its worker reported on it (the client let
+            # the key go): the worker was told to drop it, and a later run of
+            # the key may be on its way there. Not parked, for the sweep would
+            # tell the worker to drop the key again, whichever run it holds then.
+            if method != "task_accepted":  # (its last report)
+                del self.released_direct[(key, run)]
+            return True
         self.parked.setdefault(key, []).append((self._generation, worker_ident, method, args))
         return True
 
@@ -864,6 +892,9 @@ class Scheduler:
         the results they announced are released."""
         self._generation += 1
         old = self._generation - 1
+        for released, generation in list(self.released_direct.items()):
+            if generation < old:  # (its report went elsewhere: the worker died, say)
+                del self.released_direct[released]
         for ts, generation in self.unconfirmed.items():
             if generation < old and ts.processing_on is not None:
                 logger.warning("task %r, sent straight to worker %s, was not confirmed by "
@@ -1039,9 +1070,9 @@ class Scheduler:
             if client is answered:
                 continue  # (it has the result, from the worker)
             if value:
-                self.outbox.add(client.ident, "key-finished", "tasks", dict(item), value)
+                self._tell(client, "key-finished", dict(item), value)
             else:
-                self.outbox.add(client.ident, "key-finished", "tasks", item)
+                self._tell(client, "key-finished", item)
         for dependent in ts.waiters:
             waiting_on = dependent.waiting_on
             if ts in waiting_on:  # (then a set of its own)
@@ -1063,8 +1094,7 @@ class Scheduler:
             ts.exception = exception
             ts.waiting_on = _NO_TASKS
             for client in ts.who_wants:
-                self.outbox.add(client.ident, "key-erred", "tasks", {"key": ts.key},
-                                exception)
+                self._tell(client, "key-erred", {"key": ts.key}, exception)
             stack.extend(d for d in ts.dependents if d.state in _IN_FLIGHT)
             self._maybe_unwanted.append(ts)
 
@@ -1074,8 +1104,15 @@ class Scheduler:
             self._remove_ready(ts)
         if ts.processing_on is not None:
             self.outbox.add(ts.processing_on.ident, "release-keys", "keys", ts.key)
+            if _is_direct(ts):  # (its reports may still come: see _park)
+                self.released_direct[(ts.key, ts.run)] = self._generation
             self._unassign(ts)
             self._recall_early(ts)  # tasks sent ahead to wait for it there
+
+    def _tell(self, client: ClientState, op: str, item: dict,
+              frames: list | None = None) -> None:
+        """Queue news of a key for ``client`` (see ClientState.seen)."""
+        self.outbox.add(client.ident, op, "tasks", item, frames, seen=client.seen)
 
     def _want(self, ts: TaskState, client: ClientState) -> None:
         """``client`` holds a future for ``ts``: tell it what it missed."""
@@ -1084,12 +1121,11 @@ class Scheduler:
         ts.who_wants.add(client)
         client.wants.add(ts)
         if ts.state == MEMORY:
-            self.outbox.add(client.ident, "key-finished", "tasks", {
+            self._tell(client, "key-finished", {
                 "key": ts.key, "who_has": [ws.address for ws in ts.who_has],
                 "nbytes": ts.nbytes})
         elif ts.state == ERRED:
-            self.outbox.add(client.ident, "key-erred", "tasks", {"key": ts.key},
-                            ts.exception)
+            self._tell(client, "key-erred", {"key": ts.key}, ts.exception)
         elif ts.state == RELEASED:
             self._recompute(ts)
 

@@ -118,3 +118,16 @@ def test_a_worker_that_joins_later_gets_queued_work_at_once(processes):
         ex.gather(futures, timeout=30)
         holders = {w for ws in ex.who_has(futures).values() for w in ws}
         assert len(holders) == 2, "the late worker got none of the waiting tasks"
+
+
+def test_a_worker_stopped_after_its_center_left_leaves_at_once(processes):
+    # With keys to hand on and no center to take them, it would wait its
+    # retire timeout (10 s) for nothing: the center said it was going.
+    center, address = processes.center()
+    worker = processes.worker(address, "--no-nanny")
+    with Executor(address, timeout=10) as ex:
+        wait_for(lambda: len(ex.nthreads()) == 1, message="the worker never registered")
+        kept = ex.submit(np.ones, 1000)
+        assert kept.result(timeout=10).sum() == 1000  # (its data stays on the worker)
+        assert stop(center) == 0
+        assert stop(worker, timeout=5) == 0

@@ -42,6 +42,10 @@ TRIM_AFTER_TASKS = 10_000
 #: two of these is placed again. Workers confirm within a heartbeat interval.
 DIRECT_SWEEP = 2.0
 
+#: Milliseconds the center's socket may take, as it closes, to send what it
+#: queued last: its workers' word that it is going (see _say_closing).
+CLOSING_LINGER = 200
+
 
 #: Garbage-collector thresholds of a center process (see tune_garbage_collector).
 GC_THRESHOLDS = (10_000, 50, 100)
@@ -196,13 +200,22 @@ class Center:
                     next_tick = now + self.heartbeat_interval
                 self._flush()
         finally:
+            self._say_closing()
             self.socket.disable_monitor()
             self.monitor.close(linger=0)
-            self.socket.close(linger=0)
+            self.socket.close(linger=CLOSING_LINGER)
             if self.auth is not None:
                 self.auth.stop()
             self.context.term()
             self.waker.close()
+
+    def _say_closing(self) -> None:
+        """Tell the workers this center is going: one told to stop meanwhile
+        leaves at once, with nothing to hand its keys on to, rather than
+        after its retire timeout (it keeps them for a center that comes back)."""
+        for ident, peer in self.peers.items():
+            if peer.role == WORKER:
+                self._send(ident, "closing", {})
 
     def stop(self) -> None:
         """Ask the loop to end; safe from signal handlers and other threads."""

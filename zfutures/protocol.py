@@ -143,6 +143,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     # center -> a worker or client it does not know (it restarted, or gave up on
     # the peer): register again, bringing back your keys and tasks
     "reregister": {},
+    "closing": {},  # the center is going (see Center._say_closing)
     # both directions, center <-> anyone
     "heartbeat": {},
     # data server (any peer -> worker) and its answers

@@ -181,6 +181,7 @@ class Worker:
         self._held: list[tuple[str, dict, list]] = []  # completions held back a moment
         self._held_since: float | None = None
         self._held_until = 0.0  # when they go, at the latest
+        self._center_closed = False  # it said it was going
         # Tasks ran or results were released since memory was last given back.
         self._trim_due = False
         self._last_busy = 0.0
@@ -328,6 +329,9 @@ class Worker:
             self._give_back_memory(now)
             self._check_memory()
         self._flush()
+        if self._center_closed:
+            self._center_closed = False
+            self._connect()  # (its registration waits for the next center)
         if self._leave_requested and not self._stopping:
             self._leave(now)
         if now - self._last_heard > self.heartbeat_timeout:
@@ -462,6 +466,10 @@ class Worker:
         elif op == "refused":
             logger.error("the center refused this worker: %s", header["reason"])
             self.stop()
+        elif op == "closing":
+            logger.info("the center at %s is closing; keeping %d keys for it to come back",
+                        self.center_address, len(self.state.data))
+            self._center_closed = True  # (reconnects after this drain: see _loop_once)
         elif op != "heartbeat":
             logger.warning("dropped an unexpected %r from the center", op)
 

@@ -358,3 +358,42 @@ def test_a_client_the_kernel_refuses_gets_the_data_over_sockets(processes, monke
         assert not peer_memory.enabled()
         wait_for(lambda: ex.submit(leases_held, workers=[holder], pure=False).result(10) == 0,
                  timeout=20, message="the holder kept a lease the client could not read")
+
+
+def test_a_big_read_is_copied_in_parts_side_by_side(monkeypatch):
+    # Parts cut across spans, and spans across parts: every byte lands where
+    # it belongs.
+    monkeypatch.setattr(peer_memory, "READ_PART", MB)
+    monkeypatch.setattr(peer_memory, "READ_THREADS", 3)
+    monkeypatch.setattr(peer_memory.os, "cpu_count", lambda: 3)
+    started = []
+    thread = peer_memory.threading.Thread
+    monkeypatch.setattr(peer_memory.threading, "Thread",
+                        lambda *a, **k: started.append(k["name"]) or thread(*a, **k))
+    n = 5 * MB // 8
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER.format(n=n)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        address = int(holder.stdout.readline())
+        spans = [(address, 8 * 1000), (address + 8 * 1000, 8 * (n - 1000)), (address, 8 * n)]
+        first, rest, whole = peer_memory.read_buffers(holder.pid, spans)
+        with pytest.raises(ReadFailed):  # (a part that fails fails the read)
+            peer_memory.read_buffers(holder.pid, [(address, 8 * n), (4096, 3 * MB)])
+    finally:
+        holder.stdin.close()
+        holder.wait(10)
+    assert started == ["zfutures-read"] * 4  # two reads, the caller's thread and two more
+    expected = np.arange(n, dtype=np.float64)
+    np.testing.assert_array_equal(whole.view(np.float64), expected)
+    np.testing.assert_array_equal(np.concatenate([first, rest]).view(np.float64), expected)
+
+
+def test_spans_are_cut_into_parts_of_about_equal_bytes():
+    spans = [(0, 100, 5), (1000, 2000, 20), (5000, 6000, 1)]
+    parts = peer_memory._split(spans, 3)
+    assert [sum(size for _, _, size in part) for part in parts] == [9, 9, 8]
+    # each byte once, at matching places on both sides
+    flat = [(here + i, there + i) for part in parts for here, there, size in part
+            for i in range(size)]
+    assert flat == [(here + i, there + i) for here, there, size in spans for i in range(size)]
+    assert peer_memory._split(spans, 1) == [spans]

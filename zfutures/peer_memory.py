@@ -70,6 +70,14 @@ SLOWEST_READ = 50e6
 #: ``process_vm_readv`` takes at most this many buffers per call (IOV_MAX).
 _MAX_IOVECS = 1024
 
+#: A read of at least twice this many bytes is split into parts of at least
+#: this size, copied side by side on up to READ_THREADS threads (no more than
+#: the CPUs): one thread copies about 6 GB/s here, two 8.5 GB/s.
+READ_PART = 8 * 1024 * 1024
+READ_THREADS = 4
+#: Seconds a part's thread may take beyond the part's own SLOWEST_READ time.
+_PART_SLACK = 10.0
+
 #: Bytes read from peers by this process (for tests and diagnostics).
 stats = {"reads": 0, "bytes": 0}
 
@@ -289,10 +297,60 @@ def read_buffers(pid: int, spans: Sequence[tuple[int, int]]) -> list:
         buffers = [numpy.empty(size, dtype=numpy.uint8) for _, size in spans]
     except MemoryError as e:
         raise ReadFailed(f"no memory for {sum(s for _, s in spans)} bytes") from e
-    # One (local, remote) pair of iovecs per span; a call may stop short, so
-    # carry on from where it stopped.
     pending = [(buffer.ctypes.data, address, size)
                for buffer, (address, size) in zip(buffers, spans) if size]
+    total = sum(size for _, _, size in pending)
+    parts = _split(pending, min(READ_THREADS, os.cpu_count() or 1, total // READ_PART))
+    failures: list[ReadFailed] = []
+
+    def copy(part: list) -> None:
+        try:
+            _copy(pid, part)
+        except ReadFailed as e:
+            failures.append(e)
+
+    threads = [threading.Thread(target=copy, args=(part,), daemon=True,
+                                name="zfutures-read") for part in parts[1:]]
+    for thread in threads:
+        thread.start()
+    copy(parts[0])
+    deadline = time.monotonic() + _PART_SLACK + total / SLOWEST_READ
+    for thread in threads:  # (they write into ``buffers``: none is returned before)
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            failures.append(ReadFailed(f"process {pid}: a part of a read did not end"))
+    if failures:
+        raise failures[0]
+    stats["bytes"] += total
+    stats["reads"] += 1
+    return buffers
+
+
+def _split(spans: list[tuple[int, int, int]], parts: int) -> list[list[tuple[int, int, int]]]:
+    """``(here, there, size)`` spans cut into ``parts`` runs of about equal bytes."""
+    if parts <= 1:
+        return [spans]
+    total = sum(size for _, _, size in spans)
+    share = -(-total // parts)
+    runs: list[list[tuple[int, int, int]]] = [[]]
+    room = share
+    for here, there, size in spans:
+        while size:
+            if not room:
+                runs.append([])
+                room = share
+            take = min(size, room)
+            runs[-1].append((here, there, take))
+            here, there, size, room = here + take, there + take, size - take, room - take
+    return runs
+
+
+def _copy(pid: int, pending: list[tuple[int, int, int]]) -> None:
+    """Copy ``(here, there, size)`` spans from process ``pid``'s memory into ours.
+
+    One (local, remote) pair of iovecs per span; a call may stop short, so
+    carry on from where it stopped.
+    """
     while pending:
         batch = pending[:_MAX_IOVECS]
         local = (_IoVec * len(batch))(*[(here, size) for here, _, size in batch])
@@ -302,7 +360,6 @@ def read_buffers(pid: int, spans: Sequence[tuple[int, int]]) -> list:
             errno = ctypes.get_errno()
             raise ReadFailed(f"process {pid}: {os.strerror(errno) if errno else 'no bytes'}",
                              permanent=errno in _REFUSED)
-        stats["bytes"] += copied
         rest = []
         for here, there, size in batch:  # drop what was copied, keep the remainder
             if copied >= size:
@@ -311,8 +368,6 @@ def read_buffers(pid: int, spans: Sequence[tuple[int, int]]) -> list:
                 rest.append((here + copied, there + copied, size - copied))
                 copied = 0
         pending = rest + pending[_MAX_IOVECS:]
-    stats["reads"] += 1
-    return buffers
 
 
 def unpack_data(header: dict, frames: Sequence, read: Any = None) -> list:

@@ -319,9 +319,7 @@ class ClientIO:
                 self._poke_parked()
                 wake = self._must_wake()
         except Exception:  # as on the I/O thread: no user call may hang on it
-            logger.exception("the zfutures client I/O failed")
-            self._fail_everything(ConnectionError("the client I/O failed; see the log"))
-            self._stopping = True
+            self._give_up()
         finally:
             self.lock.release()
         if wake:
@@ -361,8 +359,7 @@ class ClientIO:
                 if self._park_waker.pending:
                     self._park_waker.drain()
                 if not self._stopping and self.workers.get(address) is sock:
-                    drain(sock, lambda frames: self._on_worker_message(address, frames),
-                          dropped)
+                    self._drain_worker(address, sock)
                 left = end - time.monotonic()
                 if future.done() or info.status != PENDING or info.direct is None or \
                         self._stopping or self.workers.get(address) is not sock or left <= 0:
@@ -373,9 +370,7 @@ class ClientIO:
                 finally:
                     self.lock.acquire()
         except Exception:  # as on the I/O thread: no user call may hang on it
-            logger.exception("the zfutures client I/O failed")
-            self._fail_everything(ConnectionError("the client I/O failed; see the log"))
-            self._stopping = True
+            self._give_up()
         finally:
             if sock is not None:
                 self._unpark(sock, address)
@@ -433,9 +428,7 @@ class ClientIO:
         parked, skipped = self._parked, self._poll_skips
         if self._sockets_changed or parked is not None and skipped is not parked:
             return True
-        due = self._release_due
-        if self._unsent_direct and (due is None or self._unsent_direct_due < due):
-            due = self._unsent_direct_due
+        due = self._next_due()
         if skipped is not None and skipped is not parked:  # (no one reads that socket)
             if self._awaits(skipped):
                 return True
@@ -445,6 +438,13 @@ class ClientIO:
             return True
         return any(sock.getsockopt(EVENTS) & POLLIN
                    for sock in self._descriptors if sock is not parked)
+
+    def _next_due(self) -> float | None:
+        """When releases, or submits held for their answers (see _holds), are due."""
+        due = self._release_due
+        if self._unsent_direct and (due is None or self._unsent_direct_due < due):
+            due = self._unsent_direct_due
+        return due
 
     def _awaits(self, sock: zmq.Socket) -> bool:
         """Whether an answer other than a direct task's is awaited on a worker's socket."""
@@ -492,10 +492,9 @@ class ClientIO:
                         break
                     timeout = 0.0 if more else self.heartbeat_interval
                     now = time.monotonic()
-                    if self._release_due is not None:
-                        timeout = min(timeout, max(0.0, self._release_due - now))
-                    if self._outgoing:  # (held for an answer)
-                        timeout = min(timeout, max(0.0, self._unsent_direct_due - now))
+                    due = self._next_due()
+                    if due is not None:
+                        timeout = min(timeout, max(0.0, due - now))
                     self._asleep_until = now + timeout
                     if not self.commands.empty():  # (see call_later)
                         timeout = 0.0
@@ -512,10 +511,8 @@ class ClientIO:
                 # No zmq call while waiting: another thread may use the sockets.
                 poll.poll(1000 * timeout)
         except Exception:  # a bug here must not leave user calls hanging
-            logger.exception("the zfutures client I/O thread failed")
             with self.lock:
-                self._fail_everything(ConnectionError("the client I/O thread failed; see the log"))
-                self._stopping = True
+                self._give_up()
         finally:
             self.reader.stop()  # (before the waker closes: it wakes this thread)
             with self.lock:
@@ -527,6 +524,13 @@ class ClientIO:
                 if self._parked is None:
                     self._park_waker.close()
                 self._sockets_closed = True
+
+    def _give_up(self) -> None:
+        """A bug in a turn of the loop (by the holder of the lock, in an except
+        block): every wait ends with an error, and the I/O stops."""
+        logger.exception("the zfutures client I/O failed")
+        self._fail_everything(ConnectionError("the client I/O failed; see the log"))
+        self._stopping = True
 
     def _pump(self) -> bool:
         """A turn of the loop, by the holder of :attr:`lock`: commands, messages,
@@ -543,8 +547,7 @@ class ClientIO:
             parked = self._parked
             for address, sock in list(self.workers.items()):
                 if sock is not parked:
-                    drain(sock, lambda frames, a=address: self._on_worker_message(a, frames),
-                          dropped)
+                    self._drain_worker(address, sock)
             drain(self.center, self._on_center_message, dropped)
             now = time.monotonic()
             if self._release_due is not None and now >= self._release_due:
@@ -935,6 +938,10 @@ class ClientIO:
             else:
                 future._set_error(error)
 
+    def _drain_worker(self, address: str, sock: zmq.Socket) -> None:
+        """Handle what worker ``address`` sent on ``sock``."""
+        drain(sock, lambda frames: self._on_worker_message(address, frames), dropped)
+
     def _on_worker_message(self, address: str, frames: list) -> None:
         header, frames = protocol.decode(frames)
         if header["op"] == "data":
@@ -1151,7 +1158,7 @@ class ClientIO:
                         f"the worker {address} left the cluster before answering"))
         sock = self.workers.pop(address, None)
         if sock is not None:  # (what it answered before it went is taken first)
-            drain(sock, lambda frames: self._on_worker_message(address, frames), dropped)
+            self._drain_worker(address, sock)
             del self._descriptors[sock]
             self._sockets_changed = True
             if sock is not self._parked:  # (else its caller closes it: see _unpark)

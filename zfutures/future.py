@@ -119,7 +119,7 @@ class Future(concurrent.futures.Future):
         seconds, or ``CancelledError``.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        if self._state != FINISHED and not self.done():
+        if not self.done():
             context.secede()  # inside a task, waiting gives the thread slot back
             executor = self._executor
             if executor is not None:  # (a lone task's answer: read on this thread)

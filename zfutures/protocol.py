@@ -199,8 +199,7 @@ def encode(op: str, frames: Sequence = (), **fields: Any) -> list:
     if len(frames) < 2:
         return [encode_header(op, **fields), *frames]
     layout, small, large = [], [], []
-    for frame in frames:
-        size = memoryview(frame).nbytes
+    for frame, size in zip(frames, sizes):
         if size < PACK_BELOW:
             layout.append(size)
             small.append(frame)

@@ -572,7 +572,7 @@ class Scheduler:
             ts.answered = client
         self.unconfirmed[ts] = self._generation
         if item.get("direct_ack"):
-            self.outbox.add(client.ident, "direct-accepted", "keys", ts.key, seen=client.seen)
+            self._tell(client, "direct-accepted", ts.key, list_field="keys")
         return True
 
     def release(self, client_ident: bytes, keys: Iterable[str]) -> None:
@@ -1109,10 +1109,10 @@ class Scheduler:
             self._unassign(ts)
             self._recall_early(ts)  # tasks sent ahead to wait for it there
 
-    def _tell(self, client: ClientState, op: str, item: dict,
-              frames: list | None = None) -> None:
+    def _tell(self, client: ClientState, op: str, item: Any, frames: list | None = None,
+              list_field: str = "tasks") -> None:
         """Queue news of a key for ``client`` (see ClientState.seen)."""
-        self.outbox.add(client.ident, op, "tasks", item, frames, seen=client.seen)
+        self.outbox.add(client.ident, op, list_field, item, frames, seen=client.seen)
 
     def _want(self, ts: TaskState, client: ClientState) -> None:
         """``client`` holds a future for ``ts``: tell it what it missed."""

@@ -75,12 +75,12 @@ def cluster():
 def test_sequential_calls_are_answered_straight_by_a_worker(cluster):
     ex = cluster
     ex.submit(inc, -1).result(timeout=10)  # a worker to send the next ones to
-    before = ex._io.direct_answers
+    before = ex._io.core.direct_answers
     for i in range(30):
         assert ex.submit(inc, i).result(timeout=10) == i + 1
         assert ex.submit(inc, i, pure=False).result(timeout=10) == i + 1
     # (a few may go through the center: a worker busy in the center's eyes)
-    assert ex._io.direct_answers - before >= 40
+    assert ex._io.core.direct_answers - before >= 40
     wait_for(lambda: not ex.scheduler_info()["tasks"], timeout=10,
              message="the center kept tasks its client let go of")
 
@@ -88,14 +88,14 @@ def test_sequential_calls_are_answered_straight_by_a_worker(cluster):
 def test_an_impure_direct_result_is_the_value_the_cluster_keeps(cluster):
     ex = cluster
     ex.submit(inc, -1).result(timeout=10)
-    before = ex._io.direct_answers
+    before = ex._io.core.direct_answers
     for _ in range(20):
         x = ex.submit(np.random.random, 3, pure=False)
         seen = x.result(timeout=10)
         # A task that reads x on the cluster sees the same value.
         assert np.array_equal(ex.submit(identity, x).result(timeout=10), seen)
         del x
-    assert ex._io.direct_answers > before
+    assert ex._io.core.direct_answers > before
 
 
 def test_a_direct_tasks_error_reaches_its_future(cluster):
@@ -129,7 +129,7 @@ def test_a_direct_task_whose_worker_dies_is_run_elsewhere(tmp_path):
                  message="the task did not start")
         with open(path) as file:
             victim = int(file.read())
-        assert ex._io.keys[f.key].direct is not None  # it went straight there
+        assert ex._io.core.keys[f.key].direct is not None  # it went straight there
         open(path + ".done", "w").close()  # the rerun elsewhere returns at once
         os.kill(victim, signal.SIGKILL)
         assert f.result(timeout=60) == 42
@@ -185,7 +185,7 @@ def test_a_long_direct_task_leaves_its_worker_serving_and_the_loop_moves_on(tmp_
         long = ex.submit(pid_after, path, 1, pure=False)
         wait_for(lambda: os.path.exists(path) and os.path.getsize(path), timeout=10,
                  message="the task did not start")
-        assert ex._io.keys[long.key].direct.address == first
+        assert ex._io.core.keys[long.key].direct.address == first
         # The task runs on the loop thread, and the standby takes the loop
         # over: the worker still serves its data while the task runs.
         assert big.result(timeout=10).sum() == 1_000_000
@@ -209,7 +209,7 @@ def test_a_long_task_left_behind_by_the_loop_ends_with_its_thread(tmp_path):
         long = ex.submit(pid_after, path, 1, pure=False)
         wait_for(lambda: os.path.exists(path) and os.path.getsize(path), timeout=10,
                  message="the task did not start")
-        assert ex._io.keys[long.key].direct is not None
+        assert ex._io.core.keys[long.key].direct is not None
         with Executor(ex.address, timeout=20) as other:  # (one direct task per client)
             other.submit(inc, -1).result(timeout=10)
             names = [other.submit(thread_name, i, pure=False).result(timeout=10)[0]
@@ -227,10 +227,10 @@ def test_a_direct_task_that_waits_on_a_task_gives_its_slot_back():
     # running on the loop thread, gives its slot back once the loop moves on.
     with Executor(n_workers=1, threads_per_worker=1, timeout=20) as ex:
         ex.submit(inc, -1).result(timeout=10)
-        before = ex._io.direct_answers
+        before = ex._io.core.direct_answers
         outer = ex.submit(halves_on_the_same_worker, 10, pure=False)
         assert outer.result(timeout=60) == 6
-        assert ex._io.direct_answers == before + 1  # (the outer one; the inner
+        assert ex._io.core.direct_answers == before + 1  # (the outer one; the inner
         # one's client is the worker's)
         assert ex.submit(inc, 1, pure=False).result(timeout=10) == 2
 
@@ -272,12 +272,12 @@ def _result_in_thread(future, timeout=60):
 def _reader_threads(ex):
     """Record the name of the thread that reads each direct answer."""
     names = []
-    read = ex._io._direct_result
+    read = ex._io.core._direct_result
 
     def recording(*args):
         names.append(threading.current_thread().name)
         read(*args)
-    ex._io._direct_result = recording
+    ex._io.core._direct_result = recording
     return names
 
 
@@ -291,7 +291,7 @@ def _long_direct_task(ex, tmp_path, worker=None):
     future = ex.submit(pid_after, path, 1, pure=False)
     wait_for(lambda: os.path.exists(path) and os.path.getsize(path), timeout=10,
              message="the task did not start")
-    assert ex._io.keys[future.key].direct is not None  # it went straight to a worker
+    assert ex._io.core.keys[future.key].direct is not None  # it went straight to a worker
     return future, path
 
 
@@ -303,7 +303,7 @@ def test_a_caller_reads_its_direct_answer_on_its_own_thread(cluster):
         for i in range(20):
             assert ex.submit(inc, i, pure=False).result(timeout=10) == i + 1
     finally:
-        del ex._io._direct_result
+        del ex._io.core._direct_result
     # (Not all: a caller that finds the I/O thread at the lock, or that comes
     # after the answer, leaves the answer to it. On a loaded machine, many.)
     assert names.count(threading.current_thread().name) >= 3, names
@@ -317,7 +317,7 @@ def test_a_long_direct_task_is_left_to_the_io_thread_after_a_while(cluster):
     try:
         assert ex.submit(sleep_then, 0.2, 7, pure=False).result(timeout=10) == 7
     finally:
-        del ex._io._direct_result
+        del ex._io.core._direct_result
     assert names == ["zfutures-client-io"]
     assert ex._io._parked is None
     assert ex.submit(inc, 1, pure=False).result(timeout=10) == 2
@@ -372,7 +372,7 @@ def test_data_fetched_from_the_worker_a_caller_waits_on_is_not_held_up(monkeypat
         big = ex.submit(np.ones, 100_000, workers=[first])  # stays there: fetched
         concurrent.futures.wait([big], timeout=10)
         future, path = _long_direct_task(ex, tmp_path, worker=first)
-        assert ex._io.keys[future.key].direct.address == first
+        assert ex._io.core.keys[future.key].direct.address == first
         thread, outcome = _result_in_thread(future)
         wait_for(lambda: ex._io._parked is not None, message="the caller did not wait itself")
         assert big.result(timeout=20).sum() == 100_000

@@ -15,7 +15,8 @@ from typing import Any, Callable
 
 from . import context, serialize
 from .addressing import normalize_address
-from .client_io import ClientIO, remote_exception
+from .client_io import ClientIO
+from .client_state import load_value, remote_exception
 from .future import REMOTE, Future
 
 logger = logging.getLogger(__name__)
@@ -245,11 +246,11 @@ class Executor:
     def _check_size(self, frames: list) -> None:
         """Refuse, here and now, a call the center would refuse to receive."""
         size = serialize.frames_nbytes(frames)
-        limit = self._io.max_message_size // 2
+        limit = self._io.core.max_message_size // 2
         if size > limit:
             raise ValueError(
                 f"this call pickles to {size} bytes, more than half the center's message "
-                f"size limit ({self._io.max_message_size} bytes, zfut-center "
+                f"size limit ({self._io.core.max_message_size} bytes, zfut-center "
                 "--max-message-size): put big data on the cluster with scatter() and pass "
                 "the future instead, or make it on a worker with a task")
 
@@ -297,16 +298,29 @@ class Executor:
         self._check_open()
         result: concurrent.futures.Future = concurrent.futures.Future()
         self._io.call("fetch", list(dict.fromkeys(keys)), result)
-        frames_by_key = result.result(timeout)
-        return {key: serialize.loads(frames) for key, frames in frames_by_key.items()}
+        try:
+            frames_by_key = self._io.wait(result, timeout)
+        except concurrent.futures.TimeoutError:
+            self._io.call("forget_fetch", result)  # (its requests need not be kept)
+            raise
+        values = {}
+        for key, frames in frames_by_key.items():
+            value, error = load_value(frames)
+            if error is not None:
+                raise error
+            values[key] = value
+        return values
 
-    def scatter(self, data: Any, workers: Any = None, broadcast: bool = False) -> Any:
+    def scatter(self, data: Any, workers: Any = None, broadcast: bool = False,
+                timeout: float | None = None) -> Any:
         """Put local data on workers; return a Future for it (a list or dict of them
         for a list or dict).
 
         Keys are a deterministic token of the data, so scattering the same data
         twice gives the same key. ``workers`` limits where it goes;
-        ``broadcast=True`` puts a copy on every (chosen) worker.
+        ``broadcast=True`` puts a copy on every (chosen) worker. It waits as
+        long as the copies take, or ``timeout`` seconds if given
+        (``concurrent.futures.TimeoutError``).
 
         >>> [a, b] = ex.scatter([np.arange(10), np.ones(10)])   # doctest: +SKIP
         >>> ex.submit(np.add, a, b).result()                      # doctest: +SKIP
@@ -335,7 +349,7 @@ class Executor:
             futures.append(Future(key, self))
         done: concurrent.futures.Future = concurrent.futures.Future()
         self._io.call("scatter", plan, futures, done)
-        self._io.wait(done, "the workers")
+        self._io.wait(done, timeout)
         if isinstance(data, dict):
             return dict(zip(data, futures))
         if isinstance(data, (list, tuple)):
@@ -352,11 +366,15 @@ class Executor:
         for future in found:
             future.cancel()
 
-    def run(self, fn: Callable, *args: Any, workers: Any = None, **kwargs: Any) -> dict:
+    def run(self, fn: Callable, *args: Any, workers: Any = None, timeout: float | None = None,
+            **kwargs: Any) -> dict:
         """Run ``fn(*args, **kwargs)`` now on every (or the named) worker.
 
         Outside the task graph: nothing is scheduled or kept. Returns
-        ``{worker address: result}``; a call that raised re-raises here.
+        ``{worker address: result}``; a call that raised re-raises here. It
+        waits as long as the calls run, or ``timeout`` seconds if given
+        (``concurrent.futures.TimeoutError``); a worker that leaves before
+        it answers raises :class:`zfutures.ConnectionError`.
 
         >>> ex.run(os.getpid)                      # doctest: +SKIP
         {'tcp://127.0.0.1:40405': 5141, 'tcp://127.0.0.1:35797': 5143}
@@ -368,7 +386,7 @@ class Executor:
         addresses = self._worker_addresses(workers)
         done: concurrent.futures.Future = concurrent.futures.Future()
         self._io.call("run", addresses, frames, done)
-        outcomes = self._io.wait(done, "the workers")
+        outcomes = self._io.wait(done, timeout)
         results = {}
         for address in addresses:
             ok, out = outcomes[address]
@@ -428,13 +446,9 @@ class Executor:
         if self._closed:
             return
         if wait and not cancel_futures:
-            synced: concurrent.futures.Future = concurrent.futures.Future()
-            self._io.call("sync", synced)  # the futures submitted so far are on record
-            self._io.wait(synced, "the client I/O thread")
-            # Read-only here: the I/O thread owns these records.
-            pending = [f for info in list(self._io.keys.values()) for ref in list(info.futures)
-                       if (f := ref()) is not None and not f.done()]
-            concurrent.futures.wait(pending)
+            pending: concurrent.futures.Future = concurrent.futures.Future()
+            self._io.call("pending", pending)  # (after the submits made so far)
+            concurrent.futures.wait(self._io.wait(pending))
         self._closed = True
         self._finalizer()
 
@@ -443,6 +457,9 @@ class Executor:
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("this Executor was shut down; create a new one")
+        if self._io.failed:
+            raise RuntimeError("this Executor's connection failed (see the log); "
+                               "create a new one")
 
     # ------------------------------------------------------------------ for Future
 

@@ -12,7 +12,7 @@ import concurrent.futures
 import threading
 import time
 import traceback as _traceback
-from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import context
@@ -246,18 +246,22 @@ class Future(concurrent.futures.Future):
             self.set_running_or_notify_cancel()
 
     def cancel(self) -> bool:
-        """Cancel the task: True if the future is now cancelled, False if it was done.
+        """Cancel this future: True if it is now cancelled, False if it was done.
 
-        Pending work is dropped (and work that depends on it is cancelled too);
-        a running task's result is discarded when it arrives.
+        It cancels this future alone, as with a ``concurrent.futures`` future:
+        other futures of the same key, here or in other clients, keep waiting
+        for its value. The cluster drops the task (pending work not started,
+        a running task's result discarded) once no future wants its key.
         """
         with self._condition:
-            if self._state == FINISHED:
+            if self._state in (RUNNING, FINISHED):
                 return False
-        executor = self._executor
-        if executor is not None and not executor._closed:
-            executor._io.call("cancel", [self.key])
-        self._set_cancelled()
+            if self._state not in _CANCELLED:
+                super().cancel()
+                # Waiters of concurrent.futures.wait and as_completed only count
+                # a cancellation once the executor acknowledges it, as this does.
+                self.set_running_or_notify_cancel()
+        self.release()  # (a cancelled future refers to its key no more)
         return True
 
     def _set_lost(self, exception: BaseException) -> None:

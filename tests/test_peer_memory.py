@@ -7,12 +7,14 @@ reads turned off, and with a reader the kernel refuses.
 """
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import subprocess
 import sys
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -397,3 +399,83 @@ def test_spans_are_cut_into_parts_of_about_equal_bytes():
             for i in range(size)]
     assert flat == [(here + i, there + i) for here, there, size in spans for i in range(size)]
     assert peer_memory._split(spans, 1) == [spans]
+
+# ----------------------------------------------------------------------------- parts that fail
+
+def two_parts(monkeypatch, copy) -> list[weakref.ref]:
+    """Reads of 2 KB in two parts, the second on a thread of its own, copied
+    by ``copy(part)``; weak references to the buffers the reads allocate."""
+    monkeypatch.setattr(peer_memory, "READ_PART", 1024)
+    monkeypatch.setattr(peer_memory, "READ_THREADS", 2)
+    monkeypatch.setattr(peer_memory.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(peer_memory, "_copy", lambda pid, part: copy(part))
+    allocated = []
+    empty = np.empty
+    monkeypatch.setattr(np, "empty", lambda *a, **k: allocated.append(
+        weakref.ref(buffer := empty(*a, **k))) or buffer)
+    return allocated
+
+
+def on_part_thread() -> bool:
+    return threading.current_thread().name == "zfutures-read"
+
+
+def test_a_part_that_fails_in_any_way_fails_the_read(monkeypatch):
+    def copy(part):
+        if on_part_thread():
+            raise ValueError("not a ReadFailed")
+
+    two_parts(monkeypatch, copy)
+    with pytest.raises(ReadFailed, match="not a ReadFailed"):
+        peer_memory.read_buffers(os.getpid(), [(4096, 2048)])
+
+
+def test_a_read_that_fails_on_its_own_thread_ends_after_its_other_parts(monkeypatch):
+    entered, returned, order = threading.Event(), threading.Event(), []
+
+    def copy(part):
+        if on_part_thread():
+            entered.set()
+            returned.wait(0.2)  # (in vain: the read waits for this part)
+            order.append("part ended")
+        else:
+            assert entered.wait(10)
+            raise ValueError("the caller's part fails first")
+
+    two_parts(monkeypatch, copy)
+    outcome = []
+
+    def read() -> None:
+        try:
+            peer_memory.read_buffers(os.getpid(), [(4096, 2048)])
+        except Exception as e:
+            outcome.append(e)
+        order.append("read ended")
+        returned.set()
+
+    reading = threading.Thread(target=read)
+    reading.start()
+    reading.join(10)
+    wait_for(lambda: "part ended" in order, timeout=10)
+    assert order == ["part ended", "read ended"]
+    assert isinstance(outcome[0], ReadFailed)
+
+
+def test_buffers_a_part_past_its_time_writes_into_live_until_it_ends(monkeypatch):
+    go, parts = threading.Event(), []
+
+    def copy(part):
+        if on_part_thread():
+            parts.append(threading.current_thread())
+            assert go.wait(10)
+
+    allocated = two_parts(monkeypatch, copy)
+    monkeypatch.setattr(peer_memory, "_PART_SLACK", 0.0)  # no time: the part is late
+    with pytest.raises(ReadFailed, match="did not end"):
+        peer_memory.read_buffers(os.getpid(), [(4096, 2048)])
+    gc.collect()
+    assert allocated and all(ref() is not None for ref in allocated)  # the part writes on
+    go.set()
+    parts[0].join(10)
+    gc.collect()
+    assert all(ref() is None for ref in allocated)

@@ -301,26 +301,39 @@ def read_buffers(pid: int, spans: Sequence[tuple[int, int]]) -> list:
                for buffer, (address, size) in zip(buffers, spans) if size]
     total = sum(size for _, _, size in pending)
     parts = _split(pending, min(READ_THREADS, os.cpu_count() or 1, total // READ_PART))
-    failures: list[ReadFailed] = []
+    failures: list[Exception] = []
 
-    def copy(part: list) -> None:
+    def copy(part: list, buffers: list) -> None:
+        # ``buffers``: what the part writes into stays alive while it runs,
+        # even if the read gave up on it (a part past its time, below).
         try:
             _copy(pid, part)
-        except ReadFailed as e:
+        except Exception as e:  # ReadFailed, or anything else: the read fails
             failures.append(e)
 
-    threads = [threading.Thread(target=copy, args=(part,), daemon=True,
-                                name="zfutures-read") for part in parts[1:]]
-    for thread in threads:
-        thread.start()
-    copy(parts[0])
-    deadline = time.monotonic() + _PART_SLACK + total / SLOWEST_READ
-    for thread in threads:  # (they write into ``buffers``: none is returned before)
-        thread.join(max(0.0, deadline - time.monotonic()))
-        if thread.is_alive():
-            failures.append(ReadFailed(f"process {pid}: a part of a read did not end"))
+    threads = []
+    try:
+        for part in parts[1:]:
+            thread = threading.Thread(target=copy, args=(part, buffers), daemon=True,
+                                      name="zfutures-read")
+            try:
+                thread.start()
+            except RuntimeError:  # no thread to be had: this one copies that part too
+                copy(part, buffers)
+                continue
+            threads.append(thread)
+        copy(parts[0], buffers)
+    finally:  # (also when this thread failed: no part is left behind unawaited)
+        deadline = time.monotonic() + _PART_SLACK + total / SLOWEST_READ
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                failures.append(ReadFailed(f"process {pid}: a part of a read did not end"))
     if failures:
-        raise failures[0]
+        failure = failures[0]
+        if isinstance(failure, ReadFailed):
+            raise failure
+        raise ReadFailed(f"process {pid}: {type(failure).__name__}: {failure}") from failure
     stats["bytes"] += total
     stats["reads"] += 1
     return buffers

@@ -413,3 +413,56 @@ def test_clients_that_waited_on_workers_leave_no_descriptor_open(cluster):
     for _ in range(5):
         client_that_waits_itself()
     assert open_descriptors() <= before
+
+
+# --------------------------------------------------------------------------- a key chosen again
+
+
+def runs_until_replaced(path, value):
+    """Say it started (``path``), then return ``value`` once its worker has
+    another run of its key (the key, released here, was asked for again):
+    this run goes on while the next call of the key comes in."""
+    state = zfutures.context.current_worker().state
+    key = zfutures.context._local.key
+    run = state.tasks[key].run
+    open(path, "w").close()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        task = state.tasks.get(key)
+        if task is not None and task.run != run:
+            break
+        time.sleep(0.005)
+    return value
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_key_chosen_again_after_a_cancel_gives_the_new_calls_value(tmp_path, threads):
+    # Through the center: no task finished yet, so nothing goes straight to a worker.
+    with Executor(n_workers=1, threads_per_worker=threads, timeout=20) as ex:
+        path = str(tmp_path / "started")
+        old = ex.submit(runs_until_replaced, path, "OLD", key="k")
+        wait_for(lambda: os.path.exists(path), timeout=20, message="the task did not start")
+        assert old.cancel()
+        wait_for(lambda: not ex.scheduler_info()["tasks"], timeout=20,
+                 message="the center kept the cancelled task")
+        new = ex.submit(identity, "NEW", key="k")
+        assert new.result(timeout=30) == "NEW"
+        assert ex.submit(identity, new).result(timeout=30) == "NEW"  # what the cluster holds
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_key_chosen_again_after_a_cancel_gives_the_new_calls_value_directly(tmp_path,
+                                                                              threads):
+    with Executor(n_workers=1, threads_per_worker=threads, timeout=20) as ex, \
+            Executor(ex.address, timeout=20) as other:
+        other.submit(inc, -1).result(timeout=20)  # a worker to send lone tasks to
+        path = str(tmp_path / "started")
+        old = ex.submit(runs_until_replaced, path, "OLD", key="k")
+        wait_for(lambda: os.path.exists(path), timeout=20, message="the task did not start")
+        assert old.cancel()
+        wait_for(lambda: not ex.scheduler_info()["tasks"], timeout=20,
+                 message="the center kept the cancelled task")
+        new = other.submit(identity, "NEW", key="k")
+        assert other._io.keys["k"].direct is not None  # sent straight to the worker
+        assert new.result(timeout=30) == "NEW"
+        assert other.submit(identity, new).result(timeout=30) == "NEW"

@@ -7,12 +7,14 @@ reads turned off, and with a reader the kernel refuses.
 """
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import subprocess
 import sys
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -64,15 +66,18 @@ def test_each_lease_has_its_own_id():
 
 def offered_reply(value, *, pid: int | None = None) -> tuple[dict, list, list]:
     """A holder's ``data`` reply for ``value`` offered by address, as a worker
-    builds it: (header, frames sent, the full frames it keeps alive)."""
+    builds it: (header, frames sent, what it keeps alive: the full frames and
+    its copy of the reader's token)."""
     frames = serialize.dumps(value)
     sent, remote = peer_memory.split_frames(frames)
     item = {"key": "x", "nbytes": 0, "nframes": len(sent)}
     if remote:
         item["remote"] = remote
+    kept = list(frames)
     header = {"id": 1, "items": [item], "missing": [], "lease": 7,
-              "pid": os.getpid() if pid is None else pid}
-    return header, sent, frames
+              "pid": os.getpid() if pid is None else pid,
+              "proof": peer_memory.holder_proof(peer_memory.reader_fields(), kept)}
+    return header, sent, kept
 
 
 def test_only_big_buffers_are_left_to_read():
@@ -82,7 +87,7 @@ def test_only_big_buffers_are_left_to_read():
     remote = header["items"][0]["remote"]
     assert [size for _, _, size in remote] == [big.nbytes]
     assert [address for _, address, _ in remote] == [big.ctypes.data]
-    assert len(sent) == len(frames) - 1  # the stream travels, the big buffer does not
+    assert len(sent) == len(frames) - 2  # the stream travels, the big buffer (and proof) not
 
 
 def test_a_value_put_back_together_equals_the_original_and_is_writable():
@@ -130,12 +135,69 @@ def test_buffers_come_back_in_position_order_whatever_the_list_order():
     first = np.full(READ_FROM, 1, dtype=np.uint8)
     second = np.full(READ_FROM, 2, dtype=np.uint8)
     header = {"id": 1, "missing": [], "lease": 1, "pid": os.getpid(),
+              "proof": peer_memory.holder_proof(peer_memory.reader_fields(), kept := []),
               "items": [{"key": "x", "nframes": 1,
                          "remote": [[2, second.ctypes.data, second.nbytes],
                                     [1, first.ctypes.data, first.nbytes]]}]}
     [(_, frames)] = peer_memory.unpack_data(header, [b"stream"])
     assert bytes(frames[0]) == b"stream"
     assert frames[1][0] == 1 and frames[2][0] == 2
+    del kept
+
+
+def test_an_offer_of_more_bytes_than_the_machine_has_is_refused_unread(caplog):
+    header, sent, kept = offered_reply(np.zeros(READ_FROM, dtype=np.uint8))
+    huge = peer_memory.machine_memory() + 1
+    header["items"][0]["remote"][0][2] = huge
+    with pytest.raises(ReadFailed, match="more than this machine's memory") as failed:
+        peer_memory.unpack_data(header, sent, read=pytest.fail)
+    assert peer_memory.after_read(failed.value) == "again"  # as frames, at once
+    assert f"an offer to read {huge} bytes" in caplog.text
+    # (and the time a reader gives such a read is that of the machine's memory)
+    most = peer_memory.machine_memory() / peer_memory.SLOWEST_READ
+    assert peer_memory.read_time(header["items"]) == most
+    header["items"][0]["remote"][0][2] = 2**62
+    assert peer_memory.read_time(header["items"]) == most
+    header["pid"] = 2**40  # (no such pid: not even a C int)
+    with pytest.raises(ProtocolError):
+        peer_memory.unpack_data(header, sent, read=pytest.fail)
+
+
+def test_a_reply_that_names_another_process_than_its_holder_is_not_read():
+    header, sent, kept = offered_reply(np.zeros(READ_FROM, dtype=np.uint8))
+    other = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    try:
+        header["pid"] = other.pid  # alive, readable, but not where the token is
+        with pytest.raises(ReadFailed) as failed:
+            peer_memory.unpack_data(header, sent, read=pytest.fail)
+        assert not failed.value.permanent
+    finally:
+        other.stdin.close()
+        other.wait(10)
+    header["pid"] = os.getpid()
+    header["proof"] += 1  # the holder, but no token there
+    with pytest.raises(ReadFailed):
+        peer_memory.unpack_data(header, sent, read=pytest.fail)
+    del header["proof"]  # (a holder that gives none)
+    with pytest.raises(ProtocolError):
+        peer_memory.unpack_data(header, sent, read=pytest.fail)
+
+
+def test_a_holder_that_dies_during_the_read_is_not_trusted(monkeypatch):
+    # The token is gone from the holder's memory by the end of the copy: the
+    # process that answered may have died, and its pid gone to another.
+    header, sent, kept = offered_reply(np.zeros(READ_FROM, dtype=np.uint8))
+    token = kept[-1] = bytearray(kept[-1])
+    header["proof"] = peer_memory.buffer_address(token)
+
+    def read_and_lose_the_token(pid, spans):
+        buffers = peer_memory.read_buffers(pid, spans)
+        token[:] = bytes(len(token))
+        return buffers
+
+    with pytest.raises(ReadFailed):
+        peer_memory.unpack_data(header, sent, read=read_and_lose_the_token)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -183,6 +245,7 @@ def test_a_holder_offers_reads_only_to_its_own_machine():
     [request] = [peer_memory.reader_fields()]
     assert peer_memory.may_offer(request)
     assert not peer_memory.may_offer({})
+    assert not peer_memory.may_offer({"machine": request["machine"]})  # no token: no proof
     assert not peer_memory.may_offer({"machine": request["machine"] + "x"})
     assert not peer_memory.may_offer({"machine": 3})
 
@@ -397,3 +460,84 @@ def test_spans_are_cut_into_parts_of_about_equal_bytes():
             for i in range(size)]
     assert flat == [(here + i, there + i) for here, there, size in spans for i in range(size)]
     assert peer_memory._split(spans, 1) == [spans]
+
+
+# ----------------------------------------------------------------------------- parts that fail
+
+def two_parts(monkeypatch, copy) -> list[weakref.ref]:
+    """Reads of 2 KB in two parts, the second on a thread of its own, copied
+    by ``copy(part)``; weak references to the buffers the reads allocate."""
+    monkeypatch.setattr(peer_memory, "READ_PART", 1024)
+    monkeypatch.setattr(peer_memory, "READ_THREADS", 2)
+    monkeypatch.setattr(peer_memory.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(peer_memory, "_copy", lambda pid, part: copy(part))
+    allocated = []
+    empty = np.empty
+    monkeypatch.setattr(np, "empty", lambda *a, **k: allocated.append(
+        weakref.ref(buffer := empty(*a, **k))) or buffer)
+    return allocated
+
+
+def on_part_thread() -> bool:
+    return threading.current_thread().name == "zfutures-read"
+
+
+def test_a_part_that_fails_in_any_way_fails_the_read(monkeypatch):
+    def copy(part):
+        if on_part_thread():
+            raise ValueError("not a ReadFailed")
+
+    two_parts(monkeypatch, copy)
+    with pytest.raises(ReadFailed, match="not a ReadFailed"):
+        peer_memory.read_buffers(os.getpid(), [(4096, 2048)])
+
+
+def test_a_read_that_fails_on_its_own_thread_ends_after_its_other_parts(monkeypatch):
+    entered, returned, order = threading.Event(), threading.Event(), []
+
+    def copy(part):
+        if on_part_thread():
+            entered.set()
+            returned.wait(0.2)  # (in vain: the read waits for this part)
+            order.append("part ended")
+        else:
+            assert entered.wait(10)
+            raise ValueError("the caller's part fails first")
+
+    two_parts(monkeypatch, copy)
+    outcome = []
+
+    def read() -> None:
+        try:
+            peer_memory.read_buffers(os.getpid(), [(4096, 2048)])
+        except Exception as e:
+            outcome.append(e)
+        order.append("read ended")
+        returned.set()
+
+    reading = threading.Thread(target=read)
+    reading.start()
+    reading.join(10)
+    wait_for(lambda: "part ended" in order, timeout=10)
+    assert order == ["part ended", "read ended"]
+    assert isinstance(outcome[0], ReadFailed)
+
+
+def test_buffers_a_part_past_its_time_writes_into_live_until_it_ends(monkeypatch):
+    go, parts = threading.Event(), []
+
+    def copy(part):
+        if on_part_thread():
+            parts.append(threading.current_thread())
+            assert go.wait(10)
+
+    allocated = two_parts(monkeypatch, copy)
+    monkeypatch.setattr(peer_memory, "_PART_SLACK", 0.0)  # no time: the part is late
+    with pytest.raises(ReadFailed, match="did not end"):
+        peer_memory.read_buffers(os.getpid(), [(4096, 2048)])
+    gc.collect()
+    assert allocated and all(ref() is not None for ref in allocated)  # the part writes on
+    go.set()
+    parts[0].join(10)
+    gc.collect()
+    assert all(ref() is None for ref in allocated)

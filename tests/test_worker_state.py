@@ -397,6 +397,54 @@ def test_a_seceded_task_assigned_again_tells_its_secession_for_the_new_run():
     assert reports(w) == [("task-seceded", {"key": "x", "run": 2}, [])]
 
 
+def test_another_call_of_a_released_key_runs_after_it_and_gets_its_own_result():
+    # A key the client chose, cancelled while it runs, and submitted again
+    # with another call: the run under way is not this call's.
+    w = make(nthreads=2)
+    w.compute("k", {}, 0, [b"old call"], 0.0, run=1)
+    assert executed(w) == ["k"]
+    w.release(["k"])
+    w.compute("k", {}, 0, [b"new call"], 0.0, run=2)
+    assert executed(w) == []              # the key's thread is the old call's until it ends
+    compute(w, "other")
+    assert executed(w) == ["other"]       # (the other thread is free)
+    w.task_done("k", value="OLD", nbytes=8)
+    assert reports(w) == [] and "k" not in w.data   # the old call's result is dropped
+    (task,) = w.to_execute
+    assert (task.key, task.run, task.payload) == ("k", 2, [b"new call"])
+    executed(w)
+    w.task_done("k", value="NEW", nbytes=8)
+    assert reports(w) == [("task-finished", {"key": "k", "run": 2, "nbytes": 8,
+                                             "duration": 0.0}, [])]
+    assert w.data["k"] == "NEW"
+
+
+def test_another_call_of_a_released_key_whose_thread_skips_the_old_one_runs():
+    w = make(nthreads=1)
+    w.task_duration = 1e-4                # short tasks: a few are handed ahead
+    compute(w, "busy")
+    w.compute("k", {}, 0, [b"old call"], 0.0, run=1)
+    assert executed(w) == ["busy", "k"]   # handed ahead to the busy thread
+    w.release(["k"])
+    w.compute("k", {}, 0, [b"new call"], 0.0, run=2)
+    assert executed(w) == []
+    w.task_skipped("k")                   # the thread found the old call released
+    assert [task.payload for task in w.to_execute] == [[b"new call"]]
+
+
+def test_a_released_run_of_another_call_that_secedes_tells_nothing():
+    w = make(nthreads=1)
+    w.compute("k", {}, 0, [b"old call"], 0.0, run=1)
+    executed(w)
+    w.release(["k"])
+    w.compute("k", {}, 0, [b"new call"], 0.0, run=2)
+    assert w.secede("k") is None          # the old call waits on futures: not run 2
+    assert reports(w) == []
+    assert executed(w) == []              # run 2 still waits for the old call to end
+    w.task_done("k", value="OLD", nbytes=8)
+    assert executed(w) == ["k"] and reports(w) == []
+
+
 # --------------------------------------------------------------------------- center restart
 
 
@@ -771,3 +819,21 @@ def test_a_direct_run_the_center_gave_up_on_that_came_here_is_kept():
     w.drop_direct("done", DIRECT + 1, now=1.0)
     assert reports(w) == [] and w.dropped_direct == {}
     assert "running" in w.tasks and w.data["done"] == 2
+
+
+def test_a_direct_request_for_another_call_of_a_released_running_key_is_refused():
+    w = make(nthreads=2)
+    w.run_direct("k", [b"old call"], DIRECT, CLIENT, now=0.0)
+    executed(w)
+    w.release(["k"])
+    w.run_direct("k", [b"new call"], DIRECT + 1, CLIENT, now=0.0)
+    assert reports(w) == [("task-refused", {"key": "k", "run": DIRECT + 1}, [])]
+    assert "k" not in w.tasks
+    w.task_done("k", "OLD", 28, 0.001, None, [b"pickled OLD"])
+    assert w.to_clients == [] and reports(w) == [] and "k" not in w.data
+    # The same call again adopts the run under way, as for a key the center sends.
+    w.run_direct("again", [b"call"], DIRECT + 2, CLIENT, now=0.0)
+    executed(w)
+    w.release(["again"])
+    w.run_direct("again", [b"call"], DIRECT + 3, CLIENT, now=0.0)
+    assert executed(w) == [] and w.tasks["again"].run == DIRECT + 3

@@ -9,16 +9,21 @@ reader's (the buffer the value then lives in).
 
 The exchange rides on ``get-data`` (see protocol.py):
 
-1. The reader adds ``machine`` (:func:`reader_fields`) to its request.
+1. The reader adds ``machine`` and its ``token`` (:func:`reader_fields`) to
+   its request.
 2. A holder on the same machine, network namespace and pid namespace
    (:func:`may_offer`) answers each buffer of at least :data:`READ_FROM`
    bytes with ``[position, address, size]`` in the item's ``remote`` list
    instead of a frame (:func:`split_frames`), and keeps the value alive under
-   a lease (:class:`Leases`). The reply carries the lease and the holder's pid.
+   a lease (:class:`Leases`). The reply carries the lease, the holder's pid,
+   and the address of its copy of the reader's token (:func:`holder_proof`).
 3. The reader copies the buffers (:func:`unpack_data`, :func:`read_buffers`)
    on a thread of its own (:class:`Reader`), so that its poll loop keeps
    serving peers and heartbeating meanwhile, then sends ``data-read`` with
-   the lease so the holder lets go.
+   the lease so the holder lets go. It reads nothing from a process that does
+   not hold its token at that address, before and after the copy (the pid is
+   the holder's, and was for the whole copy), nor more bytes than the machine
+   has memory.
 4. If the read fails, the reader requests the same keys again, as frames;
    if the kernel refused it (another user, a container without ptrace
    rights), it stops asking for reads for good (:func:`disable`).
@@ -116,6 +121,9 @@ def _machine_token() -> str | None:
 _process_vm_readv = _load_process_vm_readv()
 _machine = _machine_token() if _process_vm_readv is not None else None
 _enabled = _machine is not None and os.environ.get("ZFUTURES_DIRECT_READS", "1") != "0"
+#: This process's token as a reader: a holder keeps a copy, and the reply says
+#: where, so that the reader can check that the pid it names is the holder's.
+_token = os.urandom(16).hex()
 
 
 def enabled() -> bool:
@@ -134,12 +142,23 @@ def disable(reason: str) -> None:
 
 def reader_fields() -> dict[str, Any]:
     """Fields a ``get-data`` request carries to be offered direct reads."""
-    return {"machine": _machine} if _enabled else {}
+    return {"machine": _machine, "token": _token} if _enabled else {}
 
 
 def may_offer(request: dict) -> bool:
     """Whether the sender of a ``get-data`` request can read this process's memory."""
-    return _machine is not None and request.get("machine") == _machine
+    token = request.get("token")
+    return _machine is not None and request.get("machine") == _machine and \
+        type(token) is str and len(token) == len(_token)
+
+
+def holder_proof(request: dict, kept: list) -> int:
+    """For a reply that offers reads (``proof``): the address of this
+    process's copy of the reader's token, which joins ``kept`` (the lease's
+    values) to stay there until the read."""
+    copy = request["token"].encode()
+    kept.append(copy)
+    return buffer_address(copy)
 
 
 def buffer_address(buffer: Any) -> int:
@@ -204,8 +223,10 @@ class Leases:
 
 def read_time(items: list) -> float:
     """Seconds a read of what a reply's items leave in the holder's memory
-    (their ``remote`` lists) may take, at the slowest."""
-    return sum(size for item in items for _, _, size in item.get("remote", ())) / SLOWEST_READ
+    (their ``remote`` lists) may take, at the slowest: of no more than the
+    machine's memory, whatever a malformed reply says."""
+    nbytes = sum(size for item in items for _, _, size in item.get("remote", ()))
+    return min(nbytes, machine_memory()) / SLOWEST_READ
 
 
 class Reader:
@@ -301,26 +322,39 @@ def read_buffers(pid: int, spans: Sequence[tuple[int, int]]) -> list:
                for buffer, (address, size) in zip(buffers, spans) if size]
     total = sum(size for _, _, size in pending)
     parts = _split(pending, min(READ_THREADS, os.cpu_count() or 1, total // READ_PART))
-    failures: list[ReadFailed] = []
+    failures: list[Exception] = []
 
-    def copy(part: list) -> None:
+    def copy(part: list, buffers: list) -> None:
+        # ``buffers``: what the part writes into stays alive while it runs,
+        # even if the read gave up on it (a part past its time, below).
         try:
             _copy(pid, part)
-        except ReadFailed as e:
+        except Exception as e:  # ReadFailed, or anything else: the read fails
             failures.append(e)
 
-    threads = [threading.Thread(target=copy, args=(part,), daemon=True,
-                                name="zfutures-read") for part in parts[1:]]
-    for thread in threads:
-        thread.start()
-    copy(parts[0])
-    deadline = time.monotonic() + _PART_SLACK + total / SLOWEST_READ
-    for thread in threads:  # (they write into ``buffers``: none is returned before)
-        thread.join(max(0.0, deadline - time.monotonic()))
-        if thread.is_alive():
-            failures.append(ReadFailed(f"process {pid}: a part of a read did not end"))
+    threads = []
+    try:
+        for part in parts[1:]:
+            thread = threading.Thread(target=copy, args=(part, buffers), daemon=True,
+                                      name="zfutures-read")
+            try:
+                thread.start()
+            except RuntimeError:  # no thread to be had: this one copies that part too
+                copy(part, buffers)
+                continue
+            threads.append(thread)
+        copy(parts[0], buffers)
+    finally:  # (also when this thread failed: no part is left behind unawaited)
+        deadline = time.monotonic() + _PART_SLACK + total / SLOWEST_READ
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                failures.append(ReadFailed(f"process {pid}: a part of a read did not end"))
     if failures:
-        raise failures[0]
+        failure = failures[0]
+        if isinstance(failure, ReadFailed):
+            raise failure
+        raise ReadFailed(f"process {pid}: {type(failure).__name__}: {failure}") from failure
     stats["bytes"] += total
     stats["reads"] += 1
     return buffers
@@ -383,8 +417,11 @@ def unpack_data(header: dict, frames: Sequence, read: Any = None) -> list:
         return unpacked
     if "lease" not in header or "pid" not in header:
         raise ProtocolError("remote buffers without a lease")
-    if header["pid"] <= 0:
-        raise ProtocolError(f"remote buffers in process {header['pid']}")
+    pid, proof = header["pid"], header.get("proof")
+    if not 0 < pid < 2**31:
+        raise ProtocolError(f"remote buffers in process {pid}")
+    if type(proof) is not int or not 0 < proof < 2**64:
+        raise ProtocolError("remote buffers without the address of the holder's proof")
     spans: list[tuple[int, int]] = []
     for item, remote in wanted:
         total = item["nframes"] + len(remote)
@@ -395,7 +432,15 @@ def unpack_data(header: dict, frames: Sequence, read: Any = None) -> list:
             raise ProtocolError(f"malformed remote buffers for {item['key']!r}")
         item["remote"] = remote = sorted(remote)  # filled in position order below
         spans.extend((address, size) for _, address, size in remote)
-    buffers = iter((read or read_buffers)(header["pid"], spans))
+    total, most = sum(size for _, size in spans), machine_memory()
+    if total > most:  # (no value a holder here can have: allocate nothing, ask for frames)
+        message = f"an offer to read {total} bytes from process {pid}, more than this " \
+            f"machine's memory ({most} bytes)"
+        dropped.warning("refused to read a holder's memory", message)
+        raise ReadFailed(message)
+    _check_holder(pid, proof)
+    buffers = iter((read or read_buffers)(pid, spans))
+    _check_holder(pid, proof)  # (the same process all along: its pid was not reused)
     result = []
     for item, sent in unpacked:
         if item.get("remote"):
@@ -404,3 +449,32 @@ def unpack_data(header: dict, frames: Sequence, read: Any = None) -> list:
                 sent.insert(position, next(buffers))
         result.append((item, sent))
     return result
+
+
+def _check_holder(pid: int, proof: int) -> None:
+    """Raise ReadFailed unless process ``pid`` holds this reader's token at
+    ``proof``: only the holder that answered has it there."""
+    expected = _token.encode()
+    copy = ctypes.create_string_buffer(len(expected))
+    _copy(pid, [(ctypes.addressof(copy), proof, len(expected))])
+    if copy.raw != expected:
+        dropped.warning("refused to read memory of a process other than the holder's",
+                        f"process {pid} holds no token at {proof:#x}")
+        raise ReadFailed(f"process {pid} is not the holder that offered the read")
+
+
+_machine_bytes: int | None = None
+
+
+def machine_memory() -> int:
+    """Bytes of memory and swap this machine has: no holder on it can offer more."""
+    global _machine_bytes
+    if _machine_bytes is None:
+        try:
+            with open("/proc/meminfo") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+            _machine_bytes = sum(int(fields[name].split()[0]) * 1024
+                                 for name in ("MemTotal", "SwapTotal"))
+        except (OSError, KeyError, ValueError):
+            _machine_bytes = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return _machine_bytes

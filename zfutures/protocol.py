@@ -147,13 +147,16 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     # both directions, center <-> anyone
     "heartbeat": {},
     # data server (any peer -> worker) and its answers
-    # machine: the requester may read the holder's memory (see peer_memory.py)
-    "get-data": {"id": _INT, "keys": _STRS, "machine?": _STR},
+    # machine: the requester may read the holder's memory, token: the bytes
+    # its holder keeps a copy of, to prove who it is (see peer_memory.py)
+    "get-data": {"id": _INT, "keys": _STRS, "machine?": _STR, "token?": _STR},
     # errors: results that could not be pickled to leave their worker; lease
     # and pid: items with remote buffers are read from process pid's memory,
-    # and "data-read" with the lease says when that is done
+    # and "data-read" with the lease says when that is done; proof: where in
+    # that memory the holder keeps its copy of the reader's token
     "data": {"id": _INT, "items": ("items", _OFFERED_ITEM), "missing": _STRS,
-             "errors?": ("items", _DATA_ITEM), "lease?": _INT, "pid?": _INT},
+             "errors?": ("items", _DATA_ITEM), "lease?": _INT, "pid?": _INT,
+             "proof?": _INT},
     "data-read": {"lease": _INT},
     "put-data": {"id": _INT, "items": ("items", _DATA_ITEM)},
     "data-stored": {"id": _INT, "nbytes": ("map", _INT)},

@@ -524,6 +524,7 @@ class Worker:
             out_frames.extend(value_frames)
         fields: dict[str, Any] = {"errors": errors} if errors else {}
         if offered:
+            fields["proof"] = peer_memory.holder_proof(header, offered)
             fields["lease"] = self.leases.grant(ident, offered, time.monotonic(),
                                                 peer_memory.read_time(items))
             fields["pid"] = os.getpid()

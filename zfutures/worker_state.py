@@ -15,8 +15,10 @@ out what this class asks for:
   the data server to send back to that client.
 
 A task here goes ``fetching`` (inputs missing) → ``ready`` (waits for a
-thread) → ``executing`` → done (reported and removed). Time comes in as an
-argument, so fetch timeouts are tested without sleeping.
+thread) → ``executing`` → done (reported and removed); between the first two
+it goes ``behind`` while an earlier run of its key, released but of another
+call, still holds a thread (see :meth:`WorkerState.compute`). Time comes in as
+an argument, so fetch timeouts are tested without sleeping.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-FETCHING, READY, EXECUTING = "fetching", "ready", "executing"
+FETCHING, BEHIND, READY, EXECUTING = "fetching", "behind", "ready", "executing"
 
 #: Short tasks are handed to the task threads a few at a time, up to about this
 #: many seconds of work per thread (at most MAX_HANDED_AHEAD tasks), so a
@@ -86,6 +88,12 @@ class Task:
         return f"<Task {self.key!r} {self.state}>"
 
 
+def same_call(payload: list, other: list) -> bool:
+    """Whether two tasks' payloads are the same pickled call, byte for byte."""
+    return len(payload) == len(other) and \
+        all(memoryview(a) == memoryview(b) for a, b in zip(payload, other))
+
+
 class _Fetch:
     """One input being fetched: the holders not tried yet, those tried, and
     who waits for it."""
@@ -121,7 +129,8 @@ class WorkerState:
         self.task_duration = 0.01  # a moving average, seconds
         self.seceded: set[str] = set()  # running, but gave their thread slot back
         # Released while running: the thread stays busy, the result will be dropped
-        # (unless the center asks for the key again before it comes).
+        # (unless the center asks for the same call of the key before it comes).
+        # At most one run of a key is on a thread: this one, if here.
         self.released_running: dict[str, Task] = {}
         self.fetches: dict[str, _Fetch] = {}
         # Tasks sent ahead, waiting for inputs being computed here: input -> tasks.
@@ -153,14 +162,22 @@ class WorkerState:
 
         ``run`` names this assignment: the reports on it carry it back, so the
         center can tell them from those of an earlier run of the same key.
+
+        A run of ``key`` released while it runs answers this assignment if
+        it is the same call (``payload``): a key a client let go of and asked
+        for again. A key the client chose may name another call this time;
+        this one then waits ``behind`` the old run until its thread lets go
+        of the key (a key's reports name no thread), and the old result is
+        dropped.
         """
         if key in self.data:  # already here (computed before a reconnect): just say so
             self.to_center.append(("task-finished", {"key": key, "nbytes": self.nbytes[key],
                                                      "run": run}, []))
             return
         task = self.tasks.get(key)
-        if task is None and key in self.released_running:  # still running from before
-            task = self.tasks[key] = self.released_running.pop(key)
+        released = self.released_running.get(key)
+        if task is None and released is not None and same_call(released.payload, payload):
+            task = self.tasks[key] = self.released_running.pop(key)  # still running
         if task is not None:  # adopt the run under way: it answers this assignment
             task.run = run
             task.direct = False
@@ -207,12 +224,15 @@ class WorkerState:
         (no thread busy or owed, not paused, not leaving), and unless the key
         is here already (the center may have told us to drop that copy, in a
         message still on its way, which cannot be told from one about this
-        run) or the center gave up on this run (see drop_direct).
+        run), or a released run of another call of it still runs here (see
+        compute), or the center gave up on this run (see drop_direct).
         """
         dropped = self.dropped_direct.get(key)
+        released = self.released_running.get(key)
         if key in self.tasks or key in self.data or self.paused or self.closing or \
                 self.ready or len(self.executing) >= self.nthreads or \
-                (dropped is not None and dropped[0] == run):
+                (dropped is not None and dropped[0] == run) or \
+                (released is not None and not same_call(released.payload, payload)):
             self.to_center.append(("task-refused", {"key": key, "run": run}, []))
             return
         task = self.released_running.pop(key, None)
@@ -320,12 +340,14 @@ class WorkerState:
         (and the value ``pickled`` too, when it is small and a client waits)."""
         self.executing.discard(key)
         self.seceded.discard(key)
-        self.released_running.pop(key, None)
         if error is None:
             self.task_duration = 0.9 * self.task_duration + 0.1 * duration
+        if self._released_run_ended(key):  # an unwanted result
+            self._start_tasks()
+            return
         task = self.tasks.pop(key, None)
         waiters = self.local_waiters.pop(key, ())
-        if task is not None:  # None: released while running, so the result is unwanted
+        if task is not None:  # (None: given up meanwhile)
             report = {"key": key, "run": task.run}
             if task.direct:
                 report["direct"] = True
@@ -412,7 +434,7 @@ class WorkerState:
     def task_skipped(self, key: str) -> None:
         """A task thread did not start ``key``, released while it waited in line."""
         self.executing.discard(key)
-        self.released_running.pop(key, None)
+        self._released_run_ended(key)
         self._start_tasks()
 
     def forget_queue(self) -> None:
@@ -436,7 +458,9 @@ class WorkerState:
         self.executing.discard(key)
         self.seceded.add(key)
         self._start_tasks()
-        task = self.tasks.get(key)  # (None: released while running)
+        if key in self.released_running:  # (a later run of the key, if any, is not it)
+            return None
+        task = self.tasks.get(key)
         return None if task is None else task.run
 
     def add_data(self, key: str, value: Any, nbytes: int) -> None:
@@ -512,8 +536,23 @@ class WorkerState:
                     self._make_ready(task)
 
     def _make_ready(self, task: Task) -> None:
+        if task.key in self.released_running:  # another call's run still has the key
+            task.state = BEHIND
+            return
         task.state = READY
         heapq.heappush(self.ready, task)
+
+    def _released_run_ended(self, key: str) -> bool:
+        """A thread is done with ``key`` (ran it or skipped it): if that was a
+        released run, the task behind it, if any, may start. Whether it was."""
+        if self.released_running.pop(key, None) is None:
+            return False
+        behind = self.tasks.get(key)
+        if behind is None:
+            self.local_waiters.pop(key, None)  # (what waited here for it was released too)
+        elif behind.state == BEHIND:
+            self._make_ready(behind)
+        return True
 
     def set_paused(self, paused: bool) -> None:
         """Memory crossed the high mark (stop starting tasks) or fell back."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import pickle
 import sys
 import threading
@@ -18,6 +19,7 @@ from zfutures.serialize import (
     loads_task,
     sizeof,
     token,
+    unique_token,
 )
 
 
@@ -299,6 +301,25 @@ def test_a_function_submitted_again_is_not_pickled_again():
     assert dumps_function(work, Ref) is first
     other = dumps_function(lambda x: x + 1, Ref)
     assert other is not first
+
+
+def test_unique_tokens_of_a_forked_child_differ_from_its_parents():
+    unique_token()  # the parent has made some already
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next tokens, then leave at once
+        try:
+            os.write(write_end, " ".join(unique_token() for _ in range(3)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        child = pipe.read().split()
+    os.waitpid(pid, 0)
+    parent = [unique_token() for _ in range(3)]
+    assert len(child) == 3
+    assert not set(child) & set(parent)
+    assert {t[:16] for t in child}.isdisjoint({t[:16] for t in parent})  # a prefix of its own
 
 
 def test_a_function_that_refers_to_a_key_is_pickled_each_time():

@@ -263,14 +263,24 @@ def loads_task(frames: list, data: Mapping[str, Any],
     return fn, args, kwargs
 
 
-_SESSION = os.urandom(8).hex()
-_counter = itertools.count()
+def _new_session() -> None:
+    """A fresh random prefix for :func:`unique_token`, and its counter from zero."""
+    global _SESSION, _counter
+    _SESSION = os.urandom(8).hex()
+    _counter = itertools.count()
+
+
+_new_session()
+# A child made by fork() would otherwise make its parent's keys, one for one,
+# and the center would take the child's calls for the parent's.
+os.register_at_fork(after_in_child=_new_session)
 
 
 def unique_token() -> str:
     """A token no other call, here or in another process, gets (for impure keys).
 
-    A random prefix per process and a counter: as unique as a UUID, and cheaper.
+    A random prefix per process (made again in a forked child) and a counter:
+    as unique as a UUID, and cheaper.
     """
     return f"{_SESSION}{next(_counter):016x}"
 

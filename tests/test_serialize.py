@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import pickle
 import sys
 import threading
+import weakref
 
 import numpy as np
 import pytest
@@ -383,3 +385,26 @@ def test_frames_nbytes_counts_bytes_and_buffers_of_any_item_size():
     assert frames_nbytes(frames) == 3 + 5 + 8000 + 8000
     assert frames_nbytes([]) == 0
     assert frames_nbytes(dumps(array)) >= 8000
+
+
+def test_the_pickles_of_functions_are_kept_without_keeping_the_functions():
+    def work(x):
+        return x + 1
+
+    ref = weakref.ref(work)
+    dumps_function(work, Ref)
+    del work
+    gc.collect()
+    assert ref() is None
+
+    class Big:
+        def method(self):
+            return self
+
+    big = Big()
+    ref = weakref.ref(big)
+    first = dumps_function(big.method, Ref)
+    assert dumps_function(big.method, Ref) is not first  # a bound method is not kept
+    del big
+    gc.collect()
+    assert ref() is None

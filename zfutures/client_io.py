@@ -735,7 +735,7 @@ class ClientIO:
         info.refs -= 1
         if info.refs <= 0:
             del self.keys[key]
-            info.direct = None  # (its answer is no longer awaited)
+            info.direct = info.submitted = None  # (its answer is no longer awaited)
             self._release_later(key)
 
     def _cmd_cancel(self, keys: list[str]) -> None:
@@ -917,7 +917,7 @@ class ClientIO:
             info = self.keys.pop(key, None)
             if info is not None:
                 self._complete(info, values.get(key), error, detach=True)
-                info.held = None
+                info.held = info.submitted = None  # (the call's buffers may be the caller's)
                 self._release_later(key)
 
     @staticmethod

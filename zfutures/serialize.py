@@ -21,6 +21,7 @@ user objects are all replaced by their values.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import io
@@ -29,6 +30,7 @@ import os
 import pickle
 import sys
 import types
+import weakref
 from collections.abc import Mapping
 from typing import Any, Callable, NamedTuple, NoReturn
 
@@ -129,10 +131,15 @@ class PickledFunction(NamedTuple):
     deps: list[str]
 
 
-#: Functions pickled recently: id -> (function, its pickle). Pickling a function
-#: defined in a script or notebook (by value) costs far more than a small call;
-#: a function submitted again is sent as it was first pickled (as dask does).
-_pickled_functions: dict[int, tuple[Callable, PickledFunction]] = {}
+#: Functions pickled recently: id -> (weak reference to the function, its
+#: pickle). Pickling a function defined in a script or notebook (by value)
+#: costs far more than a small call; a function submitted again is sent as it
+#: was first pickled (as dask does). Weakly: a function is not kept alive, nor
+#: what it holds, once its caller is done with it (as concurrent.futures keeps
+#: no call alive past its future, CPython #16284). Bound methods, and the
+#: callables that cannot be weakly referenced (a builtin's bound method), are
+#: not kept: each is a new object that holds its instance.
+_pickled_functions: dict[int, tuple[weakref.ref, PickledFunction]] = {}
 _PICKLED_FUNCTIONS_MAX = 128
 _PICKLED_FUNCTION_MAX_BYTES = 100_000
 
@@ -140,15 +147,26 @@ _PICKLED_FUNCTION_MAX_BYTES = 100_000
 def dumps_function(fn: Callable, reference_type: type) -> PickledFunction:
     """Pickle a task's function (see :func:`dumps_task`), or reuse its recent pickle."""
     cached = _pickled_functions.get(id(fn))
-    if cached is not None and cached[0] is fn:
+    if cached is not None and cached[0]() is fn:
         return cached[1]
     pickled = _dumps_function(fn, reference_type)
-    if not pickled.deps and not pickled.buffers and \
+    if not pickled.deps and not pickled.buffers and type(fn) not in _METHOD_TYPES and \
             len(pickled.stream) < _PICKLED_FUNCTION_MAX_BYTES:  # (futures inside change)
+        try:
+            ref = weakref.ref(fn, functools.partial(_forget_function, id(fn)))
+        except TypeError:  # (a builtin, or a callable without weak references)
+            return pickled
         if len(_pickled_functions) >= _PICKLED_FUNCTIONS_MAX:
             _pickled_functions.clear()
-        _pickled_functions[id(fn)] = (fn, pickled)
+        _pickled_functions[id(fn)] = (ref, pickled)
     return pickled
+
+
+def _forget_function(fn_id: int, ref: weakref.ref) -> None:
+    """A cached function is gone: its entry goes, before its id can be reused."""
+    cached = _pickled_functions.get(fn_id)
+    if cached is not None and cached[0] is ref:
+        _pickled_functions.pop(fn_id, None)
 
 
 def _dumps_function(fn: Callable, reference_type: type) -> PickledFunction:

@@ -150,6 +150,20 @@ def test_a_submitted_callable_and_its_arguments_are_not_kept_alive(pool):
              timeout=5, message="a submitted call stayed alive")
 
 
+@pytest.mark.parametrize("chunksize", [1, 3])
+def test_map_keeps_no_reference_to_a_result_it_yielded(pool, chunksize):
+    # (CPython #14406) The iterator is still going: it must hold the result
+    # it gave neither through its future nor through the chunk it came in.
+    results = pool.map(make_thing, range(6), chunksize=chunksize)
+    for _ in range(4):
+        thing = next(results)
+        ref = weakref.ref(thing)
+        del thing
+        gc.collect()
+        assert ref() is None
+    assert len(list(results)) == 2
+
+
 def test_results_do_not_keep_done_futures_alive(pool):
     future = pool.submit(make_thing, 0)
     future.result(timeout=10)

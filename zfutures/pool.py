@@ -153,19 +153,31 @@ class PoolExecutor(concurrent.futures.Executor):
 
 
 def _results_in_order(futures: list[Future], deadline: float | None, chunked: bool) -> Iterator:
-    """Yield results in order; cancel what is left if the consumer stops early."""
+    """Yield results in order; cancel what is left if the consumer stops early.
+
+    While it waits to be asked for the next one, it holds no result it gave
+    (CPython #14406): neither its future nor the rest of its chunk.
+    """
     try:
-        futures.reverse()  # pop from the end: no reference kept to a yielded future
+        futures.reverse()  # pop from the end
         while futures:
-            future = futures.pop()
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             if chunked:
-                yield from future.result(remaining)
+                chunk = _result(futures.pop(), remaining)
+                chunk.reverse()
+                while chunk:
+                    yield chunk.pop()
             else:
-                yield future.result(remaining)
+                yield _result(futures.pop(), remaining)
     finally:
         for future in futures:
             future.cancel()
+
+
+def _result(future: Future, timeout: float | None) -> Any:
+    """``future.result(timeout)``, in a frame that ends with it: the caller's
+    frame keeps no reference to the future, and so to the result."""
+    return future.result(timeout)
 
 
 def _finish_then_close(pending: weakref.WeakSet, executor: Executor) -> None:

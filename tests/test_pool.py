@@ -239,7 +239,21 @@ def test_context_manager_shuts_down_waiting():
         pool.submit(pow, 1, 1)
 
 
-def test_shutdown_with_cancel_futures_cancels_what_has_not_finished():
+def test_a_future_sent_to_the_cluster_is_running_and_cannot_be_cancelled():
+    with PoolExecutor(1) as pool:
+        first = pool.submit(slow_square, 3, 0.5)
+        rest = [pool.submit(slow_square, i, 0.5) for i in range(10)]
+        assert first.running()
+        assert first.cancel() is False  # as the stdlib's: it is running
+        assert not rest[-1].running()
+        assert rest[-1].cancel() is True  # waiting in the pool: it never runs
+        assert rest[-1].cancelled()
+        assert first.result(timeout=10) == 9 and not first.cancelled()
+        for future in rest[:-1]:
+            future.cancel()
+
+
+def test_shutdown_with_cancel_futures_cancels_what_has_not_started():
     pool = PoolExecutor(1)
     futures = [pool.submit(slow_square, i, 0.3) for i in range(30)]
     pool.shutdown(wait=True, cancel_futures=True)
@@ -247,18 +261,92 @@ def test_shutdown_with_cancel_futures_cancels_what_has_not_finished():
     finished = [f for f in futures if not f.cancelled()]
     assert len(cancelled) > 20
     assert all(f.done() for f in futures)
+    assert futures[0] in finished  # it had started: it finishes
     assert all(f.result() == i * i for i, f in enumerate(futures) if f in finished)
 
 
-def test_shutdown_without_wait_returns_at_once():
+def test_shutdown_without_wait_returns_at_once_and_pending_work_finishes():
     pool = PoolExecutor(1)
-    future = pool.submit(slow_square, 2, 3)
+    futures = [pool.submit(slow_square, i, 0.2) for i in range(5)]
     pool.shutdown(wait=False)
-    # It did not wait for the 3 s task: the future was still pending, and is cancelled.
-    assert future.cancelled()
+    # It did not wait for the 1 s of work; the work finishes all the same, as
+    # with ProcessPoolExecutor, then the cluster stops.
+    assert not futures[-1].done()
+    assert [f.result(timeout=20) for f in futures] == [0, 1, 4, 9, 16]
     assert_processes_stop(pool)
-    with pytest.raises(concurrent.futures.CancelledError):
-        future.result(timeout=5)  # the cluster is gone: the future says so, it never hangs
+    with pytest.raises(RuntimeError):
+        pool.submit(pow, 1, 1)
+
+
+def test_shutdown_without_wait_sends_the_work_held_back_by_max_workers(processes):
+    center, address = processes.center()
+    processes.worker(address, "--nthreads", "2")
+    pool = PoolExecutor(1, address=address)  # one at a time: the rest waits unsent
+    futures = [pool.submit(slow_square, i, 0.1) for i in range(4)]
+    pool.shutdown(wait=False)
+    done, not_done = concurrent.futures.wait(futures, timeout=30)
+    assert not not_done, "shutdown(wait=False) left futures pending"
+    assert [f.result() for f in futures] == [0, 1, 4, 9]
+
+
+def test_a_pool_dropped_without_shutdown_finishes_its_work_then_stops():
+    pool = PoolExecutor(1)
+    futures = [pool.submit(slow_square, i, 0.1) for i in range(4)]
+    processes = pool._executor.cluster.processes
+    del pool
+    gc.collect()
+    assert [f.result(timeout=20) for f in futures] == [0, 1, 4, 9]
+    wait_for(lambda: all(p.poll() is not None for p in processes),
+             message="a dropped pool left processes behind")
+
+
+def run_script(script: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True,
+                         text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr
+    return out
+
+
+def test_the_program_does_not_exit_before_work_left_by_shutdown_without_wait(tmp_path):
+    # "Regardless of the value of wait, the entire Python program will not
+    # exit until all pending futures are done executing" (CPython gh-83386).
+    path = tmp_path / "written"
+    run_script(f"""
+        import time
+        from zfutures import PoolExecutor
+
+        def write_later(path):
+            time.sleep(0.5)
+            with open(path, "w") as f:
+                f.write("done")
+
+        pool = PoolExecutor(1)
+        pool.submit(write_later, {str(path)!r})
+        pool.shutdown(wait=False)
+    """)
+    assert path.read_text() == "done"
+
+
+def test_submit_from_an_atexit_hook_after_the_pools_own_raises_runtime_error():
+    out = run_script("""
+        import atexit
+
+        def late():  # runs after the pool's exit handling, as in CPython
+            try:
+                pool.submit(pow, 2, 2)
+            except RuntimeError as e:
+                print("RuntimeError:", e, flush=True)
+            else:
+                print("submitted", flush=True)
+
+        atexit.register(late)
+        from zfutures import PoolExecutor
+
+        pool = PoolExecutor(1)
+        assert pool.submit(pow, 2, 3).result(timeout=20) == 8
+    """)
+    assert out.stdout.strip() == \
+        "RuntimeError: cannot schedule new futures after interpreter shutdown"
 
 
 def test_pending_work_finishes_at_interpreter_exit():

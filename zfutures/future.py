@@ -12,7 +12,7 @@ import concurrent.futures
 import threading
 import time
 import traceback as _traceback
-from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import context
@@ -246,18 +246,19 @@ class Future(concurrent.futures.Future):
             self.set_running_or_notify_cancel()
 
     def cancel(self) -> bool:
-        """Cancel the task: True if the future is now cancelled, False if it was done.
+        """Cancel the task: True if the future is now cancelled, False if it was done
+        or is running (a PoolExecutor's future sent to the cluster).
 
         Pending work is dropped (and work that depends on it is cancelled too);
         a running task's result is discarded when it arrives.
         """
-        with self._condition:
-            if self._state == FINISHED:
+        with self._condition:  # (held throughout: a PoolExecutor may be starting it)
+            if self._state in (FINISHED, RUNNING):
                 return False
-        executor = self._executor
-        if executor is not None and not executor._closed:
-            executor._io.call("cancel", [self.key])
-        self._set_cancelled()
+            executor = self._executor
+            if executor is not None and not executor._closed:
+                executor._io.call("cancel", [self.key])
+            self._set_cancelled()
         return True
 
     def _set_lost(self, exception: BaseException) -> None:

@@ -480,3 +480,20 @@ def test_impure_keys_of_a_forked_child_are_its_own(ex):
         if status is None:  # (not waited for yet: it may hang)
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
+
+
+@pytest.mark.parametrize("worker_sees_the_file", [True, False])
+def test_remote_traceback_shows_the_source_of_a_function_sent_by_value(
+        ex, client_only_module, hide_from_workers, worker_sees_the_file):
+    # As ProcessPoolExecutor's: the raising line, comment and all. The worker
+    # reads it from the file; where it has no such file, the client does.
+    if not worker_sees_the_file:
+        hide_from_workers(client_only_module)
+    future = ex.submit(client_only_module.explode, "boom", pure=False)
+    with pytest.raises(RuntimeError, match="boom") as info:
+        future.result(timeout=10)
+    text = future.traceback()
+    assert isinstance(info.value.__cause__, RemoteTraceback)
+    assert info.value.__cause__.tb == text
+    assert f'File "{client_only_module.__file__}", line 2, in explode' in text
+    assert "raise RuntimeError(message)  # a comment only the source has" in text

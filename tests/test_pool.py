@@ -90,6 +90,18 @@ def test_exceptions_propagate_to_the_future(pool):
     assert isinstance(future.exception(timeout=10), ValueError)
 
 
+@pytest.mark.parametrize("worker_sees_the_file", [True, False])
+def test_remote_traceback_shows_the_source_of_a_function_sent_by_value(
+        pool, client_only_module, hide_from_workers, worker_sees_the_file):
+    if not worker_sees_the_file:
+        hide_from_workers(client_only_module)
+    error = pool.submit(client_only_module.explode, "boom").exception(timeout=10)
+    assert isinstance(error, RuntimeError) and error.args == ("boom",)
+    text = str(error.__cause__)
+    assert f'File "{client_only_module.__file__}", line 2, in explode' in text
+    assert "raise RuntimeError(message)  # a comment only the source has" in text
+
+
 def test_map_returns_results_in_order(pool):
     assert list(pool.map(pow, range(10), range(10))) == list(map(pow, range(10), range(10)))
 

@@ -29,9 +29,10 @@ import zmq
 
 from . import peer_memory, protocol, serialize
 from .addressing import configure, peer_endpoint
-from .errors import ConnectionError, FutureLostError, RemoteTraceback
+from .errors import ConnectionError, FutureLostError
 from .logs import RateLimitedLog
 from .loop import EVENTS, POLLIN, Waker, drain, send
+from .remote_errors import remote_exception
 
 logger = logging.getLogger(__name__)
 dropped = RateLimitedLog(logger)
@@ -150,17 +151,6 @@ def _may_go_direct(item: dict) -> bool:
     inputs, no placement of its own, no retries (see ClientIO._send_direct)."""
     return not item["deps"] and "workers" not in item and "resources" not in item and \
         not item.get("retries")
-
-
-def remote_exception(frames: list) -> BaseException:
-    """Rebuild a task's exception, with the remote traceback as its cause."""
-    try:
-        exc, text = serialize.loads(frames)
-    except Exception as e:  # the exception class may not exist here
-        return RuntimeError(f"a task failed, and its exception could not be loaded: {e!r}")
-    if text:
-        exc.__cause__ = RemoteTraceback(text)
-    return exc
 
 
 class ClientIO:

@@ -94,14 +94,33 @@ def _reduce_shared_rng_method(obj: Any) -> Any:
     return NotImplemented
 
 
+def _reduce_code_keeping_filename(pickler: cloudpickle.Pickler, code: types.CodeType) -> Any:
+    """cloudpickle's reduction of a code object sent by value, with its file's name.
+
+    cloudpickle (3.0 on) names the file of all such code ``<dynamic-code>``;
+    then neither the worker nor the client can show the source lines of a
+    task's traceback (see remote_errors.py).
+    """
+    constructor, args = pickler.dispatch_table[types.CodeType](code)
+    return constructor, tuple(code.co_filename if type(arg) is str and arg == _DYNAMIC_CODE
+                              else arg for arg in args)
+
+
+_DYNAMIC_CODE = "<dynamic-code>"
+
+
 class _Pickler(cloudpickle.Pickler):
-    """cloudpickle, sending the methods of shared random generators by name."""
+    """cloudpickle, sending the methods of shared random generators by name, and
+    code with the name of its file."""
 
     def reducer_override(self, obj: Any) -> Any:
-        if type(obj) in _METHOD_TYPES:
+        kind = type(obj)
+        if kind in _METHOD_TYPES:
             reduced = _reduce_shared_rng_method(obj)
             if reduced is not NotImplemented:
                 return reduced
+        elif kind is types.CodeType:
+            return _reduce_code_keeping_filename(self, obj)
         return super().reducer_override(obj)
 
 

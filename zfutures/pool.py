@@ -7,10 +7,11 @@ then forgets them), so they stay readable after :meth:`PoolExecutor.shutdown`.
 
 How a task goes, as in ProcessPoolExecutor::
 
-    submit/map --> _Feeder.unsent --(while the window has room)--> cluster
-                   (pending: cancel() --> RUNNING      (done: a place in
-                    drops it)             cancel() is   the window frees)
-                                          False
+    submit, map --> _Feeder.unsent       PENDING: cancel() drops it
+                        |  while fewer tasks than the window are out
+                        v
+                    sent to the cluster  RUNNING: cancel() returns False
+                        |  done: a place in the window is free again
 
 Tasks wait in the pool, cancellable, until the cluster is about to run them;
 the window of tasks out on the cluster is its threads plus what it finishes

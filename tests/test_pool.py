@@ -405,3 +405,70 @@ def test_differential_evolution_with_pool_map_matches_serial():
 
 def test_exported_from_the_package():
     assert zfutures.PoolExecutor is PoolExecutor
+
+
+# --------------------------------------------------------------------------- the feeder alone
+
+
+class RecordingIO:
+    """Stands for the client I/O: records the submits the feeder hands it."""
+
+    def __init__(self):
+        self.sent: list[str] = []
+
+    def call(self, op, tasks, eager, own_key):
+        assert (op, eager, own_key) == ("submit", True, True)
+        self.sent += [item["key"] for item, _, _ in tasks]
+
+
+class FakeExecutor:
+    def __init__(self):
+        self._io = RecordingIO()
+        self._closed = False
+
+
+def feeder_with_tasks(n: int, threads: int = 2, cap: bool = False):
+    from zfutures.pool import _Feeder, _feeders
+
+    feeder = _Feeder(FakeExecutor(), threads, cap)
+    _feeders.discard(feeder)  # (nothing to close at exit: no wait for its tasks then)
+    futures = [zfutures.Future(f"task-{i}", None) for i in range(n)]
+    feeder.put([({"key": f.key}, [], f) for f in futures])
+    return feeder, futures
+
+
+def test_feeder_sends_the_threads_and_one_more_and_the_next_as_one_finishes():
+    from zfutures.pool import EXTRA_QUEUED_CALLS
+
+    feeder, futures = feeder_with_tasks(10)
+    out = 2 + EXTRA_QUEUED_CALLS
+    assert feeder.executor._io.sent == [f.key for f in futures[:out]]
+    assert [f.running() for f in futures] == [True] * out + [False] * (10 - out)
+    futures[0]._set_value(0)
+    assert feeder.executor._io.sent[out:] == [futures[out].key]
+    assert futures[out].running()
+
+
+def test_feeder_skips_tasks_cancelled_while_they_waited():
+    feeder, futures = feeder_with_tasks(6)
+    assert futures[3].cancel() and futures[4].cancel()
+    assert futures[0].cancel() is False  # sent: running
+    futures[0]._set_value(0)
+    assert futures[5].running() and futures[5].key in feeder.executor._io.sent
+    assert futures[3].key not in feeder.executor._io.sent
+
+
+def test_feeder_with_a_cap_never_has_more_out():
+    feeder, futures = feeder_with_tasks(5, threads=2, cap=True)
+    assert feeder.executor._io.sent == [futures[0].key, futures[1].key]
+    futures[1]._set_value(1)
+    assert feeder.executor._io.sent[2:] == [futures[2].key]
+
+
+def test_feeder_fails_the_tasks_not_sent_when_the_cluster_is_gone():
+    feeder, futures = feeder_with_tasks(6)
+    futures[0]._set_error(zfutures.ConnectionError("the center is gone"))
+    for future in futures[3:]:
+        with pytest.raises(zfutures.ConnectionError):
+            future.result(timeout=0)
+    assert not any(f.done() for f in futures[1:3])  # sent: they hear for themselves

@@ -725,7 +725,7 @@ class ClientIO:
         info.refs -= 1
         if info.refs <= 0:
             del self.keys[key]
-            info.direct = info.submitted = None  # (its answer is no longer awaited)
+            info.direct = None  # (its answer is no longer awaited)
             self._release_later(key)
 
     def _cmd_cancel(self, keys: list[str]) -> None:
@@ -907,7 +907,9 @@ class ClientIO:
             info = self.keys.pop(key, None)
             if info is not None:
                 self._complete(info, values.get(key), error, detach=True)
-                info.held = info.submitted = None  # (the call's buffers may be the caller's)
+                info.held = None
+                if self._direct_pending is info:  # (its frames may be the caller's buffers)
+                    self._direct_pending = None
                 self._release_later(key)
 
     @staticmethod

@@ -130,3 +130,52 @@ def ex():
     yield executor
     executor.shutdown(wait=False)  # a failed test's stuck future must not hang teardown
     wait_for(lambda: not zfutures_children(), message="local cluster left processes behind")
+
+
+CLIENT_ONLY_SOURCE = '''\
+def explode(message):
+    raise RuntimeError(message)  # a comment only the source has
+'''
+
+
+@pytest.fixture
+def client_only_module(tmp_path):
+    """A module in a directory only this process imports from: its functions
+    go to the workers by value (as a script's or a notebook's do)."""
+    import importlib.util
+    import linecache
+
+    import cloudpickle
+
+    name = f"client_only_{tmp_path.name}"
+    path = tmp_path / f"{name}.py"
+    path.write_text(CLIENT_ONLY_SOURCE)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    cloudpickle.register_pickle_by_value(module)
+    yield module
+    cloudpickle.unregister_pickle_by_value(module)
+    del sys.modules[name]
+    linecache.checkcache(str(path))
+
+
+@pytest.fixture
+def hide_from_workers():
+    """``hide(module)``: its file is gone for the workers, as on another
+    machine; this process keeps its lines (in linecache, as for any file it
+    read, or a notebook's cells)."""
+    import linecache
+
+    hidden = []
+
+    def hide(module):
+        path = module.__file__
+        assert linecache.getlines(path)
+        os.rename(path, path + ".hidden")
+        hidden.append(path)
+
+    yield hide
+    for path in hidden:
+        os.rename(path + ".hidden", path)

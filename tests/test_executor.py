@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import gc
+import os
 import pickle
 import re
+import select
+import signal
 import threading
 from operator import add
 
@@ -432,3 +435,65 @@ def test_data_scattered_again_right_after_its_release_stays(ex):
         assert ex.submit(np.sum, y).result(timeout=20) == 10
     wait_for(lambda: ex.who_has([y]).get(y.key), timeout=5,
              message="the scattered key was forgotten while a future holds it")
+
+
+def identity(x):
+    return x
+
+
+def test_impure_keys_of_a_forked_child_are_its_own(ex):
+    # The child makes the next impure key the parent makes: the same key if
+    # the prefix of unique keys were inherited, and the center would give the
+    # child the parent's value.
+    zfutures.serialize.unique_token()  # the parent has made keys before the fork
+    go_read, go_write = os.pipe()
+    answer_read, answer_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a client of its own, on the same center
+        status = 1
+        try:
+            os.close(go_write)
+            if select.select([go_read], [], [], 30)[0]:
+                with Executor(ex.address, timeout=10) as child:
+                    value = child.submit(identity, "from-child", pure=False).result(timeout=20)
+                os.write(answer_write, value.encode())
+                status = 0
+        except BaseException as e:  # noqa: B036 - the parent must hear of any failure
+            os.write(answer_write, repr(e).encode())
+        finally:
+            os._exit(status)
+    status = None
+    try:
+        os.close(go_read)
+        os.close(answer_write)
+        mine = ex.submit(identity, "from-parent", pure=False)
+        assert mine.result(timeout=10) == "from-parent"  # held while the child submits
+        os.write(go_write, b"go")
+        assert select.select([answer_read], [], [], 40)[0], "the child did not answer"
+        assert os.read(answer_read, 1000).decode() == "from-child"
+        assert mine.result() == "from-parent"
+        status = os.waitpid(pid, 0)[1]
+        assert status == 0
+    finally:
+        os.close(go_write)
+        os.close(answer_read)
+        if status is None:  # (not waited for yet: it may hang)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
+@pytest.mark.parametrize("worker_sees_the_file", [True, False])
+def test_remote_traceback_shows_the_source_of_a_function_sent_by_value(
+        ex, client_only_module, hide_from_workers, worker_sees_the_file):
+    # As ProcessPoolExecutor's: the raising line, comment and all. The worker
+    # reads it from the file; where it has no such file, the client does.
+    if not worker_sees_the_file:
+        hide_from_workers(client_only_module)
+    future = ex.submit(client_only_module.explode, "boom", pure=False)
+    with pytest.raises(RuntimeError, match="boom") as info:
+        future.result(timeout=10)
+    text = future.traceback()
+    assert isinstance(info.value.__cause__, RemoteTraceback)
+    assert info.value.__cause__.tb == text
+    assert f'File "{client_only_module.__file__}", line 2, in explode' in text
+    assert "raise RuntimeError(message)  # a comment only the source has" in text

@@ -14,6 +14,7 @@ import textwrap
 import time
 import weakref
 
+import numpy as np
 import pytest
 from conftest import wait_for, zfutures_children
 
@@ -49,6 +50,16 @@ def make_thing(_):
     return Thing()
 
 
+class Holder:
+    """An object with state, whose bound method is submitted."""
+
+    def __init__(self):
+        self.state = [1.0] * 1000
+
+    def total(self, array):
+        return sum(self.state) + float(array.sum())
+
+
 @pytest.fixture(scope="module")
 def pool():
     with PoolExecutor(2) as executor:
@@ -77,6 +88,18 @@ def test_exceptions_propagate_to_the_future(pool):
     with pytest.raises(ValueError, match="boom"):
         future.result(timeout=10)
     assert isinstance(future.exception(timeout=10), ValueError)
+
+
+@pytest.mark.parametrize("worker_sees_the_file", [True, False])
+def test_remote_traceback_shows_the_source_of_a_function_sent_by_value(
+        pool, client_only_module, hide_from_workers, worker_sees_the_file):
+    if not worker_sees_the_file:
+        hide_from_workers(client_only_module)
+    error = pool.submit(client_only_module.explode, "boom").exception(timeout=10)
+    assert isinstance(error, RuntimeError) and error.args == ("boom",)
+    text = str(error.__cause__)
+    assert f'File "{client_only_module.__file__}", line 2, in explode' in text
+    assert "raise RuntimeError(message)  # a comment only the source has" in text
 
 
 def test_map_returns_results_in_order(pool):
@@ -120,6 +143,37 @@ def test_map_does_not_keep_yielded_results_alive(pool):
         del thing
     gc.collect()
     assert all(ref() is None for ref in refs)
+
+
+def test_a_submitted_callable_and_its_arguments_are_not_kept_alive(pool):
+    # Once its future is gone, nothing of a call stays alive: not the object
+    # behind a bound method, not an argument (a big one travels out of band,
+    # from its own memory), not the function.
+    holder, array = Holder(), np.ones(100_000)
+    function = lambda: 1  # noqa: E731
+    refs = [weakref.ref(holder), weakref.ref(array), weakref.ref(function)]
+    assert pool.submit(holder.total, array).result(timeout=10) == 101_000.0
+    assert list(pool.map(holder.total, [array])) == [101_000.0]
+    assert pool.submit(function).result(timeout=10) == 1
+    del holder, array, function
+    # (As CPython's test of it, waits a moment: the client's I/O thread lets
+    # go of a call's buffers as it delivers the result, not before.)
+    wait_for(lambda: gc.collect() is not None and all(ref() is None for ref in refs),
+             timeout=5, message="a submitted call stayed alive")
+
+
+@pytest.mark.parametrize("chunksize", [1, 3])
+def test_map_keeps_no_reference_to_a_result_it_yielded(pool, chunksize):
+    # (CPython #14406) The iterator is still going: it must hold the result
+    # it gave neither through its future nor through the chunk it came in.
+    results = pool.map(make_thing, range(6), chunksize=chunksize)
+    for _ in range(4):
+        thing = next(results)
+        ref = weakref.ref(thing)
+        del thing
+        gc.collect()
+        assert ref() is None
+    assert len(list(results)) == 2
 
 
 def test_results_do_not_keep_done_futures_alive(pool):
@@ -197,7 +251,21 @@ def test_context_manager_shuts_down_waiting():
         pool.submit(pow, 1, 1)
 
 
-def test_shutdown_with_cancel_futures_cancels_what_has_not_finished():
+def test_a_future_sent_to_the_cluster_is_running_and_cannot_be_cancelled():
+    with PoolExecutor(1) as pool:
+        first = pool.submit(slow_square, 3, 0.5)
+        rest = [pool.submit(slow_square, i, 0.5) for i in range(10)]
+        assert first.running()
+        assert first.cancel() is False  # as the stdlib's: it is running
+        assert not rest[-1].running()
+        assert rest[-1].cancel() is True  # waiting in the pool: it never runs
+        assert rest[-1].cancelled()
+        assert first.result(timeout=10) == 9 and not first.cancelled()
+        for future in rest[:-1]:
+            future.cancel()
+
+
+def test_shutdown_with_cancel_futures_cancels_what_has_not_started():
     pool = PoolExecutor(1)
     futures = [pool.submit(slow_square, i, 0.3) for i in range(30)]
     pool.shutdown(wait=True, cancel_futures=True)
@@ -205,18 +273,92 @@ def test_shutdown_with_cancel_futures_cancels_what_has_not_finished():
     finished = [f for f in futures if not f.cancelled()]
     assert len(cancelled) > 20
     assert all(f.done() for f in futures)
+    assert futures[0] in finished  # it had started: it finishes
     assert all(f.result() == i * i for i, f in enumerate(futures) if f in finished)
 
 
-def test_shutdown_without_wait_returns_at_once():
+def test_shutdown_without_wait_returns_at_once_and_pending_work_finishes():
     pool = PoolExecutor(1)
-    future = pool.submit(slow_square, 2, 3)
+    futures = [pool.submit(slow_square, i, 0.2) for i in range(5)]
     pool.shutdown(wait=False)
-    # It did not wait for the 3 s task: the future was still pending, and is cancelled.
-    assert future.cancelled()
+    # It did not wait for the 1 s of work; the work finishes all the same, as
+    # with ProcessPoolExecutor, then the cluster stops.
+    assert not futures[-1].done()
+    assert [f.result(timeout=20) for f in futures] == [0, 1, 4, 9, 16]
     assert_processes_stop(pool)
-    with pytest.raises(concurrent.futures.CancelledError):
-        future.result(timeout=5)  # the cluster is gone: the future says so, it never hangs
+    with pytest.raises(RuntimeError):
+        pool.submit(pow, 1, 1)
+
+
+def test_shutdown_without_wait_sends_the_work_held_back_by_max_workers(processes):
+    center, address = processes.center()
+    processes.worker(address, "--nthreads", "2")
+    pool = PoolExecutor(1, address=address)  # one at a time: the rest waits unsent
+    futures = [pool.submit(slow_square, i, 0.1) for i in range(4)]
+    pool.shutdown(wait=False)
+    done, not_done = concurrent.futures.wait(futures, timeout=30)
+    assert not not_done, "shutdown(wait=False) left futures pending"
+    assert [f.result() for f in futures] == [0, 1, 4, 9]
+
+
+def test_a_pool_dropped_without_shutdown_finishes_its_work_then_stops():
+    pool = PoolExecutor(1)
+    futures = [pool.submit(slow_square, i, 0.1) for i in range(4)]
+    processes = pool._executor.cluster.processes
+    del pool
+    gc.collect()
+    assert [f.result(timeout=20) for f in futures] == [0, 1, 4, 9]
+    wait_for(lambda: all(p.poll() is not None for p in processes),
+             message="a dropped pool left processes behind")
+
+
+def run_script(script: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True,
+                         text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr
+    return out
+
+
+def test_the_program_does_not_exit_before_work_left_by_shutdown_without_wait(tmp_path):
+    # "Regardless of the value of wait, the entire Python program will not
+    # exit until all pending futures are done executing" (CPython gh-83386).
+    path = tmp_path / "written"
+    run_script(f"""
+        import time
+        from zfutures import PoolExecutor
+
+        def write_later(path):
+            time.sleep(0.5)
+            with open(path, "w") as f:
+                f.write("done")
+
+        pool = PoolExecutor(1)
+        pool.submit(write_later, {str(path)!r})
+        pool.shutdown(wait=False)
+    """)
+    assert path.read_text() == "done"
+
+
+def test_submit_from_an_atexit_hook_after_the_pools_own_raises_runtime_error():
+    out = run_script("""
+        import atexit
+
+        def late():  # runs after the pool's exit handling, as in CPython
+            try:
+                pool.submit(pow, 2, 2)
+            except RuntimeError as e:
+                print("RuntimeError:", e, flush=True)
+            else:
+                print("submitted", flush=True)
+
+        atexit.register(late)
+        from zfutures import PoolExecutor
+
+        pool = PoolExecutor(1)
+        assert pool.submit(pow, 2, 3).result(timeout=20) == 8
+    """)
+    assert out.stdout.strip() == \
+        "RuntimeError: cannot schedule new futures after interpreter shutdown"
 
 
 def test_pending_work_finishes_at_interpreter_exit():
@@ -263,3 +405,70 @@ def test_differential_evolution_with_pool_map_matches_serial():
 
 def test_exported_from_the_package():
     assert zfutures.PoolExecutor is PoolExecutor
+
+
+# --------------------------------------------------------------------------- the feeder alone
+
+
+class RecordingIO:
+    """Stands for the client I/O: records the submits the feeder hands it."""
+
+    def __init__(self):
+        self.sent: list[str] = []
+
+    def call(self, op, tasks, eager, own_key):
+        assert (op, eager, own_key) == ("submit", True, True)
+        self.sent += [item["key"] for item, _, _ in tasks]
+
+
+class FakeExecutor:
+    def __init__(self):
+        self._io = RecordingIO()
+        self._closed = False
+
+
+def feeder_with_tasks(n: int, threads: int = 2, cap: bool = False):
+    from zfutures.pool import _Feeder, _feeders
+
+    feeder = _Feeder(FakeExecutor(), threads, cap)
+    _feeders.discard(feeder)  # (nothing to close at exit: no wait for its tasks then)
+    futures = [zfutures.Future(f"task-{i}", None) for i in range(n)]
+    feeder.put([({"key": f.key}, [], f) for f in futures])
+    return feeder, futures
+
+
+def test_feeder_sends_the_threads_and_one_more_and_the_next_as_one_finishes():
+    from zfutures.pool import EXTRA_QUEUED_CALLS
+
+    feeder, futures = feeder_with_tasks(10)
+    out = 2 + EXTRA_QUEUED_CALLS
+    assert feeder.executor._io.sent == [f.key for f in futures[:out]]
+    assert [f.running() for f in futures] == [True] * out + [False] * (10 - out)
+    futures[0]._set_value(0)
+    assert feeder.executor._io.sent[out:] == [futures[out].key]
+    assert futures[out].running()
+
+
+def test_feeder_skips_tasks_cancelled_while_they_waited():
+    feeder, futures = feeder_with_tasks(6)
+    assert futures[3].cancel() and futures[4].cancel()
+    assert futures[0].cancel() is False  # sent: running
+    futures[0]._set_value(0)
+    assert futures[5].running() and futures[5].key in feeder.executor._io.sent
+    assert futures[3].key not in feeder.executor._io.sent
+
+
+def test_feeder_with_a_cap_never_has_more_out():
+    feeder, futures = feeder_with_tasks(5, threads=2, cap=True)
+    assert feeder.executor._io.sent == [futures[0].key, futures[1].key]
+    futures[1]._set_value(1)
+    assert feeder.executor._io.sent[2:] == [futures[2].key]
+
+
+def test_feeder_fails_the_tasks_not_sent_when_the_cluster_is_gone():
+    feeder, futures = feeder_with_tasks(6)
+    futures[0]._set_error(zfutures.ConnectionError("the center is gone"))
+    for future in futures[3:]:
+        with pytest.raises(zfutures.ConnectionError):
+            future.result(timeout=0)
+    assert not any(f.done() for f in futures[1:3])  # sent: they hear for themselves

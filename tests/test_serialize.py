@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
+import os
 import pickle
 import sys
 import threading
+import weakref
 
 import numpy as np
 import pytest
@@ -18,6 +21,7 @@ from zfutures.serialize import (
     loads_task,
     sizeof,
     token,
+    unique_token,
 )
 
 
@@ -301,6 +305,25 @@ def test_a_function_submitted_again_is_not_pickled_again():
     assert other is not first
 
 
+def test_unique_tokens_of_a_forked_child_differ_from_its_parents():
+    unique_token()  # the parent has made some already
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next tokens, then leave at once
+        try:
+            os.write(write_end, " ".join(unique_token() for _ in range(3)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        child = pipe.read().split()
+    os.waitpid(pid, 0)
+    parent = [unique_token() for _ in range(3)]
+    assert len(child) == 3
+    assert not set(child) & set(parent)
+    assert {t[:16] for t in child}.isdisjoint({t[:16] for t in parent})  # a prefix of its own
+
+
 def test_a_function_that_refers_to_a_key_is_pickled_each_time():
     ref = Ref("key-1")
 
@@ -362,3 +385,26 @@ def test_frames_nbytes_counts_bytes_and_buffers_of_any_item_size():
     assert frames_nbytes(frames) == 3 + 5 + 8000 + 8000
     assert frames_nbytes([]) == 0
     assert frames_nbytes(dumps(array)) >= 8000
+
+
+def test_the_pickles_of_functions_are_kept_without_keeping_the_functions():
+    def work(x):
+        return x + 1
+
+    ref = weakref.ref(work)
+    dumps_function(work, Ref)
+    del work
+    gc.collect()
+    assert ref() is None
+
+    class Big:
+        def method(self):
+            return self
+
+    big = Big()
+    ref = weakref.ref(big)
+    first = dumps_function(big.method, Ref)
+    assert dumps_function(big.method, Ref) is not first  # a bound method is not kept
+    del big
+    gc.collect()
+    assert ref() is None

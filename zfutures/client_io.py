@@ -40,13 +40,7 @@ import zmq
 
 from . import peer_memory, protocol
 from .addressing import configure, peer_endpoint
-from .client_state import (
-    RELEASE_DELAY,
-    ClientCore,
-    KeyRecord,
-    may_go_direct,
-    remote_exception,  # noqa: F401 (remote_exception: part of this module's interface)
-)
+from .client_state import RELEASE_DELAY, ClientCore, KeyRecord, may_go_direct
 from .errors import ConnectionError
 from .logs import RateLimitedLog
 from .loop import EVENTS, POLLIN, Waker, drain, send

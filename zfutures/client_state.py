@@ -39,7 +39,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Callable
 
 from . import peer_memory, protocol, serialize
-from .errors import ConnectionError, FutureLostError, RemoteTraceback
+from .errors import ConnectionError, FutureLostError
+from .remote_errors import remote_exception
 
 logger = logging.getLogger(__name__)
 
@@ -192,17 +193,6 @@ def load_value(frames: list) -> tuple[Any, BaseException | None]:
         return None, RuntimeError(f"loading a result raised {e!r}")
 
 
-def remote_exception(frames: list) -> BaseException:
-    """Rebuild a task's exception, with the remote traceback as its cause."""
-    try:
-        exc, text = serialize.loads(frames)
-    except BaseException as e:  # noqa: BLE001 (the class may not exist here, or misbehave)
-        return RuntimeError(f"a task failed, and its exception could not be loaded: {e!r}")
-    if text:
-        exc.__cause__ = RemoteTraceback(text)
-    return exc
-
-
 class ClientCore:
     """The client's state machine: events in, messages out, futures finished."""
 
@@ -328,6 +318,8 @@ class ClientCore:
             del self.keys[key]
             info.direct = None  # (its answer is no longer awaited)
             info.held = None
+            if self.direct_pending is info:  # (its frames may be the caller's buffers)
+                self.direct_pending = None
             self._stop_awaiting(key, FutureLostError(f"{key!r} was released"))
             self._release_later(key, now)
         elif len(info.futures) > 2 * info.refs + PRUNE_SLACK:
@@ -624,6 +616,8 @@ class ClientCore:
             if info is not None:
                 self._complete(info, values.get(key), failed.get(key, error), detach=True)
                 info.held = None
+                if self.direct_pending is info:  # (its frames may be the caller's buffers)
+                    self.direct_pending = None
                 self._release_later(key, None)
 
     # ================================================================== fetching

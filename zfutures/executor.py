@@ -16,7 +16,8 @@ from typing import Any, Callable
 from . import context, serialize
 from .addressing import normalize_address
 from .client_io import ClientIO
-from .client_state import load_value, remote_exception
+from .client_state import load_value
+from .remote_errors import remote_exception
 from .future import REMOTE, Future
 
 logger = logging.getLogger(__name__)

@@ -246,7 +246,8 @@ class Future(concurrent.futures.Future):
             self.set_running_or_notify_cancel()
 
     def cancel(self) -> bool:
-        """Cancel this future: True if it is now cancelled, False if it was done.
+        """Cancel this future: True if it is now cancelled, False if it was done
+        or is running (a PoolExecutor's future sent to the cluster).
 
         It cancels this future alone, as with a ``concurrent.futures`` future:
         other futures of the same key, here or in other clients, keep waiting

@@ -21,6 +21,7 @@ user objects are all replaced by their values.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import io
@@ -29,6 +30,7 @@ import os
 import pickle
 import sys
 import types
+import weakref
 from collections.abc import Mapping
 from typing import Any, Callable, NamedTuple, NoReturn
 
@@ -92,14 +94,33 @@ def _reduce_shared_rng_method(obj: Any) -> Any:
     return NotImplemented
 
 
+def _reduce_code_keeping_filename(pickler: cloudpickle.Pickler, code: types.CodeType) -> Any:
+    """cloudpickle's reduction of a code object sent by value, with its file's name.
+
+    cloudpickle (3.0 on) names the file of all such code ``<dynamic-code>``;
+    then neither the worker nor the client can show the source lines of a
+    task's traceback (see remote_errors.py).
+    """
+    constructor, args = pickler.dispatch_table[types.CodeType](code)
+    return constructor, tuple(code.co_filename if type(arg) is str and arg == _DYNAMIC_CODE
+                              else arg for arg in args)
+
+
+_DYNAMIC_CODE = "<dynamic-code>"
+
+
 class _Pickler(cloudpickle.Pickler):
-    """cloudpickle, sending the methods of shared random generators by name."""
+    """cloudpickle, sending the methods of shared random generators by name, and
+    code with the name of its file."""
 
     def reducer_override(self, obj: Any) -> Any:
-        if type(obj) in _METHOD_TYPES:
+        kind = type(obj)
+        if kind in _METHOD_TYPES:
             reduced = _reduce_shared_rng_method(obj)
             if reduced is not NotImplemented:
                 return reduced
+        elif kind is types.CodeType:
+            return _reduce_code_keeping_filename(self, obj)
         return super().reducer_override(obj)
 
 
@@ -129,10 +150,15 @@ class PickledFunction(NamedTuple):
     deps: list[str]
 
 
-#: Functions pickled recently: id -> (function, its pickle). Pickling a function
-#: defined in a script or notebook (by value) costs far more than a small call;
-#: a function submitted again is sent as it was first pickled (as dask does).
-_pickled_functions: dict[int, tuple[Callable, PickledFunction]] = {}
+#: Functions pickled recently: id -> (weak reference to the function, its
+#: pickle). Pickling a function defined in a script or notebook (by value)
+#: costs far more than a small call; a function submitted again is sent as it
+#: was first pickled (as dask does). Weakly: a function is not kept alive, nor
+#: what it holds, once its caller is done with it (as concurrent.futures keeps
+#: no call alive past its future, CPython #16284). Bound methods, and the
+#: callables that cannot be weakly referenced (a builtin's bound method), are
+#: not kept: each is a new object that holds its instance.
+_pickled_functions: dict[int, tuple[weakref.ref, PickledFunction]] = {}
 _PICKLED_FUNCTIONS_MAX = 128
 _PICKLED_FUNCTION_MAX_BYTES = 100_000
 
@@ -140,15 +166,26 @@ _PICKLED_FUNCTION_MAX_BYTES = 100_000
 def dumps_function(fn: Callable, reference_type: type) -> PickledFunction:
     """Pickle a task's function (see :func:`dumps_task`), or reuse its recent pickle."""
     cached = _pickled_functions.get(id(fn))
-    if cached is not None and cached[0] is fn:
+    if cached is not None and cached[0]() is fn:
         return cached[1]
     pickled = _dumps_function(fn, reference_type)
-    if not pickled.deps and not pickled.buffers and \
+    if not pickled.deps and not pickled.buffers and type(fn) not in _METHOD_TYPES and \
             len(pickled.stream) < _PICKLED_FUNCTION_MAX_BYTES:  # (futures inside change)
+        try:
+            ref = weakref.ref(fn, functools.partial(_forget_function, id(fn)))
+        except TypeError:  # (a builtin, or a callable without weak references)
+            return pickled
         if len(_pickled_functions) >= _PICKLED_FUNCTIONS_MAX:
             _pickled_functions.clear()
-        _pickled_functions[id(fn)] = (fn, pickled)
+        _pickled_functions[id(fn)] = (ref, pickled)
     return pickled
+
+
+def _forget_function(fn_id: int, ref: weakref.ref) -> None:
+    """A cached function is gone: its entry goes, before its id can be reused."""
+    cached = _pickled_functions.get(fn_id)
+    if cached is not None and cached[0] is ref:
+        _pickled_functions.pop(fn_id, None)
 
 
 def _dumps_function(fn: Callable, reference_type: type) -> PickledFunction:
@@ -263,14 +300,24 @@ def loads_task(frames: list, data: Mapping[str, Any],
     return fn, args, kwargs
 
 
-_SESSION = os.urandom(8).hex()
-_counter = itertools.count()
+def _new_session() -> None:
+    """A fresh random prefix for :func:`unique_token`, and its counter from zero."""
+    global _SESSION, _counter
+    _SESSION = os.urandom(8).hex()
+    _counter = itertools.count()
+
+
+_new_session()
+# A child made by fork() would otherwise make its parent's keys, one for one,
+# and the center would take the child's calls for the parent's.
+os.register_at_fork(after_in_child=_new_session)
 
 
 def unique_token() -> str:
     """A token no other call, here or in another process, gets (for impure keys).
 
-    A random prefix per process and a counter: as unique as a UUID, and cheaper.
+    A random prefix per process (made again in a forked child) and a counter:
+    as unique as a UUID, and cheaper.
     """
     return f"{_SESSION}{next(_counter):016x}"
 

@@ -26,14 +26,13 @@ import os
 import queue
 import threading
 import time
-import traceback
 import uuid
 from collections.abc import Iterable
 from typing import Any
 
 import zmq
 
-from . import context, peer_memory, protocol, serialize
+from . import context, peer_memory, protocol, remote_errors, serialize
 from .addressing import (
     LOCAL_TRANSPORT,
     bind_ephemeral,
@@ -77,16 +76,9 @@ _BATCHED = {"task-finished": "tasks", "task-erred": "tasks", "keys-added": "task
 
 
 def pickle_exception(exc: BaseException) -> list:
-    """Frames of ``(exception, formatted traceback)`` for the client to re-raise.
-
-    An exception that does not pickle is replaced by one that does and says
-    what it was, so the failure still reaches the user.
-    """
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    try:
-        return serialize.dumps((exc, text))
-    except Exception:
-        return serialize.dumps((RuntimeError(f"{type(exc).__name__}: {exc}"), text))
+    """Frames of the exception and its traceback for the client to re-raise
+    (see remote_errors.py: the client fills in source lines not found here)."""
+    return remote_errors.pickle_exception(exc)
 
 
 #: Functions unpickled before, shared by the task threads (see serialize.loads_task).

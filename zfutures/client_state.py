@@ -1096,7 +1096,7 @@ class ClientCore:
         for info in self.keys.values():
             if info.status == PENDING:
                 for future in info.live_futures():
-                    if cancel:
+                    if cancel and not future.running():  # (a PoolExecutor's sent: it ran)
                         future._set_cancelled()
                     else:
                         future._set_error(error)

@@ -17,8 +17,8 @@ from . import context, serialize
 from .addressing import normalize_address
 from .client_io import ClientIO
 from .client_state import load_value
-from .remote_errors import remote_exception
 from .future import REMOTE, Future
+from .remote_errors import remote_exception
 
 logger = logging.getLogger(__name__)
 

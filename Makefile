@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 install = $(BIN)/python -m pip install -q -e '.[$(1)]' --config-settings editable_mode=compat \
 	|| $(BIN)/python -m pip install -q -e '.[$(1)]'
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test unit bench lint clean
 
 $(STAMP): setup.cfg setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m ruff check zfutures tests scripts examples
 	$(BIN)/python -m pytest -v tests
+
+# The state machines alone (center, worker, client cores): no process, no socket.
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/test_scheduler.py tests/test_worker_state.py \
+		tests/test_client_state.py tests/test_protocol.py
 
 bench: $(STAMP)
 	$(call install,bench)

@@ -358,9 +358,15 @@ class Executor:
         return futures[0]
 
     def cancel(self, futures: Any) -> None:
-        """Cancel pending work (and work that depends on it); release the keys.
+        """``future.cancel()`` for each of ``futures`` (nested like gather's).
 
-        Futures already finished stay as they are.
+        Each future given is cancelled, unless it finished already; the
+        cluster drops a task once no future (of any client) and no pending
+        task wants its key.
+
+        >>> x = ex.submit(slow, 1)      # doctest: +SKIP
+        >>> ex.cancel([x]); x.status    # doctest: +SKIP
+        'cancelled'
         """
         found: list[Future] = []
         _walk_futures(futures if not isinstance(futures, Future) else [futures], found)

@@ -320,7 +320,8 @@ class ClientCore:
             info.held = None
             if self.direct_pending is info:  # (its frames may be the caller's buffers)
                 self.direct_pending = None
-            self._stop_awaiting(key, FutureLostError(f"{key!r} was released"))
+            if key in self.awaiting:
+                self._stop_awaiting(key, FutureLostError(f"{key!r} was released"))
             self._release_later(key, now)
         elif len(info.futures) > 2 * info.refs + PRUNE_SLACK:
             info.live_futures()

@@ -45,7 +45,7 @@ from .addressing import (
 )
 from .errors import ProtocolError
 from .logs import RateLimitedLog
-from .loop import Waker, close_drained, drain, send, send_frames
+from .loop import SLICE, ListeningClock, Waker, close_drained, drain, send, send_frames
 from .processes import own_rss, release_free_memory
 from .worker_state import Task, WorkerState
 
@@ -178,6 +178,9 @@ class Worker:
         self._leave_requested = False
         self._retire_deadline: float | None = None
         self._last_sent = self._last_heard = self._next_timeout_check = 0.0
+        # The center is silent for the time this loop could have heard it:
+        # its own stretches of work past a heartbeat interval do not count.
+        self.listening = ListeningClock(heartbeat_interval, time.monotonic())
         self._held: list[tuple[str, dict, list]] = []  # completions held back a moment
         self._held_since: float | None = None
         self._held_until = 0.0  # when they go, at the latest
@@ -265,7 +268,7 @@ class Worker:
         self.center.setsockopt(zmq.ROUTING_ID, b"w-" + uuid.uuid4().hex.encode())
         self.center.connect(self.center_address)
         self.poller.register(self.center, zmq.POLLIN)
-        self._last_heard = time.monotonic()
+        self._last_heard = self.listening.time(time.monotonic())
         self._register()
 
     def _register(self) -> None:
@@ -309,19 +312,23 @@ class Worker:
         timeout_ms = max(0, int(1000 * (self._last_sent + self.heartbeat_interval - now)))
         if self._held_since is not None:  # (+1: poll's milliseconds must not round to 0)
             timeout_ms = min(timeout_ms, max(0, int(1000 * (self._held_until - now)) + 1))
+        self.listening.polling(now)
         events = dict(self.poller.poll(min(timeout_ms, 1000 * self.heartbeat_interval)))
         now = time.monotonic()
+        self.listening.working(now)
+        # One slice of work, each socket read at least once, then the timers.
+        until = now + SLICE
         if self.center in events:
-            drain(self.center, self._on_center_message, dropped)
+            drain(self.center, self._on_center_message, dropped, until=until)
         if self.server in events:
-            drain(self.server, self._on_data_request, dropped)
+            drain(self.server, self._on_data_request, dropped, until=until)
         for address, sock in list(self.peers.items()):
             if sock in events:
                 drain(sock, lambda frames, a=address: self._on_peer_data(a, frames),
-                      dropped)
+                      dropped, until=until)
         if self.waker.read_fd in events:
             self.waker.drain()
-        self._take_inbox()
+        self._take_inbox(until)
         if now >= self._next_timeout_check:  # timeouts are seconds long: no need to scan
             self._next_timeout_check = now + self.heartbeat_interval  # requests per message
             self.state.check_timeouts(now)
@@ -334,9 +341,10 @@ class Worker:
             self._connect()  # (its registration waits for the next center)
         if self._leave_requested and not self._stopping:
             self._leave(now)
-        if now - self._last_heard > self.heartbeat_timeout:
+        silent = self.listening.time(now) - self._last_heard
+        if silent > self.heartbeat_timeout:
             logger.warning("no word from the center at %s for %.1fs; reconnecting",
-                           self.center_address, now - self._last_heard)
+                           self.center_address, silent)
             self._connect()
         elif now - self._last_sent >= self.heartbeat_interval:
             self._send_center("heartbeat")
@@ -431,10 +439,10 @@ class Worker:
     # ------------------------------------------------------------------ handlers
 
     def _on_center_message(self, frames: list) -> None:
-        self._last_heard = time.monotonic()
+        now = time.monotonic()
+        self._last_heard = self.listening.time(now)
         header, frames = protocol.decode(frames)
         op = header["op"]
-        now = self._last_heard
         if op == "compute":
             for item, payload in protocol.unpack_items(header["tasks"], frames):
                 self.state.compute(item["key"], item["deps"], item.get("priority", 0),
@@ -623,7 +631,8 @@ class Worker:
         self.inbox.put((fn, args))
         self.waker.wake()
 
-    def _take_inbox(self) -> None:
+    def _take_inbox(self, until: float) -> None:
+        """Make the calls other threads asked for, until the slice is over."""
         inbox = self.inbox
         while True:
             try:
@@ -631,6 +640,10 @@ class Worker:
             except queue.Empty:
                 return
             fn(*args)
+            if time.monotonic() >= until:
+                if not inbox.empty():
+                    self.waker.wake()  # (the next turn polls without waiting)
+                return
 
     # ------------------------------------------------------------------ output
 

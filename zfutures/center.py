@@ -47,6 +47,12 @@ DIRECT_SWEEP = 2.0
 CLOSING_LINGER = 200
 
 
+#: Most tasks the scheduler releases or forgets per event, or per turn of the
+#: loop for what events left (see Scheduler.collect_limit): about 6 us each,
+#: so some 30 ms of work.
+COLLECT_PER_TURN = 5_000
+
+
 #: Garbage-collector thresholds of a center process (see tune_garbage_collector).
 GC_THRESHOLDS = (10_000, 50, 100)
 
@@ -108,7 +114,8 @@ class Center:
         self.client_timeout = client_timeout
         # A center may be a restart of one that died: for a while, keys workers
         # bring back wait for the clients that want them (see Scheduler.recovering).
-        self.scheduler = Scheduler(allowed_failures=allowed_failures, recovering=True)
+        self.scheduler = Scheduler(allowed_failures=allowed_failures, recovering=True,
+                                   collect_limit=COLLECT_PER_TURN)
         self.recovery_ends = time.monotonic() + recovery_window
         self._peak_tasks = 0
         self.context = zmq.Context()
@@ -191,7 +198,8 @@ class Center:
             while not self._stopping:
                 now = time.monotonic()
                 self.listening.polling(now)
-                events = dict(poller.poll(1000 * max(0.0, next_tick - now)))
+                wait = 0.0 if self.scheduler.garbage_pending else max(0.0, next_tick - now)
+                events = dict(poller.poll(1000 * wait))
                 self.listening.working(time.monotonic())
                 if self.socket in events:
                     self._drain()
@@ -199,6 +207,8 @@ class Center:
                     self.waker.drain()
                 if self.monitor in events:
                     self._log_handshake_failures()
+                if self.scheduler.garbage_pending:
+                    self.scheduler.collect_garbage()
                 now = time.monotonic()
                 if now >= next_tick:
                     self._tick(now)

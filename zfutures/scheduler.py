@@ -262,6 +262,12 @@ class Scheduler:
         least, so it never idles while the next task travels; more when tasks
         are short (see ROUND_TRIP). The rest waits here, where a worker that
         joins later can take it.
+    collect_limit
+        The most tasks one event looks at to release or forget (None: all).
+        The rest waits for :meth:`collect_garbage`, which the center calls
+        between its turns, so that a client letting go of 300,000 keys at once
+        (1.4 s of work) does not keep it from its heartbeats meanwhile. A task
+        that waits so is wanted again as usual, and then stays.
 
     >>> s = Scheduler()
     >>> s.add_worker(b"w1", "tcp://127.0.0.1:9000", "w1", nthreads=1)
@@ -272,8 +278,9 @@ class Scheduler:
     """
 
     def __init__(self, allowed_failures: int = 3, extra_queue: int = 2,
-                 recovering: bool = False):
+                 recovering: bool = False, collect_limit: int | None = None):
         self.allowed_failures = allowed_failures
+        self.collect_limit = collect_limit
         self.extra_queue = extra_queue
         self.tasks: dict[str, TaskState] = {}
         self.workers: dict[bytes, WorkerState] = {}
@@ -1140,7 +1147,9 @@ class Scheduler:
         chain releases the whole chain.
         """
         stack = self._maybe_unwanted
-        while stack:
+        left = -1 if self.collect_limit is None else self.collect_limit  # (-1: no end)
+        while stack and left:  # (what is left waits for the next event)
+            left -= 1
             ts = stack.pop()
             if ts.who_wants or ts.waiters or self.tasks.get(ts.key) is not ts:
                 continue
@@ -1159,6 +1168,15 @@ class Scheduler:
                         dep.dependents.remove(ts)  # type: ignore[attr-defined]
                     stack.append(dep)
                 ts.dependencies = []
+
+    @property
+    def garbage_pending(self) -> bool:
+        """Tasks wait to be released or forgotten (see ``collect_limit``)."""
+        return bool(self._maybe_unwanted)
+
+    def collect_garbage(self) -> None:
+        """Release and forget more of what earlier events let go of."""
+        self._settle()
 
     def compact(self) -> None:
         """Make the tables of an empty graph anew: emptied dicts and sets keep

@@ -21,6 +21,7 @@ thread that calls :meth:`Worker.run` only waits, so signals reach it at once.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -28,7 +29,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import zmq
@@ -76,17 +77,50 @@ _BATCHED = {"task-finished": "tasks", "task-erred": "tasks", "keys-added": "task
 
 
 
+# User code may raise any BaseException where a worker pickles, unpickles or
+# measures a value (a __reduce__ that raises SystemExit): on a task thread it
+# would end the thread, on the loop thread the worker. Neither thread is the
+# main one, which alone receives KeyboardInterrupt from a signal, so every
+# BaseException met there is user code's, and caught as an error of the value.
+
+
+def describe(exc: BaseException) -> str:
+    """``"TypeName: message"``, even for an exception whose ``__str__`` raises."""
+    try:
+        return f"{type(exc).__name__}: {exc}"
+    except BaseException:  # noqa: B036 - user code (see above)
+        return type(exc).__name__
+
+
 def pickle_exception(exc: BaseException) -> list:
     """Frames of ``(exception, formatted traceback)`` for the client to re-raise.
 
     An exception that does not pickle is replaced by one that does and says
     what it was, so the failure still reaches the user.
     """
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except BaseException:  # noqa: B036 - user code (see above)
+        text = f"{type(exc).__name__} (its traceback could not be formatted)\n"
     try:
         return serialize.dumps((exc, text))
-    except Exception:
-        return serialize.dumps((RuntimeError(f"{type(exc).__name__}: {exc}"), text))
+    except BaseException as e:  # noqa: B036 - user code (see above)
+        return serialize.dumps((RuntimeError(
+            f"{describe(exc)} (the exception could not be pickled: {describe(e)})"), text))
+
+
+def _contained(handle: Callable[..., None]) -> Callable[..., None]:
+    """A message handler, with a BaseException of user code (see above) raised
+    as an error that :func:`loop.drain` logs and drops, like any failing message."""
+    @functools.wraps(handle)
+    def contained(*args: Any) -> None:
+        try:
+            handle(*args)
+        except Exception:
+            raise
+        except BaseException as exc:  # noqa: B036 - user code (see above)
+            raise RuntimeError(describe(exc)) from exc
+    return contained
 
 
 #: Functions unpickled before, shared by the task threads (see serialize.loads_task).
@@ -108,12 +142,15 @@ def run_task(task: Task, inputs: dict[str, Any]) -> tuple:
     except BaseException as exc:  # noqa: B036 - a task's failure must reach its future
         return task.key, None, 0, time.perf_counter() - start, pickle_exception(exc), None
     duration = time.perf_counter() - start
-    nbytes = serialize.sizeof(value)
+    try:
+        nbytes = serialize.sizeof(value)
+    except BaseException:  # noqa: B036 - user code (see above): size unknown
+        nbytes = 0
     pickled = None
     if task.inline and nbytes <= INLINE_LIMIT:
         try:
             pickled = serialize.dumps(value)
-        except Exception:  # fetched (and its error reported) the usual way instead
+        except BaseException:  # noqa: B036 - fetched, and its error reported, the usual way
             pickled = None
         # An object can hide big buffers from sizeof: those are fetched from
         # here, never carried through the center.
@@ -438,6 +475,7 @@ class Worker:
 
     # ------------------------------------------------------------------ handlers
 
+    @_contained
     def _on_center_message(self, frames: list) -> None:
         now = time.monotonic()
         self._last_heard = self.listening.time(now)
@@ -490,6 +528,7 @@ class Worker:
                           dropped)
         self.state.peer_left(address, now)
 
+    @_contained
     def _on_data_request(self, frames: list) -> None:
         if len(frames) < 2:
             raise ProtocolError("a request without a header")
@@ -512,10 +551,10 @@ class Worker:
                 continue
             try:
                 value_frames = serialize.dumps(data[key])
-            except Exception as e:  # the task's fault, reported to whoever wants it
-                dropped.warning(f"the result {key!r} cannot be pickled", str(e))
+            except BaseException as e:  # noqa: B036 - the task's fault, reported to whoever wants it
+                dropped.warning(f"the result {key!r} cannot be pickled", describe(e))
                 exc = TypeError(f"the result of {key!r} cannot be pickled to leave its "
-                                f"worker: {type(e).__name__}: {e}")
+                                f"worker: {describe(e)}")
                 frames = pickle_exception(exc)
                 errors.append({"key": key, "nframes": len(frames)})
                 error_frames.extend(frames)
@@ -570,6 +609,7 @@ class Worker:
 
         threading.Thread(target=run, daemon=True, name="zfutures-run").start()
 
+    @_contained
     def _on_peer_data(self, address: str, frames: list) -> None:
         header, frames = protocol.decode(frames)
         if header["op"] != "data":
@@ -589,7 +629,14 @@ class Worker:
             if i >= len(items):  # an error item: the value cannot leave its worker
                 self.state.input_failed(key, value_frames)
                 continue
-            values[key] = serialize.loads(value_frames)
+            try:
+                values[key] = serialize.loads(value_frames)
+            except BaseException as e:  # noqa: B036 - user code (see above); so would a refetch
+                dropped.warning(f"the input {key!r} cannot be unpickled", describe(e))
+                self.state.input_failed(key, pickle_exception(TypeError(
+                    f"the input {key!r} cannot be unpickled on {self.address}: "
+                    f"{describe(e)}")))
+                continue
             nbytes[key] = item.get("nbytes", 0)
         self.state.data_received(header["id"], values, nbytes, time.monotonic())
 

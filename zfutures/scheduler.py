@@ -34,7 +34,7 @@ import itertools
 import logging
 import pickle
 import random
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from concurrent.futures import CancelledError
@@ -57,6 +57,11 @@ BANDWIDTH = 500e6
 ROUND_TRIP = 0.002
 #: The most tasks queued ahead per thread, however short they are.
 MAX_AHEAD_PER_THREAD = 50
+#: Task groups whose durations are kept, the most recently timed: a key
+#: without "-" is a group of its own, so a long-lived center that runs
+#: chosen keys would otherwise keep one figure per key it ever ran. A group
+#: forgotten counts as ROUND_TRIP again until timed anew.
+MAX_GROUPS = 10_000
 #: Sizes reported by workers are capped here (a petabyte), so that sums of
 #: them always fit in a message.
 MAX_NBYTES = 2**50
@@ -291,7 +296,8 @@ class Scheduler:
         self.with_room: set[WorkerState] = set()
         self.affine = 0  # ready tasks kept in workers' ready_here heaps
         self.outbox = Outbox()
-        self.durations: dict[str, float] = {}  # task group -> seconds, measured
+        # Task group -> seconds, measured; the MAX_GROUPS timed last (see _timed).
+        self.durations: OrderedDict[str, float] = OrderedDict()
         self._order = itertools.count()
         # Run ids, from a random start: a worker's report naming a run of this
         # center's is told from one of a run a previous center assigned.
@@ -699,9 +705,7 @@ class Scheduler:
             return
         self.expected.pop(key, None)
         if duration is not None and 0.0 <= duration < 1e9:  # (NaN fails this too)
-            durations = self.durations
-            known = durations.get(ts.group)
-            durations[ts.group] = duration if known is None else 0.8 * known + 0.2 * duration
+            self._timed(ts.group, duration)
         if ts.processing_on is not None:
             self._unassign(ts)
         self._add_holder(ts, ws, nbytes)
@@ -769,6 +773,19 @@ class Scheduler:
             self.outbox.add(target.ident, "acquire", "tasks",
                             {"key": ts.key, "holders": [ws.address]})
             ws.moving.add(ts)
+
+    def _timed(self, group: str, duration: float) -> None:
+        """A task of ``group`` ran for ``duration`` seconds. The table keeps the
+        MAX_GROUPS groups timed last, the latest at its end."""
+        durations = self.durations
+        known = durations.get(group)
+        if known is None:
+            durations[group] = duration
+            if len(durations) > MAX_GROUPS:
+                durations.popitem(last=False)
+        else:
+            durations[group] = 0.8 * known + 0.2 * duration
+            durations.move_to_end(group)
 
     def worker_paused(self, worker_ident: bytes, paused: bool) -> None:
         """A worker's memory crossed its high mark (``paused``) or fell back.

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 
 import pytest
 from conftest import command, free_port, read_line, stop, wait_for
 from test_scheduler import C1, W1, Sim, task
 
 from zfutures import Executor
+from zfutures.center import WORKER, Center
 from zfutures.loop import ListeningClock
 
 TIMEOUT = "1"
@@ -101,6 +103,27 @@ def test_the_listening_clock_skips_the_loops_own_long_work():
     # Never backwards, wherever it is read.
     times = [clock.time(107.0 + i / 10) for i in range(50)]
     assert times == sorted(times)
+
+
+def test_the_center_does_not_take_its_own_busy_time_for_a_workers_silence():
+    """A worker is declared dead after worker_timeout seconds the center listened."""
+    center = Center("127.0.0.1", 0, worker_timeout=1.0, heartbeat_interval=0.2)
+    try:
+        start = time.monotonic()
+        center.listening.working(start)
+        center.peers[b"w"] = center._new_peer(WORKER)
+        center._tick(start + 3.0)  # its turn took 3 s: 0.2 of them count
+        assert b"w" in center.peers
+        center.listening.polling(start + 3.0)
+        center._tick(start + 3.7)  # then it polled 0.7 s: 0.9 s of silence
+        assert b"w" in center.peers
+        center._tick(start + 3.9)
+        assert b"w" not in center.peers
+    finally:
+        center.monitor.close(linger=0)
+        center.socket.close(linger=0)
+        center.context.term()
+        center.waker.close()
 
 
 def test_a_scheduler_with_a_collect_limit_releases_a_big_release_in_parts():

@@ -14,7 +14,7 @@ import time
 
 import pytest
 from conftest import command, free_port, read_line, stop, wait_for
-from test_scheduler import C1, W1, Sim, task
+from test_scheduler import C1, W1, W2, Sim, task
 
 from zfutures import Executor
 from zfutures.center import WORKER, Center
@@ -165,3 +165,37 @@ def test_a_task_waiting_to_be_released_that_is_wanted_again_stays():
     assert sim.take().keys("release-keys", W1) == []
     assert sim.state(other) == "memory"
     assert first not in sim.s.tasks
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["release", "cancel"])
+@pytest.mark.parametrize("workers", [(W1,), (W1, W2)], ids=["shared-queue", "blocks"])
+def test_letting_go_of_many_ready_tasks_takes_one_pass(how, workers):
+    """100,000 tasks wait at the center (on one worker, in the shared queue; on
+    two, in each worker's block); letting go of them all is quick, and the
+    ones kept still run, each once."""
+    n = 100_000
+    sim = Sim()
+    for worker in workers:
+        sim.worker(worker)
+    sim.submit(*[task(f"r{i}") for i in range(n)])
+    computed = sim.take().computed_keys()
+    sent_before = set(computed)
+    dropped = [f"r{i}" for i in range(n) if i % 1000]  # all but 100
+    start = time.perf_counter()
+    getattr(sim.s, how)(C1, dropped)
+    assert time.perf_counter() - start < 5.0
+    while True:  # the workers run what they are sent
+        for key in [k for k, ts in sim.s.tasks.items() if ts.state == "processing"]:
+            sim.finish(key)
+        keys = sim.take().computed_keys()
+        if not keys:
+            break
+        computed += keys
+    kept = [f"r{i}" for i in range(0, n, 1000)]
+    assert len(computed) == len(set(computed))  # none sent twice
+    assert set(kept) <= set(computed)
+    assert set(computed) - set(kept) <= sent_before  # no dropped one sent after
+    assert all(sim.state(key) == "memory" for key in kept)
+    assert not sim.s.ready and sim.s.affine == 0
+    assert not any(ws.ready_here for ws in sim.s.workers.values())

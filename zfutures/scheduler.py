@@ -295,6 +295,9 @@ class Scheduler:
         self.ready: list[tuple[tuple, TaskState]] = []
         self.with_room: set[WorkerState] = set()
         self.affine = 0  # ready tasks kept in workers' ready_here heaps
+        # Ready tasks to take out of their heaps, all in one pass per heap, before
+        # the heaps are next read or pushed to (see _remove_ready).
+        self._unready: set[TaskState] = set()
         self.outbox = Outbox()
         # Task group -> seconds, measured; the MAX_GROUPS timed last (see _timed).
         self.durations: OrderedDict[str, float] = OrderedDict()
@@ -1201,6 +1204,7 @@ class Scheduler:
         if not self.tasks:
             self.tasks = {}
             self.ready = []
+            self._unready = set()
             self.affine = 0
             for client in self.clients.values():
                 client.wants = set()
@@ -1292,6 +1296,8 @@ class Scheduler:
             del ws.queued[ts.group]
 
     def _push_ready(self, ts: TaskState) -> None:
+        if self._unready:  # (ts may be among them: out first, then in anew)
+            self._purge_ready()
         ws = ts.affinity
         if ws is not None and self._takes_tasks(ws):
             heapq.heappush(ws.ready_here, (ts.priority, ts))
@@ -1301,14 +1307,22 @@ class Scheduler:
             heapq.heappush(self.ready, (ts.priority, ts))
 
     def _remove_ready(self, ts: TaskState) -> None:
-        # Rare (a ready task released or erred): rebuild rather than keep tombstones.
-        ws = ts.affinity
-        heap = self.ready if ws is None else ws.ready_here
-        size = len(heap)
-        heap[:] = [entry for entry in heap if entry[1] is not ts]
-        heapq.heapify(heap)
-        if ws is not None:
-            self.affine -= size - len(heap)
+        """Take ready ``ts`` out of its heap, with every other taken out before
+        the heaps are next used (_purge_ready): a heap is rebuilt rather than
+        kept with tombstones, and a rebuild for each task made a release of
+        20,000 ready tasks take 34 s."""
+        self._unready.add(ts)
+
+    def _purge_ready(self) -> None:
+        gone, self._unready = self._unready, set()
+        for ws in {ts.affinity for ts in gone}:  # (the heaps they are in now)
+            heap = self.ready if ws is None else ws.ready_here
+            size = len(heap)
+            heap[:] = [entry for entry in heap if entry[1] not in gone]
+            heapq.heapify(heap)
+            if ws is not None:
+                self.affine -= size - len(heap)
+        for ts in gone:
             ts.affinity = None
 
     def _pop_affine(self, ws: WorkerState) -> TaskState:
@@ -1348,6 +1362,8 @@ class Scheduler:
         A task no worker with room may run (restricted to busy workers, or
         needing resources in use) waits aside without blocking the others.
         """
+        if self._unready:
+            self._purge_ready()
         ready, with_room = self.ready, self.with_room
         waiting_aside = []
         while with_room:

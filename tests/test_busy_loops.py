@@ -19,6 +19,7 @@ from test_scheduler import C1, W1, W2, Sim, task
 from zfutures import Executor
 from zfutures.center import WORKER, Center
 from zfutures.loop import ListeningClock
+from zfutures.scheduler import MAX_ITEMS_PER_MESSAGE, Outbox
 
 TIMEOUT = "1"
 HEARTBEAT = ("--heartbeat-interval", "0.2")
@@ -124,6 +125,22 @@ def test_the_center_does_not_take_its_own_busy_time_for_a_workers_silence():
         center.socket.close(linger=0)
         center.context.term()
         center.waker.close()
+
+
+def test_a_message_from_the_center_holds_a_bounded_number_of_items():
+    """A peer handles one message at once: thousands of items go in several, in order."""
+    outbox = Outbox()
+    n = 2 * MAX_ITEMS_PER_MESSAGE + 10
+    for i in range(n):
+        outbox.add(W1, "acquire", "tasks", {"key": f"k{i}", "holders": ["tcp://w2:9000"]})
+    outbox.add(W1, "release-keys", "keys", "other")
+    messages = outbox.take()
+    assert [(op, len(fields.get("tasks", fields.get("keys")))) for _, op, fields, _ in messages] \
+        == [("acquire", MAX_ITEMS_PER_MESSAGE), ("acquire", MAX_ITEMS_PER_MESSAGE),
+            ("acquire", 10), ("release-keys", 1)]
+    keys = [item["key"] for _, op, fields, _ in messages if op == "acquire"
+            for item in fields["tasks"]]
+    assert keys == [f"k{i}" for i in range(n)]
 
 
 def test_a_scheduler_with_a_collect_limit_releases_a_big_release_in_parts():

@@ -2,8 +2,9 @@
 
 Clients and workers both connect here with DEALER sockets. The shell decodes
 each message's header, calls the matching Scheduler method, and after each
-burst of messages sends what the scheduler queued, batched per peer. Payload
-frames are kept and forwarded as they came; the center never unpickles them.
+slice of messages (loop.SLICE) runs its timers and sends what the scheduler
+queued, batched per peer. Payload frames are kept and forwarded as they came;
+the center never unpickles them.
 
 A center may be the restart of one that died: a peer it does not know is
 asked to register again (``reregister``), and for ``recovery_window`` seconds

@@ -7,7 +7,6 @@ returned. Every wait is bounded: a regression fails, it does not hang.
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import random
 import threading
 import time
@@ -126,7 +125,7 @@ def test_who_has_names_the_holder_as_soon_as_a_result_is_in(ex):
         assert a.key in held[holders[a.key][0]]
 
 
-# --------------------------------------------------------------------------- values that cannot travel
+# ------------------------------------------------------------------- values that cannot travel
 
 
 def test_one_result_that_cannot_be_pickled_fails_only_its_own_future():

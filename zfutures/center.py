@@ -2,8 +2,9 @@
 
 Clients and workers both connect here with DEALER sockets. The shell decodes
 each message's header, calls the matching Scheduler method, and after each
-burst of messages sends what the scheduler queued, batched per peer. Payload
-frames are kept and forwarded as they came; the center never unpickles them.
+slice of messages (loop.SLICE) runs its timers and sends what the scheduler
+queued, batched per peer. Payload frames are kept and forwarded as they came;
+the center never unpickles them.
 
 A center may be the restart of one that died: a peer it does not know is
 asked to register again (``reregister``), and for ``recovery_window`` seconds
@@ -24,7 +25,7 @@ from . import protocol
 from .addressing import bind_ephemeral, configure
 from .errors import ProtocolError
 from .logs import RateLimitedLog
-from .loop import Waker, receive, send_frames
+from .loop import SLICE, ListeningClock, Waker, receive, send_frames
 from .processes import release_free_memory
 from .scheduler import Scheduler
 
@@ -45,6 +46,12 @@ DIRECT_SWEEP = 2.0
 #: Milliseconds the center's socket may take, as it closes, to send what it
 #: queued last: its workers' word that it is going (see _say_closing).
 CLOSING_LINGER = 200
+
+
+#: Most tasks the scheduler releases or forgets per event, or per turn of the
+#: loop for what events left (see Scheduler.collect_limit): about 6 us each,
+#: so some 30 ms of work.
+COLLECT_PER_TURN = 5_000
 
 
 #: Garbage-collector thresholds of a center process (see tune_garbage_collector).
@@ -83,9 +90,9 @@ _ASK_TO_REGISTER = frozenset((
 class _Peer:
     __slots__ = ("role", "last_heard", "last_sent")
 
-    def __init__(self, role: str, now: float):
+    def __init__(self, role: str, heard: float, now: float):
         self.role = role
-        self.last_heard = now
+        self.last_heard = heard  # on the center's listening clock
         self.last_sent = now
 
 
@@ -108,7 +115,8 @@ class Center:
         self.client_timeout = client_timeout
         # A center may be a restart of one that died: for a while, keys workers
         # bring back wait for the clients that want them (see Scheduler.recovering).
-        self.scheduler = Scheduler(allowed_failures=allowed_failures, recovering=True)
+        self.scheduler = Scheduler(allowed_failures=allowed_failures, recovering=True,
+                                   collect_limit=COLLECT_PER_TURN)
         self.recovery_ends = time.monotonic() + recovery_window
         self._peak_tasks = 0
         self.context = zmq.Context()
@@ -130,6 +138,9 @@ class Center:
         self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.address = bind_ephemeral(self.socket, host, port)
         self.peers: dict[bytes, _Peer] = {}
+        # A peer is silent for the time the center could have heard it: its
+        # own stretches of work past a heartbeat interval do not count.
+        self.listening = ListeningClock(heartbeat_interval, time.monotonic())
         self.waker = Waker()
         self.dropped = RateLimitedLog(logger)
         self._stopping = False
@@ -186,14 +197,19 @@ class Center:
         next_tick = time.monotonic()
         try:
             while not self._stopping:
-                timeout = max(0.0, next_tick - time.monotonic())
-                events = dict(poller.poll(1000 * timeout))
+                now = time.monotonic()
+                self.listening.polling(now)
+                wait = 0.0 if self.scheduler.garbage_pending else max(0.0, next_tick - now)
+                events = dict(poller.poll(1000 * wait))
+                self.listening.working(time.monotonic())
                 if self.socket in events:
                     self._drain()
                 if self.waker.read_fd in events:
                     self.waker.drain()
                 if self.monitor in events:
                     self._log_handshake_failures()
+                if self.scheduler.garbage_pending:
+                    self.scheduler.collect_garbage()
                 now = time.monotonic()
                 if now >= next_tick:
                     self._tick(now)
@@ -224,13 +240,17 @@ class Center:
 
     # ------------------------------------------------------------------ input
 
-    def _drain(self, limit: int = 10000) -> None:
-        sock = self.socket
-        for _ in range(limit):
+    def _drain(self) -> None:
+        """Handle what came, for one slice of time: then the timers run, and
+        what the scheduler queued goes out, before the next slice."""
+        sock, until = self.socket, time.monotonic() + SLICE
+        while True:
             frames = receive(sock)
             if frames is None:
                 return
             self._handle(frames)
+            if time.monotonic() >= until:
+                return
 
     def _handle(self, frames: list) -> None:
         ident = frames[0].bytes
@@ -257,7 +277,7 @@ class Center:
                     f"dropped {op!r} from a {role or 'peer that has not registered'}")
             return
         if peer is not None:
-            peer.last_heard = time.monotonic()
+            peer.last_heard = self.listening.time(time.monotonic())
         try:
             handler(ident, header, payload)
         except ProtocolError as e:
@@ -283,7 +303,7 @@ class Center:
     def _register_client(self, ident: bytes, header: dict, frames: list) -> None:
         if not self._check_protocol(ident, header):
             return
-        self.peers[ident] = _Peer(CLIENT, time.monotonic())
+        self.peers[ident] = self._new_peer(CLIENT)
         self.scheduler.add_client(ident, header["name"])
         self._send(ident, "welcome", {"protocol": protocol.PROTOCOL_VERSION,
                                       "address": self.address,
@@ -301,7 +321,7 @@ class Center:
         keys, nbytes = header["keys"], header.get("nbytes") or []
         if len(nbytes) != len(keys):
             nbytes = [0] * len(keys)
-        self.peers[ident] = _Peer(WORKER, time.monotonic())
+        self.peers[ident] = self._new_peer(WORKER)
         self._send(ident, "welcome", {"protocol": protocol.PROTOCOL_VERSION})
         self.scheduler.add_worker(ident, header["address"], header["name"], header["nthreads"],
                                   header["memory_limit"], header["resources"],
@@ -310,7 +330,11 @@ class Center:
 
     def _register_nanny(self, ident: bytes, header: dict, frames: list) -> None:
         if self._check_protocol(ident, header):
-            self.peers[ident] = _Peer(NANNY, time.monotonic())
+            self.peers[ident] = self._new_peer(NANNY)
+
+    def _new_peer(self, role: str) -> _Peer:
+        now = time.monotonic()
+        return _Peer(role, self.listening.time(now), now)
 
     def _worker_died(self, ident: bytes, header: dict, frames: list) -> None:
         """A nanny saw its worker process exit: no need to wait for heartbeats."""
@@ -382,13 +406,14 @@ class Center:
             self._next_sweep = now + DIRECT_SWEEP
             self.scheduler.sweep_direct()
         self._give_back_memory()
+        listened = self.listening.time(now)
         for ident, peer in list(self.peers.items()):
             if peer.role == NANNY:
                 continue  # nannies register again with each report
             limit = self.worker_timeout if peer.role == WORKER else self.client_timeout
-            if now - peer.last_heard > limit:
+            if listened - peer.last_heard > limit:
                 logger.warning("%s %r silent for %.1fs: removing it", peer.role, ident,
-                               now - peer.last_heard)
+                               listened - peer.last_heard)
                 self._forget_peer(ident)
             elif now - peer.last_sent >= self.heartbeat_interval:
                 self._send(ident, "heartbeat", {})

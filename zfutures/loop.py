@@ -1,11 +1,15 @@
-"""Pieces every poll loop shares: a wake-up other threads can use, and draining.
+"""Pieces every poll loop shares: a wake-up other threads can use, draining
+in slices, and a clock to judge a peer's silence by.
 
 Each zfutures process runs one poll loop per role (the center, a worker, a
-client's I/O thread) that owns its sockets.
+client's I/O thread) that owns its sockets. A turn of the loop handles what
+came for at most one slice of time (``SLICE``), then runs its timers: sends
+heartbeats, checks deadlines, sends what the turn produced.
 """
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Callable
 
 import zmq
@@ -66,9 +70,20 @@ class Waker:
                 pass
 
 
+#: Seconds of messages a loop handles before it runs its timers and sends
+#: what is due. A message may take long (a submit of 1,000 tasks costs the
+#: center about 12 ms), so a count alone does not bound a turn: 10,000 of
+#: them kept a center from its heartbeats for seconds, and its workers took
+#: it for dead. A tenth of the default heartbeat interval, and long enough
+#: that what a turn sends still goes in few, large batches.
+SLICE = 0.05
+
+
 def drain(sock: zmq.Socket, handle: Callable[[list], Any], dropped: Any,
-          limit: int = 1000) -> None:
-    """Handle what is waiting on ``sock``, at most ``limit`` messages (fairness).
+          limit: int = 1000, until: float | None = None) -> None:
+    """Handle what is waiting on ``sock``: at most ``limit`` messages, and none
+    begun after the monotonic time ``until`` but the first (so that every
+    socket of a loop is read at each turn).
 
     A message that is malformed, or fails to load or to apply, is dropped and
     logged through ``dropped`` (a RateLimitedLog): no message stops the loop.
@@ -84,6 +99,47 @@ def drain(sock: zmq.Socket, handle: Callable[[list], Any], dropped: Any,
         except Exception as e:
             dropped.warning("dropped a message that failed to load or apply",
                             f"{type(e).__name__}: {e}")
+        if until is not None and time.monotonic() >= until:
+            return
+
+
+class ListeningClock:
+    """Seconds a poll loop has listened: the time a peer's silence is measured in.
+
+    A loop busy with its own work (a long message, a garbage collection, its
+    process stopped or starved of CPU) reads nothing meanwhile: its peers'
+    messages wait unread, and in wall time a healthy peer would look silent,
+    be declared dead for the loop's own delay, and its work be done twice.
+    This clock runs with wall time while the loop polls, and for the first
+    ``slack`` seconds of each stretch of work between two polls; beyond, it
+    stands still. A turn that keeps to its slice loses nothing.
+
+    >>> clock = ListeningClock(slack=0.5, now=0.0)
+    >>> clock.polling(10.0)          # worked 10 s since: 9.5 s not listening
+    >>> clock.time(12.0)             # polled for 2 s since
+    2.5
+    """
+
+    def __init__(self, slack: float, now: float):
+        self.slack = slack
+        self._lost = 0.0  # seconds of work past the slack, so far
+        self._working_since: float | None = now
+
+    def working(self, now: float) -> None:
+        """The loop's poll returned: a stretch of work starts."""
+        self._working_since = now
+
+    def polling(self, now: float) -> None:
+        """The loop is about to poll: the stretch of work ends."""
+        if self._working_since is not None:
+            self._lost += max(0.0, now - self._working_since - self.slack)
+            self._working_since = None
+
+    def time(self, now: float) -> float:
+        """Listening time at the monotonic time ``now``."""
+        if self._working_since is None:
+            return now - self._lost
+        return now - self._lost - max(0.0, now - self._working_since - self.slack)
 
 
 # Plain ints: pyzmq's flag enums cost microseconds to combine, per frame.

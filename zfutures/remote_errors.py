@@ -28,21 +28,36 @@ _MARK = "\x00zfutures-line-{}\x00"
 _MARKED_LINE = re.compile(r"^(.*?) {4}\x00zfutures-line-(\d+)\x00\n", re.MULTILINE)
 
 
+def describe(exc: BaseException) -> str:
+    """``"TypeName: message"``, even for an exception whose ``__str__`` raises."""
+    try:
+        return f"{type(exc).__name__}: {exc}"
+    except BaseException:  # noqa: B036 - user code may raise anything
+        return type(exc).__name__
+
+
 def pickle_exception(exc: BaseException) -> list:
     """Frames of ``(exception, formatted traceback, frames without source)``
     for the client to re-raise (see :func:`remote_exception`).
 
-    An exception that does not pickle is replaced by one that does and says
-    what it was, so the failure still reaches the user.
+    An exception that does not pickle (or whose pickling raises anything,
+    SystemExit included) is replaced by one that does and says what it was,
+    so the failure still reaches the user.
     """
-    formatted = traceback.TracebackException(type(exc), exc, exc.__traceback__)
     missing: list[tuple] = []
-    _mark_missing_lines(formatted, missing, set())
-    text = "".join(formatted.format())
+    try:
+        formatted = traceback.TracebackException(type(exc), exc, exc.__traceback__)
+        _mark_missing_lines(formatted, missing, set())
+        text = "".join(formatted.format())
+    except BaseException:  # noqa: B036 - user code may raise anything
+        missing = []
+        text = f"{type(exc).__name__} (its traceback could not be formatted)\n"
     try:
         return serialize.dumps((exc, text, missing))
-    except Exception:
-        return serialize.dumps((RuntimeError(f"{type(exc).__name__}: {exc}"), text, missing))
+    except BaseException as e:  # noqa: B036 - user code may raise anything
+        return serialize.dumps((RuntimeError(
+            f"{describe(exc)} (the exception could not be pickled: {describe(e)})"), text,
+            missing))
 
 
 def _mark_missing_lines(formatted: traceback.TracebackException, missing: list,

@@ -34,7 +34,7 @@ import itertools
 import logging
 import pickle
 import random
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from concurrent.futures import CancelledError
@@ -57,6 +57,16 @@ BANDWIDTH = 500e6
 ROUND_TRIP = 0.002
 #: The most tasks queued ahead per thread, however short they are.
 MAX_AHEAD_PER_THREAD = 50
+#: Task groups whose durations are kept, the most recently timed: a key
+#: without "-" is a group of its own, so a long-lived center that runs
+#: chosen keys would otherwise keep one figure per key it ever ran. A group
+#: forgotten counts as ROUND_TRIP again until timed anew.
+MAX_GROUPS = 10_000
+#: Items of one message the center sends, at most: a peer handles a message
+#: at once, so one of 142,500 keys to copy from a retiring worker held its
+#: recipient from its heartbeats for 1.6 s (about 11 us a key). Thousands
+#: still make the cost of a message itself vanish.
+MAX_ITEMS_PER_MESSAGE = 2_000
 #: Sizes reported by workers are capped here (a petabyte), so that sums of
 #: them always fit in a message.
 MAX_NBYTES = 2**50
@@ -184,7 +194,8 @@ class Outbox:
     Items of one op for one recipient become one message, except where that
     would reorder what the recipient hears of one key: a release of a key
     followed by a new compute of it must not arrive the other way round, so
-    such an item starts a new message after the one it must follow.
+    such an item starts a new message after the one it must follow. A message
+    holds at most MAX_ITEMS_PER_MESSAGE items.
     ``take()`` returns ``[(ident, op, fields, frames)]`` in the order each
     recipient must see them; ``fields[list_field]`` holds the items.
     """
@@ -205,7 +216,8 @@ class Outbox:
         messages, last_of_op, last_naming = queued
         key = item if isinstance(item, str) else item.get("key")
         index = last_of_op.get(op)
-        if index is None or last_naming.get(key, -1) > index or messages[index][4] != seen:
+        if index is None or last_naming.get(key, -1) > index or messages[index][4] != seen \
+                or len(messages[index][2]) >= MAX_ITEMS_PER_MESSAGE:
             index = last_of_op[op] = len(messages)
             messages.append([op, list_field, [], [], seen])
         if key is not None:
@@ -262,6 +274,12 @@ class Scheduler:
         least, so it never idles while the next task travels; more when tasks
         are short (see ROUND_TRIP). The rest waits here, where a worker that
         joins later can take it.
+    collect_limit
+        The most tasks one event looks at to release or forget (None: all).
+        The rest waits for :meth:`collect_garbage`, which the center calls
+        between its turns, so that a client letting go of 300,000 keys at once
+        (1.4 s of work) does not keep it from its heartbeats meanwhile. A task
+        that waits so is wanted again as usual, and then stays.
 
     >>> s = Scheduler()
     >>> s.add_worker(b"w1", "tcp://127.0.0.1:9000", "w1", nthreads=1)
@@ -272,8 +290,9 @@ class Scheduler:
     """
 
     def __init__(self, allowed_failures: int = 3, extra_queue: int = 2,
-                 recovering: bool = False):
+                 recovering: bool = False, collect_limit: int | None = None):
         self.allowed_failures = allowed_failures
+        self.collect_limit = collect_limit
         self.extra_queue = extra_queue
         self.tasks: dict[str, TaskState] = {}
         self.workers: dict[bytes, WorkerState] = {}
@@ -283,8 +302,12 @@ class Scheduler:
         self.ready: list[tuple[tuple, TaskState]] = []
         self.with_room: set[WorkerState] = set()
         self.affine = 0  # ready tasks kept in workers' ready_here heaps
+        # Ready tasks to take out of their heaps, all in one pass per heap, before
+        # the heaps are next read or pushed to (see _remove_ready).
+        self._unready: set[TaskState] = set()
         self.outbox = Outbox()
-        self.durations: dict[str, float] = {}  # task group -> seconds, measured
+        # Task group -> seconds, measured; the MAX_GROUPS timed last (see _timed).
+        self.durations: OrderedDict[str, float] = OrderedDict()
         self._order = itertools.count()
         # Run ids, from a random start: a worker's report naming a run of this
         # center's is told from one of a run a previous center assigned.
@@ -692,9 +715,7 @@ class Scheduler:
             return
         self.expected.pop(key, None)
         if duration is not None and 0.0 <= duration < 1e9:  # (NaN fails this too)
-            durations = self.durations
-            known = durations.get(ts.group)
-            durations[ts.group] = duration if known is None else 0.8 * known + 0.2 * duration
+            self._timed(ts.group, duration)
         if ts.processing_on is not None:
             self._unassign(ts)
         self._add_holder(ts, ws, nbytes)
@@ -762,6 +783,19 @@ class Scheduler:
             self.outbox.add(target.ident, "acquire", "tasks",
                             {"key": ts.key, "holders": [ws.address]})
             ws.moving.add(ts)
+
+    def _timed(self, group: str, duration: float) -> None:
+        """A task of ``group`` ran for ``duration`` seconds. The table keeps the
+        MAX_GROUPS groups timed last, the latest at its end."""
+        durations = self.durations
+        known = durations.get(group)
+        if known is None:
+            durations[group] = duration
+            if len(durations) > MAX_GROUPS:
+                durations.popitem(last=False)
+        else:
+            durations[group] = 0.8 * known + 0.2 * duration
+            durations.move_to_end(group)
 
     def worker_paused(self, worker_ident: bytes, paused: bool) -> None:
         """A worker's memory crossed its high mark (``paused``) or fell back.
@@ -1140,7 +1174,9 @@ class Scheduler:
         chain releases the whole chain.
         """
         stack = self._maybe_unwanted
-        while stack:
+        left = -1 if self.collect_limit is None else self.collect_limit  # (-1: no end)
+        while stack and left:  # (what is left waits for the next event)
+            left -= 1
             ts = stack.pop()
             if ts.who_wants or ts.waiters or self.tasks.get(ts.key) is not ts:
                 continue
@@ -1160,12 +1196,22 @@ class Scheduler:
                     stack.append(dep)
                 ts.dependencies = []
 
+    @property
+    def garbage_pending(self) -> bool:
+        """Tasks wait to be released or forgotten (see ``collect_limit``)."""
+        return bool(self._maybe_unwanted)
+
+    def collect_garbage(self) -> None:
+        """Release and forget more of what earlier events let go of."""
+        self._settle()
+
     def compact(self) -> None:
         """Make the tables of an empty graph anew: emptied dicts and sets keep
         the size they grew to."""
         if not self.tasks:
             self.tasks = {}
             self.ready = []
+            self._unready = set()
             self.affine = 0
             for client in self.clients.values():
                 client.wants = set()
@@ -1257,6 +1303,8 @@ class Scheduler:
             del ws.queued[ts.group]
 
     def _push_ready(self, ts: TaskState) -> None:
+        if self._unready:  # (ts may be among them: out first, then in anew)
+            self._purge_ready()
         ws = ts.affinity
         if ws is not None and self._takes_tasks(ws):
             heapq.heappush(ws.ready_here, (ts.priority, ts))
@@ -1266,14 +1314,22 @@ class Scheduler:
             heapq.heappush(self.ready, (ts.priority, ts))
 
     def _remove_ready(self, ts: TaskState) -> None:
-        # Rare (a ready task released or erred): rebuild rather than keep tombstones.
-        ws = ts.affinity
-        heap = self.ready if ws is None else ws.ready_here
-        size = len(heap)
-        heap[:] = [entry for entry in heap if entry[1] is not ts]
-        heapq.heapify(heap)
-        if ws is not None:
-            self.affine -= size - len(heap)
+        """Take ready ``ts`` out of its heap, with every other taken out before
+        the heaps are next used (_purge_ready): a heap is rebuilt rather than
+        kept with tombstones, and a rebuild for each task made a release of
+        20,000 ready tasks take 34 s."""
+        self._unready.add(ts)
+
+    def _purge_ready(self) -> None:
+        gone, self._unready = self._unready, set()
+        for ws in {ts.affinity for ts in gone}:  # (the heaps they are in now)
+            heap = self.ready if ws is None else ws.ready_here
+            size = len(heap)
+            heap[:] = [entry for entry in heap if entry[1] not in gone]
+            heapq.heapify(heap)
+            if ws is not None:
+                self.affine -= size - len(heap)
+        for ts in gone:
             ts.affinity = None
 
     def _pop_affine(self, ws: WorkerState) -> TaskState:
@@ -1313,6 +1369,8 @@ class Scheduler:
         A task no worker with room may run (restricted to busy workers, or
         needing resources in use) waits aside without blocking the others.
         """
+        if self._unready:
+            self._purge_ready()
         ready, with_room = self.ready, self.with_room
         waiting_aside = []
         while with_room:

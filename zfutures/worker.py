@@ -21,13 +21,14 @@ thread that calls :meth:`Worker.run` only waits, so signals reach it at once.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import zmq
@@ -44,7 +45,7 @@ from .addressing import (
 )
 from .errors import ProtocolError
 from .logs import RateLimitedLog
-from .loop import Waker, close_drained, drain, send, send_frames
+from .loop import SLICE, ListeningClock, Waker, close_drained, drain, send, send_frames
 from .processes import own_rss, release_free_memory
 from .worker_state import Task, WorkerState
 
@@ -75,10 +76,34 @@ _BATCHED = {"task-finished": "tasks", "task-erred": "tasks", "keys-added": "task
 
 
 
+# User code may raise any BaseException where a worker pickles, unpickles or
+# measures a value (a __reduce__ that raises SystemExit): on a task thread it
+# would end the thread, on the loop thread the worker. Neither thread is the
+# main one, which alone receives KeyboardInterrupt from a signal, so every
+# BaseException met there is user code's, and caught as an error of the value.
+
+
+describe = remote_errors.describe
+
+
 def pickle_exception(exc: BaseException) -> list:
     """Frames of the exception and its traceback for the client to re-raise
     (see remote_errors.py: the client fills in source lines not found here)."""
     return remote_errors.pickle_exception(exc)
+
+
+def _contained(handle: Callable[..., None]) -> Callable[..., None]:
+    """A message handler, with a BaseException of user code (see above) raised
+    as an error that :func:`loop.drain` logs and drops, like any failing message."""
+    @functools.wraps(handle)
+    def contained(*args: Any) -> None:
+        try:
+            handle(*args)
+        except Exception:
+            raise
+        except BaseException as exc:  # noqa: B036 - user code (see above)
+            raise RuntimeError(describe(exc)) from exc
+    return contained
 
 
 #: Functions unpickled before, shared by the task threads (see serialize.loads_task).
@@ -100,12 +125,15 @@ def run_task(task: Task, inputs: dict[str, Any]) -> tuple:
     except BaseException as exc:  # noqa: B036 - a task's failure must reach its future
         return task.key, None, 0, time.perf_counter() - start, pickle_exception(exc), None
     duration = time.perf_counter() - start
-    nbytes = serialize.sizeof(value)
+    try:
+        nbytes = serialize.sizeof(value)
+    except BaseException:  # noqa: B036 - user code (see above): size unknown
+        nbytes = 0
     pickled = None
     if task.inline and nbytes <= INLINE_LIMIT:
         try:
             pickled = serialize.dumps(value)
-        except Exception:  # fetched (and its error reported) the usual way instead
+        except BaseException:  # noqa: B036 - fetched, and its error reported, the usual way
             pickled = None
         # An object can hide big buffers from sizeof: those are fetched from
         # here, never carried through the center.
@@ -170,6 +198,9 @@ class Worker:
         self._leave_requested = False
         self._retire_deadline: float | None = None
         self._last_sent = self._last_heard = self._next_timeout_check = 0.0
+        # The center is silent for the time this loop could have heard it:
+        # its own stretches of work past a heartbeat interval do not count.
+        self.listening = ListeningClock(heartbeat_interval, time.monotonic())
         self._held: list[tuple[str, dict, list]] = []  # completions held back a moment
         self._held_since: float | None = None
         self._held_until = 0.0  # when they go, at the latest
@@ -257,7 +288,7 @@ class Worker:
         self.center.setsockopt(zmq.ROUTING_ID, b"w-" + uuid.uuid4().hex.encode())
         self.center.connect(self.center_address)
         self.poller.register(self.center, zmq.POLLIN)
-        self._last_heard = time.monotonic()
+        self._last_heard = self.listening.time(time.monotonic())
         self._register()
 
     def _register(self) -> None:
@@ -301,19 +332,23 @@ class Worker:
         timeout_ms = max(0, int(1000 * (self._last_sent + self.heartbeat_interval - now)))
         if self._held_since is not None:  # (+1: poll's milliseconds must not round to 0)
             timeout_ms = min(timeout_ms, max(0, int(1000 * (self._held_until - now)) + 1))
+        self.listening.polling(now)
         events = dict(self.poller.poll(min(timeout_ms, 1000 * self.heartbeat_interval)))
         now = time.monotonic()
+        self.listening.working(now)
+        # One slice of work, each socket read at least once, then the timers.
+        until = now + SLICE
         if self.center in events:
-            drain(self.center, self._on_center_message, dropped)
+            drain(self.center, self._on_center_message, dropped, until=until)
         if self.server in events:
-            drain(self.server, self._on_data_request, dropped)
+            drain(self.server, self._on_data_request, dropped, until=until)
         for address, sock in list(self.peers.items()):
             if sock in events:
                 drain(sock, lambda frames, a=address: self._on_peer_data(a, frames),
-                      dropped)
+                      dropped, until=until)
         if self.waker.read_fd in events:
             self.waker.drain()
-        self._take_inbox()
+        self._take_inbox(until)
         if now >= self._next_timeout_check:  # timeouts are seconds long: no need to scan
             self._next_timeout_check = now + self.heartbeat_interval  # requests per message
             self.state.check_timeouts(now)
@@ -326,9 +361,10 @@ class Worker:
             self._connect()  # (its registration waits for the next center)
         if self._leave_requested and not self._stopping:
             self._leave(now)
-        if now - self._last_heard > self.heartbeat_timeout:
+        silent = self.listening.time(now) - self._last_heard
+        if silent > self.heartbeat_timeout:
             logger.warning("no word from the center at %s for %.1fs; reconnecting",
-                           self.center_address, now - self._last_heard)
+                           self.center_address, silent)
             self._connect()
         elif now - self._last_sent >= self.heartbeat_interval:
             self._send_center("heartbeat")
@@ -422,11 +458,12 @@ class Worker:
 
     # ------------------------------------------------------------------ handlers
 
+    @_contained
     def _on_center_message(self, frames: list) -> None:
-        self._last_heard = time.monotonic()
+        now = time.monotonic()
+        self._last_heard = self.listening.time(now)
         header, frames = protocol.decode(frames)
         op = header["op"]
-        now = self._last_heard
         if op == "compute":
             for item, payload in protocol.unpack_items(header["tasks"], frames):
                 self.state.compute(item["key"], item["deps"], item.get("priority", 0),
@@ -474,6 +511,7 @@ class Worker:
                           dropped)
         self.state.peer_left(address, now)
 
+    @_contained
     def _on_data_request(self, frames: list) -> None:
         if len(frames) < 2:
             raise ProtocolError("a request without a header")
@@ -496,10 +534,10 @@ class Worker:
                 continue
             try:
                 value_frames = serialize.dumps(data[key])
-            except Exception as e:  # the task's fault, reported to whoever wants it
-                dropped.warning(f"the result {key!r} cannot be pickled", str(e))
+            except BaseException as e:  # noqa: B036 - the task's fault, reported to whoever wants it
+                dropped.warning(f"the result {key!r} cannot be pickled", describe(e))
                 exc = TypeError(f"the result of {key!r} cannot be pickled to leave its "
-                                f"worker: {type(e).__name__}: {e}")
+                                f"worker: {describe(e)}")
                 frames = pickle_exception(exc)
                 errors.append({"key": key, "nframes": len(frames)})
                 error_frames.extend(frames)
@@ -555,6 +593,7 @@ class Worker:
 
         threading.Thread(target=run, daemon=True, name="zfutures-run").start()
 
+    @_contained
     def _on_peer_data(self, address: str, frames: list) -> None:
         header, frames = protocol.decode(frames)
         if header["op"] != "data":
@@ -574,7 +613,14 @@ class Worker:
             if i >= len(items):  # an error item: the value cannot leave its worker
                 self.state.input_failed(key, value_frames)
                 continue
-            values[key] = serialize.loads(value_frames)
+            try:
+                values[key] = serialize.loads(value_frames)
+            except BaseException as e:  # noqa: B036 - user code (see above); so would a refetch
+                dropped.warning(f"the input {key!r} cannot be unpickled", describe(e))
+                self.state.input_failed(key, pickle_exception(TypeError(
+                    f"the input {key!r} cannot be unpickled on {self.address}: "
+                    f"{describe(e)}")))
+                continue
             nbytes[key] = item.get("nbytes", 0)
         self.state.data_received(header["id"], values, nbytes, time.monotonic())
 
@@ -616,7 +662,8 @@ class Worker:
         self.inbox.put((fn, args))
         self.waker.wake()
 
-    def _take_inbox(self) -> None:
+    def _take_inbox(self, until: float) -> None:
+        """Make the calls other threads asked for, until the slice is over."""
         inbox = self.inbox
         while True:
             try:
@@ -624,6 +671,10 @@ class Worker:
             except queue.Empty:
                 return
             fn(*args)
+            if time.monotonic() >= until:
+                if not inbox.empty():
+                    self.waker.wake()  # (the next turn polls without waiting)
+                return
 
     # ------------------------------------------------------------------ output
 

@@ -292,7 +292,6 @@ MALFORMED = {
         TASK, key="k2", nframes=2)]), b"p"],
     "submit announcing 2**62 frames": [h("submit", tasks=[dict(TASK, nframes=2**62)]), b"p"],
     "release with int keys": [h("release", keys=[1, 2])],
-    "cancel with keys a map": [h("cancel", keys={"k": 1})],
     "who-has with a string id": [h("who-has", id="1", keys=[])],
     "who-has with a bool id": [h("who-has", id=True, keys=[])],
     "scheduler-info without id": [h("scheduler-info")],
@@ -960,7 +959,7 @@ extra_fields = st.fixed_dictionaries({}, optional={
 
 #: The ops each fake peer may send: half of the fuzzed messages keep to them.
 OWN_OPS = {
-    CLIENT: ["register-client", "submit", "release", "cancel", "update-data", "who-has",
+    CLIENT: ["register-client", "submit", "release", "update-data", "who-has",
              "scheduler-info", "has-what", "close-client", "heartbeat"],
     WORKER: ["register-worker", "task-finished", "task-erred", "keys-added", "missing-data",
              "task-seceded", "retire", "unregister", "heartbeat", "paused"],

@@ -1891,3 +1891,20 @@ def test_a_direct_task_its_worker_refuses_is_placed_by_the_center():
     sent = sim.take()
     assert sent.keys("release-keys", W1) == ["x"]   # then, in order, the new run
     assert run_sent(sent, W1, "x") != DIRECT_RUN and sim.s.unconfirmed == {}
+
+
+def test_a_key_chosen_again_for_another_call_before_its_release_is_done_runs_the_new_call():
+    # Releases of many keys go in parts (collect_limit): the key let go of may
+    # still be there when the client submits it again, for another call.
+    s = Scheduler(collect_limit=1)
+    s.add_worker(W1, addr(W1), "w1", 1)
+    s.add_client(C1, "c1")
+    s.submit(C1, [dict(task("other")[0], nframes=1), dict(task("k")[0], nframes=1)],
+             [b"payload of other", b"old call"])
+    s.outbox.take()
+    s.release(C1, ["k", "other"])                 # (one part now, the rest later)
+    s.submit(C1, [dict(task("k")[0], nframes=1)], [b"new call"])
+    assert s.tasks["k"].payload == [b"new call"]
+    sent = Sent(s.outbox.take())
+    assert "k" in sent.items("release-keys", W1) or "k" in [
+        item["key"] for item in sent.items("compute", W1)]

@@ -82,7 +82,7 @@ _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_
 
 #: Ops from a peer we do not know that mean it believes it is registered.
 _ASK_TO_REGISTER = frozenset((
-    "heartbeat", "submit", "release", "cancel", "update-data", "who-has", "scheduler-info",
+    "heartbeat", "submit", "release", "update-data", "who-has", "scheduler-info",
     "has-what", "task-finished", "task-erred", "keys-added", "missing-data", "task-seceded",
     "task-accepted", "task-refused", "retire", "paused"))
 
@@ -152,7 +152,6 @@ class Center:
             "worker-died": self._worker_died,
             "submit": self._submit,
             "release": lambda ident, h, f: self.scheduler.release(ident, h["keys"]),
-            "cancel": lambda ident, h, f: self.scheduler.cancel(ident, h["keys"]),
             "update-data": lambda ident, h, f: self.scheduler.update_data(ident, h["items"]),
             "who-has": self._who_has,
             "scheduler-info": self._scheduler_info,
@@ -179,7 +178,7 @@ class Center:
         self._allowed = {
             None: {"register-client", "register-worker", "register-nanny"},
             NANNY: {"register-nanny", "worker-died", "heartbeat"},
-            CLIENT: {"register-client", "submit", "release", "cancel", "update-data",
+            CLIENT: {"register-client", "submit", "release", "update-data",
                      "who-has", "scheduler-info", "has-what", "close-client", "heartbeat"},
             WORKER: {"register-worker", "task-finished", "task-erred", "keys-added",
                      "missing-data", "task-seceded", "task-accepted", "task-refused",

@@ -32,7 +32,7 @@ import msgpack
 from .errors import ProtocolError
 
 #: Bumped whenever a message changes shape; peers must register with the same.
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 
 #: Largest header accepted, in bytes. Headers hold keys and small numbers only.
 MAX_HEADER_BYTES = 64 * 1024 * 1024
@@ -92,7 +92,6 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     # submitted it again tells news of the earlier submit from the later
     "submit": {"tasks": ("items", _TASK_ITEM), "seq?": _INT},
     "release": {"keys": _STRS},
-    "cancel": {"keys": _STRS},
     "update-data": {"items": ("items", _SCATTERED_ITEM)},
     "who-has": {"id": _INT, "keys": _STRS},
     "scheduler-info": {"id": _INT},

@@ -37,7 +37,6 @@ import random
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
-from concurrent.futures import CancelledError
 from typing import Any
 
 from . import errors
@@ -531,6 +530,14 @@ class Scheduler:
                   affinity: WorkerState | None = None) -> None:
         key = item["key"]
         ts = self.tasks.get(key)
+        if ts is not None and not self._is_wanted(ts):
+            # Let go of and not collected yet (see collect_limit): released
+            # first, as it would have been, so that a new call under a key the
+            # caller chose gets its own value, not the old call's.
+            self._release(ts)
+            ts = self.tasks.get(key)
+            if ts is not None and payload:  # (kept for its dependents: released)
+                ts.payload = payload
         if ts is not None:  # the same pure call again: one task, one more client
             if ts.payload is None and payload:
                 ts.payload = payload
@@ -609,29 +616,6 @@ class Scheduler:
                 client.wants.discard(ts)
                 ts.who_wants.discard(client)
                 self._maybe_unwanted.append(ts)
-        self._settle()
-
-    def cancel(self, client_ident: bytes, keys: Iterable[str]) -> None:
-        """Drop pending work for ``keys``: they and their dependents are cancelled.
-
-        Keys already in memory or erred are left alone. This client's interest
-        in the keys is released; every other client waiting for a cancelled key
-        is told (its futures become cancelled).
-        """
-        client = self.clients.get(client_ident)
-        if client is None:
-            return
-        cancelled = _pickled_error(CancelledError("cancelled"))
-        for key in keys:
-            ts = self.tasks.get(key)
-            if ts is None:
-                continue
-            if ts in client.wants:  # first: the canceller knows, and must not be told
-                client.wants.discard(ts)  # after it may have submitted the key again
-                ts.who_wants.discard(client)
-                self._maybe_unwanted.append(ts)
-            if ts.state not in (MEMORY, ERRED):
-                self._err(ts, cancelled)
         self._settle()
 
     def update_data(self, client_ident: bytes, items: list[dict]) -> None:
@@ -1180,21 +1164,27 @@ class Scheduler:
             ts = stack.pop()
             if ts.who_wants or ts.waiters or self.tasks.get(ts.key) is not ts:
                 continue
-            self._stop_pending_work(ts)
-            for ws in list(ts.who_has):
-                self.outbox.add(ws.ident, "release-keys", "keys", ts.key)
-                self._remove_holder(ts, ws)
-            if ts.state != RELEASED:
-                self._set_state(ts, RELEASED)
-                ts.exception = None
-                ts.waiting_on = _NO_TASKS
-            if not ts.dependents:
-                del self.tasks[ts.key]
-                for dep in ts.dependencies:
-                    if ts in dep.dependents:  # (then a set of its own)
-                        dep.dependents.remove(ts)  # type: ignore[attr-defined]
-                    stack.append(dep)
-                ts.dependencies = []
+            self._release(ts)
+
+    def _release(self, ts: TaskState) -> None:
+        """Release ``ts``, which nobody wants: its work stops, its holders drop
+        it, and it is forgotten unless a dependent refers to it (its inputs
+        may then be unwanted in turn)."""
+        self._stop_pending_work(ts)
+        for ws in list(ts.who_has):
+            self.outbox.add(ws.ident, "release-keys", "keys", ts.key)
+            self._remove_holder(ts, ws)
+        if ts.state != RELEASED:
+            self._set_state(ts, RELEASED)
+            ts.exception = None
+            ts.waiting_on = _NO_TASKS
+        if not ts.dependents:
+            del self.tasks[ts.key]
+            for dep in ts.dependencies:
+                if ts in dep.dependents:  # (then a set of its own)
+                    dep.dependents.remove(ts)  # type: ignore[attr-defined]
+                self._maybe_unwanted.append(dep)
+            ts.dependencies = []
 
     @property
     def garbage_pending(self) -> bool:

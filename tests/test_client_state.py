@@ -496,24 +496,107 @@ def test_who_has_includes_the_worker_that_answered_before_the_center_heard(clien
 # --------------------------------------------------------------------------- scatter
 
 
+def stored(client: Client, address: str, nbytes: dict[str, int]) -> None:
+    """``address`` answers the client's pending put-data (the only one to it)."""
+    (request_id,) = [i for i, (a, _, _) in client.core.worker_requests.items() if a == address]
+    client.core.worker_message(address, *wire("data-stored", {"id": request_id,
+                                                              "nbytes": nbytes}, []), client.now)
+
+
 def test_a_scatter_takes_back_a_release_of_its_key_still_waiting(client):
     old = Future("data-1", None)
-    client.core.scatter({A1: [("data-1", [b"v"])]}, [old], concurrent.futures.Future())
-    client.core.worker_message(A1, *wire("data-stored", {"id": 1, "nbytes": {"data-1": 8}}, []),
-                               client.now)
+    client.core.scatter({A1: [("data-1", [b"v"])]}, [old], concurrent.futures.Future(), 0.0)
+    stored(client, A1, {"data-1": 8})
     client.center_hears()
     client.core.unref("data-1", client.now)  # let go of, its release waits ...
     done: concurrent.futures.Future = concurrent.futures.Future()
     new = Future("data-1", None)
-    client.core.scatter({A1: [("data-1", [b"v"])]}, [new], done)  # ... scattered again
-    (request_id,) = client.core.worker_requests
-    client.core.worker_message(A1, *wire("data-stored", {"id": request_id,
-                                                    "nbytes": {"data-1": 8}}, []), client.now)
+    client.core.scatter({A1: [("data-1", [b"v"])]}, [new], done, 0.0)  # ... scattered again
+    stored(client, A1, {"data-1": 8})
     client.now += 1
     client.core.tick(client.now)
     assert "release" not in client.center_hears()
     assert done.done() and new.status == "finished"
     assert client.s.who_has(["data-1"]) == {"data-1": [A1]}
+
+
+def test_a_part_of_a_scatter_whose_worker_left_goes_to_another_worker(client):
+    futures = [Future("a", None), Future("b", None)]
+    done: concurrent.futures.Future = concurrent.futures.Future()
+    client.core.scatter({A1: [("a", [b"1"])], A2: [("b", [b"2"])]}, futures, done, 0.0)
+    client.core.to_workers.clear()
+    client.s.remove_worker(W1)
+    client.center_speaks()                   # a's part goes to A2 instead ...
+    ((address, op, fields, _),) = client.core.to_workers
+    assert (address, op) == (A2, "put-data") and [i["key"] for i in fields["items"]] == ["a"]
+    requests = sorted(client.core.worker_requests)
+    for request_id, keys in zip(requests, (["b"], ["a"])):
+        client.core.worker_message(A2, *wire("data-stored", {
+            "id": request_id, "nbytes": {key: 8 for key in keys}}, []), client.now)
+    assert done.result(0) is None            # ... and the center hears of both there
+    client.center_hears()
+    assert client.s.who_has(["a", "b"]) == {"a": [A2], "b": [A2]}
+    assert all(f.status == "finished" for f in futures)
+
+
+def test_a_scatter_with_no_worker_left_fails_and_tells_where_the_rest_went(client):
+    futures = [Future("a", None), Future("b", None)]
+    done: concurrent.futures.Future = concurrent.futures.Future()
+    client.core.scatter({A1: [("a", [b"1"])], A2: [("b", [b"2"])]}, futures, done, 0.0)
+    stored(client, A2, {"b": 8})
+    client.s.remove_worker(W1)
+    client.s.remove_worker(W2)
+    client.center_speaks()
+    with pytest.raises(ConnectionError, match="left the cluster"):
+        done.result(0)
+    assert futures[0].status == "lost"
+    assert "update-data" in client.center_hears()  # (b's copy is known, so let go of)
+
+
+def test_a_request_to_a_worker_that_left_already_fails_at_once(client):
+    client.s.remove_worker(W1)
+    client.center_speaks()
+    ran: concurrent.futures.Future = concurrent.futures.Future()
+    client.core.run([A1], [b""], ran, client.now)
+    with pytest.raises(ConnectionError, match="left the cluster"):
+        ran.result(0)
+
+
+def test_scattering_lost_data_again_makes_it_whole(client):
+    s = client.s
+    first = Future("data", None)
+    client.core.scatter({A1: [("data", [b"v"])]}, [first], concurrent.futures.Future(), 0.0)
+    stored(client, A1, {"data": 8})
+    client.center_hears()
+    s.remove_worker(W1)
+    client.center_speaks()
+    assert first.status == "lost"
+    again = Future("data", None)
+    done: concurrent.futures.Future = concurrent.futures.Future()
+    client.core.scatter({A2: [("data", [b"v"])]}, [again], done, 0.0)
+    assert not again.done()
+    stored(client, A2, {"data": 8})
+    assert done.result(0) is None and again.status == "finished"
+    client.center_hears()
+    client.center_speaks()
+    assert again.status == "finished" and s.who_has(["data"]) == {"data": [A2]}
+
+
+def test_each_future_of_an_erred_key_gets_an_exception_of_its_own(client):
+    # One raised to a caller carries frames that may hold its futures: shared,
+    # the record would keep them alive, and the key with them.
+    a, b = client.submit("x"), client.submit("x")
+    client.center_hears()
+    ts = client.s.tasks["x"]
+    client.s.task_erred(ts.processing_on.ident, "x",
+                        serialize.dumps((ValueError("bad"), "tb")), run=ts.run)
+    client.center_speaks()
+    assert isinstance(a.exception(0), ValueError) and a.exception(0) is not b.exception(0)
+    with pytest.raises(ValueError):
+        a.result(0)
+    ref = weakref.ref(a)
+    del a
+    assert ref() is None  # (no garbage collection needed)
 
 
 # --------------------------------------------------------------------------- the end
@@ -528,8 +611,8 @@ def test_after_close_every_call_ends_at_once(client):
     assert late.cancelled()
     for call in (lambda r: client.core.fetch(["x"], r, 0.0),
                  lambda r: client.core.rpc("who-has", {"keys": []}, r),
-                 lambda r: client.core.run([A1], [b""], r),
-                 lambda r: client.core.scatter({A1: []}, [], r)):
+                 lambda r: client.core.run([A1], [b""], r, 0.0),
+                 lambda r: client.core.scatter({A1: []}, [], r, 0.0)):
         result: concurrent.futures.Future = concurrent.futures.Future()
         call(result)
         with pytest.raises(ConnectionError, match="shut down"):
@@ -540,7 +623,7 @@ def test_a_silent_center_fails_every_wait_after_the_reconnect_deadline(client):
     client.core.welcomed = True
     pending = client.submit("x")
     ran: concurrent.futures.Future = concurrent.futures.Future()
-    client.core.run([A1], [b""], ran)
+    client.core.run([A1], [b""], ran, 0.0)
     client.now += client.core.reconnect_deadline + 1
     client.core.tick(client.now)
     with pytest.raises(ConnectionError, match="silent"):
@@ -551,7 +634,7 @@ def test_a_silent_center_fails_every_wait_after_the_reconnect_deadline(client):
 
 def test_a_worker_that_leaves_fails_the_calls_waiting_on_it(client):
     ran: concurrent.futures.Future = concurrent.futures.Future()
-    client.core.run([A1, A2], [b""], ran)
+    client.core.run([A1, A2], [b""], ran, 0.0)
     client.s.remove_worker(W1)
     client.center_speaks()
     with pytest.raises(ConnectionError, match="left the cluster"):

@@ -40,10 +40,10 @@ import zmq
 
 from . import peer_memory, protocol
 from .addressing import configure, peer_endpoint
-from .client_state import RELEASE_DELAY, ClientCore, KeyRecord, may_go_direct
+from .client_state import RELEASE_DELAY, SUBMIT_BATCH, ClientCore, KeyRecord, may_go_direct
 from .errors import ConnectionError
 from .logs import RateLimitedLog
-from .loop import EVENTS, POLLIN, Waker, drain, send
+from .loop import EVENTS, POLLIN, SLICE, Waker, drain, send
 
 logger = logging.getLogger(__name__)
 dropped = RateLimitedLog(logger)
@@ -120,8 +120,10 @@ class ClientIO:
             "unref": lambda key: core.unref(key, time.monotonic()),
             "fetch": lambda keys, result: core.fetch(keys, result, time.monotonic()),
             "forget_fetch": core.forget_fetch,
-            "scatter": core.scatter,
-            "run": core.run,
+            "scatter": lambda plan, futures, result: core.scatter(plan, futures, result,
+                                                                  time.monotonic()),
+            "run": lambda addresses, frames, result: core.run(addresses, frames, result,
+                                                              time.monotonic()),
             "rpc": core.rpc,
             "sync": lambda done: done.set_result(None),
             "pending": lambda done: done.set_result(core.pending_futures()),
@@ -157,8 +159,23 @@ class ClientIO:
                                   f"{self.core.refusal}")
 
     def call(self, *command: Any) -> None:
-        """Hand a command to the I/O thread. Safe from any thread and from ``__del__``."""
-        self.commands.put(command)
+        """Hand a command to the I/O thread. Safe from any thread and from ``__del__``.
+
+        A submit of many tasks (a map) goes as several commands of
+        SUBMIT_BATCH tasks: the thread's turns stay short, and its timers
+        run between them.
+        """
+        if command[0] == "submit" and len(command[1]) > 2 * SUBMIT_BATCH:
+            tasks, rest = command[1], command[2:]
+            for start in range(0, len(tasks) - SUBMIT_BATCH, SUBMIT_BATCH):
+                end = start + SUBMIT_BATCH
+                if len(tasks) - end < SUBMIT_BATCH:  # (the last takes the rest:
+                    end = len(tasks)                 # never one alone, see submit)
+                self.commands.put(("submit", tasks[start:end], *rest))
+                if end == len(tasks):
+                    break
+        else:
+            self.commands.put(command)
         self.waker.wake()
         if self._sockets_closed:  # (the thread ended: see _run)
             self._refuse_late()
@@ -468,15 +485,19 @@ class ClientIO:
         for _ in range(PUMP_ROUNDS):
             if self.waker.pending:
                 self.waker.drain()
-            self._take_commands()
+            # Each part of a round stops after SLICE seconds of work, so the
+            # timers (heartbeats, the center's silence, fetch timeouts) run
+            # between slices however much came at once.
+            self._take_commands(time.monotonic() + SLICE)
             # Workers first: a direct task's answer, which carries its value,
             # must not be overtaken by the center's word of it, which does not.
             # (Not the one a caller waits on: see await_direct.)
             parked = self._parked
+            until = time.monotonic() + SLICE
             for address, sock in list(self.workers.items()):
                 if sock is not parked:
-                    self._drain_worker(address, sock)
-            drain(self.center, self._on_center_message, dropped)
+                    self._drain_worker(address, sock, until)
+            drain(self.center, self._on_center_message, dropped, until=time.monotonic() + SLICE)
             now = time.monotonic()
             core.tick(now)
             self._send_out(now)
@@ -489,7 +510,8 @@ class ClientIO:
                 return False
         return True
 
-    def _take_commands(self) -> None:
+    def _take_commands(self, until: float | None = None) -> None:
+        """Do the commands queued, all of them, or those begun before ``until``."""
         commands, handlers = self.commands, self._commands
         while True:
             try:
@@ -497,6 +519,8 @@ class ClientIO:
             except queue.Empty:
                 return
             handlers[command[0]](*command[1:])
+            if until is not None and time.monotonic() >= until:
+                return
 
     # ------------------------------------------------------------------ output
 
@@ -553,9 +577,10 @@ class ClientIO:
 
     # ------------------------------------------------------------------ input
 
-    def _drain_worker(self, address: str, sock: zmq.Socket) -> None:
-        """Handle what worker ``address`` sent on ``sock``."""
-        drain(sock, lambda frames: self._on_worker_message(address, frames), dropped)
+    def _drain_worker(self, address: str, sock: zmq.Socket, until: float | None = None) -> None:
+        """Handle what worker ``address`` sent on ``sock`` (see loop.drain)."""
+        drain(sock, lambda frames: self._on_worker_message(address, frames), dropped,
+              until=until)
 
     def _on_worker_message(self, address: str, frames: list) -> None:
         header, frames = protocol.decode(frames)

@@ -68,13 +68,18 @@ _UNORDERED = frozenset({"heartbeat", "submit", "release"})
 #: same key, would otherwise grow it by one reference per call.
 PRUNE_SLACK = 16
 
+#: A request to a worker the center said left this many seconds ago or less
+#: fails at once (see ClientCore._ask_worker); this many such workers are kept.
+DEPARTED_KEPT = 60.0
+DEPARTED_COUNT = 1000
+
 PENDING, FINISHED, ERRED = "pending", "finished", "erred"
 
 
 class KeyRecord:
     """What this client knows of one key it holds futures for."""
 
-    __slots__ = ("key", "refs", "futures", "held", "status", "who_has", "exception", "eager",
+    __slots__ = ("key", "refs", "futures", "held", "status", "who_has", "error", "eager",
                  "nbytes", "submitted", "deps", "scattered", "direct", "since")
 
     def __init__(self, key: str):
@@ -95,7 +100,11 @@ class KeyRecord:
         self.held: list | None = None
         self.status = PENDING
         self.who_has: Sequence[str] = ()
-        self.exception: BaseException | None = None
+        # An erred key's pickled exception. Each future gets an exception of
+        # its own, loaded from it: one raised to a caller carries a traceback
+        # whose frames may hold the caller's futures, which a record kept
+        # here would then keep alive, and with them the key.
+        self.error: list | None = None
         # While its task, sent straight to a worker, may answer us directly
         # (see ClientCore._send_direct).
         self.direct: DirectRun | None = None
@@ -107,6 +116,10 @@ class KeyRecord:
         if self.held is None:
             self.held = []
         self.held.append(future)
+
+    def exception(self) -> BaseException:
+        """A new copy of an erred key's exception."""
+        return remote_exception(self.error)
 
     def live_futures(self) -> list:
         alive = [f for f in (ref() for ref in self.futures) if f is not None]
@@ -155,6 +168,25 @@ class Gather:
         self.per_key = per_key
         self.remaining = set(keys)
         self.tried: dict[str, set[str]] = {key: set() for key in keys}
+
+
+class _Scatter:
+    """A scatter under way: its parts out (request id -> (address, [(key,
+    frames)])), where each key was stored, and the workers parts may go to."""
+
+    __slots__ = ("result", "out", "holders", "nbytes", "targets", "turn", "error", "keys",
+                 "now")
+
+    def __init__(self, targets: list[str], result: concurrent.futures.Future, now: float):
+        self.now = now  # (when it began: a worker that left since is known)
+        self.result = result
+        self.out: dict[int, tuple[str, list[tuple[str, list]]]] = {}
+        self.holders: dict[str, list[str]] = {}
+        self.nbytes: dict[str, int] = {}
+        self.targets = targets
+        self.turn = 0
+        self.error: BaseException | None = None
+        self.keys: set[str] = set()
 
 
 class Fetch:
@@ -221,7 +253,11 @@ class ClientCore:
         self.rpcs: dict[int, tuple[Any, str, dict]] = {}
         # Requests to workers other than get-data:
         # id -> (worker address, callback(header, frames), the caller's future).
-        self.worker_requests: dict[int, tuple[str, Callable, concurrent.futures.Future]] = {}
+        # id -> (worker address, on_answer(header, frames), on_failure(error)).
+        self.worker_requests: dict[int, tuple[str, Callable, Callable]] = {}
+        # Workers the center said left, and when: a request to one of them
+        # now would never be answered (see _ask_worker).
+        self._departed: dict[str, float] = {}
         self.welcomed = False
         self.refusal: str | None = None
         self.reregistering = False
@@ -342,8 +378,10 @@ class ClientCore:
                 self._finish_gather(gather, concurrent.futures.TimeoutError())
 
     def scatter(self, plan: dict[str, list[tuple[str, list]]], futures: list,
-                result: concurrent.futures.Future) -> None:
-        """Put data on workers (``plan``: address -> [(key, frames)]), then tell the center."""
+                result: concurrent.futures.Future, now: float) -> None:
+        """Put data on workers (``plan``: address -> [(key, frames)]), then tell
+        the center. A part whose worker leaves first goes to another worker of
+        the plan; ``result`` fails only if some data found no worker at all."""
         if self.stopped is not None:
             result.set_exception(self.stopped)
             for future in futures:
@@ -353,42 +391,78 @@ class ClientCore:
             # A release of the key still waiting here is taken back: sent, it
             # would reach the worker after our copy, and delete it.
             self._releasing.pop(future.key, None)
+            info = self.keys.get(future.key)
+            if info is not None and info.status == ERRED:  # lost, and put there anew
+                info.status, info.error = PENDING, None
             self.ref(future)
-        holders: dict[str, list[str]] = {}
-        nbytes: dict[str, int] = {}
-        waiting = set(plan)
-
-        def stored(address: str, header: dict, frames: list) -> None:
-            waiting.discard(address)
-            for key, size in header["nbytes"].items():
-                holders.setdefault(key, []).append(address)
-                nbytes[key] = size
-            if not waiting:
-                items = [{"key": k, "nbytes": nbytes[k], "workers": w} for k, w in holders.items()]
-                for item in items:
-                    info = self.keys.get(item["key"])
-                    if info is not None:
-                        info.scattered, info.who_has = True, item["workers"]
-                        info.nbytes = item["nbytes"]
-                        if info.status == PENDING:
-                            info.status = FINISHED
-                            for future in info.live_futures():
-                                future._set_remote()
-                self.flush_all()  # keep the order: earlier messages first
-                self._send("update-data", items=items)
-                result.set_result(None)
-
+        job = _Scatter(list(plan), result, now)
+        job.keys = {key for entries in plan.values() for key, _ in entries}
         for address, entries in plan.items():
-            items = [{"key": key} for key, _ in entries]
-            frames = protocol.pack_items(items, [f for _, f in entries])
-            request_id = next(self._ids)
-            self.worker_requests[request_id] = (
-                address, lambda h, f, a=address: stored(a, h, f), result)
-            self.to_workers.append((address, "put-data", {"id": request_id, "items": items},
-                                    frames))
+            self._put_data(job, address, entries)
+        if not plan:
+            self._scattered(job)
 
-    def run(self, addresses: list[str], frames: list,
-            result: concurrent.futures.Future) -> None:
+    def _put_data(self, job: _Scatter, address: str, entries: list[tuple[str, list]]) -> None:
+        items = [{"key": key} for key, _ in entries]
+        frames = protocol.pack_items(items, [f for _, f in entries])
+        part = next(self._ids)  # (a part's own number, whatever its request's)
+        job.out[part] = (address, entries)
+        self._ask_worker(address, "put-data", {"items": items}, frames,
+                         lambda header, _: self._data_stored(job, part, header),
+                         lambda error: self._data_not_stored(job, part, error), job.now)
+
+    def _data_stored(self, job: _Scatter, request_id: int, header: dict) -> None:
+        address, _ = job.out.pop(request_id)
+        for key, size in header["nbytes"].items():
+            job.holders.setdefault(key, []).append(address)
+            job.nbytes[key] = size
+        if not job.out:
+            self._scattered(job)
+
+    def _data_not_stored(self, job: _Scatter, request_id: int, error: BaseException) -> None:
+        address, entries = job.out.pop(request_id)
+        if address in job.targets:
+            job.targets.remove(address)
+        on_the_way = {key for _, part in job.out.values() for key, _ in part}
+        homeless = [(key, frames) for key, frames in entries
+                    if key not in job.holders and key not in on_the_way]
+        if homeless and job.targets and self.stopped is None:
+            job.turn += 1
+            self._put_data(job, job.targets[job.turn % len(job.targets)], homeless)
+        elif homeless:
+            job.error = error
+        if not job.out:
+            self._scattered(job)
+
+    def _scattered(self, job: _Scatter) -> None:
+        """Every part of a scatter was answered: tell the center where the data
+        is, and end the call (with an error if some data found no worker)."""
+        items = [{"key": k, "nbytes": job.nbytes[k], "workers": w} for k, w in job.holders.items()]
+        for item in items:
+            info = self.keys.get(item["key"])
+            if info is not None:
+                info.scattered, info.who_has = True, item["workers"]
+                info.nbytes = item["nbytes"]
+                if info.status == PENDING:
+                    info.status = FINISHED
+                    for future in info.live_futures():
+                        future._set_remote()
+        if items and self.stopped is None:
+            self.flush_all()  # keep the order: earlier messages first
+            self._send("update-data", items=items)
+        if job.error is None:
+            job.result.set_result(None)
+            return
+        for key in job.keys - set(job.holders):  # (their futures were never handed out)
+            info = self.keys.get(key)
+            if info is not None and info.status == PENDING:
+                self._erred(info, serialize.dumps((FutureLostError(
+                    f"{key!r} could not be scattered: {job.error}"), "")))
+        if not job.result.done():
+            job.result.set_exception(job.error)
+
+    def run(self, addresses: list[str], frames: list, result: concurrent.futures.Future,
+            now: float) -> None:
         """Run a pickled call on each worker in ``addresses``; gather the outcomes."""
         if self.stopped is not None:
             result.set_exception(self.stopped)
@@ -403,10 +477,23 @@ class ClientCore:
         if not addresses:
             result.set_result(outcomes)
         for address in addresses:
-            request_id = next(self._ids)
-            self.worker_requests[request_id] = (
-                address, lambda h, f, a=address: answered(a, h, f), result)
-            self.to_workers.append((address, "run", {"id": request_id}, frames))
+            self._ask_worker(address, "run", {}, frames,
+                             lambda h, f, a=address: answered(a, h, f),
+                             lambda error: result.done() or result.set_exception(error), now)
+
+    def _ask_worker(self, address: str, op: str, fields: dict, frames: list,
+                    answered: Callable, failed: Callable, now: float) -> int | None:
+        """Send a request to a worker; ``answered(header, frames)`` or
+        ``failed(error)`` is called once. A worker the center said left lately
+        fails it at once: no word of it will come again."""
+        left = self._departed.get(address)
+        if left is not None and now - left < DEPARTED_KEPT:
+            failed(ConnectionError(f"the worker {address} left the cluster"))
+            return None
+        request_id = next(self._ids)
+        self.worker_requests[request_id] = (address, answered, failed)
+        self.to_workers.append((address, op, dict(fields, id=request_id), frames))
+        return request_id
 
     def rpc(self, op: str, fields: dict, result: Any) -> None:
         """Ask the center; ``result`` (a Future, or a callable of the reply) gets the answer."""
@@ -540,7 +627,7 @@ class ClientCore:
         if info.status == FINISHED:
             future._set_remote()
         elif info.status == ERRED:
-            _fail_future(future, info.exception)
+            _fail_future(future, info.exception())
 
     @staticmethod
     def _complete(info: KeyRecord, frames: list | None, error: BaseException | None = None,
@@ -582,13 +669,13 @@ class ClientCore:
                 future._set_remote()
         info.held = None
 
-    def _erred(self, info: KeyRecord, exception: BaseException) -> None:
+    def _erred(self, info: KeyRecord, error: list) -> None:
         info.status = ERRED
         info.deps = None
         info.direct = None
-        info.exception = exception
+        info.error = error
         for future in info.live_futures():
-            _fail_future(future, exception)
+            _fail_future(future, info.exception())
         info.held = None
         self._key_back(info)
 
@@ -636,7 +723,7 @@ class ClientCore:
                     return
                 continue
             if info.status == ERRED:
-                if self._fail_key(gather, key, info.exception):
+                if self._fail_key(gather, key, info.exception()):
                     return
                 continue
             untried = [w for w in info.who_has if w not in gather.tried[key]]
@@ -717,7 +804,7 @@ class ClientCore:
             if gather.result.done():
                 continue
             if info.status == ERRED:
-                if not self._fail_key(gather, info.key, info.exception) and \
+                if not self._fail_key(gather, info.key, info.exception()) and \
                         not gather.remaining:
                     self._finish_gather(gather)
             else:
@@ -840,7 +927,7 @@ class ClientCore:
             for item, exception_frames in protocol.unpack_items(header["tasks"], frames):
                 info = self.keys.get(item["key"])
                 if info is not None and seen >= info.since:
-                    self._erred(info, remote_exception(exception_frames))
+                    self._erred(info, list(exception_frames))
         elif op == "direct-accepted":
             self._direct_accepted(header["keys"], seen, now)
         elif op == "reply":
@@ -906,12 +993,13 @@ class ClientCore:
         at the reconnect deadline. Fetches from it try other holders at once,
         or wait for the keys to be in memory again (handed on, or
         recomputed), rather than for the fetch timeout."""
-        for request_id, (worker, _, result) in list(self.worker_requests.items()):
-            if worker == address:
-                del self.worker_requests[request_id]
-                if not result.done():
-                    result.set_exception(ConnectionError(
-                        f"the worker {address} left the cluster before answering"))
+        self._departed[address] = now
+        if len(self._departed) > 2 * DEPARTED_COUNT:  # (the oldest go)
+            self._departed = dict(list(self._departed.items())[-DEPARTED_COUNT:])
+        for request_id, (worker, _, failed) in list(self.worker_requests.items()):
+            if worker == address and self.worker_requests.pop(request_id, None) is not None:
+                failed(ConnectionError(f"the worker {address} left the cluster before "
+                                       "answering"))
         if self.direct_worker == address:
             self.direct_worker = None
         for info in self.keys.values():
@@ -1090,10 +1178,9 @@ class ClientCore:
         for waiting in list(self.awaiting.values()):
             for gather in list(waiting):
                 self._finish_gather(gather, error)
-        for _, _, result in list(self.worker_requests.values()):
-            if not result.done():
-                result.set_exception(error)
-        self.worker_requests.clear()
+        requests, self.worker_requests = self.worker_requests, {}
+        for _, _, failed in requests.values():
+            failed(error)
         for info in self.keys.values():
             if info.status == PENDING:
                 for future in info.live_futures():
@@ -1104,9 +1191,7 @@ class ClientCore:
 
 
 def _fail_future(future: Any, exception: BaseException) -> None:
-    if isinstance(exception, concurrent.futures.CancelledError):
-        future._set_cancelled()
-    elif isinstance(exception, FutureLostError):
+    if isinstance(exception, FutureLostError):
         future._set_lost(exception)
     else:
         future._set_error(exception)

@@ -280,10 +280,11 @@ class Executor:
         for future in found:
             if future.key in values:
                 continue
-            if future.cancelled() or future._exception is not None:  # (all done here)
+            if future.cancelled() or future._exception is not None or \
+                    future._lost is not None and future._result is REMOTE:  # (all done here)
                 if errors == "raise":
-                    future.result(0)  # raises the task's exception or CancelledError
-                continue
+                    future.result(0)  # raises the task's exception, CancelledError,
+                continue              # or FutureLostError (its data is gone)
             cached = future._result
             if cached is not REMOTE:
                 values[future.key] = cached

@@ -118,31 +118,39 @@ class Future(concurrent.futures.Future):
         ``__cause__``), ``concurrent.futures.TimeoutError`` after ``timeout``
         seconds, or ``CancelledError``.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if not self.done():
-            context.secede()  # inside a task, waiting gives the thread slot back
-            executor = self._executor
-            if executor is not None:  # (a lone task's answer: read on this thread)
-                executor._io.await_direct(self, timeout)
-                if deadline is not None:
-                    timeout = max(0.0, deadline - time.monotonic())
-        if self._state == FINISHED and self._exception is None:
-            value = self._result  # (final once finished: no lock needed)
-        else:
-            value = super().result(timeout)
-        if value is not REMOTE:
+        try:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            if not self.done():
+                context.secede()  # inside a task, waiting gives the thread slot back
+                executor = self._executor
+                if executor is not None:  # (a lone task's answer: read on this thread)
+                    executor._io.await_direct(self, timeout)
+                    if deadline is not None:
+                        timeout = max(0.0, deadline - time.monotonic())
+            if self._state == FINISHED and self._exception is None:
+                value = self._result  # (final once finished: no lock needed)
+            else:
+                value = super().result(timeout)
+            if value is not REMOTE:
+                return value
+            if self._lost is not None:
+                raise self._lost
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            value = self._executor._fetch_values([self.key], remaining)[self.key]
+            with self._condition:
+                if self._result is REMOTE:
+                    self._result = value
             return value
-        if self._lost is not None:
-            raise self._lost
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        value = self._executor._fetch_values([self.key], remaining)[self.key]
-        with self._condition:
-            if self._result is REMOTE:
-                self._result = value
-        return value
+        finally:
+            # The exception raised keeps this frame in its traceback, and the
+            # exception is this future's: break the cycle, as concurrent.futures
+            # does, so that a future dropped after a failed result() goes at once.
+            self = None  # noqa: PLW0642
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The task's exception, or None if it succeeded; waits like :meth:`result`."""
+        if self._lost is not None:  # (the data is gone, even if it had finished)
+            return self._lost
         if self._state == FINISHED:
             return self._exception
         if not self.done():

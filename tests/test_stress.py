@@ -246,8 +246,14 @@ class Sequence:
                  if isinstance(o, Future) and o._executor is self.ex]
         if not alive:
             return "no future of ours is alive here"
-        held = [f"{f!r} held by {[type(r).__name__ for r in gc.get_referrers(f)]}"
-                for f in alive[:5]]
+        def holders(obj, depth=0):
+            found = [r for r in gc.get_referrers(obj)
+                     if r is not alive and not (isinstance(r, list) and len(r) > 10000)]
+            if depth == 2:
+                return [type(r).__name__ for r in found]
+            return [(type(r).__name__, holders(r, depth + 1)) for r in found[:4]]
+
+        held = [f"{f!r} held by {holders(f)}" for f in alive[:5]]
         return f"{len(alive)} futures of ours still alive here: {held}"
 
     def worker_data(self) -> dict:
@@ -779,6 +785,7 @@ class Sequence:
         del futures, not_done
         for entry in self.entries:
             self.check_result(entry, "at the end")
+        del entry  # (the last one would stay alive in this frame)
         self.check_who_has(bound=CLEAN_BOUND)
         self.note("del all futures")
         self.entries.clear()

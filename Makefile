@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 install = $(BIN)/python -m pip install -q -e '.[$(1)]' --config-settings editable_mode=compat \
 	|| $(BIN)/python -m pip install -q -e '.[$(1)]'
 
-.PHONY: demo test unit bench lint clean
+.PHONY: demo test unit stress bench lint clean
 
 $(STAMP): setup.cfg setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ test: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/test_scheduler.py tests/test_worker_state.py \
 		tests/test_client_state.py tests/test_protocol.py
+
+# The model-based stress test for as long as asked: make stress SECONDS=600;
+# SEED=N replays the sequence of that seed (as a failure names it).
+SECONDS ?= 300
+stress: $(STAMP)
+	ZFUTURES_STRESS_SECONDS=$(if $(SEED),,$(SECONDS)) ZFUTURES_STRESS_SEED=$(SEED) \
+		$(BIN)/python -m pytest -v tests/test_stress.py -k random_sequences
 
 bench: $(STAMP)
 	$(call install,bench)

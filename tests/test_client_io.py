@@ -112,11 +112,13 @@ def test_a_bug_in_the_loop_ends_every_wait_instead_of_hanging_it(io, caplog):
 def test_a_big_map_goes_to_the_io_thread_in_parts_none_alone(io):
     # Its turns stay short (timers run between them); no part is a lone
     # task, which could go straight to a worker.
-    tasks = [lone(f"k{i}") for i in range(2501)]
-    io.call("submit", tasks, False, False)
-    parts = []
-    while not io.commands.empty():
-        op, part, *flags = io.commands.get_nowait()
-        assert op == "submit" and flags == [False, False]
-        parts.append(len(part))
-    assert parts == [1000, 1501]
+    for n, expected in ((2501, [1000, 1501]), (5000, [1000] * 5), (2000, [2000])):
+        tasks = [lone(f"k{i}") for i in range(n)]
+        io.call("submit", tasks, False, False)
+        parts = []
+        while not io.commands.empty():
+            op, part, *flags = io.commands.get_nowait()
+            assert op == "submit" and flags == [False, False]
+            parts.append(part)
+        assert [len(part) for part in parts] == expected
+        assert [task for part in parts for task in part] == tasks

@@ -167,13 +167,13 @@ class ClientIO:
         """
         if command[0] == "submit" and len(command[1]) > 2 * SUBMIT_BATCH:
             tasks, rest = command[1], command[2:]
-            for start in range(0, len(tasks) - SUBMIT_BATCH, SUBMIT_BATCH):
+            start = 0
+            while start < len(tasks):
                 end = start + SUBMIT_BATCH
                 if len(tasks) - end < SUBMIT_BATCH:  # (the last takes the rest:
                     end = len(tasks)                 # never one alone, see submit)
                 self.commands.put(("submit", tasks[start:end], *rest))
-                if end == len(tasks):
-                    break
+                start = end
         else:
             self.commands.put(command)
         self.waker.wake()

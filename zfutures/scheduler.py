@@ -255,6 +255,11 @@ def _is_direct(ts: TaskState) -> bool:
     return ts.direct_run is not None and ts.run == ts.direct_run
 
 
+def _frames_differ(a: list, b: list) -> bool:
+    """Whether two payloads (lists of frames) hold different bytes."""
+    return len(a) != len(b) or any(bytes(x) != bytes(y) for x, y in zip(a, b))
+
+
 def _pickled_error(exc: BaseException) -> list:
     """Frames of an error made by the center itself (never user payload)."""
     return [pickle.dumps((exc, ""), protocol=5)]
@@ -530,10 +535,12 @@ class Scheduler:
                   affinity: WorkerState | None = None) -> None:
         key = item["key"]
         ts = self.tasks.get(key)
-        if ts is not None and not self._is_wanted(ts):
-            # Let go of and not collected yet (see collect_limit): released
-            # first, as it would have been, so that a new call under a key the
-            # caller chose gets its own value, not the old call's.
+        if ts is not None and not self._is_wanted(ts) and payload and \
+                ts.payload is not None and _frames_differ(payload, ts.payload):
+            # Let go of and not collected yet (see collect_limit), and now the
+            # key the caller chose names another call: released first, as it
+            # would have been, so that the new call gets its own value, not
+            # the old call's. (The same call again keeps the task and its value.)
             self._release(ts)
             ts = self.tasks.get(key)
             if ts is not None and payload:  # (kept for its dependents: released)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import wait_for
 
-from zfutures import Executor, PoolExecutor
+from zfutures import ConnectionError, Executor, PoolExecutor
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -239,3 +239,19 @@ def test_a_long_lived_client_keeps_nothing_of_calls_it_let_go_of(ex):
     assert len(core.keys[keep.key].futures) < 100
     wait_for(lambda: ex.scheduler_info()["tasks"].get("memory", 0) <= 1, timeout=10,
              message="the center kept keys let go of")
+
+
+def test_an_executor_whose_io_failed_ends_every_wait_and_refuses_new_calls():
+    with Executor(n_workers=1) as local:
+        pending = local.submit(slow, "never read", 5, pure=False)
+
+        def broken(*args):
+            raise SystemExit("a bug in the client's I/O")  # (even one that is no Exception)
+
+        local._io._commands["rpc"] = broken
+        with pytest.raises(Exception):  # noqa: B017 (the I/O ends under it: any error)
+            local.scheduler_info()
+        with pytest.raises(ConnectionError):
+            pending.result(timeout=20)
+        with pytest.raises(RuntimeError, match="connection failed"):
+            local.submit(inc, 1)

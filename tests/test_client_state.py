@@ -75,7 +75,7 @@ class Client:
             elif op == "release":
                 self.s.release(self.ident, header["keys"])
             elif op == "update-data":
-                self.s.update_data(self.ident, header["items"])
+                self.s.update_data(self.ident, header["items"], header.get("seq"))
             elif op == "who-has":
                 self.asked.append((header["id"], header["keys"]))
             elif op in ("heartbeat", "register-client", "close-client"):
@@ -661,3 +661,26 @@ def test_the_core_keeps_nothing_of_keys_let_go_of(client):
     assert core.keys == {} and core.fetches == {} and core.awaiting == {}
     assert core.rpcs == {} and core.worker_requests == {} and core._releasing == {}
     assert s.tasks == {}
+
+
+def test_news_of_a_lost_copy_does_not_fail_the_copy_scattered_again(client):
+    # The worker holding the first copy dies as the same data is scattered
+    # again elsewhere; the center hears of the death first, and its word that
+    # the key is lost reaches us after our new copy was stored.
+    s = client.s
+    first = Future("data", None)
+    client.core.scatter({A1: [("data", [b"v"])]}, [first], concurrent.futures.Future(), 0.0)
+    stored(client, A1, {"data": 8})
+    client.center_hears()
+    client.center_speaks()
+    s.remove_worker(W1)                      # (its word waits)
+    again = Future("data", None)
+    done: concurrent.futures.Future = concurrent.futures.Future()
+    client.core.scatter({A2: [("data", [b"v"])]}, [again], done, 0.0)
+    client.center_speaks()                   # key-erred, of the first copy: stale
+    assert again.status == "finished"        # (as far as we know, the data is there)
+    stored(client, A2, {"data": 8})
+    client.center_hears()
+    client.center_speaks()
+    assert again.status == "finished" and done.result(0) is None
+    assert s.who_has(["data"]) == {"data": [A2]}

@@ -152,7 +152,8 @@ class Center:
             "worker-died": self._worker_died,
             "submit": self._submit,
             "release": lambda ident, h, f: self.scheduler.release(ident, h["keys"]),
-            "update-data": lambda ident, h, f: self.scheduler.update_data(ident, h["items"]),
+            "update-data": lambda ident, h, f: self.scheduler.update_data(
+                ident, h["items"], h.get("seq")),
             "who-has": self._who_has,
             "scheduler-info": self._scheduler_info,
             "has-what": lambda ident, h, f: self._reply(ident, h["id"],

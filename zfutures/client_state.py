@@ -73,6 +73,9 @@ PRUNE_SLACK = 16
 DEPARTED_KEPT = 60.0
 DEPARTED_COUNT = 1000
 
+#: A scattered key's ``since`` until the center hears of the copy (see scatter).
+SCATTERING = 1 << 62
+
 PENDING, FINISHED, ERRED = "pending", "finished", "erred"
 
 
@@ -395,6 +398,9 @@ class ClientCore:
             if info is not None and info.status == ERRED:  # lost, and put there anew
                 info.status, info.error = PENDING, None
             self.ref(future)
+            # The center's news of the key until it hears of this copy is of
+            # earlier ones (a copy lost with its worker): ignored (see _scattered).
+            self.keys[future.key].since = SCATTERING
         job = _Scatter(list(plan), result, now)
         job.keys = {key for entries in plan.values() for key, _ in entries}
         for address, entries in plan.items():
@@ -448,8 +454,16 @@ class ClientCore:
                     for future in info.live_futures():
                         future._set_remote()
         if items and self.stopped is None:
-            self.flush_all()  # keep the order: earlier messages first
-            self._send("update-data", items=items)
+            if self._releasing:  # keep the order: earlier messages first
+                self._release_now()
+            self.flush_all()
+        seq = next(self._submit_seqs)  # (after those of the submits sent before)
+        for key in job.keys:
+            info = self.keys.get(key)
+            if info is not None and info.since == SCATTERING:
+                info.since = seq
+        if items and self.stopped is None:
+            self._send("update-data", items=items, seq=seq)
         if job.error is None:
             job.result.set_result(None)
             return

@@ -92,7 +92,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     # submitted it again tells news of the earlier submit from the later
     "submit": {"tasks": ("items", _TASK_ITEM), "seq?": _INT},
     "release": {"keys": _STRS},
-    "update-data": {"items": ("items", _SCATTERED_ITEM)},
+    # seq: numbered with the submits (see "submit"): news of the data's keys
+    # told before it came is of earlier copies
+    "update-data": {"items": ("items", _SCATTERED_ITEM), "seq?": _INT},
     "who-has": {"id": _INT, "keys": _STRS},
     "scheduler-info": {"id": _INT},
     "has-what": {"id": _INT},

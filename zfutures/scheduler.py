@@ -625,14 +625,18 @@ class Scheduler:
                 self._maybe_unwanted.append(ts)
         self._settle()
 
-    def update_data(self, client_ident: bytes, items: list[dict]) -> None:
-        """A client put data on workers itself (scatter): ``{key, nbytes, workers}``.
+    def update_data(self, client_ident: bytes, items: list[dict],
+                    seq: int | None = None) -> None:
+        """A client put data on workers itself (scatter): ``{key, nbytes, workers}``,
+        in a message numbered ``seq`` with its submits (see ClientState.seen).
 
         During recovery it may also name workers that have not come back yet.
         """
         client = self.clients.get(client_ident)
         if client is None:
             return
+        if seq is not None:
+            client.seen = seq
         for item in items:
             ts = self.tasks.get(item["key"])
             if ts is None:

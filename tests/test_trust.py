@@ -73,6 +73,14 @@ def test_cancelling_one_of_two_futures_of_a_key_leaves_the_other_its_value(ex):
     assert a.cancelled()
 
 
+def test_gather_tells_a_cancelled_future_from_another_of_its_key(ex):
+    kept, cancelled = ex.submit(slow, "v", 0.3), ex.submit(slow, "v", 0.3)
+    assert cancelled.cancel()
+    with pytest.raises(concurrent.futures.CancelledError):
+        ex.gather([kept, cancelled], timeout=20)
+    assert ex.gather({"a": kept, "b": cancelled}, errors="skip", timeout=20) == {"a": "v"}
+
+
 def test_another_clients_future_is_not_cancelled_by_this_one(ex):
     with Executor(ex.address) as other:
         mine = ex.submit(slow, "shared", 1.0)

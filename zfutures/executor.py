@@ -63,16 +63,17 @@ def _walk_futures(obj: Any, found: list) -> None:
 _SKIP = object()
 
 
-def _substitute(obj: Any, values: dict[str, Any]) -> Any:
-    """Rebuild a nested structure with every Future replaced by its value."""
+def _substitute(obj: Any, values: dict[str, Any], left_out: set[int]) -> Any:
+    """Rebuild a nested structure with every Future replaced by its value; those
+    in ``left_out`` (by id) are left out."""
     kind = type(obj)
     if kind is Future:
-        return values.get(obj.key, _SKIP)
+        return _SKIP if id(obj) in left_out else values.get(obj.key, _SKIP)
     if kind in (list, tuple, set, frozenset):
-        items = [_substitute(item, values) for item in obj]
+        items = [_substitute(item, values, left_out) for item in obj]
         return kind(item for item in items if item is not _SKIP)
     if kind is dict:
-        items = ((k, _substitute(v, values)) for k, v in obj.items())
+        items = ((k, _substitute(v, values, left_out)) for k, v in obj.items())
         return {k: v for k, v in items if v is not _SKIP}
     return obj
 
@@ -277,14 +278,18 @@ class Executor:
                 f"{not_done} of {len(found)} futures not done after {timeout}s")
         values: dict[str, Any] = {}
         to_fetch = []
+        left_out: set[int] = set()
         for future in found:
-            if future.key in values:
-                continue
+            # Each future on its own: one cancelled among others of its key
+            # is cancelled alone.
             if future.cancelled() or future._exception is not None or \
                     future._lost is not None and future._result is REMOTE:  # (all done here)
                 if errors == "raise":
                     future.result(0)  # raises the task's exception, CancelledError,
-                continue              # or FutureLostError (its data is gone)
+                left_out.add(id(future))  # or FutureLostError (its data is gone)
+                continue
+            if future.key in values:
+                continue
             cached = future._result
             if cached is not REMOTE:
                 values[future.key] = cached
@@ -293,7 +298,7 @@ class Executor:
         if to_fetch:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             values.update(self._fetch_values(to_fetch, remaining))
-        return _substitute(futures, values)
+        return _substitute(futures, values, left_out)
 
     def _fetch_values(self, keys: list[str], timeout: float | None) -> dict[str, Any]:
         """Fetch the values of finished keys straight from the workers."""

@@ -112,12 +112,18 @@ def _outcome(future, timeout: float):
     """("value", v), ("cancelled", exc), ("error", exc), or ("timeout", exc)."""
     try:
         return "value", future.result(timeout)
-    except concurrent.futures.CancelledError as e:
-        return "cancelled", e
-    except concurrent.futures.TimeoutError as e:
-        return "timeout", e
-    except Exception as e:  # noqa: BLE001 (the future's error, checked by the caller)
-        return "error", e
+    except BaseException as e:  # noqa: BLE001 (the future's error, checked by the caller)
+        # The error is the future's own, which keeps it: its traceback would
+        # keep this frame, and the future with it, until the garbage collector
+        # breaks the cycle (as with a concurrent.futures future).
+        future = None  # noqa: F841
+        if isinstance(e, concurrent.futures.CancelledError):
+            return "cancelled", e
+        if isinstance(e, concurrent.futures.TimeoutError):
+            return "timeout", e
+        if isinstance(e, Exception):
+            return "error", e
+        raise
 
 
 class Sequence:
@@ -567,6 +573,10 @@ class Sequence:
             self.note(f"ex.gather({shown}, errors={'skip' if skip else 'raise'!r}) -> timeout")
             self.fail(f"gather of {chosen} did not end within {END_BOUND} s")
         except Exception as e:  # noqa: BLE001 (checked below)
+            # The exception is a future's own, which keeps it: its traceback
+            # would keep this frame, and with it every entry (as a user's frame
+            # that catches a task's exception does).
+            e.__traceback__ = None
             self.call()
             self.note(f"ex.gather({shown}) -> raised {e!r}")
             if skip:

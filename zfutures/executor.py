@@ -285,8 +285,14 @@ class Executor:
             if future.cancelled() or future._exception is not None or \
                     future._lost is not None and future._result is REMOTE:  # (all done here)
                 if errors == "raise":
-                    future.result(0)  # raises the task's exception, CancelledError,
-                left_out.add(id(future))  # or FutureLostError (its data is gone)
+                    try:
+                        future.result(0)  # the task's exception, CancelledError, or
+                    except BaseException:  # FutureLostError (its data is gone)
+                        # The exception stays with its future, and its traceback
+                        # keeps this frame: let it hold none of the caller's futures.
+                        futures = found = values = future = None  # noqa: F841
+                        raise
+                left_out.add(id(future))
                 continue
             if future.key in values:
                 continue

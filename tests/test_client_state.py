@@ -684,3 +684,21 @@ def test_news_of_a_lost_copy_does_not_fail_the_copy_scattered_again(client):
     client.center_speaks()
     assert again.status == "finished" and done.result(0) is None
     assert s.who_has(["data"]) == {"data": [A2]}
+
+
+def test_a_scatter_that_stored_nothing_leaves_the_keys_news_as_it_was(client):
+    s = client.s
+    first = Future("data", None)
+    client.core.scatter({A1: [("data", [b"v"])]}, [first], concurrent.futures.Future(), 0.0)
+    stored(client, A1, {"data": 8})
+    client.center_hears()
+    client.center_speaks()
+    s.remove_worker(W2)
+    client.center_speaks()
+    failed: concurrent.futures.Future = concurrent.futures.Future()
+    client.core.scatter({A2: [("data", [b"v"])]}, [Future("data", None)], failed, 0.0)
+    with pytest.raises(ConnectionError):
+        failed.result(0)
+    s.remove_worker(W1)       # the one copy goes: the center's word of it counts
+    client.center_speaks()
+    assert first.status == "lost"

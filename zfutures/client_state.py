@@ -178,7 +178,7 @@ class _Scatter:
     frames)])), where each key was stored, and the workers parts may go to."""
 
     __slots__ = ("result", "out", "holders", "nbytes", "targets", "turn", "error", "keys",
-                 "now")
+                 "now", "since")
 
     def __init__(self, targets: list[str], result: concurrent.futures.Future, now: float):
         self.now = now  # (when it began: a worker that left since is known)
@@ -190,6 +190,7 @@ class _Scatter:
         self.turn = 0
         self.error: BaseException | None = None
         self.keys: set[str] = set()
+        self.since: dict[str, int] = {}  # its keys' ``since`` before it (see scatter)
 
 
 class Fetch:
@@ -397,11 +398,15 @@ class ClientCore:
             info = self.keys.get(future.key)
             if info is not None and info.status == ERRED:  # lost, and put there anew
                 info.status, info.error = PENDING, None
+        job = _Scatter(list(plan), result, now)
+        for future in futures:
             self.ref(future)
             # The center's news of the key until it hears of this copy is of
             # earlier ones (a copy lost with its worker): ignored (see _scattered).
-            self.keys[future.key].since = SCATTERING
-        job = _Scatter(list(plan), result, now)
+            info = self.keys[future.key]
+            if info.since != SCATTERING:
+                job.since[future.key] = info.since
+                info.since = SCATTERING
         job.keys = {key for entries in plan.values() for key, _ in entries}
         for address, entries in plan.items():
             self._put_data(job, address, entries)
@@ -457,12 +462,15 @@ class ClientCore:
             if self._releasing:  # keep the order: earlier messages first
                 self._release_now()
             self.flush_all()
-        seq = next(self._submit_seqs)  # (after those of the submits sent before)
-        for key in job.keys:
+        told = bool(items) and self.stopped is None
+        seq = next(self._submit_seqs) if told else 0  # (after those of the submits before)
+        for key, since in job.since.items():
             info = self.keys.get(key)
             if info is not None and info.since == SCATTERING:
-                info.since = seq
-        if items and self.stopped is None:
+                # News from this message on; a key no copy of which was stored
+                # takes news as before.
+                info.since = seq if key in job.holders else since
+        if told:
             self._send("update-data", items=items, seq=seq)
         if job.error is None:
             job.result.set_result(None)

@@ -702,3 +702,21 @@ def test_a_scatter_that_stored_nothing_leaves_the_keys_news_as_it_was(client):
     s.remove_worker(W1)       # the one copy goes: the center's word of it counts
     client.center_speaks()
     assert first.status == "lost"
+
+
+def test_a_fetch_of_each_key_gives_the_error_of_one_that_cannot_be_had_in_its_place(client):
+    s = client.s
+    finished_on(s, "x", A2)
+    client.holds("x", A2)
+    s.update_data(C, [{"key": "data", "nbytes": 8, "workers": [A1]}])  # scattered
+    s.outbox.take()
+    client.holds("data", A1).scattered = True
+    result: concurrent.futures.Future = concurrent.futures.Future()
+    client.core.fetch(["x", "data"], result, client.now, each=True)
+    s.remove_worker(W1)                       # data is lost with it
+    client.center_speaks()
+    client.center_hears()
+    client.center_answers()
+    client.worker_answers(A2, "x", 1)
+    values = result.result(0)
+    assert serialize.loads(values["x"]) == 1 and isinstance(values["data"], FutureLostError)

@@ -366,12 +366,15 @@ class ClientCore:
         elif len(info.futures) > 2 * info.refs + PRUNE_SLACK:
             info.live_futures()
 
-    def fetch(self, keys: list[str], result: concurrent.futures.Future, now: float) -> None:
-        """Get the pickled values of finished keys from the workers holding them."""
+    def fetch(self, keys: list[str], result: concurrent.futures.Future, now: float,
+              each: bool = False) -> None:
+        """Get the pickled values of finished keys from the workers holding them:
+        ``result`` ends with {key: frames}, or with the first error; with
+        ``each``, a key that cannot be had has its error in place of frames."""
         if self.stopped is not None:
             result.set_exception(self.stopped)
             return
-        self._fetch(Gather(keys, result), keys, now)
+        self._fetch(Gather(keys, result, per_key=each), keys, now)
 
     def forget_fetch(self, result: concurrent.futures.Future) -> None:
         """The caller stopped waiting for ``result`` (its timeout passed)."""
@@ -874,6 +877,8 @@ class ClientCore:
                 if not waiting:
                     del self.awaiting[key]
         if error is None:
+            if gather.failed:
+                gather.values.update(gather.failed)
             gather.result.set_result(gather.values)
         else:
             gather.result.set_exception(error)

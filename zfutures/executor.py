@@ -303,14 +303,17 @@ class Executor:
                 to_fetch.append(future.key)
         if to_fetch:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            values.update(self._fetch_values(to_fetch, remaining))
+            values.update(self._fetch_values(to_fetch, remaining, skip_failed=errors == "skip"))
         return _substitute(futures, values, left_out)
 
-    def _fetch_values(self, keys: list[str], timeout: float | None) -> dict[str, Any]:
-        """Fetch the values of finished keys straight from the workers."""
+    def _fetch_values(self, keys: list[str], timeout: float | None,
+                      skip_failed: bool = False) -> dict[str, Any]:
+        """Fetch the values of finished keys straight from the workers; a key
+        whose value cannot be had (lost, or it fails to load) raises its error,
+        or is left out with ``skip_failed``."""
         self._check_open()
         result: concurrent.futures.Future = concurrent.futures.Future()
-        self._io.call("fetch", list(dict.fromkeys(keys)), result)
+        self._io.call("fetch", list(dict.fromkeys(keys)), result, skip_failed)
         try:
             frames_by_key = self._io.wait(result, timeout)
         except concurrent.futures.TimeoutError:
@@ -318,8 +321,12 @@ class Executor:
             raise
         values = {}
         for key, frames in frames_by_key.items():
+            if isinstance(frames, BaseException):  # (only with skip_failed)
+                continue
             value, error = load_value(frames)
             if error is not None:
+                if skip_failed:
+                    continue
                 raise error
             values[key] = value
         return values

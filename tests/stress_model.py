@@ -122,15 +122,21 @@ def expect_with_inputs(fn, args: tuple, kwargs: dict, inputs: list[Allowed],
 class ScatterEvent:
     """One scatter of a key, and the workers that held it just after."""
 
-    __slots__ = ("key", "holders")
+    __slots__ = ("key", "holders", "released_after")
 
     def __init__(self, key: str, holders: frozenset):
         self.key = key
         self.holders = holders
+        # How many workers had been killed when no future held the key any
+        # more (None while one does): the center may then forget the data,
+        # and a task made from it cannot be made again once its own result
+        # is lost with a worker killed later.
+        self.released_after: int | None = None
 
     def lost(self, killed: set) -> bool:
         """Whether every copy of this scatter may be gone."""
-        return self.holders <= killed
+        return self.holders <= killed or \
+            self.released_after is not None and len(killed) > self.released_after
 
 
 class Entry:

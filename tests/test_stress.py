@@ -145,6 +145,7 @@ class Sequence:
         self.ex: Executor | None = None
         self.pool: PoolExecutor | None = None
         self.pool_entries: list[Entry] = []  # of the current pool
+        self.scatters: dict[str, list] = {}  # key -> its ScatterEvents
         self.pool_alone = self.rng.random() < 0.25  # a cluster of its own, else ex's
         self.pools = 0
 
@@ -479,6 +480,7 @@ class Sequence:
             if not held_by and self.kills == kills and not self.killed:
                 self.fail(f"scattered {name} ({future.key}) is held by no worker: {holders}")
             event = ScatterEvent(future.key, held_by)
+            self.scatters.setdefault(future.key, []).append(event)
             self.entries.append(Entry(name, future, Allowed(value), "scatter",
                                       roots=frozenset({event})))
 
@@ -524,6 +526,10 @@ class Sequence:
             return
         entry = self.rng.choice(candidates)
         self.entries.remove(entry)
+        if entry.kind == "scatter" and not any(e.key == entry.key for e in self.entries):
+            for event in self.scatters.get(entry.key, ()):  # (its data may be forgotten)
+                if event.released_after is None:
+                    event.released_after = len(self.killed)
         if self.rng.random() < 0.5:
             entry.future.release()
             self.call()

@@ -720,3 +720,12 @@ def test_a_fetch_of_each_key_gives_the_error_of_one_that_cannot_be_had_in_its_pl
     client.worker_answers(A2, "x", 1)
     values = result.result(0)
     assert serialize.loads(values["x"]) == 1 and isinstance(values["data"], FutureLostError)
+
+
+def test_a_running_pool_future_submitted_after_close_ends_with_an_error(client):
+    client.core.close()
+    future = Future("late", None)
+    assert future.set_running_or_notify_cancel()  # (a PoolExecutor's, once handed over)
+    client.submit("late", future=future)
+    with pytest.raises(ConnectionError, match="shut down"):
+        future.result(0)

@@ -313,7 +313,10 @@ class ClientCore:
         """
         if self.stopped is not None:
             for _, _, future in tasks:
-                future._set_cancelled()
+                if future.running():  # (a PoolExecutor's, which it counts as started)
+                    future._set_error(self.stopped)
+                else:
+                    future._set_cancelled()
             return
         keys = self.keys
         for item, frames, future in tasks:

@@ -593,7 +593,7 @@ class ClientIO:
             for address in header["addresses"]:
                 self._forget_worker(address)
         self.core.center_message(header, frames, time.monotonic())
-        if self.core.welcomed:
+        if self.core.welcomed and not self.welcomed.is_set():  # (set takes a lock)
             self.welcomed.set()
 
     def _forget_worker(self, address: str) -> None:

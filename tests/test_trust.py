@@ -7,6 +7,7 @@ returned. Every wait is bounded: a regression fails, it does not hang.
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import random
 import threading
 import time
@@ -179,6 +180,14 @@ def test_scattering_data_again_while_its_release_waits_keeps_it(ex):
         assert again.key == key
         assert ex.submit(np.sum, again).result(timeout=20) == data.sum()
         assert again.result(timeout=20).sum() == data.sum()
+
+
+def test_scattering_data_that_does_not_load_on_the_worker_raises_and_the_worker_goes_on(ex):
+    pids = ex.run(os.getpid)
+    with pytest.raises(RuntimeError, match="could not be loaded.*SystemExit"):
+        ex.scatter(ExitsWhenLoaded(), timeout=30)
+    assert ex.submit(inc, 1, pure=False).result(timeout=20) == 2
+    assert ex.run(os.getpid) == pids
 
 
 # --------------------------------------------------------------------------- waits

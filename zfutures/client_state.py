@@ -433,6 +433,9 @@ class ClientCore:
         for key, size in header["nbytes"].items():
             job.holders.setdefault(key, []).append(address)
             job.nbytes[key] = size
+        for key, why in header.get("failed", {}).items():  # (the same bytes fail anywhere)
+            job.error = RuntimeError(f"the data of {key!r} could not be loaded on the worker "
+                                     f"{address}: {why}")
         if not job.out:
             self._scattered(job)
 

@@ -160,7 +160,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
              "proof?": _INT},
     "data-read": {"lease": _INT},
     "put-data": {"id": _INT, "items": ("items", _DATA_ITEM)},
-    "data-stored": {"id": _INT, "nbytes": ("map", _INT)},
+    # failed: keys whose data did not load here, each with why (nothing stored)
+    "data-stored": {"id": _INT, "nbytes": ("map", _INT), "failed?": ("map", _STR)},
     "run": {"id": _INT},
     "run-result": {"id": _INT, "ok": bool},
     # a client sends a lone task without inputs straight to a worker, in a run

@@ -568,13 +568,19 @@ class Worker:
 
     def _put_data(self, ident: bytes, header: dict, frames: list) -> None:
         """A client scatters data here; it tells the center once we answer."""
-        nbytes = {}
+        nbytes, failed = {}, {}
         for item, value_frames in protocol.unpack_items(header["items"], frames):
-            value = serialize.loads(value_frames)
+            try:
+                value = serialize.loads(value_frames)
+            except BaseException as exc:  # noqa: B036 - user code: the caller hears why
+                failed[item["key"]] = describe(exc)
+                continue
             nbytes[item["key"]] = serialize.sizeof(value)
             self.state.add_data(item["key"], value, nbytes[item["key"]])
+        fields = {"failed": failed} if failed else {}
         self.server.send_multipart(
-            [ident, protocol.encode_header("data-stored", id=header["id"], nbytes=nbytes)])
+            [ident, protocol.encode_header("data-stored", id=header["id"], nbytes=nbytes,
+                                           **fields)])
 
     def _run_task(self, ident: bytes, header: dict, frames: list) -> None:
         """A client sent a task straight here (see WorkerState.run_direct)."""

@@ -419,6 +419,25 @@ def test_another_call_of_a_released_key_runs_after_it_and_gets_its_own_result():
     assert w.data["k"] == "NEW"
 
 
+def test_another_call_of_a_key_whose_release_has_not_come_yet_runs_after_it():
+    # The center let the old call go, and its word to drop it comes after the
+    # new call's assignment: the old run must not answer the new call.
+    w = make(nthreads=2)
+    w.compute("k", {}, 0, [b"old call"], 0.0, run=1)
+    assert executed(w) == ["k"]
+    w.compute("k", {}, 0, [b"new call"], 0.0, run=2)
+    assert executed(w) == []              # behind the old call's thread
+    w.task_done("k", value="OLD", nbytes=8)
+    assert reports(w) == [] and "k" not in w.data
+    (task,) = w.to_execute
+    assert (task.key, task.run, task.payload) == ("k", 2, [b"new call"])
+    executed(w)
+    w.task_done("k", value="NEW", nbytes=8)
+    assert reports(w) == [("task-finished", {"key": "k", "run": 2, "nbytes": 8,
+                                             "duration": 0.0}, [])]
+    assert w.data["k"] == "NEW"
+
+
 def test_another_call_of_a_released_key_whose_thread_skips_the_old_one_runs():
     w = make(nthreads=1)
     w.task_duration = 1e-4                # short tasks: a few are handed ahead
@@ -747,7 +766,7 @@ def test_a_direct_task_still_running_is_announced_once_at_the_next_check():
 
 def test_a_direct_task_the_center_sends_too_reports_the_centers_run_and_answers_the_client():
     w = make()
-    w.run_direct("x", [b"payload"], DIRECT, CLIENT, now=0.0)
+    w.run_direct("x", [b"payload of x"], DIRECT, CLIENT, now=0.0)  # (the same call)
     compute(w, "x", run=RUN)  # placed here by the center after all
     assert executed(w) == ["x"]
     w.task_done("x", 2, 28, 0.001, None, [b"pickled 2"])

@@ -175,6 +175,12 @@ class WorkerState:
                                                      "run": run}, []))
             return
         task = self.tasks.get(key)
+        if task is not None and not same_call(task.payload, payload):
+            # Another call of a key still here from an assignment the center
+            # gave up on (its release may be on its way, behind this message):
+            # that run is released now, and this one waits behind it.
+            self.release([key])
+            task = None
         released = self.released_running.get(key)
         if task is None and released is not None and same_call(released.payload, payload):
             task = self.tasks[key] = self.released_running.pop(key)  # still running

@@ -464,8 +464,6 @@ MALFORMED_DATA_REQUESTS = {
     "put-data with negative nframes": [
         h("put-data", id=1, items=[{"key": "evil", "nframes": -1},
                                    {"key": "evil2", "nframes": 2}]), b"x"],
-    "put-data with a value that is not a pickle": [
-        h("put-data", id=1, items=[{"key": "evil", "nframes": 1}]), b"not a pickle"],
     "put-data with items a map": [raw({"op": "put-data", "id": 1, "items": {"key": "evil"}})],
     "put-data with a layout that cuts past its frame": [
         h("put-data", id=1, items=[{"key": "evil", "nframes": 1}], layout=[5]), b"ab"],
@@ -497,18 +495,25 @@ def test_malformed_requests_to_a_data_server_leave_it_serving(processes, tmp_pat
             for _ in range(repeat):
                 peer.send(*frames)
                 sent += 1
-        # run with a payload that is not a pickle: answered, with a failure
+        # run, or put-data, with a payload that is not a pickle: answered, with a failure
         for i in range(20):
             peer.send(h("run", id=1000 + i), b"not a pickle")
+            peer.send(h("put-data", id=2000 + i, items=[{"key": "evil", "nframes": 1}]),
+                      b"not a pickle")
         # answered in order: the fetch comes after every request above was handled
         results = []
-        while len(results) < 20:
+        while len(results) < 40:
             assert peer.socket.poll(10_000), "the data server stopped answering"
             header, _ = decode_reply(peer.socket.recv_multipart())
-            assert header["op"] == "run-result", f"an answer to a malformed request: {header}"
+            assert header["op"] in ("run-result", "data-stored"), \
+                f"an answer to a malformed request: {header}"
             results.append(header)
-        assert sorted(r["id"] for r in results) == list(range(1000, 1020))
-        assert not any(r["ok"] for r in results)
+        runs = [r for r in results if r["op"] == "run-result"]
+        assert sorted(r["id"] for r in runs) == list(range(1000, 1020))
+        assert not any(r["ok"] for r in runs)
+        stored = [r for r in results if r["op"] == "data-stored"]
+        assert sorted(r["id"] for r in stored) == list(range(2000, 2020))
+        assert all(r["nbytes"] == {} and "evil" in r["failed"] for r in stored)
         header, payload = fetch(peer, 2, [x.key, "evil", "evil2"])
         assert header["missing"] == ["evil", "evil2"], "a malformed put-data stored data"
         assert serialize.loads(payload) == list(range(10))

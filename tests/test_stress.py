@@ -114,8 +114,9 @@ def _outcome(future, timeout: float):
         return "value", future.result(timeout)
     except BaseException as e:  # noqa: BLE001 (the future's error, checked by the caller)
         # The error is the future's own, which keeps it: its traceback would
-        # keep this frame, and the future with it, until the garbage collector
-        # breaks the cycle (as with a concurrent.futures future).
+        # keep this frame and its callers' (and every entry they hold), and
+        # the future with them, as with a concurrent.futures future.
+        e.__traceback__ = None
         future = None  # noqa: F841
         if isinstance(e, concurrent.futures.CancelledError):
             return "cancelled", e

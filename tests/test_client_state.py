@@ -503,6 +503,16 @@ def stored(client: Client, address: str, nbytes: dict[str, int]) -> None:
                                                               "nbytes": nbytes}, []), client.now)
 
 
+def scattered_to_a1(client: Client) -> Future:
+    """A future of data the client scattered to A1; the center knows (and said so)."""
+    first = Future("data", None)
+    client.core.scatter({A1: [("data", [b"v"])]}, [first], concurrent.futures.Future(), 0.0)
+    stored(client, A1, {"data": 8})
+    client.center_hears()
+    client.center_speaks()
+    return first
+
+
 def test_a_scatter_takes_back_a_release_of_its_key_still_waiting(client):
     old = Future("data-1", None)
     client.core.scatter({A1: [("data-1", [b"v"])]}, [old], concurrent.futures.Future(), 0.0)
@@ -564,10 +574,7 @@ def test_a_request_to_a_worker_that_left_already_fails_at_once(client):
 
 def test_scattering_lost_data_again_makes_it_whole(client):
     s = client.s
-    first = Future("data", None)
-    client.core.scatter({A1: [("data", [b"v"])]}, [first], concurrent.futures.Future(), 0.0)
-    stored(client, A1, {"data": 8})
-    client.center_hears()
+    first = scattered_to_a1(client)
     s.remove_worker(W1)
     client.center_speaks()
     assert first.status == "lost"
@@ -668,11 +675,7 @@ def test_news_of_a_lost_copy_does_not_fail_the_copy_scattered_again(client):
     # again elsewhere; the center hears of the death first, and its word that
     # the key is lost reaches us after our new copy was stored.
     s = client.s
-    first = Future("data", None)
-    client.core.scatter({A1: [("data", [b"v"])]}, [first], concurrent.futures.Future(), 0.0)
-    stored(client, A1, {"data": 8})
-    client.center_hears()
-    client.center_speaks()
+    scattered_to_a1(client)
     s.remove_worker(W1)                      # (its word waits)
     again = Future("data", None)
     done: concurrent.futures.Future = concurrent.futures.Future()
@@ -688,11 +691,7 @@ def test_news_of_a_lost_copy_does_not_fail_the_copy_scattered_again(client):
 
 def test_a_scatter_that_stored_nothing_leaves_the_keys_news_as_it_was(client):
     s = client.s
-    first = Future("data", None)
-    client.core.scatter({A1: [("data", [b"v"])]}, [first], concurrent.futures.Future(), 0.0)
-    stored(client, A1, {"data": 8})
-    client.center_hears()
-    client.center_speaks()
+    first = scattered_to_a1(client)
     s.remove_worker(W2)
     client.center_speaks()
     failed: concurrent.futures.Future = concurrent.futures.Future()

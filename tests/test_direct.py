@@ -435,16 +435,22 @@ def runs_until_replaced(path, value):
     return value
 
 
+def cancel_while_it_runs(ex, tmp_path) -> None:
+    """Submit a call under the key "k", cancel it once it runs, and wait for
+    the center to let the key go."""
+    path = str(tmp_path / "started")
+    old = ex.submit(runs_until_replaced, path, "OLD", key="k")
+    wait_for(lambda: os.path.exists(path), timeout=20, message="the task did not start")
+    assert old.cancel()
+    wait_for(lambda: not ex.scheduler_info()["tasks"], timeout=20,
+             message="the center kept the cancelled task")
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_key_chosen_again_after_a_cancel_gives_the_new_calls_value(tmp_path, threads):
     # Through the center: no task finished yet, so nothing goes straight to a worker.
     with Executor(n_workers=1, threads_per_worker=threads, timeout=20) as ex:
-        path = str(tmp_path / "started")
-        old = ex.submit(runs_until_replaced, path, "OLD", key="k")
-        wait_for(lambda: os.path.exists(path), timeout=20, message="the task did not start")
-        assert old.cancel()
-        wait_for(lambda: not ex.scheduler_info()["tasks"], timeout=20,
-                 message="the center kept the cancelled task")
+        cancel_while_it_runs(ex, tmp_path)
         new = ex.submit(identity, "NEW", key="k")
         assert new.result(timeout=30) == "NEW"
         assert ex.submit(identity, new).result(timeout=30) == "NEW"  # what the cluster holds
@@ -456,12 +462,7 @@ def test_a_key_chosen_again_after_a_cancel_gives_the_new_calls_value_directly(tm
     with Executor(n_workers=1, threads_per_worker=threads, timeout=20) as ex, \
             Executor(ex.address, timeout=20) as other:
         other.submit(inc, -1).result(timeout=20)  # a worker to send lone tasks to
-        path = str(tmp_path / "started")
-        old = ex.submit(runs_until_replaced, path, "OLD", key="k")
-        wait_for(lambda: os.path.exists(path), timeout=20, message="the task did not start")
-        assert old.cancel()
-        wait_for(lambda: not ex.scheduler_info()["tasks"], timeout=20,
-                 message="the center kept the cancelled task")
+        cancel_while_it_runs(ex, tmp_path)
         new = other.submit(identity, "NEW", key="k")
         assert other._io.keys["k"].direct is not None  # sent straight to the worker
         assert new.result(timeout=30) == "NEW"

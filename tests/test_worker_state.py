@@ -397,17 +397,9 @@ def test_a_seceded_task_assigned_again_tells_its_secession_for_the_new_run():
     assert reports(w) == [("task-seceded", {"key": "x", "run": 2}, [])]
 
 
-def test_another_call_of_a_released_key_runs_after_it_and_gets_its_own_result():
-    # A key the client chose, cancelled while it runs, and submitted again
-    # with another call: the run under way is not this call's.
-    w = make(nthreads=2)
-    w.compute("k", {}, 0, [b"old call"], 0.0, run=1)
-    assert executed(w) == ["k"]
-    w.release(["k"])
-    w.compute("k", {}, 0, [b"new call"], 0.0, run=2)
-    assert executed(w) == []              # the key's thread is the old call's until it ends
-    compute(w, "other")
-    assert executed(w) == ["other"]       # (the other thread is free)
+def old_call_ends_then_the_new_one_runs(w: WorkerState) -> None:
+    """The old call of "k" (run 1) ends: its result is dropped; the new call
+    (run 2, waiting behind it) runs, and its own result is reported."""
     w.task_done("k", value="OLD", nbytes=8)
     assert reports(w) == [] and "k" not in w.data   # the old call's result is dropped
     (task,) = w.to_execute
@@ -419,6 +411,20 @@ def test_another_call_of_a_released_key_runs_after_it_and_gets_its_own_result():
     assert w.data["k"] == "NEW"
 
 
+def test_another_call_of_a_released_key_runs_after_it_and_gets_its_own_result():
+    # A key the client chose, cancelled while it runs, and submitted again
+    # with another call: the run under way is not this call's.
+    w = make(nthreads=2)
+    w.compute("k", {}, 0, [b"old call"], 0.0, run=1)
+    assert executed(w) == ["k"]
+    w.release(["k"])
+    w.compute("k", {}, 0, [b"new call"], 0.0, run=2)
+    assert executed(w) == []              # the key's thread is the old call's until it ends
+    compute(w, "other")
+    assert executed(w) == ["other"]       # (the other thread is free)
+    old_call_ends_then_the_new_one_runs(w)
+
+
 def test_another_call_of_a_key_whose_release_has_not_come_yet_runs_after_it():
     # The center let the old call go, and its word to drop it comes after the
     # new call's assignment: the old run must not answer the new call.
@@ -427,15 +433,7 @@ def test_another_call_of_a_key_whose_release_has_not_come_yet_runs_after_it():
     assert executed(w) == ["k"]
     w.compute("k", {}, 0, [b"new call"], 0.0, run=2)
     assert executed(w) == []              # behind the old call's thread
-    w.task_done("k", value="OLD", nbytes=8)
-    assert reports(w) == [] and "k" not in w.data
-    (task,) = w.to_execute
-    assert (task.key, task.run, task.payload) == ("k", 2, [b"new call"])
-    executed(w)
-    w.task_done("k", value="NEW", nbytes=8)
-    assert reports(w) == [("task-finished", {"key": "k", "run": 2, "nbytes": 8,
-                                             "duration": 0.0}, [])]
-    assert w.data["k"] == "NEW"
+    old_call_ends_then_the_new_one_runs(w)
 
 
 def test_another_call_of_a_released_key_whose_thread_skips_the_old_one_runs():

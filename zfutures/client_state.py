@@ -513,18 +513,17 @@ class ClientCore:
                              lambda error: result.done() or result.set_exception(error), now)
 
     def _ask_worker(self, address: str, op: str, fields: dict, frames: list,
-                    answered: Callable, failed: Callable, now: float) -> int | None:
+                    answered: Callable, failed: Callable, now: float) -> None:
         """Send a request to a worker; ``answered(header, frames)`` or
         ``failed(error)`` is called once. A worker the center said left lately
         fails it at once: no word of it will come again."""
         left = self._departed.get(address)
         if left is not None and now - left < DEPARTED_KEPT:
             failed(ConnectionError(f"the worker {address} left the cluster"))
-            return None
+            return
         request_id = next(self._ids)
         self.worker_requests[request_id] = (address, answered, failed)
         self.to_workers.append((address, op, dict(fields, id=request_id), frames))
-        return request_id
 
     def rpc(self, op: str, fields: dict, result: Any) -> None:
         """Ask the center; ``result`` (a Future, or a callable of the reply) gets the answer."""

@@ -3,16 +3,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Install the checkout editable with extras $(1). compat: the checkout goes on
-# sys.path, where the default editable mode installs an import hook that every
-# process of a cluster pays for (setuptools calls compat transitional: the
-# default mode is the fallback).
-install = $(BIN)/python -m pip install -q -e '.[$(1)]' --config-settings editable_mode=compat \
-	|| $(BIN)/python -m pip install -q -e '.[$(1)]'
+# Install the checkout editable with extras $(1). setup.cfg's package_dir
+# makes setuptools' default editable mode put the checkout on sys.path (no
+# import hook for every process of a cluster to load as it starts).
+install = $(BIN)/python -m pip install -q -e '.[$(1)]'
 
 .PHONY: demo test unit stress bench lint clean
 
-$(STAMP): setup.cfg setup.py
+$(STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(call install,test)

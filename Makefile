@@ -19,8 +19,7 @@ $(STAMP): setup.cfg setup.py pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python examples/tree_reduction.py
 
-test: $(STAMP)
-	$(BIN)/python -m ruff check zfutures tests scripts examples
+test: lint
 	$(BIN)/python -m pytest -v tests
 
 # The state machines alone (center, worker, client cores): no process, no socket.
@@ -43,8 +42,10 @@ bench: $(STAMP)
 	$(BIN)/python -m compileall -q zfutures
 	$(BIN)/python scripts/benchmark.py
 
+# Style (ruff), then types (mypy; its settings are in pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/python -m ruff check zfutures tests scripts examples
+	$(BIN)/python -m mypy
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache

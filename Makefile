@@ -3,16 +3,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Install the checkout editable with extras $(1). compat: the checkout goes on
-# sys.path, where the default editable mode installs an import hook that every
-# process of a cluster pays for (setuptools calls compat transitional: the
-# default mode is the fallback).
-install = $(BIN)/python -m pip install -q -e '.[$(1)]' --config-settings editable_mode=compat \
-	|| $(BIN)/python -m pip install -q -e '.[$(1)]'
+# Install the checkout editable with extras $(1). setup.cfg's package_dir
+# makes setuptools' default editable mode put the checkout on sys.path (no
+# import hook for every process of a cluster to load as it starts).
+install = $(BIN)/python -m pip install -q -e '.[$(1)]'
 
 .PHONY: demo test unit stress bench lint clean
 
-$(STAMP): setup.cfg setup.py
+$(STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(call install,test)
@@ -21,8 +19,7 @@ $(STAMP): setup.cfg setup.py
 demo: $(STAMP)
 	$(BIN)/python examples/tree_reduction.py
 
-test: $(STAMP)
-	$(BIN)/python -m ruff check zfutures tests scripts examples
+test: lint
 	$(BIN)/python -m pytest -v tests
 
 # The state machines alone (center, worker, client cores): no process, no socket.
@@ -45,8 +42,10 @@ bench: $(STAMP)
 	$(BIN)/python -m compileall -q zfutures
 	$(BIN)/python scripts/benchmark.py
 
+# Style (ruff), then types (mypy; its settings are in pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/python -m ruff check zfutures tests scripts examples
+	$(BIN)/python -m mypy
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache

@@ -123,13 +123,63 @@ def zfutures_children() -> list[psutil.Process]:
     return found
 
 
-@pytest.fixture(scope="module")
-def ex():
-    """A local cluster of two single-threaded workers, shared by a test module."""
-    executor = Executor(n_workers=2, threads_per_worker=1)
-    yield executor
-    executor.shutdown(wait=False)  # a failed test's stuck future must not hang teardown
-    wait_for(lambda: not zfutures_children(), message="local cluster left processes behind")
+# The integration tests that take ``ex`` run twice, once on each kind of
+# cluster a user meets (as CPython runs one executor test suite over every
+# executor kind): the local one ``Executor()`` starts, and one started by hand
+# with the commands, which an Executor connects to by address.
+CLUSTER_KINDS = ["local", "by-hand"]
+
+
+def start_cluster_by_hand(started: Processes) -> Executor:
+    """``zfut-center``, then ``zfut-worker`` with two single-threaded workers,
+    as real processes (stopped by ``started``), and an Executor connected to
+    the center once both workers are in. The workers are named as the local
+    cluster names its own (local-0, local-1), and log warnings only, as it does."""
+    _, address = started.center("--log-level", "warning")
+    started.worker(address, "--nworkers", "2", "--nthreads", "1", "--name", "local",
+                   "--log-level", "warning")
+    executor = Executor(address)
+    try:
+        wait_for(lambda: len(executor.scheduler_info()["workers"]) == 2, timeout=30,
+                 message="the workers started by hand did not register")
+    except BaseException:
+        executor.shutdown(wait=False)
+        raise
+    return executor
+
+
+@pytest.fixture(scope="module", params=CLUSTER_KINDS)
+def ex(request):
+    """A cluster of two single-threaded workers and an Executor on it, shared
+    by a test module: started by ``Executor()``, or by hand (see CLUSTER_KINDS)."""
+    if request.param == "local":
+        executor = Executor(n_workers=2, threads_per_worker=1)
+        yield executor
+        executor.shutdown(wait=False)  # a failed test's stuck future must not hang teardown
+    else:
+        started = Processes()
+        try:
+            executor = start_cluster_by_hand(started)
+            yield executor
+            executor.shutdown(wait=False)
+        finally:
+            started.stop_all()  # by pid: the processes this fixture started
+    wait_for(lambda: not zfutures_children(),
+             message=f"{request.param} cluster left processes behind")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "local_cluster_only(reason): a test of ``ex`` that checks what only "
+                   "a local cluster does; skipped, with the reason, on the one started by hand")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        mark = item.get_closest_marker("local_cluster_only")
+        call = getattr(item, "callspec", None)
+        if mark and call is not None and call.params.get("ex") == "by-hand":
+            item.add_marker(pytest.mark.skip(reason=f"local cluster only: {mark.args[0]}"))
 
 
 CLIENT_ONLY_SOURCE = '''\

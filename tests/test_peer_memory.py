@@ -8,10 +8,14 @@ reads turned off, and with a reader the kernel refuses.
 from __future__ import annotations
 
 import gc
+import json
 import os
+import select
 import shutil
 import subprocess
 import sys
+import sysconfig
+import tempfile
 import threading
 import time
 import weakref
@@ -323,15 +327,15 @@ def leases_held() -> int:
     return len(current_worker().leases)
 
 
-def start_workers(processes, address: str, *reader_prefix: str,
+def start_workers(processes, address: str, reader_command: tuple[str, ...] = (),
                   reader_log=None) -> tuple[str, str]:
-    """Two workers as a user starts them: the holder, then the reader, whose
-    command line starts with ``reader_prefix``; their data addresses."""
+    """Two workers as a user starts them: the holder, then the reader, run by
+    ``reader_command`` (zfut-worker unless given); their data addresses."""
     addresses = []
-    for prefix, log in (((), None), (reader_prefix, reader_log)):
-        worker = processes.start(*prefix, command("zfut-worker"), address, "--no-nanny",
-                                 stderr=log)
-        addresses.append(read_line(worker, r"serving at (tcp://\S+) for").group(1))
+    worker = (command("zfut-worker"),)
+    for program, log in ((worker, None), (reader_command or worker, reader_log)):
+        started = processes.start(*program, address, "--no-nanny", stderr=log)
+        addresses.append(read_line(started, r"serving at (tcp://\S+) for").group(1))
     return addresses[0], addresses[1]
 
 
@@ -379,17 +383,125 @@ def test_with_direct_reads_turned_off_data_moves_over_sockets(processes, monkeyp
         assert read == 0
 
 
+NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+# What a worker imports, beside the modules of zfutures: the functions of this
+# module come to it by reference.
+WORKER_IMPORTS = "import zfutures.__main__, zfutures.cli, zfutures.worker, test_peer_memory"
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    """A hard link where the file is readable by anyone (no bytes copied),
+    else a copy that is (a link would share the original's mode)."""
+    if os.stat(source).st_mode & 0o004:
+        try:
+            os.link(source, target)
+            return
+        except OSError:  # another file system, or links refused
+            pass
+    shutil.copy2(source, target)
+    os.chmod(target, os.stat(target).st_mode | 0o444)
+
+
+def _folder(path: str) -> None:
+    os.mkdir(path)
+    os.chmod(path, 0o755)  # (whatever the umask)
+
+
+def _stage_tree(source: str, target: str, skip: tuple[str, ...] = ()) -> None:
+    """Copy ``source`` (a file or a folder) to ``target``, readable by anyone."""
+    if not os.path.isdir(source):
+        _link_or_copy(source, target)
+        return
+    for folder, subfolders, files in os.walk(source):
+        subfolders[:] = [d for d in subfolders if d not in skip]
+        here = os.path.normpath(os.path.join(target, os.path.relpath(folder, source)))
+        _folder(here)
+        for name in files:
+            _link_or_copy(os.path.join(folder, name), os.path.join(here, name))
+
+
+def stage_for_anyone(stage: str) -> str:
+    """Put in ``stage`` a copy of the Python running these tests (its program,
+    shared library and standard library) with, in its site-packages, the
+    modules a worker imports from elsewhere (zfutures, the packages it and this
+    module import, this folder's modules); return the copy's program. A user
+    other than the one who cloned may not reach the checkout, its virtualenv,
+    or even this Python (all inside a mode-0700 home, say); this copy it can."""
+    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    lib = os.path.join(stage, "lib")
+    site_packages = os.path.join(lib, version, "site-packages")
+    for folder in ("bin", "lib"):
+        _folder(os.path.join(stage, folder))
+    program = os.path.join(stage, "bin", version)
+    _stage_tree(os.path.realpath(sys._base_executable), program)
+    if sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        name = sysconfig.get_config_var("INSTSONAME")
+        _stage_tree(os.path.join(sysconfig.get_config_var("LIBDIR"), name),
+                    os.path.join(lib, name))
+    # (the copy finds its prefix, stage, by the landmark lib/pythonX.Y/os.py)
+    stdlib = os.path.dirname(os.__file__)
+    _stage_tree(stdlib, os.path.join(lib, version),
+                skip=("site-packages", "dist-packages", "test"))
+    _folder(site_packages)
+    # Each module a worker imports from outside the standard library comes
+    # with the whole of its top-level package; and the shared libraries that
+    # wheels keep beside their packages (in DIST.libs) come too.
+    listing = subprocess.run(
+        [sys.executable, "-c", WORKER_IMPORTS + "; import json, sys; print(json.dumps("
+         "[sys.path, [getattr(m, '__file__', None) for m in list(sys.modules.values())]]))"],
+        env=dict(os.environ, PYTHONPATH=os.path.dirname(__file__)),
+        capture_output=True, text=True, timeout=60, check=True)
+    path, files = json.loads(listing.stdout)
+    copied = {os.path.realpath(p) for p in (stdlib, os.path.dirname(select.__file__))}
+    roots = sorted({p for p in path if os.path.isdir(p) and os.path.realpath(p) not in copied},
+                   key=len, reverse=True)  # (a folder on the path inside another: first)
+    tops = set()
+    for file in filter(None, files):
+        for root in roots:
+            if file.startswith(root + os.sep):
+                top = os.path.relpath(file, root).split(os.sep)[0]
+                tops.add((root, top))
+                break
+    tops |= {(root, name) for root, _ in list(tops) for name in os.listdir(root)
+             if name.endswith(".libs")}
+    for root, top in tops:
+        if not os.path.exists(os.path.join(site_packages, top)):
+            _stage_tree(os.path.join(root, top), os.path.join(site_packages, top))
+    return program
+
+
+@pytest.fixture
+def worker_as_nobody():
+    """The command that runs a worker as nobody, from a copy of what it needs
+    in a temporary folder anyone can read (removed after the test); the test
+    is skipped, with the reason, where nobody cannot run that copy."""
+    stage = tempfile.mkdtemp(prefix="zfutures-nobody-")
+    try:
+        os.chmod(stage, 0o755)
+        program = stage_for_anyone(stage)
+        run = (*NOBODY, "env", "-u", "PYTHONPATH",
+               f"LD_LIBRARY_PATH={os.path.join(stage, 'lib')}", program)
+        probe = subprocess.run([*run, "-c", WORKER_IMPORTS], cwd=stage,
+                               capture_output=True, text=True, timeout=60)
+        if probe.returncode:
+            pytest.skip(f"nobody cannot run a worker from {stage} (under "
+                        f"{tempfile.gettempdir()}): {probe.stderr.strip()[-300:]}")
+        yield (*run, "-m", "zfutures", "worker")
+    finally:
+        shutil.rmtree(stage)
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
                     reason="needs root to start a worker as another user")
-def test_a_reader_the_kernel_refuses_gets_the_data_over_sockets(processes, tmp_path):
+def test_a_reader_the_kernel_refuses_gets_the_data_over_sockets(processes, tmp_path,
+                                                                 worker_as_nobody):
     """A worker running as another user may not read a root worker's memory:
     it gets the value as frames instead, and the holder's lease still ends."""
     _, address = processes.center()
-    nobody = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
     log = tmp_path / "reader.log"
     with open(log, "w") as f:
-        holder, reader = start_workers(processes, address, *nobody, reader_log=f)
+        holder, reader = start_workers(processes, address, worker_as_nobody, reader_log=f)
     with Executor(address, timeout=20) as ex:
         wait_for(lambda: len(ex.nthreads()) == 2, timeout=20, message="workers did not join")
         *_, read = run_transfer(ex, holder, reader)

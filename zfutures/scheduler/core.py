@@ -4,24 +4,8 @@ Every public method takes one event (a client submitted tasks, a worker
 finished one, a worker was lost, ...) and queues the messages it causes in an
 :class:`Outbox`; the center's shell sends them after each burst of events, so
 messages to the same peer are batched. Nothing here touches a socket, a clock
-or a thread, so every path can be tested directly.
-
-A task's life::
-
-    waiting ──▶ ready ──▶ processing ──▶ memory ──▶ released ──▶ (forgotten)
-       │          │            │  ▲                    │
-       │          │            │  └── a worker died ───┘ wanted again: recompute
-       └──────────┴────────────┴──▶ erred
-
-- ``waiting``: some dependency is not in memory yet.
-- ``ready``: all dependencies are in memory; waits at the center for a slot
-  (the tasks without inputs of a big submit wait in per-worker blocks: see
-  ``Scheduler._root_blocks`` and ``Scheduler._split_largest_block``).
-- ``processing``: sent to one worker.
-- ``memory``: held by one or more workers (``who_has``).
-- ``released``: nobody needs the data any more, but a dependent that still
-  exists may need it recomputed (lineage), so the task itself is kept.
-- ``erred``: the task (or one of its dependencies) raised.
+or a thread, so every path can be tested directly. A task's states and the
+changes between them: see :mod:`.states`.
 
 A task is *wanted* while a client holds a future for it or a dependent still
 waits for it; a task that is not wanted is released, and a released task that
@@ -36,11 +20,26 @@ import pickle
 import random
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterable, Mapping
-from collections.abc import Set as AbstractSet
 from typing import Any
 
-from . import errors
-from .errors import FutureLostError
+from .. import errors
+from ..errors import FutureLostError
+from .outbox import Outbox
+from .records import NO_TASKS as _NO_TASKS
+from .records import ClientState, TaskState, WorkerState
+from .records import is_direct as _is_direct
+from .records import with_task as _with
+from .states import (
+    ERRED,
+    FLIGHT_STEP,
+    IN_FLIGHT,
+    MEMORY,
+    PROCESSING,
+    READY,
+    RELEASED,
+    WAITING,
+    IllegalTransition,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,198 +60,9 @@ MAX_AHEAD_PER_THREAD = 50
 #: chosen keys would otherwise keep one figure per key it ever ran. A group
 #: forgotten counts as ROUND_TRIP again until timed anew.
 MAX_GROUPS = 10_000
-#: Items of one message the center sends, at most: a peer handles a message
-#: at once, so one of 142,500 keys to copy from a retiring worker held its
-#: recipient from its heartbeats for 1.6 s (about 11 us a key). Thousands
-#: still make the cost of a message itself vanish.
-MAX_ITEMS_PER_MESSAGE = 2_000
 #: Sizes reported by workers are capped here (a petabyte), so that sums of
 #: them always fit in a message.
 MAX_NBYTES = 2**50
-
-WAITING, READY, PROCESSING, MEMORY, RELEASED, ERRED = (
-    "waiting", "ready", "processing", "memory", "released", "erred")
-
-
-#: The shared starting value of a task's dependents, waiting_on and waiters:
-#: most tasks never have any, and an empty set costs 216 bytes, three per task
-#: (a third of the center's memory per task). :func:`_with` replaces it with
-#: a set of the task's own when the first member comes.
-_NO_TASKS: frozenset = frozenset()
-
-
-def _with(tasks: AbstractSet[TaskState], ts: TaskState) -> set[TaskState]:
-    """``tasks`` (a set, or _NO_TASKS) with ``ts`` added; assign it back."""
-    if tasks is _NO_TASKS:
-        return {ts}
-    tasks.add(ts)  # type: ignore[attr-defined]
-    return tasks  # type: ignore[return-value]
-
-
-class TaskState:
-    """Everything the center knows about one key."""
-
-    __slots__ = (
-        "key", "state", "payload", "priority", "dependencies", "dependents",
-        "waiting_on", "waiters", "who_wants", "who_has", "processing_on", "nbytes",
-        "exception", "retries", "suspicious", "restrictions", "loose",
-        "resources", "affinity", "group", "run", "direct_run", "answered",
-    )
-
-    def __init__(self, key: str, payload: list | None, priority: tuple, retries: int = 0):
-        self.key = key
-        self.state = RELEASED
-        self.payload = payload            # opaque frames; None for scattered data
-        self.priority = priority          # (-user priority, submission order)
-        self.dependencies: list[TaskState] = []
-        # (the next three start as the shared _NO_TASKS: assign, never mutate it)
-        self.dependents: AbstractSet[TaskState] = _NO_TASKS
-        self.waiting_on: AbstractSet[TaskState] = _NO_TASKS  # dependencies not in memory yet
-        self.waiters: AbstractSet[TaskState] = _NO_TASKS     # dependents on their way to memory
-        self.who_wants: set[ClientState] = set()
-        self.who_has: set[WorkerState] = set()
-        self.processing_on: WorkerState | None = None
-        self.nbytes = 0
-        self.exception: list | None = None  # pickled exception frames, when erred
-        self.retries = retries
-        self.suspicious = 0               # workers that died while running it
-        self.restrictions: frozenset[str] | None = None  # worker addresses or names
-        self.loose = False                # restrictions are only a preference
-        self.resources: dict[str, float] | None = None  # needed while processing
-        self.affinity: WorkerState | None = None  # ready, kept for this worker
-        self.group = key.rpartition("-")[0] or key  # tasks timed together
-        # The id of its latest assignment to a worker: reports name the run they
-        # are about, so a report of an earlier run is never taken for this one.
-        self.run = 0
-        # The run its client chose, sending it straight to a worker (see
-        # Scheduler.submit); None if it did not. The client, if it has that
-        # run's result already (it need not hear of it).
-        self.direct_run: int | None = None
-        self.answered: ClientState | None = None
-
-    def __repr__(self) -> str:
-        return f"<Task {self.key!r} {self.state}>"
-
-    def __lt__(self, other: TaskState) -> bool:  # for the ready heap
-        return self.priority < other.priority
-
-
-class WorkerState:
-    """A worker as the center sees it."""
-
-    __slots__ = ("ident", "address", "name", "nthreads", "memory_limit", "resources",
-                 "used_resources", "processing", "seceded", "has_what", "nbytes", "capacity",
-                 "retiring", "moving", "paused", "ready_here", "queued")
-
-    def __init__(self, ident: bytes, address: str, name: str, nthreads: int,
-                 memory_limit: int = 0, resources: dict | None = None, capacity: int = 2):
-        self.ident = ident
-        self.address = address
-        self.name = name
-        self.nthreads = nthreads
-        self.memory_limit = memory_limit
-        self.resources = resources or {}
-        self.used_resources = dict.fromkeys(self.resources, 0.0)
-        self.processing: set[TaskState] = set()
-        self.seceded: set[TaskState] = set()  # processing, but not holding a thread
-        self.retiring = False                  # leaving: takes no tasks, hands its keys on
-        self.paused = False                    # short of memory: takes no tasks for now
-        self.moving: set[TaskState] = set()    # its keys still being copied elsewhere
-        self.has_what: set[TaskState] = set()
-        self.nbytes = 0
-        self.capacity = capacity          # tasks it may always hold (running + queued)
-        self.queued: dict[str, int] = {}  # task group -> its tasks here (not seceded)
-        self.ready_here: list[tuple[tuple, TaskState]] = []  # heap of its block of roots
-
-    def __repr__(self) -> str:
-        return f"<Worker {self.address} processing={len(self.processing)}>"
-
-
-class ClientState:
-    """A connected client and the keys it holds futures for."""
-
-    __slots__ = ("ident", "name", "wants", "seen")
-
-    def __init__(self, ident: bytes, name: str):
-        self.ident = ident
-        self.name = name
-        self.wants: set[TaskState] = set()
-        # The ``seq`` of its last submit the center handled. News of a key is
-        # stamped with it: a client that let a key go and submitted it again
-        # takes only news stamped with that later submit or after (what was
-        # on its way about the earlier one is stale).
-        self.seen = 0
-
-    def __repr__(self) -> str:
-        return f"<Client {self.name} wants={len(self.wants)}>"
-
-
-class Outbox:
-    """Messages queued by the scheduler, merged per recipient and op.
-
-    Items of one op for one recipient become one message, except where that
-    would reorder what the recipient hears of one key: a release of a key
-    followed by a new compute of it must not arrive the other way round, so
-    such an item starts a new message after the one it must follow. A message
-    holds at most MAX_ITEMS_PER_MESSAGE items.
-    ``take()`` returns ``[(ident, op, fields, frames)]`` in the order each
-    recipient must see them; ``fields[list_field]`` holds the items.
-    """
-
-    def __init__(self):
-        # ident -> [its messages in order: [op, list_field, items, frames],
-        #           op -> index of its last message, key -> index of the last
-        #           message that names it]
-        self._queued: dict[bytes, tuple[list, dict, dict]] = {}
-
-    def add(self, ident: bytes, op: str, list_field: str, item: Any,
-            frames: list | None = None, seen: int | None = None) -> None:
-        """Queue ``item`` in the ``list_field`` of ``op`` to ``ident``, with its
-        frames; with ``seen``, in a message stamped so (see ClientState.seen)."""
-        queued = self._queued.get(ident)
-        if queued is None:
-            queued = self._queued[ident] = ([], {}, {})
-        messages, last_of_op, last_naming = queued
-        key = item if isinstance(item, str) else item.get("key")
-        index = last_of_op.get(op)
-        if index is None or last_naming.get(key, -1) > index or messages[index][4] != seen \
-                or len(messages[index][2]) >= MAX_ITEMS_PER_MESSAGE:
-            index = last_of_op[op] = len(messages)
-            messages.append([op, list_field, [], [], seen])
-        if key is not None:
-            last_naming[key] = index
-        message = messages[index]
-        message[2].append(item)
-        if frames is not None:
-            item["nframes"] = len(frames)
-            message[3].extend(frames)
-
-    def send(self, ident: bytes, op: str) -> None:
-        """Queue a message without fields."""
-        queued = self._queued.setdefault(ident, ([], {}, {}))
-        if op not in queued[1]:
-            queued[1][op] = len(queued[0])
-            queued[0].append([op, "", [], [], None])
-
-    def take(self) -> list[tuple[bytes, str, dict, list]]:
-        taken = [(ident, op, _fields(list_field, items, seen), frames)
-                 for ident, (messages, _, _) in self._queued.items()
-                 for op, list_field, items, frames, seen in messages]
-        self._queued.clear()
-        return taken
-
-
-def _fields(list_field: str, items: list, seen: int | None) -> dict:
-    fields = {list_field: items} if list_field else {}
-    if seen is not None:
-        fields["seen"] = seen
-    return fields
-
-
-def _is_direct(ts: TaskState) -> bool:
-    """Whether ``ts`` runs in the run a client chose, sending it straight to
-    its worker (see Scheduler._runs_direct)."""
-    return ts.direct_run is not None and ts.run == ts.direct_run
 
 
 def _frames_differ(a: list, b: list) -> bool:
@@ -1005,11 +815,14 @@ class Scheduler:
     # ------------------------------------------------------------------ transitions
 
     def _set_state(self, ts: TaskState, state: str) -> None:
-        """The one place a task changes state; keeps ``waiters`` in step."""
-        was_in_flight = ts.state in _IN_FLIGHT
+        """The one place a task changes state: refuses a change TRANSITIONS
+        does not list; keeps ``waiters`` in step."""
+        step = FLIGHT_STEP.get((ts.state, state))
+        if step is None:
+            raise IllegalTransition(ts.key, ts.state, state)
         ts.state = state
-        if was_in_flight != (state in _IN_FLIGHT):
-            if was_in_flight:
+        if step:
+            if step < 0:
                 for dep in ts.dependencies:
                     if ts in dep.waiters:  # (then a set of its own)
                         dep.waiters.remove(ts)  # type: ignore[attr-defined]
@@ -1124,7 +937,7 @@ class Scheduler:
             ts.waiting_on = _NO_TASKS
             for client in ts.who_wants:
                 self._tell(client, "key-erred", {"key": ts.key}, exception)
-            stack.extend(d for d in ts.dependents if d.state in _IN_FLIGHT)
+            stack.extend(d for d in ts.dependents if d.state in IN_FLIGHT)
             self._maybe_unwanted.append(ts)
 
     def _stop_pending_work(self, ts: TaskState) -> None:
@@ -1480,5 +1293,3 @@ class Scheduler:
         }
         return {"workers": workers, "tasks": dict(counts)}
 
-
-_IN_FLIGHT = frozenset((WAITING, READY, PROCESSING))

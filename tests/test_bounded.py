@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from test_scheduler import C1, W1, W2, Sim, addr, task
 
-from zfutures.scheduler import MAX_GROUPS, ClientState, WorkerState
+from zfutures.scheduler import MAX_GROUPS, ClientRecord, WorkerRecord
 
 ROUND = 500  # keys per round
 SWEEP_EVERY = 4  # rounds between sweeps of direct runs, as the center's every 2 s
@@ -28,9 +28,9 @@ def sizes(s) -> dict[str, int]:
     add("scheduler", s, vars(s))
     add("outbox", s.outbox, vars(s.outbox))
     for ws in s.workers.values():
-        add(f"worker {ws.name}", ws, WorkerState.__slots__)
+        add(f"worker {ws.name}", ws, WorkerRecord.__slots__)
     for client in s.clients.values():
-        add(f"client {client.name}", client, ClientState.__slots__)
+        add(f"client {client.name}", client, ClientRecord.__slots__)
     return found
 
 

@@ -16,7 +16,7 @@ from .core import (
     Scheduler,
 )
 from .outbox import MAX_ITEMS_PER_MESSAGE, Outbox
-from .records import ClientState, TaskState, WorkerState
+from .records import ClientRecord, TaskState, WorkerRecord
 from .states import (
     ERRED,
     IN_FLIGHT,
@@ -32,6 +32,6 @@ from .states import (
 __all__ = [
     "BANDWIDTH", "ERRED", "IN_FLIGHT", "MAX_AHEAD_PER_THREAD", "MAX_GROUPS",
     "MAX_ITEMS_PER_MESSAGE", "MAX_NBYTES", "MEMORY", "PROCESSING", "READY", "RELEASED",
-    "ROUND_TRIP", "TRANSITIONS", "WAITING", "ClientState", "IllegalTransition", "Outbox",
-    "Scheduler", "TaskState", "WorkerState",
+    "ROUND_TRIP", "TRANSITIONS", "WAITING", "ClientRecord", "IllegalTransition", "Outbox",
+    "Scheduler", "TaskState", "WorkerRecord",
 ]

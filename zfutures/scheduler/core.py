@@ -26,7 +26,7 @@ from .. import errors
 from ..errors import FutureLostError
 from .outbox import Outbox
 from .records import NO_TASKS as _NO_TASKS
-from .records import ClientState, TaskState, WorkerState
+from .records import ClientRecord, TaskState, WorkerRecord
 from .records import is_direct as _is_direct
 from .records import with_task as _with
 from .states import (
@@ -109,12 +109,12 @@ class Scheduler:
         self.collect_limit = collect_limit
         self.extra_queue = extra_queue
         self.tasks: dict[str, TaskState] = {}
-        self.workers: dict[bytes, WorkerState] = {}
-        self.workers_by_address: dict[str, WorkerState] = {}
-        self.clients: dict[bytes, ClientState] = {}
+        self.workers: dict[bytes, WorkerRecord] = {}
+        self.workers_by_address: dict[str, WorkerRecord] = {}
+        self.clients: dict[bytes, ClientRecord] = {}
         # Heap of (priority, task): tuples compare in C, far faster than __lt__.
         self.ready: list[tuple[tuple, TaskState]] = []
-        self.with_room: set[WorkerState] = set()
+        self.with_room: set[WorkerRecord] = set()
         self.affine = 0  # ready tasks kept in workers' ready_here heaps
         # Ready tasks to take out of their heaps, all in one pass per heap, before
         # the heaps are next read or pushed to (see _remove_ready).
@@ -133,7 +133,7 @@ class Scheduler:
         # key a client says is held by a worker that has not come back yet waits
         # for it (key -> addresses) rather than being recomputed.
         self.recovering = recovering
-        self.unclaimed: dict[str, dict[WorkerState, int]] = {}
+        self.unclaimed: dict[str, dict[WorkerRecord, int]] = {}
         self.expected: dict[str, set[str]] = {}
         # Tasks clients sent straight to workers (see submit): those the worker
         # has not confirmed yet (task -> generation), and the workers' reports
@@ -150,7 +150,7 @@ class Scheduler:
 
     def add_client(self, ident: bytes, name: str) -> None:
         if ident not in self.clients:  # a reconnect with the same identity keeps its keys
-            self.clients[ident] = ClientState(ident, name)
+            self.clients[ident] = ClientRecord(ident, name)
 
     def remove_client(self, ident: bytes) -> None:
         """A client closed or vanished: it no longer wants any of its keys."""
@@ -173,7 +173,7 @@ class Scheduler:
         old = self.workers_by_address.get(address)
         if old is not None:
             self.remove_worker(old.ident, replaced=True)
-        ws = WorkerState(ident, address, name, nthreads, memory_limit, resources)
+        ws = WorkerRecord(ident, address, name, nthreads, memory_limit, resources)
         self._refresh_capacity(ws)
         self.workers[ident] = ws
         self.workers_by_address[address] = ws
@@ -297,7 +297,7 @@ class Scheduler:
     def submit(self, client_ident: bytes, items: list[dict], frames: list,
                seq: int | None = None) -> None:
         """A client submitted tasks: ``items`` as in the ``submit`` message,
-        whose ``seq`` the news of them carries back (see ClientState.seen)."""
+        whose ``seq`` the news of them carries back (see ClientRecord.seen)."""
         client = self.clients[client_ident]
         if seq is not None:
             client.seen = seq
@@ -314,7 +314,7 @@ class Scheduler:
                         getattr(self, method)(ident, *args)
         self._settle()
 
-    def _root_blocks(self, items: list[dict]) -> dict[int, WorkerState]:
+    def _root_blocks(self, items: list[dict]) -> dict[int, WorkerRecord]:
         """Split the new tasks without inputs of one submit into contiguous blocks,
         one per worker, in proportion to its threads: item index -> worker.
 
@@ -341,8 +341,8 @@ class Scheduler:
         return {index: slots[position * len(slots) // len(roots)]
                 for position, index in enumerate(roots)}
 
-    def _add_task(self, client: ClientState, item: dict, payload: list,
-                  affinity: WorkerState | None = None) -> None:
+    def _add_task(self, client: ClientRecord, item: dict, payload: list,
+                  affinity: WorkerRecord | None = None) -> None:
         key = item["key"]
         ts = self.tasks.get(key)
         if ts is not None and not self._is_wanted(ts) and payload and \
@@ -389,13 +389,13 @@ class Scheduler:
             return
         self._want(ts, client)
 
-    def _runs_direct(self, ts: TaskState, item: dict, client: ClientState) -> bool:
+    def _runs_direct(self, ts: TaskState, item: dict, client: ClientRecord) -> bool:
         """The client sent ``ts`` straight to a worker too (``direct_worker``),
         in a run of its own (``direct_run``): count it as processing there, in
         that run, without sending it. The worker confirms it with its first
         report (see sweep_direct), or refuses it (see task_refused).
 
-        The worker decides whether it runs the task (WorkerState.run_direct),
+        The worker decides whether it runs the task (worker_state.WorkerState.run_direct),
         and the client may take its result at once: so a run on a worker the
         center knows is counted whatever the center thinks of that worker
         (paused, retiring, busy), and is placed again only if the worker
@@ -438,7 +438,7 @@ class Scheduler:
     def update_data(self, client_ident: bytes, items: list[dict],
                     seq: int | None = None) -> None:
         """A client put data on workers itself (scatter): ``{key, nbytes, workers}``,
-        in a message numbered ``seq`` with its submits (see ClientState.seen).
+        in a message numbered ``seq`` with its submits (see ClientRecord.seen).
 
         During recovery it may also name workers that have not come back yet.
         """
@@ -516,7 +516,7 @@ class Scheduler:
             return
         if run is not None and run != ts.run:
             # An earlier run here, released since and assigned again: the worker
-            # reports the current run too (see WorkerState.compute).
+            # reports the current run too (see worker_state.WorkerState.compute).
             return
         self.expected.pop(key, None)
         if duration is not None and 0.0 <= duration < 1e9:  # (NaN fails this too)
@@ -563,7 +563,7 @@ class Scheduler:
         self._hand_on(ws)
         self._settle()
 
-    def _hand_on(self, ws: WorkerState) -> None:
+    def _hand_on(self, ws: WorkerRecord) -> None:
         """Have workers that stay copy the wanted keys only ``ws`` holds; tell
         ``ws`` it may go once none is left to copy (or no worker stays)."""
         ws.moving.clear()
@@ -572,12 +572,12 @@ class Scheduler:
             self._hand_on_key(ws, ts, targets)
         self._check_retired(ws)
 
-    def _staying(self) -> list[WorkerState]:
+    def _staying(self) -> list[WorkerRecord]:
         """The workers not retiring: those that may take keys on."""
         return [w for w in self.workers.values() if not w.retiring]
 
-    def _hand_on_key(self, ws: WorkerState, ts: TaskState,
-                     targets: list[WorkerState]) -> None:
+    def _hand_on_key(self, ws: WorkerRecord, ts: TaskState,
+                     targets: list[WorkerRecord]) -> None:
         """Have one of ``targets`` copy ``ts`` from retiring ``ws``, if wanted
         and only there."""
         if ts.who_has != {ws} or not self._is_wanted(ts):
@@ -624,7 +624,7 @@ class Scheduler:
         self._settle()
 
     @staticmethod
-    def _probably_running(ws: WorkerState) -> tuple[list[TaskState], set[TaskState]]:
+    def _probably_running(ws: WorkerRecord) -> tuple[list[TaskState], set[TaskState]]:
         """``ws``'s tasks by priority, and those it is probably running: a worker
         starts its tasks in priority order as they arrive, so the first that could
         start (not waiting for inputs), one per thread, plus seceded ones."""
@@ -638,7 +638,7 @@ class Scheduler:
         self._unassign(ts)
         self._set_state(ts, WAITING)
 
-    def _check_retired(self, ws: WorkerState) -> None:
+    def _check_retired(self, ws: WorkerRecord) -> None:
         if ws.retiring and not ws.moving and not any(_is_direct(ts) for ts in ws.processing):
             self.outbox.send(ws.ident, "retired")
 
@@ -691,7 +691,7 @@ class Scheduler:
 
     def task_refused(self, worker_ident: bytes, key: str, run: int) -> None:
         """A worker will not run a task a client sent it straight (see
-        WorkerState.run_direct): it is placed as any other."""
+        worker_state.WorkerState.run_direct): it is placed as any other."""
         if self._park(worker_ident, key, run, "task_refused", (key, run)):
             return
         ts = self._current_run(worker_ident, key, run)
@@ -789,7 +789,7 @@ class Scheduler:
         an impure task would differ.)"""
         return ts is not None and ts.state not in (ERRED, MEMORY) and self._is_wanted(ts)
 
-    def _take_result(self, ts: TaskState, ws: WorkerState, nbytes: int,
+    def _take_result(self, ts: TaskState, ws: WorkerRecord, nbytes: int,
                      value: list | None = None) -> None:
         """``ws`` holds ``ts``'s result: pending work on it stops, it is done."""
         if ts.state == PROCESSING:  # (a ready one leaves the queue in _finish)
@@ -951,12 +951,12 @@ class Scheduler:
             self._unassign(ts)
             self._recall_early(ts)  # tasks sent ahead to wait for it there
 
-    def _tell(self, client: ClientState, op: str, item: Any, frames: list | None = None,
+    def _tell(self, client: ClientRecord, op: str, item: Any, frames: list | None = None,
               list_field: str = "tasks") -> None:
-        """Queue news of a key for ``client`` (see ClientState.seen)."""
+        """Queue news of a key for ``client`` (see ClientRecord.seen)."""
         self.outbox.add(client.ident, op, list_field, item, frames, seen=client.seen)
 
-    def _want(self, ts: TaskState, client: ClientState) -> None:
+    def _want(self, ts: TaskState, client: ClientRecord) -> None:
         """``client`` holds a future for ``ts``: tell it what it missed."""
         if client in ts.who_wants:
             return
@@ -1039,7 +1039,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ placement
 
-    def _add_holder(self, ts: TaskState, ws: WorkerState, nbytes: int) -> None:
+    def _add_holder(self, ts: TaskState, ws: WorkerRecord, nbytes: int) -> None:
         nbytes = min(max(nbytes, 0), MAX_NBYTES)  # a peer's figure: keep sums encodable
         ts.nbytes = nbytes
         if ws not in ts.who_has:
@@ -1047,7 +1047,7 @@ class Scheduler:
             ws.has_what.add(ts)
             ws.nbytes += nbytes
 
-    def _remove_holder(self, ts: TaskState, ws: WorkerState) -> None:
+    def _remove_holder(self, ts: TaskState, ws: WorkerRecord) -> None:
         ts.who_has.discard(ws)
         if ts in ws.has_what:
             ws.has_what.discard(ts)
@@ -1073,10 +1073,10 @@ class Scheduler:
         if self._has_room(ws) and self._takes_tasks(ws):
             self.with_room.add(ws)
 
-    def _takes_tasks(self, ws: WorkerState) -> bool:
+    def _takes_tasks(self, ws: WorkerRecord) -> bool:
         return ws.ident in self.workers and not ws.retiring and not ws.paused
 
-    def _refresh_capacity(self, ws: WorkerState) -> None:
+    def _refresh_capacity(self, ws: WorkerRecord) -> None:
         """How many tasks ``ws`` may always hold: its threads, ``extra_queue``
         more, and its seceded tasks (which hold no thread)."""
         ws.capacity = ws.nthreads + self.extra_queue + len(ws.seceded)
@@ -1085,7 +1085,7 @@ class Scheduler:
         else:
             self.with_room.discard(ws)
 
-    def _has_room(self, ws: WorkerState) -> bool:
+    def _has_room(self, ws: WorkerRecord) -> bool:
         """Whether ``ws`` may be sent one more task: below its capacity, or,
         beyond it, while the work it holds is expected to last less than a
         round trip per thread (short tasks keep it busy only if many are
@@ -1101,7 +1101,7 @@ class Scheduler:
         return count < ws.capacity + MAX_AHEAD_PER_THREAD * ws.nthreads and \
             self._queued_work(ws) < ROUND_TRIP * ws.nthreads
 
-    def _queued_work(self, ws: WorkerState) -> float:
+    def _queued_work(self, ws: WorkerRecord) -> float:
         """Seconds the tasks ``ws`` holds are expected to take, by the latest
         figures of their groups."""
         durations = self.durations
@@ -1109,7 +1109,7 @@ class Scheduler:
                    for group, count in ws.queued.items())
 
     @staticmethod
-    def _count_out(ws: WorkerState, ts: TaskState) -> None:
+    def _count_out(ws: WorkerRecord, ts: TaskState) -> None:
         left = ws.queued[ts.group] - 1
         if left:
             ws.queued[ts.group] = left
@@ -1146,13 +1146,13 @@ class Scheduler:
         for ts in gone:
             ts.affinity = None
 
-    def _pop_affine(self, ws: WorkerState) -> TaskState:
+    def _pop_affine(self, ws: WorkerRecord) -> TaskState:
         ts = heapq.heappop(ws.ready_here)[1]
         self.affine -= 1
         ts.affinity = None
         return ts
 
-    def _split_largest_block(self, thief: WorkerState) -> None:
+    def _split_largest_block(self, thief: WorkerRecord) -> None:
         """``thief`` has room but no block left: it takes the back half of the
         largest block (at least one task) as its own.
 
@@ -1168,7 +1168,7 @@ class Scheduler:
         for _, ts in taken:
             ts.affinity = thief
 
-    def _stop_sending_to(self, ws: WorkerState) -> None:
+    def _stop_sending_to(self, ws: WorkerRecord) -> None:
         """``ws`` takes no tasks for now: its block waits for any worker."""
         self.with_room.discard(ws)
         for entry in ws.ready_here:
@@ -1210,7 +1210,7 @@ class Scheduler:
         for entry in waiting_aside:
             heapq.heappush(ready, entry)
 
-    def _choose_worker(self, ts: TaskState) -> WorkerState | None:
+    def _choose_worker(self, ts: TaskState) -> WorkerRecord | None:
         """The worker with room where ``ts`` would start soonest, or None.
 
         Start time is the bytes of inputs it lacks over the bandwidth, plus its
@@ -1237,7 +1237,7 @@ class Scheduler:
         return best
 
     @staticmethod
-    def _may_run(ts: TaskState, ws: WorkerState) -> bool:
+    def _may_run(ts: TaskState, ws: WorkerRecord) -> bool:
         """Whether ``ws`` satisfies the task's worker restrictions and resources now."""
         if ts.restrictions is not None and not ts.loose and \
                 ws.address not in ts.restrictions and ws.name not in ts.restrictions:
@@ -1248,7 +1248,7 @@ class Scheduler:
                     return False
         return True
 
-    def _assign(self, ts: TaskState, ws: WorkerState) -> None:
+    def _assign(self, ts: TaskState, ws: WorkerRecord) -> None:
         self._occupy(ts, ws)
         deps = {dep.key: [w.address for w in dep.who_has] for dep in ts.dependencies}
         ts.run = self._next_run
@@ -1261,7 +1261,7 @@ class Scheduler:
             if dependent.state == WAITING and ts in dependent.waiting_on:
                 self._maybe_send_early(dependent)
 
-    def _occupy(self, ts: TaskState, ws: WorkerState) -> None:
+    def _occupy(self, ts: TaskState, ws: WorkerRecord) -> None:
         """``ts`` is processing on ``ws`` from now: count it there."""
         self._set_state(ts, PROCESSING)
         ts.processing_on = ws

@@ -34,7 +34,7 @@ class Outbox:
     def add(self, ident: bytes, op: str, list_field: str, item: Any,
             frames: list | None = None, seen: int | None = None) -> None:
         """Queue ``item`` in the ``list_field`` of ``op`` to ``ident``, with its
-        frames; with ``seen``, in a message stamped so (see ClientState.seen)."""
+        frames; with ``seen``, in a message stamped so (see ClientRecord.seen)."""
         queued = self._queued.get(ident)
         if queued is None:
             queued = self._queued[ident] = ([], {}, {})

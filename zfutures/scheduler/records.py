@@ -41,9 +41,9 @@ class TaskState:
         self.dependents: AbstractSet[TaskState] = NO_TASKS
         self.waiting_on: AbstractSet[TaskState] = NO_TASKS  # dependencies not in memory yet
         self.waiters: AbstractSet[TaskState] = NO_TASKS     # dependents on their way to memory
-        self.who_wants: set[ClientState] = set()
-        self.who_has: set[WorkerState] = set()
-        self.processing_on: WorkerState | None = None
+        self.who_wants: set[ClientRecord] = set()
+        self.who_has: set[WorkerRecord] = set()
+        self.processing_on: WorkerRecord | None = None
         self.nbytes = 0
         self.exception: list | None = None  # pickled exception frames, when erred
         self.retries = retries
@@ -51,7 +51,7 @@ class TaskState:
         self.restrictions: frozenset[str] | None = None  # worker addresses or names
         self.loose = False                # restrictions are only a preference
         self.resources: dict[str, float] | None = None  # needed while processing
-        self.affinity: WorkerState | None = None  # ready, kept for this worker
+        self.affinity: WorkerRecord | None = None  # ready, kept for this worker
         self.group = key.rpartition("-")[0] or key  # tasks timed together
         # The id of its latest assignment to a worker: reports name the run they
         # are about, so a report of an earlier run is never taken for this one.
@@ -60,7 +60,7 @@ class TaskState:
         # DirectRuns.runs_direct); None if it did not. The client, if it has
         # that run's result already (it need not hear of it).
         self.direct_run: int | None = None
-        self.answered: ClientState | None = None
+        self.answered: ClientRecord | None = None
 
     def __repr__(self) -> str:
         return f"<Task {self.key!r} {self.state}>"
@@ -75,7 +75,7 @@ def is_direct(ts: TaskState) -> bool:
     return ts.direct_run is not None and ts.run == ts.direct_run
 
 
-class WorkerState:
+class WorkerRecord:
     """A worker as the center sees it."""
 
     __slots__ = ("ident", "address", "name", "nthreads", "memory_limit", "resources",
@@ -107,7 +107,7 @@ class WorkerState:
         return f"<Worker {self.address} processing={len(self.processing)}>"
 
 
-class ClientState:
+class ClientRecord:
     """A connected client and the keys it holds futures for."""
 
     __slots__ = ("ident", "name", "wants", "seen")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import pickle
+import sys
 
 import pytest
 
@@ -272,7 +273,7 @@ def test_task_whose_input_erred_errs_with_the_same_exception_frames_transitively
     exc = exception_in(sent.frames("key-erred", C1)["c"])
     assert type(exc) is ValueError and exc.args == ("boom", 42)
     assert sent.computes() == {}          # b and c never run
-    assert sim.s.ready == [] and not sim.s.workers[W1].processing
+    assert sim.s.placement.ready == [] and not sim.s.workers[W1].processing
 
 
 def test_task_submitted_after_its_input_erred_errs_at_once_instead_of_waiting():
@@ -978,7 +979,7 @@ def test_worker_returning_with_a_key_queued_for_recomputation_is_not_recomputed(
     assert sim.state("x") == "memory"
     assert sim.s.who_has(["x"]) == {"x": [addr(W1)]}
     assert sent.computes() == {}
-    assert sim.s.tasks["x"] not in [ts for _, ts in sim.s.ready]
+    assert sim.s.tasks["x"] not in [ts for _, ts in sim.s.placement.ready]
 
 
 # --------------------------------------------------------------------------- reports
@@ -1181,7 +1182,7 @@ def test_outside_recovery_unknown_keys_are_released_at_once():
     sim.s.add_worker(W1, addr(W1), "w1", 1, keys={"x": 8})
     sim.s.task_finished(W1, "y", 8)
     assert sorted(sim.take().keys("release-keys", W1)) == ["x", "y"]
-    assert not sim.s.unclaimed
+    assert not sim.s.recovery.unclaimed
 
 
 def test_a_worker_coming_back_with_a_key_being_computed_elsewhere_stops_that_run():
@@ -1200,7 +1201,7 @@ def test_a_dead_worker_drops_out_of_the_unclaimed_keys():
     sim = Sim(recovering=True)
     sim.s.add_worker(W1, addr(W1), "w1", 1, keys={"x": 8})
     sim.s.remove_worker(W1)
-    assert not sim.s.unclaimed
+    assert not sim.s.recovery.unclaimed
     sim.submit(task("x"))
     assert sim.take().computed_keys() == []  # no worker: it waits, to be computed later
     assert sim.state("x") == "ready"
@@ -1356,9 +1357,9 @@ def test_an_empty_graph_can_be_compacted_and_the_scheduler_goes_on():
         for ts in list(sim.s.workers[W1].processing):
             sim.finish(ts.key, W1)
     sim.s.release(C1, [f"t{i}" for i in range(50)])
-    tables = sim.s.tasks
+    size = sys.getsizeof(sim.s.tasks)
     sim.s.compact()
-    assert sim.s.tasks == {} and sim.s.tasks is not tables
+    assert sim.s.tasks == {} and sys.getsizeof(sim.s.tasks) < size  # its table given back
     sim.submit(task("again"))
     sim.finish("again", W1)
     assert sim.state("again") == "memory"
@@ -1464,7 +1465,7 @@ def test_the_tasks_of_a_map_run_in_contiguous_blocks_one_per_worker():
     sim.submit(*[task(k) for k in keys])
     ran = run_all(sim, keys)
     assert [ran[k] for k in keys] == [W1] * 4 + [W2] * 4
-    assert sim.s.affine == 0
+    assert sim.s.placement.affine == 0
 
 
 def test_blocks_follow_the_workers_threads():
@@ -1546,7 +1547,7 @@ def test_the_block_of_a_worker_that_leaves_pauses_or_retires_goes_to_the_others(
     sim = two_workers(extra_queue=0)
     keys = [f"x{i}" for i in range(8)]
     sim.submit(*[task(k) for k in keys])
-    assert sim.on("x4") == W2 and sim.s.affine == 6
+    assert sim.on("x4") == W2 and sim.s.placement.affine == 6
     w2 = sim.s.workers[W2]
     if leave == "remove":
         sim.s.remove_worker(W2)
@@ -1554,11 +1555,11 @@ def test_the_block_of_a_worker_that_leaves_pauses_or_retires_goes_to_the_others(
         sim.s.worker_paused(W2, True)
     else:
         sim.s.retire_worker(W2)
-    assert sim.s.affine == 3 and not w2.ready_here
+    assert sim.s.placement.affine == 3 and not w2.ready_here
     ran = run_all(sim, keys, order=lambda running: next(
         (k for k in running if sim.on(k) == W1), running[0]))
     assert all(ran[k] == W1 for k in keys if k != "x4")
-    assert sim.s.affine == 0
+    assert sim.s.placement.affine == 0
 
 
 def test_a_task_released_while_it_waits_in_a_block_is_forgotten():
@@ -1567,7 +1568,7 @@ def test_a_task_released_while_it_waits_in_a_block_is_forgotten():
     sim.submit(*[task(k) for k in keys])
     assert sim.state("x6") == "ready"
     sim.s.release(C1, ["x6"])
-    assert "x6" not in sim.s.tasks and sim.s.affine == 5
+    assert "x6" not in sim.s.tasks and sim.s.placement.affine == 5
     rest = [k for k in keys if k != "x6"]
     ran = run_all(sim, rest)
     assert [ran[k] for k in rest] == [W1] * 4 + [W2] * 3
@@ -1603,7 +1604,7 @@ def test_long_tasks_after_short_ones_are_not_sent_ahead_until_timed_themselves()
     assert [len(sim.s.workers[w].processing) for w in (W1, W2)] == [3, 3]
     # The short group keeps its own figure.
     sim.submit(*[task(f"inc-{i}") for i in range(4, 8)])
-    assert sim.s.durations == {"inc": pytest.approx(20e-6), "random": 0.010}
+    assert sim.s.placement.durations == {"inc": pytest.approx(20e-6), "random": 0.010}
 
 
 def test_a_task_goes_to_the_worker_with_less_expected_work_not_fewer_tasks():
@@ -1654,7 +1655,7 @@ def test_a_direct_task_counts_as_processing_on_its_worker_without_a_compute():
     sim.s.task_finished(W2, "x", 8, run=DIRECT_RUN, direct=True)
     assert sim.state("x") == "memory"
     assert sim.take().keys("key-finished", C1) == ["x"]
-    assert sim.s.unconfirmed == {}
+    assert sim.s.direct.unconfirmed == {}
 
 
 def test_a_direct_tasks_report_that_comes_before_the_submit_waits_for_it():
@@ -1667,7 +1668,7 @@ def test_a_direct_tasks_report_that_comes_before_the_submit_waits_for_it():
     assert sim.state("x") == "memory" and sim.s.who_has(["x"]) == {"x": [addr(W1)]}
     sent = sim.take()
     assert sent.frames("key-finished", C1) == {"x": [b"small"]}
-    assert sent.computes() == {} and sim.s.parked == {} and sim.s.unconfirmed == {}
+    assert sent.computes() == {} and sim.s.direct.early == {} and sim.s.direct.unconfirmed == {}
 
 
 def test_an_error_and_a_secession_before_the_submit_are_played_back_too():
@@ -1808,7 +1809,7 @@ def test_a_parked_report_whose_submit_never_comes_is_released_after_two_sweeps()
     assert sim.take().messages == []
     sim.s.sweep_direct()
     assert sim.take().keys("release-keys", W1) == ["orphan"]
-    assert sim.s.parked == {}
+    assert sim.s.direct.early == {}
 
 
 def test_a_direct_run_of_a_key_the_center_already_has_is_stale():
@@ -1834,9 +1835,9 @@ def test_a_direct_task_released_by_its_client_is_dropped_on_its_worker():
     sim.take()
     sim.s.release(C1, ["x"])
     assert sim.take().keys("release-keys", W1) == ["x"]
-    assert "x" not in sim.s.tasks and sim.s.unconfirmed == {}
+    assert "x" not in sim.s.tasks and sim.s.direct.unconfirmed == {}
     sim.s.task_finished(W1, "x", 8, run=DIRECT_RUN, direct=True)  # (it had run)
-    assert sim.take().keys("release-keys", W1) == [] and not sim.s.parked  # (told once)
+    assert sim.take().keys("release-keys", W1) == [] and not sim.s.direct.early  # (told once)
 
 
 def test_a_late_report_of_a_released_direct_run_leaves_the_next_run_alone():
@@ -1855,7 +1856,7 @@ def test_a_late_report_of_a_released_direct_run_leaves_the_next_run_alone():
         sim.s.sweep_direct()
     assert sim.take().keys("release-keys", W1) == []
     assert sim.s.tasks["x"].state == "memory" and sim.s.who_has(["x"]) == {"x": [addr(W1)]}
-    assert not sim.s.parked and not sim.s.released_direct
+    assert not sim.s.direct.early and not sim.s.direct.released_runs
 
 
 def test_news_of_a_key_tells_its_client_which_submit_it_follows():
@@ -1880,7 +1881,7 @@ def test_a_dead_workers_direct_task_is_placed_elsewhere():
     sim = two_workers_and_direct(W2)
     sim.take()
     sim.s.remove_worker(W2)
-    assert sim.on("x") == W1 and sim.s.unconfirmed == {}
+    assert sim.on("x") == W1 and sim.s.direct.unconfirmed == {}
 
 
 def test_a_direct_task_its_worker_refuses_is_placed_by_the_center():
@@ -1890,7 +1891,7 @@ def test_a_direct_task_its_worker_refuses_is_placed_by_the_center():
     sim.submit(direct("x", W1))
     sent = sim.take()
     assert sent.keys("release-keys", W1) == ["x"]   # then, in order, the new run
-    assert run_sent(sent, W1, "x") != DIRECT_RUN and sim.s.unconfirmed == {}
+    assert run_sent(sent, W1, "x") != DIRECT_RUN and sim.s.direct.unconfirmed == {}
 
 
 def test_a_key_chosen_again_for_another_call_before_its_release_is_done_runs_the_new_call():

@@ -11,7 +11,7 @@ import itertools
 import pytest
 from test_scheduler import C1, W1, W2, Sim, addr, task
 
-from zfutures.scheduler import Scheduler
+from zfutures.scheduler.graph import TaskGraph
 from zfutures.scheduler.records import TaskState
 from zfutures.scheduler.states import (
     ENTERS_FLIGHT,
@@ -41,7 +41,7 @@ def test_a_change_the_table_does_not_list_raises_and_changes_nothing(old, new):
     ts.state = old
     waiters = set(sim.s.tasks["a"].waiters)
     with pytest.raises(IllegalTransition, match=f"'b' may not go from '{old}' to '{new}'"):
-        sim.s._set_state(ts, new)
+        sim.s.graph.set_state(ts, new)
     assert ts.state == old and set(sim.s.tasks["a"].waiters) == waiters
 
 
@@ -202,13 +202,13 @@ SCENARIOS = {
 def changes(monkeypatch) -> list[tuple[str, str, str]]:
     """Every change of state the scheduler makes from now on: (key, old, new)."""
     made = []
-    set_state = Scheduler._set_state
+    set_state = TaskGraph.set_state
 
-    def recording(self: Scheduler, ts: TaskState, state: str) -> None:
+    def recording(self: TaskGraph, ts: TaskState, state: str) -> None:
         made.append((ts.key, ts.state, state))
         set_state(self, ts, state)
 
-    monkeypatch.setattr(Scheduler, "_set_state", recording)
+    monkeypatch.setattr(TaskGraph, "set_state", recording)
     return made
 
 

@@ -32,7 +32,7 @@ class Outbox:
         self._queued: dict[bytes, _Queue] = {}
 
     def add(self, ident: bytes, op: str, list_field: str, item: Any,
-            frames: list | None = None, seen: int | None = None) -> None:
+            frames: list[Any] | None = None, seen: int | None = None) -> None:
         """Queue ``item`` in the ``list_field`` of ``op`` to ``ident``, with its
         frames; with ``seen``, in a message stamped so (see ClientRecord.seen)."""
         queued = self._queued.get(ident)
@@ -60,7 +60,7 @@ class Outbox:
             queued[1][op] = len(queued[0])
             queued[0].append([op, "", [], [], None])
 
-    def take(self) -> list[tuple[bytes, str, dict[str, Any], list]]:
+    def take(self) -> list[tuple[bytes, str, dict[str, Any], list[Any]]]:
         """Every queued message, in order per recipient; the outbox is empty after."""
         taken = [(ident, op, _fields(list_field, items, seen), frames)
                  for ident, (messages, _, _) in self._queued.items()
@@ -69,7 +69,7 @@ class Outbox:
         return taken
 
 
-def _fields(list_field: str, items: list, seen: int | None) -> dict[str, Any]:
+def _fields(list_field: str, items: list[Any], seen: int | None) -> dict[str, Any]:
     fields: dict[str, Any] = {list_field: items} if list_field else {}
     if seen is not None:
         fields["seen"] = seen

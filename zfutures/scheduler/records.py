@@ -1,9 +1,15 @@
 """What the center knows of each task, worker and client: records only, no policy."""
 from __future__ import annotations
 
+import pickle
 from collections.abc import Set as AbstractSet
+from typing import Any
 
 from .states import RELEASED
+
+#: Opaque frames, as they came (bytes or zmq frames): a task's pickled call,
+#: its pickled result or error. The center never unpickles them.
+Frames = list[Any]
 
 #: The shared starting value of a task's dependents, waiting_on and waiters:
 #: most tasks never have any, and an empty set costs 216 bytes, three per task
@@ -30,7 +36,7 @@ class TaskState:
         "resources", "affinity", "group", "run", "direct_run", "answered",
     )
 
-    def __init__(self, key: str, payload: list | None, priority: tuple[int, int],
+    def __init__(self, key: str, payload: Frames | None, priority: tuple[int, int],
                  retries: int = 0):
         self.key = key
         self.state = RELEASED
@@ -45,7 +51,7 @@ class TaskState:
         self.who_has: set[WorkerRecord] = set()
         self.processing_on: WorkerRecord | None = None
         self.nbytes = 0
-        self.exception: list | None = None  # pickled exception frames, when erred
+        self.exception: Frames | None = None  # pickled exception frames, when erred
         self.retries = retries
         self.suspicious = 0               # workers that died while running it
         self.restrictions: frozenset[str] | None = None  # worker addresses or names
@@ -73,6 +79,18 @@ def is_direct(ts: TaskState) -> bool:
     """Whether ``ts`` runs in the run a client chose, sending it straight to
     its worker (see DirectRuns.runs_direct)."""
     return ts.direct_run is not None and ts.run == ts.direct_run
+
+
+def is_wanted(ts: TaskState) -> bool:
+    """Whether a client holds a future for ``ts`` or a dependent waits for it:
+    a task nobody wants is released."""
+    return bool(ts.who_wants or ts.waiters)
+
+
+def pickled_error(exc: BaseException) -> Frames:
+    """Frames of an error made by the center itself (never user payload), as
+    a worker sends those of a task that raised."""
+    return [pickle.dumps((exc, ""), protocol=5)]
 
 
 class WorkerRecord:

@@ -7,7 +7,7 @@ clients and outbox is no bigger after them all than after the first fifth.
 """
 from __future__ import annotations
 
-from test_scheduler import C1, W1, W2, Sim, addr, task
+from scheduler_sim import C1, W1, W2, Sim, addr, task
 
 from zfutures.scheduler import MAX_GROUPS, ClientRecord, WorkerRecord
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 from conftest import command, free_port, read_line, stop, wait_for
-from test_scheduler import C1, W1, W2, Sim, task
+from scheduler_sim import C1, W1, W2, Sim, task
 
 from zfutures import Executor
 from zfutures.center import WORKER, Center

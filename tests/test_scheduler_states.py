@@ -9,7 +9,14 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from test_scheduler import C1, W1, W2, Sim, addr, task
+from scheduler_sim import (
+    C1,
+    W1,
+    W2,
+    Sim,
+    addr,
+    task,
+)
 
 from zfutures.scheduler.graph import TaskGraph
 from zfutures.scheduler.records import TaskState

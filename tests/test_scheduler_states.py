@@ -58,8 +58,10 @@ def test_no_state_changes_to_itself_and_memory_is_left_only_by_a_release():
 
 
 def test_the_flight_steps_follow_from_the_table():
-    assert set(FLIGHT_STEP) == set(TRANSITIONS)
-    for (old, new), step in FLIGHT_STEP.items():
+    steps = {(old, new): step for old, nexts in FLIGHT_STEP.items()
+             for new, step in nexts.items()}
+    assert set(steps) == set(TRANSITIONS)
+    for (old, new), step in steps.items():
         expected = {(True, False): LEAVES_FLIGHT, (False, True): ENTERS_FLIGHT}.get(
             (old in IN_FLIGHT, new in IN_FLIGHT), STAYS)
         assert step == expected, (old, new)

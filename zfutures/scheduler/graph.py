@@ -76,7 +76,7 @@ class TaskGraph:
     def set_state(self, ts: TaskState, state: str) -> None:
         """The one place a task changes state: refuses a change TRANSITIONS
         does not list; keeps ``waiters`` in step."""
-        step = FLIGHT_STEP.get((ts.state, state))
+        step = FLIGHT_STEP[ts.state].get(state)
         if step is None:
             raise IllegalTransition(ts.key, ts.state, state)
         ts.state = state

@@ -76,9 +76,10 @@ class TaskGraph:
     def set_state(self, ts: TaskState, state: str) -> None:
         """The one place a task changes state: refuses a change TRANSITIONS
         does not list; keeps ``waiters`` in step."""
-        step = FLIGHT_STEP[ts.state].get(state)
-        if step is None:
-            raise IllegalTransition(ts.key, ts.state, state)
+        try:
+            step = FLIGHT_STEP[ts.state][state]
+        except KeyError:
+            raise IllegalTransition(ts.key, ts.state, state) from None
         ts.state = state
         if step:
             if step < 0:

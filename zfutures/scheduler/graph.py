@@ -50,8 +50,9 @@ MAX_NBYTES = 2**50
 class TaskGraph:
     """The tasks by key, their states, who holds their data, and who wants them.
 
-    Shares the scheduler's ``tasks``, ``workers_by_address`` and outbox. Placing, sending and taking
-    tasks back is :class:`~.placement.Placement`'s; the graph asks it to.
+    Shares the scheduler's ``tasks``, ``workers_by_address`` and outbox.
+    Placing, sending and taking tasks back is :class:`~.placement.Placement`'s;
+    the graph asks it to.
     """
 
     placement: Placement
@@ -114,7 +115,7 @@ class TaskGraph:
         if ts is not None:  # the same pure call again: one task, one more client
             if ts.payload is None and payload:
                 ts.payload = payload
-            if ts.direct_run is None and "direct_run" in item:  # (see runs_direct)
+            if ts.direct_run is None and "direct_run" in item:  # (see DirectRuns.runs_direct)
                 ts.direct_run = item["direct_run"]
             self.want(ts, client)
             return

@@ -343,7 +343,7 @@ class Scheduler:
             self.direct.hold_early(EarlySeceded(worker_ident, key, run))
             return
         ts = self._current_run(worker_ident, key, run)
-        if ts is None or ts in ts.processing_on.seceded:  # type: ignore[union-attr]
+        if ts is None or ts in self.workers[worker_ident].seceded:
             return
         self.direct.confirmed(ts)
         self.placement.seceded(ts)

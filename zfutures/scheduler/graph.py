@@ -70,6 +70,7 @@ class TaskGraph:
         self._order = itertools.count()  # submission order, after priority
 
     def connect(self, placement: Placement, direct: DirectRuns, recovery: Recovery) -> None:
+        """The parts the graph asks to place, count and recover its tasks."""
         self.placement = placement
         self.direct = direct
         self.recovery = recovery

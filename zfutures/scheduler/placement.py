@@ -74,6 +74,8 @@ class Placement:
         self.first_run = self.next_run = random.getrandbits(62)
 
     def connect(self, graph: TaskGraph, direct: DirectRuns) -> None:
+        """The graph, which changes a task's state, and the direct runs, whose
+        unconfirmed runs end when their task leaves its worker."""
         self.graph = graph
         self.direct = direct
 

@@ -7,9 +7,9 @@ clients and outbox is no bigger after them all than after the first fifth.
 """
 from __future__ import annotations
 
-from test_scheduler import C1, W1, W2, Sim, addr, task
+from scheduler_sim import C1, W1, W2, Sim, addr, task
 
-from zfutures.scheduler import MAX_GROUPS, ClientState, WorkerState
+from zfutures.scheduler import MAX_GROUPS, ClientRecord, WorkerRecord
 
 ROUND = 500  # keys per round
 SWEEP_EVERY = 4  # rounds between sweeps of direct runs, as the center's every 2 s
@@ -26,11 +26,13 @@ def sizes(s) -> dict[str, int]:
                 found[f"{where}.{name}"] = len(value)
 
     add("scheduler", s, vars(s))
-    add("outbox", s.outbox, vars(s.outbox))
+    for name, part in vars(s).items():  # its parts and outbox
+        if type(part).__module__.startswith("zfutures.scheduler."):
+            add(name, part, vars(part))
     for ws in s.workers.values():
-        add(f"worker {ws.name}", ws, WorkerState.__slots__)
+        add(f"worker {ws.name}", ws, WorkerRecord.__slots__)
     for client in s.clients.values():
-        add(f"client {client.name}", client, ClientState.__slots__)
+        add(f"client {client.name}", client, ClientRecord.__slots__)
     return found
 
 
@@ -88,15 +90,15 @@ def test_the_scheduler_keeps_nothing_per_released_key():
     grown = {name: (snapshot.get(name), size) for name, size in final.items()
              if size > snapshot.get(name, 0)}
     assert not grown, f"grew from {total // 5} keys to {total}: {grown}"
-    assert len(sim.s.durations) <= MAX_GROUPS
+    assert len(sim.s.placement.durations) <= MAX_GROUPS
 
 
 def test_durations_are_kept_for_the_groups_timed_last():
-    sim = Sim()
+    placement = Sim().s.placement
     for i in range(MAX_GROUPS + 10):
-        sim.s._timed(f"g{i}", 1.0)
+        placement.timed(f"g{i}", 1.0)
         if i % 100 == 0:
-            sim.s._timed("busy", 0.5)  # timed all along: kept
-    assert len(sim.s.durations) == MAX_GROUPS
-    assert "g0" not in sim.s.durations and f"g{MAX_GROUPS + 9}" in sim.s.durations
-    assert sim.s.durations["busy"] == 0.5
+            placement.timed("busy", 0.5)  # timed all along: kept
+    assert len(placement.durations) == MAX_GROUPS
+    assert "g0" not in placement.durations and f"g{MAX_GROUPS + 9}" in placement.durations
+    assert placement.durations["busy"] == 0.5

@@ -14,7 +14,7 @@ import time
 
 import pytest
 from conftest import command, free_port, read_line, stop, wait_for
-from test_scheduler import C1, W1, W2, Sim, task
+from scheduler_sim import C1, W1, W2, Sim, task
 
 from zfutures import Executor
 from zfutures.center import WORKER, Center
@@ -213,5 +213,5 @@ def test_letting_go_of_many_ready_tasks_takes_one_pass(workers):
     assert set(kept) <= set(computed)
     assert set(computed) - set(kept) <= sent_before  # no dropped one sent after
     assert all(sim.state(key) == "memory" for key in kept)
-    assert not sim.s.ready and sim.s.affine == 0
+    assert not sim.s.placement.ready and sim.s.placement.affine == 0
     assert not any(ws.ready_here for ws in sim.s.workers.values())

@@ -2,7 +2,7 @@
 the center hears of the task on the side, and nothing is lost or doubled.
 
 These run real clusters; the state machines' side of it is unit-tested in
-test_scheduler.py and test_worker_state.py ("direct tasks").
+test_scheduler_direct.py and test_worker_state.py ("direct tasks").
 """
 from __future__ import annotations
 

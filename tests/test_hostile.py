@@ -796,7 +796,8 @@ class CenterUnderTest:
     def __init__(self):
         self.center = Center("127.0.0.1", 0)
         # Runs counted from 0, so fuzzed reports (small ints often) name real runs.
-        self.center.scheduler._first_run = self.center.scheduler._next_run = 0
+        placement = self.center.scheduler.placement
+        placement.first_run = placement.next_run = 0
         self.sent: list[tuple[bytes, str, dict]] = []
         send = self.center._send
 
@@ -874,7 +875,7 @@ def check_invariants(center: Center) -> None:
         assert peer is not None and peer.role == "client", f"{client} is not a registered client"
         for ts in client.wants:
             assert client in ts.who_wants and s.tasks.get(ts.key) is ts, (client, ts)
-    ready = {ts for _, ts in s.ready}
+    ready = {ts for _, ts in s.placement.ready}
     for key, ts in s.tasks.items():
         assert ts.key == key
         if ts.state == "memory":

@@ -1,9 +1,10 @@
 """The center process: one ROUTER socket around the Scheduler.
 
 Clients and workers both connect here with DEALER sockets. The shell decodes
-each message's header, calls the matching Scheduler method, and after each
-slice of messages (loop.SLICE) runs its timers and sends what the scheduler
-queued, batched per peer. Payload frames are kept and forwarded as they came;
+each message's header, looks its op up in :data:`OPS` (its handler, and which
+peers may send it), calls the matching Scheduler method, and after each slice
+of messages (loop.SLICE) runs its timers and sends what the scheduler queued,
+batched per peer. Payload frames are kept and forwarded as they came;
 the center never unpickles them.
 
 A center may be the restart of one that died: a peer it does not know is
@@ -17,7 +18,7 @@ import gc
 import logging
 import struct
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import zmq
 
@@ -32,6 +33,9 @@ from .scheduler import Scheduler
 logger = logging.getLogger(__name__)
 
 WORKER, CLIENT, NANNY = "worker", "client", "nanny"
+#: The role of a peer the center does not know: it has not registered yet, or
+#: registered with an earlier center, or the center gave up on it.
+UNREGISTERED = None
 
 _NOBLOCK = int(zmq.NOBLOCK)
 
@@ -79,13 +83,6 @@ RCVHWM, SNDHWM = 10_000, 100_000
 
 _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                      | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
-
-#: Ops from a peer we do not know that mean it believes it is registered.
-_ASK_TO_REGISTER = frozenset((
-    "heartbeat", "submit", "release", "update-data", "who-has", "scheduler-info",
-    "has-what", "task-finished", "task-erred", "keys-added", "missing-data", "task-seceded",
-    "task-accepted", "task-refused", "retire", "paused"))
-
 
 class _Peer:
     __slots__ = ("role", "last_heard", "last_sent")
@@ -145,46 +142,6 @@ class Center:
         self.dropped = RateLimitedLog(logger)
         self._stopping = False
         self._next_sweep = time.monotonic() + DIRECT_SWEEP
-        self._handlers: dict[str, Callable[[bytes, dict, list], None]] = {
-            "register-client": self._register_client,
-            "register-worker": self._register_worker,
-            "register-nanny": self._register_nanny,
-            "worker-died": self._worker_died,
-            "submit": self._submit,
-            "release": lambda ident, h, f: self.scheduler.release(ident, h["keys"]),
-            "update-data": lambda ident, h, f: self.scheduler.update_data(
-                ident, h["items"], h.get("seq")),
-            "who-has": self._who_has,
-            "scheduler-info": self._scheduler_info,
-            "has-what": lambda ident, h, f: self._reply(ident, h["id"],
-                                                        self.scheduler.has_what()),
-            "close-client": lambda ident, h, f: self._forget_peer(ident),
-            "task-finished": self._task_finished,
-            "task-erred": self._task_erred,
-            "keys-added": self._keys_added,
-            "missing-data": lambda ident, h, f: self.scheduler.missing_data(
-                ident, h["key"], h["missing"], h["run"], h.get("tried")),
-            "task-seceded": lambda ident, h, f: self.scheduler.task_seceded(
-                ident, h["key"], h["run"], h.get("direct", False)),
-            "task-accepted": lambda ident, h, f: self.scheduler.task_accepted(
-                ident, h["key"], h["run"]),
-            "task-refused": lambda ident, h, f: self.scheduler.task_refused(
-                ident, h["key"], h["run"]),
-            "retire": lambda ident, h, f: self.scheduler.retire_worker(ident),
-            "paused": lambda ident, h, f: self.scheduler.worker_paused(ident, h["paused"]),
-            "unregister": lambda ident, h, f: self._forget_peer(ident),
-            "heartbeat": lambda ident, h, f: None,
-        }
-        # Which role may send which op; anything else from that role is dropped.
-        self._allowed = {
-            None: {"register-client", "register-worker", "register-nanny"},
-            NANNY: {"register-nanny", "worker-died", "heartbeat"},
-            CLIENT: {"register-client", "submit", "release", "update-data",
-                     "who-has", "scheduler-info", "has-what", "close-client", "heartbeat"},
-            WORKER: {"register-worker", "task-finished", "task-erred", "keys-added",
-                     "missing-data", "task-seceded", "task-accepted", "task-refused",
-                     "retire", "unregister", "heartbeat", "paused"},
-        }
 
     # ------------------------------------------------------------------ life cycle
 
@@ -263,11 +220,11 @@ class Center:
             self.dropped.warning("dropped a malformed message", str(e))
             return
         op = header["op"]
-        handler = self._handlers.get(op)
         peer = self.peers.get(ident)
-        role = peer.role if peer is not None else None
-        if handler is None or op not in self._allowed[role]:
-            if role is None and op in _ASK_TO_REGISTER:
+        role = peer.role if peer is not None else UNREGISTERED
+        rule = OPS.get(op)
+        if rule is None or role not in rule.senders:
+            if asks_to_register(rule, role):
                 # A peer of an earlier center, or one we gave up on: it registers
                 # again, with what it holds, at once rather than after a timeout.
                 logger.debug("asked a peer we do not know to register again (it sent %r)", op)
@@ -279,7 +236,7 @@ class Center:
         if peer is not None:
             peer.last_heard = self.listening.time(time.monotonic())
         try:
-            handler(ident, header, payload)
+            rule.handle(self, ident, header, payload)
         except ProtocolError as e:
             self.dropped.warning(f"dropped a malformed {op!r}", str(e))
         except Exception:  # a bug must not take the center down with every task
@@ -377,6 +334,35 @@ class Center:
         for item in header["tasks"]:
             self.scheduler.keys_added(ident, item["key"], item["nbytes"])
 
+    def _release(self, ident: bytes, header: dict, frames: list) -> None:
+        self.scheduler.release(ident, header["keys"])
+
+    def _update_data(self, ident: bytes, header: dict, frames: list) -> None:
+        self.scheduler.update_data(ident, header["items"], header.get("seq"))
+
+    def _missing_data(self, ident: bytes, header: dict, frames: list) -> None:
+        self.scheduler.missing_data(ident, header["key"], header["missing"], header["run"],
+                                    header.get("tried"))
+
+    def _task_seceded(self, ident: bytes, header: dict, frames: list) -> None:
+        self.scheduler.task_seceded(ident, header["key"], header["run"],
+                                    header.get("direct", False))
+
+    def _task_accepted(self, ident: bytes, header: dict, frames: list) -> None:
+        self.scheduler.task_accepted(ident, header["key"], header["run"])
+
+    def _task_refused(self, ident: bytes, header: dict, frames: list) -> None:
+        self.scheduler.task_refused(ident, header["key"], header["run"])
+
+    def _retire(self, ident: bytes, header: dict, frames: list) -> None:
+        self.scheduler.retire_worker(ident)
+
+    def _paused(self, ident: bytes, header: dict, frames: list) -> None:
+        self.scheduler.worker_paused(ident, header["paused"])
+
+    def _heartbeat(self, ident: bytes, header: dict, frames: list) -> None:
+        """Nothing to do: any message a peer sends tells it is alive."""
+
     def _who_has(self, ident: bytes, header: dict, frames: list) -> None:
         self._reply(ident, header["id"], self.scheduler.who_has(header["keys"]))
 
@@ -384,6 +370,13 @@ class Center:
         info = self.scheduler.info()
         info["address"] = self.address
         self._reply(ident, header["id"], info)
+
+    def _has_what(self, ident: bytes, header: dict, frames: list) -> None:
+        self._reply(ident, header["id"], self.scheduler.has_what())
+
+    def _goodbye(self, ident: bytes, header: dict, frames: list) -> None:
+        """A client closes, or a worker leaves: it is forgotten at once."""
+        self._forget_peer(ident)
 
     def _forget_peer(self, ident: bytes) -> None:
         peer = self.peers.pop(ident, None)
@@ -463,3 +456,52 @@ class Center:
         peer = self.peers.get(ident)
         if peer is not None:
             peer.last_sent = time.monotonic()
+
+
+class Op(NamedTuple):
+    """How the center takes one op from its peers."""
+
+    #: The Center method that handles it: (center, ident, header, payload frames).
+    handle: Callable[[Center, bytes, dict, list], None]
+    #: The roles that may send it: from any other, it is dropped (and logged).
+    senders: tuple[str | None, ...]
+    #: A peer the center does not know that sends it is asked to register
+    #: again (``reregister``), for it believes it is registered: it was a
+    #: peer of an earlier center, or one this center gave up on.
+    reregister: bool = False
+
+
+#: Every op a peer may send the center. Anything else is dropped, and logged.
+OPS: dict[str, Op] = {
+    "register-client": Op(Center._register_client, (UNREGISTERED, CLIENT)),
+    "register-worker": Op(Center._register_worker, (UNREGISTERED, WORKER)),
+    "register-nanny": Op(Center._register_nanny, (UNREGISTERED, NANNY)),
+    "heartbeat": Op(Center._heartbeat, (CLIENT, WORKER, NANNY), reregister=True),
+    # client -> center
+    "submit": Op(Center._submit, (CLIENT,), reregister=True),
+    "release": Op(Center._release, (CLIENT,), reregister=True),
+    "update-data": Op(Center._update_data, (CLIENT,), reregister=True),
+    "who-has": Op(Center._who_has, (CLIENT,), reregister=True),
+    "scheduler-info": Op(Center._scheduler_info, (CLIENT,), reregister=True),
+    "has-what": Op(Center._has_what, (CLIENT,), reregister=True),
+    "close-client": Op(Center._goodbye, (CLIENT,)),
+    # worker -> center
+    "task-finished": Op(Center._task_finished, (WORKER,), reregister=True),
+    "task-erred": Op(Center._task_erred, (WORKER,), reregister=True),
+    "keys-added": Op(Center._keys_added, (WORKER,), reregister=True),
+    "missing-data": Op(Center._missing_data, (WORKER,), reregister=True),
+    "task-seceded": Op(Center._task_seceded, (WORKER,), reregister=True),
+    "task-accepted": Op(Center._task_accepted, (WORKER,), reregister=True),
+    "task-refused": Op(Center._task_refused, (WORKER,), reregister=True),
+    "retire": Op(Center._retire, (WORKER,), reregister=True),
+    "paused": Op(Center._paused, (WORKER,), reregister=True),
+    "unregister": Op(Center._goodbye, (WORKER,)),
+    # nanny -> center
+    "worker-died": Op(Center._worker_died, (NANNY,)),
+}
+
+
+def asks_to_register(rule: Op | None, role: str | None) -> bool:
+    """Whether a peer of ``role`` that sent an op of ``rule`` (None: an op the
+    center does not take) is asked to register again rather than dropped."""
+    return role is UNREGISTERED and rule is not None and rule.reregister

@@ -1,0 +1,153 @@
+"""Drive the center's Scheduler one event at a time: no sockets, threads or sleeps.
+
+The helpers every scheduler test shares (tests/test_scheduler*.py, and
+others that drive a Scheduler). Every message the scheduler queues is checked
+against the wire protocol on the way out (see :meth:`Sim.take`), so a test
+that reads the outbox also checks that the center would send well-formed
+messages.
+"""
+from __future__ import annotations
+
+import pickle
+
+from zfutures import protocol
+from zfutures.scheduler import MAX_ITEMS_PER_MESSAGE, Scheduler
+
+C1, C2 = b"client-1", b"client-2"
+W1, W2, W3 = b"w1", b"w2", b"w3"
+
+MB = 1_000_000
+
+
+def addr(ident: bytes) -> str:
+    return f"tcp://{ident.decode()}:9000"
+
+
+def task(key: str, *deps: str, priority: int = 0, retries: int = 0) -> tuple[dict, list]:
+    """A submit item and its payload, as a client would send them."""
+    item = {"key": key, "deps": list(deps), "priority": priority}
+    if retries:
+        item["retries"] = retries
+    return item, [f"payload of {key}".encode()]
+
+
+def error_frames(exc: BaseException) -> list:
+    """Exception frames as a worker sends them: opaque to the center."""
+    return [pickle.dumps((exc, "remote traceback text"), protocol=5)]
+
+
+def exception_in(frames: list) -> BaseException:
+    exc, _text = pickle.loads(frames[0])
+    return exc
+
+
+class Sent:
+    """The messages of one ``outbox.take()``, indexed by recipient and op."""
+
+    def __init__(self, messages: list):
+        self.messages = messages
+        self._by = {}
+        last_size = {}  # items in the last message of each (ident, op)
+        for ident, op, fields, frames in messages:
+            lists = [name for name, value in fields.items() if isinstance(value, list)]
+            size = len(fields[lists[0]]) if lists else 0
+            if (ident, op) in self._by:  # only past a full one: seen as one
+                assert last_size[(ident, op)] == MAX_ITEMS_PER_MESSAGE, \
+                    f"two {op!r} messages to {ident!r}: not batched"
+                before, before_frames = self._by[(ident, op)]
+                fields = dict(fields, **{lists[0]: before[lists[0]] + fields[lists[0]]})
+                frames = before_frames + frames
+            last_size[(ident, op)] = size
+            self._by[(ident, op)] = (fields, frames)
+
+    def ops(self, ident: bytes) -> set[str]:
+        return {op for i, op in self._by if i == ident}
+
+    def items(self, op: str, ident: bytes) -> list[dict]:
+        fields, _ = self._by.get((ident, op), ({}, []))
+        return fields.get("tasks", [])
+
+    def keys(self, op: str, ident: bytes) -> list[str]:
+        """Keys of a ``release-keys`` message, or of the items of a batched one."""
+        fields, _ = self._by.get((ident, op), ({}, []))
+        if "keys" in fields:
+            return list(fields["keys"])
+        return [item["key"] for item in fields.get("tasks", [])]
+
+    def frames(self, op: str, ident: bytes) -> dict[str, list]:
+        """key -> its frames, for ops whose items own frames."""
+        fields, frames = self._by.get((ident, op), ({}, []))
+        return {item["key"]: f for item, f in protocol.unpack_items(
+            fields.get("tasks", []), frames)}
+
+    def computes(self) -> dict[bytes, list[str]]:
+        return {ident: [item["key"] for item in fields["tasks"]]
+                for (ident, op), (fields, _) in self._by.items() if op == "compute"}
+
+    def computed_keys(self) -> list[str]:
+        return [key for keys in self.computes().values() for key in keys]
+
+
+class Sim:
+    """A Scheduler plus helpers that speak its events and read its outbox."""
+
+    def __init__(self, clients=(C1,), **kwargs):
+        self.s = Scheduler(**kwargs)
+        for client in clients:
+            self.s.add_client(client, client.decode())
+
+    def worker(self, ident: bytes, nthreads: int = 1, keys=()) -> None:
+        self.s.add_worker(ident, addr(ident), ident.decode(), nthreads, keys=list(keys))
+
+    def submit(self, *tasks: tuple[dict, list], client: bytes = C1) -> None:
+        items, frames = [], []
+        for item, payload in tasks:
+            items.append(dict(item, nframes=len(payload)))
+            frames.extend(payload)
+        self.s.submit(client, items, frames)
+
+    def finish(self, key: str, worker: bytes | None = None, nbytes: int = 8) -> None:
+        if worker is None:
+            worker = self.s.tasks[key].processing_on.ident
+        self.s.task_finished(worker, key, nbytes, run=self.s.tasks[key].run)
+
+    def err(self, key: str, exc: BaseException) -> list:
+        frames = error_frames(exc)
+        self.s.task_erred(self.s.tasks[key].processing_on.ident, key, frames)
+        return frames
+
+    def state(self, key: str) -> str:
+        return self.s.tasks[key].state
+
+    def on(self, key: str) -> bytes | None:
+        ws = self.s.tasks[key].processing_on
+        return None if ws is None else ws.ident
+
+    def on_and_other(self, key: str) -> tuple[bytes, bytes]:
+        """The worker processing ``key``, and the other one of W1 and W2."""
+        on = self.on(key)
+        return on, W2 if on == W1 else W1
+
+    def take(self) -> Sent:
+        """Take the outbox, checking every message against the wire protocol."""
+        messages = self.s.outbox.take()
+        for _ident, op, fields, frames in messages:
+            header = protocol.decode_header(protocol.encode_header(op, **fields))
+            items = header.get("tasks")
+            item_schema = protocol.SCHEMAS[op]["tasks"][1] if items else {}
+            if "nframes" in item_schema or "nframes?" in item_schema:
+                protocol.unpack_items(items, frames)  # checks the counts
+            else:
+                assert not frames, f"{op!r} carries frames no item accounts for"
+        return Sent(messages)
+
+
+def chain(n: int) -> list[tuple[dict, list]]:
+    """t0 <- t1 <- ... <- t(n-1), each task depending on the one before."""
+    return [task(f"t{i}", *([f"t{i - 1}"] if i else [])) for i in range(n)]
+
+
+def run_sent(sent: Sent, worker: bytes, key: str) -> int:
+    """The run id of ``key``'s compute message to ``worker``."""
+    (run,) = [item["run"] for item in sent.items("compute", worker) if item["key"] == key]
+    return run

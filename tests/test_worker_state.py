@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from zfutures.serialize import dumps_task, loads
-from zfutures.worker import INLINE_LIMIT, run_task
+from zfutures.worker import SEND_RESULT_LIMIT, run_task
 from zfutures.worker_state import DROPPED_DIRECT_KEPT, Task, WorkerState
 
 ME = "tcp://me:9000"
@@ -510,9 +510,9 @@ def test_an_input_that_cannot_arrive_fails_the_tasks_waiting_for_it_only():
 
 def test_a_pickled_result_rides_with_its_completion():
     w = make()
-    w.compute("x", {}, 0, [b"payload"], 0.0, inline=True, run=RUN)
+    w.compute("x", {}, 0, [b"payload"], 0.0, send_result=True, run=RUN)
     (task,) = w.to_execute
-    assert task.inline
+    assert task.send_result
     w.task_done("x", 2, 8, 0.001, None, [b"pickled 2"])
     assert reports(w) == [
         ("task-finished", {"key": "x", "nbytes": 8, "duration": 0.001, "run": RUN}, [b"pickled 2"])]
@@ -658,22 +658,22 @@ def _make_holder(nbytes):
     return _Holder(np.zeros(nbytes, dtype=np.uint8))
 
 
-def _inline_task(fn, *args) -> Task:
+def _send_result_task(fn, *args) -> Task:
     frames, _ = dumps_task(fn, args, {}, reference_type=_NoReference)  # (no references here)
-    return Task("k", {}, 0, frames, 0, inline=True)
+    return Task("k", {}, 0, frames, 0, send_result=True)
 
 
 def test_a_small_result_a_client_waits_for_is_pickled_to_travel_with_its_completion():
-    key, value, nbytes, _, error, pickled = run_task(_inline_task(sum, [1, 2, 3]), {})
+    key, value, nbytes, _, error, pickled = run_task(_send_result_task(sum, [1, 2, 3]), {})
     assert (key, value, error) == ("k", 6, None)
     assert loads(pickled) == 6
 
 
 def test_a_big_result_never_travels_with_its_completion_even_when_well_hidden():
     # in a tuple (sizeof sees it), then in an object (only pickling shows it)
-    *_, nbytes, _, _, pickled = run_task(_inline_task(tuple, [np.zeros(10**6), "label"]), {})
+    *_, nbytes, _, _, pickled = run_task(_send_result_task(tuple, [np.zeros(10**6), "label"]), {})
     assert nbytes >= 8 * 10**6 and pickled is None
-    *_, pickled = run_task(_inline_task(_make_holder, 4 * INLINE_LIMIT), {})
+    *_, pickled = run_task(_send_result_task(_make_holder, 4 * SEND_RESULT_LIMIT), {})
     assert pickled is None
 
 
@@ -687,7 +687,7 @@ def test_a_direct_task_runs_and_its_small_result_goes_to_its_client_and_not_twic
     w = make()
     w.run_direct("x", [b"payload"], DIRECT, CLIENT, now=0.0)
     (task,) = w.to_execute
-    assert task.inline and task.direct and task.run == DIRECT
+    assert task.send_result and task.direct and task.run == DIRECT
     w.task_done("x", 2, 28, 0.001, None, [b"pickled 2"])
     assert w.to_clients == [(CLIENT, "x", DIRECT, 28, [b"pickled 2"])]
     (report,) = reports(w)

@@ -13,7 +13,7 @@ heartbeating while tasks run. Short tasks are handed over a few at a time
 waits for is pickled on the task thread and sent with the completion.
 
 A lone task a client sent straight here runs on the loop thread itself when
-no other task waits for a thread (see ``INLINE_CHECK``): its client waits on
+no other task waits for a thread (see ``LOOP_RUN_CHECK``): its client waits on
 each hop, and a handoff between threads costs tens of microseconds where the
 wakeup crosses CPUs. Should it run long, a standby thread takes the loop
 over, and the task finishes where it started, as on a task thread. The
@@ -65,10 +65,10 @@ GIVE_BACK_AFTER = 1.0
 #: How often (seconds) the standby thread looks at a task running on the loop
 #: thread: if the same one runs at two looks, it takes the loop over. A task
 #: may so hold the loop for up to twice this; heartbeats are far apart.
-INLINE_CHECK = 0.002
+LOOP_RUN_CHECK = 0.002
 
 #: The standby thread sleeps once no task has run on the loop thread for this
-#: long (seconds), so an idle worker does not wake every INLINE_CHECK.
+#: long (seconds), so an idle worker does not wake every LOOP_RUN_CHECK.
 STANDBY_IDLE = 0.5
 
 #: Reports to the center that travel many to a message, and their list field.
@@ -112,7 +112,7 @@ _functions: dict = {}
 
 #: Results up to this size (bytes, estimated) travel with the task's completion
 #: to the clients waiting for them, saving the fetch that would follow.
-INLINE_LIMIT = 16 * 1024
+SEND_RESULT_LIMIT = 16 * 1024
 
 
 def run_task(task: Task, inputs: dict[str, Any]) -> tuple:
@@ -130,14 +130,14 @@ def run_task(task: Task, inputs: dict[str, Any]) -> tuple:
     except BaseException:  # noqa: B036 - user code (see above): size unknown
         nbytes = 0
     pickled = None
-    if task.inline and nbytes <= INLINE_LIMIT:
+    if task.send_result and nbytes <= SEND_RESULT_LIMIT:
         try:
             pickled = serialize.dumps(value)
         except BaseException:  # noqa: B036 - fetched, and its error reported, the usual way
             pickled = None
         # An object can hide big buffers from sizeof: those are fetched from
         # here, never carried through the center.
-        if pickled is not None and serialize.frames_nbytes(pickled) > INLINE_LIMIT:
+        if pickled is not None and serialize.frames_nbytes(pickled) > SEND_RESULT_LIMIT:
             pickled = None
     return task.key, value, nbytes, duration, None, pickled
 
@@ -208,15 +208,15 @@ class Worker:
         # Tasks ran or results were released since memory was last given back.
         self._trim_due = False
         self._last_busy = 0.0
-        # Tasks on the loop thread (see INLINE_CHECK). The lock orders a run's
+        # Tasks on the loop thread (see LOOP_RUN_CHECK). The lock orders a run's
         # end with the standby's takeover, and hands the sockets over safely.
-        self._inline_lock = threading.Lock()
-        self._inline_job: tuple[Task, dict] | None = None  # to run at the end of this turn
-        self._inline_runs = 0  # counts them
+        self._loop_run_lock = threading.Lock()
+        self._loop_run_job: tuple[Task, dict] | None = None  # to run at the end of this turn
+        self._loop_runs = 0  # counts them
         self._on_loop = 0  # the one running on the loop thread now, if any
         self._taken_during: set[int] = set()  # ones the standby took the loop over from
         self._off_pool: set[str] = set()  # keys running on a loop thread, or a former one
-        self._last_inline = 0.0
+        self._last_loop_run = 0.0
         self._standby: threading.Thread | None = None
         self._standby_wake = threading.Event()  # set while tasks run on the loop thread
         self._closed = threading.Event()
@@ -238,7 +238,7 @@ class Worker:
 
     def _serve(self) -> None:
         """Run the loop on this thread until the worker stops, or until the
-        standby takes it over while this thread runs a task (see _run_inline)."""
+        standby takes it over while this thread runs a task (see _run_on_loop)."""
         try:
             while not self._stopping:
                 self._loop_once()
@@ -368,21 +368,21 @@ class Worker:
             self._connect()
         elif now - self._last_sent >= self.heartbeat_interval:
             self._send_center("heartbeat")
-        while self._inline_job is not None:  # (its _flush may set the next one aside)
-            self._run_inline()
+        while self._loop_run_job is not None:  # (its _flush may set the next one aside)
+            self._run_on_loop()
 
-    def _run_inline(self) -> None:
+    def _run_on_loop(self) -> None:
         """Run the task _flush set aside on this, the loop thread, and send its
         result at once; or, if the standby took the loop over meanwhile, hand
         the result to the loop as a task thread would, and leave the loop."""
-        (task, inputs), self._inline_job = self._inline_job, None
-        with self._inline_lock:
-            self._inline_runs += 1
-            self._on_loop = mine = self._inline_runs
+        (task, inputs), self._loop_run_job = self._loop_run_job, None
+        with self._loop_run_lock:
+            self._loop_runs += 1
+            self._on_loop = mine = self._loop_runs
             self._off_pool.add(task.key)
-            self._last_inline = time.monotonic()
+            self._last_loop_run = time.monotonic()
             if self._standby is None:  # (the first, or the last took the loop over)
-                self._standby = threading.Thread(target=self._watch_inline, daemon=True,
+                self._standby = threading.Thread(target=self._watch_loop_run, daemon=True,
                                                  name="zfutures-standby")
                 self._standby.start()
             if not self._standby_wake.is_set():
@@ -390,7 +390,7 @@ class Worker:
         context.enter_task(self, task.key)
         result = run_task(task, inputs)
         context.leave_task()  # (seceded or not, this thread goes on)
-        with self._inline_lock:
+        with self._loop_run_lock:
             self._off_pool.discard(task.key)
             moved = mine in self._taken_during
             if moved:  # (the loop may have run others on its new thread since)
@@ -404,13 +404,13 @@ class Worker:
         self.state.task_done(*result)
         self._flush()
 
-    def _watch_inline(self) -> None:
+    def _watch_loop_run(self) -> None:
         """The standby: take the loop over from a task that runs on it too long."""
         seen = 0
         while not self._closed.is_set():
-            if not self._standby_wake.wait(1.0) or self._closed.wait(INLINE_CHECK):
+            if not self._standby_wake.wait(1.0) or self._closed.wait(LOOP_RUN_CHECK):
                 continue  # (parked: no task ran on the loop thread lately)
-            with self._inline_lock:
+            with self._loop_run_lock:
                 running = self._on_loop
                 take = running and running == seen
                 if take:
@@ -418,7 +418,7 @@ class Worker:
                     self._on_loop, self._standby = 0, None
                     logger.debug("a task runs long on the loop thread; the standby "
                                  "takes the loop over")
-                elif not running and time.monotonic() - self._last_inline > STANDBY_IDLE:
+                elif not running and time.monotonic() - self._last_loop_run > STANDBY_IDLE:
                     self._standby_wake.clear()
                 seen = running
             if take:
@@ -465,6 +465,7 @@ class Worker:
         header, frames = protocol.decode(frames)
         op = header["op"]
         if op == "compute":
+            # (the wire's "inline" asks for the small result sent with the completion)
             for item, payload in protocol.unpack_items(header["tasks"], frames):
                 self.state.compute(item["key"], item["deps"], item.get("priority", 0),
                                    payload, now, item.get("inline", False), item["run"])
@@ -691,12 +692,12 @@ class Worker:
             self._last_busy = time.monotonic()  # (see _give_back_memory)
             self._trim_due = True  # (tasks free what they used, too)
             last = state.to_execute[-1]
-            if last.reply_to is not None and self._inline_job is None and \
+            if last.reply_to is not None and self._loop_run_job is None and \
                     not self._stopping and self.work.empty() and \
                     len(state.executing) - len(state.to_execute) < self.nthreads:
                 # A client waits on it, and no thread is busy running tasks,
-                # or about to be: run it on this thread (see INLINE_CHECK).
-                self._inline_job = (state.to_execute.pop(), {})
+                # or about to be: run it on this thread (see LOOP_RUN_CHECK).
+                self._loop_run_job = (state.to_execute.pop(), {})
             for task in state.to_execute:
                 self.work.put((task, state.inputs_of(task)))
             state.to_execute.clear()

@@ -64,11 +64,11 @@ DROPPED_DIRECT_KEPT = 60.0
 class Task:
     """A task this worker was asked to compute."""
 
-    __slots__ = ("key", "deps", "priority", "payload", "state", "missing", "order", "inline",
+    __slots__ = ("key", "deps", "priority", "payload", "state", "missing", "order", "send_result",
                  "run", "direct", "reply_to")
 
     def __init__(self, key: str, deps: dict[str, list[str]], priority: int, payload: list,
-                 order: int, inline: bool = False, run: int = 0):
+                 order: int, send_result: bool = False, run: int = 0):
         self.key = key
         self.deps = deps          # input key -> addresses of workers holding it
         self.priority = priority
@@ -76,7 +76,7 @@ class Task:
         self.state = FETCHING
         self.missing: set[str] = set()
         self.order = order
-        self.inline = inline      # a client waits: send a small result along
+        self.send_result = send_result  # a client waits: send a small result along
         self.run = run            # the center's id for this assignment; reports carry it
         self.direct = False       # run is a client's id: it sent the task straight here
         self.reply_to: tuple[bytes, int] | None = None  # (client, its run): answer it too
@@ -157,7 +157,7 @@ class WorkerState:
     # ------------------------------------------------------------------ events
 
     def compute(self, key: str, deps: dict[str, list[str]], priority: int, payload: list,
-                now: float, inline: bool = False, run: int = 0) -> None:
+                now: float, send_result: bool = False, run: int = 0) -> None:
         """The center asks for ``key``; its inputs are on the workers in ``deps``.
 
         ``run`` names this assignment: the reports on it carry it back, so the
@@ -187,11 +187,11 @@ class WorkerState:
         if task is not None:  # adopt the run under way: it answers this assignment
             task.run = run
             task.direct = False
-            task.inline = task.inline or inline
+            task.send_result = task.send_result or send_result
             if key in self.seceded:  # the center counts it against our threads else
                 self.to_center.append(("task-seceded", {"key": key, "run": run}, []))
             return
-        task = self.tasks[key] = Task(key, deps, priority, payload, next(self._order), inline,
+        task = self.tasks[key] = Task(key, deps, priority, payload, next(self._order), send_result,
                                       run)
         plan: dict[str, list[str]] = {}
         for dep, holders in deps.items():
@@ -246,7 +246,7 @@ class WorkerState:
             task = Task(key, {}, 0, payload, next(self._order), True, run)
             self._make_ready(task)
         self.tasks[key] = task
-        task.run, task.direct, task.inline, task.reply_to = run, True, True, (client, run)
+        task.run, task.direct, task.send_result, task.reply_to = run, True, True, (client, run)
         self.unannounced[key] = run
         if key in self.seceded:
             self.to_center.append(("task-seceded", {"key": key, "run": run, "direct": True},

@@ -641,6 +641,132 @@ def test_an_error_is_reported_at_once():
     assert w.executing and w.report_hold([]) == 0.0
 
 
+def test_held_completions_go_together_once_their_wait_is_over():
+    from zfutures.worker_state import HOLD_REPORTS
+
+    w = make()
+    w.task_duration = 1e-4
+    for key in "abc":
+        compute(w, key)
+    executed(w)
+    w.task_done("a", value=1, nbytes=28, duration=1e-4)
+    assert w.take_reports(now=10.0) == []                      # held: more work runs
+    assert w.held_until == 10.0 + HOLD_REPORTS and w.to_center == []
+    w.task_done("b", value=2, nbytes=28, duration=1e-4)
+    assert w.take_reports(now=10.0 + HOLD_REPORTS / 2) == []   # still within the wait
+    sent = w.take_reports(now=10.0 + HOLD_REPORTS)             # from the first held
+    assert [item["key"] for _, item, _ in sent] == ["a", "b"]
+    assert w.held == [] and w.held_until is None and w.to_center == []
+
+
+def test_a_report_of_another_kind_takes_the_held_completions_along_at_once():
+    w = make()
+    w.task_duration = 1e-4
+    for key in "abc":
+        compute(w, key)
+    executed(w)
+    w.task_done("a", value=1, nbytes=28, duration=1e-4)
+    assert w.take_reports(now=0.0) == []
+    w.task_done("b", error=[b"pickled error"])
+    assert [(op, item["key"]) for op, item, _ in w.take_reports(now=0.0)] == [
+        ("task-finished", "a"), ("task-erred", "b")]
+
+
+def test_a_leaving_worker_holds_no_report_back():
+    w = make()
+    w.task_duration = 1e-4
+    for key in "ab":
+        compute(w, key)
+    executed(w)
+    w.closing = True
+    w.task_done("a", value=1, nbytes=28, duration=1e-4)
+    assert [item["key"] for _, item, _ in w.take_reports(now=0.0)] == ["a"]
+
+
+def test_reports_sent_end_the_wait_for_dependents_waiting_here():
+    w = make()
+    compute(w, "a")
+    compute(w, "b", {"a": [ME]})
+    executed(w)
+    w.task_done("a", value=1, nbytes=28)
+    assert w.report_now
+    assert [op for op, _, _ in w.take_reports(now=0.0)] == ["task-finished"]
+    assert not w.report_now
+
+
+# --------------------------------------------------------------------------- the loop thread
+
+def test_a_lone_direct_task_runs_on_the_loop_thread_when_no_thread_is_busy():
+    w = make(nthreads=1)
+    w.run_direct("x", [b"payload"], DIRECT, CLIENT, now=0.0)
+    task = w.take_loop_run(loop_free=True)
+    assert task is not None and task.key == "x" and w.to_execute == []
+    assert "x" in w.executing  # (it holds the thread slot while it runs)
+
+
+@pytest.mark.parametrize("why", ["loop busy", "center's task", "thread busy"])
+def test_a_task_runs_on_a_task_thread_otherwise(why):
+    w = make(nthreads=1)
+    if why == "center's task":      # no client waits on each hop of it
+        compute(w, "x")
+    else:
+        w.run_direct("x", [b"payload"], DIRECT, CLIENT, now=0.0)
+    if why == "thread busy":        # a task the center sent runs already
+        w.executing.add("long")
+    assert w.take_loop_run(loop_free=why != "loop busy") is None
+    assert [task.key for task in w.to_execute] == ["x"]
+
+
+# --------------------------------------------------------------------------- memory
+
+def test_a_worker_pauses_above_the_high_mark_and_resumes_only_below_the_low_one():
+    from zfutures.worker_state import PAUSE_AT, RESUME_AT
+
+    limit = 1000 * 2**20
+    w = WorkerState(ME, nthreads=1, memory_limit=limit)
+    w.memory_measured(int(PAUSE_AT * limit))            # at the mark: not over it
+    assert not w.paused and reports(w) == []
+    assert not w.memory_high(int(PAUSE_AT * limit)) and w.memory_high(int(PAUSE_AT * limit) + 1)
+    w.memory_measured(int(PAUSE_AT * limit) + 1)
+    assert w.paused and reports(w) == [("paused", {"paused": True}, [])]
+    compute(w, "x")
+    assert executed(w) == []
+    w.memory_measured(int(RESUME_AT * limit) + 1)       # between the marks: stays paused
+    assert w.paused and reports(w) == [] and executed(w) == []
+    w.memory_measured(int(RESUME_AT * limit) - 1)
+    assert not w.paused and reports(w) == [("paused", {"paused": False}, [])]
+    assert executed(w) == ["x"]
+    w.memory_measured(int(RESUME_AT * limit) + 1)       # between the marks: goes on
+    assert not w.paused and reports(w) == []
+
+
+def test_a_worker_without_a_memory_limit_never_pauses():
+    w = make()
+    w.memory_measured(2**50)
+    assert not w.paused and not w.memory_high(2**50) and reports(w) == []
+
+
+# --------------------------------------------------------------------------- leaving
+
+def test_a_worker_that_holds_no_key_or_has_no_center_may_leave_at_once():
+    w = make()
+    assert w.leave(now=0.0, registered=True)
+    w.add_data("x", 1, 28)
+    assert w.leave(now=0.0, registered=False)
+    assert reports(w) == []
+
+
+def test_a_worker_holding_keys_asks_the_center_to_take_them_and_waits_a_while():
+    w = WorkerState(ME, nthreads=1, retire_timeout=10.0)
+    w.add_data("x", 1, 28)
+    assert not w.leave(now=100.0, registered=True)
+    assert reports(w) == [("retire", {}, [])]
+    assert not w.leave(now=105.0, registered=True)
+    assert not w.leave(now=110.0, registered=True)
+    assert reports(w) == []                             # asked once
+    assert w.leave(now=110.1, registered=True)          # the center did not take them
+
+
 # ----------------------------------------------------------------------------- run_task
 
 class _Holder:

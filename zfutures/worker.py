@@ -52,11 +52,6 @@ from .worker_state import Task, WorkerState
 logger = logging.getLogger(__name__)
 dropped = RateLimitedLog(logger)
 
-#: Shares of the memory limit: above the first a worker starts no new task
-#: (the center sends them elsewhere); below the second it resumes. Above the
-#: limit itself, its nanny restarts it.
-PAUSE_AT, RESUME_AT = 0.8, 0.7
-
 #: A worker idle this long (seconds) after running tasks or releasing results
 #: gives the memory they freed back to the system. Not sooner: reusing it is
 #: what makes a burst of tasks on big arrays fast (processes._HUGE_PAGES_TUNABLE).
@@ -175,7 +170,8 @@ class Worker:
         if LOCAL_TRANSPORT:  # peers in this network namespace come this way
             self.server.bind(local_endpoint(self.address))
         self.name = name or self.address
-        self.state = WorkerState(self.address, nthreads, fetch_timeout)
+        self.state = WorkerState(self.address, nthreads, fetch_timeout, memory_limit,
+                                 retire_timeout)
         self.center: zmq.Socket | None = None
         self.peers: dict[str, zmq.Socket] = {}
         self.poller = zmq.Poller()
@@ -193,17 +189,12 @@ class Worker:
         self.leases = peer_memory.Leases()  # values offered to readers on this machine
         self.reader = peer_memory.Reader()  # reads what peers on this machine offer
         self.registered = False
-        self.retire_timeout = retire_timeout
         self._stopping = False
         self._leave_requested = False
-        self._retire_deadline: float | None = None
         self._last_sent = self._last_heard = self._next_timeout_check = 0.0
         # The center is silent for the time this loop could have heard it:
         # its own stretches of work past a heartbeat interval do not count.
         self.listening = ListeningClock(heartbeat_interval, time.monotonic())
-        self._held: list[tuple[str, dict, list]] = []  # completions held back a moment
-        self._held_since: float | None = None
-        self._held_until = 0.0  # when they go, at the latest
         self._center_closed = False  # it said it was going
         # Tasks ran or results were released since memory was last given back.
         self._trim_due = False
@@ -265,20 +256,6 @@ class Worker:
         self.state.closing = True  # (clients' lone tasks go through the center now)
         self.waker.wake()
 
-    def _leave(self, now: float) -> None:
-        """Start retiring, or stop if there is nothing to hand on or time is up."""
-        if self._retire_deadline is None:
-            if not (self.registered and self.state.data):
-                self._stopping = True
-                return
-            logger.info("worker %s retiring: handing its keys on", self.address)
-            self._retire_deadline = now + self.retire_timeout
-            self._send_center("retire")
-        elif now > self._retire_deadline:
-            logger.warning("worker %s: the center did not take its keys within %.0fs; "
-                           "leaving anyway", self.address, self.retire_timeout)
-            self._stopping = True
-
     def _connect(self) -> None:
         """(Re)connect to the center and register, announcing the keys held here."""
         if self.center is not None:
@@ -330,8 +307,9 @@ class Worker:
     def _loop_once(self) -> None:
         now = time.monotonic()
         timeout_ms = max(0, int(1000 * (self._last_sent + self.heartbeat_interval - now)))
-        if self._held_since is not None:  # (+1: poll's milliseconds must not round to 0)
-            timeout_ms = min(timeout_ms, max(0, int(1000 * (self._held_until - now)) + 1))
+        held_until = self.state.held_until
+        if held_until is not None:  # (+1: poll's milliseconds must not round to 0)
+            timeout_ms = min(timeout_ms, max(0, int(1000 * (held_until - now)) + 1))
         self.listening.polling(now)
         events = dict(self.poller.poll(min(timeout_ms, 1000 * self.heartbeat_interval)))
         now = time.monotonic()
@@ -355,12 +333,12 @@ class Worker:
             self.leases.expire(now)
             self._give_back_memory(now)
             self._check_memory()
+        if self._leave_requested and not self._stopping:
+            self._stopping = self.state.leave(now, self.registered)
         self._flush()
         if self._center_closed:
             self._center_closed = False
             self._connect()  # (its registration waits for the next center)
-        if self._leave_requested and not self._stopping:
-            self._leave(now)
         silent = self.listening.time(now) - self._last_heard
         if silent > self.heartbeat_timeout:
             logger.warning("no word from the center at %s for %.1fs; reconnecting",
@@ -435,26 +413,16 @@ class Worker:
             release_free_memory()
 
     def _check_memory(self) -> None:
-        """Pause above the high mark of the memory limit; resume below the low one."""
+        """Tell the state machine how much memory this process holds (it pauses
+        or resumes: see WorkerState.memory_measured)."""
         if not self.memory_limit:
             return
         rss = own_rss()
-        if rss > PAUSE_AT * self.memory_limit and self._trim_due:
+        if self._trim_due and self.state.memory_high(rss):
             self._trim_due = False  # (until more is freed: not at every check)
             release_free_memory()  # what is only free to reuse should not count
             rss = own_rss()
-        paused = self.state.paused
-        if not paused and rss > PAUSE_AT * self.memory_limit:
-            logger.warning("worker %s uses %d MB, over %d%% of its memory limit: it starts "
-                           "no new task until memory falls", self.address, rss // 2**20,
-                           100 * PAUSE_AT)
-        elif paused and rss < RESUME_AT * self.memory_limit:
-            logger.warning("worker %s memory fell to %d MB: taking tasks again",
-                           self.address, rss // 2**20)
-        else:
-            return
-        self.state.set_paused(not paused)
-        self._send_center("paused", paused=not paused)
+        self.state.memory_measured(rss)
 
     # ------------------------------------------------------------------ handlers
 
@@ -483,7 +451,7 @@ class Worker:
                 self._peer_left(address, now)
         elif op == "retired":
             logger.info("worker %s handed its keys on; leaving", self.address)
-            self._stopping = True
+            self.state.closing = self._stopping = True
         elif op == "welcome":
             self.registered = True
             logger.info("registered with the center at %s", self.center_address)
@@ -691,13 +659,10 @@ class Worker:
         if state.to_execute:
             self._last_busy = time.monotonic()  # (see _give_back_memory)
             self._trim_due = True  # (tasks free what they used, too)
-            last = state.to_execute[-1]
-            if last.reply_to is not None and self._loop_run_job is None and \
-                    not self._stopping and self.work.empty() and \
-                    len(state.executing) - len(state.to_execute) < self.nthreads:
-                # A client waits on it, and no thread is busy running tasks,
-                # or about to be: run it on this thread (see LOOP_RUN_CHECK).
-                self._loop_run_job = (state.to_execute.pop(), {})
+            on_loop = state.take_loop_run(self._loop_run_job is None and not self._stopping
+                                          and self.work.empty())
+            if on_loop is not None:  # (run at the end of this turn: see LOOP_RUN_CHECK)
+                self._loop_run_job = (on_loop, {})
             for task in state.to_execute:
                 self.work.put((task, state.inputs_of(task)))
             state.to_execute.clear()
@@ -712,23 +677,11 @@ class Worker:
                     "get-data", id=request_id, keys=keys, **peer_memory.reader_fields())],
                      dropped, f"a data request to {peer}")
             state.to_fetch.clear()
-        if state.to_center or self._held:
-            self._report()
+        if state.to_center or state.held:
+            self._report(state.take_reports(time.monotonic()))
 
-    def _report(self) -> None:
-        """Send the state machine's reports, or hold completions back a moment."""
-        state = self.state
-        now = time.monotonic()
-        hold = 0.0 if self._stopping or self._leave_requested else \
-            state.report_hold(self._held)
-        since = now if self._held_since is None else self._held_since
-        if now - since < hold:
-            self._held.extend(state.to_center)
-            state.to_center.clear()
-            self._held_since, self._held_until = since, since + hold
-            return
-        reports = self._held + state.to_center if self._held else state.to_center
-        self._held, self._held_since, state.report_now = [], None, False
+    def _report(self, reports: list[tuple[str, dict, list]]) -> None:
+        """Send reports to the center, those of a kind many to a message."""
         if reports:
             batches: dict[str, tuple[list, list]] = {}
             for op, item, frames in reports:
@@ -744,7 +697,6 @@ class Worker:
                     self._send_center(op, **item)
             for op, (items, frames) in batches.items():
                 self._send_center(op, frames, **{_BATCHED[op]: items})
-            state.to_center.clear()
 
     def _send_center(self, op: str, frames: list | None = None, **fields: Any) -> None:
         send(self.center, protocol.encode(op, frames or (), **fields), dropped,

@@ -60,6 +60,11 @@ HOLD_ANSWERED = 0.01
 #: case the client's message comes after all (see WorkerState.drop_direct).
 DROPPED_DIRECT_KEPT = 60.0
 
+#: Shares of the memory limit: above the first a worker starts no new task
+#: (the center sends them elsewhere); below the second it resumes. Above the
+#: limit itself, its nanny restarts it.
+PAUSE_AT, RESUME_AT = 0.8, 0.7
+
 
 class Task:
     """A task this worker was asked to compute."""
@@ -117,10 +122,13 @@ class WorkerState:
     [(1, 'tcp://127.0.0.1:9002', ['x'])]
     """
 
-    def __init__(self, address: str, nthreads: int, fetch_timeout: float = 10.0):
+    def __init__(self, address: str, nthreads: int, fetch_timeout: float = 10.0,
+                 memory_limit: int = 0, retire_timeout: float = 10.0):
         self.address = address
         self.nthreads = nthreads
         self.fetch_timeout = fetch_timeout
+        self.memory_limit = memory_limit  # bytes; 0: none (see memory_measured)
+        self.retire_timeout = retire_timeout  # (see leave)
         self.data: dict[str, Any] = {}
         self.nbytes: dict[str, int] = {}
         self.tasks: dict[str, Task] = {}
@@ -149,8 +157,14 @@ class WorkerState:
         # key -> (run, when), kept DROPPED_DIRECT_KEPT seconds.
         self.dropped_direct: dict[str, tuple[int, float]] = {}
         # A finished task had dependents sent ahead to wait here: the center
-        # should hear at once, to send the links after them (the shell clears it).
+        # should hear at once, to send the links after them.
         self.report_now = False
+        # Reports held back a moment to go in one message (see take_reports),
+        # since when, and until when at the latest (None: none held).
+        self.held: list[tuple[str, dict, list]] = []
+        self._held_since: float | None = None
+        self.held_until: float | None = None
+        self.retire_deadline: float | None = None  # asked the center to take our keys
         self._order = itertools.count()
         self._request_ids = itertools.count(1)
 
@@ -380,27 +394,6 @@ class WorkerState:
                 # (the center errs or takes back the tasks that waited for it)
         self._start_tasks()
 
-    def report_hold(self, held: Sequence[tuple[str, dict, list]]) -> float:
-        """How long the reports in ``to_center``, with those ``held`` back
-        already, may wait (from the first held) to go in one message: 0.0 if
-        they go now.
-
-        Only completions wait: those of direct tasks whose clients have their
-        results HOLD_ANSWERED; those of other short tasks HOLD_REPORTS, and
-        only while a task thread has more to run. A worker with nothing else
-        to run, or whose finished task has dependents waiting here (the
-        center sends the next links of a chain when it hears), reports at once.
-        """
-        reports = self.to_center
-        if self.report_now or len(held) + len(reports) >= HOLD_MAX or \
-                not all(op == "task-finished" for op, _, _ in reports):
-            return 0.0
-        if all(item.get("answered") for _, item, _ in itertools.chain(held, reports)):
-            return HOLD_ANSWERED
-        if self.executing and self.task_duration < HOLD_REPORTS:
-            return HOLD_REPORTS
-        return 0.0
-
     def release(self, keys: list[str]) -> None:
         """The center no longer needs ``keys`` here: drop data and pending work."""
         for key in keys:
@@ -473,6 +466,114 @@ class WorkerState:
         """Data put here directly (scattered, or moved from a leaving worker)."""
         self.data[key] = value
         self.nbytes[key] = nbytes
+
+    # ------------------------------------------------------------------ policies
+
+    def report_hold(self, held: Sequence[tuple[str, dict, list]]) -> float:
+        """How long the reports in ``to_center``, with those ``held`` back
+        already, may wait (from the first held) to go in one message: 0.0 if
+        they go now.
+
+        Only completions wait: those of direct tasks whose clients have their
+        results HOLD_ANSWERED; those of other short tasks HOLD_REPORTS, and
+        only while a task thread has more to run. A worker with nothing else
+        to run, or whose finished task has dependents waiting here (the
+        center sends the next links of a chain when it hears), reports at once.
+        """
+        reports = self.to_center
+        if self.report_now or len(held) + len(reports) >= HOLD_MAX or \
+                not all(op == "task-finished" for op, _, _ in reports):
+            return 0.0
+        if all(item.get("answered") for _, item, _ in itertools.chain(held, reports)):
+            return HOLD_ANSWERED
+        if self.executing and self.task_duration < HOLD_REPORTS:
+            return HOLD_REPORTS
+        return 0.0
+
+    def take_reports(self, now: float) -> list[tuple[str, dict, list]]:
+        """The reports to send the center now, those held back first: none
+        while they may still wait (until :attr:`held_until`; see
+        :meth:`report_hold`). A worker that is leaving holds nothing back."""
+        since = now if self._held_since is None else self._held_since
+        until = since + (0.0 if self.closing else self.report_hold(self.held))
+        if now < until:
+            self.held.extend(self.to_center)
+            self.to_center.clear()
+            self._held_since, self.held_until = since, until
+            return []
+        reports, self.to_center = self.to_center, []
+        if self.held:
+            reports, self.held = self.held + reports, []
+            self._held_since = self.held_until = None
+        self.report_now = False
+        return reports
+
+    def take_loop_run(self, loop_free: bool) -> Task | None:
+        """The task of :attr:`to_execute` to run on the worker's loop thread
+        rather than hand to a task thread, taken off the list; or None.
+
+        That is the last one, when a client waits for it on each hop (it sent
+        the task straight here) and no task thread is busy or about to be: a
+        handoff between threads costs tens of microseconds where the wakeup
+        crosses CPUs. ``loop_free`` is the shell's part: the loop thread has
+        no other task set aside, is not stopping, and no task waits in line
+        for a task thread.
+        """
+        task = self.to_execute[-1]
+        if task.reply_to is None or not loop_free or \
+                len(self.executing) - len(self.to_execute) >= self.nthreads:
+            return None
+        return self.to_execute.pop()
+
+    def memory_high(self, rss: int) -> bool:
+        """Whether ``rss`` bytes are past the mark where this worker pauses
+        (memory the process could give back first should not count)."""
+        return bool(self.memory_limit) and rss > PAUSE_AT * self.memory_limit
+
+    def memory_measured(self, rss: int) -> None:
+        """The process holds ``rss`` bytes: above PAUSE_AT of the memory limit
+        the worker starts no new task, and tells the center (which sends them
+        elsewhere); below RESUME_AT it resumes. In between it stays as it
+        was, so that it does not flip at every check."""
+        if not self.memory_limit:
+            return
+        if not self.paused and rss > PAUSE_AT * self.memory_limit:
+            logger.warning("worker %s uses %d MB, over %d%% of its memory limit: it starts "
+                           "no new task until memory falls", self.address, rss // 2**20,
+                           100 * PAUSE_AT)
+        elif self.paused and rss < RESUME_AT * self.memory_limit:
+            logger.warning("worker %s memory fell to %d MB: taking tasks again",
+                           self.address, rss // 2**20)
+        else:
+            return
+        self.set_paused(not self.paused)
+        self.to_center.append(("paused", {"paused": self.paused}, []))
+
+    def set_paused(self, paused: bool) -> None:
+        """Start no new task (``paused``), or start them again."""
+        self.paused = paused
+        self._start_tasks()
+
+    def leave(self, now: float, registered: bool) -> bool:
+        """The worker wants to leave (:attr:`closing`): whether it may stop now.
+
+        It may at once if it holds no key, or is not ``registered`` with a
+        center to hand them to. Else it asks the center to copy the keys only
+        it holds to other workers (``retire``; the center answers
+        ``retired``), and stops anyway ``retire_timeout`` seconds later.
+        """
+        if self.retire_deadline is None:
+            if not (registered and self.data):
+                return True
+            logger.info("worker %s retiring: handing its keys on", self.address)
+            self.retire_deadline = now + self.retire_timeout
+            self.to_center.append(("retire", {}, []))
+            return False
+        if now > self.retire_deadline:
+            logger.warning("worker %s: the center did not take its keys within %.0fs; "
+                           "leaving anyway", self.address, self.retire_timeout)
+            return True
+        return False
 
     # ------------------------------------------------------------------ internals
 
@@ -559,11 +660,6 @@ class WorkerState:
         elif behind.state == BEHIND:
             self._make_ready(behind)
         return True
-
-    def set_paused(self, paused: bool) -> None:
-        """Memory crossed the high mark (stop starting tasks) or fell back."""
-        self.paused = paused
-        self._start_tasks()
 
     def _start_tasks(self) -> None:
         ahead = min(MAX_HANDED_AHEAD, int(HAND_AHEAD_TIME / max(self.task_duration, 1e-9)))

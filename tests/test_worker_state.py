@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from zfutures.serialize import dumps_task, loads
-from zfutures.worker import SEND_RESULT_LIMIT, run_task
+from zfutures.task_runner import SEND_RESULT_LIMIT, run_task
 from zfutures.worker_state import DROPPED_DIRECT_KEPT, Task, WorkerState
 
 ME = "tcp://me:9000"

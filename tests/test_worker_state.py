@@ -589,7 +589,7 @@ def test_a_task_given_up_for_one_input_drops_the_fetch_just_planned_for_another(
 
 
 def test_completions_may_wait_a_moment_only_while_more_work_runs():
-    from zfutures.worker_state import HOLD_MAX, HOLD_REPORTS
+    from zfutures.worker_policy import HOLD_MAX, HOLD_REPORTS
 
     w = make()
     w.task_duration = 1e-4  # as after a run of short tasks
@@ -606,7 +606,7 @@ def test_completions_may_wait_a_moment_only_while_more_work_runs():
 
 
 def test_completions_of_longer_tasks_are_reported_at_once():
-    from zfutures.worker_state import HOLD_REPORTS
+    from zfutures.worker_policy import HOLD_REPORTS
 
     w = make()
     w.task_duration = 1e-4
@@ -642,7 +642,7 @@ def test_an_error_is_reported_at_once():
 
 
 def test_held_completions_go_together_once_their_wait_is_over():
-    from zfutures.worker_state import HOLD_REPORTS
+    from zfutures.worker_policy import HOLD_REPORTS
 
     w = make()
     w.task_duration = 1e-4
@@ -720,7 +720,7 @@ def test_a_task_runs_on_a_task_thread_otherwise(why):
 # --------------------------------------------------------------------------- memory
 
 def test_a_worker_pauses_above_the_high_mark_and_resumes_only_below_the_low_one():
-    from zfutures.worker_state import PAUSE_AT, RESUME_AT
+    from zfutures.worker_policy import PAUSE_AT, RESUME_AT
 
     limit = 1000 * 2**20
     w = WorkerState(ME, nthreads=1, memory_limit=limit)
@@ -824,7 +824,7 @@ def test_a_direct_task_runs_and_its_small_result_goes_to_its_client_and_not_twic
 
 
 def test_a_direct_completion_its_client_has_may_wait_longer_even_when_idle():
-    from zfutures.worker_state import HOLD_ANSWERED, HOLD_MAX
+    from zfutures.worker_policy import HOLD_ANSWERED, HOLD_MAX
 
     w = make()
     w.run_direct("x", [b"payload"], DIRECT, CLIENT, now=0.0)

@@ -14,6 +14,11 @@ out what this class asks for:
   tasks a client sent straight here (:meth:`WorkerState.run_direct`), for
   the data server to send back to that client.
 
+Which peer is asked for which input, and when, is planned by
+:class:`~zfutures.worker_fetch.Fetches`; when reports go, which task runs on
+the loop thread, when to pause for memory and when a leaving worker may
+stop, by its base class :class:`~zfutures.worker_policy.WorkerPolicies`.
+
 A task here goes ``fetching`` (inputs missing) → ``ready`` (waits for a
 thread) → ``executing`` → done (reported and removed); between the first two
 it goes ``behind`` while an earlier run of its key, released but of another
@@ -24,11 +29,10 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import logging
-from collections.abc import Sequence
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from .worker_fetch import Fetch, Fetches
+from .worker_policy import WorkerPolicies
 
 FETCHING, BEHIND, READY, EXECUTING = "fetching", "behind", "ready", "executing"
 
@@ -39,31 +43,10 @@ FETCHING, BEHIND, READY, EXECUTING = "fetching", "behind", "ready", "executing"
 HAND_AHEAD_TIME = 0.002
 MAX_HANDED_AHEAD = 8
 
-#: While the task threads have more work, and tasks take less than this many
-#: seconds, completions may wait as long (or until HOLD_MAX of them) to go to
-#: the center in one message: a map of short tasks then costs the center, and
-#: the worker, one message per few tasks instead of one per task. Longer tasks
-#: gain nothing from it, and their dependents would start later.
-HOLD_REPORTS = 0.001
-HOLD_MAX = 64
-
-#: Completions of direct tasks whose clients had their results from here
-#: (``answered``) may wait this long, worker idle or not: their clients need
-#: nothing more from the center, and the center hears of them in one message
-#: every few round trips instead of one each. Woken for each, the center
-#: competes with the client and the worker for the CPUs just when the
-#: result is on its way. Dependents sent here ahead do not wait for it
-#: (report_now), and any other report ends the wait.
-HOLD_ANSWERED = 0.01
-
 #: How long (seconds) a worker refuses a direct run the center gave up on, in
 #: case the client's message comes after all (see WorkerState.drop_direct).
 DROPPED_DIRECT_KEPT = 60.0
 
-#: Shares of the memory limit: above the first a worker starts no new task
-#: (the center sends them elsewhere); below the second it resumes. Above the
-#: limit itself, its nanny restarts it.
-PAUSE_AT, RESUME_AT = 0.8, 0.7
 
 
 class Task:
@@ -99,21 +82,11 @@ def same_call(payload: list, other: list) -> bool:
         all(memoryview(a) == memoryview(b) for a, b in zip(payload, other))
 
 
-class _Fetch:
-    """One input being fetched: the holders not tried yet, those tried, and
-    who waits for it."""
-
-    __slots__ = ("key", "holders", "tried", "waiting_tasks", "request")
-
-    def __init__(self, key: str, holders: list[str]):
-        self.key = key
-        self.holders = holders
-        self.tried: list[str] = []
-        self.waiting_tasks: set[str] = set()
-        self.request: int | None = None
+#: A report for the center: (op, item, payload frames).
+Report = tuple[str, dict, list]
 
 
-class WorkerState:
+class WorkerState(WorkerPolicies):
     """The data and the tasks of one worker.
 
     >>> w = WorkerState("tcp://127.0.0.1:9001", nthreads=1)
@@ -124,11 +97,10 @@ class WorkerState:
 
     def __init__(self, address: str, nthreads: int, fetch_timeout: float = 10.0,
                  memory_limit: int = 0, retire_timeout: float = 10.0):
+        super().__init__(memory_limit, retire_timeout)
         self.address = address
         self.nthreads = nthreads
         self.fetch_timeout = fetch_timeout
-        self.memory_limit = memory_limit  # bytes; 0: none (see memory_measured)
-        self.retire_timeout = retire_timeout  # (see leave)
         self.data: dict[str, Any] = {}
         self.nbytes: dict[str, int] = {}
         self.tasks: dict[str, Task] = {}
@@ -140,13 +112,15 @@ class WorkerState:
         # (unless the center asks for the same call of the key before it comes).
         # At most one run of a key is on a thread: this one, if here.
         self.released_running: dict[str, Task] = {}
-        self.fetches: dict[str, _Fetch] = {}
+        # Inputs fetched from peers, and the requests out for them (their
+        # containers, shared, are this object's fetches, requests, to_fetch).
+        self.fetching = Fetches(address, fetch_timeout, self._fetch_exhausted)
+        self.fetches, self.requests = self.fetching.fetches, self.fetching.requests
         # Tasks sent ahead, waiting for inputs being computed here: input -> tasks.
         self.local_waiters: dict[str, set[str]] = {}
-        self.requests: dict[int, tuple[str, list[str], float]] = {}  # id -> peer, keys, deadline
-        self.to_center: list[tuple[str, dict, list]] = []
+        self.to_center: list[Report] = []
         self.to_execute: list[Task] = []
-        self.to_fetch: list[tuple[int, str, list[str]]] = []
+        self.to_fetch = self.fetching.to_fetch
         self.to_clients: list[tuple[bytes, str, int, int, list]] = []
         # Direct tasks the center has not heard about from us yet: key -> run
         # (see check_timeouts).
@@ -159,14 +133,7 @@ class WorkerState:
         # A finished task had dependents sent ahead to wait here: the center
         # should hear at once, to send the links after them.
         self.report_now = False
-        # Reports held back a moment to go in one message (see take_reports),
-        # since when, and until when at the latest (None: none held).
-        self.held: list[tuple[str, dict, list]] = []
-        self._held_since: float | None = None
-        self.held_until: float | None = None
-        self.retire_deadline: float | None = None  # asked the center to take our keys
         self._order = itertools.count()
-        self._request_ids = itertools.count(1)
 
     # ------------------------------------------------------------------ events
 
@@ -207,7 +174,6 @@ class WorkerState:
             return
         task = self.tasks[key] = Task(key, deps, priority, payload, next(self._order), send_result,
                                       run)
-        plan: dict[str, list[str]] = {}
         for dep, holders in deps.items():
             if dep in self.data:
                 continue
@@ -215,17 +181,8 @@ class WorkerState:
             if dep in self.tasks:  # computed here soon: no need to fetch it
                 self.local_waiters.setdefault(dep, set()).add(key)
                 continue
-            fetch = self.fetches.get(dep)
-            if fetch is None:
-                fetch = self.fetches[dep] = _Fetch(
-                    dep, [h for h in holders if h != self.address])
-                if self.address in holders:  # the center thinks we hold it: we do not
-                    fetch.tried.append(self.address)
-                fetch.waiting_tasks.add(key)
-                self._plan_fetch(fetch, plan)
-            else:
-                fetch.waiting_tasks.add(key)
-        self._send_requests(plan, now)
+            self.fetching.want(dep, holders, key)
+        self.fetching.send(now)
         if key in self.tasks and not task.missing:  # not given up for want of an input
             self._make_ready(task)
         self._start_tasks()
@@ -289,7 +246,6 @@ class WorkerState:
             keys = list(values)
         else:
             keys = request[1]
-        plan: dict[str, list[str]] = {}
         for key in keys:
             fetch = self.fetches.get(key)
             if fetch is None or (request is not None and fetch.request != request_id):
@@ -299,29 +255,21 @@ class WorkerState:
             if key in values:
                 self._store_fetched(fetch, key, values[key], nbytes[key])
             else:  # the peer no longer has it: try the next holder
-                self._plan_fetch(fetch, plan)
-        self._send_requests(plan, now)
+                self.fetching.plan(fetch)
+        self.fetching.send(now)
         self._start_tasks()
 
     def extend_request(self, request_id: int, until: float) -> None:
         """A peer answered ``request_id`` and its data is still to be read
         from that peer's memory: wait for it until ``until``."""
-        request = self.requests.get(request_id)
-        if request is not None and request[2] < until:
-            self.requests[request_id] = (request[0], request[1], until)
+        self.fetching.extend(request_id, until)
 
     def peer_left(self, address: str, now: float) -> None:
         """The worker at ``address`` left the cluster or died: what was asked
         of it is asked of the next holder now (or reported missing), rather
         than after the fetch timeout, and it is asked nothing more."""
-        for fetch in self.fetches.values():
-            if address in fetch.holders:
-                fetch.holders.remove(address)
-        plan: dict[str, list[str]] = {}
-        for request_id, (peer, _, _) in list(self.requests.items()):
-            if peer == address:
-                self._abandon(request_id, plan)
-        self._send_requests(plan, now)
+        self.fetching.peer_left(address)
+        self.fetching.send(now)
 
     def input_failed(self, key: str, error: list) -> None:
         """Input ``key`` can never arrive (its value cannot be pickled): the tasks
@@ -344,14 +292,8 @@ class WorkerState:
         for key, (_, when) in list(self.dropped_direct.items()):
             if now - when > DROPPED_DIRECT_KEPT:
                 del self.dropped_direct[key]
-        plan: dict[str, list[str]] = {}
-        for request_id, (peer, keys, deadline) in list(self.requests.items()):
-            if deadline > now:
-                continue
-            logger.warning("no answer from %s for %d keys within %.1fs; trying other holders",
-                           peer, len(keys), self.fetch_timeout)
-            self._abandon(request_id, plan)
-        self._send_requests(plan, now)
+        self.fetching.expire(now)
+        self.fetching.send(now)
 
     def task_done(self, key: str, value: Any = None, nbytes: int = 0,
                   duration: float = 0.0, error: list | None = None,
@@ -423,12 +365,8 @@ class WorkerState:
         if key in self.data:
             self.to_center.append(("keys-added", {"key": key, "nbytes": self.nbytes[key]}, []))
             return
-        if key in self.fetches:
-            return
-        fetch = self.fetches[key] = _Fetch(key, [h for h in holders if h != self.address])
-        plan: dict[str, list[str]] = {}
-        self._plan_fetch(fetch, plan)
-        self._send_requests(plan, now)
+        self.fetching.want(key, holders)
+        self.fetching.send(now)
 
     def task_skipped(self, key: str) -> None:
         """A task thread did not start ``key``, released while it waited in line."""
@@ -445,8 +383,7 @@ class WorkerState:
             if task.state != EXECUTING:
                 del self.tasks[key]
         self.ready.clear()
-        self.fetches.clear()
-        self.requests.clear()
+        self.fetching.clear()
         self.local_waiters.clear()
 
     def secede(self, key: str) -> int | None:
@@ -467,138 +404,17 @@ class WorkerState:
         self.data[key] = value
         self.nbytes[key] = nbytes
 
-    # ------------------------------------------------------------------ policies
-
-    def report_hold(self, held: Sequence[tuple[str, dict, list]]) -> float:
-        """How long the reports in ``to_center``, with those ``held`` back
-        already, may wait (from the first held) to go in one message: 0.0 if
-        they go now.
-
-        Only completions wait: those of direct tasks whose clients have their
-        results HOLD_ANSWERED; those of other short tasks HOLD_REPORTS, and
-        only while a task thread has more to run. A worker with nothing else
-        to run, or whose finished task has dependents waiting here (the
-        center sends the next links of a chain when it hears), reports at once.
-        """
-        reports = self.to_center
-        if self.report_now or len(held) + len(reports) >= HOLD_MAX or \
-                not all(op == "task-finished" for op, _, _ in reports):
-            return 0.0
-        if all(item.get("answered") for _, item, _ in itertools.chain(held, reports)):
-            return HOLD_ANSWERED
-        if self.executing and self.task_duration < HOLD_REPORTS:
-            return HOLD_REPORTS
-        return 0.0
-
-    def take_reports(self, now: float) -> list[tuple[str, dict, list]]:
-        """The reports to send the center now, those held back first: none
-        while they may still wait (until :attr:`held_until`; see
-        :meth:`report_hold`). A worker that is leaving holds nothing back."""
-        since = now if self._held_since is None else self._held_since
-        until = since + (0.0 if self.closing else self.report_hold(self.held))
-        if now < until:
-            self.held.extend(self.to_center)
-            self.to_center.clear()
-            self._held_since, self.held_until = since, until
-            return []
-        reports, self.to_center = self.to_center, []
-        if self.held:
-            reports, self.held = self.held + reports, []
-            self._held_since = self.held_until = None
-        self.report_now = False
-        return reports
-
-    def take_loop_run(self, loop_free: bool) -> Task | None:
-        """The task of :attr:`to_execute` to run on the worker's loop thread
-        rather than hand to a task thread, taken off the list; or None.
-
-        That is the last one, when a client waits for it on each hop (it sent
-        the task straight here) and no task thread is busy or about to be: a
-        handoff between threads costs tens of microseconds where the wakeup
-        crosses CPUs. ``loop_free`` is the shell's part: the loop thread has
-        no other task set aside, is not stopping, and no task waits in line
-        for a task thread.
-        """
-        task = self.to_execute[-1]
-        if task.reply_to is None or not loop_free or \
-                len(self.executing) - len(self.to_execute) >= self.nthreads:
-            return None
-        return self.to_execute.pop()
-
-    def memory_high(self, rss: int) -> bool:
-        """Whether ``rss`` bytes are past the mark where this worker pauses
-        (memory the process could give back first should not count)."""
-        return bool(self.memory_limit) and rss > PAUSE_AT * self.memory_limit
-
-    def memory_measured(self, rss: int) -> None:
-        """The process holds ``rss`` bytes: above PAUSE_AT of the memory limit
-        the worker starts no new task, and tells the center (which sends them
-        elsewhere); below RESUME_AT it resumes. In between it stays as it
-        was, so that it does not flip at every check."""
-        if not self.memory_limit:
-            return
-        if not self.paused and rss > PAUSE_AT * self.memory_limit:
-            logger.warning("worker %s uses %d MB, over %d%% of its memory limit: it starts "
-                           "no new task until memory falls", self.address, rss // 2**20,
-                           100 * PAUSE_AT)
-        elif self.paused and rss < RESUME_AT * self.memory_limit:
-            logger.warning("worker %s memory fell to %d MB: taking tasks again",
-                           self.address, rss // 2**20)
-        else:
-            return
-        self.set_paused(not self.paused)
-        self.to_center.append(("paused", {"paused": self.paused}, []))
-
-    def set_paused(self, paused: bool) -> None:
-        """Start no new task (``paused``), or start them again."""
-        self.paused = paused
-        self._start_tasks()
-
-    def leave(self, now: float, registered: bool) -> bool:
-        """The worker wants to leave (:attr:`closing`): whether it may stop now.
-
-        It may at once if it holds no key, or is not ``registered`` with a
-        center to hand them to. Else it asks the center to copy the keys only
-        it holds to other workers (``retire``; the center answers
-        ``retired``), and stops anyway ``retire_timeout`` seconds later.
-        """
-        if self.retire_deadline is None:
-            if not (registered and self.data):
-                return True
-            logger.info("worker %s retiring: handing its keys on", self.address)
-            self.retire_deadline = now + self.retire_timeout
-            self.to_center.append(("retire", {}, []))
-            return False
-        if now > self.retire_deadline:
-            logger.warning("worker %s: the center did not take its keys within %.0fs; "
-                           "leaving anyway", self.address, self.retire_timeout)
-            return True
-        return False
-
     # ------------------------------------------------------------------ internals
 
-    def _abandon(self, request_id: int, plan: dict[str, list[str]]) -> None:
-        """Stop waiting for request ``request_id``: plan its keys from the next
-        holders (those still fetched for it, not since asked elsewhere)."""
-        for key in self.requests.pop(request_id)[1]:
-            fetch = self.fetches.get(key)
-            if fetch is not None and fetch.request == request_id:
-                self._plan_fetch(fetch, plan)
-
-    def _plan_fetch(self, fetch: _Fetch, plan: dict[str, list[str]]) -> None:
-        if fetch.holders:
-            holder = fetch.holders.pop(0)
-            fetch.tried.append(holder)
-            plan.setdefault(holder, []).append(fetch.key)
-            return
-        # No holder left to try: the tasks that need it go back to the center,
-        # saying which holders failed (others may have a copy by now).
+    def _fetch_exhausted(self, fetch: Fetch) -> None:
+        """No holder of an input is left to ask: the tasks that need it go back
+        to the center, saying which holders failed (others may have a copy by now)."""
         for task in self._give_up(fetch):
             self.to_center.append(("missing-data", {"key": task.key, "missing": [fetch.key],
                                                     "run": task.run,
                                                     "tried": list(fetch.tried)}, []))
 
-    def _give_up(self, fetch: _Fetch) -> list[Task]:
+    def _give_up(self, fetch: Fetch) -> list[Task]:
         """Stop fetching an input; drop the tasks waiting for it (they no longer
         wait for their other inputs either) and return them."""
         del self.fetches[fetch.key]
@@ -616,20 +432,7 @@ class WorkerState:
                         del self.fetches[other]
         return dropped
 
-    def _send_requests(self, plan: dict[str, list[str]], now: float) -> None:
-        for peer, keys in plan.items():
-            # A fetch planned in this same event may be gone already: its only
-            # task was given up for want of another input (see _give_up).
-            keys = [key for key in keys if key in self.fetches]
-            if not keys:
-                continue
-            request_id = next(self._request_ids)
-            self.requests[request_id] = (peer, keys, now + self.fetch_timeout)
-            for key in keys:
-                self.fetches[key].request = request_id
-            self.to_fetch.append((request_id, peer, keys))
-
-    def _store_fetched(self, fetch: _Fetch, key: str, value: Any, nbytes: int) -> None:
+    def _store_fetched(self, fetch: Fetch, key: str, value: Any, nbytes: int) -> None:
         del self.fetches[key]
         self.data[key] = value
         self.nbytes[key] = nbytes

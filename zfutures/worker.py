@@ -242,12 +242,13 @@ class Worker:
             self.data_server.leases.expire(now)
             self._give_back_memory(now)
             self._check_memory()
-        if self._leave_requested and not self._stopping:
-            self._stopping = self.state.leave(now, self.registered)
         self._flush()
         if self._center_closed:
             self._center_closed = False
             self._connect()  # (its registration waits for the next center)
+        if self._leave_requested and not self._stopping:
+            self._stopping = self.state.leave(now, self.registered)
+            self._flush()  # (a retire goes after this turn's reports, at once)
         silent = self.listening.time(now) - self._last_heard
         if silent > self.heartbeat_timeout:
             logger.warning("no word from the center at %s for %.1fs; reconnecting",

@@ -5,12 +5,9 @@ Time is an argument (``now``), so fetch timeouts are tested by passing a later
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from zfutures.serialize import dumps_task, loads
-from zfutures.task_runner import SEND_RESULT_LIMIT, run_task
-from zfutures.worker_state import DROPPED_DIRECT_KEPT, Task, WorkerState
+from zfutures.worker_state import DROPPED_DIRECT_KEPT, WorkerState
 
 ME = "tcp://me:9000"
 P1, P2, P3 = "tcp://p1:9000", "tcp://p2:9000", "tcp://p3:9000"
@@ -495,6 +492,33 @@ def test_a_paused_worker_starts_no_task_until_it_resumes():
     assert executed(w) == ["x"]
 
 
+def test_a_worker_pauses_above_the_high_mark_and_resumes_only_below_the_low_one():
+    from zfutures.worker_policy import PAUSE_AT, RESUME_AT
+
+    limit = 1000 * 2**20
+    w = WorkerState(ME, nthreads=1, memory_limit=limit)
+    w.memory_measured(int(PAUSE_AT * limit))            # at the mark: not over it
+    assert not w.paused and reports(w) == []
+    assert not w.memory_high(int(PAUSE_AT * limit)) and w.memory_high(int(PAUSE_AT * limit) + 1)
+    w.memory_measured(int(PAUSE_AT * limit) + 1)
+    assert w.paused and reports(w) == [("paused", {"paused": True}, [])]
+    compute(w, "x")
+    assert executed(w) == []
+    w.memory_measured(int(RESUME_AT * limit) + 1)       # between the marks: stays paused
+    assert w.paused and reports(w) == [] and executed(w) == []
+    w.memory_measured(int(RESUME_AT * limit) - 1)
+    assert not w.paused and reports(w) == [("paused", {"paused": False}, [])]
+    assert executed(w) == ["x"]
+    w.memory_measured(int(RESUME_AT * limit) + 1)       # between the marks: goes on
+    assert not w.paused and reports(w) == []
+
+
+def test_a_worker_without_a_memory_limit_never_pauses():
+    w = make()
+    w.memory_measured(2**50)
+    assert not w.paused and not w.memory_high(2**50) and reports(w) == []
+
+
 def test_an_input_that_cannot_arrive_fails_the_tasks_waiting_for_it_only():
     w = make(nthreads=1)
     compute(w, "needs-bad", {"bad": [P1], "good": [P2]})
@@ -694,58 +718,6 @@ def test_reports_sent_end_the_wait_for_dependents_waiting_here():
     assert not w.report_now
 
 
-# --------------------------------------------------------------------------- the loop thread
-
-def test_a_lone_direct_task_runs_on_the_loop_thread_when_no_thread_is_busy():
-    w = make(nthreads=1)
-    w.run_direct("x", [b"payload"], DIRECT, CLIENT, now=0.0)
-    task = w.take_loop_run(loop_free=True)
-    assert task is not None and task.key == "x" and w.to_execute == []
-    assert "x" in w.executing  # (it holds the thread slot while it runs)
-
-
-@pytest.mark.parametrize("why", ["loop busy", "center's task", "thread busy"])
-def test_a_task_runs_on_a_task_thread_otherwise(why):
-    w = make(nthreads=1)
-    if why == "center's task":      # no client waits on each hop of it
-        compute(w, "x")
-    else:
-        w.run_direct("x", [b"payload"], DIRECT, CLIENT, now=0.0)
-    if why == "thread busy":        # a task the center sent runs already
-        w.executing.add("long")
-    assert w.take_loop_run(loop_free=why != "loop busy") is None
-    assert [task.key for task in w.to_execute] == ["x"]
-
-
-# --------------------------------------------------------------------------- memory
-
-def test_a_worker_pauses_above_the_high_mark_and_resumes_only_below_the_low_one():
-    from zfutures.worker_policy import PAUSE_AT, RESUME_AT
-
-    limit = 1000 * 2**20
-    w = WorkerState(ME, nthreads=1, memory_limit=limit)
-    w.memory_measured(int(PAUSE_AT * limit))            # at the mark: not over it
-    assert not w.paused and reports(w) == []
-    assert not w.memory_high(int(PAUSE_AT * limit)) and w.memory_high(int(PAUSE_AT * limit) + 1)
-    w.memory_measured(int(PAUSE_AT * limit) + 1)
-    assert w.paused and reports(w) == [("paused", {"paused": True}, [])]
-    compute(w, "x")
-    assert executed(w) == []
-    w.memory_measured(int(RESUME_AT * limit) + 1)       # between the marks: stays paused
-    assert w.paused and reports(w) == [] and executed(w) == []
-    w.memory_measured(int(RESUME_AT * limit) - 1)
-    assert not w.paused and reports(w) == [("paused", {"paused": False}, [])]
-    assert executed(w) == ["x"]
-    w.memory_measured(int(RESUME_AT * limit) + 1)       # between the marks: goes on
-    assert not w.paused and reports(w) == []
-
-
-def test_a_worker_without_a_memory_limit_never_pauses():
-    w = make()
-    w.memory_measured(2**50)
-    assert not w.paused and not w.memory_high(2**50) and reports(w) == []
-
-
 # --------------------------------------------------------------------------- leaving
 
 def test_a_worker_that_holds_no_key_or_has_no_center_may_leave_at_once():
@@ -765,42 +737,6 @@ def test_a_worker_holding_keys_asks_the_center_to_take_them_and_waits_a_while():
     assert not w.leave(now=110.0, registered=True)
     assert reports(w) == []                             # asked once
     assert w.leave(now=110.1, registered=True)          # the center did not take them
-
-
-# ----------------------------------------------------------------------------- run_task
-
-class _Holder:
-    """An object whose size sizeof cannot see."""
-
-    def __init__(self, array):
-        self.array = array
-
-
-class _NoReference:
-    pass
-
-
-def _make_holder(nbytes):
-    return _Holder(np.zeros(nbytes, dtype=np.uint8))
-
-
-def _send_result_task(fn, *args) -> Task:
-    frames, _ = dumps_task(fn, args, {}, reference_type=_NoReference)  # (no references here)
-    return Task("k", {}, 0, frames, 0, send_result=True)
-
-
-def test_a_small_result_a_client_waits_for_is_pickled_to_travel_with_its_completion():
-    key, value, nbytes, _, error, pickled = run_task(_send_result_task(sum, [1, 2, 3]), {})
-    assert (key, value, error) == ("k", 6, None)
-    assert loads(pickled) == 6
-
-
-def test_a_big_result_never_travels_with_its_completion_even_when_well_hidden():
-    # in a tuple (sizeof sees it), then in an object (only pickling shows it)
-    *_, nbytes, _, _, pickled = run_task(_send_result_task(tuple, [np.zeros(10**6), "label"]), {})
-    assert nbytes >= 8 * 10**6 and pickled is None
-    *_, pickled = run_task(_send_result_task(_make_holder, 4 * SEND_RESULT_LIMIT), {})
-    assert pickled is None
 
 
 # --------------------------------------------------------------------------- direct tasks
@@ -980,3 +916,26 @@ def test_a_direct_request_for_another_call_of_a_released_running_key_is_refused(
     w.release(["again"])
     w.run_direct("again", [b"call"], DIRECT + 3, CLIENT, now=0.0)
     assert executed(w) == [] and w.tasks["again"].run == DIRECT + 3
+
+
+# --------------------------------------------------------------------------- the loop thread
+
+def test_a_lone_direct_task_runs_on_the_loop_thread_when_no_thread_is_busy():
+    w = make(nthreads=1)
+    w.run_direct("x", [b"payload"], DIRECT, CLIENT, now=0.0)
+    task = w.take_loop_run(loop_free=True)
+    assert task is not None and task.key == "x" and w.to_execute == []
+    assert "x" in w.executing  # (it holds the thread slot while it runs)
+
+
+@pytest.mark.parametrize("why", ["loop busy", "center's task", "thread busy"])
+def test_a_task_runs_on_a_task_thread_otherwise(why):
+    w = make(nthreads=1)
+    if why == "center's task":      # no client waits on each hop of it
+        compute(w, "x")
+    else:
+        w.run_direct("x", [b"payload"], DIRECT, CLIENT, now=0.0)
+    if why == "thread busy":        # a task the center sent runs already
+        w.executing.add("long")
+    assert w.take_loop_run(loop_free=why != "loop busy") is None
+    assert [task.key for task in w.to_execute] == ["x"]

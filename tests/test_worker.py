@@ -16,11 +16,11 @@ import msgpack
 import pytest
 import zmq
 from conftest import wait_for
+from fake_center import FakeCenter
 
 import zfutures.worker
 from zfutures import protocol, serialize
 from zfutures.logs import RateLimitedLog
-from zfutures.loop import send_frames
 from zfutures.worker import Worker
 
 pytestmark = pytest.mark.timeout(60)
@@ -39,59 +39,11 @@ def payload(fn, *args) -> list:
     return frames
 
 
-class FakeCenter:
-    """A ROUTER where the worker's center would be: what the worker sends is
-    read with :meth:`expect`; :meth:`send` answers the worker last heard."""
-
-    def __init__(self, context: zmq.Context):
-        self.socket = context.socket(zmq.ROUTER)
-        self.socket.linger = 0
-        port = self.socket.bind_to_random_port("tcp://127.0.0.1")
-        self.address = f"tcp://127.0.0.1:{port}"
-        self.worker: bytes | None = None  # its routing id, as last heard
-
-    def expect(self, op: str, timeout: float = 10, skip=("heartbeat",)) -> dict:
-        """The next message of ``op`` from the worker (skipping those of ``skip``)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            assert left > 0 and self.socket.poll(int(1000 * left)), f"no {op!r} within {timeout}s"
-            ident, *frames = self.socket.recv_multipart()
-            header, payload = protocol.decode(frames)
-            self.worker = ident
-            if header["op"] in skip:
-                continue
-            assert header["op"] == op, f"expected {op!r}, got {header}"
-            header["payload"] = payload
-            return header
-
-    def quiet(self, seconds: float, skip=("heartbeat",)) -> list[str]:
-        """The ops the worker sent within ``seconds``, but those of ``skip``."""
-        ops, deadline = [], time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            if self.socket.poll(int(1000 * left)):
-                _, *frames = self.socket.recv_multipart()
-                op = protocol.decode(frames)[0]["op"]
-                if op not in skip:
-                    ops.append(op)
-        return ops
-
-    def send(self, op: str, frames: list | tuple = (), **fields: Any) -> None:
-        send_frames(self.socket, [self.worker, *protocol.encode(op, frames, **fields)])
-
-    def send_raw(self, *frames: bytes) -> None:
-        self.socket.send_multipart([self.worker, *frames])
-
-    def register(self) -> dict:
-        """Take the worker's registration and welcome it."""
-        header = self.expect("register-worker")
-        self.send("welcome", protocol=protocol.PROTOCOL_VERSION)
-        return header
-
-    def compute(self, key: str, fn=inc, *args, run: int = 1, **fields: Any) -> None:
-        items = [{"key": key, "deps": {}, "run": run, **fields}]
-        self.send("compute", protocol.pack_items(items, [payload(fn, *args or (1,))]),
-                  tasks=items)
+def compute(center: FakeCenter, key: str, fn=inc, *args, run: int = 1, **fields: Any) -> None:
+    """Send the worker a compute of ``fn(*args)`` as ``key``."""
+    items = [{"key": key, "deps": {}, "run": run, **fields}]
+    center.send("compute", protocol.pack_items(items, [payload(fn, *args or (1,))]),
+                tasks=items)
 
 
 @pytest.fixture
@@ -157,15 +109,15 @@ def test_a_worker_the_center_does_not_know_registers_again(center, start):
 def test_a_worker_whose_center_goes_silent_reconnects_and_registers_again(center, start):
     start(heartbeat_timeout=0.5)
     center.register()
-    first = center.worker
+    first = center.peer
     center.expect("register-worker", timeout=5)  # (after half a second of silence)
-    assert center.worker != first  # from a new socket
+    assert center.peer != first  # from a new socket
 
 
 def test_a_worker_whose_center_is_closing_registers_anew_with_its_keys(center, start):
     start()
     center.register()
-    center.compute("x")
+    compute(center, "x")
     center.expect("task-finished")
     center.send("closing")
     assert center.expect("register-worker")["keys"] == ["x"]
@@ -183,7 +135,7 @@ def test_a_worker_the_center_refuses_stops(center, start):
 def test_a_task_the_center_sends_runs_and_is_reported_with_its_run(center, start):
     running = start()
     center.register()
-    center.compute("x", inc, 41, run=7)
+    compute(center, "x", inc, 41, run=7)
     header = center.expect("task-finished")
     [item] = header["tasks"]
     assert (item["key"], item["run"]) == ("x", 7) and item["nbytes"] > 0
@@ -193,7 +145,7 @@ def test_a_task_the_center_sends_runs_and_is_reported_with_its_run(center, start
 def test_a_small_result_asked_for_rides_with_its_completion(center, start):
     start()
     center.register()
-    center.compute("x", inc, 41, inline=True)  # (the wire's name for it)
+    compute(center, "x", inc, 41, inline=True)  # (the wire's name for it)
     header = center.expect("task-finished")
     assert header["tasks"][0]["nframes"] > 0
     assert serialize.loads(header["payload"]) == 42
@@ -202,7 +154,7 @@ def test_a_small_result_asked_for_rides_with_its_completion(center, start):
 def test_a_failing_task_is_reported_with_its_error(center, start):
     start()
     center.register()
-    center.compute("x", inc, "not a number")
+    compute(center, "x", inc, "not a number")
     header = center.expect("task-erred")
     assert header["tasks"][0]["key"] == "x" and header["payload"]
 
@@ -210,7 +162,7 @@ def test_a_failing_task_is_reported_with_its_error(center, start):
 def test_released_keys_are_dropped(center, start):
     running = start()
     center.register()
-    center.compute("x")
+    compute(center, "x")
     center.expect("task-finished")
     center.send("release-keys", keys=["x"])
     wait_for(lambda: not running.worker.state.data, timeout=5)
@@ -220,8 +172,8 @@ def test_a_worker_over_its_memory_mark_pauses_and_says_so(center, start):
     start(memory_limit=1)  # (any process is over it)
     center.register()
     assert center.expect("paused")["paused"] is True
-    center.compute("x")
-    assert "task-finished" not in center.quiet(0.5)  # started no task
+    compute(center, "x")
+    assert "task-finished" not in center.ops_within(0.5)  # started no task
     center.send("reregister")  # a new center hears it too
     center.expect("register-worker")
     assert center.expect("paused")["paused"] is True
@@ -254,7 +206,7 @@ def test_what_a_worker_has_no_use_for_from_its_center_is_dropped_and_logged(
     for frames in DROPPED.values():
         for _ in range(20):
             center.send_raw(*frames)
-    center.compute("x")  # handled after all of them: the worker goes on
+    compute(center, "x")  # handled after all of them: the worker goes on
     center.expect("task-finished")
     assert running.worker.state.tasks == {} and "y" not in running.worker.state.data
     logged = [r.getMessage() for r in caplog.records if r.name == "zfutures.worker"]
@@ -290,7 +242,7 @@ def test_a_worker_holding_nothing_leaves_at_once(center, start):
 def test_a_leaving_worker_hands_its_keys_on_and_goes_when_the_center_says(center, start):
     running = start(retire_timeout=30)
     center.register()
-    center.compute("x")
+    compute(center, "x")
     center.expect("task-finished")
     running.worker.stop()
     center.expect("retire")
@@ -304,7 +256,7 @@ def test_a_leaving_worker_the_center_does_not_answer_goes_after_its_retire_timeo
         center, start):
     running = start(retire_timeout=0.5)
     center.register()
-    center.compute("x")
+    compute(center, "x")
     center.expect("task-finished")
     began = time.monotonic()
     running.worker.stop()

@@ -24,11 +24,11 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Optional
 
 from . import context, serialize
 from .remote_errors import pickle_exception
-from .worker_state import Task, WorkerState
+from .worker_state import Frames, Task, WorkerState
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +46,11 @@ LOOP_RUN_CHECK = 0.002
 STANDBY_IDLE = 0.5
 
 #: Functions unpickled before, shared by the task threads (see serialize.loads_task).
-_functions: dict = {}
+_functions: dict[Any, Any] = {}
 
 #: What a task thread hands back: (key, value, nbytes, duration, error frames,
 #: pickled value or None), the arguments of WorkerState.task_done.
-Result = tuple[str, Any, int, float, "list | None", "list | None"]
+Result = tuple[str, Any, int, float, Optional[Frames], Optional[Frames]]
 
 # User code may raise any BaseException where a worker pickles, unpickles or
 # measures a value (a __reduce__ that raises SystemExit): on a task thread it

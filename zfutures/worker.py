@@ -39,8 +39,8 @@ from .logs import RateLimitedLog
 from .loop import SLICE, ListeningClock, Waker, drain, send
 from .processes import own_rss, release_free_memory
 from .task_runner import LoopMoved, TaskRunner
-from .worker_data import DataServer, Fetcher, contained
-from .worker_state import WorkerState
+from .worker_data import DataServer, Fetcher, Header, contained
+from .worker_state import Frames, Report, WorkerState
 
 logger = logging.getLogger(__name__)
 dropped = RateLimitedLog(logger)
@@ -85,13 +85,14 @@ class Worker:
         self.name = name or self.address
         self.state = WorkerState(self.address, nthreads, fetch_timeout, memory_limit,
                                  retire_timeout)
-        self.center: zmq.Socket | None = None
+        self.center: zmq.Socket[Any] | None = None
         self.poller = zmq.Poller()
         self.poller.register(server, zmq.POLLIN)
         self.waker = Waker()
         self.poller.register(self.waker.read_fd, zmq.POLLIN)
         # Calls for the loop thread, made by other threads: (function, args).
-        self.inbox: queue.SimpleQueue[tuple[Callable[..., Any], tuple]] = queue.SimpleQueue()
+        self.inbox: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]]] = \
+            queue.SimpleQueue()
         self.executor: Any = None  # a client for tasks that submit tasks (context.get_executor)
         self.data_server = DataServer(server, self.state, self.call_soon, dropped)
         self.fetcher = Fetcher(self.state, self.context, self.poller, security,
@@ -100,7 +101,7 @@ class Worker:
         self.runner = TaskRunner(self, self.state, nthreads, self.call_soon,
                                  self._report_seceded, self._serve, self._closed)
         #: The center's messages: op -> handler(header, payload frames, now).
-        self.center_handlers: dict[str, Callable[[dict, list, float], None]] = {
+        self.center_handlers: dict[str, Callable[[Header, Frames, float], None]] = {
             "compute": self._compute, "release-keys": self._release_keys,
             "drop-direct": self._drop_direct, "acquire": self._acquire,
             "workers-left": self._workers_left, "welcome": self._welcome,
@@ -223,13 +224,14 @@ class Worker:
         if held_until is not None:  # (+1: poll's milliseconds must not round to 0)
             timeout_ms = min(timeout_ms, max(0, int(1000 * (held_until - now)) + 1))
         self.listening.polling(now)
-        events = dict(self.poller.poll(min(timeout_ms, 1000 * self.heartbeat_interval)))
+        events = dict(self.poller.poll(int(min(timeout_ms, 1000 * self.heartbeat_interval))))
         now = time.monotonic()
         self.listening.working(now)
         # One slice of work, each socket read at least once, then the timers.
         until = now + SLICE
-        if self.center in events:
-            drain(self.center, self._on_center_message, dropped, until=until)
+        center = self.center
+        if center is not None and center in events:
+            drain(center, self._on_center_message, dropped, until=until)
         if self.data_server.server in events:
             drain(self.data_server.server, self.data_server.on_request, dropped, until=until)
         self.fetcher.drain(events, until)
@@ -295,7 +297,7 @@ class Worker:
     # ------------------------------------------------------------------ the center's messages
 
     @contained
-    def _on_center_message(self, frames: list) -> None:
+    def _on_center_message(self, frames: Frames) -> None:
         now = time.monotonic()
         self._last_heard = self.listening.time(now)
         header, frames = protocol.decode(frames)
@@ -304,50 +306,50 @@ class Worker:
             raise ProtocolError(f"a worker has no use for {header['op']!r} from the center")
         handler(header, frames, now)
 
-    def _compute(self, header: dict, frames: list, now: float) -> None:
+    def _compute(self, header: Header, frames: Frames, now: float) -> None:
         # (the wire's "inline" asks for the small result sent with the completion)
         compute = self.state.compute
         for item, payload in protocol.unpack_items(header["tasks"], frames):
             compute(item["key"], item["deps"], item.get("priority", 0), payload, now,
                     item.get("inline", False), item["run"])
 
-    def _release_keys(self, header: dict, frames: list, now: float) -> None:
+    def _release_keys(self, header: Header, frames: Frames, now: float) -> None:
         self.state.release(header["keys"])
         self._trim_due = True
 
-    def _drop_direct(self, header: dict, frames: list, now: float) -> None:
+    def _drop_direct(self, header: Header, frames: Frames, now: float) -> None:
         for item in header["tasks"]:
             self.state.drop_direct(item["key"], item["run"], now)
 
-    def _acquire(self, header: dict, frames: list, now: float) -> None:
+    def _acquire(self, header: Header, frames: Frames, now: float) -> None:
         for item in header["tasks"]:
             self.state.acquire(item["key"], item["holders"], now)
 
-    def _workers_left(self, header: dict, frames: list, now: float) -> None:
+    def _workers_left(self, header: Header, frames: Frames, now: float) -> None:
         for address in header["addresses"]:
             self.fetcher.peer_left(address, now)
 
-    def _welcome(self, header: dict, frames: list, now: float) -> None:
+    def _welcome(self, header: Header, frames: Frames, now: float) -> None:
         self.registered = True
         logger.info("registered with the center at %s", self.center_address)
 
-    def _reregister(self, header: dict, frames: list, now: float) -> None:
+    def _reregister(self, header: Header, frames: Frames, now: float) -> None:
         if self.registered:  # (else our registration is on its way already)
             logger.warning("the center at %s does not know this worker (it restarted?); "
                            "registering again with %d keys", self.center_address,
                            len(self.state.data))
             self._register()
 
-    def _refused(self, header: dict, frames: list, now: float) -> None:
+    def _refused(self, header: Header, frames: Frames, now: float) -> None:
         logger.error("the center refused this worker: %s", header["reason"])
         self.stop()
 
-    def _center_closing(self, header: dict, frames: list, now: float) -> None:
+    def _center_closing(self, header: Header, frames: Frames, now: float) -> None:
         logger.info("the center at %s is closing; keeping %d keys for it to come back",
                     self.center_address, len(self.state.data))
         self._center_closed = True  # (reconnects after this drain: see _loop_once)
 
-    def _retired(self, header: dict, frames: list, now: float) -> None:
+    def _retired(self, header: Header, frames: Frames, now: float) -> None:
         logger.info("worker %s handed its keys on; leaving", self.address)
         self.state.closing = self._stopping = True
 
@@ -375,10 +377,10 @@ class Worker:
         if state.to_center or state.held:
             self._report(state.take_reports(time.monotonic()))
 
-    def _report(self, reports: list[tuple[str, dict, list]]) -> None:
+    def _report(self, reports: list[Report]) -> None:
         """Send reports to the center, those of a kind many to a message."""
         if reports:
-            batches: dict[str, tuple[list, list]] = {}
+            batches: dict[str, tuple[list[dict[str, Any]], Frames]] = {}
             for op, item, frames in reports:
                 if op in _BATCHED:
                     items, all_frames = batches.setdefault(op, ([], []))
@@ -394,9 +396,13 @@ class Worker:
                 self._send_center(op, frames, **{_BATCHED[op]: items})
 
     def _report_seceded(self, key: str, run: int, direct: bool) -> None:
-        self._send_center("task-seceded", key=key, run=run, **({"direct": True} if direct else {}))
+        if direct:
+            self._send_center("task-seceded", key=key, run=run, direct=True)
+        else:
+            self._send_center("task-seceded", key=key, run=run)
 
-    def _send_center(self, op: str, frames: list | None = None, **fields: Any) -> None:
+    def _send_center(self, op: str, frames: Frames | None = None, **fields: Any) -> None:
+        assert self.center is not None  # (connected before the loop starts)
         send(self.center, protocol.encode(op, frames or (), **fields), dropped,
              f"{op!r} to the center")
         self._last_sent = time.monotonic()

@@ -30,7 +30,10 @@ from .errors import ProtocolError
 from .logs import RateLimitedLog
 from .loop import close_drained, drain, send, send_frames
 from .remote_errors import describe, pickle_exception
-from .worker_state import WorkerState
+from .worker_state import Frames, WorkerState
+
+#: A message's header, as protocol.decode returns it.
+Header = dict[str, Any]
 
 
 def contained(handle: Callable[..., None]) -> Callable[..., None]:
@@ -58,19 +61,19 @@ class DataServer:
     values in ``state``; ``call_soon`` has the loop thread send an answer
     made on another thread."""
 
-    def __init__(self, server: zmq.Socket, state: WorkerState,
+    def __init__(self, server: zmq.Socket[Any], state: WorkerState,
                  call_soon: Callable[..., None], dropped: RateLimitedLog):
         self.server = server
         self.state = state
         self.call_soon = call_soon
         self.dropped = dropped
         self.leases = peer_memory.Leases()  # values offered to readers on this machine
-        self._handlers: dict[str, Callable[[bytes, dict, list], None]] = {
+        self._handlers: dict[str, Callable[[bytes, Header, Frames], None]] = {
             "get-data": self._get_data, "put-data": self._put_data, "run": self._run,
             "data-read": self._data_read, "run-task": self._run_task}
 
     @contained
-    def on_request(self, frames: list) -> None:
+    def on_request(self, frames: Frames) -> None:
         """Handle one request, as received: the requester's identity, then the message."""
         if len(frames) < 2:
             raise ProtocolError("a request without a header")
@@ -82,12 +85,12 @@ class DataServer:
         handler(ident, header, payload)
 
     def send_result(self, client: bytes, key: str, run: int, nbytes: int,
-                    frames: list) -> None:
+                    frames: Frames) -> None:
         """The small result of a task ``client`` sent straight here (see WorkerState.to_clients)."""
         send_frames(self.server, [client, *protocol.encode(
             "direct-result", frames, key=key, run=run, nbytes=nbytes)])
 
-    def _get_data(self, ident: bytes, header: dict, frames: list) -> None:
+    def _get_data(self, ident: bytes, header: Header, frames: Frames) -> None:
         """Serve results to a peer or a client; big buffers, to one on this
         machine, by address, to be read from this process's memory."""
         items, out_frames, missing, errors, error_frames = [], [], [], [], []
@@ -127,11 +130,11 @@ class DataServer:
                                 items=items, missing=missing, **fields)
         send_frames(self.server, [ident, *reply])
 
-    def _data_read(self, ident: bytes, header: dict, frames: list) -> None:
+    def _data_read(self, ident: bytes, header: Header, frames: Frames) -> None:
         """A reader on this machine copied what a lease kept alive."""
         self.leases.end(header["lease"], ident)
 
-    def _put_data(self, ident: bytes, header: dict, frames: list) -> None:
+    def _put_data(self, ident: bytes, header: Header, frames: Frames) -> None:
         """A client scatters data here; it tells the center once we answer."""
         nbytes, failed = {}, {}
         for item, value_frames in protocol.unpack_items(header["items"], frames):
@@ -147,11 +150,11 @@ class DataServer:
             [ident, protocol.encode_header("data-stored", id=header["id"], nbytes=nbytes,
                                            **fields)])
 
-    def _run_task(self, ident: bytes, header: dict, frames: list) -> None:
+    def _run_task(self, ident: bytes, header: Header, frames: Frames) -> None:
         """A client sent a task straight here (see WorkerState.run_direct)."""
         self.state.run_direct(header["key"], frames, header["run"], ident, time.monotonic())
 
-    def _run(self, ident: bytes, header: dict, frames: list) -> None:
+    def _run(self, ident: bytes, header: Header, frames: Frames) -> None:
         """Run a function outside the task graph (Executor.run), on a thread of its own."""
         def run() -> None:
             try:
@@ -170,7 +173,7 @@ class Fetcher:
     per peer, in ``context`` (registered with ``poller``), and the reader
     that copies big buffers from a peer on this machine."""
 
-    def __init__(self, state: WorkerState, context: zmq.Context, poller: zmq.Poller,
+    def __init__(self, state: WorkerState, context: zmq.Context[Any], poller: zmq.Poller,
                  security: Any, call_soon: Callable[..., None], dropped: RateLimitedLog):
         self.state = state
         self.context = context
@@ -178,7 +181,7 @@ class Fetcher:
         self.security = security
         self.call_soon = call_soon
         self.dropped = dropped
-        self.peers: dict[str, zmq.Socket] = {}
+        self.peers: dict[str, zmq.Socket[Any]] = {}
         self.reader = peer_memory.Reader()  # reads what peers on this machine offer
 
     def request(self, request_id: int, peer: str, keys: list[str]) -> None:
@@ -187,7 +190,7 @@ class Fetcher:
             "get-data", id=request_id, keys=keys, **peer_memory.reader_fields())],
              self.dropped, f"a data request to {peer}")
 
-    def drain(self, events: dict, until: float) -> None:
+    def drain(self, events: dict[Any, int], until: float) -> None:
         """Take the answers waiting on the sockets among ``events`` (a poll's),
         until the monotonic time ``until`` (see loop.drain)."""
         for address, sock in list(self.peers.items()):
@@ -210,7 +213,7 @@ class Fetcher:
             sock.close(linger=0)
 
     @contained
-    def on_data(self, address: str, frames: list) -> None:
+    def on_data(self, address: str, frames: Frames) -> None:
         """A peer's answer to a request for data."""
         header, frames = protocol.decode(frames)
         if header["op"] != "data":
@@ -221,7 +224,7 @@ class Fetcher:
             self._take_data(header, protocol.unpack_items(
                 header["items"] + header.get("errors", []), frames))
 
-    def _take_data(self, header: dict, unpacked: Iterable[tuple[dict, list]]) -> None:
+    def _take_data(self, header: Header, unpacked: Iterable[tuple[Header, Frames]]) -> None:
         """A peer's answer to a request for data, each item with its frames."""
         values, nbytes = {}, {}
         items = header["items"]
@@ -241,7 +244,7 @@ class Fetcher:
             nbytes[key] = item.get("nbytes", 0)
         self.state.data_received(header["id"], values, nbytes, time.monotonic())
 
-    def _read_offered(self, address: str, header: dict, frames: list) -> None:
+    def _read_offered(self, address: str, header: Header, frames: Frames) -> None:
         """A peer on this machine left big buffers to read from its memory: read
         them on the reader thread, while this loop goes on serving."""
         request = self.state.requests.get(header["id"])
@@ -255,7 +258,7 @@ class Fetcher:
         self.reader.read(header, frames, sent, lambda outcome: self.call_soon(
             self._offered_read, address, header, outcome))
 
-    def _offered_read(self, address: str, header: dict, outcome: Any) -> None:
+    def _offered_read(self, address: str, header: Header, outcome: Any) -> None:
         """The reader thread is done with a reply (see peer_memory.Reader)."""
         self._end_lease(address, header)
         then = peer_memory.after_read(outcome)
@@ -268,13 +271,13 @@ class Fetcher:
                 "get-data", id=header["id"], keys=request[1])],
                 self.dropped, f"a data request to {address}")
 
-    def _end_lease(self, address: str, header: dict) -> None:
+    def _end_lease(self, address: str, header: Header) -> None:
         sock = self.peers.get(address)
         if sock is not None:  # (else the peer left: its leases went with it)
             send(sock, [protocol.encode_header("data-read", lease=header["lease"])],
                  self.dropped, f"the end of a read to {address}")
 
-    def _peer(self, address: str) -> zmq.Socket:
+    def _peer(self, address: str) -> zmq.Socket[Any]:
         sock = self.peers.get(address)
         if sock is None:
             sock = self.peers[address] = configure(self.context.socket(zmq.DEALER),

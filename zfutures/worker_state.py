@@ -36,6 +36,11 @@ from .worker_policy import WorkerPolicies
 
 FETCHING, BEHIND, READY, EXECUTING = "fetching", "behind", "ready", "executing"
 
+#: Payload frames, opaque here: a pickled call, value or exception.
+Frames = list[Any]
+#: A report for the center: (op, item, payload frames).
+Report = tuple[str, dict[str, Any], Frames]
+
 #: Short tasks are handed to the task threads a few at a time, up to about this
 #: many seconds of work per thread (at most MAX_HANDED_AHEAD tasks), so a
 #: thread runs them back to back and their results go out in one message,
@@ -55,7 +60,7 @@ class Task:
     __slots__ = ("key", "deps", "priority", "payload", "state", "missing", "order", "send_result",
                  "run", "direct", "reply_to")
 
-    def __init__(self, key: str, deps: dict[str, list[str]], priority: int, payload: list,
+    def __init__(self, key: str, deps: dict[str, list[str]], priority: int, payload: Frames,
                  order: int, send_result: bool = False, run: int = 0):
         self.key = key
         self.deps = deps          # input key -> addresses of workers holding it
@@ -76,14 +81,10 @@ class Task:
         return f"<Task {self.key!r} {self.state}>"
 
 
-def same_call(payload: list, other: list) -> bool:
+def same_call(payload: Frames, other: Frames) -> bool:
     """Whether two tasks' payloads are the same pickled call, byte for byte."""
     return len(payload) == len(other) and \
         all(memoryview(a) == memoryview(b) for a, b in zip(payload, other))
-
-
-#: A report for the center: (op, item, payload frames).
-Report = tuple[str, dict, list]
 
 
 class WorkerState(WorkerPolicies):
@@ -121,7 +122,7 @@ class WorkerState(WorkerPolicies):
         self.to_center: list[Report] = []
         self.to_execute: list[Task] = []
         self.to_fetch = self.fetching.to_fetch
-        self.to_clients: list[tuple[bytes, str, int, int, list]] = []
+        self.to_clients: list[tuple[bytes, str, int, int, Frames]] = []
         # Direct tasks the center has not heard about from us yet: key -> run
         # (see check_timeouts).
         self.unannounced: dict[str, int] = {}
@@ -137,7 +138,7 @@ class WorkerState(WorkerPolicies):
 
     # ------------------------------------------------------------------ events
 
-    def compute(self, key: str, deps: dict[str, list[str]], priority: int, payload: list,
+    def compute(self, key: str, deps: dict[str, list[str]], priority: int, payload: Frames,
                 now: float, send_result: bool = False, run: int = 0) -> None:
         """The center asks for ``key``; its inputs are on the workers in ``deps``.
 
@@ -187,7 +188,7 @@ class WorkerState(WorkerPolicies):
             self._make_ready(task)
         self._start_tasks()
 
-    def run_direct(self, key: str, payload: list, run: int, client: bytes,
+    def run_direct(self, key: str, payload: Frames, run: int, client: bytes,
                    now: float) -> None:
         """``client`` sent ``key``, a task without inputs, straight here, in a
         ``run`` of its own; its small result goes back to it (:attr:`to_clients`)
@@ -271,7 +272,7 @@ class WorkerState(WorkerPolicies):
         self.fetching.peer_left(address)
         self.fetching.send(now)
 
-    def input_failed(self, key: str, error: list) -> None:
+    def input_failed(self, key: str, error: Frames) -> None:
         """Input ``key`` can never arrive (its value cannot be pickled): the tasks
         that need it fail with ``error`` (pickled exception frames)."""
         fetch = self.fetches.get(key)
@@ -296,8 +297,8 @@ class WorkerState(WorkerPolicies):
         self.fetching.send(now)
 
     def task_done(self, key: str, value: Any = None, nbytes: int = 0,
-                  duration: float = 0.0, error: list | None = None,
-                  pickled: list | None = None) -> None:
+                  duration: float = 0.0, error: Frames | None = None,
+                  pickled: Frames | None = None) -> None:
         """A task thread finished ``key``, with a value or a pickled ``error``
         (and the value ``pickled`` too, when it is small and a client waits)."""
         self.executing.discard(key)

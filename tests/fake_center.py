@@ -3,6 +3,8 @@ the test reads (:meth:`FakeCenter.expect`) and writes (:meth:`FakeCenter.send`).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import zmq
@@ -60,3 +62,13 @@ class FakeCenter:
         header = self.expect("register-worker", timeout)
         self.send("welcome", protocol=protocol.PROTOCOL_VERSION)
         return header
+
+
+@contextmanager
+def running() -> Iterator[FakeCenter]:
+    """A fake center, its socket closed at the end."""
+    context = zmq.Context()
+    try:
+        yield FakeCenter(context)
+    finally:
+        context.destroy(linger=0)

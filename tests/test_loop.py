@@ -20,20 +20,15 @@ from zfutures.loop import Waker, close_drained, drain, receive, send, send_frame
 
 
 @pytest.fixture
-def context():
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
-
-
-@pytest.fixture
-def pair(context):
+def pair():
     """A connected DEALER (sending) and ROUTER (receiving), over TCP."""
+    context = zmq.Context()
     router = context.socket(zmq.ROUTER)
     port = router.bind_to_random_port("tcp://127.0.0.1")
     dealer = context.socket(zmq.DEALER)
     dealer.connect(f"tcp://127.0.0.1:{port}")
-    return dealer, router
+    yield dealer, router
+    context.destroy(linger=0)
 
 
 def wait_readable(sock: zmq.Socket, timeout: float = 5.0) -> None:
@@ -156,7 +151,7 @@ def test_receive_says_none_when_nothing_waits(pair):
     assert receive(router) is None
 
 
-def test_close_drained_handles_what_came_before_closing(context, pair, dropped):
+def test_close_drained_handles_what_came_before_closing(pair, dropped):
     dealer, router = pair
     poller = zmq.Poller()
     poller.register(router, zmq.POLLIN)
@@ -180,8 +175,8 @@ def test_send_frames_sends_small_and_big_frames_alike(pair):
     assert received == [bytes(f) for f in frames]
 
 
-def test_send_to_no_peer_at_all_fails_at_once_and_says_so(context, dropped, caplog):
-    lonely = context.socket(zmq.DEALER)  # connected nowhere: nothing would take the message
+def test_send_to_no_peer_at_all_fails_at_once_and_says_so(pair, dropped, caplog):
+    lonely = pair[0].context.socket(zmq.DEALER)  # connected nowhere: none would take it
     assert send(lonely, [b"hello"], dropped, "a greeting") is False
     assert any("could not send a greeting" in r.getMessage() for r in caplog.records)
 

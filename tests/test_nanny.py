@@ -9,11 +9,10 @@ from __future__ import annotations
 import threading
 import time
 
+import fake_center
 import psutil
 import pytest
-import zmq
 from conftest import wait_for
-from fake_center import FakeCenter
 
 from zfutures import nanny as nanny_module
 from zfutures.nanny import Nanny
@@ -26,9 +25,8 @@ START = 30
 
 @pytest.fixture
 def center():
-    context = zmq.Context()
-    yield FakeCenter(context)
-    context.destroy(linger=0)
+    with fake_center.running() as center:
+        yield center
 
 
 class Supervising:

@@ -12,9 +12,9 @@ import threading
 import time
 from typing import Any
 
+import fake_center
 import msgpack
 import pytest
-import zmq
 from conftest import wait_for
 from fake_center import FakeCenter
 
@@ -48,9 +48,8 @@ def compute(center: FakeCenter, key: str, fn=inc, *args, run: int = 1, **fields:
 
 @pytest.fixture
 def center():
-    context = zmq.Context()
-    yield FakeCenter(context)
-    context.destroy(linger=0)
+    with fake_center.running() as center:
+        yield center
 
 
 class Running:

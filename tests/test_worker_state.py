@@ -665,15 +665,21 @@ def test_an_error_is_reported_at_once():
     assert w.executing and w.report_hold([]) == 0.0
 
 
-def test_held_completions_go_together_once_their_wait_is_over():
-    from zfutures.worker_policy import HOLD_REPORTS
-
+def first_of_three_short_tasks_done() -> WorkerState:
+    """A worker running short tasks a, b and c: a has just finished."""
     w = make()
     w.task_duration = 1e-4
     for key in "abc":
         compute(w, key)
     executed(w)
     w.task_done("a", value=1, nbytes=28, duration=1e-4)
+    return w
+
+
+def test_held_completions_go_together_once_their_wait_is_over():
+    from zfutures.worker_policy import HOLD_REPORTS
+
+    w = first_of_three_short_tasks_done()
     assert w.take_reports(now=10.0) == []                      # held: more work runs
     assert w.held_until == 10.0 + HOLD_REPORTS and w.to_center == []
     w.task_done("b", value=2, nbytes=28, duration=1e-4)
@@ -684,12 +690,7 @@ def test_held_completions_go_together_once_their_wait_is_over():
 
 
 def test_a_report_of_another_kind_takes_the_held_completions_along_at_once():
-    w = make()
-    w.task_duration = 1e-4
-    for key in "abc":
-        compute(w, key)
-    executed(w)
-    w.task_done("a", value=1, nbytes=28, duration=1e-4)
+    w = first_of_three_short_tasks_done()
     assert w.take_reports(now=0.0) == []
     w.task_done("b", error=[b"pickled error"])
     assert [(op, item["key"]) for op, item, _ in w.take_reports(now=0.0)] == [
@@ -697,13 +698,8 @@ def test_a_report_of_another_kind_takes_the_held_completions_along_at_once():
 
 
 def test_a_leaving_worker_holds_no_report_back():
-    w = make()
-    w.task_duration = 1e-4
-    for key in "ab":
-        compute(w, key)
-    executed(w)
+    w = first_of_three_short_tasks_done()
     w.closing = True
-    w.task_done("a", value=1, nbytes=28, duration=1e-4)
     assert [item["key"] for _, item, _ in w.take_reports(now=0.0)] == ["a"]
 
 

@@ -63,9 +63,6 @@ class WorkerPolicies:
     closing: bool
     paused: bool
 
-    def _start_tasks(self) -> None:
-        raise NotImplementedError  # (WorkerState's: hand ready tasks to the threads)
-
     def __init__(self, memory_limit: int = 0, retire_timeout: float = 10.0):
         self.memory_limit = memory_limit  # bytes; 0: none (see memory_measured)
         self.retire_timeout = retire_timeout  # (see leave)
@@ -75,6 +72,9 @@ class WorkerPolicies:
         self._held_since: float | None = None
         self.held_until: float | None = None
         self.retire_deadline: float | None = None  # asked the center to take our keys
+
+    def _start_tasks(self) -> None:
+        raise NotImplementedError  # (WorkerState's: hand ready tasks to the threads)
 
     def report_hold(self, held: Sequence[Report]) -> float:
         """How long the reports in ``to_center``, with those ``held`` back

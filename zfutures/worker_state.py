@@ -127,7 +127,7 @@ class WorkerState(WorkerPolicies):
         # (see check_timeouts).
         self.unannounced: dict[str, int] = {}
         self.paused = False  # short of memory: start no new task
-        self.closing = False  # leaving: take no task from a client (see run_direct)
+        self.closing = False  # leaving: take no task from a client, hold no report back
         # Direct runs the center gave up waiting for (see drop_direct):
         # key -> (run, when), kept DROPPED_DIRECT_KEPT seconds.
         self.dropped_direct: dict[str, tuple[int, float]] = {}

@@ -183,7 +183,8 @@ class WorkerState(WorkerPolicies):
                 self.local_waiters.setdefault(dep, set()).add(key)
                 continue
             self.fetching.want(dep, holders, key)
-        self.fetching.send(now)
+        if deps:  # (most tasks have none: no call for them)
+            self.fetching.send(now)
         if key in self.tasks and not task.missing:  # not given up for want of an input
             self._make_ready(task)
         self._start_tasks()

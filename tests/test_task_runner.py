@@ -127,8 +127,7 @@ class Loop:
         self.state.compute(key, {}, 0, payload(fn, *args), now=0.0)
 
     def hand_over(self) -> None:
-        self.runner.hand_over(self.state.to_execute)
-        self.state.to_execute.clear()
+        self.runner.start_tasks(stopping=False)
 
 
 @pytest.fixture
@@ -180,19 +179,24 @@ def test_a_seceding_task_gives_its_slot_to_a_new_thread_and_tells_the_center(loo
 
 def test_a_lone_task_set_aside_runs_on_the_loop_thread_and_is_flushed_at_once(loop):
     loop.state.run_direct("x", payload(thread_name, 0), 5, CLIENT, now=0.0)
-    task = loop.state.take_loop_run(loop_free=loop.runner.loop_free())
-    loop.runner.set_aside(task)
-    assert not loop.runner.loop_free()
+    loop.hand_over()
+    assert loop.runner.job is not None and loop.runner.work.empty()  # set aside
     loop.runner.run_set_aside(loop.flush)
     assert loop.state.data == {"x": threading.current_thread().name}  # (the test's: the loop)
     assert loop.flushes == 1 and loop.state.to_clients  # its small result goes at once
-    assert loop.runner.loop_free() and loop.served_on == []
+    assert loop.runner.job is None and loop.served_on == []
+
+
+def test_no_task_is_set_aside_for_a_loop_that_stops(loop):
+    loop.state.run_direct("x", payload(thread_name, 0), 5, CLIENT, now=0.0)
+    loop.runner.start_tasks(stopping=True)
+    assert loop.runner.job is None and not loop.runner.work.empty()
 
 
 def test_a_long_task_on_the_loop_thread_is_left_to_finish_while_the_standby_takes_the_loop(
         loop):
     loop.state.run_direct("long", payload(wait_then_name, False), 5, CLIENT, now=0.0)
-    loop.runner.set_aside(loop.state.take_loop_run(loop_free=True))
+    loop.hand_over()
     outcome: dict = {}
 
     def run_on_loop_thread() -> None:

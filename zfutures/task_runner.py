@@ -138,11 +138,19 @@ class TaskRunner:
         for _ in self.threads:
             self.work.put(None)
 
-    def hand_over(self, tasks: list[Task]) -> None:
-        """Queue ``tasks`` (WorkerState.to_execute) for the task threads."""
-        put, inputs_of = self.work.put, self.state.inputs_of
-        for task in tasks:
+    def start_tasks(self, stopping: bool) -> None:
+        """Start the tasks the state machine handed over (WorkerState.to_execute):
+        the one it picks to run on the loop thread is set aside for the end
+        of this turn (:meth:`run_set_aside`), unless the loop is ``stopping``;
+        the others go to the task threads, with their inputs."""
+        state = self.state
+        task = state.take_loop_run(not stopping and self.job is None and self.work.empty())
+        if task is not None:
+            self.job = (task, {})  # (a lone task a client sent has no inputs)
+        put, inputs_of = self.work.put, state.inputs_of
+        for task in state.to_execute:
             put((task, inputs_of(task)))
+        state.to_execute.clear()
 
     def _start_thread(self) -> None:
         thread = threading.Thread(target=self._task_thread, daemon=True,
@@ -191,15 +199,6 @@ class TaskRunner:
             self._start_thread()  # takes the slot; the seceded thread ends with its task
 
     # ------------------------------------------------------------------ loop runs
-
-    def loop_free(self) -> bool:
-        """No task is set aside to run on the loop thread, and none waits in
-        line for a task thread (see WorkerState.take_loop_run)."""
-        return self.job is None and self.work.empty()
-
-    def set_aside(self, task: Task) -> None:
-        """Run ``task`` on the loop thread at the end of this turn (see :meth:`run_set_aside`)."""
-        self.job = (task, {})  # (a lone task a client sent has no inputs)
 
     def run_set_aside(self, flush: Callable[[], None]) -> None:
         """Run the tasks set aside, on this, the loop thread, calling ``flush``

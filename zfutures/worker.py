@@ -361,11 +361,7 @@ class Worker:
         if state.to_execute:
             self._last_busy = time.monotonic()  # (see _give_back_memory)
             self._trim_due = True  # (tasks free what they used, too)
-            on_loop = state.take_loop_run(not self._stopping and self.runner.loop_free())
-            if on_loop is not None:
-                self.runner.set_aside(on_loop)  # (run at the end of this turn)
-            self.runner.hand_over(state.to_execute)
-            state.to_execute.clear()
+            self.runner.start_tasks(self._stopping)
         if state.to_clients:
             for answer in state.to_clients:
                 self.data_server.send_result(*answer)

@@ -124,7 +124,7 @@ class WorkerPolicies:
         handoff between threads costs tens of microseconds where the wakeup
         crosses CPUs. ``loop_free`` is the shell's part: the loop thread has
         no other task set aside, is not stopping, and no task waits in line
-        for a task thread.
+        for a task thread (see TaskRunner.start_tasks).
         """
         task = self.to_execute[-1]
         if task.reply_to is None or not loop_free or \

@@ -24,7 +24,7 @@ from conftest import read_line, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zfutures import Executor, protocol, serialize
+from zfutures import Executor, protocol
 from zfutures.center import Center
 from zfutures.protocol import PROTOCOL_VERSION, SCHEMAS
 
@@ -435,102 +435,6 @@ def fetch(peer: RawPeer, request_id: int, keys: list) -> tuple[dict, list]:
     header, payload = decode_reply(peer.socket.recv_multipart())
     assert header["op"] == "data" and header["id"] == request_id
     return header, payload
-
-
-#: Requests to a worker's data server that it must drop without answering.
-MALFORMED_DATA_REQUESTS = {
-    "an empty frame": [b""],
-    "several empty frames": [b"", b"", b""],
-    "bytes that are not msgpack": [b"\xc1 not msgpack"],
-    "a list": [raw(["get-data", 1, ["k"]])],
-    "an int": [raw(7)],
-    "a map without op": [raw({"id": 1, "keys": ["k"]})],
-    "an unknown op": [h("steal-data", id=1, keys=["k"])],
-    "an op it does not serve": [h("submit", tasks=[])],
-    "a reply op": [h("data", id=1, items=[], missing=[])],
-    "get-data with keys a string": [raw({"op": "get-data", "id": 1, "keys": "k"})],
-    "get-data with int keys": [h("get-data", id=1, keys=[1, 2])],
-    "get-data with a string id": [h("get-data", id="1", keys=["k"])],
-    "get-data with a float id": [h("get-data", id=1.0, keys=["k"])],
-    "get-data without keys": [raw({"op": "get-data", "id": 1})],
-    "get-data with binary keys": [h("get-data", id=1, keys=[b"k"])],
-    "get-data with a machine that is not a string": [h("get-data", id=1, keys=["k"],
-                                                       machine=7)],
-    "data-read without a lease": [h("data-read")],
-    "data-read with a string lease": [h("data-read", lease="1")],
-    "data-read for a lease never granted": [h("data-read", lease=12345)],
-    "put-data announcing more frames than it has": [
-        h("put-data", id=1, items=[{"key": "evil", "nframes": 4}]), b"x"],
-    "put-data with negative nframes": [
-        h("put-data", id=1, items=[{"key": "evil", "nframes": -1},
-                                   {"key": "evil2", "nframes": 2}]), b"x"],
-    "put-data with items a map": [raw({"op": "put-data", "id": 1, "items": {"key": "evil"}})],
-    "put-data with a layout that cuts past its frame": [
-        h("put-data", id=1, items=[{"key": "evil", "nframes": 1}], layout=[5]), b"ab"],
-    "put-data with a layout announcing 512 MB in tiny chunks": [
-        h("put-data", id=1, items=[{"key": "evil", "nframes": 1}], layout=[-(2**29)]), b"x",
-        b"y"],
-    "run with a layout that does not match": [h("run", id=1, layout=[3, 3]), b"ab"],
-}
-
-
-@pytest.mark.timeout(120)
-def test_malformed_requests_to_a_data_server_leave_it_serving(processes, tmp_path, zctx):
-    """Each kind of malformed request 500 times to a worker's data server: the
-    worker stays up, answers nothing to them, stores nothing, logs a few lines,
-    and still serves a normal fetch (raw and through the Executor) after."""
-    repeat = 500
-    center, address, _, [(worker, data_address, worker_log)] = start_cluster(processes, tmp_path)
-    ex = connected_executor(address, 1)
-    try:
-        x = ex.submit(make, 10, workers=[data_address])
-        assert x.result(timeout=30) == list(range(10))
-        peer = RawPeer(zctx, data_address)
-        header, payload = fetch(peer, 1, [x.key, "nope"])
-        assert header["missing"] == ["nope"] and [i["key"] for i in header["items"]] == [x.key]
-        assert serialize.loads(payload) == list(range(10))
-
-        sent = 0
-        for frames in MALFORMED_DATA_REQUESTS.values():
-            for _ in range(repeat):
-                peer.send(*frames)
-                sent += 1
-        # run, or put-data, with a payload that is not a pickle: answered, with a failure
-        for i in range(20):
-            peer.send(h("run", id=1000 + i), b"not a pickle")
-            peer.send(h("put-data", id=2000 + i, items=[{"key": "evil", "nframes": 1}]),
-                      b"not a pickle")
-        # answered in order: the fetch comes after every request above was handled
-        results = []
-        while len(results) < 40:
-            assert peer.socket.poll(10_000), "the data server stopped answering"
-            header, _ = decode_reply(peer.socket.recv_multipart())
-            assert header["op"] in ("run-result", "data-stored"), \
-                f"an answer to a malformed request: {header}"
-            results.append(header)
-        runs = [r for r in results if r["op"] == "run-result"]
-        assert sorted(r["id"] for r in runs) == list(range(1000, 1020))
-        assert not any(r["ok"] for r in runs)
-        stored = [r for r in results if r["op"] == "data-stored"]
-        assert sorted(r["id"] for r in stored) == list(range(2000, 2020))
-        assert all(r["nbytes"] == {} and "evil" in r["failed"] for r in stored)
-        header, payload = fetch(peer, 2, [x.key, "evil", "evil2"])
-        assert header["missing"] == ["evil", "evil2"], "a malformed put-data stored data"
-        assert serialize.loads(payload) == list(range(10))
-        assert not peer.socket.poll(100), "an answer to a malformed request"
-
-        assert_alive(center, worker)
-        assert ex.gather(x, timeout=30) == list(range(10))
-        assert ex.submit(total, x).result(timeout=30) == 45
-        assert ex.has_what()[data_address] and "evil" not in ex.has_what()[data_address]
-    finally:
-        ex.shutdown(wait=False)
-    warnings = lines(worker_log, "WARNING")
-    assert sent >= 9000
-    assert lines(worker_log, "dropped a malformed message"), "the drops were not logged"
-    assert len(warnings) <= 20, f"{len(warnings)} warnings for {sent} messages:\n" + "\n".join(
-        warnings)
-    assert_alive(center, worker)
 
 
 # ----------------------------------------------------------------------------- oversized

@@ -324,7 +324,7 @@ def inspect(pair: tuple[np.ndarray, str]) -> tuple[float, str, int]:
 
 
 def leases_held() -> int:
-    return len(current_worker().leases)
+    return len(current_worker().data_server.leases)
 
 
 def start_workers(processes, address: str, reader_command: tuple[str, ...] = (),

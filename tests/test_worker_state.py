@@ -5,12 +5,9 @@ Time is an argument (``now``), so fetch timeouts are tested by passing a later
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from zfutures.serialize import dumps_task, loads
-from zfutures.worker import INLINE_LIMIT, run_task
-from zfutures.worker_state import DROPPED_DIRECT_KEPT, Task, WorkerState
+from zfutures.worker_state import DROPPED_DIRECT_KEPT, WorkerState
 
 ME = "tcp://me:9000"
 P1, P2, P3 = "tcp://p1:9000", "tcp://p2:9000", "tcp://p3:9000"
@@ -495,6 +492,33 @@ def test_a_paused_worker_starts_no_task_until_it_resumes():
     assert executed(w) == ["x"]
 
 
+def test_a_worker_pauses_above_the_high_mark_and_resumes_only_below_the_low_one():
+    from zfutures.worker_policy import PAUSE_AT, RESUME_AT
+
+    limit = 1000 * 2**20
+    w = WorkerState(ME, nthreads=1, memory_limit=limit)
+    w.memory_measured(int(PAUSE_AT * limit))            # at the mark: not over it
+    assert not w.paused and reports(w) == []
+    assert not w.memory_high(int(PAUSE_AT * limit)) and w.memory_high(int(PAUSE_AT * limit) + 1)
+    w.memory_measured(int(PAUSE_AT * limit) + 1)
+    assert w.paused and reports(w) == [("paused", {"paused": True}, [])]
+    compute(w, "x")
+    assert executed(w) == []
+    w.memory_measured(int(RESUME_AT * limit) + 1)       # between the marks: stays paused
+    assert w.paused and reports(w) == [] and executed(w) == []
+    w.memory_measured(int(RESUME_AT * limit) - 1)
+    assert not w.paused and reports(w) == [("paused", {"paused": False}, [])]
+    assert executed(w) == ["x"]
+    w.memory_measured(int(RESUME_AT * limit) + 1)       # between the marks: goes on
+    assert not w.paused and reports(w) == []
+
+
+def test_a_worker_without_a_memory_limit_never_pauses():
+    w = make()
+    w.memory_measured(2**50)
+    assert not w.paused and not w.memory_high(2**50) and reports(w) == []
+
+
 def test_an_input_that_cannot_arrive_fails_the_tasks_waiting_for_it_only():
     w = make(nthreads=1)
     compute(w, "needs-bad", {"bad": [P1], "good": [P2]})
@@ -510,9 +534,9 @@ def test_an_input_that_cannot_arrive_fails_the_tasks_waiting_for_it_only():
 
 def test_a_pickled_result_rides_with_its_completion():
     w = make()
-    w.compute("x", {}, 0, [b"payload"], 0.0, inline=True, run=RUN)
+    w.compute("x", {}, 0, [b"payload"], 0.0, send_result=True, run=RUN)
     (task,) = w.to_execute
-    assert task.inline
+    assert task.send_result
     w.task_done("x", 2, 8, 0.001, None, [b"pickled 2"])
     assert reports(w) == [
         ("task-finished", {"key": "x", "nbytes": 8, "duration": 0.001, "run": RUN}, [b"pickled 2"])]
@@ -589,7 +613,7 @@ def test_a_task_given_up_for_one_input_drops_the_fetch_just_planned_for_another(
 
 
 def test_completions_may_wait_a_moment_only_while_more_work_runs():
-    from zfutures.worker_state import HOLD_MAX, HOLD_REPORTS
+    from zfutures.worker_policy import HOLD_MAX, HOLD_REPORTS
 
     w = make()
     w.task_duration = 1e-4  # as after a run of short tasks
@@ -606,7 +630,7 @@ def test_completions_may_wait_a_moment_only_while_more_work_runs():
 
 
 def test_completions_of_longer_tasks_are_reported_at_once():
-    from zfutures.worker_state import HOLD_REPORTS
+    from zfutures.worker_policy import HOLD_REPORTS
 
     w = make()
     w.task_duration = 1e-4
@@ -641,40 +665,74 @@ def test_an_error_is_reported_at_once():
     assert w.executing and w.report_hold([]) == 0.0
 
 
-# ----------------------------------------------------------------------------- run_task
-
-class _Holder:
-    """An object whose size sizeof cannot see."""
-
-    def __init__(self, array):
-        self.array = array
-
-
-class _NoReference:
-    pass
+def first_of_three_short_tasks_done() -> WorkerState:
+    """A worker running short tasks a, b and c: a has just finished."""
+    w = make()
+    w.task_duration = 1e-4
+    for key in "abc":
+        compute(w, key)
+    executed(w)
+    w.task_done("a", value=1, nbytes=28, duration=1e-4)
+    return w
 
 
-def _make_holder(nbytes):
-    return _Holder(np.zeros(nbytes, dtype=np.uint8))
+def test_held_completions_go_together_once_their_wait_is_over():
+    from zfutures.worker_policy import HOLD_REPORTS
+
+    w = first_of_three_short_tasks_done()
+    assert w.take_reports(now=10.0) == []                      # held: more work runs
+    assert w.held_until == 10.0 + HOLD_REPORTS and w.to_center == []
+    w.task_done("b", value=2, nbytes=28, duration=1e-4)
+    assert w.take_reports(now=10.0 + HOLD_REPORTS / 2) == []   # still within the wait
+    sent = w.take_reports(now=10.0 + HOLD_REPORTS)             # from the first held
+    assert [item["key"] for _, item, _ in sent] == ["a", "b"]
+    assert w.held == [] and w.held_until is None and w.to_center == []
 
 
-def _inline_task(fn, *args) -> Task:
-    frames, _ = dumps_task(fn, args, {}, reference_type=_NoReference)  # (no references here)
-    return Task("k", {}, 0, frames, 0, inline=True)
+def test_a_report_of_another_kind_takes_the_held_completions_along_at_once():
+    w = first_of_three_short_tasks_done()
+    assert w.take_reports(now=0.0) == []
+    w.task_done("b", error=[b"pickled error"])
+    assert [(op, item["key"]) for op, item, _ in w.take_reports(now=0.0)] == [
+        ("task-finished", "a"), ("task-erred", "b")]
 
 
-def test_a_small_result_a_client_waits_for_is_pickled_to_travel_with_its_completion():
-    key, value, nbytes, _, error, pickled = run_task(_inline_task(sum, [1, 2, 3]), {})
-    assert (key, value, error) == ("k", 6, None)
-    assert loads(pickled) == 6
+def test_a_leaving_worker_holds_no_report_back():
+    w = first_of_three_short_tasks_done()
+    w.closing = True
+    assert [item["key"] for _, item, _ in w.take_reports(now=0.0)] == ["a"]
 
 
-def test_a_big_result_never_travels_with_its_completion_even_when_well_hidden():
-    # in a tuple (sizeof sees it), then in an object (only pickling shows it)
-    *_, nbytes, _, _, pickled = run_task(_inline_task(tuple, [np.zeros(10**6), "label"]), {})
-    assert nbytes >= 8 * 10**6 and pickled is None
-    *_, pickled = run_task(_inline_task(_make_holder, 4 * INLINE_LIMIT), {})
-    assert pickled is None
+def test_reports_sent_end_the_wait_for_dependents_waiting_here():
+    w = make()
+    compute(w, "a")
+    compute(w, "b", {"a": [ME]})
+    executed(w)
+    w.task_done("a", value=1, nbytes=28)
+    assert w.report_now
+    assert [op for op, _, _ in w.take_reports(now=0.0)] == ["task-finished"]
+    assert not w.report_now
+
+
+# --------------------------------------------------------------------------- leaving
+
+def test_a_worker_that_holds_no_key_or_has_no_center_may_leave_at_once():
+    w = make()
+    assert w.leave(now=0.0, registered=True)
+    w.add_data("x", 1, 28)
+    assert w.leave(now=0.0, registered=False)
+    assert reports(w) == []
+
+
+def test_a_worker_holding_keys_asks_the_center_to_take_them_and_waits_a_while():
+    w = WorkerState(ME, nthreads=1, retire_timeout=10.0)
+    w.add_data("x", 1, 28)
+    assert not w.leave(now=100.0, registered=True)
+    assert reports(w) == [("retire", {}, [])]
+    assert not w.leave(now=105.0, registered=True)
+    assert not w.leave(now=110.0, registered=True)
+    assert reports(w) == []                             # asked once
+    assert w.leave(now=110.1, registered=True)          # the center did not take them
 
 
 # --------------------------------------------------------------------------- direct tasks
@@ -687,7 +745,7 @@ def test_a_direct_task_runs_and_its_small_result_goes_to_its_client_and_not_twic
     w = make()
     w.run_direct("x", [b"payload"], DIRECT, CLIENT, now=0.0)
     (task,) = w.to_execute
-    assert task.inline and task.direct and task.run == DIRECT
+    assert task.send_result and task.direct and task.run == DIRECT
     w.task_done("x", 2, 28, 0.001, None, [b"pickled 2"])
     assert w.to_clients == [(CLIENT, "x", DIRECT, 28, [b"pickled 2"])]
     (report,) = reports(w)
@@ -698,7 +756,7 @@ def test_a_direct_task_runs_and_its_small_result_goes_to_its_client_and_not_twic
 
 
 def test_a_direct_completion_its_client_has_may_wait_longer_even_when_idle():
-    from zfutures.worker_state import HOLD_ANSWERED, HOLD_MAX
+    from zfutures.worker_policy import HOLD_ANSWERED, HOLD_MAX
 
     w = make()
     w.run_direct("x", [b"payload"], DIRECT, CLIENT, now=0.0)
@@ -854,3 +912,26 @@ def test_a_direct_request_for_another_call_of_a_released_running_key_is_refused(
     w.release(["again"])
     w.run_direct("again", [b"call"], DIRECT + 3, CLIENT, now=0.0)
     assert executed(w) == [] and w.tasks["again"].run == DIRECT + 3
+
+
+# --------------------------------------------------------------------------- the loop thread
+
+def test_a_lone_direct_task_runs_on_the_loop_thread_when_no_thread_is_busy():
+    w = make(nthreads=1)
+    w.run_direct("x", [b"payload"], DIRECT, CLIENT, now=0.0)
+    task = w.take_loop_run(loop_free=True)
+    assert task is not None and task.key == "x" and w.to_execute == []
+    assert "x" in w.executing  # (it holds the thread slot while it runs)
+
+
+@pytest.mark.parametrize("why", ["loop busy", "center's task", "thread busy"])
+def test_a_task_runs_on_a_task_thread_otherwise(why):
+    w = make(nthreads=1)
+    if why == "center's task":      # no client waits on each hop of it
+        compute(w, "x")
+    else:
+        w.run_direct("x", [b"payload"], DIRECT, CLIENT, now=0.0)
+    if why == "thread busy":        # a task the center sent runs already
+        w.executing.add("long")
+    assert w.take_loop_run(loop_free=why != "loop busy") is None
+    assert [task.key for task in w.to_execute] == ["x"]

@@ -1,39 +1,31 @@
-"""The worker process: sockets, task threads and a poll loop around WorkerState.
+"""The worker process: its sockets and poll loop around WorkerState.
 
 One thread at a time, the loop thread, owns every socket:
 
-- a DEALER to the center, for tasks in and reports out;
-- a ROUTER data server, from which peers and clients fetch results;
-- a DEALER per peer it fetches inputs from.
+- a DEALER to the center, for tasks in and reports out: the center's
+  messages go to the handlers of :attr:`Worker.center_handlers`;
+- a ROUTER data server, from which peers and clients fetch results
+  (worker_data.DataServer);
+- a DEALER per peer it fetches inputs from (worker_data.Fetcher).
 
-Task threads run user code and hand results back through a queue and a
-:class:`~zfutures.loop.Waker`, so the loop never blocks on a task and keeps
-heartbeating while tasks run. Short tasks are handed over a few at a time
-(see ``HAND_AHEAD_TIME`` in worker_state.py), and a small result a client
-waits for is pickled on the task thread and sent with the completion.
-
-A lone task a client sent straight here runs on the loop thread itself when
-no other task waits for a thread (see ``INLINE_CHECK``): its client waits on
-each hop, and a handoff between threads costs tens of microseconds where the
-wakeup crosses CPUs. Should it run long, a standby thread takes the loop
-over, and the task finishes where it started, as on a task thread. The
-thread that calls :meth:`Worker.run` only waits, so signals reach it at once.
+Each turn of the loop handles what came, then the timers, then sends what
+the state machine asked for. Tasks run on task threads, or on the loop
+thread itself (task_runner.py); the thread that calls :meth:`Worker.run`
+only waits, so signals reach it at once.
 """
 from __future__ import annotations
 
-import functools
 import logging
-import os
 import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import zmq
 
-from . import context, peer_memory, protocol, remote_errors, serialize
+from . import protocol
 from .addressing import (
     LOCAL_TRANSPORT,
     bind_ephemeral,
@@ -41,109 +33,25 @@ from .addressing import (
     interface_towards,
     local_endpoint,
     normalize_address,
-    peer_endpoint,
 )
 from .errors import ProtocolError
 from .logs import RateLimitedLog
-from .loop import SLICE, ListeningClock, Waker, close_drained, drain, send, send_frames
+from .loop import SLICE, ListeningClock, Waker, drain, send
 from .processes import own_rss, release_free_memory
-from .worker_state import Task, WorkerState
+from .task_runner import LoopMoved, TaskRunner
+from .worker_data import DataServer, Fetcher, Header, contained
+from .worker_state import Frames, Report, WorkerState
 
 logger = logging.getLogger(__name__)
 dropped = RateLimitedLog(logger)
-
-#: Shares of the memory limit: above the first a worker starts no new task
-#: (the center sends them elsewhere); below the second it resumes. Above the
-#: limit itself, its nanny restarts it.
-PAUSE_AT, RESUME_AT = 0.8, 0.7
 
 #: A worker idle this long (seconds) after running tasks or releasing results
 #: gives the memory they freed back to the system. Not sooner: reusing it is
 #: what makes a burst of tasks on big arrays fast (processes._HUGE_PAGES_TUNABLE).
 GIVE_BACK_AFTER = 1.0
 
-#: How often (seconds) the standby thread looks at a task running on the loop
-#: thread: if the same one runs at two looks, it takes the loop over. A task
-#: may so hold the loop for up to twice this; heartbeats are far apart.
-INLINE_CHECK = 0.002
-
-#: The standby thread sleeps once no task has run on the loop thread for this
-#: long (seconds), so an idle worker does not wake every INLINE_CHECK.
-STANDBY_IDLE = 0.5
-
 #: Reports to the center that travel many to a message, and their list field.
 _BATCHED = {"task-finished": "tasks", "task-erred": "tasks", "keys-added": "tasks"}
-
-
-
-# User code may raise any BaseException where a worker pickles, unpickles or
-# measures a value (a __reduce__ that raises SystemExit): on a task thread it
-# would end the thread, on the loop thread the worker. Neither thread is the
-# main one, which alone receives KeyboardInterrupt from a signal, so every
-# BaseException met there is user code's, and caught as an error of the value.
-
-
-describe = remote_errors.describe
-
-
-def pickle_exception(exc: BaseException) -> list:
-    """Frames of the exception and its traceback for the client to re-raise
-    (see remote_errors.py: the client fills in source lines not found here)."""
-    return remote_errors.pickle_exception(exc)
-
-
-def _contained(handle: Callable[..., None]) -> Callable[..., None]:
-    """A message handler, with a BaseException of user code (see above) raised
-    as an error that :func:`loop.drain` logs and drops, like any failing message."""
-    @functools.wraps(handle)
-    def contained(*args: Any) -> None:
-        try:
-            handle(*args)
-        except Exception:
-            raise
-        except BaseException as exc:  # noqa: B036 - user code (see above)
-            raise RuntimeError(describe(exc)) from exc
-    return contained
-
-
-#: Functions unpickled before, shared by the task threads (see serialize.loads_task).
-_functions: dict = {}
-
-
-#: Results up to this size (bytes, estimated) travel with the task's completion
-#: to the clients waiting for them, saving the fetch that would follow.
-INLINE_LIMIT = 16 * 1024
-
-
-def run_task(task: Task, inputs: dict[str, Any]) -> tuple:
-    """Unpickle and run one task:
-    ``(key, value, nbytes, duration, error frames, pickled value or None)``."""
-    start = time.perf_counter()
-    try:
-        fn, args, kwargs = serialize.loads_task(task.payload, inputs, _functions)
-        value = fn(*args, **kwargs)
-    except BaseException as exc:  # noqa: B036 - a task's failure must reach its future
-        return task.key, None, 0, time.perf_counter() - start, pickle_exception(exc), None
-    duration = time.perf_counter() - start
-    try:
-        nbytes = serialize.sizeof(value)
-    except BaseException:  # noqa: B036 - user code (see above): size unknown
-        nbytes = 0
-    pickled = None
-    if task.inline and nbytes <= INLINE_LIMIT:
-        try:
-            pickled = serialize.dumps(value)
-        except BaseException:  # noqa: B036 - fetched, and its error reported, the usual way
-            pickled = None
-        # An object can hide big buffers from sizeof: those are fetched from
-        # here, never carried through the center.
-        if pickled is not None and serialize.frames_nbytes(pickled) > INLINE_LIMIT:
-            pickled = None
-    return task.key, value, nbytes, duration, None, pickled
-
-
-class _LoopMoved(Exception):
-    """The standby thread took the loop over while this thread ran a task."""
 
 
 class Worker:
@@ -168,66 +76,56 @@ class Worker:
         self.security = security
         self.context = zmq.Context()
         self.auth = security.authenticator(self.context) if security is not None else None
-        self.server = configure(self.context.socket(zmq.ROUTER), security)
-        self.server.setsockopt(zmq.MAXMSGSIZE, max_message_size)  # e.g. scattered data
+        server = configure(self.context.socket(zmq.ROUTER), security)
+        server.setsockopt(zmq.MAXMSGSIZE, max_message_size)  # e.g. scattered data
         host = host or interface_towards(self.center_address)
-        self.address = bind_ephemeral(self.server, host, port)
+        self.address = bind_ephemeral(server, host, port)
         if LOCAL_TRANSPORT:  # peers in this network namespace come this way
-            self.server.bind(local_endpoint(self.address))
+            server.bind(local_endpoint(self.address))
         self.name = name or self.address
-        self.state = WorkerState(self.address, nthreads, fetch_timeout)
-        self.center: zmq.Socket | None = None
-        self.peers: dict[str, zmq.Socket] = {}
+        self.state = WorkerState(self.address, nthreads, fetch_timeout, memory_limit,
+                                 retire_timeout)
+        self.center: zmq.Socket[Any] | None = None
         self.poller = zmq.Poller()
-        self.poller.register(self.server, zmq.POLLIN)
+        self.poller.register(server, zmq.POLLIN)
         self.waker = Waker()
         self.poller.register(self.waker.read_fd, zmq.POLLIN)
         # Calls for the loop thread, made by other threads: (function, args).
-        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self.work: queue.SimpleQueue = queue.SimpleQueue()
-        self.threads: list[threading.Thread] = []
-        self.executor = None  # a client for tasks that submit tasks (context.get_executor)
-        self._data_handlers = {"get-data": self._get_data, "put-data": self._put_data,
-                               "run": self._run, "data-read": self._data_read,
-                               "run-task": self._run_task}
-        self.leases = peer_memory.Leases()  # values offered to readers on this machine
-        self.reader = peer_memory.Reader()  # reads what peers on this machine offer
+        self.inbox: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]]] = \
+            queue.SimpleQueue()
+        self.executor: Any = None  # a client for tasks that submit tasks (context.get_executor)
+        self.data_server = DataServer(server, self.state, self.call_soon, dropped)
+        self.fetcher = Fetcher(self.state, self.context, self.poller, security,
+                               self.call_soon, dropped)
+        self._closed = threading.Event()
+        self.runner = TaskRunner(self, self.state, nthreads, self.call_soon,
+                                 self._report_seceded, self._serve, self._closed)
+        #: The center's messages: op -> handler(header, payload frames, now).
+        self.center_handlers: dict[str, Callable[[Header, Frames, float], None]] = {
+            "compute": self._compute, "release-keys": self._release_keys,
+            "drop-direct": self._drop_direct, "acquire": self._acquire,
+            "workers-left": self._workers_left, "welcome": self._welcome,
+            "reregister": self._reregister, "refused": self._refused,
+            "closing": self._center_closing, "retired": self._retired,
+            "heartbeat": lambda header, frames, now: None}  # (heard: see _on_center_message)
         self.registered = False
-        self.retire_timeout = retire_timeout
         self._stopping = False
         self._leave_requested = False
-        self._retire_deadline: float | None = None
         self._last_sent = self._last_heard = self._next_timeout_check = 0.0
         # The center is silent for the time this loop could have heard it:
         # its own stretches of work past a heartbeat interval do not count.
         self.listening = ListeningClock(heartbeat_interval, time.monotonic())
-        self._held: list[tuple[str, dict, list]] = []  # completions held back a moment
-        self._held_since: float | None = None
-        self._held_until = 0.0  # when they go, at the latest
         self._center_closed = False  # it said it was going
         # Tasks ran or results were released since memory was last given back.
         self._trim_due = False
         self._last_busy = 0.0
-        # Tasks on the loop thread (see INLINE_CHECK). The lock orders a run's
-        # end with the standby's takeover, and hands the sockets over safely.
-        self._inline_lock = threading.Lock()
-        self._inline_job: tuple[Task, dict] | None = None  # to run at the end of this turn
-        self._inline_runs = 0  # counts them
-        self._on_loop = 0  # the one running on the loop thread now, if any
-        self._taken_during: set[int] = set()  # ones the standby took the loop over from
-        self._off_pool: set[str] = set()  # keys running on a loop thread, or a former one
-        self._last_inline = 0.0
-        self._standby: threading.Thread | None = None
-        self._standby_wake = threading.Event()  # set while tasks run on the loop thread
-        self._closed = threading.Event()
         self._loop_error: BaseException | None = None
 
     # ------------------------------------------------------------------ life cycle
 
     def run(self) -> None:
         """Serve until :meth:`stop` is called (from a signal handler or a thread)."""
-        for _ in range(self.nthreads):
-            self._start_thread()
+        self.runner.start()
         self._connect()
         logger.info("worker %s serving for %s", self.address, self.center_address)
         threading.Thread(target=self._serve, daemon=True, name="zfutures-loop").start()
@@ -235,23 +133,6 @@ class Worker:
             pass
         if self._loop_error is not None:
             raise self._loop_error
-
-    def _serve(self) -> None:
-        """Run the loop on this thread until the worker stops, or until the
-        standby takes it over while this thread runs a task (see _run_inline)."""
-        try:
-            while not self._stopping:
-                self._loop_once()
-        except _LoopMoved:
-            return
-        except BaseException as exc:  # noqa: B036 - run() raises it, once closed
-            logger.exception("the worker loop failed")
-            self._loop_error = exc
-        try:
-            self._close()
-        finally:
-            self._closed.set()
-            self._standby_wake.set()  # (the standby ends)
 
     def stop(self) -> None:
         """Leave gracefully; safe from signal handlers and other threads.
@@ -265,19 +146,31 @@ class Worker:
         self.state.closing = True  # (clients' lone tasks go through the center now)
         self.waker.wake()
 
-    def _leave(self, now: float) -> None:
-        """Start retiring, or stop if there is nothing to hand on or time is up."""
-        if self._retire_deadline is None:
-            if not (self.registered and self.state.data):
-                self._stopping = True
-                return
-            logger.info("worker %s retiring: handing its keys on", self.address)
-            self._retire_deadline = now + self.retire_timeout
-            self._send_center("retire")
-        elif now > self._retire_deadline:
-            logger.warning("worker %s: the center did not take its keys within %.0fs; "
-                           "leaving anyway", self.address, self.retire_timeout)
-            self._stopping = True
+    def secede(self, key: str) -> None:
+        """Called from the thread running ``key``, which waits on futures (context.secede)."""
+        self.runner.secede(key)
+
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Have the loop thread call ``fn(*args)``; safe from any thread."""
+        self.inbox.put((fn, args))
+        self.waker.wake()
+
+    def _serve(self) -> None:
+        """Run the loop on this thread until the worker stops, or until the
+        standby takes it over while this thread runs a task (see task_runner.py)."""
+        try:
+            while not self._stopping:
+                self._loop_once()
+        except LoopMoved:
+            return
+        except BaseException as exc:  # noqa: B036 - run() raises it, once closed
+            logger.exception("the worker loop failed")
+            self._loop_error = exc
+        try:
+            self._close()
+        finally:
+            self._closed.set()
+            self.runner.release_standby()
 
     def _connect(self) -> None:
         """(Re)connect to the center and register, announcing the keys held here."""
@@ -311,14 +204,11 @@ class Worker:
                 pass
         if self.executor is not None:
             self.executor.shutdown(wait=False)
-        for _ in self.threads:
-            self.work.put(None)
-        self.reader.stop()
-        sockets = [self.server, *self.peers.values()]
+        self.runner.stop()
+        self.fetcher.close()
+        self.data_server.server.close(linger=0)
         if self.center is not None:
-            sockets.append(self.center)
-        for sock in sockets:
-            sock.close(linger=100 if sock is self.center else 0)
+            self.center.close(linger=100)
         if self.auth is not None:
             self.auth.stop()
         self.context.term()
@@ -330,29 +220,28 @@ class Worker:
     def _loop_once(self) -> None:
         now = time.monotonic()
         timeout_ms = max(0, int(1000 * (self._last_sent + self.heartbeat_interval - now)))
-        if self._held_since is not None:  # (+1: poll's milliseconds must not round to 0)
-            timeout_ms = min(timeout_ms, max(0, int(1000 * (self._held_until - now)) + 1))
+        held_until = self.state.held_until
+        if held_until is not None:  # (+1: poll's milliseconds must not round to 0)
+            timeout_ms = min(timeout_ms, max(0, int(1000 * (held_until - now)) + 1))
         self.listening.polling(now)
-        events = dict(self.poller.poll(min(timeout_ms, 1000 * self.heartbeat_interval)))
+        events = dict(self.poller.poll(int(min(timeout_ms, 1000 * self.heartbeat_interval))))
         now = time.monotonic()
         self.listening.working(now)
         # One slice of work, each socket read at least once, then the timers.
         until = now + SLICE
-        if self.center in events:
-            drain(self.center, self._on_center_message, dropped, until=until)
-        if self.server in events:
-            drain(self.server, self._on_data_request, dropped, until=until)
-        for address, sock in list(self.peers.items()):
-            if sock in events:
-                drain(sock, lambda frames, a=address: self._on_peer_data(a, frames),
-                      dropped, until=until)
+        center = self.center
+        if center is not None and center in events:
+            drain(center, self._on_center_message, dropped, until=until)
+        if self.data_server.server in events:
+            drain(self.data_server.server, self.data_server.on_request, dropped, until=until)
+        self.fetcher.drain(events, until)
         if self.waker.read_fd in events:
             self.waker.drain()
         self._take_inbox(until)
         if now >= self._next_timeout_check:  # timeouts are seconds long: no need to scan
             self._next_timeout_check = now + self.heartbeat_interval  # requests per message
             self.state.check_timeouts(now)
-            self.leases.expire(now)
+            self.data_server.leases.expire(now)
             self._give_back_memory(now)
             self._check_memory()
         self._flush()
@@ -360,7 +249,8 @@ class Worker:
             self._center_closed = False
             self._connect()  # (its registration waits for the next center)
         if self._leave_requested and not self._stopping:
-            self._leave(now)
+            self._stopping = self.state.leave(now, self.registered)
+            self._flush()  # (a retire goes after this turn's reports, at once)
         silent = self.listening.time(now) - self._last_heard
         if silent > self.heartbeat_timeout:
             logger.warning("no word from the center at %s for %.1fs; reconnecting",
@@ -368,305 +258,7 @@ class Worker:
             self._connect()
         elif now - self._last_sent >= self.heartbeat_interval:
             self._send_center("heartbeat")
-        while self._inline_job is not None:  # (its _flush may set the next one aside)
-            self._run_inline()
-
-    def _run_inline(self) -> None:
-        """Run the task _flush set aside on this, the loop thread, and send its
-        result at once; or, if the standby took the loop over meanwhile, hand
-        the result to the loop as a task thread would, and leave the loop."""
-        (task, inputs), self._inline_job = self._inline_job, None
-        with self._inline_lock:
-            self._inline_runs += 1
-            self._on_loop = mine = self._inline_runs
-            self._off_pool.add(task.key)
-            self._last_inline = time.monotonic()
-            if self._standby is None:  # (the first, or the last took the loop over)
-                self._standby = threading.Thread(target=self._watch_inline, daemon=True,
-                                                 name="zfutures-standby")
-                self._standby.start()
-            if not self._standby_wake.is_set():
-                self._standby_wake.set()
-        context.enter_task(self, task.key)
-        result = run_task(task, inputs)
-        context.leave_task()  # (seceded or not, this thread goes on)
-        with self._inline_lock:
-            self._off_pool.discard(task.key)
-            moved = mine in self._taken_during
-            if moved:  # (the loop may have run others on its new thread since)
-                self._taken_during.discard(mine)
-            else:
-                self._on_loop = 0
-        del task, inputs
-        if moved:
-            self.call_soon(self.state.task_done, *result)
-            raise _LoopMoved
-        self.state.task_done(*result)
-        self._flush()
-
-    def _watch_inline(self) -> None:
-        """The standby: take the loop over from a task that runs on it too long."""
-        seen = 0
-        while not self._closed.is_set():
-            if not self._standby_wake.wait(1.0) or self._closed.wait(INLINE_CHECK):
-                continue  # (parked: no task ran on the loop thread lately)
-            with self._inline_lock:
-                running = self._on_loop
-                take = running and running == seen
-                if take:
-                    self._taken_during.add(running)
-                    self._on_loop, self._standby = 0, None
-                    logger.debug("a task runs long on the loop thread; the standby "
-                                 "takes the loop over")
-                elif not running and time.monotonic() - self._last_inline > STANDBY_IDLE:
-                    self._standby_wake.clear()
-                seen = running
-            if take:
-                threading.current_thread().name = "zfutures-loop"
-                self._serve()
-                return
-
-    def _give_back_memory(self, now: float) -> None:
-        """Once idle for a while after work, return the memory it freed."""
-        if self.state.executing or self.state.fetches:
-            self._last_busy = now
-        elif self._trim_due and now - self._last_busy >= GIVE_BACK_AFTER:
-            self._trim_due = False
-            release_free_memory()
-
-    def _check_memory(self) -> None:
-        """Pause above the high mark of the memory limit; resume below the low one."""
-        if not self.memory_limit:
-            return
-        rss = own_rss()
-        if rss > PAUSE_AT * self.memory_limit and self._trim_due:
-            self._trim_due = False  # (until more is freed: not at every check)
-            release_free_memory()  # what is only free to reuse should not count
-            rss = own_rss()
-        paused = self.state.paused
-        if not paused and rss > PAUSE_AT * self.memory_limit:
-            logger.warning("worker %s uses %d MB, over %d%% of its memory limit: it starts "
-                           "no new task until memory falls", self.address, rss // 2**20,
-                           100 * PAUSE_AT)
-        elif paused and rss < RESUME_AT * self.memory_limit:
-            logger.warning("worker %s memory fell to %d MB: taking tasks again",
-                           self.address, rss // 2**20)
-        else:
-            return
-        self.state.set_paused(not paused)
-        self._send_center("paused", paused=not paused)
-
-    # ------------------------------------------------------------------ handlers
-
-    @_contained
-    def _on_center_message(self, frames: list) -> None:
-        now = time.monotonic()
-        self._last_heard = self.listening.time(now)
-        header, frames = protocol.decode(frames)
-        op = header["op"]
-        if op == "compute":
-            for item, payload in protocol.unpack_items(header["tasks"], frames):
-                self.state.compute(item["key"], item["deps"], item.get("priority", 0),
-                                   payload, now, item.get("inline", False), item["run"])
-        elif op == "release-keys":
-            self.state.release(header["keys"])
-            self._trim_due = True
-        elif op == "drop-direct":
-            for item in header["tasks"]:
-                self.state.drop_direct(item["key"], item["run"], now)
-        elif op == "acquire":
-            for item in header["tasks"]:
-                self.state.acquire(item["key"], item["holders"], now)
-        elif op == "workers-left":
-            for address in header["addresses"]:
-                self._peer_left(address, now)
-        elif op == "retired":
-            logger.info("worker %s handed its keys on; leaving", self.address)
-            self._stopping = True
-        elif op == "welcome":
-            self.registered = True
-            logger.info("registered with the center at %s", self.center_address)
-        elif op == "reregister":
-            if self.registered:  # (else our registration is on its way already)
-                logger.warning("the center at %s does not know this worker (it restarted?); "
-                               "registering again with %d keys", self.center_address,
-                               len(self.state.data))
-                self._register()
-        elif op == "refused":
-            logger.error("the center refused this worker: %s", header["reason"])
-            self.stop()
-        elif op == "closing":
-            logger.info("the center at %s is closing; keeping %d keys for it to come back",
-                        self.center_address, len(self.state.data))
-            self._center_closed = True  # (reconnects after this drain: see _loop_once)
-        elif op != "heartbeat":
-            logger.warning("dropped an unexpected %r from the center", op)
-
-    def _peer_left(self, address: str, now: float) -> None:
-        """A worker left: its socket goes (after taking what it had already
-        sent), and fetches from it go to other holders."""
-        sock = self.peers.pop(address, None)
-        if sock is not None:
-            close_drained(sock, self.poller, lambda frames: self._on_peer_data(address, frames),
-                          dropped)
-        self.state.peer_left(address, now)
-
-    @_contained
-    def _on_data_request(self, frames: list) -> None:
-        if len(frames) < 2:
-            raise ProtocolError("a request without a header")
-        ident = frames[0].bytes
-        header, payload = protocol.decode(frames[1:])
-        handler = self._data_handlers.get(header["op"])
-        if handler is None:
-            raise ProtocolError(f"the data server does not serve {header['op']!r}")
-        handler(ident, header, payload)
-
-    def _get_data(self, ident: bytes, header: dict, frames: list) -> None:
-        """Serve results to a peer or a client; big buffers, to one on this
-        machine, by address, to be read from this process's memory."""
-        items, out_frames, missing, errors, error_frames = [], [], [], [], []
-        data, nbytes = self.state.data, self.state.nbytes
-        offer, offered = peer_memory.may_offer(header), []
-        for key in dict.fromkeys(header["keys"]):  # each key once, however often asked
-            if key not in data:
-                missing.append(key)
-                continue
-            try:
-                value_frames = serialize.dumps(data[key])
-            except BaseException as e:  # noqa: B036 - the task's fault, reported to whoever wants it
-                dropped.warning(f"the result {key!r} cannot be pickled", describe(e))
-                exc = TypeError(f"the result of {key!r} cannot be pickled to leave its "
-                                f"worker: {describe(e)}")
-                frames = pickle_exception(exc)
-                errors.append({"key": key, "nframes": len(frames)})
-                error_frames.extend(frames)
-                continue
-            item = {"key": key, "nbytes": nbytes[key]}
-            if offer:
-                sent, remote = peer_memory.split_frames(value_frames)
-                if remote:
-                    item["remote"] = remote
-                    offered.append(value_frames)  # alive until read
-                    value_frames = sent
-            item["nframes"] = len(value_frames)
-            items.append(item)
-            out_frames.extend(value_frames)
-        fields: dict[str, Any] = {"errors": errors} if errors else {}
-        if offered:
-            fields["proof"] = peer_memory.holder_proof(header, offered)
-            fields["lease"] = self.leases.grant(ident, offered, time.monotonic(),
-                                                peer_memory.read_time(items))
-            fields["pid"] = os.getpid()
-        reply = protocol.encode("data", [*out_frames, *error_frames], id=header["id"],
-                                items=items, missing=missing, **fields)
-        send_frames(self.server, [ident, *reply])
-
-    def _data_read(self, ident: bytes, header: dict, frames: list) -> None:
-        """A reader on this machine copied what a lease kept alive."""
-        self.leases.end(header["lease"], ident)
-
-    def _put_data(self, ident: bytes, header: dict, frames: list) -> None:
-        """A client scatters data here; it tells the center once we answer."""
-        nbytes, failed = {}, {}
-        for item, value_frames in protocol.unpack_items(header["items"], frames):
-            try:
-                value = serialize.loads(value_frames)
-            except BaseException as exc:  # noqa: B036 - user code: the caller hears why
-                failed[item["key"]] = describe(exc)
-                continue
-            nbytes[item["key"]] = serialize.sizeof(value)
-            self.state.add_data(item["key"], value, nbytes[item["key"]])
-        fields = {"failed": failed} if failed else {}
-        self.server.send_multipart(
-            [ident, protocol.encode_header("data-stored", id=header["id"], nbytes=nbytes,
-                                           **fields)])
-
-    def _run_task(self, ident: bytes, header: dict, frames: list) -> None:
-        """A client sent a task straight here (see WorkerState.run_direct)."""
-        self.state.run_direct(header["key"], frames, header["run"], ident, time.monotonic())
-
-    def _run(self, ident: bytes, header: dict, frames: list) -> None:
-        """Run a function outside the task graph (Executor.run), on a thread of its own."""
-        def run() -> None:
-            try:
-                fn, args, kwargs = serialize.loads(frames)
-                out, ok = serialize.dumps(fn(*args, **kwargs)), True
-            except BaseException as exc:  # noqa: B036 - reported to the caller
-                out, ok = pickle_exception(exc), False
-            reply = protocol.encode("run-result", out, id=header["id"], ok=ok)
-            self.call_soon(send_frames, self.server, [ident, *reply])
-
-        threading.Thread(target=run, daemon=True, name="zfutures-run").start()
-
-    @_contained
-    def _on_peer_data(self, address: str, frames: list) -> None:
-        header, frames = protocol.decode(frames)
-        if header["op"] != "data":
-            raise ProtocolError(f"expected data from {address}, got {header['op']!r}")
-        if "lease" in header:
-            self._read_offered(address, header, frames)
-        else:
-            self._take_data(header, protocol.unpack_items(
-                header["items"] + header.get("errors", []), frames))
-
-    def _take_data(self, header: dict, unpacked: Iterable[tuple[dict, list]]) -> None:
-        """A peer's answer to a request for data, each item with its frames."""
-        values, nbytes = {}, {}
-        items = header["items"]
-        for i, (item, value_frames) in enumerate(unpacked):
-            key = item["key"]
-            if i >= len(items):  # an error item: the value cannot leave its worker
-                self.state.input_failed(key, value_frames)
-                continue
-            try:
-                values[key] = serialize.loads(value_frames)
-            except BaseException as e:  # noqa: B036 - user code (see above); so would a refetch
-                dropped.warning(f"the input {key!r} cannot be unpickled", describe(e))
-                self.state.input_failed(key, pickle_exception(TypeError(
-                    f"the input {key!r} cannot be unpickled on {self.address}: "
-                    f"{describe(e)}")))
-                continue
-            nbytes[key] = item.get("nbytes", 0)
-        self.state.data_received(header["id"], values, nbytes, time.monotonic())
-
-    def _read_offered(self, address: str, header: dict, frames: list) -> None:
-        """A peer on this machine left big buffers to read from its memory: read
-        them on the reader thread, while this loop goes on serving."""
-        request = self.state.requests.get(header["id"])
-        if request is None:  # timed out and asked elsewhere
-            self._end_lease(address, header)
-            return
-        sent = request[2] - self.state.fetch_timeout
-        # The peer has answered: give the read the time it may take.
-        self.state.extend_request(header["id"], time.monotonic() + self.state.fetch_timeout
-                                  + peer_memory.read_time(header["items"]))
-        self.reader.read(header, frames, sent, lambda outcome: self.call_soon(
-            self._offered_read, address, header, outcome))
-
-    def _offered_read(self, address: str, header: dict, outcome: Any) -> None:
-        """The reader thread is done with a reply (see peer_memory.Reader)."""
-        self._end_lease(address, header)
-        then = peer_memory.after_read(outcome)
-        if then == "take":
-            self._take_data(header, outcome)
-            return
-        request = self.state.requests.get(header["id"])
-        if then == "again" and request is not None:  # at once, as frames this time
-            send(self._peer(address), [protocol.encode_header(
-                "get-data", id=header["id"], keys=request[1])],
-                dropped, f"a data request to {address}")
-
-    def _end_lease(self, address: str, header: dict) -> None:
-        sock = self.peers.get(address)
-        if sock is not None:  # (else the peer left: its leases went with it)
-            send(sock, [protocol.encode_header("data-read", lease=header["lease"])],
-                 dropped, f"the end of a read to {address}")
-
-    def call_soon(self, fn, *args: Any) -> None:
-        """Have the loop thread call ``fn(*args)``; safe from any thread."""
-        self.inbox.put((fn, args))
-        self.waker.wake()
+        self.runner.run_set_aside(self._flush)
 
     def _take_inbox(self, until: float) -> None:
         """Make the calls other threads asked for, until the slice is over."""
@@ -682,6 +274,85 @@ class Worker:
                     self.waker.wake()  # (the next turn polls without waiting)
                 return
 
+    def _give_back_memory(self, now: float) -> None:
+        """Once idle for a while after work, return the memory it freed."""
+        if self.state.executing or self.state.fetches:
+            self._last_busy = now
+        elif self._trim_due and now - self._last_busy >= GIVE_BACK_AFTER:
+            self._trim_due = False
+            release_free_memory()
+
+    def _check_memory(self) -> None:
+        """Tell the state machine how much memory this process holds (it pauses
+        or resumes: see WorkerState.memory_measured)."""
+        if not self.memory_limit:
+            return
+        rss = own_rss()
+        if self._trim_due and self.state.memory_high(rss):
+            self._trim_due = False  # (until more is freed: not at every check)
+            release_free_memory()  # what is only free to reuse should not count
+            rss = own_rss()
+        self.state.memory_measured(rss)
+
+    # ------------------------------------------------------------------ the center's messages
+
+    @contained
+    def _on_center_message(self, frames: Frames) -> None:
+        now = time.monotonic()
+        self._last_heard = self.listening.time(now)
+        header, frames = protocol.decode(frames)
+        handler = self.center_handlers.get(header["op"])
+        if handler is None:
+            raise ProtocolError(f"a worker has no use for {header['op']!r} from the center")
+        handler(header, frames, now)
+
+    def _compute(self, header: Header, frames: Frames, now: float) -> None:
+        # (the wire's "inline" asks for the small result sent with the completion)
+        compute = self.state.compute
+        for item, payload in protocol.unpack_items(header["tasks"], frames):
+            compute(item["key"], item["deps"], item.get("priority", 0), payload, now,
+                    item.get("inline", False), item["run"])
+
+    def _release_keys(self, header: Header, frames: Frames, now: float) -> None:
+        self.state.release(header["keys"])
+        self._trim_due = True
+
+    def _drop_direct(self, header: Header, frames: Frames, now: float) -> None:
+        for item in header["tasks"]:
+            self.state.drop_direct(item["key"], item["run"], now)
+
+    def _acquire(self, header: Header, frames: Frames, now: float) -> None:
+        for item in header["tasks"]:
+            self.state.acquire(item["key"], item["holders"], now)
+
+    def _workers_left(self, header: Header, frames: Frames, now: float) -> None:
+        for address in header["addresses"]:
+            self.fetcher.peer_left(address, now)
+
+    def _welcome(self, header: Header, frames: Frames, now: float) -> None:
+        self.registered = True
+        logger.info("registered with the center at %s", self.center_address)
+
+    def _reregister(self, header: Header, frames: Frames, now: float) -> None:
+        if self.registered:  # (else our registration is on its way already)
+            logger.warning("the center at %s does not know this worker (it restarted?); "
+                           "registering again with %d keys", self.center_address,
+                           len(self.state.data))
+            self._register()
+
+    def _refused(self, header: Header, frames: Frames, now: float) -> None:
+        logger.error("the center refused this worker: %s", header["reason"])
+        self.stop()
+
+    def _center_closing(self, header: Header, frames: Frames, now: float) -> None:
+        logger.info("the center at %s is closing; keeping %d keys for it to come back",
+                    self.center_address, len(self.state.data))
+        self._center_closed = True  # (reconnects after this drain: see _loop_once)
+
+    def _retired(self, header: Header, frames: Frames, now: float) -> None:
+        logger.info("worker %s handed its keys on; leaving", self.address)
+        self.state.closing = self._stopping = True
+
     # ------------------------------------------------------------------ output
 
     def _flush(self) -> None:
@@ -690,46 +361,22 @@ class Worker:
         if state.to_execute:
             self._last_busy = time.monotonic()  # (see _give_back_memory)
             self._trim_due = True  # (tasks free what they used, too)
-            last = state.to_execute[-1]
-            if last.reply_to is not None and self._inline_job is None and \
-                    not self._stopping and self.work.empty() and \
-                    len(state.executing) - len(state.to_execute) < self.nthreads:
-                # A client waits on it, and no thread is busy running tasks,
-                # or about to be: run it on this thread (see INLINE_CHECK).
-                self._inline_job = (state.to_execute.pop(), {})
-            for task in state.to_execute:
-                self.work.put((task, state.inputs_of(task)))
-            state.to_execute.clear()
+            self.runner.start_tasks(self._stopping)
         if state.to_clients:
-            for ident, key, run, nbytes, frames in state.to_clients:
-                send_frames(self.server, [ident, *protocol.encode(
-                    "direct-result", frames, key=key, run=run, nbytes=nbytes)])
+            for answer in state.to_clients:
+                self.data_server.send_result(*answer)
             state.to_clients.clear()
         if state.to_fetch:
-            for request_id, peer, keys in state.to_fetch:
-                send(self._peer(peer), [protocol.encode_header(
-                    "get-data", id=request_id, keys=keys, **peer_memory.reader_fields())],
-                     dropped, f"a data request to {peer}")
+            for request in state.to_fetch:
+                self.fetcher.request(*request)
             state.to_fetch.clear()
-        if state.to_center or self._held:
-            self._report()
+        if state.to_center or state.held:
+            self._report(state.take_reports(time.monotonic()))
 
-    def _report(self) -> None:
-        """Send the state machine's reports, or hold completions back a moment."""
-        state = self.state
-        now = time.monotonic()
-        hold = 0.0 if self._stopping or self._leave_requested else \
-            state.report_hold(self._held)
-        since = now if self._held_since is None else self._held_since
-        if now - since < hold:
-            self._held.extend(state.to_center)
-            state.to_center.clear()
-            self._held_since, self._held_until = since, since + hold
-            return
-        reports = self._held + state.to_center if self._held else state.to_center
-        self._held, self._held_since, state.report_now = [], None, False
+    def _report(self, reports: list[Report]) -> None:
+        """Send reports to the center, those of a kind many to a message."""
         if reports:
-            batches: dict[str, tuple[list, list]] = {}
+            batches: dict[str, tuple[list[dict[str, Any]], Frames]] = {}
             for op, item, frames in reports:
                 if op in _BATCHED:
                     items, all_frames = batches.setdefault(op, ([], []))
@@ -743,67 +390,15 @@ class Worker:
                     self._send_center(op, **item)
             for op, (items, frames) in batches.items():
                 self._send_center(op, frames, **{_BATCHED[op]: items})
-            state.to_center.clear()
 
-    def _send_center(self, op: str, frames: list | None = None, **fields: Any) -> None:
+    def _report_seceded(self, key: str, run: int, direct: bool) -> None:
+        if direct:
+            self._send_center("task-seceded", key=key, run=run, direct=True)
+        else:
+            self._send_center("task-seceded", key=key, run=run)
+
+    def _send_center(self, op: str, frames: Frames | None = None, **fields: Any) -> None:
+        assert self.center is not None  # (connected before the loop starts)
         send(self.center, protocol.encode(op, frames or (), **fields), dropped,
              f"{op!r} to the center")
         self._last_sent = time.monotonic()
-
-    def _peer(self, address: str) -> zmq.Socket:
-        sock = self.peers.get(address)
-        if sock is None:
-            sock = self.peers[address] = configure(self.context.socket(zmq.DEALER),
-                                                   self.security)
-            sock.connect(peer_endpoint(address))
-            self.poller.register(sock, zmq.POLLIN)
-        return sock
-
-    # ------------------------------------------------------------------ task threads
-
-    def _start_thread(self) -> None:
-        thread = threading.Thread(target=self._task_thread, daemon=True,
-                                  name=f"zfutures-task-{len(self.threads)}")
-        self.threads.append(thread)
-        thread.start()
-
-    def secede(self, key: str) -> None:
-        """Called from the task thread running ``key``, which waits on futures."""
-        self.call_soon(self._secede, key, key not in self._off_pool)
-
-    def _secede(self, key: str, on_task_thread: bool = True) -> None:
-        run = self.state.secede(key)
-        if run is not None:
-            direct = {"direct": True} if self.state.tasks[key].direct else {}
-            self._send_center("task-seceded", key=key, run=run, **direct)
-        if on_task_thread:  # (a task on the loop thread took no task thread)
-            self._start_thread()  # takes the slot; the seceded thread ends with its task
-
-    def _skipped(self, job: tuple) -> None:
-        """A task thread did not start a task released while it waited in line."""
-        task = job[0]
-        if task.key in self.state.released_running:
-            self.state.task_skipped(task.key)
-        else:  # the center asked for it again meanwhile: run it after all
-            self.work.put(job)
-
-    def _task_thread(self) -> None:
-        work, task_done = self.work, self.state.task_done
-        while True:
-            job = work.get()
-            if job is None:
-                return
-            task = job[0]
-            if task.key in self.state.released_running:  # released before it started
-                self.call_soon(self._skipped, job)
-                del job, task
-                continue
-            context.enter_task(self, task.key)
-            result = run_task(*job)
-            seceded = context.leave_task()
-            self.call_soon(task_done, *result)
-            # Hold nothing while waiting for the next job: the inputs and the
-            # result must go when the center releases them.
-            del job, task, result
-            if seceded:
-                return

@@ -14,6 +14,11 @@ out what this class asks for:
   tasks a client sent straight here (:meth:`WorkerState.run_direct`), for
   the data server to send back to that client.
 
+Which peer is asked for which input, and when, is planned by
+:class:`~zfutures.worker_fetch.Fetches`; when reports go, which task runs on
+the loop thread, when to pause for memory and when a leaving worker may
+stop, by its base class :class:`~zfutures.worker_policy.WorkerPolicies`.
+
 A task here goes ``fetching`` (inputs missing) → ``ready`` (waits for a
 thread) → ``executing`` → done (reported and removed); between the first two
 it goes ``behind`` while an earlier run of its key, released but of another
@@ -24,13 +29,17 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import logging
-from collections.abc import Sequence
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from .worker_fetch import Fetch, Fetches
+from .worker_policy import WorkerPolicies
 
 FETCHING, BEHIND, READY, EXECUTING = "fetching", "behind", "ready", "executing"
+
+#: Payload frames, opaque here: a pickled call, value or exception.
+Frames = list[Any]
+#: A report for the center: (op, item, payload frames).
+Report = tuple[str, dict[str, Any], Frames]
 
 #: Short tasks are handed to the task threads a few at a time, up to about this
 #: many seconds of work per thread (at most MAX_HANDED_AHEAD tasks), so a
@@ -39,36 +48,20 @@ FETCHING, BEHIND, READY, EXECUTING = "fetching", "behind", "ready", "executing"
 HAND_AHEAD_TIME = 0.002
 MAX_HANDED_AHEAD = 8
 
-#: While the task threads have more work, and tasks take less than this many
-#: seconds, completions may wait as long (or until HOLD_MAX of them) to go to
-#: the center in one message: a map of short tasks then costs the center, and
-#: the worker, one message per few tasks instead of one per task. Longer tasks
-#: gain nothing from it, and their dependents would start later.
-HOLD_REPORTS = 0.001
-HOLD_MAX = 64
-
-#: Completions of direct tasks whose clients had their results from here
-#: (``answered``) may wait this long, worker idle or not: their clients need
-#: nothing more from the center, and the center hears of them in one message
-#: every few round trips instead of one each. Woken for each, the center
-#: competes with the client and the worker for the CPUs just when the
-#: result is on its way. Dependents sent here ahead do not wait for it
-#: (report_now), and any other report ends the wait.
-HOLD_ANSWERED = 0.01
-
 #: How long (seconds) a worker refuses a direct run the center gave up on, in
 #: case the client's message comes after all (see WorkerState.drop_direct).
 DROPPED_DIRECT_KEPT = 60.0
 
 
+
 class Task:
     """A task this worker was asked to compute."""
 
-    __slots__ = ("key", "deps", "priority", "payload", "state", "missing", "order", "inline",
+    __slots__ = ("key", "deps", "priority", "payload", "state", "missing", "order", "send_result",
                  "run", "direct", "reply_to")
 
-    def __init__(self, key: str, deps: dict[str, list[str]], priority: int, payload: list,
-                 order: int, inline: bool = False, run: int = 0):
+    def __init__(self, key: str, deps: dict[str, list[str]], priority: int, payload: Frames,
+                 order: int, send_result: bool = False, run: int = 0):
         self.key = key
         self.deps = deps          # input key -> addresses of workers holding it
         self.priority = priority
@@ -76,7 +69,7 @@ class Task:
         self.state = FETCHING
         self.missing: set[str] = set()
         self.order = order
-        self.inline = inline      # a client waits: send a small result along
+        self.send_result = send_result  # a client waits: send a small result along
         self.run = run            # the center's id for this assignment; reports carry it
         self.direct = False       # run is a client's id: it sent the task straight here
         self.reply_to: tuple[bytes, int] | None = None  # (client, its run): answer it too
@@ -88,27 +81,13 @@ class Task:
         return f"<Task {self.key!r} {self.state}>"
 
 
-def same_call(payload: list, other: list) -> bool:
+def same_call(payload: Frames, other: Frames) -> bool:
     """Whether two tasks' payloads are the same pickled call, byte for byte."""
     return len(payload) == len(other) and \
         all(memoryview(a) == memoryview(b) for a, b in zip(payload, other))
 
 
-class _Fetch:
-    """One input being fetched: the holders not tried yet, those tried, and
-    who waits for it."""
-
-    __slots__ = ("key", "holders", "tried", "waiting_tasks", "request")
-
-    def __init__(self, key: str, holders: list[str]):
-        self.key = key
-        self.holders = holders
-        self.tried: list[str] = []
-        self.waiting_tasks: set[str] = set()
-        self.request: int | None = None
-
-
-class WorkerState:
+class WorkerState(WorkerPolicies):
     """The data and the tasks of one worker.
 
     >>> w = WorkerState("tcp://127.0.0.1:9001", nthreads=1)
@@ -117,7 +96,9 @@ class WorkerState:
     [(1, 'tcp://127.0.0.1:9002', ['x'])]
     """
 
-    def __init__(self, address: str, nthreads: int, fetch_timeout: float = 10.0):
+    def __init__(self, address: str, nthreads: int, fetch_timeout: float = 10.0,
+                 memory_limit: int = 0, retire_timeout: float = 10.0):
+        super().__init__(memory_limit, retire_timeout)
         self.address = address
         self.nthreads = nthreads
         self.fetch_timeout = fetch_timeout
@@ -132,32 +113,33 @@ class WorkerState:
         # (unless the center asks for the same call of the key before it comes).
         # At most one run of a key is on a thread: this one, if here.
         self.released_running: dict[str, Task] = {}
-        self.fetches: dict[str, _Fetch] = {}
+        # Inputs fetched from peers, and the requests out for them (their
+        # containers, shared, are this object's fetches, requests, to_fetch).
+        self.fetching = Fetches(address, fetch_timeout, self._fetch_exhausted)
+        self.fetches, self.requests = self.fetching.fetches, self.fetching.requests
         # Tasks sent ahead, waiting for inputs being computed here: input -> tasks.
         self.local_waiters: dict[str, set[str]] = {}
-        self.requests: dict[int, tuple[str, list[str], float]] = {}  # id -> peer, keys, deadline
-        self.to_center: list[tuple[str, dict, list]] = []
+        self.to_center: list[Report] = []
         self.to_execute: list[Task] = []
-        self.to_fetch: list[tuple[int, str, list[str]]] = []
-        self.to_clients: list[tuple[bytes, str, int, int, list]] = []
+        self.to_fetch = self.fetching.to_fetch
+        self.to_clients: list[tuple[bytes, str, int, int, Frames]] = []
         # Direct tasks the center has not heard about from us yet: key -> run
         # (see check_timeouts).
         self.unannounced: dict[str, int] = {}
         self.paused = False  # short of memory: start no new task
-        self.closing = False  # leaving: take no task from a client (see run_direct)
+        self.closing = False  # leaving: take no task from a client, hold no report back
         # Direct runs the center gave up waiting for (see drop_direct):
         # key -> (run, when), kept DROPPED_DIRECT_KEPT seconds.
         self.dropped_direct: dict[str, tuple[int, float]] = {}
         # A finished task had dependents sent ahead to wait here: the center
-        # should hear at once, to send the links after them (the shell clears it).
+        # should hear at once, to send the links after them.
         self.report_now = False
         self._order = itertools.count()
-        self._request_ids = itertools.count(1)
 
     # ------------------------------------------------------------------ events
 
-    def compute(self, key: str, deps: dict[str, list[str]], priority: int, payload: list,
-                now: float, inline: bool = False, run: int = 0) -> None:
+    def compute(self, key: str, deps: dict[str, list[str]], priority: int, payload: Frames,
+                now: float, send_result: bool = False, run: int = 0) -> None:
         """The center asks for ``key``; its inputs are on the workers in ``deps``.
 
         ``run`` names this assignment: the reports on it carry it back, so the
@@ -187,13 +169,12 @@ class WorkerState:
         if task is not None:  # adopt the run under way: it answers this assignment
             task.run = run
             task.direct = False
-            task.inline = task.inline or inline
+            task.send_result = task.send_result or send_result
             if key in self.seceded:  # the center counts it against our threads else
                 self.to_center.append(("task-seceded", {"key": key, "run": run}, []))
             return
-        task = self.tasks[key] = Task(key, deps, priority, payload, next(self._order), inline,
+        task = self.tasks[key] = Task(key, deps, priority, payload, next(self._order), send_result,
                                       run)
-        plan: dict[str, list[str]] = {}
         for dep, holders in deps.items():
             if dep in self.data:
                 continue
@@ -201,22 +182,14 @@ class WorkerState:
             if dep in self.tasks:  # computed here soon: no need to fetch it
                 self.local_waiters.setdefault(dep, set()).add(key)
                 continue
-            fetch = self.fetches.get(dep)
-            if fetch is None:
-                fetch = self.fetches[dep] = _Fetch(
-                    dep, [h for h in holders if h != self.address])
-                if self.address in holders:  # the center thinks we hold it: we do not
-                    fetch.tried.append(self.address)
-                fetch.waiting_tasks.add(key)
-                self._plan_fetch(fetch, plan)
-            else:
-                fetch.waiting_tasks.add(key)
-        self._send_requests(plan, now)
+            self.fetching.want(dep, holders, key)
+        if deps:  # (most tasks have none: no call for them)
+            self.fetching.send(now)
         if key in self.tasks and not task.missing:  # not given up for want of an input
             self._make_ready(task)
         self._start_tasks()
 
-    def run_direct(self, key: str, payload: list, run: int, client: bytes,
+    def run_direct(self, key: str, payload: Frames, run: int, client: bytes,
                    now: float) -> None:
         """``client`` sent ``key``, a task without inputs, straight here, in a
         ``run`` of its own; its small result goes back to it (:attr:`to_clients`)
@@ -246,7 +219,7 @@ class WorkerState:
             task = Task(key, {}, 0, payload, next(self._order), True, run)
             self._make_ready(task)
         self.tasks[key] = task
-        task.run, task.direct, task.inline, task.reply_to = run, True, True, (client, run)
+        task.run, task.direct, task.send_result, task.reply_to = run, True, True, (client, run)
         self.unannounced[key] = run
         if key in self.seceded:
             self.to_center.append(("task-seceded", {"key": key, "run": run, "direct": True},
@@ -275,7 +248,6 @@ class WorkerState:
             keys = list(values)
         else:
             keys = request[1]
-        plan: dict[str, list[str]] = {}
         for key in keys:
             fetch = self.fetches.get(key)
             if fetch is None or (request is not None and fetch.request != request_id):
@@ -285,31 +257,23 @@ class WorkerState:
             if key in values:
                 self._store_fetched(fetch, key, values[key], nbytes[key])
             else:  # the peer no longer has it: try the next holder
-                self._plan_fetch(fetch, plan)
-        self._send_requests(plan, now)
+                self.fetching.plan(fetch)
+        self.fetching.send(now)
         self._start_tasks()
 
     def extend_request(self, request_id: int, until: float) -> None:
         """A peer answered ``request_id`` and its data is still to be read
         from that peer's memory: wait for it until ``until``."""
-        request = self.requests.get(request_id)
-        if request is not None and request[2] < until:
-            self.requests[request_id] = (request[0], request[1], until)
+        self.fetching.extend(request_id, until)
 
     def peer_left(self, address: str, now: float) -> None:
         """The worker at ``address`` left the cluster or died: what was asked
         of it is asked of the next holder now (or reported missing), rather
         than after the fetch timeout, and it is asked nothing more."""
-        for fetch in self.fetches.values():
-            if address in fetch.holders:
-                fetch.holders.remove(address)
-        plan: dict[str, list[str]] = {}
-        for request_id, (peer, _, _) in list(self.requests.items()):
-            if peer == address:
-                self._abandon(request_id, plan)
-        self._send_requests(plan, now)
+        self.fetching.peer_left(address)
+        self.fetching.send(now)
 
-    def input_failed(self, key: str, error: list) -> None:
+    def input_failed(self, key: str, error: Frames) -> None:
         """Input ``key`` can never arrive (its value cannot be pickled): the tasks
         that need it fail with ``error`` (pickled exception frames)."""
         fetch = self.fetches.get(key)
@@ -330,18 +294,12 @@ class WorkerState:
         for key, (_, when) in list(self.dropped_direct.items()):
             if now - when > DROPPED_DIRECT_KEPT:
                 del self.dropped_direct[key]
-        plan: dict[str, list[str]] = {}
-        for request_id, (peer, keys, deadline) in list(self.requests.items()):
-            if deadline > now:
-                continue
-            logger.warning("no answer from %s for %d keys within %.1fs; trying other holders",
-                           peer, len(keys), self.fetch_timeout)
-            self._abandon(request_id, plan)
-        self._send_requests(plan, now)
+        self.fetching.expire(now)
+        self.fetching.send(now)
 
     def task_done(self, key: str, value: Any = None, nbytes: int = 0,
-                  duration: float = 0.0, error: list | None = None,
-                  pickled: list | None = None) -> None:
+                  duration: float = 0.0, error: Frames | None = None,
+                  pickled: Frames | None = None) -> None:
         """A task thread finished ``key``, with a value or a pickled ``error``
         (and the value ``pickled`` too, when it is small and a client waits)."""
         self.executing.discard(key)
@@ -380,27 +338,6 @@ class WorkerState:
                 # (the center errs or takes back the tasks that waited for it)
         self._start_tasks()
 
-    def report_hold(self, held: Sequence[tuple[str, dict, list]]) -> float:
-        """How long the reports in ``to_center``, with those ``held`` back
-        already, may wait (from the first held) to go in one message: 0.0 if
-        they go now.
-
-        Only completions wait: those of direct tasks whose clients have their
-        results HOLD_ANSWERED; those of other short tasks HOLD_REPORTS, and
-        only while a task thread has more to run. A worker with nothing else
-        to run, or whose finished task has dependents waiting here (the
-        center sends the next links of a chain when it hears), reports at once.
-        """
-        reports = self.to_center
-        if self.report_now or len(held) + len(reports) >= HOLD_MAX or \
-                not all(op == "task-finished" for op, _, _ in reports):
-            return 0.0
-        if all(item.get("answered") for _, item, _ in itertools.chain(held, reports)):
-            return HOLD_ANSWERED
-        if self.executing and self.task_duration < HOLD_REPORTS:
-            return HOLD_REPORTS
-        return 0.0
-
     def release(self, keys: list[str]) -> None:
         """The center no longer needs ``keys`` here: drop data and pending work."""
         for key in keys:
@@ -430,12 +367,8 @@ class WorkerState:
         if key in self.data:
             self.to_center.append(("keys-added", {"key": key, "nbytes": self.nbytes[key]}, []))
             return
-        if key in self.fetches:
-            return
-        fetch = self.fetches[key] = _Fetch(key, [h for h in holders if h != self.address])
-        plan: dict[str, list[str]] = {}
-        self._plan_fetch(fetch, plan)
-        self._send_requests(plan, now)
+        self.fetching.want(key, holders)
+        self.fetching.send(now)
 
     def task_skipped(self, key: str) -> None:
         """A task thread did not start ``key``, released while it waited in line."""
@@ -452,8 +385,7 @@ class WorkerState:
             if task.state != EXECUTING:
                 del self.tasks[key]
         self.ready.clear()
-        self.fetches.clear()
-        self.requests.clear()
+        self.fetching.clear()
         self.local_waiters.clear()
 
     def secede(self, key: str) -> int | None:
@@ -476,28 +408,15 @@ class WorkerState:
 
     # ------------------------------------------------------------------ internals
 
-    def _abandon(self, request_id: int, plan: dict[str, list[str]]) -> None:
-        """Stop waiting for request ``request_id``: plan its keys from the next
-        holders (those still fetched for it, not since asked elsewhere)."""
-        for key in self.requests.pop(request_id)[1]:
-            fetch = self.fetches.get(key)
-            if fetch is not None and fetch.request == request_id:
-                self._plan_fetch(fetch, plan)
-
-    def _plan_fetch(self, fetch: _Fetch, plan: dict[str, list[str]]) -> None:
-        if fetch.holders:
-            holder = fetch.holders.pop(0)
-            fetch.tried.append(holder)
-            plan.setdefault(holder, []).append(fetch.key)
-            return
-        # No holder left to try: the tasks that need it go back to the center,
-        # saying which holders failed (others may have a copy by now).
+    def _fetch_exhausted(self, fetch: Fetch) -> None:
+        """No holder of an input is left to ask: the tasks that need it go back
+        to the center, saying which holders failed (others may have a copy by now)."""
         for task in self._give_up(fetch):
             self.to_center.append(("missing-data", {"key": task.key, "missing": [fetch.key],
                                                     "run": task.run,
                                                     "tried": list(fetch.tried)}, []))
 
-    def _give_up(self, fetch: _Fetch) -> list[Task]:
+    def _give_up(self, fetch: Fetch) -> list[Task]:
         """Stop fetching an input; drop the tasks waiting for it (they no longer
         wait for their other inputs either) and return them."""
         del self.fetches[fetch.key]
@@ -515,20 +434,7 @@ class WorkerState:
                         del self.fetches[other]
         return dropped
 
-    def _send_requests(self, plan: dict[str, list[str]], now: float) -> None:
-        for peer, keys in plan.items():
-            # A fetch planned in this same event may be gone already: its only
-            # task was given up for want of another input (see _give_up).
-            keys = [key for key in keys if key in self.fetches]
-            if not keys:
-                continue
-            request_id = next(self._request_ids)
-            self.requests[request_id] = (peer, keys, now + self.fetch_timeout)
-            for key in keys:
-                self.fetches[key].request = request_id
-            self.to_fetch.append((request_id, peer, keys))
-
-    def _store_fetched(self, fetch: _Fetch, key: str, value: Any, nbytes: int) -> None:
+    def _store_fetched(self, fetch: Fetch, key: str, value: Any, nbytes: int) -> None:
         del self.fetches[key]
         self.data[key] = value
         self.nbytes[key] = nbytes
@@ -559,11 +465,6 @@ class WorkerState:
         elif behind.state == BEHIND:
             self._make_ready(behind)
         return True
-
-    def set_paused(self, paused: bool) -> None:
-        """Memory crossed the high mark (stop starting tasks) or fell back."""
-        self.paused = paused
-        self._start_tasks()
 
     def _start_tasks(self) -> None:
         ahead = min(MAX_HANDED_AHEAD, int(HAND_AHEAD_TIME / max(self.task_duration, 1e-9)))

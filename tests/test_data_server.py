@@ -1,0 +1,329 @@
+"""A worker's data server (worker_data.DataServer): what it answers to whom.
+
+First the server alone, on a ROUTER of its own in this process, each request
+handled by hand: ``get-data``, ``put-data``, ``run``, ``run-task``, and the
+leases of same-machine reads. Then a real worker process fed malformed
+requests from a raw socket.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import time
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+from test_hostile import (
+    RawPeer,
+    assert_alive,
+    connected_executor,
+    decode_reply,
+    fetch,
+    lines,
+    make,
+    start_cluster,
+    total,
+)
+
+from zfutures import peer_memory, protocol, serialize
+from zfutures.logs import RateLimitedLog
+from zfutures.loop import drain, send_frames
+from zfutures.remote_errors import remote_exception
+from zfutures.worker_data import DataServer
+from zfutures.worker_state import WorkerState
+
+pytestmark = pytest.mark.timeout(90)
+
+h = protocol.encode_header
+
+
+def raw(obj: Any) -> bytes:
+    """msgpack bytes of any object: headers the encoder would never make."""
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise TypeError("not today")
+
+
+def fail(message):
+    raise ValueError(message)
+
+
+class Served:
+    """A DataServer on a ROUTER of its own, and DEALERs to ask it; the test
+    plays the worker's loop (:meth:`serve`)."""
+
+    def __init__(self, context: zmq.Context):
+        self.context = context
+        self.state = WorkerState("tcp://127.0.0.1:1", nthreads=1)
+        self.server = context.socket(zmq.ROUTER)
+        self.server.linger = 0
+        self.address = f"tcp://127.0.0.1:{self.server.bind_to_random_port('tcp://127.0.0.1')}"
+        self.calls: queue.SimpleQueue = queue.SimpleQueue()  # for "the loop thread"
+        self.dropped = RateLimitedLog(logging.getLogger("test_data_server"))
+        self.data_server = DataServer(self.server, self.state,
+                                      lambda fn, *args: self.calls.put((fn, args)), self.dropped)
+        self.client = self.dealer()
+
+    def dealer(self) -> zmq.Socket:
+        sock = self.context.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.connect(self.address)
+        return sock
+
+    def ask(self, op: str, frames: list | tuple = (), via: zmq.Socket | None = None,
+            **fields: Any) -> tuple[dict, list] | None:
+        """Send a request, serve it, and return the answer (None if none)."""
+        via = via or self.client
+        send_frames(via, protocol.encode(op, frames, **fields))
+        self.serve()
+        return self.answer(via, timeout=0.5)
+
+    def serve(self, timeout: float = 5) -> None:
+        assert self.server.poll(int(1000 * timeout)), "the request did not arrive"
+        drain(self.server, self.data_server.on_request, self.dropped)
+
+    def run_calls(self, timeout: float = 5) -> None:
+        """Make a call another thread asked the loop for."""
+        fn, args = self.calls.get(timeout=timeout)
+        fn(*args)
+
+    def answer(self, via: zmq.Socket | None = None, timeout: float = 5) -> tuple[dict, list] | None:
+        via = via or self.client
+        if not via.poll(int(1000 * timeout)):
+            return None
+        header, payload = protocol.decode(via.recv_multipart(copy=False))
+        return header, payload
+
+
+@pytest.fixture
+def context():
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+@pytest.fixture
+def served(context):
+    return Served(context)
+
+
+def values_of(header: dict, payload: list) -> dict[str, Any]:
+    return {item["key"]: serialize.loads(frames)
+            for item, frames in protocol.unpack_items(header["items"], payload)}
+
+
+# ----------------------------------------------------------------------------- get-data
+
+def test_get_data_answers_the_values_held_and_the_keys_missing_each_once(served):
+    served.state.add_data("x", [1, 2, 3], 80)
+    served.state.add_data("y", "why", 52)
+    header, payload = served.ask("get-data", id=5, keys=["x", "nope", "x", "y", "nope"])
+    assert header["op"] == "data" and header["id"] == 5
+    assert header["missing"] == ["nope"]
+    assert [(item["key"], item["nbytes"]) for item in header["items"]] == [("x", 80), ("y", 52)]
+    assert values_of(header, payload) == {"x": [1, 2, 3], "y": "why"}
+    assert "lease" not in header  # (not asked as a reader on this machine)
+
+
+def test_a_result_that_cannot_leave_its_worker_is_answered_as_an_error(served):
+    served.state.add_data("bad", Unpicklable(), 48)
+    served.state.add_data("good", 1, 28)
+    header, payload = served.ask("get-data", id=1, keys=["bad", "good"])
+    assert [item["key"] for item in header["items"]] == ["good"]
+    [error] = header["errors"]
+    assert error["key"] == "bad"
+    unpacked = dict((item["key"], frames) for item, frames in protocol.unpack_items(
+        header["items"] + header["errors"], payload))
+    exc = remote_exception(unpacked["bad"])
+    assert isinstance(exc, TypeError) and "cannot be pickled" in str(exc)
+    assert serialize.loads(unpacked["good"]) == 1
+
+
+# ----------------------------------------------------------------------------- put-data
+
+def test_put_data_stores_the_values_and_answers_their_sizes(served):
+    items = [{"key": "a"}, {"key": "b"}, {"key": "broken"}]
+    frames = protocol.pack_items(items, [serialize.dumps(np.arange(10)), serialize.dumps("b"),
+                                         [b"not a pickle"]])
+    header, _ = served.ask("put-data", frames, id=3, items=items)
+    assert header["op"] == "data-stored" and header["id"] == 3
+    assert set(header["nbytes"]) == {"a", "b"} and header["nbytes"]["a"] >= 80
+    assert set(header["failed"]) == {"broken"}
+    assert set(served.state.data) == {"a", "b"} and served.state.nbytes == header["nbytes"]
+
+
+# ----------------------------------------------------------------------------- run, run-task
+
+def test_run_calls_a_function_off_the_loop_and_answers_its_result_or_error(served):
+    assert served.ask("run", serialize.dumps((sum, ([1, 2, 3],), {})), id=1) is None
+    served.run_calls()  # the answer is sent from the loop thread
+    header, payload = served.answer()
+    assert (header["op"], header["id"], header["ok"]) == ("run-result", 1, True)
+    assert serialize.loads(payload) == 6
+
+    served.ask("run", serialize.dumps((fail, ("no",), {})), id=2)
+    served.run_calls()
+    header, payload = served.answer()
+    assert (header["id"], header["ok"]) == (2, False)
+    exc = remote_exception(payload)
+    assert isinstance(exc, ValueError) and str(exc) == "no"
+
+
+def test_run_task_hands_a_clients_task_to_the_state_machine(served):
+    assert served.ask("run-task", [b"pickled call"], key="k", run=9) is None
+    (task,) = served.state.to_execute
+    assert (task.key, task.run, task.direct, task.send_result) == ("k", 9, True, True)
+    ident = task.reply_to[0]
+    served.state.task_done("k", 42, 28, 0.001, None, [b"pickled 42"])
+    (client, key, run, nbytes, frames), = served.state.to_clients
+    served.data_server.send_result(client, key, run, nbytes, frames)
+    header, payload = served.answer()
+    assert header == {"op": "direct-result", "key": "k", "run": 9, "nbytes": 28}
+    assert [bytes(f) for f in payload] == [b"pickled 42"] and client == ident
+
+
+# ----------------------------------------------------------------------------- same-machine reads
+
+needs_reads = pytest.mark.skipif(not peer_memory.enabled(),
+                                 reason="process_vm_readv is not available here")
+
+
+@needs_reads
+def test_big_buffers_are_offered_to_a_reader_on_this_machine_under_a_lease(served):
+    big = np.arange(1_000_000, dtype=np.float64)
+    served.state.add_data("big", big, big.nbytes)
+    header, payload = served.ask("get-data", id=1, keys=["big"], **peer_memory.reader_fields())
+    [item] = header["items"]
+    assert item["remote"] and header["pid"] == os.getpid() and "proof" in header
+    assert sum(len(f) for f in payload) < big.nbytes  # the buffer was not sent
+    leases = served.data_server.leases
+    assert len(leases) == 1
+    other = served.dealer()
+    served.ask("data-read", via=other, lease=header["lease"])  # not its lease: kept
+    assert len(leases) == 1
+    assert served.ask("data-read", lease=header["lease"]) is None  # its reader: ended
+    assert len(leases) == 0
+
+
+@needs_reads
+def test_a_lease_never_ended_expires(served):
+    big = np.arange(1_000_000, dtype=np.float64)
+    served.state.add_data("big", big, big.nbytes)
+    served.ask("get-data", id=1, keys=["big"], **peer_memory.reader_fields())
+    leases = served.data_server.leases
+    assert leases.expire(time.monotonic()) == 0
+    assert leases.expire(time.monotonic() + peer_memory.LEASE_SECONDS + 60) == 1
+
+
+def test_a_reader_on_another_machine_gets_the_bytes(served):
+    big = np.arange(1_000_000, dtype=np.float64)
+    served.state.add_data("big", big, big.nbytes)
+    header, payload = served.ask("get-data", id=1, keys=["big"], machine="elsewhere",
+                                 token="x" * 32)
+    assert "lease" not in header and "remote" not in header["items"][0]
+    assert np.array_equal(values_of(header, payload)["big"], big)
+
+
+# ----------------------------------------------------------------------------- malformed requests
+
+#: Requests to a worker's data server that it must drop without answering.
+MALFORMED_DATA_REQUESTS = {
+    "an empty frame": [b""],
+    "several empty frames": [b"", b"", b""],
+    "bytes that are not msgpack": [b"\xc1 not msgpack"],
+    "a list": [raw(["get-data", 1, ["k"]])],
+    "an int": [raw(7)],
+    "a map without op": [raw({"id": 1, "keys": ["k"]})],
+    "an unknown op": [h("steal-data", id=1, keys=["k"])],
+    "an op it does not serve": [h("submit", tasks=[])],
+    "a reply op": [h("data", id=1, items=[], missing=[])],
+    "get-data with keys a string": [raw({"op": "get-data", "id": 1, "keys": "k"})],
+    "get-data with int keys": [h("get-data", id=1, keys=[1, 2])],
+    "get-data with a string id": [h("get-data", id="1", keys=["k"])],
+    "get-data with a float id": [h("get-data", id=1.0, keys=["k"])],
+    "get-data without keys": [raw({"op": "get-data", "id": 1})],
+    "get-data with binary keys": [h("get-data", id=1, keys=[b"k"])],
+    "get-data with a machine that is not a string": [h("get-data", id=1, keys=["k"],
+                                                       machine=7)],
+    "data-read without a lease": [h("data-read")],
+    "data-read with a string lease": [h("data-read", lease="1")],
+    "data-read for a lease never granted": [h("data-read", lease=12345)],
+    "put-data announcing more frames than it has": [
+        h("put-data", id=1, items=[{"key": "evil", "nframes": 4}]), b"x"],
+    "put-data with negative nframes": [
+        h("put-data", id=1, items=[{"key": "evil", "nframes": -1},
+                                   {"key": "evil2", "nframes": 2}]), b"x"],
+    "put-data with items a map": [raw({"op": "put-data", "id": 1, "items": {"key": "evil"}})],
+    "put-data with a layout that cuts past its frame": [
+        h("put-data", id=1, items=[{"key": "evil", "nframes": 1}], layout=[5]), b"ab"],
+    "put-data with a layout announcing 512 MB in tiny chunks": [
+        h("put-data", id=1, items=[{"key": "evil", "nframes": 1}], layout=[-(2**29)]), b"x",
+        b"y"],
+    "run with a layout that does not match": [h("run", id=1, layout=[3, 3]), b"ab"],
+}
+
+
+@pytest.mark.timeout(120)
+def test_malformed_requests_to_a_data_server_leave_it_serving(processes, tmp_path, context):
+    """Each kind of malformed request 500 times to a worker's data server: the
+    worker stays up, answers nothing to them, stores nothing, logs a few lines,
+    and still serves a normal fetch (raw and through the Executor) after."""
+    repeat = 500
+    center, address, _, [(worker, data_address, worker_log)] = start_cluster(processes, tmp_path)
+    ex = connected_executor(address, 1)
+    try:
+        x = ex.submit(make, 10, workers=[data_address])
+        assert x.result(timeout=30) == list(range(10))
+        peer = RawPeer(context, data_address)
+        header, payload = fetch(peer, 1, [x.key, "nope"])
+        assert header["missing"] == ["nope"] and [i["key"] for i in header["items"]] == [x.key]
+        assert serialize.loads(payload) == list(range(10))
+
+        sent = 0
+        for frames in MALFORMED_DATA_REQUESTS.values():
+            for _ in range(repeat):
+                peer.send(*frames)
+                sent += 1
+        # run, or put-data, with a payload that is not a pickle: answered, with a failure
+        for i in range(20):
+            peer.send(h("run", id=1000 + i), b"not a pickle")
+            peer.send(h("put-data", id=2000 + i, items=[{"key": "evil", "nframes": 1}]),
+                      b"not a pickle")
+        # answered in order: the fetch comes after every request above was handled
+        results = []
+        while len(results) < 40:
+            assert peer.socket.poll(10_000), "the data server stopped answering"
+            header, _ = decode_reply(peer.socket.recv_multipart())
+            assert header["op"] in ("run-result", "data-stored"), \
+                f"an answer to a malformed request: {header}"
+            results.append(header)
+        runs = [r for r in results if r["op"] == "run-result"]
+        assert sorted(r["id"] for r in runs) == list(range(1000, 1020))
+        assert not any(r["ok"] for r in runs)
+        stored = [r for r in results if r["op"] == "data-stored"]
+        assert sorted(r["id"] for r in stored) == list(range(2000, 2020))
+        assert all(r["nbytes"] == {} and "evil" in r["failed"] for r in stored)
+        header, payload = fetch(peer, 2, [x.key, "evil", "evil2"])
+        assert header["missing"] == ["evil", "evil2"], "a malformed put-data stored data"
+        assert serialize.loads(payload) == list(range(10))
+        assert not peer.socket.poll(100), "an answer to a malformed request"
+
+        assert_alive(center, worker)
+        assert ex.gather(x, timeout=30) == list(range(10))
+        assert ex.submit(total, x).result(timeout=30) == 45
+        assert ex.has_what()[data_address] and "evil" not in ex.has_what()[data_address]
+    finally:
+        ex.shutdown(wait=False)
+    warnings = lines(worker_log, "WARNING")
+    assert sent >= 9000
+    assert lines(worker_log, "dropped a malformed message"), "the drops were not logged"
+    assert len(warnings) <= 20, f"{len(warnings)} warnings for {sent} messages:\n" + "\n".join(
+        warnings)
+    assert_alive(center, worker)

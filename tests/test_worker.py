@@ -1,0 +1,264 @@
+"""A worker's loop (worker.py): what it does with each message from its center.
+
+A real :class:`~zfutures.worker.Worker` runs on threads of this process
+against a fake center, a ROUTER socket the test reads and writes: the
+registration, the table of handlers for the center's messages, reports,
+leaving, and what it drops. Every wait is bounded.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import fake_center
+import msgpack
+import pytest
+from conftest import wait_for
+from fake_center import FakeCenter
+
+import zfutures.worker
+from zfutures import protocol, serialize
+from zfutures.logs import RateLimitedLog
+from zfutures.worker import Worker
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def inc(x):
+    return x + 1
+
+
+class _NoReference:
+    """No argument here is a reference to another task's result."""
+
+
+def payload(fn, *args) -> list:
+    frames, _ = serialize.dumps_task(fn, args, {}, reference_type=_NoReference)
+    return frames
+
+
+def compute(center: FakeCenter, key: str, fn=inc, *args, run: int = 1, **fields: Any) -> None:
+    """Send the worker a compute of ``fn(*args)`` as ``key``."""
+    items = [{"key": key, "deps": {}, "run": run, **fields}]
+    center.send("compute", protocol.pack_items(items, [payload(fn, *args or (1,))]),
+                tasks=items)
+
+
+@pytest.fixture
+def center():
+    with fake_center.running() as center:
+        yield center
+
+
+class Running:
+    """A worker serving on a thread of this process."""
+
+    def __init__(self, worker: Worker):
+        self.worker = worker
+        self.thread = threading.Thread(target=worker.run, daemon=True, name="test-worker")
+        self.thread.start()
+
+    def ended(self, timeout: float = 10) -> bool:
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+
+@pytest.fixture
+def start(center, monkeypatch):
+    """``start(**options)``: a worker of ``center``, stopped at the end of the test."""
+    # A log of its own: the drops other tests logged do not hold these back.
+    monkeypatch.setattr(zfutures.worker, "dropped", RateLimitedLog(zfutures.worker.logger))
+    started: list[Running] = []
+
+    def start(**options: Any) -> Running:
+        options = {"host": "127.0.0.1", "heartbeat_interval": 0.1, **options}
+        running = Running(Worker(center.address, **options))
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.worker.stop()
+        running.worker.stop()  # (a second call leaves at once)
+        assert running.ended(), "the worker did not stop"
+
+
+# ----------------------------------------------------------------------------- registration
+
+def test_a_worker_registers_with_what_it_is_and_then_heartbeats(center, start):
+    running = start(nthreads=3, name="w1", resources={"GPU": 1.0})
+    header = center.expect("register-worker")
+    assert header["address"] == running.worker.address and header["name"] == "w1"
+    assert (header["nthreads"], header["resources"], header["keys"]) == (3, {"GPU": 1.0}, [])
+    assert header["protocol"] == protocol.PROTOCOL_VERSION
+    center.send("welcome", protocol=protocol.PROTOCOL_VERSION)
+    wait_for(lambda: running.worker.registered, timeout=5)
+    center.expect("heartbeat", timeout=2, skip=())
+
+
+def test_a_worker_the_center_does_not_know_registers_again(center, start):
+    start()
+    center.register()
+    center.send("reregister")
+    assert center.expect("register-worker")["keys"] == []
+
+
+def test_a_worker_whose_center_goes_silent_reconnects_and_registers_again(center, start):
+    start(heartbeat_timeout=0.5)
+    center.register()
+    first = center.peer
+    center.expect("register-worker", timeout=5)  # (after half a second of silence)
+    assert center.peer != first  # from a new socket
+
+
+def test_a_worker_whose_center_is_closing_registers_anew_with_its_keys(center, start):
+    start()
+    center.register()
+    compute(center, "x")
+    center.expect("task-finished")
+    center.send("closing")
+    assert center.expect("register-worker")["keys"] == ["x"]
+
+
+def test_a_worker_the_center_refuses_stops(center, start):
+    running = start()
+    center.expect("register-worker")
+    center.send("refused", reason="wrong protocol")
+    assert running.ended()
+
+
+# ----------------------------------------------------------------------------- tasks
+
+def test_a_task_the_center_sends_runs_and_is_reported_with_its_run(center, start):
+    running = start()
+    center.register()
+    compute(center, "x", inc, 41, run=7)
+    header = center.expect("task-finished")
+    [item] = header["tasks"]
+    assert (item["key"], item["run"]) == ("x", 7) and item["nbytes"] > 0
+    assert running.worker.state.data == {"x": 42}
+
+
+def test_a_small_result_asked_for_rides_with_its_completion(center, start):
+    start()
+    center.register()
+    compute(center, "x", inc, 41, inline=True)  # (the wire's name for it)
+    header = center.expect("task-finished")
+    assert header["tasks"][0]["nframes"] > 0
+    assert serialize.loads(header["payload"]) == 42
+
+
+def test_a_failing_task_is_reported_with_its_error(center, start):
+    start()
+    center.register()
+    compute(center, "x", inc, "not a number")
+    header = center.expect("task-erred")
+    assert header["tasks"][0]["key"] == "x" and header["payload"]
+
+
+def test_released_keys_are_dropped(center, start):
+    running = start()
+    center.register()
+    compute(center, "x")
+    center.expect("task-finished")
+    center.send("release-keys", keys=["x"])
+    wait_for(lambda: not running.worker.state.data, timeout=5)
+
+
+def test_a_worker_over_its_memory_mark_pauses_and_says_so(center, start):
+    start(memory_limit=1)  # (any process is over it)
+    center.register()
+    assert center.expect("paused")["paused"] is True
+    compute(center, "x")
+    assert "task-finished" not in center.ops_within(0.5)  # started no task
+    center.send("reregister")  # a new center hears it too
+    center.expect("register-worker")
+    assert center.expect("paused")["paused"] is True
+
+
+# ----------------------------------------------------------------------------- what is dropped
+
+#: Messages from a center that a worker has no use for: dropped, logged, and
+#: the worker goes on.
+DROPPED = {
+    "bytes that are not msgpack": [b"\xc1 not msgpack"],
+    "an empty frame": [b""],
+    "a header that is not a map": [msgpack.packb(["compute"])],
+    "a header without op": [msgpack.packb({"tasks": []})],
+    "an unknown op": [msgpack.packb({"op": "explode"})],
+    "an op for clients": [protocol.encode_header("reply", id=1, result=None)],
+    "an op for the center": [protocol.encode_header("task-finished", tasks=[])],
+    "compute without tasks": [protocol.encode_header("compute")],
+    "release-keys with keys not a list": [protocol.encode_header("release-keys", keys=3)],
+    "compute announcing frames it lacks": [protocol.encode_header(
+        "compute", tasks=[{"key": "y", "deps": {}, "run": 1, "nframes": 2}])],
+}
+
+
+def test_what_a_worker_has_no_use_for_from_its_center_is_dropped_and_logged(
+        center, start, caplog):
+    caplog.set_level(logging.WARNING, logger="zfutures.worker")
+    running = start()
+    center.register()
+    for frames in DROPPED.values():
+        for _ in range(20):
+            center.send_raw(*frames)
+    compute(center, "x")  # handled after all of them: the worker goes on
+    center.expect("task-finished")
+    assert running.worker.state.tasks == {} and "y" not in running.worker.state.data
+    logged = [r.getMessage() for r in caplog.records if r.name == "zfutures.worker"]
+    assert any("dropped a malformed message" in m for m in logged), logged
+    assert len(logged) <= 5, logged  # rate-limited: a few lines for 200 messages
+
+
+def test_every_op_the_center_sends_a_worker_has_a_handler_for(center):
+    to_workers = {"welcome", "compute", "release-keys", "acquire", "retired", "drop-direct",
+                  "workers-left", "reregister", "refused", "closing", "heartbeat"}
+    worker = Worker(center.address, host="127.0.0.1")
+    try:
+        assert set(worker.center_handlers) == to_workers
+        assert to_workers <= set(protocol.SCHEMAS)
+    finally:
+        worker.fetcher.close()
+        worker.data_server.server.close(linger=0)
+        worker.context.term()
+        worker.waker.close()
+
+
+# ----------------------------------------------------------------------------- leaving
+
+def test_a_worker_holding_nothing_leaves_at_once(center, start):
+    running = start()
+    center.register()
+    wait_for(lambda: running.worker.registered, timeout=5)
+    running.worker.stop()
+    assert center.expect("unregister")
+    assert running.ended()
+
+
+def test_a_leaving_worker_hands_its_keys_on_and_goes_when_the_center_says(center, start):
+    running = start(retire_timeout=30)
+    center.register()
+    compute(center, "x")
+    center.expect("task-finished")
+    running.worker.stop()
+    center.expect("retire")
+    assert not running.ended(timeout=0.3)  # waits for the center
+    center.send("retired")
+    center.expect("unregister")
+    assert running.ended()
+
+
+def test_a_leaving_worker_the_center_does_not_answer_goes_after_its_retire_timeout(
+        center, start):
+    running = start(retire_timeout=0.5)
+    center.register()
+    compute(center, "x")
+    center.expect("task-finished")
+    began = time.monotonic()
+    running.worker.stop()
+    center.expect("retire")
+    center.expect("unregister", timeout=5)
+    assert running.ended() and time.monotonic() - began >= 0.5

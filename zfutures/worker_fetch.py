@@ -1,0 +1,132 @@
+"""Which peer a worker asks for each input it lacks, and when: no I/O.
+
+A task's inputs held by other workers are fetched straight from them. Each
+input is asked of one holder at a time; the inputs planned for one peer in
+one event go in one request (``get-data``). When the holder answers without
+the key, leaves, or does not answer within the fetch timeout, the next
+holder is asked; when none is left, the input is given up, and WorkerState
+sends the tasks that wait for it back to the center.
+
+:class:`Fetches` is a part of WorkerState: its requests to send are in
+:attr:`Fetches.to_fetch`, ``(request id, peer address, keys)`` each.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable
+
+logger = logging.getLogger(__name__)
+
+
+class Fetch:
+    """One input being fetched: the holders not tried yet, those tried, the
+    tasks that wait for it, and the request it was last asked in."""
+
+    __slots__ = ("key", "holders", "tried", "waiting_tasks", "request")
+
+    def __init__(self, key: str, holders: list[str]):
+        self.key = key
+        self.holders = holders
+        self.tried: list[str] = []
+        self.waiting_tasks: set[str] = set()
+        self.request: int | None = None
+
+
+class Fetches:
+    """The inputs a worker at ``address`` fetches, and its requests for them.
+
+    ``give_up(fetch)`` is called for a fetch with no holder left to ask
+    (WorkerState drops it, with the tasks that wait for it). Each event plans
+    fetches (:meth:`want`, :meth:`plan`), then :meth:`send` makes the
+    requests, one per peer.
+    """
+
+    def __init__(self, address: str, timeout: float, give_up: Callable[[Fetch], None]):
+        self.address = address
+        self.timeout = timeout  # seconds a peer has to answer
+        self.give_up = give_up
+        self.fetches: dict[str, Fetch] = {}  # input key -> its fetch
+        self.requests: dict[int, tuple[str, list[str], float]] = {}  # id -> peer, keys, deadline
+        self.to_fetch: list[tuple[int, str, list[str]]] = []
+        self._planned: dict[str, list[str]] = {}  # peer -> keys, until send()
+        self._request_ids = itertools.count(1)
+
+    def want(self, key: str, holders: list[str], task_key: str | None = None) -> None:
+        """Fetch ``key`` from ``holders``, for task ``task_key`` if any (once,
+        however many tasks want it)."""
+        fetch = self.fetches.get(key)
+        if fetch is None:
+            fetch = self.fetches[key] = Fetch(key, [h for h in holders if h != self.address])
+            if self.address in holders:  # the center thinks we hold it: we do not
+                fetch.tried.append(self.address)
+            if task_key is not None:
+                fetch.waiting_tasks.add(task_key)
+            self.plan(fetch)
+        elif task_key is not None:
+            fetch.waiting_tasks.add(task_key)
+
+    def plan(self, fetch: Fetch) -> None:
+        """Ask ``fetch``'s next holder for it, or give it up if none is left."""
+        if fetch.holders:
+            holder = fetch.holders.pop(0)
+            fetch.tried.append(holder)
+            self._planned.setdefault(holder, []).append(fetch.key)
+        else:
+            self.give_up(fetch)
+
+    def send(self, now: float) -> None:
+        """Make the requests planned in this event, one per peer."""
+        if not self._planned:
+            return
+        planned, self._planned = self._planned, {}
+        for peer, keys in planned.items():
+            # A fetch planned in this same event may be gone already: its only
+            # task was given up for want of another input.
+            keys = [key for key in keys if key in self.fetches]
+            if not keys:
+                continue
+            request_id = next(self._request_ids)
+            self.requests[request_id] = (peer, keys, now + self.timeout)
+            for key in keys:
+                self.fetches[key].request = request_id
+            self.to_fetch.append((request_id, peer, keys))
+
+    def extend(self, request_id: int, until: float) -> None:
+        """A peer answered ``request_id`` and its data is still to be read
+        from that peer's memory: wait for it until ``until``."""
+        request = self.requests.get(request_id)
+        if request is not None and request[2] < until:
+            self.requests[request_id] = (request[0], request[1], until)
+
+    def peer_left(self, address: str) -> None:
+        """Ask nothing more of ``address``; what was asked of it, ask the next
+        holder (planned)."""
+        for fetch in self.fetches.values():
+            if address in fetch.holders:
+                fetch.holders.remove(address)
+        for request_id, (peer, _, _) in list(self.requests.items()):
+            if peer == address:
+                self._abandon(request_id)
+
+    def expire(self, now: float) -> None:
+        """Give up on the requests past their deadline: ask the next holders (planned)."""
+        for request_id, (peer, keys, deadline) in list(self.requests.items()):
+            if deadline > now:
+                continue
+            logger.warning("no answer from %s for %d keys within %.1fs; trying other holders",
+                           peer, len(keys), self.timeout)
+            self._abandon(request_id)
+
+    def clear(self) -> None:
+        """Fetch nothing more, and wait for no answer."""
+        self.fetches.clear()
+        self.requests.clear()
+
+    def _abandon(self, request_id: int) -> None:
+        """Stop waiting for request ``request_id``: plan its keys from the next
+        holders (those still fetched for it, not since asked elsewhere)."""
+        for key in self.requests.pop(request_id)[1]:
+            fetch = self.fetches.get(key)
+            if fetch is not None and fetch.request == request_id:
+                self.plan(fetch)

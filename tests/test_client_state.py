@@ -15,13 +15,9 @@ import weakref
 import pytest
 
 from zfutures import Future, FutureLostError, protocol, serialize
-from zfutures.client_state import (
-    FINISHED,
-    PRUNE_SLACK,
-    RELEASE_DELAY,
-    ClientCore,
-    KeyRecord,
-)
+from zfutures.client_outbox import RELEASE_DELAY
+from zfutures.client_records import FINISHED, PRUNE_SLACK, KeyRecord
+from zfutures.client_state import ClientCore
 from zfutures.errors import ConnectionError
 from zfutures.scheduler import Scheduler
 
@@ -67,7 +63,8 @@ class Client:
         """Deliver what the client sent to the center, in order; return the ops.
         who-has requests wait for :meth:`center_answers`."""
         self.core.flush_all()
-        sent, self.core.to_center = self.core.to_center, []
+        sent = self.core.to_center[:]
+        self.core.to_center.clear()
         for op, fields, frames in sent:
             header, frames = wire(op, fields, frames)
             if op == "submit":
@@ -419,12 +416,12 @@ def test_one_value_that_cannot_leave_its_worker_fails_only_its_own_eager_future(
 def submit_alone(client: Client, key: str, own_key: bool) -> tuple[Future, dict]:
     """Submit ``key`` as a lone task with a worker to send it to; return its
     future and the item the center is told of."""
-    client.core.direct_worker = A1
+    client.core.direct.worker = A1
     future = client.submit(key, own_key=own_key)
     ((address, op, fields, _),) = client.core.to_workers
     assert (address, op) == (A1, "run-task") and fields["key"] == key
     client.core.to_workers.clear()
-    ((op, (sent,), _, _),) = client.core._outgoing
+    ((op, (sent,)),) = client.core.outbox.queued()
     assert op == "submit" and sent["direct_worker"] == A1
     return future, sent
 
@@ -454,31 +451,31 @@ def test_direct_submits_wait_a_moment_for_the_answers_and_go_together(client):
     # The center then need not send the results this client has already.
     first, sent = submit_alone(client, "first", own_key=True)
     now = client.now
-    assert client.core.holds(now)
-    assert not client.core.holds(now + 1.0)  # (not for long)
+    assert client.core.outbox.defers(now)
+    assert not client.core.outbox.defers(now + 1.0)  # (not for long)
     client.answers_straight("first", sent["direct_run"], 3)
     assert first.result(0) == 3 and sent["direct_answered"] is True
-    assert client.core.holds(now)  # the next may join it
-    client.core.direct_worker = A1
+    assert client.core.outbox.defers(now)  # the next may join it
+    client.core.direct.worker = A1
     client.submit("next")
-    ((op, items, _, _),) = client.core._outgoing
-    assert [item["key"] for item in items] == ["first", "next"] and client.core.holds(now)
+    ((op, items),) = client.core.outbox.queued()
+    assert [item["key"] for item in items] == ["first", "next"] and client.core.outbox.defers(now)
     client.submit("burst")  # (one is in flight)
-    assert not client.core.holds(now)  # a submit through the center goes at once
+    assert not client.core.outbox.defers(now)  # a submit through the center goes at once
 
 
 def test_a_direct_submit_that_waits_for_the_centers_word_is_not_held(client):
     submit_alone(client, "chosen", own_key=False)
-    assert not client.core.holds(client.now)
+    assert not client.core.outbox.defers(client.now)
 
 
 def test_a_direct_task_that_could_not_be_sent_goes_through_the_center(client):
     future, _ = submit_alone(client, "x", own_key=True)
-    client.core.direct_unsent("x")
+    client.core.direct.unsent("x")
     client.core.flush_all()
     ((op, fields, _),) = client.core.to_center
     assert op == "submit" and "direct_worker" not in fields["tasks"][0]
-    assert not client.core.direct_in_flight()
+    assert not client.core.direct.in_flight()
 
 
 def test_who_has_includes_the_worker_that_answered_before_the_center_heard(client):
@@ -611,7 +608,7 @@ def test_each_future_of_an_erred_key_gets_an_exception_of_its_own(client):
 
 def test_after_close_every_call_ends_at_once(client):
     pending = client.submit("x")
-    client.core.close()
+    client.core.close(client.now)
     assert pending.cancelled()
     assert "close-client" in client.center_hears()
     late = client.submit("late")
@@ -666,7 +663,7 @@ def test_the_core_keeps_nothing_of_keys_let_go_of(client):
     client.center_hears()
     core = client.core
     assert core.keys == {} and core.fetches == {} and core.awaiting == {}
-    assert core.rpcs == {} and core.worker_requests == {} and core._releasing == {}
+    assert core.rpcs == {} and core.worker_requests == {} and core.outbox.release_due is None
     assert s.tasks == {}
 
 
@@ -722,7 +719,7 @@ def test_a_fetch_of_each_key_gives_the_error_of_one_that_cannot_be_had_in_its_pl
 
 
 def test_a_running_pool_future_submitted_after_close_ends_with_an_error(client):
-    client.core.close()
+    client.core.close(client.now)
     future = Future("late", None)
     assert future.set_running_or_notify_cancel()  # (a PoolExecutor's, once handed over)
     client.submit("late", future=future)

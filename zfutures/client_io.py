@@ -34,19 +34,23 @@ import select
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, TypeVar
 
 import zmq
 
 from . import peer_memory, protocol
 from .addressing import configure, peer_endpoint
-from .client_state import RELEASE_DELAY, SUBMIT_BATCH, ClientCore, KeyRecord, may_go_direct
+from .client_direct import may_go_direct
+from .client_outbox import RELEASE_DELAY, SUBMIT_BATCH
+from .client_records import PENDING, KeyRecord
+from .client_state import ClientCore
 from .errors import ConnectionError
 from .logs import RateLimitedLog
 from .loop import EVENTS, POLLIN, SLICE, Waker, drain, send
 
 logger = logging.getLogger(__name__)
 dropped = RateLimitedLog(logger)
+_T = TypeVar("_T")
 
 #: How long (seconds) a caller's submit waits for the I/O thread to end its
 #: turn of the loop before handing the command over instead (see call_now).
@@ -217,7 +221,7 @@ class ClientIO:
         """
         command = ("submit", [(item, frames, future)], False, own_key)
         core = self.core
-        if core.direct_worker is not None and not core.direct_in_flight() and \
+        if core.direct.worker is not None and not core.direct.in_flight() and \
                 may_go_direct(item):  # (read unlocked: the core decides)
             self.call_now(*command)
         else:
@@ -267,7 +271,7 @@ class ClientIO:
         (the I/O thread leaves it out of its own wait meanwhile), and takes
         the lock only to read it.
         """
-        info = self.core.direct_pending
+        info = self.core.direct.pending
         if info is None or info.key != future.key or \
                 not self.lock.acquire(timeout=CALL_NOW_WAIT):
             return
@@ -292,7 +296,7 @@ class ClientIO:
                     if self.core.to_workers or self.core.to_center:
                         self._send_out(time.monotonic())
                 left = end - time.monotonic()
-                if future.done() or info.status != "pending" or info.direct is None or \
+                if future.done() or info.status != PENDING or info.direct is None or \
                         self._stopping or self.workers.get(address) is not sock or left <= 0:
                     break
                 self.lock.release()
@@ -314,8 +318,8 @@ class ClientIO:
         """Take the wait for ``info``'s direct answer (see await_direct): its
         worker's socket, or None if there is nothing to wait for here."""
         direct = info.direct
-        if self._stopping or self._parked is not None or info is not self.core.direct_pending \
-                or info.status != "pending" or direct is None or not direct.trusted:
+        if self._stopping or self._parked is not None or info is not self.core.direct.pending \
+                or info.status != PENDING or direct is None or not direct.trusted:
             return None
         sock = self.workers.get(direct.address)
         if sock is not None:
@@ -334,7 +338,7 @@ class ClientIO:
         ``concurrent.futures.wait``): if it is the task sent straight to a
         worker, the I/O thread must read its answer, and may have left that
         worker's socket out of its wait (see await_direct). Safe from any thread."""
-        pending = self.core.direct_pending
+        pending = self.core.direct.pending
         if pending is not None and pending.key == future.key:
             self.waker.wake()  # (a turn makes it wait on every socket no one else does)
 
@@ -343,7 +347,7 @@ class ClientIO:
         may be over: its task finished or was let go of by another way, or its
         worker left, or we stop. (By a holder of the lock at the end of its turn.)"""
         info = self._parked_info
-        if info is not None and (info.status != "pending" or info.direct is None or
+        if info is not None and (info.status != PENDING or info.direct is None or
                                  self._stopping):
             self._park_waker.wake()
 
@@ -364,8 +368,8 @@ class ClientIO:
         if skipped is not None and skipped is not parked:  # (no one reads that socket)
             if core.awaits_worker(self._address_of(skipped)):
                 return True
-            if core.direct_in_flight() and (due is None or core.direct_due < due):
-                due = core.direct_due
+            if core.direct.in_flight() and (due is None or core.direct.due < due):
+                due = core.direct.due
         if due is not None and due + RELEASE_DELAY < self._asleep_until:
             return True
         return any(sock.getsockopt(EVENTS) & POLLIN
@@ -463,19 +467,20 @@ class ClientIO:
                 # takes it (see call).
                 self._sockets_closed = True
                 if self.core.stopped is None:
-                    self.core.stop(ConnectionError("the client I/O ended"))
+                    self.core.stop(ConnectionError("the client I/O ended"), time.monotonic())
                 self._take_commands()
 
     def _give_up(self) -> None:
         """A bug in a turn of the loop (by the holder of the lock, in an except
         block): every wait ends with an error, and the I/O stops."""
         logger.exception("the zfutures client I/O failed")
-        self.core.stop(ConnectionError("the client I/O failed; see the log"))
+        self.core.stop(ConnectionError("the client I/O failed; see the log"), time.monotonic())
         self._stopping = True
 
     def _close(self) -> None:
-        self.core.close()
-        self._send_out(time.monotonic())
+        now = time.monotonic()
+        self.core.close(now)
+        self._send_out(now)
         self._stopping = True
 
     def _pump(self) -> bool:
@@ -530,7 +535,7 @@ class ClientIO:
         reads of what workers on this machine offered."""
         core = self.core
         if core.to_workers:
-            out, core.to_workers = core.to_workers, []
+            out = _take(core.to_workers)
             for address, op, fields, frames in out:
                 if op == "get-data" or op == "data-read":
                     sock = self.workers.get(address) if op == "data-read" else \
@@ -544,17 +549,15 @@ class ClientIO:
                                        protocol.encode(op, frames, **fields),
                                        f"{op} to {address}")
                 if not sent and op == "run-task":
-                    core.direct_unsent(fields["key"])
+                    core.direct.unsent(fields["key"])
         core.flush(now)
         if core.to_center:
-            out, core.to_center = core.to_center, []
-            for op, fields, frames in out:
+            for op, fields, frames in _take(core.to_center):
                 send(self.center, protocol.encode(op, frames, **fields), dropped,
                      f"{op!r} to the center")
             core.sent(now)
         if core.to_read:
-            reads, core.to_read = core.to_read, []
-            for address, header, frames, sent_at in reads:
+            for address, header, frames, sent_at in _take(core.to_read):
                 self.reader.read(header, frames, sent_at,
                                  lambda outcome, a=address, h=header: self.call(
                                      "offered_read", a, h, outcome))
@@ -606,3 +609,11 @@ class ClientIO:
         self._sockets_changed = True
         if sock is not self._parked:  # (else its caller closes it: see _unpark)
             sock.close(linger=0)
+
+
+def _take(output: list[_T]) -> list[_T]:
+    """What the core put in one of its outputs, which is left empty (the core's
+    parts keep appending to that same list)."""
+    taken = output[:]
+    output.clear()
+    return taken

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from . import context, serialize
 from .addressing import normalize_address
 from .client_io import ClientIO
-from .client_state import load_value
+from .client_records import load_value
 from .future import REMOTE, Future
 from .remote_errors import remote_exception
 

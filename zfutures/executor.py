@@ -488,18 +488,56 @@ class Executor:
                                "create a new one")
 
     # ------------------------------------------------------------------ for Future
+    # (what a Future needs from its owner: see future.FutureOwner)
 
     def _unref(self, key: str) -> None:
         if not self._closed:
             self._io.call_later("unref", key)
 
-    def _run_callback(self, fn: Callable, future: Future) -> None:
+    def _await_direct(self, future: Future, timeout: float | None) -> None:
+        self._io.await_direct(future, timeout)
+
+    def _watch(self, future: Future) -> None:
+        self._io.watch(future)
+
+    def _hold(self, future: Future) -> None:
+        self._io.call("hold", future)
+
+    def _run_callback(self, fn: Callable[[Future], object], future: Future) -> None:
         """Run a done-callback on the callback thread, never on the I/O thread."""
         if self._callbacks is None:
             self._callbacks = queue.SimpleQueue()
             threading.Thread(target=_callback_thread, args=(self._callbacks,),
                              name="zfutures-callbacks", daemon=True).start()
         self._callbacks.put((fn, future))
+
+
+def get_executor(timeout: float = 10) -> Executor:
+    """Inside a task: an Executor connected to the center this worker serves.
+
+    Tasks can then submit tasks and wait on them; a task waiting on futures
+    gives its thread slot back, so fan-outs cannot deadlock a worker.
+
+    >>> def fib(n):                                  # doctest: +SKIP
+    ...     if n < 2:
+    ...         return n
+    ...     ex = get_executor()
+    ...     a, b = ex.submit(fib, n - 1), ex.submit(fib, n - 2)
+    ...     return a.result() + b.result()
+    """
+    worker = context.current_worker()
+    if worker is None:
+        raise RuntimeError("get_executor() works only inside a task running on a worker")
+    with _task_executor_lock:
+        executor: Executor | None = worker.executor
+        if executor is None:
+            executor = worker.executor = Executor(worker.center_address, timeout=timeout,
+                                                  name=f"tasks-of-{worker.name}")
+        return executor
+
+
+#: One executor per worker for its tasks (see get_executor), made by the first.
+_task_executor_lock = threading.Lock()
 
 
 def _callback_thread(callbacks: queue.SimpleQueue) -> None:

@@ -56,7 +56,7 @@ def test_a_burst_of_submits_goes_to_the_io_thread_after_the_first(io):
         io.submit(item, frames, future, own_key=True)
     assert io.core.keys["first"].direct is not None
     assert "second" not in io.core.keys and io.waker.pending
-    io._take_commands()  # (the I/O thread's turn)
+    io.loop.take_commands()  # (the I/O thread's turn)
     ((op, items),) = io.core.outbox.queued()
     assert [item["key"] for item in items] == ["first", "second", "third"]
 

@@ -56,7 +56,7 @@ class DirectRuns:
         self.worker: str | None = None
         # The key sent straight and not answered yet.
         self.pending: KeyRecord | None = None
-        # When to look for its answer if no caller reads it (see ClientIO._must_wake).
+        # When to look for its answer if no caller reads it (see ClientLoop.must_wake).
         self.due = 0.0
         # Run ids from a random start, as the center's: a run of ours is never
         # taken for one of its.

@@ -264,8 +264,11 @@ class Gathers:
 
     def stop_awaiting(self, key: str) -> None:
         """``key`` was let go of: gathers waiting for it to be back fail."""
+        waiting = self.awaiting.pop(key, None)
+        if waiting is None:  # (as for most keys: this is on the way of every release)
+            return
         error = FutureLostError(f"{key!r} was released")
-        for gather in self.awaiting.pop(key, ()):
+        for gather in waiting:
             if not gather.result.done():
                 if not self._fail_key(gather, key, error) and not gather.remaining:
                     self._finish(gather)

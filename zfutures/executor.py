@@ -15,6 +15,13 @@ from typing import Any, Callable
 
 from . import context, serialize
 from .addressing import normalize_address
+from .arguments import (
+    add_placement,
+    check_options,
+    check_seconds,
+    check_task_options,
+    chosen_workers,
+)
 from .client_io import ClientIO
 from .client_records import load_value
 from .future import REMOTE, Future
@@ -121,8 +128,8 @@ class Executor:
                  threads_per_worker: int = 1, timeout: float = 10, security: Any = None,
                  name: str | None = None, reconnect_deadline: float = 30.0,
                  **cluster_options: Any):
-        _check_options(address, n_workers, threads_per_worker, timeout, name)
-        _check_seconds("reconnect_deadline", reconnect_deadline)
+        check_options(address, n_workers, threads_per_worker, timeout, name)
+        check_seconds("reconnect_deadline", reconnect_deadline)
         from .security import Security
 
         security = Security.coerce(security)
@@ -186,9 +193,9 @@ class Executor:
         self._check_open()
         if not callable(fn):
             raise TypeError(f"submit needs a callable, not {type(fn).__name__} {fn!r}")
-        _check_task_options(retries, priority, workers, resources)
+        check_task_options(retries, priority, workers, resources)
         item, frames = self._task(fn, args, kwargs, key, pure, retries, priority)
-        _add_placement(item, workers, allow_other_workers, resources)
+        add_placement(item, workers, allow_other_workers, resources)
         future = Future(item["key"], self)
         self._io.submit(item, frames, future, own_key=key is None)
         return future
@@ -209,7 +216,7 @@ class Executor:
             raise TypeError(f"map needs a callable, not {type(fn).__name__} {fn!r}")
         if not iterables:
             raise TypeError("map needs at least one iterable")
-        _check_task_options(retries, priority, workers, resources)
+        check_task_options(retries, priority, workers, resources)
         argument_lists = list(zip(*iterables))
         if isinstance(key, (list, tuple)):
             if len(key) != len(argument_lists):
@@ -225,7 +232,7 @@ class Executor:
             item, frames = self._task(fn, args, {}, task_key, pure, retries, priority,
                                       prefix=key if isinstance(key, str) else None,
                                       function=function)
-            _add_placement(item, workers, allow_other_workers, resources)
+            add_placement(item, workers, allow_other_workers, resources)
             future = Future(item["key"], self)
             tasks.append((item, frames, future))
             futures.append(future)
@@ -423,18 +430,7 @@ class Executor:
 
     def _worker_addresses(self, workers: Any) -> list[str]:
         """Addresses of the named workers (addresses or names), or of all workers."""
-        info = self.scheduler_info()["workers"]
-        if workers is None:
-            return sorted(info)
-        names = [workers] if isinstance(workers, str) else list(workers)
-        by_name = {w["name"]: address for address, w in info.items()}
-        addresses = []
-        for name in names:
-            address = _normal_worker(name) if name.startswith("tcp://") else by_name.get(name)
-            if address not in info:
-                raise ValueError(f"no worker {name!r} in the cluster; it has {sorted(info)}")
-            addresses.append(address)
-        return addresses
+        return chosen_workers(self.scheduler_info()["workers"], workers)
 
     def who_has(self, futures: Any = None) -> dict[str, list[str]]:
         """Which workers hold each key (the keys of ``futures``, or all of ours)."""
@@ -554,57 +550,3 @@ def _close(io: ClientIO, cluster: Any) -> None:
     io.stop()
     if cluster is not None:
         cluster.close()
-
-
-def _check_seconds(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
-
-
-def _check_options(address: Any, n_workers: Any, threads_per_worker: Any, timeout: Any,
-                   name: Any) -> None:
-    if address is not None and not isinstance(address, str):
-        raise TypeError(f"address must be a string like 'host:8787' or None, "
-                        f"not {type(address).__name__}")
-    if n_workers is not None and (type(n_workers) is not int or n_workers < 1):
-        raise ValueError(f"n_workers must be a positive int, not {n_workers!r}")
-    if type(threads_per_worker) is not int or threads_per_worker < 1:
-        raise ValueError(f"threads_per_worker must be a positive int, not {threads_per_worker!r}")
-    _check_seconds("timeout", timeout)
-    if name is not None and not isinstance(name, str):
-        raise TypeError(f"name must be a string, not {type(name).__name__}")
-
-
-def _check_task_options(retries: Any, priority: Any, workers: Any, resources: Any) -> None:
-    if type(retries) is not int or retries < 0:
-        raise ValueError(f"retries must be a non-negative int, not {retries!r}")
-    if type(priority) is not int:
-        raise TypeError(f"priority must be an int, not {type(priority).__name__}")
-    if workers is not None:
-        names = [workers] if isinstance(workers, str) else workers
-        if not isinstance(names, (list, tuple, set, frozenset)) or \
-                not all(isinstance(w, str) for w in names):
-            raise TypeError("workers must be a worker address or name, or a list of them")
-    if resources is not None:
-        if not isinstance(resources, dict) or not all(
-                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
-                and v >= 0 for k, v in resources.items()):
-            raise TypeError('resources must map names to amounts, like {"GPU": 1}')
-
-
-def _add_placement(item: dict, workers: Any, allow_other_workers: bool,
-                   resources: dict | None) -> None:
-    """Put a task's worker restrictions and resource needs in its message item."""
-    if workers is not None:
-        names = [workers] if isinstance(workers, str) else list(workers)
-        item["workers"] = [_normal_worker(w) for w in names]
-        item["allow_other_workers"] = bool(allow_other_workers)
-    if resources:
-        item["resources"] = {k: float(v) for k, v in resources.items()}
-
-
-def _normal_worker(name: str) -> str:
-    """Worker addresses in their canonical form; names as they are."""
-    if name.startswith("tcp://"):
-        return normalize_address(name)
-    return name

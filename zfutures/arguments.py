@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import serialize
 from .addressing import normalize_address
 
 
@@ -78,3 +79,15 @@ def chosen_workers(workers_info: dict[str, Any], workers: Any) -> list[str]:
             raise ValueError(f"no worker {name!r} in the cluster; it has {sorted(workers_info)}")
         addresses.append(address)
     return addresses
+
+
+def check_size(frames: list[Any], max_message_size: int) -> None:
+    """Refuse, here and now, a call the center would refuse to receive: its
+    pickled ``frames`` must fit in half the center's message size limit."""
+    size = serialize.frames_nbytes(frames)
+    if size > max_message_size // 2:
+        raise ValueError(
+            f"this call pickles to {size} bytes, more than half the center's message "
+            f"size limit ({max_message_size} bytes, zfut-center "
+            "--max-message-size): put big data on the cluster with scatter() and pass "
+            "the future instead, or make it on a worker with a task")

@@ -19,6 +19,7 @@ from .arguments import (
     add_placement,
     check_options,
     check_seconds,
+    check_size,
     check_task_options,
     chosen_workers,
 )
@@ -29,8 +30,11 @@ from .remote_errors import remote_exception
 
 logger = logging.getLogger(__name__)
 
+#: A done-callback and its future, for the callback thread.
+_Callback = tuple[Callable[[Future], object], Future]
 
-def _funcname(fn: Callable) -> str:
+
+def _funcname(fn: Callable[..., Any]) -> str:
     while isinstance(fn, functools.partial):
         fn = fn.func
     name = getattr(fn, "__name__", None) or type(fn).__name__
@@ -54,7 +58,7 @@ def _wait_all(futures: list[Future], timeout: float | None) -> int:
     return 0
 
 
-def _walk_futures(obj: Any, found: list) -> None:
+def _walk_futures(obj: Any, found: list[Future]) -> None:
     """Collect the Futures in a nested list/tuple/set/dict structure."""
     kind = type(obj)
     if kind is Future:
@@ -80,8 +84,8 @@ def _substitute(obj: Any, values: dict[str, Any], left_out: set[int]) -> Any:
         items = [_substitute(item, values, left_out) for item in obj]
         return kind(item for item in items if item is not _SKIP)
     if kind is dict:
-        items = ((k, _substitute(v, values, left_out)) for k, v in obj.items())
-        return {k: v for k, v in items if v is not _SKIP}
+        pairs = ((k, _substitute(v, values, left_out)) for k, v in obj.items())
+        return {k: v for k, v in pairs if v is not _SKIP}
     return obj
 
 
@@ -135,7 +139,7 @@ class Executor:
         security = Security.coerce(security)
         self.cluster = None
         self._closed = True
-        self._callbacks: queue.SimpleQueue | None = None
+        self._callbacks: queue.SimpleQueue[_Callback] | None = None
         if address is None:
             from .local_cluster import LocalCluster
 
@@ -176,9 +180,10 @@ class Executor:
 
     # ------------------------------------------------------------------ submitting
 
-    def submit(self, fn: Callable, /, *args: Any, key: str | None = None, pure: bool = True,
+    def submit(self, fn: Callable[..., Any], /, *args: Any, key: str | None = None,
+               pure: bool = True,
                retries: int = 0, priority: int = 0, workers: Any = None,
-               allow_other_workers: bool = False, resources: dict | None = None,
+               allow_other_workers: bool = False, resources: dict[str, float] | None = None,
                **kwargs: Any) -> Future:
         """Run ``fn(*args, **kwargs)`` on a worker; return a Future of its result.
 
@@ -200,9 +205,11 @@ class Executor:
         self._io.submit(item, frames, future, own_key=key is None)
         return future
 
-    def map(self, fn: Callable, *iterables: Iterable, key: str | list[str] | None = None,
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
+            key: str | list[str] | None = None,
             pure: bool = True, retries: int = 0, priority: int = 0, workers: Any = None,
-            allow_other_workers: bool = False, resources: dict | None = None) -> list[Future]:
+            allow_other_workers: bool = False,
+            resources: dict[str, float] | None = None) -> list[Future]:
         """One task per element (zipped like builtin ``map``); a list of Futures.
 
         ``key`` is a list of keys, one per element, or a prefix for them.
@@ -221,7 +228,7 @@ class Executor:
         if isinstance(key, (list, tuple)):
             if len(key) != len(argument_lists):
                 raise ValueError(f"map got {len(key)} keys for {len(argument_lists)} elements")
-            keys = list(key)
+            keys: list[str | None] = list(key)
         elif key is None or isinstance(key, str):
             keys = [None] * len(argument_lists)
         else:
@@ -239,9 +246,11 @@ class Executor:
         self._io.call("submit", tasks)
         return futures
 
-    def _task(self, fn: Callable, args: tuple, kwargs: dict, key: str | None, pure: bool,
+    def _task(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+              key: str | None, pure: bool,
               retries: int, priority: int, prefix: str | None = None,
-              function: serialize.PickledFunction | None = None) -> tuple[dict, list]:
+              function: serialize.PickledFunction | None = None
+              ) -> tuple[dict[str, Any], list[Any]]:
         frames, deps = serialize.dumps_task(fn, args, kwargs, Future, function)
         self._check_size(frames)
         if key is None:
@@ -252,16 +261,9 @@ class Executor:
         item = {"key": key, "deps": deps, "priority": priority, "retries": retries}
         return item, frames
 
-    def _check_size(self, frames: list) -> None:
+    def _check_size(self, frames: list[Any]) -> None:
         """Refuse, here and now, a call the center would refuse to receive."""
-        size = serialize.frames_nbytes(frames)
-        limit = self._io.core.max_message_size // 2
-        if size > limit:
-            raise ValueError(
-                f"this call pickles to {size} bytes, more than half the center's message "
-                f"size limit ({self._io.core.max_message_size} bytes, zfut-center "
-                "--max-message-size): put big data on the cluster with scatter() and pass "
-                "the future instead, or make it on a worker with a task")
+        check_size(frames, self._io.core.max_message_size)
 
     # ------------------------------------------------------------------ results
 
@@ -297,7 +299,7 @@ class Executor:
                     except BaseException:  # FutureLostError (its data is gone)
                         # The exception stays with its future, and its traceback
                         # keeps this frame: let it hold none of the caller's futures.
-                        futures = found = values = future = None  # noqa: F841
+                        del futures, found, values, future
                         raise
                 left_out.add(id(future))
                 continue
@@ -319,7 +321,7 @@ class Executor:
         whose value cannot be had (lost, or it fails to load) raises its error,
         or is left out with ``skip_failed``."""
         self._check_open()
-        result: concurrent.futures.Future = concurrent.futures.Future()
+        result: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
         self._io.call("fetch", list(dict.fromkeys(keys)), result, skip_failed)
         try:
             frames_by_key = self._io.wait(result, timeout)
@@ -365,7 +367,7 @@ class Executor:
         targets = self._worker_addresses(workers)
         if not targets:
             raise RuntimeError("no workers to scatter to: the cluster has none yet")
-        plan: dict[str, list[tuple[str, list]]] = {}
+        plan: dict[str, list[tuple[str, list[Any]]]] = {}
         futures = []
         for i, (_, value) in enumerate(keys_values):
             frames = serialize.dumps(value)
@@ -374,7 +376,7 @@ class Executor:
             for address in chosen:
                 plan.setdefault(address, []).append((key, frames))
             futures.append(Future(key, self))
-        done: concurrent.futures.Future = concurrent.futures.Future()
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._io.call("scatter", plan, futures, done)
         self._io.wait(done, timeout)
         if isinstance(data, dict):
@@ -399,8 +401,8 @@ class Executor:
         for future in found:
             future.cancel()
 
-    def run(self, fn: Callable, *args: Any, workers: Any = None, timeout: float | None = None,
-            **kwargs: Any) -> dict:
+    def run(self, fn: Callable[..., Any], *args: Any, workers: Any = None,
+            timeout: float | None = None, **kwargs: Any) -> dict[str, Any]:
         """Run ``fn(*args, **kwargs)`` now on every (or the named) worker.
 
         Outside the task graph: nothing is scheduled or kept. Returns
@@ -417,7 +419,8 @@ class Executor:
             raise TypeError(f"run needs a callable, not {type(fn).__name__} {fn!r}")
         frames = serialize.dumps((fn, args, kwargs))
         addresses = self._worker_addresses(workers)
-        done: concurrent.futures.Future = concurrent.futures.Future()
+        done: concurrent.futures.Future[dict[str, tuple[bool, list[Any]]]] = \
+            concurrent.futures.Future()
         self._io.call("run", addresses, frames, done)
         outcomes = self._io.wait(done, timeout)
         results = {}
@@ -440,17 +443,20 @@ class Executor:
             found: list[Future] = []
             _walk_futures(futures if not isinstance(futures, Future) else [futures], found)
             keys = [f.key for f in found]
-        return self._io.request("who-has", keys=keys)
+        who_has: dict[str, list[str]] = self._io.request("who-has", keys=keys)
+        return who_has
 
-    def scheduler_info(self) -> dict:
+    def scheduler_info(self) -> dict[str, Any]:
         """The center's view of the cluster: workers and task counts by state."""
         self._check_open()
-        return self._io.request("scheduler-info")
+        info: dict[str, Any] = self._io.request("scheduler-info")
+        return info
 
     def has_what(self) -> dict[str, list[str]]:
         """The keys each worker holds (every worker, empty ones too)."""
         self._check_open()
-        return self._io.request("has-what")
+        has_what: dict[str, list[str]] = self._io.request("has-what")
+        return has_what
 
     def nthreads(self) -> dict[str, int]:
         """The number of task threads of each worker."""
@@ -468,7 +474,7 @@ class Executor:
         if self._closed:
             return
         if wait and not cancel_futures:
-            pending: concurrent.futures.Future = concurrent.futures.Future()
+            pending: concurrent.futures.Future[list[Future]] = concurrent.futures.Future()
             self._io.call("pending", pending)  # (after the submits made so far)
             concurrent.futures.wait(self._io.wait(pending))
         self._closed = True
@@ -536,7 +542,7 @@ def get_executor(timeout: float = 10) -> Executor:
 _task_executor_lock = threading.Lock()
 
 
-def _callback_thread(callbacks: queue.SimpleQueue) -> None:
+def _callback_thread(callbacks: queue.SimpleQueue[_Callback]) -> None:
     while True:
         fn, future = callbacks.get()
         try:

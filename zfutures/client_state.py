@@ -19,15 +19,14 @@ time. Tests drive it directly (``tests/test_client_state.py`` and the
 Each concern is a part of its own, which the core's event methods call in
 turn; the parts share the key records (``keys``) and the outputs:
 
-==============================  ================================================
-:mod:`~zfutures.client_records`  a key's record, and what its futures see
-:mod:`~zfutures.client_outbox`   messages for the center: order, batches, timing
-:mod:`~zfutures.client_requests` requests awaiting answers (center and workers)
-:mod:`~zfutures.client_gather`   getting values from the workers that hold them
-:mod:`~zfutures.client_scatter`  putting the caller's data on workers
-:mod:`~zfutures.client_direct`   a lone task sent straight to a worker
-:mod:`~zfutures.client_recovery` our work brought back to a restarted center
-==============================  ================================================
+- :mod:`~zfutures.client_records`: a key's record, and what its futures see
+- :mod:`~zfutures.client_outbox`: messages for the center: order, batches, timing
+- :mod:`~zfutures.client_requests`: requests awaiting answers (center and workers)
+- :mod:`~zfutures.client_gather`: getting values from the workers that hold them
+- :mod:`~zfutures.client_scatter`: putting the caller's data on workers
+- :mod:`~zfutures.client_direct`: a lone task sent straight to a worker
+- :mod:`~zfutures.client_eager`: a PoolExecutor's keys, delivered and let go of
+- :mod:`~zfutures.client_recovery`: our work brought back to a restarted center
 
 A future cancelled is one future let go of: the key's other futures, here
 or in other clients, keep waiting for it.

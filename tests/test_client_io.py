@@ -33,10 +33,10 @@ def test_a_caller_sends_a_lone_task_itself_and_leaves_its_submit_for_the_next_tu
     # the work. The task leaves for its worker at once; the center's copy of
     # the submit waits for the loop's next turn (when the answer comes), and
     # the I/O thread is told to wait on the socket made for that worker.
-    io.core.direct_worker = A1
+    io.core.direct.worker = A1
     io.call_now("submit", [lone("alone")], False, True)
     assert A1 in io.workers and io.core.keys["alone"].direct is not None
-    ((op, (sent,), _, _),) = io.core._outgoing
+    ((op, (sent,)),) = io.core.outbox.queued()
     assert op == "submit" and sent["direct_worker"] == A1
     assert io.waker.pending
     io.lock.acquire()  # the I/O thread is at the sockets: it is handed over
@@ -50,14 +50,14 @@ def test_a_caller_sends_a_lone_task_itself_and_leaves_its_submit_for_the_next_tu
 def test_a_burst_of_submits_goes_to_the_io_thread_after_the_first(io):
     # The first may go straight to a worker, sent by the caller; the others
     # cannot while it is in flight, and the I/O thread sends them together.
-    io.core.direct_worker = A1
+    io.core.direct.worker = A1
     for key in ("first", "second", "third"):
         item, frames, future = lone(key)
         io.submit(item, frames, future, own_key=True)
     assert io.core.keys["first"].direct is not None
     assert "second" not in io.core.keys and io.waker.pending
-    io._take_commands()  # (the I/O thread's turn)
-    ((op, items, _, _),) = io.core._outgoing
+    io.loop.take_commands()  # (the I/O thread's turn)
+    ((op, items),) = io.core.outbox.queued()
     assert [item["key"] for item in items] == ["first", "second", "third"]
 
 

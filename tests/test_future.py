@@ -129,22 +129,21 @@ def test_a_future_no_one_waits_on_costs_the_collector_two_objects():
     assert len(gc.get_objects()) - before <= 2 * 1000 + 10  # the future and its __dict__
 
 
-class _WatchingIO:
-    """Stands in for ClientIO: records which futures someone waits on."""
+class _Executor:
+    """Stands in for an Executor (a FutureOwner): records which futures
+    someone waits on."""
 
     def __init__(self):
         self.watched: list[str] = []
 
-    def watch(self, future: Future) -> None:
+    def _watch(self, future: Future) -> None:
         self.watched.append(future.key)
 
-    def call(self, *command) -> None:  # ("hold": a future with callbacks)
+    def _hold(self, future: Future) -> None:  # (a future with callbacks)
         pass
 
-
-class _Executor:
-    def __init__(self):
-        self._io = _WatchingIO()
+    def _run_callback(self, fn, future: Future) -> None:
+        fn(future)
 
     def _unref(self, key: str) -> None:
         pass
@@ -160,7 +159,7 @@ def test_a_wait_by_other_means_than_result_is_told_to_the_io_once():
     concurrent.futures.wait([pending, done], timeout=0)
     concurrent.futures.wait([pending], timeout=0)  # (once is enough)
     pending.add_done_callback(lambda f: None)
-    assert executor._io.watched == ["pending"]
+    assert executor.watched == ["pending"]
     called = Future("callback", executor)
     called.add_done_callback(lambda f: None)
-    assert executor._io.watched == ["pending", "callback"]
+    assert executor.watched == ["pending", "callback"]

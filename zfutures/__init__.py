@@ -23,7 +23,7 @@ _EXPORTS = {
     "FIRST_EXCEPTION": "waiting",
     "as_completed": "waiting",
     "wait": "waiting",
-    "get_executor": "context",
+    "get_executor": "executor",
     "progress": "progress",
     "Executor": "executor",
     "Future": "future",
@@ -57,7 +57,6 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and editors: the names, eagerly
-    from .context import get_executor
     from .errors import (
         ConnectionError,
         FutureLostError,
@@ -65,7 +64,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the names, eagerly
         RemoteTraceback,
         ZFuturesError,
     )
-    from .executor import Executor
+    from .executor import Executor, get_executor
     from .future import Future
     from .pool import PoolExecutor
     from .progress import progress

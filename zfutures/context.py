@@ -1,9 +1,12 @@
-"""What a task knows about where it runs: its worker, and a client from there.
+"""What a task knows about where it runs: its worker, and whether it seceded.
 
 Task threads of a worker record the worker and the task they run in a
-thread-local; :func:`get_executor` uses it to connect back to the same
-center, and waits on futures call :func:`secede` so that a task waiting for
-the tasks it submitted gives its thread slot to them.
+thread-local; :func:`zfutures.executor.get_executor` uses it to connect back
+to the same center, and waits on futures call :func:`secede` so that a task
+waiting for the tasks it submitted gives its thread slot to them.
+
+This module imports no other of zfutures: the worker, the executor and the
+futures all use it.
 """
 from __future__ import annotations
 
@@ -11,7 +14,6 @@ import threading
 from typing import Any
 
 _local = threading.local()
-_executor_lock = threading.Lock()
 
 
 def enter_task(worker: Any, key: str) -> None:
@@ -45,29 +47,3 @@ def secede() -> None:
         return
     _local.seceded = True
     _local.worker.secede(key)
-
-
-def get_executor(timeout: float = 10) -> Any:
-    """Inside a task: an Executor connected to the center this worker serves.
-
-    Tasks can then submit tasks and wait on them; a task waiting on futures
-    gives its thread slot back, so fan-outs cannot deadlock a worker.
-
-    >>> def fib(n):                                  # doctest: +SKIP
-    ...     if n < 2:
-    ...         return n
-    ...     ex = get_executor()
-    ...     a, b = ex.submit(fib, n - 1), ex.submit(fib, n - 2)
-    ...     return a.result() + b.result()
-    """
-    worker = current_worker()
-    if worker is None:
-        raise RuntimeError("get_executor() works only inside a task running on a worker")
-    with _executor_lock:
-        executor = worker.executor
-        if executor is None:
-            from .executor import Executor
-
-            executor = worker.executor = Executor(worker.center_address, timeout=timeout,
-                                                  name=f"tasks-of-{worker.name}")
-        return executor

@@ -15,15 +15,26 @@ from typing import Any, Callable
 
 from . import context, serialize
 from .addressing import normalize_address
+from .arguments import (
+    add_placement,
+    check_options,
+    check_seconds,
+    check_size,
+    check_task_options,
+    chosen_workers,
+)
 from .client_io import ClientIO
-from .client_state import load_value
+from .client_records import load_value
 from .future import REMOTE, Future
 from .remote_errors import remote_exception
 
 logger = logging.getLogger(__name__)
 
+#: A done-callback and its future, for the callback thread.
+_Callback = tuple[Callable[[Future], object], Future]
 
-def _funcname(fn: Callable) -> str:
+
+def _funcname(fn: Callable[..., Any]) -> str:
     while isinstance(fn, functools.partial):
         fn = fn.func
     name = getattr(fn, "__name__", None) or type(fn).__name__
@@ -47,7 +58,7 @@ def _wait_all(futures: list[Future], timeout: float | None) -> int:
     return 0
 
 
-def _walk_futures(obj: Any, found: list) -> None:
+def _walk_futures(obj: Any, found: list[Future]) -> None:
     """Collect the Futures in a nested list/tuple/set/dict structure."""
     kind = type(obj)
     if kind is Future:
@@ -73,8 +84,8 @@ def _substitute(obj: Any, values: dict[str, Any], left_out: set[int]) -> Any:
         items = [_substitute(item, values, left_out) for item in obj]
         return kind(item for item in items if item is not _SKIP)
     if kind is dict:
-        items = ((k, _substitute(v, values, left_out)) for k, v in obj.items())
-        return {k: v for k, v in items if v is not _SKIP}
+        pairs = ((k, _substitute(v, values, left_out)) for k, v in obj.items())
+        return {k: v for k, v in pairs if v is not _SKIP}
     return obj
 
 
@@ -121,14 +132,14 @@ class Executor:
                  threads_per_worker: int = 1, timeout: float = 10, security: Any = None,
                  name: str | None = None, reconnect_deadline: float = 30.0,
                  **cluster_options: Any):
-        _check_options(address, n_workers, threads_per_worker, timeout, name)
-        _check_seconds("reconnect_deadline", reconnect_deadline)
+        check_options(address, n_workers, threads_per_worker, timeout, name)
+        check_seconds("reconnect_deadline", reconnect_deadline)
         from .security import Security
 
         security = Security.coerce(security)
         self.cluster = None
         self._closed = True
-        self._callbacks: queue.SimpleQueue | None = None
+        self._callbacks: queue.SimpleQueue[_Callback] | None = None
         if address is None:
             from .local_cluster import LocalCluster
 
@@ -169,9 +180,10 @@ class Executor:
 
     # ------------------------------------------------------------------ submitting
 
-    def submit(self, fn: Callable, /, *args: Any, key: str | None = None, pure: bool = True,
+    def submit(self, fn: Callable[..., Any], /, *args: Any, key: str | None = None,
+               pure: bool = True,
                retries: int = 0, priority: int = 0, workers: Any = None,
-               allow_other_workers: bool = False, resources: dict | None = None,
+               allow_other_workers: bool = False, resources: dict[str, float] | None = None,
                **kwargs: Any) -> Future:
         """Run ``fn(*args, **kwargs)`` on a worker; return a Future of its result.
 
@@ -186,16 +198,18 @@ class Executor:
         self._check_open()
         if not callable(fn):
             raise TypeError(f"submit needs a callable, not {type(fn).__name__} {fn!r}")
-        _check_task_options(retries, priority, workers, resources)
+        check_task_options(retries, priority, workers, resources)
         item, frames = self._task(fn, args, kwargs, key, pure, retries, priority)
-        _add_placement(item, workers, allow_other_workers, resources)
+        add_placement(item, workers, allow_other_workers, resources)
         future = Future(item["key"], self)
         self._io.submit(item, frames, future, own_key=key is None)
         return future
 
-    def map(self, fn: Callable, *iterables: Iterable, key: str | list[str] | None = None,
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
+            key: str | list[str] | None = None,
             pure: bool = True, retries: int = 0, priority: int = 0, workers: Any = None,
-            allow_other_workers: bool = False, resources: dict | None = None) -> list[Future]:
+            allow_other_workers: bool = False,
+            resources: dict[str, float] | None = None) -> list[Future]:
         """One task per element (zipped like builtin ``map``); a list of Futures.
 
         ``key`` is a list of keys, one per element, or a prefix for them.
@@ -209,12 +223,12 @@ class Executor:
             raise TypeError(f"map needs a callable, not {type(fn).__name__} {fn!r}")
         if not iterables:
             raise TypeError("map needs at least one iterable")
-        _check_task_options(retries, priority, workers, resources)
+        check_task_options(retries, priority, workers, resources)
         argument_lists = list(zip(*iterables))
         if isinstance(key, (list, tuple)):
             if len(key) != len(argument_lists):
                 raise ValueError(f"map got {len(key)} keys for {len(argument_lists)} elements")
-            keys = list(key)
+            keys: list[str | None] = list(key)
         elif key is None or isinstance(key, str):
             keys = [None] * len(argument_lists)
         else:
@@ -225,16 +239,18 @@ class Executor:
             item, frames = self._task(fn, args, {}, task_key, pure, retries, priority,
                                       prefix=key if isinstance(key, str) else None,
                                       function=function)
-            _add_placement(item, workers, allow_other_workers, resources)
+            add_placement(item, workers, allow_other_workers, resources)
             future = Future(item["key"], self)
             tasks.append((item, frames, future))
             futures.append(future)
         self._io.call("submit", tasks)
         return futures
 
-    def _task(self, fn: Callable, args: tuple, kwargs: dict, key: str | None, pure: bool,
+    def _task(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+              key: str | None, pure: bool,
               retries: int, priority: int, prefix: str | None = None,
-              function: serialize.PickledFunction | None = None) -> tuple[dict, list]:
+              function: serialize.PickledFunction | None = None
+              ) -> tuple[dict[str, Any], list[Any]]:
         frames, deps = serialize.dumps_task(fn, args, kwargs, Future, function)
         self._check_size(frames)
         if key is None:
@@ -245,16 +261,9 @@ class Executor:
         item = {"key": key, "deps": deps, "priority": priority, "retries": retries}
         return item, frames
 
-    def _check_size(self, frames: list) -> None:
+    def _check_size(self, frames: list[Any]) -> None:
         """Refuse, here and now, a call the center would refuse to receive."""
-        size = serialize.frames_nbytes(frames)
-        limit = self._io.core.max_message_size // 2
-        if size > limit:
-            raise ValueError(
-                f"this call pickles to {size} bytes, more than half the center's message "
-                f"size limit ({self._io.core.max_message_size} bytes, zfut-center "
-                "--max-message-size): put big data on the cluster with scatter() and pass "
-                "the future instead, or make it on a worker with a task")
+        check_size(frames, self._io.core.max_message_size)
 
     # ------------------------------------------------------------------ results
 
@@ -290,7 +299,7 @@ class Executor:
                     except BaseException:  # FutureLostError (its data is gone)
                         # The exception stays with its future, and its traceback
                         # keeps this frame: let it hold none of the caller's futures.
-                        futures = found = values = future = None  # noqa: F841
+                        del futures, found, values, future
                         raise
                 left_out.add(id(future))
                 continue
@@ -312,7 +321,7 @@ class Executor:
         whose value cannot be had (lost, or it fails to load) raises its error,
         or is left out with ``skip_failed``."""
         self._check_open()
-        result: concurrent.futures.Future = concurrent.futures.Future()
+        result: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
         self._io.call("fetch", list(dict.fromkeys(keys)), result, skip_failed)
         try:
             frames_by_key = self._io.wait(result, timeout)
@@ -358,7 +367,7 @@ class Executor:
         targets = self._worker_addresses(workers)
         if not targets:
             raise RuntimeError("no workers to scatter to: the cluster has none yet")
-        plan: dict[str, list[tuple[str, list]]] = {}
+        plan: dict[str, list[tuple[str, list[Any]]]] = {}
         futures = []
         for i, (_, value) in enumerate(keys_values):
             frames = serialize.dumps(value)
@@ -367,7 +376,7 @@ class Executor:
             for address in chosen:
                 plan.setdefault(address, []).append((key, frames))
             futures.append(Future(key, self))
-        done: concurrent.futures.Future = concurrent.futures.Future()
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._io.call("scatter", plan, futures, done)
         self._io.wait(done, timeout)
         if isinstance(data, dict):
@@ -392,8 +401,8 @@ class Executor:
         for future in found:
             future.cancel()
 
-    def run(self, fn: Callable, *args: Any, workers: Any = None, timeout: float | None = None,
-            **kwargs: Any) -> dict:
+    def run(self, fn: Callable[..., Any], *args: Any, workers: Any = None,
+            timeout: float | None = None, **kwargs: Any) -> dict[str, Any]:
         """Run ``fn(*args, **kwargs)`` now on every (or the named) worker.
 
         Outside the task graph: nothing is scheduled or kept. Returns
@@ -410,7 +419,8 @@ class Executor:
             raise TypeError(f"run needs a callable, not {type(fn).__name__} {fn!r}")
         frames = serialize.dumps((fn, args, kwargs))
         addresses = self._worker_addresses(workers)
-        done: concurrent.futures.Future = concurrent.futures.Future()
+        done: concurrent.futures.Future[dict[str, tuple[bool, list[Any]]]] = \
+            concurrent.futures.Future()
         self._io.call("run", addresses, frames, done)
         outcomes = self._io.wait(done, timeout)
         results = {}
@@ -423,18 +433,7 @@ class Executor:
 
     def _worker_addresses(self, workers: Any) -> list[str]:
         """Addresses of the named workers (addresses or names), or of all workers."""
-        info = self.scheduler_info()["workers"]
-        if workers is None:
-            return sorted(info)
-        names = [workers] if isinstance(workers, str) else list(workers)
-        by_name = {w["name"]: address for address, w in info.items()}
-        addresses = []
-        for name in names:
-            address = _normal_worker(name) if name.startswith("tcp://") else by_name.get(name)
-            if address not in info:
-                raise ValueError(f"no worker {name!r} in the cluster; it has {sorted(info)}")
-            addresses.append(address)
-        return addresses
+        return chosen_workers(self.scheduler_info()["workers"], workers)
 
     def who_has(self, futures: Any = None) -> dict[str, list[str]]:
         """Which workers hold each key (the keys of ``futures``, or all of ours)."""
@@ -444,17 +443,20 @@ class Executor:
             found: list[Future] = []
             _walk_futures(futures if not isinstance(futures, Future) else [futures], found)
             keys = [f.key for f in found]
-        return self._io.request("who-has", keys=keys)
+        who_has: dict[str, list[str]] = self._io.request("who-has", keys=keys)
+        return who_has
 
-    def scheduler_info(self) -> dict:
+    def scheduler_info(self) -> dict[str, Any]:
         """The center's view of the cluster: workers and task counts by state."""
         self._check_open()
-        return self._io.request("scheduler-info")
+        info: dict[str, Any] = self._io.request("scheduler-info")
+        return info
 
     def has_what(self) -> dict[str, list[str]]:
         """The keys each worker holds (every worker, empty ones too)."""
         self._check_open()
-        return self._io.request("has-what")
+        has_what: dict[str, list[str]] = self._io.request("has-what")
+        return has_what
 
     def nthreads(self) -> dict[str, int]:
         """The number of task threads of each worker."""
@@ -472,7 +474,7 @@ class Executor:
         if self._closed:
             return
         if wait and not cancel_futures:
-            pending: concurrent.futures.Future = concurrent.futures.Future()
+            pending: concurrent.futures.Future[list[Future]] = concurrent.futures.Future()
             self._io.call("pending", pending)  # (after the submits made so far)
             concurrent.futures.wait(self._io.wait(pending))
         self._closed = True
@@ -488,12 +490,22 @@ class Executor:
                                "create a new one")
 
     # ------------------------------------------------------------------ for Future
+    # (what a Future needs from its owner: see future.FutureOwner)
 
     def _unref(self, key: str) -> None:
         if not self._closed:
             self._io.call_later("unref", key)
 
-    def _run_callback(self, fn: Callable, future: Future) -> None:
+    def _await_direct(self, future: Future, timeout: float | None) -> None:
+        self._io.await_direct(future, timeout)
+
+    def _watch(self, future: Future) -> None:
+        self._io.watch(future)
+
+    def _hold(self, future: Future) -> None:
+        self._io.call("hold", future)
+
+    def _run_callback(self, fn: Callable[[Future], object], future: Future) -> None:
         """Run a done-callback on the callback thread, never on the I/O thread."""
         if self._callbacks is None:
             self._callbacks = queue.SimpleQueue()
@@ -502,7 +514,35 @@ class Executor:
         self._callbacks.put((fn, future))
 
 
-def _callback_thread(callbacks: queue.SimpleQueue) -> None:
+def get_executor(timeout: float = 10) -> Executor:
+    """Inside a task: an Executor connected to the center this worker serves.
+
+    Tasks can then submit tasks and wait on them; a task waiting on futures
+    gives its thread slot back, so fan-outs cannot deadlock a worker.
+
+    >>> def fib(n):                                  # doctest: +SKIP
+    ...     if n < 2:
+    ...         return n
+    ...     ex = get_executor()
+    ...     a, b = ex.submit(fib, n - 1), ex.submit(fib, n - 2)
+    ...     return a.result() + b.result()
+    """
+    worker = context.current_worker()
+    if worker is None:
+        raise RuntimeError("get_executor() works only inside a task running on a worker")
+    with _task_executor_lock:
+        executor: Executor | None = worker.executor
+        if executor is None:
+            executor = worker.executor = Executor(worker.center_address, timeout=timeout,
+                                                  name=f"tasks-of-{worker.name}")
+        return executor
+
+
+#: One executor per worker for its tasks (see get_executor), made by the first.
+_task_executor_lock = threading.Lock()
+
+
+def _callback_thread(callbacks: queue.SimpleQueue[_Callback]) -> None:
     while True:
         fn, future = callbacks.get()
         try:
@@ -516,57 +556,3 @@ def _close(io: ClientIO, cluster: Any) -> None:
     io.stop()
     if cluster is not None:
         cluster.close()
-
-
-def _check_seconds(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
-
-
-def _check_options(address: Any, n_workers: Any, threads_per_worker: Any, timeout: Any,
-                   name: Any) -> None:
-    if address is not None and not isinstance(address, str):
-        raise TypeError(f"address must be a string like 'host:8787' or None, "
-                        f"not {type(address).__name__}")
-    if n_workers is not None and (type(n_workers) is not int or n_workers < 1):
-        raise ValueError(f"n_workers must be a positive int, not {n_workers!r}")
-    if type(threads_per_worker) is not int or threads_per_worker < 1:
-        raise ValueError(f"threads_per_worker must be a positive int, not {threads_per_worker!r}")
-    _check_seconds("timeout", timeout)
-    if name is not None and not isinstance(name, str):
-        raise TypeError(f"name must be a string, not {type(name).__name__}")
-
-
-def _check_task_options(retries: Any, priority: Any, workers: Any, resources: Any) -> None:
-    if type(retries) is not int or retries < 0:
-        raise ValueError(f"retries must be a non-negative int, not {retries!r}")
-    if type(priority) is not int:
-        raise TypeError(f"priority must be an int, not {type(priority).__name__}")
-    if workers is not None:
-        names = [workers] if isinstance(workers, str) else workers
-        if not isinstance(names, (list, tuple, set, frozenset)) or \
-                not all(isinstance(w, str) for w in names):
-            raise TypeError("workers must be a worker address or name, or a list of them")
-    if resources is not None:
-        if not isinstance(resources, dict) or not all(
-                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
-                and v >= 0 for k, v in resources.items()):
-            raise TypeError('resources must map names to amounts, like {"GPU": 1}')
-
-
-def _add_placement(item: dict, workers: Any, allow_other_workers: bool,
-                   resources: dict | None) -> None:
-    """Put a task's worker restrictions and resource needs in its message item."""
-    if workers is not None:
-        names = [workers] if isinstance(workers, str) else list(workers)
-        item["workers"] = [_normal_worker(w) for w in names]
-        item["allow_other_workers"] = bool(allow_other_workers)
-    if resources:
-        item["resources"] = {k: float(v) for k, v in resources.items()}
-
-
-def _normal_worker(name: str) -> str:
-    """Worker addresses in their canonical form; names as they are."""
-    if name.startswith("tcp://"):
-        return normalize_address(name)
-    return name

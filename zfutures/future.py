@@ -12,14 +12,36 @@ import concurrent.futures
 import threading
 import time
 import traceback as _traceback
+from collections.abc import Generator
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, NoReturn, Protocol, cast
 
 from . import context
 from .errors import RemoteTraceback
 
-if TYPE_CHECKING:
-    from .executor import Executor
+
+class FutureOwner(Protocol):
+    """What a Future needs from the executor that made it (an
+    :class:`~zfutures.executor.Executor`), which completes it."""
+
+    def _fetch_values(self, keys: list[str], timeout: float | None) -> dict[str, Any]:
+        """The values of finished keys, fetched from the workers holding them."""
+
+    def _await_direct(self, future: Future, timeout: float | None) -> None:
+        """Wait a moment on this thread for the answer of a task sent straight
+        to a worker (see ClientIO.await_direct)."""
+
+    def _watch(self, future: Future) -> None:
+        """Someone waits for ``future`` other than by ``result()``."""
+
+    def _hold(self, future: Future) -> None:
+        """Keep ``future`` alive until it is done (it has callbacks)."""
+
+    def _run_callback(self, fn: Callable[[Future], object], future: Future) -> None:
+        """Call ``fn(future)`` on the callback thread."""
+
+    def _unref(self, key: str) -> None:
+        """A future of ``key`` was dropped or released."""
 
 
 class _Remote:
@@ -33,13 +55,16 @@ class _Remote:
 
 REMOTE = _Remote()
 
+#: What concurrent.futures.Future.add_done_callback takes.
+_Callback = Callable[["concurrent.futures.Future[Any]"], object]
+
 #: Serializes making a future's condition with completing a future that has none.
 _LAZY = threading.Lock()
 _CANCELLED = (CANCELLED, CANCELLED_AND_NOTIFIED)
 _DONE = (*_CANCELLED, FINISHED)
 
 
-class Future(concurrent.futures.Future):
+class Future(concurrent.futures.Future[Any]):
     """The result of a task that runs, or ran, on the cluster.
 
     >>> x = executor.submit(inc, 1)       # doctest: +SKIP
@@ -49,7 +74,7 @@ class Future(concurrent.futures.Future):
     2
     """
 
-    def __init__(self, key: str, executor: Executor):
+    def __init__(self, key: str, executor: FutureOwner | None):
         # Not concurrent.futures.Future.__init__: it makes a Condition (a lock,
         # a deque, five bound methods) and two lists per future, about 4 us and
         # a dozen objects for the garbage collector to traverse, for each of the
@@ -61,7 +86,7 @@ class Future(concurrent.futures.Future):
         self._result = None
         self._exception: BaseException | None = None
         self.key = key
-        self._executor = executor
+        self._executor: FutureOwner | None = executor
         self._lost: BaseException | None = None  # the data is gone for good
 
     def _lazily(self, name: str) -> Any:
@@ -70,12 +95,12 @@ class Future(concurrent.futures.Future):
             with _LAZY:
                 made = "_lazy_condition" not in self.__dict__
                 if made:
-                    self._lazy_waiters: list = []
-                    self._lazy_callbacks: list = []
+                    self._lazy_waiters: list[Any] = []
+                    self._lazy_callbacks: list[Any] = []
                     self._lazy_condition = threading.Condition()  # last: all three made
             executor = self._executor
             if made and executor is not None and self._state == PENDING:
-                executor._io.watch(self)  # (someone waits on it: see ClientIO.watch)
+                executor._watch(self)  # (someone waits on it: see ClientIO.watch)
         return self.__dict__[name]
 
     _condition = property(lambda self: self._lazily("_lazy_condition"))
@@ -124,7 +149,7 @@ class Future(concurrent.futures.Future):
                 context.secede()  # inside a task, waiting gives the thread slot back
                 executor = self._executor
                 if executor is not None:  # (a lone task's answer: read on this thread)
-                    executor._io.await_direct(self, timeout)
+                    executor._await_direct(self, timeout)
                     if deadline is not None:
                         timeout = max(0.0, deadline - time.monotonic())
             if self._state == FINISHED and self._exception is None:
@@ -136,7 +161,10 @@ class Future(concurrent.futures.Future):
             if self._lost is not None:
                 raise self._lost
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            value = self._executor._fetch_values([self.key], remaining)[self.key]
+            executor = self._executor
+            if executor is None:  # (released: nothing fetches its value any more)
+                raise RuntimeError(f"the future of {self.key!r} was released")
+            value = executor._fetch_values([self.key], remaining)[self.key]
             with self._condition:
                 if self._result is REMOTE:
                     self._result = value
@@ -145,7 +173,7 @@ class Future(concurrent.futures.Future):
             # The exception raised keeps this frame in its traceback, and the
             # exception is this future's: break the cycle, as concurrent.futures
             # does, so that a future dropped after a failed result() goes at once.
-            self = None  # noqa: PLW0642
+            self = None  # type: ignore[assignment]  # noqa: PLW0642
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The task's exception, or None if it succeeded; waits like :meth:`result`."""
@@ -186,7 +214,7 @@ class Future(concurrent.futures.Future):
         if executor is not None:
             executor._unref(self.key)
 
-    def add_done_callback(self, fn: Callable[[Future], Any]) -> None:
+    def add_done_callback(self, fn: Callable[[Future], object]) -> None:
         """Call ``fn(future)`` when done, on the executor's callback thread.
 
         Callbacks never run on the I/O thread, so a callback may call
@@ -194,15 +222,15 @@ class Future(concurrent.futures.Future):
         """
         executor = self._executor
         if executor is None:
-            super().add_done_callback(fn)
+            super().add_done_callback(cast(_Callback, fn))  # (it is called with this future)
             return
         if not self.done():
             # Like a concurrent.futures executor, keep a future with callbacks
             # alive until it is done, even if the caller drops it.
-            executor._io.call("hold", self)
-        super().add_done_callback(lambda f: executor._run_callback(fn, f))
+            executor._hold(self)
+        super().add_done_callback(lambda f: executor._run_callback(fn, cast(Future, f)))
 
-    def __await__(self):
+    def __await__(self) -> Generator[Any, None, Any]:
         return self._wait_async().__await__()
 
     async def _wait_async(self) -> Any:
@@ -211,8 +239,13 @@ class Future(concurrent.futures.Future):
         if not self.done():
             # Wait on a plain future set from a callback: cancelling this await
             # then leaves no thread blocked behind it.
-            done: concurrent.futures.Future = concurrent.futures.Future()
-            self.add_done_callback(lambda _: done.done() or done.set_result(None))
+            done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+            def wake(_: Future) -> None:
+                if not done.done():
+                    done.set_result(None)
+
+            self.add_done_callback(wake)
             await asyncio.wrap_future(done)
         if self._state == FINISHED and self._exception is None and self._result is REMOTE:
             # Fetching is bounded by the fetch timeouts; off the event loop's thread.
@@ -283,6 +316,6 @@ class Future(concurrent.futures.Future):
 
     # Pickled into a task, a Future is replaced by its value (see serialize.py);
     # pickled any other way it would carry a dead socket, so refuse clearly.
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         raise TypeError(
             f"a Future ({self.key}) can only be sent to the cluster as a task argument")

@@ -1,0 +1,163 @@
+"""The client's core driven by hand against a real center, for the tests of
+the client's core and its parts (tests/test_client_*.py).
+
+Its center is a real :class:`Scheduler`, fed what the core sends (checked
+against the wire protocol on the way, as the shell would encode it) and
+answering through the same encoding; workers are played by hand. Time is
+an argument, so timeouts are tested by passing a later ``now``.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+
+from zfutures import Future, protocol, serialize
+from zfutures.client_records import FINISHED, KeyRecord
+from zfutures.client_state import ClientCore
+from zfutures.scheduler import Scheduler
+
+A1, A2 = "tcp://127.0.0.1:1", "tcp://127.0.0.1:2"
+W1, W2, C, C2 = b"w1", b"w2", b"c", b"c2"
+
+
+def cluster() -> Scheduler:
+    """A center with two workers (W1 at A1, W2 at A2) and two clients (C, C2)."""
+    s = Scheduler()
+    s.add_worker(W1, A1, "w1", 1)
+    s.add_worker(W2, A2, "w2", 1)
+    s.add_client(C, "c")
+    s.add_client(C2, "c2")
+    return s
+
+
+def wire(op: str, fields: dict, frames: list) -> tuple[dict, list]:
+    """A message as the other end decodes it (checked against the protocol)."""
+    return protocol.decode(protocol.encode(op, frames, **fields))
+
+
+class Client:
+    """A ClientCore whose center is ``scheduler``, driven by hand."""
+
+    def __init__(self, scheduler: Scheduler, ident: bytes = C):
+        self.s = scheduler
+        self.ident = ident
+        self.now = 0.0
+        self.core = ClientCore(ident.decode(), now=self.now)
+        self.asked: list[tuple[int, list[str]]] = []  # who-has requests not answered yet
+
+    def submit(self, key: str, *deps: str, own_key: bool = True, eager: bool = False,
+               future: Future | None = None) -> Future:
+        future = future or Future(key, None)
+        item = {"key": key, "deps": list(deps), "priority": 0}
+        self.core.submit([(item, [f"payload of {key}".encode()], future)], self.now, eager,
+                         own_key)
+        return future
+
+    def holds(self, key: str, *holders: str) -> KeyRecord:
+        """The client holds a finished future for ``key``."""
+        info = self.core.keys[key] = KeyRecord(key)
+        info.status, info.who_has, info.refs = FINISHED, list(holders), 1
+        return info
+
+    def fetch(self, key: str) -> concurrent.futures.Future:
+        result: concurrent.futures.Future = concurrent.futures.Future()
+        self.core.fetch([key], result, self.now)
+        return result
+
+    def center_hears(self) -> list[str]:
+        """Deliver what the client sent to the center, in order; return the ops.
+        who-has requests wait for :meth:`center_answers`."""
+        self.core.flush_all()
+        sent = self.core.to_center[:]
+        self.core.to_center.clear()
+        for op, fields, frames in sent:
+            header, frames = wire(op, fields, frames)
+            if op == "submit":
+                self.s.submit(self.ident, header["tasks"], frames, header.get("seq"))
+            elif op == "release":
+                self.s.release(self.ident, header["keys"])
+            elif op == "update-data":
+                self.s.update_data(self.ident, header["items"], header.get("seq"))
+            elif op == "who-has":
+                self.asked.append((header["id"], header["keys"]))
+            elif op in ("heartbeat", "register-client", "close-client"):
+                pass
+            else:
+                raise AssertionError(f"unexpected {op!r} to the center")
+        return [op for op, _, _ in sent]
+
+    def center_answers(self) -> None:
+        """The center answers the who-has requests asked so far."""
+        asked, self.asked = self.asked, []
+        for request_id, keys in asked:
+            self.core.center_message(*wire("reply", {"id": request_id,
+                                                     "result": self.s.who_has(keys)}, []),
+                                     self.now)
+
+    def center_speaks(self) -> None:
+        """Deliver what the center sent this client, in order."""
+        for ident, op, fields, frames in self.s.outbox.take():
+            if ident == self.ident:
+                self.core.center_message(*wire(op, fields, frames), self.now)
+
+    def requests_to(self, address: str) -> list[list[str]]:
+        return [f.keys for f in self.core.fetches.values() if f.address == address]
+
+    def worker_answers(self, address: str, key: str, value: object) -> None:
+        """``address`` answers the client's pending request for ``key``."""
+        (request_id,) = [i for i, f in self.core.fetches.items()
+                         if f.address == address and key in f.keys]
+        frames = serialize.dumps(value)
+        self.core.worker_message(address, *wire("data", {
+            "id": request_id, "missing": [],
+            "items": [{"key": key, "nframes": len(frames)}]}, frames), self.now)
+
+    def answers_straight(self, key: str, run: int, value: object) -> None:
+        self.core.worker_message(A1, *wire("direct-result", {"key": key, "run": run,
+                                                             "nbytes": 8},
+                                           serialize.dumps(value)), self.now)
+
+
+def finish(s: Scheduler, key: str, value: object = None, nbytes: int = 8) -> None:
+    """The worker running ``key`` finished it (its small value rides along if given)."""
+    ts = s.tasks[key]
+    frames = serialize.dumps(value) if value is not None else None
+    s.task_finished(ts.processing_on.ident, key, nbytes, value=frames, run=ts.run)
+
+
+def finished_on(s: Scheduler, key: str, address: str) -> None:
+    """``key`` was computed on the worker at ``address`` (any other may run it again)."""
+    s.submit(C, [{"key": key, "deps": [], "priority": 0, "nframes": 1, "workers": [address],
+                  "allow_other_workers": True}], [b"payload"])
+    finish(s, key)
+    assert s.who_has([key]) == {key: [address]}
+    s.outbox.take()
+
+
+def submit_alone(client: Client, key: str, own_key: bool) -> tuple[Future, dict]:
+    """Submit ``key`` as a lone task with a worker to send it to; return its
+    future and the item the center is told of."""
+    client.core.direct.worker = A1
+    future = client.submit(key, own_key=own_key)
+    ((address, op, fields, _),) = client.core.to_workers
+    assert (address, op) == (A1, "run-task") and fields["key"] == key
+    client.core.to_workers.clear()
+    ((op, (sent,)),) = client.core.outbox.queued()
+    assert op == "submit" and sent["direct_worker"] == A1
+    return future, sent
+
+
+def stored(client: Client, address: str, nbytes: dict[str, int]) -> None:
+    """``address`` answers the client's pending put-data (the only one to it)."""
+    (request_id,) = [i for i, (a, _, _) in client.core.worker_requests.items() if a == address]
+    client.core.worker_message(address, *wire("data-stored", {"id": request_id,
+                                                              "nbytes": nbytes}, []), client.now)
+
+
+def scattered_to_a1(client: Client) -> Future:
+    """A future of data the client scattered to A1; the center knows (and said so)."""
+    first = Future("data", None)
+    client.core.scatter({A1: [("data", [b"v"])]}, [first], concurrent.futures.Future(), 0.0)
+    stored(client, A1, {"data": 8})
+    client.center_hears()
+    client.center_speaks()
+    return first

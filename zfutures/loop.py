@@ -26,7 +26,7 @@ class Waker:
     reads them all at once.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.read_fd, self._write_fd = os.pipe()
         os.set_blocking(self.read_fd, False)
         os.set_blocking(self._write_fd, False)
@@ -155,7 +155,8 @@ def receive(sock: zmq.Socket) -> list | None:
     Asks the socket whether a message waits rather than catching zmq.Again,
     whose exception costs more than the receive itself.
     """
-    if not sock.getsockopt(EVENTS) & POLLIN:
+    # (EVENTS is an int option; pyzmq types every option's value as int | bytes)
+    if not sock.getsockopt(EVENTS) & POLLIN:  # type: ignore[operator]
         return None
     try:
         return sock.recv_multipart(_NOBLOCK, copy=False)

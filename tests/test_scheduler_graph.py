@@ -351,7 +351,7 @@ def test_a_small_result_a_client_waits_for_comes_to_it_with_the_completion():
     sim.worker(W1)
     sim.submit(task("x"))
     (item,) = sim.take().items("compute", W1)
-    assert item["inline"] is True                # a client waits for x
+    assert item["send_result"] is True                # a client waits for x
     sim.s.task_finished(W1, "x", 8, 0.001, [b"pickled 2"])
     sent = sim.take()
     assert sent.frames("key-finished", C1) == {"x": [b"pickled 2"]}
@@ -363,7 +363,7 @@ def test_a_result_no_client_waits_for_is_not_sent_along():
     sim.s.release(C1, ["x"])                     # only y wants x now
     sim.worker(W1)
     item, _ = sim.take().items("compute", W1)
-    assert item["key"] == "x" and "inline" not in item
+    assert item["key"] == "x" and "send_result" not in item
 
 
 # --------------------------------------------------------------------------- missing inputs

@@ -32,7 +32,7 @@ import msgpack
 from .errors import ProtocolError
 
 #: Bumped whenever a message changes shape; peers must register with the same.
-PROTOCOL_VERSION = 6
+PROTOCOL_VERSION = 7
 
 #: Largest header accepted, in bytes. Headers hold keys and small numbers only.
 MAX_HEADER_BYTES = 64 * 1024 * 1024
@@ -60,9 +60,10 @@ _TASK_ITEM = {"key": _STR, "deps": _STRS, "priority": _INT, "nframes": _INT,
 # the answer came): the center need not send it key-finished for that run
 
 # run: the id of this assignment, which the worker's reports on the task
-# carry back (a report of an earlier run of the same key is then told apart)
+# carry back (a report of an earlier run of the same key is then told apart);
+# send_result: a client waits for it, so a small result goes with the report
 _COMPUTE_ITEM = {"key": _STR, "deps": ("map", "list", str), "nframes": _INT,
-                 "run": _INT, "inline?": bool}
+                 "run": _INT, "send_result?": bool}
 _FINISHED_ITEM = {"key": _STR, "nbytes": _INT}
 # A finished task's small result may ride along (nframes) to the clients waiting for it.
 # direct: the run is one a client chose, sending the task straight to the

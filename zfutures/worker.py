@@ -307,11 +307,10 @@ class Worker:
         handler(header, frames, now)
 
     def _compute(self, header: Header, frames: Frames, now: float) -> None:
-        # (the wire's "inline" asks for the small result sent with the completion)
         compute = self.state.compute
         for item, payload in protocol.unpack_items(header["tasks"], frames):
             compute(item["key"], item["deps"], item.get("priority", 0), payload, now,
-                    item.get("inline", False), item["run"])
+                    item.get("send_result", False), item["run"])
 
     def _release_keys(self, header: Header, frames: Frames, now: float) -> None:
         self.state.release(header["keys"])

@@ -261,7 +261,7 @@ class Scheduler:
         """A worker computed ``key`` and holds its result of ``nbytes``.
 
         ``value``: the pickled result, when small and sent along for the
-        clients waiting for it (see ``inline`` in Placement.assign).
+        clients waiting for it (see ``send_result`` in Placement.assign).
         ``run``: the run id of the compute message the worker answers (None:
         the current one). Only a report of the task's current run on that
         worker counts: an earlier run's report may come after the center told

@@ -303,7 +303,7 @@ class Placement:
         self.next_run += 1
         item = {"key": ts.key, "deps": deps, "priority": -ts.priority[0], "run": ts.run}
         if ts.who_wants:  # a client waits: a small result comes with the completion
-            item["inline"] = True
+            item["send_result"] = True
         self.outbox.add(ws.ident, "compute", "tasks", item, ts.payload)
         for dependent in ts.waiters:
             if dependent.state == WAITING and ts in dependent.waiting_on:

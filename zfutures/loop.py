@@ -79,7 +79,7 @@ class Waker:
 SLICE = 0.05
 
 
-def drain(sock: zmq.Socket, handle: Callable[[list], Any], dropped: Any,
+def drain(sock: zmq.Socket[Any], handle: Callable[[list[Any]], Any], dropped: Any,
           limit: int = 1000, until: float | None = None) -> None:
     """Handle what is waiting on ``sock``: at most ``limit`` messages, and none
     begun after the monotonic time ``until`` but the first (so that every
@@ -149,7 +149,7 @@ EVENTS, POLLIN, _NOBLOCK, _SNDMORE = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.N
 _ZERO_COPY_FROM = 64 * 1024
 
 
-def receive(sock: zmq.Socket) -> list | None:
+def receive(sock: zmq.Socket[Any]) -> list[Any] | None:
     """The next message waiting on ``sock`` (a list of zmq Frames), or None.
 
     Asks the socket whether a message waits rather than catching zmq.Again,
@@ -164,7 +164,7 @@ def receive(sock: zmq.Socket) -> list | None:
         return None
 
 
-def close_drained(sock: zmq.Socket, poller: zmq.Poller, handle: Callable[[list], Any],
+def close_drained(sock: zmq.Socket[Any], poller: zmq.Poller, handle: Callable[[list[Any]], Any],
                   dropped: Any) -> None:
     """Handle what ``sock`` has received already, then stop polling it and close
     it: a peer that left may have answered before it went."""
@@ -173,7 +173,7 @@ def close_drained(sock: zmq.Socket, poller: zmq.Poller, handle: Callable[[list],
     sock.close(linger=0)
 
 
-def send_frames(sock: zmq.Socket, frames: list, flags: int = 0) -> None:
+def send_frames(sock: zmq.Socket[Any], frames: list[Any], flags: int = 0) -> None:
     """Send a multipart message: big frames zero-copy, small ones copied (cheaper)."""
     last = len(frames) - 1
     for i, frame in enumerate(frames):
@@ -184,7 +184,7 @@ def send_frames(sock: zmq.Socket, frames: list, flags: int = 0) -> None:
             sock.send(frame, flags | more, copy=memoryview(frame).nbytes < _ZERO_COPY_FROM)
 
 
-def send(sock: zmq.Socket, frames: list, dropped: Any, what: str) -> bool:
+def send(sock: zmq.Socket[Any], frames: list[Any], dropped: Any, what: str) -> bool:
     """Send ``frames`` on a DEALER without blocking; False if it could not.
 
     A DEALER queues messages for a peer that is away, but holds no queue at

@@ -31,6 +31,11 @@ import msgpack
 
 from .errors import ProtocolError
 
+#: A decoded header: the op and its fields, as msgpack gives them.
+Header = dict[str, Any]
+#: Payload frames: bytes, memoryviews or zmq Frames, in order.
+Frames = list[Any]
+
 #: Bumped whenever a message changes shape; peers must register with the same.
 PROTOCOL_VERSION = 7
 
@@ -184,7 +189,7 @@ PACK_BELOW = 64 * 1024
 INLINE_BELOW = 16 * 1024
 
 
-def encode(op: str, frames: Sequence = (), **fields: Any) -> list:
+def encode(op: str, frames: Sequence[Any] = (), **fields: Any) -> Frames:
     """The wire frames of a message: its header, then its payload ``frames``.
 
     With more than one payload frame, or a small one, the header's ``layout``
@@ -217,7 +222,7 @@ def encode(op: str, frames: Sequence = (), **fields: Any) -> list:
     return [encode_header(op, **fields), *packed, *large]
 
 
-def decode(frames: Sequence) -> tuple[dict, list]:
+def decode(frames: Sequence[Any]) -> tuple[Header, Frames]:
     """``(header, payload buffers)`` of a message's frames (zmq Frames or bytes),
     the packed frames cut out again; ProtocolError if anything does not fit."""
     if not frames:
@@ -245,12 +250,14 @@ def decode(frames: Sequence) -> tuple[dict, list]:
             (blob is not None and sum(n for n in layout if n >= 0) != blob.nbytes) or \
             any(f.nbytes != size for f, size in zip(large, large_sizes)):
         raise ProtocolError("the layout does not match the frames")
-    payload, start, large_iter = [], 0, iter(large)
+    packed = blob if blob is not None else memoryview(b"")  # (none: no n >= 0 below)
+    payload: Frames = []
+    start, large_iter = 0, iter(large)
     for n in layout:
         if n < 0:
             payload.append(next(large_iter))
         else:
-            payload.append(blob[start:start + n])
+            payload.append(packed[start:start + n])
             start += n
     return header, payload
 
@@ -266,10 +273,11 @@ def _buffer(frame: Any) -> memoryview:
 def encode_header(op: str, **fields: Any) -> bytes:
     """Pack a header for ``op``. Fields must be plain data (msgpack types)."""
     fields["op"] = op
-    return msgpack.packb(fields, use_bin_type=True)
+    packed: bytes = msgpack.packb(fields, use_bin_type=True)
+    return packed
 
 
-def decode_header(raw: bytes | memoryview) -> dict:
+def decode_header(raw: bytes | memoryview) -> Header:
     """Unpack and validate a header; raise ProtocolError if it does not fit.
 
     >>> decode_header(encode_header("release", keys=["a"]))["keys"]
@@ -322,7 +330,7 @@ def _type_check(kind: Any) -> Callable[[Any], bool]:
     raise AssertionError(f"bad schema kind {kind!r}")
 
 
-def _fields_check(schema: dict, where: str) -> Callable[[dict], None]:
+def _fields_check(schema: dict[str, Any], where: str) -> Callable[[Header], None]:
     """A function raising ProtocolError where a mapping does not fit ``schema``.
 
     Schemas are turned into these once: messages are checked field by field
@@ -334,13 +342,13 @@ def _fields_check(schema: dict, where: str) -> Callable[[dict], None]:
              if f[-1] != "?" and k not in (int, str, bool)]
     optional = [(f[:-1], _type_check(k)) for f, k in schema.items() if f[-1] == "?"]
 
-    def wrong(mapping: dict, field: str) -> ProtocolError:
+    def wrong(mapping: Header, field: str) -> ProtocolError:
         if field not in mapping:
             return ProtocolError(f"{where}: missing field {field!r}")
         return ProtocolError(
             f"{where}: field {field!r} has type {type(mapping[field]).__name__}")
 
-    def check(mapping: dict) -> None:
+    def check(mapping: Header) -> None:
         try:
             for field, kind in plain:
                 if type(mapping[field]) is not kind:
@@ -359,16 +367,16 @@ def _fields_check(schema: dict, where: str) -> Callable[[dict], None]:
 _CHECKS = {op: _fields_check(schema, op) for op, schema in SCHEMAS.items()}
 
 
-def pack_items(items: list[dict], frame_lists: Sequence[Sequence]) -> list:
+def pack_items(items: list[Header], frame_lists: Sequence[Sequence[Any]]) -> Frames:
     """Set each item's ``nframes`` and return all their frames, in order."""
-    frames: list = []
+    frames: Frames = []
     for item, item_frames in zip(items, frame_lists):
         item["nframes"] = len(item_frames)
         frames.extend(item_frames)
     return frames
 
 
-def unpack_items(items: list[dict], frames: Sequence) -> Iterator[tuple[dict, list]]:
+def unpack_items(items: list[Header], frames: Sequence[Any]) -> Iterator[tuple[Header, Frames]]:
     """``(item, its frames)`` for each item, an item without ``nframes`` owning none.
 
     The counts are checked at the call, before anything is yielded: raises
@@ -381,7 +389,8 @@ def unpack_items(items: list[dict], frames: Sequence) -> Iterator[tuple[dict, li
     return _slices(items, counts, frames)
 
 
-def _slices(items: list[dict], counts: list[int], frames: Sequence) -> Iterator[tuple[dict, list]]:
+def _slices(items: list[Header], counts: list[int], frames: Sequence[Any]
+            ) -> Iterator[tuple[Header, Frames]]:
     start = 0
     for item, count in zip(items, counts):
         yield item, list(frames[start:start + count])

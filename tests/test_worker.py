@@ -144,7 +144,7 @@ def test_a_task_the_center_sends_runs_and_is_reported_with_its_run(center, start
 def test_a_small_result_asked_for_rides_with_its_completion(center, start):
     start()
     center.register()
-    compute(center, "x", inc, 41, inline=True)  # (the wire's name for it)
+    compute(center, "x", inc, 41, send_result=True)  # (the wire's name for it)
     header = center.expect("task-finished")
     assert header["tasks"][0]["nframes"] > 0
     assert serialize.loads(header["payload"]) == 42

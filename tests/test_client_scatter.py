@@ -155,6 +155,7 @@ class HandWorker:
                                        item["run"])
             else:
                 raise AssertionError(f"unexpected {header['op']!r} to the worker")
+        self.answers_client()
 
     def hears_client(self) -> None:
         """Take the client's put-data and answer it (as DataServer._put_data)."""
@@ -164,13 +165,18 @@ class HandWorker:
         for address, op, fields, frames in sent:
             assert (address, op) == (A1, "put-data")
             header, frames = wire(op, fields, frames)
-            nbytes = {}
-            for item, value_frames in protocol.unpack_items(header["items"], frames):
-                nbytes[item["key"]] = 8
-                self.state.add_data(item["key"], serialize.loads(value_frames), 8)
-            core.worker_message(A1, *wire("data-stored", {"id": header["id"],
-                                                          "nbytes": nbytes}, []),
-                                self.client.now)
+            values = {item["key"]: (serialize.loads(value_frames), 8)
+                      for item, value_frames in protocol.unpack_items(header["items"], frames)}
+            self.state.put_data(self.client.ident, header["id"], values, {})
+        self.answers_client()
+
+    def answers_client(self) -> None:
+        """Say which data is stored (as Worker._flush)."""
+        stored = self.state.stored[:]
+        self.state.stored.clear()
+        for _, request_id, nbytes, _ in stored:
+            self.client.core.worker_message(A1, *wire("data-stored", {
+                "id": request_id, "nbytes": nbytes}, []), self.client.now)
 
     def reports(self) -> None:
         """Deliver the worker's reports to the center."""

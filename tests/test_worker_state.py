@@ -609,6 +609,17 @@ def test_a_task_given_up_for_one_input_drops_the_fetch_just_planned_for_another(
     assert fetches(w) == [(1, P1, ["a"])]
 
 
+# --------------------------------------------------------------------------- scattered data
+
+
+def test_data_a_client_puts_here_is_stored_and_the_client_told():
+    w = make()
+    w.put_data(b"client", 1, {"a": ("A", 8)}, {"b": "could not load"})
+    assert w.data == {"a": "A"} and w.nbytes == {"a": 8}
+    assert w.stored == [(b"client", 1, {"a": 8}, {"b": "could not load"})]
+    assert reports(w) == []
+
+
 # --------------------------------------------------------------------------- holding reports
 
 

@@ -365,6 +365,10 @@ class Worker:
             for answer in state.to_clients:
                 self.data_server.send_result(*answer)
             state.to_clients.clear()
+        if state.stored:
+            for stored in state.stored:
+                self.data_server.send_stored(*stored)
+            state.stored.clear()
         if state.to_fetch:
             for request in state.to_fetch:
                 self.fetcher.request(*request)

@@ -104,6 +104,7 @@ class Worker:
         self.center_handlers: dict[str, Callable[[Header, Frames, float], None]] = {
             "compute": self._compute, "release-keys": self._release_keys,
             "drop-direct": self._drop_direct, "acquire": self._acquire,
+            "synced": self._synced,
             "workers-left": self._workers_left, "welcome": self._welcome,
             "reregister": self._reregister, "refused": self._refused,
             "closing": self._center_closing, "retired": self._retired,
@@ -323,6 +324,9 @@ class Worker:
     def _acquire(self, header: Header, frames: Frames, now: float) -> None:
         for item in header["tasks"]:
             self.state.acquire(item["key"], item["holders"], now)
+
+    def _synced(self, header: Header, frames: Frames, now: float) -> None:
+        self.state.synced(header["keys"])
 
     def _workers_left(self, header: Header, frames: Frames, now: float) -> None:
         for address in header["addresses"]:

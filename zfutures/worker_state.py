@@ -396,6 +396,7 @@ class WorkerState(WorkerPolicies):
         self.ready.clear()
         self.fetching.clear()
         self.local_waiters.clear()
+        self.scatters.store_waiting()  # (what the center said before can no longer come)
 
     def secede(self, key: str) -> int | None:
         """Task ``key`` waits on other tasks: its slot goes to the next ready task.
@@ -419,8 +420,16 @@ class WorkerState(WorkerPolicies):
                  failed: dict[str, str]) -> None:
         """``client`` scatters ``values`` here (key -> (value, nbytes)) in its
         request ``request_id``; ``failed``: keys whose values did not load, and
-        why. The answer goes to :attr:`stored` (see worker_scatter.py)."""
-        self.scatters.put(client, request_id, values, failed)
+        why. The answer goes to :attr:`stored`, at once, or for keys held here
+        already once the center answers their ``sync`` (see worker_scatter.py)."""
+        held = self.scatters.put(client, request_id, values, failed)
+        if held:
+            self.to_center.append(("sync", {"keys": held}, []))
+
+    def synced(self, keys: list[str]) -> None:
+        """The center answered a sync of ``keys``: data that waited for it is
+        stored (see put_data)."""
+        self.scatters.synced(keys)
 
     # ------------------------------------------------------------------ internals
 

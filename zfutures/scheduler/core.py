@@ -386,6 +386,7 @@ class Scheduler:
         for this answer, which must come after any word sent to it of them
         before, a release of its old copies (see TaskGraph.sync)."""
         self.graph.sync(worker_ident, keys)
+        self._settle()
 
     def missing_data(self, worker_ident: bytes, key: str, missing: Iterable[str],
                      run: int | None = None, tried: Iterable[str] | None = None) -> None:

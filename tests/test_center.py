@@ -42,7 +42,7 @@ def test_what_a_registered_peer_sends_asks_a_stranger_to_register_again():
     # earlier center, or one this center gave up on. It registers again at
     # once, bringing back what it holds.
     for op in ["heartbeat", "submit", "release", "task-finished", "task-erred", "retire",
-               "paused", "scheduler-info"]:
+               "paused", "sync", "scheduler-info"]:
         assert asks_to_register(OPS[op], UNREGISTERED), op
     # A goodbye from a stranger has nothing left to end; only a nanny says its
     # worker died; an op the center does not take is nobody's.
@@ -136,6 +136,13 @@ def test_a_handler_that_fails_drops_its_message_and_the_center_goes_on(cut, monk
     assert len(cut.errors) == 1 and "failed to handle 'release'" in cut.errors[0]
     cut.send_op(C, "scheduler-info", id=7)
     assert [f["id"] for to, op, f in cut.sent if op == "reply"] == [7]
+
+
+def test_a_workers_sync_is_answered_and_a_clients_dropped(cut):
+    register(cut)
+    cut.send_op(W, "sync", keys=["k"])
+    cut.send_op(C, "sync", keys=["k"])
+    assert cut.sent == [(W, "synced", {"keys": ["k"]})]
 
 
 def test_a_goodbye_forgets_the_peer_at_once(cut):

@@ -1,14 +1,17 @@
 """Putting the caller's data on workers (zfutures.client_scatter), through
-the client's core against a real center (see client_sim.py)."""
+the client's core against a real center (see client_sim.py); last, with a
+real worker's core too, data scattered again as its old copy is let go of."""
 from __future__ import annotations
 
 import concurrent.futures
 
 import pytest
-from client_sim import A1, A2, W1, W2, Client, cluster, scattered_to_a1, stored, wire
+from client_sim import A1, A2, W1, W2, C, Client, cluster, scattered_to_a1, stored, wire
 
-from zfutures import Future
+from zfutures import Future, protocol, serialize
 from zfutures.errors import ConnectionError
+from zfutures.scheduler import Scheduler
+from zfutures.worker_state import WorkerState
 
 
 @pytest.fixture
@@ -114,3 +117,124 @@ def test_a_scatter_that_stored_nothing_leaves_the_keys_news_as_it_was(client):
     s.remove_worker(W1)       # the one copy goes: the center's word of it counts
     client.center_speaks()
     assert first.status == "lost"
+
+
+# --------------------------------------------------------------------------- with a worker's core
+
+
+class HandWorker:
+    """A real WorkerState at A1 (W1) whose messages are carried by hand:
+    what the center sends it waits in ``from_center`` until delivered, so a
+    client's put-data may overtake it, as it may between two connections."""
+
+    def __init__(self, client: Client):
+        self.client = client
+        self.state = WorkerState(A1, nthreads=1)
+        self.from_center: list[tuple[dict, list]] = []
+
+    def center_speaks(self) -> None:
+        """The center's messages: the client's delivered, the worker's queued."""
+        for ident, op, fields, frames in self.client.s.outbox.take():
+            header, frames = wire(op, fields, frames)
+            if ident == self.client.ident:
+                self.client.core.center_message(header, frames, self.client.now)
+            else:
+                assert ident == W1
+                self.from_center.append((header, frames))
+
+    def hears_center(self) -> None:
+        """Deliver what the center sent, in order (as Worker.center_handlers)."""
+        while self.from_center:
+            header, frames = self.from_center.pop(0)
+            if header["op"] == "release-keys":
+                self.state.release(header["keys"])
+            elif header["op"] == "compute":
+                for item, payload in protocol.unpack_items(header["tasks"], frames):
+                    self.state.compute(item["key"], item["deps"], item.get("priority", 0),
+                                       payload, self.client.now, item.get("send_result", False),
+                                       item["run"])
+            elif header["op"] == "synced":
+                self.state.synced(header["keys"])
+            else:
+                raise AssertionError(f"unexpected {header['op']!r} to the worker")
+        self.answers_client()
+
+    def hears_client(self) -> None:
+        """Take the client's put-data and answer it (as DataServer._put_data)."""
+        core = self.client.core
+        sent = core.to_workers[:]
+        core.to_workers.clear()
+        for address, op, fields, frames in sent:
+            assert (address, op) == (A1, "put-data")
+            header, frames = wire(op, fields, frames)
+            values = {item["key"]: (serialize.loads(value_frames), 8)
+                      for item, value_frames in protocol.unpack_items(header["items"], frames)}
+            self.state.put_data(self.client.ident, header["id"], values, {})
+        self.answers_client()
+
+    def answers_client(self) -> None:
+        """Say which data is stored (as Worker._flush)."""
+        stored = self.state.stored[:]
+        self.state.stored.clear()
+        for _, request_id, nbytes, _ in stored:
+            self.client.core.worker_message(A1, *wire("data-stored", {
+                "id": request_id, "nbytes": nbytes}, []), self.client.now)
+
+    def reports(self) -> None:
+        """Deliver the worker's reports to the center."""
+        sent = self.state.take_reports(self.client.now)
+        for op, item, _ in sent:
+            if op == "sync":
+                self.client.s.sync(W1, item["keys"])
+            elif op == "missing-data":
+                self.client.s.missing_data(W1, item["key"], item["missing"], item["run"],
+                                           item["tried"])
+            else:
+                raise AssertionError(f"unexpected {op!r} to the center")
+
+
+def test_data_scattered_again_stays_when_it_reaches_its_worker_before_the_release():
+    # The user lets go of scattered data and scatters the same data again at
+    # once. The release reaches the center first (the scatter's own request
+    # to the center sends it), and the center tells the worker to drop the
+    # key; the new copy goes from the client straight to the worker, over
+    # another connection, and may get there before that word.
+    s = Scheduler()
+    s.add_worker(W1, A1, "w1", 1)
+    s.add_client(C, "c")
+    client, data = Client(s), serialize.dumps("the data")
+    worker = HandWorker(client)
+    first = Future("data", None)
+    client.core.scatter({A1: [("data", data)]}, [first], concurrent.futures.Future(), 0.0)
+    worker.hears_client()
+    client.center_hears()
+    worker.center_speaks()
+    client.core.unref("data", client.now)   # (first is dropped)
+    asked: concurrent.futures.Future = concurrent.futures.Future()
+    client.core.rpc("who-has", {"keys": ["data"]}, asked)  # (as scatter asks for workers)
+    assert client.center_hears() == ["release", "who-has"]
+    client.center_answers()
+    worker.center_speaks()                  # release-keys, on its way to the worker ...
+    again = Future("data", None)
+    done: concurrent.futures.Future = concurrent.futures.Future()
+    client.core.scatter({A1: [("data", data)]}, [again], done, client.now)
+    worker.hears_client()                   # ... overtaken by the new copy
+    worker.hears_center()
+    for _ in range(3):                      # everything else in turn, till all is said
+        worker.reports()
+        client.center_hears()
+        worker.center_speaks()
+        worker.hears_client()
+        worker.hears_center()
+    assert done.result(0) is None and again.status == "finished"
+    assert s.who_has(["data"]) == {"data": [A1]}
+    assert "data" in worker.state.data      # the center and the worker agree
+    total = client.submit("total", "data")
+    client.center_hears()
+    worker.center_speaks()
+    worker.hears_center()
+    worker.reports()
+    client.center_hears()
+    worker.center_speaks()
+    assert [t.key for t in worker.state.to_execute] == ["total"]  # its input is here
+    assert again.status == "finished" and not total.done()

@@ -152,7 +152,11 @@ def test_put_data_stores_the_values_and_answers_their_sizes(served):
     items = [{"key": "a"}, {"key": "b"}, {"key": "broken"}]
     frames = protocol.pack_items(items, [serialize.dumps(np.arange(10)), serialize.dumps("b"),
                                          [b"not a pickle"]])
-    header, _ = served.ask("put-data", frames, id=3, items=items)
+    send_frames(served.client, protocol.encode("put-data", frames, id=3, items=items))
+    served.serve()
+    (answer,) = served.state.stored  # (the loop's flush sends it)
+    served.data_server.send_stored(*answer)
+    header, _ = served.answer()
     assert header["op"] == "data-stored" and header["id"] == 3
     assert set(header["nbytes"]) == {"a", "b"} and header["nbytes"]["a"] >= 80
     assert set(header["failed"]) == {"broken"}

@@ -343,6 +343,39 @@ def test_removing_a_client_releases_its_keys_but_not_other_clients_keys():
     assert C1 not in sim.s.clients
 
 
+def test_a_sync_is_answered_after_the_release_of_its_keys_sent_before():
+    # A client put data on W1, which held the key already: W1 asks whether
+    # its old copy was let go of. The answer must reach it after that word.
+    sim = Sim()
+    sim.worker(W1)
+    sim.s.update_data(C1, [{"key": "x", "nbytes": 8, "workers": [addr(W1)]}])  # scattered
+    sim.take()
+    sim.s.sync(W1, ["early"])                  # (an earlier answer, not sent yet)
+    sim.s.release(C1, ["x"])
+    sim.s.sync(W1, ["x"])
+    messages = [(op, fields["keys"]) for ident, op, fields, _ in sim.s.outbox.take()
+                if ident == W1]
+    assert messages == [("synced", ["early"]), ("release-keys", ["x"]), ("synced", ["x"])]
+
+
+def test_a_sync_is_answered_after_the_release_of_its_keys_still_waiting_their_turn():
+    # Let go of with other keys, x waits its turn to be released (see
+    # collect_limit); the word that W1 is to drop its copy would then come
+    # after the answer, and drop the copy put there since.
+    sim = Sim(collect_limit=1)
+    sim.worker(W1)
+    sim.s.update_data(C1, [{"key": key, "nbytes": 8, "workers": [addr(W1)]}
+                           for key in ("x", "y")])
+    sim.take()
+    sim.s.release(C1, ["x", "y"])              # (y is released, x waits)
+    sim.s.sync(W1, ["x"])
+    sim.s.collect_garbage()
+    messages = [(op, fields["keys"]) for ident, op, fields, _ in sim.s.outbox.take()
+                if ident == W1]
+    assert messages == [("release-keys", ["y", "x"]), ("synced", ["x"])]
+    assert "x" not in sim.s.tasks
+
+
 # --------------------------------------------------------------------------- inline results
 
 

@@ -144,7 +144,7 @@ def test_a_task_the_center_sends_runs_and_is_reported_with_its_run(center, start
 def test_a_small_result_asked_for_rides_with_its_completion(center, start):
     start()
     center.register()
-    compute(center, "x", inc, 41, inline=True)  # (the wire's name for it)
+    compute(center, "x", inc, 41, send_result=True)  # (the wire's name for it)
     header = center.expect("task-finished")
     assert header["tasks"][0]["nframes"] > 0
     assert serialize.loads(header["payload"]) == 42
@@ -214,8 +214,8 @@ def test_what_a_worker_has_no_use_for_from_its_center_is_dropped_and_logged(
 
 
 def test_every_op_the_center_sends_a_worker_has_a_handler_for(center):
-    to_workers = {"welcome", "compute", "release-keys", "acquire", "retired", "drop-direct",
-                  "workers-left", "reregister", "refused", "closing", "heartbeat"}
+    to_workers = {"welcome", "compute", "release-keys", "acquire", "synced", "retired",
+                  "drop-direct", "workers-left", "reregister", "refused", "closing", "heartbeat"}
     worker = Worker(center.address, host="127.0.0.1")
     try:
         assert set(worker.center_handlers) == to_workers

@@ -609,6 +609,61 @@ def test_a_task_given_up_for_one_input_drops_the_fetch_just_planned_for_another(
     assert fetches(w) == [(1, P1, ["a"])]
 
 
+# --------------------------------------------------------------------------- scattered data
+
+
+def test_data_a_client_puts_here_is_stored_and_the_client_told():
+    w = make()
+    w.put_data(b"client", 1, {"a": ("A", 8)}, {"b": "could not load"})
+    assert w.data == {"a": "A"} and w.nbytes == {"a": 8}
+    assert w.stored == [(b"client", 1, {"a": 8}, {"b": "could not load"})]
+    assert reports(w) == []
+
+
+def test_data_put_again_while_here_waits_for_the_centers_word_sent_before_it():
+    # The old copy may have been let go of: its release, from the center,
+    # may come after the new copy, from the client, and must not drop it.
+    w = make()
+    w.add_data("a", "A", 8)
+    w.put_data(b"client", 1, {"a": ("A", 8), "b": ("B", 8)}, {})
+    assert reports(w) == [("sync", {"keys": ["a"]}, [])]
+    assert w.stored == [] and "b" not in w.data
+    w.release(["a"])                    # the old copy's release, on its way before
+    w.synced(["a"])
+    assert w.data == {"a": "A", "b": "B"}
+    assert w.stored == [(b"client", 1, {"a": 8, "b": 8}, {})]
+
+
+def test_each_answer_to_a_sync_lets_the_data_that_waited_longest_in():
+    w = make()
+    w.add_data("a", "A", 8)
+    w.put_data(b"first", 1, {"a": ("A", 8)}, {})
+    w.put_data(b"second", 2, {"a": ("A", 8)}, {})
+    w.synced(["a"])
+    assert [answer[0] for answer in w.stored] == [b"first"]
+    w.synced(["a"])
+    assert [answer[0] for answer in w.stored] == [b"first", b"second"]
+
+
+def test_data_that_waits_for_the_answers_of_several_keys_waits_for_each():
+    w = make()
+    w.add_data("a", "A", 8)
+    w.add_data("b", "B", 8)
+    w.put_data(b"client", 1, {"a": ("A", 8), "b": ("B", 8)}, {})
+    w.synced(["b"])
+    assert w.stored == []
+    w.synced(["a"])
+    assert w.stored == [(b"client", 1, {"a": 8, "b": 8}, {})]
+
+
+def test_data_waiting_for_a_center_that_lost_track_of_us_is_stored_when_we_register():
+    w = make()
+    w.add_data("a", "A", 8)
+    w.put_data(b"client", 1, {"a": ("A", 8)}, {})
+    w.forget_queue()
+    assert w.stored == [(b"client", 1, {"a": 8}, {})] and w.scatters.waiting == []
+
+
 # --------------------------------------------------------------------------- holding reports
 
 

@@ -360,6 +360,9 @@ class Center:
     def _paused(self, ident: bytes, header: dict, frames: list) -> None:
         self.scheduler.worker_paused(ident, header["paused"])
 
+    def _sync(self, ident: bytes, header: dict, frames: list) -> None:
+        self.scheduler.sync(ident, header["keys"])
+
     def _heartbeat(self, ident: bytes, header: dict, frames: list) -> None:
         """Nothing to do: any message a peer sends tells it is alive."""
 
@@ -495,6 +498,7 @@ OPS: dict[str, Op] = {
     "task-refused": Op(Center._task_refused, (WORKER,), reregister=True),
     "retire": Op(Center._retire, (WORKER,), reregister=True),
     "paused": Op(Center._paused, (WORKER,), reregister=True),
+    "sync": Op(Center._sync, (WORKER,), reregister=True),
     "unregister": Op(Center._goodbye, (WORKER,)),
     # nanny -> center
     "worker-died": Op(Center._worker_died, (NANNY,)),

@@ -125,6 +125,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "retire": {},
     "unregister": {},
     "paused": {"paused": bool},
+    # a client put data here while these keys were here already: answer once
+    # what was said of them before is on its way (see worker_scatter.py)
+    "sync": {"keys": _STRS},
     # nanny -> center
     "register-nanny": {"protocol": _INT},
     "worker-died": {"address": _STR},
@@ -133,6 +136,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "compute": {"tasks": ("items", _COMPUTE_ITEM)},
     "release-keys": {"keys": _STRS},
     "acquire": {"tasks": ("items", {"key": _STR, "holders": _STRS})},
+    "synced": {"keys": _STRS},  # the answer to "sync", after what came before
     "retired": {},
     # the center has not heard of this direct run for seconds: refuse it if it
     # never came (see WorkerState.drop_direct)

@@ -104,6 +104,7 @@ class Worker:
         self.center_handlers: dict[str, Callable[[Header, Frames, float], None]] = {
             "compute": self._compute, "release-keys": self._release_keys,
             "drop-direct": self._drop_direct, "acquire": self._acquire,
+            "synced": self._synced,
             "workers-left": self._workers_left, "welcome": self._welcome,
             "reregister": self._reregister, "refused": self._refused,
             "closing": self._center_closing, "retired": self._retired,
@@ -324,6 +325,9 @@ class Worker:
         for item in header["tasks"]:
             self.state.acquire(item["key"], item["holders"], now)
 
+    def _synced(self, header: Header, frames: Frames, now: float) -> None:
+        self.state.synced(header["keys"])
+
     def _workers_left(self, header: Header, frames: Frames, now: float) -> None:
         for address in header["addresses"]:
             self.fetcher.peer_left(address, now)
@@ -365,6 +369,10 @@ class Worker:
             for answer in state.to_clients:
                 self.data_server.send_result(*answer)
             state.to_clients.clear()
+        if state.stored:
+            for stored in state.stored:
+                self.data_server.send_stored(*stored)
+            state.stored.clear()
         if state.to_fetch:
             for request in state.to_fetch:
                 self.fetcher.request(*request)

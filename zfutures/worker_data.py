@@ -134,21 +134,25 @@ class DataServer:
         """A reader on this machine copied what a lease kept alive."""
         self.leases.end(header["lease"], ident)
 
+    def send_stored(self, client: bytes, request_id: int, nbytes: dict[str, int],
+                    failed: dict[str, str]) -> None:
+        """The answer to a client's put-data (see WorkerState.stored)."""
+        fields = {"failed": failed} if failed else {}
+        self.server.send_multipart([client, protocol.encode_header(
+            "data-stored", id=request_id, nbytes=nbytes, **fields)])
+
     def _put_data(self, ident: bytes, header: Header, frames: Frames) -> None:
-        """A client scatters data here; it tells the center once we answer."""
-        nbytes, failed = {}, {}
+        """A client scatters data here; it tells the center once we answer
+        (WorkerState.put_data decides when)."""
+        values, failed = {}, {}
         for item, value_frames in protocol.unpack_items(header["items"], frames):
             try:
                 value = serialize.loads(value_frames)
             except BaseException as exc:  # noqa: B036 - user code: the caller hears why
                 failed[item["key"]] = describe(exc)
                 continue
-            nbytes[item["key"]] = serialize.sizeof(value)
-            self.state.add_data(item["key"], value, nbytes[item["key"]])
-        fields = {"failed": failed} if failed else {}
-        self.server.send_multipart(
-            [ident, protocol.encode_header("data-stored", id=header["id"], nbytes=nbytes,
-                                           **fields)])
+            values[item["key"]] = (value, serialize.sizeof(value))
+        self.state.put_data(ident, header["id"], values, failed)
 
     def _run_task(self, ident: bytes, header: Header, frames: Frames) -> None:
         """A client sent a task straight here (see WorkerState.run_direct)."""

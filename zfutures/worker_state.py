@@ -12,12 +12,17 @@ out what this class asks for:
 - :attr:`to_fetch`: ``(request id, peer address, keys)`` data requests;
 - :attr:`to_clients`: ``(client, key, run, nbytes, frames)`` small results of
   tasks a client sent straight here (:meth:`WorkerState.run_direct`), for
-  the data server to send back to that client.
+  the data server to send back to that client;
+- :attr:`stored`: ``(client, request id, nbytes, failed)`` answers to the
+  data clients put here (:meth:`WorkerState.put_data`), for the data server
+  to send.
 
 Which peer is asked for which input, and when, is planned by
 :class:`~zfutures.worker_fetch.Fetches`; when reports go, which task runs on
 the loop thread, when to pause for memory and when a leaving worker may
-stop, by its base class :class:`~zfutures.worker_policy.WorkerPolicies`.
+stop, by its base class :class:`~zfutures.worker_policy.WorkerPolicies`;
+what becomes of data clients put here, by
+:class:`~zfutures.worker_scatter.Scatters`.
 
 A task here goes ``fetching`` (inputs missing) → ``ready`` (waits for a
 thread) → ``executing`` → done (reported and removed); between the first two
@@ -33,6 +38,7 @@ from typing import Any
 
 from .worker_fetch import Fetch, Fetches
 from .worker_policy import WorkerPolicies
+from .worker_scatter import Scatters, Values
 
 FETCHING, BEHIND, READY, EXECUTING = "fetching", "behind", "ready", "executing"
 
@@ -123,6 +129,9 @@ class WorkerState(WorkerPolicies):
         self.to_execute: list[Task] = []
         self.to_fetch = self.fetching.to_fetch
         self.to_clients: list[tuple[bytes, str, int, int, Frames]] = []
+        # Data clients put here, and the answers owed them (see put_data).
+        self.scatters = Scatters(self.data, self.nbytes)
+        self.stored = self.scatters.stored
         # Direct tasks the center has not heard about from us yet: key -> run
         # (see check_timeouts).
         self.unannounced: dict[str, int] = {}
@@ -387,6 +396,7 @@ class WorkerState(WorkerPolicies):
         self.ready.clear()
         self.fetching.clear()
         self.local_waiters.clear()
+        self.scatters.store_waiting()  # (what the center said before can no longer come)
 
     def secede(self, key: str) -> int | None:
         """Task ``key`` waits on other tasks: its slot goes to the next ready task.
@@ -405,6 +415,21 @@ class WorkerState(WorkerPolicies):
         """Data put here directly (scattered, or moved from a leaving worker)."""
         self.data[key] = value
         self.nbytes[key] = nbytes
+
+    def put_data(self, client: bytes, request_id: int, values: Values,
+                 failed: dict[str, str]) -> None:
+        """``client`` scatters ``values`` here (key -> (value, nbytes)) in its
+        request ``request_id``; ``failed``: keys whose values did not load, and
+        why. The answer goes to :attr:`stored`, at once, or for keys held here
+        already once the center answers their ``sync`` (see worker_scatter.py)."""
+        held = self.scatters.put(client, request_id, values, failed)
+        if held:
+            self.to_center.append(("sync", {"keys": held}, []))
+
+    def synced(self, keys: list[str]) -> None:
+        """The center answered a sync of ``keys``: data that waited for it is
+        stored (see put_data)."""
+        self.scatters.synced(keys)
 
     # ------------------------------------------------------------------ internals
 

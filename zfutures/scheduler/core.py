@@ -381,6 +381,13 @@ class Scheduler:
         self.direct.sweep()
         self._settle()
 
+    def sync(self, worker_ident: bytes, keys: Iterable[str]) -> None:
+        """A client put data on a worker that held ``keys`` already: it waits
+        for this answer, which must come after any word sent to it of them
+        before, a release of its old copies (see TaskGraph.sync)."""
+        self.graph.sync(worker_ident, keys)
+        self._settle()
+
     def missing_data(self, worker_ident: bytes, key: str, missing: Iterable[str],
                      run: int | None = None, tried: Iterable[str] | None = None) -> None:
         """A worker could not fetch ``missing`` inputs of ``key`` from the holders

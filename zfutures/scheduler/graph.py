@@ -358,6 +358,24 @@ class TaskGraph:
                 continue
             self.release(ts)
 
+    def sync(self, worker_ident: bytes, keys: Iterable[str]) -> None:
+        """Answer a worker's ``sync`` of ``keys`` (``synced``): a client put
+        data on it while it held them already, and that data waits for this
+        answer (see worker_scatter.py). The outbox keeps what a recipient
+        hears of a key in order, so a release of the worker's old copy, sent
+        before, reaches it first, and the new copy is not dropped with it.
+
+        A key let go of whose release still waits its turn (see
+        collect_limit) is released now: its release-keys, queued later,
+        would drop the new copy.
+        """
+        tasks = self.tasks
+        for key in keys:
+            ts = tasks.get(key)
+            if ts is not None and not is_wanted(ts):
+                self.release(ts)
+            self.outbox.add(worker_ident, "synced", "keys", key)
+
     def release(self, ts: TaskState) -> None:
         """Release ``ts``, which nobody wants: its work stops, its holders drop
         it, and it is forgotten unless a dependent refers to it (its inputs

@@ -376,7 +376,7 @@ def test_a_sync_is_answered_after_the_release_of_its_keys_still_waiting_their_tu
     assert "x" not in sim.s.tasks
 
 
-# --------------------------------------------------------------------------- results sent with their completion
+# ------------------------------------------------------- results sent with their completion
 
 
 def test_a_small_result_a_client_waits_for_comes_to_it_with_the_completion():

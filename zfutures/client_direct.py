@@ -4,8 +4,8 @@ A task through the center takes four hops (client, center, worker, center,
 client); sent straight, its small result comes back in two, and the center
 hears of it on the side: the worker's reports and our submit travel apart,
 and the center matches them by the run id we choose (see
-Scheduler._runs_direct). The worker refuses the task if it cannot start it
-at once, and the center then places it as usual.
+``DirectRuns.runs_direct`` in scheduler/direct.py). The worker refuses the
+task if it cannot start it at once, and the center then places it as usual.
 
 One such task at a time, to the worker that last finished one of ours with
 a small result (DIRECT_AFTER_NBYTES): a burst of submits goes through the

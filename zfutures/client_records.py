@@ -51,9 +51,10 @@ class DirectRun:
         self.run = run
         # Whether its answer may complete the futures: at once if the executor
         # made the key (the center counts every run the worker does not
-        # refuse, see Scheduler._runs_direct); for a key the caller chose,
-        # once the center says it counts this run (direct-accepted): the
-        # center may hold that key already, from another run.
+        # refuse, see DirectRuns.runs_direct in scheduler/direct.py); for a
+        # key the caller chose, once the center says it counts this run
+        # (direct-accepted): the center may hold that key already, from
+        # another run.
         self.trusted = trusted
         self.early: tuple[int, Frames] | None = None  # (nbytes, frames) come before trust
 

@@ -93,7 +93,7 @@ class Worker:
         # Calls for the loop thread, made by other threads: (function, args).
         self.inbox: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]]] = \
             queue.SimpleQueue()
-        self.executor: Any = None  # a client for tasks that submit tasks (context.get_executor)
+        self.executor: Any = None  # a client for tasks that submit tasks (executor.get_executor)
         self.data_server = DataServer(server, self.state, self.call_soon, dropped)
         self.fetcher = Fetcher(self.state, self.context, self.poller, security,
                                self.call_soon, dropped)

@@ -205,9 +205,10 @@ class WorkerState(WorkerPolicies):
         as well as to the center, whose reports say the run is direct.
 
         The client told the center too; which of the two hears first is open,
-        and the center sorts that out (see Scheduler._park). What this worker
-        runs, the center counts as the task's run (and the client may take
-        the result at once), so the decision is made here: the task is
+        and the center sorts that out (see DirectRuns.hold_early in
+        scheduler/direct.py). What this worker runs, the center counts as the
+        task's run (and the client may take the result at once), so the
+        decision is made here: the task is
         refused, and the center places it itself, unless it can start now
         (no thread busy or owed, not paused, not leaving), and unless the key
         is here already (the center may have told us to drop that copy, in a

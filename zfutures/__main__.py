@@ -11,4 +11,4 @@ if __name__ == "__main__":
         sys.exit("usage: python -m zfutures {center|worker|keygen} [OPTIONS]")
     command = _COMMANDS[sys.argv[1]]
     del sys.argv[1]
-    command(prog_name=f"zfut-{command.name.split('-')[-1]}")
+    command(prog_name=f"zfut-{(command.name or '').split('-')[-1]}")

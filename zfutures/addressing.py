@@ -48,7 +48,7 @@ def is_loopback(host: str) -> bool:
         infos = socket.getaddrinfo(host, None)
     except socket.gaierror:
         return False
-    return all(info[4][0].startswith("127.") or info[4][0] == "::1" for info in infos)
+    return all(str(info[4][0]).startswith("127.") or info[4][0] == "::1" for info in infos)
 
 
 def interface_towards(address: str) -> str:
@@ -153,4 +153,4 @@ def bind_ephemeral(sock: zmq.Socket, host: str, port: int = 0) -> str:
         endpoint = f"tcp://[{host}]:{port or '*'}"
         sock.ipv6 = True
     sock.bind(endpoint)
-    return sock.last_endpoint.decode()
+    return sock.getsockopt_string(zmq.LAST_ENDPOINT)

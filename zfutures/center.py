@@ -157,7 +157,7 @@ class Center:
                 now = time.monotonic()
                 self.listening.polling(now)
                 wait = 0.0 if self.scheduler.garbage_pending else max(0.0, next_tick - now)
-                events = dict(poller.poll(1000 * wait))
+                events = dict(poller.poll(int(1000 * wait)))  # (whole ms, as pyzmq would)
                 self.listening.working(time.monotonic())
                 if self.socket in events:
                     self._drain()

@@ -88,7 +88,8 @@ class LocalCluster:
                 self._stop_nanny(timeout)
                 stop_processes([center])
                 self.processes.clear()
-            center.stdout.close()
+            if center.stdout is not None:
+                center.stdout.close()
         except BaseException:
             self.close()
             raise
@@ -117,7 +118,8 @@ class LocalCluster:
             return
         self.nanny.stop()
         # The nanny gives leaving workers time to hand their keys on, then kills.
-        self._nanny_thread.join(timeout + 20)
+        if self._nanny_thread is not None:
+            self._nanny_thread.join(timeout + 20)
         self.nanny = self._nanny_thread = None
 
     def wait_for_workers(self, client_io: Any, timeout: float) -> None:
@@ -127,7 +129,8 @@ class LocalCluster:
             workers = client_io.request("scheduler-info", timeout)["workers"]
             if len(workers) >= self.n_workers:
                 return
-            dead = [p for p in self.processes if p.poll() is not None]
+            dead: list[subprocess.Popen[str] | None] = [
+                p for p in self.processes if p.poll() is not None]
             if self._nanny_thread is None or not self._nanny_thread.is_alive():
                 dead.append(None)  # the nanny itself failed
             if dead or time.monotonic() > deadline:

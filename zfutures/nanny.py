@@ -88,7 +88,7 @@ class Nanny:
             while not self._stopping.wait(CHECK_INTERVAL):
                 for child in self.children:
                     self._check(child)
-                if not self.restart and all(c.process.poll() is not None
+                if not self.restart and all(c.process is None or c.process.poll() is not None
                                             for c in self.children):
                     break
         finally:
@@ -115,17 +115,21 @@ class Nanny:
 
     def _read_output(self, child: _Child, process: subprocess.Popen) -> None:
         """Learn the worker's address from its first line; pass its output on."""
-        for line in process.stdout:
+        stdout = process.stdout
+        assert stdout is not None  # (started with stdout=PIPE)
+        for line in stdout:
             match = _SERVING.search(line)
             if match and child.process is process:
                 child.address = match.group(1)
             if self.echo:
                 sys.stdout.write(line)
                 sys.stdout.flush()
-        process.stdout.close()
+        stdout.close()
 
     def _check(self, child: _Child) -> None:
         process = child.process
+        if process is None:  # (not started yet)
+            return
         if child.restart_at is not None:  # dead, and reported: waiting to restart
             if time.monotonic() >= child.restart_at and not self._stopping.is_set():
                 child.restart_at = None

@@ -387,8 +387,9 @@ def _copy(pid: int, pending: list[tuple[int, int, int]]) -> None:
     """
     while pending:
         batch = pending[:_MAX_IOVECS]
-        local = (_IoVec * len(batch))(*[(here, size) for here, _, size in batch])
-        remote = (_IoVec * len(batch))(*[(there, size) for _, there, size in batch])
+        # (ctypes makes each (address, size) pair an _IoVec; mypy knows no such conversion)
+        local = (_IoVec * len(batch))(*[(here, size) for here, _, size in batch])  # type: ignore[misc]
+        remote = (_IoVec * len(batch))(*[(there, size) for _, there, size in batch])  # type: ignore[misc]
         copied = _process_vm_readv(pid, local, len(batch), remote, len(batch), 0)
         if copied <= 0:
             errno = ctypes.get_errno()

@@ -68,7 +68,8 @@ def _python_exit() -> None:
         feeder.close()
 
 
-threading._register_atexit(_python_exit)
+# Before the interpreter joins non-daemon threads, as concurrent.futures does.
+threading._register_atexit(_python_exit)  # type: ignore[attr-defined]
 
 
 def _call_chunk(fn: Callable, chunk: list[tuple]) -> list:
@@ -236,7 +237,8 @@ class _Feeder:
                 # The stdlib's: the callback runs where the future completes
                 # (the I/O thread, which holds the future until then), not on
                 # the callback thread, and without a command per future.
-                concurrent.futures.Future.add_done_callback(future, self.on_done)
+                concurrent.futures.Future.add_done_callback(
+                    future, self.on_done)  # type: ignore[arg-type]  # (a zfutures Future)
             self.executor._io.call("submit", to_send, True, True)  # (eager; unique keys)
 
     def _recently_finished(self) -> int:

@@ -109,11 +109,14 @@ def read_matching_line(process: subprocess.Popen, pattern: str | re.Pattern,
                        timeout: float) -> re.Match | None:
     """Read ``process``'s stdout until a line matches ``pattern``; None if it
     ends, or ``timeout`` seconds pass, first."""
+    stdout = process.stdout
+    if stdout is None:
+        raise ValueError("read_matching_line needs a process started with stdout=PIPE")
     deadline = time.monotonic() + timeout
     with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
+        selector.register(stdout, selectors.EVENT_READ)
         while selector.select(max(0.0, deadline - time.monotonic())):
-            line = process.stdout.readline()
+            line = stdout.readline()
             if not line:
                 return None
             match = re.search(pattern, line)

@@ -130,7 +130,7 @@ _METHOD_TYPES = (types.BuiltinMethodType, types.MethodType)
 class _TaskPickler(_Pickler):
     """Writes every instance of ``reference_type`` as a reference to its key."""
 
-    def __init__(self, file, frames: list, reference_type: type, deps: dict):
+    def __init__(self, file, frames: list, reference_type: type[Any], deps: dict):
         super().__init__(file, protocol=PROTOCOL, buffer_callback=_buffer_callback(frames))
         self._reference_type = reference_type
         self._deps = deps
@@ -298,6 +298,10 @@ def loads_task(frames: list, data: Mapping[str, Any],
             functions[key] = fn
     args, kwargs = _TaskUnpickler(io.BytesIO(frames[1]), buffers, data).load()
     return fn, args, kwargs
+
+
+_SESSION: str  # (set by _new_session, below)
+_counter: itertools.count[int]
 
 
 def _new_session() -> None:

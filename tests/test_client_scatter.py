@@ -55,6 +55,20 @@ def test_a_part_of_a_scatter_whose_worker_left_goes_to_another_worker(client):
     assert all(f.status == "finished" for f in futures)
 
 
+def test_a_scatter_ends_when_the_center_falls_silent_without_trying_other_workers(client):
+    client.core.welcomed = True
+    futures = [Future("a", None), Future("b", None)]
+    done: concurrent.futures.Future = concurrent.futures.Future()
+    client.core.scatter({A1: [("a", [b"1"])], A2: [("b", [b"2"])]}, futures, done, 0.0)
+    client.center_hears()
+    client.core.to_workers.clear()
+    client.now += client.core.reconnect_deadline + 1
+    client.core.tick(client.now)             # nothing heard from the center since
+    with pytest.raises(ConnectionError, match="silent"):
+        done.result(0)
+    assert client.core.to_workers == []      # no part sent elsewhere meanwhile
+
+
 def test_a_scatter_with_no_worker_left_fails_and_tells_where_the_rest_went(client):
     futures = [Future("a", None), Future("b", None)]
     done: concurrent.futures.Future = concurrent.futures.Future()

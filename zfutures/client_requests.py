@@ -30,6 +30,12 @@ OnAnswer = Callable[[Item, Frames, float], None]
 OnFailure = Callable[[BaseException, float], None]
 
 
+class WorkerLeftError(ConnectionError):
+    """A request failed because its worker left the cluster: another worker
+    may serve it (unlike a failure of the whole client, such as a silent
+    center)."""
+
+
 class Requests:
     """Requests to the center and to workers awaiting answers."""
 
@@ -111,7 +117,7 @@ class Requests:
         ``failed(error, now)`` is called once."""
         left = self._departed.get(address)
         if left is not None and now - left < DEPARTED_KEPT:
-            failed(ConnectionError(f"the worker {address} left the cluster"), now)
+            failed(WorkerLeftError(f"the worker {address} left the cluster"), now)
             return
         request_id = next(self._ids)
         self.worker_requests[request_id] = (address, answered, failed)
@@ -156,7 +162,7 @@ class Requests:
             self._departed = dict(list(self._departed.items())[-DEPARTED_COUNT:])
         for request_id, (worker, _, failed) in list(self.worker_requests.items()):
             if worker == address and self.worker_requests.pop(request_id, None) is not None:
-                failed(ConnectionError(f"the worker {address} left the cluster before "
+                failed(WorkerLeftError(f"the worker {address} left the cluster before "
                                        "answering"), now)
 
     def awaits(self, address: str) -> bool:

@@ -1,7 +1,8 @@
 """Putting the caller's data on workers, then telling the center where it is.
 
 A scatter sends each worker of its plan its part (put-data); a part whose
-worker leaves first goes to another worker of the plan. Once every part is
+worker leaves first goes to another worker of the plan (any other failure,
+a silent center say, ends the scatter). Once every part is
 answered the center hears where each key is (update-data), and the call
 ends, with an error only if some data found no worker at all.
 
@@ -17,7 +18,7 @@ from typing import Any, Callable
 from . import protocol, serialize
 from .client_outbox import Outbox
 from .client_records import ERRED, FINISHED, PENDING, Frames, Item, KeyRecord, record
-from .client_requests import Requests
+from .client_requests import Requests, WorkerLeftError
 from .errors import FutureLostError
 from .future import Future
 
@@ -116,7 +117,7 @@ class Scatters:
         on_the_way = {key for _, out in job.out.values() for key, _ in out}
         homeless = [(key, frames) for key, frames in entries
                     if key not in job.holders and key not in on_the_way]
-        if homeless and job.targets and self._requests.stopped is None:
+        if homeless and job.targets and isinstance(error, WorkerLeftError):
             job.turn += 1
             self._put_data(job, job.targets[job.turn % len(job.targets)], homeless)
         elif homeless:

@@ -47,6 +47,13 @@ def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 
     try:
         return process.wait(timeout)
     except subprocess.TimeoutExpired:
+        # A nanny's workers would outlive it, no longer our children: theirs first.
+        try:
+            children = psutil.Process(process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            children = []
+        for child in children:
+            child.kill()
         process.kill()
         process.wait(5)
         raise AssertionError(f"process {process.args} ignored signal {sig}") from None

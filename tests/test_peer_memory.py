@@ -471,10 +471,11 @@ def stage_for_anyone(stage: str) -> str:
 
 
 @pytest.fixture
-def worker_as_nobody():
+def worker_as_nobody(processes):
     """The command that runs a worker as nobody, from a copy of what it needs
-    in a temporary folder anyone can read (removed after the test); the test
-    is skipped, with the reason, where nobody cannot run that copy."""
+    in a temporary folder anyone can read (removed after the test, once the
+    ``processes`` started from it have stopped); the test is skipped, with
+    the reason, where nobody cannot run that copy."""
     stage = tempfile.mkdtemp(prefix="zfutures-nobody-")
     try:
         os.chmod(stage, 0o755)

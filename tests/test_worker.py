@@ -168,11 +168,14 @@ def test_released_keys_are_dropped(center, start):
 
 
 def test_a_worker_over_its_memory_mark_pauses_and_says_so(center, start):
-    start(memory_limit=1)  # (any process is over it)
+    running = start(memory_limit=1)  # (any process is over it)
     center.register()
     assert center.expect("paused")["paused"] is True
     compute(center, "x")
-    assert "task-finished" not in center.ops_within(0.5)  # started no task
+    state = running.worker.state
+    wait_for(lambda: "x" in state.tasks, timeout=10)  # it took the task ...
+    assert "x" in [task.key for task in state.ready] and not state.executing  # ... and waits
+    assert "task-finished" not in center.ops_within(0.2)
     center.send("reregister")  # a new center hears it too
     center.expect("register-worker")
     assert center.expect("paused")["paused"] is True

@@ -21,7 +21,8 @@ from collections.abc import Sequence
 
 from . import serialize
 from .client_outbox import RELEASE_DELAY, Outbox
-from .client_records import PENDING, DirectRun, Frames, Item, KeyRecord
+from .client_records import PENDING, DirectRun, Item, KeyRecord
+from .protocol import Frames
 
 #: A lone task's arguments up to this size (bytes) may go straight to a worker;
 #: bigger ones go through the center only.

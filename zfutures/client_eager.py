@@ -14,7 +14,8 @@ import concurrent.futures
 from .client_direct import DirectRuns
 from .client_gather import Gathers, Values
 from .client_outbox import Outbox
-from .client_records import Frames, KeyRecord
+from .client_records import KeyRecord
+from .protocol import Frames
 
 
 class EagerKeys:

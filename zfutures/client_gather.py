@@ -20,9 +20,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import peer_memory, protocol
-from .client_records import ERRED, FINISHED, Frames, Item, KeyRecord
+from .client_records import ERRED, FINISHED, Item, KeyRecord
 from .client_requests import Requests
 from .errors import FutureLostError
+from .protocol import Frames
 from .remote_errors import remote_exception
 
 logger = logging.getLogger(__name__)

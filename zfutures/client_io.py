@@ -37,10 +37,11 @@ from typing import Any
 from .client_direct import may_go_direct
 from .client_loop import ALIVE_CHECK, ClientLoop, Socket
 from .client_outbox import RELEASE_DELAY, SUBMIT_BATCH
-from .client_records import PENDING, Frames, Item, KeyRecord
+from .client_records import PENDING, Item, KeyRecord
 from .client_state import ClientCore
 from .errors import ConnectionError
 from .future import Future
+from .protocol import Frames
 
 #: How long (seconds) a caller's submit waits for the I/O thread to end its
 #: turn of the loop before handing the command over instead (see call_now).

@@ -17,7 +17,8 @@ import itertools
 from typing import Any
 
 from . import protocol, serialize
-from .client_records import Frames, Item, KeyRecord
+from .client_records import Item, KeyRecord
+from .protocol import Frames
 
 #: Tasks per submit message: big maps go in several messages, so the center
 #: interleaves other peers' messages with them.

@@ -24,6 +24,7 @@ from typing import Any
 from . import serialize
 from .errors import FutureLostError
 from .future import Future
+from .protocol import Frames
 from .remote_errors import remote_exception
 
 PENDING, FINISHED, ERRED = "pending", "finished", "erred"
@@ -34,10 +35,8 @@ PENDING, FINISHED, ERRED = "pending", "finished", "erred"
 #: same key, would otherwise grow it by one reference per call.
 PRUNE_SLACK = 16
 
-#: A message item (a field of a header: a dict the protocol checks) and the
-#: frames of a message or of one item.
+#: A message item (a field of a header: a dict the protocol checks).
 Item = dict[str, Any]
-Frames = list[Any]
 
 
 class DirectRun:

@@ -12,8 +12,9 @@ import concurrent.futures
 from typing import Any, Callable, Union
 
 from .client_outbox import Outbox
-from .client_records import FINISHED, Frames, Item, KeyRecord
+from .client_records import FINISHED, Item, KeyRecord
 from .errors import ConnectionError
+from .protocol import Frames
 
 #: A request to a worker the center said left this many seconds ago or less
 #: fails at once (see Requests.ask_worker); this many such workers are kept.

@@ -17,10 +17,11 @@ from typing import Any, Callable
 
 from . import protocol, serialize
 from .client_outbox import Outbox
-from .client_records import ERRED, FINISHED, PENDING, Frames, Item, KeyRecord, record
+from .client_records import ERRED, FINISHED, PENDING, Item, KeyRecord, record
 from .client_requests import Requests, WorkerLeftError
 from .errors import FutureLostError
 from .future import Future
+from .protocol import Frames
 
 #: A scattered key's ``since`` until the center hears of the copy (see above).
 SCATTERING = 1 << 62

@@ -43,13 +43,13 @@ from .client_direct import DirectRuns
 from .client_eager import EagerKeys
 from .client_gather import Fetch, Gather, Gathers, Values
 from .client_outbox import Outbox
-from .client_records import FINISHED, PENDING, Frames, Item, KeyRecord, end_unsent, record
+from .client_records import FINISHED, PENDING, Item, KeyRecord, end_unsent, record
 from .client_recovery import bring_back
 from .client_requests import ReplyTo, Requests
 from .client_scatter import Plan, Scatters
 from .errors import ConnectionError
 from .future import Future
-from .protocol import PROTOCOL_VERSION, unpack_items
+from .protocol import PROTOCOL_VERSION, Frames, unpack_items
 
 logger = logging.getLogger(__name__)
 

@@ -36,6 +36,13 @@ Header = dict[str, Any]
 #: Payload frames: bytes, memoryviews or zmq Frames, in order.
 Frames = list[Any]
 
+
+def same_call(payload: Frames, other: Frames) -> bool:
+    """Whether two tasks' payloads are the same pickled call, byte for byte
+    (compared in place: no frame is copied)."""
+    return len(payload) == len(other) and \
+        all(memoryview(a) == memoryview(b) for a, b in zip(payload, other))
+
 #: Bumped whenever a message changes shape; peers must register with the same.
 PROTOCOL_VERSION = 7
 

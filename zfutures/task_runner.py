@@ -27,8 +27,9 @@ from collections.abc import Callable
 from typing import Any, Optional
 
 from . import context, serialize
+from .protocol import Frames
 from .remote_errors import pickle_exception
-from .worker_state import Frames, Task, WorkerState
+from .worker_state import Task, WorkerState
 
 logger = logging.getLogger(__name__)
 

@@ -38,9 +38,10 @@ from .errors import ProtocolError
 from .logs import RateLimitedLog
 from .loop import SLICE, ListeningClock, Waker, drain, send
 from .processes import own_rss, release_free_memory
+from .protocol import Frames, Header
 from .task_runner import LoopMoved, TaskRunner
-from .worker_data import DataServer, Fetcher, Header, contained
-from .worker_state import Frames, Report, WorkerState
+from .worker_data import DataServer, Fetcher, contained
+from .worker_state import Report, WorkerState
 
 logger = logging.getLogger(__name__)
 dropped = RateLimitedLog(logger)

@@ -29,11 +29,9 @@ from .addressing import configure, peer_endpoint
 from .errors import ProtocolError
 from .logs import RateLimitedLog
 from .loop import close_drained, drain, send, send_frames
+from .protocol import Frames, Header
 from .remote_errors import describe, pickle_exception
-from .worker_state import Frames, WorkerState
-
-#: A message's header, as protocol.decode returns it.
-Header = dict[str, Any]
+from .worker_state import WorkerState
 
 
 def contained(handle: Callable[..., None]) -> Callable[..., None]:

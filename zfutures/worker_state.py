@@ -36,14 +36,13 @@ import heapq
 import itertools
 from typing import Any
 
+from .protocol import Frames, same_call
 from .worker_fetch import Fetch, Fetches
 from .worker_policy import WorkerPolicies
 from .worker_scatter import Scatters, Values
 
 FETCHING, BEHIND, READY, EXECUTING = "fetching", "behind", "ready", "executing"
 
-#: Payload frames, opaque here: a pickled call, value or exception.
-Frames = list[Any]
 #: A report for the center: (op, item, payload frames).
 Report = tuple[str, dict[str, Any], Frames]
 
@@ -85,12 +84,6 @@ class Task:
 
     def __repr__(self) -> str:
         return f"<Task {self.key!r} {self.state}>"
-
-
-def same_call(payload: Frames, other: Frames) -> bool:
-    """Whether two tasks' payloads are the same pickled call, byte for byte."""
-    return len(payload) == len(other) and \
-        all(memoryview(a) == memoryview(b) for a, b in zip(payload, other))
 
 
 class WorkerState(WorkerPolicies):

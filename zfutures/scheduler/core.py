@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ..protocol import Frames
 from .direct import (
     DirectRuns,
     EarlyAccepted,
@@ -31,7 +32,7 @@ from .direct import (
 from .graph import TaskGraph
 from .outbox import Outbox
 from .placement import Placement
-from .records import ClientRecord, Frames, TaskState, WorkerRecord
+from .records import ClientRecord, TaskState, WorkerRecord
 from .recovery import Recovery
 from .states import MEMORY
 from .workers import WorkerLifecycle, tell_if_retired

@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
+from ..protocol import Frames
 from .outbox import Outbox
-from .records import ClientRecord, Frames, TaskState, WorkerRecord
+from .records import ClientRecord, TaskState, WorkerRecord
 from .states import RELEASED
 
 if TYPE_CHECKING:

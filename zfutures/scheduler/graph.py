@@ -12,11 +12,11 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import FutureLostError
+from ..protocol import Frames, same_call
 from .outbox import Outbox
 from .records import (
     NO_TASKS,
     ClientRecord,
-    Frames,
     TaskState,
     WorkerRecord,
     is_direct,
@@ -104,7 +104,7 @@ class TaskGraph:
         key = item["key"]
         ts = self.tasks.get(key)
         if ts is not None and not is_wanted(ts) and payload and \
-                ts.payload is not None and frames_differ(payload, ts.payload):
+                ts.payload is not None and not same_call(payload, ts.payload):
             # Let go of and not collected yet (see collect_limit), and now the
             # key the caller chose names another call: released first, as it
             # would have been, so that the new call gets its own value, not
@@ -396,7 +396,3 @@ class TaskGraph:
                 self.maybe_unwanted.append(dep)
             ts.dependencies = []
 
-
-def frames_differ(a: Frames, b: Frames) -> bool:
-    """Whether two payloads (lists of frames) hold different bytes."""
-    return len(a) != len(b) or any(bytes(x) != bytes(y) for x, y in zip(a, b))

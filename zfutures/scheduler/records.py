@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Set as AbstractSet
-from typing import Any
 
+from ..protocol import Frames
 from .states import RELEASED
 
-#: Opaque frames, as they came (bytes or zmq frames): a task's pickled call,
-#: its pickled result or error. The center never unpickles them.
-Frames = list[Any]
+# Frames: opaque, as they came (bytes or zmq frames): a task's pickled call,
+# its pickled result or error. The center never unpickles them.
 
 #: The shared starting value of a task's dependents, waiting_on and waiters:
 #: most tasks never have any, and an empty set costs 216 bytes, three per task

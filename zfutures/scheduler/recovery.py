@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
+from ..protocol import Frames
 from .outbox import Outbox
-from .records import Frames, TaskState, WorkerRecord, is_wanted
+from .records import TaskState, WorkerRecord, is_wanted
 from .states import ERRED, MEMORY, PROCESSING
 
 if TYPE_CHECKING:

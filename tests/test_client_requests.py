@@ -62,6 +62,16 @@ def test_a_worker_that_left_is_not_asked_for_a_while_then_it_may_be_again():
     assert reqs.awaits(A1)
 
 
+def test_a_worker_that_left_and_came_back_at_its_address_is_asked_again():
+    reqs = requests()
+    reqs.worker_left(A1, now=10.0)
+    info: concurrent.futures.Future = concurrent.futures.Future()
+    reqs.rpc("scheduler-info", {}, info)
+    (request_id,) = reqs.rpcs
+    reqs.reply(request_id, {"workers": {A1: {}}}, 11.0)  # the center lists it again
+    assert ask(reqs, A1, 11.0) == [] and reqs.awaits(A1)
+
+
 def test_only_the_worker_asked_answers_a_request():
     reqs = requests()
     ended = ask(reqs, A1, 0.0)

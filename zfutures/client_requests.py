@@ -79,6 +79,11 @@ class Requests:
             reply = self._fold_holders(reply)
         elif op == "has-what":
             reply = self._fold_keys(reply)
+        elif op == "scheduler-info" and self._departed:
+            # A worker the center lists came back (at the same address) after
+            # it left: the center's messages come in order. Ask it again.
+            for address in reply.get("workers", ()):
+                self._departed.pop(address, None)
         if callable(result):
             result(reply, None, now)
         elif not result.done():

@@ -260,7 +260,8 @@ class Worker:
             self._connect()
         elif now - self._last_sent >= self.heartbeat_interval:
             self._send_center("heartbeat")
-        self.runner.run_set_aside(self._flush)
+        if self.runner.job is not None:  # (a lone task set aside for this thread)
+            self.runner.run_set_aside(self._flush)
 
     def _take_inbox(self, until: float) -> None:
         """Make the calls other threads asked for, until the slice is over."""

@@ -144,12 +144,11 @@ class DataServer:
         (WorkerState.put_data decides when)."""
         values, failed = {}, {}
         for item, value_frames in protocol.unpack_items(header["items"], frames):
-            try:
+            try:  # (sizeof too: a value's own nbytes may raise)
                 value = serialize.loads(value_frames)
+                values[item["key"]] = (value, serialize.sizeof(value))
             except BaseException as exc:  # noqa: B036 - user code: the caller hears why
                 failed[item["key"]] = describe(exc)
-                continue
-            values[item["key"]] = (value, serialize.sizeof(value))
         self.state.put_data(ident, header["id"], values, failed)
 
     def _run_task(self, ident: bytes, header: Header, frames: Frames) -> None:

@@ -9,7 +9,7 @@
 - when a worker that leaves may stop (:meth:`WorkerPolicies.leave`).
 
 The shell measures (time, memory, whether its threads are free) and acts on
-the answers; each decision is tested on its own, time as an argument.
+the answers; each decision is tested through WorkerState, time as an argument.
 """
 from __future__ import annotations
 
@@ -47,8 +47,9 @@ PAUSE_AT, RESUME_AT = 0.8, 0.7
 
 
 class WorkerPolicies:
-    """The policies of :class:`~zfutures.worker_state.WorkerState`, its base
-    class: they read its tasks and write its outputs, in a module of their own.
+    """The policies of :class:`~zfutures.worker_state.WorkerState`, a mixin
+    it is made of: they read its tasks and write its outputs, in a module of
+    their own, and are tested through it (tests/test_worker_state.py).
     """
 
     # What the policies read of the state machine (WorkerState sets them).
@@ -73,8 +74,9 @@ class WorkerPolicies:
         self.held_until: float | None = None
         self.retire_deadline: float | None = None  # asked the center to take our keys
 
-    def _start_tasks(self) -> None:
-        raise NotImplementedError  # (WorkerState's: hand ready tasks to the threads)
+    if TYPE_CHECKING:
+        def _start_tasks(self) -> None:  # (WorkerState's: hand ready tasks to the threads)
+            ...
 
     def report_hold(self, held: Sequence[Report]) -> float:
         """How long the reports in ``to_center``, with those ``held`` back

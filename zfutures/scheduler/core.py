@@ -211,7 +211,7 @@ class Scheduler:
             self.task_seceded(report.worker, report.key, report.run, direct=True)
         elif isinstance(report, EarlyAccepted):
             self.task_accepted(report.worker, report.key, report.run)
-        else:
+        elif isinstance(report, EarlyRefused):
             self.task_refused(report.worker, report.key, report.run)
 
     def release(self, client_ident: bytes, keys: Iterable[str]) -> None:

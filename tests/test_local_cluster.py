@@ -1,6 +1,7 @@
 """Executor() owns a local cluster of real processes and stops them all."""
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import textwrap
@@ -124,3 +125,21 @@ def test_an_idle_worker_gives_the_memory_of_released_results_back():
 
         wait_for(returned, timeout=20, interval=0.2,
                  message="the worker kept the memory of released results")
+
+
+def test_a_port_taken_before_the_center_binds_it_is_traded_for_another(monkeypatch):
+    from zfutures import local_cluster
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    ports = iter([taken.getsockname()[1]])
+    picked = local_cluster._free_port
+    monkeypatch.setattr(local_cluster, "_free_port", lambda: next(ports, None) or picked())
+    try:
+        with Executor(n_workers=1) as ex:  # its first center cannot bind, the second can
+            assert ex.address != f"tcp://127.0.0.1:{taken.getsockname()[1]}"
+            assert ex.submit(inc, 1).result(timeout=10) == 2
+    finally:
+        taken.close()
+    wait_for(lambda: not zfutures_children(), message="processes left after shutdown")

@@ -82,9 +82,13 @@ class LocalCluster:
                 if listening:
                     self.address = listening.group(1)
                     break
-                if center.poll() is None or attempt == 2:
+                try:  # its output ended first: it is exiting (it could not bind, say)
+                    status: int | None = center.wait(1)
+                except subprocess.TimeoutExpired:
+                    status = None
+                if status is None or attempt == 2:
                     raise ConnectionError(f"the local center did not start within {timeout}s "
-                                          f"(exit status {center.poll()})")
+                                          f"(exit status {status})")
                 self._stop_nanny(timeout)
                 stop_processes([center])
                 self.processes.clear()

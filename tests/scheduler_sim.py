@@ -132,11 +132,10 @@ class Sim:
         """Take the outbox, checking every message against the wire protocol."""
         messages = self.s.outbox.take()
         for _ident, op, fields, frames in messages:
-            header = protocol.decode_header(protocol.encode_header(op, **fields))
-            items = header.get("tasks")
-            item_schema = protocol.SCHEMAS[op]["tasks"][1] if items else {}
-            if "nframes" in item_schema or "nframes?" in item_schema:
-                protocol.unpack_items(items, frames)  # checks the counts
+            msg, payload = protocol.decode_message(protocol.encode(op, frames, **fields))
+            items = getattr(msg, "tasks", None)
+            if items and "nframes" in items[0]._fields:
+                protocol.unpack_items(items, payload)  # checks the counts
             else:
                 assert not frames, f"{op!r} carries frames no item accounts for"
         return Sent(messages)

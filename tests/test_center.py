@@ -12,8 +12,8 @@ import logging
 import pytest
 from test_hostile import REGISTER_WORKER, CenterUnderTest, h
 
-from zfutures import protocol
 from zfutures.center import CLIENT, NANNY, OPS, UNREGISTERED, WORKER, asks_to_register
+from zfutures.messages import MESSAGES
 from zfutures.protocol import PROTOCOL_VERSION
 
 C, W, N, X = b"client", b"worker", b"nanny", b"stranger"
@@ -23,7 +23,7 @@ WORKER_ADDRESS = "tcp://127.0.0.1:9"
 
 
 def test_every_op_the_center_takes_is_an_op_of_the_wire_protocol():
-    assert set(OPS) <= set(protocol.SCHEMAS)
+    assert set(OPS) <= set(MESSAGES)
 
 
 @pytest.mark.parametrize("role", [CLIENT, WORKER, NANNY])

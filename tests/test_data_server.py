@@ -16,6 +16,7 @@ from typing import Any
 import msgpack
 import numpy as np
 import pytest
+import raw_wire
 import zmq
 from test_hostile import (
     RawPeer,
@@ -38,7 +39,7 @@ from zfutures.worker_state import WorkerState
 
 pytestmark = pytest.mark.timeout(90)
 
-h = protocol.encode_header
+h = raw_wire.header
 
 
 def raw(obj: Any) -> bytes:

@@ -19,18 +19,20 @@ from typing import Any
 import msgpack
 import psutil
 import pytest
+import raw_wire
 import zmq
 from conftest import read_line, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from raw_wire import SCHEMAS
 
 from zfutures import Executor, protocol
 from zfutures.center import Center
-from zfutures.protocol import PROTOCOL_VERSION, SCHEMAS
+from zfutures.protocol import PROTOCOL_VERSION
 
 pytestmark = pytest.mark.timeout(90)
 
-h = protocol.encode_header
+h = raw_wire.header
 
 
 def raw(obj: Any) -> bytes:
@@ -261,22 +263,23 @@ MALFORMED = {
     "an empty frame": [b""],
     "several empty frames": [b"", b"", b"", b""],
     "bytes that are not msgpack": [b"\xc1\xc1 not msgpack"],
-    "truncated msgpack": [raw({"op": "release", "keys": ["a", "b"]})[:-3]],
-    "two msgpack objects": [raw({"op": "heartbeat"}) + raw({"op": "heartbeat"})],
+    "truncated msgpack": [h("release", keys=["a", "b"])[:-3]],
+    "two msgpack objects": [h("heartbeat") + h("heartbeat")],
     "a 4-billion-element array": [b"\xdd\xff\xff\xff\xff"],
     "deeply nested arrays": [b"\x91" * 5000],
-    "a list": [raw(["op", "submit"])],
+    "a list too short for a header": [raw(["submit", None])],
+    "a map": [raw({"op": "release", "keys": ["a"]})],
     "an int": [raw(42)],
     "a string": [raw("submit")],
     "binary": [raw(b"\x00\x01")],
     "nil": [raw(None)],
     "a map with int keys": [raw({1: "submit"})],
     "a map without op": [raw({"tasks": [TASK]}), b"payload"],
-    "op that is not a string": [raw({"op": 7})],
-    "op that is binary": [raw({"op": b"submit", "tasks": []})],
+    "op that is not a string": [raw([7, None, None])],
+    "op that is binary": [raw([b"submit", None, None, []])],
     "an unknown op": [h("launch-missiles")],
-    "submit without tasks": [raw({"op": "submit"})],
-    "submit with tasks a string": [raw({"op": "submit", "tasks": "all"})],
+    "submit without tasks": [h("submit")],
+    "submit with tasks a string": [h("submit", tasks="all")],
     "submit with a task that is not a map": [h("submit", tasks=["k"]), b"payload"],
     "submit with an item missing its key": [h("submit", tasks=[{"deps": [], "priority": 0,
                                                                 "nframes": 1}]), b"p"],
@@ -297,8 +300,7 @@ MALFORMED = {
     "scheduler-info without id": [h("scheduler-info")],
     "update-data with a bad item": [h("update-data", items=[{"key": "k", "nbytes": "1",
                                                              "workers": []}])],
-    "register-client with a string protocol": [raw({"op": "register-client", "protocol": "1",
-                                                    "name": "x"})],
+    "register-client with a string protocol": [h("register-client", protocol="1", name="x")],
     # "layout" says how payload frames were packed or chunked: lies about it
     "a layout that is not a list": [h("submit", tasks=[TASK], layout="all"), b"p"],
     "a layout of strings": [h("submit", tasks=[TASK], layout=["1"]), b"p"],
@@ -421,11 +423,8 @@ def test_malformed_messages_to_the_center_are_dropped_and_logged_rate_limited(
 
 def decode_reply(frames: list) -> tuple[dict, list]:
     """Header and payload of a reply, packed small frames cut apart if need be."""
-    decode = getattr(protocol, "decode", None)
-    if decode is not None:
-        header, payload = decode(frames)
-        return header, [bytes(f) for f in payload]
-    return protocol.decode_header(frames[0]), frames[1:]
+    header, payload = protocol.decode(frames)
+    return header, [bytes(f) for f in payload]
 
 
 def fetch(peer: RawPeer, request_id: int, keys: list) -> tuple[dict, list]:
@@ -544,7 +543,7 @@ class Disconnects:
         self.monitor.close(linger=0)
 
 
-FLOOD_MALFORMED = [b"\xc1", raw([1, 2, 3]), raw(42), h("launch-missiles"), raw({"op": "submit"}),
+FLOOD_MALFORMED = [b"\xc1", raw([1, 2, 3]), raw(42), h("launch-missiles"), h("submit"),
                    b"", raw({"no": "op"}), h("who-has", id="x", keys=[])]
 
 @pytest.mark.timeout(120)
@@ -661,9 +660,9 @@ def test_log_lines_stay_short_whatever_a_message_carries(processes, tmp_path, zc
     for i in range(3):
         op = chr(ord("a") + i) * 4_000_000
         to_center.send(h(op))
-        to_center.send(raw({"op": "get-data", "id": 1, "keys": op}))
+        to_center.send(h("get-data", id=1, keys=op))
         to_worker.send(h(op))
-        to_worker.send(raw({"op": "get-data", "id": 1, "keys": op}))
+        to_worker.send(h("get-data", id=1, keys=op))
     send_sentinel(to_center)
     wait_for(lambda: sentinel_handled(center_log), timeout=30,
              message="the center did not handle the messages")
@@ -900,14 +899,13 @@ def messages(draw) -> tuple[bytes, list[bytes]]:
             header[name] = draw(fitting(kind) if own and draw(st.integers(0, 9)) else value(kind))
     if draw(st.booleans()):
         header.update(draw(extra_fields))
-    header["op"] = op
     announced = [item.get("nframes") for v in header.values() if isinstance(v, list)
                  for item in v if isinstance(item, dict)]
     count = sum(n for n in announced if type(n) is int)
     if not 0 <= count <= 6 or draw(st.integers(0, 4)) == 0:
         count = draw(st.integers(0, 4))  # frames that may not match what items announce
     payload = [draw(st.binary(max_size=6)) for _ in range(count)]
-    return sender, [raw(header), *payload]
+    return sender, [h(op, **header), *payload]
 
 
 @settings(max_examples=300, deadline=None, database=None, derandomize=True,

@@ -1,24 +1,30 @@
-"""The wire protocol: headers are validated in one place and only ProtocolError escapes."""
+"""The wire protocol: messages are checked in one place and only ProtocolError escapes."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_type_hints
 
 import msgpack
 import numpy as np
 import pytest
+import raw_wire
 import zmq
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from raw_wire import SCHEMAS
 
-from zfutures import loop, protocol, serialize
+from zfutures import loop, messages, protocol, serialize
 from zfutures.errors import ProtocolError
-from zfutures.protocol import (
-    SCHEMAS,
-    decode_header,
-    encode_header,
-    pack_items,
-    unpack_items,
-)
+from zfutures.messages import MESSAGES, Compute, ComputeItem, Release, Reply, Submit, TaskItem
+from zfutures.protocol import decode_message, encode_message, unpack_items
+
+encode_header = raw_wire.header  # any fields, unchecked: what a peer could send
+
+
+def decode_header(data: bytes | memoryview) -> Any:
+    """The message of a header without payload."""
+    msg, payload = decode_message([data])
+    assert payload == []
+    return msg
 
 
 def valid(kind: Any) -> Any:
@@ -88,26 +94,51 @@ TYPED_FIELDS = [(op, field) for op, field in FIELDS if SCHEMAS[op][field] is not
 # --------------------------------------------------------------------------- round trips
 
 
+def build(cls: Any, fields: dict) -> Any:
+    """An instance of a message or item class, items given as dicts made too."""
+    schema = raw_wire.schema_of(cls)
+    hints = {name(f): k for f, k in schema.items()}
+    made = {}
+    for field, value in fields.items():
+        kind = hints[field]
+        if isinstance(kind, tuple) and kind[0] == "items":
+            item_cls = raw_wire._item_class(get_type_hints(cls)[field])
+            value = [build(item_cls, item) for item in value]
+        made[field] = value
+    return cls(**made)
+
+
 @pytest.mark.parametrize("op", OPS)
 def test_every_op_round_trips_through_encode_and_decode(op):
-    fields = example_fields(op)
-    header = decode_header(encode_header(op, **fields))
-    assert header == dict(fields, op=op)
+    msg = build(MESSAGES[op], example_fields(op))
+    assert decode_message(encode_message(msg)) == (msg, [])
+    assert messages.op_of(decode_header(encode_message(msg)[0])) == op
+
+
+def test_every_op_has_its_own_class():
+    assert len(set(MESSAGES.values())) == len(MESSAGES)
+    assert all(messages.OPS[cls] == op for op, cls in MESSAGES.items())
 
 
 def test_decode_accepts_a_memoryview():
-    data = encode_header("release", keys=["a", "b"])
-    assert decode_header(memoryview(data)) == {"op": "release", "keys": ["a", "b"]}
+    data = encode_message(Release(["a", "b"]))[0]
+    assert decode_header(memoryview(data)) == Release(["a", "b"])
 
 
-def test_unknown_extra_fields_are_accepted_and_kept():
-    header = decode_header(encode_header("release", keys=["a"], newer_option=7))
-    assert header["keys"] == ["a"] and header["newer_option"] == 7
+def test_fields_a_newer_peer_adds_at_the_end_are_ignored():
+    assert decode_header(msgpack.packb(["release", None, None, ["a"], 7, "new"])) == \
+        Release(["a"])
 
 
 def test_strings_and_binary_stay_distinct():
-    header = decode_header(encode_header("reply", id=1, result={"text": "é", "data": b"\x00"}))
-    assert header["result"] == {"text": "é", "data": b"\x00"}
+    msg = decode_header(encode_message(Reply(1, {"text": "é", "data": b"\x00"}))[0])
+    assert msg.result == {"text": "é", "data": b"\x00"}
+
+
+def test_a_header_is_an_array_of_op_layout_inline_and_the_fields_in_order():
+    item = TaskItem("x", ["a"], 2, nframes=1)
+    assert msgpack.unpackb(encode_message(Submit([item], seq=4))[0]) == \
+        ["submit", None, None, [list(item)], 4]
 
 
 # --------------------------------------------------------------------------- rejections
@@ -116,8 +147,8 @@ def test_strings_and_binary_stay_distinct():
 @pytest.mark.parametrize("data", [
     b"",                                   # nothing
     b"\xc1",                               # a byte msgpack never uses
-    raw({"op": "release", "keys": ["a"]})[:-2],          # truncated
-    raw({"op": "release", "keys": ["a"]}) + b"trailing",  # extra data after the header
+    encode_header("release", keys=["a"])[:-2],          # truncated
+    encode_header("release", keys=["a"]) + b"trailing",  # extra data after the header
     b"\x80\x03\x7d\x71\x00\x2e",           # a pickle, of all things
 ], ids=["empty", "reserved-byte", "truncated", "trailing-bytes", "pickle"])
 def test_bytes_that_are_not_one_msgpack_object_are_rejected(data):
@@ -125,32 +156,23 @@ def test_bytes_that_are_not_one_msgpack_object_are_rejected(data):
         decode_header(data)
 
 
-@pytest.mark.parametrize("obj", [["op", "release"], "release", 3, None, b"release", 1.5])
-def test_header_that_is_not_a_map_is_rejected(obj):
-    with pytest.raises(ProtocolError, match="not a map"):
+@pytest.mark.parametrize("obj", [{"op": "release", "keys": ["a"]}, "release", 3, None,
+                                 b"release", 1.5, ["release"], ["release", None]])
+def test_header_that_is_not_an_array_of_op_layout_and_inline_is_rejected(obj):
+    with pytest.raises(ProtocolError, match="not an array"):
         decode_header(raw(obj))
-
-
-def test_map_with_non_string_keys_is_rejected():
-    with pytest.raises(ProtocolError):
-        decode_header(raw({"op": "release", "keys": ["a"], 1: "x"}))
 
 
 @pytest.mark.parametrize("op", ["no-such-op", "", "RELEASE", 3, None, ["release"]])
 def test_unknown_op_is_rejected(op):
     with pytest.raises(ProtocolError, match="unknown op"):
-        decode_header(raw({"op": op, "keys": ["a"]}))
-
-
-def test_header_without_op_is_rejected():
-    with pytest.raises(ProtocolError, match="unknown op"):
-        decode_header(raw({"keys": ["a"]}))
+        decode_header(raw([op, None, None, ["a"]]))
 
 
 @pytest.mark.parametrize(("op", "field"), REQUIRED_FIELDS)
 def test_header_missing_a_required_field_is_rejected(op, field):
     fields = example_fields(op)
-    del fields[field]
+    del fields[field]  # (the fields after it are left out too: the message ends there)
     with pytest.raises(ProtocolError, match=field):
         decode_header(encode_header(op, **fields))
 
@@ -159,7 +181,7 @@ def optional_fields(schema: dict) -> list[str]:
     return [name(field) for field in schema if field.endswith("?")]
 
 
-def test_optional_fields_may_be_left_out():
+def test_optional_fields_may_be_left_out_and_read_as_their_defaults():
     for op, schema in SCHEMAS.items():
         fields = {name(f): valid(k) for f, k in schema.items() if not f.endswith("?")}
         for field, kind in schema.items():       # optional fields of items too
@@ -167,7 +189,10 @@ def test_optional_fields_may_be_left_out():
                 for item in fields[name(field)]:
                     for optional in optional_fields(kind[1]):
                         item.pop(optional, None)
-        assert decode_header(encode_header(op, **fields))["op"] == op
+        msg = decode_header(encode_header(op, **fields))
+        cls = MESSAGES[op]
+        assert msg == build(cls, fields)
+        assert all(getattr(msg, f) == d for f, d in cls._field_defaults.items())
 
 
 @pytest.mark.parametrize(("op", "field"), TYPED_FIELDS)
@@ -175,6 +200,8 @@ def test_field_of_the_wrong_type_is_rejected(op, field):
     for bad in wrong(SCHEMAS[op][field]):
         fields = example_fields(op)
         fields[name(field)] = bad
+        if bad is None and field.endswith("?"):
+            continue  # nil: an optional field left unset
         with pytest.raises(ProtocolError):
             decode_header(encode_header(op, **fields))
 
@@ -189,6 +216,8 @@ ITEM_FIELDS = [(op, field, item_field)
 def test_item_field_of_the_wrong_type_is_rejected(op, field, item_field):
     kind = SCHEMAS[op][field][1][item_field]
     for bad in wrong(kind):
+        if bad is None and item_field.endswith("?"):
+            continue  # nil: an optional field left unset
         fields = example_fields(op)
         fields[name(field)][0][name(item_field)] = bad
         with pytest.raises(ProtocolError):
@@ -197,23 +226,24 @@ def test_item_field_of_the_wrong_type_is_rejected(op, field, item_field):
 
 @pytest.mark.parametrize("tasks", [
     "not a list",
-    ["not a map"],
-    [{"key": "x", "deps": [], "priority": 0}],                       # no nframes
+    ["not an array"],
+    [{"key": "x", "deps": []}],                                      # no priority
     [{"key": 1, "deps": [], "priority": 0, "nframes": 1}],           # key not a string
     [{"key": "x", "deps": "y", "priority": 0, "nframes": 1}],        # deps not a list
     [{"key": "x", "deps": [1], "priority": 0, "nframes": 1}],        # dep not a string
     [{"key": "x", "deps": [], "priority": 0.5, "nframes": 1}],       # priority not an int
     [{"key": "x", "deps": [], "priority": 0, "nframes": 1}, 7],      # one bad item of two
-], ids=["not-list", "not-map", "no-nframes", "int-key", "str-deps", "int-dep",
+], ids=["not-list", "not-array", "no-priority", "int-key", "str-deps", "int-dep",
         "float-priority", "second-item"])
 def test_submit_with_a_bad_item_is_rejected(tasks):
     with pytest.raises(ProtocolError):
-        decode_header(raw({"op": "submit", "tasks": tasks}))
+        decode_header(encode_header("submit", tasks=tasks))
 
 
 def test_compute_deps_must_map_keys_to_lists_of_addresses():
-    good = {"key": "y", "deps": {"x": ["tcp://a:1"]}, "nframes": 1, "run": 3}
-    decode_header(encode_header("compute", tasks=[good]))
+    good = {"key": "y", "deps": {"x": ["tcp://a:1"]}, "priority": 0, "run": 3, "nframes": 1}
+    assert decode_header(encode_header("compute", tasks=[good])) == \
+        Compute([ComputeItem(**good)])
     for deps in [{"x": "tcp://a:1"}, {"x": [1]}, ["x"], {"x": None}]:
         with pytest.raises(ProtocolError):
             decode_header(encode_header("compute", tasks=[dict(good, deps=deps)]))
@@ -221,9 +251,9 @@ def test_compute_deps_must_map_keys_to_lists_of_addresses():
 
 def test_oversized_header_is_rejected_before_unpacking(monkeypatch):
     monkeypatch.setattr(protocol, "MAX_HEADER_BYTES", 100)
-    small = encode_header("release", keys=["a"])
-    big = encode_header("release", keys=["a" * 200])
-    assert decode_header(small)["keys"] == ["a"]
+    small = encode_message(Release(["a"]))[0]
+    big = encode_message(Release(["a" * 200]))[0]
+    assert decode_header(small).keys == ["a"]
     with pytest.raises(ProtocolError, match="exceeds"):
         decode_header(big)
 
@@ -231,34 +261,25 @@ def test_oversized_header_is_rejected_before_unpacking(monkeypatch):
 # --------------------------------------------------------------------------- items and frames
 
 
-def test_pack_items_counts_each_items_frames_and_concatenates_them_in_order():
-    items = [{"key": "a"}, {"key": "b"}, {"key": "c"}]
-    frames = pack_items(items, [[b"a1", b"a2"], [], [b"c1"]])
-    assert frames == [b"a1", b"a2", b"c1"]
-    assert [item["nframes"] for item in items] == [2, 0, 1]
-    assert [(item["key"], f) for item, f in unpack_items(items, frames)] == [
-        ("a", [b"a1", b"a2"]), ("b", []), ("c", [b"c1"])]
-
-
-def test_items_survive_the_wire():
-    items = [{"key": "a", "deps": [], "priority": 0}, {"key": "b", "deps": ["a"], "priority": 1}]
-    frames = pack_items(items, [[b"fa"], [b"fb1", b"fb2"]])
-    header = decode_header(encode_header("submit", tasks=items))
-    assert dict((item["key"], f) for item, f in unpack_items(header["tasks"], frames)) == {
-        "a": [b"fa"], "b": [b"fb1", b"fb2"]}
+def test_items_and_their_frames_survive_the_wire():
+    items = [TaskItem("a", [], 0, nframes=1), TaskItem("b", ["a"], 1, nframes=2)]
+    msg, payload = decode_message(encode_message(Submit(items), [b"fa", b"fb1", b"fb2"]))
+    assert [(item.key, [bytes(f) for f in frames])
+            for item, frames in unpack_items(msg.tasks, payload)] == [
+        ("a", [b"fa"]), ("b", [b"fb1", b"fb2"])]
 
 
 @pytest.mark.parametrize("nframes", [[2, 1], [1, 0], [0, 0], [-1, 3]],
                          ids=["more-announced", "fewer-announced", "none-announced",
                               "negative"])
 def test_unpack_items_rejects_frame_counts_that_do_not_match(nframes):
-    items = [{"key": "a", "nframes": nframes[0]}, {"key": "b", "nframes": nframes[1]}]
+    items = [TaskItem("a", [], 0, nframes=nframes[0]), TaskItem("b", [], 0, nframes=nframes[1])]
     with pytest.raises(ProtocolError):
         list(unpack_items(items, [b"1", b"2"]))
 
 
 def test_unpack_items_checks_counts_before_yielding_anything():
-    items = [{"key": "a", "nframes": 1}, {"key": "b", "nframes": 5}]
+    items = [TaskItem("a", [], 0, nframes=1), TaskItem("b", [], 0, nframes=5)]
     with pytest.raises(ProtocolError):  # at the call, so a handler can check first
         unpack_items(items, [b"1", b"2"])
 
@@ -322,15 +343,16 @@ FUZZ = settings(max_examples=200, deadline=None, database=None,
 def decode_or_protocol_error(data: bytes) -> None:
     """decode_header either accepts (and then unpack_items is safe) or raises ProtocolError."""
     try:
-        header = decode_header(data)
+        msg = decode_header(data)
     except ProtocolError:
         return
-    assert header["op"] in SCHEMAS
-    for field, kind in SCHEMAS[header["op"]].items():
-        if isinstance(kind, tuple) and kind[0] == "items" and name(field) in header:
+    op = messages.op_of(msg)
+    for field, kind in SCHEMAS[op].items():
+        items = getattr(msg, name(field))
+        if isinstance(kind, tuple) and kind[0] == "items" and items is not None:
             for nframes in (0, 1, 3):
                 try:
-                    list(unpack_items(header[name(field)], [b""] * nframes))
+                    list(unpack_items(items, [b""] * nframes))
                 except ProtocolError:
                     pass
 
@@ -355,7 +377,7 @@ def test_random_msgpack_values_never_raise_anything_but_ProtocolError(value):
 @example({"op": "submit", "tasks": [{"key": "x", "deps": [], "priority": 0, "nframes": -1}]})
 @example({"op": "compute", "tasks": [{"key": "x", "deps": {"a": 1}, "nframes": 0, "run": 0}]})
 def test_random_headers_of_real_ops_never_raise_anything_but_ProtocolError(header):
-    decode_or_protocol_error(raw(header))
+    decode_or_protocol_error(encode_header(**header))
 
 
 # --------------------------------------------------------------------------- packed frames
@@ -367,7 +389,7 @@ def test_random_headers_of_real_ops_never_raise_anything_but_ProtocolError(heade
                                  protocol.PACK_BELOW + 7]), max_size=12))
 def test_small_frames_travel_packed_and_come_out_as_they_went_in(sizes):
     frames = [bytes([i % 256]) * n for i, n in enumerate(sizes)]
-    wire = protocol.encode("run", frames, id=1)
+    wire = encode_message(messages.Run(1), frames)
     small = [n for n in sizes if n < protocol.PACK_BELOW]
     if sizes and sum(sizes) < protocol.INLINE_BELOW:  # all in the header
         assert len(wire) == 1
@@ -375,19 +397,19 @@ def test_small_frames_travel_packed_and_come_out_as_they_went_in(sizes):
         assert len(wire) == 1 + 1 + (len(sizes) - len(small))
     else:
         assert len(wire) == 1 + len(sizes)
-    header, payload = protocol.decode(wire)
-    assert header == {"op": "run", "id": 1}
+    msg, payload = decode_message(wire)
+    assert msg == messages.Run(1)
     assert [bytes(p) for p in payload] == frames
 
 
 def test_a_small_payload_makes_a_message_of_one_frame(socket_pair):
     a, b = socket_pair
     pickled = serialize.dumps({"x": 1})
-    wire = protocol.encode("direct-result", pickled, key="k", run=3, nbytes=28)
+    wire = encode_message(messages.DirectResult("k", 3, 28), pickled)
     assert len(wire) == 1
     loop.send_frames(a, wire)
-    header, payload = protocol.decode(loop.receive(b))
-    assert header == {"op": "direct-result", "key": "k", "run": 3, "nbytes": 28}
+    msg, payload = decode_message(loop.receive(b))
+    assert msg == messages.DirectResult(key="k", run=3, nbytes=28)
     assert serialize.loads(payload) == {"x": 1}
 
 
@@ -395,7 +417,7 @@ def test_a_small_payload_makes_a_message_of_one_frame(socket_pair):
 def test_a_layout_that_does_not_match_its_frames_is_rejected(layout):
     wire = [encode_header("run", id=1, layout=layout), b"x" * 10]
     with pytest.raises(ProtocolError):
-        protocol.decode(wire)
+        decode_message(wire)
 
 
 @pytest.mark.parametrize("fields, frames", [
@@ -408,7 +430,7 @@ def test_a_layout_that_does_not_match_its_frames_is_rejected(layout):
 ])
 def test_an_inline_payload_that_does_not_match_its_layout_is_rejected(fields, frames):
     with pytest.raises(ProtocolError):
-        protocol.decode([encode_header("run", id=1, **fields), *frames])
+        decode_message([encode_header("run", id=1, **fields), *frames])
 
 
 @pytest.fixture
@@ -427,11 +449,11 @@ def test_large_frames_travel_on_their_own_and_small_ones_packed(socket_pair):
     a, b = socket_pair
     big = np.arange(200_000, dtype=np.float64)
     frames = [b"small", memoryview(big), b"x" * 100, bytes(protocol.PACK_BELOW)]
-    wire = protocol.encode("run", frames, id=7)
+    wire = encode_message(messages.Run(7), frames)
     assert len(wire) == 1 + 1 + 2     # the header, the packed small ones, two large
     loop.send_frames(a, wire)
-    header, payload = protocol.decode(loop.receive(b))
-    assert header == {"op": "run", "id": 7}
+    msg, payload = decode_message(loop.receive(b))
+    assert msg == messages.Run(7)
     assert [bytes(p) for p in payload] == [bytes(f) for f in frames]
     assert np.array_equal(np.frombuffer(payload[1], np.float64), big)
     assert loop.receive(b) is None    # nothing more, and no exception to say so

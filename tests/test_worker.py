@@ -15,12 +15,14 @@ from typing import Any
 import fake_center
 import msgpack
 import pytest
+import raw_wire
 from conftest import wait_for
 from fake_center import FakeCenter
 
 import zfutures.worker
 from zfutures import protocol, serialize
 from zfutures.logs import RateLimitedLog
+from zfutures.messages import MESSAGES
 from zfutures.worker import Worker
 
 pytestmark = pytest.mark.timeout(60)
@@ -191,11 +193,11 @@ DROPPED = {
     "a header that is not a map": [msgpack.packb(["compute"])],
     "a header without op": [msgpack.packb({"tasks": []})],
     "an unknown op": [msgpack.packb({"op": "explode"})],
-    "an op for clients": [protocol.encode_header("reply", id=1, result=None)],
-    "an op for the center": [protocol.encode_header("task-finished", tasks=[])],
-    "compute without tasks": [protocol.encode_header("compute")],
-    "release-keys with keys not a list": [protocol.encode_header("release-keys", keys=3)],
-    "compute announcing frames it lacks": [protocol.encode_header(
+    "an op for clients": [raw_wire.header("reply", id=1, result=None)],
+    "an op for the center": [raw_wire.header("task-finished", tasks=[])],
+    "compute without tasks": [raw_wire.header("compute")],
+    "release-keys with keys not a list": [raw_wire.header("release-keys", keys=3)],
+    "compute announcing frames it lacks": [raw_wire.header(
         "compute", tasks=[{"key": "y", "deps": {}, "run": 1, "nframes": 2}])],
 }
 
@@ -222,7 +224,7 @@ def test_every_op_the_center_sends_a_worker_has_a_handler_for(center):
     worker = Worker(center.address, host="127.0.0.1")
     try:
         assert set(worker.center_handlers) == to_workers
-        assert to_workers <= set(protocol.SCHEMAS)
+        assert to_workers <= set(MESSAGES)
     finally:
         worker.fetcher.close()
         worker.data_server.server.close(linger=0)

@@ -25,11 +25,12 @@ one place, with a :class:`~zfutures.errors.ProtocolError`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import msgpack
 
 from .errors import ProtocolError
+from .messages import MESSAGES, OPS
 
 #: A decoded header: the op and its fields, as msgpack gives them.
 Header = dict[str, Any]
@@ -55,140 +56,6 @@ MAX_HEADER_BYTES = 64 * 1024 * 1024
 #: without bound. libzmq drops the connection of a peer that sends more.
 MAX_MESSAGE_SIZE = 2**30
 
-# Field types, as accepted by _type_check. A tuple means "one of these".
-_STR = str
-_INT = int
-_NUM = (int, float)
-_STRS = ("list", str)
-_ANY = object
-
-# Item schemas, for the lists inside batched messages.
-_TASK_ITEM = {"key": _STR, "deps": _STRS, "priority": _INT, "nframes": _INT,
-              "retries?": _INT, "workers?": _STRS, "allow_other_workers?": bool,
-              "resources?": ("map", _NUM), "who_has?": _STRS,
-              "direct_worker?": _STR, "direct_run?": _INT, "direct_ack?": bool,
-              "direct_answered?": bool}
-# direct_answered: the client has the direct run's result already (sent after
-# the answer came): the center need not send it key-finished for that run
-
-# run: the id of this assignment, which the worker's reports on the task
-# carry back (a report of an earlier run of the same key is then told apart);
-# send_result: a client waits for it, so a small result goes with the report
-_COMPUTE_ITEM = {"key": _STR, "deps": ("map", "list", str), "nframes": _INT,
-                 "run": _INT, "send_result?": bool}
-_FINISHED_ITEM = {"key": _STR, "nbytes": _INT}
-# A finished task's small result may ride along (nframes) to the clients waiting for it.
-# direct: the run is one a client chose, sending the task straight to the
-# worker (see "run-task"); the center may hear of it before the client's submit.
-# answered: its client had the result straight from the worker too.
-_DONE_ITEM = {"key": _STR, "nbytes": _INT, "run": _INT, "nframes?": _INT, "direct?": bool,
-              "answered?": bool}
-_FAILED_ITEM = {"key": _STR, "nframes": _INT, "run": _INT, "direct?": bool}
-_ERRED_ITEM = {"key": _STR, "nframes": _INT}
-_RESULT_ITEM = {"key": _STR, "who_has": _STRS, "nbytes": _INT, "nframes?": _INT}
-_DATA_ITEM = {"key": _STR, "nframes": _INT}
-# In a "data" reply to a reader on the holder's machine: buffers left to be
-# read from the holder's memory, [position among the value's frames, address,
-# size] each (see peer_memory.py).
-_OFFERED_ITEM = {"key": _STR, "nframes": _INT, "nbytes?": _INT,
-                 "remote?": ("list", ("list", _INT))}
-_SCATTERED_ITEM = {"key": _STR, "nbytes": _INT, "workers": _STRS}
-
-#: op -> {field: type}. Every listed field is required, except those whose
-#: name ends in "?", which are checked only when present. Other fields are
-#: allowed (and ignored) so that newer peers can add optional information.
-SCHEMAS: dict[str, dict[str, Any]] = {
-    # client -> center
-    "register-client": {"protocol": _INT, "name": _STR},
-    # seq: numbers the client's submits; news of their keys carries the last
-    # one the center had handled (seen), so a client that let a key go and
-    # submitted it again tells news of the earlier submit from the later
-    "submit": {"tasks": ("items", _TASK_ITEM), "seq?": _INT},
-    "release": {"keys": _STRS},
-    # seq: numbered with the submits (see "submit"): news of the data's keys
-    # told before it came is of earlier copies
-    "update-data": {"items": ("items", _SCATTERED_ITEM), "seq?": _INT},
-    "who-has": {"id": _INT, "keys": _STRS},
-    "scheduler-info": {"id": _INT},
-    "has-what": {"id": _INT},
-    "close-client": {},
-    # worker -> center
-    "register-worker": {
-        "protocol": _INT, "address": _STR, "name": _STR, "nthreads": _INT,
-        "memory_limit": _INT, "resources": ("map", _NUM), "keys": _STRS,
-        "nbytes?": ("list", _INT),
-    },
-    "task-finished": {"tasks": ("items", _DONE_ITEM)},
-    "task-erred": {"tasks": ("items", _FAILED_ITEM)},
-    "keys-added": {"tasks": ("items", _FINISHED_ITEM)},
-    # tried: the holders the worker asked in vain (others may hold a copy)
-    "missing-data": {"key": _STR, "missing": _STRS, "run": _INT, "tried?": _STRS},
-    "task-seceded": {"key": _STR, "run": _INT, "direct?": bool},
-    # a task a client sent straight here is running (see "run-task")
-    "task-accepted": {"key": _STR, "run": _INT},
-    # ... or will not run it: it could not start it at once, or holds the key
-    # already, or the center gave up on that run (see WorkerState.run_direct)
-    "task-refused": {"key": _STR, "run": _INT},
-    "retire": {},
-    "unregister": {},
-    "paused": {"paused": bool},
-    # a client put data here while these keys were here already: answer once
-    # what was said of them before is on its way (see worker_scatter.py)
-    "sync": {"keys": _STRS},
-    # nanny -> center
-    "register-nanny": {"protocol": _INT},
-    "worker-died": {"address": _STR},
-    # center -> worker
-    "welcome": {"protocol": _INT, "max_message_size?": _INT},
-    "compute": {"tasks": ("items", _COMPUTE_ITEM)},
-    "release-keys": {"keys": _STRS},
-    "acquire": {"tasks": ("items", {"key": _STR, "holders": _STRS})},
-    "synced": {"keys": _STRS},  # the answer to "sync", after what came before
-    "retired": {},
-    # the center has not heard of this direct run for seconds: refuse it if it
-    # never came (see WorkerState.drop_direct)
-    "drop-direct": {"tasks": ("items", {"key": _STR, "run": _INT})},
-    # center -> client
-    "key-finished": {"tasks": ("items", _RESULT_ITEM), "seen?": _INT},
-    "key-erred": {"tasks": ("items", _ERRED_ITEM), "seen?": _INT},
-    "reply": {"id": _INT, "result": _ANY},
-    # the center counts these keys' direct runs (see "run-task") as theirs;
-    # sent when the submit asked (direct_ack: a key the client chose)
-    "direct-accepted": {"keys": _STRS, "seen?": _INT},
-    # workers that left or died: calls waiting on them fail at once
-    "workers-left": {"addresses": _STRS},
-    "refused": {"reason": _STR},
-    # center -> a worker or client it does not know (it restarted, or gave up on
-    # the peer): register again, bringing back your keys and tasks
-    "reregister": {},
-    "closing": {},  # the center is going (see Center._say_closing)
-    # both directions, center <-> anyone
-    "heartbeat": {},
-    # data server (any peer -> worker) and its answers
-    # machine: the requester may read the holder's memory, token: the bytes
-    # its holder keeps a copy of, to prove who it is (see peer_memory.py)
-    "get-data": {"id": _INT, "keys": _STRS, "machine?": _STR, "token?": _STR},
-    # errors: results that could not be pickled to leave their worker; lease
-    # and pid: items with remote buffers are read from process pid's memory,
-    # and "data-read" with the lease says when that is done; proof: where in
-    # that memory the holder keeps its copy of the reader's token
-    "data": {"id": _INT, "items": ("items", _OFFERED_ITEM), "missing": _STRS,
-             "errors?": ("items", _DATA_ITEM), "lease?": _INT, "pid?": _INT,
-             "proof?": _INT},
-    "data-read": {"lease": _INT},
-    "put-data": {"id": _INT, "items": ("items", _DATA_ITEM)},
-    # failed: keys whose data did not load here, each with why (nothing stored)
-    "data-stored": {"id": _INT, "nbytes": ("map", _INT), "failed?": ("map", _STR)},
-    "run": {"id": _INT},
-    "run-result": {"id": _INT, "ok": bool},
-    # a client sends a lone task without inputs straight to a worker, in a run
-    # of its own choosing, and tells the center in its submit (direct_worker,
-    # direct_run); the worker sends a small result straight back
-    "run-task": {"key": _STR, "run": _INT},
-    "direct-result": {"key": _STR, "run": _INT, "nbytes": _INT},
-}
-
-
 #: Payload frames smaller than this travel packed together in one frame: each
 #: frame costs several microseconds to send and receive, whatever its size, and
 #: a batch of a thousand small tasks would otherwise pay that thousands of times.
@@ -200,26 +67,32 @@ PACK_BELOW = 64 * 1024
 INLINE_BELOW = 16 * 1024
 
 
-def encode(op: str, frames: Sequence[Any] = (), **fields: Any) -> Frames:
-    """The wire frames of a message: its header, then its payload ``frames``.
+def encode_message(msg: Any, frames: Sequence[Any] = ()) -> Frames:
+    """The wire frames of ``msg`` (a class of :mod:`zfutures.messages`): its
+    header, then its payload ``frames``.
 
-    With more than one payload frame, or a small one, the header's ``layout``
-    gives each frame in order: its size ``n >= 0`` if it is packed with the
-    other small ones, or ``-size`` if it travels on its own, zero-copy. The
-    packed frames travel in the header's ``inline`` if they are fewer than
-    INLINE_BELOW bytes in all, else in the first frame after the header (see
-    :func:`decode`).
+    The header is a msgpack array: the op, the layout and inline payload (see
+    below; nil without), then the message's fields in order.
+    With more than one payload frame, or a small one, the layout gives each
+    frame in order: its size ``n >= 0`` if it is packed with the other small
+    ones, or ``-size`` if it travels on its own, zero-copy. The packed frames
+    travel inline, in the header, if they are fewer than INLINE_BELOW bytes in
+    all, else in the first frame after the header (see :func:`decode_message`).
+
+    >>> from zfutures.messages import Release
+    >>> encode_message(Release(["x"]))
+    [b'\\x94\\xa7release\\xc0\\xc0\\x91\\xa1x']
     """
+    op = OPS[type(msg)]
     if not frames:
-        return [encode_header(op, **fields)]
+        return [_pack([op, None, None, *msg])]
     sizes = [memoryview(frame).nbytes for frame in frames]
     if sum(sizes) < INLINE_BELOW:
-        fields["layout"] = sizes
-        fields["inline"] = frames[0] if len(frames) == 1 and type(frames[0]) is bytes \
+        inline = frames[0] if len(frames) == 1 and type(frames[0]) is bytes \
             else b"".join(frames)
-        return [encode_header(op, **fields)]
+        return [_pack([op, sizes, inline, *msg])]
     if len(frames) < 2:
-        return [encode_header(op, **fields), *frames]
+        return [_pack([op, None, None, *msg]), *frames]
     layout, small, large = [], [], []
     for frame, size in zip(frames, sizes):
         if size < PACK_BELOW:
@@ -228,24 +101,28 @@ def encode(op: str, frames: Sequence[Any] = (), **fields: Any) -> Frames:
         else:
             layout.append(-size)
             large.append(frame)
-    fields["layout"] = layout
     packed = [b"".join(small)] if small else []
-    return [encode_header(op, **fields), *packed, *large]
+    return [_pack([op, layout, None, *msg]), *packed, *large]
 
 
-def decode(frames: Sequence[Any]) -> tuple[Header, Frames]:
-    """``(header, payload buffers)`` of a message's frames (zmq Frames or bytes),
-    the packed frames cut out again; ProtocolError if anything does not fit."""
+def _pack(header: list[Any]) -> bytes:
+    packed: bytes = msgpack.packb(header, use_bin_type=True)
+    return packed
+
+
+def decode_message(frames: Sequence[Any]) -> tuple[Any, Frames]:
+    """``(message, payload buffers)`` of a message's frames (zmq Frames or
+    bytes): the header checked and made into its class of
+    :mod:`zfutures.messages`, the packed frames cut out again;
+    ProtocolError if anything does not fit."""
     if not frames:
         raise ProtocolError("a message without a header")
-    header = decode_header(_bytes(frames[0]))
+    msg, layout, inline = _read_header(_bytes(frames[0]))
     rest = [_buffer(f) for f in frames[1:]]
-    layout = header.pop("layout", None)
-    inline = header.pop("inline", None)
     if layout is None:
         if inline is not None:
             raise ProtocolError("an inline payload without a layout")
-        return header, rest
+        return msg, rest
     if type(layout) is not list or not all(type(n) is int for n in layout):
         raise ProtocolError("a malformed layout")
     large_sizes = [-n for n in layout if n < 0]
@@ -270,7 +147,25 @@ def decode(frames: Sequence[Any]) -> tuple[Header, Frames]:
         else:
             payload.append(packed[start:start + n])
             start += n
-    return header, payload
+    return msg, payload
+
+
+def _read_header(raw: bytes | memoryview) -> tuple[Any, Any, Any]:
+    """``(message, layout, inline)`` of a packed header, checked."""
+    if len(raw) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        header = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception as e:  # msgpack raises several unrelated types
+        raise ProtocolError(f"header is not msgpack: {type(e).__name__}: {e}") from None
+    if type(header) is not list or len(header) < 3:
+        raise ProtocolError(f"header is a {type(header).__name__}, not an array of "
+                            "op, layout, inline and fields")
+    op = header[0]
+    make = _MAKERS.get(op) if type(op) is str else None
+    if make is None:
+        raise ProtocolError(f"unknown op {op!r}")
+    return make(header[3:]), header[1], header[2]
 
 
 def _bytes(frame: Any) -> bytes:
@@ -281,108 +176,185 @@ def _buffer(frame: Any) -> memoryview:
     return frame.buffer if hasattr(frame, "buffer") else memoryview(frame)
 
 
+# ---------------------------------------------------------------- checks
+#
+# Each message class is turned, once, into a function that checks a header's
+# fields against the class's annotations and makes the instance: messages
+# are checked at every hop, for every item of a batch, so this is a hot path.
+# The fields arrive as a list; a list of items, each a list, is made into
+# the items' class in place.
+
+_Maker = Callable[[list[Any]], Any]
+
+
+def _maker(cls: type, where: str) -> _Maker:
+    """The function that checks ``values`` and makes a ``cls`` of them."""
+    fields: tuple[str, ...] = cls._fields  # type: ignore[attr-defined]
+    defaults: dict[str, Any] = cls._field_defaults  # type: ignore[attr-defined]
+    hints = get_type_hints(cls)
+    count, required = len(fields), len(fields) - len(defaults)
+    tail = [defaults[name] for name in fields[required:]]
+    exact: list[tuple[int, type]] = []  # fields of exactly one plain type
+    checked: list[tuple[int, Callable[[Any], Any]]] = []  # checked, maybe made anew
+    for index, name in enumerate(fields):
+        hint = hints[name]
+        if hint in (int, str, bool):
+            exact.append((index, hint))
+        elif hint is not Any:
+            checked.append((index, _converter(hint, f"{where}: field {name!r}")))
+    new = tuple.__new__
+
+    def make(values: list[Any]) -> Any:
+        given = len(values)
+        if given != count:
+            if given < required:
+                raise ProtocolError(f"{where}: {given} fields, needs "
+                                    f"{', '.join(fields[:required])}")
+            values = values[:count] if given > count else values + tail[given - required:]
+        for index, kind in exact:
+            if type(values[index]) is not kind:  # exactly: a bool is not an int here
+                raise ProtocolError(f"{where}: field {fields[index]!r} has type "
+                                    f"{type(values[index]).__name__}")
+        for index, convert in checked:
+            values[index] = convert(values[index])
+        return new(cls, values)
+    return make
+
+
+def _converter(hint: Any, where: str) -> Callable[[Any], Any]:
+    """A function returning a value of type ``hint`` as the message holds it
+    (a list of items made into their class), or raising ProtocolError."""
+    def wrong(value: Any) -> ProtocolError:
+        return ProtocolError(f"{where} has type {type(value).__name__}")
+
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Union:  # Optional[X]: X or nil
+        inner = _converter(next(a for a in args if a is not type(None)), where)
+        return lambda value: None if value is None else inner(value)
+    if hint is float:
+        def number(value: Any) -> Any:
+            if type(value) is int or type(value) is float:
+                return value
+            raise wrong(value)
+        return number
+    if hint in (int, str, bool):
+        def plain(value: Any) -> Any:
+            if type(value) is hint:
+                return value
+            raise wrong(value)
+        return plain
+    if hint is Any:
+        return lambda value: value
+    if origin is list and hasattr(args[0], "_fields"):  # a list of items
+        make_item = _maker(args[0], f"{where}: item")
+
+        def items(value: Any) -> Any:
+            if type(value) is not list:
+                raise wrong(value)
+            for position, item in enumerate(value):
+                if type(item) is not list:
+                    raise ProtocolError(f"{where}: an item has type {type(item).__name__}")
+                value[position] = make_item(item)
+            return value
+        return items
+    if origin is list:
+        inner = _converter(args[0], where)
+
+        def listed(value: Any) -> Any:
+            if type(value) is not list:
+                raise wrong(value)
+            for item in value:
+                inner(item)
+            return value
+        return listed
+    if origin is dict and args[0] is str:
+        inner = _converter(args[1], where)
+
+        def mapped(value: Any) -> Any:
+            if type(value) is not dict:
+                raise wrong(value)
+            for key, item in value.items():
+                if type(key) is not str:
+                    raise wrong(key)
+                inner(item)
+            return value
+        return mapped
+    raise AssertionError(f"{where}: a field of type {hint!r} cannot travel")
+
+
+_MAKERS: dict[str, _Maker] = {op: _maker(cls, op) for op, cls in MESSAGES.items()}
+
+
+# ---------------------------------------------------------------- dict view
+# (Being retired: the peers' code still written against headers as dicts
+# builds and reads messages through these, on the same wire.)
+
+def encode(op: str, frames: Sequence[Any] = (), **fields: Any) -> Frames:
+    """:func:`encode_message` of a message given as its op and fields."""
+    return encode_message(_from_fields(op, fields), frames)
+
+
 def encode_header(op: str, **fields: Any) -> bytes:
-    """Pack a header for ``op``. Fields must be plain data (msgpack types)."""
-    fields["op"] = op
-    packed: bytes = msgpack.packb(fields, use_bin_type=True)
-    return packed
-
-
-def decode_header(raw: bytes | memoryview) -> Header:
-    """Unpack and validate a header; raise ProtocolError if it does not fit.
-
-    >>> decode_header(encode_header("release", keys=["a"]))["keys"]
-    ['a']
-    """
-    if len(raw) > MAX_HEADER_BYTES:
-        raise ProtocolError(f"header of {len(raw)} bytes exceeds {MAX_HEADER_BYTES}")
-    try:
-        header = msgpack.unpackb(raw, raw=False, strict_map_key=True)
-    except Exception as e:  # msgpack raises several unrelated types
-        raise ProtocolError(f"header is not msgpack: {type(e).__name__}: {e}") from None
-    if not isinstance(header, dict):
-        raise ProtocolError(f"header is a {type(header).__name__}, not a map")
-    op = header.get("op")
-    check = _CHECKS.get(op) if isinstance(op, str) else None
-    if check is None:
-        raise ProtocolError(f"unknown op {op!r}")
-    check(header)
+    """The header of a message without payload, given as its op and fields."""
+    header: bytes = encode_message(_from_fields(op, fields))[0]
     return header
 
 
-def _type_check(kind: Any) -> Callable[[Any], bool]:
-    """A function telling whether a value is of the schema type ``kind``."""
-    if kind is object:
-        return lambda value: True
-    if kind in (int, str, bool):  # exactly: a bool is not an int here
-        return lambda value: type(value) is kind
-    if kind == (int, float):
-        return lambda value: type(value) is int or type(value) is float
-    tag = kind[0]
-    if tag == "list":
-        inner = _type_check(kind[1])
-        return lambda value: type(value) is list and all(map(inner, value))
-    if tag == "map":
-        inner = _type_check(kind[1:] if len(kind) > 2 else kind[1])
-        return lambda value: type(value) is dict and all(
-            type(k) is str and inner(v) for k, v in value.items())
-    if tag == "items":
-        check_item = _fields_check(kind[1], "item")
-
-        def check_items(value: Any) -> bool:
-            if type(value) is not list:
-                return False
-            for item in value:
-                if type(item) is not dict:
-                    return False
-                check_item(item)
-            return True
-        return check_items
-    raise AssertionError(f"bad schema kind {kind!r}")
+def decode(frames: Sequence[Any]) -> tuple[Header, Frames]:
+    """:func:`decode_message`, the message as a dict (fields that are nil left out)."""
+    msg, payload = decode_message(frames)
+    return _as_header(msg), payload
 
 
-def _fields_check(schema: dict[str, Any], where: str) -> Callable[[Header], None]:
-    """A function raising ProtocolError where a mapping does not fit ``schema``.
-
-    Schemas are turned into these once: messages are checked field by field
-    at every hop, for every item of a batch, so this is a hot path.
-    """
-    # Fields of a plain type are checked inline; the others by a function.
-    plain = [(f, k) for f, k in schema.items() if f[-1] != "?" and k in (int, str, bool)]
-    other = [(f, _type_check(k)) for f, k in schema.items()
-             if f[-1] != "?" and k not in (int, str, bool)]
-    optional = [(f[:-1], _type_check(k)) for f, k in schema.items() if f[-1] == "?"]
-
-    def wrong(mapping: Header, field: str) -> ProtocolError:
-        if field not in mapping:
-            return ProtocolError(f"{where}: missing field {field!r}")
-        return ProtocolError(
-            f"{where}: field {field!r} has type {type(mapping[field]).__name__}")
-
-    def check(mapping: Header) -> None:
-        try:
-            for field, kind in plain:
-                if type(mapping[field]) is not kind:
-                    raise wrong(mapping, field)
-            for field, ok in other:
-                if not ok(mapping[field]):
-                    raise wrong(mapping, field)
-        except KeyError as e:
-            raise wrong(mapping, e.args[0]) from None
-        for field, ok in optional:
-            if field in mapping and not ok(mapping[field]):
-                raise wrong(mapping, field)
-    return check
+def decode_header(raw: bytes | memoryview) -> Header:
+    """The header of a message without payload, as a dict."""
+    return _as_header(_read_header(raw)[0])
 
 
-_CHECKS = {op: _fields_check(schema, op) for op, schema in SCHEMAS.items()}
+def _from_fields(op: str, fields: dict[str, Any]) -> Any:
+    cls = MESSAGES.get(op)
+    if cls is None:
+        raise ProtocolError(f"unknown op {op!r}")
+    return _MAKERS[op](_values(cls, fields, op))
+
+
+def _values(cls: Any, fields: Any, where: str) -> list[Any]:
+    if not isinstance(fields, dict):
+        return list(fields)
+    values = []
+    for name in cls._fields:
+        if name in fields:
+            value = fields[name]
+            if type(value) is list and value and not isinstance(value[0], (str, int, list)):
+                hint = get_type_hints(cls)[name]
+                if get_origin(hint) is Union:
+                    hint = get_args(hint)[0]
+                item_cls = get_args(hint)[0]
+                value = [_values(item_cls, item, where) for item in value]
+            values.append(value)
+        elif name in cls._field_defaults:
+            values.append(cls._field_defaults[name])
+        else:
+            raise ProtocolError(f"{where}: missing field {name!r}")
+    return values
+
+
+def _as_header(msg: Any, op: str | None = None) -> Header:
+    header: Header = {"op": OPS[type(msg)]} if op is None else {}
+    for name, value in zip(msg._fields, msg):
+        if value is None:
+            continue
+        if type(value) is list and value and hasattr(value[0], "_fields"):
+            value = [_as_header(item, "") for item in value]
+        header[name] = value
+    return header
 
 
 def pack_items(items: list[Header], frame_lists: Sequence[Sequence[Any]]) -> Frames:
     """Set each item's ``nframes`` and return all their frames, in order."""
     frames: Frames = []
     for item, item_frames in zip(items, frame_lists):
-        item["nframes"] = len(item_frames)
+        item["nframes"] = len(item_frames)  # (dict items only)
         frames.extend(item_frames)
     return frames
 
@@ -393,7 +365,8 @@ def unpack_items(items: list[Header], frames: Sequence[Any]) -> Iterator[tuple[H
     The counts are checked at the call, before anything is yielded: raises
     ProtocolError if they disagree with the frames.
     """
-    counts = [item.get("nframes", 0) for item in items]
+    counts = [item.get("nframes", 0) if isinstance(item, dict) else getattr(item, "nframes", 0)
+              for item in items]
     total = sum(counts)
     if total != len(frames) or any(n < 0 for n in counts):
         raise ProtocolError(f"items announce {total} frames, message has {len(frames)}")

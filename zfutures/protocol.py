@@ -3,24 +3,26 @@
 A message is one multipart ZeroMQ message::
 
     [identity]   only on the ROUTER side, added and removed by ZeroMQ
-    header       msgpack map {"op": str, ...}: plain data, never pickle
+    header       msgpack array [op, layout, inline, field, ...]: plain data, never pickle
     frame ...    opaque payload frames (pickled functions, arguments, results)
 
-The center reads headers only; payload frames pass through it untouched, so it
-never runs code that arrived on a socket.
+Each op has its class in :mod:`zfutures.messages`, whose fields travel in the
+header in the class's order; that class is the one place their names and
+types are written. The center reads headers only; payload frames pass through
+it untouched, so it never runs code that arrived on a socket.
 
 Ops that are produced in bursts carry a list of items (``tasks`` or ``keys``)
 so that many tasks, results or releases travel in one message. An item that
 owns payload frames says how many with ``nframes``; its frames follow the
-header in item order (see :func:`pack_items` and :func:`unpack_items`).
+header in item order (see :func:`unpack_items`).
 On the wire, the small payload frames of a message travel packed into one
-frame, which the header's ``layout`` cuts again (:func:`encode`, :func:`decode`);
-if they are few bytes in all, that packed frame rides in the header itself
-(``inline``), and the message is a single frame.
+frame, which the header's ``layout`` cuts again (:func:`encode_message`,
+:func:`decode_message`); if they are few bytes in all, that packed frame rides
+in the header itself (``inline``), and the message is a single frame.
 
-Every header is checked against :data:`SCHEMAS` by :func:`decode_header`
-before any handler sees it: a message that does not fit is rejected there, in
-one place, with a :class:`~zfutures.errors.ProtocolError`.
+Every header is checked against its class by :func:`decode_message` before
+any handler sees it: a message that does not fit is rejected there, in one
+place, with a :class:`~zfutures.errors.ProtocolError`.
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ def same_call(payload: Frames, other: Frames) -> bool:
         all(memoryview(a) == memoryview(b) for a, b in zip(payload, other))
 
 #: Bumped whenever a message changes shape; peers must register with the same.
-PROTOCOL_VERSION = 7
+PROTOCOL_VERSION = 8
 
 #: Largest header accepted, in bytes. Headers hold keys and small numbers only.
 MAX_HEADER_BYTES = 64 * 1024 * 1024

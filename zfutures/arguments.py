@@ -60,12 +60,12 @@ def placement(workers: Any, allow_other_workers: bool,
     carries them (made once for all the tasks of a map)."""
     if workers is None and not resources:
         return ANYWHERE
-    names = None
-    if workers is not None:
-        names = [workers] if isinstance(workers, str) else list(workers)
-        names = [normal_worker(w) for w in names]
-    return (names, names is not None and bool(allow_other_workers),
-            {k: float(v) for k, v in resources.items()} if resources else None)
+    if workers is None:
+        names, loose = None, False
+    else:
+        names = [normal_worker(w) for w in ([workers] if isinstance(workers, str) else workers)]
+        loose = bool(allow_other_workers)
+    return names, loose, {k: float(v) for k, v in resources.items()} if resources else None
 
 
 def normal_worker(name: str) -> str:

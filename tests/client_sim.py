@@ -9,10 +9,27 @@ an argument, so timeouts are tested by passing a later ``now``.
 from __future__ import annotations
 
 import concurrent.futures
+from typing import Any
 
-from zfutures import Future, protocol, serialize
+import raw_wire
+
+from zfutures import Future, serialize
 from zfutures.client_records import FINISHED, KeyRecord
 from zfutures.client_state import ClientCore
+from zfutures.messages import (
+    Data,
+    DataStored,
+    DirectResult,
+    OfferedItem,
+    Release,
+    Reply,
+    Submit,
+    TaskItem,
+    UpdateData,
+    WhoHas,
+    op_of,
+)
+from zfutures.protocol import decode_message, encode_message
 from zfutures.scheduler import Scheduler
 
 A1, A2 = "tcp://127.0.0.1:1", "tcp://127.0.0.1:2"
@@ -29,9 +46,31 @@ def cluster() -> Scheduler:
     return s
 
 
-def wire(op: str, fields: dict, frames: list) -> tuple[dict, list]:
+def wire(msg: Any, frames: list | tuple = ()) -> tuple[Any, list]:
     """A message as the other end decodes it (checked against the protocol)."""
-    return protocol.decode(protocol.encode(op, frames, **fields))
+    return decode_message(encode_message(msg, frames))
+
+
+# The center's core still takes and gives messages as dict headers, nil
+# fields left out (as the center's shell decodes them): these two carry
+# them across.
+
+def as_fields(msg: Any) -> dict[str, Any]:
+    """A message or item as the center's core reads it."""
+    fields = {}
+    for name, value in zip(msg._fields, msg):
+        if value is None:
+            continue
+        if type(value) is list and value and hasattr(value[0], "_fields"):
+            value = [as_fields(item) for item in value]
+        fields[name] = value
+    return fields
+
+
+def from_center(op: str, fields: dict, frames: list) -> tuple[Any, list]:
+    """A message of the center's outbox (op, fields, frames) as its peer decodes it."""
+    msg, _ = decode_message([raw_wire.header(op, **fields)])
+    return wire(msg, frames)
 
 
 class Client:
@@ -47,7 +86,7 @@ class Client:
     def submit(self, key: str, *deps: str, own_key: bool = True, eager: bool = False,
                future: Future | None = None) -> Future:
         future = future or Future(key, None)
-        item = {"key": key, "deps": list(deps), "priority": 0}
+        item = TaskItem(key, list(deps), 0, 1)
         self.core.submit([(item, [f"payload of {key}".encode()], future)], self.now, eager,
                          own_key)
         return future
@@ -69,35 +108,32 @@ class Client:
         self.core.flush_all()
         sent = self.core.to_center[:]
         self.core.to_center.clear()
-        for op, fields, frames in sent:
-            header, frames = wire(op, fields, frames)
-            if op == "submit":
-                self.s.submit(self.ident, header["tasks"], frames, header.get("seq"))
-            elif op == "release":
-                self.s.release(self.ident, header["keys"])
-            elif op == "update-data":
-                self.s.update_data(self.ident, header["items"], header.get("seq"))
-            elif op == "who-has":
-                self.asked.append((header["id"], header["keys"]))
-            elif op in ("heartbeat", "register-client", "close-client"):
-                pass
-            else:
-                raise AssertionError(f"unexpected {op!r} to the center")
-        return [op for op, _, _ in sent]
+        for msg, frames in sent:
+            msg, frames = wire(msg, frames)
+            kind = type(msg)
+            if kind is Submit:
+                self.s.submit(self.ident, as_fields(msg)["tasks"], frames, msg.seq)
+            elif kind is Release:
+                self.s.release(self.ident, msg.keys)
+            elif kind is UpdateData:
+                self.s.update_data(self.ident, as_fields(msg)["items"], msg.seq)
+            elif kind is WhoHas:
+                self.asked.append((msg.id, msg.keys))
+            elif op_of(msg) not in ("heartbeat", "register-client", "close-client"):
+                raise AssertionError(f"unexpected {op_of(msg)!r} to the center")
+        return [op_of(msg) for msg, _ in sent]
 
     def center_answers(self) -> None:
         """The center answers the who-has requests asked so far."""
         asked, self.asked = self.asked, []
         for request_id, keys in asked:
-            self.core.center_message(*wire("reply", {"id": request_id,
-                                                     "result": self.s.who_has(keys)}, []),
-                                     self.now)
+            self.core.center_message(*wire(Reply(request_id, self.s.who_has(keys))), self.now)
 
     def center_speaks(self) -> None:
         """Deliver what the center sent this client, in order."""
         for ident, op, fields, frames in self.s.outbox.take():
             if ident == self.ident:
-                self.core.center_message(*wire(op, fields, frames), self.now)
+                self.core.center_message(*from_center(op, fields, frames), self.now)
 
     def requests_to(self, address: str) -> list[list[str]]:
         return [f.keys for f in self.core.fetches.values() if f.address == address]
@@ -107,14 +143,12 @@ class Client:
         (request_id,) = [i for i, f in self.core.fetches.items()
                          if f.address == address and key in f.keys]
         frames = serialize.dumps(value)
-        self.core.worker_message(address, *wire("data", {
-            "id": request_id, "missing": [],
-            "items": [{"key": key, "nframes": len(frames)}]}, frames), self.now)
+        self.core.worker_message(address, *wire(Data(request_id, [OfferedItem(key, len(frames))],
+                                                     []), frames), self.now)
 
     def answers_straight(self, key: str, run: int, value: object) -> None:
-        self.core.worker_message(A1, *wire("direct-result", {"key": key, "run": run,
-                                                             "nbytes": 8},
-                                           serialize.dumps(value)), self.now)
+        self.core.worker_message(A1, *wire(DirectResult(key, run, 8), serialize.dumps(value)),
+                                 self.now)
 
 
 def finish(s: Scheduler, key: str, value: object = None, nbytes: int = 8) -> None:
@@ -126,31 +160,37 @@ def finish(s: Scheduler, key: str, value: object = None, nbytes: int = 8) -> Non
 
 def finished_on(s: Scheduler, key: str, address: str) -> None:
     """``key`` was computed on the worker at ``address`` (any other may run it again)."""
-    s.submit(C, [{"key": key, "deps": [], "priority": 0, "nframes": 1, "workers": [address],
-                  "allow_other_workers": True}], [b"payload"])
+    s.submit(C, [as_fields(TaskItem(key, [], 0, 1, workers=[address],
+                                    allow_other_workers=True))], [b"payload"])
     finish(s, key)
     assert s.who_has([key]) == {key: [address]}
     s.outbox.take()
 
 
-def submit_alone(client: Client, key: str, own_key: bool) -> tuple[Future, dict]:
+def submit_alone(client: Client, key: str, own_key: bool) -> tuple[Future, TaskItem]:
     """Submit ``key`` as a lone task with a worker to send it to; return its
     future and the item the center is told of."""
     client.core.direct.worker = A1
     future = client.submit(key, own_key=own_key)
-    ((address, op, fields, _),) = client.core.to_workers
-    assert (address, op) == (A1, "run-task") and fields["key"] == key
+    ((address, msg, _),) = client.core.to_workers
+    assert (address, op_of(msg)) == (A1, "run-task") and msg.key == key
     client.core.to_workers.clear()
-    ((op, (sent,)),) = client.core.outbox.queued()
-    assert op == "submit" and sent["direct_worker"] == A1
+    ((cls, (sent,)),) = client.core.outbox.queued()
+    assert cls is Submit and sent.direct_worker == A1
     return future, sent
+
+
+def queued_item(client: Client, key: str) -> TaskItem:
+    """``key``'s item in the submits queued (items change there: they are immutable)."""
+    (item,) = [item for cls, items in client.core.outbox.queued() if cls is Submit
+               for item in items if item.key == key]
+    return item
 
 
 def stored(client: Client, address: str, nbytes: dict[str, int]) -> None:
     """``address`` answers the client's pending put-data (the only one to it)."""
     (request_id,) = [i for i, (a, _, _) in client.core.worker_requests.items() if a == address]
-    client.core.worker_message(address, *wire("data-stored", {"id": request_id,
-                                                              "nbytes": nbytes}, []), client.now)
+    client.core.worker_message(address, *wire(DataStored(request_id, nbytes)), client.now)
 
 
 def scattered_to_a1(client: Client) -> Future:

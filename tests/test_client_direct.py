@@ -5,11 +5,12 @@ from __future__ import annotations
 import concurrent.futures
 
 import pytest
-from client_sim import A1, A2, Client, cluster, submit_alone
+from client_sim import A1, A2, Client, cluster, queued_item, submit_alone
 
 from zfutures.client_direct import DIRECT_AFTER_NBYTES, DIRECT_PAYLOAD_LIMIT, DirectRuns
 from zfutures.client_outbox import Outbox
 from zfutures.client_records import KeyRecord, record
+from zfutures.messages import DirectResult, Submit, TaskItem, WhoHas
 
 
 @pytest.fixture
@@ -21,8 +22,8 @@ def test_a_direct_result_for_a_key_the_executor_made_counts_at_once(client):
     # The center counts every run its worker does not refuse: no need to wait
     # for the center's word.
     future, sent = submit_alone(client, "made-here", own_key=True)
-    assert "direct_ack" not in sent
-    client.answers_straight("made-here", sent["direct_run"], 3)
+    assert sent.direct_ack is False
+    client.answers_straight("made-here", sent.direct_run, 3)
     assert future.result(0) == 3 and client.core.direct_answers == 1
 
 
@@ -30,8 +31,8 @@ def test_a_direct_result_for_a_key_the_caller_chose_waits_for_the_centers_word(c
     # The center may hold that key already, from another run: the worker's
     # answer counts only once the center says the run is the task's.
     future, sent = submit_alone(client, "chosen", own_key=False)
-    assert sent["direct_ack"] is True
-    client.answers_straight("chosen", sent["direct_run"], 3)
+    assert sent.direct_ack is True
+    client.answers_straight("chosen", sent.direct_run, 3)
     assert not future.done()
     client.center_hears()
     client.center_speaks()  # direct-accepted
@@ -44,13 +45,14 @@ def test_direct_submits_wait_a_moment_for_the_answers_and_go_together(client):
     now = client.now
     assert client.core.outbox.defers(now)
     assert not client.core.outbox.defers(now + 1.0)  # (not for long)
-    client.answers_straight("first", sent["direct_run"], 3)
-    assert first.result(0) == 3 and sent["direct_answered"] is True
+    assert sent.direct_answered is False
+    client.answers_straight("first", sent.direct_run, 3)
+    assert first.result(0) == 3 and queued_item(client, "first").direct_answered is True
     assert client.core.outbox.defers(now)  # the next may join it
     client.core.direct.worker = A1
     client.submit("next")
-    ((op, items),) = client.core.outbox.queued()
-    assert [item["key"] for item in items] == ["first", "next"] and client.core.outbox.defers(now)
+    ((cls, items),) = client.core.outbox.queued()
+    assert [item.key for item in items] == ["first", "next"] and client.core.outbox.defers(now)
     client.submit("burst")  # (one is in flight)
     assert not client.core.outbox.defers(now)  # a submit through the center goes at once
 
@@ -64,18 +66,19 @@ def test_a_direct_task_that_could_not_be_sent_goes_through_the_center(client):
     future, _ = submit_alone(client, "x", own_key=True)
     client.core.direct.unsent("x")
     client.core.flush_all()
-    ((op, fields, _),) = client.core.to_center
-    assert op == "submit" and "direct_worker" not in fields["tasks"][0]
+    ((msg, _),) = client.core.to_center
+    assert type(msg) is Submit and msg.tasks[0].direct_worker is None
+    assert msg.tasks[0].direct_run is None
     assert not client.core.direct.in_flight()
 
 
 def test_who_has_includes_the_worker_that_answered_before_the_center_heard(client):
     future, sent = submit_alone(client, "x", own_key=True)
-    client.answers_straight("x", sent["direct_run"], 3)
+    client.answers_straight("x", sent.direct_run, 3)
     assert future.result(0) == 3
     client.center_hears()  # the submit; the worker's report is still on its way
     reply = concurrent.futures.Future()
-    client.core.rpc("who-has", {"keys": ["x"]}, reply)
+    client.core.rpc(WhoHas, {"keys": ["x"]}, reply)
     client.center_hears()
     client.center_answers()
     assert reply.result(0) == {"x": [A1]}
@@ -94,11 +97,20 @@ class Direct:
         self.runs = DirectRuns(self.keys, self.outbox, self.to_workers)
 
     def send(self, key: str, frames: list | None = None, own_key: bool = True,
-             reregistering: bool = False, **fields: object) -> dict:
-        """A lone task for ``key``: the submit item the center would be told of."""
+             reregistering: bool = False, **fields: object) -> TaskItem:
+        """A lone task for ``key``: the submit item the center would be told of
+        (queued, as the core queues it)."""
         info = record(self.keys, key)
-        item = {"key": key, "deps": [], "priority": 0, **fields}
-        return self.runs.send(info, item, frames or [b"payload"], own_key, 0.0, reregistering)
+        frames = frames or [b"payload"]
+        item = TaskItem(key, [], 0, len(frames))._replace(**fields)
+        item = self.runs.send(info, item, frames, own_key, 0.0, reregistering)
+        self.outbox.queue(Submit, item, frames)
+        return item
+
+    def queued(self, key: str) -> TaskItem:
+        (item,) = [item for _, items in self.outbox.queued() for item in items
+                   if item.key == key]
+        return item
 
 
 @pytest.mark.parametrize("fields", [{"deps": ["input"]}, {"workers": [A1]},
@@ -106,21 +118,21 @@ class Direct:
 def test_a_task_with_inputs_placement_or_retries_goes_through_the_center(fields):
     direct = Direct()
     direct.runs.worker = A1
-    assert "direct_worker" not in direct.send("x", **fields) and direct.to_workers == []
+    assert direct.send("x", **fields).direct_worker is None and direct.to_workers == []
 
 
 def test_one_task_at_a_time_goes_straight_and_none_while_the_center_is_told_of_us_again():
     direct = Direct()
     direct.runs.worker = A1
-    assert "direct_worker" not in direct.send("x", reregistering=True)
-    assert direct.send("y")["direct_worker"] == A1 and direct.runs.in_flight()
-    assert "direct_worker" not in direct.send("z")  # (y is in flight)
+    assert direct.send("x", reregistering=True).direct_worker is None
+    assert direct.send("y").direct_worker == A1 and direct.runs.in_flight()
+    assert direct.send("z").direct_worker is None  # (y is in flight)
 
 
 def test_a_task_whose_arguments_are_big_goes_through_the_center():
     direct = Direct()
     direct.runs.worker = A1
-    assert "direct_worker" not in direct.send("x", [b"x" * (DIRECT_PAYLOAD_LIMIT + 1)])
+    assert direct.send("x", [b"x" * (DIRECT_PAYLOAD_LIMIT + 1)]).direct_worker is None
 
 
 def test_lone_tasks_follow_a_worker_that_made_a_small_result_and_stop_at_a_big_one():
@@ -134,20 +146,20 @@ def test_lone_tasks_follow_a_worker_that_made_a_small_result_and_stop_at_a_big_o
 def test_an_answer_counts_only_from_the_worker_and_run_it_was_sent_to():
     direct = Direct()
     direct.runs.worker = A1
-    sent = direct.send("x")
-    run = sent["direct_run"]
-    assert direct.runs.answered(A2, {"key": "x", "run": run, "nbytes": 8}, [b"v"]) is None
-    assert direct.runs.answered(A1, {"key": "x", "run": run + 1, "nbytes": 8}, [b"v"]) is None
-    info = direct.runs.answered(A1, {"key": "x", "run": run, "nbytes": 8}, [b"v"])
+    run = direct.send("x").direct_run
+    assert direct.runs.answered(A2, DirectResult("x", run, 8), [b"v"]) is None
+    assert direct.runs.answered(A1, DirectResult("x", run + 1, 8), [b"v"]) is None
+    assert direct.queued("x").direct_answered is False
+    info = direct.runs.answered(A1, DirectResult("x", run, 8), [b"v"])
     assert info is direct.keys["x"] and info.direct is None and direct.runs.answers == 1
-    assert sent["direct_answered"] is True  # (its submit, still waiting, says so)
+    assert direct.queued("x").direct_answered is True  # (its submit, still waiting, says so)
 
 
 def test_an_answer_that_came_before_the_centers_word_counts_with_that_word():
     direct = Direct()
     direct.runs.worker = A1
-    run = direct.send("x", own_key=False)["direct_run"]
-    assert direct.runs.answered(A1, {"key": "x", "run": run, "nbytes": 8}, [b"v"]) is None
+    run = direct.send("x", own_key=False).direct_run
+    assert direct.runs.answered(A1, DirectResult("x", run, 8), [b"v"]) is None
     direct.keys["x"].since = 5
     assert direct.runs.accepted(["x"], seen=4) == []  # (news of an earlier submit)
     ((info, address, nbytes, frames),) = direct.runs.accepted(["x"], seen=5)

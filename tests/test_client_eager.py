@@ -9,6 +9,7 @@ from client_sim import W2, Client, cluster, finish, wire
 
 from zfutures import serialize
 from zfutures.client_outbox import RELEASE_DELAY
+from zfutures.messages import Data, OfferedItem
 
 
 @pytest.fixture
@@ -45,10 +46,9 @@ def test_one_value_that_cannot_leave_its_worker_fails_only_its_own_eager_future(
     assert sorted(fetch.keys) == ["a", "b", "c"]
     a, c = serialize.dumps("A"), serialize.dumps("C")
     error = pickle.dumps((TypeError("cannot pickle '_thread.lock' object"), "tb"))
-    items = [{"key": "a", "nframes": len(a)}, {"key": "c", "nframes": len(c)}]
-    client.core.worker_message(fetch.address, *wire("data", {
-        "id": request_id, "missing": [], "items": items,
-        "errors": [{"key": "b", "nframes": 1}]}, [*a, *c, error]), client.now)
+    items = [OfferedItem("a", len(a)), OfferedItem("c", len(c))]
+    client.core.worker_message(fetch.address, *wire(Data(
+        request_id, items, [], errors=[OfferedItem("b", 1)]), [*a, *c, error]), client.now)
     assert futures["a"].result(0) == "A" and futures["c"].result(0) == "C"
     with pytest.raises(TypeError, match="pickle"):
         futures["b"].result(0)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import concurrent.futures
 
 import pytest
-from client_sim import A1, A2, W1, W2, C, Client, cluster, finish, finished_on
+from client_sim import A1, A2, W1, W2, C, Client, as_fields, cluster, finish, finished_on
 
 from zfutures import FutureLostError, serialize
+from zfutures.messages import ScatteredItem
 
 
 @pytest.fixture
@@ -38,7 +39,7 @@ def test_a_fetch_from_a_worker_that_died_waits_for_the_key_computed_again(client
 
 def test_a_fetch_fails_when_the_lost_key_errs_before_the_center_answers(client):
     s = client.s
-    s.update_data(C, [{"key": "data", "nbytes": 8, "workers": [A1]}])  # scattered
+    s.update_data(C, [as_fields(ScatteredItem("data", 8, [A1]))])  # scattered
     s.outbox.take()
     client.holds("data", A1).scattered = True
     result = client.fetch("data")
@@ -111,7 +112,7 @@ def test_a_fetch_of_each_key_gives_the_error_of_one_that_cannot_be_had_in_its_pl
     s = client.s
     finished_on(s, "x", A2)
     client.holds("x", A2)
-    s.update_data(C, [{"key": "data", "nbytes": 8, "workers": [A1]}])  # scattered
+    s.update_data(C, [as_fields(ScatteredItem("data", 8, [A1]))])  # scattered
     s.outbox.take()
     client.holds("data", A1).scattered = True
     result: concurrent.futures.Future = concurrent.futures.Future()

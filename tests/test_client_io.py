@@ -13,6 +13,7 @@ import pytest
 from zfutures import Future
 from zfutures.client_io import ClientIO
 from zfutures.errors import ConnectionError
+from zfutures.messages import Submit, TaskItem, WhoHas
 
 A1 = "tcp://127.0.0.1:1"
 
@@ -24,8 +25,8 @@ def io():
     io.context.destroy(linger=0)
 
 
-def lone(key: str) -> tuple[dict, list, Future]:
-    return {"key": key, "deps": [], "priority": 0}, [b"payload"], Future(key, None)
+def lone(key: str) -> tuple[TaskItem, list, Future]:
+    return TaskItem(key, [], 0, 1), [b"payload"], Future(key, None)
 
 
 def test_a_caller_sends_a_lone_task_itself_and_leaves_its_submit_for_the_next_turn(io):
@@ -36,8 +37,8 @@ def test_a_caller_sends_a_lone_task_itself_and_leaves_its_submit_for_the_next_tu
     io.core.direct.worker = A1
     io.call_now("submit", [lone("alone")], False, True)
     assert A1 in io.workers and io.core.keys["alone"].direct is not None
-    ((op, (sent,)),) = io.core.outbox.queued()
-    assert op == "submit" and sent["direct_worker"] == A1
+    ((cls, (sent,)),) = io.core.outbox.queued()
+    assert cls is Submit and sent.direct_worker == A1
     assert io.waker.pending
     io.lock.acquire()  # the I/O thread is at the sockets: it is handed over
     try:
@@ -57,8 +58,8 @@ def test_a_burst_of_submits_goes_to_the_io_thread_after_the_first(io):
     assert io.core.keys["first"].direct is not None
     assert "second" not in io.core.keys and io.waker.pending
     io.loop.take_commands()  # (the I/O thread's turn)
-    ((op, items),) = io.core.outbox.queued()
-    assert [item["key"] for item in items] == ["first", "second", "third"]
+    ((cls, items),) = io.core.outbox.queued()
+    assert [item.key for item in items] == ["first", "second", "third"]
 
 
 def test_the_io_thread_ends_as_soon_as_it_is_closed():
@@ -82,7 +83,7 @@ def test_commands_that_come_after_the_io_thread_ended_end_at_once():
     io.call("submit", [(item, frames, future)])
     assert future.cancelled()
     result: concurrent.futures.Future = concurrent.futures.Future()
-    io.call("rpc", "who-has", {"keys": []}, result)
+    io.call("rpc", WhoHas, {"keys": []}, result)
     with pytest.raises(ConnectionError):
         result.result(0)
 
@@ -100,7 +101,7 @@ def test_a_bug_in_the_loop_ends_every_wait_instead_of_hanging_it(io, caplog):
 
     io._commands["rpc"] = broken
     result: concurrent.futures.Future = concurrent.futures.Future()
-    io.call("rpc", "who-has", {"keys": []}, result)
+    io.call("rpc", WhoHas, {"keys": []}, result)
     io.thread.join(10)
     assert sent.is_set() and not io.thread.is_alive()
     with pytest.raises(ConnectionError):

@@ -10,14 +10,14 @@ from zfutures.client_outbox import Outbox
 from zfutures.client_records import FINISHED, KeyRecord, record
 from zfutures.client_recovery import bring_back
 from zfutures.client_requests import Requests
+from zfutures.messages import Release, ScatteredItem, SchedulerInfo, Submit, TaskItem, op_of
 
 A1 = "tcp://127.0.0.1:1"
 
 
 def submitted(keys: dict[str, KeyRecord], key: str, *deps: str) -> KeyRecord:
     info = record(keys, key)
-    info.submitted = ({"key": key, "deps": list(deps), "priority": 0, "nframes": 1},
-                      [f"payload of {key}".encode()])
+    info.submitted = (TaskItem(key, list(deps), 0, 1), [f"payload of {key}".encode()])
     info.deps = [keys[dep] for dep in deps] or None
     return info
 
@@ -33,20 +33,19 @@ def test_the_new_center_hears_inputs_first_where_results_are_and_the_questions_a
     submitted(keys, "input")                           # let go of, but the input of ...
     submitted(keys, "task", "input", "data")          # ... a pending task
     submitted(keys, "broken").err(serialize.dumps((ValueError("bad"), "")))
-    requests.rpc("scheduler-info", {}, concurrent.futures.Future())
+    requests.rpc(SchedulerInfo, {}, concurrent.futures.Future())
     del keys["input"]
-    outbox.queue("submit", {"key": "old", "deps": [], "priority": 0}, [b"p"])  # (never sent)
+    outbox.queue(Submit, TaskItem("old", [], 0, 1), [b"p"])  # (never sent)
     outbox.to_center.clear()
 
     bring_back(keys, outbox, requests)
 
-    sent = [(op, fields) for op, fields, _ in outbox.to_center]
-    assert [op for op, _ in sent] == ["update-data", "submit", "release", "scheduler-info"]
-    assert sent[0][1]["items"] == [{"key": "data", "nbytes": 8, "workers": [A1]}]
-    tasks = sent[1][1]["tasks"]
-    order = [t["key"] for t in tasks]
+    sent = [msg for msg, _ in outbox.to_center]
+    assert [op_of(msg) for msg in sent] == ["update-data", "submit", "release", "scheduler-info"]
+    assert sent[0].items == [ScatteredItem("data", 8, [A1])]
+    order = [t.key for t in sent[1].tasks]
     assert sorted(order) == ["done", "input", "task"]  # (not the erred key, nor "old")
     assert order.index("input") < order.index("task")
-    by_key = {t["key"]: t for t in tasks}
-    assert by_key["done"]["who_has"] == [A1] and "who_has" not in by_key["task"]
-    assert sent[2][1]["keys"] == ["input"]  # (wanted only as an input: let go of again)
+    by_key = {t.key: t for t in sent[1].tasks}
+    assert by_key["done"].who_has == [A1] and by_key["task"].who_has is None
+    assert sent[2] == Release(["input"])  # (wanted only as an input: let go of again)

@@ -12,6 +12,7 @@ from zfutures.client_outbox import Outbox
 from zfutures.client_records import FINISHED, KeyRecord, record
 from zfutures.client_requests import DEPARTED_KEPT, Requests
 from zfutures.errors import ConnectionError
+from zfutures.messages import HasWhat, Run, RunResult, SchedulerInfo, WhoHas
 
 
 @pytest.fixture
@@ -46,9 +47,9 @@ def requests() -> Requests:
 
 
 def ask(requests: Requests, address: str, now: float) -> list:
-    """Ask ``address`` something; the list gets ("answered", header) or ("failed", error)."""
+    """Ask ``address`` something; the list gets ("answered", message) or ("failed", error)."""
     ended: list = []
-    requests.ask_worker(address, "run", {}, [], lambda h, f, now: ended.append(("answered", h)),
+    requests.ask_worker(address, Run, {}, [], lambda m, f, now: ended.append(("answered", m)),
                         lambda e, now: ended.append(("failed", e)), now)
     return ended
 
@@ -66,7 +67,7 @@ def test_a_worker_that_left_and_came_back_at_its_address_is_asked_again():
     reqs = requests()
     reqs.worker_left(A1, now=10.0)
     info: concurrent.futures.Future = concurrent.futures.Future()
-    reqs.rpc("scheduler-info", {}, info)
+    reqs.rpc(SchedulerInfo, {}, info)
     (request_id,) = reqs.rpcs
     reqs.reply(request_id, {"workers": {A1: {}}}, 11.0)  # the center lists it again
     assert ask(reqs, A1, 11.0) == [] and reqs.awaits(A1)
@@ -76,9 +77,9 @@ def test_only_the_worker_asked_answers_a_request():
     reqs = requests()
     ended = ask(reqs, A1, 0.0)
     (request_id,) = reqs.worker_requests
-    reqs.worker_answered(A2, {"op": "run-result", "id": request_id, "ok": True}, [], 0.0)
+    reqs.worker_answered(A2, RunResult(request_id, True), [], 0.0)
     assert ended == []
-    reqs.worker_answered(A1, {"op": "run-result", "id": request_id, "ok": True}, [], 0.0)
+    reqs.worker_answered(A1, RunResult(request_id, True), [], 0.0)
     assert [how for how, _ in ended] == ["answered"] and not reqs.awaits(A1)
 
 
@@ -89,9 +90,9 @@ def test_has_what_includes_keys_a_worker_answered_straight_before_the_center_hea
     info = record(keys, "x")
     info.status, info.who_has = FINISHED, [A1]
     reply: concurrent.futures.Future = concurrent.futures.Future()
-    reqs.rpc("has-what", {}, reply)
-    ((_, fields, _),) = outbox.to_center
-    reqs.reply(fields["id"], {A1: [], A2: ["y"]}, 0.0)
+    reqs.rpc(HasWhat, {}, reply)
+    ((msg, _),) = outbox.to_center
+    reqs.reply(msg.id, {A1: [], A2: ["y"]}, 0.0)
     assert reply.result(0) == {A1: ["x"], A2: ["y"]}
 
 
@@ -99,8 +100,8 @@ def test_when_no_answer_will_come_every_request_ends_with_the_error():
     reqs = requests()
     futures_reply: concurrent.futures.Future = concurrent.futures.Future()
     callback_ends: list = []
-    reqs.rpc("who-has", {"keys": []}, futures_reply)
-    reqs.rpc("who-has", {"keys": []}, lambda reply, error, now: callback_ends.append(error))
+    reqs.rpc(WhoHas, {"keys": []}, futures_reply)
+    reqs.rpc(WhoHas, {"keys": []}, lambda reply, error, now: callback_ends.append(error))
     worker_ends = ask(reqs, A1, 0.0)
     error = ConnectionError("shut down")
     reqs.fail_rpcs(error, 1.0)
@@ -109,5 +110,5 @@ def test_when_no_answer_will_come_every_request_ends_with_the_error():
     assert worker_ends == [("failed", error)] and reqs.rpcs == {} and reqs.worker_requests == {}
     reqs.stopped = error
     late: concurrent.futures.Future = concurrent.futures.Future()
-    reqs.rpc("who-has", {"keys": []}, late)
+    reqs.rpc(WhoHas, {"keys": []}, late)
     assert late.exception(0) is error

@@ -6,10 +6,24 @@ from __future__ import annotations
 import concurrent.futures
 
 import pytest
-from client_sim import A1, A2, W1, W2, C, Client, cluster, scattered_to_a1, stored, wire
+from client_sim import (
+    A1,
+    A2,
+    W1,
+    W2,
+    C,
+    Client,
+    cluster,
+    from_center,
+    scattered_to_a1,
+    stored,
+    wire,
+)
 
-from zfutures import Future, protocol, serialize
+from zfutures import Future, serialize
 from zfutures.errors import ConnectionError
+from zfutures.messages import Compute, DataStored, PutData, ReleaseKeys, Synced, WhoHas, op_of
+from zfutures.protocol import unpack_items
 from zfutures.scheduler import Scheduler
 from zfutures.worker_state import WorkerState
 
@@ -43,12 +57,12 @@ def test_a_part_of_a_scatter_whose_worker_left_goes_to_another_worker(client):
     client.core.to_workers.clear()
     client.s.remove_worker(W1)
     client.center_speaks()                   # a's part goes to A2 instead ...
-    ((address, op, fields, _),) = client.core.to_workers
-    assert (address, op) == (A2, "put-data") and [i["key"] for i in fields["items"]] == ["a"]
+    ((address, msg, _),) = client.core.to_workers
+    assert (address, type(msg)) == (A2, PutData) and [i.key for i in msg.items] == ["a"]
     requests = sorted(client.core.worker_requests)
     for request_id, keys in zip(requests, (["b"], ["a"])):
-        client.core.worker_message(A2, *wire("data-stored", {
-            "id": request_id, "nbytes": {key: 8 for key in keys}}, []), client.now)
+        client.core.worker_message(A2, *wire(DataStored(request_id, {key: 8 for key in keys})),
+                                   client.now)
     assert done.result(0) is None            # ... and the center hears of both there
     client.center_hears()
     assert client.s.who_has(["a", "b"]) == {"a": [A2], "b": [A2]}
@@ -144,33 +158,32 @@ class HandWorker:
     def __init__(self, client: Client):
         self.client = client
         self.state = WorkerState(A1, nthreads=1)
-        self.from_center: list[tuple[dict, list]] = []
+        self.from_center: list[tuple[object, list]] = []
 
     def center_speaks(self) -> None:
         """The center's messages: the client's delivered, the worker's queued."""
         for ident, op, fields, frames in self.client.s.outbox.take():
-            header, frames = wire(op, fields, frames)
+            msg, frames = from_center(op, fields, frames)
             if ident == self.client.ident:
-                self.client.core.center_message(header, frames, self.client.now)
+                self.client.core.center_message(msg, frames, self.client.now)
             else:
                 assert ident == W1
-                self.from_center.append((header, frames))
+                self.from_center.append((msg, frames))
 
     def hears_center(self) -> None:
         """Deliver what the center sent, in order (as Worker.center_handlers)."""
         while self.from_center:
-            header, frames = self.from_center.pop(0)
-            if header["op"] == "release-keys":
-                self.state.release(header["keys"])
-            elif header["op"] == "compute":
-                for item, payload in protocol.unpack_items(header["tasks"], frames):
-                    self.state.compute(item["key"], item["deps"], item.get("priority", 0),
-                                       payload, self.client.now, item.get("send_result", False),
-                                       item["run"])
-            elif header["op"] == "synced":
-                self.state.synced(header["keys"])
+            msg, frames = self.from_center.pop(0)
+            if type(msg) is ReleaseKeys:
+                self.state.release(msg.keys)
+            elif type(msg) is Compute:
+                for item, payload in unpack_items(msg.tasks, frames):
+                    self.state.compute(item.key, item.deps, item.priority, payload,
+                                       self.client.now, item.send_result, item.run)
+            elif type(msg) is Synced:
+                self.state.synced(msg.keys)
             else:
-                raise AssertionError(f"unexpected {header['op']!r} to the worker")
+                raise AssertionError(f"unexpected {op_of(msg)!r} to the worker")
         self.answers_client()
 
     def hears_client(self) -> None:
@@ -178,12 +191,12 @@ class HandWorker:
         core = self.client.core
         sent = core.to_workers[:]
         core.to_workers.clear()
-        for address, op, fields, frames in sent:
-            assert (address, op) == (A1, "put-data")
-            header, frames = wire(op, fields, frames)
-            values = {item["key"]: (serialize.loads(value_frames), 8)
-                      for item, value_frames in protocol.unpack_items(header["items"], frames)}
-            self.state.put_data(self.client.ident, header["id"], values, {})
+        for address, msg, frames in sent:
+            assert (address, type(msg)) == (A1, PutData)
+            msg, frames = wire(msg, frames)
+            values = {item.key: (serialize.loads(value_frames), 8)
+                      for item, value_frames in unpack_items(msg.items, frames)}
+            self.state.put_data(self.client.ident, msg.id, values, {})
         self.answers_client()
 
     def answers_client(self) -> None:
@@ -191,8 +204,8 @@ class HandWorker:
         stored = self.state.stored[:]
         self.state.stored.clear()
         for _, request_id, nbytes, _ in stored:
-            self.client.core.worker_message(A1, *wire("data-stored", {
-                "id": request_id, "nbytes": nbytes}, []), self.client.now)
+            self.client.core.worker_message(A1, *wire(DataStored(request_id, nbytes)),
+                                            self.client.now)
 
     def reports(self) -> None:
         """Deliver the worker's reports to the center."""
@@ -225,7 +238,7 @@ def test_data_scattered_again_stays_when_it_reaches_its_worker_before_the_releas
     worker.center_speaks()
     client.core.unref("data", client.now)   # (first is dropped)
     asked: concurrent.futures.Future = concurrent.futures.Future()
-    client.core.rpc("who-has", {"keys": ["data"]}, asked)  # (as scatter asks for workers)
+    client.core.rpc(WhoHas, {"keys": ["data"]}, asked)  # (as scatter asks for workers)
     assert client.center_hears() == ["release", "who-has"]
     client.center_answers()
     worker.center_speaks()                  # release-keys, on its way to the worker ...

@@ -14,6 +14,7 @@ from zfutures import Future, serialize
 from zfutures.client_outbox import RELEASE_DELAY
 from zfutures.client_records import FINISHED, PRUNE_SLACK
 from zfutures.errors import ConnectionError
+from zfutures.messages import Submit, WhoHas
 
 
 @pytest.fixture
@@ -36,8 +37,8 @@ def test_a_burst_of_submits_goes_in_one_message(client):
     for i in range(5):
         client.submit(f"k{i}")
     client.core.flush_all()
-    ((op, fields, _),) = client.core.to_center
-    assert op == "submit" and [t["key"] for t in fields["tasks"]] == [f"k{i}" for i in range(5)]
+    ((msg, _),) = client.core.to_center
+    assert type(msg) is Submit and [t.key for t in msg.tasks] == [f"k{i}" for i in range(5)]
 
 
 def test_two_futures_of_one_key_cancelling_one_leaves_the_other_waiting(client):
@@ -183,7 +184,7 @@ def test_after_close_every_call_ends_at_once(client):
     late = client.submit("late")
     assert late.cancelled()
     for call in (lambda r: client.core.fetch(["x"], r, 0.0),
-                 lambda r: client.core.rpc("who-has", {"keys": []}, r),
+                 lambda r: client.core.rpc(WhoHas, {"keys": []}, r),
                  lambda r: client.core.run([A1], [b""], r, 0.0),
                  lambda r: client.core.scatter({A1: []}, [], r, 0.0)):
         result: concurrent.futures.Future = concurrent.futures.Future()

@@ -20,6 +20,7 @@ from conftest import wait_for, zfutures_children
 
 import zfutures
 from zfutures import PoolExecutor
+from zfutures.messages import TaskItem
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -418,7 +419,7 @@ class RecordingIO:
 
     def call(self, op, tasks, eager, own_key):
         assert (op, eager, own_key) == ("submit", True, True)
-        self.sent += [item["key"] for item, _, _ in tasks]
+        self.sent += [item.key for item, _, _ in tasks]
 
 
 class FakeExecutor:
@@ -433,7 +434,7 @@ def feeder_with_tasks(n: int, threads: int = 2, cap: bool = False):
     feeder = _Feeder(FakeExecutor(), threads, cap)
     _feeders.discard(feeder)  # (nothing to close at exit: no wait for its tasks then)
     futures = [zfutures.Future(f"task-{i}", None) for i in range(n)]
-    feeder.put([({"key": f.key}, [], f) for f in futures])
+    feeder.put([(TaskItem(f.key, [], 0), [], f) for f in futures])
     return feeder, futures
 
 

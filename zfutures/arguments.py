@@ -1,8 +1,8 @@
 """What an Executor's calls accept: their arguments checked at the call, and a
-task's placement (workers, resources) put in its message item."""
+task's placement (workers, resources) as its message item carries it."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from . import serialize
 from .addressing import normalize_address
@@ -47,15 +47,25 @@ def check_task_options(retries: Any, priority: Any, workers: Any, resources: Any
             raise TypeError('resources must map names to amounts, like {"GPU": 1}')
 
 
-def add_placement(item: dict[str, Any], workers: Any, allow_other_workers: bool,
-                  resources: dict[str, float] | None) -> None:
-    """Put a task's worker restrictions and resource needs in its message item."""
-    if workers is not None:
-        names = [workers] if isinstance(workers, str) else list(workers)
-        item["workers"] = [normal_worker(w) for w in names]
-        item["allow_other_workers"] = bool(allow_other_workers)
-    if resources:
-        item["resources"] = {k: float(v) for k, v in resources.items()}
+#: A task's worker restrictions and resource needs: the fields ``workers``,
+#: ``allow_other_workers`` and ``resources`` of its TaskItem, in that order.
+Placement = tuple[Optional[list[str]], bool, Optional[dict[str, float]]]
+#: The placement of a task that may run anywhere.
+ANYWHERE: Placement = (None, False, None)
+
+
+def placement(workers: Any, allow_other_workers: bool,
+              resources: dict[str, float] | None) -> Placement:
+    """A task's worker restrictions and resource needs, as its message item
+    carries them (made once for all the tasks of a map)."""
+    if workers is None and not resources:
+        return ANYWHERE
+    if workers is None:
+        names, loose = None, False
+    else:
+        names = [normal_worker(w) for w in ([workers] if isinstance(workers, str) else workers)]
+        loose = bool(allow_other_workers)
+    return names, loose, {k: float(v) for k, v in resources.items()} if resources else None
 
 
 def normal_worker(name: str) -> str:

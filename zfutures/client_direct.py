@@ -21,7 +21,8 @@ from collections.abc import Sequence
 
 from . import serialize
 from .client_outbox import RELEASE_DELAY, Outbox
-from .client_records import PENDING, DirectRun, Item, KeyRecord
+from .client_records import PENDING, DirectRun, KeyRecord, Message
+from .messages import DirectResult, RunTask, TaskItem
 from .protocol import Frames
 
 #: A lone task's arguments up to this size (bytes) may go straight to a worker;
@@ -33,22 +34,22 @@ DIRECT_PAYLOAD_LIMIT = 1 << 20
 #: results across the workers, where the worker last used would gather them all.
 DIRECT_AFTER_NBYTES = 16 * 1024
 #: The fields of a submit item that tell the center its task went straight
-#: to a worker (see protocol._TASK_ITEM).
+#: to a worker (see messages.TaskItem).
 DIRECT_FIELDS = ("direct_worker", "direct_run", "direct_ack")
 
 
-def may_go_direct(item: Item) -> bool:
+def may_go_direct(item: TaskItem) -> bool:
     """Whether a task may go straight to a worker, as far as it alone goes: no
     inputs, no placement of its own, no retries."""
-    return not item["deps"] and "workers" not in item and "resources" not in item and \
-        not item.get("retries")
+    return not item.deps and item.workers is None and item.resources is None and \
+        not item.retries
 
 
 class DirectRuns:
     """The lone task sent straight to a worker, and where the next may go."""
 
     def __init__(self, keys: dict[str, KeyRecord], outbox: Outbox,
-                 to_workers: list[tuple[str, str, Item, Frames]]):
+                 to_workers: list[tuple[str, Message, Frames]]):
         self._keys = keys
         self._outbox = outbox
         self._to_workers = to_workers
@@ -69,8 +70,8 @@ class DirectRuns:
         pending = self.pending
         return pending is not None and pending.direct is not None and pending.status == PENDING
 
-    def send(self, info: KeyRecord, item: Item, frames: Frames, own_key: bool, now: float,
-             reregistering: bool) -> Item:
+    def send(self, info: KeyRecord, item: TaskItem, frames: Frames, own_key: bool, now: float,
+             reregistering: bool) -> TaskItem:
         """Send ``info``'s lone task straight to a worker, if it may go, and
         return the submit item that tells the center so; or return ``item``
         unchanged. Not while the center is being told again what we hold.
@@ -83,15 +84,15 @@ class DirectRuns:
                 reregistering or serialize.frames_nbytes(frames) > DIRECT_PAYLOAD_LIMIT:
             return item
         run = next(self._runs)
-        self._to_workers.append((address, "run-task", {"key": info.key, "run": run}, frames))
+        self._to_workers.append((address, RunTask(info.key, run), frames))
         self.due = now + RELEASE_DELAY
         info.direct = DirectRun(address, run, own_key)
         self.pending = info
-        item = dict(item, direct_worker=address, direct_run=run)
+        # (_replace: a microsecond, once per lone task, whose round trip takes hundreds)
+        item = item._replace(direct_worker=address, direct_run=run, direct_ack=not own_key)
         if own_key:
             self._outbox.defer(item, now)  # it may wait to go with others
-        else:
-            item["direct_ack"] = True  # (and it goes to the center at once)
+        # (else it goes to the center at once, and waits for its word: direct_ack)
         return item
 
     def unsent(self, key: str) -> None:
@@ -105,19 +106,17 @@ class DirectRuns:
             self.pending = None
         self._outbox.undefer(key, DIRECT_FIELDS)
 
-    def answered(self, address: str, header: Item, frames: Frames) -> KeyRecord | None:
+    def answered(self, address: str, msg: DirectResult, frames: Frames) -> KeyRecord | None:
         """A worker sent back the small result of a task we sent it straight:
         the record to finish with it, or None if it does not count (yet)."""
-        info = self._keys.get(header["key"])
+        info = self._keys.get(msg.key)
         direct = info.direct if info is not None and info.status == PENDING else None
         if info is None or direct is None or direct.address != address or \
-                direct.run != header["run"]:
+                direct.run != msg.run:
             return None  # (cancelled, released, or the worker left meanwhile)
-        deferred = self._outbox.deferred.get(info.key)
-        if deferred is not None:
-            deferred["direct_answered"] = True  # (see protocol._TASK_ITEM)
+        self._outbox.answered(info.key)
         if not direct.trusted:
-            direct.early = (header["nbytes"], frames)
+            direct.early = (msg.nbytes, frames)
             return None
         info.direct = None
         self.answers += 1

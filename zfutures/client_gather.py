@@ -19,10 +19,11 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from . import peer_memory, protocol
-from .client_records import ERRED, FINISHED, Item, KeyRecord
+from . import peer_memory
+from .client_records import ERRED, FINISHED, KeyRecord, Message, unpack_items
 from .client_requests import Requests
 from .errors import FutureLostError
+from .messages import Data, DataRead, GetData, OfferedItem, WhoHas
 from .protocol import Frames
 from .remote_errors import remote_exception
 
@@ -75,8 +76,8 @@ class Gathers:
     for a key to be in memory again."""
 
     def __init__(self, keys: dict[str, KeyRecord], requests: Requests,
-                 to_workers: list[tuple[str, str, Item, Frames]],
-                 to_read: list[tuple[str, Item, Frames, float]], ids: Any,
+                 to_workers: list[tuple[str, Message, Frames]],
+                 to_read: list[tuple[str, Data, Frames, float]], ids: Any,
                  fetch_timeout: float):
         self._keys = keys
         self._requests = requests
@@ -136,9 +137,8 @@ class Gathers:
         for address, worker_keys in plan.items():
             request_id = next(self._ids)
             self.fetches[request_id] = Fetch(gather, address, worker_keys, now, deadline)
-            self._to_workers.append((address, "get-data",
-                                     dict(id=request_id, keys=worker_keys,
-                                          **peer_memory.reader_fields()), []))
+            self._to_workers.append((address, GetData(request_id, worker_keys,
+                                                      **peer_memory.reader_fields()), []))
         if not gather.remaining and not gather.result.done():
             self._finish(gather)
 
@@ -183,23 +183,23 @@ class Gathers:
                 held.append(key)
             self._fetch(gather, held, now)
 
-        self._requests.rpc("who-has", {"keys": keys}, answered)
+        self._requests.rpc(WhoHas, {"keys": keys}, answered)
 
     # ------------------------------------------------------------------ answers
 
-    def data(self, address: str, header: Item, frames: Frames, now: float) -> None:
+    def data(self, address: str, msg: Data, frames: Frames, now: float) -> None:
         """A worker's answer to a fetch: the values, or buffers to read from its memory."""
-        if "lease" in header:
-            fetch = self._extend(header["id"], peer_memory.read_time(header["items"]), now)
+        if msg.lease is not None:
+            fetch = self._extend(msg.id, peer_memory.read_time(peer_items(msg.items)), now)
             if fetch is None:  # (timed out earlier: the lease must end)
-                self._to_workers.append((address, "data-read", {"lease": header["lease"]}, []))
+                self._to_workers.append((address, DataRead(msg.lease), []))
             else:
-                self._to_read.append((address, header, frames, fetch.sent))
+                self._to_read.append((address, msg, frames, fetch.sent))
             return
-        fetch = self.fetches.pop(header["id"], None)
+        fetch = self.fetches.pop(msg.id, None)
         if fetch is not None:  # (else timed out earlier and asked elsewhere)
-            self._take_data(fetch.gather, header, protocol.unpack_items(
-                header["items"] + header.get("errors", []), frames), now)
+            items = msg.items + msg.errors if msg.errors else msg.items
+            self._take_data(fetch.gather, msg, unpack_items(items, frames), now)
 
     def _extend(self, request_id: int, seconds: float, now: float) -> Fetch | None:
         """A worker offered buffers to read from its memory: the request stays
@@ -210,39 +210,39 @@ class Gathers:
             fetch.deadline = max(fetch.deadline, now + self.fetch_timeout + seconds)
         return fetch
 
-    def offered_read(self, address: str, header: Item, outcome: Any, now: float) -> None:
+    def offered_read(self, address: str, msg: Data, outcome: Any, now: float) -> None:
         """The shell read what a worker on this machine offered (see
         peer_memory.Reader); the lease ends."""
-        self._to_workers.append((address, "data-read", {"lease": header["lease"]}, []))
+        assert msg.lease is not None, "only a reply that offers reads is read"
+        self._to_workers.append((address, DataRead(msg.lease), []))
         then = peer_memory.after_read(outcome)
         if then == "take":
-            fetch = self.fetches.pop(header["id"], None)
+            fetch = self.fetches.pop(msg.id, None)
             if fetch is not None:
-                self._take_data(fetch.gather, header, outcome, now)
+                self._take_data(fetch.gather, msg, offered_items(outcome), now)
             return
-        fetch = self.fetches.get(header["id"])
+        fetch = self.fetches.get(msg.id)
         if then == "again" and fetch is not None:  # at once, as frames this time
-            self._to_workers.append((address, "get-data", {"id": header["id"],
-                                                           "keys": fetch.keys}, []))
+            self._to_workers.append((address, GetData(msg.id, fetch.keys), []))
 
-    def _take_data(self, gather: Gather, header: Item,
-                   unpacked: Iterable[tuple[Item, Frames]], now: float) -> None:
+    def _take_data(self, gather: Gather, msg: Data,
+                   unpacked: Iterable[tuple[OfferedItem, Frames]], now: float) -> None:
         """The values a worker sent, each item with its frames. Items past
-        ``header["items"]`` are values that could not be pickled to leave the
-        worker: their frames are the pickled error."""
-        items = header["items"]
+        ``msg.items`` are values that could not be pickled to leave the
+        worker (``msg.errors``): their frames are the pickled error."""
+        count = len(msg.items)
         for i, (item, value_frames) in enumerate(unpacked):
-            key = item["key"]
+            key = item.key
             if key not in gather.remaining:
                 continue
-            if i >= len(items):
+            if i >= count:
                 if self._fail_key(gather, key, remote_exception(value_frames)):
                     return
                 continue
             gather.remaining.discard(key)
             gather.values[key] = value_frames
-        if header["missing"]:
-            self._fetch(gather, header["missing"], now)
+        if msg.missing:
+            self._fetch(gather, msg.missing, now)
         elif not gather.remaining:
             self._finish(gather)
 
@@ -330,3 +330,31 @@ class Gathers:
         for waiting in list(self.awaiting.values()):
             for gather in list(waiting):
                 self._finish(gather, error)
+
+
+# ---------------------------------------------------------------- peer_memory's view
+# peer_memory reads a data reply as a dict header, as the messages were
+# before they had classes (the worker's reads go through it too): these
+# turn a Data into that view, and the items it gives back into their class.
+
+def peer_header(msg: Data) -> dict[str, Any]:
+    """``msg`` as peer_memory.Reader and read_time take it: a dict, without nil fields."""
+    header = _fields(msg)
+    header["items"] = peer_items(msg.items)
+    if msg.errors:
+        header["errors"] = peer_items(msg.errors)
+    return header
+
+
+def peer_items(items: list[OfferedItem]) -> list[dict[str, Any]]:
+    return [_fields(item) for item in items]
+
+
+def _fields(msg: Any) -> dict[str, Any]:
+    return {name: value for name, value in zip(msg._fields, msg) if value is not None}
+
+
+def offered_items(outcome: list[tuple[dict[str, Any], Frames]]
+                  ) -> list[tuple[OfferedItem, Frames]]:
+    """A read's items (see peer_memory.unpack_data), each in its class."""
+    return [(OfferedItem(**item), frames) for item, frames in outcome]

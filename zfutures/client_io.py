@@ -37,10 +37,11 @@ from typing import Any
 from .client_direct import may_go_direct
 from .client_loop import ALIVE_CHECK, ClientLoop, Socket
 from .client_outbox import RELEASE_DELAY, SUBMIT_BATCH
-from .client_records import PENDING, Item, KeyRecord
+from .client_records import PENDING, KeyRecord
 from .client_state import ClientCore
 from .errors import ConnectionError
 from .future import Future
+from .messages import TaskItem
 from .protocol import Frames
 
 #: How long (seconds) a caller's submit waits for the I/O thread to end its
@@ -150,7 +151,7 @@ class ClientIO:
         if self.loop.asleep_until > time.monotonic() + RELEASE_DELAY:
             self.waker.wake()
 
-    def submit(self, item: Item, frames: Frames, future: Future, own_key: bool) -> None:
+    def submit(self, item: TaskItem, frames: Frames, future: Future, own_key: bool) -> None:
         """Submit one task (Executor.submit; ``own_key``: see ClientCore.submit).
 
         One that may go straight to a worker (see client_direct) is sent by
@@ -259,10 +260,11 @@ class ClientIO:
         if pending is not None and pending.key == future.key:
             self.waker.wake()  # (a turn makes it wait on every socket no one else does)
 
-    def request(self, op: str, timeout: float | None = None, **fields: Any) -> Any:
-        """Ask the center something and wait for the answer."""
+    def request(self, cls: type, timeout: float | None = None, **fields: Any) -> Any:
+        """Ask the center something (a message of class ``cls``, with ``fields``:
+        the core adds its id) and wait for the answer."""
         result: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self.call("rpc", op, fields, result)
+        self.call("rpc", cls, fields, result)
         return self.wait(result, timeout)
 
     def wait(self, result: concurrent.futures.Future[Any], timeout: float | None = None) -> Any:

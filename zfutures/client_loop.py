@@ -24,14 +24,17 @@ from typing import Any, Callable
 
 import zmq
 
-from . import peer_memory, protocol
+from . import peer_memory
 from .addressing import configure, peer_endpoint
+from .client_gather import peer_header
 from .client_outbox import RELEASE_DELAY
 from .client_records import PENDING, KeyRecord
 from .client_state import ClientCore
 from .errors import ConnectionError
 from .logs import RateLimitedLog
 from .loop import EVENTS, POLLIN, SLICE, Waker, drain, send
+from .messages import Data, DataRead, GetData, RunTask, WorkersLeft, op_of
+from .protocol import decode_message, encode_message
 
 logger = logging.getLogger(__name__)
 dropped = RateLimitedLog(logger)
@@ -101,8 +104,8 @@ class ClientLoop:
             "rpc": core.rpc,
             "sync": lambda done: done.set_result(None),
             "pending": lambda done: done.set_result(core.pending_futures()),
-            "offered_read": lambda address, header, outcome: core.offered_read(
-                address, header, outcome, time.monotonic()),
+            "offered_read": lambda address, msg, outcome: core.offered_read(
+                address, msg, outcome, time.monotonic()),
             "close": self.close,
         }
 
@@ -252,33 +255,32 @@ class ClientLoop:
         reads of what workers on this machine offered."""
         core = self.core
         if core.to_workers:
-            for address, op, fields, frames in _take(core.to_workers):
-                if op == "get-data" or op == "data-read":
-                    sock = self.workers.get(address) if op == "data-read" else \
+            for address, msg, frames in _take(core.to_workers):
+                kind = type(msg)
+                if kind is GetData or kind is DataRead:
+                    sock = self.workers.get(address) if kind is DataRead else \
                         self.worker(address)
                     if sock is None:  # (the worker left: its leases went with it)
                         continue
-                    self.to_worker(sock, [protocol.encode_header(op, **fields)],
-                                   f"{op} to {address}")
+                    self.to_worker(sock, encode_message(msg), f"{op_of(msg)} to {address}")
                     continue
-                sent = self.to_worker(self.worker(address),
-                                      protocol.encode(op, frames, **fields),
-                                      f"{op} to {address}")
-                if not sent and op == "run-task":
-                    core.direct.unsent(fields["key"])
+                sent = self.to_worker(self.worker(address), encode_message(msg, frames),
+                                      f"{op_of(msg)} to {address}")
+                if not sent and kind is RunTask:
+                    core.direct.unsent(msg.key)
         core.flush(now)
         if core.to_center:
-            for op, fields, frames in _take(core.to_center):
-                send(self.center, protocol.encode(op, frames, **fields), dropped,
-                     f"{op!r} to the center")
+            for msg, frames in _take(core.to_center):
+                send(self.center, encode_message(msg, frames), dropped,
+                     f"{op_of(msg)!r} to the center")
             core.sent(now)
         if core.to_read:
-            for address, header, frames, sent_at in _take(core.to_read):
-                self.reader.read(header, frames, sent_at, self._read_by(address, header))
+            for address, msg, frames, sent_at in _take(core.to_read):
+                self.reader.read(peer_header(msg), frames, sent_at, self._read_by(address, msg))
 
-    def _read_by(self, address: str, header: dict[str, Any]) -> Callable[[Any], None]:
+    def _read_by(self, address: str, msg: Data) -> Callable[[Any], None]:
         """What the reader thread does with the outcome of a read: a command."""
-        return lambda outcome: self.hand_over(("offered_read", address, header, outcome))
+        return lambda outcome: self.hand_over(("offered_read", address, msg, outcome))
 
     def to_worker(self, sock: Socket, frames: list[Any], what: str) -> bool:
         """Send ``frames`` to a worker (see loop.send)."""
@@ -306,15 +308,15 @@ class ClientLoop:
               until=until)
 
     def on_worker_message(self, address: str, frames: list[Any]) -> None:
-        header, frames = protocol.decode(frames)
-        self.core.worker_message(address, header, frames, time.monotonic())
+        msg, payload = decode_message(frames)
+        self.core.worker_message(address, msg, payload, time.monotonic())
 
     def on_center_message(self, frames: list[Any]) -> None:
-        header, frames = protocol.decode(frames)
-        if header["op"] == "workers-left":
-            for address in header["addresses"]:
+        msg, payload = decode_message(frames)
+        if type(msg) is WorkersLeft:
+            for address in msg.addresses:
                 self.forget_worker(address)
-        self.core.center_message(header, frames, time.monotonic())
+        self.core.center_message(msg, payload, time.monotonic())
         if self.core.welcomed and not self.welcomed.is_set():  # (set takes a lock)
             self.welcomed.set()
 

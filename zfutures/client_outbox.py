@@ -17,7 +17,8 @@ import itertools
 from typing import Any
 
 from . import protocol, serialize
-from .client_records import Item, KeyRecord
+from .client_records import KeyRecord, Message
+from .messages import Heartbeat, Release, Submit, TaskItem
 from .protocol import Frames
 
 #: Tasks per submit message: big maps go in several messages, so the center
@@ -27,67 +28,89 @@ SUBMIT_BATCH = 1000
 #: seconds later: a loop of submit().result() would otherwise cost the center
 #: and the worker one more message per task.
 RELEASE_DELAY = 0.01
-#: What may overtake keys waiting to be released: nothing in these names a
+#: What may overtake keys waiting to be released: no message of these classes names a
 #: key let go of (a submit that does is sent after the release).
-_UNORDERED = frozenset({"heartbeat", "submit", "release"})
+_UNORDERED = frozenset({Heartbeat, Submit, Release})
 
 
 class Outbox:
-    """Messages for the center: :attr:`to_center` (op, fields, frames), which
+    """Messages for the center: :attr:`to_center` (message, frames), which
     the shell sends and clears."""
 
     def __init__(self, keys: dict[str, KeyRecord], now: float):
-        self.to_center: list[tuple[str, dict[str, Any], Frames]] = []
+        self.to_center: list[tuple[Message, Frames]] = []
         self._keys = keys
         # The center's limit (learned from its welcome): larger messages would
         # cost us our connection, so submits are split below it.
         self.max_message_size = protocol.MAX_MESSAGE_SIZE
-        # Messages being filled: [op ("submit" or "release"), items, frames,
-        # bytes of frames].
+        # Messages being filled: [class (Submit or Release), items (TaskItems,
+        # or keys), frames, bytes of frames].
         self._queued: list[list[Any]] = []
         self._releasing: dict[str, None] = {}  # keys to release at release_due
         self.release_due: float | None = None
         # Submits of direct tasks while queued (key -> item), and until when
         # they may wait there for the workers' answers (see defers).
-        self.deferred: dict[str, Item] = {}
+        self.deferred: dict[str, TaskItem] = {}
         self.deferred_due = 0.0
         self._seqs = itertools.count(1)
         self.last_sent = now
 
     # ------------------------------------------------------------------ queueing
 
-    def queue(self, op: str, item: Any, frames: Frames | tuple[()] = ()) -> None:
-        """Queue an item for the center, merged with the last message if it is alike
-        (up to SUBMIT_BATCH items, and half the center's message size limit)."""
-        if op == "submit" and item["key"] in self._releasing:
+    def queue(self, cls: type, item: Any, frames: Frames | tuple[()] = ()) -> None:
+        """Queue an item of a ``Submit`` (a TaskItem) or a ``Release`` (a key)
+        for the center, merged with the last message if it is alike (up to
+        SUBMIT_BATCH items, and half the center's message size limit)."""
+        if cls is Submit and item.key in self._releasing:
             self.release_now()  # submitted again: the center must see the release first
         size = serialize.frames_nbytes(frames) if frames else 0
         queued = self._queued
-        if queued and queued[-1][0] == op:
+        if queued and queued[-1][0] is cls:
             last = queued[-1]
             if len(last[1]) < SUBMIT_BATCH and last[3] + size < self.max_message_size // 2:
                 last[1].append(item)
                 last[2].extend(frames)
                 last[3] += size
                 return
-        queued.append([op, [item], list(frames), size])
+        queued.append([cls, [item], list(frames), size])
 
-    def defer(self, item: Item, now: float) -> None:
+    def defer(self, item: TaskItem, now: float) -> None:
         """``item``, a queued submit of a direct task, may wait (see defers)."""
         if not self.deferred:
             self.deferred_due = now + RELEASE_DELAY
-        self.deferred[item["key"]] = item
+        self.deferred[item.key] = item
+
+    def answered(self, key: str) -> None:
+        """The worker answered ``key``'s direct task while its submit waits
+        here: the submit says so (direct_answered), and the center need not
+        send that result again."""
+        item = self.deferred.get(key)
+        if item is None:
+            return
+        # (Items are immutable: the queue holds the new one in its place. Found
+        # by identity, at the front of a short queue: this is on the way of
+        # every lone task's answer.)
+        new = self.deferred[key] = item._replace(direct_answered=True)
+        for entry in self._queued:
+            if entry[0] is Submit:
+                items = entry[1]
+                for i, queued in enumerate(items):
+                    if queued is item:
+                        items[i] = new
+                        return
 
     def undefer(self, key: str, drop: tuple[str, ...]) -> None:
-        """``key``'s submit, queued or about to be sent, goes without the
-        fields ``drop``, and no longer waits."""
+        """``key``'s submit, queued or about to be sent, goes with the fields
+        ``drop`` at their defaults, and no longer waits."""
         self.deferred.pop(key, None)
-        submits = [entry[1] for entry in self._queued if entry[0] == "submit"] + \
-            [fields["tasks"] for op, fields, _ in self.to_center if op == "submit"]
-        for items in submits:
+        defaults = TaskItem._field_defaults
+        changed = {name: defaults[name] for name in drop}
+        submits = [entry[1] for entry in self._queued if entry[0] is Submit] + \
+            [msg.tasks for msg, _ in self.to_center if type(msg) is Submit]
+        for items in submits:  # (items are immutable: the lists that hold them change)
             for i, item in enumerate(items):
-                if item["key"] == key:
-                    items[i] = {k: v for k, v in item.items() if k not in drop}
+                if item.key == key:
+                    items[i] = item._replace(**changed)
 
     def release_later(self, key: str, now: float | None) -> None:
         """Release ``key`` with others, within RELEASE_DELAY."""
@@ -103,7 +126,7 @@ class Outbox:
 
     def release_now(self) -> None:
         for key in self._releasing:
-            self.queue("release", key)
+            self.queue(Release, key)
         self._releasing.clear()
         self.release_due = None
 
@@ -116,8 +139,8 @@ class Outbox:
         self._queued.clear()
         self.deferred.clear()
 
-    def queued(self) -> list[tuple[str, list[Any]]]:
-        """What is queued, message by message: (op, items)."""
+    def queued(self) -> list[tuple[type, list[Any]]]:
+        """What is queued, message by message: (class, items)."""
         return [(entry[0], entry[1]) for entry in self._queued]
 
     # ------------------------------------------------------------------ sending
@@ -143,16 +166,16 @@ class Outbox:
         the submit's sequence number (see KeyRecord.since)."""
         self.deferred.clear()
         keys = self._keys
-        for op, items, frames, _ in self._queued:
-            if op == "submit":
+        for cls, items, frames, _ in self._queued:
+            if cls is Submit:
                 seq = next(self._seqs)
-                self.send("submit", frames, tasks=items, seq=seq)
+                self.send(Submit(items, seq), frames)
                 for item in items:
-                    info = keys.get(item["key"])
+                    info = keys.get(item.key)
                     if info is not None:
                         info.since = seq
-            else:  # release
-                self.send(op, keys=items)
+            else:
+                self.send(Release(items))
         self._queued.clear()
 
     def seq_after_queued(self) -> int:
@@ -163,13 +186,13 @@ class Outbox:
         self.flush_all()
         return next(self._seqs)
 
-    def send(self, op: str, frames: Frames | None = None, **fields: Any) -> None:
+    def send(self, msg: Message, frames: Frames | None = None) -> None:
         """Send a message after everything queued that it must not overtake."""
-        if self._releasing and op not in _UNORDERED:
+        if self._releasing and type(msg) not in _UNORDERED:
             # Scattered data, requests and closing see our releases done first.
             self.release_now()
             self.flush_all()
-        self.to_center.append((op, fields, frames or []))
+        self.to_center.append((msg, frames or []))
 
     def sent(self, now: float) -> None:
         """The shell sent :attr:`to_center` (for the heartbeat's timing)."""

@@ -18,14 +18,25 @@ and it is forgotten (released at the center) when its last future goes.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import serialize
 from .errors import FutureLostError
 from .future import Future
+from .messages import TaskItem
 from .protocol import Frames
 from .remote_errors import remote_exception
+
+if TYPE_CHECKING:
+    _Item = TypeVar("_Item")
+
+    def unpack_items(items: list[_Item], frames: Sequence[Any]
+                     ) -> Iterator[tuple[_Item, Frames]]:
+        """protocol.unpack_items, as it works on the items' classes (its
+        signature still reads dict items, which it is ceasing to take)."""
+else:
+    from .protocol import unpack_items as unpack_items  # (re-exported for the core)
 
 PENDING, FINISHED, ERRED = "pending", "finished", "erred"
 
@@ -35,8 +46,9 @@ PENDING, FINISHED, ERRED = "pending", "finished", "erred"
 #: same key, would otherwise grow it by one reference per call.
 PRUNE_SLACK = 16
 
-#: A message item (a field of a header: a dict the protocol checks).
-Item = dict[str, Any]
+#: A message for a peer or from one: an instance of a class of
+#: :mod:`zfutures.messages` (they share no base class but ``tuple``).
+Message = Any
 
 
 class DirectRun:
@@ -72,7 +84,7 @@ class KeyRecord:
         # frames (None for keys this client did not submit), the inputs' records
         # while it is pending (their own submissions may be needed again), and
         # whether it is data this client scattered.
-        self.submitted: tuple[Item, Frames] | None = None
+        self.submitted: tuple[TaskItem, Frames] | None = None
         self.deps: list[KeyRecord] | None = None
         self.scattered = False
         self.refs = 0

@@ -13,6 +13,7 @@ import logging
 from .client_outbox import Outbox
 from .client_records import ERRED, FINISHED, KeyRecord
 from .client_requests import Requests
+from .messages import Release, ScatteredItem, Submit, UpdateData
 
 logger = logging.getLogger(__name__)
 
@@ -28,20 +29,20 @@ def bring_back(keys: dict[str, KeyRecord], outbox: Outbox, requests: Requests) -
         if info.status == ERRED:
             continue
         if info.scattered:
-            scattered.append({"key": key, "nbytes": info.nbytes, "workers": info.who_has})
+            scattered.append(ScatteredItem(key, info.nbytes, list(info.who_has)))
         elif info.submitted is not None:
             item, frames = info.submitted
             if info.status == FINISHED:
-                item = dict(item, who_has=info.who_has)
-            outbox.queue("submit", item, frames)
+                item = item._replace(who_has=list(info.who_has))
+            outbox.queue(Submit, item, frames)
         else:
             continue
         if key not in keys:  # wanted only as an input of a pending task
             inputs_only.append(key)
     if scattered:
-        outbox.send("update-data", items=scattered)
+        outbox.send(UpdateData(scattered))
     for key in inputs_only:
-        outbox.queue("release", key)
+        outbox.queue(Release, key)
     outbox.flush_all()
     requests.ask_again()
     logger.warning("registered again with the center; brought back %d keys", len(order))

@@ -12,8 +12,9 @@ import concurrent.futures
 from typing import Any, Callable, Union
 
 from .client_outbox import Outbox
-from .client_records import FINISHED, Item, KeyRecord
+from .client_records import FINISHED, KeyRecord, Message
 from .errors import ConnectionError
+from .messages import HasWhat, Run, RunResult, SchedulerInfo, WhoHas
 from .protocol import Frames
 
 #: A request to a worker the center said left this many seconds ago or less
@@ -26,8 +27,8 @@ DEPARTED_COUNT = 1000
 OnReply = Callable[[Any, Union[BaseException, None], float], None]
 #: Who gets a reply: a caller's future, or the core's own callable.
 ReplyTo = Union["concurrent.futures.Future[Any]", OnReply]
-#: What a worker's answer is handed to (header, frames, now), and its failure (error, now).
-OnAnswer = Callable[[Item, Frames, float], None]
+#: What a worker's answer is handed to (message, frames, now), and its failure (error, now).
+OnAnswer = Callable[[Any, Frames, float], None]
 OnFailure = Callable[[BaseException, float], None]
 
 
@@ -41,15 +42,15 @@ class Requests:
     """Requests to the center and to workers awaiting answers."""
 
     def __init__(self, keys: dict[str, KeyRecord], outbox: Outbox,
-                 to_workers: list[tuple[str, str, Item, Frames]], ids: Any):
+                 to_workers: list[tuple[str, Message, Frames]], ids: Any):
         self._keys = keys
         self._outbox = outbox
         self._to_workers = to_workers
         self._ids = ids  # (request ids, shared with fetches)
-        # Requests to the center: id -> (who gets the reply, op, fields).
-        self.rpcs: dict[int, tuple[ReplyTo, str, Item]] = {}
+        # Requests to the center: id -> (who gets the reply, the request).
+        self.rpcs: dict[int, tuple[ReplyTo, Message]] = {}
         # Requests to workers other than get-data: id -> (worker address,
-        # on_answer(header, frames, now), on_failure(error, now)).
+        # on_answer(message, frames, now), on_failure(error, now)).
         self.worker_requests: dict[int, tuple[str, OnAnswer, OnFailure]] = {}
         # Workers the center said left, and when (see ask_worker).
         self._departed: dict[str, float] = {}
@@ -59,27 +60,30 @@ class Requests:
 
     # ------------------------------------------------------------------ the center
 
-    def rpc(self, op: str, fields: Item, result: ReplyTo) -> None:
-        """Ask the center; ``result`` (a Future, or a callable of the reply) gets the answer."""
+    def rpc(self, cls: type, fields: dict[str, Any], result: ReplyTo) -> None:
+        """Ask the center (a message of class ``cls``, with ``fields`` and its
+        id); ``result`` (a Future, or a callable of the reply) gets the answer."""
         if self.stopped is not None:
             _end(result, self.stopped, 0.0)
             return
         self._outbox.flush_all()  # answers then reflect everything asked for before
         request_id = next(self._ids)
-        self.rpcs[request_id] = (result, op, fields)
-        self._outbox.send(op, id=request_id, **fields)
+        msg = cls(id=request_id, **fields)
+        self.rpcs[request_id] = (result, msg)
+        self._outbox.send(msg)
 
     def reply(self, request_id: int, reply: Any, now: float) -> None:
         """The center answered request ``request_id``."""
         entry = self.rpcs.pop(request_id, None)
         if entry is None:
             return
-        result, op, _ = entry
-        if op == "who-has":
+        result, asked = entry
+        kind = type(asked)
+        if kind is WhoHas:
             reply = self._fold_holders(reply)
-        elif op == "has-what":
+        elif kind is HasWhat:
             reply = self._fold_keys(reply)
-        elif op == "scheduler-info" and self._departed:
+        elif kind is SchedulerInfo and self._departed:
             # A worker the center lists came back (at the same address) after
             # it left: the center's messages come in order. Ask it again.
             for address in reply.get("workers", ()):
@@ -91,8 +95,8 @@ class Requests:
 
     def ask_again(self) -> None:
         """Send the requests not answered yet again (to a center that restarted)."""
-        for request_id, (_, op, fields) in self.rpcs.items():
-            self._outbox.send(op, id=request_id, **fields)
+        for _, msg in self.rpcs.values():
+            self._outbox.send(msg)
 
     def _fold_holders(self, who_has: dict[str, list[str]]) -> dict[str, list[str]]:
         """The center's who-has, with the holders of keys whose values we had
@@ -117,9 +121,10 @@ class Requests:
 
     # ------------------------------------------------------------------ workers
 
-    def ask_worker(self, address: str, op: str, fields: Item, frames: Frames,
+    def ask_worker(self, address: str, cls: type, fields: dict[str, Any], frames: Frames,
                    answered: OnAnswer, failed: OnFailure, now: float) -> None:
-        """Send a request to a worker; ``answered(header, frames, now)`` or
+        """Send a request to a worker (a message of class ``cls``, with
+        ``fields`` and its id); ``answered(message, frames, now)`` or
         ``failed(error, now)`` is called once."""
         left = self._departed.get(address)
         if left is not None and now - left < DEPARTED_KEPT:
@@ -127,13 +132,14 @@ class Requests:
             return
         request_id = next(self._ids)
         self.worker_requests[request_id] = (address, answered, failed)
-        self._to_workers.append((address, op, dict(fields, id=request_id), frames))
+        self._to_workers.append((address, cls(id=request_id, **fields), frames))
 
-    def worker_answered(self, address: str, header: Item, frames: Frames, now: float) -> None:
-        request = self.worker_requests.get(header["id"])
+    def worker_answered(self, address: str, msg: Any, frames: Frames, now: float) -> None:
+        """A worker answered a request (``msg`` has its ``id``: data-stored, run-result)."""
+        request = self.worker_requests.get(msg.id)
         if request is not None and request[0] == address:  # (only its worker answers it)
-            del self.worker_requests[header["id"]]
-            request[1](header, frames, now)
+            del self.worker_requests[msg.id]
+            request[1](msg, frames, now)
 
     def run(self, addresses: list[str], frames: Frames,
             result: concurrent.futures.Future[dict[str, tuple[bool, Frames]]],
@@ -145,8 +151,8 @@ class Requests:
         outcomes: dict[str, tuple[bool, Frames]] = {}
 
         def answered_by(address: str) -> OnAnswer:
-            def answered(header: Item, reply_frames: Frames, now: float) -> None:
-                outcomes[address] = (header["ok"], reply_frames)
+            def answered(msg: RunResult, reply_frames: Frames, now: float) -> None:
+                outcomes[address] = (msg.ok, reply_frames)
                 if len(outcomes) == len(addresses) and not result.done():
                     result.set_result(outcomes)
             return answered
@@ -158,7 +164,7 @@ class Requests:
         if not addresses:
             result.set_result(outcomes)
         for address in addresses:
-            self.ask_worker(address, "run", {}, frames, answered_by(address), failed, now)
+            self.ask_worker(address, Run, {}, frames, answered_by(address), failed, now)
 
     def worker_left(self, address: str, now: float) -> None:
         """The center says ``address`` left: requests to it fail now, and
@@ -179,7 +185,7 @@ class Requests:
 
     def fail_rpcs(self, error: BaseException, now: float) -> None:
         rpcs, self.rpcs = self.rpcs, {}
-        for result, _, _ in rpcs.values():
+        for result, _ in rpcs.values():
             _end(result, error, now)
 
     def fail_worker_requests(self, error: BaseException, now: float) -> None:

@@ -15,12 +15,13 @@ from __future__ import annotations
 import concurrent.futures
 from typing import Any, Callable
 
-from . import protocol, serialize
+from . import serialize
 from .client_outbox import Outbox
-from .client_records import ERRED, FINISHED, PENDING, Item, KeyRecord, record
+from .client_records import ERRED, FINISHED, PENDING, KeyRecord, record
 from .client_requests import Requests, WorkerLeftError
 from .errors import FutureLostError
 from .future import Future
+from .messages import DataItem, DataStored, PutData, ScatteredItem, UpdateData
 from .protocol import Frames
 
 #: A scattered key's ``since`` until the center hears of the copy (see above).
@@ -90,21 +91,21 @@ class Scatters:
             self._scattered(job, now)
 
     def _put_data(self, job: Scatter, address: str, entries: list[tuple[str, Frames]]) -> None:
-        items = [{"key": key} for key, _ in entries]
-        frames = protocol.pack_items(items, [f for _, f in entries])
+        items = [DataItem(key, len(value)) for key, value in entries]
+        frames = [frame for _, value in entries for frame in value]
         part = next(self._ids)  # (a part's own number, whatever its request's)
         job.out[part] = (address, entries)
         self._requests.ask_worker(
-            address, "put-data", {"items": items}, frames,
-            lambda header, _, now: self._data_stored(job, part, header, now),
+            address, PutData, {"items": items}, frames,
+            lambda msg, _, now: self._data_stored(job, part, msg, now),
             lambda error, now: self._data_not_stored(job, part, error, now), job.now)
 
-    def _data_stored(self, job: Scatter, part: int, header: Item, now: float) -> None:
+    def _data_stored(self, job: Scatter, part: int, msg: DataStored, now: float) -> None:
         address, _ = job.out.pop(part)
-        for key, size in header["nbytes"].items():
+        for key, size in msg.nbytes.items():
             job.holders.setdefault(key, []).append(address)
             job.nbytes[key] = size
-        for key, why in header.get("failed", {}).items():  # (the same bytes fail anywhere)
+        for key, why in (msg.failed or {}).items():  # (the same bytes fail anywhere)
             job.error = RuntimeError(f"the data of {key!r} could not be loaded on the worker "
                                      f"{address}: {why}")
         if not job.out:
@@ -129,13 +130,13 @@ class Scatters:
     def _scattered(self, job: Scatter, now: float) -> None:
         """Every part of a scatter was answered: tell the center where the data
         is, and end the call (with an error if some data found no worker)."""
-        items: list[Item] = [{"key": k, "nbytes": job.nbytes[k], "workers": w}
-                             for k, w in job.holders.items()]
+        items = [ScatteredItem(key, job.nbytes[key], holders)
+                 for key, holders in job.holders.items()]
         for item in items:
-            info = self._keys.get(item["key"])
+            info = self._keys.get(item.key)
             if info is not None:
-                info.scattered, info.who_has = True, item["workers"]
-                info.nbytes = item["nbytes"]
+                info.scattered, info.who_has = True, item.workers
+                info.nbytes = item.nbytes
                 if info.status == PENDING:
                     info.status = FINISHED
                     info.on_the_cluster()
@@ -148,7 +149,7 @@ class Scatters:
                 # takes news as before.
                 info.since = seq if key in job.holders else since
         if told:
-            self._outbox.send("update-data", items=items, seq=seq)
+            self._outbox.send(UpdateData(items, seq))
         if job.error is None:
             job.result.set_result(None)
             return

@@ -4,9 +4,10 @@
 or from a worker, the passing of time) with the time as an argument, and
 answers with
 
-- messages for the center (:attr:`ClientCore.to_center`: op, fields, frames)
-  and for workers (:attr:`ClientCore.to_workers`: address, op, fields,
-  frames), which the shell (:mod:`zfutures.client_io`) sends and clears;
+- messages for the center (:attr:`ClientCore.to_center`: message, frames)
+  and for workers (:attr:`ClientCore.to_workers`: address, message, frames),
+  each message a class of :mod:`zfutures.messages`, which the shell
+  (:mod:`zfutures.client_io`) sends and clears;
 - buffers to read from the memory of a worker on this machine
   (:attr:`ClientCore.to_read`);
 - futures finished: the core completes them itself, a thread-safe call that
@@ -43,13 +44,41 @@ from .client_direct import DirectRuns
 from .client_eager import EagerKeys
 from .client_gather import Fetch, Gather, Gathers, Values
 from .client_outbox import Outbox
-from .client_records import FINISHED, PENDING, Item, KeyRecord, end_unsent, record
+from .client_records import (
+    FINISHED,
+    PENDING,
+    KeyRecord,
+    Message,
+    end_unsent,
+    record,
+    unpack_items,
+)
 from .client_recovery import bring_back
 from .client_requests import ReplyTo, Requests
 from .client_scatter import Plan, Scatters
 from .errors import ConnectionError
 from .future import Future
-from .protocol import PROTOCOL_VERSION, Frames, unpack_items
+from .messages import (
+    CloseClient,
+    Data,
+    DataStored,
+    DirectAccepted,
+    DirectResult,
+    Heartbeat,
+    KeyErred,
+    KeyFinished,
+    Refused,
+    RegisterClient,
+    Reply,
+    Reregister,
+    RunResult,
+    Submit,
+    TaskItem,
+    Welcome,
+    WorkersLeft,
+    op_of,
+)
+from .protocol import PROTOCOL_VERSION, Frames
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +100,11 @@ class ClientCore:
         self.last_heard = now
         self._next_timeout_check = 0.0
         # ------------------------------------------------------------ outputs
-        self.to_workers: list[tuple[str, str, Item, Frames]] = []
-        # Buffers a worker on this machine offered: (address, header, frames,
-        # when the request left), for the shell's reader thread (see
+        self.to_workers: list[tuple[str, Message, Frames]] = []
+        # Buffers a worker on this machine offered: (address, its data reply,
+        # frames, when the request left), for the shell's reader thread (see
         # peer_memory.Reader), which hands the outcome to offered_read.
-        self.to_read: list[tuple[str, Item, Frames, float]] = []
+        self.to_read: list[tuple[str, Data, Frames, float]] = []
         # ------------------------------------------------------------ parts
         ids = itertools.count(1)  # (ids of requests to the center and to workers)
         self.outbox = Outbox(self.keys, now)
@@ -86,17 +115,17 @@ class ClientCore:
         self.scatters = Scatters(self.keys, self.outbox, self.requests, ids, self._erred)
         self.direct = DirectRuns(self.keys, self.outbox, self.to_workers)
         self.eager = EagerKeys(self.keys, self.gathers, self.outbox, self.direct)
-        self._center_handlers: dict[str, Callable[[Item, Frames, float], None]] = {
-            "key-finished": self._key_finished,
-            "key-erred": self._key_erred,
-            "direct-accepted": self._direct_accepted,
-            "reply": lambda header, _, now: self.requests.reply(header["id"],
-                                                                header["result"], now),
-            "welcome": self._welcome,
-            "reregister": self._reregister,
-            "workers-left": self._workers_left,
-            "refused": self._refused,
-            "heartbeat": lambda header, frames, now: None,
+        # The center's messages, by class: what each is handed to.
+        self._center_handlers: dict[type, Callable[[Any, Frames, float], None]] = {
+            KeyFinished: self._key_finished,
+            KeyErred: self._key_erred,
+            DirectAccepted: self._direct_accepted,
+            Reply: lambda msg, _, now: self.requests.reply(msg.id, msg.result, now),
+            Welcome: self._welcome,
+            Reregister: self._reregister,
+            WorkersLeft: self._workers_left,
+            Refused: self._refused,
+            Heartbeat: lambda msg, frames, now: None,
         }
 
     # ------------------------------------------------------------------ views
@@ -148,11 +177,12 @@ class ClientCore:
     # ================================================================== user calls
 
     def register(self) -> None:
-        self.outbox.send("register-client", protocol=PROTOCOL_VERSION, name=self.name)
+        self.outbox.send(RegisterClient(PROTOCOL_VERSION, self.name))
 
-    def submit(self, tasks: list[tuple[Item, Frames, Future]], now: float, eager: bool = False,
-               own_key: bool = False) -> None:
-        """``tasks``: (item, payload frames, Future) for each new future.
+    def submit(self, tasks: list[tuple[TaskItem, Frames, Future]], now: float,
+               eager: bool = False, own_key: bool = False) -> None:
+        """``tasks``: (item, payload frames, Future) for each new future; each
+        item's ``nframes`` counts its frames.
 
         ``eager`` futures get their values as soon as the cluster has them,
         and are held until then even if their caller drops them.
@@ -168,17 +198,16 @@ class ClientCore:
         keys = self.keys
         queue = self.outbox.queue
         for item, frames, future in tasks:
-            key = item["key"]
+            key = item.key
             info = keys.get(key)
             if info is None:  # new: send it (else the center has it for us)
                 info = keys[key] = KeyRecord(key)
-                item["nframes"] = len(frames)
                 info.submitted = (item, frames)
-                info.deps = [keys[d] for d in item["deps"] if d in keys] or None
+                info.deps = [keys[d] for d in item.deps if d in keys] or None
                 if len(tasks) == 1:
                     item = self.direct.send(info, item, frames, own_key, now,
                                             self.reregistering)
-                queue("submit", item, frames)
+                queue(Submit, item, frames)
             if eager:
                 info.eager = True
                 info.hold(future)
@@ -241,13 +270,14 @@ class ClientCore:
         """Run a pickled call on each worker in ``addresses``; gather the outcomes."""
         self.requests.run(addresses, frames, result, now)
 
-    def rpc(self, op: str, fields: Item, result: ReplyTo) -> None:
-        """Ask the center; ``result`` (a Future, or a callable of the reply) gets the answer."""
-        self.requests.rpc(op, fields, result)
+    def rpc(self, cls: type, fields: dict[str, Any], result: ReplyTo) -> None:
+        """Ask the center (a message of class ``cls``, with ``fields``: its id is
+        added); ``result`` (a Future, or a callable of the reply) gets the answer."""
+        self.requests.rpc(cls, fields, result)
 
-    def offered_read(self, address: str, header: Item, outcome: Any, now: float) -> None:
-        """The shell read what a worker on this machine offered."""
-        self.gathers.offered_read(address, header, outcome, now)
+    def offered_read(self, address: str, msg: Data, outcome: Any, now: float) -> None:
+        """The shell read what a worker on this machine offered in ``msg``."""
+        self.gathers.offered_read(address, msg, outcome, now)
 
     def pending_futures(self) -> list[Future]:
         """The futures not done yet (for a shutdown that waits for them)."""
@@ -258,7 +288,7 @@ class ClientCore:
         if self.requests.stopped is not None:
             return
         self.outbox.flush_all()
-        self.outbox.send("close-client")
+        self.outbox.send(CloseClient())
         self.stop(ConnectionError("the executor was shut down"), now, cancel=True)
 
     def stop(self, error: BaseException, now: float, cancel: bool = False) -> None:
@@ -270,86 +300,89 @@ class ClientCore:
 
     # ================================================================== messages
 
-    def worker_message(self, address: str, header: Item, frames: Frames, now: float) -> None:
-        op = header["op"]
-        if op == "data":
-            self.gathers.data(address, header, frames, now)
-        elif op == "direct-result":
-            self._direct_result(address, header, frames, now)
+    def worker_message(self, address: str, msg: Message, frames: Frames, now: float) -> None:
+        kind = type(msg)
+        if kind is Data:
+            self.gathers.data(address, msg, frames, now)
+        elif kind is DirectResult:
+            self._direct_result(address, msg, frames, now)
+        elif kind is DataStored or kind is RunResult:
+            self.requests.worker_answered(address, msg, frames, now)
         else:
-            self.requests.worker_answered(address, header, frames, now)
+            logger.warning("dropped an unexpected %r from the worker %s", op_of(msg),
+                           address)
 
-    def center_message(self, header: Item, frames: Frames, now: float) -> None:
+    def center_message(self, msg: Message, frames: Frames, now: float) -> None:
         self.last_heard = now
-        handler = self._center_handlers.get(header["op"])
+        handler = self._center_handlers.get(type(msg))
         if handler is None:
-            logger.warning("dropped an unexpected %r from the center", header["op"])
+            logger.warning("dropped an unexpected %r from the center", op_of(msg))
         else:
-            handler(header, frames, now)
+            handler(msg, frames, now)
 
-    def _key_finished(self, header: Item, frames: Frames, now: float) -> None:
-        seen = header.get("seen", 0)
+    def _key_finished(self, msg: KeyFinished, frames: Frames, now: float) -> None:
+        seen = msg.seen or 0
         keys = self.keys
-        for item, value in unpack_items(header["tasks"], frames):
-            info = keys.get(item["key"])
+        for item, value in unpack_items(msg.tasks, frames):
+            info = keys.get(item.key)
             if info is None or seen < info.since:  # (stale: see KeyRecord.since)
                 continue
             if info.status == FINISHED:  # news of where it is now
-                info.who_has = item["who_has"]
-                info.nbytes = item["nbytes"]
+                info.who_has = item.who_has
+                info.nbytes = item.nbytes
                 self.gathers.key_back(info, now)
                 continue
             info.direct = None
-            self._finished(info, item["who_has"], item["nbytes"], value)
+            self._finished(info, item.who_has, item.nbytes, value)
         self.eager.deliver(now)
 
-    def _key_erred(self, header: Item, frames: Frames, now: float) -> None:
-        seen = header.get("seen", 0)
-        for item, exception_frames in unpack_items(header["tasks"], frames):
-            info = self.keys.get(item["key"])
+    def _key_erred(self, msg: KeyErred, frames: Frames, now: float) -> None:
+        seen = msg.seen or 0
+        for item, exception_frames in unpack_items(msg.tasks, frames):
+            info = self.keys.get(item.key)
             if info is not None and seen >= info.since:
                 self._erred(info, list(exception_frames), now)
 
-    def _direct_result(self, address: str, header: Item, frames: Frames, now: float) -> None:
+    def _direct_result(self, address: str, msg: DirectResult, frames: Frames,
+                       now: float) -> None:
         """A worker sent back the small result of a task we sent it straight."""
-        info = self.direct.answered(address, header, frames)
+        info = self.direct.answered(address, msg, frames)
         if info is not None:
-            self._finished(info, [address], header["nbytes"], frames)
+            self._finished(info, [address], msg.nbytes, frames)
             self.eager.deliver(now)
 
-    def _direct_accepted(self, header: Item, frames: Frames, now: float) -> None:
+    def _direct_accepted(self, msg: DirectAccepted, frames: Frames, now: float) -> None:
         """The center counts the direct runs of some keys as the tasks' own."""
-        for info, address, nbytes, value in self.direct.accepted(header["keys"],
-                                                                 header.get("seen", 0)):
+        for info, address, nbytes, value in self.direct.accepted(msg.keys, msg.seen or 0):
             self._finished(info, [address], nbytes, value)
         self.eager.deliver(now)
 
-    def _welcome(self, header: Item, frames: Frames, now: float) -> None:
-        self.outbox.max_message_size = header.get("max_message_size",
-                                                  self.outbox.max_message_size)
+    def _welcome(self, msg: Welcome, frames: Frames, now: float) -> None:
+        if msg.max_message_size is not None:
+            self.outbox.max_message_size = msg.max_message_size
         if self.reregistering:
             self.reregistering = False
             bring_back(self.keys, self.outbox, self.requests)
         self.welcomed = True
 
-    def _reregister(self, header: Item, frames: Frames, now: float) -> None:
+    def _reregister(self, msg: Reregister, frames: Frames, now: float) -> None:
         if self.welcomed and not self.reregistering:
             logger.warning("the center does not know this client (it restarted?); "
                            "registering again")
             self.reregistering = True
             self.register()
 
-    def _refused(self, header: Item, frames: Frames, now: float) -> None:
-        self.refusal = header["reason"]
+    def _refused(self, msg: Refused, frames: Frames, now: float) -> None:
+        self.refusal = msg.reason
         self.welcomed = True
 
-    def _workers_left(self, header: Item, frames: Frames, now: float) -> None:
+    def _workers_left(self, msg: WorkersLeft, frames: Frames, now: float) -> None:
         """The center says workers left or died (the shell took what they had
         sent already): calls waiting on them (run, scatter) fail now rather
         than at the reconnect deadline; fetches from them try other holders at
         once, or wait for the keys to be in memory again, rather than for the
         fetch timeout."""
-        for address in header["addresses"]:
+        for address in msg.addresses:
             self.requests.worker_left(address, now)
             self.direct.worker_left(address)
             for info in self.keys.values():
@@ -392,7 +425,7 @@ class ClientCore:
         """Heartbeats, releases due, the center's silence, fetch timeouts."""
         self.outbox.release_if_due(now)
         if now - self.outbox.last_sent >= self.heartbeat_interval:
-            self.outbox.send("heartbeat")
+            self.outbox.send(Heartbeat())
         if now - self.last_heard > self.reconnect_deadline and self.welcomed:
             self._fail_everything(ConnectionError(
                 f"the center has been silent for {now - self.last_heard:.0f}s"), now)

@@ -16,16 +16,18 @@ from typing import Any, Callable
 from . import context, serialize
 from .addressing import normalize_address
 from .arguments import (
-    add_placement,
+    Placement,
     check_options,
     check_seconds,
     check_size,
     check_task_options,
     chosen_workers,
+    placement,
 )
 from .client_io import ClientIO
 from .client_records import load_value
 from .future import REMOTE, Future
+from .messages import HasWhat, SchedulerInfo, TaskItem, WhoHas
 from .remote_errors import remote_exception
 
 logger = logging.getLogger(__name__)
@@ -199,9 +201,9 @@ class Executor:
         if not callable(fn):
             raise TypeError(f"submit needs a callable, not {type(fn).__name__} {fn!r}")
         check_task_options(retries, priority, workers, resources)
-        item, frames = self._task(fn, args, kwargs, key, pure, retries, priority)
-        add_placement(item, workers, allow_other_workers, resources)
-        future = Future(item["key"], self)
+        item, frames = self._task(fn, args, kwargs, key, pure, retries, priority,
+                                  placement(workers, allow_other_workers, resources))
+        future = Future(item.key, self)
         self._io.submit(item, frames, future, own_key=key is None)
         return future
 
@@ -235,22 +237,21 @@ class Executor:
             raise TypeError("key must be a list of keys or a string prefix")
         tasks, futures = [], []
         function = serialize.dumps_function(fn, Future)  # once for all the tasks
+        place = placement(workers, allow_other_workers, resources)
         for args, task_key in zip(argument_lists, keys):
-            item, frames = self._task(fn, args, {}, task_key, pure, retries, priority,
+            item, frames = self._task(fn, args, {}, task_key, pure, retries, priority, place,
                                       prefix=key if isinstance(key, str) else None,
                                       function=function)
-            add_placement(item, workers, allow_other_workers, resources)
-            future = Future(item["key"], self)
+            future = Future(item.key, self)
             tasks.append((item, frames, future))
             futures.append(future)
         self._io.call("submit", tasks)
         return futures
 
     def _task(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-              key: str | None, pure: bool,
-              retries: int, priority: int, prefix: str | None = None,
-              function: serialize.PickledFunction | None = None
-              ) -> tuple[dict[str, Any], list[Any]]:
+              key: str | None, pure: bool, retries: int, priority: int, place: Placement,
+              prefix: str | None = None, function: serialize.PickledFunction | None = None
+              ) -> tuple[TaskItem, list[Any]]:
         frames, deps = serialize.dumps_task(fn, args, kwargs, Future, function)
         self._check_size(frames)
         if key is None:
@@ -258,8 +259,7 @@ class Executor:
             key = f"{prefix or _funcname(fn)}-{token}"
         elif not isinstance(key, str):
             raise TypeError(f"key must be a string, not {type(key).__name__}")
-        item = {"key": key, "deps": deps, "priority": priority, "retries": retries}
-        return item, frames
+        return TaskItem(key, deps, priority, len(frames), retries, *place), frames
 
     def _check_size(self, frames: list[Any]) -> None:
         """Refuse, here and now, a call the center would refuse to receive."""
@@ -443,19 +443,19 @@ class Executor:
             found: list[Future] = []
             _walk_futures(futures if not isinstance(futures, Future) else [futures], found)
             keys = [f.key for f in found]
-        who_has: dict[str, list[str]] = self._io.request("who-has", keys=keys)
+        who_has: dict[str, list[str]] = self._io.request(WhoHas, keys=keys)
         return who_has
 
     def scheduler_info(self) -> dict[str, Any]:
         """The center's view of the cluster: workers and task counts by state."""
         self._check_open()
-        info: dict[str, Any] = self._io.request("scheduler-info")
+        info: dict[str, Any] = self._io.request(SchedulerInfo)
         return info
 
     def has_what(self) -> dict[str, list[str]]:
         """The keys each worker holds (every worker, empty ones too)."""
         self._check_open()
-        has_what: dict[str, list[str]] = self._io.request("has-what")
+        has_what: dict[str, list[str]] = self._io.request(HasWhat)
         return has_what
 
     def nthreads(self) -> dict[str, int]:

@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from .errors import ConnectionError
+from .messages import SchedulerInfo
 from .nanny import Nanny
 from .processes import PARENT_PID_ENV, read_matching_line, stop_processes, total_memory
 
@@ -130,7 +131,7 @@ class LocalCluster:
         """Block until every worker has registered with the center."""
         deadline = time.monotonic() + timeout
         while True:
-            workers = client_io.request("scheduler-info", timeout)["workers"]
+            workers = client_io.request(SchedulerInfo, timeout)["workers"]
             if len(workers) >= self.n_workers:
                 return
             dead: list[subprocess.Popen[str] | None] = [

@@ -35,6 +35,7 @@ from . import serialize
 from .errors import ConnectionError
 from .executor import Executor, _funcname
 from .future import Future
+from .messages import TaskItem
 
 #: Tasks out on the cluster beyond its task threads: what a thread takes up
 #: next without waiting for a round trip through this client, like the call
@@ -139,8 +140,7 @@ class PoolExecutor(concurrent.futures.Executor):
                 self._executor._check_size(frames)
                 key = f"{name}-{serialize.unique_token()}"
                 future = Future(key, self._executor)
-                item = {"key": key, "deps": deps, "priority": 0, "retries": 0}
-                tasks.append((item, frames, future))
+                tasks.append((TaskItem(key, deps, 0, len(frames)), frames, future))
                 futures.append(future)
             self._feeder.put(tasks)
             return futures
@@ -209,7 +209,7 @@ class _Feeder:
         self.on_done = self.done  # (one bound method for all the futures)
         _feeders.add(self)
 
-    def put(self, tasks: list[tuple[dict, list, Future]]) -> None:
+    def put(self, tasks: list[tuple[TaskItem, list, Future]]) -> None:
         with self.lock:
             self.unsent.extend(tasks)
         self.send()

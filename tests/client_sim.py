@@ -13,6 +13,7 @@ import concurrent.futures
 from zfutures import Future, protocol, serialize
 from zfutures.client_records import FINISHED, KeyRecord
 from zfutures.client_state import ClientCore
+from zfutures.messages import DoneItem, TaskItem
 from zfutures.scheduler import Scheduler
 
 A1, A2 = "tcp://127.0.0.1:1", "tcp://127.0.0.1:2"
@@ -32,6 +33,11 @@ def cluster() -> Scheduler:
 def wire(op: str, fields: dict, frames: list) -> tuple[dict, list]:
     """A message as the other end decodes it (checked against the protocol)."""
     return protocol.decode(protocol.encode(op, frames, **fields))
+
+
+def from_center(msg: object, frames: list) -> tuple[dict, list]:
+    """A message the center's scheduler sends, as the client decodes it."""
+    return protocol.decode(protocol.encode_message(msg, frames))
 
 
 class Client:
@@ -70,15 +76,16 @@ class Client:
         sent = self.core.to_center[:]
         self.core.to_center.clear()
         for op, fields, frames in sent:
-            header, frames = wire(op, fields, frames)
+            # (the center takes the message as its class: see Center._handle)
+            msg, frames = protocol.decode_message(protocol.encode(op, frames, **fields))
             if op == "submit":
-                self.s.submit(self.ident, header["tasks"], frames, header.get("seq"))
+                self.s.submit(self.ident, msg.tasks, frames, msg.seq)
             elif op == "release":
-                self.s.release(self.ident, header["keys"])
+                self.s.release(self.ident, msg.keys)
             elif op == "update-data":
-                self.s.update_data(self.ident, header["items"], header.get("seq"))
+                self.s.update_data(self.ident, msg.items, msg.seq)
             elif op == "who-has":
-                self.asked.append((header["id"], header["keys"]))
+                self.asked.append((msg.id, msg.keys))
             elif op in ("heartbeat", "register-client", "close-client"):
                 pass
             else:
@@ -95,9 +102,9 @@ class Client:
 
     def center_speaks(self) -> None:
         """Deliver what the center sent this client, in order."""
-        for ident, op, fields, frames in self.s.outbox.take():
+        for ident, msg, frames in self.s.outbox.take():
             if ident == self.ident:
-                self.core.center_message(*wire(op, fields, frames), self.now)
+                self.core.center_message(*from_center(msg, frames), self.now)
 
     def requests_to(self, address: str) -> list[list[str]]:
         return [f.keys for f in self.core.fetches.values() if f.address == address]
@@ -121,13 +128,14 @@ def finish(s: Scheduler, key: str, value: object = None, nbytes: int = 8) -> Non
     """The worker running ``key`` finished it (its small value rides along if given)."""
     ts = s.tasks[key]
     frames = serialize.dumps(value) if value is not None else None
-    s.task_finished(ts.processing_on.ident, key, nbytes, value=frames, run=ts.run)
+    s.task_finished(ts.processing_on.ident,
+                    DoneItem(key, nbytes, ts.run, nframes=len(frames) if frames else 0), frames)
 
 
 def finished_on(s: Scheduler, key: str, address: str) -> None:
     """``key`` was computed on the worker at ``address`` (any other may run it again)."""
-    s.submit(C, [{"key": key, "deps": [], "priority": 0, "nframes": 1, "workers": [address],
-                  "allow_other_workers": True}], [b"payload"])
+    s.submit(C, [TaskItem(key, [], 0, nframes=1, workers=[address], allow_other_workers=True)],
+             [b"payload"])
     finish(s, key)
     assert s.who_has([key]) == {key: [address]}
     s.outbox.take()

@@ -6,7 +6,19 @@ from __future__ import annotations
 import concurrent.futures
 
 import pytest
-from client_sim import A1, A2, W1, W2, C, Client, cluster, scattered_to_a1, stored, wire
+from client_sim import (
+    A1,
+    A2,
+    W1,
+    W2,
+    C,
+    Client,
+    cluster,
+    from_center,
+    scattered_to_a1,
+    stored,
+    wire,
+)
 
 from zfutures import Future, protocol, serialize
 from zfutures.errors import ConnectionError
@@ -148,8 +160,8 @@ class HandWorker:
 
     def center_speaks(self) -> None:
         """The center's messages: the client's delivered, the worker's queued."""
-        for ident, op, fields, frames in self.client.s.outbox.take():
-            header, frames = wire(op, fields, frames)
+        for ident, msg, frames in self.client.s.outbox.take():
+            header, frames = from_center(msg, frames)
             if ident == self.client.ident:
                 self.client.core.center_message(header, frames, self.client.now)
             else:

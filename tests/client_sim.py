@@ -11,8 +11,6 @@ from __future__ import annotations
 import concurrent.futures
 from typing import Any
 
-import raw_wire
-
 from zfutures import Future, serialize
 from zfutures.client_records import FINISHED, KeyRecord
 from zfutures.client_state import ClientCore
@@ -20,6 +18,7 @@ from zfutures.messages import (
     Data,
     DataStored,
     DirectResult,
+    DoneItem,
     OfferedItem,
     Release,
     Reply,
@@ -51,25 +50,8 @@ def wire(msg: Any, frames: list | tuple = ()) -> tuple[Any, list]:
     return decode_message(encode_message(msg, frames))
 
 
-# The center's core still takes and gives messages as dict headers, nil
-# fields left out (as the center's shell decodes them): these two carry
-# them across.
-
-def as_fields(msg: Any) -> dict[str, Any]:
-    """A message or item as the center's core reads it."""
-    fields = {}
-    for name, value in zip(msg._fields, msg):
-        if value is None:
-            continue
-        if type(value) is list and value and hasattr(value[0], "_fields"):
-            value = [as_fields(item) for item in value]
-        fields[name] = value
-    return fields
-
-
-def from_center(op: str, fields: dict, frames: list) -> tuple[Any, list]:
-    """A message of the center's outbox (op, fields, frames) as its peer decodes it."""
-    msg, _ = decode_message([raw_wire.header(op, **fields)])
+def from_center(msg: Any, frames: list) -> tuple[Any, list]:
+    """A message the center's scheduler sends, as the client decodes it."""
     return wire(msg, frames)
 
 
@@ -112,11 +94,11 @@ class Client:
             msg, frames = wire(msg, frames)
             kind = type(msg)
             if kind is Submit:
-                self.s.submit(self.ident, as_fields(msg)["tasks"], frames, msg.seq)
+                self.s.submit(self.ident, msg.tasks, frames, msg.seq)
             elif kind is Release:
                 self.s.release(self.ident, msg.keys)
             elif kind is UpdateData:
-                self.s.update_data(self.ident, as_fields(msg)["items"], msg.seq)
+                self.s.update_data(self.ident, msg.items, msg.seq)
             elif kind is WhoHas:
                 self.asked.append((msg.id, msg.keys))
             elif op_of(msg) not in ("heartbeat", "register-client", "close-client"):
@@ -131,9 +113,9 @@ class Client:
 
     def center_speaks(self) -> None:
         """Deliver what the center sent this client, in order."""
-        for ident, op, fields, frames in self.s.outbox.take():
+        for ident, msg, frames in self.s.outbox.take():
             if ident == self.ident:
-                self.core.center_message(*from_center(op, fields, frames), self.now)
+                self.core.center_message(*from_center(msg, frames), self.now)
 
     def requests_to(self, address: str) -> list[list[str]]:
         return [f.keys for f in self.core.fetches.values() if f.address == address]
@@ -155,13 +137,14 @@ def finish(s: Scheduler, key: str, value: object = None, nbytes: int = 8) -> Non
     """The worker running ``key`` finished it (its small value rides along if given)."""
     ts = s.tasks[key]
     frames = serialize.dumps(value) if value is not None else None
-    s.task_finished(ts.processing_on.ident, key, nbytes, value=frames, run=ts.run)
+    s.task_finished(ts.processing_on.ident,
+                    DoneItem(key, nbytes, ts.run, nframes=len(frames) if frames else 0), frames)
 
 
 def finished_on(s: Scheduler, key: str, address: str) -> None:
     """``key`` was computed on the worker at ``address`` (any other may run it again)."""
-    s.submit(C, [as_fields(TaskItem(key, [], 0, 1, workers=[address],
-                                    allow_other_workers=True))], [b"payload"])
+    s.submit(C, [TaskItem(key, [], 0, nframes=1, workers=[address], allow_other_workers=True)],
+             [b"payload"])
     finish(s, key)
     assert s.who_has([key]) == {key: [address]}
     s.outbox.take()

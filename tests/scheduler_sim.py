@@ -4,13 +4,15 @@ The helpers every scheduler test shares (tests/test_scheduler*.py, and
 others that drive a Scheduler). Every message the scheduler queues is checked
 against the wire protocol on the way out (see :meth:`Sim.take`), so a test
 that reads the outbox also checks that the center would send well-formed
-messages.
+messages. Events go in, and messages come out, as the classes of
+zfutures.messages; a test reads their fields as attributes.
 """
 from __future__ import annotations
 
 import pickle
 
 from zfutures import protocol
+from zfutures.messages import DoneItem, FailedItem, TaskItem, op_of
 from zfutures.scheduler import MAX_ITEMS_PER_MESSAGE, Scheduler
 
 C1, C2 = b"client-1", b"client-2"
@@ -23,12 +25,11 @@ def addr(ident: bytes) -> str:
     return f"tcp://{ident.decode()}:9000"
 
 
-def task(key: str, *deps: str, priority: int = 0, retries: int = 0) -> tuple[dict, list]:
-    """A submit item and its payload, as a client would send them."""
-    item = {"key": key, "deps": list(deps), "priority": priority}
-    if retries:
-        item["retries"] = retries
-    return item, [f"payload of {key}".encode()]
+def task(key: str, *deps: str, priority: int = 0, **options) -> tuple[TaskItem, list]:
+    """A submit item and its payload, as a client would send them; ``options``
+    are more fields of the item (retries, workers, direct_run, ...)."""
+    return TaskItem(key, list(deps), priority, nframes=1, **options), \
+        [f"payload of {key}".encode()]
 
 
 def error_frames(exc: BaseException) -> list:
@@ -46,43 +47,47 @@ class Sent:
 
     def __init__(self, messages: list):
         self.messages = messages
-        self._by = {}
+        self._by = {}  # (ident, op) -> (message, frames)
         last_size = {}  # items in the last message of each (ident, op)
-        for ident, op, fields, frames in messages:
-            lists = [name for name, value in fields.items() if isinstance(value, list)]
-            size = len(fields[lists[0]]) if lists else 0
+        for ident, msg, frames in messages:
+            op = op_of(msg)
+            listed = bool(msg) and isinstance(msg[0], list)  # (its items come first)
+            size = len(msg[0]) if listed else 0
             if (ident, op) in self._by:  # only past a full one: seen as one
                 assert last_size[(ident, op)] == MAX_ITEMS_PER_MESSAGE, \
                     f"two {op!r} messages to {ident!r}: not batched"
                 before, before_frames = self._by[(ident, op)]
-                fields = dict(fields, **{lists[0]: before[lists[0]] + fields[lists[0]]})
+                msg = type(msg)(before[0] + msg[0], *msg[1:])
                 frames = before_frames + frames
             last_size[(ident, op)] = size
-            self._by[(ident, op)] = (fields, frames)
+            self._by[(ident, op)] = (msg, frames)
 
     def ops(self, ident: bytes) -> set[str]:
         return {op for i, op in self._by if i == ident}
 
-    def items(self, op: str, ident: bytes) -> list[dict]:
-        fields, _ = self._by.get((ident, op), ({}, []))
-        return fields.get("tasks", [])
+    def message(self, op: str, ident: bytes):
+        """The ``op`` message to ``ident`` (those past a full one joined), or None."""
+        return self._by.get((ident, op), (None, []))[0]
+
+    def items(self, op: str, ident: bytes) -> list:
+        return getattr(self.message(op, ident), "tasks", [])
 
     def keys(self, op: str, ident: bytes) -> list[str]:
         """Keys of a ``release-keys`` message, or of the items of a batched one."""
-        fields, _ = self._by.get((ident, op), ({}, []))
-        if "keys" in fields:
-            return list(fields["keys"])
-        return [item["key"] for item in fields.get("tasks", [])]
+        msg = self.message(op, ident)
+        if hasattr(msg, "keys"):
+            return list(msg.keys)
+        return [item.key for item in getattr(msg, "tasks", [])]
 
     def frames(self, op: str, ident: bytes) -> dict[str, list]:
         """key -> its frames, for ops whose items own frames."""
-        fields, frames = self._by.get((ident, op), ({}, []))
-        return {item["key"]: f for item, f in protocol.unpack_items(
-            fields.get("tasks", []), frames)}
+        msg, frames = self._by.get((ident, op), (None, []))
+        return {item.key: f for item, f in protocol.unpack_items(
+            getattr(msg, "tasks", []), frames)}
 
     def computes(self) -> dict[bytes, list[str]]:
-        return {ident: [item["key"] for item in fields["tasks"]]
-                for (ident, op), (fields, _) in self._by.items() if op == "compute"}
+        return {ident: [item.key for item in msg.tasks]
+                for (ident, op), (msg, _) in self._by.items() if op == "compute"}
 
     def computed_keys(self) -> list[str]:
         return [key for keys in self.computes().values() for key in keys]
@@ -99,21 +104,25 @@ class Sim:
     def worker(self, ident: bytes, nthreads: int = 1, keys=()) -> None:
         self.s.add_worker(ident, addr(ident), ident.decode(), nthreads, keys=list(keys))
 
-    def submit(self, *tasks: tuple[dict, list], client: bytes = C1) -> None:
+    def submit(self, *tasks: tuple[TaskItem, list], client: bytes = C1) -> None:
         items, frames = [], []
         for item, payload in tasks:
-            items.append(dict(item, nframes=len(payload)))
+            items.append(item if item.nframes == len(payload)
+                         else item._replace(nframes=len(payload)))
             frames.extend(payload)
         self.s.submit(client, items, frames)
 
     def finish(self, key: str, worker: bytes | None = None, nbytes: int = 8) -> None:
+        """The worker running ``key`` (or ``worker``) finished its current run."""
         if worker is None:
             worker = self.s.tasks[key].processing_on.ident
-        self.s.task_finished(worker, key, nbytes, run=self.s.tasks[key].run)
+        self.s.task_finished(worker, DoneItem(key, nbytes, self.s.tasks[key].run))
 
     def err(self, key: str, exc: BaseException) -> list:
+        """The worker running ``key`` reports that its current run raised ``exc``."""
         frames = error_frames(exc)
-        self.s.task_erred(self.s.tasks[key].processing_on.ident, key, frames)
+        ts = self.s.tasks[key]
+        self.s.task_erred(ts.processing_on.ident, FailedItem(key, ts.run, len(frames)), frames)
         return frames
 
     def state(self, key: str) -> str:
@@ -131,22 +140,25 @@ class Sim:
     def take(self) -> Sent:
         """Take the outbox, checking every message against the wire protocol."""
         messages = self.s.outbox.take()
-        for _ident, op, fields, frames in messages:
-            msg, payload = protocol.decode_message(protocol.encode(op, frames, **fields))
+        for _ident, msg, frames in messages:
+            decoded, payload = protocol.decode_message(protocol.encode_message(msg, frames))
+            assert type(decoded) is type(msg) and decoded == msg, (decoded, msg)
             items = getattr(msg, "tasks", None)
+            if items:
+                assert [type(item) for item in decoded.tasks] == [type(item) for item in items]
             if items and "nframes" in items[0]._fields:
                 protocol.unpack_items(items, payload)  # checks the counts
             else:
-                assert not frames, f"{op!r} carries frames no item accounts for"
+                assert not frames, f"{op_of(msg)!r} carries frames no item accounts for"
         return Sent(messages)
 
 
-def chain(n: int) -> list[tuple[dict, list]]:
+def chain(n: int) -> list[tuple[TaskItem, list]]:
     """t0 <- t1 <- ... <- t(n-1), each task depending on the one before."""
     return [task(f"t{i}", *([f"t{i - 1}"] if i else [])) for i in range(n)]
 
 
 def run_sent(sent: Sent, worker: bytes, key: str) -> int:
     """The run id of ``key``'s compute message to ``worker``."""
-    (run,) = [item["run"] for item in sent.items("compute", worker) if item["key"] == key]
+    (run,) = [item.run for item in sent.items("compute", worker) if item.key == key]
     return run

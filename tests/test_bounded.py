@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from scheduler_sim import C1, W1, W2, Sim, addr, task
 
+from zfutures.messages import DoneItem
 from zfutures.scheduler import MAX_GROUPS, ClientRecord, WorkerRecord
 
 ROUND = 500  # keys per round
@@ -46,28 +47,27 @@ def run_round(sim: Sim, first: int) -> None:
         keys[460:470], keys[470:480], keys[480:490], keys[490:]
     runs = {key: 10**9 + first + i for i, key in enumerate(keys)}
     for key in reported_early:  # the worker's report comes before the client's submit
-        s.task_finished(W1, key, 8, 1e-5, None, runs[key], True)
+        s.task_finished(W1, DoneItem(key, 8, runs[key], direct=True, duration=1e-5))
     for i in range(5):  # a submit that never comes: the sweeps release these
-        s.task_finished(W2, f"orphan{first + i}", 8, 1e-5, None, 1, True)
+        s.task_finished(W2, DoneItem(f"orphan{first + i}", 8, 1, direct=True, duration=1e-5))
     items = [task(k) for k in plain]
     items += [task(k, plain[2 * i], plain[2 * i + 1]) for i, k in enumerate(with_inputs)]
     for i, key in enumerate(direct + released_early + reported_early):
-        item, payload = task(key)
         worker = W1 if i % 2 or key in reported_early else W2
-        item.update(direct_worker=addr(worker), direct_run=runs[key])
-        items.append((item, payload))
+        items.append(task(key, direct_worker=addr(worker), direct_run=runs[key]))
     sim.submit(*items)
     early_runs = {key: s.tasks[key].run for key in released_early}
     s.release(C1, released_early)
     for key in direct:
         ts = s.tasks[key]
-        s.task_finished(ts.processing_on.ident, key, 8, 1e-5, None, ts.run, True)
+        s.task_finished(ts.processing_on.ident, DoneItem(key, 8, ts.run, direct=True,
+                                                         duration=1e-5))
     while computes := sim.take().computes():
         for worker, computed in computes.items():
             for key in computed:
-                s.task_finished(worker, key, 8, 1e-5, None, s.tasks[key].run)
+                s.task_finished(worker, DoneItem(key, 8, s.tasks[key].run, duration=1e-5))
     for key, run in early_runs.items():  # late reports of runs released meanwhile
-        s.task_finished(W1, key, 8, 1e-5, None, run, True)
+        s.task_finished(W1, DoneItem(key, 8, run, direct=True, duration=1e-5))
     s.release(C1, keys)
     sim.take()
 

@@ -19,6 +19,7 @@ from scheduler_sim import C1, W1, W2, Sim, task
 from zfutures import Executor
 from zfutures.center import WORKER, Center
 from zfutures.loop import ListeningClock
+from zfutures.messages import Acquire, AcquireItem, ReleaseKeys
 from zfutures.scheduler import MAX_ITEMS_PER_MESSAGE, Outbox
 
 TIMEOUT = "1"
@@ -132,14 +133,13 @@ def test_a_message_from_the_center_holds_a_bounded_number_of_items():
     outbox = Outbox()
     n = 2 * MAX_ITEMS_PER_MESSAGE + 10
     for i in range(n):
-        outbox.add(W1, "acquire", "tasks", {"key": f"k{i}", "holders": ["tcp://w2:9000"]})
-    outbox.add(W1, "release-keys", "keys", "other")
-    messages = outbox.take()
-    assert [(op, len(fields.get("tasks", fields.get("keys")))) for _, op, fields, _ in messages] \
-        == [("acquire", MAX_ITEMS_PER_MESSAGE), ("acquire", MAX_ITEMS_PER_MESSAGE),
-            ("acquire", 10), ("release-keys", 1)]
-    keys = [item["key"] for _, op, fields, _ in messages if op == "acquire"
-            for item in fields["tasks"]]
+        outbox.add(W1, Acquire, AcquireItem(f"k{i}", ["tcp://w2:9000"]))
+    outbox.add(W1, ReleaseKeys, "other")
+    messages = [msg for _, msg, _ in outbox.take()]
+    assert [(type(msg), len(msg[0])) for msg in messages] \
+        == [(Acquire, MAX_ITEMS_PER_MESSAGE), (Acquire, MAX_ITEMS_PER_MESSAGE),
+            (Acquire, 10), (ReleaseKeys, 1)]
+    keys = [item.key for msg in messages if isinstance(msg, Acquire) for item in msg.tasks]
     assert keys == [f"k{i}" for i in range(n)]
 
 

@@ -1,6 +1,7 @@
 """The center's shell: which peer may send which op, and what it does with the rest.
 
-The table (``center.OPS``) is read on its own first; then a Center with no run
+The table (``center.OPS``, by message class; read here by op name) is read
+on its own first; then a Center with no run
 loop, whose socket no peer connects to, takes messages through ``_handle``
 as if they came in (see test_hostile.CenterUnderTest), so each test sees
 what the center sent, logged and changed.
@@ -13,27 +14,31 @@ import pytest
 from test_hostile import REGISTER_WORKER, CenterUnderTest, h
 
 from zfutures.center import CLIENT, NANNY, OPS, UNREGISTERED, WORKER, asks_to_register
-from zfutures.messages import MESSAGES
+from zfutures.messages import MESSAGES, Synced
+from zfutures.messages import OPS as OP_NAMES
 from zfutures.protocol import PROTOCOL_VERSION
 
 C, W, N, X = b"client", b"worker", b"nanny", b"stranger"
 WORKER_ADDRESS = "tcp://127.0.0.1:9"
 
+#: The center's table, by op name.
+RULES = {OP_NAMES[cls]: rule for cls, rule in OPS.items()}
+
 # --------------------------------------------------------------------------- the table
 
 
 def test_every_op_the_center_takes_is_an_op_of_the_wire_protocol():
-    assert set(OPS) <= set(MESSAGES)
+    assert set(OPS) <= set(MESSAGES.values())
 
 
 @pytest.mark.parametrize("role", [CLIENT, WORKER, NANNY])
 def test_a_peer_registers_only_in_its_own_role_and_may_register_again(role):
-    registrations = {op for op, rule in OPS.items() if op.startswith("register-")}
-    assert {op for op in registrations if role in OPS[op].senders} == {f"register-{role}"}
+    registrations = {op for op in RULES if op.startswith("register-")}
+    assert {op for op in registrations if role in RULES[op].senders} == {f"register-{role}"}
 
 
 def test_a_peer_that_has_not_registered_may_only_register():
-    assert {op for op, rule in OPS.items() if UNREGISTERED in rule.senders} == {
+    assert {op for op, rule in RULES.items() if UNREGISTERED in rule.senders} == {
         "register-client", "register-worker", "register-nanny"}
 
 
@@ -43,14 +48,14 @@ def test_what_a_registered_peer_sends_asks_a_stranger_to_register_again():
     # once, bringing back what it holds.
     for op in ["heartbeat", "submit", "release", "task-finished", "task-erred", "retire",
                "paused", "sync", "scheduler-info"]:
-        assert asks_to_register(OPS[op], UNREGISTERED), op
+        assert asks_to_register(RULES[op], UNREGISTERED), op
     # A goodbye from a stranger has nothing left to end; only a nanny says its
     # worker died; an op the center does not take is nobody's.
     for op in ["close-client", "unregister", "worker-died"]:
-        assert not asks_to_register(OPS[op], UNREGISTERED), op
+        assert not asks_to_register(RULES[op], UNREGISTERED), op
     assert not asks_to_register(None, UNREGISTERED)
     # A registered peer is never asked: what it may not send is dropped.
-    assert not any(asks_to_register(rule, role) for rule in OPS.values()
+    assert not any(asks_to_register(rule, role) for rule in RULES.values()
                    for role in (CLIENT, WORKER, NANNY))
 
 
@@ -135,14 +140,14 @@ def test_a_handler_that_fails_drops_its_message_and_the_center_goes_on(cut, monk
     cut.send_op(C, "release", keys=["k"])
     assert len(cut.errors) == 1 and "failed to handle 'release'" in cut.errors[0]
     cut.send_op(C, "scheduler-info", id=7)
-    assert [f["id"] for to, op, f in cut.sent if op == "reply"] == [7]
+    assert [msg.id for to, op, msg in cut.sent if op == "reply"] == [7]
 
 
 def test_a_workers_sync_is_answered_and_a_clients_dropped(cut):
     register(cut)
     cut.send_op(W, "sync", keys=["k"])
     cut.send_op(C, "sync", keys=["k"])
-    assert cut.sent == [(W, "synced", {"keys": ["k"]})]
+    assert cut.sent == [(W, "synced", Synced(["k"]))]
 
 
 def test_a_goodbye_forgets_the_peer_at_once(cut):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import concurrent.futures
 
 import pytest
-from client_sim import A1, A2, W1, W2, C, Client, as_fields, cluster, finish, finished_on
+from client_sim import A1, A2, W1, W2, C, Client, cluster, finish, finished_on
 
 from zfutures import FutureLostError, serialize
-from zfutures.messages import ScatteredItem
+from zfutures.messages import KeyAdded, ScatteredItem
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def test_a_fetch_from_a_worker_that_died_waits_for_the_key_computed_again(client
 
 def test_a_fetch_fails_when_the_lost_key_errs_before_the_center_answers(client):
     s = client.s
-    s.update_data(C, [as_fields(ScatteredItem("data", 8, [A1]))])  # scattered
+    s.update_data(C, [ScatteredItem("data", 8, [A1])])  # scattered
     s.outbox.take()
     client.holds("data", A1).scattered = True
     result = client.fetch("data")
@@ -57,14 +57,14 @@ def test_a_key_handed_on_twice_is_asked_for_again(client):
     finished_on(s, "x", A1)
     client.holds("x", A1)
     result = client.fetch("x")
-    s.keys_added(W2, "x", 8)                 # W1 handed x on to W2, and left
+    s.keys_added(W2, KeyAdded("x", 8))               # W1 handed x on to W2, and left
     s.remove_worker(W1)
     client.center_speaks()
     client.center_hears()
     client.center_answers()
     assert client.requests_to(A2) == [["x"]]
     s.add_worker(b"w3", "tcp://127.0.0.1:3", "w3", 1)
-    s.keys_added(b"w3", "x", 8)              # W2 handed it on to W3, and left too
+    s.keys_added(b"w3", KeyAdded("x", 8))            # W2 handed it on to W3, and left too
     s.remove_worker(W2)
     client.center_speaks()
     client.center_hears()
@@ -112,7 +112,7 @@ def test_a_fetch_of_each_key_gives_the_error_of_one_that_cannot_be_had_in_its_pl
     s = client.s
     finished_on(s, "x", A2)
     client.holds("x", A2)
-    s.update_data(C, [as_fields(ScatteredItem("data", 8, [A1]))])  # scattered
+    s.update_data(C, [ScatteredItem("data", 8, [A1])])  # scattered
     s.outbox.take()
     client.holds("data", A1).scattered = True
     result: concurrent.futures.Future = concurrent.futures.Future()

@@ -162,8 +162,8 @@ class HandWorker:
 
     def center_speaks(self) -> None:
         """The center's messages: the client's delivered, the worker's queued."""
-        for ident, op, fields, frames in self.client.s.outbox.take():
-            msg, frames = from_center(op, fields, frames)
+        for ident, msg, frames in self.client.s.outbox.take():
+            msg, frames = from_center(msg, frames)
             if ident == self.client.ident:
                 self.client.core.center_message(msg, frames, self.client.now)
             else:

@@ -14,7 +14,7 @@ from zfutures import Future, serialize
 from zfutures.client_outbox import RELEASE_DELAY
 from zfutures.client_records import FINISHED, PRUNE_SLACK
 from zfutures.errors import ConnectionError
-from zfutures.messages import Submit, WhoHas
+from zfutures.messages import FailedItem, Submit, WhoHas
 
 
 @pytest.fixture
@@ -162,8 +162,8 @@ def test_each_future_of_an_erred_key_gets_an_exception_of_its_own(client):
     a, b = client.submit("x"), client.submit("x")
     client.center_hears()
     ts = client.s.tasks["x"]
-    client.s.task_erred(ts.processing_on.ident, "x",
-                        serialize.dumps((ValueError("bad"), "tb")), run=ts.run)
+    frames = serialize.dumps((ValueError("bad"), "tb"))
+    client.s.task_erred(ts.processing_on.ident, FailedItem("x", ts.run, len(frames)), frames)
     client.center_speaks()
     assert isinstance(a.exception(0), ValueError) and a.exception(0) is not b.exception(0)
     with pytest.raises(ValueError):

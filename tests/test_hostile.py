@@ -28,6 +28,7 @@ from raw_wire import SCHEMAS
 
 from zfutures import Executor, protocol
 from zfutures.center import Center
+from zfutures.messages import op_of
 from zfutures.protocol import PROTOCOL_VERSION
 
 pytestmark = pytest.mark.timeout(90)
@@ -690,8 +691,9 @@ OPS = sorted(SCHEMAS)
 class CenterUnderTest:
     """A Center driven by hand: no run() loop; every message goes through _handle.
 
-    Sends are recorded (and still made: to identities that are not connected,
-    they fail and are logged, as for a peer that is gone). Errors the center
+    Sends are recorded, as (ident, op, message) (and still made: to identities
+    that are not connected, they fail and are logged, as for a peer that is
+    gone). Errors the center
     logs, as when a handler raises and _handle's catch-all drops the message,
     are kept too.
     """
@@ -701,12 +703,12 @@ class CenterUnderTest:
         # Runs counted from 0, so fuzzed reports (small ints often) name real runs.
         placement = self.center.scheduler.placement
         placement.first_run = placement.next_run = 0
-        self.sent: list[tuple[bytes, str, dict]] = []
+        self.sent: list[tuple[bytes, str, Any]] = []
         send = self.center._send
 
-        def recording_send(ident, op, fields, frames=None):
-            self.sent.append((ident, op, dict(fields)))
-            send(ident, op, fields, frames)
+        def recording_send(ident, msg, frames=()):
+            self.sent.append((ident, op_of(msg), msg))
+            send(ident, msg, frames)
 
         self.center._send = recording_send
         self.errors: list[str] = []
@@ -754,8 +756,8 @@ def register_fakes(cut: CenterUnderTest) -> None:
 
 def run_of(cut: CenterUnderTest, key: str) -> int:
     """The run id of ``key``'s latest compute message."""
-    return [item["run"] for _, op, fields in cut.sent if op == "compute"
-            for item in fields["tasks"] if item["key"] == key][-1]
+    return [item.run for _, op, msg in cut.sent if op == "compute"
+            for item in msg.tasks if item.key == key][-1]
 
 
 def check_invariants(center: Center) -> None:
@@ -813,12 +815,12 @@ def check_normal_flow(cut: CenterUnderTest) -> None:
     ts = cut.center.scheduler.tasks[key]
     assert ts.state == "processing", f"a new task is {ts.state}"
     ws = ts.processing_on
-    assert any(ident == ws.ident and op == "compute" and key in [t["key"] for t in f["tasks"]]
-               for ident, op, f in cut.sent), "the task was not sent to its worker"
+    assert any(ident == ws.ident and op == "compute" and key in [t.key for t in msg.tasks]
+               for ident, op, msg in cut.sent), "the task was not sent to its worker"
     cut.send_op(ws.ident, "task-finished", tasks=[{"key": key, "nbytes": 8, "run": ts.run}])
     assert ts.state == "memory" and ts.who_has == {ws}
     assert any(ident == b"c-final" and op == "key-finished" and
-               key in [t["key"] for t in f["tasks"]] for ident, op, f in cut.sent)
+               key in [t.key for t in msg.tasks] for ident, op, msg in cut.sent)
 
 
 texts = st.sampled_from(KEYS + [WORKER_ADDRESS, OTHER_ADDRESS, ""]) | st.text(max_size=4)
@@ -1031,8 +1033,8 @@ def test_a_task_sent_ahead_is_taken_back_when_its_input_comes_from_elsewhere():
         cut.send_op(b"w-two", "register-worker", **dict(
             REGISTER_WORKER, address=OTHER_ADDRESS, keys=["a"], nbytes=[8]))
         assert not cut.errors, cut.errors[0]
-        released = {key for ident, op, f in cut.sent if ident == WORKER and op == "release-keys"
-                    for key in f["keys"]}
+        released = {key for ident, op, msg in cut.sent
+                    if ident == WORKER and op == "release-keys" for key in msg.keys}
         if "a" in released:
             assert b.processing_on is None or "b" in released, (
                 "the worker was told to drop a, but b still waits there for it")
@@ -1053,6 +1055,6 @@ def test_byte_counts_that_add_up_past_msgpack_range_do_not_stop_scheduler_info()
             {"key": "c", "nbytes": 2**64 - 1, "run": run_of(cut, "c")}])
         cut.send_op(CLIENT, "scheduler-info", id=5)
         assert not cut.errors, cut.errors[0]
-        assert [f["id"] for ident, op, f in cut.sent if op == "reply"] == [5]
+        assert [msg.id for ident, op, msg in cut.sent if op == "reply"] == [5]
     finally:
         cut.close()

@@ -19,6 +19,8 @@ from scheduler_sim import (
     task,
 )
 
+from zfutures.messages import DoneItem, FailedItem, KeyAdded, MissingData, TaskSeceded
+
 # --------------------------------------------------------------------------- stale reports
 
 
@@ -34,10 +36,10 @@ def test_a_late_report_of_a_released_run_is_not_taken_for_the_next_run_of_the_ke
     assert second != first
     # W1 reported the first run before it heard of the release: that data is
     # gone by now, so the key must not be said to be in memory there.
-    sim.s.task_finished(W1, "x", 8, run=first)
+    sim.s.task_finished(W1, DoneItem("x", 8, run=first))
     assert sim.state("x") == "processing" and sim.on("x") == W1
     assert sim.take().messages == []        # (no key-finished; no release of the new run)
-    sim.s.task_finished(W1, "x", 8, run=second)
+    sim.s.task_finished(W1, DoneItem("x", 8, run=second))
     assert sim.state("x") == "memory"
     assert sim.take().keys("key-finished", C1) == ["x"]
 
@@ -51,7 +53,7 @@ def test_a_late_report_from_a_worker_a_task_was_taken_back_from_is_dropped():
     sim.s.worker_paused(W1, True)           # queued goes back: W1 drops it
     assert "queued" in sim.take().keys("release-keys", W1)
     assert sim.state("queued") != "processing"
-    sim.s.task_finished(W1, "queued", 8, run=run)  # it had run after all, and said so
+    sim.s.task_finished(W1, DoneItem("queued", 8, run=run))  # it had run after all, and said so
     assert sim.state("queued") != "memory"
     assert sim.take().keys("release-keys", W1) == ["queued"]
     assert sim.s.who_has(["queued"]) == {"queued": []}
@@ -65,9 +67,10 @@ def test_late_errors_missing_inputs_and_secessions_of_an_earlier_run_are_ignored
     sim.s.release(C1, ["x"])
     sim.submit(task("x"))
     sim.take()
-    sim.s.task_erred(W1, "x", error_frames(ValueError("the first run")), run=first)
-    sim.s.missing_data(W1, "x", [], run=first)
-    sim.s.task_seceded(W1, "x", run=first)
+    sim.s.task_erred(W1, FailedItem("x", run=first, nframes=1),
+                     error_frames(ValueError("the first run")))
+    sim.s.missing_data(W1, MissingData("x", [], run=first))
+    sim.s.task_seceded(W1, TaskSeceded("x", run=first))
     assert sim.state("x") == "processing" and sim.on("x") == W1
     assert not sim.s.workers[W1].seceded
     assert sim.take().messages == []
@@ -78,7 +81,7 @@ def test_task_finished_from_an_unknown_worker_changes_nothing():
     sim.worker(W1)
     sim.submit(task("x"))
     sim.take()
-    sim.s.task_finished(b"ghost", "x", 8)
+    sim.s.task_finished(b"ghost", DoneItem("x", 8, sim.s.tasks["x"].run))
     assert sim.state("x") == "processing"
     assert sim.take().messages == []
 
@@ -86,7 +89,7 @@ def test_task_finished_from_an_unknown_worker_changes_nothing():
 def test_task_finished_for_a_forgotten_key_tells_the_worker_to_release_it():
     sim = Sim()
     sim.worker(W1)
-    sim.s.task_finished(W1, "nobody-asked", 1000)
+    sim.s.task_finished(W1, DoneItem("nobody-asked", 1000, run=1))
     sent = sim.take()
     assert sent.keys("release-keys", W1) == ["nobody-asked"]
     assert "nobody-asked" not in sim.s.tasks
@@ -100,7 +103,7 @@ def test_keys_added_records_a_copy_that_is_released_with_the_key():
     sim.submit(task("x"))
     holder, other = sim.on_and_other("x")
     sim.finish("x", nbytes=500)
-    sim.s.keys_added(other, "x", 500)
+    sim.s.keys_added(other, KeyAdded("x", 500))
     assert sorted(sim.s.who_has(["x"])["x"]) == sorted([addr(W1), addr(W2)])
     assert sim.s.workers[other].nbytes == 500
     sim.take()
@@ -113,7 +116,7 @@ def test_keys_added_records_a_copy_that_is_released_with_the_key():
 def test_keys_added_for_a_key_not_in_memory_is_released_on_that_worker():
     sim = Sim()
     sim.worker(W1)
-    sim.s.keys_added(W1, "unknown", 8)
+    sim.s.keys_added(W1, KeyAdded("unknown", 8))
     assert sim.take().keys("release-keys", W1) == ["unknown"]
     assert sim.s.has_what() == {addr(W1): []}
 
@@ -183,13 +186,13 @@ def test_a_late_result_of_a_task_already_done_elsewhere_is_dropped():
     sim.worker(W1)
     sim.worker(W2)
     sim.submit(task("x"))
-    first = sim.on("x")
+    first, first_run = sim.on("x"), sim.s.tasks["x"].run
     sim.s.remove_worker(first)                  # given up on while running x
     second = sim.on("x")
     sim.finish("x", second)
     sim.take()
     sim.worker(first)                           # back, and its run of x ends
-    sim.s.task_finished(first, "x", 8)
+    sim.s.task_finished(first, DoneItem("x", 8, first_run))
     assert sim.take().keys("release-keys", first) == ["x"]
     assert {ws.ident for ws in sim.s.tasks["x"].who_has} == {second}
 

@@ -12,10 +12,12 @@ from scheduler_sim import (
     addr,
     chain,
     exception_in,
+    run_sent,
     task,
 )
 
 from zfutures.errors import FutureLostError
+from zfutures.messages import DoneItem, KeyAdded, MissingData, ScatteredItem, op_of
 
 # --------------------------------------------------------------------------- life cycle
 
@@ -34,14 +36,14 @@ def test_task_goes_waiting_ready_processing_memory_released_forgotten():
     assert sent.frames("compute", W1) == {"a": [b"payload of a"], "b": [b"payload of b"]}
     assert sim.state("a") == "processing" and sim.on("a") == W1
     assert sim.state("b") == "processing" and sim.s.tasks["b"].waiting_on
-    assert sent.items("compute", W1)[1]["deps"] == {"a": []}  # not anywhere yet
+    assert sent.items("compute", W1)[1].deps == {"a": []}  # not anywhere yet
 
     sim.finish("a", nbytes=100)
     sent = sim.take()
     assert sim.state("a") == "memory"
     assert sent.keys("key-finished", C1) == ["a"]
-    assert sent.items("key-finished", C1)[0]["who_has"] == [addr(W1)]
-    assert sent.items("key-finished", C1)[0]["nbytes"] == 100
+    assert sent.items("key-finished", C1)[0].who_has == [addr(W1)]
+    assert sent.items("key-finished", C1)[0].nbytes == 100
     assert sim.state("b") == "processing" and not sim.s.tasks["b"].waiting_on
 
     sim.finish("b")
@@ -73,7 +75,7 @@ def test_task_waits_until_all_of_its_inputs_are_in_memory():
     sim.finish("b")
     sent = sim.take()
     assert sent.computes() == {W1: ["c"]}
-    assert sent.items("compute", W1)[0]["deps"] == {"a": [addr(W1)], "b": [addr(W1)]}
+    assert sent.items("compute", W1)[0].deps == {"a": [addr(W1)], "b": [addr(W1)]}
 
 
 def test_compute_message_lists_every_holder_of_each_input():
@@ -82,12 +84,12 @@ def test_compute_message_lists_every_holder_of_each_input():
     sim.submit(task("x"))
     sim.finish("x", W1)
     sim.worker(W2)
-    sim.s.keys_added(W2, "x", 8)
+    sim.s.keys_added(W2, KeyAdded("x", 8))
     sim.take()
     sim.submit(task("y", "x"))
     sent = sim.take()
     (item,) = [i for ident in (W1, W2) for i in sent.items("compute", ident)]
-    assert sorted(item["deps"]["x"]) == [addr(W1), addr(W2)]
+    assert sorted(item.deps["x"]) == [addr(W1), addr(W2)]
 
 
 def test_released_input_is_recomputed_for_a_new_dependent():
@@ -288,14 +290,16 @@ def test_releasing_a_processing_task_cancels_it_on_its_worker_and_frees_the_slot
     sim = Sim(extra_queue=0)
     sim.worker(W1)
     sim.submit(task("a"), task("b"))
-    assert sim.take().computes() == {W1: ["a"]}
+    sent = sim.take()
+    assert sent.computes() == {W1: ["a"]}
+    run = run_sent(sent, W1, "a")
     sim.s.release(C1, ["a"])
     sent = sim.take()
     assert sent.keys("release-keys", W1) == ["a"]
     assert sent.computes() == {W1: ["b"]}
     assert "a" not in sim.s.tasks
     # The cancelled task's result, arriving anyway, is dropped on the worker.
-    sim.s.task_finished(W1, "a", 8)
+    sim.s.task_finished(W1, DoneItem("a", 8, run))
     assert sim.take().keys("release-keys", W1) == ["a"]
     assert "a" not in sim.s.tasks and sim.s.workers[W1].nbytes == 0
 
@@ -348,12 +352,12 @@ def test_a_sync_is_answered_after_the_release_of_its_keys_sent_before():
     # its old copy was let go of. The answer must reach it after that word.
     sim = Sim()
     sim.worker(W1)
-    sim.s.update_data(C1, [{"key": "x", "nbytes": 8, "workers": [addr(W1)]}])  # scattered
+    sim.s.update_data(C1, [ScatteredItem("x", 8, [addr(W1)])])  # scattered
     sim.take()
     sim.s.sync(W1, ["early"])                  # (an earlier answer, not sent yet)
     sim.s.release(C1, ["x"])
     sim.s.sync(W1, ["x"])
-    messages = [(op, fields["keys"]) for ident, op, fields, _ in sim.s.outbox.take()
+    messages = [(op_of(msg), msg.keys) for ident, msg, _ in sim.s.outbox.take()
                 if ident == W1]
     assert messages == [("synced", ["early"]), ("release-keys", ["x"]), ("synced", ["x"])]
 
@@ -364,13 +368,12 @@ def test_a_sync_is_answered_after_the_release_of_its_keys_still_waiting_their_tu
     # after the answer, and drop the copy put there since.
     sim = Sim(collect_limit=1)
     sim.worker(W1)
-    sim.s.update_data(C1, [{"key": key, "nbytes": 8, "workers": [addr(W1)]}
-                           for key in ("x", "y")])
+    sim.s.update_data(C1, [ScatteredItem(key, 8, [addr(W1)]) for key in ("x", "y")])
     sim.take()
     sim.s.release(C1, ["x", "y"])              # (y is released, x waits)
     sim.s.sync(W1, ["x"])
     sim.s.collect_garbage()
-    messages = [(op, fields["keys"]) for ident, op, fields, _ in sim.s.outbox.take()
+    messages = [(op_of(msg), msg.keys) for ident, msg, _ in sim.s.outbox.take()
                 if ident == W1]
     assert messages == [("release-keys", ["y", "x"]), ("synced", ["x"])]
     assert "x" not in sim.s.tasks
@@ -384,8 +387,9 @@ def test_a_small_result_a_client_waits_for_comes_to_it_with_the_completion():
     sim.worker(W1)
     sim.submit(task("x"))
     (item,) = sim.take().items("compute", W1)
-    assert item["send_result"] is True                # a client waits for x
-    sim.s.task_finished(W1, "x", 8, 0.001, [b"pickled 2"])
+    assert item.send_result is True                   # a client waits for x
+    sim.s.task_finished(W1, DoneItem("x", 8, item.run, nframes=1, duration=0.001),
+                        [b"pickled 2"])
     sent = sim.take()
     assert sent.frames("key-finished", C1) == {"x": [b"pickled 2"]}
 
@@ -396,7 +400,7 @@ def test_a_result_no_client_waits_for_is_not_sent_along():
     sim.s.release(C1, ["x"])                     # only y wants x now
     sim.worker(W1)
     item, _ = sim.take().items("compute", W1)
-    assert item["key"] == "x" and "send_result" not in item
+    assert item.key == "x" and item.send_result is False
 
 
 # --------------------------------------------------------------------------- missing inputs
@@ -413,7 +417,7 @@ def test_missing_data_recomputes_the_input_no_holder_could_provide():
     assert sim.on("y") == W2
     sim.take()
 
-    sim.s.missing_data(W2, "y", ["x"])
+    sim.s.missing_data(W2, MissingData("y", ["x"], sim.s.tasks["y"].run))
     sent = sim.take()
     assert sent.keys("release-keys", W1) == ["x"]   # W1 is no holder after all
     assert sent.computes() == {W2: ["x"]}
@@ -421,7 +425,7 @@ def test_missing_data_recomputes_the_input_no_holder_could_provide():
     sim.finish("x", W2)
     sent = sim.take()
     assert sent.computes() == {W2: ["y"]}
-    assert sent.items("compute", W2)[0]["deps"] == {"x": [addr(W2)]}
+    assert sent.items("compute", W2)[0].deps == {"x": [addr(W2)]}
 
 
 def test_missing_data_keeps_a_copy_the_worker_never_asked_for():
@@ -429,18 +433,18 @@ def test_missing_data_keeps_a_copy_the_worker_never_asked_for():
     sim.worker(W1)
     sim.worker(W2)
     sim.worker(W3)
-    sim.s.update_data(C1, [{"key": "x", "nbytes": 8, "workers": [addr(W1)]}])  # scattered
+    sim.s.update_data(C1, [ScatteredItem("x", 8, [addr(W1)])])  # scattered
     item, payload = task("y", "x")
-    sim.submit((dict(item, workers=[addr(W3)]), payload))
-    assert sim.take().items("compute", W3)[0]["deps"] == {"x": [addr(W1)]}
-    sim.s.keys_added(W2, "x", 8)           # a copy on W2 since, which W3 does not know of
-    sim.s.missing_data(W3, "y", ["x"], run=sim.s.tasks["y"].run, tried=[addr(W1)])
+    sim.submit((item._replace(workers=[addr(W3)]), payload))
+    assert sim.take().items("compute", W3)[0].deps == {"x": [addr(W1)]}
+    sim.s.keys_added(W2, KeyAdded("x", 8))           # a copy on W2 since, which W3 does not know of
+    sim.s.missing_data(W3, MissingData("y", ["x"], sim.s.tasks["y"].run, tried=[addr(W1)]))
     sent = sim.take()
     # Only W1's copy goes: x stays in memory (scattered, it could not be made
     # again), and y is sent again, to fetch it from W2.
     assert sent.keys("release-keys", W1) == ["x"] and "release-keys" not in sent.ops(W2)
     assert sim.state("x") == "memory" and sim.s.who_has(["x"]) == {"x": [addr(W2)]}
-    assert sent.items("compute", W3)[0]["deps"] == {"x": [addr(W2)]}
+    assert sent.items("compute", W3)[0].deps == {"x": [addr(W2)]}
 
 
 def test_missing_data_from_a_worker_not_processing_the_task_is_ignored():
@@ -452,6 +456,6 @@ def test_missing_data_from_a_worker_not_processing_the_task_is_ignored():
     sim.submit(task("y", "x"))
     sim.take()
     _, stranger = sim.on_and_other("y")
-    sim.s.missing_data(stranger, "y", ["x"])
+    sim.s.missing_data(stranger, MissingData("y", ["x"], sim.s.tasks["y"].run))
     assert sim.state("x") == "memory" and sim.state("y") == "processing"
     assert sim.take().messages == []

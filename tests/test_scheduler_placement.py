@@ -18,6 +18,7 @@ from scheduler_sim import (
 )
 
 from zfutures import protocol
+from zfutures.messages import Compute, DoneItem
 
 # --------------------------------------------------------------------------- placement
 
@@ -108,9 +109,9 @@ def test_ready_tasks_are_sent_by_priority_then_submission_order():
     order = []
     for _ in priorities:
         (item,) = sim.take().items("compute", W1)
-        assert item["priority"] == priorities[item["key"]]
-        order.append(item["key"])
-        sim.finish(item["key"])
+        assert item.priority == priorities[item.key]
+        order.append(item.key)
+        sim.finish(item.key)
     assert order == ["p10", "p5-first", "p5-second", "p0-first", "p0-second", "low"]
 
 
@@ -118,12 +119,11 @@ def test_many_tasks_for_one_worker_travel_in_one_compute_message():
     sim = Sim(extra_queue=100)
     sim.worker(W1)
     sim.submit(*[task(f"t{i}") for i in range(50)])
-    messages = [m for m in sim.s.outbox.take() if m[1] == "compute"]
+    messages = [m for m in sim.s.outbox.take() if isinstance(m[1], Compute)]
     assert len(messages) == 1
-    ident, _, fields, frames = messages[0]
-    assert ident == W1 and len(fields["tasks"]) == 50
-    payloads = dict((item["key"], f) for item, f in protocol.unpack_items(fields["tasks"],
-                                                                         frames))
+    ident, msg, frames = messages[0]
+    assert ident == W1 and len(msg.tasks) == 50
+    payloads = {item.key: f for item, f in protocol.unpack_items(msg.tasks, frames)}
     assert payloads == {f"t{i}": [f"payload of t{i}".encode()] for i in range(50)}
 
 
@@ -133,7 +133,7 @@ def test_results_for_one_client_travel_in_one_message():
     sim.submit(*[task(f"t{i}") for i in range(5)])
     sim.take()
     for i in range(5):
-        sim.s.task_finished(W1, f"t{i}", 8)
+        sim.finish(f"t{i}", W1)
     sent = sim.take()
     assert sorted(sent.keys("key-finished", C1)) == [f"t{i}" for i in range(5)]
 
@@ -339,7 +339,8 @@ def test_a_task_released_while_it_waits_in_a_block_is_forgotten():
 
 
 def finish_timed(sim: Sim, key: str, seconds: float) -> None:
-    sim.s.task_finished(sim.s.tasks[key].processing_on.ident, key, 8, seconds)
+    ts = sim.s.tasks[key]
+    sim.s.task_finished(ts.processing_on.ident, DoneItem(key, 8, ts.run, duration=seconds))
 
 
 def test_short_tasks_once_timed_are_sent_ahead_by_the_dozen():

@@ -18,6 +18,7 @@ from scheduler_sim import (
     task,
 )
 
+from zfutures.messages import MissingData, ScatteredItem
 from zfutures.scheduler.graph import TaskGraph
 from zfutures.scheduler.records import TaskState
 from zfutures.scheduler.states import (
@@ -72,14 +73,12 @@ def test_the_flight_steps_follow_from_the_table():
 
 def direct_run(sim: Sim) -> None:
     sim.worker(W1)
-    item, payload = task("a")
-    item.update(direct_worker=addr(W1), direct_run=7 << 40)
-    sim.submit((item, payload))
+    sim.submit(task("a", direct_worker=addr(W1), direct_run=7 << 40))
 
 
 def scatter(sim: Sim, key: str = "a") -> None:
     sim.worker(W1)
-    sim.s.update_data(C1, [{"key": key, "nbytes": 8, "workers": [addr(W1)]}])
+    sim.s.update_data(C1, [ScatteredItem(key, 8, [addr(W1)])])
 
 
 def unknown_input(sim: Sim) -> None:
@@ -131,7 +130,7 @@ def ready_input_recomputed_errs(sim: Sim) -> None:
     sim.worker(W2)
     sim.submit(task("b", "x"), task("a", "x"))
     assert sim.on("b") == W2 and sim.state("a") == READY
-    sim.s.missing_data(W2, "b", ["x"], sim.s.tasks["b"].run, [addr(W1)])
+    sim.s.missing_data(W2, MissingData("b", ["x"], sim.s.tasks["b"].run, [addr(W1)]))
     sim.err("x", ValueError("boom"))
 
 
@@ -172,7 +171,7 @@ def memory_then_released(sim: Sim) -> None:
 
 def erred_then_scattered(sim: Sim) -> None:
     erred(sim)
-    sim.s.update_data(C1, [{"key": "a", "nbytes": 8, "workers": [addr(W1)]}])
+    sim.s.update_data(C1, [ScatteredItem("a", 8, [addr(W1)])])
 
 
 def erred_then_released(sim: Sim) -> None:

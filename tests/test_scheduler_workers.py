@@ -16,6 +16,7 @@ from scheduler_sim import (
 )
 
 from zfutures.errors import FutureLostError, KilledWorker
+from zfutures.messages import AcquireItem, KeyAdded, ScatteredItem, TaskItem, WorkersLeft, op_of
 from zfutures.scheduler import Scheduler
 
 # --------------------------------------------------------------------------- failures
@@ -46,8 +47,7 @@ def test_every_client_and_worker_hears_when_a_worker_leaves():
     sim.s.remove_worker(W1)  # (twice: said once)
     sent = sim.take()
     for peer in (C1, C2, W2, W3):
-        fields, _ = sent._by[(peer, "workers-left")]
-        assert fields["addresses"] == [addr(W1)]
+        assert sent.message("workers-left", peer) == WorkersLeft([addr(W1)])
     assert "workers-left" not in sent.ops(W1)
     # a worker that reconnects (a new identity, the same address) did not leave
     sim.s.add_worker(b"w2-again", addr(W2), "w2", 1)
@@ -123,7 +123,7 @@ def test_ready_task_whose_input_is_lost_waits_again_until_the_input_is_recompute
     sim.finish("busy")
     sent = sim.take()
     assert sent.computes() == {W2: ["y"]}
-    assert sent.items("compute", W2)[0]["deps"] == {"x": [addr(W2)]}
+    assert sent.items("compute", W2)[0].deps == {"x": [addr(W2)]}
 
 
 def test_a_task_fetching_an_input_whose_only_holder_died_goes_back_to_wait_for_it():
@@ -149,7 +149,7 @@ def test_a_task_fetching_an_input_whose_only_holder_died_goes_back_to_wait_for_i
     sim.finish("busy")
     sent = sim.take()
     assert sent.computes() == {other: ["busy", "y"]}
-    assert sent.items("compute", other)[1]["deps"] == {"x": [addr(other)]}
+    assert sent.items("compute", other)[1].deps == {"x": [addr(other)]}
 
 
 def test_lost_key_with_another_holder_is_not_recomputed():
@@ -159,7 +159,7 @@ def test_lost_key_with_another_holder_is_not_recomputed():
     sim.submit(task("x"))
     holder, other = sim.on_and_other("x")
     sim.finish("x")
-    sim.s.keys_added(other, "x", 8)
+    sim.s.keys_added(other, KeyAdded("x", 8))
     sim.take()
     sim.s.remove_worker(holder)
     assert sim.state("x") == "memory"
@@ -238,8 +238,7 @@ def test_only_the_tasks_a_dead_worker_was_running_are_suspected():
     s = Scheduler(allowed_failures=1, extra_queue=3)
     s.add_client(b"c", "c")
     s.add_worker(b"w1", "tcp://w1:1", "w1", nthreads=1)
-    s.submit(b"c", [{"key": f"t{i}", "deps": [], "priority": 0, "nframes": 1}
-                    for i in range(4)], [b"p"] * 4)
+    s.submit(b"c", [TaskItem(f"t{i}", [], 0, nframes=1) for i in range(4)], [b"p"] * 4)
     assert all(s.tasks[f"t{i}"].state == "processing" for i in range(4))
     s.add_worker(b"w2", "tcp://w2:1", "w2", nthreads=1)
     s.remove_worker(b"w1")
@@ -258,17 +257,17 @@ def test_a_retiring_worker_hands_on_the_keys_only_it_holds_then_is_told_to_go():
     s.add_client(b"c", "c")
     s.add_worker(b"w1", "tcp://w1:1", "w1", nthreads=1)
     s.add_worker(b"w2", "tcp://w2:1", "w2", nthreads=1)
-    s.update_data(b"c", [{"key": "only-w1", "nbytes": 10, "workers": ["tcp://w1:1"]},
-                         {"key": "both", "nbytes": 10, "workers": ["tcp://w1:1", "tcp://w2:1"]}])
+    s.update_data(b"c", [ScatteredItem("only-w1", 10, ["tcp://w1:1"]),
+                         ScatteredItem("both", 10, ["tcp://w1:1", "tcp://w2:1"])])
     s.outbox.take()
     s.retire_worker(b"w1")
-    sent = {(ident, op): fields for ident, op, fields, _ in s.outbox.take()}
-    assert sent[(b"w2", "acquire")]["tasks"] == [{"key": "only-w1", "holders": ["tcp://w1:1"]}]
+    sent = {(ident, op_of(msg)): msg for ident, msg, _ in s.outbox.take()}
+    assert sent[(b"w2", "acquire")].tasks == [AcquireItem("only-w1", ["tcp://w1:1"])]
     assert (b"w1", "retired") not in sent             # not before its key is safe
-    s.submit(b"c", [{"key": "t", "deps": [], "priority": 0, "nframes": 1}], [b"p"])
+    s.submit(b"c", [TaskItem("t", [], 0, nframes=1)], [b"p"])
     assert s.tasks["t"].processing_on.ident == b"w2"  # a retiring worker takes no task
-    s.keys_added(b"w2", "only-w1", 10)
-    sent = {(ident, op) for ident, op, _, _ in s.outbox.take()}
+    s.keys_added(b"w2", KeyAdded("only-w1", 10))
+    sent = {(ident, op_of(msg)) for ident, msg, _ in s.outbox.take()}
     assert (b"w1", "retired") in sent
     s.remove_worker(b"w1")
     assert s.tasks["only-w1"].state == "memory"         # nothing lost, nothing recomputed
@@ -284,21 +283,20 @@ def test_a_retiring_worker_whose_keys_target_left_is_handed_on_again_or_let_go()
         s.add_client(b"c", "c")
         for w in (b"w1", b"w2"):
             s.add_worker(w, f"tcp://{w.decode()}:1", w.decode(), nthreads=1)
-        s.update_data(b"c", [{"key": "k", "nbytes": 10, "workers": ["tcp://w1:1"]}])
+        s.update_data(b"c", [ScatteredItem("k", 10, ["tcp://w1:1"])])
         s.retire_worker(b"w1")
-        sent = {(ident, op): fields for ident, op, fields, _ in s.outbox.take()}
-        assert sent[(b"w2", "acquire")]["tasks"] == [{"key": "k", "holders": ["tcp://w1:1"]}]
+        sent = {(ident, op_of(msg)): msg for ident, msg, _ in s.outbox.take()}
+        assert sent[(b"w2", "acquire")].tasks == [AcquireItem("k", ["tcp://w1:1"])]
         if stays:
             s.add_worker(b"w3", "tcp://w3:1", "w3", nthreads=1)
         s.retire_worker(b"w2")
         s.remove_worker(b"w2")
-        sent = {(ident, op): fields for ident, op, fields, _ in s.outbox.take()}
+        sent = {(ident, op_of(msg)): msg for ident, msg, _ in s.outbox.take()}
         if stays:
-            assert sent[(b"w3", "acquire")]["tasks"] == [{"key": "k",
-                                                         "holders": ["tcp://w1:1"]}]
+            assert sent[(b"w3", "acquire")].tasks == [AcquireItem("k", ["tcp://w1:1"])]
             assert (b"w1", "retired") not in sent
-            s.keys_added(b"w3", "k", 10)
-            assert (b"w1", "retired") in {(i, op) for i, op, _, _ in s.outbox.take()}
+            s.keys_added(b"w3", KeyAdded("k", 10))
+            assert (b"w1", "retired") in {(i, op_of(msg)) for i, msg, _ in s.outbox.take()}
         else:
             assert (b"w1", "retired") in sent
 

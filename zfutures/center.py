@@ -1,10 +1,11 @@
 """The center process: one ROUTER socket around the Scheduler.
 
 Clients and workers both connect here with DEALER sockets. The shell decodes
-each message's header, looks its op up in :data:`OPS` (its handler, and which
-peers may send it), calls the matching Scheduler method, and after each slice
-of messages (loop.SLICE) runs its timers and sends what the scheduler queued,
-batched per peer. Payload frames are kept and forwarded as they came;
+each message into its class of :mod:`zfutures.messages`, looks the class up in
+:data:`OPS` (its handler, and which peers may send it), calls the matching
+Scheduler method with the message's items, and after each slice of messages
+(loop.SLICE) runs its timers and sends what the scheduler queued, batched per
+peer. Payload frames are kept and forwarded as they came;
 the center never unpickles them.
 
 A center may be the restart of one that died: a peer it does not know is
@@ -18,6 +19,7 @@ import gc
 import logging
 import struct
 import time
+from collections.abc import Iterator, Sequence
 from typing import Any, Callable, NamedTuple
 
 import zmq
@@ -27,10 +29,46 @@ from .addressing import bind_ephemeral, configure
 from .errors import ProtocolError
 from .logs import RateLimitedLog
 from .loop import SLICE, ListeningClock, Waker, receive, send_frames
+from .messages import (
+    CloseClient,
+    Closing,
+    HasWhat,
+    Heartbeat,
+    KeysAdded,
+    MissingData,
+    Paused,
+    Refused,
+    RegisterClient,
+    RegisterNanny,
+    RegisterWorker,
+    Release,
+    Reply,
+    Reregister,
+    Retire,
+    SchedulerInfo,
+    Submit,
+    Sync,
+    TaskAccepted,
+    TaskErred,
+    TaskFinished,
+    TaskRefused,
+    TaskSeceded,
+    Unregister,
+    UpdateData,
+    Welcome,
+    WhoHas,
+    WorkerDied,
+    op_of,
+)
 from .processes import release_free_memory
 from .scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
+
+#: protocol.unpack_items, as it takes the items of the message classes (its
+#: own annotation still names the dict items being retired): the same function.
+_unpack_items: Callable[[Any, Sequence[Any]], Iterator[tuple[Any, protocol.Frames]]] = \
+    protocol.unpack_items
 
 WORKER, CLIENT, NANNY = "worker", "client", "nanny"
 #: The role of a peer the center does not know: it has not registered yet, or
@@ -188,7 +226,7 @@ class Center:
         after its retire timeout (it keeps them for a center that comes back)."""
         for ident, peer in self.peers.items():
             if peer.role == WORKER:
-                self._send(ident, "closing", {})
+                self._send(ident, Closing())
 
     def stop(self) -> None:
         """Ask the loop to end; safe from signal handlers and other threads."""
@@ -215,32 +253,32 @@ class Center:
             self.dropped.warning("dropped a message without a header")
             return
         try:
-            header, payload = protocol.decode(frames[1:])
+            msg, payload = protocol.decode_message(frames[1:])
         except ProtocolError as e:
             self.dropped.warning("dropped a malformed message", str(e))
             return
-        op = header["op"]
         peer = self.peers.get(ident)
         role = peer.role if peer is not None else UNREGISTERED
-        rule = OPS.get(op)
+        rule = OPS.get(type(msg))
         if rule is None or role not in rule.senders:
             if asks_to_register(rule, role):
                 # A peer of an earlier center, or one we gave up on: it registers
                 # again, with what it holds, at once rather than after a timeout.
-                logger.debug("asked a peer we do not know to register again (it sent %r)", op)
-                self._send(ident, "reregister", {})
+                logger.debug("asked a peer we do not know to register again (it sent %r)",
+                             op_of(msg))
+                self._send(ident, Reregister())
             else:
                 self.dropped.warning(
-                    f"dropped {op!r} from a {role or 'peer that has not registered'}")
+                    f"dropped {op_of(msg)!r} from a {role or 'peer that has not registered'}")
             return
         if peer is not None:
             peer.last_heard = self.listening.time(time.monotonic())
         try:
-            rule.handle(self, ident, header, payload)
+            rule.handle(self, ident, msg, payload)
         except ProtocolError as e:
-            self.dropped.warning(f"dropped a malformed {op!r}", str(e))
+            self.dropped.warning(f"dropped a malformed {op_of(msg)!r}", str(e))
         except Exception:  # a bug must not take the center down with every task
-            logger.exception("failed to handle %r; dropped it", op)
+            logger.exception("failed to handle %r; dropped it", op_of(msg))
 
     def _log_handshake_failures(self) -> None:
         for _ in range(100):
@@ -257,127 +295,122 @@ class Center:
                                  "keys of another cluster, or not a zfutures peer)",
                                  f"event {event}, value {value}")
 
-    def _register_client(self, ident: bytes, header: dict, frames: list) -> None:
-        if not self._check_protocol(ident, header):
+    def _register_client(self, ident: bytes, msg: RegisterClient, frames: list) -> None:
+        if not self._check_protocol(ident, msg.protocol):
             return
         self.peers[ident] = self._new_peer(CLIENT)
-        self.scheduler.add_client(ident, header["name"])
-        self._send(ident, "welcome", {"protocol": protocol.PROTOCOL_VERSION,
-                                      "address": self.address,
-                                      "max_message_size": self.max_message_size})
+        self.scheduler.add_client(ident, msg.name)
+        self._send(ident, Welcome(protocol=protocol.PROTOCOL_VERSION,
+                                  max_message_size=self.max_message_size,
+                                  address=self.address))
 
-    def _register_worker(self, ident: bytes, header: dict, frames: list) -> None:
-        if not self._check_protocol(ident, header):
+    def _register_worker(self, ident: bytes, msg: RegisterWorker, frames: list) -> None:
+        if not self._check_protocol(ident, msg.protocol):
             return
-        if not 1 <= header["nthreads"] <= 100_000 or header["memory_limit"] < 0:
-            reason = (f"nthreads {header['nthreads']} and memory_limit "
-                      f"{header['memory_limit']}: a worker needs at least one thread")
+        if not 1 <= msg.nthreads <= 100_000 or msg.memory_limit < 0:
+            reason = (f"nthreads {msg.nthreads} and memory_limit "
+                      f"{msg.memory_limit}: a worker needs at least one thread")
             self.dropped.warning("refused a worker", reason)
-            self._send(ident, "refused", {"reason": reason})
+            self._send(ident, Refused(reason))
             return
-        keys, nbytes = header["keys"], header.get("nbytes") or []
+        keys, nbytes = msg.keys, msg.nbytes or []
         if len(nbytes) != len(keys):
             nbytes = [0] * len(keys)
         self.peers[ident] = self._new_peer(WORKER)
-        self._send(ident, "welcome", {"protocol": protocol.PROTOCOL_VERSION})
-        self.scheduler.add_worker(ident, header["address"], header["name"], header["nthreads"],
-                                  header["memory_limit"], header["resources"],
-                                  dict(zip(keys, nbytes)))
-        logger.info("worker %s joined (%d threads)", header["address"], header["nthreads"])
+        self._send(ident, Welcome(protocol=protocol.PROTOCOL_VERSION))
+        self.scheduler.add_worker(ident, msg.address, msg.name, msg.nthreads,
+                                  msg.memory_limit, msg.resources, dict(zip(keys, nbytes)))
+        logger.info("worker %s joined (%d threads)", msg.address, msg.nthreads)
 
-    def _register_nanny(self, ident: bytes, header: dict, frames: list) -> None:
-        if self._check_protocol(ident, header):
+    def _register_nanny(self, ident: bytes, msg: RegisterNanny, frames: list) -> None:
+        if self._check_protocol(ident, msg.protocol):
             self.peers[ident] = self._new_peer(NANNY)
 
     def _new_peer(self, role: str) -> _Peer:
         now = time.monotonic()
         return _Peer(role, self.listening.time(now), now)
 
-    def _worker_died(self, ident: bytes, header: dict, frames: list) -> None:
+    def _worker_died(self, ident: bytes, msg: WorkerDied, frames: list) -> None:
         """A nanny saw its worker process exit: no need to wait for heartbeats."""
-        ws = self.scheduler.workers_by_address.get(header["address"])
+        ws = self.scheduler.workers_by_address.get(msg.address)
         if ws is not None:
             logger.warning("worker %s died (its nanny says)", ws.address)
             self._forget_peer(ws.ident)
 
-    def _check_protocol(self, ident: bytes, header: dict) -> bool:
-        if header["protocol"] == protocol.PROTOCOL_VERSION:
+    def _check_protocol(self, ident: bytes, version: int) -> bool:
+        if version == protocol.PROTOCOL_VERSION:
             return True
-        reason = (f"protocol version {header['protocol']} is not the center's "
+        reason = (f"protocol version {version} is not the center's "
                   f"{protocol.PROTOCOL_VERSION}: install the same zfutures version everywhere")
         self.dropped.warning("refused a peer", reason)
-        self._send(ident, "refused", {"reason": reason})
+        self._send(ident, Refused(reason))
         return False
 
-    def _submit(self, ident: bytes, header: dict, frames: list) -> None:
-        items = header["tasks"]
-        protocol.unpack_items(items, frames)  # checks the counts before anything changes
+    def _submit(self, ident: bytes, msg: Submit, frames: list) -> None:
+        items = msg.tasks
+        _unpack_items(items, frames)  # checks the counts before anything changes
         # Small payloads are slices of one packed frame: copied out, so that a
         # task that stays does not keep its whole batch in memory.
         below = protocol.PACK_BELOW
         self.scheduler.submit(ident, items, [bytes(f) if f.nbytes < below else f
-                                             for f in frames], header.get("seq"))
+                                             for f in frames], msg.seq)
 
-    def _task_finished(self, ident: bytes, header: dict, frames: list) -> None:
+    def _task_finished(self, ident: bytes, msg: TaskFinished, frames: list) -> None:
         finished = self.scheduler.task_finished
-        for item, value in protocol.unpack_items(header["tasks"], frames):
-            finished(ident, item["key"], item["nbytes"], item.get("duration"), value or None,
-                     item["run"], item.get("direct", False))
+        for item, value in _unpack_items(msg.tasks, frames):
+            finished(ident, item, value or None)
 
-    def _task_erred(self, ident: bytes, header: dict, frames: list) -> None:
-        for item, exception in protocol.unpack_items(header["tasks"], frames):
+    def _task_erred(self, ident: bytes, msg: TaskErred, frames: list) -> None:
+        for item, exception in _unpack_items(msg.tasks, frames):
             # Kept while the task stays erred: copied out of the packed frame.
-            self.scheduler.task_erred(ident, item["key"], [bytes(f) for f in exception],
-                                      item["run"], item.get("direct", False))
+            self.scheduler.task_erred(ident, item, [bytes(f) for f in exception])
 
-    def _keys_added(self, ident: bytes, header: dict, frames: list) -> None:
-        for item in header["tasks"]:
-            self.scheduler.keys_added(ident, item["key"], item["nbytes"])
+    def _keys_added(self, ident: bytes, msg: KeysAdded, frames: list) -> None:
+        for item in msg.tasks:
+            self.scheduler.keys_added(ident, item)
 
-    def _release(self, ident: bytes, header: dict, frames: list) -> None:
-        self.scheduler.release(ident, header["keys"])
+    def _release(self, ident: bytes, msg: Release, frames: list) -> None:
+        self.scheduler.release(ident, msg.keys)
 
-    def _update_data(self, ident: bytes, header: dict, frames: list) -> None:
-        self.scheduler.update_data(ident, header["items"], header.get("seq"))
+    def _update_data(self, ident: bytes, msg: UpdateData, frames: list) -> None:
+        self.scheduler.update_data(ident, msg.items, msg.seq)
 
-    def _missing_data(self, ident: bytes, header: dict, frames: list) -> None:
-        self.scheduler.missing_data(ident, header["key"], header["missing"], header["run"],
-                                    header.get("tried"))
+    def _missing_data(self, ident: bytes, msg: MissingData, frames: list) -> None:
+        self.scheduler.missing_data(ident, msg)
 
-    def _task_seceded(self, ident: bytes, header: dict, frames: list) -> None:
-        self.scheduler.task_seceded(ident, header["key"], header["run"],
-                                    header.get("direct", False))
+    def _task_seceded(self, ident: bytes, msg: TaskSeceded, frames: list) -> None:
+        self.scheduler.task_seceded(ident, msg)
 
-    def _task_accepted(self, ident: bytes, header: dict, frames: list) -> None:
-        self.scheduler.task_accepted(ident, header["key"], header["run"])
+    def _task_accepted(self, ident: bytes, msg: TaskAccepted, frames: list) -> None:
+        self.scheduler.task_accepted(ident, msg)
 
-    def _task_refused(self, ident: bytes, header: dict, frames: list) -> None:
-        self.scheduler.task_refused(ident, header["key"], header["run"])
+    def _task_refused(self, ident: bytes, msg: TaskRefused, frames: list) -> None:
+        self.scheduler.task_refused(ident, msg)
 
-    def _retire(self, ident: bytes, header: dict, frames: list) -> None:
+    def _retire(self, ident: bytes, msg: Retire, frames: list) -> None:
         self.scheduler.retire_worker(ident)
 
-    def _paused(self, ident: bytes, header: dict, frames: list) -> None:
-        self.scheduler.worker_paused(ident, header["paused"])
+    def _paused(self, ident: bytes, msg: Paused, frames: list) -> None:
+        self.scheduler.worker_paused(ident, msg.paused)
 
-    def _sync(self, ident: bytes, header: dict, frames: list) -> None:
-        self.scheduler.sync(ident, header["keys"])
+    def _sync(self, ident: bytes, msg: Sync, frames: list) -> None:
+        self.scheduler.sync(ident, msg.keys)
 
-    def _heartbeat(self, ident: bytes, header: dict, frames: list) -> None:
+    def _heartbeat(self, ident: bytes, msg: Heartbeat, frames: list) -> None:
         """Nothing to do: any message a peer sends tells it is alive."""
 
-    def _who_has(self, ident: bytes, header: dict, frames: list) -> None:
-        self._reply(ident, header["id"], self.scheduler.who_has(header["keys"]))
+    def _who_has(self, ident: bytes, msg: WhoHas, frames: list) -> None:
+        self._send(ident, Reply(msg.id, self.scheduler.who_has(msg.keys)))
 
-    def _scheduler_info(self, ident: bytes, header: dict, frames: list) -> None:
+    def _scheduler_info(self, ident: bytes, msg: SchedulerInfo, frames: list) -> None:
         info = self.scheduler.info()
         info["address"] = self.address
-        self._reply(ident, header["id"], info)
+        self._send(ident, Reply(msg.id, info))
 
-    def _has_what(self, ident: bytes, header: dict, frames: list) -> None:
-        self._reply(ident, header["id"], self.scheduler.has_what())
+    def _has_what(self, ident: bytes, msg: HasWhat, frames: list) -> None:
+        self._send(ident, Reply(msg.id, self.scheduler.has_what()))
 
-    def _goodbye(self, ident: bytes, header: dict, frames: list) -> None:
+    def _goodbye(self, ident: bytes, msg: CloseClient | Unregister, frames: list) -> None:
         """A client closes, or a worker leaves: it is forgotten at once."""
         self._forget_peer(ident)
 
@@ -412,7 +445,7 @@ class Center:
                                listened - peer.last_heard)
                 self._forget_peer(ident)
             elif now - peer.last_sent >= self.heartbeat_interval:
-                self._send(ident, "heartbeat", {})
+                self._send(ident, Heartbeat())
 
     def _give_back_memory(self) -> None:
         """Once a large graph is all forgotten, hand its memory back to the system.
@@ -435,19 +468,17 @@ class Center:
     # ------------------------------------------------------------------ output
 
     def _flush(self) -> None:
-        for ident, op, fields, frames in self.scheduler.outbox.take():
-            self._send(ident, op, fields, frames)
+        for ident, msg, frames in self.scheduler.outbox.take():
+            self._send(ident, msg, frames)
 
-    def _reply(self, ident: bytes, request_id: int, result: Any) -> None:
-        self._send(ident, "reply", {"id": request_id, "result": result})
-
-    def _send(self, ident: bytes, op: str, fields: dict, frames: list | None = None) -> None:
+    def _send(self, ident: bytes, msg: Any, frames: Sequence[Any] = ()) -> None:
+        """Send ``msg`` (a class of :mod:`zfutures.messages`) with its payload."""
         try:
-            send_frames(self.socket, [ident, *protocol.encode(op, frames or (), **fields)],
-                        _NOBLOCK)
+            send_frames(self.socket, [ident, *protocol.encode_message(msg, frames)], _NOBLOCK)
         except zmq.ZMQError as e:
             # EHOSTUNREACH: the peer is gone, which heartbeats or its nanny will
             # report; routine at shutdown, so not worth a warning.
+            op = op_of(msg)
             if e.errno == zmq.EHOSTUNREACH:
                 logger.debug("could not send %r to a peer that is gone", op)
             elif e.errno == zmq.EAGAIN:
@@ -464,8 +495,8 @@ class Center:
 class Op(NamedTuple):
     """How the center takes one op from its peers."""
 
-    #: The Center method that handles it: (center, ident, header, payload frames).
-    handle: Callable[[Center, bytes, dict, list], None]
+    #: The Center method that handles it: (center, ident, message, payload frames).
+    handle: Callable[[Center, bytes, Any, list], None]
     #: The roles that may send it: from any other, it is dropped (and logged).
     senders: tuple[str | None, ...]
     #: A peer the center does not know that sends it is asked to register
@@ -474,34 +505,35 @@ class Op(NamedTuple):
     reregister: bool = False
 
 
-#: Every op a peer may send the center. Anything else is dropped, and logged.
-OPS: dict[str, Op] = {
-    "register-client": Op(Center._register_client, (UNREGISTERED, CLIENT)),
-    "register-worker": Op(Center._register_worker, (UNREGISTERED, WORKER)),
-    "register-nanny": Op(Center._register_nanny, (UNREGISTERED, NANNY)),
-    "heartbeat": Op(Center._heartbeat, (CLIENT, WORKER, NANNY), reregister=True),
+#: Every op a peer may send the center, by its message class. Anything else
+#: is dropped, and logged.
+OPS: dict[type, Op] = {
+    RegisterClient: Op(Center._register_client, (UNREGISTERED, CLIENT)),
+    RegisterWorker: Op(Center._register_worker, (UNREGISTERED, WORKER)),
+    RegisterNanny: Op(Center._register_nanny, (UNREGISTERED, NANNY)),
+    Heartbeat: Op(Center._heartbeat, (CLIENT, WORKER, NANNY), reregister=True),
     # client -> center
-    "submit": Op(Center._submit, (CLIENT,), reregister=True),
-    "release": Op(Center._release, (CLIENT,), reregister=True),
-    "update-data": Op(Center._update_data, (CLIENT,), reregister=True),
-    "who-has": Op(Center._who_has, (CLIENT,), reregister=True),
-    "scheduler-info": Op(Center._scheduler_info, (CLIENT,), reregister=True),
-    "has-what": Op(Center._has_what, (CLIENT,), reregister=True),
-    "close-client": Op(Center._goodbye, (CLIENT,)),
+    Submit: Op(Center._submit, (CLIENT,), reregister=True),
+    Release: Op(Center._release, (CLIENT,), reregister=True),
+    UpdateData: Op(Center._update_data, (CLIENT,), reregister=True),
+    WhoHas: Op(Center._who_has, (CLIENT,), reregister=True),
+    SchedulerInfo: Op(Center._scheduler_info, (CLIENT,), reregister=True),
+    HasWhat: Op(Center._has_what, (CLIENT,), reregister=True),
+    CloseClient: Op(Center._goodbye, (CLIENT,)),
     # worker -> center
-    "task-finished": Op(Center._task_finished, (WORKER,), reregister=True),
-    "task-erred": Op(Center._task_erred, (WORKER,), reregister=True),
-    "keys-added": Op(Center._keys_added, (WORKER,), reregister=True),
-    "missing-data": Op(Center._missing_data, (WORKER,), reregister=True),
-    "task-seceded": Op(Center._task_seceded, (WORKER,), reregister=True),
-    "task-accepted": Op(Center._task_accepted, (WORKER,), reregister=True),
-    "task-refused": Op(Center._task_refused, (WORKER,), reregister=True),
-    "retire": Op(Center._retire, (WORKER,), reregister=True),
-    "paused": Op(Center._paused, (WORKER,), reregister=True),
-    "sync": Op(Center._sync, (WORKER,), reregister=True),
-    "unregister": Op(Center._goodbye, (WORKER,)),
+    TaskFinished: Op(Center._task_finished, (WORKER,), reregister=True),
+    TaskErred: Op(Center._task_erred, (WORKER,), reregister=True),
+    KeysAdded: Op(Center._keys_added, (WORKER,), reregister=True),
+    MissingData: Op(Center._missing_data, (WORKER,), reregister=True),
+    TaskSeceded: Op(Center._task_seceded, (WORKER,), reregister=True),
+    TaskAccepted: Op(Center._task_accepted, (WORKER,), reregister=True),
+    TaskRefused: Op(Center._task_refused, (WORKER,), reregister=True),
+    Retire: Op(Center._retire, (WORKER,), reregister=True),
+    Paused: Op(Center._paused, (WORKER,), reregister=True),
+    Sync: Op(Center._sync, (WORKER,), reregister=True),
+    Unregister: Op(Center._goodbye, (WORKER,)),
     # nanny -> center
-    "worker-died": Op(Center._worker_died, (NANNY,)),
+    WorkerDied: Op(Center._worker_died, (NANNY,)),
 }
 
 

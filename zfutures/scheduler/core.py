@@ -19,16 +19,20 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..protocol import Frames
-from .direct import (
-    DirectRuns,
-    EarlyAccepted,
-    EarlyErred,
-    EarlyFinished,
-    EarlyRefused,
-    EarlyReport,
-    EarlySeceded,
+from ..messages import (
+    DoneItem,
+    FailedItem,
+    KeyAdded,
+    MissingData,
+    ReleaseKeys,
+    ScatteredItem,
+    TaskAccepted,
+    TaskItem,
+    TaskRefused,
+    TaskSeceded,
 )
+from ..protocol import Frames
+from .direct import DirectRuns, EarlyReport
 from .graph import TaskGraph
 from .outbox import Outbox
 from .placement import Placement
@@ -64,7 +68,7 @@ class Scheduler:
     >>> s = Scheduler()
     >>> s.add_worker(b"w1", "tcp://127.0.0.1:9000", "w1", nthreads=1)
     >>> s.add_client(b"c1", "me")
-    >>> s.submit(b"c1", [{"key": "x", "deps": [], "priority": 0, "nframes": 1}], [b"..."])
+    >>> s.submit(b"c1", [TaskItem(key="x", deps=[], priority=0, nframes=1)], [b"..."])
     >>> s.tasks["x"].state
     'processing'
     """
@@ -178,10 +182,11 @@ class Scheduler:
 
     # ------------------------------------------------------------------ clients' events
 
-    def submit(self, client_ident: bytes, items: list[dict[str, Any]], frames: Frames,
+    def submit(self, client_ident: bytes, items: list[TaskItem], frames: Frames,
                seq: int | None = None) -> None:
-        """A client submitted tasks: ``items`` as in the ``submit`` message,
-        whose ``seq`` the news of them carries back (see ClientRecord.seen)."""
+        """A client submitted tasks: the ``items`` of a ``submit`` message, and
+        their frames; its ``seq`` the news of them carries back (see
+        ClientRecord.seen)."""
         client = self.clients[client_ident]
         if seq is not None:
             client.seen = seq
@@ -189,30 +194,29 @@ class Scheduler:
         submitted = self.graph.submitted
         start = 0
         for index, item in enumerate(items):
-            end = start + item["nframes"]
+            end = start + item.nframes
             submitted(client, item, frames[start:end], blocks.get(index))
             start = end
         if self.direct.early:  # the worker's reports on direct tasks came first
             for item in items:
-                if "direct_run" in item:
-                    for report in self.direct.take_early(item["key"]):
+                if item.direct_run is not None:
+                    for report in self.direct.take_early(item.key):
                         self._handle_early(report)
         self._settle()
 
-    def _handle_early(self, report: EarlyReport) -> None:
+    def _handle_early(self, early: EarlyReport) -> None:
         """A worker's report on a direct run that came before its submit."""
-        if isinstance(report, EarlyFinished):
-            self.task_finished(report.worker, report.key, report.nbytes, report.duration,
-                               report.value, report.run, direct=True)
-        elif isinstance(report, EarlyErred):
-            self.task_erred(report.worker, report.key, report.exception, report.run,
-                            direct=True)
-        elif isinstance(report, EarlySeceded):
-            self.task_seceded(report.worker, report.key, report.run, direct=True)
-        elif isinstance(report, EarlyAccepted):
-            self.task_accepted(report.worker, report.key, report.run)
-        elif isinstance(report, EarlyRefused):
-            self.task_refused(report.worker, report.key, report.run)
+        worker, report, frames = early
+        if isinstance(report, DoneItem):
+            self.task_finished(worker, report, frames)
+        elif isinstance(report, FailedItem):
+            self.task_erred(worker, report, frames or [])
+        elif isinstance(report, TaskSeceded):
+            self.task_seceded(worker, report)
+        elif isinstance(report, TaskAccepted):
+            self.task_accepted(worker, report)
+        else:
+            self.task_refused(worker, report)
 
     def release(self, client_ident: bytes, keys: Iterable[str]) -> None:
         """A client dropped its last future for each of ``keys``."""
@@ -228,10 +232,11 @@ class Scheduler:
                 unwanted.append(ts)
         self._settle()
 
-    def update_data(self, client_ident: bytes, items: list[dict[str, Any]],
+    def update_data(self, client_ident: bytes, items: list[ScatteredItem],
                     seq: int | None = None) -> None:
-        """A client put data on workers itself (scatter): ``{key, nbytes, workers}``,
-        in a message numbered ``seq`` with its submits (see ClientRecord.seen).
+        """A client put data on workers itself (scatter): the ``items`` of an
+        ``update-data`` message numbered ``seq`` with its submits (see
+        ClientRecord.seen).
 
         During recovery it may also name workers that have not come back yet.
         """
@@ -241,7 +246,7 @@ class Scheduler:
         if seq is not None:
             client.seen = seq
         for item in items:
-            self.graph.scattered(client, item["key"], item["nbytes"], item["workers"])
+            self.graph.scattered(client, item.key, item.nbytes, item.workers)
         self._settle()
 
     def who_has(self, keys: Iterable[str]) -> dict[str, list[str]]:
@@ -256,22 +261,21 @@ class Scheduler:
 
     # ------------------------------------------------------------------ workers' events
 
-    def task_finished(self, worker_ident: bytes, key: str, nbytes: int,
-                      duration: float | None = None, value: Frames | None = None,
-                      run: int | None = None, direct: bool = False) -> None:
-        """A worker computed ``key`` and holds its result of ``nbytes``.
+    def task_finished(self, worker_ident: bytes, item: DoneItem,
+                      value: Frames | None = None) -> None:
+        """A worker computed ``item.key`` and holds its result of ``item.nbytes``.
 
         ``value``: the pickled result, when small and sent along for the
         clients waiting for it (see ``send_result`` in Placement.assign).
-        ``run``: the run id of the compute message the worker answers (None:
-        the current one). Only a report of the task's current run on that
-        worker counts: an earlier run's report may come after the center told
-        the worker to drop the key, so that data may be gone.
-        ``direct``: a run a client chose (see DirectRuns).
+        ``item.run``: the run id of the compute message the worker answers.
+        Only a report of the task's current run on that worker counts: an
+        earlier run's report may come after the center told the worker to drop
+        the key, so that data may be gone. ``item.direct``: a run a client
+        chose (see DirectRuns).
         """
-        if direct and not self.direct.submitted(key, run):
-            self.direct.hold_early(EarlyFinished(worker_ident, key, run, nbytes, duration,
-                                                 value))
+        key, run = item.key, item.run
+        if item.direct and not self.direct.submitted(key, run):
+            self.direct.hold_early(EarlyReport(worker_ident, item, value))
             return
         ws = self.workers.get(worker_ident)
         if ws is None:
@@ -280,53 +284,53 @@ class Scheduler:
         recovery = self.recovery
         if ts is None and recovery.recovering and not self.placement.assigned_here(run):
             # submitted to the center before this one: a client may claim it
-            recovery.keep_unclaimed(key, ws, nbytes)
+            recovery.keep_unclaimed(key, ws, item.nbytes)
             return
         if ts is None or ts.processing_on is not ws:
-            if ts is not None and recovery.takes_earlier_run(ts, run, direct):
-                recovery.take_result(ts, ws, nbytes, value)
+            if ts is not None and recovery.takes_earlier_run(ts, run, item.direct):
+                recovery.take_result(ts, ws, item.nbytes, value)
                 self._settle()
             elif ts is None or ws not in ts.who_has:
                 # Forgotten, failed, taken back, or run by a worker the center
                 # gave up on and done elsewhere since: the worker drops its copy.
-                self.outbox.add(ws.ident, "release-keys", "keys", key)
+                self.outbox.add(ws.ident, ReleaseKeys, key)
             return
-        if run is not None and run != ts.run:
+        if run != ts.run:
             # An earlier run here, released since and assigned again: the worker
             # reports the current run too (see worker_state.WorkerState.compute).
             return
         if recovery.expected:
             recovery.expected.pop(key, None)
+        duration = item.duration
         if duration is not None and 0.0 <= duration < 1e9:  # (NaN fails this too)
             self.placement.timed(ts.group, duration)
         self.placement.unassign(ts)
-        self.graph.add_holder(ts, ws, nbytes)
+        self.graph.add_holder(ts, ws, item.nbytes)
         if ts.state != MEMORY:
             self.graph.finish(ts, value)
         if ws.retiring:  # a direct run it finished: hand its result on too
             self.lifecycle.finished_while_retiring(ws, ts)
         self._settle()
 
-    def keys_added(self, worker_ident: bytes, key: str, nbytes: int) -> None:
-        """A worker fetched a copy of ``key`` for a task of its own."""
+    def keys_added(self, worker_ident: bytes, item: KeyAdded) -> None:
+        """A worker fetched a copy of ``item.key`` for a task of its own."""
         ws = self.workers.get(worker_ident)
         if ws is None:
             return
-        ts = self.tasks.get(key)
+        ts = self.tasks.get(item.key)
         if ts is None or ts.state != MEMORY:
-            self.outbox.add(ws.ident, "release-keys", "keys", key)
+            self.outbox.add(ws.ident, ReleaseKeys, item.key)
         else:
-            self.graph.add_holder(ts, ws, nbytes)
+            self.graph.add_holder(ts, ws, item.nbytes)
             self.lifecycle.copied(ts)
 
-    def task_erred(self, worker_ident: bytes, key: str, exception: Frames,
-                   run: int | None = None, direct: bool = False) -> None:
+    def task_erred(self, worker_ident: bytes, item: FailedItem, exception: Frames) -> None:
         """A task raised on a worker; ``exception`` is the pickled error, opaque here.
-        (``run`` and ``direct``: as for :meth:`task_finished`.)"""
-        if direct and not self.direct.submitted(key, run):
-            self.direct.hold_early(EarlyErred(worker_ident, key, run, exception))
+        (``item.run`` and ``item.direct``: as for :meth:`task_finished`.)"""
+        if item.direct and not self.direct.submitted(item.key, item.run):
+            self.direct.hold_early(EarlyReport(worker_ident, item, exception))
             return
-        ts = self._current_run(worker_ident, key, run)
+        ts = self._current_run(worker_ident, item.key, item.run)
         if ts is None:
             return
         ws = ts.processing_on
@@ -336,37 +340,36 @@ class Scheduler:
         tell_if_retired(ws, self.outbox)  # (a direct run may have kept it)
         self._settle()
 
-    def task_seceded(self, worker_ident: bytes, key: str, run: int | None = None,
-                     direct: bool = False) -> None:
+    def task_seceded(self, worker_ident: bytes, report: TaskSeceded) -> None:
         """A running task waits on other tasks and gave its thread back: the worker
         may take one more task, or a task waiting on tasks would deadlock it."""
-        if direct and not self.direct.submitted(key, run):
-            self.direct.hold_early(EarlySeceded(worker_ident, key, run))
+        if report.direct and not self.direct.submitted(report.key, report.run):
+            self.direct.hold_early(EarlyReport(worker_ident, report))
             return
-        ts = self._current_run(worker_ident, key, run)
+        ts = self._current_run(worker_ident, report.key, report.run)
         if ts is None or ts in self.workers[worker_ident].seceded:
             return
         self.direct.confirmed(ts)
         self.placement.seceded(ts)
         self._settle()
 
-    def task_accepted(self, worker_ident: bytes, key: str, run: int | None) -> None:
-        """A worker runs a task a client sent it straight, in ``run``, and has
-        not reported on it yet: it is not to be placed again (see sweep_direct)."""
-        if not self.direct.submitted(key, run):
-            self.direct.hold_early(EarlyAccepted(worker_ident, key, run))
+    def task_accepted(self, worker_ident: bytes, report: TaskAccepted) -> None:
+        """A worker runs a task a client sent it straight, in ``report.run``, and
+        has not reported on it yet: it is not to be placed again (see sweep_direct)."""
+        if not self.direct.submitted(report.key, report.run):
+            self.direct.hold_early(EarlyReport(worker_ident, report))
             return
-        ts = self._current_run(worker_ident, key, run)
+        ts = self._current_run(worker_ident, report.key, report.run)
         if ts is not None:
             self.direct.confirmed(ts)
 
-    def task_refused(self, worker_ident: bytes, key: str, run: int | None) -> None:
+    def task_refused(self, worker_ident: bytes, report: TaskRefused) -> None:
         """A worker will not run a task a client sent it straight (see
         worker_state.WorkerState.run_direct): it is placed as any other."""
-        if not self.direct.submitted(key, run):
-            self.direct.hold_early(EarlyRefused(worker_ident, key, run))
+        if not self.direct.submitted(report.key, report.run):
+            self.direct.hold_early(EarlyReport(worker_ident, report))
             return
-        ts = self._current_run(worker_ident, key, run)
+        ts = self._current_run(worker_ident, report.key, report.run)
         if ts is not None:
             ws = ts.processing_on
             assert ws is not None
@@ -389,25 +392,24 @@ class Scheduler:
         self.graph.sync(worker_ident, keys)
         self._settle()
 
-    def missing_data(self, worker_ident: bytes, key: str, missing: Iterable[str],
-                     run: int | None = None, tried: Iterable[str] | None = None) -> None:
-        """A worker could not fetch ``missing`` inputs of ``key`` from the holders
-        it asked, ``tried`` (addresses; None: every holder). Those lose their
-        copies; a copy made elsewhere since is kept, and the task placed again."""
-        ts = self._current_run(worker_ident, key, run)
+    def missing_data(self, worker_ident: bytes, report: MissingData) -> None:
+        """A worker could not fetch the ``missing`` inputs of ``key`` from the
+        holders it asked, ``tried`` (addresses; None: every holder). Those lose
+        their copies; a copy made elsewhere since is kept, and the task placed
+        again."""
+        ts = self._current_run(worker_ident, report.key, report.run)
         if ts is None:
             return
         self.placement.unassign(ts)
-        self.graph.inputs_missing(ts, missing, tried)
+        self.graph.inputs_missing(ts, report.missing, report.tried)
         self._settle()
 
-    def _current_run(self, worker_ident: bytes, key: str, run: int | None) -> TaskState | None:
+    def _current_run(self, worker_ident: bytes, key: str, run: int) -> TaskState | None:
         """The task a worker's report is about, if it is running there in that
-        run (None: the current run); else None, and the report is stale."""
+        run; else None, and the report is stale."""
         ts = self.tasks.get(key)
         ws = self.workers.get(worker_ident)
-        if ts is None or ws is None or ts.processing_on is not ws or \
-                (run is not None and run != ts.run):
+        if ts is None or ws is None or ts.processing_on is not ws or run != ts.run:
             return None
         return ts
 

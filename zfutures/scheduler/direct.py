@@ -3,7 +3,7 @@
 The client picks the worker and a run id of its own, sends the task to the
 worker and tells the center in its submit (``direct_worker``, ``direct_run``).
 The two messages travel apart, so the worker's reports on the run may come
-before the submit: they are held as :data:`EarlyReport` records and handled
+before the submit: they are held as :class:`EarlyReport` records and handled
 when the submit comes. The worker confirms the run with its first report
 (``task-accepted`` at the latest), or refuses it; one never confirmed is
 asked to be refused (``drop-direct``) at the sweeps (:meth:`DirectRuns.sweep`,
@@ -12,8 +12,20 @@ every few seconds), and placed as any other task once it is.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, NamedTuple, Union
+from typing import TYPE_CHECKING, NamedTuple, Union
 
+from ..messages import (
+    DirectAccepted,
+    DoneItem,
+    DropDirect,
+    DropItem,
+    FailedItem,
+    ReleaseKeys,
+    TaskAccepted,
+    TaskItem,
+    TaskRefused,
+    TaskSeceded,
+)
 from ..protocol import Frames
 from .outbox import Outbox
 from .records import ClientRecord, TaskState, WorkerRecord
@@ -26,52 +38,17 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class EarlyFinished(NamedTuple):
-    """A worker finished a direct run before the center heard of it."""
+#: A worker's report on a direct run, as it came: each names the run's key and run.
+Report = Union[DoneItem, FailedItem, TaskSeceded, TaskAccepted, TaskRefused]
+
+
+class EarlyReport(NamedTuple):
+    """A worker's report on a direct run that came before its client's submit."""
 
     worker: bytes
-    key: str
-    run: int | None
-    nbytes: int
-    duration: float | None
-    value: Frames | None
-
-
-class EarlyErred(NamedTuple):
-    """A direct run raised on its worker before the center heard of it."""
-
-    worker: bytes
-    key: str
-    run: int | None
-    exception: Frames
-
-
-class EarlySeceded(NamedTuple):
-    """A direct run gave its thread back before the center heard of it."""
-
-    worker: bytes
-    key: str
-    run: int | None
-
-
-class EarlyAccepted(NamedTuple):
-    """A worker runs a direct run the center has not heard of yet."""
-
-    worker: bytes
-    key: str
-    run: int | None
-
-
-class EarlyRefused(NamedTuple):
-    """A worker will not run a direct run the center has not heard of yet."""
-
-    worker: bytes
-    key: str
-    run: int | None
-
-
-#: A worker's report on a direct run that came before its client's submit.
-EarlyReport = Union[EarlyFinished, EarlyErred, EarlySeceded, EarlyAccepted, EarlyRefused]
+    report: Report
+    #: what came with it: the pickled result (DoneItem) or error (FailedItem)
+    frames: Frames | None = None
 
 
 class DirectRuns:
@@ -96,10 +73,10 @@ class DirectRuns:
         self.early: dict[str, list[tuple[int, EarlyReport]]] = {}
         # (key, run) -> generation: direct runs released before their worker
         # reported on them (see hold_early).
-        self.released_runs: dict[tuple[str, int | None], int] = {}
+        self.released_runs: dict[tuple[str, int], int] = {}
         self.generation = 0
 
-    def runs_direct(self, ts: TaskState, item: dict[str, Any], client: ClientRecord) -> bool:
+    def runs_direct(self, ts: TaskState, item: TaskItem, client: ClientRecord) -> bool:
         """The client sent new ``ts`` straight to a worker too (``direct_worker``),
         in a run of its own (``direct_run``): count it as processing there, in
         that run, without sending it; True if so. The worker confirms it with
@@ -115,25 +92,25 @@ class DirectRuns:
         that chose the key itself takes the result only once told
         ``direct-accepted`` (``direct_ack``).
         """
-        ts.direct_run = item["direct_run"]
-        if ts.state != RELEASED or ts.dependencies or ts.restrictions is not None or \
-                ts.resources:
+        run = ts.direct_run = item.direct_run
+        if run is None or ts.state != RELEASED or ts.dependencies or \
+                ts.restrictions is not None or ts.resources:
             return False
-        ws = self.workers_by_address.get(item.get("direct_worker", ""))
+        ws = self.workers_by_address.get(item.direct_worker or "")
         if ws is None:
             return False
         ts.who_wants.add(client)
         client.wants.add(ts)
         self.placement.occupy(ts, ws)
-        ts.run = item["direct_run"]
-        if item.get("direct_answered"):
+        ts.run = run
+        if item.direct_answered:
             ts.answered = client
         self.unconfirmed[ts] = self.generation
-        if item.get("direct_ack"):
-            self.graph.tell(client, "direct-accepted", ts.key, list_field="keys")
+        if item.direct_ack:
+            self.graph.tell(client, DirectAccepted, ts.key)
         return True
 
-    def submitted(self, key: str, run: int | None) -> bool:
+    def submitted(self, key: str, run: int) -> bool:
         """Whether the center heard of the direct run ``run`` of ``key`` from
         its client: a report on it is handled now, else held (hold_early)."""
         ts = self.tasks.get(key)
@@ -150,12 +127,13 @@ class DirectRuns:
         sweep would tell the worker to drop the key again, whichever run it
         holds then.
         """
-        released = (report.key, report.run)
+        key = report.report.key
+        released = (key, report.report.run)
         if self.released_runs and released in self.released_runs:
-            if not isinstance(report, EarlyAccepted):  # (its last report)
+            if not isinstance(report.report, TaskAccepted):  # (its last report)
                 del self.released_runs[released]
             return
-        self.early.setdefault(report.key, []).append((self.generation, report))
+        self.early.setdefault(key, []).append((self.generation, report))
 
     def take_early(self, key: str) -> list[EarlyReport]:
         """The reports on ``key``'s direct run held for its submit, which came."""
@@ -188,8 +166,7 @@ class DirectRuns:
             if generation < old and ws is not None:
                 logger.warning("task %r, sent straight to worker %s, was not confirmed by "
                                "it; asking it to refuse it", ts.key, ws.address)
-                self.outbox.add(ws.ident, "drop-direct", "tasks",
-                                {"key": ts.key, "run": ts.run})
+                self.outbox.add(ws.ident, DropDirect, DropItem(ts.key, ts.run))
         for key, reports in list(self.early.items()):
             kept = []
             for generation, report in reports:
@@ -197,9 +174,9 @@ class DirectRuns:
                     kept.append((generation, report))
                     continue
                 holder, task = self.workers.get(report.worker), self.tasks.get(key)
-                if isinstance(report, EarlyFinished) and holder is not None and \
+                if isinstance(report.report, DoneItem) and holder is not None and \
                         (task is None or holder not in task.who_has):
-                    self.outbox.add(report.worker, "release-keys", "keys", key)
+                    self.outbox.add(report.worker, ReleaseKeys, key)
             if kept:
                 self.early[key] = kept
             else:

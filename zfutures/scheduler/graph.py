@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import FutureLostError
+from ..messages import ErredItem, KeyErred, KeyFinished, ReleaseKeys, ResultItem, Synced, TaskItem
 from ..protocol import Frames, same_call
 from .outbox import Outbox
 from .records import (
@@ -95,13 +96,13 @@ class TaskGraph:
 
     # ------------------------------------------------------------------ new tasks
 
-    def submitted(self, client: ClientRecord, item: dict[str, Any], payload: Frames,
+    def submitted(self, client: ClientRecord, item: TaskItem, payload: Frames,
                   affinity: WorkerRecord | None = None) -> None:
         """``client`` submitted ``item`` (as in the ``submit`` message) with its
         ``payload``: a new task, linked to its inputs (erred at once if the
         center does not know one), or one more client of the same call.
         ``affinity``: the worker whose block it waits in when ready."""
-        key = item["key"]
+        key = item.key
         ts = self.tasks.get(key)
         if ts is not None and not is_wanted(ts) and payload and \
                 ts.payload is not None and not same_call(payload, ts.payload):
@@ -116,20 +117,20 @@ class TaskGraph:
         if ts is not None:  # the same pure call again: one task, one more client
             if ts.payload is None and payload:
                 ts.payload = payload
-            if ts.direct_run is None and "direct_run" in item:  # (see DirectRuns.runs_direct)
-                ts.direct_run = item["direct_run"]
+            if ts.direct_run is None:  # (see DirectRuns.runs_direct)
+                ts.direct_run = item.direct_run
             self.want(ts, client)
             return
         ts = self.tasks[key] = TaskState(
-            key, payload, (-item["priority"], next(self._order)), item.get("retries", 0))
-        if item.get("workers"):
-            ts.restrictions = frozenset(item["workers"])
-            ts.loose = bool(item.get("allow_other_workers"))
-        if item.get("resources"):
-            ts.resources = item["resources"]
+            key, payload, (-item.priority, next(self._order)), item.retries)
+        if item.workers:
+            ts.restrictions = frozenset(item.workers)
+            ts.loose = item.allow_other_workers
+        if item.resources:
+            ts.resources = item.resources
         ts.affinity = affinity
         missing = None
-        for dep_key in item["deps"]:
+        for dep_key in item.deps:
             dep = self.tasks.get(dep_key)
             if dep is None:
                 missing = dep_key
@@ -141,10 +142,10 @@ class TaskGraph:
             self.err(ts, pickled_error(FutureLostError(
                 f"task {key!r} depends on {missing!r}, which the center does not know "
                 "(released, or lost in a restart)")))
-        elif recovery.recovering and (recovery.unclaimed or item.get("who_has")):
+        elif recovery.recovering and (recovery.unclaimed or item.who_has):
             # (every center starts out recovering; most submits claim nothing)
-            recovery.claim(ts, item.get("who_has", ()))
-        if "direct_run" in item and self.direct.runs_direct(ts, item, client):
+            recovery.claim(ts, item.who_has or ())
+        if item.direct_run is not None and self.direct.runs_direct(ts, item, client):
             return
         self.want(ts, client)
 
@@ -171,10 +172,11 @@ class TaskGraph:
 
     # ------------------------------------------------------------------ clients
 
-    def tell(self, client: ClientRecord, op: str, item: Any, frames: Frames | None = None,
-             list_field: str = "tasks") -> None:
-        """Queue news of a key for ``client`` (see ClientRecord.seen)."""
-        self.outbox.add(client.ident, op, list_field, item, frames, seen=client.seen)
+    def tell(self, client: ClientRecord, cls: type, item: ResultItem | ErredItem | str,
+             frames: Frames | None = None) -> None:
+        """Queue news of a key for ``client``, in a ``cls`` message (see
+        ClientRecord.seen)."""
+        self.outbox.add(client.ident, cls, item, frames, client.seen)
 
     def want(self, ts: TaskState, client: ClientRecord) -> None:
         """``client`` holds a future for ``ts``: tell it what it missed."""
@@ -183,11 +185,10 @@ class TaskGraph:
         ts.who_wants.add(client)
         client.wants.add(ts)
         if ts.state == MEMORY:
-            self.tell(client, "key-finished", {
-                "key": ts.key, "who_has": [ws.address for ws in ts.who_has],
-                "nbytes": ts.nbytes})
+            self.tell(client, KeyFinished, ResultItem(
+                ts.key, [ws.address for ws in ts.who_has], ts.nbytes))
         elif ts.state == ERRED:
-            self.tell(client, "key-erred", {"key": ts.key}, ts.exception)
+            self.tell(client, KeyErred, erred_item(ts.key, ts.exception), ts.exception)
         elif ts.state == RELEASED:
             self.recompute(ts)
 
@@ -242,18 +243,19 @@ class TaskGraph:
         self.set_state(ts, MEMORY)
         ts.suspicious = 0
         ts.waiting_on = NO_TASKS
-        item = {"key": ts.key, "who_has": [ws.address for ws in ts.who_has],
-                "nbytes": ts.nbytes}
-        answered = ts.answered  # (only for the direct run: a later one is news)
-        if answered is not None and not is_direct(ts):
-            answered = None
-        for client in ts.who_wants:
-            if client is answered:
-                continue  # (it has the result, from the worker)
-            if value:
-                self.tell(client, "key-finished", dict(item), value)
-            else:
-                self.tell(client, "key-finished", item)
+        if ts.who_wants:
+            if not value:
+                value = None
+            # (one item for every client: the outbox copies the frames, never the item)
+            item = ResultItem(ts.key, [ws.address for ws in ts.who_has], ts.nbytes,
+                              len(value) if value is not None else 0)
+            answered = ts.answered  # (only for the direct run: a later one is news)
+            if answered is not None and not is_direct(ts):
+                answered = None
+            for client in ts.who_wants:
+                if client is answered:
+                    continue  # (it has the result, from the worker)
+                self.outbox.add(client.ident, KeyFinished, item, value, client.seen)
         for dependent in ts.waiters:
             waiting_on = dependent.waiting_on
             if ts in waiting_on:  # (then a set of its own)
@@ -274,8 +276,10 @@ class TaskGraph:
             self.set_state(ts, ERRED)
             ts.exception = exception
             ts.waiting_on = NO_TASKS
-            for client in ts.who_wants:
-                self.tell(client, "key-erred", {"key": ts.key}, exception)
+            if ts.who_wants:
+                item = erred_item(ts.key, exception)
+                for client in ts.who_wants:
+                    self.tell(client, KeyErred, item, exception)
             stack.extend(d for d in ts.dependents if d.state in IN_FLIGHT)
             self.maybe_unwanted.append(ts)
 
@@ -296,7 +300,7 @@ class TaskGraph:
             self.placement.remove_ready(ts)
         ws = ts.processing_on
         if ws is not None:
-            self.outbox.add(ws.ident, "release-keys", "keys", ts.key)
+            self.outbox.add(ws.ident, ReleaseKeys, ts.key)
             if is_direct(ts):  # (its reports may still come: see DirectRuns.hold_early)
                 self.direct.released(ts)
             self.placement.unassign(ts)
@@ -315,7 +319,7 @@ class TaskGraph:
                 continue
             for holder in list(dep.who_has):  # none of them could give it
                 if tried is None or holder.address in tried:
-                    self.outbox.add(holder.ident, "release-keys", "keys", dep.key)
+                    self.outbox.add(holder.ident, ReleaseKeys, dep.key)
                     self.remove_holder(dep, holder)
             if not dep.who_has and dep.state == MEMORY:
                 self.set_state(dep, RELEASED)
@@ -374,7 +378,7 @@ class TaskGraph:
             ts = tasks.get(key)
             if ts is not None and not is_wanted(ts):
                 self.release(ts)
-            self.outbox.add(worker_ident, "synced", "keys", key)
+            self.outbox.add(worker_ident, Synced, key)
 
     def release(self, ts: TaskState) -> None:
         """Release ``ts``, which nobody wants: its work stops, its holders drop
@@ -382,7 +386,7 @@ class TaskGraph:
         may then be unwanted in turn)."""
         self.stop_pending_work(ts)
         for ws in list(ts.who_has):
-            self.outbox.add(ws.ident, "release-keys", "keys", ts.key)
+            self.outbox.add(ws.ident, ReleaseKeys, ts.key)
             self.remove_holder(ts, ws)
         if ts.state != RELEASED:
             self.set_state(ts, RELEASED)
@@ -396,3 +400,7 @@ class TaskGraph:
                 self.maybe_unwanted.append(dep)
             ts.dependencies = []
 
+
+def erred_item(key: str, exception: Frames | None) -> ErredItem:
+    """The news that ``key`` failed with ``exception`` (its pickled frames)."""
+    return ErredItem(key, len(exception) if exception is not None else 0)

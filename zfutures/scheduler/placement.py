@@ -15,6 +15,7 @@ import random
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
+from ..messages import Compute, ComputeItem, ReleaseKeys, TaskItem
 from .outbox import Outbox
 from .records import TaskState, WorkerRecord
 from .states import PROCESSING, WAITING
@@ -149,7 +150,7 @@ class Placement:
 
     # ------------------------------------------------------------------ ready queues
 
-    def root_blocks(self, items: list[dict[str, Any]]) -> dict[int, WorkerRecord]:
+    def root_blocks(self, items: list[TaskItem]) -> dict[int, WorkerRecord]:
         """Split the new tasks without inputs of one submit into contiguous blocks,
         one per worker, in proportion to its threads: item index -> worker.
 
@@ -167,10 +168,10 @@ class Placement:
         if len(slots) < 2 or len(items) < 2 * len(slots):
             return {}
         roots = [index for index, item in enumerate(items)
-                 if not item["deps"] and not item.get("workers")
-                 and not item.get("resources") and item["key"] not in self.tasks]
+                 if not item.deps and not item.workers
+                 and not item.resources and item.key not in self.tasks]
         if len(roots) < 2 * len(slots) or \
-                len({items[index]["priority"] for index in roots}) != 1:
+                len({items[index].priority for index in roots}) != 1:
             return {}
         return {index: slots[position * len(slots) // len(roots)]
                 for position, index in enumerate(roots)}
@@ -299,19 +300,20 @@ class Placement:
         follow it there."""
         self.occupy(ts, ws)
         deps = {dep.key: [w.address for w in dep.who_has] for dep in ts.dependencies}
-        ts.run = self.next_run
+        ts.run = run = self.next_run
         self.next_run += 1
-        item = {"key": ts.key, "deps": deps, "priority": -ts.priority[0], "run": ts.run}
-        if ts.who_wants:  # a client waits: a small result comes with the completion
-            item["send_result"] = True
-        self.outbox.add(ws.ident, "compute", "tasks", item, ts.payload)
+        payload = ts.payload
+        # (send_result: a client waits, so a small result comes with the completion)
+        self.outbox.add(ws.ident, Compute, ComputeItem(
+            ts.key, deps, run, len(payload) if payload is not None else 0, -ts.priority[0],
+            bool(ts.who_wants)), payload)
         for dependent in ts.waiters:
             if dependent.state == WAITING and ts in dependent.waiting_on:
                 self.send_early(dependent)
 
-    def assigned_here(self, run: int | None) -> bool:
+    def assigned_here(self, run: int) -> bool:
         """Whether this center assigned ``run`` (to a task it may have forgotten)."""
-        return run is not None and self.first_run <= run < self.next_run
+        return self.first_run <= run < self.next_run
 
     def occupy(self, ts: TaskState, ws: WorkerRecord) -> None:
         """``ts`` is processing on ``ws`` from now: count it there."""
@@ -348,7 +350,7 @@ class Placement:
     def take_back(self, ts: TaskState) -> None:
         """Take ``ts`` off its worker (which drops it): it waits to be placed anew."""
         assert ts.processing_on is not None
-        self.outbox.add(ts.processing_on.ident, "release-keys", "keys", ts.key)
+        self.outbox.add(ts.processing_on.ident, ReleaseKeys, ts.key)
         self.unassign(ts)
         self.graph.set_state(ts, WAITING)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
+from ..messages import ReleaseKeys
 from ..protocol import Frames
 from .outbox import Outbox
 from .records import TaskState, WorkerRecord, is_wanted
@@ -50,7 +51,7 @@ class Recovery:
             elif ts is None and self.recovering:
                 self.keep_unclaimed(key, ws, nbytes)
             else:
-                self.outbox.add(ws.ident, "release-keys", "keys", key)
+                self.outbox.add(ws.ident, ReleaseKeys, key)
         if self.expected:  # keys a client expected here that it did not bring back
             for key, addresses in list(self.expected.items()):
                 addresses.discard(ws.address)
@@ -70,7 +71,7 @@ class Recovery:
         self.recovering = False
         for key, holders in self.unclaimed.items():
             for ws in holders:
-                self.outbox.add(ws.ident, "release-keys", "keys", key)
+                self.outbox.add(ws.ident, ReleaseKeys, key)
         self.unclaimed.clear()
         expected = list(self.expected)
         self.expected.clear()
@@ -101,13 +102,13 @@ class Recovery:
         an impure task would differ.)"""
         return ts.state not in (ERRED, MEMORY) and is_wanted(ts)
 
-    def takes_earlier_run(self, ts: TaskState, run: int | None, direct: bool) -> bool:
+    def takes_earlier_run(self, ts: TaskState, run: int, direct: bool) -> bool:
         """Whether a worker's result of ``ts`` in ``run`` comes from a run a
         previous center assigned, which this center never told the worker to
         drop, and is taken as for a key a worker registers with. (Not a direct
         run the center did not count: it may have told the worker to drop that
         one.)"""
-        return run is not None and not direct and not self.placement.assigned_here(run) \
+        return not direct and not self.placement.assigned_here(run) \
             and self.takes_result(ts)
 
     def take_result(self, ts: TaskState, ws: WorkerRecord, nbytes: int,

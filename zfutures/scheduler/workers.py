@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .. import errors
+from ..messages import Acquire, AcquireItem, KeyFinished, ResultItem, Retired, WorkersLeft
 from .outbox import Outbox
 from .records import (
     ClientRecord,
@@ -34,7 +35,7 @@ def tell_if_retired(ws: WorkerRecord, outbox: Outbox) -> None:
     """Tell a retiring worker it may go, once none of its keys is still being
     copied and it runs no task a client sent it straight."""
     if ws.retiring and not ws.moving and not any(is_direct(ts) for ts in ws.processing):
-        outbox.send(ws.ident, "retired")
+        outbox.send(ws.ident, Retired)
 
 
 def probably_running(ws: WorkerRecord) -> tuple[list[TaskState], set[TaskState]]:
@@ -71,7 +72,7 @@ class WorkerLifecycle:
         self.placement.stop_sending_to(ws)
         if announce:
             for ident in [*self.clients, *self.workers]:
-                self.outbox.add(ident, "workers-left", "addresses", ws.address)
+                self.outbox.add(ident, WorkersLeft, ws.address)
         for other in self.workers.values():
             if other.moving:  # it may have been copying their keys: plan anew
                 self.hand_on(other)
@@ -110,11 +111,10 @@ class WorkerLifecycle:
             if not ts.who_has and ts.state == MEMORY:
                 graph.set_state(ts, RELEASED)
                 lost.append(ts)
-            elif ts.state == MEMORY:
-                item = {"key": ts.key, "who_has": [w.address for w in ts.who_has],
-                        "nbytes": ts.nbytes}
+            elif ts.state == MEMORY and ts.who_wants:
+                item = ResultItem(ts.key, [w.address for w in ts.who_has], ts.nbytes)
                 for client in ts.who_wants:
-                    graph.tell(client, "key-finished", dict(item))
+                    graph.tell(client, KeyFinished, item)
         ws.has_what.clear()
         for ts in lost:
             if is_wanted(ts):
@@ -191,8 +191,7 @@ class WorkerLifecycle:
         if targets:
             target = min(targets, key=lambda w: w.nbytes)
             target.nbytes += ts.nbytes  # counted now, so the next key goes elsewhere
-            self.outbox.add(target.ident, "acquire", "tasks",
-                            {"key": ts.key, "holders": [ws.address]})
+            self.outbox.add(target.ident, Acquire, AcquireItem(ts.key, [ws.address]))
             ws.moving.add(ts)
 
     def finished_while_retiring(self, ws: WorkerRecord, ts: TaskState) -> None:

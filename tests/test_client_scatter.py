@@ -10,6 +10,7 @@ from client_sim import A1, A2, W1, W2, C, Client, cluster, scattered_to_a1, stor
 
 from zfutures import Future, protocol, serialize
 from zfutures.errors import ConnectionError
+from zfutures.messages import ComputeItem, MissingData, Sync
 from zfutures.scheduler import Scheduler
 from zfutures.worker_state import WorkerState
 
@@ -164,9 +165,10 @@ class HandWorker:
                 self.state.release(header["keys"])
             elif header["op"] == "compute":
                 for item, payload in protocol.unpack_items(header["tasks"], frames):
-                    self.state.compute(item["key"], item["deps"], item.get("priority", 0),
-                                       payload, self.client.now, item.get("send_result", False),
-                                       item["run"])
+                    self.state.compute(ComputeItem(item["key"], item["deps"], item["run"],
+                                                   priority=item.get("priority", 0),
+                                                   send_result=item.get("send_result", False)),
+                                       payload, self.client.now)
             elif header["op"] == "synced":
                 self.state.synced(header["keys"])
             else:
@@ -190,21 +192,21 @@ class HandWorker:
         """Say which data is stored (as Worker._flush)."""
         stored = self.state.stored[:]
         self.state.stored.clear()
-        for _, request_id, nbytes, _ in stored:
+        for _, answer in stored:
             self.client.core.worker_message(A1, *wire("data-stored", {
-                "id": request_id, "nbytes": nbytes}, []), self.client.now)
+                "id": answer.id, "nbytes": answer.nbytes}, []), self.client.now)
 
     def reports(self) -> None:
         """Deliver the worker's reports to the center."""
         sent = self.state.take_reports(self.client.now)
-        for op, item, _ in sent:
-            if op == "sync":
-                self.client.s.sync(W1, item["keys"])
-            elif op == "missing-data":
-                self.client.s.missing_data(W1, item["key"], item["missing"], item["run"],
-                                           item["tried"])
+        for report, _ in sent:
+            if type(report) is Sync:
+                self.client.s.sync(W1, report.keys)
+            elif type(report) is MissingData:
+                self.client.s.missing_data(W1, report.key, report.missing, report.run,
+                                           report.tried)
             else:
-                raise AssertionError(f"unexpected {op!r} to the center")
+                raise AssertionError(f"unexpected {report!r} to the center")
 
 
 def test_data_scattered_again_stays_when_it_reaches_its_worker_before_the_release():

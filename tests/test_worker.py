@@ -27,7 +27,11 @@ from zfutures.messages import (
     Closing,
     Compute,
     ComputeItem,
+    DoneItem,
+    FailedItem,
     Heartbeat,
+    KeyAdded,
+    KeysAdded,
     Paused,
     Refused,
     RegisterWorker,
@@ -37,6 +41,7 @@ from zfutures.messages import (
     Retired,
     TaskErred,
     TaskFinished,
+    TaskSeceded,
     Unregister,
     Welcome,
 )
@@ -177,6 +182,24 @@ def test_a_failing_task_is_reported_with_its_error(center, start):
     assert item.key == "x" and item.nframes == len(center.payload) > 0
 
 
+def test_reports_of_a_kind_go_many_to_a_message_after_the_others(center, start):
+    running = start()
+    center.register()
+    worker = running.worker
+    wait_for(lambda: worker.registered, timeout=5)
+    reports = [(DoneItem("a", 8, 1, nframes=1), [b"result a"]), (KeyAdded("k", 16), []),
+               (TaskSeceded("s", 3), []), (FailedItem("e", 2, nframes=1), [b"error e"]),
+               (DoneItem("b", 8, 4), []), (KeyAdded("l", 32), [])]
+    worker.call_soon(worker._report, reports)  # (on the loop thread, which owns the socket)
+    assert center.expect(TaskSeceded) == TaskSeceded("s", 3)
+    assert center.expect(TaskFinished) == TaskFinished([DoneItem("a", 8, 1, nframes=1),
+                                                        DoneItem("b", 8, 4)])
+    assert [bytes(frame) for frame in center.payload] == [b"result a"]
+    assert center.expect(KeysAdded) == KeysAdded([KeyAdded("k", 16), KeyAdded("l", 32)])
+    assert center.expect(TaskErred) == TaskErred([FailedItem("e", 2, nframes=1)])
+    assert [bytes(frame) for frame in center.payload] == [b"error e"]
+
+
 def test_released_keys_are_dropped(center, start):
     running = start()
     center.register()
@@ -240,8 +263,7 @@ def test_every_op_the_center_sends_a_worker_has_a_handler_for(center):
                   "drop-direct", "workers-left", "reregister", "refused", "closing", "heartbeat"}
     worker = Worker(center.address, host="127.0.0.1")
     try:
-        assert set(worker.center_handlers) == to_workers
-        assert to_workers <= set(MESSAGES)
+        assert set(worker.center_handlers) == {MESSAGES[op] for op in to_workers}
     finally:
         worker.fetcher.close()
         worker.data_server.server.close(linger=0)

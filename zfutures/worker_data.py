@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import zmq
 
@@ -46,15 +46,14 @@ from .protocol import Frames
 from .remote_errors import describe, pickle_exception
 from .worker_state import WorkerState
 
-_Item = TypeVar("_Item")
+if TYPE_CHECKING:
+    _Item = TypeVar("_Item")
 
-
-def unpack_items(items: list[_Item], frames: Frames) -> Iterator[tuple[_Item, Frames]]:
-    """:func:`protocol.unpack_items` of a message's typed items, typed so:
-    ``(item, its frames)`` each (protocol's annotations still name the dict
-    items being retired)."""
-    unpacked: Any = protocol.unpack_items(cast(Any, items), frames)
-    return cast(Iterator[tuple[_Item, Frames]], unpacked)
+    def unpack_items(items: list[_Item], frames: Frames) -> Iterator[tuple[_Item, Frames]]:
+        """:func:`protocol.unpack_items`, as it works on a message's items in
+        their class (its annotations still name the dict items being retired)."""
+else:
+    from .protocol import unpack_items  # (at run time, protocol's own: no call added)
 
 
 def contained(handle: Callable[..., None]) -> Callable[..., None]:

@@ -50,12 +50,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ProtocolError
 from .logs import RateLimitedLog
 from .messages import Data, GetData, OfferedItem
-from .protocol import Frames, unpack_items
+from .protocol import Frames
+
+if TYPE_CHECKING:  # (typed by the items' class there; protocol's own at run time)
+    from .worker_data import unpack_items
+else:
+    from .protocol import unpack_items
 
 logger = logging.getLogger(__name__)
 dropped = RateLimitedLog(logger)
@@ -164,9 +169,9 @@ def may_offer(request: GetData) -> bool:
 
 def holder_proof(request: GetData, kept: list) -> int:
     """For a reply that offers reads (``proof``): the address of this
-    process's copy of the reader's token (``request`` is one that
-    :func:`may_offer` reads to), which joins ``kept`` (the lease's values) to
-    stay there until the read."""
+    process's copy of the reader's token (in a ``request`` :func:`may_offer`
+    said yes to), which joins ``kept`` (the lease's values) to stay there
+    until the read."""
     assert request.token is not None  # (see may_offer)
     copy = request.token.encode()
     kept.append(copy)
@@ -426,9 +431,7 @@ def unpack_data(reply: Data, frames: Sequence[Any], read: Any = None
     Raises ProtocolError if the reply does not add up, ReadFailed if the
     buffers cannot be read. ``read`` is :func:`read_buffers` unless given.
     """
-    # (protocol's annotations still name the dict items being retired)
-    offered: Any = reply.items + (reply.errors or [])
-    unpacked: list[Any] = list(unpack_items(offered, frames))
+    unpacked = list(unpack_items(reply.items + (reply.errors or []), frames))
     if not any(item.remote for item, _ in unpacked):
         return unpacked
     pid, proof = reply.pid, reply.proof

@@ -19,7 +19,7 @@ import functools
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import zmq
@@ -49,7 +49,8 @@ from .worker_state import WorkerState
 if TYPE_CHECKING:
     _Item = TypeVar("_Item")
 
-    def unpack_items(items: list[_Item], frames: Frames) -> Iterator[tuple[_Item, Frames]]:
+    def unpack_items(items: list[_Item], frames: Sequence[Any]
+                     ) -> Iterator[tuple[_Item, Frames]]:
         """:func:`protocol.unpack_items`, as it works on a message's items in
         their class (its annotations still name the dict items being retired)."""
 else:

@@ -1,5 +1,6 @@
 """A fake center for tests of the processes that talk to one: a ROUTER socket
-the test reads (:meth:`FakeCenter.expect`) and writes (:meth:`FakeCenter.send`)."""
+the test reads (:meth:`FakeCenter.expect`) and writes (:meth:`FakeCenter.send`),
+in the message classes of zfutures.messages."""
 from __future__ import annotations
 
 import time
@@ -11,6 +12,7 @@ import zmq
 
 from zfutures import protocol
 from zfutures.loop import send_frames
+from zfutures.messages import Heartbeat, RegisterWorker, Welcome
 
 
 class FakeCenter:
@@ -23,45 +25,48 @@ class FakeCenter:
         port = self.socket.bind_to_random_port("tcp://127.0.0.1")
         self.address = f"tcp://127.0.0.1:{port}"
         self.peer: bytes | None = None  # the routing id of the peer last heard
+        self.payload: list = []  # the payload frames of the message expect returned last
 
-    def expect(self, op: str, timeout: float = 10, skip=("heartbeat",)) -> dict:
-        """The next message of ``op`` (skipping those of ``skip``), with its
-        payload frames under ``"payload"``."""
+    def expect(self, cls: type, timeout: float = 10, skip: tuple[type, ...] = (Heartbeat,)
+               ) -> Any:
+        """The next message, of class ``cls`` (skipping those of the classes
+        of ``skip``); its payload frames are then :attr:`payload`."""
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
-            assert left > 0 and self.socket.poll(int(1000 * left)), f"no {op!r} within {timeout}s"
+            assert left > 0 and self.socket.poll(int(1000 * left)), \
+                f"no {cls.__name__} within {timeout}s"
             ident, *frames = self.socket.recv_multipart()
-            header, payload = protocol.decode(frames)
+            msg, payload = protocol.decode_message(frames)
             self.peer = ident
-            if header["op"] in skip:
+            if type(msg) in skip:
                 continue
-            assert header["op"] == op, f"expected {op!r}, got {header}"
-            header["payload"] = payload
-            return header
+            assert type(msg) is cls, f"expected a {cls.__name__}, got {msg}"
+            self.payload = payload
+            return msg
 
-    def ops_within(self, seconds: float, skip=("heartbeat",)) -> list[str]:
-        """The ops sent within ``seconds``, but those of ``skip``."""
-        ops, deadline = [], time.monotonic() + seconds
+    def sent_within(self, seconds: float, skip: tuple[type, ...] = (Heartbeat,)) -> list[type]:
+        """The classes of the messages sent within ``seconds``, but those of ``skip``."""
+        kinds, deadline = [], time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
             if self.socket.poll(int(1000 * left)):
                 _, *frames = self.socket.recv_multipart()
-                op = protocol.decode(frames)[0]["op"]
-                if op not in skip:
-                    ops.append(op)
-        return ops
+                kind = type(protocol.decode_message(frames)[0])
+                if kind not in skip:
+                    kinds.append(kind)
+        return kinds
 
-    def send(self, op: str, frames: list | tuple = (), **fields: Any) -> None:
-        send_frames(self.socket, [self.peer, *protocol.encode(op, frames, **fields)])
+    def send(self, msg: Any, frames: list | tuple = ()) -> None:
+        send_frames(self.socket, [self.peer, *protocol.encode_message(msg, frames)])
 
     def send_raw(self, *frames: bytes) -> None:
         self.socket.send_multipart([self.peer, *frames])
 
-    def register(self, timeout: float = 10) -> dict:
+    def register(self, timeout: float = 10) -> RegisterWorker:
         """Take a worker's registration and welcome it."""
-        header = self.expect("register-worker", timeout)
-        self.send("welcome", protocol=protocol.PROTOCOL_VERSION)
-        return header
+        registration = self.expect(RegisterWorker, timeout)
+        self.send(Welcome(protocol.PROTOCOL_VERSION))
+        return registration
 
 
 @contextmanager

@@ -22,7 +22,17 @@ from client_sim import (
 
 from zfutures import Future, serialize
 from zfutures.errors import ConnectionError
-from zfutures.messages import Compute, DataStored, PutData, ReleaseKeys, Synced, WhoHas, op_of
+from zfutures.messages import (
+    Compute,
+    DataStored,
+    MissingData,
+    PutData,
+    ReleaseKeys,
+    Sync,
+    Synced,
+    WhoHas,
+    op_of,
+)
 from zfutures.protocol import unpack_items
 from zfutures.scheduler import Scheduler
 from zfutures.worker_state import WorkerState
@@ -178,8 +188,7 @@ class HandWorker:
                 self.state.release(msg.keys)
             elif type(msg) is Compute:
                 for item, payload in unpack_items(msg.tasks, frames):
-                    self.state.compute(item.key, item.deps, item.priority, payload,
-                                       self.client.now, item.send_result, item.run)
+                    self.state.compute(item, payload, self.client.now)
             elif type(msg) is Synced:
                 self.state.synced(msg.keys)
             else:
@@ -203,21 +212,19 @@ class HandWorker:
         """Say which data is stored (as Worker._flush)."""
         stored = self.state.stored[:]
         self.state.stored.clear()
-        for _, request_id, nbytes, _ in stored:
-            self.client.core.worker_message(A1, *wire(DataStored(request_id, nbytes)),
-                                            self.client.now)
+        for _, answer in stored:
+            self.client.core.worker_message(A1, *wire(answer), self.client.now)
 
     def reports(self) -> None:
         """Deliver the worker's reports to the center."""
         sent = self.state.take_reports(self.client.now)
-        for op, item, _ in sent:
-            if op == "sync":
-                self.client.s.sync(W1, item["keys"])
-            elif op == "missing-data":
-                self.client.s.missing_data(W1, item["key"], item["missing"], item["run"],
-                                           item["tried"])
+        for report, _ in sent:
+            if type(report) is Sync:
+                self.client.s.sync(W1, report.keys)
+            elif type(report) is MissingData:
+                self.client.s.missing_data(W1, report)
             else:
-                raise AssertionError(f"unexpected {op!r} to the center")
+                raise AssertionError(f"unexpected {report!r} to the center")
 
 
 def test_data_scattered_again_stays_when_it_reaches_its_worker_before_the_release():

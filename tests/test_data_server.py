@@ -22,8 +22,6 @@ from test_hostile import (
     RawPeer,
     assert_alive,
     connected_executor,
-    decode_reply,
-    fetch,
     lines,
     make,
     start_cluster,
@@ -33,6 +31,18 @@ from test_hostile import (
 from zfutures import peer_memory, protocol, serialize
 from zfutures.logs import RateLimitedLog
 from zfutures.loop import drain, send_frames
+from zfutures.messages import (
+    Data,
+    DataItem,
+    DataRead,
+    DataStored,
+    DirectResult,
+    GetData,
+    PutData,
+    Run,
+    RunResult,
+    RunTask,
+)
 from zfutures.remote_errors import remote_exception
 from zfutures.worker_data import DataServer
 from zfutures.worker_state import WorkerState
@@ -78,11 +88,11 @@ class Served:
         sock.connect(self.address)
         return sock
 
-    def ask(self, op: str, frames: list | tuple = (), via: zmq.Socket | None = None,
-            **fields: Any) -> tuple[dict, list] | None:
+    def ask(self, msg: Any, frames: list | tuple = (), via: zmq.Socket | None = None
+            ) -> tuple[Any, list] | None:
         """Send a request, serve it, and return the answer (None if none)."""
         via = via or self.client
-        send_frames(via, protocol.encode(op, frames, **fields))
+        send_frames(via, protocol.encode_message(msg, frames))
         self.serve()
         return self.answer(via, timeout=0.5)
 
@@ -95,12 +105,12 @@ class Served:
         fn, args = self.calls.get(timeout=timeout)
         fn(*args)
 
-    def answer(self, via: zmq.Socket | None = None, timeout: float = 5) -> tuple[dict, list] | None:
+    def answer(self, via: zmq.Socket | None = None, timeout: float = 5
+               ) -> tuple[Any, list] | None:
         via = via or self.client
         if not via.poll(int(1000 * timeout)):
             return None
-        header, payload = protocol.decode(via.recv_multipart(copy=False))
-        return header, payload
+        return protocol.decode_message(via.recv_multipart(copy=False))
 
 
 @pytest.fixture
@@ -115,9 +125,9 @@ def served(context):
     return Served(context)
 
 
-def values_of(header: dict, payload: list) -> dict[str, Any]:
-    return {item["key"]: serialize.loads(frames)
-            for item, frames in protocol.unpack_items(header["items"], payload)}
+def values_of(reply: Data, payload: list) -> dict[str, Any]:
+    return {item.key: serialize.loads(frames)
+            for item, frames in protocol.unpack_items(reply.items, payload)}
 
 
 # ----------------------------------------------------------------------------- get-data
@@ -125,23 +135,25 @@ def values_of(header: dict, payload: list) -> dict[str, Any]:
 def test_get_data_answers_the_values_held_and_the_keys_missing_each_once(served):
     served.state.add_data("x", [1, 2, 3], 80)
     served.state.add_data("y", "why", 52)
-    header, payload = served.ask("get-data", id=5, keys=["x", "nope", "x", "y", "nope"])
-    assert header["op"] == "data" and header["id"] == 5
-    assert header["missing"] == ["nope"]
-    assert [(item["key"], item["nbytes"]) for item in header["items"]] == [("x", 80), ("y", 52)]
-    assert values_of(header, payload) == {"x": [1, 2, 3], "y": "why"}
-    assert "lease" not in header  # (not asked as a reader on this machine)
+    reply, payload = served.ask(GetData(5, ["x", "nope", "x", "y", "nope"]))
+    assert type(reply) is Data and reply.id == 5
+    assert reply.missing == ["nope"] and reply.errors is None
+    assert [(item.key, item.nbytes) for item in reply.items] == [("x", 80), ("y", 52)]
+    assert values_of(reply, payload) == {"x": [1, 2, 3], "y": "why"}
+    # (not asked as a reader on this machine)
+    assert (reply.lease, reply.pid, reply.proof) == (None, None, None)
+    assert all(item.remote is None for item in reply.items)
 
 
 def test_a_result_that_cannot_leave_its_worker_is_answered_as_an_error(served):
     served.state.add_data("bad", Unpicklable(), 48)
     served.state.add_data("good", 1, 28)
-    header, payload = served.ask("get-data", id=1, keys=["bad", "good"])
-    assert [item["key"] for item in header["items"]] == ["good"]
-    [error] = header["errors"]
-    assert error["key"] == "bad"
-    unpacked = dict((item["key"], frames) for item, frames in protocol.unpack_items(
-        header["items"] + header["errors"], payload))
+    reply, payload = served.ask(GetData(1, ["bad", "good"]))
+    assert [item.key for item in reply.items] == ["good"]
+    [error] = reply.errors
+    assert error.key == "bad"
+    unpacked = dict((item.key, frames) for item, frames in protocol.unpack_items(
+        reply.items + reply.errors, payload))
     exc = remote_exception(unpacked["bad"])
     assert isinstance(exc, TypeError) and "cannot be pickled" in str(exc)
     assert serialize.loads(unpacked["good"]) == 1
@@ -150,47 +162,48 @@ def test_a_result_that_cannot_leave_its_worker_is_answered_as_an_error(served):
 # ----------------------------------------------------------------------------- put-data
 
 def test_put_data_stores_the_values_and_answers_their_sizes(served):
-    items = [{"key": "a"}, {"key": "b"}, {"key": "broken"}]
-    frames = protocol.pack_items(items, [serialize.dumps(np.arange(10)), serialize.dumps("b"),
-                                         [b"not a pickle"]])
-    send_frames(served.client, protocol.encode("put-data", frames, id=3, items=items))
+    values = {"a": serialize.dumps(np.arange(10)), "b": serialize.dumps("b"),
+              "broken": [b"not a pickle"]}
+    items = [DataItem(key, len(frames)) for key, frames in values.items()]
+    frames = [frame for value_frames in values.values() for frame in value_frames]
+    send_frames(served.client, protocol.encode_message(PutData(3, items), frames))
     served.serve()
     (answer,) = served.state.stored  # (the loop's flush sends it)
     served.data_server.send_stored(*answer)
-    header, _ = served.answer()
-    assert header["op"] == "data-stored" and header["id"] == 3
-    assert set(header["nbytes"]) == {"a", "b"} and header["nbytes"]["a"] >= 80
-    assert set(header["failed"]) == {"broken"}
-    assert set(served.state.data) == {"a", "b"} and served.state.nbytes == header["nbytes"]
+    reply, _ = served.answer()
+    assert type(reply) is DataStored and reply.id == 3
+    assert set(reply.nbytes) == {"a", "b"} and reply.nbytes["a"] >= 80
+    assert set(reply.failed) == {"broken"}
+    assert set(served.state.data) == {"a", "b"} and served.state.nbytes == reply.nbytes
 
 
 # ----------------------------------------------------------------------------- run, run-task
 
 def test_run_calls_a_function_off_the_loop_and_answers_its_result_or_error(served):
-    assert served.ask("run", serialize.dumps((sum, ([1, 2, 3],), {})), id=1) is None
+    assert served.ask(Run(1), serialize.dumps((sum, ([1, 2, 3],), {}))) is None
     served.run_calls()  # the answer is sent from the loop thread
-    header, payload = served.answer()
-    assert (header["op"], header["id"], header["ok"]) == ("run-result", 1, True)
+    reply, payload = served.answer()
+    assert reply == RunResult(1, True)
     assert serialize.loads(payload) == 6
 
-    served.ask("run", serialize.dumps((fail, ("no",), {})), id=2)
+    served.ask(Run(2), serialize.dumps((fail, ("no",), {})))
     served.run_calls()
-    header, payload = served.answer()
-    assert (header["id"], header["ok"]) == (2, False)
+    reply, payload = served.answer()
+    assert reply == RunResult(2, False)
     exc = remote_exception(payload)
     assert isinstance(exc, ValueError) and str(exc) == "no"
 
 
 def test_run_task_hands_a_clients_task_to_the_state_machine(served):
-    assert served.ask("run-task", [b"pickled call"], key="k", run=9) is None
+    assert served.ask(RunTask("k", 9), [b"pickled call"]) is None
     (task,) = served.state.to_execute
     assert (task.key, task.run, task.direct, task.send_result) == ("k", 9, True, True)
     ident = task.reply_to[0]
     served.state.task_done("k", 42, 28, 0.001, None, [b"pickled 42"])
-    (client, key, run, nbytes, frames), = served.state.to_clients
-    served.data_server.send_result(client, key, run, nbytes, frames)
-    header, payload = served.answer()
-    assert header == {"op": "direct-result", "key": "k", "run": 9, "nbytes": 28}
+    (client, result, frames), = served.state.to_clients
+    served.data_server.send_result(client, result, frames)
+    reply, payload = served.answer()
+    assert reply == DirectResult("k", 9, 28)
     assert [bytes(f) for f in payload] == [b"pickled 42"] and client == ident
 
 
@@ -204,16 +217,17 @@ needs_reads = pytest.mark.skipif(not peer_memory.enabled(),
 def test_big_buffers_are_offered_to_a_reader_on_this_machine_under_a_lease(served):
     big = np.arange(1_000_000, dtype=np.float64)
     served.state.add_data("big", big, big.nbytes)
-    header, payload = served.ask("get-data", id=1, keys=["big"], **peer_memory.reader_fields())
-    [item] = header["items"]
-    assert item["remote"] and header["pid"] == os.getpid() and "proof" in header
+    reply, payload = served.ask(peer_memory.data_request(1, ["big"]))
+    [item] = reply.items
+    assert item.remote and reply.pid == os.getpid() and reply.proof is not None
+    assert item.nframes == len(payload)
     assert sum(len(f) for f in payload) < big.nbytes  # the buffer was not sent
     leases = served.data_server.leases
     assert len(leases) == 1
     other = served.dealer()
-    served.ask("data-read", via=other, lease=header["lease"])  # not its lease: kept
+    served.ask(DataRead(reply.lease), via=other)  # not its lease: kept
     assert len(leases) == 1
-    assert served.ask("data-read", lease=header["lease"]) is None  # its reader: ended
+    assert served.ask(DataRead(reply.lease)) is None  # its reader: ended
     assert len(leases) == 0
 
 
@@ -221,7 +235,7 @@ def test_big_buffers_are_offered_to_a_reader_on_this_machine_under_a_lease(serve
 def test_a_lease_never_ended_expires(served):
     big = np.arange(1_000_000, dtype=np.float64)
     served.state.add_data("big", big, big.nbytes)
-    served.ask("get-data", id=1, keys=["big"], **peer_memory.reader_fields())
+    served.ask(peer_memory.data_request(1, ["big"]))
     leases = served.data_server.leases
     assert leases.expire(time.monotonic()) == 0
     assert leases.expire(time.monotonic() + peer_memory.LEASE_SECONDS + 60) == 1
@@ -230,13 +244,27 @@ def test_a_lease_never_ended_expires(served):
 def test_a_reader_on_another_machine_gets_the_bytes(served):
     big = np.arange(1_000_000, dtype=np.float64)
     served.state.add_data("big", big, big.nbytes)
-    header, payload = served.ask("get-data", id=1, keys=["big"], machine="elsewhere",
-                                 token="x" * 32)
-    assert "lease" not in header and "remote" not in header["items"][0]
-    assert np.array_equal(values_of(header, payload)["big"], big)
+    reply, payload = served.ask(GetData(1, ["big"], machine="elsewhere", token="x" * 32))
+    assert reply.lease is None and reply.items[0].remote is None
+    assert np.array_equal(values_of(reply, payload)["big"], big)
 
 
 # ----------------------------------------------------------------------------- malformed requests
+
+def answer_of(peer: RawPeer) -> tuple[Any, list]:
+    """The next answer a raw peer gets, and its payload."""
+    assert peer.socket.poll(10_000), "the data server stopped answering"
+    reply, payload = protocol.decode_message(peer.socket.recv_multipart())
+    return reply, [bytes(f) for f in payload]
+
+
+def fetch(peer: RawPeer, request_id: int, keys: list) -> tuple[Data, list]:
+    """get-data from a worker's data server with a raw DEALER."""
+    peer.send(*protocol.encode_message(GetData(request_id, keys)))
+    reply, payload = answer_of(peer)
+    assert type(reply) is Data and reply.id == request_id
+    return reply, payload
+
 
 #: Requests to a worker's data server that it must drop without answering.
 MALFORMED_DATA_REQUESTS = {
@@ -287,8 +315,8 @@ def test_malformed_requests_to_a_data_server_leave_it_serving(processes, tmp_pat
         x = ex.submit(make, 10, workers=[data_address])
         assert x.result(timeout=30) == list(range(10))
         peer = RawPeer(context, data_address)
-        header, payload = fetch(peer, 1, [x.key, "nope"])
-        assert header["missing"] == ["nope"] and [i["key"] for i in header["items"]] == [x.key]
+        reply, payload = fetch(peer, 1, [x.key, "nope"])
+        assert reply.missing == ["nope"] and [i.key for i in reply.items] == [x.key]
         assert serialize.loads(payload) == list(range(10))
 
         sent = 0
@@ -304,19 +332,18 @@ def test_malformed_requests_to_a_data_server_leave_it_serving(processes, tmp_pat
         # answered in order: the fetch comes after every request above was handled
         results = []
         while len(results) < 40:
-            assert peer.socket.poll(10_000), "the data server stopped answering"
-            header, _ = decode_reply(peer.socket.recv_multipart())
-            assert header["op"] in ("run-result", "data-stored"), \
-                f"an answer to a malformed request: {header}"
-            results.append(header)
-        runs = [r for r in results if r["op"] == "run-result"]
-        assert sorted(r["id"] for r in runs) == list(range(1000, 1020))
-        assert not any(r["ok"] for r in runs)
-        stored = [r for r in results if r["op"] == "data-stored"]
-        assert sorted(r["id"] for r in stored) == list(range(2000, 2020))
-        assert all(r["nbytes"] == {} and "evil" in r["failed"] for r in stored)
-        header, payload = fetch(peer, 2, [x.key, "evil", "evil2"])
-        assert header["missing"] == ["evil", "evil2"], "a malformed put-data stored data"
+            reply, _ = answer_of(peer)
+            assert type(reply) in (RunResult, DataStored), \
+                f"an answer to a malformed request: {reply}"
+            results.append(reply)
+        runs = [r for r in results if type(r) is RunResult]
+        assert sorted(r.id for r in runs) == list(range(1000, 1020))
+        assert not any(r.ok for r in runs)
+        stored = [r for r in results if type(r) is DataStored]
+        assert sorted(r.id for r in stored) == list(range(2000, 2020))
+        assert all(r.nbytes == {} and "evil" in r.failed for r in stored)
+        reply, payload = fetch(peer, 2, [x.key, "evil", "evil2"])
+        assert reply.missing == ["evil", "evil2"], "a malformed put-data stored data"
         assert serialize.loads(payload) == list(range(10))
         assert not peer.socket.poll(100), "an answer to a malformed request"
 

@@ -28,7 +28,7 @@ from raw_wire import SCHEMAS
 
 from zfutures import Executor, protocol
 from zfutures.center import Center
-from zfutures.messages import op_of
+from zfutures.messages import Data, op_of
 from zfutures.protocol import PROTOCOL_VERSION
 
 pytestmark = pytest.mark.timeout(90)
@@ -82,21 +82,21 @@ class RawPeer:
     def send(self, *frames: bytes) -> None:
         self.socket.send_multipart(list(frames))
 
-    def recv(self, timeout: float = 10) -> tuple[dict, list] | None:
+    def recv(self, timeout: float = 10) -> tuple[Any, list] | None:
         """The next message (header, payload frames), or None after ``timeout``."""
         if not self.socket.poll(1000 * timeout):
             return None
         return decode_reply(self.socket.recv_multipart())
 
-    def expect(self, op: str, timeout: float = 10, skip=("heartbeat",)) -> tuple[dict, list]:
+    def expect(self, op: str, timeout: float = 10, skip=("heartbeat",)) -> tuple[Any, list]:
         """Wait for a message of ``op``, skipping heartbeats; fail on anything else."""
         deadline = time.monotonic() + timeout
         while True:
             message = self.recv(max(0.0, deadline - time.monotonic()))
             assert message is not None, f"no {op!r} within {timeout}s"
-            if message[0]["op"] in skip:
+            if op_of(message[0]) in skip:
                 continue
-            assert message[0]["op"] == op, f"expected {op!r}, got {message[0]}"
+            assert op_of(message[0]) == op, f"expected {op!r}, got {message[0]}"
             return message
 
     def register_client(self, name: str = "hostile") -> None:
@@ -107,8 +107,8 @@ class RawPeer:
         """A request to the center from a registered raw client; its result."""
         self.send(h(op, id=request_id, **fields))
         header, _ = self.expect("reply", timeout)
-        assert header["id"] == request_id
-        return header["result"]
+        assert header.id == request_id
+        return header.result
 
     def close(self) -> None:
         self.socket.close(linger=0)
@@ -359,8 +359,8 @@ def test_malformed_messages_to_the_center_are_dropped_and_logged_rate_limited(
                 peer = RawPeer(zctx, address)
                 peer.send(h(op, **dict(fields, protocol=version)))
                 header, _ = peer.expect("refused")
-                assert f"protocol version {version} " in header["reason"]
-                assert "same zfutures version" in header["reason"]
+                assert f"protocol version {version} " in header.reason
+                assert "same zfutures version" in header.reason
                 peer.send(h("heartbeat"))  # it is still a stranger to the center
                 peer.expect("reregister")
                 peer.close()
@@ -422,18 +422,18 @@ def test_malformed_messages_to_the_center_are_dropped_and_logged_rate_limited(
 
 # ----------------------------------------------------------------------------- data server
 
-def decode_reply(frames: list) -> tuple[dict, list]:
-    """Header and payload of a reply, packed small frames cut apart if need be."""
-    header, payload = protocol.decode(frames)
+def decode_reply(frames: list) -> tuple[Any, list]:
+    """The message and payload of a reply, packed small frames cut apart if need be."""
+    header, payload = protocol.decode_message(frames)
     return header, [bytes(f) for f in payload]
 
 
-def fetch(peer: RawPeer, request_id: int, keys: list) -> tuple[dict, list]:
+def fetch(peer: RawPeer, request_id: int, keys: list) -> tuple[Data, list]:
     """get-data from a worker's data server with a raw DEALER."""
     peer.send(h("get-data", id=request_id, keys=keys))
     assert peer.socket.poll(10_000), "the data server did not answer"
     header, payload = decode_reply(peer.socket.recv_multipart())
-    assert header["op"] == "data" and header["id"] == request_id
+    assert type(header) is Data and header.id == request_id
     return header, payload
 
 
@@ -608,11 +608,11 @@ def test_a_peer_that_never_reads_cannot_block_the_center(processes, tmp_path, zc
         request_id = next(request_ids)
         probe.send(h("scheduler-info", id=request_id))
         reply = probe.recv(timeout=10)
-        while reply is not None and reply[0]["op"] in ("heartbeat", "workers-left"):
+        while reply is not None and op_of(reply[0]) in ("heartbeat", "workers-left"):
             reply = probe.recv(timeout=10)
         assert reply is not None, (
             "the center stopped answering other peers while one that does not read floods it")
-        assert reply[0]["op"] == "reply" and reply[0]["id"] == request_id
+        assert op_of(reply[0]) == "reply" and reply[0].id == request_id
         return sentinel_handled(center_log)
 
     try:

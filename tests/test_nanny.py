@@ -17,6 +17,7 @@ import pytest
 from conftest import wait_for
 
 from zfutures import nanny as nanny_module
+from zfutures.messages import Heartbeat, RegisterNanny, WorkerDied
 from zfutures.nanny import Nanny
 
 pytestmark = pytest.mark.timeout(120)
@@ -75,7 +76,7 @@ def supervise(center):
 
 def test_a_nanny_starts_its_workers_and_learns_their_addresses(center, supervise):
     running = supervise(2, name="m")
-    registered = {center.register(timeout=START)["name"] for _ in range(2)}
+    registered = {center.register(timeout=START).name for _ in range(2)}
     assert registered == {"m-0", "m-1"}
     wait_for(lambda: all(c.address for c in running.nanny.children), timeout=START)
     assert len(running.live_pids()) == 2
@@ -83,17 +84,17 @@ def test_a_nanny_starts_its_workers_and_learns_their_addresses(center, supervise
 
 def test_a_worker_that_dies_is_reported_to_the_center_and_replaced(center, supervise):
     running = supervise(1)
-    first = center.register(timeout=START)["address"]
+    first = center.register(timeout=START).address
     (child,) = running.nanny.children
     wait_for(lambda: child.address == first, timeout=START)
     victim = child.process
     victim.kill()
     # The nanny tells the center at once, so the dead worker's tasks go
     # elsewhere without waiting for its heartbeats to time out ...
-    center.expect("register-nanny", timeout=10)
-    assert center.expect("worker-died", timeout=10)["address"] == first
+    center.expect(RegisterNanny, timeout=10)
+    assert center.expect(WorkerDied, timeout=10).address == first
     # ... and starts a fresh worker in its place.
-    assert center.register(timeout=START)["address"] != first
+    assert center.register(timeout=START).address != first
     assert child.process is not victim and child.process.poll() is None
 
 
@@ -116,7 +117,7 @@ def test_a_nanny_told_not_to_restart_ends_once_its_workers_are_gone(center, supe
     (child,) = running.nanny.children
     wait_for(lambda: child.address, timeout=START)
     child.process.kill()
-    assert center.expect("worker-died", skip=("heartbeat", "register-nanny"))
+    assert center.expect(WorkerDied, skip=(Heartbeat, RegisterNanny))
     assert running.ended()
 
 

@@ -27,6 +27,7 @@ from conftest import command, read_line, wait_for
 from zfutures import Executor, peer_memory, serialize
 from zfutures.context import current_worker
 from zfutures.errors import ProtocolError
+from zfutures.messages import Data, GetData, OfferedItem
 from zfutures.peer_memory import READ_FROM, Leases, ReadFailed
 
 pytestmark = pytest.mark.skipif(not peer_memory.enabled(),
@@ -55,7 +56,7 @@ def test_a_lease_ends_only_for_its_reader_or_after_its_time():
 def test_a_lease_on_more_bytes_lasts_longer():
     # (a read into memory faulted in for the first time can be slow)
     leases = Leases(duration=60)
-    reply_items = [{"key": "x", "remote": [[1, 4096, int(10 * peer_memory.SLOWEST_READ)]]}]
+    reply_items = [OfferedItem("x", remote=[[1, 4096, int(10 * peer_memory.SLOWEST_READ)]])]
     leases.grant(b"reader", [], now=0.0, reading=peer_memory.read_time(reply_items))
     assert leases.expire(now=69.0) == 0
     assert leases.expire(now=70.0) == 1
@@ -68,27 +69,29 @@ def test_each_lease_has_its_own_id():
 
 # ----------------------------------------------------------------------------- frames
 
-def offered_reply(value, *, pid: int | None = None) -> tuple[dict, list, list]:
+def offered_reply(value, *, pid: int | None = None) -> tuple[Data, list, list]:
     """A holder's ``data`` reply for ``value`` offered by address, as a worker
-    builds it: (header, frames sent, what it keeps alive: the full frames and
+    builds it: (reply, frames sent, what it keeps alive: the full frames and
     its copy of the reader's token)."""
     frames = serialize.dumps(value)
     sent, remote = peer_memory.split_frames(frames)
-    item = {"key": "x", "nbytes": 0, "nframes": len(sent)}
-    if remote:
-        item["remote"] = remote
+    item = OfferedItem("x", len(sent), 0, remote or None)
     kept = list(frames)
-    header = {"id": 1, "items": [item], "missing": [], "lease": 7,
-              "pid": os.getpid() if pid is None else pid,
-              "proof": peer_memory.holder_proof(peer_memory.reader_fields(), kept)}
-    return header, sent, kept
+    reply = Data(1, [item], [], lease=7, pid=os.getpid() if pid is None else pid,
+                 proof=peer_memory.holder_proof(peer_memory.data_request(1, ["x"]), kept))
+    return reply, sent, kept
+
+
+def with_remote(reply: Data, remote: list) -> Data:
+    """``reply`` with its item's remote buffers ``remote`` instead."""
+    return reply._replace(items=[reply.items[0]._replace(remote=remote)])
 
 
 def test_only_big_buffers_are_left_to_read():
     small = np.arange(1000.0)
     big = np.arange(READ_FROM // 8, dtype=np.float64)
-    header, sent, frames = offered_reply({"small": small, "big": big, "text": "t" * 100})
-    remote = header["items"][0]["remote"]
+    reply, sent, frames = offered_reply({"small": small, "big": big, "text": "t" * 100})
+    remote = reply.items[0].remote
     assert [size for _, _, size in remote] == [big.nbytes]
     assert [address for _, address, _ in remote] == [big.ctypes.data]
     assert len(sent) == len(frames) - 2  # the stream travels, the big buffer (and proof) not
@@ -98,9 +101,10 @@ def test_a_value_put_back_together_equals_the_original_and_is_writable():
     value = {"a": np.arange(3 * MB // 8, dtype=np.float64),
              "b": np.ones((512, 1024), dtype=np.int32),
              "c": np.arange(10), "label": "x" * 200}
-    header, sent, keep = offered_reply(value)
-    assert len(header["items"][0]["remote"]) == 2
-    [(item, frames)] = peer_memory.unpack_data(header, sent)
+    reply, sent, keep = offered_reply(value)
+    assert len(reply.items[0].remote) == 2
+    [(item, frames)] = peer_memory.unpack_data(reply, sent)
+    assert item.key == "x"
     copy = serialize.loads(frames)
     assert copy["label"] == value["label"]
     for name in "abc":
@@ -112,9 +116,9 @@ def test_a_value_put_back_together_equals_the_original_and_is_writable():
 
 
 def test_a_reply_without_remote_buffers_is_unpacked_as_sent():
-    header, sent, _ = offered_reply([1, 2, 3])
-    assert "remote" not in header["items"][0]
-    [(_, frames)] = peer_memory.unpack_data(header, sent, read=pytest.fail)
+    reply, sent, _ = offered_reply([1, 2, 3])
+    assert reply.items[0].remote is None
+    [(_, frames)] = peer_memory.unpack_data(reply, sent, read=pytest.fail)
     assert serialize.loads(frames) == [1, 2, 3]
 
 
@@ -127,73 +131,70 @@ def test_a_reply_without_remote_buffers_is_unpacked_as_sent():
     ([[0, 4096, 10]], False),                 # no lease to end
 ])
 def test_a_reply_whose_remote_buffers_do_not_add_up_is_refused(remote, lease):
-    header = {"id": 1, "missing": [],
-              "items": [{"key": "x", "nframes": 1, "remote": remote}]}
+    reply = Data(1, [OfferedItem("x", 1, remote=remote)], [])
     if lease:
-        header.update(lease=1, pid=os.getpid())
+        reply = reply._replace(lease=1, pid=os.getpid())
     with pytest.raises(ProtocolError):
-        peer_memory.unpack_data(header, [b"stream"], read=pytest.fail)
+        peer_memory.unpack_data(reply, [b"stream"], read=pytest.fail)
 
 
 def test_buffers_come_back_in_position_order_whatever_the_list_order():
     first = np.full(READ_FROM, 1, dtype=np.uint8)
     second = np.full(READ_FROM, 2, dtype=np.uint8)
-    header = {"id": 1, "missing": [], "lease": 1, "pid": os.getpid(),
-              "proof": peer_memory.holder_proof(peer_memory.reader_fields(), kept := []),
-              "items": [{"key": "x", "nframes": 1,
-                         "remote": [[2, second.ctypes.data, second.nbytes],
-                                    [1, first.ctypes.data, first.nbytes]]}]}
-    [(_, frames)] = peer_memory.unpack_data(header, [b"stream"])
+    remote = [[2, second.ctypes.data, second.nbytes], [1, first.ctypes.data, first.nbytes]]
+    reply = Data(1, [OfferedItem("x", 1, remote=remote)], [], lease=1, pid=os.getpid(),
+                 proof=peer_memory.holder_proof(peer_memory.data_request(1, ["x"]), kept := []))
+    [(item, frames)] = peer_memory.unpack_data(reply, [b"stream"])
+    assert item.remote == sorted(remote)
     assert bytes(frames[0]) == b"stream"
     assert frames[1][0] == 1 and frames[2][0] == 2
     del kept
 
 
 def test_an_offer_of_more_bytes_than_the_machine_has_is_refused_unread(caplog):
-    header, sent, kept = offered_reply(np.zeros(READ_FROM, dtype=np.uint8))
+    reply, sent, kept = offered_reply(np.zeros(READ_FROM, dtype=np.uint8))
     huge = peer_memory.machine_memory() + 1
-    header["items"][0]["remote"][0][2] = huge
+    reply.items[0].remote[0][2] = huge
     with pytest.raises(ReadFailed, match="more than this machine's memory") as failed:
-        peer_memory.unpack_data(header, sent, read=pytest.fail)
+        peer_memory.unpack_data(reply, sent, read=pytest.fail)
     assert peer_memory.after_read(failed.value) == "again"  # as frames, at once
     assert f"an offer to read {huge} bytes" in caplog.text
     # (and the time a reader gives such a read is that of the machine's memory)
     most = peer_memory.machine_memory() / peer_memory.SLOWEST_READ
-    assert peer_memory.read_time(header["items"]) == most
-    header["items"][0]["remote"][0][2] = 2**62
-    assert peer_memory.read_time(header["items"]) == most
-    header["pid"] = 2**40  # (no such pid: not even a C int)
+    assert peer_memory.read_time(reply.items) == most
+    reply.items[0].remote[0][2] = 2**62
+    assert peer_memory.read_time(reply.items) == most
+    reply = reply._replace(pid=2**40)  # (no such pid: not even a C int)
     with pytest.raises(ProtocolError):
-        peer_memory.unpack_data(header, sent, read=pytest.fail)
+        peer_memory.unpack_data(reply, sent, read=pytest.fail)
 
 
 def test_a_reply_that_names_another_process_than_its_holder_is_not_read():
-    header, sent, kept = offered_reply(np.zeros(READ_FROM, dtype=np.uint8))
+    reply, sent, kept = offered_reply(np.zeros(READ_FROM, dtype=np.uint8))
     other = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
                              stdin=subprocess.PIPE)
     try:
-        header["pid"] = other.pid  # alive, readable, but not where the token is
+        # alive, readable, but not where the token is
         with pytest.raises(ReadFailed) as failed:
-            peer_memory.unpack_data(header, sent, read=pytest.fail)
+            peer_memory.unpack_data(reply._replace(pid=other.pid), sent, read=pytest.fail)
         assert not failed.value.permanent
     finally:
         other.stdin.close()
         other.wait(10)
-    header["pid"] = os.getpid()
-    header["proof"] += 1  # the holder, but no token there
+    reply = reply._replace(proof=reply.proof + 1)  # the holder, but no token there
     with pytest.raises(ReadFailed):
-        peer_memory.unpack_data(header, sent, read=pytest.fail)
-    del header["proof"]  # (a holder that gives none)
+        peer_memory.unpack_data(reply, sent, read=pytest.fail)
+    reply = reply._replace(proof=None)  # (a holder that gives none)
     with pytest.raises(ProtocolError):
-        peer_memory.unpack_data(header, sent, read=pytest.fail)
+        peer_memory.unpack_data(reply, sent, read=pytest.fail)
 
 
 def test_a_holder_that_dies_during_the_read_is_not_trusted(monkeypatch):
     # The token is gone from the holder's memory by the end of the copy: the
     # process that answered may have died, and its pid gone to another.
-    header, sent, kept = offered_reply(np.zeros(READ_FROM, dtype=np.uint8))
+    reply, sent, kept = offered_reply(np.zeros(READ_FROM, dtype=np.uint8))
     token = kept[-1] = bytearray(kept[-1])
-    header["proof"] = peer_memory.buffer_address(token)
+    reply = reply._replace(proof=peer_memory.buffer_address(token))
 
     def read_and_lose_the_token(pid, spans):
         buffers = peer_memory.read_buffers(pid, spans)
@@ -201,7 +202,7 @@ def test_a_holder_that_dies_during_the_read_is_not_trusted(monkeypatch):
         return buffers
 
     with pytest.raises(ReadFailed):
-        peer_memory.unpack_data(header, sent, read=read_and_lose_the_token)
+        peer_memory.unpack_data(reply, sent, read=read_and_lose_the_token)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -246,15 +247,21 @@ def test_reading_a_process_that_is_gone_fails():
 
 
 def test_a_holder_offers_reads_only_to_its_own_machine():
-    [request] = [peer_memory.reader_fields()]
+    request = peer_memory.data_request(1, ["x"])
+    assert request.machine is not None and request.token is not None
     assert peer_memory.may_offer(request)
-    assert not peer_memory.may_offer({})
-    assert not peer_memory.may_offer({"machine": request["machine"]})  # no token: no proof
-    assert not peer_memory.may_offer({"machine": request["machine"] + "x"})
-    assert not peer_memory.may_offer({"machine": 3})
+    assert not peer_memory.may_offer(GetData(1, ["x"]))
+    assert not peer_memory.may_offer(request._replace(token=None))  # no token: no proof
+    assert not peer_memory.may_offer(request._replace(machine=request.machine + "x"))
+    assert not peer_memory.may_offer(request._replace(token="short"))
 
 
-def read_on_thread(header: dict, frames: list, age: float = 0.0):
+def test_a_reader_with_reads_turned_off_asks_for_none(monkeypatch):
+    monkeypatch.setattr(peer_memory, "_enabled", False)
+    assert peer_memory.data_request(1, ["x"]) == GetData(1, ["x"])
+
+
+def read_on_thread(reply: Data, frames: list, age: float = 0.0):
     """Run one reply to a request sent ``age`` seconds ago through a Reader;
     (outcome, the thread done ran on)."""
     reader = peer_memory.Reader()
@@ -265,7 +272,7 @@ def read_on_thread(header: dict, frames: list, age: float = 0.0):
         seen["outcome"], seen["thread"] = outcome, threading.current_thread()
         finished.set()
 
-    reader.read(header, frames, time.monotonic() - age, done)
+    reader.read(reply, frames, time.monotonic() - age, done)
     assert finished.wait(10), "the reader did not finish"
     reader.stop()
     return seen["outcome"], seen["thread"]
@@ -273,31 +280,28 @@ def read_on_thread(header: dict, frames: list, age: float = 0.0):
 
 def test_the_reader_reads_on_its_own_thread():
     value = np.arange(READ_FROM // 4, dtype=np.float64)
-    header, sent, _ = offered_reply(value)
-    outcome, thread = read_on_thread(header, sent)
+    reply, sent, _ = offered_reply(value)
+    outcome, thread = read_on_thread(reply, sent)
     assert thread is not threading.current_thread()
     [(item, frames)] = outcome
     np.testing.assert_array_equal(serialize.loads(frames), value)
 
 
 def test_the_reader_skips_a_reply_too_old_to_read_and_reports_failures():
-    header, sent, _ = offered_reply(np.zeros(READ_FROM))
-    assert read_on_thread(header, sent, age=peer_memory.READ_WITHIN + 1)[0] is None
-    header["pid"] = 2**22 + 12345  # no such process
-    failed = read_on_thread(header, sent)[0]
+    reply, sent, _ = offered_reply(np.zeros(READ_FROM))
+    assert read_on_thread(reply, sent, age=peer_memory.READ_WITHIN + 1)[0] is None
+    failed = read_on_thread(reply._replace(pid=2**22 + 12345), sent)[0]  # no such process
     assert isinstance(failed, ReadFailed) and not failed.permanent
-    header["pid"] = 0
-    assert isinstance(read_on_thread(header, sent)[0], ProtocolError)
-    header["pid"] = os.getpid()
-    header["items"][0]["remote"] = [[9, 4096, 1]]  # does not add up
-    assert isinstance(read_on_thread(header, sent)[0], ProtocolError)
+    assert isinstance(read_on_thread(reply._replace(pid=0), sent)[0], ProtocolError)
+    bad = with_remote(reply, [[9, 4096, 1]])  # does not add up
+    assert isinstance(read_on_thread(bad, sent)[0], ProtocolError)
 
 
 def test_a_read_that_ends_after_the_lease_could_have_is_not_used(monkeypatch):
     # (a reader stalled mid-copy: the holder may have reused that memory)
-    header, sent, _ = offered_reply(np.zeros(READ_FROM))
+    reply, sent, _ = offered_reply(np.zeros(READ_FROM))
     monkeypatch.setattr(peer_memory, "LEASE_SECONDS", 0.0)
-    assert read_on_thread(header, sent)[0] is None
+    assert read_on_thread(reply, sent)[0] is None
 
 
 def test_what_a_loop_does_after_a_read(monkeypatch):

@@ -17,6 +17,7 @@ from conftest import command, free_port, wait_for
 
 import zfutures
 from zfutures import Executor, Security, protocol
+from zfutures.messages import Data, GetData
 from zfutures.security import SecurityError
 
 pytestmark = pytest.mark.timeout(60)
@@ -151,10 +152,10 @@ def ask_for_data(context, address: str, security, key: str):
     if security is not None:
         security.connecting(sock)
     sock.connect(address)
-    sock.send(protocol.encode_header("get-data", id=1, keys=[key]))
+    sock.send_multipart(protocol.encode_message(GetData(1, [key])))
     try:
         if sock.poll(2000):
-            return protocol.decode_header(sock.recv_multipart()[0])
+            return protocol.decode_message(sock.recv_multipart())[0]
         return None
     finally:
         sock.close()
@@ -171,7 +172,7 @@ def test_a_data_server_serves_only_allowed_keys(processes, keys, stranger, tmp_p
             assert ask_for_data(context, holder, None, data.key) is None
             assert ask_for_data(context, holder, Security(stranger), data.key) is None
             reply = ask_for_data(context, holder, Security(keys), data.key)
-            assert reply["op"] == "data" and reply["items"][0]["key"] == data.key
+            assert type(reply) is Data and reply.items[0].key == data.key
         finally:
             context.term()
 

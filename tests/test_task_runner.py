@@ -17,6 +17,7 @@ import pytest
 from conftest import wait_for
 
 from zfutures import context
+from zfutures.messages import ComputeItem, DoneItem, RunTask
 from zfutures.serialize import dumps_task, loads
 from zfutures.task_runner import SEND_RESULT_LIMIT, LoopMoved, TaskRunner, run_task
 from zfutures.worker_state import Task, WorkerState
@@ -124,7 +125,7 @@ class Loop:
             fn(*args)
 
     def compute(self, key: str, fn, *args) -> None:
-        self.state.compute(key, {}, 0, payload(fn, *args), now=0.0)
+        self.state.compute(ComputeItem(key, {}, run=0), payload(fn, *args), now=0.0)
 
     def hand_over(self) -> None:
         self.runner.start_tasks(stopping=False)
@@ -151,7 +152,7 @@ def test_tasks_run_on_the_task_threads_and_their_results_come_back_through_the_l
     loop.hand_over()
     loop.run_until(lambda: len(loop.state.data) == 2)
     assert set(loop.state.data.values()) <= {"zfutures-task-0", "zfutures-task-1"}
-    assert [op for op, _, _ in loop.state.to_center] == ["task-finished"] * 2
+    assert [type(report) for report, _ in loop.state.to_center] == [DoneItem] * 2
 
 
 def test_a_task_released_before_its_thread_took_it_is_not_run(loop):
@@ -178,7 +179,7 @@ def test_a_seceding_task_gives_its_slot_to_a_new_thread_and_tells_the_center(loo
 # ----------------------------------------------------------------------------- loop runs
 
 def test_a_lone_task_set_aside_runs_on_the_loop_thread_and_is_flushed_at_once(loop):
-    loop.state.run_direct("x", payload(thread_name, 0), 5, CLIENT, now=0.0)
+    loop.state.run_direct(RunTask("x", 5), payload(thread_name, 0), CLIENT, now=0.0)
     loop.hand_over()
     assert loop.runner.job is not None and loop.runner.work.empty()  # set aside
     loop.runner.run_set_aside(loop.flush)
@@ -188,14 +189,15 @@ def test_a_lone_task_set_aside_runs_on_the_loop_thread_and_is_flushed_at_once(lo
 
 
 def test_no_task_is_set_aside_for_a_loop_that_stops(loop):
-    loop.state.run_direct("x", payload(thread_name, 0), 5, CLIENT, now=0.0)
+    loop.state.run_direct(RunTask("x", 5), payload(thread_name, 0), CLIENT, now=0.0)
     loop.runner.start_tasks(stopping=True)
     assert loop.runner.job is None and not loop.runner.work.empty()
 
 
 def test_a_long_task_on_the_loop_thread_is_left_to_finish_while_the_standby_takes_the_loop(
         loop):
-    loop.state.run_direct("long", payload(wait_then_name, False), 5, CLIENT, now=0.0)
+    loop.state.run_direct(RunTask("long", 5), payload(wait_then_name, False), CLIENT,
+                          now=0.0)
     loop.hand_over()
     outcome: dict = {}
 

@@ -22,7 +22,29 @@ from fake_center import FakeCenter
 import zfutures.worker
 from zfutures import protocol, serialize
 from zfutures.logs import RateLimitedLog
-from zfutures.messages import MESSAGES
+from zfutures.messages import (
+    MESSAGES,
+    Closing,
+    Compute,
+    ComputeItem,
+    DoneItem,
+    FailedItem,
+    Heartbeat,
+    KeyAdded,
+    KeysAdded,
+    Paused,
+    Refused,
+    RegisterWorker,
+    ReleaseKeys,
+    Reregister,
+    Retire,
+    Retired,
+    TaskErred,
+    TaskFinished,
+    TaskSeceded,
+    Unregister,
+    Welcome,
+)
 from zfutures.worker import Worker
 
 pytestmark = pytest.mark.timeout(60)
@@ -43,9 +65,8 @@ def payload(fn, *args) -> list:
 
 def compute(center: FakeCenter, key: str, fn=inc, *args, run: int = 1, **fields: Any) -> None:
     """Send the worker a compute of ``fn(*args)`` as ``key``."""
-    items = [{"key": key, "deps": {}, "run": run, **fields}]
-    center.send("compute", protocol.pack_items(items, [payload(fn, *args or (1,))]),
-                tasks=items)
+    frames = payload(fn, *args or (1,))
+    center.send(Compute([ComputeItem(key, {}, run, len(frames), **fields)]), frames)
 
 
 @pytest.fixture
@@ -91,27 +112,28 @@ def start(center, monkeypatch):
 
 def test_a_worker_registers_with_what_it_is_and_then_heartbeats(center, start):
     running = start(nthreads=3, name="w1", resources={"GPU": 1.0})
-    header = center.expect("register-worker")
-    assert header["address"] == running.worker.address and header["name"] == "w1"
-    assert (header["nthreads"], header["resources"], header["keys"]) == (3, {"GPU": 1.0}, [])
-    assert header["protocol"] == protocol.PROTOCOL_VERSION
-    center.send("welcome", protocol=protocol.PROTOCOL_VERSION)
+    registration = center.expect(RegisterWorker)
+    assert registration.address == running.worker.address and registration.name == "w1"
+    assert (registration.nthreads, registration.resources, registration.keys) == \
+        (3, {"GPU": 1.0}, [])
+    assert registration.protocol == protocol.PROTOCOL_VERSION
+    center.send(Welcome(protocol.PROTOCOL_VERSION))
     wait_for(lambda: running.worker.registered, timeout=5)
-    center.expect("heartbeat", timeout=2, skip=())
+    center.expect(Heartbeat, timeout=2, skip=())
 
 
 def test_a_worker_the_center_does_not_know_registers_again(center, start):
     start()
     center.register()
-    center.send("reregister")
-    assert center.expect("register-worker")["keys"] == []
+    center.send(Reregister())
+    assert center.expect(RegisterWorker).keys == []
 
 
 def test_a_worker_whose_center_goes_silent_reconnects_and_registers_again(center, start):
     start(heartbeat_timeout=0.5)
     center.register()
     first = center.peer
-    center.expect("register-worker", timeout=5)  # (after half a second of silence)
+    center.expect(RegisterWorker, timeout=5)  # (after half a second of silence)
     assert center.peer != first  # from a new socket
 
 
@@ -119,15 +141,16 @@ def test_a_worker_whose_center_is_closing_registers_anew_with_its_keys(center, s
     start()
     center.register()
     compute(center, "x")
-    center.expect("task-finished")
-    center.send("closing")
-    assert center.expect("register-worker")["keys"] == ["x"]
+    center.expect(TaskFinished)
+    center.send(Closing())
+    registration = center.expect(RegisterWorker)
+    assert registration.keys == ["x"] and registration.nbytes[0] > 0
 
 
 def test_a_worker_the_center_refuses_stops(center, start):
     running = start()
-    center.expect("register-worker")
-    center.send("refused", reason="wrong protocol")
+    center.expect(RegisterWorker)
+    center.send(Refused("wrong protocol"))
     assert running.ended()
 
 
@@ -137,9 +160,8 @@ def test_a_task_the_center_sends_runs_and_is_reported_with_its_run(center, start
     running = start()
     center.register()
     compute(center, "x", inc, 41, run=7)
-    header = center.expect("task-finished")
-    [item] = header["tasks"]
-    assert (item["key"], item["run"]) == ("x", 7) and item["nbytes"] > 0
+    [item] = center.expect(TaskFinished).tasks
+    assert (item.key, item.run) == ("x", 7) and item.nbytes > 0 and item.nframes == 0
     assert running.worker.state.data == {"x": 42}
 
 
@@ -147,40 +169,58 @@ def test_a_small_result_asked_for_rides_with_its_completion(center, start):
     start()
     center.register()
     compute(center, "x", inc, 41, send_result=True)  # (the wire's name for it)
-    header = center.expect("task-finished")
-    assert header["tasks"][0]["nframes"] > 0
-    assert serialize.loads(header["payload"]) == 42
+    [item] = center.expect(TaskFinished).tasks
+    assert item.nframes == len(center.payload) > 0
+    assert serialize.loads(center.payload) == 42
 
 
 def test_a_failing_task_is_reported_with_its_error(center, start):
     start()
     center.register()
     compute(center, "x", inc, "not a number")
-    header = center.expect("task-erred")
-    assert header["tasks"][0]["key"] == "x" and header["payload"]
+    [item] = center.expect(TaskErred).tasks
+    assert item.key == "x" and item.nframes == len(center.payload) > 0
+
+
+def test_reports_of_a_kind_go_many_to_a_message_after_the_others(center, start):
+    running = start()
+    center.register()
+    worker = running.worker
+    wait_for(lambda: worker.registered, timeout=5)
+    reports = [(DoneItem("a", 8, 1, nframes=1), [b"result a"]), (KeyAdded("k", 16), []),
+               (TaskSeceded("s", 3), []), (FailedItem("e", 2, nframes=1), [b"error e"]),
+               (DoneItem("b", 8, 4), []), (KeyAdded("l", 32), [])]
+    worker.call_soon(worker._report, reports)  # (on the loop thread, which owns the socket)
+    assert center.expect(TaskSeceded) == TaskSeceded("s", 3)
+    assert center.expect(TaskFinished) == TaskFinished([DoneItem("a", 8, 1, nframes=1),
+                                                        DoneItem("b", 8, 4)])
+    assert [bytes(frame) for frame in center.payload] == [b"result a"]
+    assert center.expect(KeysAdded) == KeysAdded([KeyAdded("k", 16), KeyAdded("l", 32)])
+    assert center.expect(TaskErred) == TaskErred([FailedItem("e", 2, nframes=1)])
+    assert [bytes(frame) for frame in center.payload] == [b"error e"]
 
 
 def test_released_keys_are_dropped(center, start):
     running = start()
     center.register()
     compute(center, "x")
-    center.expect("task-finished")
-    center.send("release-keys", keys=["x"])
+    center.expect(TaskFinished)
+    center.send(ReleaseKeys(["x"]))
     wait_for(lambda: not running.worker.state.data, timeout=5)
 
 
 def test_a_worker_over_its_memory_mark_pauses_and_says_so(center, start):
     running = start(memory_limit=1)  # (any process is over it)
     center.register()
-    assert center.expect("paused")["paused"] is True
+    assert center.expect(Paused).paused is True
     compute(center, "x")
     state = running.worker.state
     wait_for(lambda: "x" in state.tasks, timeout=10)  # it took the task ...
     assert "x" in [task.key for task in state.ready] and not state.executing  # ... and waits
-    assert "task-finished" not in center.ops_within(0.2)
-    center.send("reregister")  # a new center hears it too
-    center.expect("register-worker")
-    assert center.expect("paused")["paused"] is True
+    assert TaskFinished not in center.sent_within(0.2)
+    center.send(Reregister())  # a new center hears it too
+    center.expect(RegisterWorker)
+    assert center.expect(Paused).paused is True
 
 
 # ----------------------------------------------------------------------------- what is dropped
@@ -211,7 +251,7 @@ def test_what_a_worker_has_no_use_for_from_its_center_is_dropped_and_logged(
         for _ in range(20):
             center.send_raw(*frames)
     compute(center, "x")  # handled after all of them: the worker goes on
-    center.expect("task-finished")
+    center.expect(TaskFinished)
     assert running.worker.state.tasks == {} and "y" not in running.worker.state.data
     logged = [r.getMessage() for r in caplog.records if r.name == "zfutures.worker"]
     assert any("dropped a malformed message" in m for m in logged), logged
@@ -223,8 +263,7 @@ def test_every_op_the_center_sends_a_worker_has_a_handler_for(center):
                   "drop-direct", "workers-left", "reregister", "refused", "closing", "heartbeat"}
     worker = Worker(center.address, host="127.0.0.1")
     try:
-        assert set(worker.center_handlers) == to_workers
-        assert to_workers <= set(MESSAGES)
+        assert set(worker.center_handlers) == {MESSAGES[op] for op in to_workers}
     finally:
         worker.fetcher.close()
         worker.data_server.server.close(linger=0)
@@ -239,7 +278,7 @@ def test_a_worker_holding_nothing_leaves_at_once(center, start):
     center.register()
     wait_for(lambda: running.worker.registered, timeout=5)
     running.worker.stop()
-    assert center.expect("unregister")
+    assert center.expect(Unregister) == Unregister()
     assert running.ended()
 
 
@@ -247,12 +286,12 @@ def test_a_leaving_worker_hands_its_keys_on_and_goes_when_the_center_says(center
     running = start(retire_timeout=30)
     center.register()
     compute(center, "x")
-    center.expect("task-finished")
+    center.expect(TaskFinished)
     running.worker.stop()
-    center.expect("retire")
+    center.expect(Retire)
     assert not running.ended(timeout=0.3)  # waits for the center
-    center.send("retired")
-    center.expect("unregister")
+    center.send(Retired())
+    center.expect(Unregister)
     assert running.ended()
 
 
@@ -261,9 +300,9 @@ def test_a_leaving_worker_the_center_does_not_answer_goes_after_its_retire_timeo
     running = start(retire_timeout=0.5)
     center.register()
     compute(center, "x")
-    center.expect("task-finished")
+    center.expect(TaskFinished)
     began = time.monotonic()
     running.worker.stop()
-    center.expect("retire")
-    center.expect("unregister", timeout=5)
+    center.expect(Retire)
+    center.expect(Unregister, timeout=5)
     assert running.ended() and time.monotonic() - began >= 0.5

@@ -7,7 +7,25 @@ from __future__ import annotations
 
 import pytest
 
-from zfutures.worker_state import DROPPED_DIRECT_KEPT, WorkerState
+from zfutures.messages import (
+    AcquireItem,
+    ComputeItem,
+    DataStored,
+    DirectResult,
+    DoneItem,
+    DropItem,
+    FailedItem,
+    KeyAdded,
+    MissingData,
+    Paused,
+    Retire,
+    RunTask,
+    Sync,
+    TaskAccepted,
+    TaskRefused,
+    TaskSeceded,
+)
+from zfutures.worker_state import DROPPED_DIRECT_KEPT, Report, WorkerState
 
 ME = "tcp://me:9000"
 P1, P2, P3 = "tcp://p1:9000", "tcp://p2:9000", "tcp://p3:9000"
@@ -21,7 +39,8 @@ def make(nthreads: int = 1) -> WorkerState:
 
 def compute(w: WorkerState, key: str, deps: dict | None = None, priority: int = 0,
             now: float = 0.0, run: int = RUN) -> None:
-    w.compute(key, deps or {}, priority, [f"payload of {key}".encode()], now, run=run)
+    w.compute(ComputeItem(key, deps or {}, run, priority=priority),
+              [f"payload of {key}".encode()], now)
 
 
 def executed(w: WorkerState) -> list[str]:
@@ -37,7 +56,7 @@ def fetches(w: WorkerState) -> list[tuple[int, str, list[str]]]:
     return requests
 
 
-def reports(w: WorkerState) -> list[tuple[str, dict, list]]:
+def reports(w: WorkerState) -> list[Report]:
     out = list(w.to_center)
     w.to_center.clear()
     return out
@@ -105,8 +124,7 @@ def test_data_received_stores_inputs_reports_them_and_starts_the_task():
     assert w.inputs_of(task) == {"a": "A", "b": "B"}
     assert w.nbytes == {"a": 100, "b": 200}
     # The center tracks every copy: each fetched input is reported with its size.
-    assert sorted((op, item["key"], item["nbytes"]) for op, item, _ in reports(w)) == [
-        ("keys-added", "a", 100), ("keys-added", "b", 200)]
+    assert sorted(reports(w)) == [(KeyAdded("a", 100), []), (KeyAdded("b", 200), [])]
 
 
 # --------------------------------------------------------------------------- threads
@@ -138,8 +156,7 @@ def test_finished_task_keeps_its_result_and_reports_it_to_the_center():
     executed(w)
     w.task_done("x", value=42, nbytes=28, duration=0.5)
     assert w.data == {"x": 42} and w.nbytes == {"x": 28}
-    assert reports(w) == [
-        ("task-finished", {"key": "x", "nbytes": 28, "duration": 0.5, "run": RUN}, [])]
+    assert reports(w) == [(DoneItem("x", 28, RUN, duration=0.5), [])]
     assert "x" not in w.tasks and w.executing == set()
 
 
@@ -148,7 +165,7 @@ def test_failed_task_reports_its_exception_frames_and_keeps_no_data():
     compute(w, "x")
     executed(w)
     w.task_done("x", error=[b"pickled exception"])
-    assert reports(w) == [("task-erred", {"key": "x", "run": RUN}, [b"pickled exception"])]
+    assert reports(w) == [(FailedItem("x", RUN, nframes=1), [b"pickled exception"])]
     assert "x" not in w.data
 
 
@@ -157,7 +174,7 @@ def test_compute_for_a_key_already_held_reports_it_finished_without_running_it()
     w.add_data("x", "value", 64)
     compute(w, "x")
     assert executed(w) == []
-    assert reports(w) == [("task-finished", {"key": "x", "nbytes": 64, "run": RUN}, [])]
+    assert reports(w) == [(DoneItem("x", 64, RUN), [])]
 
 
 def test_compute_for_a_key_already_queued_is_not_run_twice():
@@ -191,8 +208,7 @@ def test_fetch_timeout_tries_the_next_holder_then_reports_missing_data():
 
     w.check_timeouts(now=100.0 + 2 * TIMEOUT)
     assert fetches(w) == []
-    assert reports(w) == [
-        ("missing-data", {"key": "t", "missing": ["a"], "run": RUN, "tried": [P1, P2]}, [])]
+    assert reports(w) == [(MissingData("t", ["a"], RUN, tried=[P1, P2]), [])]
     assert "t" not in w.tasks and "a" not in w.fetches
     assert executed(w) == []
 
@@ -208,8 +224,10 @@ def test_a_peer_that_left_is_asked_nothing_more_and_its_requests_go_elsewhere_at
     assert reports(w) == []
     w.peer_left(P2, now=2.0)            # a's and b's last holder: nowhere else to ask
     assert fetches(w) == []
-    assert sorted((op, item["key"], tuple(item["missing"])) for op, item, _ in reports(w)) == \
-        [("missing-data", "t", ("a",)), ("missing-data", "u", ("b",))]
+    reported = reports(w)
+    assert all(type(report) is MissingData for report, _ in reported)
+    assert sorted((report.key, report.missing) for report, _ in reported) == \
+        [("t", ["a"]), ("u", ["b"])]
     assert [peer for peer, _, _ in w.requests.values()] == [P3]  # (left alone)
 
 
@@ -241,15 +259,14 @@ def test_peer_answering_missing_with_no_holder_left_reports_missing_data():
     compute(w, "t", {"a": [P1]})
     ((request_id, _, _),) = fetches(w)
     w.data_received(request_id, {}, {}, now=1.0)
-    assert reports(w) == [
-        ("missing-data", {"key": "t", "missing": ["a"], "run": RUN, "tried": [P1]}, [])]
+    assert reports(w) == [(MissingData("t", ["a"], RUN, tried=[P1]), [])]
     assert fetches(w) == [] and executed(w) == []
     assert "t" not in w.tasks
 
 
 def test_a_request_being_read_gets_more_time_and_never_less():
     w = WorkerState(ME, nthreads=1, fetch_timeout=10)
-    w.compute("y", {"x": [P1]}, 0, [b"..."], now=0.0)
+    w.compute(ComputeItem("y", {"x": [P1]}, run=1), [b"..."], now=0.0)
     [(request_id, _, _)] = w.to_fetch
     w.extend_request(request_id, until=30.0)
     w.extend_request(request_id, until=20.0)
@@ -269,16 +286,27 @@ def test_late_answer_after_a_timeout_is_still_used():
     assert executed(w) == ["t"]
     w.data_received(second, {"a": "A"}, {"a": 8}, now=TIMEOUT + 2)
     assert executed(w) == []              # no second run
-    assert [op for op, _, _ in reports(w)] == ["keys-added"]
+    assert [type(report) for report, _ in reports(w)] == [KeyAdded]
 
 
 def test_input_with_no_holder_to_ask_is_reported_missing_instead_of_waiting_forever():
     w = make()
     compute(w, "t", {"a": [ME]})          # the center thinks we hold a; we do not
     assert fetches(w) == []
-    assert reports(w) == [
-        ("missing-data", {"key": "t", "missing": ["a"], "run": RUN, "tried": [ME]}, [])]
+    assert reports(w) == [(MissingData("t", ["a"], RUN, tried=[ME]), [])]
     assert "t" not in w.tasks
+
+
+def test_a_key_to_acquire_is_fetched_from_its_holders_and_said_to_be_here():
+    w = make()
+    w.acquire(AcquireItem("a", [P1, P2]), now=0.0)   # a leaving worker hands it on
+    ((request_id, peer, keys),) = fetches(w)
+    assert (peer, keys) == (P1, ["a"])
+    w.data_received(request_id, {"a": "A"}, {"a": 8}, now=1.0)
+    assert reports(w) == [(KeyAdded("a", 8), [])] and w.data == {"a": "A"}
+    assert executed(w) == []
+    w.acquire(AcquireItem("a", [P2]), now=2.0)       # held already: said so at once
+    assert fetches(w) == [] and reports(w) == [(KeyAdded("a", 8), [])]
 
 
 # --------------------------------------------------------------------------- release
@@ -350,8 +378,8 @@ def test_adopted_run_reports_its_result_once_and_is_not_run_again():
     compute(w, "x", run=2)
     assert executed(w) == []
     w.task_done("x", value="X", nbytes=8)
-    finished = [(item["key"], item["run"]) for op, item, _ in reports(w)
-                if op == "task-finished"]
+    finished = [(report.key, report.run) for report, _ in reports(w)
+                if type(report) is DoneItem]
     assert finished == [("x", 2)]   # it answers the assignment the center waits on
     assert w.data["x"] == "X"
     assert executed(w) == []
@@ -363,14 +391,14 @@ def test_a_task_assigned_again_while_it_runs_reports_the_new_run():
     w.forget_queue()                      # the center gave up on us, and sent x again
     compute(w, "x", run=2)
     w.task_done("x", value="X", nbytes=8)
-    assert [item["run"] for _, item, _ in reports(w)] == [2]
+    assert [report.run for report, _ in reports(w)] == [2]
 
 
 def test_a_key_held_already_is_reported_for_the_run_that_asks_for_it():
     w = make()
     w.add_data("x", "X", 8)
     compute(w, "x", run=5)
-    assert reports(w) == [("task-finished", {"key": "x", "nbytes": 8, "run": 5}, [])]
+    assert reports(w) == [(DoneItem("x", 8, 5), [])]
 
 
 def test_a_seceding_task_tells_its_run_and_a_released_one_tells_nothing():
@@ -391,7 +419,7 @@ def test_a_seceded_task_assigned_again_tells_its_secession_for_the_new_run():
     w.release(["x"])                      # dropped while it runs ...
     assert w.secede("x") is None          # ... it gives its thread back, unannounced
     compute(w, "x", run=2)                # ... and is asked for again: adopted
-    assert reports(w) == [("task-seceded", {"key": "x", "run": 2}, [])]
+    assert reports(w) == [(TaskSeceded("x", 2), [])]
 
 
 def old_call_ends_then_the_new_one_runs(w: WorkerState) -> None:
@@ -403,8 +431,7 @@ def old_call_ends_then_the_new_one_runs(w: WorkerState) -> None:
     assert (task.key, task.run, task.payload) == ("k", 2, [b"new call"])
     executed(w)
     w.task_done("k", value="NEW", nbytes=8)
-    assert reports(w) == [("task-finished", {"key": "k", "run": 2, "nbytes": 8,
-                                             "duration": 0.0}, [])]
+    assert reports(w) == [(DoneItem("k", 8, 2, duration=0.0), [])]
     assert w.data["k"] == "NEW"
 
 
@@ -412,10 +439,10 @@ def test_another_call_of_a_released_key_runs_after_it_and_gets_its_own_result():
     # A key the client chose, cancelled while it runs, and submitted again
     # with another call: the run under way is not this call's.
     w = make(nthreads=2)
-    w.compute("k", {}, 0, [b"old call"], 0.0, run=1)
+    w.compute(ComputeItem("k", {}, 1), [b"old call"], 0.0)
     assert executed(w) == ["k"]
     w.release(["k"])
-    w.compute("k", {}, 0, [b"new call"], 0.0, run=2)
+    w.compute(ComputeItem("k", {}, 2), [b"new call"], 0.0)
     assert executed(w) == []              # the key's thread is the old call's until it ends
     compute(w, "other")
     assert executed(w) == ["other"]       # (the other thread is free)
@@ -426,9 +453,9 @@ def test_another_call_of_a_key_whose_release_has_not_come_yet_runs_after_it():
     # The center let the old call go, and its word to drop it comes after the
     # new call's assignment: the old run must not answer the new call.
     w = make(nthreads=2)
-    w.compute("k", {}, 0, [b"old call"], 0.0, run=1)
+    w.compute(ComputeItem("k", {}, 1), [b"old call"], 0.0)
     assert executed(w) == ["k"]
-    w.compute("k", {}, 0, [b"new call"], 0.0, run=2)
+    w.compute(ComputeItem("k", {}, 2), [b"new call"], 0.0)
     assert executed(w) == []              # behind the old call's thread
     old_call_ends_then_the_new_one_runs(w)
 
@@ -437,10 +464,10 @@ def test_another_call_of_a_released_key_whose_thread_skips_the_old_one_runs():
     w = make(nthreads=1)
     w.task_duration = 1e-4                # short tasks: a few are handed ahead
     compute(w, "busy")
-    w.compute("k", {}, 0, [b"old call"], 0.0, run=1)
+    w.compute(ComputeItem("k", {}, 1), [b"old call"], 0.0)
     assert executed(w) == ["busy", "k"]   # handed ahead to the busy thread
     w.release(["k"])
-    w.compute("k", {}, 0, [b"new call"], 0.0, run=2)
+    w.compute(ComputeItem("k", {}, 2), [b"new call"], 0.0)
     assert executed(w) == []
     w.task_skipped("k")                   # the thread found the old call released
     assert [task.payload for task in w.to_execute] == [[b"new call"]]
@@ -448,10 +475,10 @@ def test_another_call_of_a_released_key_whose_thread_skips_the_old_one_runs():
 
 def test_a_released_run_of_another_call_that_secedes_tells_nothing():
     w = make(nthreads=1)
-    w.compute("k", {}, 0, [b"old call"], 0.0, run=1)
+    w.compute(ComputeItem("k", {}, 1), [b"old call"], 0.0)
     executed(w)
     w.release(["k"])
-    w.compute("k", {}, 0, [b"new call"], 0.0, run=2)
+    w.compute(ComputeItem("k", {}, 2), [b"new call"], 0.0)
     assert w.secede("k") is None          # the old call waits on futures: not run 2
     assert reports(w) == []
     assert executed(w) == []              # run 2 still waits for the old call to end
@@ -474,7 +501,7 @@ def test_forgetting_the_queue_keeps_running_tasks_and_data():
     assert set(w.tasks) == {"running"} and not w.ready and not w.fetches
     # The running task still reports; a late answer to a dropped fetch is harmless.
     w.task_done("running", 2, 8)
-    assert [op for op, _, _ in reports(w)] == ["task-finished"]
+    assert [type(report) for report, _ in reports(w)] == [DoneItem]
     assert executed(w) == []                      # the queued task is not started
     w.data_received(1, {"remote": 5}, {"remote": 8}, now=1.0)
     assert w.data == {"held": 1, "running": 2}
@@ -501,13 +528,13 @@ def test_a_worker_pauses_above_the_high_mark_and_resumes_only_below_the_low_one(
     assert not w.paused and reports(w) == []
     assert not w.memory_high(int(PAUSE_AT * limit)) and w.memory_high(int(PAUSE_AT * limit) + 1)
     w.memory_measured(int(PAUSE_AT * limit) + 1)
-    assert w.paused and reports(w) == [("paused", {"paused": True}, [])]
+    assert w.paused and reports(w) == [(Paused(True), [])]
     compute(w, "x")
     assert executed(w) == []
     w.memory_measured(int(RESUME_AT * limit) + 1)       # between the marks: stays paused
     assert w.paused and reports(w) == [] and executed(w) == []
     w.memory_measured(int(RESUME_AT * limit) - 1)
-    assert not w.paused and reports(w) == [("paused", {"paused": False}, [])]
+    assert not w.paused and reports(w) == [(Paused(False), [])]
     assert executed(w) == ["x"]
     w.memory_measured(int(RESUME_AT * limit) + 1)       # between the marks: goes on
     assert not w.paused and reports(w) == []
@@ -526,7 +553,7 @@ def test_an_input_that_cannot_arrive_fails_the_tasks_waiting_for_it_only():
     fetches(w)
     error = [b"pickled TypeError"]
     w.input_failed("bad", error)
-    assert reports(w) == [("task-erred", {"key": "needs-bad", "run": RUN}, error)]
+    assert reports(w) == [(FailedItem("needs-bad", RUN, nframes=1), error)]
     assert set(w.tasks) == {"needs-good"}
     w.data_received(2, {"good": 1}, {"good": 8}, now=1.0)
     assert executed(w) == ["needs-good"]
@@ -534,12 +561,12 @@ def test_an_input_that_cannot_arrive_fails_the_tasks_waiting_for_it_only():
 
 def test_a_pickled_result_rides_with_its_completion():
     w = make()
-    w.compute("x", {}, 0, [b"payload"], 0.0, send_result=True, run=RUN)
+    w.compute(ComputeItem("x", {}, RUN, send_result=True), [b"payload"], 0.0)
     (task,) = w.to_execute
     assert task.send_result
     w.task_done("x", 2, 8, 0.001, None, [b"pickled 2"])
     assert reports(w) == [
-        ("task-finished", {"key": "x", "nbytes": 8, "duration": 0.001, "run": RUN}, [b"pickled 2"])]
+        (DoneItem("x", 8, RUN, nframes=1, duration=0.001), [b"pickled 2"])]
     assert w.data == {"x": 2}
 
 
@@ -561,7 +588,7 @@ def test_a_task_sent_ahead_is_dropped_with_its_release_and_its_input_still_repor
     w.release(["t1"])
     w.task_done("t0", 1, 8)
     assert executed(w) == [] and not w.local_waiters
-    assert [op for op, _, _ in reports(w)] == ["task-finished"]
+    assert [type(report) for report, _ in reports(w)] == [DoneItem]
 
 
 def test_short_tasks_are_handed_to_the_threads_a_few_at_a_time():
@@ -602,8 +629,7 @@ def test_a_task_given_up_for_one_input_drops_the_fetch_just_planned_for_another(
     # a has a holder to ask; b has none left (its holder died meanwhile): the
     # task goes back to the center before the request for a is even sent.
     compute(w, "t", {"a": [P1], "b": []})
-    assert reports(w) == [
-        ("missing-data", {"key": "t", "missing": ["b"], "run": RUN, "tried": []}, [])]
+    assert reports(w) == [(MissingData("t", ["b"], RUN, tried=[]), [])]
     assert fetches(w) == [] and not w.fetches and "t" not in w.tasks
     compute(w, "u", {"a": [P1]})                   # the worker goes on as usual
     assert fetches(w) == [(1, P1, ["a"])]
@@ -616,7 +642,7 @@ def test_data_a_client_puts_here_is_stored_and_the_client_told():
     w = make()
     w.put_data(b"client", 1, {"a": ("A", 8)}, {"b": "could not load"})
     assert w.data == {"a": "A"} and w.nbytes == {"a": 8}
-    assert w.stored == [(b"client", 1, {"a": 8}, {"b": "could not load"})]
+    assert w.stored == [(b"client", DataStored(1, {"a": 8}, {"b": "could not load"}))]
     assert reports(w) == []
 
 
@@ -626,12 +652,12 @@ def test_data_put_again_while_here_waits_for_the_centers_word_sent_before_it():
     w = make()
     w.add_data("a", "A", 8)
     w.put_data(b"client", 1, {"a": ("A", 8), "b": ("B", 8)}, {})
-    assert reports(w) == [("sync", {"keys": ["a"]}, [])]
+    assert reports(w) == [(Sync(["a"]), [])]
     assert w.stored == [] and "b" not in w.data
     w.release(["a"])                    # the old copy's release, on its way before
     w.synced(["a"])
     assert w.data == {"a": "A", "b": "B"}
-    assert w.stored == [(b"client", 1, {"a": 8, "b": 8}, {})]
+    assert w.stored == [(b"client", DataStored(1, {"a": 8, "b": 8}))]
 
 
 def test_each_answer_to_a_sync_lets_the_data_that_waited_longest_in():
@@ -653,7 +679,7 @@ def test_data_that_waits_for_the_answers_of_several_keys_waits_for_each():
     w.synced(["b"])
     assert w.stored == []
     w.synced(["a"])
-    assert w.stored == [(b"client", 1, {"a": 8, "b": 8}, {})]
+    assert w.stored == [(b"client", DataStored(1, {"a": 8, "b": 8}))]
 
 
 def test_data_waiting_for_a_center_that_lost_track_of_us_is_stored_when_we_register():
@@ -661,7 +687,7 @@ def test_data_waiting_for_a_center_that_lost_track_of_us_is_stored_when_we_regis
     w.add_data("a", "A", 8)
     w.put_data(b"client", 1, {"a": ("A", 8)}, {})
     w.forget_queue()
-    assert w.stored == [(b"client", 1, {"a": 8}, {})] and w.scatters.waiting == []
+    assert w.stored == [(b"client", DataStored(1, {"a": 8}))] and w.scatters.waiting == []
 
 
 # --------------------------------------------------------------------------- holding reports
@@ -678,7 +704,7 @@ def test_completions_may_wait_a_moment_only_while_more_work_runs():
     w.task_done("x", value=1, nbytes=28, duration=1e-4)
     assert "y" in w.executing
     assert w.report_hold([]) == HOLD_REPORTS
-    held = [("task-finished", {"key": f"k{i}", "run": 1}, []) for i in range(HOLD_MAX)]
+    held: list[Report] = [(DoneItem(f"k{i}", 28, 1), []) for i in range(HOLD_MAX)]
     assert w.report_hold(held) == 0.0                               # enough for a message
     w.task_done("y", value=2, nbytes=28, duration=1e-4)
     assert not w.executing and w.report_hold(held[:1]) == 0.0      # idle: report
@@ -740,7 +766,7 @@ def test_held_completions_go_together_once_their_wait_is_over():
     w.task_done("b", value=2, nbytes=28, duration=1e-4)
     assert w.take_reports(now=10.0 + HOLD_REPORTS / 2) == []   # still within the wait
     sent = w.take_reports(now=10.0 + HOLD_REPORTS)             # from the first held
-    assert [item["key"] for _, item, _ in sent] == ["a", "b"]
+    assert [report.key for report, _ in sent] == ["a", "b"]
     assert w.held == [] and w.held_until is None and w.to_center == []
 
 
@@ -748,14 +774,14 @@ def test_a_report_of_another_kind_takes_the_held_completions_along_at_once():
     w = first_of_three_short_tasks_done()
     assert w.take_reports(now=0.0) == []
     w.task_done("b", error=[b"pickled error"])
-    assert [(op, item["key"]) for op, item, _ in w.take_reports(now=0.0)] == [
-        ("task-finished", "a"), ("task-erred", "b")]
+    assert [(type(report), report.key) for report, _ in w.take_reports(now=0.0)] == [
+        (DoneItem, "a"), (FailedItem, "b")]
 
 
 def test_a_leaving_worker_holds_no_report_back():
     w = first_of_three_short_tasks_done()
     w.closing = True
-    assert [item["key"] for _, item, _ in w.take_reports(now=0.0)] == ["a"]
+    assert [report.key for report, _ in w.take_reports(now=0.0)] == ["a"]
 
 
 def test_reports_sent_end_the_wait_for_dependents_waiting_here():
@@ -765,7 +791,7 @@ def test_reports_sent_end_the_wait_for_dependents_waiting_here():
     executed(w)
     w.task_done("a", value=1, nbytes=28)
     assert w.report_now
-    assert [op for op, _, _ in w.take_reports(now=0.0)] == ["task-finished"]
+    assert [type(report) for report, _ in w.take_reports(now=0.0)] == [DoneItem]
     assert not w.report_now
 
 
@@ -783,7 +809,7 @@ def test_a_worker_holding_keys_asks_the_center_to_take_them_and_waits_a_while():
     w = WorkerState(ME, nthreads=1, retire_timeout=10.0)
     w.add_data("x", 1, 28)
     assert not w.leave(now=100.0, registered=True)
-    assert reports(w) == [("retire", {}, [])]
+    assert reports(w) == [(Retire(), [])]
     assert not w.leave(now=105.0, registered=True)
     assert not w.leave(now=110.0, registered=True)
     assert reports(w) == []                             # asked once
@@ -798,14 +824,14 @@ DIRECT = 9 << 40  # a run the client chose
 
 def test_a_direct_task_runs_and_its_small_result_goes_to_its_client_and_not_twice():
     w = make()
-    w.run_direct("x", [b"payload"], DIRECT, CLIENT, now=0.0)
+    w.run_direct(RunTask("x", DIRECT), [b"payload"], CLIENT, now=0.0)
     (task,) = w.to_execute
     assert task.send_result and task.direct and task.run == DIRECT
     w.task_done("x", 2, 28, 0.001, None, [b"pickled 2"])
-    assert w.to_clients == [(CLIENT, "x", DIRECT, 28, [b"pickled 2"])]
-    (report,) = reports(w)
-    op, item, frames = report
-    assert op == "task-finished" and item["run"] == DIRECT and item["direct"] is True
+    assert w.to_clients == [(CLIENT, DirectResult("x", DIRECT, 28), [b"pickled 2"])]
+    ((report, frames),) = reports(w)
+    assert report == DoneItem("x", 28, DIRECT, nframes=0, direct=True, answered=True,
+                              duration=0.001)
     assert frames == []  # its client has it; the center need not carry it again
     assert w.data["x"] == 2
 
@@ -814,35 +840,35 @@ def test_a_direct_completion_its_client_has_may_wait_longer_even_when_idle():
     from zfutures.worker_policy import HOLD_ANSWERED, HOLD_MAX
 
     w = make()
-    w.run_direct("x", [b"payload"], DIRECT, CLIENT, now=0.0)
+    w.run_direct(RunTask("x", DIRECT), [b"payload"], CLIENT, now=0.0)
     w.task_done("x", 2, 28, 0.001, None, [b"pickled 2"])
     assert not w.executing
     assert w.report_hold([]) == HOLD_ANSWERED
     (held,) = reports(w)
-    assert held[1]["answered"] is True
-    w.run_direct("y", [b"payload"], DIRECT + 1, CLIENT, now=0.0)
+    assert held[0].answered is True
+    w.run_direct(RunTask("y", DIRECT + 1), [b"payload"], CLIENT, now=0.0)
     w.task_done("y", 3, 28, 0.001, None, [b"pickled 3"])
     assert w.report_hold([held]) == HOLD_ANSWERED
     assert w.report_hold([held] * HOLD_MAX) == 0.0           # enough for a message
     reports(w)
-    w.run_direct("z", [b"payload"], DIRECT + 2, CLIENT, now=0.0)
+    w.run_direct(RunTask("z", DIRECT + 2), [b"payload"], CLIENT, now=0.0)
     w.task_done("z", error=[b"exception"])                   # anything else: at once
     assert w.report_hold([held]) == 0.0
 
 
 def test_a_direct_completion_its_client_did_not_get_is_reported_at_once():
     w = make()
-    w.run_direct("big", [b"payload"], DIRECT, CLIENT, now=0.0)
+    w.run_direct(RunTask("big", DIRECT), [b"payload"], CLIENT, now=0.0)
     w.task_done("big", b"x" * 10, 10**9, 0.001, None, None)  # too big to send along
     assert w.to_clients == []
     assert w.report_hold([]) == 0.0  # its client hears of it through the center
     (report,) = reports(w)
-    assert "answered" not in report[1]
+    assert report[0].answered is False and report[1] == []
 
 
 def test_a_direct_completion_with_dependents_waiting_here_is_reported_at_once():
     w = make(nthreads=2)
-    w.run_direct("x", [b"payload"], DIRECT, CLIENT, now=0.0)
+    w.run_direct(RunTask("x", DIRECT), [b"payload"], CLIENT, now=0.0)
     compute(w, "y", {"x": [ME]})   # sent ahead by the center: waits here for x
     w.task_done("x", 2, 28, 0.001, None, [b"pickled 2"])
     assert w.report_hold([]) == 0.0
@@ -850,26 +876,25 @@ def test_a_direct_completion_with_dependents_waiting_here_is_reported_at_once():
 
 def test_a_direct_tasks_error_goes_to_the_center_only():
     w = make()
-    w.run_direct("x", [b"payload"], DIRECT, CLIENT, now=0.0)
+    w.run_direct(RunTask("x", DIRECT), [b"payload"], CLIENT, now=0.0)
     w.task_done("x", error=[b"exception"])
     assert w.to_clients == []
-    assert reports(w) == [("task-erred", {"key": "x", "run": DIRECT, "direct": True},
-                           [b"exception"])]
+    assert reports(w) == [(FailedItem("x", DIRECT, nframes=1, direct=True), [b"exception"])]
 
 
 def test_a_direct_task_still_running_is_announced_once_at_the_next_check():
     w = make(nthreads=2)
-    w.run_direct("x", [b"payload"], DIRECT, CLIENT, now=0.0)
-    w.run_direct("done", [b"payload"], DIRECT + 1, CLIENT, now=0.0)
+    w.run_direct(RunTask("x", DIRECT), [b"payload"], CLIENT, now=0.0)
+    w.run_direct(RunTask("done", DIRECT + 1), [b"payload"], CLIENT, now=0.0)
     w.check_timeouts(0.5)
-    assert reports(w) == [("task-accepted", {"key": "x", "run": DIRECT}, []),
-                          ("task-accepted", {"key": "done", "run": DIRECT + 1}, [])]
+    assert reports(w) == [(TaskAccepted("x", DIRECT), []),
+                          (TaskAccepted("done", DIRECT + 1), [])]
     w.check_timeouts(1.0)
     assert reports(w) == []
     w.task_done("x", 2, 28, 0.001, None, [b"pickled 2"])
     w.task_done("done", 2, 28, 0.001, None, [b"pickled 2"])
     reports(w)
-    w.run_direct("gone", [b"payload"], DIRECT + 2, CLIENT, now=1.0)
+    w.run_direct(RunTask("gone", DIRECT + 2), [b"payload"], CLIENT, now=1.0)
     w.release(["gone"])
     w.check_timeouts(1.5)
     assert reports(w) == []  # released before the check: nothing to confirm
@@ -877,13 +902,13 @@ def test_a_direct_task_still_running_is_announced_once_at_the_next_check():
 
 def test_a_direct_task_the_center_sends_too_reports_the_centers_run_and_answers_the_client():
     w = make()
-    w.run_direct("x", [b"payload of x"], DIRECT, CLIENT, now=0.0)  # (the same call)
+    w.run_direct(RunTask("x", DIRECT), [b"payload of x"], CLIENT, now=0.0)  # (the same call)
     compute(w, "x", run=RUN)  # placed here by the center after all
     assert executed(w) == ["x"]
     w.task_done("x", 2, 28, 0.001, None, [b"pickled 2"])
-    assert w.to_clients == [(CLIENT, "x", DIRECT, 28, [b"pickled 2"])]
-    ((op, item, _),) = reports(w)
-    assert item["run"] == RUN and "direct" not in item
+    assert w.to_clients == [(CLIENT, DirectResult("x", DIRECT, 28), [b"pickled 2"])]
+    ((report, _),) = reports(w)
+    assert type(report) is DoneItem and report.run == RUN and report.direct is False
 
 
 def test_a_direct_request_for_a_key_held_or_queued_here_is_refused():
@@ -892,18 +917,18 @@ def test_a_direct_request_for_a_key_held_or_queued_here_is_refused():
     compute(w, "queued", run=RUN)
     executed(w)
     # The center may have told us to drop these, in a message still on its way.
-    w.run_direct("held", [b"payload"], DIRECT, CLIENT, now=0.0)
-    w.run_direct("queued", [b"payload"], DIRECT + 1, CLIENT, now=0.0)
+    w.run_direct(RunTask("held", DIRECT), [b"payload"], CLIENT, now=0.0)
+    w.run_direct(RunTask("queued", DIRECT + 1), [b"payload"], CLIENT, now=0.0)
     assert executed(w) == []
-    assert reports(w) == [("task-refused", {"key": "held", "run": DIRECT}, []),
-                          ("task-refused", {"key": "queued", "run": DIRECT + 1}, [])]
+    assert reports(w) == [(TaskRefused("held", DIRECT), []),
+                          (TaskRefused("queued", DIRECT + 1), [])]
     w.release(["held", "queued"])
     assert w.data == {} and w.to_clients == []
 
 
 def test_a_direct_task_released_before_its_thread_took_it_sends_nothing():
     w = make()
-    w.run_direct("x", [b"payload"], DIRECT, CLIENT, now=0.0)
+    w.run_direct(RunTask("x", DIRECT), [b"payload"], CLIENT, now=0.0)
     assert executed(w) == ["x"]
     w.release(["x"])
     w.task_skipped("x")  # its thread found it released, and did not start it
@@ -923,17 +948,17 @@ def test_a_direct_task_that_cannot_start_at_once_is_refused(why):
     else:
         w.closing = True
     reports(w)
-    w.run_direct("x", [b"payload"], DIRECT, CLIENT, now=0.0)
-    assert reports(w) == [("task-refused", {"key": "x", "run": DIRECT}, [])]
+    w.run_direct(RunTask("x", DIRECT), [b"payload"], CLIENT, now=0.0)
+    assert reports(w) == [(TaskRefused("x", DIRECT), [])]
     assert "x" not in w.tasks and "x" not in [t.key for t in w.to_execute]
 
 
 def test_a_direct_run_the_center_gave_up_on_is_refused_when_it_comes_late():
     w = make()
-    w.drop_direct("late", DIRECT, now=0.0)  # never came here
-    assert reports(w) == [("task-refused", {"key": "late", "run": DIRECT}, [])]
-    w.run_direct("late", [b"payload"], DIRECT, CLIENT, now=1.0)
-    assert reports(w) == [("task-refused", {"key": "late", "run": DIRECT}, [])]
+    w.drop_direct(DropItem("late", DIRECT), now=0.0)  # never came here
+    assert reports(w) == [(TaskRefused("late", DIRECT), [])]
+    w.run_direct(RunTask("late", DIRECT), [b"payload"], CLIENT, now=1.0)
+    assert reports(w) == [(TaskRefused("late", DIRECT), [])]
     assert "late" not in w.tasks
     w.check_timeouts(DROPPED_DIRECT_KEPT + 1)  # kept a while, then forgotten
     assert w.dropped_direct == {}
@@ -941,31 +966,31 @@ def test_a_direct_run_the_center_gave_up_on_is_refused_when_it_comes_late():
 
 def test_a_direct_run_the_center_gave_up_on_that_came_here_is_kept():
     w = make(nthreads=2)
-    w.run_direct("running", [b"payload"], DIRECT, CLIENT, now=0.0)
-    w.run_direct("done", [b"payload"], DIRECT + 1, CLIENT, now=0.0)
+    w.run_direct(RunTask("running", DIRECT), [b"payload"], CLIENT, now=0.0)
+    w.run_direct(RunTask("done", DIRECT + 1), [b"payload"], CLIENT, now=0.0)
     w.task_done("done", 2, 28, 0.001, None, [b"pickled 2"])
     reports(w)
-    w.drop_direct("running", DIRECT, now=1.0)  # its reports are on their way
-    w.drop_direct("done", DIRECT + 1, now=1.0)
+    w.drop_direct(DropItem("running", DIRECT), now=1.0)  # its reports are on their way
+    w.drop_direct(DropItem("done", DIRECT + 1), now=1.0)
     assert reports(w) == [] and w.dropped_direct == {}
     assert "running" in w.tasks and w.data["done"] == 2
 
 
 def test_a_direct_request_for_another_call_of_a_released_running_key_is_refused():
     w = make(nthreads=2)
-    w.run_direct("k", [b"old call"], DIRECT, CLIENT, now=0.0)
+    w.run_direct(RunTask("k", DIRECT), [b"old call"], CLIENT, now=0.0)
     executed(w)
     w.release(["k"])
-    w.run_direct("k", [b"new call"], DIRECT + 1, CLIENT, now=0.0)
-    assert reports(w) == [("task-refused", {"key": "k", "run": DIRECT + 1}, [])]
+    w.run_direct(RunTask("k", DIRECT + 1), [b"new call"], CLIENT, now=0.0)
+    assert reports(w) == [(TaskRefused("k", DIRECT + 1), [])]
     assert "k" not in w.tasks
     w.task_done("k", "OLD", 28, 0.001, None, [b"pickled OLD"])
     assert w.to_clients == [] and reports(w) == [] and "k" not in w.data
     # The same call again adopts the run under way, as for a key the center sends.
-    w.run_direct("again", [b"call"], DIRECT + 2, CLIENT, now=0.0)
+    w.run_direct(RunTask("again", DIRECT + 2), [b"call"], CLIENT, now=0.0)
     executed(w)
     w.release(["again"])
-    w.run_direct("again", [b"call"], DIRECT + 3, CLIENT, now=0.0)
+    w.run_direct(RunTask("again", DIRECT + 3), [b"call"], CLIENT, now=0.0)
     assert executed(w) == [] and w.tasks["again"].run == DIRECT + 3
 
 
@@ -973,7 +998,7 @@ def test_a_direct_request_for_another_call_of_a_released_running_key_is_refused(
 
 def test_a_lone_direct_task_runs_on_the_loop_thread_when_no_thread_is_busy():
     w = make(nthreads=1)
-    w.run_direct("x", [b"payload"], DIRECT, CLIENT, now=0.0)
+    w.run_direct(RunTask("x", DIRECT), [b"payload"], CLIENT, now=0.0)
     task = w.take_loop_run(loop_free=True)
     assert task is not None and task.key == "x" and w.to_execute == []
     assert "x" in w.executing  # (it holds the thread slot while it runs)
@@ -985,7 +1010,7 @@ def test_a_task_runs_on_a_task_thread_otherwise(why):
     if why == "center's task":      # no client waits on each hop of it
         compute(w, "x")
     else:
-        w.run_direct("x", [b"payload"], DIRECT, CLIENT, now=0.0)
+        w.run_direct(RunTask("x", DIRECT), [b"payload"], CLIENT, now=0.0)
     if why == "thread busy":        # a task the center sent runs already
         w.executing.add("long")
     assert w.take_loop_run(loop_free=why != "loop busy") is None

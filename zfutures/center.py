@@ -19,7 +19,7 @@ import gc
 import logging
 import struct
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, Callable, NamedTuple
 
 import zmq
@@ -64,11 +64,6 @@ from .processes import release_free_memory
 from .scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
-
-#: protocol.unpack_items, as it takes the items of the message classes (its
-#: own annotation still names the dict items being retired): the same function.
-_unpack_items: Callable[[Any, Sequence[Any]], Iterator[tuple[Any, protocol.Frames]]] = \
-    protocol.unpack_items
 
 WORKER, CLIENT, NANNY = "worker", "client", "nanny"
 #: The role of a peer the center does not know: it has not registered yet, or
@@ -348,7 +343,7 @@ class Center:
 
     def _submit(self, ident: bytes, msg: Submit, frames: list) -> None:
         items = msg.tasks
-        _unpack_items(items, frames)  # checks the counts before anything changes
+        protocol.unpack_items(items, frames)  # checks the counts before anything changes
         # Small payloads are slices of one packed frame: copied out, so that a
         # task that stays does not keep its whole batch in memory.
         below = protocol.PACK_BELOW
@@ -357,11 +352,11 @@ class Center:
 
     def _task_finished(self, ident: bytes, msg: TaskFinished, frames: list) -> None:
         finished = self.scheduler.task_finished
-        for item, value in _unpack_items(msg.tasks, frames):
+        for item, value in protocol.unpack_items(msg.tasks, frames):
             finished(ident, item, value or None)
 
     def _task_erred(self, ident: bytes, msg: TaskErred, frames: list) -> None:
-        for item, exception in _unpack_items(msg.tasks, frames):
+        for item, exception in protocol.unpack_items(msg.tasks, frames):
             # Kept while the task stays erred: copied out of the packed frame.
             self.scheduler.task_erred(ident, item, [bytes(f) for f in exception])
 

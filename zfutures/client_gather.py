@@ -20,11 +20,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import peer_memory
-from .client_records import ERRED, FINISHED, KeyRecord, Message, unpack_items
+from .client_records import ERRED, FINISHED, KeyRecord, Message
 from .client_requests import Requests
 from .errors import FutureLostError
 from .messages import Data, DataRead, GetData, OfferedItem, WhoHas
-from .protocol import Frames
+from .protocol import Frames, unpack_items
 from .remote_errors import remote_exception
 
 logger = logging.getLogger(__name__)
@@ -137,8 +137,8 @@ class Gathers:
         for address, worker_keys in plan.items():
             request_id = next(self._ids)
             self.fetches[request_id] = Fetch(gather, address, worker_keys, now, deadline)
-            self._to_workers.append((address, GetData(request_id, worker_keys,
-                                                      **peer_memory.reader_fields()), []))
+            self._to_workers.append((address, peer_memory.data_request(request_id, worker_keys),
+                                     []))
         if not gather.remaining and not gather.result.done():
             self._finish(gather)
 
@@ -190,7 +190,7 @@ class Gathers:
     def data(self, address: str, msg: Data, frames: Frames, now: float) -> None:
         """A worker's answer to a fetch: the values, or buffers to read from its memory."""
         if msg.lease is not None:
-            fetch = self._extend(msg.id, peer_memory.read_time(peer_items(msg.items)), now)
+            fetch = self._extend(msg.id, peer_memory.read_time(msg.items), now)
             if fetch is None:  # (timed out earlier: the lease must end)
                 self._to_workers.append((address, DataRead(msg.lease), []))
             else:
@@ -219,7 +219,7 @@ class Gathers:
         if then == "take":
             fetch = self.fetches.pop(msg.id, None)
             if fetch is not None:
-                self._take_data(fetch.gather, msg, offered_items(outcome), now)
+                self._take_data(fetch.gather, msg, outcome, now)
             return
         fetch = self.fetches.get(msg.id)
         if then == "again" and fetch is not None:  # at once, as frames this time
@@ -330,31 +330,3 @@ class Gathers:
         for waiting in list(self.awaiting.values()):
             for gather in list(waiting):
                 self._finish(gather, error)
-
-
-# ---------------------------------------------------------------- peer_memory's view
-# peer_memory reads a data reply as a dict header, as the messages were
-# before they had classes (the worker's reads go through it too): these
-# turn a Data into that view, and the items it gives back into their class.
-
-def peer_header(msg: Data) -> dict[str, Any]:
-    """``msg`` as peer_memory.Reader and read_time take it: a dict, without nil fields."""
-    header = _fields(msg)
-    header["items"] = peer_items(msg.items)
-    if msg.errors:
-        header["errors"] = peer_items(msg.errors)
-    return header
-
-
-def peer_items(items: list[OfferedItem]) -> list[dict[str, Any]]:
-    return [_fields(item) for item in items]
-
-
-def _fields(msg: Any) -> dict[str, Any]:
-    return {name: value for name, value in zip(msg._fields, msg) if value is not None}
-
-
-def offered_items(outcome: list[tuple[dict[str, Any], Frames]]
-                  ) -> list[tuple[OfferedItem, Frames]]:
-    """A read's items (see peer_memory.unpack_data), each in its class."""
-    return [(OfferedItem(**item), frames) for item, frames in outcome]

@@ -26,7 +26,6 @@ import zmq
 
 from . import peer_memory
 from .addressing import configure, peer_endpoint
-from .client_gather import peer_header
 from .client_outbox import RELEASE_DELAY
 from .client_records import PENDING, KeyRecord
 from .client_state import ClientCore
@@ -276,7 +275,7 @@ class ClientLoop:
             core.sent(now)
         if core.to_read:
             for address, msg, frames, sent_at in _take(core.to_read):
-                self.reader.read(peer_header(msg), frames, sent_at, self._read_by(address, msg))
+                self.reader.read(msg, frames, sent_at, self._read_by(address, msg))
 
     def _read_by(self, address: str, msg: Data) -> Callable[[Any], None]:
         """What the reader thread does with the outcome of a read: a command."""

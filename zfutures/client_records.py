@@ -18,8 +18,8 @@ and it is forgotten (released at the center) when its last future goes.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 from . import serialize
 from .errors import FutureLostError
@@ -27,16 +27,6 @@ from .future import Future
 from .messages import TaskItem
 from .protocol import Frames
 from .remote_errors import remote_exception
-
-if TYPE_CHECKING:
-    _Item = TypeVar("_Item")
-
-    def unpack_items(items: list[_Item], frames: Sequence[Any]
-                     ) -> Iterator[tuple[_Item, Frames]]:
-        """protocol.unpack_items, as it works on the items' classes (its
-        signature still reads dict items, which it is ceasing to take)."""
-else:
-    from .protocol import unpack_items as unpack_items  # (re-exported for the core)
 
 PENDING, FINISHED, ERRED = "pending", "finished", "erred"
 

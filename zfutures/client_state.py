@@ -51,7 +51,6 @@ from .client_records import (
     Message,
     end_unsent,
     record,
-    unpack_items,
 )
 from .client_recovery import bring_back
 from .client_requests import ReplyTo, Requests
@@ -78,7 +77,7 @@ from .messages import (
     WorkersLeft,
     op_of,
 )
-from .protocol import PROTOCOL_VERSION, Frames
+from .protocol import PROTOCOL_VERSION, Frames, unpack_items
 
 logger = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ from . import protocol
 from .addressing import configure
 from .logs import RateLimitedLog
 from .loop import send
+from .messages import RegisterNanny, WorkerDied
 from .processes import stop_processes, worker_environment
 
 logger = logging.getLogger(__name__)
@@ -147,9 +148,9 @@ class Nanny:
         logger.warning("worker %s exited with status %s", child.address or process.pid,
                        process.returncode)
         if child.address:
-            send(self._center, [protocol.encode_header(
-                "register-nanny", protocol=protocol.PROTOCOL_VERSION)], dropped, "a report")
-            send(self._center, [protocol.encode_header("worker-died", address=child.address)],
+            send(self._center, protocol.encode_message(RegisterNanny(protocol.PROTOCOL_VERSION)),
+                 dropped, "a report")
+            send(self._center, protocol.encode_message(WorkerDied(child.address)),
                  dropped, "a report")
         if not self.restart or self._stopping.is_set():
             return

@@ -7,10 +7,10 @@ straight out of the holder's memory with ``process_vm_readv(2)``: one copy
 instead of two, nothing on the holder's side, and exactly one copy on the
 reader's (the buffer the value then lives in).
 
-The exchange rides on ``get-data`` (see protocol.py):
+The exchange rides on ``get-data`` and its ``data`` reply (messages.py):
 
-1. The reader adds ``machine`` and its ``token`` (:func:`reader_fields`) to
-   its request.
+1. The reader's request carries its ``machine`` and its ``token``
+   (:func:`data_request`).
 2. A holder on the same machine, network namespace and pid namespace
    (:func:`may_offer`) answers each buffer of at least :data:`READ_FROM`
    bytes with ``[position, address, size]`` in the item's ``remote`` list
@@ -54,7 +54,8 @@ from typing import Any
 
 from .errors import ProtocolError
 from .logs import RateLimitedLog
-from .protocol import unpack_items
+from .messages import Data, GetData, OfferedItem
+from .protocol import Frames, unpack_items
 
 logger = logging.getLogger(__name__)
 dropped = RateLimitedLog(logger)
@@ -140,23 +141,28 @@ def disable(reason: str) -> None:
     _enabled = False
 
 
-def reader_fields() -> dict[str, Any]:
-    """Fields a ``get-data`` request carries to be offered direct reads."""
-    return {"machine": _machine, "token": _token} if _enabled else {}
+def data_request(request_id: int, keys: list[str]) -> GetData:
+    """The ``get-data`` request ``request_id`` for ``keys``, asking to be
+    offered direct reads if this process makes them."""
+    if _enabled:
+        return GetData(request_id, keys, _machine, _token)
+    return GetData(request_id, keys)
 
 
-def may_offer(request: dict) -> bool:
+def may_offer(request: GetData) -> bool:
     """Whether the sender of a ``get-data`` request can read this process's memory."""
-    token = request.get("token")
-    return _machine is not None and request.get("machine") == _machine and \
-        type(token) is str and len(token) == len(_token)
+    token = request.token
+    return _machine is not None and request.machine == _machine and \
+        token is not None and len(token) == len(_token)
 
 
-def holder_proof(request: dict, kept: list) -> int:
+def holder_proof(request: GetData, kept: list) -> int:
     """For a reply that offers reads (``proof``): the address of this
-    process's copy of the reader's token, which joins ``kept`` (the lease's
-    values) to stay there until the read."""
-    copy = request["token"].encode()
+    process's copy of the reader's token (in a ``request`` :func:`may_offer`
+    said yes to), which joins ``kept`` (the lease's values) to stay there
+    until the read."""
+    assert request.token is not None  # (see may_offer)
+    copy = request.token.encode()
     kept.append(copy)
     return buffer_address(copy)
 
@@ -221,18 +227,18 @@ class Leases:
         return len(old)
 
 
-def read_time(items: list) -> float:
+def read_time(items: list[OfferedItem]) -> float:
     """Seconds a read of what a reply's items leave in the holder's memory
     (their ``remote`` lists) may take, at the slowest: of no more than the
     machine's memory, whatever a malformed reply says."""
-    nbytes = sum(size for item in items for _, _, size in item.get("remote", ()))
+    nbytes = sum(size for item in items if item.remote for _, _, size in item.remote)
     return min(nbytes, machine_memory()) / SLOWEST_READ
 
 
 class Reader:
     """A thread that reads offered buffers, one reply after another.
 
-    ``read(header, frames, sent, done)`` queues a reply to a request sent at
+    ``read(reply, frames, sent, done)`` queues a ``data`` reply to a request sent at
     ``sent`` (time.monotonic); ``done(outcome)`` then gets the unpacked items,
     or the exception (ReadFailed, ProtocolError), or ``None`` if the request
     was too old to read or the read ended too late to trust (see the module
@@ -244,13 +250,13 @@ class Reader:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
-    def read(self, header: dict, frames: list, sent: float,
+    def read(self, reply: Data, frames: Frames, sent: float,
              done: Callable[[Any], None]) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, daemon=True,
                                             name="zfutures-peer-reads")
             self._thread.start()
-        self._queue.put((header, frames, sent, done))
+        self._queue.put((reply, frames, sent, done))
 
     def stop(self, timeout: float = 5.0) -> None:
         """End the thread after the read in progress (waiting up to ``timeout``)."""
@@ -263,18 +269,18 @@ class Reader:
             job = self._queue.get()
             if job is None:
                 return
-            header, frames, sent, done = job
+            reply, frames, sent, done = job
             del job
             outcome: Any = None
             try:
                 if time.monotonic() - sent <= READ_WITHIN:
-                    outcome = unpack_data(header, frames)
+                    outcome = unpack_data(reply, frames)
                     if time.monotonic() - sent >= LEASE_SECONDS:
                         outcome = None  # the lease may have ended during the copy
             except Exception as e:  # ReadFailed, ProtocolError: the loop decides
                 outcome = e
             done(outcome)
-            del header, frames, outcome
+            del reply, frames, outcome
 
 
 def after_read(outcome: Any) -> str:
@@ -405,33 +411,38 @@ def _copy(pid: int, pending: list[tuple[int, int, int]]) -> None:
         pending = rest + pending[_MAX_IOVECS:]
 
 
-def unpack_data(header: dict, frames: Sequence, read: Any = None) -> list:
+def unpack_data(reply: Data, frames: Sequence[Any], read: Any = None
+                ) -> list[tuple[OfferedItem, Frames]]:
     """``(item, its value frames)`` for each item then each error item of a
-    ``data`` reply, the buffers it left in the holder's memory read here.
+    ``data`` reply, the buffers it left in the holder's memory read here
+    (an item's ``remote`` list then in position order).
 
     Raises ProtocolError if the reply does not add up, ReadFailed if the
     buffers cannot be read. ``read`` is :func:`read_buffers` unless given.
     """
-    unpacked = list(unpack_items(header["items"] + header.get("errors", []), frames))
-    wanted = [(item, item["remote"]) for item, _ in unpacked if item.get("remote")]
-    if not wanted:
+    unpacked = list(unpack_items(reply.items + (reply.errors or []), frames))
+    if not any(item.remote for item, _ in unpacked):
         return unpacked
-    if "lease" not in header or "pid" not in header:
+    pid, proof = reply.pid, reply.proof
+    if reply.lease is None or pid is None:
         raise ProtocolError("remote buffers without a lease")
-    pid, proof = header["pid"], header.get("proof")
     if not 0 < pid < 2**31:
         raise ProtocolError(f"remote buffers in process {pid}")
-    if type(proof) is not int or not 0 < proof < 2**64:
+    if proof is None or not 0 < proof < 2**64:
         raise ProtocolError("remote buffers without the address of the holder's proof")
     spans: list[tuple[int, int]] = []
-    for item, remote in wanted:
-        total = item["nframes"] + len(remote)
+    for index, (item, sent) in enumerate(unpacked):
+        remote = item.remote
+        if not remote:
+            continue
+        total = item.nframes + len(remote)
         if any(len(entry) != 3 for entry in remote) or \
                 len({entry[0] for entry in remote}) != len(remote) or \
                 not all(0 <= p < total and address > 0 and size >= 0
                         for p, address, size in remote):
-            raise ProtocolError(f"malformed remote buffers for {item['key']!r}")
-        item["remote"] = remote = sorted(remote)  # filled in position order below
+            raise ProtocolError(f"malformed remote buffers for {item.key!r}")
+        remote = sorted(remote)  # filled in position order below
+        unpacked[index] = (item._replace(remote=remote), sent)
         spans.extend((address, size) for _, address, size in remote)
     total, most = sum(size for _, size in spans), machine_memory()
     if total > most:  # (no value a holder here can have: allocate nothing, ask for frames)
@@ -444,9 +455,9 @@ def unpack_data(header: dict, frames: Sequence, read: Any = None) -> list:
     _check_holder(pid, proof)  # (the same process all along: its pid was not reused)
     result = []
     for item, sent in unpacked:
-        if item.get("remote"):
+        if item.remote:
             sent = list(sent)
-            for position, _, _ in item["remote"]:  # ascending: each lands at its place
+            for position, _, _ in item.remote:  # ascending: each lands at its place
                 sent.insert(position, next(buffers))
         result.append((item, sent))
     return result

@@ -27,15 +27,13 @@ place, with a :class:`~zfutures.errors.ProtocolError`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, Protocol, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import msgpack
 
 from .errors import ProtocolError
 from .messages import MESSAGES, OPS
 
-#: A decoded header: the op and its fields, as msgpack gives them.
-Header = dict[str, Any]
 #: Payload frames: bytes, memoryviews or zmq Frames, in order.
 Frames = list[Any]
 
@@ -287,96 +285,31 @@ def _converter(hint: Any, where: str) -> Callable[[Any], Any]:
 _MAKERS: dict[str, _Maker] = {op: _maker(cls, op) for op, cls in MESSAGES.items()}
 
 
-# ---------------------------------------------------------------- dict view
-# (Being retired: the peers' code still written against headers as dicts
-# builds and reads messages through these, on the same wire.)
+class _OwnsFrames(Protocol):
+    """An item that says how many payload frames follow for it."""
 
-def encode(op: str, frames: Sequence[Any] = (), **fields: Any) -> Frames:
-    """:func:`encode_message` of a message given as its op and fields."""
-    return encode_message(_from_fields(op, fields), frames)
+    @property
+    def nframes(self) -> int: ...
 
 
-def encode_header(op: str, **fields: Any) -> bytes:
-    """The header of a message without payload, given as its op and fields."""
-    header: bytes = encode_message(_from_fields(op, fields))[0]
-    return header
+_Item = TypeVar("_Item", bound=_OwnsFrames)
 
 
-def decode(frames: Sequence[Any]) -> tuple[Header, Frames]:
-    """:func:`decode_message`, the message as a dict (fields that are nil left out)."""
-    msg, payload = decode_message(frames)
-    return _as_header(msg), payload
-
-
-def decode_header(raw: bytes | memoryview) -> Header:
-    """The header of a message without payload, as a dict."""
-    return _as_header(_read_header(raw)[0])
-
-
-def _from_fields(op: str, fields: dict[str, Any]) -> Any:
-    cls = MESSAGES.get(op)
-    if cls is None:
-        raise ProtocolError(f"unknown op {op!r}")
-    return _MAKERS[op](_values(cls, fields, op))
-
-
-def _values(cls: Any, fields: Any, where: str) -> list[Any]:
-    if not isinstance(fields, dict):
-        return list(fields)
-    values = []
-    for name in cls._fields:
-        if name in fields:
-            value = fields[name]
-            if type(value) is list and value and not isinstance(value[0], (str, int, list)):
-                hint = get_type_hints(cls)[name]
-                if get_origin(hint) is Union:
-                    hint = get_args(hint)[0]
-                item_cls = get_args(hint)[0]
-                value = [_values(item_cls, item, where) for item in value]
-            values.append(value)
-        elif name in cls._field_defaults:
-            values.append(cls._field_defaults[name])
-        else:
-            raise ProtocolError(f"{where}: missing field {name!r}")
-    return values
-
-
-def _as_header(msg: Any, op: str | None = None) -> Header:
-    header: Header = {"op": OPS[type(msg)]} if op is None else {}
-    for name, value in zip(msg._fields, msg):
-        if value is None:
-            continue
-        if type(value) is list and value and hasattr(value[0], "_fields"):
-            value = [_as_header(item, "") for item in value]
-        header[name] = value
-    return header
-
-
-def pack_items(items: list[Header], frame_lists: Sequence[Sequence[Any]]) -> Frames:
-    """Set each item's ``nframes`` and return all their frames, in order."""
-    frames: Frames = []
-    for item, item_frames in zip(items, frame_lists):
-        item["nframes"] = len(item_frames)  # (dict items only)
-        frames.extend(item_frames)
-    return frames
-
-
-def unpack_items(items: list[Header], frames: Sequence[Any]) -> Iterator[tuple[Header, Frames]]:
-    """``(item, its frames)`` for each item, an item without ``nframes`` owning none.
+def unpack_items(items: Sequence[_Item], frames: Sequence[Any]) -> Iterator[tuple[_Item, Frames]]:
+    """``(item, its frames)`` for each item of a message, in order.
 
     The counts are checked at the call, before anything is yielded: raises
     ProtocolError if they disagree with the frames.
     """
-    counts = [item.get("nframes", 0) if isinstance(item, dict) else getattr(item, "nframes", 0)
-              for item in items]
+    counts = [item.nframes for item in items]
     total = sum(counts)
     if total != len(frames) or any(n < 0 for n in counts):
         raise ProtocolError(f"items announce {total} frames, message has {len(frames)}")
     return _slices(items, counts, frames)
 
 
-def _slices(items: list[Header], counts: list[int], frames: Sequence[Any]
-            ) -> Iterator[tuple[Header, Frames]]:
+def _slices(items: Sequence[_Item], counts: list[int], frames: Sequence[Any]
+            ) -> Iterator[tuple[_Item, Frames]]:
     start = 0
     for item, count in zip(items, counts):
         yield item, list(frames[start:start + count])

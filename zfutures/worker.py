@@ -37,8 +37,33 @@ from .addressing import (
 from .errors import ProtocolError
 from .logs import RateLimitedLog
 from .loop import SLICE, ListeningClock, Waker, drain, send
+from .messages import (
+    Acquire,
+    Closing,
+    Compute,
+    DoneItem,
+    DropDirect,
+    FailedItem,
+    Heartbeat,
+    KeyAdded,
+    KeysAdded,
+    Paused,
+    Refused,
+    RegisterWorker,
+    ReleaseKeys,
+    Reregister,
+    Retired,
+    Synced,
+    TaskErred,
+    TaskFinished,
+    TaskSeceded,
+    Unregister,
+    Welcome,
+    WorkersLeft,
+    op_of,
+)
 from .processes import own_rss, release_free_memory
-from .protocol import Frames, Header
+from .protocol import Frames, unpack_items
 from .task_runner import LoopMoved, TaskRunner
 from .worker_data import DataServer, Fetcher, contained
 from .worker_state import Report, WorkerState
@@ -51,8 +76,10 @@ dropped = RateLimitedLog(logger)
 #: what makes a burst of tasks on big arrays fast (processes._HUGE_PAGES_TUNABLE).
 GIVE_BACK_AFTER = 1.0
 
-#: Reports to the center that travel many to a message, and their list field.
-_BATCHED = {"task-finished": "tasks", "task-erred": "tasks", "keys-added": "tasks"}
+#: Reports to the center that travel many to a message: the item's class ->
+#: the message that carries a list of them.
+_BATCHED: dict[type, Callable[[list[Any]], Any]] = {
+    DoneItem: TaskFinished, FailedItem: TaskErred, KeyAdded: KeysAdded}
 
 
 class Worker:
@@ -101,15 +128,15 @@ class Worker:
         self._closed = threading.Event()
         self.runner = TaskRunner(self, self.state, nthreads, self.call_soon,
                                  self._report_seceded, self._serve, self._closed)
-        #: The center's messages: op -> handler(header, payload frames, now).
-        self.center_handlers: dict[str, Callable[[Header, Frames, float], None]] = {
-            "compute": self._compute, "release-keys": self._release_keys,
-            "drop-direct": self._drop_direct, "acquire": self._acquire,
-            "synced": self._synced,
-            "workers-left": self._workers_left, "welcome": self._welcome,
-            "reregister": self._reregister, "refused": self._refused,
-            "closing": self._center_closing, "retired": self._retired,
-            "heartbeat": lambda header, frames, now: None}  # (heard: see _on_center_message)
+        #: The center's messages: their class -> handler(message, payload frames, now).
+        self.center_handlers: dict[type, Callable[[Any, Frames, float], None]] = {
+            Compute: self._compute, ReleaseKeys: self._release_keys,
+            DropDirect: self._drop_direct, Acquire: self._acquire,
+            Synced: self._synced,
+            WorkersLeft: self._workers_left, Welcome: self._welcome,
+            Reregister: self._reregister, Refused: self._refused,
+            Closing: self._center_closing, Retired: self._retired,
+            Heartbeat: lambda msg, frames, now: None}  # (heard: see _on_center_message)
         self.registered = False
         self._stopping = False
         self._leave_requested = False
@@ -191,17 +218,16 @@ class Worker:
         self.registered = False
         self.state.forget_queue()
         keys = list(self.state.data)
-        self._send_center("register-worker", protocol=protocol.PROTOCOL_VERSION,
-                          address=self.address, name=self.name, nthreads=self.nthreads,
-                          memory_limit=self.memory_limit, resources=self.resources,
-                          keys=keys, nbytes=[self.state.nbytes.get(k, 0) for k in keys])
+        self._send_center(RegisterWorker(
+            protocol.PROTOCOL_VERSION, self.address, self.name, self.nthreads,
+            self.memory_limit, self.resources, keys, [self.state.nbytes.get(k, 0) for k in keys]))
         if self.state.paused:
-            self._send_center("paused", paused=True)
+            self._send_center(Paused(True))
 
     def _close(self) -> None:
         if self.center is not None and self.registered:
             try:
-                self.center.send(protocol.encode_header("unregister"), zmq.NOBLOCK)
+                self.center.send_multipart(protocol.encode_message(Unregister()), zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
         if self.executor is not None:
@@ -259,7 +285,7 @@ class Worker:
                            self.center_address, silent)
             self._connect()
         elif now - self._last_sent >= self.heartbeat_interval:
-            self._send_center("heartbeat")
+            self._send_center(Heartbeat())
         if self.runner.job is not None:  # (a lone task set aside for this thread)
             self.runner.run_set_aside(self._flush)
 
@@ -303,58 +329,57 @@ class Worker:
     def _on_center_message(self, frames: Frames) -> None:
         now = time.monotonic()
         self._last_heard = self.listening.time(now)
-        header, frames = protocol.decode(frames)
-        handler = self.center_handlers.get(header["op"])
+        msg, frames = protocol.decode_message(frames)
+        handler = self.center_handlers.get(type(msg))
         if handler is None:
-            raise ProtocolError(f"a worker has no use for {header['op']!r} from the center")
-        handler(header, frames, now)
+            raise ProtocolError(f"a worker has no use for {op_of(msg)!r} from the center")
+        handler(msg, frames, now)
 
-    def _compute(self, header: Header, frames: Frames, now: float) -> None:
+    def _compute(self, msg: Compute, frames: Frames, now: float) -> None:
         compute = self.state.compute
-        for item, payload in protocol.unpack_items(header["tasks"], frames):
-            compute(item["key"], item["deps"], item.get("priority", 0), payload, now,
-                    item.get("send_result", False), item["run"])
+        for item, payload in unpack_items(msg.tasks, frames):
+            compute(item, payload, now)
 
-    def _release_keys(self, header: Header, frames: Frames, now: float) -> None:
-        self.state.release(header["keys"])
+    def _release_keys(self, msg: ReleaseKeys, frames: Frames, now: float) -> None:
+        self.state.release(msg.keys)
         self._trim_due = True
 
-    def _drop_direct(self, header: Header, frames: Frames, now: float) -> None:
-        for item in header["tasks"]:
-            self.state.drop_direct(item["key"], item["run"], now)
+    def _drop_direct(self, msg: DropDirect, frames: Frames, now: float) -> None:
+        for item in msg.tasks:
+            self.state.drop_direct(item, now)
 
-    def _acquire(self, header: Header, frames: Frames, now: float) -> None:
-        for item in header["tasks"]:
-            self.state.acquire(item["key"], item["holders"], now)
+    def _acquire(self, msg: Acquire, frames: Frames, now: float) -> None:
+        for item in msg.tasks:
+            self.state.acquire(item, now)
 
-    def _synced(self, header: Header, frames: Frames, now: float) -> None:
-        self.state.synced(header["keys"])
+    def _synced(self, msg: Synced, frames: Frames, now: float) -> None:
+        self.state.synced(msg.keys)
 
-    def _workers_left(self, header: Header, frames: Frames, now: float) -> None:
-        for address in header["addresses"]:
+    def _workers_left(self, msg: WorkersLeft, frames: Frames, now: float) -> None:
+        for address in msg.addresses:
             self.fetcher.peer_left(address, now)
 
-    def _welcome(self, header: Header, frames: Frames, now: float) -> None:
+    def _welcome(self, msg: Welcome, frames: Frames, now: float) -> None:
         self.registered = True
         logger.info("registered with the center at %s", self.center_address)
 
-    def _reregister(self, header: Header, frames: Frames, now: float) -> None:
+    def _reregister(self, msg: Reregister, frames: Frames, now: float) -> None:
         if self.registered:  # (else our registration is on its way already)
             logger.warning("the center at %s does not know this worker (it restarted?); "
                            "registering again with %d keys", self.center_address,
                            len(self.state.data))
             self._register()
 
-    def _refused(self, header: Header, frames: Frames, now: float) -> None:
-        logger.error("the center refused this worker: %s", header["reason"])
+    def _refused(self, msg: Refused, frames: Frames, now: float) -> None:
+        logger.error("the center refused this worker: %s", msg.reason)
         self.stop()
 
-    def _center_closing(self, header: Header, frames: Frames, now: float) -> None:
+    def _center_closing(self, msg: Closing, frames: Frames, now: float) -> None:
         logger.info("the center at %s is closing; keeping %d keys for it to come back",
                     self.center_address, len(self.state.data))
         self._center_closed = True  # (reconnects after this drain: see _loop_once)
 
-    def _retired(self, header: Header, frames: Frames, now: float) -> None:
+    def _retired(self, msg: Retired, frames: Frames, now: float) -> None:
         logger.info("worker %s handed its keys on; leaving", self.address)
         self.state.closing = self._stopping = True
 
@@ -368,12 +393,12 @@ class Worker:
             self._trim_due = True  # (tasks free what they used, too)
             self.runner.start_tasks(self._stopping)
         if state.to_clients:
-            for answer in state.to_clients:
-                self.data_server.send_result(*answer)
+            for client, result, frames in state.to_clients:
+                self.data_server.send_result(client, result, frames)
             state.to_clients.clear()
         if state.stored:
-            for stored in state.stored:
-                self.data_server.send_stored(*stored)
+            for client, stored in state.stored:
+                self.data_server.send_stored(client, stored)
             state.stored.clear()
         if state.to_fetch:
             for request in state.to_fetch:
@@ -383,31 +408,28 @@ class Worker:
             self._report(state.take_reports(time.monotonic()))
 
     def _report(self, reports: list[Report]) -> None:
-        """Send reports to the center, those of a kind many to a message."""
+        """Send reports to the center: the messages as they are, then the
+        items of each class of _BATCHED in one message, in the order of their
+        first report."""
         if reports:
-            batches: dict[str, tuple[list[dict[str, Any]], Frames]] = {}
-            for op, item, frames in reports:
-                if op in _BATCHED:
-                    items, all_frames = batches.setdefault(op, ([], []))
-                    items.append(item)
+            batches: dict[type, tuple[list[Any], Frames]] = {}
+            for report, frames in reports:
+                kind = type(report)
+                if kind in _BATCHED:
+                    items, all_frames = batches.setdefault(kind, ([], []))
+                    items.append(report)
                     if frames:
-                        item["nframes"] = len(frames)
                         all_frames.extend(frames)
-                    elif op == "task-erred":
-                        item["nframes"] = 0
                 else:
-                    self._send_center(op, **item)
-            for op, (items, frames) in batches.items():
-                self._send_center(op, frames, **{_BATCHED[op]: items})
+                    self._send_center(report)
+            for kind, (items, frames) in batches.items():
+                self._send_center(_BATCHED[kind](items), frames)
 
     def _report_seceded(self, key: str, run: int, direct: bool) -> None:
-        if direct:
-            self._send_center("task-seceded", key=key, run=run, direct=True)
-        else:
-            self._send_center("task-seceded", key=key, run=run)
+        self._send_center(TaskSeceded(key, run, direct))
 
-    def _send_center(self, op: str, frames: Frames | None = None, **fields: Any) -> None:
+    def _send_center(self, msg: Any, frames: Frames | None = None) -> None:
         assert self.center is not None  # (connected before the loop starts)
-        send(self.center, protocol.encode(op, frames or (), **fields), dropped,
-             f"{op!r} to the center")
+        send(self.center, protocol.encode_message(msg, frames or ()), dropped,
+             f"{op_of(msg)!r} to the center")
         self._last_sent = time.monotonic()

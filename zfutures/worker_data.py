@@ -29,7 +29,20 @@ from .addressing import configure, peer_endpoint
 from .errors import ProtocolError
 from .logs import RateLimitedLog
 from .loop import close_drained, drain, send, send_frames
-from .protocol import Frames, Header
+from .messages import (
+    Data,
+    DataRead,
+    DataStored,
+    DirectResult,
+    GetData,
+    OfferedItem,
+    PutData,
+    Run,
+    RunResult,
+    RunTask,
+    op_of,
+)
+from .protocol import Frames, unpack_items
 from .remote_errors import describe, pickle_exception
 from .worker_state import WorkerState
 
@@ -66,9 +79,10 @@ class DataServer:
         self.call_soon = call_soon
         self.dropped = dropped
         self.leases = peer_memory.Leases()  # values offered to readers on this machine
-        self._handlers: dict[str, Callable[[bytes, Header, Frames], None]] = {
-            "get-data": self._get_data, "put-data": self._put_data, "run": self._run,
-            "data-read": self._data_read, "run-task": self._run_task}
+        #: The requests served: their class -> handler(requester, message, payload frames).
+        self._handlers: dict[type, Callable[[bytes, Any, Frames], None]] = {
+            GetData: self._get_data, PutData: self._put_data, Run: self._run,
+            DataRead: self._data_read, RunTask: self._run_task}
 
     @contained
     def on_request(self, frames: Frames) -> None:
@@ -76,25 +90,27 @@ class DataServer:
         if len(frames) < 2:
             raise ProtocolError("a request without a header")
         ident = frames[0].bytes
-        header, payload = protocol.decode(frames[1:])
-        handler = self._handlers.get(header["op"])
+        msg, payload = protocol.decode_message(frames[1:])
+        handler = self._handlers.get(type(msg))
         if handler is None:
-            raise ProtocolError(f"the data server does not serve {header['op']!r}")
-        handler(ident, header, payload)
+            raise ProtocolError(f"the data server does not serve {op_of(msg)!r}")
+        handler(ident, msg, payload)
 
-    def send_result(self, client: bytes, key: str, run: int, nbytes: int,
-                    frames: Frames) -> None:
+    def send_result(self, client: bytes, result: DirectResult, frames: Frames) -> None:
         """The small result of a task ``client`` sent straight here (see WorkerState.to_clients)."""
-        send_frames(self.server, [client, *protocol.encode(
-            "direct-result", frames, key=key, run=run, nbytes=nbytes)])
+        send_frames(self.server, [client, *protocol.encode_message(result, frames)])
 
-    def _get_data(self, ident: bytes, header: Header, frames: Frames) -> None:
+    def _get_data(self, ident: bytes, request: GetData, frames: Frames) -> None:
         """Serve results to a peer or a client; big buffers, to one on this
         machine, by address, to be read from this process's memory."""
-        items, out_frames, missing, errors, error_frames = [], [], [], [], []
+        items: list[OfferedItem] = []
+        errors: list[OfferedItem] = []
+        missing: list[str] = []
+        out_frames: Frames = []
+        error_frames: Frames = []
         data, nbytes = self.state.data, self.state.nbytes
-        offer, offered = peer_memory.may_offer(header), []
-        for key in dict.fromkeys(header["keys"]):  # each key once, however often asked
+        offer, offered = peer_memory.may_offer(request), []
+        for key in dict.fromkeys(request.keys):  # each key once, however often asked
             if key not in data:
                 missing.append(key)
                 continue
@@ -105,57 +121,52 @@ class DataServer:
                 exc = TypeError(f"the result of {key!r} cannot be pickled to leave its "
                                 f"worker: {describe(e)}")
                 frames = pickle_exception(exc)
-                errors.append({"key": key, "nframes": len(frames)})
+                errors.append(OfferedItem(key, len(frames)))
                 error_frames.extend(frames)
                 continue
-            item = {"key": key, "nbytes": nbytes[key]}
+            remote: list[list[int]] | None = None
             if offer:
-                sent, remote = peer_memory.split_frames(value_frames)
-                if remote:
-                    item["remote"] = remote
+                sent, left = peer_memory.split_frames(value_frames)
+                if left:
                     offered.append(value_frames)  # alive until read
-                    value_frames = sent
-            item["nframes"] = len(value_frames)
-            items.append(item)
+                    value_frames, remote = sent, left
+            items.append(OfferedItem(key, len(value_frames), nbytes[key], remote))
             out_frames.extend(value_frames)
-        fields: dict[str, Any] = {"errors": errors} if errors else {}
+        lease = pid = proof = None
         if offered:
-            fields["proof"] = peer_memory.holder_proof(header, offered)
-            fields["lease"] = self.leases.grant(ident, offered, time.monotonic(),
-                                                peer_memory.read_time(items))
-            fields["pid"] = os.getpid()
-        reply = protocol.encode("data", [*out_frames, *error_frames], id=header["id"],
-                                items=items, missing=missing, **fields)
-        send_frames(self.server, [ident, *reply])
+            proof = peer_memory.holder_proof(request, offered)
+            lease = self.leases.grant(ident, offered, time.monotonic(),
+                                      peer_memory.read_time(items))
+            pid = os.getpid()
+        reply = Data(request.id, items, missing, errors or None, lease, pid, proof)
+        send_frames(self.server, [ident, *protocol.encode_message(
+            reply, [*out_frames, *error_frames])])
 
-    def _data_read(self, ident: bytes, header: Header, frames: Frames) -> None:
+    def _data_read(self, ident: bytes, msg: DataRead, frames: Frames) -> None:
         """A reader on this machine copied what a lease kept alive."""
-        self.leases.end(header["lease"], ident)
+        self.leases.end(msg.lease, ident)
 
-    def send_stored(self, client: bytes, request_id: int, nbytes: dict[str, int],
-                    failed: dict[str, str]) -> None:
+    def send_stored(self, client: bytes, stored: DataStored) -> None:
         """The answer to a client's put-data (see WorkerState.stored)."""
-        fields = {"failed": failed} if failed else {}
-        self.server.send_multipart([client, protocol.encode_header(
-            "data-stored", id=request_id, nbytes=nbytes, **fields)])
+        self.server.send_multipart([client, *protocol.encode_message(stored)])
 
-    def _put_data(self, ident: bytes, header: Header, frames: Frames) -> None:
+    def _put_data(self, ident: bytes, msg: PutData, frames: Frames) -> None:
         """A client scatters data here; it tells the center once we answer
         (WorkerState.put_data decides when)."""
         values, failed = {}, {}
-        for item, value_frames in protocol.unpack_items(header["items"], frames):
+        for item, value_frames in unpack_items(msg.items, frames):
             try:  # (sizeof too: a value's own nbytes may raise)
                 value = serialize.loads(value_frames)
-                values[item["key"]] = (value, serialize.sizeof(value))
+                values[item.key] = (value, serialize.sizeof(value))
             except BaseException as exc:  # noqa: B036 - user code: the caller hears why
-                failed[item["key"]] = describe(exc)
-        self.state.put_data(ident, header["id"], values, failed)
+                failed[item.key] = describe(exc)
+        self.state.put_data(ident, msg.id, values, failed)
 
-    def _run_task(self, ident: bytes, header: Header, frames: Frames) -> None:
+    def _run_task(self, ident: bytes, msg: RunTask, frames: Frames) -> None:
         """A client sent a task straight here (see WorkerState.run_direct)."""
-        self.state.run_direct(header["key"], frames, header["run"], ident, time.monotonic())
+        self.state.run_direct(msg, frames, ident, time.monotonic())
 
-    def _run(self, ident: bytes, header: Header, frames: Frames) -> None:
+    def _run(self, ident: bytes, msg: Run, frames: Frames) -> None:
         """Run a function outside the task graph (Executor.run), on a thread of its own."""
         def run() -> None:
             try:
@@ -163,7 +174,7 @@ class DataServer:
                 out, ok = serialize.dumps(fn(*args, **kwargs)), True
             except BaseException as exc:  # noqa: B036 - reported to the caller
                 out, ok = pickle_exception(exc), False
-            reply = protocol.encode("run-result", out, id=header["id"], ok=ok)
+            reply = protocol.encode_message(RunResult(msg.id, ok), out)
             self.call_soon(send_frames, self.server, [ident, *reply])
 
         threading.Thread(target=run, daemon=True, name="zfutures-run").start()
@@ -187,9 +198,9 @@ class Fetcher:
 
     def request(self, request_id: int, peer: str, keys: list[str]) -> None:
         """Ask ``peer`` for ``keys`` (see WorkerState.to_fetch)."""
-        send(self._peer(peer), [protocol.encode_header(
-            "get-data", id=request_id, keys=keys, **peer_memory.reader_fields())],
-             self.dropped, f"a data request to {peer}")
+        send(self._peer(peer), protocol.encode_message(
+            peer_memory.data_request(request_id, keys)), self.dropped,
+             f"a data request to {peer}")
 
     def drain(self, events: dict[Any, int], until: float) -> None:
         """Take the answers waiting on the sockets among ``events`` (a poll's),
@@ -216,21 +227,22 @@ class Fetcher:
     @contained
     def on_data(self, address: str, frames: Frames) -> None:
         """A peer's answer to a request for data."""
-        header, frames = protocol.decode(frames)
-        if header["op"] != "data":
-            raise ProtocolError(f"expected data from {address}, got {header['op']!r}")
-        if "lease" in header:
-            self._read_offered(address, header, frames)
+        reply, frames = protocol.decode_message(frames)
+        if type(reply) is not Data:
+            raise ProtocolError(f"expected data from {address}, got {op_of(reply)!r}")
+        if reply.lease is not None:
+            self._read_offered(address, reply, frames)
         else:
-            self._take_data(header, protocol.unpack_items(
-                header["items"] + header.get("errors", []), frames))
+            self._take_data(reply, unpack_items(reply.items + (reply.errors or []),
+                                                         frames))
 
-    def _take_data(self, header: Header, unpacked: Iterable[tuple[Header, Frames]]) -> None:
-        """A peer's answer to a request for data, each item with its frames."""
+    def _take_data(self, reply: Data, unpacked: Iterable[tuple[OfferedItem, Frames]]) -> None:
+        """A peer's answer to a request for data, each item with its frames
+        (those past ``reply.items``, its errors)."""
         values, nbytes = {}, {}
-        items = header["items"]
+        items = reply.items
         for i, (item, value_frames) in enumerate(unpacked):
-            key = item["key"]
+            key = item.key
             if i >= len(items):  # an error item: the value cannot leave its worker
                 self.state.input_failed(key, value_frames)
                 continue
@@ -242,40 +254,40 @@ class Fetcher:
                     f"the input {key!r} cannot be unpickled on {self.state.address}: "
                     f"{describe(e)}")))
                 continue
-            nbytes[key] = item.get("nbytes", 0)
-        self.state.data_received(header["id"], values, nbytes, time.monotonic())
+            nbytes[key] = item.nbytes
+        self.state.data_received(reply.id, values, nbytes, time.monotonic())
 
-    def _read_offered(self, address: str, header: Header, frames: Frames) -> None:
+    def _read_offered(self, address: str, reply: Data, frames: Frames) -> None:
         """A peer on this machine left big buffers to read from its memory: read
         them on the reader thread, while this loop goes on serving."""
-        request = self.state.requests.get(header["id"])
+        request = self.state.requests.get(reply.id)
         if request is None:  # timed out and asked elsewhere
-            self._end_lease(address, header)
+            self._end_lease(address, reply)
             return
         sent = request[2] - self.state.fetch_timeout
         # The peer has answered: give the read the time it may take.
-        self.state.extend_request(header["id"], time.monotonic() + self.state.fetch_timeout
-                                  + peer_memory.read_time(header["items"]))
-        self.reader.read(header, frames, sent, lambda outcome: self.call_soon(
-            self._offered_read, address, header, outcome))
+        self.state.extend_request(reply.id, time.monotonic() + self.state.fetch_timeout
+                                  + peer_memory.read_time(reply.items))
+        self.reader.read(reply, frames, sent, lambda outcome: self.call_soon(
+            self._offered_read, address, reply, outcome))
 
-    def _offered_read(self, address: str, header: Header, outcome: Any) -> None:
+    def _offered_read(self, address: str, reply: Data, outcome: Any) -> None:
         """The reader thread is done with a reply (see peer_memory.Reader)."""
-        self._end_lease(address, header)
+        self._end_lease(address, reply)
         then = peer_memory.after_read(outcome)
         if then == "take":
-            self._take_data(header, outcome)
+            self._take_data(reply, outcome)
             return
-        request = self.state.requests.get(header["id"])
+        request = self.state.requests.get(reply.id)
         if then == "again" and request is not None:  # at once, as frames this time
-            send(self._peer(address), [protocol.encode_header(
-                "get-data", id=header["id"], keys=request[1])],
-                self.dropped, f"a data request to {address}")
+            send(self._peer(address), protocol.encode_message(GetData(reply.id, request[1])),
+                 self.dropped, f"a data request to {address}")
 
-    def _end_lease(self, address: str, header: Header) -> None:
+    def _end_lease(self, address: str, reply: Data) -> None:
         sock = self.peers.get(address)
         if sock is not None:  # (else the peer left: its leases went with it)
-            send(sock, [protocol.encode_header("data-read", lease=header["lease"])],
+            assert reply.lease is not None  # (a reply that offered reads)
+            send(sock, protocol.encode_message(DataRead(reply.lease)),
                  self.dropped, f"the end of a read to {address}")
 
     def _peer(self, address: str) -> zmq.Socket[Any]:

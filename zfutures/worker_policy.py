@@ -18,6 +18,8 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from .messages import DoneItem, Paused, Retire
+
 if TYPE_CHECKING:
     from .worker_state import Report, Task
 
@@ -91,9 +93,10 @@ class WorkerPolicies:
         """
         reports = self.to_center
         if self.report_now or len(held) + len(reports) >= HOLD_MAX or \
-                not all(op == "task-finished" for op, _, _ in reports):
+                not all(type(report) is DoneItem for report, _ in reports):
             return 0.0
-        if all(item.get("answered") for _, item, _ in itertools.chain(held, reports)):
+        if all(type(report) is DoneItem and report.answered
+               for report, _ in itertools.chain(held, reports)):
             return HOLD_ANSWERED
         if self.executing and self.task_duration < HOLD_REPORTS:
             return HOLD_REPORTS
@@ -156,7 +159,7 @@ class WorkerPolicies:
         else:
             return
         self.set_paused(not self.paused)
-        self.to_center.append(("paused", {"paused": self.paused}, []))
+        self.to_center.append((Paused(self.paused), []))
 
     def set_paused(self, paused: bool) -> None:
         """Start no new task (``paused``), or start them again."""
@@ -176,7 +179,7 @@ class WorkerPolicies:
                 return True
             logger.info("worker %s retiring: handing its keys on", self.address)
             self.retire_deadline = now + self.retire_timeout
-            self.to_center.append(("retire", {}, []))
+            self.to_center.append((Retire(), []))
             return False
         if now > self.retire_deadline:
             logger.warning("worker %s: the center did not take its keys within %.0fs; "

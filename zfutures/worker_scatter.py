@@ -25,11 +25,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from .messages import DataStored
+
 #: Values a client puts here: key -> (value, nbytes).
 Values = dict[str, tuple[Any, int]]
-#: The answer to a put-data: (client, its request id, key -> nbytes of the
-#: values stored, key -> why its value did not load).
-Stored = tuple[bytes, int, dict[str, int], dict[str, str]]
+#: The answer to a put-data, and the client to send it to.
+Stored = tuple[bytes, DataStored]
 
 
 class WaitingPut:
@@ -99,5 +100,5 @@ class Scatters:
         for key, (value, size) in values.items():
             data[key] = value
             nbytes[key] = size
-        self.stored.append((client, request_id, {key: size for key, (_, size) in values.items()},
-                            failed))
+        self.stored.append((client, DataStored(
+            request_id, {key: size for key, (_, size) in values.items()}, failed or None)))

@@ -6,16 +6,20 @@ it waits for a free thread, runs, and its result stays here in :attr:`data`
 until the center releases it. The worker's shell feeds events in and carries
 out what this class asks for:
 
-- :attr:`to_center`: ``(op, item, frames)`` reports for the center;
+- :attr:`to_center`: ``(report, frames)`` for the center: a report is an
+  item of a batched op (:class:`~zfutures.messages.DoneItem`,
+  :class:`~zfutures.messages.FailedItem`, :class:`~zfutures.messages.KeyAdded`,
+  which the shell gathers into one ``task-finished``, ``task-erred`` or
+  ``keys-added``), or a message of its own (``TaskSeceded``, ``MissingData``,
+  ...); ``frames`` are its payload (a result, an exception), none for most;
 - :attr:`to_execute`: :class:`Task` objects to hand to a task thread, with
   their inputs already in :attr:`data`;
 - :attr:`to_fetch`: ``(request id, peer address, keys)`` data requests;
-- :attr:`to_clients`: ``(client, key, run, nbytes, frames)`` small results of
-  tasks a client sent straight here (:meth:`WorkerState.run_direct`), for
+- :attr:`to_clients`: ``(client, DirectResult, frames)``, the small results
+  of tasks a client sent straight here (:meth:`WorkerState.run_direct`), for
   the data server to send back to that client;
-- :attr:`stored`: ``(client, request id, nbytes, failed)`` answers to the
-  data clients put here (:meth:`WorkerState.put_data`), for the data server
-  to send.
+- :attr:`stored`: ``(client, DataStored)`` answers to the data clients put
+  here (:meth:`WorkerState.put_data`), for the data server to send.
 
 Which peer is asked for which input, and when, is planned by
 :class:`~zfutures.worker_fetch.Fetches`; when reports go, which task runs on
@@ -34,8 +38,25 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from typing import Any
+from typing import Any, Union
 
+from .messages import (
+    AcquireItem,
+    ComputeItem,
+    DirectResult,
+    DoneItem,
+    DropItem,
+    FailedItem,
+    KeyAdded,
+    MissingData,
+    Paused,
+    Retire,
+    RunTask,
+    Sync,
+    TaskAccepted,
+    TaskRefused,
+    TaskSeceded,
+)
 from .protocol import Frames, same_call
 from .worker_fetch import Fetch, Fetches
 from .worker_policy import WorkerPolicies
@@ -43,8 +64,10 @@ from .worker_scatter import Scatters, Values
 
 FETCHING, BEHIND, READY, EXECUTING = "fetching", "behind", "ready", "executing"
 
-#: A report for the center: (op, item, payload frames).
-Report = tuple[str, dict[str, Any], Frames]
+#: A report for the center, and its payload frames: an item the shell
+#: batches with others of its class, or a message sent as it is.
+Report = tuple[Union[DoneItem, FailedItem, KeyAdded, TaskSeceded, TaskAccepted, TaskRefused,
+                     MissingData, Sync, Paused, Retire], Frames]
 
 #: Short tasks are handed to the task threads a few at a time, up to about this
 #: many seconds of work per thread (at most MAX_HANDED_AHEAD tasks), so a
@@ -90,7 +113,7 @@ class WorkerState(WorkerPolicies):
     """The data and the tasks of one worker.
 
     >>> w = WorkerState("tcp://127.0.0.1:9001", nthreads=1)
-    >>> w.compute("y", {"x": ["tcp://127.0.0.1:9002"]}, 0, [b"..."], now=0.0)
+    >>> w.compute(ComputeItem("y", {"x": ["tcp://127.0.0.1:9002"]}, run=1), [b"..."], now=0.0)
     >>> w.to_fetch
     [(1, 'tcp://127.0.0.1:9002', ['x'])]
     """
@@ -121,7 +144,7 @@ class WorkerState(WorkerPolicies):
         self.to_center: list[Report] = []
         self.to_execute: list[Task] = []
         self.to_fetch = self.fetching.to_fetch
-        self.to_clients: list[tuple[bytes, str, int, int, Frames]] = []
+        self.to_clients: list[tuple[bytes, DirectResult, Frames]] = []
         # Data clients put here, and the answers owed them (see put_data).
         self.scatters = Scatters(self.data, self.nbytes)
         self.stored = self.scatters.stored
@@ -140,12 +163,12 @@ class WorkerState(WorkerPolicies):
 
     # ------------------------------------------------------------------ events
 
-    def compute(self, key: str, deps: dict[str, list[str]], priority: int, payload: Frames,
-                now: float, send_result: bool = False, run: int = 0) -> None:
-        """The center asks for ``key``; its inputs are on the workers in ``deps``.
+    def compute(self, item: ComputeItem, payload: Frames, now: float) -> None:
+        """The center asks for ``item.key``, the call ``payload``; its inputs
+        are on the workers in ``item.deps``.
 
-        ``run`` names this assignment: the reports on it carry it back, so the
-        center can tell them from those of an earlier run of the same key.
+        ``item.run`` names this assignment: the reports on it carry it back, so
+        the center can tell them from those of an earlier run of the same key.
 
         A run of ``key`` released while it runs answers this assignment if
         it is the same call (``payload``): a key a client let go of and asked
@@ -154,9 +177,9 @@ class WorkerState(WorkerPolicies):
         of the key (a key's reports name no thread), and the old result is
         dropped.
         """
+        key, run = item.key, item.run
         if key in self.data:  # already here (computed before a reconnect): just say so
-            self.to_center.append(("task-finished", {"key": key, "nbytes": self.nbytes[key],
-                                                     "run": run}, []))
+            self.to_center.append((DoneItem(key, self.nbytes[key], run), []))
             return
         task = self.tasks.get(key)
         if task is not None and not same_call(task.payload, payload):
@@ -171,12 +194,13 @@ class WorkerState(WorkerPolicies):
         if task is not None:  # adopt the run under way: it answers this assignment
             task.run = run
             task.direct = False
-            task.send_result = task.send_result or send_result
+            task.send_result = task.send_result or item.send_result
             if key in self.seceded:  # the center counts it against our threads else
-                self.to_center.append(("task-seceded", {"key": key, "run": run}, []))
+                self.to_center.append((TaskSeceded(key, run), []))
             return
-        task = self.tasks[key] = Task(key, deps, priority, payload, next(self._order), send_result,
-                                      run)
+        deps = item.deps
+        task = self.tasks[key] = Task(key, deps, item.priority, payload, next(self._order),
+                                      item.send_result, run)
         for dep, holders in deps.items():
             if dep in self.data:
                 continue
@@ -191,10 +215,10 @@ class WorkerState(WorkerPolicies):
             self._make_ready(task)
         self._start_tasks()
 
-    def run_direct(self, key: str, payload: Frames, run: int, client: bytes,
-                   now: float) -> None:
-        """``client`` sent ``key``, a task without inputs, straight here, in a
-        ``run`` of its own; its small result goes back to it (:attr:`to_clients`)
+    def run_direct(self, request: RunTask, payload: Frames, client: bytes, now: float) -> None:
+        """``client`` sent ``request.key``, a task without inputs (the call
+        ``payload``), straight here, in a ``request.run`` of its own; its
+        small result goes back to it (:attr:`to_clients`)
         as well as to the center, whose reports say the run is direct.
 
         The client told the center too; which of the two hears first is open,
@@ -209,13 +233,14 @@ class WorkerState(WorkerPolicies):
         run), or a released run of another call of it still runs here (see
         compute), or the center gave up on this run (see drop_direct).
         """
+        key, run = request.key, request.run
         dropped = self.dropped_direct.get(key)
         released = self.released_running.get(key)
         if key in self.tasks or key in self.data or self.paused or self.closing or \
                 self.ready or len(self.executing) >= self.nthreads or \
                 (dropped is not None and dropped[0] == run) or \
                 (released is not None and not same_call(released.payload, payload)):
-            self.to_center.append(("task-refused", {"key": key, "run": run}, []))
+            self.to_center.append((TaskRefused(key, run), []))
             return
         task = self.released_running.pop(key, None)
         if task is None:
@@ -225,23 +250,24 @@ class WorkerState(WorkerPolicies):
         task.run, task.direct, task.send_result, task.reply_to = run, True, True, (client, run)
         self.unannounced[key] = run
         if key in self.seceded:
-            self.to_center.append(("task-seceded", {"key": key, "run": run, "direct": True},
-                                   []))
+            self.to_center.append((TaskSeceded(key, run, direct=True), []))
         self._start_tasks()
 
-    def drop_direct(self, key: str, run: int, now: float) -> None:
-        """The center has not heard of direct ``run`` of ``key`` for seconds.
+    def drop_direct(self, item: DropItem, now: float) -> None:
+        """The center has not heard of direct run ``item.run`` of ``item.key``
+        for seconds.
 
         If the run came here, its reports are on their way (or its task-accepted
         at the next check_timeouts). If it did not, it is refused now and
         should it come later: the center then places the task itself, and no
         client gets a result from a run the center does not count.
         """
+        key, run = item.key, item.run
         task = self.tasks.get(key)
         if (task is not None and task.run == run) or key in self.data:
             return
         self.dropped_direct[key] = (run, now)
-        self.to_center.append(("task-refused", {"key": key, "run": run}, []))
+        self.to_center.append((TaskRefused(key, run), []))
 
     def data_received(self, request_id: int, values: dict[str, Any], nbytes: dict[str, int],
                       now: float) -> None:
@@ -282,8 +308,7 @@ class WorkerState(WorkerPolicies):
         fetch = self.fetches.get(key)
         if fetch is not None:
             for task in self._give_up(fetch):
-                self.to_center.append(("task-erred", {"key": task.key, "run": task.run},
-                                       list(error)))
+                self.to_center.append((FailedItem(task.key, task.run, len(error)), list(error)))
 
     def check_timeouts(self, now: float) -> None:
         """Give up on requests past their deadline and ask other holders; tell
@@ -292,7 +317,7 @@ class WorkerState(WorkerPolicies):
         for key, run in self.unannounced.items():
             task = self.tasks.get(key)
             if task is not None and task.run == run and task.direct:
-                self.to_center.append(("task-accepted", {"key": key, "run": run}, []))
+                self.to_center.append((TaskAccepted(key, run), []))
         self.unannounced.clear()
         for key, (_, when) in list(self.dropped_direct.items()):
             if now - when > DROPPED_DIRECT_KEPT:
@@ -315,19 +340,16 @@ class WorkerState(WorkerPolicies):
         task = self.tasks.pop(key, None)
         waiters = self.local_waiters.pop(key, ())
         if task is not None:  # (None: given up meanwhile)
-            report = {"key": key, "run": task.run}
-            if task.direct:
-                report["direct"] = True
             if error is None:
                 self.data[key] = value
                 self.nbytes[key] = nbytes
-                if task.reply_to is not None and pickled:
+                frames, answered = pickled or [], False
+                if task.reply_to is not None and frames:
                     client, client_run = task.reply_to
-                    self.to_clients.append((client, key, client_run, nbytes, pickled))
-                    pickled = None  # (its client has it; any other fetches it from here)
-                    report["answered"] = True
-                report["nbytes"], report["duration"] = nbytes, duration
-                self.to_center.append(("task-finished", report, pickled or []))
+                    self.to_clients.append((client, DirectResult(key, client_run, nbytes), frames))
+                    frames, answered = [], True  # (its client has it; others fetch it here)
+                self.to_center.append((DoneItem(key, nbytes, task.run, len(frames), task.direct,
+                                                answered, duration), frames))
                 if waiters:
                     self.report_now = True
                 for waiter_key in waiters:  # sent ahead for this very input
@@ -337,7 +359,7 @@ class WorkerState(WorkerPolicies):
                         if not waiter.missing and waiter.state == FETCHING:
                             self._make_ready(waiter)
             else:
-                self.to_center.append(("task-erred", report, error))
+                self.to_center.append((FailedItem(key, task.run, len(error), task.direct), error))
                 # (the center errs or takes back the tasks that waited for it)
         self._start_tasks()
 
@@ -365,12 +387,14 @@ class WorkerState(WorkerPolicies):
                     if not fetch.waiting_tasks:
                         del self.fetches[dep]
 
-    def acquire(self, key: str, holders: list[str], now: float) -> None:
-        """Copy ``key`` here from ``holders`` (a worker that leaves hands it on)."""
+    def acquire(self, item: AcquireItem, now: float) -> None:
+        """Copy ``item.key`` here from ``item.holders`` (a worker that leaves
+        hands it on)."""
+        key = item.key
         if key in self.data:
-            self.to_center.append(("keys-added", {"key": key, "nbytes": self.nbytes[key]}, []))
+            self.to_center.append((KeyAdded(key, self.nbytes[key]), []))
             return
-        self.fetching.want(key, holders)
+        self.fetching.want(key, item.holders)
         self.fetching.send(now)
 
     def task_skipped(self, key: str) -> None:
@@ -418,7 +442,7 @@ class WorkerState(WorkerPolicies):
         already once the center answers their ``sync`` (see worker_scatter.py)."""
         held = self.scatters.put(client, request_id, values, failed)
         if held:
-            self.to_center.append(("sync", {"keys": held}, []))
+            self.to_center.append((Sync(held), []))
 
     def synced(self, keys: list[str]) -> None:
         """The center answered a sync of ``keys``: data that waited for it is
@@ -431,9 +455,8 @@ class WorkerState(WorkerPolicies):
         """No holder of an input is left to ask: the tasks that need it go back
         to the center, saying which holders failed (others may have a copy by now)."""
         for task in self._give_up(fetch):
-            self.to_center.append(("missing-data", {"key": task.key, "missing": [fetch.key],
-                                                    "run": task.run,
-                                                    "tried": list(fetch.tried)}, []))
+            self.to_center.append((MissingData(task.key, [fetch.key], task.run,
+                                               list(fetch.tried)), []))
 
     def _give_up(self, fetch: Fetch) -> list[Task]:
         """Stop fetching an input; drop the tasks waiting for it (they no longer
@@ -458,7 +481,7 @@ class WorkerState(WorkerPolicies):
         self.data[key] = value
         self.nbytes[key] = nbytes
         # The center tracks every copy: for locality, and so it can release this one.
-        self.to_center.append(("keys-added", {"key": key, "nbytes": nbytes}, []))
+        self.to_center.append((KeyAdded(key, nbytes), []))
         for task_key in fetch.waiting_tasks:
             task = self.tasks.get(task_key)
             if task is not None:

@@ -28,14 +28,14 @@ MESSAGES: dict[str, type] = {}
 #: The name of every message class, on the wire.
 OPS: dict[type, str] = {}
 
-_M = TypeVar("_M")
+_M = TypeVar("_M", bound=type)
 
 
 def message(op: str) -> Callable[[_M], _M]:
     """Register the class below as the message of ``op``."""
     def register(cls: _M) -> _M:
-        MESSAGES[op] = cls  # type: ignore[assignment]
-        OPS[cls] = op  # type: ignore[index]
+        MESSAGES[op] = cls
+        OPS[cls] = op
         return cls
     return register
 

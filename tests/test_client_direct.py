@@ -170,6 +170,6 @@ def test_a_worker_that_left_takes_its_runs_and_the_next_lone_task_with_it():
     direct = Direct()
     direct.runs.worker = A1
     direct.send("x")
-    direct.runs.worker_left(A1)
+    direct.runs.workers_left({A1})
     assert direct.keys["x"].direct is None and direct.runs.worker is None
     assert not direct.runs.in_flight()

@@ -73,6 +73,22 @@ def test_a_key_handed_on_twice_is_asked_for_again(client):
     assert not result.done()
 
 
+def test_a_fetch_is_not_tried_at_a_holder_that_left_in_the_same_message(client):
+    # The center says in one message that both holders of x left: the fetch
+    # from the first must not go to the second, but ask where x is now.
+    s = client.s
+    finished_on(s, "x", A1)
+    client.holds("x", A1, A2)
+    result = client.fetch("x")
+    client.core.to_workers.clear()
+    s.remove_worker(W1)
+    s.remove_worker(W2)
+    client.center_speaks()                   # workers-left: A1 and A2
+    assert client.core.to_workers == [] and client.requests_to(A2) == []
+    assert client.center_hears() == ["who-has"]
+    assert not result.done()
+
+
 def test_a_fetch_that_times_out_asks_another_holder(client):
     finished_on(client.s, "x", A1)
     client.holds("x", A1, A2)

@@ -107,6 +107,19 @@ def test_a_scatter_with_no_worker_left_fails_and_tells_where_the_rest_went(clien
     assert "update-data" in client.center_hears()  # (b's copy is known, so let go of)
 
 
+def test_a_part_of_a_scatter_is_not_sent_to_a_worker_that_left_in_the_same_message(client):
+    futures = [Future("a", None), Future("b", None)]
+    done: concurrent.futures.Future = concurrent.futures.Future()
+    client.core.scatter({A1: [("a", [b"1"])], A2: [("b", [b"2"])]}, futures, done, 0.0)
+    client.core.to_workers.clear()
+    client.s.remove_worker(W1)
+    client.s.remove_worker(W2)
+    client.center_speaks()                   # workers-left: A1 and A2
+    assert client.core.to_workers == []      # (a's part was not sent on to A2)
+    with pytest.raises(ConnectionError, match="left the cluster"):
+        done.result(0)
+
+
 def test_scattering_lost_data_again_makes_it_whole(client):
     s = client.s
     first = scattered_to_a1(client)

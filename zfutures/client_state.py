@@ -380,14 +380,16 @@ class ClientCore:
         sent already): calls waiting on them (run, scatter) fail now rather
         than at the reconnect deadline; fetches from them try other holders at
         once, or wait for the keys to be in memory again, rather than for the
-        fetch timeout."""
-        for address in msg.addresses:
-            self.requests.worker_left(address, now)
-            self.direct.worker_left(address)
-            for info in self.keys.values():
-                if address in info.who_has:
-                    info.who_has = [a for a in info.who_has if a != address]
-            self.gathers.worker_left(address, now)
+        fetch timeout. Every worker of the message is gone before any call
+        is tried again: one moved on from a worker that left must not go to
+        another that left with it."""
+        left = set(msg.addresses)
+        self.direct.workers_left(left)
+        for info in self.keys.values():
+            if not left.isdisjoint(info.who_has):
+                info.who_has = [a for a in info.who_has if a not in left]
+        self.requests.workers_left(left, now)
+        self.gathers.workers_left(left, now)
 
     def awaits_worker(self, address: str) -> bool:
         """Whether an answer other than a direct task's is awaited from ``address``."""

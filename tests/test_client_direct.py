@@ -24,7 +24,7 @@ def test_a_direct_result_for_a_key_the_executor_made_counts_at_once(client):
     future, sent = submit_alone(client, "made-here", own_key=True)
     assert sent.direct_ack is False
     client.answers_straight("made-here", sent.direct_run, 3)
-    assert future.result(0) == 3 and client.core.direct_answers == 1
+    assert future.result(0) == 3 and client.core.direct.answers == 1
 
 
 def test_a_direct_result_for_a_key_the_caller_chose_waits_for_the_centers_word(client):
@@ -36,7 +36,7 @@ def test_a_direct_result_for_a_key_the_caller_chose_waits_for_the_centers_word(c
     assert not future.done()
     client.center_hears()
     client.center_speaks()  # direct-accepted
-    assert future.result(0) == 3 and client.core.direct_answers == 1
+    assert future.result(0) == 3 and client.core.direct.answers == 1
 
 
 def test_direct_submits_wait_a_moment_for_the_answers_and_go_together(client):

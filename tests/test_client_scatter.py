@@ -69,7 +69,7 @@ def test_a_part_of_a_scatter_whose_worker_left_goes_to_another_worker(client):
     client.center_speaks()                   # a's part goes to A2 instead ...
     ((address, msg, _),) = client.core.to_workers
     assert (address, type(msg)) == (A2, PutData) and [i.key for i in msg.items] == ["a"]
-    requests = sorted(client.core.worker_requests)
+    requests = sorted(client.core.requests.worker_requests)
     for request_id, keys in zip(requests, (["b"], ["a"])):
         client.core.worker_message(A2, *wire(DataStored(request_id, {key: 8 for key in keys})),
                                    client.now)

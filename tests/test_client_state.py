@@ -223,8 +223,9 @@ def test_the_core_keeps_nothing_of_keys_let_go_of(client):
         client.core.tick(client.now)
     client.center_hears()
     core = client.core
-    assert core.keys == {} and core.fetches == {} and core.awaiting == {}
-    assert core.rpcs == {} and core.worker_requests == {} and core.outbox.release_due is None
+    assert core.keys == {} and core.gathers.fetches == {} and core.gathers.awaiting == {}
+    assert core.requests.rpcs == {} and core.requests.worker_requests == {}
+    assert core.outbox.release_due is None
     assert s.tasks == {}
 
 

@@ -60,8 +60,6 @@ class ClientIO:
                  fetch_timeout: float = 10.0, reconnect_deadline: float = 30.0,
                  security: Any = None):
         self.address = address
-        self.name = name
-        self.reconnect_deadline = reconnect_deadline
         self.core = ClientCore(name, fetch_timeout=fetch_timeout,
                                heartbeat_interval=heartbeat_interval,
                                reconnect_deadline=reconnect_deadline, now=time.monotonic())

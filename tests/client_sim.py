@@ -11,6 +11,8 @@ from __future__ import annotations
 import concurrent.futures
 from typing import Any
 
+import pytest
+
 from zfutures import Future, serialize
 from zfutures.client_records import FINISHED, KeyRecord
 from zfutures.client_state import ClientCore
@@ -131,6 +133,13 @@ class Client:
     def answers_straight(self, key: str, run: int, value: object) -> None:
         self.core.worker_message(A1, *wire(DirectResult(key, run, 8), serialize.dumps(value)),
                                  self.now)
+
+
+@pytest.fixture(name="client")
+def client_fixture() -> Client:
+    """The fixture ``client``: a client (C) of a center with two workers (see
+    :func:`cluster`). The test files of the client's core import it."""
+    return Client(cluster())
 
 
 def finish(s: Scheduler, key: str, value: object = None, nbytes: int = 8) -> None:

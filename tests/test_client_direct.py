@@ -5,17 +5,18 @@ from __future__ import annotations
 import concurrent.futures
 
 import pytest
-from client_sim import A1, A2, Client, cluster, queued_item, submit_alone
+from client_sim import (
+    A1,
+    A2,
+    client_fixture,  # noqa: F401 (the fixture "client")
+    queued_item,
+    submit_alone,
+)
 
 from zfutures.client_direct import DIRECT_AFTER_NBYTES, DIRECT_PAYLOAD_LIMIT, DirectRuns
 from zfutures.client_outbox import Outbox
 from zfutures.client_records import KeyRecord, record
 from zfutures.messages import DirectResult, Submit, TaskItem, WhoHas
-
-
-@pytest.fixture
-def client() -> Client:
-    return Client(cluster())
 
 
 def test_a_direct_result_for_a_key_the_executor_made_counts_at_once(client):

@@ -5,16 +5,16 @@ from __future__ import annotations
 import pickle
 
 import pytest
-from client_sim import W2, Client, cluster, finish, wire
+from client_sim import (
+    W2,
+    client_fixture,  # noqa: F401 (the fixture "client")
+    finish,
+    wire,
+)
 
 from zfutures import serialize
 from zfutures.client_outbox import RELEASE_DELAY
 from zfutures.messages import Data, OfferedItem
-
-
-@pytest.fixture
-def client() -> Client:
-    return Client(cluster())
 
 
 def test_an_eager_future_gets_its_value_and_lets_go_of_its_key(client):

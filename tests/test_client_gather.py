@@ -5,15 +5,19 @@ from __future__ import annotations
 import concurrent.futures
 
 import pytest
-from client_sim import A1, A2, W1, W2, C, Client, cluster, finish, finished_on
+from client_sim import (
+    A1,
+    A2,
+    W1,
+    W2,
+    C,
+    client_fixture,  # noqa: F401 (the fixture "client")
+    finish,
+    finished_on,
+)
 
 from zfutures import FutureLostError, serialize
 from zfutures.messages import KeyAdded, ScatteredItem
-
-
-@pytest.fixture
-def client() -> Client:
-    return Client(cluster())
 
 
 def test_a_fetch_from_a_worker_that_died_waits_for_the_key_computed_again(client):

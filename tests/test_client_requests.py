@@ -6,18 +6,18 @@ import concurrent.futures
 import itertools
 
 import pytest
-from client_sim import A1, A2, W1, Client, cluster
+from client_sim import (
+    A1,
+    A2,
+    W1,
+    client_fixture,  # noqa: F401 (the fixture "client")
+    )
 
 from zfutures.client_outbox import Outbox
 from zfutures.client_records import FINISHED, KeyRecord, record
 from zfutures.client_requests import DEPARTED_KEPT, Requests
 from zfutures.errors import ConnectionError
 from zfutures.messages import HasWhat, Run, RunResult, SchedulerInfo, WhoHas
-
-
-@pytest.fixture
-def client() -> Client:
-    return Client(cluster())
 
 
 def test_a_request_to_a_worker_that_left_already_fails_at_once(client):

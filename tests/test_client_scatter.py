@@ -13,7 +13,7 @@ from client_sim import (
     W2,
     C,
     Client,
-    cluster,
+    client_fixture,  # noqa: F401 (the fixture "client")
     from_center,
     scattered_to_a1,
     stored,
@@ -36,11 +36,6 @@ from zfutures.messages import (
 from zfutures.protocol import unpack_items
 from zfutures.scheduler import Scheduler
 from zfutures.worker_state import WorkerState
-
-
-@pytest.fixture
-def client() -> Client:
-    return Client(cluster())
 
 
 def test_a_scatter_takes_back_a_release_of_its_key_still_waiting(client):

@@ -8,19 +8,21 @@ import gc
 import weakref
 
 import pytest
-from client_sim import A1, C2, C, Client, cluster, finish
+from client_sim import (
+    A1,
+    C2,
+    C,
+    Client,
+    client_fixture,  # noqa: F401 (the fixture "client")
+    cluster,
+    finish,
+)
 
 from zfutures import Future, serialize
 from zfutures.client_outbox import RELEASE_DELAY
 from zfutures.client_records import FINISHED, PRUNE_SLACK
 from zfutures.errors import ConnectionError
 from zfutures.messages import FailedItem, Submit, WhoHas
-
-
-@pytest.fixture
-def client() -> Client:
-    return Client(cluster())
-
 
 # --------------------------------------------------------------------------- futures and keys
 

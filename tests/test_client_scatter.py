@@ -21,6 +21,7 @@ from client_sim import (
 )
 
 from zfutures import Future, serialize
+from zfutures.client_scatter import plan
 from zfutures.errors import ConnectionError
 from zfutures.messages import (
     Compute,
@@ -36,6 +37,15 @@ from zfutures.messages import (
 from zfutures.protocol import unpack_items
 from zfutures.scheduler import Scheduler
 from zfutures.worker_state import WorkerState
+
+
+def test_a_plan_deals_the_data_to_the_workers_in_turn_or_to_each_with_broadcast():
+    where, keys = plan(["a", 1, "a"], [A1, A2], broadcast=False)
+    assert keys[0] == keys[2] != keys[1] and keys[0].startswith("str-")  # (a token of the bytes)
+    assert [[key for key, _ in where[a]] for a in (A1, A2)] == [[keys[0], keys[2]], [keys[1]]]
+    assert serialize.loads(where[A2][0][1]) == 1
+    where, _ = plan(["a", 1], [A1, A2], broadcast=True)
+    assert [len(where[a]) for a in (A1, A2)] == [2, 2]
 
 
 def test_a_scatter_takes_back_a_release_of_its_key_still_waiting(client):

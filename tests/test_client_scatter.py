@@ -39,6 +39,14 @@ from zfutures.scheduler import Scheduler
 from zfutures.worker_state import WorkerState
 
 
+def scatter_a_and_b(client: Client) -> tuple[list[Future], concurrent.futures.Future]:
+    """Start a scatter of "a" to A1 and "b" to A2: its futures, and its call's."""
+    futures = [Future("a", None), Future("b", None)]
+    done: concurrent.futures.Future = concurrent.futures.Future()
+    client.core.scatter({A1: [("a", [b"1"])], A2: [("b", [b"2"])]}, futures, done, 0.0)
+    return futures, done
+
+
 def test_a_plan_deals_the_data_to_the_workers_in_turn_or_to_each_with_broadcast():
     where, keys = plan(["a", 1, "a"], [A1, A2], broadcast=False)
     assert keys[0] == keys[2] != keys[1] and keys[0].startswith("str-")  # (a token of the bytes)
@@ -66,9 +74,7 @@ def test_a_scatter_takes_back_a_release_of_its_key_still_waiting(client):
 
 
 def test_a_part_of_a_scatter_whose_worker_left_goes_to_another_worker(client):
-    futures = [Future("a", None), Future("b", None)]
-    done: concurrent.futures.Future = concurrent.futures.Future()
-    client.core.scatter({A1: [("a", [b"1"])], A2: [("b", [b"2"])]}, futures, done, 0.0)
+    futures, done = scatter_a_and_b(client)
     client.core.to_workers.clear()
     client.s.remove_worker(W1)
     client.center_speaks()                   # a's part goes to A2 instead ...
@@ -86,9 +92,7 @@ def test_a_part_of_a_scatter_whose_worker_left_goes_to_another_worker(client):
 
 def test_a_scatter_ends_when_the_center_falls_silent_without_trying_other_workers(client):
     client.core.welcomed = True
-    futures = [Future("a", None), Future("b", None)]
-    done: concurrent.futures.Future = concurrent.futures.Future()
-    client.core.scatter({A1: [("a", [b"1"])], A2: [("b", [b"2"])]}, futures, done, 0.0)
+    futures, done = scatter_a_and_b(client)
     client.center_hears()
     client.core.to_workers.clear()
     client.now += client.core.reconnect_deadline + 1
@@ -99,9 +103,7 @@ def test_a_scatter_ends_when_the_center_falls_silent_without_trying_other_worker
 
 
 def test_a_scatter_with_no_worker_left_fails_and_tells_where_the_rest_went(client):
-    futures = [Future("a", None), Future("b", None)]
-    done: concurrent.futures.Future = concurrent.futures.Future()
-    client.core.scatter({A1: [("a", [b"1"])], A2: [("b", [b"2"])]}, futures, done, 0.0)
+    futures, done = scatter_a_and_b(client)
     stored(client, A2, {"b": 8})
     client.s.remove_worker(W1)
     client.s.remove_worker(W2)
@@ -113,9 +115,7 @@ def test_a_scatter_with_no_worker_left_fails_and_tells_where_the_rest_went(clien
 
 
 def test_a_part_of_a_scatter_is_not_sent_to_a_worker_that_left_in_the_same_message(client):
-    futures = [Future("a", None), Future("b", None)]
-    done: concurrent.futures.Future = concurrent.futures.Future()
-    client.core.scatter({A1: [("a", [b"1"])], A2: [("b", [b"2"])]}, futures, done, 0.0)
+    futures, done = scatter_a_and_b(client)
     client.core.to_workers.clear()
     client.s.remove_worker(W1)
     client.s.remove_worker(W2)

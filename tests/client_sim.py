@@ -11,6 +11,8 @@ from __future__ import annotations
 import concurrent.futures
 from typing import Any
 
+import pytest
+
 from zfutures import Future, serialize
 from zfutures.client_records import FINISHED, KeyRecord
 from zfutures.client_state import ClientCore
@@ -118,11 +120,11 @@ class Client:
                 self.core.center_message(*from_center(msg, frames), self.now)
 
     def requests_to(self, address: str) -> list[list[str]]:
-        return [f.keys for f in self.core.fetches.values() if f.address == address]
+        return [f.keys for f in self.core.gathers.fetches.values() if f.address == address]
 
     def worker_answers(self, address: str, key: str, value: object) -> None:
         """``address`` answers the client's pending request for ``key``."""
-        (request_id,) = [i for i, f in self.core.fetches.items()
+        (request_id,) = [i for i, f in self.core.gathers.fetches.items()
                          if f.address == address and key in f.keys]
         frames = serialize.dumps(value)
         self.core.worker_message(address, *wire(Data(request_id, [OfferedItem(key, len(frames))],
@@ -131,6 +133,13 @@ class Client:
     def answers_straight(self, key: str, run: int, value: object) -> None:
         self.core.worker_message(A1, *wire(DirectResult(key, run, 8), serialize.dumps(value)),
                                  self.now)
+
+
+@pytest.fixture(name="client")
+def client_fixture() -> Client:
+    """The fixture ``client``: a client (C) of a center with two workers (see
+    :func:`cluster`). The test files of the client's core import it."""
+    return Client(cluster())
 
 
 def finish(s: Scheduler, key: str, value: object = None, nbytes: int = 8) -> None:
@@ -172,7 +181,8 @@ def queued_item(client: Client, key: str) -> TaskItem:
 
 def stored(client: Client, address: str, nbytes: dict[str, int]) -> None:
     """``address`` answers the client's pending put-data (the only one to it)."""
-    (request_id,) = [i for i, (a, _, _) in client.core.worker_requests.items() if a == address]
+    requests = client.core.requests.worker_requests
+    (request_id,) = [i for i, (a, _, _) in requests.items() if a == address]
     client.core.worker_message(address, *wire(DataStored(request_id, nbytes)), client.now)
 
 

@@ -5,17 +5,18 @@ from __future__ import annotations
 import concurrent.futures
 
 import pytest
-from client_sim import A1, A2, Client, cluster, queued_item, submit_alone
+from client_sim import (
+    A1,
+    A2,
+    client_fixture,  # noqa: F401 (the fixture "client")
+    queued_item,
+    submit_alone,
+)
 
 from zfutures.client_direct import DIRECT_AFTER_NBYTES, DIRECT_PAYLOAD_LIMIT, DirectRuns
 from zfutures.client_outbox import Outbox
 from zfutures.client_records import KeyRecord, record
 from zfutures.messages import DirectResult, Submit, TaskItem, WhoHas
-
-
-@pytest.fixture
-def client() -> Client:
-    return Client(cluster())
 
 
 def test_a_direct_result_for_a_key_the_executor_made_counts_at_once(client):
@@ -24,7 +25,7 @@ def test_a_direct_result_for_a_key_the_executor_made_counts_at_once(client):
     future, sent = submit_alone(client, "made-here", own_key=True)
     assert sent.direct_ack is False
     client.answers_straight("made-here", sent.direct_run, 3)
-    assert future.result(0) == 3 and client.core.direct_answers == 1
+    assert future.result(0) == 3 and client.core.direct.answers == 1
 
 
 def test_a_direct_result_for_a_key_the_caller_chose_waits_for_the_centers_word(client):
@@ -36,7 +37,7 @@ def test_a_direct_result_for_a_key_the_caller_chose_waits_for_the_centers_word(c
     assert not future.done()
     client.center_hears()
     client.center_speaks()  # direct-accepted
-    assert future.result(0) == 3 and client.core.direct_answers == 1
+    assert future.result(0) == 3 and client.core.direct.answers == 1
 
 
 def test_direct_submits_wait_a_moment_for_the_answers_and_go_together(client):
@@ -170,6 +171,6 @@ def test_a_worker_that_left_takes_its_runs_and_the_next_lone_task_with_it():
     direct = Direct()
     direct.runs.worker = A1
     direct.send("x")
-    direct.runs.worker_left(A1)
+    direct.runs.workers_left({A1})
     assert direct.keys["x"].direct is None and direct.runs.worker is None
     assert not direct.runs.in_flight()

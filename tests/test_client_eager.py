@@ -5,16 +5,16 @@ from __future__ import annotations
 import pickle
 
 import pytest
-from client_sim import W2, Client, cluster, finish, wire
+from client_sim import (
+    W2,
+    client_fixture,  # noqa: F401 (the fixture "client")
+    finish,
+    wire,
+)
 
 from zfutures import serialize
 from zfutures.client_outbox import RELEASE_DELAY
 from zfutures.messages import Data, OfferedItem
-
-
-@pytest.fixture
-def client() -> Client:
-    return Client(cluster())
 
 
 def test_an_eager_future_gets_its_value_and_lets_go_of_its_key(client):
@@ -25,7 +25,7 @@ def test_an_eager_future_gets_its_value_and_lets_go_of_its_key(client):
     finish(client.s, "big", nbytes=100_000)          # (to fetch)
     client.center_speaks()
     assert small.result(0) == "S" and not big.done()
-    (fetch,) = client.core.fetches.values()
+    (fetch,) = client.core.gathers.fetches.values()
     client.worker_answers(fetch.address, "big", "B")
     assert big.result(0) == "B"
     assert client.core.keys == {}
@@ -42,7 +42,7 @@ def test_one_value_that_cannot_leave_its_worker_fails_only_its_own_eager_future(
     for key in futures:
         finish(client.s, key, nbytes=100_000)  # (too big to come along)
     client.center_speaks()
-    ((request_id, fetch),) = client.core.fetches.items()
+    ((request_id, fetch),) = client.core.gathers.fetches.items()
     assert sorted(fetch.keys) == ["a", "b", "c"]
     a, c = serialize.dumps("A"), serialize.dumps("C")
     error = pickle.dumps((TypeError("cannot pickle '_thread.lock' object"), "tb"))

@@ -5,15 +5,19 @@ from __future__ import annotations
 import concurrent.futures
 
 import pytest
-from client_sim import A1, A2, W1, W2, C, Client, cluster, finish, finished_on
+from client_sim import (
+    A1,
+    A2,
+    W1,
+    W2,
+    C,
+    client_fixture,  # noqa: F401 (the fixture "client")
+    finish,
+    finished_on,
+)
 
 from zfutures import FutureLostError, serialize
 from zfutures.messages import KeyAdded, ScatteredItem
-
-
-@pytest.fixture
-def client() -> Client:
-    return Client(cluster())
 
 
 def test_a_fetch_from_a_worker_that_died_waits_for_the_key_computed_again(client):
@@ -34,7 +38,7 @@ def test_a_fetch_from_a_worker_that_died_waits_for_the_key_computed_again(client
     assert client.requests_to(A2) == [["x"]]
     client.worker_answers(A2, "x", 42)
     assert serialize.loads(result.result(0)["x"]) == 42
-    assert client.core.awaiting == {}
+    assert client.core.gathers.awaiting == {}
 
 
 def test_a_fetch_fails_when_the_lost_key_errs_before_the_center_answers(client):
@@ -49,7 +53,7 @@ def test_a_fetch_fails_when_the_lost_key_errs_before_the_center_answers(client):
     client.center_answers()
     with pytest.raises(FutureLostError, match="lost with the worker"):
         result.result(0)
-    assert client.core.awaiting == {} and client.core.fetches == {}
+    assert client.core.gathers.awaiting == {} and client.core.gathers.fetches == {}
 
 
 def test_a_key_handed_on_twice_is_asked_for_again(client):
@@ -73,12 +77,28 @@ def test_a_key_handed_on_twice_is_asked_for_again(client):
     assert not result.done()
 
 
+def test_a_fetch_is_not_tried_at_a_holder_that_left_in_the_same_message(client):
+    # The center says in one message that both holders of x left: the fetch
+    # from the first must not go to the second, but ask where x is now.
+    s = client.s
+    finished_on(s, "x", A1)
+    client.holds("x", A1, A2)
+    result = client.fetch("x")
+    client.core.to_workers.clear()
+    s.remove_worker(W1)
+    s.remove_worker(W2)
+    client.center_speaks()                   # workers-left: A1 and A2
+    assert client.core.to_workers == [] and client.requests_to(A2) == []
+    assert client.center_hears() == ["who-has"]
+    assert not result.done()
+
+
 def test_a_fetch_that_times_out_asks_another_holder(client):
     finished_on(client.s, "x", A1)
     client.holds("x", A1, A2)
     result = client.fetch("x")
     assert client.requests_to(A1) == [["x"]]
-    client.now += client.core.fetch_timeout + 1
+    client.now += client.core.gathers.fetch_timeout + 1
     client.core.tick(client.now)
     assert client.requests_to(A1) == [] and client.requests_to(A2) == [["x"]]
     client.worker_answers(A2, "x", 1)
@@ -89,7 +109,7 @@ def test_a_fetch_the_caller_stopped_waiting_for_is_forgotten(client):
     client.holds("x", A1)
     result = client.fetch("x")
     client.core.forget_fetch(result)
-    assert client.core.fetches == {} and result.done()
+    assert client.core.gathers.fetches == {} and result.done()
 
 
 def test_a_gather_waiting_for_a_released_key_ends(client):
@@ -101,9 +121,9 @@ def test_a_gather_waiting_for_a_released_key_ends(client):
     client.center_speaks()
     client.center_hears()
     client.center_answers()
-    assert "x" in client.core.awaiting
+    assert "x" in client.core.gathers.awaiting
     client.core.unref("x", client.now)  # the last future went while it waited
-    assert client.core.awaiting == {}
+    assert client.core.gathers.awaiting == {}
     with pytest.raises(FutureLostError):
         result.result(0)
 

@@ -6,18 +6,18 @@ import concurrent.futures
 import itertools
 
 import pytest
-from client_sim import A1, A2, W1, Client, cluster
+from client_sim import (
+    A1,
+    A2,
+    W1,
+    client_fixture,  # noqa: F401 (the fixture "client")
+    )
 
 from zfutures.client_outbox import Outbox
 from zfutures.client_records import FINISHED, KeyRecord, record
 from zfutures.client_requests import DEPARTED_KEPT, Requests
 from zfutures.errors import ConnectionError
 from zfutures.messages import HasWhat, Run, RunResult, SchedulerInfo, WhoHas
-
-
-@pytest.fixture
-def client() -> Client:
-    return Client(cluster())
 
 
 def test_a_request_to_a_worker_that_left_already_fails_at_once(client):
@@ -56,7 +56,7 @@ def ask(requests: Requests, address: str, now: float) -> list:
 
 def test_a_worker_that_left_is_not_asked_for_a_while_then_it_may_be_again():
     reqs = requests()
-    reqs.worker_left(A1, now=10.0)
+    reqs.workers_left({A1}, now=10.0)
     ((how, _),) = ask(reqs, A1, 10.0 + DEPARTED_KEPT / 2)
     assert how == "failed" and reqs.worker_requests == {}
     assert ask(reqs, A1, 10.0 + DEPARTED_KEPT + 1) == []  # (a new worker at that address)
@@ -65,7 +65,7 @@ def test_a_worker_that_left_is_not_asked_for_a_while_then_it_may_be_again():
 
 def test_a_worker_that_left_and_came_back_at_its_address_is_asked_again():
     reqs = requests()
-    reqs.worker_left(A1, now=10.0)
+    reqs.workers_left({A1}, now=10.0)
     info: concurrent.futures.Future = concurrent.futures.Future()
     reqs.rpc(SchedulerInfo, {}, info)
     (request_id,) = reqs.rpcs

@@ -13,7 +13,7 @@ from client_sim import (
     W2,
     C,
     Client,
-    cluster,
+    client_fixture,  # noqa: F401 (the fixture "client")
     from_center,
     scattered_to_a1,
     stored,
@@ -21,6 +21,7 @@ from client_sim import (
 )
 
 from zfutures import Future, serialize
+from zfutures.client_scatter import plan
 from zfutures.errors import ConnectionError
 from zfutures.messages import (
     Compute,
@@ -38,9 +39,21 @@ from zfutures.scheduler import Scheduler
 from zfutures.worker_state import WorkerState
 
 
-@pytest.fixture
-def client() -> Client:
-    return Client(cluster())
+def scatter_a_and_b(client: Client) -> tuple[list[Future], concurrent.futures.Future]:
+    """Start a scatter of "a" to A1 and "b" to A2: its futures, and its call's."""
+    futures = [Future("a", None), Future("b", None)]
+    done: concurrent.futures.Future = concurrent.futures.Future()
+    client.core.scatter({A1: [("a", [b"1"])], A2: [("b", [b"2"])]}, futures, done, 0.0)
+    return futures, done
+
+
+def test_a_plan_deals_the_data_to_the_workers_in_turn_or_to_each_with_broadcast():
+    where, keys = plan(["a", 1, "a"], [A1, A2], broadcast=False)
+    assert keys[0] == keys[2] != keys[1] and keys[0].startswith("str-")  # (a token of the bytes)
+    assert [[key for key, _ in where[a]] for a in (A1, A2)] == [[keys[0], keys[2]], [keys[1]]]
+    assert serialize.loads(where[A2][0][1]) == 1
+    where, _ = plan(["a", 1], [A1, A2], broadcast=True)
+    assert [len(where[a]) for a in (A1, A2)] == [2, 2]
 
 
 def test_a_scatter_takes_back_a_release_of_its_key_still_waiting(client):
@@ -61,15 +74,13 @@ def test_a_scatter_takes_back_a_release_of_its_key_still_waiting(client):
 
 
 def test_a_part_of_a_scatter_whose_worker_left_goes_to_another_worker(client):
-    futures = [Future("a", None), Future("b", None)]
-    done: concurrent.futures.Future = concurrent.futures.Future()
-    client.core.scatter({A1: [("a", [b"1"])], A2: [("b", [b"2"])]}, futures, done, 0.0)
+    futures, done = scatter_a_and_b(client)
     client.core.to_workers.clear()
     client.s.remove_worker(W1)
     client.center_speaks()                   # a's part goes to A2 instead ...
     ((address, msg, _),) = client.core.to_workers
     assert (address, type(msg)) == (A2, PutData) and [i.key for i in msg.items] == ["a"]
-    requests = sorted(client.core.worker_requests)
+    requests = sorted(client.core.requests.worker_requests)
     for request_id, keys in zip(requests, (["b"], ["a"])):
         client.core.worker_message(A2, *wire(DataStored(request_id, {key: 8 for key in keys})),
                                    client.now)
@@ -81,9 +92,7 @@ def test_a_part_of_a_scatter_whose_worker_left_goes_to_another_worker(client):
 
 def test_a_scatter_ends_when_the_center_falls_silent_without_trying_other_workers(client):
     client.core.welcomed = True
-    futures = [Future("a", None), Future("b", None)]
-    done: concurrent.futures.Future = concurrent.futures.Future()
-    client.core.scatter({A1: [("a", [b"1"])], A2: [("b", [b"2"])]}, futures, done, 0.0)
+    futures, done = scatter_a_and_b(client)
     client.center_hears()
     client.core.to_workers.clear()
     client.now += client.core.reconnect_deadline + 1
@@ -94,9 +103,7 @@ def test_a_scatter_ends_when_the_center_falls_silent_without_trying_other_worker
 
 
 def test_a_scatter_with_no_worker_left_fails_and_tells_where_the_rest_went(client):
-    futures = [Future("a", None), Future("b", None)]
-    done: concurrent.futures.Future = concurrent.futures.Future()
-    client.core.scatter({A1: [("a", [b"1"])], A2: [("b", [b"2"])]}, futures, done, 0.0)
+    futures, done = scatter_a_and_b(client)
     stored(client, A2, {"b": 8})
     client.s.remove_worker(W1)
     client.s.remove_worker(W2)
@@ -105,6 +112,17 @@ def test_a_scatter_with_no_worker_left_fails_and_tells_where_the_rest_went(clien
         done.result(0)
     assert futures[0].status == "lost"
     assert "update-data" in client.center_hears()  # (b's copy is known, so let go of)
+
+
+def test_a_part_of_a_scatter_is_not_sent_to_a_worker_that_left_in_the_same_message(client):
+    futures, done = scatter_a_and_b(client)
+    client.core.to_workers.clear()
+    client.s.remove_worker(W1)
+    client.s.remove_worker(W2)
+    client.center_speaks()                   # workers-left: A1 and A2
+    assert client.core.to_workers == []      # (a's part was not sent on to A2)
+    with pytest.raises(ConnectionError, match="left the cluster"):
+        done.result(0)
 
 
 def test_scattering_lost_data_again_makes_it_whole(client):

@@ -8,19 +8,21 @@ import gc
 import weakref
 
 import pytest
-from client_sim import A1, C2, C, Client, cluster, finish
+from client_sim import (
+    A1,
+    C2,
+    C,
+    Client,
+    client_fixture,  # noqa: F401 (the fixture "client")
+    cluster,
+    finish,
+)
 
 from zfutures import Future, serialize
 from zfutures.client_outbox import RELEASE_DELAY
 from zfutures.client_records import FINISHED, PRUNE_SLACK
 from zfutures.errors import ConnectionError
 from zfutures.messages import FailedItem, Submit, WhoHas
-
-
-@pytest.fixture
-def client() -> Client:
-    return Client(cluster())
-
 
 # --------------------------------------------------------------------------- futures and keys
 
@@ -223,8 +225,9 @@ def test_the_core_keeps_nothing_of_keys_let_go_of(client):
         client.core.tick(client.now)
     client.center_hears()
     core = client.core
-    assert core.keys == {} and core.fetches == {} and core.awaiting == {}
-    assert core.rpcs == {} and core.worker_requests == {} and core.outbox.release_due is None
+    assert core.keys == {} and core.gathers.fetches == {} and core.gathers.awaiting == {}
+    assert core.requests.rpcs == {} and core.requests.worker_requests == {}
+    assert core.outbox.release_due is None
     assert s.tasks == {}
 
 

@@ -75,12 +75,12 @@ def cluster():
 def test_sequential_calls_are_answered_straight_by_a_worker(cluster):
     ex = cluster
     ex.submit(inc, -1).result(timeout=10)  # a worker to send the next ones to
-    before = ex._io.core.direct_answers
+    before = ex._io.core.direct.answers
     for i in range(30):
         assert ex.submit(inc, i).result(timeout=10) == i + 1
         assert ex.submit(inc, i, pure=False).result(timeout=10) == i + 1
     # (a few may go through the center: a worker busy in the center's eyes)
-    assert ex._io.core.direct_answers - before >= 40
+    assert ex._io.core.direct.answers - before >= 40
     wait_for(lambda: not ex.scheduler_info()["tasks"], timeout=10,
              message="the center kept tasks its client let go of")
 
@@ -88,14 +88,14 @@ def test_sequential_calls_are_answered_straight_by_a_worker(cluster):
 def test_an_impure_direct_result_is_the_value_the_cluster_keeps(cluster):
     ex = cluster
     ex.submit(inc, -1).result(timeout=10)
-    before = ex._io.core.direct_answers
+    before = ex._io.core.direct.answers
     for _ in range(20):
         x = ex.submit(np.random.random, 3, pure=False)
         seen = x.result(timeout=10)
         # A task that reads x on the cluster sees the same value.
         assert np.array_equal(ex.submit(identity, x).result(timeout=10), seen)
         del x
-    assert ex._io.core.direct_answers > before
+    assert ex._io.core.direct.answers > before
 
 
 def test_a_direct_tasks_error_reaches_its_future(cluster):
@@ -227,10 +227,10 @@ def test_a_direct_task_that_waits_on_a_task_gives_its_slot_back():
     # running on the loop thread, gives its slot back once the loop moves on.
     with Executor(n_workers=1, threads_per_worker=1, timeout=20) as ex:
         ex.submit(inc, -1).result(timeout=10)
-        before = ex._io.core.direct_answers
+        before = ex._io.core.direct.answers
         outer = ex.submit(halves_on_the_same_worker, 10, pure=False)
         assert outer.result(timeout=60) == 6
-        assert ex._io.core.direct_answers == before + 1  # (the outer one; the inner
+        assert ex._io.core.direct.answers == before + 1  # (the outer one; the inner
         # one's client is the worker's)
         assert ex.submit(inc, 1, pure=False).result(timeout=10) == 2
 

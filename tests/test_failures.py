@@ -202,7 +202,8 @@ def test_fetching_a_result_whose_holder_died_waits_for_its_recomputation_not_a_t
     used to wait out the fetch timeout, 10 s by default, set to 120 s here so
     that the old behaviour fails the test.)"""
     with Executor(n_workers=2, threads_per_worker=1) as ex:
-        ex._io.core.fetch_timeout = 120.0  # (no public knob: the default would pass, slowly)
+        # (No public knob: with the default the old behaviour would pass, slowly.)
+        ex._io.core.gathers.fetch_timeout = 120.0
         value = ex.submit(full, 7.0)  # too big to come back with its completion
         concurrent.futures.wait([value], timeout=30)
         (holder,) = ex.who_has([value])[value.key]

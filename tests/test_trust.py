@@ -251,8 +251,9 @@ def test_a_long_lived_client_keeps_nothing_of_calls_it_let_go_of(ex):
     core = ex._io.core
 
     def settled():
-        return set(core.keys) == {keep.key} and not core.fetches and not core.awaiting and \
-            not core.rpcs and not core.worker_requests
+        gathers, requests = core.gathers, core.requests
+        return set(core.keys) == {keep.key} and not gathers.fetches and not gathers.awaiting \
+            and not requests.rpcs and not requests.worker_requests
 
     wait_for(settled, timeout=10, message=f"the client kept {len(core.keys)} keys")
     assert len(core.keys[keep.key].futures) < 100

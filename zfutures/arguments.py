@@ -29,6 +29,25 @@ def check_options(address: Any, n_workers: Any, threads_per_worker: Any, timeout
         raise TypeError(f"name must be a string, not {type(name).__name__}")
 
 
+def check_callable(call: str, fn: Any) -> None:
+    """The function of a call (submit, map, run) must be callable."""
+    if not callable(fn):
+        raise TypeError(f"{call} needs a callable, not {type(fn).__name__} {fn!r}")
+
+
+def map_keys(key: Any, count: int) -> list[str | None]:
+    """The keys of a map's ``count`` tasks, from its argument ``key``: a list
+    of keys, one per element; or a string prefix, or None (the keys are then
+    made from each task's token: None for each)."""
+    if isinstance(key, (list, tuple)):
+        if len(key) != count:
+            raise ValueError(f"map got {len(key)} keys for {count} elements")
+        return list(key)
+    if key is None or isinstance(key, str):
+        return [None] * count
+    raise TypeError("key must be a list of keys or a string prefix")
+
+
 def check_task_options(retries: Any, priority: Any, workers: Any, resources: Any) -> None:
     """The options of a submit or map: what they must be."""
     if type(retries) is not int or retries < 0:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from . import serialize
 from .client_outbox import RELEASE_DELAY, Outbox
@@ -149,10 +149,10 @@ class DirectRuns:
         if self.pending is info:  # (its frames may be the caller's buffers)
             self.pending = None
 
-    def worker_left(self, address: str) -> None:
-        """``address`` left: its tasks are placed again by the center."""
-        if self.worker == address:
+    def workers_left(self, addresses: Collection[str]) -> None:
+        """``addresses`` left: their tasks are placed again by the center."""
+        if self.worker in addresses:
             self.worker = None
         for info in self._keys.values():
-            if info.direct is not None and info.direct.address == address:
+            if info.direct is not None and info.direct.address in addresses:
                 info.direct = None

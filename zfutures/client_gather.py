@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from . import peer_memory
@@ -274,11 +274,13 @@ class Gathers:
                 if not self._fail_key(gather, key, error) and not gather.remaining:
                     self._finish(gather)
 
-    def worker_left(self, address: str, now: float) -> None:
-        """Fetches from a worker that left try other holders at once, or wait
-        for the keys to be in memory again (handed on, or recomputed)."""
+    def workers_left(self, addresses: Collection[str], now: float) -> None:
+        """Fetches from workers that left try other holders at once, or wait
+        for the keys to be in memory again (handed on, or recomputed). The
+        keys' holders no longer name any of ``addresses``: no fetch moves on
+        to a worker that left in the same message."""
         for request_id, fetch in list(self.fetches.items()):
-            if fetch.address == address and self.fetches.pop(request_id, None) is not None:
+            if fetch.address in addresses and self.fetches.pop(request_id, None) is not None:
                 self._fetch(fetch.gather, fetch.keys, now)
 
     def expire(self, now: float) -> None:

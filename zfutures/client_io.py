@@ -32,7 +32,7 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from .client_direct import may_go_direct
 from .client_loop import ALIVE_CHECK, ClientLoop, Socket
@@ -60,8 +60,6 @@ class ClientIO:
                  fetch_timeout: float = 10.0, reconnect_deadline: float = 30.0,
                  security: Any = None):
         self.address = address
-        self.name = name
-        self.reconnect_deadline = reconnect_deadline
         self.core = ClientCore(name, fetch_timeout=fetch_timeout,
                                heartbeat_interval=heartbeat_interval,
                                reconnect_deadline=reconnect_deadline, now=time.monotonic())
@@ -182,21 +180,17 @@ class ClientIO:
         if not self.lock.acquire(timeout=CALL_NOW_WAIT):
             self.waker.wake()  # (its holder may have looked at the queue already)
             return
-        wake = True
-        try:
-            if not loop.stopping:
-                loop.take_commands()
-                loop.send_out(time.monotonic())
-                loop.poke_parked()
-                wake = loop.must_wake()
-        except Exception:  # as on the I/O thread: no user call may hang on it
-            loop.give_up()
-        finally:
-            self.lock.release()
-        if wake:
-            self.waker.wake()
+        self._holding(self._turn)
         if loop.sockets_closed:
             loop.refuse_late()
+
+    def _turn(self) -> None:
+        """The commands queued, and what they have for the cluster (see call_now)."""
+        loop = self.loop
+        if not loop.stopping:
+            loop.take_commands()
+            loop.send_out(time.monotonic())
+            loop.poke_parked()
 
     # ------------------------------------------------------------------ waits
 
@@ -217,12 +211,16 @@ class ClientIO:
         if info is None or info.key != future.key or \
                 not self.lock.acquire(timeout=CALL_NOW_WAIT):
             return
-        loop, parked = self.loop, None
+        self._holding(self._read_direct, future, info, timeout)
+
+    def _read_direct(self, future: Future, info: KeyRecord, timeout: float | None) -> None:
+        """Read the answer for ``info`` on its worker's socket (see await_direct)."""
+        loop = self.loop
+        parked = loop.park(info)
+        if parked is None:
+            return
+        sock, address = parked
         try:
-            parked = loop.park(info)
-            if parked is None:
-                return
-            sock, address = parked
             end = time.monotonic() + (PARK_LIMIT if timeout is None else min(timeout, PARK_LIMIT))
             poll = loop.park_poll_of(sock)
             while True:
@@ -241,12 +239,20 @@ class ClientIO:
                     poll.poll(1000 * left)
                 finally:
                     self.lock.acquire()
+        finally:
+            loop.unpark(sock, address)
+
+    def _holding(self, work: Callable[..., None], *args: Any) -> None:
+        """``work(*args)`` by a caller that took :attr:`lock`, which is then left:
+        the I/O thread is woken if it must be (see ClientLoop.must_wake), or
+        if the I/O stops, to end at once."""
+        loop, wake = self.loop, True
+        try:
+            work(*args)
+            wake = loop.stopping or loop.must_wake()
         except Exception:  # as on the I/O thread: no user call may hang on it
             loop.give_up()
         finally:
-            if parked is not None:
-                loop.unpark(*parked)
-            wake = loop.must_wake()
             self.lock.release()
         if wake:
             self.waker.wake()

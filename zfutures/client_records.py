@@ -207,6 +207,23 @@ def fail_future(future: Future, exception: BaseException) -> None:
         future._set_error(exception)
 
 
+def load_values(frames_by_key: dict[str, Any], skip_failed: bool) -> dict[str, Any]:
+    """Unpickle the values of a fetch ({key: frames}): a value that fails to
+    load raises its error, or is left out with ``skip_failed``, as is a key
+    the fetch could not have (its error in place of frames)."""
+    values = {}
+    for key, frames in frames_by_key.items():
+        if isinstance(frames, BaseException):  # (only with skip_failed)
+            continue
+        value, error = load_value(frames)
+        if error is not None:
+            if skip_failed:
+                continue
+            raise error
+        values[key] = value
+    return values
+
+
 def load_value(frames: Frames) -> tuple[Any, BaseException | None]:
     """Unpickle a value: (value, None), or (None, the error) if that raised.
 

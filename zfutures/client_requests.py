@@ -9,6 +9,7 @@ fails at once: no word of it will come again.
 from __future__ import annotations
 
 import concurrent.futures
+from collections.abc import Collection
 from typing import Any, Callable, Union
 
 from .client_outbox import Outbox
@@ -166,15 +167,18 @@ class Requests:
         for address in addresses:
             self.ask_worker(address, Run, {}, frames, answered_by(address), failed, now)
 
-    def worker_left(self, address: str, now: float) -> None:
-        """The center says ``address`` left: requests to it fail now, and
-        those asked of it from now on fail at once."""
-        self._departed[address] = now
+    def workers_left(self, addresses: Collection[str], now: float) -> None:
+        """The center says ``addresses`` left: requests to them fail now, and
+        those asked of them from now on fail at once. All are marked before
+        any request fails: one moved on to another worker (a part of a
+        scatter) must not go to a worker that left in the same message."""
+        for address in addresses:
+            self._departed[address] = now
         if len(self._departed) > 2 * DEPARTED_COUNT:  # (the oldest go)
             self._departed = dict(list(self._departed.items())[-DEPARTED_COUNT:])
         for request_id, (worker, _, failed) in list(self.worker_requests.items()):
-            if worker == address and self.worker_requests.pop(request_id, None) is not None:
-                failed(WorkerLeftError(f"the worker {address} left the cluster before "
+            if worker in addresses and self.worker_requests.pop(request_id, None) is not None:
+                failed(WorkerLeftError(f"the worker {worker} left the cluster before "
                                        "answering"), now)
 
     def awaits(self, address: str) -> bool:

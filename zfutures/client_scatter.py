@@ -31,6 +31,21 @@ SCATTERING = 1 << 62
 Plan = dict[str, list[tuple[str, Frames]]]
 
 
+def plan(values: list[Any], targets: list[str], broadcast: bool) -> tuple[Plan, list[str]]:
+    """Where each of ``values`` goes, pickled: to the workers ``targets`` in
+    turn, or to every one of them with ``broadcast``; and the key of each, a
+    token of its bytes (the same data scattered twice has the same key)."""
+    where: Plan = {}
+    keys = []
+    for i, value in enumerate(values):
+        frames = serialize.dumps(value)
+        key = f"{type(value).__name__}-{serialize.token(frames)}"
+        for address in targets if broadcast else [targets[i % len(targets)]]:
+            where.setdefault(address, []).append((key, frames))
+        keys.append(key)
+    return where, keys
+
+
 class Scatter:
     """A scatter under way: its parts out (request id -> (address, [(key,
     frames)])), where each key was stored, and the workers parts may go to."""

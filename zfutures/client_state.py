@@ -42,7 +42,7 @@ from typing import Any, Callable
 
 from .client_direct import DirectRuns
 from .client_eager import EagerKeys
-from .client_gather import Fetch, Gather, Gathers, Values
+from .client_gather import Gathers, Values
 from .client_outbox import Outbox
 from .client_records import (
     FINISHED,
@@ -135,43 +135,9 @@ class ClientCore:
         return self.requests.stopped
 
     @property
-    def fetch_timeout(self) -> float:
-        """Seconds a worker has to answer a fetch before another holder is asked."""
-        return self.gathers.fetch_timeout
-
-    @fetch_timeout.setter
-    def fetch_timeout(self, seconds: float) -> None:
-        self.gathers.fetch_timeout = seconds
-
-    @property
     def max_message_size(self) -> int:
         """The center's limit on the size of a message (from its welcome)."""
         return self.outbox.max_message_size
-
-    @property
-    def direct_answers(self) -> int:
-        """How many results came straight from a worker."""
-        return self.direct.answers
-
-    @property
-    def rpcs(self) -> dict[int, Any]:
-        """Requests to the center awaiting replies, by id."""
-        return self.requests.rpcs
-
-    @property
-    def worker_requests(self) -> dict[int, Any]:
-        """Requests to workers (but fetches) awaiting answers, by id."""
-        return self.requests.worker_requests
-
-    @property
-    def fetches(self) -> dict[int, Fetch]:
-        """Requests for values awaiting workers' answers, by id."""
-        return self.gathers.fetches
-
-    @property
-    def awaiting(self) -> dict[str, list[Gather]]:
-        """Gathers waiting for a key to be in memory again, by key."""
-        return self.gathers.awaiting
 
     # ================================================================== user calls
 
@@ -380,14 +346,16 @@ class ClientCore:
         sent already): calls waiting on them (run, scatter) fail now rather
         than at the reconnect deadline; fetches from them try other holders at
         once, or wait for the keys to be in memory again, rather than for the
-        fetch timeout."""
-        for address in msg.addresses:
-            self.requests.worker_left(address, now)
-            self.direct.worker_left(address)
-            for info in self.keys.values():
-                if address in info.who_has:
-                    info.who_has = [a for a in info.who_has if a != address]
-            self.gathers.worker_left(address, now)
+        fetch timeout. Every worker of the message is gone before any call
+        is tried again: one moved on from a worker that left must not go to
+        another that left with it."""
+        left = set(msg.addresses)
+        self.direct.workers_left(left)
+        for info in self.keys.values():
+            if not left.isdisjoint(info.who_has):
+                info.who_has = [a for a in info.who_has if a not in left]
+        self.requests.workers_left(left, now)
+        self.gathers.workers_left(left, now)
 
     def awaits_worker(self, address: str) -> bool:
         """Whether an answer other than a direct task's is awaited from ``address``."""

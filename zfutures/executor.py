@@ -17,15 +17,18 @@ from . import context, serialize
 from .addressing import normalize_address
 from .arguments import (
     Placement,
+    check_callable,
     check_options,
     check_seconds,
     check_size,
     check_task_options,
     chosen_workers,
+    map_keys,
     placement,
 )
 from .client_io import ClientIO
-from .client_records import load_value
+from .client_records import load_values
+from .client_scatter import plan as scatter_plan
 from .future import REMOTE, Future
 from .messages import HasWhat, SchedulerInfo, TaskItem, WhoHas
 from .remote_errors import remote_exception
@@ -198,8 +201,7 @@ class Executor:
         3
         """
         self._check_open()
-        if not callable(fn):
-            raise TypeError(f"submit needs a callable, not {type(fn).__name__} {fn!r}")
+        check_callable("submit", fn)
         check_task_options(retries, priority, workers, resources)
         item, frames = self._task(fn, args, kwargs, key, pure, retries, priority,
                                   placement(workers, allow_other_workers, resources))
@@ -221,20 +223,12 @@ class Executor:
         [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
         """
         self._check_open()
-        if not callable(fn):
-            raise TypeError(f"map needs a callable, not {type(fn).__name__} {fn!r}")
+        check_callable("map", fn)
         if not iterables:
             raise TypeError("map needs at least one iterable")
         check_task_options(retries, priority, workers, resources)
         argument_lists = list(zip(*iterables))
-        if isinstance(key, (list, tuple)):
-            if len(key) != len(argument_lists):
-                raise ValueError(f"map got {len(key)} keys for {len(argument_lists)} elements")
-            keys: list[str | None] = list(key)
-        elif key is None or isinstance(key, str):
-            keys = [None] * len(argument_lists)
-        else:
-            raise TypeError("key must be a list of keys or a string prefix")
+        keys = map_keys(key, len(argument_lists))
         tasks, futures = [], []
         function = serialize.dumps_function(fn, Future)  # once for all the tasks
         place = placement(workers, allow_other_workers, resources)
@@ -328,17 +322,7 @@ class Executor:
         except concurrent.futures.TimeoutError:
             self._io.call("forget_fetch", result)  # (its requests need not be kept)
             raise
-        values = {}
-        for key, frames in frames_by_key.items():
-            if isinstance(frames, BaseException):  # (only with skip_failed)
-                continue
-            value, error = load_value(frames)
-            if error is not None:
-                if skip_failed:
-                    continue
-                raise error
-            values[key] = value
-        return values
+        return load_values(frames_by_key, skip_failed)
 
     def scatter(self, data: Any, workers: Any = None, broadcast: bool = False,
                 timeout: float | None = None) -> Any:
@@ -358,24 +342,13 @@ class Executor:
         self._check_open()
         if isinstance(data, (list, tuple, dict)) and not data:
             return type(data)()
-        if isinstance(data, dict):
-            keys_values = list(data.items())
-        elif isinstance(data, (list, tuple)):
-            keys_values = list(enumerate(data))
-        else:
-            keys_values = [(None, data)]
+        values = list(data.values() if isinstance(data, dict) else
+                      data if isinstance(data, (list, tuple)) else [data])
         targets = self._worker_addresses(workers)
         if not targets:
             raise RuntimeError("no workers to scatter to: the cluster has none yet")
-        plan: dict[str, list[tuple[str, list[Any]]]] = {}
-        futures = []
-        for i, (_, value) in enumerate(keys_values):
-            frames = serialize.dumps(value)
-            key = f"{type(value).__name__}-{serialize.token(frames)}"
-            chosen = targets if broadcast else [targets[i % len(targets)]]
-            for address in chosen:
-                plan.setdefault(address, []).append((key, frames))
-            futures.append(Future(key, self))
+        plan, keys = scatter_plan(values, targets, broadcast)
+        futures = [Future(key, self) for key in keys]
         done: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._io.call("scatter", plan, futures, done)
         self._io.wait(done, timeout)
@@ -415,8 +388,7 @@ class Executor:
         {'tcp://127.0.0.1:40405': 5141, 'tcp://127.0.0.1:35797': 5143}
         """
         self._check_open()
-        if not callable(fn):
-            raise TypeError(f"run needs a callable, not {type(fn).__name__} {fn!r}")
+        check_callable("run", fn)
         frames = serialize.dumps((fn, args, kwargs))
         addresses = self._worker_addresses(workers)
         done: concurrent.futures.Future[dict[str, tuple[bool, list[Any]]]] = \

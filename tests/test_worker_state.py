@@ -406,10 +406,12 @@ def test_a_seceding_task_tells_its_run_and_a_released_one_tells_nothing():
     compute(w, "x", run=3)
     compute(w, "y", run=4)
     assert executed(w) == ["x"]
-    assert w.secede("x") == 3
+    w.secede("x")
+    assert reports(w) == [(TaskSeceded("x", 3), [])]
     assert executed(w) == ["y"]           # its slot went to the next task
     w.release(["y"])
-    assert w.secede("y") is None          # the center took it back: nothing to say
+    w.secede("y")
+    assert reports(w) == []               # the center took it back: nothing to say
 
 
 def test_a_seceded_task_assigned_again_tells_its_secession_for_the_new_run():
@@ -417,9 +419,20 @@ def test_a_seceded_task_assigned_again_tells_its_secession_for_the_new_run():
     compute(w, "x", run=1)
     assert executed(w) == ["x"]
     w.release(["x"])                      # dropped while it runs ...
-    assert w.secede("x") is None          # ... it gives its thread back, unannounced
+    w.secede("x")                         # ... it gives its thread back, unannounced
+    assert reports(w) == []
     compute(w, "x", run=2)                # ... and is asked for again: adopted
     assert reports(w) == [(TaskSeceded("x", 2), [])]
+
+
+def test_a_secession_goes_to_the_center_in_order_and_takes_held_completions_along():
+    w = first_of_three_short_tasks_done()
+    assert w.take_reports(now=0.0) == []                  # a's completion is held
+    w.secede("b")
+    w.task_done("c", value=3, nbytes=28, duration=1e-4)
+    assert w.take_reports(now=0.0) == [                   # in the order they came
+        (DoneItem("a", 28, RUN, duration=1e-4), []), (TaskSeceded("b", RUN), []),
+        (DoneItem("c", 28, RUN, duration=1e-4), [])]
 
 
 def old_call_ends_then_the_new_one_runs(w: WorkerState) -> None:
@@ -479,7 +492,7 @@ def test_a_released_run_of_another_call_that_secedes_tells_nothing():
     executed(w)
     w.release(["k"])
     w.compute(ComputeItem("k", {}, 2), [b"new call"], 0.0)
-    assert w.secede("k") is None          # the old call waits on futures: not run 2
+    w.secede("k")                         # the old call waits on futures: not run 2
     assert reports(w) == []
     assert executed(w) == []              # run 2 still waits for the old call to end
     w.task_done("k", value="OLD", nbytes=8)
@@ -872,6 +885,14 @@ def test_a_direct_completion_with_dependents_waiting_here_is_reported_at_once():
     compute(w, "y", {"x": [ME]})   # sent ahead by the center: waits here for x
     w.task_done("x", 2, 28, 0.001, None, [b"pickled 2"])
     assert w.report_hold([]) == 0.0
+
+
+def test_a_direct_task_that_secedes_says_its_run_is_direct():
+    w = make()
+    w.run_direct(RunTask("x", DIRECT), [b"payload"], CLIENT, now=0.0)
+    executed(w)
+    w.secede("x")
+    assert reports(w) == [(TaskSeceded("x", DIRECT, direct=True), [])]
 
 
 def test_a_direct_tasks_error_goes_to_the_center_only():

@@ -416,18 +416,19 @@ class WorkerState(WorkerPolicies):
         self.local_waiters.clear()
         self.scatters.store_waiting()  # (what the center said before can no longer come)
 
-    def secede(self, key: str) -> int | None:
-        """Task ``key`` waits on other tasks: its slot goes to the next ready task.
-        Returns the run to tell the center of, or None if it need not hear."""
+    def secede(self, key: str) -> None:
+        """Task ``key`` waits on other tasks: its slot goes to the next ready
+        task, and the center hears that the run holds no thread of ours (it
+        would count it against our threads else)."""
         if key not in self.executing:
-            return None
+            return
         self.executing.discard(key)
         self.seceded.add(key)
         self._start_tasks()
-        if key in self.released_running:  # (a later run of the key, if any, is not it)
-            return None
         task = self.tasks.get(key)
-        return None if task is None else task.run
+        # (a released run tells nothing: a later run of the key, if any, is not it)
+        if task is not None and key not in self.released_running:
+            self.to_center.append((TaskSeceded(key, task.run, task.direct), []))
 
     def add_data(self, key: str, value: Any, nbytes: int) -> None:
         """Data put here directly (scattered, or moved from a leaving worker)."""

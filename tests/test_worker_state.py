@@ -43,6 +43,13 @@ def compute(w: WorkerState, key: str, deps: dict | None = None, priority: int = 
               [f"payload of {key}".encode()], now)
 
 
+def hold(w: WorkerState, key: str, value: object, nbytes: int) -> None:
+    """Have ``key`` held here already: a client put it (its answer is dropped)."""
+    assert key not in w.data  # (else the put waits for the center's sync)
+    w.put_data(b"a client", 0, {key: (value, nbytes)}, {})
+    w.stored.clear()
+
+
 def executed(w: WorkerState) -> list[str]:
     """Keys handed to task threads since the last call (the shell clears the list)."""
     keys = [task.key for task in w.to_execute]
@@ -74,7 +81,7 @@ def test_task_without_inputs_goes_straight_to_a_thread():
 
 def test_task_with_local_inputs_runs_without_fetching_and_gets_their_values():
     w = make()
-    w.add_data("a", [1, 2, 3], 24)
+    hold(w, "a", [1, 2, 3], 24)
     compute(w, "b", {"a": [ME]})
     (task,) = w.to_execute
     assert task.key == "b" and task.payload == [b"payload of b"]
@@ -84,7 +91,7 @@ def test_task_with_local_inputs_runs_without_fetching_and_gets_their_values():
 
 def test_remote_inputs_are_fetched_with_one_request_per_peer():
     w = make()
-    w.add_data("local", 0, 8)
+    hold(w, "local", 0, 8)
     compute(w, "t", {"a": [P1], "b": [P1], "c": [P2], "local": [ME]})
     requests = fetches(w)
     by_peer = {peer: keys for _, peer, keys in requests}
@@ -171,7 +178,7 @@ def test_failed_task_reports_its_exception_frames_and_keeps_no_data():
 
 def test_compute_for_a_key_already_held_reports_it_finished_without_running_it():
     w = make()
-    w.add_data("x", "value", 64)
+    hold(w, "x", "value", 64)
     compute(w, "x")
     assert executed(w) == []
     assert reports(w) == [(DoneItem("x", 64, RUN), [])]
@@ -314,7 +321,7 @@ def test_a_key_to_acquire_is_fetched_from_its_holders_and_said_to_be_here():
 
 def test_release_drops_data():
     w = make()
-    w.add_data("a", "A", 8)
+    hold(w, "a", "A", 8)
     compute(w, "b")
     w.task_done(executed(w)[0], "B", 8)
     w.release(["a", "b", "never-here"])
@@ -396,7 +403,7 @@ def test_a_task_assigned_again_while_it_runs_reports_the_new_run():
 
 def test_a_key_held_already_is_reported_for_the_run_that_asks_for_it():
     w = make()
-    w.add_data("x", "X", 8)
+    hold(w, "x", "X", 8)
     compute(w, "x", run=5)
     assert reports(w) == [(DoneItem("x", 8, 5), [])]
 
@@ -504,7 +511,7 @@ def test_a_released_run_of_another_call_that_secedes_tells_nothing():
 
 def test_forgetting_the_queue_keeps_running_tasks_and_data():
     w = make(nthreads=1)
-    w.add_data("held", 1, 8)
+    hold(w, "held", 1, 8)
     compute(w, "running")
     compute(w, "queued")
     compute(w, "fetching", {"remote": [P1]})
@@ -663,7 +670,7 @@ def test_data_put_again_while_here_waits_for_the_centers_word_sent_before_it():
     # The old copy may have been let go of: its release, from the center,
     # may come after the new copy, from the client, and must not drop it.
     w = make()
-    w.add_data("a", "A", 8)
+    hold(w, "a", "A", 8)
     w.put_data(b"client", 1, {"a": ("A", 8), "b": ("B", 8)}, {})
     assert reports(w) == [(Sync(["a"]), [])]
     assert w.stored == [] and "b" not in w.data
@@ -675,7 +682,7 @@ def test_data_put_again_while_here_waits_for_the_centers_word_sent_before_it():
 
 def test_each_answer_to_a_sync_lets_the_data_that_waited_longest_in():
     w = make()
-    w.add_data("a", "A", 8)
+    hold(w, "a", "A", 8)
     w.put_data(b"first", 1, {"a": ("A", 8)}, {})
     w.put_data(b"second", 2, {"a": ("A", 8)}, {})
     w.synced(["a"])
@@ -686,8 +693,8 @@ def test_each_answer_to_a_sync_lets_the_data_that_waited_longest_in():
 
 def test_data_that_waits_for_the_answers_of_several_keys_waits_for_each():
     w = make()
-    w.add_data("a", "A", 8)
-    w.add_data("b", "B", 8)
+    hold(w, "a", "A", 8)
+    hold(w, "b", "B", 8)
     w.put_data(b"client", 1, {"a": ("A", 8), "b": ("B", 8)}, {})
     w.synced(["b"])
     assert w.stored == []
@@ -697,7 +704,7 @@ def test_data_that_waits_for_the_answers_of_several_keys_waits_for_each():
 
 def test_data_waiting_for_a_center_that_lost_track_of_us_is_stored_when_we_register():
     w = make()
-    w.add_data("a", "A", 8)
+    hold(w, "a", "A", 8)
     w.put_data(b"client", 1, {"a": ("A", 8)}, {})
     w.forget_queue()
     assert w.stored == [(b"client", DataStored(1, {"a": 8}))] and w.scatters.waiting == []
@@ -813,14 +820,14 @@ def test_reports_sent_end_the_wait_for_dependents_waiting_here():
 def test_a_worker_that_holds_no_key_or_has_no_center_may_leave_at_once():
     w = make()
     assert w.leave(now=0.0, registered=True)
-    w.add_data("x", 1, 28)
+    hold(w, "x", 1, 28)
     assert w.leave(now=0.0, registered=False)
     assert reports(w) == []
 
 
 def test_a_worker_holding_keys_asks_the_center_to_take_them_and_waits_a_while():
     w = WorkerState(ME, nthreads=1, retire_timeout=10.0)
-    w.add_data("x", 1, 28)
+    hold(w, "x", 1, 28)
     assert not w.leave(now=100.0, registered=True)
     assert reports(w) == [(Retire(), [])]
     assert not w.leave(now=105.0, registered=True)
@@ -934,7 +941,7 @@ def test_a_direct_task_the_center_sends_too_reports_the_centers_run_and_answers_
 
 def test_a_direct_request_for_a_key_held_or_queued_here_is_refused():
     w = make()
-    w.add_data("held", 5, 28)
+    hold(w, "held", 5, 28)
     compute(w, "queued", run=RUN)
     executed(w)
     # The center may have told us to drop these, in a message still on its way.

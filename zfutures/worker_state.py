@@ -430,11 +430,6 @@ class WorkerState(WorkerPolicies):
         if task is not None and key not in self.released_running:
             self.to_center.append((TaskSeceded(key, task.run, task.direct), []))
 
-    def add_data(self, key: str, value: Any, nbytes: int) -> None:
-        """Data put here directly (scattered, or moved from a leaving worker)."""
-        self.data[key] = value
-        self.nbytes[key] = nbytes
-
     def put_data(self, client: bytes, request_id: int, values: Values,
                  failed: dict[str, str]) -> None:
         """``client`` scatters ``values`` here (key -> (value, nbytes)) in its

@@ -216,7 +216,7 @@ def test_fetch_timeout_tries_the_next_holder_then_reports_missing_data():
     w.check_timeouts(now=100.0 + 2 * TIMEOUT)
     assert fetches(w) == []
     assert reports(w) == [(MissingData("t", ["a"], RUN, tried=[P1, P2]), [])]
-    assert "t" not in w.tasks and "a" not in w.fetches
+    assert "t" not in w.tasks and "a" not in w.fetching.fetches
     assert executed(w) == []
 
 
@@ -235,7 +235,7 @@ def test_a_peer_that_left_is_asked_nothing_more_and_its_requests_go_elsewhere_at
     assert all(type(report) is MissingData for report, _ in reported)
     assert sorted((report.key, report.missing) for report, _ in reported) == \
         [("t", ["a"]), ("u", ["b"])]
-    assert [peer for peer, _, _ in w.requests.values()] == [P3]  # (left alone)
+    assert [peer for peer, _, _ in w.fetching.requests.values()] == [P3]  # (left alone)
 
 
 def test_timeout_of_one_request_leaves_other_requests_alone():
@@ -271,6 +271,18 @@ def test_peer_answering_missing_with_no_holder_left_reports_missing_data():
     assert "t" not in w.tasks
 
 
+def test_an_input_asked_for_a_task_given_up_still_comes_and_is_kept():
+    # The center may send the task back here: an answer on its way is not wasted.
+    w = make()
+    compute(w, "t", {"a": [P1], "b": [P2]})
+    requests = {peer: request_id for request_id, peer, _ in fetches(w)}
+    w.data_received(requests[P2], {}, {}, now=1.0)   # b: no holder left
+    assert reports(w) == [(MissingData("t", ["b"], RUN, [P2]), [])]
+    assert "t" not in w.tasks and "a" in w.fetching.fetches
+    w.data_received(requests[P1], {"a": "A"}, {"a": 8}, now=2.0)
+    assert w.data == {"a": "A"} and reports(w) == [(KeyAdded("a", 8), [])]
+
+
 def test_a_request_being_read_gets_more_time_and_never_less():
     w = WorkerState(ME, nthreads=1, fetch_timeout=10)
     w.compute(ComputeItem("y", {"x": [P1]}, run=1), [b"..."], now=0.0)
@@ -278,9 +290,9 @@ def test_a_request_being_read_gets_more_time_and_never_less():
     w.extend_request(request_id, until=30.0)
     w.extend_request(request_id, until=20.0)
     w.check_timeouts(now=25.0)
-    assert request_id in w.requests  # still waiting for the read
+    assert request_id in w.fetching.requests  # still waiting for the read
     w.check_timeouts(now=31.0)
-    assert request_id not in w.requests
+    assert request_id not in w.fetching.requests
 
 
 def test_late_answer_after_a_timeout_is_still_used():
@@ -344,7 +356,7 @@ def test_release_of_a_fetching_task_cancels_it():
     compute(w, "t", {"a": [P1]})
     ((request_id, _, _),) = fetches(w)
     w.release(["t"])
-    assert w.fetches == {}
+    assert w.fetching.fetches == {}
     w.data_received(request_id, {"a": "A"}, {"a": 8}, now=1.0)
     assert executed(w) == []
     w.check_timeouts(now=2 * TIMEOUT)
@@ -518,7 +530,7 @@ def test_forgetting_the_queue_keeps_running_tasks_and_data():
     assert executed(w) == ["running"]
     fetches(w)
     w.forget_queue()
-    assert set(w.tasks) == {"running"} and not w.ready and not w.fetches
+    assert set(w.tasks) == {"running"} and not w.ready and not w.fetching.fetches
     # The running task still reports; a late answer to a dropped fetch is harmless.
     w.task_done("running", 2, 8)
     assert [type(report) for report, _ in reports(w)] == [DoneItem]
@@ -650,7 +662,7 @@ def test_a_task_given_up_for_one_input_drops_the_fetch_just_planned_for_another(
     # task goes back to the center before the request for a is even sent.
     compute(w, "t", {"a": [P1], "b": []})
     assert reports(w) == [(MissingData("t", ["b"], RUN, tried=[]), [])]
-    assert fetches(w) == [] and not w.fetches and "t" not in w.tasks
+    assert fetches(w) == [] and not w.fetching.fetches and "t" not in w.tasks
     compute(w, "u", {"a": [P1]})                   # the worker goes on as usual
     assert fetches(w) == [(1, P1, ["a"])]
 

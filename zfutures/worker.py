@@ -304,7 +304,7 @@ class Worker:
 
     def _give_back_memory(self, now: float) -> None:
         """Once idle for a while after work, return the memory it freed."""
-        if self.state.executing or self.state.fetches:
+        if self.state.executing or self.state.fetching.fetches:
             self._last_busy = now
         elif self._trim_due and now - self._last_busy >= GIVE_BACK_AFTER:
             self._trim_due = False

@@ -25,7 +25,7 @@ Which peer is asked for which input, and when, is planned by
 :class:`~zfutures.worker_fetch.Fetches`; when reports go, which task runs on
 the loop thread, when to pause for memory and when a leaving worker may
 stop, by its base class :class:`~zfutures.worker_policy.WorkerPolicies`;
-what becomes of data clients put here, by
+when data clients put here is stored, by
 :class:`~zfutures.worker_scatter.Scatters`.
 
 A task here goes ``fetching`` (inputs missing) → ``ready`` (waits for a
@@ -43,6 +43,7 @@ from typing import Any, Union
 from .messages import (
     AcquireItem,
     ComputeItem,
+    DataStored,
     DirectResult,
     DoneItem,
     DropItem,
@@ -60,7 +61,7 @@ from .messages import (
 from .protocol import Frames, same_call
 from .worker_fetch import Fetch, Fetches, Request
 from .worker_policy import WorkerPolicies
-from .worker_scatter import Scatters, Values
+from .worker_scatter import Put, Scatters, Values
 
 FETCHING, BEHIND, READY, EXECUTING = "fetching", "behind", "ready", "executing"
 
@@ -142,9 +143,9 @@ class WorkerState(WorkerPolicies):
         self.to_execute: list[Task] = []
         self.to_fetch: list[Request] = []
         self.to_clients: list[tuple[bytes, DirectResult, Frames]] = []
-        # Data clients put here, and the answers owed them (see put_data).
-        self.scatters = Scatters(self.data, self.nbytes)
-        self.stored = self.scatters.stored
+        # Data clients put here that waits for the center (see put_data).
+        self.scatters = Scatters()
+        self.stored: list[tuple[bytes, DataStored]] = []
         # Direct tasks the center has not heard about from us yet: key -> run
         # (see check_timeouts).
         self.unannounced: dict[str, int] = {}
@@ -405,7 +406,9 @@ class WorkerState(WorkerPolicies):
         self.ready.clear()
         self.fetching.clear()
         self.local_waiters.clear()
-        self.scatters.store_waiting()  # (what the center said before can no longer come)
+        # What the center said before can no longer come: the puts that wait are stored.
+        for put in self.scatters.take_waiting():
+            self._store(put)
 
     def secede(self, key: str) -> None:
         """Task ``key`` waits on other tasks: its slot goes to the next ready
@@ -427,14 +430,18 @@ class WorkerState(WorkerPolicies):
         request ``request_id``; ``failed``: keys whose values did not load, and
         why. The answer goes to :attr:`stored`, at once, or for keys held here
         already once the center answers their ``sync`` (see worker_scatter.py)."""
-        held = self.scatters.put(client, request_id, values, failed)
+        put = Put(client, request_id, values, failed)
+        held = self.scatters.put(put, self.data)
         if held:
             self.to_center.append((Sync(held), []))
+        else:
+            self._store(put)
 
     def synced(self, keys: list[str]) -> None:
         """The center answered a sync of ``keys``: data that waited for it is
         stored (see put_data)."""
-        self.scatters.synced(keys)
+        for put in self.scatters.synced(keys):
+            self._store(put)
 
     # ------------------------------------------------------------------ internals
 
@@ -456,6 +463,16 @@ class WorkerState(WorkerPolicies):
                 dropped.append(task)
                 self.fetching.unwant(task.missing, task_key, keep_asked=True)
         return dropped
+
+    def _store(self, put: Put) -> None:
+        """Store the data a client put here, and answer it."""
+        data, nbytes = self.data, self.nbytes
+        for key, (value, size) in put.values.items():
+            data[key] = value
+            nbytes[key] = size
+        self.stored.append((put.client, DataStored(
+            put.request_id, {key: size for key, (_, size) in put.values.items()},
+            put.failed or None)))
 
     def _make_ready(self, task: Task) -> None:
         if task.key in self.released_running:  # another call's run still has the key

@@ -82,6 +82,11 @@ class Served:
                                       lambda fn, *args: self.calls.put((fn, args)), self.dropped)
         self.client = self.dealer()
 
+    def hold(self, key: str, value: Any, nbytes: int) -> None:
+        """Have ``key`` held here already: a client put it (its answer is dropped)."""
+        self.state.put_data(b"a client", 0, {key: (value, nbytes)}, {})
+        self.state.stored.clear()
+
     def dealer(self) -> zmq.Socket:
         sock = self.context.socket(zmq.DEALER)
         sock.linger = 0
@@ -133,8 +138,8 @@ def values_of(reply: Data, payload: list) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- get-data
 
 def test_get_data_answers_the_values_held_and_the_keys_missing_each_once(served):
-    served.state.add_data("x", [1, 2, 3], 80)
-    served.state.add_data("y", "why", 52)
+    served.hold("x", [1, 2, 3], 80)
+    served.hold("y", "why", 52)
     reply, payload = served.ask(GetData(5, ["x", "nope", "x", "y", "nope"]))
     assert type(reply) is Data and reply.id == 5
     assert reply.missing == ["nope"] and reply.errors is None
@@ -146,8 +151,8 @@ def test_get_data_answers_the_values_held_and_the_keys_missing_each_once(served)
 
 
 def test_a_result_that_cannot_leave_its_worker_is_answered_as_an_error(served):
-    served.state.add_data("bad", Unpicklable(), 48)
-    served.state.add_data("good", 1, 28)
+    served.hold("bad", Unpicklable(), 48)
+    served.hold("good", 1, 28)
     reply, payload = served.ask(GetData(1, ["bad", "good"]))
     assert [item.key for item in reply.items] == ["good"]
     [error] = reply.errors
@@ -216,7 +221,7 @@ needs_reads = pytest.mark.skipif(not peer_memory.enabled(),
 @needs_reads
 def test_big_buffers_are_offered_to_a_reader_on_this_machine_under_a_lease(served):
     big = np.arange(1_000_000, dtype=np.float64)
-    served.state.add_data("big", big, big.nbytes)
+    served.hold("big", big, big.nbytes)
     reply, payload = served.ask(peer_memory.data_request(1, ["big"]))
     [item] = reply.items
     assert item.remote and reply.pid == os.getpid() and reply.proof is not None
@@ -234,7 +239,7 @@ def test_big_buffers_are_offered_to_a_reader_on_this_machine_under_a_lease(serve
 @needs_reads
 def test_a_lease_never_ended_expires(served):
     big = np.arange(1_000_000, dtype=np.float64)
-    served.state.add_data("big", big, big.nbytes)
+    served.hold("big", big, big.nbytes)
     served.ask(peer_memory.data_request(1, ["big"]))
     leases = served.data_server.leases
     assert leases.expire(time.monotonic()) == 0
@@ -243,7 +248,7 @@ def test_a_lease_never_ended_expires(served):
 
 def test_a_reader_on_another_machine_gets_the_bytes(served):
     big = np.arange(1_000_000, dtype=np.float64)
-    served.state.add_data("big", big, big.nbytes)
+    served.hold("big", big, big.nbytes)
     reply, payload = served.ask(GetData(1, ["big"], machine="elsewhere", token="x" * 32))
     assert reply.lease is None and reply.items[0].remote is None
     assert np.array_equal(values_of(reply, payload)["big"], big)

@@ -17,7 +17,7 @@ import pytest
 from conftest import wait_for
 
 from zfutures import context
-from zfutures.messages import ComputeItem, DoneItem, RunTask
+from zfutures.messages import ComputeItem, DoneItem, RunTask, TaskSeceded
 from zfutures.serialize import dumps_task, loads
 from zfutures.task_runner import SEND_RESULT_LIMIT, LoopMoved, TaskRunner, run_task
 from zfutures.worker_state import Task, WorkerState
@@ -99,14 +99,12 @@ class Loop:
     def __init__(self, nthreads: int = 1):
         self.state = WorkerState("tcp://me:1", nthreads=nthreads)
         self.calls: queue.SimpleQueue = queue.SimpleQueue()
-        self.seceded: list[tuple[str, int, bool]] = []
         self.served_on: list[str] = []
         self.closed = threading.Event()
         self.flushes = 0
         owner = SimpleNamespace(executor=None, center_address="tcp://center:1", name="w",
                                 secede=lambda key: self.runner.secede(key))
-        self.runner = TaskRunner(owner, self.state, nthreads, self.call_soon,
-                                 lambda *report: self.seceded.append(report), self.serve,
+        self.runner = TaskRunner(owner, self.state, nthreads, self.call_soon, self.serve,
                                  self.closed)
 
     def call_soon(self, fn: Callable, *args) -> None:
@@ -170,7 +168,8 @@ def test_a_seceding_task_gives_its_slot_to_a_new_thread_and_tells_the_center(loo
     loop.compute("outer", wait_then_name, True)
     loop.hand_over()
     loop.run_until(lambda: len(loop.runner.threads) == 3)   # one more thread takes the slot
-    assert loop.seceded == [("outer", 0, False)] and "outer" in loop.state.seceded
+    assert loop.state.to_center == [(TaskSeceded("outer", 0), [])]
+    assert "outer" in loop.state.seceded
     go_on.set()
     loop.run_until(lambda: "outer" in loop.state.data)
     assert "outer" not in loop.state.seceded

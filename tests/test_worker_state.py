@@ -43,6 +43,13 @@ def compute(w: WorkerState, key: str, deps: dict | None = None, priority: int = 
               [f"payload of {key}".encode()], now)
 
 
+def hold(w: WorkerState, key: str, value: object, nbytes: int) -> None:
+    """Have ``key`` held here already: a client put it (its answer is dropped)."""
+    assert key not in w.data  # (else the put waits for the center's sync)
+    w.put_data(b"a client", 0, {key: (value, nbytes)}, {})
+    w.stored.clear()
+
+
 def executed(w: WorkerState) -> list[str]:
     """Keys handed to task threads since the last call (the shell clears the list)."""
     keys = [task.key for task in w.to_execute]
@@ -74,7 +81,7 @@ def test_task_without_inputs_goes_straight_to_a_thread():
 
 def test_task_with_local_inputs_runs_without_fetching_and_gets_their_values():
     w = make()
-    w.add_data("a", [1, 2, 3], 24)
+    hold(w, "a", [1, 2, 3], 24)
     compute(w, "b", {"a": [ME]})
     (task,) = w.to_execute
     assert task.key == "b" and task.payload == [b"payload of b"]
@@ -84,7 +91,7 @@ def test_task_with_local_inputs_runs_without_fetching_and_gets_their_values():
 
 def test_remote_inputs_are_fetched_with_one_request_per_peer():
     w = make()
-    w.add_data("local", 0, 8)
+    hold(w, "local", 0, 8)
     compute(w, "t", {"a": [P1], "b": [P1], "c": [P2], "local": [ME]})
     requests = fetches(w)
     by_peer = {peer: keys for _, peer, keys in requests}
@@ -171,7 +178,7 @@ def test_failed_task_reports_its_exception_frames_and_keeps_no_data():
 
 def test_compute_for_a_key_already_held_reports_it_finished_without_running_it():
     w = make()
-    w.add_data("x", "value", 64)
+    hold(w, "x", "value", 64)
     compute(w, "x")
     assert executed(w) == []
     assert reports(w) == [(DoneItem("x", 64, RUN), [])]
@@ -209,7 +216,7 @@ def test_fetch_timeout_tries_the_next_holder_then_reports_missing_data():
     w.check_timeouts(now=100.0 + 2 * TIMEOUT)
     assert fetches(w) == []
     assert reports(w) == [(MissingData("t", ["a"], RUN, tried=[P1, P2]), [])]
-    assert "t" not in w.tasks and "a" not in w.fetches
+    assert "t" not in w.tasks and "a" not in w.fetching.fetches
     assert executed(w) == []
 
 
@@ -228,7 +235,7 @@ def test_a_peer_that_left_is_asked_nothing_more_and_its_requests_go_elsewhere_at
     assert all(type(report) is MissingData for report, _ in reported)
     assert sorted((report.key, report.missing) for report, _ in reported) == \
         [("t", ["a"]), ("u", ["b"])]
-    assert [peer for peer, _, _ in w.requests.values()] == [P3]  # (left alone)
+    assert [peer for peer, _, _ in w.fetching.requests.values()] == [P3]  # (left alone)
 
 
 def test_timeout_of_one_request_leaves_other_requests_alone():
@@ -264,6 +271,18 @@ def test_peer_answering_missing_with_no_holder_left_reports_missing_data():
     assert "t" not in w.tasks
 
 
+def test_an_input_asked_for_a_task_given_up_still_comes_and_is_kept():
+    # The center may send the task back here: an answer on its way is not wasted.
+    w = make()
+    compute(w, "t", {"a": [P1], "b": [P2]})
+    requests = {peer: request_id for request_id, peer, _ in fetches(w)}
+    w.data_received(requests[P2], {}, {}, now=1.0)   # b: no holder left
+    assert reports(w) == [(MissingData("t", ["b"], RUN, [P2]), [])]
+    assert "t" not in w.tasks and "a" in w.fetching.fetches
+    w.data_received(requests[P1], {"a": "A"}, {"a": 8}, now=2.0)
+    assert w.data == {"a": "A"} and reports(w) == [(KeyAdded("a", 8), [])]
+
+
 def test_a_request_being_read_gets_more_time_and_never_less():
     w = WorkerState(ME, nthreads=1, fetch_timeout=10)
     w.compute(ComputeItem("y", {"x": [P1]}, run=1), [b"..."], now=0.0)
@@ -271,9 +290,9 @@ def test_a_request_being_read_gets_more_time_and_never_less():
     w.extend_request(request_id, until=30.0)
     w.extend_request(request_id, until=20.0)
     w.check_timeouts(now=25.0)
-    assert request_id in w.requests  # still waiting for the read
+    assert request_id in w.fetching.requests  # still waiting for the read
     w.check_timeouts(now=31.0)
-    assert request_id not in w.requests
+    assert request_id not in w.fetching.requests
 
 
 def test_late_answer_after_a_timeout_is_still_used():
@@ -314,7 +333,7 @@ def test_a_key_to_acquire_is_fetched_from_its_holders_and_said_to_be_here():
 
 def test_release_drops_data():
     w = make()
-    w.add_data("a", "A", 8)
+    hold(w, "a", "A", 8)
     compute(w, "b")
     w.task_done(executed(w)[0], "B", 8)
     w.release(["a", "b", "never-here"])
@@ -337,7 +356,7 @@ def test_release_of_a_fetching_task_cancels_it():
     compute(w, "t", {"a": [P1]})
     ((request_id, _, _),) = fetches(w)
     w.release(["t"])
-    assert w.fetches == {}
+    assert w.fetching.fetches == {}
     w.data_received(request_id, {"a": "A"}, {"a": 8}, now=1.0)
     assert executed(w) == []
     w.check_timeouts(now=2 * TIMEOUT)
@@ -396,7 +415,7 @@ def test_a_task_assigned_again_while_it_runs_reports_the_new_run():
 
 def test_a_key_held_already_is_reported_for_the_run_that_asks_for_it():
     w = make()
-    w.add_data("x", "X", 8)
+    hold(w, "x", "X", 8)
     compute(w, "x", run=5)
     assert reports(w) == [(DoneItem("x", 8, 5), [])]
 
@@ -406,10 +425,12 @@ def test_a_seceding_task_tells_its_run_and_a_released_one_tells_nothing():
     compute(w, "x", run=3)
     compute(w, "y", run=4)
     assert executed(w) == ["x"]
-    assert w.secede("x") == 3
+    w.secede("x")
+    assert reports(w) == [(TaskSeceded("x", 3), [])]
     assert executed(w) == ["y"]           # its slot went to the next task
     w.release(["y"])
-    assert w.secede("y") is None          # the center took it back: nothing to say
+    w.secede("y")
+    assert reports(w) == []               # the center took it back: nothing to say
 
 
 def test_a_seceded_task_assigned_again_tells_its_secession_for_the_new_run():
@@ -417,9 +438,20 @@ def test_a_seceded_task_assigned_again_tells_its_secession_for_the_new_run():
     compute(w, "x", run=1)
     assert executed(w) == ["x"]
     w.release(["x"])                      # dropped while it runs ...
-    assert w.secede("x") is None          # ... it gives its thread back, unannounced
+    w.secede("x")                         # ... it gives its thread back, unannounced
+    assert reports(w) == []
     compute(w, "x", run=2)                # ... and is asked for again: adopted
     assert reports(w) == [(TaskSeceded("x", 2), [])]
+
+
+def test_a_secession_goes_to_the_center_in_order_and_takes_held_completions_along():
+    w = first_of_three_short_tasks_done()
+    assert w.take_reports(now=0.0) == []                  # a's completion is held
+    w.secede("b")
+    w.task_done("c", value=3, nbytes=28, duration=1e-4)
+    assert w.take_reports(now=0.0) == [                   # in the order they came
+        (DoneItem("a", 28, RUN, duration=1e-4), []), (TaskSeceded("b", RUN), []),
+        (DoneItem("c", 28, RUN, duration=1e-4), [])]
 
 
 def old_call_ends_then_the_new_one_runs(w: WorkerState) -> None:
@@ -479,7 +511,7 @@ def test_a_released_run_of_another_call_that_secedes_tells_nothing():
     executed(w)
     w.release(["k"])
     w.compute(ComputeItem("k", {}, 2), [b"new call"], 0.0)
-    assert w.secede("k") is None          # the old call waits on futures: not run 2
+    w.secede("k")                         # the old call waits on futures: not run 2
     assert reports(w) == []
     assert executed(w) == []              # run 2 still waits for the old call to end
     w.task_done("k", value="OLD", nbytes=8)
@@ -491,14 +523,14 @@ def test_a_released_run_of_another_call_that_secedes_tells_nothing():
 
 def test_forgetting_the_queue_keeps_running_tasks_and_data():
     w = make(nthreads=1)
-    w.add_data("held", 1, 8)
+    hold(w, "held", 1, 8)
     compute(w, "running")
     compute(w, "queued")
     compute(w, "fetching", {"remote": [P1]})
     assert executed(w) == ["running"]
     fetches(w)
     w.forget_queue()
-    assert set(w.tasks) == {"running"} and not w.ready and not w.fetches
+    assert set(w.tasks) == {"running"} and not w.ready and not w.fetching.fetches
     # The running task still reports; a late answer to a dropped fetch is harmless.
     w.task_done("running", 2, 8)
     assert [type(report) for report, _ in reports(w)] == [DoneItem]
@@ -630,7 +662,7 @@ def test_a_task_given_up_for_one_input_drops_the_fetch_just_planned_for_another(
     # task goes back to the center before the request for a is even sent.
     compute(w, "t", {"a": [P1], "b": []})
     assert reports(w) == [(MissingData("t", ["b"], RUN, tried=[]), [])]
-    assert fetches(w) == [] and not w.fetches and "t" not in w.tasks
+    assert fetches(w) == [] and not w.fetching.fetches and "t" not in w.tasks
     compute(w, "u", {"a": [P1]})                   # the worker goes on as usual
     assert fetches(w) == [(1, P1, ["a"])]
 
@@ -650,7 +682,7 @@ def test_data_put_again_while_here_waits_for_the_centers_word_sent_before_it():
     # The old copy may have been let go of: its release, from the center,
     # may come after the new copy, from the client, and must not drop it.
     w = make()
-    w.add_data("a", "A", 8)
+    hold(w, "a", "A", 8)
     w.put_data(b"client", 1, {"a": ("A", 8), "b": ("B", 8)}, {})
     assert reports(w) == [(Sync(["a"]), [])]
     assert w.stored == [] and "b" not in w.data
@@ -662,7 +694,7 @@ def test_data_put_again_while_here_waits_for_the_centers_word_sent_before_it():
 
 def test_each_answer_to_a_sync_lets_the_data_that_waited_longest_in():
     w = make()
-    w.add_data("a", "A", 8)
+    hold(w, "a", "A", 8)
     w.put_data(b"first", 1, {"a": ("A", 8)}, {})
     w.put_data(b"second", 2, {"a": ("A", 8)}, {})
     w.synced(["a"])
@@ -673,8 +705,8 @@ def test_each_answer_to_a_sync_lets_the_data_that_waited_longest_in():
 
 def test_data_that_waits_for_the_answers_of_several_keys_waits_for_each():
     w = make()
-    w.add_data("a", "A", 8)
-    w.add_data("b", "B", 8)
+    hold(w, "a", "A", 8)
+    hold(w, "b", "B", 8)
     w.put_data(b"client", 1, {"a": ("A", 8), "b": ("B", 8)}, {})
     w.synced(["b"])
     assert w.stored == []
@@ -684,7 +716,7 @@ def test_data_that_waits_for_the_answers_of_several_keys_waits_for_each():
 
 def test_data_waiting_for_a_center_that_lost_track_of_us_is_stored_when_we_register():
     w = make()
-    w.add_data("a", "A", 8)
+    hold(w, "a", "A", 8)
     w.put_data(b"client", 1, {"a": ("A", 8)}, {})
     w.forget_queue()
     assert w.stored == [(b"client", DataStored(1, {"a": 8}))] and w.scatters.waiting == []
@@ -800,14 +832,14 @@ def test_reports_sent_end_the_wait_for_dependents_waiting_here():
 def test_a_worker_that_holds_no_key_or_has_no_center_may_leave_at_once():
     w = make()
     assert w.leave(now=0.0, registered=True)
-    w.add_data("x", 1, 28)
+    hold(w, "x", 1, 28)
     assert w.leave(now=0.0, registered=False)
     assert reports(w) == []
 
 
 def test_a_worker_holding_keys_asks_the_center_to_take_them_and_waits_a_while():
     w = WorkerState(ME, nthreads=1, retire_timeout=10.0)
-    w.add_data("x", 1, 28)
+    hold(w, "x", 1, 28)
     assert not w.leave(now=100.0, registered=True)
     assert reports(w) == [(Retire(), [])]
     assert not w.leave(now=105.0, registered=True)
@@ -874,6 +906,14 @@ def test_a_direct_completion_with_dependents_waiting_here_is_reported_at_once():
     assert w.report_hold([]) == 0.0
 
 
+def test_a_direct_task_that_secedes_says_its_run_is_direct():
+    w = make()
+    w.run_direct(RunTask("x", DIRECT), [b"payload"], CLIENT, now=0.0)
+    executed(w)
+    w.secede("x")
+    assert reports(w) == [(TaskSeceded("x", DIRECT, direct=True), [])]
+
+
 def test_a_direct_tasks_error_goes_to_the_center_only():
     w = make()
     w.run_direct(RunTask("x", DIRECT), [b"payload"], CLIENT, now=0.0)
@@ -913,7 +953,7 @@ def test_a_direct_task_the_center_sends_too_reports_the_centers_run_and_answers_
 
 def test_a_direct_request_for_a_key_held_or_queued_here_is_refused():
     w = make()
-    w.add_data("held", 5, 28)
+    hold(w, "held", 5, 28)
     compute(w, "queued", run=RUN)
     executed(w)
     # The center may have told us to drop these, in a message still on its way.

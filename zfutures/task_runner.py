@@ -96,20 +96,18 @@ class TaskRunner:
     """The task threads of a worker, and its runs on the loop thread.
 
     ``owner`` is what a task sees as its worker (context.enter_task);
-    ``call_soon`` has the loop thread call a function; ``report_seceded``
-    tells the center of a seceded task (key, run, whether direct); ``serve``
-    runs the worker's loop until it stops or moves, for the standby to call;
+    ``call_soon`` has the loop thread call a function; ``serve`` runs the
+    worker's loop until it stops or moves, for the standby to call;
     ``closed`` is set once the worker has closed.
     """
 
     def __init__(self, owner: Any, state: WorkerState, nthreads: int,
-                 call_soon: Callable[..., None], report_seceded: Callable[..., None],
-                 serve: Callable[[], None], closed: threading.Event):
+                 call_soon: Callable[..., None], serve: Callable[[], None],
+                 closed: threading.Event):
         self.owner = owner
         self.state = state
         self.nthreads = nthreads
         self.call_soon = call_soon
-        self.report_seceded = report_seceded
         self.serve = serve
         self.closed = closed
         #: Tasks for the task threads, with their inputs; None ends a thread.
@@ -193,9 +191,7 @@ class TaskRunner:
         self.call_soon(self._secede, key, key not in self._off_pool)
 
     def _secede(self, key: str, on_task_thread: bool = True) -> None:
-        run = self.state.secede(key)
-        if run is not None:
-            self.report_seceded(key, run, self.state.tasks[key].direct)
+        self.state.secede(key)  # (its report goes with the loop's next flush)
         if on_task_thread:  # (a task on the loop thread took no task thread)
             self._start_thread()  # takes the slot; the seceded thread ends with its task
 

@@ -56,7 +56,6 @@ from .messages import (
     Synced,
     TaskErred,
     TaskFinished,
-    TaskSeceded,
     Unregister,
     Welcome,
     WorkersLeft,
@@ -126,8 +125,8 @@ class Worker:
         self.fetcher = Fetcher(self.state, self.context, self.poller, security,
                                self.call_soon, dropped)
         self._closed = threading.Event()
-        self.runner = TaskRunner(self, self.state, nthreads, self.call_soon,
-                                 self._report_seceded, self._serve, self._closed)
+        self.runner = TaskRunner(self, self.state, nthreads, self.call_soon, self._serve,
+                                 self._closed)
         #: The center's messages: their class -> handler(message, payload frames, now).
         self.center_handlers: dict[type, Callable[[Any, Frames, float], None]] = {
             Compute: self._compute, ReleaseKeys: self._release_keys,
@@ -305,7 +304,7 @@ class Worker:
 
     def _give_back_memory(self, now: float) -> None:
         """Once idle for a while after work, return the memory it freed."""
-        if self.state.executing or self.state.fetches:
+        if self.state.executing or self.state.fetching.fetches:
             self._last_busy = now
         elif self._trim_due and now - self._last_busy >= GIVE_BACK_AFTER:
             self._trim_due = False
@@ -424,9 +423,6 @@ class Worker:
                     self._send_center(report)
             for kind, (items, frames) in batches.items():
                 self._send_center(_BATCHED[kind](items), frames)
-
-    def _report_seceded(self, key: str, run: int, direct: bool) -> None:
-        self._send_center(TaskSeceded(key, run, direct))
 
     def _send_center(self, msg: Any, frames: Frames | None = None) -> None:
         assert self.center is not None  # (connected before the loop starts)

@@ -260,13 +260,14 @@ class Fetcher:
     def _read_offered(self, address: str, reply: Data, frames: Frames) -> None:
         """A peer on this machine left big buffers to read from its memory: read
         them on the reader thread, while this loop goes on serving."""
-        request = self.state.requests.get(reply.id)
+        fetching = self.state.fetching
+        request = fetching.requests.get(reply.id)
         if request is None:  # timed out and asked elsewhere
             self._end_lease(address, reply)
             return
-        sent = request[2] - self.state.fetch_timeout
+        sent = request[2] - fetching.timeout
         # The peer has answered: give the read the time it may take.
-        self.state.extend_request(reply.id, time.monotonic() + self.state.fetch_timeout
+        self.state.extend_request(reply.id, time.monotonic() + fetching.timeout
                                   + peer_memory.read_time(reply.items))
         self.reader.read(reply, frames, sent, lambda outcome: self.call_soon(
             self._offered_read, address, reply, outcome))
@@ -278,7 +279,7 @@ class Fetcher:
         if then == "take":
             self._take_data(reply, outcome)
             return
-        request = self.state.requests.get(reply.id)
+        request = self.state.fetching.requests.get(reply.id)
         if then == "again" and request is not None:  # at once, as frames this time
             send(self._peer(address), protocol.encode_message(GetData(reply.id, request[1])),
                  self.dropped, f"a data request to {address}")

@@ -7,16 +7,22 @@ the key, leaves, or does not answer within the fetch timeout, the next
 holder is asked; when none is left, the input is given up, and WorkerState
 sends the tasks that wait for it back to the center.
 
-:class:`Fetches` is a part of WorkerState: its requests to send are in
-:attr:`Fetches.to_fetch`, ``(request id, peer address, keys)`` each.
+:class:`Fetches` is a part of WorkerState, and the one owner of what is
+being fetched and asked: WorkerState hands it the events about inputs and
+takes back the requests to make (:meth:`Fetches.make_requests`: ``(request
+id, peer address, keys)`` each) and the inputs that arrived
+(:meth:`Fetches.received`).
 """
 from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 
 logger = logging.getLogger(__name__)
+
+#: A request for inputs to make: its id, the peer's address, the keys.
+Request = tuple[int, str, list[str]]
 
 
 class Fetch:
@@ -36,10 +42,10 @@ class Fetch:
 class Fetches:
     """The inputs a worker at ``address`` fetches, and its requests for them.
 
-    ``give_up(fetch)`` is called for a fetch with no holder left to ask
-    (WorkerState drops it, with the tasks that wait for it). Each event plans
-    fetches (:meth:`want`, :meth:`plan`), then :meth:`send` makes the
-    requests, one per peer.
+    ``give_up(fetch)`` is called for a fetch with no holder left to ask,
+    fetched no more (WorkerState drops the tasks that wait for it). Each event
+    plans fetches (:meth:`want`, :meth:`plan`), then :meth:`make_requests`
+    returns the requests to make, one per peer.
     """
 
     def __init__(self, address: str, timeout: float, give_up: Callable[[Fetch], None]):
@@ -48,8 +54,7 @@ class Fetches:
         self.give_up = give_up
         self.fetches: dict[str, Fetch] = {}  # input key -> its fetch
         self.requests: dict[int, tuple[str, list[str], float]] = {}  # id -> peer, keys, deadline
-        self.to_fetch: list[tuple[int, str, list[str]]] = []
-        self._planned: dict[str, list[str]] = {}  # peer -> keys, until send()
+        self._planned: dict[str, list[str]] = {}  # peer -> keys, until make_requests()
         self._request_ids = itertools.count(1)
 
     def want(self, key: str, holders: list[str], task_key: str | None = None) -> None:
@@ -73,13 +78,15 @@ class Fetches:
             fetch.tried.append(holder)
             self._planned.setdefault(holder, []).append(fetch.key)
         else:
+            del self.fetches[fetch.key]
             self.give_up(fetch)
 
-    def send(self, now: float) -> None:
-        """Make the requests planned in this event, one per peer."""
+    def make_requests(self, now: float) -> list[Request]:
+        """The requests planned in this event, one per peer, now out."""
         if not self._planned:
-            return
+            return []
         planned, self._planned = self._planned, {}
+        made = []
         for peer, keys in planned.items():
             # A fetch planned in this same event may be gone already: its only
             # task was given up for want of another input.
@@ -90,7 +97,42 @@ class Fetches:
             self.requests[request_id] = (peer, keys, now + self.timeout)
             for key in keys:
                 self.fetches[key].request = request_id
-            self.to_fetch.append((request_id, peer, keys))
+            made.append((request_id, peer, keys))
+        return made
+
+    def received(self, request_id: int, values: Collection[str]) -> list[Fetch]:
+        """A peer answered request ``request_id`` with the values of ``values``
+        (keys): the fetches of those still wanted, done (their values are to be
+        stored). The keys it asked for and did not get are asked of their
+        next holders (planned). An answer that comes after its timeout
+        serves all the same."""
+        request = self.requests.pop(request_id, None)
+        arrived = []
+        for key in values if request is None else request[1]:
+            fetch = self.fetches.get(key)
+            if fetch is None:
+                continue
+            if key in values:
+                del self.fetches[key]
+                arrived.append(fetch)
+            elif fetch.request == request_id:  # the peer no longer has it
+                self.plan(fetch)
+        return arrived
+
+    def unwant(self, keys: Iterable[str], task_key: str, keep_asked: bool = False) -> None:
+        """Task ``task_key`` waits for inputs ``keys`` no more. Those no task
+        waits for are fetched no more, unless ``keep_asked`` and asked already:
+        their answer is then stored all the same."""
+        for key in keys:
+            fetch = self.fetches.get(key)
+            if fetch is not None:
+                fetch.waiting_tasks.discard(task_key)
+                if not fetch.waiting_tasks and not (keep_asked and fetch.request is not None):
+                    del self.fetches[key]
+
+    def cancel(self, key: str) -> Fetch | None:
+        """Fetch input ``key`` no more: its fetch, if it was being fetched."""
+        return self.fetches.pop(key, None)
 
     def extend(self, request_id: int, until: float) -> None:
         """A peer answered ``request_id`` and its data is still to be read

@@ -16,89 +16,67 @@ after anything it said of them before, so a release of the old copy comes,
 and is done, first. Scattering data already held costs a round trip to the
 center.
 
-:class:`Scatters` is a part of WorkerState, sharing its ``data`` and
-``nbytes``: the answers for the data server to send are in
-:attr:`Scatters.stored`.
+:class:`Scatters` is a part of WorkerState, which owns the data and stores
+it: Scatters holds the puts that wait, and says when each may be stored.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from typing import Any
-
-from .messages import DataStored
 
 #: Values a client puts here: key -> (value, nbytes).
 Values = dict[str, tuple[Any, int]]
-#: The answer to a put-data, and the client to send it to.
-Stored = tuple[bytes, DataStored]
 
 
-class WaitingPut:
-    """A client's put-data that waits for the center's answers to the sync
-    of the keys it holds here already (``unsynced``)."""
+class Put:
+    """A client's put-data: its request, and the keys it holds that are held
+    here already, whose syncs the center has yet to answer (``unsynced``)."""
 
-    __slots__ = ("unsynced", "client", "request_id", "values", "failed")
+    __slots__ = ("client", "request_id", "values", "failed", "unsynced")
 
-    def __init__(self, unsynced: set[str], client: bytes, request_id: int, values: Values,
+    def __init__(self, client: bytes, request_id: int, values: Values,
                  failed: dict[str, str]):
-        self.unsynced = unsynced
         self.client = client
         self.request_id = request_id
-        self.values = values
-        self.failed = failed
+        self.values = values  # key -> (value, nbytes)
+        self.failed = failed  # key -> why its value did not load
+        self.unsynced: set[str] = set()
 
 
 class Scatters:
-    """The data clients put on a worker whose values are ``data`` (key ->
-    value) and ``nbytes`` (key -> size), and the answers owed them."""
+    """The data clients put on a worker that waits for the center's word."""
 
-    def __init__(self, data: dict[str, Any], nbytes: dict[str, int]):
-        self.data = data
-        self.nbytes = nbytes
-        self.stored: list[Stored] = []
-        self.waiting: list[WaitingPut] = []  # in the order their syncs were asked
+    def __init__(self) -> None:
+        self.waiting: list[Put] = []  # in the order their syncs were asked
 
-    def put(self, client: bytes, request_id: int, values: Values,
-            failed: dict[str, str]) -> list[str]:
-        """``client`` puts ``values`` here in its request ``request_id``;
-        ``failed``: the keys whose values did not load, and why. Returns the
-        keys held here already, whose sync the center is to answer before
-        the values are stored; none: they are stored now."""
-        held = [key for key in values if key in self.data]
-        if held:
-            self.waiting.append(WaitingPut(set(held), client, request_id, values, failed))
-        else:
-            self._store(client, request_id, values, failed)
-        return held
+    def put(self, put: Put, held: Container[str]) -> list[str]:
+        """A client puts data here; ``held``: the keys held here. Returns the
+        keys of ``put`` held here already: it waits until the center answers
+        their sync. None: it is to be stored now."""
+        unsynced = [key for key in put.values if key in held]
+        if unsynced:
+            put.unsynced.update(unsynced)
+            self.waiting.append(put)
+        return unsynced
 
-    def synced(self, keys: Iterable[str]) -> None:
+    def synced(self, keys: Iterable[str]) -> list[Put]:
         """The center answered the syncs of ``keys``: each answer is the one
         the put that waits longest for that key asked for (the center answers
-        in the order it was asked). A put with every answer in is stored."""
+        in the order it was asked). Returns the puts with every answer in, to
+        store now."""
         waiting = self.waiting
         for key in keys:
             for put in waiting:
                 if key in put.unsynced:
                     put.unsynced.discard(key)
                     break
-        if any(not put.unsynced for put in waiting):
-            self.waiting = [put for put in waiting if put.unsynced]
-            for put in waiting:
-                if not put.unsynced:
-                    self._store(put.client, put.request_id, put.values, put.failed)
+        if all(put.unsynced for put in waiting):
+            return []
+        self.waiting = [put for put in waiting if put.unsynced]
+        return [put for put in waiting if not put.unsynced]
 
-    def store_waiting(self) -> None:
+    def take_waiting(self) -> list[Put]:
         """No word the center sent before can come any more (this worker
-        registers again): the puts that wait are stored."""
+        registers again): the puts that wait, to store now."""
         waiting, self.waiting = self.waiting, []
-        for put in waiting:
-            self._store(put.client, put.request_id, put.values, put.failed)
-
-    def _store(self, client: bytes, request_id: int, values: Values,
-               failed: dict[str, str]) -> None:
-        data, nbytes = self.data, self.nbytes
-        for key, (value, size) in values.items():
-            data[key] = value
-            nbytes[key] = size
-        self.stored.append((client, DataStored(
-            request_id, {key: size for key, (_, size) in values.items()}, failed or None)))
+        return waiting

@@ -25,7 +25,7 @@ Which peer is asked for which input, and when, is planned by
 :class:`~zfutures.worker_fetch.Fetches`; when reports go, which task runs on
 the loop thread, when to pause for memory and when a leaving worker may
 stop, by its base class :class:`~zfutures.worker_policy.WorkerPolicies`;
-what becomes of data clients put here, by
+when data clients put here is stored, by
 :class:`~zfutures.worker_scatter.Scatters`.
 
 A task here goes ``fetching`` (inputs missing) → ``ready`` (waits for a
@@ -43,6 +43,7 @@ from typing import Any, Union
 from .messages import (
     AcquireItem,
     ComputeItem,
+    DataStored,
     DirectResult,
     DoneItem,
     DropItem,
@@ -58,9 +59,9 @@ from .messages import (
     TaskSeceded,
 )
 from .protocol import Frames, same_call
-from .worker_fetch import Fetch, Fetches
+from .worker_fetch import Fetch, Fetches, Request
 from .worker_policy import WorkerPolicies
-from .worker_scatter import Scatters, Values
+from .worker_scatter import Put, Scatters, Values
 
 FETCHING, BEHIND, READY, EXECUTING = "fetching", "behind", "ready", "executing"
 
@@ -123,7 +124,6 @@ class WorkerState(WorkerPolicies):
         super().__init__(memory_limit, retire_timeout)
         self.address = address
         self.nthreads = nthreads
-        self.fetch_timeout = fetch_timeout
         self.data: dict[str, Any] = {}
         self.nbytes: dict[str, int] = {}
         self.tasks: dict[str, Task] = {}
@@ -135,19 +135,17 @@ class WorkerState(WorkerPolicies):
         # (unless the center asks for the same call of the key before it comes).
         # At most one run of a key is on a thread: this one, if here.
         self.released_running: dict[str, Task] = {}
-        # Inputs fetched from peers, and the requests out for them (their
-        # containers, shared, are this object's fetches, requests, to_fetch).
+        # Inputs fetched from peers, and the requests out for them.
         self.fetching = Fetches(address, fetch_timeout, self._fetch_exhausted)
-        self.fetches, self.requests = self.fetching.fetches, self.fetching.requests
         # Tasks sent ahead, waiting for inputs being computed here: input -> tasks.
         self.local_waiters: dict[str, set[str]] = {}
         self.to_center: list[Report] = []
         self.to_execute: list[Task] = []
-        self.to_fetch = self.fetching.to_fetch
+        self.to_fetch: list[Request] = []
         self.to_clients: list[tuple[bytes, DirectResult, Frames]] = []
-        # Data clients put here, and the answers owed them (see put_data).
-        self.scatters = Scatters(self.data, self.nbytes)
-        self.stored = self.scatters.stored
+        # Data clients put here that waits for the center (see put_data).
+        self.scatters = Scatters()
+        self.stored: list[tuple[bytes, DataStored]] = []
         # Direct tasks the center has not heard about from us yet: key -> run
         # (see check_timeouts).
         self.unannounced: dict[str, int] = {}
@@ -210,7 +208,7 @@ class WorkerState(WorkerPolicies):
                 continue
             self.fetching.want(dep, holders, key)
         if deps:  # (most tasks have none: no call for them)
-            self.fetching.send(now)
+            self.to_fetch += self.fetching.make_requests(now)
         if key in self.tasks and not task.missing:  # not given up for want of an input
             self._make_ready(task)
         self._start_tasks()
@@ -271,23 +269,21 @@ class WorkerState(WorkerPolicies):
 
     def data_received(self, request_id: int, values: dict[str, Any], nbytes: dict[str, int],
                       now: float) -> None:
-        """A peer answered request ``request_id`` with ``values``."""
-        request = self.requests.pop(request_id, None)
-        if request is None:  # timed out earlier; keep the data if still useful
-            keys = list(values)
-        else:
-            keys = request[1]
-        for key in keys:
-            fetch = self.fetches.get(key)
-            if fetch is None or (request is not None and fetch.request != request_id):
-                if fetch is not None and key in values:
-                    self._store_fetched(fetch, key, values[key], nbytes[key])
-                continue
-            if key in values:
-                self._store_fetched(fetch, key, values[key], nbytes[key])
-            else:  # the peer no longer has it: try the next holder
-                self.fetching.plan(fetch)
-        self.fetching.send(now)
+        """A peer answered request ``request_id`` with ``values`` (what it
+        did not send is asked of other holders: see Fetches.received)."""
+        for fetch in self.fetching.received(request_id, values):
+            key = fetch.key
+            self.data[key] = values[key]
+            self.nbytes[key] = nbytes[key]
+            # The center tracks every copy: for locality, and so it can release this one.
+            self.to_center.append((KeyAdded(key, nbytes[key]), []))
+            for task_key in fetch.waiting_tasks:
+                task = self.tasks.get(task_key)
+                if task is not None:
+                    task.missing.discard(key)
+                    if not task.missing and task.state == FETCHING:
+                        self._make_ready(task)
+        self.to_fetch += self.fetching.make_requests(now)
         self._start_tasks()
 
     def extend_request(self, request_id: int, until: float) -> None:
@@ -300,12 +296,12 @@ class WorkerState(WorkerPolicies):
         of it is asked of the next holder now (or reported missing), rather
         than after the fetch timeout, and it is asked nothing more."""
         self.fetching.peer_left(address)
-        self.fetching.send(now)
+        self.to_fetch += self.fetching.make_requests(now)
 
     def input_failed(self, key: str, error: Frames) -> None:
         """Input ``key`` can never arrive (its value cannot be pickled): the tasks
         that need it fail with ``error`` (pickled exception frames)."""
-        fetch = self.fetches.get(key)
+        fetch = self.fetching.cancel(key)
         if fetch is not None:
             for task in self._give_up(fetch):
                 self.to_center.append((FailedItem(task.key, task.run, len(error)), list(error)))
@@ -323,7 +319,7 @@ class WorkerState(WorkerPolicies):
             if now - when > DROPPED_DIRECT_KEPT:
                 del self.dropped_direct[key]
         self.fetching.expire(now)
-        self.fetching.send(now)
+        self.to_fetch += self.fetching.make_requests(now)
 
     def task_done(self, key: str, value: Any = None, nbytes: int = 0,
                   duration: float = 0.0, error: Frames | None = None,
@@ -381,11 +377,7 @@ class WorkerState(WorkerPolicies):
                 waiting_here = self.local_waiters.get(dep)
                 if waiting_here is not None:
                     waiting_here.discard(key)
-                fetch = self.fetches.get(dep)
-                if fetch is not None:
-                    fetch.waiting_tasks.discard(key)
-                    if not fetch.waiting_tasks:
-                        del self.fetches[dep]
+            self.fetching.unwant(task.missing, key)
 
     def acquire(self, item: AcquireItem, now: float) -> None:
         """Copy ``item.key`` here from ``item.holders`` (a worker that leaves
@@ -395,7 +387,7 @@ class WorkerState(WorkerPolicies):
             self.to_center.append((KeyAdded(key, self.nbytes[key]), []))
             return
         self.fetching.want(key, item.holders)
-        self.fetching.send(now)
+        self.to_fetch += self.fetching.make_requests(now)
 
     def task_skipped(self, key: str) -> None:
         """A task thread did not start ``key``, released while it waited in line."""
@@ -414,25 +406,23 @@ class WorkerState(WorkerPolicies):
         self.ready.clear()
         self.fetching.clear()
         self.local_waiters.clear()
-        self.scatters.store_waiting()  # (what the center said before can no longer come)
+        # What the center said before can no longer come: the puts that wait are stored.
+        for put in self.scatters.take_waiting():
+            self._store(put)
 
-    def secede(self, key: str) -> int | None:
-        """Task ``key`` waits on other tasks: its slot goes to the next ready task.
-        Returns the run to tell the center of, or None if it need not hear."""
+    def secede(self, key: str) -> None:
+        """Task ``key`` waits on other tasks: its slot goes to the next ready
+        task, and the center hears that the run holds no thread of ours (it
+        would count it against our threads else)."""
         if key not in self.executing:
-            return None
+            return
         self.executing.discard(key)
         self.seceded.add(key)
         self._start_tasks()
-        if key in self.released_running:  # (a later run of the key, if any, is not it)
-            return None
         task = self.tasks.get(key)
-        return None if task is None else task.run
-
-    def add_data(self, key: str, value: Any, nbytes: int) -> None:
-        """Data put here directly (scattered, or moved from a leaving worker)."""
-        self.data[key] = value
-        self.nbytes[key] = nbytes
+        # (a released run tells nothing: a later run of the key, if any, is not it)
+        if task is not None and key not in self.released_running:
+            self.to_center.append((TaskSeceded(key, task.run, task.direct), []))
 
     def put_data(self, client: bytes, request_id: int, values: Values,
                  failed: dict[str, str]) -> None:
@@ -440,14 +430,18 @@ class WorkerState(WorkerPolicies):
         request ``request_id``; ``failed``: keys whose values did not load, and
         why. The answer goes to :attr:`stored`, at once, or for keys held here
         already once the center answers their ``sync`` (see worker_scatter.py)."""
-        held = self.scatters.put(client, request_id, values, failed)
+        put = Put(client, request_id, values, failed)
+        held = self.scatters.put(put, self.data)
         if held:
             self.to_center.append((Sync(held), []))
+        else:
+            self._store(put)
 
     def synced(self, keys: list[str]) -> None:
         """The center answered a sync of ``keys``: data that waited for it is
         stored (see put_data)."""
-        self.scatters.synced(keys)
+        for put in self.scatters.synced(keys):
+            self._store(put)
 
     # ------------------------------------------------------------------ internals
 
@@ -459,35 +453,26 @@ class WorkerState(WorkerPolicies):
                                                list(fetch.tried)), []))
 
     def _give_up(self, fetch: Fetch) -> list[Task]:
-        """Stop fetching an input; drop the tasks waiting for it (they no longer
-        wait for their other inputs either) and return them."""
-        del self.fetches[fetch.key]
+        """An input is fetched no more: drop the tasks waiting for it and return
+        them. They wait for their other inputs no more either; those already
+        asked for still come, should the center send the tasks here again."""
         dropped = []
         for task_key in fetch.waiting_tasks:
             task = self.tasks.pop(task_key, None)
-            if task is None:
-                continue
-            dropped.append(task)
-            for other in task.missing - {fetch.key}:
-                other_fetch = self.fetches.get(other)
-                if other_fetch is not None:
-                    other_fetch.waiting_tasks.discard(task_key)
-                    if not other_fetch.waiting_tasks and other_fetch.request is None:
-                        del self.fetches[other]
+            if task is not None:
+                dropped.append(task)
+                self.fetching.unwant(task.missing, task_key, keep_asked=True)
         return dropped
 
-    def _store_fetched(self, fetch: Fetch, key: str, value: Any, nbytes: int) -> None:
-        del self.fetches[key]
-        self.data[key] = value
-        self.nbytes[key] = nbytes
-        # The center tracks every copy: for locality, and so it can release this one.
-        self.to_center.append((KeyAdded(key, nbytes), []))
-        for task_key in fetch.waiting_tasks:
-            task = self.tasks.get(task_key)
-            if task is not None:
-                task.missing.discard(key)
-                if not task.missing and task.state == FETCHING:
-                    self._make_ready(task)
+    def _store(self, put: Put) -> None:
+        """Store the data a client put here, and answer it."""
+        data, nbytes = self.data, self.nbytes
+        for key, (value, size) in put.values.items():
+            data[key] = value
+            nbytes[key] = size
+        self.stored.append((put.client, DataStored(
+            put.request_id, {key: size for key, (_, size) in put.values.items()},
+            put.failed or None)))
 
     def _make_ready(self, task: Task) -> None:
         if task.key in self.released_running:  # another call's run still has the key

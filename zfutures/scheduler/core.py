@@ -374,7 +374,6 @@ class Scheduler:
             ws = ts.processing_on
             assert ws is not None
             self.placement.take_back(ts)
-            self.graph.try_ready(ts)
             tell_if_retired(ws, self.outbox)
             self._settle()
 

@@ -352,7 +352,7 @@ class Placement:
         assert ts.processing_on is not None
         self.outbox.add(ts.processing_on.ident, ReleaseKeys, ts.key)
         self.unassign(ts)
-        self.graph.set_state(ts, WAITING)
+        self.graph.wait_again(ts)
 
     def send_early(self, ts: TaskState) -> None:
         """Send a waiting task ahead to the worker computing all it still waits for
@@ -360,7 +360,9 @@ class Placement:
         without a round trip through the center: a chain runs at the worker's pace."""
         ws = None
         for dep in ts.waiting_on:
-            if dep.state != PROCESSING or (ws is not None and dep.processing_on is not ws):
+            # (processing on no worker: being taken off its own, see recall_early)
+            if dep.state != PROCESSING or dep.processing_on is None or \
+                    (ws is not None and dep.processing_on is not ws):
                 return
             ws = dep.processing_on
         if ws not in self.with_room or not all(

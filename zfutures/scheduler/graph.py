@@ -352,6 +352,13 @@ class TaskGraph:
 
     # ------------------------------------------------------------------ letting go
 
+    def compact(self) -> None:
+        """The graph is empty: make its tables anew (emptied dicts and sets
+        keep the size they grew to), the workers' tables of keys held too."""
+        self.tasks.clear()  # (frees the table: the parts share this dict)
+        for ws in self.workers_by_address.values():
+            ws.has_what = set()
+
     def collect_garbage(self) -> None:
         """Release tasks nobody wants; forget those nothing refers to any more.
 

@@ -229,10 +229,13 @@ class Placement:
             ts.affinity = thief
 
     def compact(self) -> None:
-        """Make the ready heaps anew: emptied lists keep the size they grew to."""
+        """The graph is empty: make the ready heaps and the workers' tables of
+        tasks anew (emptied sets keep the size they grew to)."""
         self.ready.clear()
         self._unready = set()
         self.affine = 0
+        for ws in self.workers.values():
+            ws.processing, ws.ready_here = set(), []
 
     # ------------------------------------------------------------------ sending
 

@@ -1,6 +1,7 @@
 """Fixtures that start real clusters: a local one, and one started by hand."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -9,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -130,24 +133,28 @@ def zfutures_children() -> list[psutil.Process]:
     return found
 
 
-# The integration tests that take ``ex`` run twice, once on each kind of
-# cluster a user meets (as CPython runs one executor test suite over every
-# executor kind): the local one ``Executor()`` starts, and one started by hand
-# with the commands, which an Executor connects to by address.
+# The integration tests that take ``ex`` (or another fixture made by
+# cluster_fixture) run twice, once on each kind of cluster a user meets (as
+# CPython runs one executor test suite over every executor kind): the local
+# one ``Executor()`` starts, and one started by hand with the commands, which
+# an Executor connects to by address.
 CLUSTER_KINDS = ["local", "by-hand"]
+BY_HAND = CLUSTER_KINDS[1]
 
 
-def start_cluster_by_hand(started: Processes) -> Executor:
-    """``zfut-center``, then ``zfut-worker`` with two single-threaded workers,
-    as real processes (stopped by ``started``), and an Executor connected to
-    the center once both workers are in. The workers are named as the local
-    cluster names its own (local-0, local-1), and log warnings only, as it does."""
+def start_cluster_by_hand(started: Processes, nworkers: int = 2, nthreads: int = 1,
+                          **options) -> Executor:
+    """``zfut-center``, then ``zfut-worker`` with ``nworkers`` workers of
+    ``nthreads`` threads, as real processes (stopped by ``started``), and an
+    Executor (``options``: its keyword arguments) connected to the center once
+    every worker is in. The workers are named as the local cluster names its
+    own (local-0, local-1, ...), and log warnings only, as it does."""
     _, address = started.center("--log-level", "warning")
-    started.worker(address, "--nworkers", "2", "--nthreads", "1", "--name", "local",
-                   "--log-level", "warning")
-    executor = Executor(address)
+    started.worker(address, "--nworkers", str(nworkers), "--nthreads", str(nthreads),
+                   "--name", "local" if nworkers > 1 else "local-0", "--log-level", "warning")
+    executor = Executor(address, **options)
     try:
-        wait_for(lambda: len(executor.scheduler_info()["workers"]) == 2, timeout=30,
+        wait_for(lambda: len(executor.scheduler_info()["workers"]) == nworkers, timeout=30,
                  message="the workers started by hand did not register")
     except BaseException:
         executor.shutdown(wait=False)
@@ -155,37 +162,66 @@ def start_cluster_by_hand(started: Processes) -> Executor:
     return executor
 
 
-@pytest.fixture(scope="module", params=CLUSTER_KINDS)
-def ex(request):
-    """A cluster of two single-threaded workers and an Executor on it, shared
-    by a test module: started by ``Executor()``, or by hand (see CLUSTER_KINDS)."""
-    if request.param == "local":
-        executor = Executor(n_workers=2, threads_per_worker=1)
-        yield executor
-        executor.shutdown(wait=False)  # a failed test's stuck future must not hang teardown
-    else:
-        started = Processes()
+@contextlib.contextmanager
+def cluster_of_kind(kind: str, nworkers: int = 2, nthreads: int = 1,
+                    **options) -> Iterator[Executor]:
+    """A cluster of ``kind`` (one of CLUSTER_KINDS) with ``nworkers`` workers
+    of ``nthreads`` threads, and an Executor on it (``options``: its keyword
+    arguments); every process it started is gone once it is left."""
+    before = {p.pid for p in zfutures_children()}
+    started = Processes()
+    try:
+        if kind == BY_HAND:
+            executor = start_cluster_by_hand(started, nworkers, nthreads, **options)
+        else:
+            executor = Executor(n_workers=nworkers, threads_per_worker=nthreads, **options)
+        # (only its own: a test may use clusters of two fixtures at once)
+        mine = {p.pid for p in zfutures_children()} - before
         try:
-            executor = start_cluster_by_hand(started)
             yield executor
-            executor.shutdown(wait=False)
         finally:
-            started.stop_all()  # by pid: the processes this fixture started
-    wait_for(lambda: not zfutures_children(),
-             message=f"{request.param} cluster left processes behind")
+            # Without waiting: a failed test's stuck or deadlocked task must
+            # not hold up the end of the module.
+            executor.shutdown(wait=False, cancel_futures=True)
+    finally:
+        started.stop_all()  # by pid: the processes started by hand, if any
+    wait_for(lambda: not mine & {p.pid for p in zfutures_children()},
+             message=f"the {kind} cluster left processes behind")
+
+
+def cluster_fixture(nworkers: int = 2, nthreads: int = 1, **options) -> Any:
+    """A fixture for a test module: a cluster of ``nworkers`` workers of
+    ``nthreads`` threads and an Executor on it (``options``: its keyword
+    arguments), shared by the module's tests that take it; started by
+    ``Executor()``, or by hand (see CLUSTER_KINDS). A test that checks what
+    only a local cluster does is marked ``local_cluster_only``."""
+
+    @pytest.fixture(scope="module", params=CLUSTER_KINDS)
+    def cluster(request: pytest.FixtureRequest) -> Iterator[Executor]:
+        """A cluster and an Executor on it, of each kind in turn (see
+        conftest.cluster_fixture for its size)."""
+        with cluster_of_kind(request.param, nworkers, nthreads, **options) as executor:
+            yield executor
+
+    return cluster
+
+
+#: Two single-threaded workers, the cluster most integration tests share.
+ex = cluster_fixture()
 
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "local_cluster_only(reason): a test of ``ex`` that checks what only "
-                   "a local cluster does; skipped, with the reason, on the one started by hand")
+        "markers", "local_cluster_only(reason): a test of a cluster fixture (``ex`` and the "
+                   "like) that checks what only a local cluster does; skipped, with the "
+                   "reason, on the one started by hand")
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         mark = item.get_closest_marker("local_cluster_only")
         call = getattr(item, "callspec", None)
-        if mark and call is not None and call.params.get("ex") == "by-hand":
+        if mark and call is not None and BY_HAND in call.params.values():
             item.add_marker(pytest.mark.skip(reason=f"local cluster only: {mark.args[0]}"))
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import wait_for, zfutures_children
+from conftest import cluster_fixture, wait_for, zfutures_children
 
 import zfutures
 from zfutures import Executor, Future
@@ -653,17 +653,9 @@ async def _awaited(future):
 
 # ---------------------------------------------------------------------- get_executor
 
-@pytest.fixture(scope="module")
-def one_thread():
-    """A local cluster of ONE worker with ONE thread."""
-    before = {p.pid for p in zfutures_children()}
-    executor = Executor(n_workers=1, threads_per_worker=1)
-    mine = {p.pid for p in zfutures_children()} - before
-    yield executor
-    # Without waiting: a deadlocked task must not hold up the end of the module.
-    executor.shutdown(wait=False, cancel_futures=True)
-    wait_for(lambda: not mine & {p.pid for p in zfutures_children()},
-             message="the one-thread cluster left processes behind")
+#: A cluster of ONE worker with ONE thread: a task that waits on others must
+#: give its thread back for them to run.
+one_thread = cluster_fixture(nworkers=1, nthreads=1)
 
 
 def test_get_executor_inside_a_task_gives_an_executor(one_thread):

@@ -3,7 +3,7 @@
 The table (``center.OPS``, by message class; read here by op name) is read
 on its own first; then a Center with no run
 loop, whose socket no peer connects to, takes messages through ``_handle``
-as if they came in (see test_hostile.CenterUnderTest), so each test sees
+as if they came in (see raw_peer.CenterUnderTest), so each test sees
 what the center sent, logged and changed.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from test_hostile import REGISTER_WORKER, CenterUnderTest, h
+from raw_peer import REGISTER_WORKER, CenterUnderTest, h
 
 from zfutures.center import CLIENT, NANNY, OPS, UNREGISTERED, WORKER, asks_to_register
 from zfutures.messages import MESSAGES, Synced

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import raw_wire
 import zmq
-from test_hostile import (
+from raw_peer import (
     RawPeer,
     assert_alive,
     connected_executor,

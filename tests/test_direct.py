@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import wait_for
+from conftest import cluster_fixture, wait_for
 
 import zfutures
 from zfutures import Executor, client_io
@@ -66,10 +66,8 @@ def halves_on_the_same_worker(n):
     return executor.submit(inc, n // 2, pure=False).result(timeout=30)
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    with Executor(n_workers=2, threads_per_worker=1, timeout=20) as ex:
-        yield ex
+#: Two single-threaded workers, local or started by hand (see conftest.CLUSTER_KINDS).
+cluster = cluster_fixture(timeout=20)
 
 
 def test_sequential_calls_are_answered_straight_by_a_worker(cluster):

@@ -202,15 +202,18 @@ def test_a_late_result_of_a_task_already_done_elsewhere_is_dropped():
 
 def test_an_empty_graph_can_be_compacted_and_the_scheduler_goes_on():
     sim = Sim()
-    sim.worker(W1)
+    sim.worker(W1, nthreads=50)
     sim.submit(*[task(f"t{i}") for i in range(50)])
-    while sim.s.workers[W1].processing:
-        for ts in list(sim.s.workers[W1].processing):
+    ws = sim.s.workers[W1]
+    while ws.processing:
+        for ts in list(ws.processing):
             sim.finish(ts.key, W1)
     sim.s.release(C1, [f"t{i}" for i in range(50)])
-    size = sys.getsizeof(sim.s.tasks)
+    sizes = [sys.getsizeof(table) for table in (sim.s.tasks, ws.processing, ws.has_what)]
     sim.s.compact()
-    assert sim.s.tasks == {} and sys.getsizeof(sim.s.tasks) < size  # its table given back
+    assert sim.s.tasks == {} and sys.getsizeof(sim.s.tasks) < sizes[0]  # its table given back
+    # and each part's: the tasks a worker ran and the keys it held
+    assert sys.getsizeof(ws.processing) < sizes[1] and sys.getsizeof(ws.has_what) < sizes[2]
     sim.submit(task("again"))
     sim.finish("again", W1)
     assert sim.state("again") == "memory"

@@ -186,6 +186,24 @@ def test_tasks_sent_ahead_are_taken_back_when_their_input_is_retried_elsewhere()
     assert sim.state("t2") == "memory"
 
 
+@pytest.mark.parametrize("looked_at", [0, -1], ids=["first", "last"])
+def test_a_task_sent_ahead_waits_while_an_input_is_retried_elsewhere(looked_at):
+    # c waits on W1 for a and b; one of them raises and is retried on W2: c
+    # comes back and waits, whether the center looks at that input first or
+    # last among those c waits for. (Not sent back to W1 for the input still
+    # running there: the other is off W1 as c comes back, to run elsewhere.)
+    sim = Sim()
+    sim.worker(W1)
+    sim.submit(task("a", retries=1), task("b", retries=1), task("c", "a", "b"))
+    assert sim.take().computes() == {W1: ["a", "b", "c"]}
+    sim.worker(W2)
+    retried = list(sim.s.tasks["c"].waiting_on)[looked_at].key
+    sim.err(retried, ValueError("flaky"))
+    sent = sim.take()
+    assert sent.keys("release-keys", W1) == ["c"]
+    assert sent.computes() == {W2: [retried]} and sim.state("c") == "waiting"
+
+
 # ---------------------------------------------------------------------- blocks of a map
 
 

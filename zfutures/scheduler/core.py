@@ -374,7 +374,6 @@ class Scheduler:
             ws = ts.processing_on
             assert ws is not None
             self.placement.take_back(ts)
-            self.graph.try_ready(ts)
             tell_if_retired(ws, self.outbox)
             self._settle()
 
@@ -421,14 +420,13 @@ class Scheduler:
 
     def compact(self) -> None:
         """Make the tables of an empty graph anew: emptied dicts and sets keep
-        the size they grew to."""
+        the size they grew to. Each part makes its own anew; the clients'
+        are the scheduler's."""
         if not self.tasks:
-            self.tasks.clear()  # (frees the table: the parts share this dict)
+            self.graph.compact()
             self.placement.compact()
             for client in self.clients.values():
                 client.wants = set()
-            for ws in self.workers.values():
-                ws.processing, ws.has_what, ws.ready_here = set(), set(), []
 
     def info(self) -> dict[str, Any]:
         """A summary for ``Executor.scheduler_info()``."""

@@ -197,7 +197,7 @@ class TaskGraph:
     def recompute(self, root: TaskState) -> None:
         """Bring a wanted, released task and its released inputs back to memory."""
         expected = self.recovery.expected
-        stack, revived = [root], []
+        stack = [root]
         while stack:
             ts = stack.pop()
             if ts.state != RELEASED or ts.key in expected:
@@ -206,20 +206,24 @@ class TaskGraph:
                 self.err(ts, pickled_error(FutureLostError(
                     f"the data of {ts.key!r} was lost with the worker that held it")))
                 continue
-            self.set_state(ts, WAITING)
-            revived.append(ts)
+            self.wait_again(ts)
             stack.extend(dep for dep in ts.dependencies if dep.state == RELEASED)
-        for ts in revived:
-            self.try_ready(ts)
 
     def recompute_if_wanted(self, ts: TaskState | None) -> None:
         if ts is not None and ts.state == RELEASED and is_wanted(ts):
             self.recompute(ts)
 
-    def try_ready(self, ts: TaskState) -> None:
-        """A waiting task: note which inputs it still waits for; ready if none."""
+    def wait_again(self, ts: TaskState) -> None:
+        """``ts`` goes back to waiting for its inputs: wanted again after its
+        release, taken off its worker (see Placement.unassign), or, ready or
+        waiting, one of its inputs was lost. Which inputs it waits for is
+        counted anew: with one erred it errs, with none left it is ready at
+        once, and with all being computed on one worker it may be sent ahead
+        there."""
+        if ts.state == READY:
+            self.placement.remove_ready(ts)
         if ts.state != WAITING:
-            return
+            self.set_state(ts, WAITING)
         waiting_on = []
         for dep in ts.dependencies:
             if dep.state == ERRED:
@@ -289,8 +293,7 @@ class TaskGraph:
         if ts.retries > 0:
             ts.retries -= 1
             self.placement.recall_early(ts)
-            self.set_state(ts, WAITING)
-            self.try_ready(ts)
+            self.wait_again(ts)
         else:
             self.err(ts, exception)
 
@@ -312,7 +315,7 @@ class TaskGraph:
         from the holders ``tried`` (None: every holder): those lose their
         copies, and an input left nowhere is computed again; ``ts`` waits."""
         self.placement.recall_early(ts)
-        self.set_state(ts, WAITING)
+        lost = []
         for dep_key in missing:
             dep = self.tasks.get(dep_key)
             if dep is None or dep not in ts.dependencies:
@@ -323,8 +326,10 @@ class TaskGraph:
                     self.remove_holder(dep, holder)
             if not dep.who_has and dep.state == MEMORY:
                 self.set_state(dep, RELEASED)
-                self.recompute(dep)
-        self.try_ready(ts)
+                lost.append(dep)
+        self.wait_again(ts)  # (for the lost inputs too, then brought back)
+        for dep in lost:
+            self.recompute(dep)
 
     # ------------------------------------------------------------------ holders
 
@@ -346,6 +351,13 @@ class TaskGraph:
             tell_if_retired(ws, self.outbox)
 
     # ------------------------------------------------------------------ letting go
+
+    def compact(self) -> None:
+        """The graph is empty: make its tables anew (emptied dicts and sets
+        keep the size they grew to), the workers' tables of keys held too."""
+        self.tasks.clear()  # (frees the table: the parts share this dict)
+        for ws in self.workers_by_address.values():
+            ws.has_what = set()
 
     def collect_garbage(self) -> None:
         """Release tasks nobody wants; forget those nothing refers to any more.

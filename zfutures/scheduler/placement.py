@@ -229,10 +229,13 @@ class Placement:
             ts.affinity = thief
 
     def compact(self) -> None:
-        """Make the ready heaps anew: emptied lists keep the size they grew to."""
+        """The graph is empty: make the ready heaps and the workers' tables of
+        tasks anew (emptied sets keep the size they grew to)."""
         self.ready.clear()
         self._unready = set()
         self.affine = 0
+        for ws in self.workers.values():
+            ws.processing, ws.ready_here = set(), []
 
     # ------------------------------------------------------------------ sending
 
@@ -352,7 +355,7 @@ class Placement:
         assert ts.processing_on is not None
         self.outbox.add(ts.processing_on.ident, ReleaseKeys, ts.key)
         self.unassign(ts)
-        self.graph.set_state(ts, WAITING)
+        self.graph.wait_again(ts)
 
     def send_early(self, ts: TaskState) -> None:
         """Send a waiting task ahead to the worker computing all it still waits for
@@ -360,7 +363,9 @@ class Placement:
         without a round trip through the center: a chain runs at the worker's pace."""
         ws = None
         for dep in ts.waiting_on:
-            if dep.state != PROCESSING or (ws is not None and dep.processing_on is not ws):
+            # (processing on no worker: being taken off its own, see recall_early)
+            if dep.state != PROCESSING or dep.processing_on is None or \
+                    (ws is not None and dep.processing_on is not ws):
                 return
             ws = dep.processing_on
         if ws not in self.with_room or not all(

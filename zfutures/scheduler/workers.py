@@ -22,7 +22,6 @@ from .records import (
     is_direct,
     is_wanted,
     pickled_error,
-    with_task,
 )
 from .states import MEMORY, PROCESSING, READY, RELEASED, WAITING
 
@@ -88,18 +87,14 @@ class WorkerLifecycle:
             if ts.processing_on is not ws:  # erred meanwhile, with an input it waited for
                 continue
             self.placement.unassign(ts)
-            if ts not in running:
-                graph.set_state(ts, WAITING)
-                graph.try_ready(ts)
-                continue
-            ts.suspicious += 1
-            if ts.suspicious >= self.allowed_failures:
-                graph.err(ts, pickled_error(errors.KilledWorker(
-                    f"task {ts.key!r} was running on {ts.suspicious} workers that died, "
-                    f"the last one {ws.address}")))
-            else:
-                graph.set_state(ts, WAITING)
-                graph.try_ready(ts)
+            if ts in running:
+                ts.suspicious += 1
+                if ts.suspicious >= self.allowed_failures:
+                    graph.err(ts, pickled_error(errors.KilledWorker(
+                        f"task {ts.key!r} was running on {ts.suspicious} workers that died, "
+                        f"the last one {ws.address}")))
+                    continue
+            graph.wait_again(ts)
 
     def _lose_keys(self, ws: WorkerRecord) -> None:
         """The keys ``ws`` held: those held nowhere else are lost, and computed
@@ -128,11 +123,8 @@ class WorkerLifecycle:
                 if dependent.state == PROCESSING and ts not in dependent.waiting_on:
                     self.placement.take_back(dependent)
                     self.placement.recall_early(dependent)
-                if dependent.state in (WAITING, READY):
-                    if dependent.state == READY:
-                        self.placement.remove_ready(dependent)
-                        graph.set_state(dependent, WAITING)
-                    dependent.waiting_on = with_task(dependent.waiting_on, ts)
+                elif dependent.state in (WAITING, READY):
+                    graph.wait_again(dependent)
 
     # ------------------------------------------------------------------ paused
 
@@ -152,7 +144,6 @@ class WorkerLifecycle:
         for ts in by_order:
             if ts not in running and ts.processing_on is ws and not is_direct(ts):
                 self.placement.take_back(ts)
-                self.graph.try_ready(ts)
 
     # ------------------------------------------------------------------ retiring
 
@@ -166,7 +157,6 @@ class WorkerLifecycle:
         for ts in sorted(ws.processing, key=lambda t: t.priority):
             if ts.processing_on is ws and not is_direct(ts):  # (else erred meanwhile)
                 self.placement.take_back(ts)
-                self.graph.try_ready(ts)
         self.hand_on(ws)
 
     def hand_on(self, ws: WorkerRecord) -> None:

@@ -13,17 +13,19 @@ import queue
 import time
 from typing import Any
 
-import msgpack
 import numpy as np
 import pytest
-import raw_wire
 import zmq
 from raw_peer import (
     RawPeer,
     assert_alive,
     connected_executor,
+    decode_reply,
+    fetch,
+    h,
     lines,
     make,
+    raw,
     start_cluster,
     total,
 )
@@ -48,14 +50,6 @@ from zfutures.worker_data import DataServer
 from zfutures.worker_state import WorkerState
 
 pytestmark = pytest.mark.timeout(90)
-
-h = raw_wire.header
-
-
-def raw(obj: Any) -> bytes:
-    """msgpack bytes of any object: headers the encoder would never make."""
-    return msgpack.packb(obj, use_bin_type=True)
-
 
 class Unpicklable:
     def __reduce__(self):
@@ -259,16 +253,7 @@ def test_a_reader_on_another_machine_gets_the_bytes(served):
 def answer_of(peer: RawPeer) -> tuple[Any, list]:
     """The next answer a raw peer gets, and its payload."""
     assert peer.socket.poll(10_000), "the data server stopped answering"
-    reply, payload = protocol.decode_message(peer.socket.recv_multipart())
-    return reply, [bytes(f) for f in payload]
-
-
-def fetch(peer: RawPeer, request_id: int, keys: list) -> tuple[Data, list]:
-    """get-data from a worker's data server with a raw DEALER."""
-    peer.send(*protocol.encode_message(GetData(request_id, keys)))
-    reply, payload = answer_of(peer)
-    assert type(reply) is Data and reply.id == request_id
-    return reply, payload
+    return decode_reply(peer.socket.recv_multipart())
 
 
 #: Requests to a worker's data server that it must drop without answering.

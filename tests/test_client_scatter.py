@@ -22,16 +22,19 @@ from client_sim import (
 
 from zfutures import Future, serialize
 from zfutures.client_scatter import plan
-from zfutures.errors import ConnectionError
+from zfutures.errors import ConnectionError, ProtocolError
 from zfutures.messages import (
     Compute,
     DataStored,
+    Heartbeat,
     MissingData,
     PutData,
     ReleaseKeys,
     Sync,
     Synced,
+    UpdateData,
     WhoHas,
+    WorkersLeft,
     op_of,
 )
 from zfutures.protocol import unpack_items
@@ -123,6 +126,41 @@ def test_a_part_of_a_scatter_is_not_sent_to_a_worker_that_left_in_the_same_messa
     assert client.core.to_workers == []      # (a's part was not sent on to A2)
     with pytest.raises(ConnectionError, match="left the cluster"):
         done.result(0)
+
+
+def test_a_scatter_two_of_whose_workers_leave_together_ends_once(client):
+    # b is stored on A2; a's part is still out to A1; both leave in one message:
+    # a's part, sent on to A2, fails at once, which must not end the scatter a
+    # second time when the first failure goes on.
+    futures, done = scatter_a_and_b(client)
+    client.core.to_workers.clear()
+    stored(client, A2, {"b": 8})
+    client.core.center_message(*wire(WorkersLeft([A1, A2])), client.now)
+    told = [msg for msg, _ in client.core.to_center if type(msg) is UpdateData]
+    assert len(told) == 1 and [item.key for item in told[0].items] == ["b"]
+    with pytest.raises(ConnectionError, match="left the cluster"):
+        done.result(0)
+
+
+def test_data_scattered_to_workers_that_left_together_names_none_of_them(client):
+    # k is broadcast to A1 and A2; A2 stored it, A1 has not answered; both leave
+    # in one message: the scatter ends then, and k must not be held on A2.
+    k = Future("k", None)
+    done: concurrent.futures.Future = concurrent.futures.Future()
+    client.core.scatter({A1: [("k", [b"1"])], A2: [("k", [b"1"])]}, [k], done, 0.0)
+    client.core.to_workers.clear()
+    stored(client, A2, {"k": 8})
+    client.core.center_message(*wire(WorkersLeft([A1, A2])), client.now)
+    assert client.core.keys["k"].who_has == []
+    client.core.to_workers.clear()
+    client.fetch("k")
+    assert [address for address, _, _ in client.core.to_workers] == []  # nowhere to ask
+
+
+def test_an_unexpected_message_from_a_worker_is_a_protocol_error(client):
+    # (the shell drops it through its rate-limited log: a worker may send many)
+    with pytest.raises(ProtocolError, match="unexpected 'heartbeat'"):
+        client.core.worker_message(A1, *wire(Heartbeat()), client.now)
 
 
 def test_scattering_lost_data_again_makes_it_whole(client):

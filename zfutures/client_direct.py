@@ -88,7 +88,8 @@ class DirectRuns:
         self.due = now + RELEASE_DELAY
         info.direct = DirectRun(address, run, own_key)
         self.pending = info
-        # (_replace: a microsecond, once per lone task, whose round trip takes hundreds)
+        # (_replace: a microsecond, once or twice per lone task, whose round trip
+        # takes hundreds)
         item = item._replace(direct_worker=address, direct_run=run, direct_ack=not own_key)
         if own_key:
             self._outbox.defer(item, now)  # it may wait to go with others

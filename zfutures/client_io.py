@@ -254,8 +254,8 @@ class ClientIO:
             loop.give_up()
         finally:
             self.lock.release()
-        if wake:
-            self.waker.wake()
+            if wake:  # (also after an interrupt: the loop may have a socket to take back)
+                self.waker.wake()
 
     def watch(self, future: Future) -> None:
         """Someone waits for ``future`` other than by ``result()`` (a callback,

@@ -51,7 +51,7 @@ class Scatter:
     frames)])), where each key was stored, and the workers parts may go to."""
 
     __slots__ = ("result", "out", "holders", "nbytes", "targets", "turn", "error", "keys",
-                 "now", "since")
+                 "now", "since", "ended")
 
     def __init__(self, targets: list[str], result: concurrent.futures.Future[None],
                  now: float):
@@ -65,6 +65,7 @@ class Scatter:
         self.error: BaseException | None = None
         self.keys: set[str] = set()
         self.since: dict[str, int] = {}  # its keys' ``since`` before it
+        self.ended = False
 
 
 class Scatters:
@@ -145,6 +146,9 @@ class Scatters:
     def _scattered(self, job: Scatter, now: float) -> None:
         """Every part of a scatter was answered: tell the center where the data
         is, and end the call (with an error if some data found no worker)."""
+        if job.ended:  # (a part sent on failed at once, and ended it already)
+            return
+        job.ended = True
         items = [ScatteredItem(key, job.nbytes[key], holders)
                  for key, holders in job.holders.items()]
         for item in items:

@@ -55,7 +55,7 @@ from .client_records import (
 from .client_recovery import bring_back
 from .client_requests import ReplyTo, Requests
 from .client_scatter import Plan, Scatters
-from .errors import ConnectionError
+from .errors import ConnectionError, ProtocolError
 from .future import Future
 from .messages import (
     CloseClient,
@@ -273,9 +273,8 @@ class ClientCore:
             self._direct_result(address, msg, frames, now)
         elif kind is DataStored or kind is RunResult:
             self.requests.worker_answered(address, msg, frames, now)
-        else:
-            logger.warning("dropped an unexpected %r from the worker %s", op_of(msg),
-                           address)
+        else:  # (raised for the shell's rate-limited log: a worker may send many)
+            raise ProtocolError(f"an unexpected {op_of(msg)!r} from the worker {address}")
 
     def center_message(self, msg: Message, frames: Frames, now: float) -> None:
         self.last_heard = now
@@ -351,10 +350,11 @@ class ClientCore:
         another that left with it."""
         left = set(msg.addresses)
         self.direct.workers_left(left)
+        self.requests.workers_left(left, now)
+        # (after the calls failed: a scatter they end names its holders)
         for info in self.keys.values():
             if not left.isdisjoint(info.who_has):
                 info.who_has = [a for a in info.who_has if a not in left]
-        self.requests.workers_left(left, now)
         self.gathers.workers_left(left, now)
 
     def awaits_worker(self, address: str) -> bool:

@@ -164,6 +164,10 @@ def test_an_offer_of_more_bytes_than_the_machine_has_is_refused_unread(caplog):
     assert peer_memory.read_time(reply.items) == most
     reply.items[0].remote[0][2] = 2**62
     assert peer_memory.read_time(reply.items) == most
+    # a buffer that is not [position, address, size] takes no time, and the
+    # read refuses it as malformed
+    short = [OfferedItem("k", 1, 0, [[0, 1]])]
+    assert peer_memory.read_time(short) == 0
     reply = reply._replace(pid=2**40)  # (no such pid: not even a C int)
     with pytest.raises(ProtocolError):
         peer_memory.unpack_data(reply, sent, read=pytest.fail)

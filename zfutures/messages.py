@@ -90,7 +90,7 @@ class ComputeItem(NamedTuple):
     #: back (a report of an earlier run of the same key is then told apart)
     run: int
     nframes: int = 0
-    #: a smaller number runs first
+    #: a larger number runs first (the client's priority)
     priority: int = 0
     #: a client waits for it: a small result goes with the report
     send_result: bool = False

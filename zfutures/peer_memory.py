@@ -231,7 +231,8 @@ def read_time(items: list[OfferedItem]) -> float:
     """Seconds a read of what a reply's items leave in the holder's memory
     (their ``remote`` lists) may take, at the slowest: of no more than the
     machine's memory, whatever a malformed reply says."""
-    nbytes = sum(size for item in items if item.remote for _, _, size in item.remote)
+    nbytes = sum(entry[2] for item in items if item.remote for entry in item.remote
+                 if len(entry) == 3)  # (the others are refused when read: unpack_data)
     return min(nbytes, machine_memory()) / SLOWEST_READ
 
 

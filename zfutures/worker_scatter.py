@@ -52,7 +52,7 @@ class Scatters:
     def put(self, put: Put, held: Container[str]) -> list[str]:
         """A client puts data here; ``held``: the keys held here. Returns the
         keys of ``put`` held here already: it waits until the center answers
-        their sync. None: it is to be stored now."""
+        their sync. An empty list: it is to be stored now."""
         unsynced = [key for key in put.values if key in held]
         if unsynced:
             put.unsynced.update(unsynced)

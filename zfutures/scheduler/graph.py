@@ -215,7 +215,7 @@ class TaskGraph:
 
     def wait_again(self, ts: TaskState) -> None:
         """``ts`` goes back to waiting for its inputs: wanted again after its
-        release, taken off its worker (see Placement.unassign), or, ready or
+        release, taken off its worker (see Placement.take_back), or, ready or
         waiting, one of its inputs was lost. Which inputs it waits for is
         counted anew: with one erred it errs, with none left it is ready at
         once, and with all being computed on one worker it may be sent ahead

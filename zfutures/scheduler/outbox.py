@@ -1,7 +1,7 @@
 """Messages the scheduler queues, merged per recipient and op, for the shell to send."""
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 from ..protocol import Frames
 
@@ -16,7 +16,7 @@ MAX_ITEMS_PER_MESSAGE = 2_000
 _Message = list[Any]
 #: One recipient's queue: its messages in order, class -> index of its last
 #: message, key -> index of the last message that names it.
-_Queue = tuple[list[_Message], dict[type, int], dict[Union[str, None], int]]
+_Queue = tuple[list[_Message], dict[type, int], dict[str, int]]
 
 
 class Outbox:

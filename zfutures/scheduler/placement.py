@@ -351,7 +351,10 @@ class Placement:
             self.with_room.add(ws)
 
     def take_back(self, ts: TaskState) -> None:
-        """Take ``ts`` off its worker (which drops it): it waits to be placed anew."""
+        """Take ``ts`` off its worker (which drops it): it waits again for its
+        inputs (see TaskGraph.wait_again), so it may be ready, sent ahead or
+        erred when this returns. Callers unassign the tasks they recall first:
+        send_early skips an input that is off its worker."""
         assert ts.processing_on is not None
         self.outbox.add(ts.processing_on.ident, ReleaseKeys, ts.key)
         self.unassign(ts)

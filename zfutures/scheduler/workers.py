@@ -118,13 +118,19 @@ class WorkerLifecycle:
         # elsewhere are fetching a lost key from the dead worker, and would
         # wait out their fetch timeout (then report it missing): they come
         # back, to wait for it like the others.
+        again: dict[TaskState, None] = {}  # (once each, however many inputs it lost)
         for ts in lost:
-            for dependent in list(ts.dependents):
+            for dependent in ts.dependents:
                 if dependent.state == PROCESSING and ts not in dependent.waiting_on:
-                    self.placement.take_back(dependent)
-                    self.placement.recall_early(dependent)
+                    again[dependent] = None
                 elif dependent.state in (WAITING, READY):
-                    graph.wait_again(dependent)
+                    again[dependent] = None
+        for dependent in again:
+            if dependent.state == PROCESSING:
+                self.placement.take_back(dependent)
+                self.placement.recall_early(dependent)
+            elif dependent.state in (WAITING, READY):
+                graph.wait_again(dependent)
 
     # ------------------------------------------------------------------ paused
 

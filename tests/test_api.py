@@ -254,12 +254,15 @@ def test_cancel_a_pending_task_drops_it_unless_a_dependent_needs_it(ex, gates, t
     # More blockers than the workers queue ahead: later tasks wait at the center.
     blockers = [ex.submit(gated, gate, i, pure=False) for i in range(110)]
     marker = str(tmp_path / "target-ran")
-    target = ex.submit(touch, marker, pure=False)
+    # (below the blockers' priority: whatever blocks a batch is dealt in, the
+    # target goes to a worker after every blocker)
+    target = ex.submit(touch, marker, pure=False, priority=-1)
     needed = ex.submit(inc, 41, pure=False)
     dependent = ex.submit(inc, needed)
     with cancelled_at_exit([dependent]):
-        # Dispatch goes in submission order, so once any task waits at the center,
-        # the target (submitted after the blockers) is one of them.
+        # Dispatch goes by priority, so once any task waits at the center, the
+        # target is one of them: a worker would run it even if released once
+        # handed to its threads.
         wait_for(lambda: ex.scheduler_info()["tasks"].get("ready", 0) >= 1,
                  message="no task waits at the center")
 

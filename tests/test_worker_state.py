@@ -328,6 +328,18 @@ def test_a_key_to_acquire_is_fetched_from_its_holders_and_said_to_be_here():
     assert fetches(w) == [] and reports(w) == [(KeyAdded("a", 8), [])]
 
 
+def test_a_key_to_acquire_stays_wanted_when_a_task_that_also_waited_for_it_goes():
+    # (the leaving worker that hands it on waits for its keys-added)
+    w = make()
+    w.acquire(AcquireItem("a", [P1]), now=0.0)
+    ((request_id, _, _),) = fetches(w)
+    compute(w, "t", {"a": [P1]})          # a task joins the fetch ...
+    w.release(["t"])                      # ... and is released
+    w.data_received(request_id, {"a": "A"}, {"a": 8}, now=1.0)
+    assert w.data == {"a": "A"}
+    assert (KeyAdded("a", 8), []) in reports(w)
+
+
 # --------------------------------------------------------------------------- release
 
 

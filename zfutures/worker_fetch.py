@@ -27,9 +27,10 @@ Request = tuple[int, str, list[str]]
 
 class Fetch:
     """One input being fetched: the holders not tried yet, those tried, the
-    tasks that wait for it, and the request it was last asked in."""
+    tasks that wait for it, the request it was last asked in, and whether the
+    center asked for it for its own sake (``acquire``: kept without a task)."""
 
-    __slots__ = ("key", "holders", "tried", "waiting_tasks", "request")
+    __slots__ = ("key", "holders", "tried", "waiting_tasks", "request", "acquired")
 
     def __init__(self, key: str, holders: list[str]):
         self.key = key
@@ -37,6 +38,7 @@ class Fetch:
         self.tried: list[str] = []
         self.waiting_tasks: set[str] = set()
         self.request: int | None = None
+        self.acquired = False
 
 
 class Fetches:
@@ -58,18 +60,20 @@ class Fetches:
         self._request_ids = itertools.count(1)
 
     def want(self, key: str, holders: list[str], task_key: str | None = None) -> None:
-        """Fetch ``key`` from ``holders``, for task ``task_key`` if any (once,
-        however many tasks want it)."""
+        """Fetch ``key`` from ``holders``, for task ``task_key``, or (None) for
+        the center, which asked for it (once, however many want it)."""
         fetch = self.fetches.get(key)
+        new = fetch is None
         if fetch is None:
             fetch = self.fetches[key] = Fetch(key, [h for h in holders if h != self.address])
             if self.address in holders:  # the center thinks we hold it: we do not
                 fetch.tried.append(self.address)
-            if task_key is not None:
-                fetch.waiting_tasks.add(task_key)
-            self.plan(fetch)
-        elif task_key is not None:
+        if task_key is not None:
             fetch.waiting_tasks.add(task_key)
+        else:
+            fetch.acquired = True
+        if new:
+            self.plan(fetch)
 
     def plan(self, fetch: Fetch) -> None:
         """Ask ``fetch``'s next holder for it, or give it up if none is left."""
@@ -121,13 +125,15 @@ class Fetches:
 
     def unwant(self, keys: Iterable[str], task_key: str, keep_asked: bool = False) -> None:
         """Task ``task_key`` waits for inputs ``keys`` no more. Those no task
-        waits for are fetched no more, unless ``keep_asked`` and asked already:
-        their answer is then stored all the same."""
+        waits for are fetched no more, unless the center asked for them
+        (acquire), or ``keep_asked`` and asked already: their answer is then
+        stored all the same."""
         for key in keys:
             fetch = self.fetches.get(key)
             if fetch is not None:
                 fetch.waiting_tasks.discard(task_key)
-                if not fetch.waiting_tasks and not (keep_asked and fetch.request is not None):
+                if not fetch.waiting_tasks and not fetch.acquired and \
+                        not (keep_asked and fetch.request is not None):
                     del self.fetches[key]
 
     def cancel(self, key: str) -> Fetch | None:

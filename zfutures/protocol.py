@@ -196,10 +196,14 @@ def _maker(cls: type, where: str) -> _Maker:
     tail = [defaults[name] for name in fields[required:]]
     exact: list[tuple[int, type]] = []  # fields of exactly one plain type
     checked: list[tuple[int, Callable[[Any], Any]]] = []  # checked, maybe made anew
+    unset: list[tuple[int, Callable[[Any], Any]]] = []  # the same, when not nil
     for index, name in enumerate(fields):
         hint = hints[name]
         if hint in (int, str, bool):
             exact.append((index, hint))
+        elif get_origin(hint) is Union:  # Optional[X]: mostly nil, so tested here first
+            inner = next(a for a in get_args(hint) if a is not type(None))
+            unset.append((index, _converter(inner, f"{where}: field {name!r}")))
         elif hint is not Any:
             checked.append((index, _converter(hint, f"{where}: field {name!r}")))
     new = tuple.__new__
@@ -217,6 +221,9 @@ def _maker(cls: type, where: str) -> _Maker:
                                     f"{type(values[index]).__name__}")
         for index, convert in checked:
             values[index] = convert(values[index])
+        for index, convert in unset:
+            if values[index] is not None:
+                values[index] = convert(values[index])
         return new(cls, values)
     return make
 
@@ -228,9 +235,6 @@ def _converter(hint: Any, where: str) -> Callable[[Any], Any]:
         return ProtocolError(f"{where} has type {type(value).__name__}")
 
     origin, args = get_origin(hint), get_args(hint)
-    if origin is Union:  # Optional[X]: X or nil
-        inner = _converter(next(a for a in args if a is not type(None)), where)
-        return lambda value: None if value is None else inner(value)
     if hint is float:
         def number(value: Any) -> Any:
             if type(value) is int or type(value) is float:

@@ -32,7 +32,7 @@ from .client_state import ClientCore
 from .errors import ConnectionError
 from .logs import RateLimitedLog
 from .loop import EVENTS, POLLIN, SLICE, Waker, drain, send
-from .messages import Data, DataRead, GetData, RunTask, WorkersLeft, op_of
+from .messages import Data, DataRead, RunTask, WorkersLeft, op_of
 from .protocol import decode_message, encode_message
 
 logger = logging.getLogger(__name__)
@@ -256,14 +256,12 @@ class ClientLoop:
         if core.to_workers:
             for address, msg, frames in _take(core.to_workers):
                 kind = type(msg)
-                if kind is GetData or kind is DataRead:
-                    sock = self.workers.get(address) if kind is DataRead else \
-                        self.worker(address)
-                    if sock is None:  # (the worker left: its leases went with it)
-                        continue
-                    self.to_worker(sock, encode_message(msg), f"{op_of(msg)} to {address}")
+                # (a data-read goes only to a worker still connected: one that
+                # left took its leases along)
+                sock = self.workers.get(address) if kind is DataRead else self.worker(address)
+                if sock is None:
                     continue
-                sent = self.to_worker(self.worker(address), encode_message(msg, frames),
+                sent = self.to_worker(sock, encode_message(msg, frames),
                                       f"{op_of(msg)} to {address}")
                 if not sent and kind is RunTask:
                     core.direct.unsent(msg.key)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pickle
 
 from zfutures import protocol
-from zfutures.messages import DoneItem, FailedItem, TaskItem, op_of
+from zfutures.messages import DoneItem, FailedItem, KeyAdded, TaskItem, op_of
 from zfutures.scheduler import MAX_ITEMS_PER_MESSAGE, Scheduler
 
 C1, C2 = b"client-1", b"client-2"
@@ -136,6 +136,14 @@ class Sim:
         """The worker processing ``key``, and the other one of W1 and W2."""
         on = self.on(key)
         return on, W2 if on == W1 else W1
+
+    def finish_and_copy(self, key: str, nbytes: int = 8) -> tuple[bytes, bytes]:
+        """``key`` finishes on one of W1 and W2 and is copied to the other:
+        (its worker, the other)."""
+        holder, other = self.on_and_other(key)
+        self.finish(key, nbytes=nbytes)
+        self.s.keys_added(other, KeyAdded(key, nbytes))
+        return holder, other
 
     def take(self) -> Sent:
         """Take the outbox, checking every message against the wire protocol."""

@@ -101,9 +101,7 @@ def test_keys_added_records_a_copy_that_is_released_with_the_key():
     sim.worker(W1)
     sim.worker(W2)
     sim.submit(task("x"))
-    holder, other = sim.on_and_other("x")
-    sim.finish("x", nbytes=500)
-    sim.s.keys_added(other, KeyAdded("x", 500))
+    holder, other = sim.finish_and_copy("x", nbytes=500)
     assert sorted(sim.s.who_has(["x"])["x"]) == sorted([addr(W1), addr(W2)])
     assert sim.s.workers[other].nbytes == 500
     sim.take()

@@ -179,9 +179,7 @@ def test_lost_key_with_another_holder_is_not_recomputed():
     sim.worker(W1)
     sim.worker(W2)
     sim.submit(task("x"))
-    holder, other = sim.on_and_other("x")
-    sim.finish("x")
-    sim.s.keys_added(other, KeyAdded("x", 8))
+    holder, other = sim.finish_and_copy("x")
     sim.take()
     sim.s.remove_worker(holder)
     assert sim.state("x") == "memory"

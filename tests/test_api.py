@@ -254,15 +254,14 @@ def test_cancel_a_pending_task_drops_it_unless_a_dependent_needs_it(ex, gates, t
     # More blockers than the workers queue ahead: later tasks wait at the center.
     blockers = [ex.submit(gated, gate, i, pure=False) for i in range(110)]
     marker = str(tmp_path / "target-ran")
-    # (below the blockers' priority: whatever blocks a batch is dealt in, the
-    # target goes to a worker after every blocker)
+    # (below the blockers' priority: however its submit is batched with theirs
+    # and dealt in blocks, the target goes to a worker only after every blocker)
     target = ex.submit(touch, marker, pure=False, priority=-1)
     needed = ex.submit(inc, 41, pure=False)
     dependent = ex.submit(inc, needed)
     with cancelled_at_exit([dependent]):
         # Dispatch goes by priority, so once any task waits at the center, the
-        # target is one of them: a worker would run it even if released once
-        # handed to its threads.
+        # target is one of them.
         wait_for(lambda: ex.scheduler_info()["tasks"].get("ready", 0) >= 1,
                  message="no task waits at the center")
 

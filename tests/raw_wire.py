@@ -33,7 +33,7 @@ def _in_order(cls: Any, fields: dict[str, Any]) -> list[Any]:
                 break
             values.append(cls._field_defaults[name])
             continue
-        value, item_cls = fields[name], _item_class(hints[name])
+        value, item_cls = fields[name], item_class(hints[name])
         if item_cls is not None and isinstance(value, list):
             value = [_in_order(item_cls, item) if isinstance(item, dict) else item
                      for item in value]
@@ -41,7 +41,7 @@ def _in_order(cls: Any, fields: dict[str, Any]) -> list[Any]:
     return values
 
 
-def _item_class(hint: Any) -> Any:
+def item_class(hint: Any) -> Any:
     if get_origin(hint) is Union:
         hint = get_args(hint)[0]
     args = get_args(hint)
@@ -58,7 +58,7 @@ def kind_of(hint: Any) -> Any:
         return hint
     if hint is float:
         return (int, float)
-    item_cls = _item_class(hint)
+    item_cls = item_class(hint)
     if item_cls is not None:
         return ("items", schema_of(item_cls))
     if get_origin(hint) is list:

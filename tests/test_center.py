@@ -14,8 +14,7 @@ import pytest
 from raw_peer import REGISTER_WORKER, CenterUnderTest, h
 
 from zfutures.center import CLIENT, NANNY, OPS, UNREGISTERED, WORKER, asks_to_register
-from zfutures.messages import MESSAGES, Synced
-from zfutures.messages import OPS as OP_NAMES
+from zfutures.messages import MESSAGES, OP_NAMES, Synced
 from zfutures.protocol import PROTOCOL_VERSION
 
 C, W, N, X = b"client", b"worker", b"nanny", b"stranger"

@@ -102,7 +102,7 @@ def build(cls: Any, fields: dict) -> Any:
     for field, value in fields.items():
         kind = hints[field]
         if isinstance(kind, tuple) and kind[0] == "items":
-            item_cls = raw_wire._item_class(get_type_hints(cls)[field])
+            item_cls = raw_wire.item_class(get_type_hints(cls)[field])
             value = [build(item_cls, item) for item in value]
         made[field] = value
     return cls(**made)
@@ -117,7 +117,7 @@ def test_every_op_round_trips_through_encode_and_decode(op):
 
 def test_every_op_has_its_own_class():
     assert len(set(MESSAGES.values())) == len(MESSAGES)
-    assert all(messages.OPS[cls] == op for op, cls in MESSAGES.items())
+    assert all(messages.OP_NAMES[cls] == op for op, cls in MESSAGES.items())
 
 
 def test_decode_accepts_a_memoryview():

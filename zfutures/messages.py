@@ -26,7 +26,7 @@ from typing import Any, Callable, NamedTuple, Optional, TypeVar
 #: The class of every op, by the name that travels on the wire.
 MESSAGES: dict[str, type] = {}
 #: The name of every message class, on the wire.
-OPS: dict[type, str] = {}
+OP_NAMES: dict[type, str] = {}
 
 _M = TypeVar("_M", bound=type)
 
@@ -35,14 +35,14 @@ def message(op: str) -> Callable[[_M], _M]:
     """Register the class below as the message of ``op``."""
     def register(cls: _M) -> _M:
         MESSAGES[op] = cls
-        OPS[cls] = op
+        OP_NAMES[cls] = op
         return cls
     return register
 
 
 def op_of(msg: Any) -> str:
     """The op name of a message instance."""
-    return OPS[type(msg)]
+    return OP_NAMES[type(msg)]
 
 
 # ---------------------------------------------------------------- items

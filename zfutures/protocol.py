@@ -32,7 +32,7 @@ from typing import Any, Protocol, TypeVar, Union, get_args, get_origin, get_type
 import msgpack
 
 from .errors import ProtocolError
-from .messages import MESSAGES, OPS
+from .messages import MESSAGES, OP_NAMES
 
 #: Payload frames: bytes, memoryviews or zmq Frames, in order.
 Frames = list[Any]
@@ -83,7 +83,7 @@ def encode_message(msg: Any, frames: Sequence[Any] = ()) -> Frames:
     >>> encode_message(Release(["x"]))
     [b'\\x94\\xa7release\\xc0\\xc0\\x91\\xa1x']
     """
-    op = OPS[type(msg)]
+    op = OP_NAMES[type(msg)]
     if not frames:
         return [_pack([op, None, None, *msg])]
     sizes = [memoryview(frame).nbytes for frame in frames]

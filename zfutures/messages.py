@@ -109,6 +109,10 @@ class DoneItem(NamedTuple):
     answered: bool = False
     #: seconds it ran
     duration: Optional[float] = None
+    #: when it started, by the worker's wall clock (time.time()), and the
+    #: worker's thread that ran it, numbered from 0 (for the task stream)
+    start: Optional[float] = None
+    thread: Optional[int] = None
 
 
 class FailedItem(NamedTuple):
@@ -118,6 +122,10 @@ class FailedItem(NamedTuple):
     run: int
     nframes: int = 0
     direct: bool = False
+    #: as for DoneItem: when it started, how long it ran, and on which thread
+    start: Optional[float] = None
+    duration: Optional[float] = None
+    thread: Optional[int] = None
 
 
 class KeyAdded(NamedTuple):
@@ -125,6 +133,11 @@ class KeyAdded(NamedTuple):
 
     key: str
     nbytes: int
+    #: the worker it came from, and when the transfer started and ended
+    #: (the receiver's wall clock): the dashboard draws it
+    source: Optional[str] = None
+    start: Optional[float] = None
+    stop: Optional[float] = None
 
 
 class AcquireItem(NamedTuple):
@@ -176,6 +189,67 @@ class OfferedItem(NamedTuple):
     remote: Optional[list[list[int]]] = None
 
 
+class GroupCounts(NamedTuple):
+    """A task group's tasks by state, and its totals so far (see "events")."""
+
+    group: str
+    waiting: int
+    ready: int
+    processing: int
+    memory: int
+    erred: int
+    released: int
+    #: runs that finished, runs that raised, and the seconds the finished ran,
+    #: since the center started (they only grow)
+    finished: int
+    failed: int
+    seconds: float
+
+
+class WorkerStats(NamedTuple):
+    """One worker as the center last heard of it (see "events")."""
+
+    address: str
+    name: str
+    nthreads: int
+    #: the process's memory (its own report), the bytes of results it holds
+    #: (the center's count), and its limit (0: none)
+    memory: int
+    managed: int
+    memory_limit: int
+    #: percent of one core its process used lately
+    cpu: float
+    executing: int
+    queued: int
+    keys: int
+    paused: bool
+    #: seconds since the center last heard from it
+    silent: float
+
+
+class TaskRun(NamedTuple):
+    """One run of a task on a worker thread: a bar of the task stream."""
+
+    key: str
+    worker: str
+    thread: int
+    #: the worker's wall clock
+    start: float
+    stop: float
+    ok: bool
+
+
+class Transfer(NamedTuple):
+    """A key copied from one worker to another, for a task of the receiver's."""
+
+    key: str
+    source: str
+    target: str
+    nbytes: int
+    start: float
+    stop: float
+
+
 # ---------------------------------------------------------------- client -> center
 
 @message("register-client")
@@ -224,6 +298,20 @@ class HasWhat(NamedTuple):
 @message("close-client")
 class CloseClient(NamedTuple):
     pass
+
+
+@message("watch")
+class Watch(NamedTuple):
+    """Send me "events" once per tick from now on, with every task run and
+    transfer too if ``stream`` (the task stream costs the center more: ask
+    only while someone looks). Watch again to change ``stream``."""
+
+    stream: bool = False
+
+
+@message("unwatch")
+class Unwatch(NamedTuple):
+    """No more "events" for me."""
 
 
 # ---------------------------------------------------------------- worker -> center
@@ -332,6 +420,8 @@ class Welcome(NamedTuple):
     max_message_size: Optional[int] = None
     #: the center's own address, as it bound it (to a client)
     address: Optional[str] = None
+    #: the link to its dashboard's /status page, if it has one (to a client)
+    dashboard: Optional[str] = None
 
 
 @message("compute")
@@ -390,6 +480,29 @@ class Reply(NamedTuple):
     result: Any
 
 
+@message("events")
+class Events(NamedTuple):
+    """What changed at the center since the last "events", to a watcher.
+
+    Counts are whole values, not increments: a watcher that missed a
+    message (a slow one, whose messages the center dropped) is right again
+    with the next. ``runs`` and ``transfers`` come only to a watcher that
+    asked for the stream, and each only once.
+    """
+
+    #: the center's wall clock (time.time()) when sent
+    time: float
+    #: the task groups whose counts changed (a group is a key up to its last "-")
+    groups: list[GroupCounts]
+    #: every worker, as the center last heard of it
+    workers: list[WorkerStats]
+    runs: list[TaskRun]
+    transfers: list[Transfer]
+    #: the center's own totals since it started: "messages" handled,
+    #: "transfer_bytes" moved between workers, "tasks" submitted
+    counters: dict[str, int]
+
+
 @message("direct-accepted")
 class DirectAccepted(NamedTuple):
     """The center counts these keys' direct runs as theirs; sent when the
@@ -426,7 +539,10 @@ class Closing(NamedTuple):
 
 @message("heartbeat")
 class Heartbeat(NamedTuple):
-    pass
+    #: from a worker: its process's memory (bytes) and CPU (percent of one
+    #: core) lately, for the dashboard
+    memory: Optional[int] = None
+    cpu: Optional[float] = None
 
 
 # ---------------------------------------------------------------- data server

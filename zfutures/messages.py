@@ -314,6 +314,15 @@ class Unwatch(NamedTuple):
     """No more "events" for me."""
 
 
+@message("describe-key")
+class DescribeKey(NamedTuple):
+    """What the center knows of one key, for the dashboard's page of it: a
+    "reply" with a dict (None if the center does not know the key)."""
+
+    id: int
+    key: str
+
+
 # ---------------------------------------------------------------- worker -> center
 
 @message("register-worker")

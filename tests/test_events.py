@@ -167,3 +167,28 @@ def test_a_watcher_that_reads_nothing_never_holds_the_center_up(processes, tmp_p
         watcher.close()
         ex.shutdown()
         context.term()
+
+
+def test_the_center_describes_a_key_and_gives_its_dashboard_link_to_clients():
+    from raw_peer import CenterUnderTest
+
+    under = CenterUnderTest()
+    try:
+        center = under.center
+        center.dashboard_link = "http://127.0.0.1:8788/status?token=t"
+        under.send_op(b"c", "register-client", protocol=PROTOCOL_VERSION, name="me")
+        (welcome,) = [msg for _, op, msg in under.sent if op == "welcome"]
+        assert welcome.dashboard == center.dashboard_link
+        under.send_op(b"c", "scheduler-info", id=1)
+        under.send_op(b"c", "describe-key", id=2, key="nope")
+        replies = {msg.id: msg.result for _, op, msg in under.sent if op == "reply"}
+        assert replies[1]["dashboard"] == center.dashboard_link and replies[2] is None
+        under.send_op(b"w", "watch", stream=True)  # (not a client: dropped)
+        assert center.watchers == {}
+        under.send_op(b"c", "watch", stream=False)
+        assert center.watchers == {b"c": False} and center.scheduler.observer is not None
+        under.send_op(b"c", "close-client")  # a watcher that goes stops watching
+        assert center.watchers == {} and center.scheduler.observer is None
+        assert center.messages == 6
+    finally:
+        under.close()

@@ -112,18 +112,39 @@ class Sim:
             frames.extend(payload)
         self.s.submit(client, items, frames)
 
-    def finish(self, key: str, worker: bytes | None = None, nbytes: int = 8) -> None:
-        """The worker running ``key`` (or ``worker``) finished its current run."""
+    def finish(self, key: str, worker: bytes | None = None, nbytes: int = 8,
+               **report) -> None:
+        """The worker running ``key`` (or ``worker``) finished its current run;
+        ``report``: more fields of its DoneItem (duration, start, thread)."""
         if worker is None:
             worker = self.s.tasks[key].processing_on.ident
-        self.s.task_finished(worker, DoneItem(key, nbytes, self.s.tasks[key].run))
+        self.s.task_finished(worker, DoneItem(key, nbytes, self.s.tasks[key].run, **report))
 
-    def err(self, key: str, exc: BaseException) -> list:
-        """The worker running ``key`` reports that its current run raised ``exc``."""
+    def err(self, key: str, exc: BaseException, **report) -> list:
+        """The worker running ``key`` reports that its current run raised
+        ``exc``; ``report``: more fields of its FailedItem."""
         frames = error_frames(exc)
         ts = self.s.tasks[key]
-        self.s.task_erred(ts.processing_on.ident, FailedItem(key, ts.run, len(frames)), frames)
+        self.s.task_erred(ts.processing_on.ident,
+                          FailedItem(key, ts.run, len(frames), **report), frames)
         return frames
+
+    def recount(self) -> dict[str, dict[str, int]]:
+        """The tasks by group and state, counted anew (states with none left
+        out): what an Observer's counts must equal."""
+        counts: dict[str, dict[str, int]] = {}
+        for ts in self.s.tasks.values():
+            group = counts.setdefault(ts.group, {})
+            group[ts.state] = group.get(ts.state, 0) + 1
+        return counts
+
+    def observed(self) -> dict[str, dict[str, int]]:
+        """The Observer's counts, as :meth:`recount` lays them out."""
+        observer = self.s.observer
+        assert observer is not None
+        return {name: {state: n for state, n in group.counts.items() if n}
+                for name, group in observer.groups.items()
+                if any(group.counts.values())}
 
     def state(self, key: str) -> str:
         return self.s.tasks[key].state

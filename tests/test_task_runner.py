@@ -54,22 +54,27 @@ def _send_result_task(fn, *args) -> Task:
 
 
 def test_a_small_result_a_client_waits_for_is_pickled_to_travel_with_its_completion():
-    key, value, nbytes, _, error, pickled = run_task(_send_result_task(sum, [1, 2, 3]), {})
+    before = time.time()
+    key, value, nbytes, duration, error, pickled, start, slot = run_task(
+        _send_result_task(sum, [1, 2, 3]), {}, 1)
     assert (key, value, error) == ("k", 6, None)
     assert loads(pickled) == 6
+    # when it started (the wall clock) and on which thread: the task stream
+    assert before <= start <= time.time() and duration >= 0 and slot == 1
 
 
 def test_a_big_result_never_travels_with_its_completion_even_when_well_hidden():
     # in a tuple (sizeof sees it), then in an object (only pickling shows it)
-    *_, nbytes, _, _, pickled = run_task(_send_result_task(tuple, [np.zeros(10**6), "label"]), {})
+    _, _, nbytes, _, _, pickled, _, _ = run_task(
+        _send_result_task(tuple, [np.zeros(10**6), "label"]), {})
     assert nbytes >= 8 * 10**6 and pickled is None
-    *_, pickled = run_task(_send_result_task(_make_holder, 4 * SEND_RESULT_LIMIT), {})
+    pickled = run_task(_send_result_task(_make_holder, 4 * SEND_RESULT_LIMIT), {})[5]
     assert pickled is None
 
 
 def test_a_failing_task_returns_its_error_and_no_value():
-    key, value, nbytes, _, error, pickled = run_task(_send_result_task(int, "x"), {})
-    assert (key, value, nbytes, pickled) == ("k", None, 0, None) and error
+    key, value, nbytes, _, error, pickled, start, _ = run_task(_send_result_task(int, "x"), {})
+    assert (key, value, nbytes, pickled) == ("k", None, 0, None) and error and start > 0
 
 
 # ----------------------------------------------------------------------------- task threads

@@ -130,8 +130,10 @@ def test_data_received_stores_inputs_reports_them_and_starts_the_task():
     assert task.key == "t"
     assert w.inputs_of(task) == {"a": "A", "b": "B"}
     assert w.nbytes == {"a": 100, "b": 200}
-    # The center tracks every copy: each fetched input is reported with its size.
-    assert sorted(reports(w)) == [(KeyAdded("a", 100), []), (KeyAdded("b", 200), [])]
+    # The center tracks every copy: each fetched input is reported with its
+    # size, where it came from, and when it was asked for and arrived.
+    assert sorted(reports(w)) == [(KeyAdded("a", 100, P1, 0.0, 1.0), []),
+                                  (KeyAdded("b", 200, P2, 0.0, 1.0), [])]
 
 
 # --------------------------------------------------------------------------- threads
@@ -167,12 +169,43 @@ def test_finished_task_keeps_its_result_and_reports_it_to_the_center():
     assert "x" not in w.tasks and w.executing == set()
 
 
+def test_a_finished_task_says_when_it_started_and_on_which_thread():
+    # (for the center's task stream: the wall clock, and the slot 0..nthreads-1)
+    w = make(nthreads=2)
+    compute(w, "x")
+    executed(w)
+    w.task_done("x", value=42, nbytes=28, duration=0.5, start=1_700_000_000.0, thread=1)
+    (report, _), = reports(w)
+    assert (report.start, report.duration, report.thread) == (1_700_000_000.0, 0.5, 1)
+
+
+def test_a_fetched_input_is_reported_as_a_transfer_on_the_wall_clock():
+    w = make()
+    w.wall_offset = 1_700_000_000.0  # (the shell's: time.time() - time.monotonic())
+    compute(w, "t", {"a": [P1]}, now=3.0)
+    ((request_id, _, _),) = fetches(w)
+    w.data_received(request_id, {"a": "A"}, {"a": 64}, now=3.5)
+    (report, _), = reports(w)
+    assert report == KeyAdded("a", 64, P1, 1_700_000_003.0, 1_700_000_003.5)
+
+
+def test_a_request_read_from_a_peers_memory_keeps_when_it_was_made():
+    w = make()
+    compute(w, "t", {"a": [P1]}, now=3.0)
+    ((request_id, _, _),) = fetches(w)
+    w.extend_request(request_id, until=50.0)
+    w.data_received(request_id, {"a": "A"}, {"a": 64}, now=4.0)
+    (report, _), = reports(w)
+    assert (report.start, report.stop) == (3.0, 4.0)
+
+
 def test_failed_task_reports_its_exception_frames_and_keeps_no_data():
     w = make()
     compute(w, "x")
     executed(w)
-    w.task_done("x", error=[b"pickled exception"])
-    assert reports(w) == [(FailedItem("x", RUN, nframes=1), [b"pickled exception"])]
+    w.task_done("x", error=[b"pickled exception"], duration=0.5, start=10.0, thread=0)
+    assert reports(w) == [(FailedItem("x", RUN, 1, False, 10.0, 0.5, 0),
+                           [b"pickled exception"])]
     assert "x" not in w.data
 
 
@@ -235,7 +268,7 @@ def test_a_peer_that_left_is_asked_nothing_more_and_its_requests_go_elsewhere_at
     assert all(type(report) is MissingData for report, _ in reported)
     assert sorted((report.key, report.missing) for report, _ in reported) == \
         [("t", ["a"]), ("u", ["b"])]
-    assert [peer for peer, _, _ in w.fetching.requests.values()] == [P3]  # (left alone)
+    assert [peer for peer, *_ in w.fetching.requests.values()] == [P3]  # (left alone)
 
 
 def test_timeout_of_one_request_leaves_other_requests_alone():
@@ -280,7 +313,7 @@ def test_an_input_asked_for_a_task_given_up_still_comes_and_is_kept():
     assert reports(w) == [(MissingData("t", ["b"], RUN, [P2]), [])]
     assert "t" not in w.tasks and "a" in w.fetching.fetches
     w.data_received(requests[P1], {"a": "A"}, {"a": 8}, now=2.0)
-    assert w.data == {"a": "A"} and reports(w) == [(KeyAdded("a", 8), [])]
+    assert w.data == {"a": "A"} and reports(w) == [(KeyAdded("a", 8, P1, 0.0, 2.0), [])]
 
 
 def test_a_request_being_read_gets_more_time_and_never_less():
@@ -322,10 +355,10 @@ def test_a_key_to_acquire_is_fetched_from_its_holders_and_said_to_be_here():
     ((request_id, peer, keys),) = fetches(w)
     assert (peer, keys) == (P1, ["a"])
     w.data_received(request_id, {"a": "A"}, {"a": 8}, now=1.0)
-    assert reports(w) == [(KeyAdded("a", 8), [])] and w.data == {"a": "A"}
+    assert reports(w) == [(KeyAdded("a", 8, P1, 0.0, 1.0), [])] and w.data == {"a": "A"}
     assert executed(w) == []
     w.acquire(AcquireItem("a", [P2]), now=2.0)       # held already: said so at once
-    assert fetches(w) == [] and reports(w) == [(KeyAdded("a", 8), [])]
+    assert fetches(w) == [] and reports(w) == [(KeyAdded("a", 8), [])]  # (no copy)
 
 
 def test_a_key_to_acquire_stays_wanted_when_a_task_that_also_waited_for_it_goes():
@@ -337,7 +370,7 @@ def test_a_key_to_acquire_stays_wanted_when_a_task_that_also_waited_for_it_goes(
     w.release(["t"])                      # ... and is released
     w.data_received(request_id, {"a": "A"}, {"a": 8}, now=1.0)
     assert w.data == {"a": "A"}
-    assert (KeyAdded("a", 8), []) in reports(w)
+    assert (KeyAdded("a", 8, P1, 0.0, 1.0), []) in reports(w)
 
 
 # --------------------------------------------------------------------------- release
@@ -931,7 +964,8 @@ def test_a_direct_tasks_error_goes_to_the_center_only():
     w.run_direct(RunTask("x", DIRECT), [b"payload"], CLIENT, now=0.0)
     w.task_done("x", error=[b"exception"])
     assert w.to_clients == []
-    assert reports(w) == [(FailedItem("x", DIRECT, nframes=1, direct=True), [b"exception"])]
+    assert reports(w) == [(FailedItem("x", DIRECT, nframes=1, direct=True, duration=0.0),
+                           [b"exception"])]
 
 
 def test_a_direct_task_still_running_is_announced_once_at_the_next_check():

@@ -32,6 +32,7 @@ from .loop import SLICE, ListeningClock, Waker, receive, send_frames
 from .messages import (
     CloseClient,
     Closing,
+    DescribeKey,
     HasWhat,
     Heartbeat,
     KeysAdded,
@@ -54,7 +55,9 @@ from .messages import (
     TaskRefused,
     TaskSeceded,
     Unregister,
+    Unwatch,
     UpdateData,
+    Watch,
     Welcome,
     WhoHas,
     WorkerDied,
@@ -62,6 +65,7 @@ from .messages import (
 )
 from .processes import release_free_memory
 from .scheduler import Scheduler
+from .scheduler.observe import EVENTS_INTERVAL
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +179,16 @@ class Center:
         self.dropped = RateLimitedLog(logger)
         self._stopping = False
         self._next_sweep = time.monotonic() + DIRECT_SWEEP
+        #: The link to the dashboard's /status page, set by the command that
+        #: started one; told to clients in their welcome and in scheduler_info.
+        self.dashboard_link: str | None = None
+        # Clients that watch (see _send_events): ident -> whether they want
+        # the stream of task runs; those that have not had an events yet.
+        self.watchers: dict[bytes, bool] = {}
+        self._new_watchers: set[bytes] = set()
+        self._next_events = 0.0
+        #: Messages handled since the center started (for watchers).
+        self.messages = 0
 
     # ------------------------------------------------------------------ life cycle
 
@@ -189,7 +203,8 @@ class Center:
             while not self._stopping:
                 now = time.monotonic()
                 self.listening.polling(now)
-                wait = 0.0 if self.scheduler.garbage_pending else max(0.0, next_tick - now)
+                due = min(next_tick, self._next_events) if self.watchers else next_tick
+                wait = 0.0 if self.scheduler.garbage_pending else max(0.0, due - now)
                 events = dict(poller.poll(int(1000 * wait)))  # (whole ms, as pyzmq would)
                 self.listening.working(time.monotonic())
                 if self.socket in events:
@@ -204,6 +219,9 @@ class Center:
                 if now >= next_tick:
                     self._tick(now)
                     next_tick = now + self.heartbeat_interval
+                if self.watchers and now >= self._next_events:
+                    self._next_events = now + EVENTS_INTERVAL
+                    self._send_events(now)
                 self._flush()
         finally:
             self._say_closing()
@@ -243,6 +261,7 @@ class Center:
                 return
 
     def _handle(self, frames: list) -> None:
+        self.messages += 1
         ident = frames[0].bytes
         if len(frames) < 2:
             self.dropped.warning("dropped a message without a header")
@@ -297,7 +316,7 @@ class Center:
         self.scheduler.add_client(ident, msg.name)
         self._send(ident, Welcome(protocol=protocol.PROTOCOL_VERSION,
                                   max_message_size=self.max_message_size,
-                                  address=self.address))
+                                  address=self.address, dashboard=self.dashboard_link))
 
     def _register_worker(self, ident: bytes, msg: RegisterWorker, frames: list) -> None:
         if not self._check_protocol(ident, msg.protocol):
@@ -392,7 +411,10 @@ class Center:
         self.scheduler.sync(ident, msg.keys)
 
     def _heartbeat(self, ident: bytes, msg: Heartbeat, frames: list) -> None:
-        """Nothing to do: any message a peer sends tells it is alive."""
+        """Any message a peer sends tells it is alive; a worker's heartbeat
+        also says how much memory and CPU its process uses."""
+        if msg.memory is not None or msg.cpu is not None:
+            self.scheduler.worker_heartbeat(ident, msg.memory, msg.cpu)
 
     def _who_has(self, ident: bytes, msg: WhoHas, frames: list) -> None:
         self._send(ident, Reply(msg.id, self.scheduler.who_has(msg.keys)))
@@ -400,10 +422,62 @@ class Center:
     def _scheduler_info(self, ident: bytes, msg: SchedulerInfo, frames: list) -> None:
         info = self.scheduler.info()
         info["address"] = self.address
+        info["dashboard"] = self.dashboard_link
         self._send(ident, Reply(msg.id, info))
 
     def _has_what(self, ident: bytes, msg: HasWhat, frames: list) -> None:
         self._send(ident, Reply(msg.id, self.scheduler.has_what()))
+
+    def _describe_key(self, ident: bytes, msg: DescribeKey, frames: list) -> None:
+        self._send(ident, Reply(msg.id, self.scheduler.describe_key(msg.key)))
+
+    # ------------------------------------------------------------------ watchers
+
+    def _watch(self, ident: bytes, msg: Watch, frames: list) -> None:
+        """A client watches: it is sent ``events`` from the next tick on, the
+        first with every task group."""
+        self.watchers[ident] = bool(msg.stream)
+        self._new_watchers.add(ident)
+        self._watched()
+
+    def _unwatch(self, ident: bytes, msg: Unwatch, frames: list) -> None:
+        if self.watchers.pop(ident, None) is not None:
+            self._new_watchers.discard(ident)
+            self._watched()
+
+    def _watched(self) -> None:
+        """The watchers changed: the scheduler observes while there are any,
+        and records the task stream while one of them wants it."""
+        if self.watchers:
+            self.scheduler.watch(stream=any(self.watchers.values()))
+        else:
+            self.scheduler.unwatch()
+
+    def _send_events(self, now: float) -> None:
+        """Tell the watchers what changed since the last tick (see
+        messages.Events): the task stream only to those that asked for it."""
+        observer = self.scheduler.observer
+        if observer is None:
+            return
+        listened = self.listening.time(now)
+        peers = self.peers
+        silent = {ident: max(0.0, listened - peers[ident].last_heard)
+                  for ident in self.scheduler.workers if ident in peers}
+        counters = {"messages": self.messages,
+                    "transfer_bytes": self.scheduler.transfer_bytes,
+                    "tasks": self.scheduler.submitted_tasks}
+        new = self._new_watchers
+        events = observer.take(time.time(), self.scheduler.workers.values(), silent, counters,
+                               force=bool(new))
+        if events is None:
+            return
+        everything = events._replace(groups=observer.all_groups()) if new else events
+        for ident, stream in self.watchers.items():
+            msg = everything if ident in new else events
+            if not stream and (msg.runs or msg.transfers):
+                msg = msg._replace(runs=[], transfers=[])
+            self._send(ident, msg)
+        new.clear()
 
     def _goodbye(self, ident: bytes, msg: CloseClient | Unregister, frames: list) -> None:
         """A client closes, or a worker leaves: it is forgotten at once."""
@@ -413,6 +487,8 @@ class Center:
         peer = self.peers.pop(ident, None)
         if peer is None:
             return
+        if ident in self.watchers:
+            self._unwatch(ident, Unwatch(), [])
         if peer.role == WORKER:
             ws = self.scheduler.workers.get(ident)
             logger.info("worker %s left", ws.address if ws else ident)
@@ -514,6 +590,9 @@ OPS: dict[type, Op] = {
     WhoHas: Op(Center._who_has, (CLIENT,), reregister=True),
     SchedulerInfo: Op(Center._scheduler_info, (CLIENT,), reregister=True),
     HasWhat: Op(Center._has_what, (CLIENT,), reregister=True),
+    DescribeKey: Op(Center._describe_key, (CLIENT,), reregister=True),
+    Watch: Op(Center._watch, (CLIENT,), reregister=True),
+    Unwatch: Op(Center._unwatch, (CLIENT,)),
     CloseClient: Op(Center._goodbye, (CLIENT,)),
     # worker -> center
     TaskFinished: Op(Center._task_finished, (WORKER,), reregister=True),

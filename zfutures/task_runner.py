@@ -16,6 +16,11 @@ on a task thread.
 
 A task that waits on futures secedes (context.secede): its thread slot goes
 to the next task, and a new task thread takes the slot.
+
+Each run is reported with when it started (wall clock) and its thread's
+slot, numbered 0 to nthreads - 1, for the center's task stream: a thread
+that takes a seceded thread's slot takes its number too, and a run on the
+loop thread counts as slot 0 (it runs only while no task thread works).
 """
 from __future__ import annotations
 
@@ -50,8 +55,12 @@ STANDBY_IDLE = 0.5
 _functions: dict[Any, Any] = {}
 
 #: What a task thread hands back: (key, value, nbytes, duration, error frames,
-#: pickled value or None), the arguments of WorkerState.task_done.
-Result = tuple[str, Any, int, float, Optional[Frames], Optional[Frames]]
+#: pickled value or None, start on the wall clock, thread slot), the
+#: arguments of WorkerState.task_done.
+Result = tuple[str, Any, int, float, Optional[Frames], Optional[Frames], float, int]
+
+#: The slot of a run on the loop thread (see the module's docstring).
+LOOP_SLOT = 0
 
 # User code may raise any BaseException where a worker pickles, unpickles or
 # measures a value (a __reduce__ that raises SystemExit): on a task thread it
@@ -60,15 +69,17 @@ Result = tuple[str, Any, int, float, Optional[Frames], Optional[Frames]]
 # BaseException met there is user code's, and caught as an error of the value.
 
 
-def run_task(task: Task, inputs: dict[str, Any]) -> Result:
-    """Unpickle and run one task:
-    ``(key, value, nbytes, duration, error frames, pickled value or None)``."""
+def run_task(task: Task, inputs: dict[str, Any], slot: int = 0) -> Result:
+    """Unpickle and run one task, on thread ``slot``: ``(key, value, nbytes,
+    duration, error frames, pickled value or None, start, slot)``."""
+    wall = time.time()
     start = time.perf_counter()
     try:
         fn, args, kwargs = serialize.loads_task(task.payload, inputs, _functions)
         value = fn(*args, **kwargs)
     except BaseException as exc:  # noqa: B036 - a task's failure must reach its future
-        return task.key, None, 0, time.perf_counter() - start, pickle_exception(exc), None
+        return (task.key, None, 0, time.perf_counter() - start, pickle_exception(exc), None,
+                wall, slot)
     duration = time.perf_counter() - start
     try:
         nbytes = serialize.sizeof(value)
@@ -84,7 +95,7 @@ def run_task(task: Task, inputs: dict[str, Any]) -> Result:
         # here, never carried through the center.
         if pickled is not None and serialize.frames_nbytes(pickled) > SEND_RESULT_LIMIT:
             pickled = None
-    return task.key, value, nbytes, duration, None, pickled
+    return task.key, value, nbytes, duration, None, pickled, wall, slot
 
 
 class LoopMoved(Exception):
@@ -113,6 +124,7 @@ class TaskRunner:
         #: Tasks for the task threads, with their inputs; None ends a thread.
         self.work: queue.SimpleQueue[tuple[Task, dict[str, Any]] | None] = queue.SimpleQueue()
         self.threads: list[threading.Thread] = []
+        self._local = threading.local()  # a task thread's slot
         # Loop runs. The lock orders a run's end with the standby's takeover,
         # and hands the sockets over safely.
         self._lock = threading.Lock()
@@ -129,8 +141,8 @@ class TaskRunner:
 
     def start(self) -> None:
         """Start the task threads."""
-        for _ in range(self.nthreads):
-            self._start_thread()
+        for slot in range(self.nthreads):
+            self._start_thread(slot)
 
     def stop(self) -> None:
         """End each task thread once it is done with its task."""
@@ -151,13 +163,14 @@ class TaskRunner:
             put((task, inputs_of(task)))
         state.to_execute.clear()
 
-    def _start_thread(self) -> None:
-        thread = threading.Thread(target=self._task_thread, daemon=True,
+    def _start_thread(self, slot: int) -> None:
+        thread = threading.Thread(target=self._task_thread, args=(slot,), daemon=True,
                                   name=f"zfutures-task-{len(self.threads)}")
         self.threads.append(thread)
         thread.start()
 
-    def _task_thread(self) -> None:
+    def _task_thread(self, slot: int) -> None:
+        self._local.slot = slot
         work, task_done, owner = self.work, self.state.task_done, self.owner
         while True:
             job = work.get()
@@ -169,7 +182,7 @@ class TaskRunner:
                 del job, task
                 continue
             context.enter_task(owner, task.key)
-            result = run_task(*job)
+            result = run_task(job[0], job[1], slot)
             seceded = context.leave_task()
             self.call_soon(task_done, *result)
             # Hold nothing while waiting for the next job: the inputs and the
@@ -188,12 +201,13 @@ class TaskRunner:
 
     def secede(self, key: str) -> None:
         """Called from the thread running ``key``, which waits on futures."""
-        self.call_soon(self._secede, key, key not in self._off_pool)
+        self.call_soon(self._secede, key, key not in self._off_pool,
+                       getattr(self._local, "slot", LOOP_SLOT))
 
-    def _secede(self, key: str, on_task_thread: bool = True) -> None:
+    def _secede(self, key: str, on_task_thread: bool = True, slot: int = LOOP_SLOT) -> None:
         self.state.secede(key)  # (its report goes with the loop's next flush)
         if on_task_thread:  # (a task on the loop thread took no task thread)
-            self._start_thread()  # takes the slot; the seceded thread ends with its task
+            self._start_thread(slot)  # takes the slot; the seceded thread ends with its task
 
     # ------------------------------------------------------------------ loop runs
 
@@ -222,7 +236,7 @@ class TaskRunner:
             if not self._standby_wake.is_set():
                 self._standby_wake.set()
         context.enter_task(self.owner, task.key)
-        result = run_task(task, inputs)
+        result = run_task(task, inputs, LOOP_SLOT)
         context.leave_task()  # (seceded or not, this thread goes on)
         with self._lock:
             self._off_pool.discard(task.key)

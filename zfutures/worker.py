@@ -16,6 +16,7 @@ only waits, so signals reach it at once.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -81,6 +82,26 @@ _BATCHED: dict[type, Callable[[list[Any]], Any]] = {
     DoneItem: TaskFinished, FailedItem: TaskErred, KeyAdded: KeysAdded}
 
 
+class CpuMeter:
+    """This process's CPU use between two readings, in percent of one core."""
+
+    def __init__(self) -> None:
+        self._last = (time.monotonic(), self._used())
+
+    @staticmethod
+    def _used() -> float:
+        times = os.times()
+        return times.user + times.system
+
+    def percent(self, now: float) -> float:
+        """Since the last reading (``now``: time.monotonic())."""
+        used = self._used()
+        then, before = self._last
+        self._last = (now, used)
+        elapsed = now - then
+        return round(100.0 * max(0.0, used - before) / elapsed, 1) if elapsed > 0 else 0.0
+
+
 class Worker:
     """Serve tasks for the center at ``center_address`` until :meth:`stop`.
 
@@ -139,7 +160,10 @@ class Worker:
         self.registered = False
         self._stopping = False
         self._leave_requested = False
-        self._last_sent = self._last_heard = self._next_timeout_check = 0.0
+        self._last_heard = self._next_timeout_check = 0.0
+        self._last_heartbeat = 0.0  # sent every interval, busy or not (see _heartbeat)
+        self.cpu = CpuMeter()
+        self.state.wall_offset = time.time() - time.monotonic()
         # The center is silent for the time this loop could have heard it:
         # its own stretches of work past a heartbeat interval do not count.
         self.listening = ListeningClock(heartbeat_interval, time.monotonic())
@@ -246,7 +270,7 @@ class Worker:
 
     def _loop_once(self) -> None:
         now = time.monotonic()
-        timeout_ms = max(0, int(1000 * (self._last_sent + self.heartbeat_interval - now)))
+        timeout_ms = max(0, int(1000 * (self._last_heartbeat + self.heartbeat_interval - now)))
         held_until = self.state.held_until
         if held_until is not None:  # (+1: poll's milliseconds must not round to 0)
             timeout_ms = min(timeout_ms, max(0, int(1000 * (held_until - now)) + 1))
@@ -283,10 +307,18 @@ class Worker:
             logger.warning("no word from the center at %s for %.1fs; reconnecting",
                            self.center_address, silent)
             self._connect()
-        elif now - self._last_sent >= self.heartbeat_interval:
-            self._send_center(Heartbeat())
+        elif now - self._last_heartbeat >= self.heartbeat_interval:
+            self._heartbeat(now)
         if self.runner.job is not None:  # (a lone task set aside for this thread)
             self.runner.run_set_aside(self._flush)
+
+    def _heartbeat(self, now: float) -> None:
+        """Every heartbeat interval, busy or not: the center hears this worker
+        is alive, and how much memory and CPU its process uses (a few bytes)."""
+        self._last_heartbeat = now
+        # (the wall clock may have been set meanwhile: transfers' times follow it)
+        self.state.wall_offset = time.time() - now
+        self._send_center(Heartbeat(own_rss(), self.cpu.percent(now)))
 
     def _take_inbox(self, until: float) -> None:
         """Make the calls other threads asked for, until the slice is over."""
@@ -428,4 +460,3 @@ class Worker:
         assert self.center is not None  # (connected before the loop starts)
         send(self.center, protocol.encode_message(msg, frames or ()), dropped,
              f"{op_of(msg)!r} to the center")
-        self._last_sent = time.monotonic()

@@ -265,7 +265,7 @@ class Fetcher:
         if request is None:  # timed out and asked elsewhere
             self._end_lease(address, reply)
             return
-        sent = request[2] - fetching.timeout
+        sent = request[3]
         # The peer has answered: give the read the time it may take.
         self.state.extend_request(reply.id, time.monotonic() + fetching.timeout
                                   + peer_memory.read_time(reply.items))

@@ -55,7 +55,8 @@ class Fetches:
         self.timeout = timeout  # seconds a peer has to answer
         self.give_up = give_up
         self.fetches: dict[str, Fetch] = {}  # input key -> its fetch
-        self.requests: dict[int, tuple[str, list[str], float]] = {}  # id -> peer, keys, deadline
+        # id -> peer, keys, deadline, when it was made
+        self.requests: dict[int, tuple[str, list[str], float, float]] = {}
         self._planned: dict[str, list[str]] = {}  # peer -> keys, until make_requests()
         self._request_ids = itertools.count(1)
 
@@ -98,7 +99,7 @@ class Fetches:
             if not keys:
                 continue
             request_id = next(self._request_ids)
-            self.requests[request_id] = (peer, keys, now + self.timeout)
+            self.requests[request_id] = (peer, keys, now + self.timeout, now)
             for key in keys:
                 self.fetches[key].request = request_id
             made.append((request_id, peer, keys))
@@ -145,7 +146,7 @@ class Fetches:
         from that peer's memory: wait for it until ``until``."""
         request = self.requests.get(request_id)
         if request is not None and request[2] < until:
-            self.requests[request_id] = (request[0], request[1], until)
+            self.requests[request_id] = (request[0], request[1], until, request[3])
 
     def peer_left(self, address: str) -> None:
         """Ask nothing more of ``address``; what was asked of it, ask the next
@@ -153,13 +154,13 @@ class Fetches:
         for fetch in self.fetches.values():
             if address in fetch.holders:
                 fetch.holders.remove(address)
-        for request_id, (peer, _, _) in list(self.requests.items()):
+        for request_id, (peer, _, _, _) in list(self.requests.items()):
             if peer == address:
                 self._abandon(request_id)
 
     def expire(self, now: float) -> None:
         """Give up on the requests past their deadline: ask the next holders (planned)."""
-        for request_id, (peer, keys, deadline) in list(self.requests.items()):
+        for request_id, (peer, keys, deadline, _) in list(self.requests.items()):
             if deadline > now:
                 continue
             logger.warning("no answer from %s for %d keys within %.1fs; trying other holders",

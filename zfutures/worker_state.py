@@ -157,6 +157,9 @@ class WorkerState(WorkerPolicies):
         # A finished task had dependents sent ahead to wait here: the center
         # should hear at once, to send the links after them.
         self.report_now = False
+        # Wall clock minus this state's clock (``now``): transfers are
+        # reported in wall-clock time, as task runs are (the shell sets it).
+        self.wall_offset = 0.0
         self._order = itertools.count()
 
     # ------------------------------------------------------------------ events
@@ -271,12 +274,17 @@ class WorkerState(WorkerPolicies):
                       now: float) -> None:
         """A peer answered request ``request_id`` with ``values`` (what it
         did not send is asked of other holders: see Fetches.received)."""
+        request = self.fetching.requests.get(request_id)
+        source, start, stop = None, None, now + self.wall_offset
+        if request is not None:  # (else it came after its timeout: from whom is unknown)
+            source, start = request[0], request[3] + self.wall_offset
         for fetch in self.fetching.received(request_id, values):
             key = fetch.key
             self.data[key] = values[key]
             self.nbytes[key] = nbytes[key]
-            # The center tracks every copy: for locality, and so it can release this one.
-            self.to_center.append((KeyAdded(key, nbytes[key]), []))
+            # The center tracks every copy: for locality, and so it can release
+            # this one; and it shows the transfer to watchers.
+            self.to_center.append((KeyAdded(key, nbytes[key], source, start, stop), []))
             for task_key in fetch.waiting_tasks:
                 task = self.tasks.get(task_key)
                 if task is not None:
@@ -323,9 +331,12 @@ class WorkerState(WorkerPolicies):
 
     def task_done(self, key: str, value: Any = None, nbytes: int = 0,
                   duration: float = 0.0, error: Frames | None = None,
-                  pickled: Frames | None = None) -> None:
+                  pickled: Frames | None = None, start: float | None = None,
+                  thread: int | None = None) -> None:
         """A task thread finished ``key``, with a value or a pickled ``error``
-        (and the value ``pickled`` too, when it is small and a client waits)."""
+        (and the value ``pickled`` too, when it is small and a client waits);
+        it started at ``start`` (wall clock) on the worker's ``thread``
+        (numbered from 0), for the center's task stream."""
         self.executing.discard(key)
         self.seceded.discard(key)
         if error is None:
@@ -345,7 +356,7 @@ class WorkerState(WorkerPolicies):
                     self.to_clients.append((client, DirectResult(key, client_run, nbytes), frames))
                     frames, answered = [], True  # (its client has it; others fetch it here)
                 self.to_center.append((DoneItem(key, nbytes, task.run, len(frames), task.direct,
-                                                answered, duration), frames))
+                                                answered, duration, start, thread), frames))
                 if waiters:
                     self.report_now = True
                 for waiter_key in waiters:  # sent ahead for this very input
@@ -355,7 +366,8 @@ class WorkerState(WorkerPolicies):
                         if not waiter.missing and waiter.state == FETCHING:
                             self._make_ready(waiter)
             else:
-                self.to_center.append((FailedItem(key, task.run, len(error), task.direct), error))
+                self.to_center.append((FailedItem(key, task.run, len(error), task.direct,
+                                                  start, duration, thread), error))
                 # (the center errs or takes back the tasks that waited for it)
         self._start_tasks()
 

@@ -33,13 +33,18 @@ from ..messages import (
 )
 from ..protocol import Frames
 from .direct import DirectRuns, EarlyReport
-from .graph import TaskGraph
+from .graph import MAX_NBYTES, TaskGraph
+from .observe import Observer
 from .outbox import Outbox
 from .placement import Placement
 from .records import ClientRecord, TaskState, WorkerRecord
 from .recovery import Recovery
 from .states import MEMORY
 from .workers import WorkerLifecycle, tell_if_retired
+
+#: A key's description names at most this many of its dependents (a key
+#: that thousands of tasks take is described in a message of keys, not MBs).
+MAX_DESCRIBED_DEPENDENTS = 100
 
 
 class Scheduler:
@@ -93,6 +98,44 @@ class Scheduler:
                                          placement, allowed_failures)
         graph.connect(placement, direct, recovery)
         placement.connect(graph, direct)
+        # Totals since the center started, for watchers (see Events.counters):
+        # tasks submitted, and bytes copied between workers.
+        self.submitted_tasks = 0
+        self.transfer_bytes = 0
+
+    # ------------------------------------------------------------------ watchers
+
+    @property
+    def observer(self) -> Observer | None:
+        """What watchers are told (see observe.py); None while nobody watches."""
+        return self.graph.observer
+
+    def watch(self, stream: bool = False) -> None:
+        """Someone watches from now on (the center counts its watchers): task
+        groups and workers are observed; task runs and transfers too if
+        ``stream`` (some watcher wants them)."""
+        observer = self.graph.observer
+        if observer is None:
+            self.graph.observer = Observer(self.tasks.values(), stream)
+        else:
+            observer.set_stream(stream)
+
+    def unwatch(self) -> None:
+        """Nobody watches any more: nothing is observed (and the totals of
+        runs start again from zero with the next watcher)."""
+        self.graph.observer = None
+
+    def worker_heartbeat(self, worker_ident: bytes, memory: int | None,
+                         cpu: float | None) -> None:
+        """A worker's heartbeat said how much memory (bytes) and CPU (percent
+        of one core) its process uses."""
+        ws = self.workers.get(worker_ident)
+        if ws is None:
+            return
+        if isinstance(memory, int) and memory >= 0:
+            ws.rss = min(memory, 2**62)
+        if isinstance(cpu, (int, float)) and 0.0 <= cpu < 1e9:
+            ws.cpu = float(cpu)
 
     @property
     def recovering(self) -> bool:
@@ -190,6 +233,7 @@ class Scheduler:
         client = self.clients[client_ident]
         if seq is not None:
             client.seen = seq
+        self.submitted_tasks += len(items)
         blocks = self.placement.root_blocks(items)
         submitted = self.graph.submitted
         start = 0
@@ -304,6 +348,8 @@ class Scheduler:
         duration = item.duration
         if duration is not None and 0.0 <= duration < 1e9:  # (NaN fails this too)
             self.placement.timed(ts.group, duration)
+        if self.graph.observer is not None:
+            self.graph.observer.ran(ts, ws, True, item.start, duration, item.thread)
         self.placement.unassign(ts)
         self.graph.add_holder(ts, ws, item.nbytes)
         if ts.state != MEMORY:
@@ -317,6 +363,13 @@ class Scheduler:
         ws = self.workers.get(worker_ident)
         if ws is None:
             return
+        source = item.source
+        if source is not None:  # (else it was here already: no copy)
+            nbytes = min(max(item.nbytes, 0), MAX_NBYTES)
+            self.transfer_bytes += nbytes
+            observer = self.graph.observer
+            if observer is not None and item.start is not None and item.stop is not None:
+                observer.transferred(item.key, source, ws, nbytes, item.start, item.stop)
         ts = self.tasks.get(item.key)
         if ts is None or ts.state != MEMORY:
             self.outbox.add(ws.ident, ReleaseKeys, item.key)
@@ -335,6 +388,8 @@ class Scheduler:
             return
         ws = ts.processing_on
         assert ws is not None
+        if self.graph.observer is not None:
+            self.graph.observer.ran(ts, ws, False, item.start, item.duration, item.thread)
         self.placement.unassign(ts)
         self.graph.retry_or_err(ts, exception)
         tell_if_retired(ws, self.outbox)  # (a direct run may have kept it)
@@ -427,6 +482,27 @@ class Scheduler:
             self.placement.compact()
             for client in self.clients.values():
                 client.wants = set()
+
+    def describe_key(self, key: str) -> dict[str, Any] | None:
+        """What the center knows of ``key``, for the dashboard's page of it
+        (see messages.DescribeKey); None if it does not know the key."""
+        ts = self.tasks.get(key)
+        if ts is None:
+            return None
+        dependents: list[str] = []
+        for dependent in ts.dependents:
+            if len(dependents) == MAX_DESCRIBED_DEPENDENTS:
+                break
+            dependents.append(dependent.key)
+        return {
+            "key": ts.key, "state": ts.state, "group": ts.group, "priority": -ts.priority[0],
+            "nbytes": ts.nbytes, "who_has": [ws.address for ws in ts.who_has],
+            "processing_on": ts.processing_on.address if ts.processing_on else None,
+            "waiting_on": [dep.key for dep in ts.waiting_on],
+            "dependencies": [dep.key for dep in ts.dependencies],
+            "dependents": dependents, "clients": len(ts.who_wants), "retries": ts.retries,
+            "error": [bytes(f) for f in ts.exception] if ts.exception is not None else None,
+        }
 
     def info(self) -> dict[str, Any]:
         """A summary for ``Executor.scheduler_info()``."""

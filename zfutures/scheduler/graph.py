@@ -40,6 +40,7 @@ from .workers import tell_if_retired
 
 if TYPE_CHECKING:
     from .direct import DirectRuns
+    from .observe import Observer
     from .placement import Placement
     from .recovery import Recovery
 
@@ -68,6 +69,7 @@ class TaskGraph:
         self.outbox = outbox
         self.collect_limit = collect_limit
         self.maybe_unwanted: list[TaskState] = []  # to release, if nobody wants them
+        self.observer: Observer | None = None  # while someone watches (see observe.py)
         self._order = itertools.count()  # submission order, after priority
 
     def connect(self, placement: Placement, direct: DirectRuns, recovery: Recovery) -> None:
@@ -83,6 +85,8 @@ class TaskGraph:
             step = FLIGHT_STEP[ts.state][state]
         except KeyError:
             raise IllegalTransition(ts.key, ts.state, state) from None
+        if self.observer is not None:
+            self.observer.moved(ts, ts.state, state)
         ts.state = state
         if step:
             if step < 0:
@@ -123,6 +127,8 @@ class TaskGraph:
             return
         ts = self.tasks[key] = TaskState(
             key, payload, (-item.priority, next(self._order)), item.retries)
+        if self.observer is not None:
+            self.observer.added(ts)
         if item.workers:
             ts.restrictions = frozenset(item.workers)
             ts.loose = item.allow_other_workers
@@ -158,6 +164,8 @@ class TaskGraph:
         ts = self.tasks.get(key)
         if ts is None:
             ts = self.tasks[key] = TaskState(key, None, (0, next(self._order)))
+            if self.observer is not None:
+                self.observer.added(ts)
         workers_by_address = self.workers_by_address
         holders = [workers_by_address[a] for a in addresses if a in workers_by_address]
         if holders and ts.state in (READY, PROCESSING):  # the data is here: no need
@@ -406,6 +414,8 @@ class TaskGraph:
             ts.waiting_on = NO_TASKS
         if not ts.dependents:
             del self.tasks[ts.key]
+            if self.observer is not None:
+                self.observer.forgotten(ts)
             for dep in ts.dependencies:
                 if ts in dep.dependents:  # (then a set of its own)
                     dep.dependents.remove(ts)  # type: ignore[attr-defined]

@@ -97,7 +97,7 @@ class WorkerRecord:
 
     __slots__ = ("ident", "address", "name", "nthreads", "memory_limit", "resources",
                  "used_resources", "processing", "seceded", "has_what", "nbytes", "capacity",
-                 "retiring", "moving", "paused", "ready_here", "queued")
+                 "retiring", "moving", "paused", "ready_here", "queued", "rss", "cpu")
 
     def __init__(self, ident: bytes, address: str, name: str, nthreads: int,
                  memory_limit: int = 0, resources: dict[str, float] | None = None,
@@ -119,6 +119,10 @@ class WorkerRecord:
         self.capacity = capacity          # tasks it may always hold (running + queued)
         self.queued: dict[str, int] = {}  # task group -> its tasks here (not seceded)
         self.ready_here: list[tuple[tuple[int, int], TaskState]] = []  # heap: its block of roots
+        # Its process's memory (bytes) and CPU (percent of one core), as its
+        # last heartbeat said: for watchers (see observe.py)
+        self.rss = 0
+        self.cpu = 0.0
 
     def __repr__(self) -> str:
         return f"<Worker {self.address} processing={len(self.processing)}>"

@@ -1,0 +1,172 @@
+"""What the center tells its watchers (the dashboard): counts, workers, runs.
+
+:class:`Observer` exists only while someone watches (see Scheduler.watch):
+without it, each hook in the scheduler is one ``is not None`` check. It
+keeps, per task group (a key up to its last "-", ``TaskState.group``), the
+tasks in each state and the runs' totals; the task runs and transfers since
+the last :meth:`Observer.take` while a watcher asked for the stream; and
+what it sent last, so that the next ``events`` carries only the groups that
+changed and goes only when something did (or once a second, so that the
+workers' silence and memory stay fresh). No I/O, no clock: the center
+passes the time in.
+"""
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping
+
+from ..messages import Events, GroupCounts, TaskRun, Transfer, WorkerStats
+from .records import TaskState, WorkerRecord
+from .states import STATES
+
+#: Seconds between two ``events`` to the watchers at most (the center's tick
+#: for them): four a second is smooth enough for a page redrawn twice a second.
+EVENTS_INTERVAL = 0.25
+
+#: An ``events`` goes at least this often (seconds) even when nothing
+#: changed: the workers' ``silent`` and memory stay fresh.
+QUIET_LIMIT = 1.0
+
+#: Task runs and transfers kept between two takes, at most: past these, the
+#: oldest go (a watcher draws the last minute; 100,000 runs in a quarter
+#: second is more than a center handles).
+MAX_RUNS = 100_000
+MAX_TRANSFERS = 20_000
+
+
+class _Group:
+    """One task group's tasks by state, and the totals of its runs."""
+
+    __slots__ = ("counts", "finished", "failed", "seconds")
+
+    def __init__(self) -> None:
+        self.counts = dict.fromkeys(STATES, 0)
+        self.finished = 0
+        self.failed = 0
+        self.seconds = 0.0
+
+    def as_message(self, name: str) -> GroupCounts:
+        c = self.counts
+        return GroupCounts(name, c["waiting"], c["ready"], c["processing"], c["memory"],
+                           c["erred"], c["released"], self.finished, self.failed,
+                           self.seconds)
+
+
+class Observer:
+    """Counts of the tasks in ``tasks`` by group and state, from now on kept
+    in step by the scheduler's hooks; runs and transfers recorded if
+    ``stream``.
+
+    >>> from zfutures.scheduler.records import TaskState
+    >>> ts = TaskState("inc-1", None, (0, 0))
+    >>> o = Observer({"inc-1": ts}.values(), stream=False)
+    >>> [(g.group, g.released) for g in o.take(100.0, [], {}).groups]
+    [('inc', 1)]
+    """
+
+    def __init__(self, tasks: Iterable[TaskState], stream: bool = False):
+        self.groups: dict[str, _Group] = {}
+        self.changed: set[str] = set()
+        self.runs: deque[TaskRun] = deque(maxlen=MAX_RUNS)
+        self.transfers: deque[Transfer] = deque(maxlen=MAX_TRANSFERS)
+        self.stream = stream
+        self._last_sent: float | None = None
+        self._last_workers: list[WorkerStats] = []
+        for ts in tasks:
+            self._group(ts.group).counts[ts.state] += 1
+        self.changed.update(self.groups)
+
+    def _group(self, name: str) -> _Group:
+        group = self.groups.get(name)
+        if group is None:
+            group = self.groups[name] = _Group()
+        return group
+
+    def set_stream(self, stream: bool) -> None:
+        """Record runs and transfers (a watcher wants the stream) or not."""
+        self.stream = stream
+        if not stream:
+            self.runs.clear()
+            self.transfers.clear()
+
+    # ------------------------------------------------------------------ hooks
+
+    def moved(self, ts: TaskState, old: str, new: str) -> None:
+        """``ts`` went from state ``old`` to ``new``."""
+        counts = self._group(ts.group).counts
+        counts[old] -= 1
+        counts[new] += 1
+        self.changed.add(ts.group)
+
+    def added(self, ts: TaskState) -> None:
+        """A new task (it starts released)."""
+        self._group(ts.group).counts[ts.state] += 1
+        self.changed.add(ts.group)
+
+    def forgotten(self, ts: TaskState) -> None:
+        """The center forgot ``ts`` (it leaves in its state, released)."""
+        self._group(ts.group).counts[ts.state] -= 1
+        self.changed.add(ts.group)
+
+    def ran(self, ts: TaskState, ws: WorkerRecord, ok: bool, start: float | None,
+            duration: float | None, thread: int | None) -> None:
+        """A run of ``ts`` on ``ws`` ended, ``ok`` or raising; the worker's
+        clock and thread, as it reported them (None from a worker that did
+        not say: counted, not drawn)."""
+        group = self._group(ts.group)
+        if duration is not None and not 0.0 <= duration < 1e9:  # (NaN too)
+            duration = None
+        if ok:
+            group.finished += 1
+            if duration is not None:
+                group.seconds += duration
+        else:
+            group.failed += 1
+        self.changed.add(ts.group)
+        if self.stream and start is not None and duration is not None and thread is not None:
+            self.runs.append(TaskRun(ts.key, ws.address, thread, start, start + duration, ok))
+
+    def transferred(self, key: str, source: str, ws: WorkerRecord, nbytes: int,
+                    start: float, stop: float) -> None:
+        """``ws`` copied ``key`` (``nbytes``) from the worker at ``source``."""
+        if self.stream:
+            self.transfers.append(Transfer(key, source, ws.address, nbytes, start, stop))
+
+    # ------------------------------------------------------------------ output
+
+    def all_groups(self) -> list[GroupCounts]:
+        """Every group's counts: for a watcher that just came."""
+        return [group.as_message(name) for name, group in self.groups.items()]
+
+    def take(self, now: float, workers: Iterable[WorkerRecord], silent: Mapping[bytes, float],
+             counters: dict[str, int] | None = None,
+             force: bool = False) -> Events | None:
+        """The ``events`` to send now (the center's wall clock), or None if
+        nothing changed and the last went less than QUIET_LIMIT ago (unless
+        ``force``). ``silent``: seconds since the center heard from each worker
+        (by ident); ``counters``: the center's totals."""
+        stats = [worker_stats(ws, silent.get(ws.ident, 0.0)) for ws in workers]
+        # (silence grows all the time: it alone is no change)
+        same_workers = [s[:-1] for s in stats] == [s[:-1] for s in self._last_workers]
+        quiet = self._last_sent is not None and now - self._last_sent < QUIET_LIMIT
+        if quiet and not force and same_workers and not self.changed and not self.runs \
+                and not self.transfers:
+            return None
+        groups = self.groups
+        changed = [groups[name].as_message(name) for name in self.changed if name in groups]
+        self.changed = set()
+        runs, transfers = list(self.runs), list(self.transfers)
+        self.runs.clear()
+        self.transfers.clear()
+        self._last_sent = now
+        self._last_workers = stats
+        return Events(now, changed, stats, runs, transfers, dict(counters or {}))
+
+
+def worker_stats(ws: WorkerRecord, silent: float) -> WorkerStats:
+    """``ws`` as a watcher sees it (``silent``: seconds since it was heard)."""
+    processing = len(ws.processing)  # (counted as Scheduler.info does)
+    return WorkerStats(
+        ws.address, ws.name, ws.nthreads, ws.rss, min(max(ws.nbytes, 0), 2**62),
+        ws.memory_limit, ws.cpu, min(processing, ws.nthreads),
+        max(0, processing - ws.nthreads), len(ws.has_what), ws.paused, silent)

@@ -52,6 +52,32 @@ def test_watching_counts_the_tasks_there_are_once_by_group_and_state():
     assert set(groups_of(events)) == {"inc", "sum"}
 
 
+def test_run_totals_are_counted_without_a_watcher_and_a_late_one_reads_them():
+    sim = Sim()
+    sim.worker(W1)
+    sim.submit(task("inc-1"), task("inc-2"), task("bad-1"))
+    sim.finish("inc-1", duration=0.5, start=10.0, thread=0)
+    sim.finish("inc-2", duration=0.25, start=11.0, thread=0)
+    sim.err("bad-1", ValueError("no"))
+    sim.s.watch()
+    sim.s.unwatch()  # (a watcher that left takes nothing with it)
+    sim.s.watch()
+    events = take(sim)
+    inc, bad = groups_of(events)["inc"], groups_of(events)["bad"]
+    assert (inc.finished, inc.failed, inc.seconds) == (2, 0, 0.75)
+    assert (bad.finished, bad.failed) == (0, 1)
+
+
+def test_run_totals_keep_the_groups_that_ran_last_up_to_their_limit(monkeypatch):
+    from zfutures.scheduler import observe
+    monkeypatch.setattr(observe, "MAX_TOTALS", 2)
+    totals = observe.RunTotals()
+    for group in ("a", "b", "a", "c"):
+        totals.ran(group, True, 1.0)
+    assert totals.of("a") == (2, 0, 2.0) and totals.of("c") == (1, 0, 1.0)
+    assert totals.of("b") == (0, 0, 0.0)  # ran least recently: dropped
+
+
 def test_unwatch_drops_the_observer():
     sim = watched()
     sim.s.unwatch()

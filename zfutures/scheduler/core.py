@@ -34,7 +34,7 @@ from ..messages import (
 from ..protocol import Frames
 from .direct import DirectRuns, EarlyReport
 from .graph import MAX_NBYTES, TaskGraph
-from .observe import Observer
+from .observe import Observer, RunTotals
 from .outbox import Outbox
 from .placement import Placement
 from .records import ClientRecord, TaskState, WorkerRecord
@@ -102,6 +102,7 @@ class Scheduler:
         # tasks submitted, and bytes copied between workers.
         self.submitted_tasks = 0
         self.transfer_bytes = 0
+        self.run_totals = RunTotals()  # per task group, always counted
 
     # ------------------------------------------------------------------ watchers
 
@@ -116,13 +117,12 @@ class Scheduler:
         ``stream`` (some watcher wants them)."""
         observer = self.graph.observer
         if observer is None:
-            self.graph.observer = Observer(self.tasks.values(), stream)
+            self.graph.observer = Observer(self.tasks.values(), stream, self.run_totals)
         else:
             observer.set_stream(stream)
 
     def unwatch(self) -> None:
-        """Nobody watches any more: nothing is observed (and the totals of
-        runs start again from zero with the next watcher)."""
+        """Nobody watches any more: nothing is observed but the run totals."""
         self.graph.observer = None
 
     def worker_heartbeat(self, worker_ident: bytes, memory: int | None,
@@ -348,6 +348,7 @@ class Scheduler:
         duration = item.duration
         if duration is not None and 0.0 <= duration < 1e9:  # (NaN fails this too)
             self.placement.timed(ts.group, duration)
+        self.run_totals.ran(ts.group, True, duration)
         if self.graph.observer is not None:
             self.graph.observer.ran(ts, ws, True, item.start, duration, item.thread)
         self.placement.unassign(ts)
@@ -388,6 +389,7 @@ class Scheduler:
             return
         ws = ts.processing_on
         assert ws is not None
+        self.run_totals.ran(ts.group, False, None)
         if self.graph.observer is not None:
             self.graph.observer.ran(ts, ws, False, item.start, item.duration, item.thread)
         self.placement.unassign(ts)

@@ -12,7 +12,7 @@ passes the time in.
 """
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 
 from ..messages import Events, GroupCounts, TaskRun, Transfer, WorkerStats
@@ -34,22 +34,63 @@ MAX_RUNS = 100_000
 MAX_TRANSFERS = 20_000
 
 
-class _Group:
-    """One task group's tasks by state, and the totals of its runs."""
+#: Task groups whose run totals :class:`RunTotals` keeps, at most: keys
+#: without a "-" make a group each, and the center may run for months.
+MAX_TOTALS = 10_000
 
-    __slots__ = ("counts", "finished", "failed", "seconds")
+
+class RunTotals:
+    """Runs finished and failed, and the seconds the finished ran, per task
+    group, since the center started: always counted (a dashboard started
+    late, or a watcher that came back, still reads the whole totals, as
+    Prometheus counters must). Past MAX_TOTALS groups, the one that ran
+    least recently is dropped (to a reader, a counter reset).
+
+    >>> totals = RunTotals()
+    >>> totals.ran("inc", True, 0.5); totals.ran("inc", False, None)
+    >>> totals.of("inc")
+    (1, 1, 0.5)
+    """
+
+    def __init__(self) -> None:
+        self.groups: OrderedDict[str, list[float]] = OrderedDict()  # [finished, failed, seconds]
+
+    def ran(self, group: str, ok: bool, duration: float | None) -> None:
+        """A run of a task of ``group`` ended, ``ok`` or raising, after
+        ``duration`` seconds (None, or nonsense, if unknown)."""
+        groups = self.groups
+        totals = groups.get(group)
+        if totals is None:
+            totals = groups[group] = [0, 0, 0.0]
+            if len(groups) > MAX_TOTALS:
+                groups.popitem(last=False)
+        else:
+            groups.move_to_end(group)
+        if ok:
+            totals[0] += 1
+            if duration is not None and 0.0 <= duration < 1e9:  # (NaN fails this too)
+                totals[2] += duration
+        else:
+            totals[1] += 1
+
+    def of(self, group: str) -> tuple[int, int, float]:
+        """``(finished, failed, seconds)`` of ``group``."""
+        totals = self.groups.get(group)
+        return (int(totals[0]), int(totals[1]), totals[2]) if totals is not None else (0, 0, 0.0)
+
+
+class _Group:
+    """One task group's tasks by state."""
+
+    __slots__ = ("counts",)
 
     def __init__(self) -> None:
         self.counts = dict.fromkeys(STATES, 0)
-        self.finished = 0
-        self.failed = 0
-        self.seconds = 0.0
 
-    def as_message(self, name: str) -> GroupCounts:
+    def as_message(self, name: str, totals: RunTotals) -> GroupCounts:
         c = self.counts
         return GroupCounts(name, c["waiting"], c["ready"], c["processing"], c["memory"],
-                           c["erred"], c["released"], self.finished, self.failed,
-                           self.seconds)
+                           c["erred"], c["released"], *totals.of(name))
 
 
 class Observer:
@@ -64,7 +105,9 @@ class Observer:
     [('inc', 1)]
     """
 
-    def __init__(self, tasks: Iterable[TaskState], stream: bool = False):
+    def __init__(self, tasks: Iterable[TaskState], stream: bool = False,
+                 totals: RunTotals | None = None):
+        self.totals = totals if totals is not None else RunTotals()
         self.groups: dict[str, _Group] = {}
         self.changed: set[str] = set()
         self.runs: deque[TaskRun] = deque(maxlen=MAX_RUNS)
@@ -110,18 +153,11 @@ class Observer:
 
     def ran(self, ts: TaskState, ws: WorkerRecord, ok: bool, start: float | None,
             duration: float | None, thread: int | None) -> None:
-        """A run of ``ts`` on ``ws`` ended, ``ok`` or raising; the worker's
-        clock and thread, as it reported them (None from a worker that did
-        not say: counted, not drawn)."""
-        group = self._group(ts.group)
+        """A run of ``ts`` on ``ws`` ended, ``ok`` or raising (counted in the
+        totals already); the worker's clock and thread, as it reported them
+        (None from a worker that did not say: not drawn)."""
         if duration is not None and not 0.0 <= duration < 1e9:  # (NaN too)
             duration = None
-        if ok:
-            group.finished += 1
-            if duration is not None:
-                group.seconds += duration
-        else:
-            group.failed += 1
         self.changed.add(ts.group)
         if self.stream and start is not None and duration is not None and thread is not None:
             self.runs.append(TaskRun(ts.key, ws.address, thread, start, start + duration, ok))
@@ -136,7 +172,8 @@ class Observer:
 
     def all_groups(self) -> list[GroupCounts]:
         """Every group's counts: for a watcher that just came."""
-        return [group.as_message(name) for name, group in self.groups.items()]
+        totals = self.totals
+        return [group.as_message(name, totals) for name, group in self.groups.items()]
 
     def take(self, now: float, workers: Iterable[WorkerRecord], silent: Mapping[bytes, float],
              counters: dict[str, int] | None = None,
@@ -153,7 +190,8 @@ class Observer:
                 and not self.transfers:
             return None
         groups = self.groups
-        changed = [groups[name].as_message(name) for name in self.changed if name in groups]
+        changed = [groups[name].as_message(name, self.totals) for name in self.changed
+                   if name in groups]
         self.changed = set()
         runs, transfers = list(self.runs), list(self.transfers)
         self.runs.clear()

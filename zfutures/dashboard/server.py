@@ -131,7 +131,7 @@ async def _add_headers(request: web.Request, response: web.StreamResponse) -> No
 
 async def _root(request: web.Request) -> web.StreamResponse:
     # The query string goes along: a first visit's token sets the cookie there.
-    raise web.HTTPFound(request.rel_url.with_path("/status"))
+    raise web.HTTPFound(request.rel_url.with_path("/status").with_query(request.query))
 
 
 async def _status(request: web.Request) -> web.StreamResponse:

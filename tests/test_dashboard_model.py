@@ -123,5 +123,10 @@ def test_clear_forgets_the_old_center():
     model = Model()
     model.apply(events(100, [counts("inc", memory=1)], runs=[run("inc-1", 99.5)],
                        counters={"tasks": 1}), now=0)
+    _, cursor = model.snapshot()
     model.clear()
     assert not model.groups and not model.workers and not model.runs and not model.counters
+    # A reader of deltas starts again from a snapshot: what it drew is of the old center.
+    model.apply(events(5, [counts("add", waiting=1)]), now=1)
+    message, _ = model.delta(cursor)
+    assert message["kind"] == "snapshot" and list(message["groups"]) == ["add"]

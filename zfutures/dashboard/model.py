@@ -60,6 +60,8 @@ class Model:
     #: how many runs and transfers were ever appended: a reader's cursor
     runs_seen: int = 0
     transfers_seen: int = 0
+    #: bumped by clear: a reader of deltas from before starts again from a snapshot
+    epoch: int = 0
 
     def apply(self, events: Events, now: float) -> None:
         """Take in one "events" message; ``now`` is the local monotonic clock."""
@@ -91,6 +93,7 @@ class Model:
         self.transfers.clear()
         self.counters.clear()
         self.version += 1
+        self.epoch += 1
 
     def _expire(self, now: float) -> None:
         # Runs carry the workers' clocks, which may differ from the center's by
@@ -135,20 +138,25 @@ class Model:
 
     def snapshot(self) -> tuple[dict[str, Any], Cursor]:
         """Everything the live page draws, and the cursor for :meth:`delta`."""
-        cursor = Cursor(self.version, self.runs_seen, self.transfers_seen)
         return self._message("snapshot", list(self.groups.values()), list(self.runs),
-                             list(self.transfers)), cursor
+                             list(self.transfers)), self._cursor()
 
     def delta(self, cursor: Cursor) -> tuple[dict[str, Any], Cursor]:
         """What changed since ``cursor``: the groups changed, the runs and
         transfers added (those already dropped from the buffers are lost to
-        a slow reader), every worker and counter."""
+        a slow reader), every worker and counter; or a whole snapshot again
+        if the model was cleared since (a restarted center)."""
+        if cursor.epoch != self.epoch:
+            return self.snapshot()
         groups = [g for g in self.groups.values() if g.version > cursor.version]
         runs = _tail(self.runs, self.runs_seen - cursor.runs)
         transfers = _tail(self.transfers, self.transfers_seen - cursor.transfers)
         message = self._message("delta", groups, runs, transfers)
         # A group dropped as idle is no news: the page drops it too when it is all zero.
-        return message, Cursor(self.version, self.runs_seen, self.transfers_seen)
+        return message, self._cursor()
+
+    def _cursor(self) -> Cursor:
+        return Cursor(self.version, self.runs_seen, self.transfers_seen, self.epoch)
 
     def _message(self, kind: str, groups: list[Group], runs: list[TaskRun],
                  transfers: list[Transfer]) -> dict[str, Any]:
@@ -173,6 +181,7 @@ class Cursor:
     version: int
     runs: int
     transfers: int
+    epoch: int
 
 
 def group_dict(counts: GroupCounts) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from zfutures.dashboard.center_link import CLIENT_NAME, CenterLink
 from zfutures.dashboard.model import Model
 from zfutures.dashboard.server import COOKIE, make_app
 from zfutures.messages import (
+    CloseClient,
     DescribeKey,
     Events,
     GroupCounts,
@@ -34,7 +35,6 @@ from zfutures.messages import (
     Reregister,
     TaskRun,
     Transfer,
-    Unwatch,
     Watch,
     Welcome,
     WorkerStats,
@@ -379,7 +379,7 @@ def test_link_registers_watches_applies_and_answers():
     asyncio.run(asyncio.wait_for(main(), 30))
 
 
-def test_link_unwatches_when_it_closes():
+def test_link_says_goodbye_when_it_closes():
     async def main():
         context = zmq.asyncio.Context()
         center = FakeCenter(context)
@@ -390,7 +390,7 @@ def test_link_unwatches_when_it_closes():
             await center.send(Welcome(protocol.PROTOCOL_VERSION))
             await center.expect(Watch)
             await link.close()
-            await center.expect(Unwatch)
+            await center.expect(CloseClient)
         finally:
             center.socket.close()
             context.term()

@@ -26,6 +26,7 @@ import zmq.asyncio
 from .. import protocol
 from ..errors import ProtocolError
 from ..messages import (
+    CloseClient,
     DescribeKey,
     Events,
     Heartbeat,
@@ -33,7 +34,6 @@ from ..messages import (
     RegisterClient,
     Reply,
     Reregister,
-    Unwatch,
     Watch,
     Welcome,
 )
@@ -48,6 +48,8 @@ CLIENT_NAME = "zfutures-dashboard"
 HEARTBEAT_INTERVAL = 0.5
 #: Seconds a page waits for the center to describe a key.
 DESCRIBE_TIMEOUT = 5.0
+#: Milliseconds the goodbye may take to leave when the dashboard stops.
+CLOSE_LINGER_MS = 200
 #: Messages queued for a center that is not there (a restart): past this, drop.
 SEND_HWM = 100
 
@@ -92,15 +94,18 @@ class CenterLink:
         self._tasks = [loop.create_task(self._receive()), loop.create_task(self._heartbeat())]
 
     async def close(self) -> None:
-        """Stop watching, stop the tasks, close the socket and its context."""
+        """Say goodbye (the center forgets the dashboard, and its watch, at once),
+        stop the tasks, close the socket and its context."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.registered:
-            self._send(Unwatch())
+            self._send(CloseClient())
         for future in self._replies.values():
             future.cancel()
-        self.socket.close(linger=0)
+        # A moment for the goodbye to leave; a center that is gone must not
+        # hold the process up.
+        self.socket.close(linger=CLOSE_LINGER_MS)
         self.context.term()
 
     # ------------------------------------------------------------------ asks

@@ -487,3 +487,27 @@ def test_process_exits_when_the_center_refuses_it(center_router):
         assert process.wait(10) == 1
     finally:
         stop(process)
+
+
+def test_process_with_keys_registers_over_curve(tmp_path):
+    from zfutures.security import Security, keygen
+
+    keys = keygen(tmp_path / "keys")
+    security = Security(keys)
+    context = zmq.Context()
+    auth = security.authenticator(context)
+    router = security.serving(context.socket(zmq.ROUTER))
+    router.linger = 0
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    process, _ = start_dashboard(f"tcp://127.0.0.1:{port}", "--keys", str(keys))
+    try:
+        assert router.poll(10_000), "no message over CURVE"
+        msg, _ = protocol.decode_message(router.recv_multipart()[1:])
+        assert isinstance(msg, RegisterClient)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0
+    finally:
+        stop(process)
+        router.close()
+        auth.stop()
+        context.term()

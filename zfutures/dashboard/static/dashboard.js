@@ -130,7 +130,7 @@ function drawTaskStream(canvas, runs, transfers, now, windowSeconds) {
 (function () {
   const body = document.body;
   if (!body || !body.dataset.live) return;
-  const WINDOW = 60, MAX_RUNS = 20000, MAX_TRANSFERS = 5000, REDRAW_MS = 500;
+  const WINDOW = 60, MAX_RUNS = 20000, MAX_TRANSFERS = 5000, REDRAW_MS = 500, MAX_GROUPS = 30;
   const state = {
     time: 0, receivedAt: 0, groups: {}, workers: [], runs: [], transfers: [], counters: {}
   };
@@ -185,6 +185,12 @@ function drawTaskStream(canvas, runs, transfers, now, windowSeconds) {
       if (row.all === 0) continue;  // all forgotten
       for (const k of ["done", "erred", "running", "waiting", "all"]) total[k] += row[k];
       rows.push(row);
+    }
+    // Many groups (a long session): the busiest MAX_GROUPS, the total counts all.
+    if (rows.length > MAX_GROUPS) {
+      rows.sort(function (a, b) { return (b.all - b.done) - (a.all - a.done); });
+      rows.length = MAX_GROUPS;
+      rows.sort(function (a, b) { return a.name < b.name ? -1 : a.name > b.name ? 1 : 0; });
     }
     const children = [];
     if (rows.length === 0) {

@@ -1,0 +1,109 @@
+"""The dashboard process, as the center's command starts it (never by hand)::
+
+    python -m zfutures.dashboard --center tcp://H:P --listen-fd FD [--token T]
+                                 [--keys DIR] [--log-level LEVEL]
+
+The parent binds the listening socket and passes its descriptor (so the
+link is known, and a busy port an error, before this process starts); this
+process serves HTTP on it, watches the center as a client, and stops
+cleanly on SIGTERM or SIGINT, on a center that refuses it, and when the
+process named by $ZFUTURES_PARENT_PID is no longer its parent.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+
+from aiohttp import web
+
+from ..processes import PARENT_PID_ENV
+from .center_link import CenterLink
+from .model import Model
+from .server import make_app
+
+logger = logging.getLogger("zfutures.dashboard")
+
+#: Seconds between looks at the parent process.
+PARENT_CHECK = 0.5
+#: Seconds the server waits for open requests when it stops (the live page's
+#: streams end at once).
+SHUTDOWN_TIMEOUT = 2.0
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m zfutures.dashboard",
+                                     description="The zfutures dashboard (started by zfut-center).")
+    parser.add_argument("--center", required=True, help="the center's address, tcp://HOST:PORT")
+    parser.add_argument("--listen-fd", required=True, type=int,
+                        help="a listening TCP socket's descriptor, inherited")
+    parser.add_argument("--token", help="the token every route but /health needs")
+    parser.add_argument("--keys", help="the cluster's keys directory (CURVE to the center)")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the dashboard until told to stop; the exit status."""
+    args = parse(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    security = None
+    if args.keys:
+        from ..security import Security
+
+        security = Security(args.keys)
+    listening = socket.socket(fileno=args.listen_fd)
+    return asyncio.run(serve(args.center, listening, args.token, security))
+
+
+async def serve(center: str, listening: socket.socket, token: str | None,
+                security: object = None) -> int:
+    """Serve on ``listening`` and watch ``center`` until stopped; 0, or 1 if
+    the center refused the dashboard."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    refusals: list[str] = []
+
+    def refused(reason: str) -> None:
+        refusals.append(reason)
+        stop.set()
+
+    model = Model()
+    link = CenterLink(model, center, security, on_refused=refused)
+    runner = web.AppRunner(make_app(model, link, token), handle_signals=False,
+                           access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
+    await runner.setup()
+    await web.SockSite(runner, listening).start()
+    link.start()
+    parent = loop.create_task(_watch_parent(stop))
+    logger.info("dashboard serving on %s for the center at %s", listening.getsockname(), center)
+    try:
+        await stop.wait()
+    finally:
+        parent.cancel()
+        await runner.cleanup()
+        await link.close()
+    return 1 if refusals else 0
+
+
+async def _watch_parent(stop: asyncio.Event) -> None:
+    """Stop when the process that started us goes (we are then re-parented)."""
+    parent = os.environ.get(PARENT_PID_ENV)
+    if not parent:
+        return
+    while os.getppid() == int(parent):
+        await asyncio.sleep(PARENT_CHECK)
+    logger.info("the center (pid %s) is gone: stopping", parent)
+    stop.set()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,342 @@
+// The zfutures dashboard's live page: plain canvas drawing, no library (a
+// cluster is often offline). drawTaskStream is standalone so that a page
+// written elsewhere (a performance report) can inline this file with data.
+"use strict";
+
+// A task group is its key up to the last "-" (as the center counts them).
+function taskGroup(key) {
+  const i = key.lastIndexOf("-");
+  return i > 0 ? key.slice(0, i) : key;
+}
+
+// A stable colour per group name: the same group is the same colour on
+// every page and every reload.
+const groupColours = new Map();
+function groupColour(name) {
+  let colour = groupColours.get(name);
+  if (colour === undefined) {
+    let h = 2166136261;
+    for (let i = 0; i < name.length; i++) {
+      h = Math.imul(h ^ name.charCodeAt(i), 16777619);
+    }
+    h >>>= 0;
+    colour = "hsl(" + (h % 360) + "," + (55 + (h >>> 9) % 30) + "%," + (45 + (h >>> 17) % 15) + "%)";
+    groupColours.set(name, colour);
+  }
+  return colour;
+}
+
+// Size a canvas's drawing buffer to its box (and the screen's pixel ratio);
+// returns the context, scaled so that drawing is in CSS pixels.
+function fitCanvas(canvas, height) {
+  const ratio = window.devicePixelRatio || 1;
+  const width = Math.max(100, canvas.clientWidth || 600);
+  canvas.style.height = height + "px";
+  if (canvas.width !== Math.round(width * ratio) || canvas.height !== Math.round(height * ratio)) {
+    canvas.width = Math.round(width * ratio);
+    canvas.height = Math.round(height * ratio);
+  }
+  const ctx = canvas.getContext("2d");
+  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+  ctx.clearRect(0, 0, width, height);
+  return { ctx: ctx, width: width, height: height };
+}
+
+function shortAddress(address) {
+  return address.replace(/^tcp:\/\//, "");
+}
+
+// The task stream: one bar per run, a row per worker thread, over the last
+// windowSeconds before now (seconds, the workers' wall clock); transfers as
+// thin red bars on the receiving worker's first row. runs: rows of [key,
+// worker, thread, start, stop, ok]; transfers: [key, source, target, nbytes,
+// start, stop]. Sets data-bars on the canvas to the bars drawn; returns it.
+function drawTaskStream(canvas, runs, transfers, now, windowSeconds) {
+  const rowKeys = new Set();
+  for (const r of runs) rowKeys.add(r[1] + "\u0000" + r[2]);
+  for (const t of transfers) rowKeys.add(t[2] + "\u0000" + 0);
+  const rows = Array.from(rowKeys, function (k) {
+    const parts = k.split("\u0000");
+    return [parts[0], Number(parts[1])];
+  });
+  rows.sort(function (a, b) { return a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : a[1] - b[1]; });
+  const rowOf = new Map();
+  rows.forEach(function (row, i) { rowOf.set(row[0] + "\u0000" + row[1], i); });
+
+  const rowHeight = rows.length > 40 ? 6 : 14;
+  const label = 130, axis = 16;
+  const c = fitCanvas(canvas, Math.max(60, rows.length * rowHeight + axis + 4));
+  const ctx = c.ctx, plot = c.width - label;
+  const begin = now - windowSeconds;
+  const x = function (t) { return label + (t - begin) / windowSeconds * plot; };
+
+  // Rows' labels: each worker's name at its first row.
+  ctx.font = "11px sans-serif";
+  ctx.textBaseline = "middle";
+  ctx.fillStyle = "#555";
+  let previous = null;
+  rows.forEach(function (row, i) {
+    if (i % 2 === 1) {
+      ctx.fillStyle = "#f4f4f4";
+      ctx.fillRect(label, i * rowHeight, plot, rowHeight);
+      ctx.fillStyle = "#555";
+    }
+    if (row[0] !== previous && rowHeight >= 10) {
+      ctx.fillText(shortAddress(row[0]), 2, i * rowHeight + rowHeight / 2, label - 6);
+    }
+    previous = row[0];
+  });
+
+  // Bars batched by colour: one fillStyle change per group, not per bar.
+  const byColour = new Map();
+  let bars = 0;
+  for (const r of runs) {
+    if (r[4] < begin || r[3] > now) continue;
+    const colour = r[5] ? groupColour(taskGroup(r[0])) : "#000";
+    let list = byColour.get(colour);
+    if (list === undefined) byColour.set(colour, list = []);
+    list.push(r);
+    bars++;
+  }
+  for (const [colour, list] of byColour) {
+    ctx.fillStyle = colour;
+    for (const r of list) {
+      const row = rowOf.get(r[1] + "\u0000" + r[2]);
+      const left = Math.max(label, x(r[3]));
+      ctx.fillRect(left, row * rowHeight + 1, Math.max(1, x(r[4]) - left), rowHeight - 2);
+    }
+  }
+  ctx.fillStyle = "#d62728";
+  for (const t of transfers) {
+    if (t[5] < begin || t[4] > now) continue;
+    const row = rowOf.get(t[2] + "\u0000" + 0);
+    const left = Math.max(label, x(t[4]));
+    ctx.fillRect(left, row * rowHeight, Math.max(1, x(t[5]) - left), 2);
+  }
+
+  // The time axis: seconds before now.
+  const y = rows.length * rowHeight + 2;
+  ctx.fillStyle = "#555";
+  ctx.textBaseline = "top";
+  for (let s = 0; s <= windowSeconds; s += 10) {
+    ctx.fillText(s === 0 ? "now" : "-" + s + " s", x(now - s) - (s === 0 ? 22 : 12), y);
+  }
+  canvas.dataset.bars = String(bars);
+  return bars;
+}
+
+// ------------------------------------------------------------------ live page
+
+(function () {
+  const body = document.body;
+  if (!body || !body.dataset.live) return;
+  const WINDOW = 60, MAX_RUNS = 20000, MAX_TRANSFERS = 5000, REDRAW_MS = 500, MAX_GROUPS = 30;
+  const state = {
+    time: 0, receivedAt: 0, groups: {}, workers: [], runs: [], transfers: [], counters: {}
+  };
+
+  // The center's clock now: its latest time, plus the time since it came.
+  function now() {
+    if (!state.time) return Date.now() / 1000;
+    return state.time + (performance.now() - state.receivedAt) / 1000;
+  }
+
+  function apply(message) {
+    if (message.kind === "snapshot") {
+      state.groups = {};
+      state.runs = [];
+      state.transfers = [];
+    }
+    if (message.time !== state.time) {
+      state.time = message.time;
+      state.receivedAt = performance.now();
+    }
+    Object.assign(state.groups, message.groups);
+    state.workers = message.workers;
+    state.counters = message.counters;
+    Array.prototype.push.apply(state.runs, message.runs);
+    Array.prototype.push.apply(state.transfers, message.transfers);
+    const horizon = now() - WINDOW;
+    state.runs = trim(state.runs, MAX_RUNS, function (r) { return r[4] >= horizon; });
+    state.transfers = trim(state.transfers, MAX_TRANSFERS, function (t) { return t[5] >= horizon; });
+  }
+
+  function trim(list, most, keep) {
+    let start = Math.max(0, list.length - most);
+    while (start < list.length && !keep(list[start])) start++;
+    return start > 0 ? list.slice(start) : list;
+  }
+
+  // ---------------------------------------------------------------- drawing
+
+  function drawProgress() {
+    const box = document.getElementById("progress");
+    const names = Object.keys(state.groups).sort();
+    const rows = [];
+    const total = { done: 0, erred: 0, running: 0, waiting: 0, all: 0 };
+    for (const name of names) {
+      const g = state.groups[name];
+      const row = {
+        name: name,
+        done: g.memory + g.released, erred: g.erred, running: g.processing,
+        waiting: g.waiting + g.ready
+      };
+      row.all = row.done + row.erred + row.running + row.waiting;
+      if (row.all === 0) continue;  // all forgotten
+      for (const k of ["done", "erred", "running", "waiting", "all"]) total[k] += row[k];
+      rows.push(row);
+    }
+    // Many groups (a long session): the busiest MAX_GROUPS, the total counts all.
+    if (rows.length > MAX_GROUPS) {
+      rows.sort(function (a, b) { return (b.all - b.done) - (a.all - a.done); });
+      rows.length = MAX_GROUPS;
+      rows.sort(function (a, b) { return a.name < b.name ? -1 : a.name > b.name ? 1 : 0; });
+    }
+    const children = [];
+    if (rows.length === 0) {
+      const p = document.createElement("p");
+      p.className = "empty";
+      p.textContent = "No tasks yet.";
+      children.push(p);
+    } else {
+      for (const row of rows) children.push(progressRow(row.name, row, groupColour(row.name)));
+      total.name = "total";
+      children.push(progressRow("total", total, "#444", "total"));
+    }
+    box.replaceChildren.apply(box, children);
+    document.getElementById("debug-counts").textContent = JSON.stringify(total);
+  }
+
+  function progressRow(name, row, colour, extraClass) {
+    const div = document.createElement("div");
+    div.className = "progress-row" + (extraClass ? " " + extraClass : "");
+    div.dataset.group = name;
+    const label = document.createElement("span");
+    label.className = "progress-name";
+    label.textContent = name;
+    const bar = document.createElement("span");
+    bar.className = "progress-bar";
+    for (const [part, cls] of [["done", "done"], ["erred", "erred"], ["running", "running"],
+                               ["waiting", "waiting"]]) {
+      if (!row[part]) continue;
+      const piece = document.createElement("span");
+      piece.className = "part " + cls;
+      piece.style.width = (100 * row[part] / row.all) + "%";
+      if (cls === "done") piece.style.backgroundColor = colour;
+      bar.appendChild(piece);
+    }
+    const text = document.createElement("span");
+    text.className = "progress-text";
+    text.textContent = row.done + " of " + row.all + (row.erred ? " (" + row.erred + " erred)" : "");
+    div.append(label, bar, text);
+    return div;
+  }
+
+  function formatBytes(n) {
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let i = 0;
+    while (Math.abs(n) >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+    return (i === 0 ? n.toFixed(0) : n.toFixed(1)) + " " + units[i];
+  }
+
+  // A bar per worker: process memory against its limit, managed within it.
+  function drawMemory() {
+    const canvas = document.getElementById("memory");
+    const workers = state.workers, rowHeight = 18, label = 130;
+    const c = fitCanvas(canvas, Math.max(24, workers.length * rowHeight + 4));
+    const ctx = c.ctx, plot = c.width - label - 150;
+    let scale = 1;
+    for (const w of workers) scale = Math.max(scale, w.memory_limit || 0, w.memory, w.managed);
+    ctx.font = "11px sans-serif";
+    ctx.textBaseline = "middle";
+    workers.forEach(function (w, i) {
+      const y = i * rowHeight + 2, limit = w.memory_limit || scale;
+      ctx.fillStyle = "#555";
+      ctx.fillText(shortAddress(w.address), 2, y + rowHeight / 2, label - 6);
+      ctx.fillStyle = "#eee";
+      ctx.fillRect(label, y, plot * limit / scale, rowHeight - 4);
+      const full = w.memory_limit && w.memory > 0.8 * w.memory_limit;
+      ctx.fillStyle = full ? "#e8a33d" : "#9ecae1";
+      ctx.fillRect(label, y, plot * w.memory / scale, rowHeight - 4);
+      ctx.fillStyle = full ? "#b35806" : "#3182bd";
+      ctx.fillRect(label, y + 3, plot * Math.min(w.managed, w.memory || w.managed) / scale,
+                   rowHeight - 10);
+      ctx.fillStyle = "#333";
+      ctx.fillText(formatBytes(w.memory) + (w.memory_limit ? " / " + formatBytes(w.memory_limit) : ""),
+                   label + plot + 6, y + rowHeight / 2 - 2);
+    });
+    canvas.dataset.workers = String(workers.length);
+  }
+
+  // Executing (dark) and queued (light) tasks per worker, against its threads.
+  function drawOccupancy() {
+    const canvas = document.getElementById("occupancy");
+    const workers = state.workers, rowHeight = 18, label = 130;
+    const c = fitCanvas(canvas, Math.max(24, workers.length * rowHeight + 4));
+    const ctx = c.ctx, plot = c.width - label - 150;
+    let scale = 1;
+    for (const w of workers) scale = Math.max(scale, w.nthreads, w.executing + w.queued);
+    ctx.font = "11px sans-serif";
+    ctx.textBaseline = "middle";
+    workers.forEach(function (w, i) {
+      const y = i * rowHeight + 2;
+      ctx.fillStyle = "#555";
+      ctx.fillText(shortAddress(w.address), 2, y + rowHeight / 2, label - 6);
+      ctx.fillStyle = "#eee";
+      ctx.fillRect(label, y, plot * w.nthreads / scale, rowHeight - 4);
+      ctx.fillStyle = "#31a354";
+      ctx.fillRect(label, y, plot * w.executing / scale, rowHeight - 4);
+      ctx.fillStyle = "#a1d99b";
+      ctx.fillRect(label + plot * w.executing / scale, y, plot * w.queued / scale, rowHeight - 4);
+      ctx.fillStyle = "#333";
+      ctx.fillText(w.executing + " running, " + w.queued + " queued" + (w.paused ? ", paused" : ""),
+                   label + plot + 6, y + rowHeight / 2 - 2);
+    });
+    canvas.dataset.workers = String(workers.length);
+  }
+
+  function drawCounters() {
+    const k = state.counters;
+    document.getElementById("counters").textContent =
+      (k.tasks || 0) + " tasks submitted, " + formatBytes(k.transfer_bytes || 0) +
+      " moved between workers, " + (k.messages || 0) + " messages handled by the center";
+  }
+
+  function draw() {
+    lastDraw = performance.now();
+    drawTaskStream(document.getElementById("task-stream"), state.runs, state.transfers, now(), WINDOW);
+    drawProgress();
+    drawMemory();
+    drawOccupancy();
+    drawCounters();
+  }
+
+  // At most one redraw per REDRAW_MS, in an animation frame (none while the
+  // tab is hidden).
+  let lastDraw = 0, pending = false;
+  function schedule() {
+    if (pending) return;
+    pending = true;
+    const wait = Math.max(0, REDRAW_MS - (performance.now() - lastDraw));
+    setTimeout(function () {
+      requestAnimationFrame(function () { pending = false; draw(); });
+    }, wait);
+  }
+
+  const connection = document.getElementById("connection");
+  // The page's own query string carries the token, if any (the cookie does too).
+  const source = new EventSource(body.dataset.live + window.location.search);
+  source.onopen = function () {
+    connection.textContent = "live";
+    connection.className = "connection live";
+  };
+  source.onerror = function () {
+    connection.textContent = "reconnecting";
+    connection.className = "connection lost";
+  };
+  source.onmessage = function (event) {
+    apply(JSON.parse(event.data));
+    schedule();
+  };
+  window.addEventListener("resize", schedule);
+})();

@@ -27,7 +27,7 @@ def layout(title: str, body: str) -> str:
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{escape(title)} - zfutures</title>"
-        '<link rel="icon" href="data:,">'
+        '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">'
         '<link rel="stylesheet" href="/static/dashboard.css"></head>\n'
         f'<body><nav>{links}</nav><main><h1>{escape(title)}</h1>\n{body}</main></body></html>\n')
 

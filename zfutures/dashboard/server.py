@@ -91,6 +91,7 @@ def make_app(model: Model, link: Link, token: str | None = None) -> web.Applicat
     app.router.add_get("/task/{key:.+}", _task)
     app.router.add_get("/metrics", metrics_route)
     app.router.add_get("/health", _health)
+    app.router.add_get("/favicon.ico", _favicon)  # (asked for by browsers whatever the page says)
     app.router.add_get("/api/v1/state", _state)
     app.router.add_static("/static", STATIC)
     app.on_response_prepare.append(_add_headers)
@@ -140,6 +141,10 @@ async def _status(request: web.Request) -> web.StreamResponse:
 
 async def _health(request: web.Request) -> web.Response:
     return web.Response(text="ok")
+
+
+async def _favicon(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "favicon.svg", headers={"Content-Type": "image/svg+xml"})
 
 
 async def _state(request: web.Request) -> web.Response:

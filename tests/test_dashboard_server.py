@@ -107,7 +107,7 @@ def test_health_and_root_and_status():
         page = await r.text()
         assert r.status == 200 and 'id="task-stream"' in page and 'id="memory"' in page
         assert "default-src 'self'" in r.headers["Content-Security-Policy"]
-        r = await client.get("/static/dashboard.js")
+        r = await client.get("/static/status.js")
         assert r.status == 200 and "function drawTaskStream(" in await r.text()
         assert (await client.get("/static/dashboard.css")).status == 200
         assert (await client.get("/nowhere")).status == 404
@@ -222,7 +222,7 @@ def test_token_rules():
         r = await client.get("/status")
         assert r.status == 403 and "link the center printed" in await r.text()
         assert (await client.get("/metrics")).status == 403
-        assert (await client.get("/static/dashboard.js")).status == 403
+        assert (await client.get("/static/status.js")).status == 403
         assert (await client.get("/status?token=wrong")).status == 403
         assert (await client.get("/status", headers={"Authorization": "Bearer wrong"})).status \
             == 403
@@ -236,7 +236,7 @@ def test_token_rules():
         assert f"{COOKIE}={TOKEN}" in cookie and "HttpOnly" in cookie
         assert "SameSite=Strict" in cookie and "Path=/" in cookie
         # The client keeps the cookie: the page's own requests need no token.
-        assert (await client.get("/static/dashboard.js")).status == 200
+        assert (await client.get("/static/status.js")).status == 200
         assert (await client.get("/api/v1/state")).status == 200
     with_client(check, token=TOKEN)
 

@@ -9,7 +9,7 @@ in the cookie, or as ``Authorization: Bearer``.
 Routes::
 
     /                 -> /status
-    /status           the live page (static/status.html, drawn by dashboard.js)
+    /status           the live page (static/status.html, drawn by status.js)
     /events           server-sent events for it: a snapshot, then deltas
     /workers          /workers/{address}    /tasks    /task/{key}
     /metrics          Prometheus text       /api/v1/state   the same, as JSON

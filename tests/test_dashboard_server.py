@@ -107,8 +107,9 @@ def test_health_and_root_and_status():
         page = await r.text()
         assert r.status == 200 and 'id="task-stream"' in page and 'id="memory"' in page
         assert "default-src 'self'" in r.headers["Content-Security-Policy"]
-        r = await client.get("/static/status.js")
+        r = await client.get("/static/taskstream.js")
         assert r.status == 200 and "function drawTaskStream(" in await r.text()
+        assert (await client.get("/static/status.js")).status == 200
         assert (await client.get("/static/dashboard.css")).status == 200
         assert (await client.get("/nowhere")).status == 404
     with_client(check)

@@ -25,6 +25,7 @@ _EXPORTS = {
     "wait": "waiting",
     "get_executor": "executor",
     "progress": "progress",
+    "performance_report": "performance_report",
     "Executor": "executor",
     "Future": "future",
     "PoolExecutor": "pool",
@@ -39,7 +40,7 @@ _EXPORTS = {
 __all__ = [  # the same names as _EXPORTS, spelled out for tools that read __all__
     "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "ConnectionError", "Executor",
     "Future", "FutureLostError", "KilledWorker", "PoolExecutor", "RemoteTraceback", "Security",
-    "ZFuturesError", "as_completed", "get_executor", "progress", "wait",
+    "ZFuturesError", "as_completed", "get_executor", "performance_report", "progress", "wait",
 ]
 
 

@@ -158,6 +158,7 @@ class Executor:
                             "they configure a local cluster, started when address is None")
         self.address = normalize_address(address)
         self.name = name or f"client-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.security = security
         self._io = ClientIO(self.address, self.name, reconnect_deadline=reconnect_deadline,
                             security=security)
         try:
@@ -169,6 +170,8 @@ class Executor:
                 self.cluster.close()
             raise
         self._closed = False
+        _opened[:] = [ref for ref in _opened if (e := ref()) is not None and not e._closed]
+        _opened.append(weakref.ref(self))
         # Stops the I/O thread and the local cluster even if the user never calls
         # shutdown(); holds no reference to self, so it cannot keep it alive.
         self._finalizer = weakref.finalize(self, _close, self._io, self.cluster)
@@ -484,6 +487,21 @@ class Executor:
             threading.Thread(target=_callback_thread, args=(self._callbacks,),
                              name="zfutures-callbacks", daemon=True).start()
         self._callbacks.put((fn, future))
+
+
+#: Executors opened in this process, oldest first (weakly: see latest_executor).
+_opened: list[weakref.ref[Executor]] = []
+
+
+def latest_executor() -> Executor | None:
+    """The Executor opened last in this process that is still open, if any:
+    whose cluster ``performance_report`` reports on when not told."""
+    while _opened:
+        executor = _opened[-1]()
+        if executor is not None and not executor._closed:
+            return executor
+        _opened.pop()
+    return None
 
 
 def get_executor(timeout: float = 10) -> Executor:

@@ -162,8 +162,11 @@ def center_main(host: str, port: int, allowed_failures: int, heartbeat_interval:
     if dashboard is not None:
         center.dashboard_link = dashboard.link
         lines.append(f"zfut-center dashboard at {dashboard.link}")
-    # One write: a local cluster reads the first line and closes the pipe.
-    print("\n".join(lines), flush=True)
+    # One write of both lines (print would write the last newline on its own
+    # with PYTHONUNBUFFERED): a local cluster reads the first line and closes
+    # the pipe, and a later write would fail.
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    sys.stdout.flush()
     try:
         _serve(center.run, center.stop)
     finally:

@@ -289,10 +289,13 @@ def test_busy_dashboard_port_stops_the_center(busy_port):
 
 def test_default_dashboard_port_taken(processes):
     holder = socket.socket()
+    # (as the dashboard binds it: the connections of an earlier dashboard on
+    # that port may linger in TIME_WAIT)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         holder.bind(("127.0.0.1", launch.DASHBOARD_PORT))
         holder.listen()
-    except OSError:  # someone else has it already: the same case
+    except OSError:  # someone else listens there already: the same case
         pass
     try:
         center, link = start_center(processes)

@@ -906,7 +906,7 @@ def bench_dashboard(system: System, cfg: Config) -> Figures:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(link, wait_until="load", timeout=30_000)
             # The page has its first snapshot: its event stream is open.
-            page.wait_for_selector("#memory[data-workers]", timeout=30_000)
+            page.wait_for_selector("#memory[data-workers]", state="attached", timeout=30_000)
             with_page = _run_trivial_tasks(system, n, use_map=True)
         finally:
             browser.close()

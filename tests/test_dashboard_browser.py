@@ -90,7 +90,7 @@ def test_status_page_follows_a_run(cluster, browser, screenshots):
     page, console = open_page(browser, cluster.link)
     try:
         # Its first snapshot: both workers drawn before any task.
-        page.wait_for_selector('#memory[data-workers="2"]', timeout=20_000)
+        page.wait_for_selector('#memory[data-workers="2"]', state="attached", timeout=20_000)
         futures = cluster.executor.map(slow_inc, range(N_TASKS))
         page.wait_for_function(
             "document.querySelector('#task-stream').dataset.bars > 0", timeout=20_000)
@@ -142,7 +142,7 @@ def test_status_page_with_keys(processes, browser, screenshots, tmp_path):
         assert "?token=" in secured.link
         page, console = open_page(browser, secured.link)
         try:
-            page.wait_for_selector('#memory[data-workers="2"]', timeout=20_000)
+            page.wait_for_selector('#memory[data-workers="2"]', state="attached", timeout=20_000)
             assert secured.executor.submit(slow_inc, 1).result(timeout=30) == 2
             page.wait_for_function(
                 "document.querySelector('#progress').textContent.includes('1 of 1')",

@@ -31,6 +31,10 @@ Benchmarks (``--only`` names):
                worker B; MB/s, and the peak RSS growth of both workers
 ``scale``      10x more trivial tasks through ``map`` than ``tasks``: time per
                task relative to the smaller run, and the center's peak RSS
+``dashboard``  zfutures only: the ``tasks`` map with the dashboard's /status
+               page open in a headless Chromium (Debian's, driven by
+               playwright), against the same map without it, one run each;
+               n/a without Chromium or playwright. About 10 s.
 
 Sizes, full / ``--quick``: 2,000 / 200 round trips; 10,000 / 300 tasks;
 chains of 2,000 / 200; trees of 16x1M, 64x1M, 16x8M / 16x100k, 64x100k,
@@ -426,6 +430,10 @@ class System:
         """Workers holding a future's value."""
         raise NotApplicable("no who_has")
 
+    def dashboard_link(self) -> Optional[str]:
+        """The link to the cluster's dashboard page, if it has one."""
+        return None
+
     def center_pid(self) -> Optional[int]:
         """The pid of the center/scheduler process, or None if in-process."""
         return None
@@ -505,6 +513,9 @@ class ZFuturesSystem(_ClientSystem):
             return sum(n for state, n in tasks.items() if state not in ("released", "forgotten"))
 
         return self._wait_until_idle(count)
+
+    def dashboard_link(self) -> Optional[str]:
+        return self.client.dashboard_link
 
     def center_pid(self) -> Optional[int]:
         """Our descendant process whose command line names the center."""
@@ -865,6 +876,44 @@ def bench_scale(system: System, cfg: Config) -> Figures:
         yield "scale_center_rss_peak_MB", memory.peak[client_pid] / MB
 
 
+CHROMIUM = "/usr/bin/chromium"
+
+
+def bench_dashboard(system: System, cfg: Config) -> Figures:
+    """The ``tasks`` map with the dashboard's /status page open in a headless
+    Chromium (its events streamed to the page), against the same map without
+    a page: what watching costs the cluster."""
+    link = system.dashboard_link()
+    if link is None:
+        raise NotApplicable("no dashboard")
+    if not os.path.exists(CHROMIUM):
+        raise NotApplicable(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        raise NotApplicable("playwright is missing: pip install playwright") from None
+    n = cfg.n_tasks
+    # Untimed first: the first map of a fresh cluster is slower (imports,
+    # allocations), which would favour whichever run comes second.
+    _run_trivial_tasks(system, n, use_map=True)
+    without = _run_trivial_tasks(system, n, use_map=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(link, wait_until="load", timeout=30_000)
+            # The page has its first snapshot: its event stream is open.
+            page.wait_for_selector("#memory[data-workers]", state="attached", timeout=30_000)
+            with_page = _run_trivial_tasks(system, n, use_map=True)
+        finally:
+            browser.close()
+    yield "dashboard_map_tasks_per_s", n / with_page
+    yield "dashboard_map_ratio", with_page / without
+
+
 BENCHMARKS: dict[str, Callable[[System, Config], Figures]] = {
     "start": bench_start,
     "roundtrip": bench_roundtrip,
@@ -873,6 +922,7 @@ BENCHMARKS: dict[str, Callable[[System, Config], Figures]] = {
     "tree": bench_tree,
     "transfer": bench_transfer,
     "scale": bench_scale,
+    "dashboard": bench_dashboard,
 }
 
 
@@ -1041,6 +1091,10 @@ def metric_rows(cfg: Config) -> list[Metric]:
         Metric("scale_center_rss_kept_MB", "  center RSS kept after release (MB)",
                ratios=False),
         Metric("scale_client_rss_peak_MB", "  client peak RSS (MB)", ratios=False),
+        Metric("dashboard_map_tasks_per_s", f"{n} tasks map, /status open (tasks/s)",
+               ratios=False),
+        Metric("dashboard_map_ratio", "  time with /status open vs without (x)",
+               ratios=False),
     ]
     return rows
 
@@ -1076,6 +1130,7 @@ BENCH_OF_METRIC = {
     "tree": "tree_",
     "transfer": "transfer_",
     "scale": "scale_",
+    "dashboard": "dashboard_",
 }
 
 

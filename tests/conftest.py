@@ -272,3 +272,135 @@ def hide_from_workers():
     yield hide
     for path in hidden:
         os.rename(path + ".hidden", path)
+
+
+# ---------------------------------------------------------------- real programs
+# The dashboard's end-to-end tests drive Debian's Chromium (through playwright,
+# never its own browser download) and Prometheus. CI installs both (.ci/run)
+# and sets CI=true: there a missing one fails the test instead of skipping it.
+
+CHROMIUM = "/usr/bin/chromium"
+PROMETHEUS = "/usr/bin/prometheus"
+#: Screenshots the browser tests take, kept for a look after the run.
+ARTIFACTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         "test-artifacts", "dashboard")
+
+
+def _real_program(path: str, package: str) -> str:
+    if os.path.exists(path):
+        return path
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{path} is missing on CI: .ci/run installs it (apt-get install -y {package})")
+    pytest.skip(f"{path} is missing: apt-get install -y {package}")
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    """Debian's Chromium (skips without it, fails on CI)."""
+    return _real_program(CHROMIUM, "chromium")
+
+
+@pytest.fixture(scope="module")
+def browser(chromium_path: str) -> Iterator[Any]:
+    """A headless Chromium driven by playwright's sync API (one per module)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=chromium_path, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync"])
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def screenshots(request: pytest.FixtureRequest) -> Any:
+    """``shot(page, label)``: save a screenshot under test-artifacts/dashboard/
+    named after the test and the label; returns its path."""
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    test = re.sub(r"[^\w.-]+", "_", request.node.name)
+
+    def shot(page: Any, label: str) -> str:
+        path = os.path.join(ARTIFACTS, f"{test}-{label}.png")
+        page.screenshot(path=path, full_page=True)
+        return path
+
+    return shot
+
+
+class Prometheus:
+    """A Prometheus server on 127.0.0.1 scraping one target every second."""
+
+    def __init__(self, binary: str, target: str, directory: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        os.makedirs(directory, exist_ok=True)
+        config = os.path.join(directory, "prometheus.yml")
+        with open(config, "w") as f:
+            f.write("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
+                    "scrape_configs:\n  - job_name: zfutures\n"
+                    f"    static_configs:\n      - targets: ['{target}']\n")
+        self.log = open(os.path.join(directory, "prometheus.log"), "w")
+        self.process = subprocess.Popen(
+            [binary, f"--config.file={config}",
+             f"--storage.tsdb.path={os.path.join(directory, 'data')}",
+             f"--web.listen-address=127.0.0.1:{self.port}"],
+            stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
+        try:
+            wait_for(self._ready, timeout=30, interval=0.2,
+                     message=f"prometheus did not get ready (log: {self.log.name})")
+        except BaseException:
+            self.stop()
+            raise
+
+    def _ready(self) -> bool:
+        import urllib.error
+        import urllib.request
+
+        assert self.process.poll() is None, f"prometheus exited (log: {self.log.name})"
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def query(self, expression: str) -> list[dict[str, Any]]:
+        """The result vector of an instant query through the HTTP API."""
+        import json
+        import urllib.parse
+        import urllib.request
+
+        url = f"{self.url}/api/v1/query?query={urllib.parse.quote(expression)}"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            answer = json.load(response)
+        assert answer["status"] == "success", answer
+        return answer["data"]["result"]
+
+    def targets_up(self) -> bool:
+        """Whether its last scrape of the target succeeded."""
+        return any(sample["value"][1] == "1" for sample in self.query("up"))
+
+    def stop(self) -> None:
+        stop(self.process, timeout=15)
+        self.log.close()
+
+
+@pytest.fixture
+def prometheus(tmp_path: Any) -> Iterator[Any]:
+    """``start(target)``: Debian's Prometheus scraping ``target`` (host:port,
+    its /metrics) every second; stopped, by pid, at the end of the test."""
+    binary = _real_program(PROMETHEUS, "prometheus")
+    started: list[Prometheus] = []
+
+    def start(target: str) -> Prometheus:
+        server = Prometheus(binary, target, str(tmp_path / f"prometheus-{len(started)}"))
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -23,7 +23,8 @@ def test_local_cluster_has_the_requested_workers_and_stops_them():
         assert ex.nthreads() and sorted(ex.nthreads().values()) == [2, 2, 2]
         assert ex.address.startswith("tcp://127.0.0.1:")
         children = zfutures_children()
-        assert len(children) == 4  # a center and three workers (the nanny is a thread)
+        # A center, its dashboard and three workers (the nanny is a thread).
+        assert len(children) == 5
         assert ex.submit(inc, 1).result(timeout=10) == 2
     wait_for(lambda: not zfutures_children(), message="processes left after shutdown")
     assert not any(p.is_running() for p in children)
@@ -74,7 +75,7 @@ def test_killed_program_leaves_no_process():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=60)
     pids = [int(p) for p in out.stdout.split()]
-    assert len(pids) == 2  # center, worker
+    assert len(pids) == 3  # center, its dashboard, worker
 
     import psutil
 

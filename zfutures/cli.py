@@ -44,7 +44,9 @@ def _serve(run, stop) -> None:
     run()
 
 
-def _check_bind(host: str, insecure: bool, security) -> None:
+def check_bind(host: str, insecure: bool, security) -> None:
+    """Refuse to bind ``host`` beyond loopback without keys, unless ``insecure``
+    (then warn): the rule for every socket a zfutures program listens on."""
     if is_loopback(host) or security is not None:
         return
     if not insecure:
@@ -130,25 +132,61 @@ _UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
 @_MAX_MESSAGE_SIZE_OPTION
 @_KEYS_OPTION
 @click.option("--insecure", is_flag=True, help="Allow binding beyond loopback without keys.")
+@click.option("--dashboard-address", default=None, metavar="HOST:PORT",
+              help="Where the dashboard (a web view of the cluster) listens. Default: the "
+                   "center's host, port 8788, or any free port if that one is taken; "
+                   "PORT 0: any free port.")
+@click.option("--no-dashboard", is_flag=True, help="Run no dashboard.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def center_main(host: str, port: int, allowed_failures: int, heartbeat_interval: float,
                 worker_timeout: float, client_timeout: float, recovery_window: float,
                 max_message_size: int, keys: str | None, insecure: bool,
-                log_level: str) -> None:
+                dashboard_address: str | None, no_dashboard: bool, log_level: str) -> None:
     """Run a zfutures center (scheduler and broker) until interrupted."""
     from .center import Center, tune_garbage_collector
 
     tune_garbage_collector()
     _setup_logging(log_level)
     security = _load_keys(keys)
-    _check_bind(host, insecure, security)
+    check_bind(host, insecure, security)
     center = Center(host, port, allowed_failures=allowed_failures,
                     heartbeat_interval=heartbeat_interval, worker_timeout=worker_timeout,
                     client_timeout=client_timeout, recovery_window=recovery_window,
                     security=security, max_message_size=max_message_size)
-    print(f"zfut-center listening at {center.address}", flush=True)
-    _serve(center.run, center.stop)
+    lines = [f"zfut-center listening at {center.address}"]
+    dashboard = None
+    if not no_dashboard:
+        dashboard = _start_dashboard(center.address, dashboard_address, security, insecure,
+                                     log_level)
+    if dashboard is not None:
+        center.dashboard_link = dashboard.link
+        lines.append(f"zfut-center dashboard at {dashboard.link}")
+    # One write of both lines (print would write the last newline on its own
+    # with PYTHONUNBUFFERED): a local cluster reads the first line and closes
+    # the pipe, and a later write would fail.
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    sys.stdout.flush()
+    try:
+        _serve(center.run, center.stop)
+    finally:
+        if dashboard is not None:
+            dashboard.stop()
+
+
+def _start_dashboard(center_address: str, address: str | None, security, insecure: bool,
+                     log_level: str):
+    """The center's dashboard process, or None if it cannot run here."""
+    from .dashboard.launch import missing_requirement, start_dashboard
+
+    missing = missing_requirement()
+    if missing is not None:
+        if address is not None:  # asked for explicitly: an error
+            raise click.UsageError(f"the dashboard needs {missing}: pip install {missing}")
+        logging.getLogger("zfutures").warning(
+            "no dashboard: it needs %s (pip install %s)", missing, missing)
+        return None
+    return start_dashboard(center_address, address, security, insecure, log_level)
 
 
 @click.command(name="zfut-worker")
@@ -198,7 +236,7 @@ def worker_main(address: str, nthreads: int, nworkers: int, name: str | None, ho
         limit //= nworkers
     host = host or interface_towards(center)
     security = _load_keys(keys)
-    _check_bind(host, insecure, security)
+    check_bind(host, insecure, security)
     if not no_nanny:
         from .nanny import Nanny
 

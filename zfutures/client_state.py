@@ -95,6 +95,8 @@ class ClientCore:
         self.keys: dict[str, KeyRecord] = {}
         self.welcomed = False
         self.refusal: str | None = None
+        #: the link to the center's dashboard (from its welcome), if it runs one
+        self.dashboard_link: str | None = None
         self.reregistering = False
         self.last_heard = now
         self._next_timeout_check = 0.0
@@ -324,6 +326,8 @@ class ClientCore:
     def _welcome(self, msg: Welcome, frames: Frames, now: float) -> None:
         if msg.max_message_size is not None:
             self.outbox.max_message_size = msg.max_message_size
+        # (a restarted center may run its dashboard elsewhere, or none)
+        self.dashboard_link = msg.dashboard
         if self.reregistering:
             self.reregistering = False
             bring_back(self.keys, self.outbox, self.requests)

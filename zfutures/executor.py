@@ -29,6 +29,7 @@ from .arguments import (
 from .client_io import ClientIO
 from .client_records import load_values
 from .client_scatter import plan as scatter_plan
+from .executor_html import executor_html
 from .future import REMOTE, Future
 from .messages import HasWhat, SchedulerInfo, TaskItem, WhoHas
 from .remote_errors import remote_exception
@@ -178,6 +179,25 @@ class Executor:
 
     def __repr__(self) -> str:
         return f"<Executor: center={self.address!r}{' (local cluster)' if self.cluster else ''}>"
+
+    @property
+    def dashboard_link(self) -> str | None:
+        """The link to the cluster's dashboard (its /status page), or None if
+        the center runs none. With keys, the link holds the dashboard's token:
+        share it as you would the keys.
+
+        >>> ex = Executor(n_workers=2)                # doctest: +SKIP
+        >>> ex.dashboard_link                         # doctest: +SKIP
+        'http://127.0.0.1:8788/status'
+        >>> import webbrowser                         # doctest: +SKIP
+        >>> webbrowser.open(ex.dashboard_link)        # doctest: +SKIP
+        """
+        return self._io.core.dashboard_link
+
+    def _repr_html_(self) -> str:
+        """The executor in a notebook: its center, workers, threads, memory and
+        dashboard link."""
+        return executor_html(self)
 
     def __enter__(self) -> Executor:
         return self

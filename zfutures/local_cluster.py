@@ -74,7 +74,10 @@ class LocalCluster:
                 port = _free_port()
                 # Warnings only: a local cluster's routine logs would clutter the
                 # user's own output.
+                # Its dashboard on any free port: several local clusters (a
+                # notebook's, a test suite's) run side by side on one machine.
                 center = self._start(["center", "--host", "127.0.0.1", "--port", str(port),
+                                      "--dashboard-address", "127.0.0.1:0",
                                       "--log-level", "warning", *center_args],
                                      stdout=subprocess.PIPE)
                 # One nanny runs the workers and replaces any that die.

@@ -1,0 +1,200 @@
+"""The dashboard end to end: a real center, workers and dashboard process,
+its /status page in a headless Chromium, and its /metrics scraped by a real
+Prometheus.
+
+The page is read through the attributes it keeps for this: ``data-bars`` on
+``#task-stream`` (task runs drawn), ``data-workers`` on ``#memory`` (workers
+drawn) and the text of ``#progress``. Screenshots are kept under
+test-artifacts/dashboard/.
+"""
+from __future__ import annotations
+
+import subprocess
+import time
+import urllib.parse
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import command, wait_for
+
+from zfutures import Executor
+
+N_TASKS = 1000
+
+
+def slow_inc(x: int) -> int:
+    """A task of about 10 ms: 1,000 of them on 2 workers take about 5 s."""
+    time.sleep(0.01)
+    return x + 1
+
+
+class Cluster:
+    """A center with its dashboard, two single-threaded workers, an Executor."""
+
+    def __init__(self, processes: Any, *center_options: str):
+        self.center, address = processes.center("--log-level", "warning",
+                                                "--dashboard-address", "127.0.0.1:0",
+                                                *center_options)
+        # The center prints its dashboard's link in the same write as the
+        # listening line: already read into the pipe's buffer, or in the pipe.
+        line = self.center.stdout.readline()
+        assert line.startswith("zfut-center dashboard at "), line
+        self.link = line.split(" at ", 1)[1].strip()
+        self.url = self.link.split("/status")[0]
+        processes.worker(address, "--nworkers", "2", "--nthreads", "1", "--log-level",
+                         "warning", *center_options)
+        self.executor = Executor(address, **_security(center_options))
+        wait_for(lambda: len(self.executor.scheduler_info()["workers"]) == 2, timeout=30,
+                 message="the workers did not register")
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _security(center_options: tuple[str, ...]) -> dict[str, Any]:
+    if "--keys" in center_options:
+        return {"security": center_options[center_options.index("--keys") + 1]}
+    return {}
+
+
+@pytest.fixture
+def cluster(processes) -> Iterator[Cluster]:
+    started = Cluster(processes)
+    yield started
+    started.close()
+
+
+class Console:
+    """A page's console errors and uncaught exceptions, as they come."""
+
+    def __init__(self, page: Any):
+        self.errors: list[str] = []
+        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
+
+
+def open_page(browser: Any, url: str) -> tuple[Any, Console]:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    console = Console(page)
+    page.goto(url, wait_until="load", timeout=20_000)
+    return page, console
+
+
+def attribute(page: Any, selector: str, name: str) -> int:
+    value = page.get_attribute(selector, name)
+    return int(value) if value else 0
+
+
+def test_status_page_follows_a_run(cluster, browser, screenshots):
+    page, console = open_page(browser, cluster.link)
+    try:
+        # Its first snapshot: both workers drawn before any task.
+        page.wait_for_selector('#memory[data-workers="2"]', state="attached", timeout=20_000)
+        futures = cluster.executor.map(slow_inc, range(N_TASKS))
+        page.wait_for_function(
+            "document.querySelector('#task-stream').dataset.bars > 0", timeout=20_000)
+        first = attribute(page, "#task-stream", "data-bars")
+        screenshots(page, "running-1")
+        # Two looks a second apart while the tasks run: the second has more.
+        page.wait_for_timeout(1000)
+        second = attribute(page, "#task-stream", "data-bars")
+        screenshots(page, "running-2")
+        assert not futures[-1].done(), "the run ended before the second look"
+        assert second > first > 0
+        assert cluster.executor.gather(futures, timeout=60) == list(range(1, N_TASKS + 1))
+        page.wait_for_function(
+            f"document.querySelector('#progress').textContent.includes("
+            f"'{N_TASKS} of {N_TASKS}')", timeout=20_000)
+        screenshots(page, "done")
+        assert attribute(page, "#memory", "data-workers") == 2
+        assert attribute(page, "#task-stream", "data-bars") >= second
+        assert console.errors == []
+    finally:
+        page.close()
+
+
+def test_workers_page_lists_the_workers(cluster, browser, screenshots):
+    page, console = open_page(browser, cluster.url + "/workers")
+    try:
+        text = page.content()
+        workers = cluster.executor.scheduler_info()["workers"]
+        assert len(workers) == 2
+        for address in workers:
+            assert address in text
+        screenshots(page, "workers")
+        assert page.query_selector("a[href='/status']") is not None  # navigation
+        for address in workers:
+            response = page.goto(f"{cluster.url}/workers/{urllib.parse.quote(address, safe='')}")
+            assert response.status == 200 and address in page.content()
+        assert console.errors == []
+    finally:
+        page.close()
+
+
+def test_status_page_with_keys(processes, browser, screenshots, tmp_path):
+    """With keys, the link's token opens the page and its event stream (by
+    the cookie it sets); without it, 403."""
+    keys = str(tmp_path / "keys")
+    subprocess.run([command("zfut-keygen"), keys], check=True, capture_output=True, timeout=30)
+    secured = Cluster(processes, "--keys", keys)
+    try:
+        assert "?token=" in secured.link
+        page, console = open_page(browser, secured.link)
+        try:
+            page.wait_for_selector('#memory[data-workers="2"]', state="attached", timeout=20_000)
+            assert secured.executor.submit(slow_inc, 1).result(timeout=30) == 2
+            page.wait_for_function(
+                "document.querySelector('#progress').textContent.includes('1 of 1')",
+                timeout=20_000)
+            screenshots(page, "with-keys")
+            assert console.errors == []
+            # The link's token set a cookie: the other pages open without it.
+            assert page.request.get(secured.url + "/workers").status == 200
+            bare = browser.new_page()  # (a context of its own: no cookie)
+            try:
+                assert bare.goto(secured.url + "/status").status == 403
+            finally:
+                bare.close()
+        finally:
+            page.close()
+    finally:
+        secured.close()
+
+
+def test_prometheus_counts_the_finished_tasks(cluster, prometheus):
+    server = prometheus(cluster.url.split("//", 1)[1])
+    futures = cluster.executor.map(slow_inc, range(N_TASKS // 4), pure=False)
+    cluster.executor.gather(futures, timeout=60)
+    ran = N_TASKS // 4
+
+    def scraped(expression: str) -> float | None:
+        result = server.query(expression)
+        return float(result[0]["value"][1]) if result else None
+
+    wait_for(lambda: scraped("zfutures_tasks_finished_total") == ran, timeout=30,
+             interval=0.5, message=f"prometheus never saw {ran} finished tasks: "
+             f"{server.query('zfutures_tasks_finished_total')}")
+    assert scraped("zfutures_workers") == 2
+    assert scraped("zfutures_threads") == 2
+    assert scraped("zfutures_tasks_failed_total") == 0
+    assert scraped('sum(zfutures_tasks{state="memory"})') == ran
+    assert len(server.query("zfutures_worker_memory_bytes")) == 2
+    assert scraped("sum(zfutures_worker_memory_bytes)") > 0
+    assert scraped("zfutures_center_messages_total") > 0
+    assert server.targets_up()
+
+
+def test_status_page_redirect_and_health(cluster, browser):
+    page, console = open_page(browser, cluster.url + "/")
+    try:
+        assert page.url == cluster.url + "/status"
+        assert page.request.get(cluster.url + "/health").text() == "ok"
+        assert console.errors == []
+    finally:
+        page.close()
+
+
+def test_link_in_the_center_output_is_the_clients(cluster):
+    assert cluster.executor.dashboard_link == cluster.link
+    assert cluster.executor.scheduler_info()["dashboard"] == cluster.link

@@ -28,6 +28,7 @@ def main() -> None:
     listener = socket.socket(fileno=args.listen_fd)
     listening = listener.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
     answer = json.dumps({"argv": sys.argv[1:], "parent_pid": os.environ.get("ZFUTURES_PARENT_PID"),
+                         "token": os.environ.get("ZFUTURES_DASHBOARD_TOKEN"),
                          "listening": bool(listening)}).encode()
 
     class Handler(http.server.BaseHTTPRequestHandler):

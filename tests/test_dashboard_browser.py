@@ -92,8 +92,10 @@ def test_status_page_follows_a_run(cluster, browser, screenshots):
         # Its first snapshot: both workers drawn before any task.
         page.wait_for_selector('#memory[data-workers="2"]', state="attached", timeout=20_000)
         futures = cluster.executor.map(slow_inc, range(N_TASKS))
-        page.wait_for_function(
-            "document.querySelector('#task-stream').dataset.bars > 0", timeout=20_000)
+        # (polled from here: the page's content security policy refuses the
+        # string a wait_for_function would evaluate in it)
+        wait_for(lambda: attribute(page, "#task-stream", "data-bars") > 0, timeout=20,
+                 message="no bar drawn")
         first = attribute(page, "#task-stream", "data-bars")
         screenshots(page, "running-1")
         # Two looks a second apart while the tasks run: the second has more.
@@ -103,9 +105,8 @@ def test_status_page_follows_a_run(cluster, browser, screenshots):
         assert not futures[-1].done(), "the run ended before the second look"
         assert second > first > 0
         assert cluster.executor.gather(futures, timeout=60) == list(range(1, N_TASKS + 1))
-        page.wait_for_function(
-            f"document.querySelector('#progress').textContent.includes("
-            f"'{N_TASKS} of {N_TASKS}')", timeout=20_000)
+        wait_for(lambda: f"{N_TASKS} of {N_TASKS}" in page.inner_text("#progress"),
+                 timeout=20, message="the progress never read all done")
         screenshots(page, "done")
         assert attribute(page, "#memory", "data-workers") == 2
         assert attribute(page, "#task-stream", "data-bars") >= second
@@ -143,10 +144,10 @@ def test_status_page_with_keys(processes, browser, screenshots, tmp_path):
         page, console = open_page(browser, secured.link)
         try:
             page.wait_for_selector('#memory[data-workers="2"]', state="attached", timeout=20_000)
-            assert secured.executor.submit(slow_inc, 1).result(timeout=30) == 2
-            page.wait_for_function(
-                "document.querySelector('#progress').textContent.includes('1 of 1')",
-                timeout=20_000)
+            future = secured.executor.submit(slow_inc, 1)  # (held: a task let go is forgotten)
+            assert future.result(timeout=30) == 2
+            wait_for(lambda: "1 of 1" in page.inner_text("#progress"), timeout=20,
+                     message="the progress never read 1 of 1")
             screenshots(page, "with-keys")
             assert console.errors == []
             # The link's token set a cookie: the other pages open without it.

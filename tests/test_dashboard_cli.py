@@ -180,9 +180,10 @@ def test_start_with_keys_makes_a_token(keys):
     try:
         assert first.token and len(first.token) >= 40 and first.token != second.token
         assert first.link.endswith(f"/status?token={first.token}")
-        argv = json.loads(get(first.link)[1])["argv"]
-        assert argv[argv.index("--token") + 1] == first.token
-        assert argv[argv.index("--keys") + 1] == keys
+        seen = json.loads(get(first.link)[1])
+        # (in the environment: other users of the machine read command lines)
+        assert seen["token"] == first.token and first.token not in seen["argv"]
+        assert seen["argv"][seen["argv"].index("--keys") + 1] == keys
     finally:
         first.stop(timeout=10)
         second.stop(timeout=10)
@@ -197,13 +198,39 @@ def test_stop_kills_a_process_that_ignores_sigterm(tmp_path):
     dashboard = launch.start_dashboard("tcp://127.0.0.1:8787", "127.0.0.1:0", None,
                                        insecure=False, program=[sys.executable, str(script)])
     try:
+        _connect_once(dashboard.port)  # (the process starts at the first connection)
         wait_for(ready.exists, timeout=20, message="the stand-in did not start")
         dashboard.stop(timeout=1)
         assert dashboard.process.returncode == -signal.SIGKILL
     finally:
-        if dashboard.process.poll() is None:
+        if dashboard.process is not None and dashboard.process.poll() is None:
             dashboard.process.kill()
             dashboard.process.wait(5)
+
+
+def _connect_once(port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass
+
+
+def test_the_process_starts_at_the_first_connection_and_again_if_it_exits(monkeypatch):
+    monkeypatch.setattr(launch, "RESTART_INTERVAL", 0.5)
+    dashboard = launch.start_dashboard("tcp://127.0.0.1:8787", "127.0.0.1:0", None,
+                                       insecure=False, program=STUB)
+    try:
+        assert dashboard.process is None  # nobody looked yet: no process
+        status, body = get(f"http://127.0.0.1:{dashboard.port}/status")
+        assert status == 200 and json.loads(body)["listening"]
+        first = dashboard.process
+        assert first is not None and first.poll() is None
+        first.terminate()
+        first.wait(10)
+        # (a start within RESTART_INTERVAL of the last waits for it: not a loop)
+        assert get(f"http://127.0.0.1:{dashboard.port}/status")[0] == 200
+        assert dashboard.process is not None and dashboard.process.pid != first.pid
+    finally:
+        dashboard.stop(timeout=10)
+    assert dashboard.process.poll() is not None
 
 
 # ------------------------------------------------------------------ the client's link
@@ -250,8 +277,9 @@ def dashboard_line(center: subprocess.Popen) -> str:
 def test_center_runs_a_dashboard_and_stops_it(processes):
     center, link = start_center(processes, "--dashboard-address", "127.0.0.1:0")
     assert link.startswith("http://127.0.0.1:") and "token" not in link
-    [child] = dashboard_children(center.pid)
+    assert dashboard_children(center.pid) == []  # until someone looks
     assert get(base(link) + "/health") == (200, "ok")
+    [child] = dashboard_children(center.pid)
     assert stop(center) == 0
     wait_for(lambda: not psutil.pid_exists(child.pid) or
              child.status() == psutil.STATUS_ZOMBIE, timeout=10,
@@ -261,8 +289,8 @@ def test_center_runs_a_dashboard_and_stops_it(processes):
 
 def test_dashboard_dies_with_a_killed_center(processes):
     center, link = start_center(processes, "--dashboard-address", "127.0.0.1:0")
-    [child] = dashboard_children(center.pid)
     assert get(base(link) + "/health") == (200, "ok")
+    [child] = dashboard_children(center.pid)
     center.kill()
     center.wait(10)
     # No longer our grandchild once orphaned: watch it by pid.
@@ -272,7 +300,6 @@ def test_dashboard_dies_with_a_killed_center(processes):
 
 def test_no_dashboard(processes):
     center, _ = processes.center("--log-level", "warning", "--no-dashboard")
-    # The dashboard starts before the center prints that it listens.
     assert dashboard_children(center.pid) == []
     assert stop(center) == 0
     assert "dashboard" not in center.stdout.read()

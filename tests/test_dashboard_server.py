@@ -60,6 +60,9 @@ class FakeLink:
     def want_stream(self, stream):
         self.streams.append(stream)
 
+    async def heard(self, timeout):
+        self.waited = timeout
+
     async def describe(self, key, timeout=5.0):
         self.asked.append(key)
         if self.slow:
@@ -352,8 +355,12 @@ def test_link_registers_watches_applies_and_answers():
             assert (await center.expect(Watch)).stream is True
             await center.expect(Heartbeat)
 
+            started = time.monotonic()
+            await link.heard(0.2)  # no events yet: it waited, and gave up
+            assert time.monotonic() - started >= 0.2
             await center.send(Events(5.0, [GroupCounts("inc", 0, 0, 0, 1, 0, 0, 1, 0, 0.1)],
                                      [], [], [], {"tasks": 1}))
+            await asyncio.wait_for(link.heard(30), 10)  # (returns as the events come)
             asking = asyncio.ensure_future(link.describe("inc-1"))
             ask = await center.expect(DescribeKey)
             assert ask.key == "inc-1" and model.finished() == (1, 0)

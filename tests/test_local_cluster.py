@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import urllib.request
 
 import pytest
 from conftest import wait_for, zfutures_children
@@ -22,8 +23,13 @@ def test_local_cluster_has_the_requested_workers_and_stops_them():
     with Executor(n_workers=3, threads_per_worker=2) as ex:
         assert ex.nthreads() and sorted(ex.nthreads().values()) == [2, 2, 2]
         assert ex.address.startswith("tcp://127.0.0.1:")
+        # A center and three workers (the nanny is a thread); its dashboard
+        # process starts when someone first looks.
+        assert len(zfutures_children()) == 4
+        with urllib.request.urlopen(ex.dashboard_link.replace("/status", "/health"),
+                                    timeout=20) as answer:
+            assert answer.read() == b"ok"
         children = zfutures_children()
-        # A center, its dashboard and three workers (the nanny is a thread).
         assert len(children) == 5
         assert ex.submit(inc, 1).result(timeout=10) == 2
     wait_for(lambda: not zfutures_children(), message="processes left after shutdown")
@@ -65,9 +71,10 @@ def test_program_exiting_without_shutdown_leaves_no_process():
 
 def test_killed_program_leaves_no_process():
     script = textwrap.dedent("""
-        import os, signal, psutil
+        import os, signal, psutil, urllib.request
         from zfutures import Executor, wait
         ex = Executor(n_workers=1)
+        urllib.request.urlopen(ex.dashboard_link, timeout=20).read()  # (starts it)
         print(" ".join(str(c.pid) for c in psutil.Process().children(recursive=True)),
               flush=True)
         os.kill(os.getpid(), signal.SIGKILL)

@@ -25,7 +25,7 @@ _EXPORTS = {
     "wait": "waiting",
     "get_executor": "executor",
     "progress": "progress",
-    "performance_report": "performance_report",
+    "performance_report": "report",
     "Executor": "executor",
     "Future": "future",
     "PoolExecutor": "pool",

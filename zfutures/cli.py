@@ -38,10 +38,16 @@ def _die_with_parent(stop) -> None:
 def _serve(run, stop) -> None:
     """Run until SIGINT or SIGTERM (exit status 0), or until a parent that
     started us as part of a local cluster goes away."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop())
+    _stop_on_signals(stop)
     _die_with_parent(stop)
     run()
+
+
+def _stop_on_signals(stop) -> None:
+    """SIGINT and SIGTERM call ``stop``: set before a program says it is up,
+    so that whoever read that and stops it is heard, not a default death."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop())
 
 
 def check_bind(host: str, insecure: bool, security) -> None:
@@ -162,6 +168,7 @@ def center_main(host: str, port: int, allowed_failures: int, heartbeat_interval:
     if dashboard is not None:
         center.dashboard_link = dashboard.link
         lines.append(f"zfut-center dashboard at {dashboard.link}")
+    _stop_on_signals(center.stop)
     # One write of both lines (print would write the last newline on its own
     # with PYTHONUNBUFFERED): a local cluster reads the first line and closes
     # the pipe, and a later write would fail.

@@ -4,7 +4,7 @@ A :class:`Watcher` registers as a client, asks for the center's events
 (:class:`~zfutures.messages.Events`: task groups, workers, every task run
 and transfer) and hands each to a callback in its own thread. It submits
 nothing and holds no keys: it only listens. A performance report
-(:mod:`zfutures.performance_report`) is one.
+(:mod:`zfutures.report`) is one.
 """
 from __future__ import annotations
 

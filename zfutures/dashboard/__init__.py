@@ -16,5 +16,7 @@ Modules, one role each::
     pages.py        the server-made HTML pages (workers, task groups, one key)
     metrics.py      the Prometheus collector over the model
     launch.py       the center's side: binds the socket, starts the process
-    static/         the live page: status.html and status.js (the live page), taskstream.js (the task stream, shared with performance reports), dashboard.css
+    static/         status.html and status.js (the live page), taskstream.js (the
+                    task stream, shared with performance reports), report.js,
+                    dashboard.css
 """

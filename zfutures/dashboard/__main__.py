@@ -1,13 +1,14 @@
 """The dashboard process, as the center's command starts it (never by hand)::
 
-    python -m zfutures.dashboard --center tcp://H:P --listen-fd FD [--token T]
+    python -m zfutures.dashboard --center tcp://H:P --listen-fd FD
                                  [--keys DIR] [--log-level LEVEL]
 
 The parent binds the listening socket and passes its descriptor (so the
 link is known, and a busy port an error, before this process starts); this
 process serves HTTP on it, watches the center as a client, and stops
 cleanly on SIGTERM or SIGINT, on a center that refuses it, and when the
-process named by $ZFUTURES_PARENT_PID is no longer its parent.
+process named by $ZFUTURES_PARENT_PID is no longer its parent. The token
+(a cluster with keys) comes in $ZFUTURES_DASHBOARD_TOKEN.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from aiohttp import web
 
 from ..processes import PARENT_PID_ENV
 from .center_link import CenterLink
+from .launch import TOKEN_ENV
 from .model import Model
 from .server import make_app
 
@@ -41,7 +43,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--center", required=True, help="the center's address, tcp://HOST:PORT")
     parser.add_argument("--listen-fd", required=True, type=int,
                         help="a listening TCP socket's descriptor, inherited")
-    parser.add_argument("--token", help="the token every route but /health needs")
+    parser.add_argument("--token", default=os.environ.get(TOKEN_ENV),
+                        help=f"the token every route but /health needs (default: ${TOKEN_ENV}, "
+                             "which other users cannot read, unlike the command line)")
     parser.add_argument("--keys", help="the cluster's keys directory (CURVE to the center)")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])

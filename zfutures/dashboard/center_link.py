@@ -14,6 +14,7 @@ does, and watches again. A center that refuses it ends the process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -83,6 +84,7 @@ class CenterLink:
         self.stream = False
         self._ids = itertools.count(1)
         self._replies: dict[int, asyncio.Future[Any]] = {}
+        self._first_events = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     # ------------------------------------------------------------------ life
@@ -116,6 +118,13 @@ class CenterLink:
             self.stream = stream
             if self.registered:
                 self._send(Watch(stream=stream))
+
+    async def heard(self, timeout: float) -> None:
+        """Return once the center's first events came, or after ``timeout``
+        seconds (then what the model holds is all there is)."""
+        if not self._first_events.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._first_events.wait(), timeout)
 
     async def describe(self, key: str, timeout: float = DESCRIBE_TIMEOUT) -> dict[str, Any] | None:
         """What the center knows of ``key`` (None if nothing); raises
@@ -164,6 +173,7 @@ class CenterLink:
         """Act on one message from the center."""
         if isinstance(msg, Events):
             self.model.apply(msg, self.clock())
+            self._first_events.set()
         elif isinstance(msg, Reply):
             future = self._replies.get(msg.id)
             if future is not None and not future.done():

@@ -1,11 +1,15 @@
-"""Start the dashboard process beside a center (``zfut-center`` calls this).
+"""The dashboard beside a center (``zfut-center`` calls this).
 
-The center's program binds the dashboard's listening socket itself and hands
-its descriptor to the child: the link is known (and printed) at once, before
-the child has even imported aiohttp, and a port that is taken is an error when
-the center starts rather than a line in a log nobody reads. The child
-(``python -m zfutures.dashboard``) serves HTTP on that socket and joins the
-center as a client; it exits with its parent (see ``PARENT_PID_ENV``).
+The center's program binds the dashboard's listening socket itself: the
+link is known (and printed) at once, and a port that is taken is an error
+when the center starts rather than a line in a log nobody reads. The
+dashboard process (``python -m zfutures.dashboard``) starts only when the
+first connection comes (a browser, a Prometheus scrape): until someone
+looks, a center pays nothing for its dashboard, not even a process, and a
+local cluster starts no faster or slower for having one. The child takes
+the socket's descriptor, serves HTTP on it and joins the center as a
+client; it exits with its parent (see ``PARENT_PID_ENV``). Should it exit
+on its own, the next connection starts another.
 """
 from __future__ import annotations
 
@@ -14,9 +18,12 @@ import importlib.util
 import logging
 import os
 import secrets
+import select
 import socket
 import subprocess
 import sys
+import threading
+import time
 from typing import Any
 from urllib.parse import quote
 
@@ -29,6 +36,14 @@ logger = logging.getLogger(__name__)
 
 #: The dashboard's port when none is asked for (the center's is 8787).
 DASHBOARD_PORT = 8788
+
+#: The environment variable that hands the token to the dashboard process
+#: (a command line is readable by every user of the machine).
+TOKEN_ENV = "ZFUTURES_DASHBOARD_TOKEN"
+
+#: Seconds between two starts of the dashboard process at least: one that
+#: fails as it starts (a broken install) is not started again in a loop.
+RESTART_INTERVAL = 10.0
 
 #: Hosts that mean "every interface": a link needs a name others can reach.
 _WILDCARDS = {"", "0.0.0.0", "::", "*"}
@@ -127,23 +142,75 @@ def missing_requirement() -> str | None:
 
 
 class Dashboard:
-    """The dashboard process of a center, and the link to its /status page."""
+    """A center's dashboard: its listening socket, held for the center's
+    life, and the process serving it, started at the first connection.
 
-    def __init__(self, process: subprocess.Popen, host: str, port: int, token: str | None):
-        self.process = process
+    ``start_process`` is what starts that process (given the socket's
+    descriptor); a thread of its own waits for connections and for the
+    process, asleep in ``select`` and ``wait`` otherwise.
+    """
+
+    def __init__(self, sock: socket.socket, host: str, port: int, token: str | None,
+                 start_process: Any):
+        self.socket = sock
         self.host = host
         self.port = port
         #: None without keys: then the dashboard asks for no token
         self.token = token
         self.link = make_link(host, port, token)
+        self.process: subprocess.Popen | None = None
+        self._start_process = start_process
+        self._wake_read, self._wake_write = os.pipe()
+        self._stopping = False
+        self._last_start = -RESTART_INTERVAL
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name="zfutures-dashboard-launch")
+        self._thread.start()
 
     @property
-    def pid(self) -> int:
-        return self.process.pid
+    def pid(self) -> int | None:
+        """The dashboard process's pid, None until someone connected."""
+        return self.process.pid if self.process is not None else None
+
+    def _run(self) -> None:
+        while not self._stopping:
+            process = self.process
+            if process is not None and process.poll() is None:
+                try:
+                    process.wait(0.5)  # (the stop flag is read between waits)
+                except subprocess.TimeoutExpired:
+                    pass
+                continue
+            if process is not None:
+                logger.warning("the dashboard process exited (status %s); the next "
+                               "connection starts another", process.returncode)
+                self.process = None
+            select.select([self.socket.fileno(), self._wake_read], [], [])
+            if self._stopping:
+                return
+            pause = self._last_start + RESTART_INTERVAL - time.monotonic()
+            if pause > 0:  # (it failed at once: no loop of starts)
+                select.select([self._wake_read], [], [], pause)
+                continue
+            self._last_start = time.monotonic()
+            try:
+                self.process = self._start_process(self.socket.fileno())
+            except OSError as e:
+                logger.error("could not start the dashboard process: %s", e)
+            else:
+                logger.debug("dashboard process %d at %s", self.process.pid, self.link)
 
     def stop(self, timeout: float = 5.0) -> None:
-        """SIGTERM, then SIGKILL after ``timeout`` seconds; wait for its exit."""
-        stop_processes([self.process], timeout)
+        """Stop the process (SIGTERM, then SIGKILL after ``timeout`` seconds)
+        and the thread; close the socket."""
+        self._stopping = True
+        os.write(self._wake_write, b"x")
+        self._thread.join(timeout)
+        if self.process is not None:
+            stop_processes([self.process], timeout)
+        self.socket.close()
+        os.close(self._wake_read)
+        os.close(self._wake_write)
 
     def __repr__(self) -> str:
         return f"<Dashboard pid={self.pid} at {self.link}>"
@@ -152,8 +219,9 @@ class Dashboard:
 def start_dashboard(center_address: str, address: str | None, security: Any,
                     insecure: bool, log_level: str = "warning",
                     program: list[str] | None = None) -> Dashboard:
-    """Bind the dashboard's socket and start its process for the center at
-    ``center_address`` (as the center bound it, e.g. ``tcp://0.0.0.0:8787``).
+    """Bind the dashboard's socket for the center at ``center_address`` (as
+    the center bound it, e.g. ``tcp://0.0.0.0:8787``); its process starts at
+    the first connection.
 
     ``address``: ``"HOST:PORT"`` (see parse_address); None is the center's host
     and port DASHBOARD_PORT, or any free port if that one is taken. Binding
@@ -171,19 +239,15 @@ def start_dashboard(center_address: str, address: str | None, security: Any,
     host = host or center_host
     check_bind(host, insecure, security)
     sock = bind_listener(host, port)
-    try:
-        port = sock.getsockname()[1]
-        token = secrets.token_urlsafe(32) if security is not None else None
-        process = _spawn(program or [sys.executable, "-m", "zfutures.dashboard"],
-                         _reachable(center_address, center_host), sock.fileno(),
-                         token, security, log_level)
-    finally:
-        # The child holds its own copy now; ours would only keep the port busy
-        # (and accept connections into a backlog) after the child is gone.
-        sock.close()
-    dashboard = Dashboard(process, host, port, token)
-    logger.debug("dashboard process %d at %s", process.pid, dashboard.link)
-    return dashboard
+    port = sock.getsockname()[1]
+    token = secrets.token_urlsafe(32) if security is not None else None
+    command = program or [sys.executable, "-m", "zfutures.dashboard"]
+    center = _reachable(center_address, center_host)
+
+    def start_process(fd: int) -> subprocess.Popen:
+        return _spawn(command, center, fd, token, security, log_level)
+
+    return Dashboard(sock, host, port, token, start_process)
 
 
 def _reachable(center_address: str, center_host: str) -> str:
@@ -198,11 +262,12 @@ def _reachable(center_address: str, center_host: str) -> str:
 def _spawn(program: list[str], center: str, fd: int, token: str | None, security: Any,
            log_level: str) -> subprocess.Popen:
     args = [*program, "--center", center, "--listen-fd", str(fd), "--log-level", log_level]
-    if token is not None:
-        args += ["--token", token]
     if security is not None:
         args += ["--keys", str(security.directory)]
     # The child exits once this process is no longer its parent: a center
     # killed with SIGKILL leaves no dashboard behind.
     env = dict(os.environ, **{PARENT_PID_ENV: str(os.getpid())})
+    env.pop(TOKEN_ENV, None)
+    if token is not None:
+        env[TOKEN_ENV] = token
     return subprocess.Popen(args, pass_fds=(fd,), env=env, stdin=subprocess.DEVNULL)

@@ -62,6 +62,8 @@ class Link(Protocol):
 
     async def describe(self, key: str, timeout: float = ...) -> dict[str, Any] | None: ...
 
+    async def heard(self, timeout: float) -> None: ...
+
 
 MODEL = web.AppKey("model", Model)
 LINK = web.AppKey("link", Link)
@@ -79,6 +81,7 @@ def make_app(model: Model, link: Link, token: str | None = None) -> web.Applicat
     registry = metrics.registry_for(model)
 
     async def metrics_route(request: web.Request) -> web.Response:
+        await _first_events(request)
         return web.Response(body=metrics.render(registry),
                             headers={"Content-Type": metrics.CONTENT_TYPE})
 
@@ -147,7 +150,18 @@ async def _favicon(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "favicon.svg", headers={"Content-Type": "image/svg+xml"})
 
 
+#: Seconds a page waits for the center's first events: the process starts
+#: with the first connection, and a page made before it heard the center
+#: would show an empty cluster.
+FIRST_EVENTS_WAIT = 3.0
+
+
+async def _first_events(request: web.Request) -> None:
+    await request.app[LINK].heard(FIRST_EVENTS_WAIT)
+
+
 async def _state(request: web.Request) -> web.Response:
+    await _first_events(request)
     return web.json_response(request.app[MODEL].state())
 
 
@@ -156,10 +170,12 @@ def _html(text: str, status: int = 200) -> web.Response:
 
 
 async def _workers(request: web.Request) -> web.Response:
+    await _first_events(request)
     return _html(pages.workers_page(request.app[MODEL]))
 
 
 async def _worker(request: web.Request) -> web.Response:
+    await _first_events(request)
     address = request.match_info["address"]
     page = pages.worker_page(request.app[MODEL], address)
     if page is None:
@@ -169,6 +185,7 @@ async def _worker(request: web.Request) -> web.Response:
 
 
 async def _tasks(request: web.Request) -> web.Response:
+    await _first_events(request)
     return _html(pages.tasks_page(request.app[MODEL]))
 
 

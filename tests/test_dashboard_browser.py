@@ -115,7 +115,14 @@ def test_status_page_follows_a_run(cluster, browser, screenshots):
         page.close()
 
 
+def log_a_line() -> None:
+    import logging
+
+    logging.getLogger("a.user.module").warning("a line from a task")
+
+
 def test_workers_page_lists_the_workers(cluster, browser, screenshots):
+    cluster.executor.run(log_a_line)  # (on every worker)
     page, console = open_page(browser, cluster.url + "/workers")
     try:
         text = page.content()
@@ -128,6 +135,8 @@ def test_workers_page_lists_the_workers(cluster, browser, screenshots):
         for address in workers:
             response = page.goto(f"{cluster.url}/workers/{urllib.parse.quote(address, safe='')}")
             assert response.status == 200 and address in page.content()
+            # its log lines, asked of the worker itself (a task's among them)
+            assert "a line from a task" in page.inner_text("#worker-logs")
         assert console.errors == []
     finally:
         page.close()

@@ -63,6 +63,10 @@ class FakeLink:
     async def heard(self, timeout):
         self.waited = timeout
 
+    async def worker_logs(self, address, timeout=5.0):
+        self.asked.append(address)
+        return ["2026-12-08 one <b>line</b>"]
+
     async def describe(self, key, timeout=5.0):
         self.asked.append(key)
         if self.slow:
@@ -175,10 +179,13 @@ def test_pages_list_workers_and_groups_escaped():
         tasks = await (await client.get("/tasks")).text()
         one = await (await client.get(f"/workers/{quote(W1, safe='')}")).text()
         assert "inc-1" in one and "Latest runs (2)" in one
+        assert "one &lt;b&gt;line&lt;/b&gt;" in one  # its log lines, asked of it, escaped
         for page in (workers, tasks, one):
             assert EVIL not in page and "&lt;script&gt;" in page
             assert 'href="/tasks"' in page and 'href="/status"' in page
         assert (await client.get(f"/workers/{quote('tcp://nowhere:1', safe='')}")).status == 404
+        # (a worker the center does not know is never asked: no connection anywhere)
+        assert link.asked == [W1]
     with_client(check)
 
 

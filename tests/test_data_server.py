@@ -40,6 +40,8 @@ from zfutures.messages import (
     DataStored,
     DirectResult,
     GetData,
+    GetLogs,
+    Logs,
     PutData,
     Run,
     RunResult,
@@ -213,6 +215,22 @@ needs_reads = pytest.mark.skipif(not peer_memory.enabled(),
 
 
 @needs_reads
+def test_get_logs_answers_the_processs_recent_log_lines_and_keeps_only_the_last(served):
+    from zfutures import logs
+
+    logs.keep_recent_lines()
+    logs.keep_recent_lines()  # (once per process, however many times)
+    assert sum(isinstance(h, logs._RecentLines) for h in logging.getLogger().handlers) == 1
+    user = logging.getLogger("a.user.module")
+    for i in range(logs.RECENT_LINES + 50):
+        user.warning("line %d", i)
+    reply, _ = served.ask(GetLogs(7))
+    assert isinstance(reply, Logs) and reply.id == 7
+    assert len(reply.lines) == logs.RECENT_LINES
+    assert reply.lines[-1].endswith(f"a.user.module WARNING line {logs.RECENT_LINES + 49}")
+    assert reply.lines[0].endswith("WARNING line 50")
+
+
 def test_big_buffers_are_offered_to_a_reader_on_this_machine_under_a_lease(served):
     big = np.arange(1_000_000, dtype=np.float64)
     served.hold("big", big, big.nbytes)

@@ -1,8 +1,11 @@
-"""Logging helpers: rate-limited warnings, so a flood cannot fill a disk."""
+"""Logging helpers: rate-limited warnings, so a flood cannot fill a disk;
+a process's recent log lines, kept for the dashboard."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import deque
 
 #: Longest reason or detail logged, in characters.
 MAX_TEXT = 300
@@ -37,3 +40,39 @@ class RateLimitedLog:
         self._last[reason] = (now, 0)
         more = f" ({held} more like it not logged)" if held else ""
         self.logger.warning("%s%s%s", reason, f": {detail}" if detail else "", more)
+
+
+#: Log lines a worker keeps for the dashboard's page of it.
+RECENT_LINES = 200
+
+_recent: deque[str] = deque(maxlen=RECENT_LINES)
+_recent_lock = threading.Lock()
+
+
+class _RecentLines(logging.Handler):
+    """Keeps the last RECENT_LINES records of this process, formatted."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            _recent.append(self.format(record))
+        except Exception:  # (a record whose message cannot be formatted)
+            self.handleError(record)
+
+
+def keep_recent_lines() -> None:
+    """From now on, keep this process's recent log lines (at INFO and above,
+    as far as its loggers let them through): see :func:`recent_lines`.
+    Called by a worker as it starts; once per process, however many times."""
+    with _recent_lock:
+        root = logging.getLogger()
+        if not any(isinstance(h, _RecentLines) for h in root.handlers):
+            root.addHandler(_RecentLines())
+
+
+def recent_lines() -> list[str]:
+    """This process's recent log lines, oldest first."""
+    return list(_recent)

@@ -611,6 +611,21 @@ class RunResult(NamedTuple):
     ok: bool
 
 
+@message("get-logs")
+class GetLogs(NamedTuple):
+    """A worker's recent log lines, for the dashboard's page of it: answered
+    with "logs" (only read; nothing runs)."""
+
+    id: int
+
+
+@message("logs")
+class Logs(NamedTuple):
+    id: int
+    #: oldest first, formatted as the worker's log prints them
+    lines: list[str]
+
+
 @message("run-task")
 class RunTask(NamedTuple):
     """A lone task without inputs, sent by a client straight to a worker in a

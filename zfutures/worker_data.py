@@ -3,7 +3,8 @@
 :class:`DataServer` answers on the worker's ROUTER socket: ``get-data``
 (results, to peers and clients), ``put-data`` (a client scatters data here),
 ``run-task`` (a task a client sends straight here), ``run`` (a function run
-outside the task graph) and ``data-read``.
+outside the task graph), ``data-read`` and ``get-logs`` (its recent log
+lines, for the dashboard).
 
 :class:`Fetcher` sends the requests for inputs that WorkerState plans, one
 DEALER per peer, and hands the answers back to it.
@@ -27,7 +28,7 @@ import zmq
 from . import peer_memory, protocol, serialize
 from .addressing import configure, peer_endpoint
 from .errors import ProtocolError
-from .logs import RateLimitedLog
+from .logs import RateLimitedLog, recent_lines
 from .loop import close_drained, drain, send, send_frames
 from .messages import (
     Data,
@@ -35,6 +36,8 @@ from .messages import (
     DataStored,
     DirectResult,
     GetData,
+    GetLogs,
+    Logs,
     OfferedItem,
     PutData,
     Run,
@@ -82,7 +85,7 @@ class DataServer:
         #: The requests served: their class -> handler(requester, message, payload frames).
         self._handlers: dict[type, Callable[[bytes, Any, Frames], None]] = {
             GetData: self._get_data, PutData: self._put_data, Run: self._run,
-            DataRead: self._data_read, RunTask: self._run_task}
+            DataRead: self._data_read, RunTask: self._run_task, GetLogs: self._get_logs}
 
     @contained
     def on_request(self, frames: Frames) -> None:
@@ -161,6 +164,10 @@ class DataServer:
             except BaseException as exc:  # noqa: B036 - user code: the caller hears why
                 failed[item.key] = describe(exc)
         self.state.put_data(ident, msg.id, values, failed)
+
+    def _get_logs(self, ident: bytes, msg: GetLogs, frames: Frames) -> None:
+        """This worker's recent log lines (see logs.keep_recent_lines)."""
+        send_frames(self.server, [ident, *protocol.encode_message(Logs(msg.id, recent_lines()))])
 
     def _run_task(self, ident: bytes, msg: RunTask, frames: Frames) -> None:
         """A client sent a task straight here (see WorkerState.run_direct)."""

@@ -30,7 +30,9 @@ from ..messages import (
     CloseClient,
     DescribeKey,
     Events,
+    GetLogs,
     Heartbeat,
+    Logs,
     Refused,
     RegisterClient,
     Reply,
@@ -74,6 +76,7 @@ class CenterLink:
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.linger = 0
         self.socket.sndhwm = SEND_HWM
+        self.security = security
         if security is not None:
             security.connecting(self.socket)
         self.socket.connect(address)
@@ -138,6 +141,27 @@ class CenterLink:
         finally:
             self._replies.pop(ident, None)
         return result if isinstance(result, dict) else None
+
+    async def worker_logs(self, address: str, timeout: float = DESCRIBE_TIMEOUT
+                          ) -> list[str] | None:
+        """The recent log lines of the worker at ``address``, asked of its data
+        server (with the cluster's keys); None if it does not answer well
+        within ``timeout`` seconds."""
+        sock = self.context.socket(zmq.DEALER)
+        sock.linger = 0
+        if self.security is not None:
+            self.security.connecting(sock)
+        try:
+            sock.connect(address)
+            await sock.send_multipart(protocol.encode_message(GetLogs(1)))
+            frames = await asyncio.wait_for(sock.recv_multipart(), timeout)
+            msg, _ = protocol.decode_message(frames)
+        except (asyncio.TimeoutError, ProtocolError, zmq.ZMQError) as e:
+            logger.debug("no log lines from %s: %s", address, e)
+            return None
+        finally:
+            sock.close(linger=0)
+        return msg.lines if isinstance(msg, Logs) else None
 
     # ------------------------------------------------------------------ wire
 

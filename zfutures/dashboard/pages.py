@@ -73,8 +73,9 @@ def workers_page(model: Model) -> str:
     return layout("Workers", body + _table(headers, rows))
 
 
-def worker_page(model: Model, address: str) -> str | None:
-    """One worker's page, or None if the model has no such worker."""
+def worker_page(model: Model, address: str, logs: list[str] | None = None) -> str | None:
+    """One worker's page, or None if the model has no such worker; ``logs``:
+    its recent log lines (None: it did not say)."""
     w = model.workers.get(address)
     if w is None:
         return None
@@ -84,8 +85,15 @@ def worker_page(model: Model, address: str) -> str | None:
     runs.reverse()
     run_rows = [[key_link(r.key), str(r.thread), _clock(r.start), f"{r.stop - r.start:.3f} s",
                  "ok" if r.ok else "failed"] for r in runs]
+    if logs is None:
+        log_part = "<p>The worker did not answer.</p>"
+    elif not logs:
+        log_part = "<p>None yet.</p>"
+    else:
+        log_part = f'<pre id="worker-logs">{escape(chr(10).join(logs))}</pre>'
     body = (fields + f"<h2>Latest runs ({len(runs)})</h2>\n"
-            + _table(["Key", "Thread", "Started", "Took", ""], run_rows))
+            + _table(["Key", "Thread", "Started", "Took", ""], run_rows)
+            + "\n<h2>Log</h2>\n" + log_part)
     return layout(f"Worker {address}", body)
 
 

@@ -64,6 +64,8 @@ class Link(Protocol):
 
     async def heard(self, timeout: float) -> None: ...
 
+    async def worker_logs(self, address: str, timeout: float = ...) -> list[str] | None: ...
+
 
 MODEL = web.AppKey("model", Model)
 LINK = web.AppKey("link", Link)
@@ -177,7 +179,10 @@ async def _workers(request: web.Request) -> web.Response:
 async def _worker(request: web.Request) -> web.Response:
     await _first_events(request)
     address = request.match_info["address"]
-    page = pages.worker_page(request.app[MODEL], address)
+    model = request.app[MODEL]
+    # (only a worker the center knows is asked: the page connects nowhere else)
+    logs = await request.app[LINK].worker_logs(address) if address in model.workers else None
+    page = pages.worker_page(model, address, logs)
     if page is None:
         return _html(pages.layout("No such worker", f"<p>No worker {pages.escape(address)} "
                                   "is connected.</p>"), status=404)

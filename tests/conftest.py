@@ -79,6 +79,10 @@ class Processes:
         return process
 
     def center(self, *extra: str, stderr=None) -> tuple[subprocess.Popen, str]:
+        if not any(option.endswith("dashboard") or option.startswith("--dashboard")
+                   for option in extra):
+            # (a free port: centers of tests side by side would fight for 8788)
+            extra = ("--dashboard-address", "127.0.0.1:0", *extra)
         process = self.start(command("zfut-center"), "--port", str(free_port()), *extra,
                              stderr=stderr)
         address = read_line(process, r"listening at (tcp://\S+)").group(1)

@@ -5,6 +5,7 @@ and reads the events while an Executor runs tasks on two workers.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
@@ -22,7 +23,8 @@ NTHREADS = 2
 def start(processes, tmp_path) -> tuple[str, list[str]]:
     """A center and two workers of NTHREADS threads: (address, workers' addresses)."""
     with open(tmp_path / "center.log", "w") as f:
-        _, address = processes.center(stderr=f)
+        # (no dashboard: the tests' watchers are the only ones)
+        _, address = processes.center("--no-dashboard", stderr=f)
     workers = []
     for i in range(2):
         with open(tmp_path / f"worker{i}.log", "w") as f:
@@ -79,10 +81,13 @@ class Watcher:
 @pytest.mark.timeout(120)
 def test_a_watcher_hears_counts_runs_transfers_and_workers(processes, tmp_path):
     address, (w0, w1) = start(processes, tmp_path)
-    context = zmq.Context()
-    ex = connected_executor(address, 2)
-    watcher = Watcher(context, address)
-    try:
+    with contextlib.ExitStack() as stack:
+        context = zmq.Context()
+        stack.callback(context.term)
+        ex = connected_executor(address, 2)
+        stack.callback(ex.shutdown)
+        watcher = Watcher(context, address)
+        stack.callback(watcher.close)
         watcher.until(lambda: len(watcher.workers) == 2)  # (the first events: all of it)
         futures = ex.map(make, range(N))
         assert [len(x) for x in ex.gather(futures)] == list(range(N))
@@ -137,24 +142,24 @@ def test_a_watcher_hears_counts_runs_transfers_and_workers(processes, tmp_path):
         before = len(watcher.received)
         watcher.read(1.5)
         assert len(watcher.received) == before
-    finally:
-        watcher.close()
-        ex.shutdown()
-        context.term()
 
 
 @pytest.mark.timeout(120)
 def test_a_watcher_that_reads_nothing_never_holds_the_center_up(processes, tmp_path):
     address, _ = start(processes, tmp_path)
-    context = zmq.Context()
-    ex = connected_executor(address, 2)
-    # a watcher that never reads: its messages queue, or are dropped
-    deaf = RawPeer(context, address, rcvhwm=1, rcvbuf=4096)
-    deaf.send(h("register-client", protocol=PROTOCOL_VERSION, name="zfutures-dashboard"))
-    deaf.send(h("watch", stream=True))
-    # (and without the stream, a watcher that does read)
-    watcher = Watcher(context, address, stream=False)
-    try:
+    with contextlib.ExitStack() as stack:
+        context = zmq.Context()
+        stack.callback(context.term)
+        ex = connected_executor(address, 2)
+        stack.callback(ex.shutdown)
+        # a watcher that never reads: its messages queue, or are dropped
+        deaf = RawPeer(context, address, rcvhwm=1, rcvbuf=4096)
+        stack.callback(deaf.close)
+        deaf.send(h("register-client", protocol=PROTOCOL_VERSION, name="zfutures-dashboard"))
+        deaf.send(h("watch", stream=True))
+        # (and without the stream, a watcher that does read)
+        watcher = Watcher(context, address, stream=False)
+        stack.callback(watcher.close)
         for _ in range(3):
             futures = ex.map(make, range(N), pure=False)
             assert len(ex.gather(futures)) == N
@@ -162,11 +167,6 @@ def test_a_watcher_that_reads_nothing_never_holds_the_center_up(processes, tmp_p
                       and watcher.groups["make"].finished == 3 * N)
         assert watcher.runs == [] and watcher.transfers == []  # (not asked for)
         assert "dashboard" in ex.scheduler_info()  # (the center still answers; None here)
-    finally:
-        deaf.close()
-        watcher.close()
-        ex.shutdown()
-        context.term()
 
 
 def test_the_center_describes_a_key_and_gives_its_dashboard_link_to_clients():

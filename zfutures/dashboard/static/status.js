@@ -5,7 +5,7 @@
 (function () {
   const body = document.body;
   if (!body || !body.dataset.live) return;
-  const WINDOW = 60, MAX_RUNS = 20000, MAX_TRANSFERS = 5000, REDRAW_MS = 500, MAX_GROUPS = 30;
+  const WINDOW = 60, MIN_WINDOW = 5, MAX_RUNS = 20000, MAX_TRANSFERS = 5000, REDRAW_MS = 500, MAX_GROUPS = 30;
   const state = {
     time: 0, receivedAt: 0, groups: {}, workers: [], runs: [], transfers: [], counters: {}
   };
@@ -179,7 +179,14 @@
 
   function draw() {
     lastDraw = performance.now();
-    drawTaskStream(document.getElementById("task-stream"), state.runs, state.transfers, now(), WINDOW);
+    // The window grows with what there is to show, up to the last minute:
+    // the first seconds of a run fill the width rather than its last tenth.
+    let earliest = Infinity;
+    for (const r of state.runs) earliest = Math.min(earliest, r[3]);
+    for (const t of state.transfers) earliest = Math.min(earliest, t[4]);
+    const span = Math.min(WINDOW, Math.max(MIN_WINDOW, Math.ceil((now() - earliest) * 1.1)));
+    drawTaskStream(document.getElementById("task-stream"), state.runs, state.transfers, now(),
+                   isFinite(span) ? span : MIN_WINDOW);
     drawProgress();
     drawMemory();
     drawOccupancy();

@@ -39,6 +39,14 @@ def test_counts_are_latest_per_group_and_summed_over_groups():
     assert model.time == 101
 
 
+def test_finished_and_failed_are_the_centers_counters_when_it_sends_them():
+    model = Model()
+    # (groups long gone still count: the center's totals are over every group)
+    model.apply(events(100, [counts("inc", memory=1, finished=1)],
+                       counters={"finished": 50, "failed": 2}), now=0)
+    assert model.finished() == (50, 2) and model.state()["finished"] == 50
+
+
 def test_workers_are_the_latest_list_and_a_missing_one_is_gone_with_its_runs():
     model = Model()
     model.apply(events(100, workers=(W1, W2), runs=[run("a-1", 99, address=W2)]), now=0)

@@ -220,12 +220,6 @@ def test_a_key_page_without_the_center():
     with_client(unregistered, link=FakeLink(registered=False))
 
 
-def test_a_bad_error_pickle_shows_a_fallback():
-    from zfutures.dashboard.pages import describe_error
-
-    assert "could not be read" in describe_error([b"not a pickle"])
-
-
 # ---------------------------------------------------------------------- token
 
 def test_token_rules():

@@ -324,3 +324,21 @@ def test_describe_key_names_at_most_a_hundred_dependents(n):
     sim = watched()
     sim.submit(task("x-1"), *[task(f"y-{i}", "x-1") for i in range(n)])
     assert len(sim.s.describe_key("x-1")["dependents"]) == 100
+
+
+def test_a_group_with_no_task_left_is_said_once_then_forgotten_but_its_totals_stay():
+    sim = watched()
+    sim.submit(task("inc-1"))
+    sim.finish("inc-1", duration=0.5, start=10.0, thread=0)
+    take(sim)
+    sim.s.release(C1, ["inc-1"])
+    events = take(sim, now=1001.0)
+    inc = groups_of(events)["inc"]
+    assert (inc.memory, inc.released, inc.finished) == (0, 0, 1)  # its zeros, said once
+    assert "inc" not in sim.s.observer.groups  # then forgotten by the observer
+    # A watcher that comes now reads the group's totals all the same, and
+    # the counters over every group.
+    sim.s.watch()
+    (late,) = [g for g in sim.s.observer.all_groups() if g.group == "inc"]
+    assert (late.finished, late.seconds) == (1, 0.5)
+    assert (sim.s.run_totals.finished, sim.s.run_totals.failed) == (1, 0)

@@ -463,9 +463,11 @@ class Center:
         peers = self.peers
         silent = {ident: max(0.0, listened - peers[ident].last_heard)
                   for ident in self.scheduler.workers if ident in peers}
+        totals = self.scheduler.run_totals
         counters = {"messages": self.messages,
                     "transfer_bytes": self.scheduler.transfer_bytes,
-                    "tasks": self.scheduler.submitted_tasks}
+                    "tasks": self.scheduler.submitted_tasks,
+                    "finished": totals.finished, "failed": totals.failed}
         new = self._new_watchers
         events = observer.take(time.time(), self.scheduler.workers.values(), silent, counters,
                                force=bool(new))

@@ -508,7 +508,8 @@ class Events(NamedTuple):
     runs: list[TaskRun]
     transfers: list[Transfer]
     #: the center's own totals since it started: "messages" handled,
-    #: "transfer_bytes" moved between workers, "tasks" submitted
+    #: "transfer_bytes" moved between workers, "tasks" submitted, task runs
+    #: "finished" and "failed" (over every group, even those long gone)
     counters: dict[str, int]
 
 

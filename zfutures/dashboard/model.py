@@ -119,7 +119,10 @@ class Model:
         return totals
 
     def finished(self) -> tuple[int, int]:
-        """Runs that finished and runs that failed, over all groups."""
+        """Runs that finished and runs that failed, since the center started
+        (the center's counters; the sum over the groups if it sends none)."""
+        if "finished" in self.counters:
+            return self.counters["finished"], self.counters.get("failed", 0)
         return (sum(g.counts.finished for g in self.groups.values()),
                 sum(g.counts.failed for g in self.groups.values()))
 

@@ -12,8 +12,7 @@ from html import escape
 from typing import Any
 from urllib.parse import quote
 
-from .. import serialize
-from ..remote_errors import describe, fill_source_lines
+from .errors import error_text
 from .model import STATES, Model
 
 #: The pages, in the order of the bar of links on each.
@@ -132,20 +131,8 @@ def task_page(key: str, info: dict[str, Any] | None) -> str:
     body = _table(["Field", "Value"], rows, numeric_from=9)
     error = info.get("error")
     if error:
-        body += "<h2>Error</h2>\n<pre>" + escape(describe_error(error)) + "</pre>\n"
+        body += "<h2>Error</h2>\n<pre>" + escape(error_text(error)) + "</pre>\n"
     return layout(f"Task {key}", body)
-
-
-def describe_error(frames: list[Any]) -> str:
-    """A task's error as text, from the frames its worker sent (see
-    remote_errors.pickle_exception). The dashboard may lack the exception's
-    module; then the page says so rather than failing."""
-    try:
-        exception, text, *rest = serialize.loads([bytes(f) for f in frames])
-        text = fill_source_lines(str(text), rest[0] if rest else ())
-        return f"{text.rstrip()}\n\n{describe(exception)}"
-    except Exception as e:  # anything a foreign pickle can raise
-        return f"(the error could not be read here: {type(e).__name__}: {e})"
 
 
 def _clock(t: float) -> str:

@@ -54,6 +54,9 @@ class RunTotals:
 
     def __init__(self) -> None:
         self.groups: OrderedDict[str, list[float]] = OrderedDict()  # [finished, failed, seconds]
+        #: over all groups, never dropped: what a counter of the cluster reads
+        self.finished = 0
+        self.failed = 0
 
     def ran(self, group: str, ok: bool, duration: float | None) -> None:
         """A run of a task of ``group`` ended, ``ok`` or raising, after
@@ -68,10 +71,12 @@ class RunTotals:
             groups.move_to_end(group)
         if ok:
             totals[0] += 1
+            self.finished += 1
             if duration is not None and 0.0 <= duration < 1e9:  # (NaN fails this too)
                 totals[2] += duration
         else:
             totals[1] += 1
+            self.failed += 1
 
     def of(self, group: str) -> tuple[int, int, float]:
         """``(finished, failed, seconds)`` of ``group``."""
@@ -171,9 +176,12 @@ class Observer:
     # ------------------------------------------------------------------ output
 
     def all_groups(self) -> list[GroupCounts]:
-        """Every group's counts: for a watcher that just came."""
-        totals = self.totals
-        return [group.as_message(name, totals) for name, group in self.groups.items()]
+        """Every group's counts, those with no task left but run totals too:
+        for a watcher that just came."""
+        totals, groups = self.totals, self.groups
+        ran_only = [name for name in totals.groups if name not in groups]
+        return [group.as_message(name, totals) for name, group in groups.items()] + \
+            [_Group().as_message(name, totals) for name in ran_only]
 
     def take(self, now: float, workers: Iterable[WorkerRecord], silent: Mapping[bytes, float],
              counters: dict[str, int] | None = None,
@@ -190,8 +198,15 @@ class Observer:
                 and not self.transfers:
             return None
         groups = self.groups
-        changed = [groups[name].as_message(name, self.totals) for name in self.changed
-                   if name in groups]
+        changed = []
+        for name in self.changed:
+            group = groups.get(name)
+            if group is not None:
+                changed.append(group.as_message(name, self.totals))
+                if not any(group.counts.values()):
+                    # No task of it left: said once with its zeros, then
+                    # forgotten here (its run totals stay in RunTotals).
+                    del groups[name]
         self.changed = set()
         runs, transfers = list(self.runs), list(self.transfers)
         self.runs.clear()

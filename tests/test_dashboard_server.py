@@ -22,7 +22,7 @@ from zfutures import protocol
 from zfutures.dashboard import server as dashboard_server
 from zfutures.dashboard.center_link import CLIENT_NAME, CenterLink
 from zfutures.dashboard.model import Model
-from zfutures.dashboard.server import COOKIE, make_app
+from zfutures.dashboard.server import cookie_name, make_app
 from zfutures.messages import (
     CloseClient,
     DescribeKey,
@@ -35,6 +35,7 @@ from zfutures.messages import (
     Reregister,
     TaskRun,
     Transfer,
+    Unwatch,
     Watch,
     Welcome,
     WorkerStats,
@@ -59,6 +60,9 @@ class FakeLink:
 
     def want_stream(self, stream):
         self.streams.append(stream)
+
+    def used(self):
+        self.uses = getattr(self, "uses", 0) + 1
 
     async def heard(self, timeout):
         self.waited = timeout
@@ -89,12 +93,12 @@ def fed_model() -> Model:
     return model
 
 
-def with_client(check, model=None, link=None, token=None):
+def with_client(check, model=None, link=None, token=None, local_only=False):
     """Run ``check(client, link)`` against the app on a loopback test server."""
     link = link or FakeLink()
 
     async def main():
-        app = make_app(model or fed_model(), link, token)
+        app = make_app(model or fed_model(), link, token, local_only)
         async with TestClient(TestServer(app)) as client:
             await check(client, link)
 
@@ -238,7 +242,7 @@ def test_token_rules():
         r = await client.get(f"/status?token={TOKEN}")
         assert r.status == 200
         cookie = r.headers["Set-Cookie"]
-        assert f"{COOKIE}={TOKEN}" in cookie and "HttpOnly" in cookie
+        assert f"{cookie_name(TOKEN)}={TOKEN}" in cookie and "HttpOnly" in cookie
         assert "SameSite=Strict" in cookie and "Path=/" in cookie
         # The client keeps the cookie: the page's own requests need no token.
         assert (await client.get("/static/status.js")).status == 200
@@ -248,9 +252,37 @@ def test_token_rules():
 
 def test_token_in_a_cookie_alone():
     async def check(client, link):
-        r = await client.get("/workers", headers={"Cookie": f"{COOKIE}={TOKEN}"})
+        r = await client.get("/workers", headers={"Cookie": f"{cookie_name(TOKEN)}={TOKEN}"})
         assert r.status == 200
+        # (another dashboard's cookie on this host name is another cookie)
+        other = cookie_name("another token")
+        assert other != cookie_name(TOKEN)
+        r = await client.get("/workers", headers={"Cookie": f"{other}=another token"})
+        assert r.status == 403
     with_client(check, token=TOKEN)
+
+
+def test_on_loopback_without_a_token_only_loopback_names_are_answered():
+    async def check(client, link):
+        for host in ("localhost:8788", "127.0.0.1:8788", "[::1]:8788", "LOCALHOST"):
+            assert (await client.get("/workers", headers={"Host": host})).status == 200, host
+        # a web page that rebound its own name to 127.0.0.1
+        r = await client.get("/api/v1/state", headers={"Host": "evil.example:8788"})
+        assert r.status == 421
+    with_client(check, local_only=True)
+
+
+def test_pages_that_read_the_cluster_say_they_are_used():
+    async def check(client, link):
+        for path in ("/workers", "/tasks", "/metrics", "/api/v1/state", "/task/x-1"):
+            link.uses = 0
+            await client.get(path)
+            assert link.uses == 1, path
+        link.uses = 0
+        await client.get("/health")
+        await client.get("/static/status.js")
+        assert link.uses == 0
+    with_client(check, link=FakeLink(answer=None))
 
 
 # ---------------------------------------------------------------------- events
@@ -380,6 +412,44 @@ def test_link_registers_watches_applies_and_answers():
             while not refusals and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
             assert refusals == ["no more"]
+        finally:
+            await link.close()
+            center.socket.close()
+            context.term()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_link_stops_watching_when_nobody_looks_and_watches_again_when_asked():
+    from zfutures.dashboard.center_link import IDLE_UNWATCH
+
+    async def main():
+        context = zmq.asyncio.Context()
+        center = FakeCenter(context)
+        now = [0.0]
+        model = Model()
+        link = CenterLink(model, center.address, clock=lambda: now[0])
+        link.start()
+        try:
+            await center.expect(RegisterClient)
+            await center.send(Welcome(protocol.PROTOCOL_VERSION))
+            await center.expect(Watch)
+            await center.send(Events(5.0, [GroupCounts("inc", 0, 0, 0, 1, 0, 0, 1, 0, 0.1)],
+                                     [], [], [], {}))
+            await asyncio.wait_for(link.heard(30), 10)
+            now[0] = IDLE_UNWATCH - 1
+            link.want_stream(True)  # (a live page open: never idle)
+            await center.expect(Watch)
+            now[0] = 2 * IDLE_UNWATCH
+            await asyncio.sleep(1.2)  # (two heartbeats' checks: the page holds it)
+            assert link.watching
+            link.want_stream(False)
+            await center.expect(Watch)
+            await center.expect(Unwatch)  # idle: the center may observe nothing
+            assert not link.watching and model.groups  # (kept until used again)
+            link.used()
+            assert (await center.expect(Watch)).stream is False
+            assert link.watching and not model.groups  # stale: started over
         finally:
             await link.close()
             center.socket.close()

@@ -224,11 +224,13 @@ def test_get_logs_answers_the_processs_recent_log_lines_and_keeps_only_the_last(
     user = logging.getLogger("a.user.module")
     for i in range(logs.RECENT_LINES + 50):
         user.warning("line %d", i)
+    user.warning("x" * (2 * logs.RECENT_LINE_CHARS))  # (a line too long: cut)
     reply, _ = served.ask(GetLogs(7))
     assert isinstance(reply, Logs) and reply.id == 7
     assert len(reply.lines) == logs.RECENT_LINES
-    assert reply.lines[-1].endswith(f"a.user.module WARNING line {logs.RECENT_LINES + 49}")
-    assert reply.lines[0].endswith("WARNING line 50")
+    assert reply.lines[-2].endswith(f"a.user.module WARNING line {logs.RECENT_LINES + 49}")
+    assert reply.lines[0].endswith("WARNING line 51")
+    assert len(reply.lines[-1]) < logs.RECENT_LINE_CHARS + 100
 
 
 def test_big_buffers_are_offered_to_a_reader_on_this_machine_under_a_lease(served):

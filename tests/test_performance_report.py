@@ -112,11 +112,27 @@ def test_a_client_killed_in_the_middle_leaves_a_report_that_opens(tmp_path, brow
 def test_a_key_that_closes_a_script_element_stays_data(tmp_path):
     path = tmp_path / "report.html"
     writer = ReportWriter(path)
-    key = "</script><script>alert(1)</script>-1"
-    writer.add(Events(1.0, [], [], [TaskRun(key, "tcp://w", 0, 1.0, 2.0, True)], [], {}))
+    keys = ["</script><script>alert(1)</script>-1", "<!--<script>-1"]
+    writer.add(Events(1.0, [], [], [TaskRun(key, "tcp://w", 0, 1.0, 2.0, True)
+                                    for key in keys], [], {}))
     writer.close()
     text = path.read_text()
-    assert key not in text and "<\\/script><script>alert(1)<\\/script>-1" in text
+    data = text[text.index("<script>zfReport.add(") + len("<script>"):]
+    assert "<" not in data.split(");</script>")[0]  # (nothing the HTML parser reads)
+    assert "\\u003c/script\\u003e\\u003cscript\\u003ealert(1)" in data
+
+
+def test_runs_past_the_limit_are_counted_not_written(tmp_path, monkeypatch):
+    from zfutures import report
+
+    monkeypatch.setattr(report, "MAX_RUNS", 3)
+    writer = ReportWriter(tmp_path / "report.html")
+    for i in range(2):
+        writer.add(Events(1.0, [], [], [TaskRun(f"t-{i}-{j}", "tcp://w", 0, 1.0, 2.0, True)
+                                        for j in range(2)], [], {}))
+    writer.close()
+    text = (tmp_path / "report.html").read_text()
+    assert text.count('"t-') == 3 and '"left_out":1' in text
 
 
 def test_a_report_needs_an_open_executor(tmp_path, monkeypatch):

@@ -259,8 +259,10 @@ def worker_main(address: str, nthreads: int, nworkers: int, name: str | None, ho
         return
     if nworkers > 1:
         raise click.UsageError("--no-nanny runs one worker: drop --nworkers")
+    from .logs import keep_recent_lines
     from .worker import Worker
 
+    keep_recent_lines()  # (served to the dashboard: see DataServer)
     worker = Worker(center, nthreads=nthreads, name=name, host=host, memory_limit=limit,
                     resources=resource_map, heartbeat_interval=heartbeat_interval,
                     heartbeat_timeout=heartbeat_timeout, security=security,

@@ -42,8 +42,10 @@ class RateLimitedLog:
         self.logger.warning("%s%s%s", reason, f": {detail}" if detail else "", more)
 
 
-#: Log lines a worker keeps for the dashboard's page of it.
+#: Log lines a worker keeps for the dashboard's page of it, and the longest
+#: kept whole (a traceback in a log line can be long).
 RECENT_LINES = 200
+RECENT_LINE_CHARS = 4000
 
 _recent: deque[str] = deque(maxlen=RECENT_LINES)
 _recent_lock = threading.Lock()
@@ -58,15 +60,22 @@ class _RecentLines(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            _recent.append(self.format(record))
+            _recent.append(_shorten_to(self.format(record), RECENT_LINE_CHARS))
         except Exception:  # (a record whose message cannot be formatted)
             self.handleError(record)
 
 
+def _shorten_to(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def keep_recent_lines() -> None:
     """From now on, keep this process's recent log lines (at INFO and above,
-    as far as its loggers let them through): see :func:`recent_lines`.
-    Called by a worker as it starts; once per process, however many times."""
+    as far as its loggers let them through; a task's own too): see
+    :func:`recent_lines`. ``zfut-worker`` calls it as its worker process
+    starts, after setting up logging (a handler on the root logger would
+    otherwise stand in for Python's last-resort output to stderr); once per
+    process, however many times."""
     with _recent_lock:
         root = logging.getLogger()
         if not any(isinstance(h, _RecentLines) for h in root.handlers):

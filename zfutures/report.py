@@ -28,6 +28,10 @@ STATIC = Path(__file__).parent / "dashboard" / "static"
 #: ran inside it.
 CATCH_UP_TIMEOUT = 5.0
 
+#: Task runs a report draws at most (about 80 bytes each in the file): a
+#: browser opens a file of that size; the runs past it are counted.
+MAX_RUNS = 1_000_000
+
 
 @contextlib.contextmanager
 def performance_report(filename: str | os.PathLike = "zfutures-report.html",
@@ -52,14 +56,16 @@ def performance_report(filename: str | os.PathLike = "zfutures-report.html",
             raise RuntimeError("performance_report() needs an open Executor: open one "
                                "first, or pass it as executor=")
     writer = ReportWriter(filename)
-    watcher = Watcher(executor.address, executor.security, writer.add,
-                      name="zfutures-performance-report", stream=True)
     try:
-        watcher.start(timeout=10)
-        yield writer
-        watcher.catch_up(CATCH_UP_TIMEOUT)
+        watcher = Watcher(executor.address, executor.security, writer.add,
+                          name="zfutures-performance-report", stream=True)
+        try:
+            watcher.start(timeout=10)
+            yield writer
+            watcher.catch_up(CATCH_UP_TIMEOUT)
+        finally:
+            watcher.stop()
     finally:
-        watcher.stop()
         writer.close()
 
 
@@ -70,6 +76,8 @@ class ReportWriter:
     def __init__(self, filename: str | os.PathLike):
         self.path = Path(filename)
         self.started = time.time()
+        self.runs = 0
+        self.left_out = 0  # runs past MAX_RUNS
         # Appended to with one write() per part: a reader (or a kill) sees
         # whole parts, never half of one.
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND,
@@ -77,18 +85,23 @@ class ReportWriter:
         self._write(_head(self.started))
 
     def add(self, events: Events) -> None:
-        """One batch of the center's events: its runs and transfers."""
-        if events.runs or events.transfers or events.groups:
-            part = {"runs": events.runs, "transfers": events.transfers,
-                    "groups": [list(g) for g in events.groups]}
+        """One batch of the center's events: its runs and transfers (up to
+        MAX_RUNS runs in all; the rest are counted, not drawn)."""
+        runs, room = events.runs, MAX_RUNS - self.runs
+        if len(runs) > room:
+            self.left_out += len(runs) - max(room, 0)
+            runs = runs[:max(room, 0)]
+        self.runs += len(runs)
+        if runs or events.transfers:
+            part = {"runs": runs, "transfers": events.transfers}
             self._write(f"<script>zfReport.add({_json(part)});</script>\n")
 
     def close(self) -> None:
         """End the file (a file left without its end still opens)."""
         if self._fd < 0:
             return
-        self._write(f"<script>zfReport.finish({_json({'stopped': time.time()})});</script>\n"
-                    "</body></html>\n")
+        info = {"stopped": time.time(), "left_out": self.left_out}
+        self._write(f"<script>zfReport.finish({_json(info)});</script>\n</body></html>\n")
         os.close(self._fd)
         self._fd = -1
 
@@ -96,9 +109,15 @@ class ReportWriter:
         os.write(self._fd, text.encode())
 
 
+#: What JSON may hold that HTML's script parsing would read: escaped, the
+#: text between <script> and </script> is data whatever a key says.
+_SCRIPT_SAFE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
+                              "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def _json(value: Any) -> str:
     """``value`` as JSON safe inside a <script> element."""
-    return json.dumps(value, separators=(",", ":")).replace("</", "<\\/")
+    return json.dumps(value, separators=(",", ":")).translate(_SCRIPT_SAFE)
 
 
 def _head(started: float) -> str:

@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 #: Seconds between the watcher's heartbeats to the center.
 HEARTBEAT_INTERVAL = 0.5
 
+#: Milliseconds the goodbye may take to leave when the watcher stops.
+CLOSE_LINGER_MS = 200
+
 
 class Watcher:
     """Hear a center's events in a thread of its own.
@@ -114,7 +117,9 @@ class Watcher:
             self.waker.wake()
             self._thread.join(timeout)
         if not self._thread.is_alive():
-            self.socket.close(linger=0)
+            # A moment for the goodbye to leave (the center then stops the
+            # stream at once); a center that is gone holds nothing up.
+            self.socket.close(linger=CLOSE_LINGER_MS)
             self.context.term()
             self.waker.close()
 

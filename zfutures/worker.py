@@ -36,7 +36,7 @@ from .addressing import (
     normalize_address,
 )
 from .errors import ProtocolError
-from .logs import RateLimitedLog, keep_recent_lines
+from .logs import RateLimitedLog
 from .loop import SLICE, ListeningClock, Waker, drain, send
 from .messages import (
     Acquire,
@@ -142,7 +142,6 @@ class Worker:
         self.inbox: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]]] = \
             queue.SimpleQueue()
         self.executor: Any = None  # a client for tasks that submit tasks (executor.get_executor)
-        keep_recent_lines()  # (served to the dashboard: see DataServer)
         self.data_server = DataServer(server, self.state, self.call_soon, dropped)
         self.fetcher = Fetcher(self.state, self.context, self.poller, security,
                                self.call_soon, dropped)

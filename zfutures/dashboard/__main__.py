@@ -22,6 +22,7 @@ import sys
 
 from aiohttp import web
 
+from ..addressing import is_loopback
 from ..processes import PARENT_PID_ENV
 from .center_link import CenterLink
 from .launch import TOKEN_ENV
@@ -82,7 +83,10 @@ async def serve(center: str, listening: socket.socket, token: str | None,
 
     model = Model()
     link = CenterLink(model, center, security, on_refused=refused)
-    runner = web.AppRunner(make_app(model, link, token), handle_signals=False,
+    # On loopback without a token, only requests for a loopback name: another
+    # web page may rebind its own name to 127.0.0.1 to read this one.
+    local_only = token is None and is_loopback(listening.getsockname()[0])
+    runner = web.AppRunner(make_app(model, link, token, local_only), handle_signals=False,
                            access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     await web.SockSite(runner, listening).start()

@@ -37,6 +37,7 @@ from ..messages import (
     RegisterClient,
     Reply,
     Reregister,
+    Unwatch,
     Watch,
     Welcome,
 )
@@ -53,6 +54,11 @@ HEARTBEAT_INTERVAL = 0.5
 DESCRIBE_TIMEOUT = 5.0
 #: Milliseconds the goodbye may take to leave when the dashboard stops.
 CLOSE_LINGER_MS = 200
+
+#: Seconds without a request (and no live page open) after which the
+#: dashboard stops watching: the center then observes nothing again, until
+#: the next request watches anew.
+IDLE_UNWATCH = 300.0
 #: Messages queued for a center that is not there (a restart): past this, drop.
 SEND_HWM = 100
 
@@ -88,6 +94,9 @@ class CenterLink:
         self._ids = itertools.count(1)
         self._replies: dict[int, asyncio.Future[Any]] = {}
         self._first_events = asyncio.Event()
+        #: watching the center (not since IDLE_UNWATCH seconds without a request)
+        self.watching = True
+        self.last_used = clock()
         self._tasks: list[asyncio.Task[None]] = []
 
     # ------------------------------------------------------------------ life
@@ -119,8 +128,29 @@ class CenterLink:
         """Watch with the task stream (someone has the live page open) or without."""
         if stream != self.stream:
             self.stream = stream
-            if self.registered:
+            if self.registered and self.watching:
                 self._send(Watch(stream=stream))
+
+    def used(self) -> None:
+        """A request came: watch again if the dashboard stopped for idling
+        (then what the model held is stale: it starts over, and pages wait
+        for the first events, see :meth:`heard`)."""
+        self.last_used = self.clock()
+        if not self.watching:
+            self.watching = True
+            self.model.clear()
+            self._first_events.clear()
+            if self.registered:
+                self._send(Watch(stream=self.stream))
+
+    def _check_idle(self) -> None:
+        if self.watching and not self.stream and \
+                self.clock() - self.last_used > IDLE_UNWATCH:
+            logger.info("nobody looked for %.0f s: no longer watching the center",
+                        IDLE_UNWATCH)
+            self.watching = False
+            if self.registered:
+                self._send(Unwatch())
 
     async def heard(self, timeout: float) -> None:
         """Return once the center's first events came, or after ``timeout``
@@ -181,6 +211,7 @@ class CenterLink:
         while True:
             await asyncio.sleep(HEARTBEAT_INTERVAL)
             self._send(Heartbeat())
+            self._check_idle()
 
     async def _receive(self) -> None:
         while True:
@@ -205,7 +236,8 @@ class CenterLink:
         elif isinstance(msg, Welcome):
             self.registered = True
             logger.info("registered with the center at %s", self.address)
-            self._send(Watch(stream=self.stream))
+            if self.watching:
+                self._send(Watch(stream=self.stream))
         elif isinstance(msg, Reregister):
             # A restarted center: what the model holds is of the old one.
             logger.info("the center asked to register again (it restarted?)")

@@ -18,6 +18,7 @@ Routes::
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
 import logging
@@ -34,8 +35,16 @@ logger = logging.getLogger("zfutures.dashboard")
 
 #: Where the page's script, style and HTML are (shipped in the package).
 STATIC = Path(__file__).parent / "static"
-#: The cookie that carries the token after a first visit with ``?token=``.
-COOKIE = "zfutures_token"
+#: The cookie that carries the token after a first visit with ``?token=``
+#: is named after the token (see cookie_name): a browser keeps one cookie
+#: per host name, whatever the port, and two dashboards on one host must not
+#: overwrite each other's.
+COOKIE_PREFIX = "zfutures_token_"
+
+#: Host names a dashboard on loopback without a token answers to: another
+#: name that resolves to 127.0.0.1 is a web page rebinding its own name to
+#: read this one (DNS rebinding).
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
 #: Seconds between the deltas of /events: the page redraws at most twice a second.
 EVENTS_INTERVAL = 0.5
 
@@ -60,6 +69,8 @@ class Link(Protocol):
 
     def want_stream(self, stream: bool) -> None: ...
 
+    def used(self) -> None: ...
+
     async def describe(self, key: str, timeout: float = ...) -> dict[str, Any] | None: ...
 
     async def heard(self, timeout: float) -> None: ...
@@ -73,9 +84,20 @@ CLOSING = web.AppKey("closing", asyncio.Event)
 STREAMS = web.AppKey("streams", list)
 
 
-def make_app(model: Model, link: Link, token: str | None = None) -> web.Application:
-    """The dashboard's aiohttp application over ``model`` and ``link``."""
-    app = web.Application(middlewares=[_token_middleware(token)])
+def cookie_name(token: str) -> str:
+    """The token's cookie, named after the token itself (see COOKIE_PREFIX)."""
+    return COOKIE_PREFIX + hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+def make_app(model: Model, link: Link, token: str | None = None,
+             local_only: bool = False) -> web.Application:
+    """The dashboard's aiohttp application over ``model`` and ``link``.
+    ``local_only``: answer only requests addressed to a loopback name (a
+    dashboard on loopback without a token: see LOCAL_HOSTS)."""
+    middlewares = [_token_middleware(token)]
+    if local_only:
+        middlewares.insert(0, _local_host_middleware)
+    app = web.Application(middlewares=middlewares)
     app[MODEL] = model
     app[LINK] = link
     app[CLOSING] = asyncio.Event()
@@ -104,8 +126,18 @@ def make_app(model: Model, link: Link, token: str | None = None) -> web.Applicat
     return app
 
 
+@web.middleware
+async def _local_host_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    host = request.host.rsplit(":", 1)[0] if not request.host.endswith("]") else request.host
+    if host.lower() not in LOCAL_HOSTS:
+        raise web.HTTPMisdirectedRequest(text="This dashboard answers to localhost or "
+                                              "127.0.0.1 only.\n")
+    return await handler(request)
+
+
 def _token_middleware(token: str | None) -> Any:
     expected = token.encode() if token is not None else None
+    cookie = cookie_name(token) if token is not None else ""
 
     def matches(given: str | None) -> bool:
         return given is not None and expected is not None and \
@@ -118,11 +150,11 @@ def _token_middleware(token: str | None) -> Any:
         in_query = matches(request.query.get("token"))
         authorization = request.headers.get("Authorization", "")
         bearer = authorization[7:] if authorization.startswith("Bearer ") else None
-        if not (in_query or matches(request.cookies.get(COOKIE)) or matches(bearer)):
+        if not (in_query or matches(request.cookies.get(cookie)) or matches(bearer)):
             raise web.HTTPForbidden(text=FORBIDDEN)
         response = await handler(request)
         if in_query and not response.prepared:
-            response.set_cookie(COOKIE, token or "", httponly=True, samesite="Strict", path="/")
+            response.set_cookie(cookie, token or "", httponly=True, samesite="Strict", path="/")
         return response
 
     return check_token
@@ -159,7 +191,9 @@ FIRST_EVENTS_WAIT = 3.0
 
 
 async def _first_events(request: web.Request) -> None:
-    await request.app[LINK].heard(FIRST_EVENTS_WAIT)
+    link = request.app[LINK]
+    link.used()  # (watching again, if it stopped for idling)
+    await link.heard(FIRST_EVENTS_WAIT)
 
 
 async def _state(request: web.Request) -> web.Response:
@@ -195,6 +229,7 @@ async def _tasks(request: web.Request) -> web.Response:
 
 
 async def _task(request: web.Request) -> web.Response:
+    await _first_events(request)  # (registered by then, if the center answers)
     key = request.match_info["key"]
     link = request.app[LINK]
     if not link.registered:
@@ -217,6 +252,7 @@ async def _events(request: web.Request) -> web.StreamResponse:
                                            "Cache-Control": "no-cache"})
     await response.prepare(request)
     streams.append(response)
+    link.used()
     link.want_stream(True)
     try:
         message, cursor = model.snapshot()

@@ -6,14 +6,14 @@
 
 const zfReport = (function () {
   const runs = [], transfers = [];
-  let started = null, stopped = null;
+  let started = null, stopped = null, leftOut = 0;
 
   function begin(info) { started = info.started; }
   function add(part) {
     Array.prototype.push.apply(runs, part.runs);
     Array.prototype.push.apply(transfers, part.transfers);
   }
-  function finish(info) { stopped = info.stopped; }
+  function finish(info) { stopped = info.stopped; leftOut = info.left_out || 0; }
 
   function formatBytes(n) {
     const units = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -74,7 +74,8 @@ const zfReport = (function () {
     document.getElementById("summary").textContent =
       runs.length + " task runs on " + new Set(runs.map(function (r) { return r[1]; })).size +
       " workers over " + span.toFixed(3) + " s" +
-      (stopped === null ? " (the report ends early: its client stopped in the middle)." : ".");
+      (stopped === null ? " (the report ends early: its client stopped in the middle)." : ".") +
+      (leftOut ? " " + leftOut + " more runs are not drawn (a report keeps 1,000,000)." : "");
   }
 
   window.addEventListener("load", draw);

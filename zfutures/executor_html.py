@@ -5,17 +5,10 @@ from html import escape
 from typing import Any
 
 from .messages import SchedulerInfo
+from .units import format_bytes
 
 #: Seconds a notebook waits for the center before showing what it knows.
 _INFO_TIMEOUT = 2.0
-
-
-def _bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
 
 
 def executor_html(executor: Any) -> str:
@@ -33,8 +26,8 @@ def executor_html(executor: Any) -> str:
         limits = [w.get("memory_limit") or 0 for w in workers.values()]
         rows += [("Workers", str(len(workers))),
                  ("Threads", str(sum(w.get("nthreads", 0) for w in workers.values()))),
-                 ("Memory", f"{_bytes(sum(w.get('memory', 0) for w in workers.values()))} "
-                            "held" + (f" of {_bytes(sum(limits))}" if all(limits) and limits
+                 ("Memory", f"{format_bytes(sum(w.get('memory', 0) for w in workers.values()))} "
+                            "held" + (f" of {format_bytes(sum(limits))}" if all(limits) and limits
                                       else ""))]
     link = executor.dashboard_link
     if link:

@@ -12,6 +12,7 @@ from html import escape
 from typing import Any
 from urllib.parse import quote
 
+from ..units import format_bytes
 from .errors import error_text
 from .model import STATES, Model
 
@@ -29,15 +30,6 @@ def layout(title: str, body: str) -> str:
         '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">'
         '<link rel="stylesheet" href="/static/dashboard.css"></head>\n'
         f'<body><nav>{links}</nav><main><h1>{escape(title)}</h1>\n{body}</main></body></html>\n')
-
-
-def nbytes(n: float) -> str:
-    """A size for people: 1.5 MiB."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def worker_link(address: str) -> str:
@@ -61,8 +53,8 @@ def _table(headers: list[str], rows: list[list[str]], numeric_from: int = 1) -> 
 # ---------------------------------------------------------------------- pages
 
 def workers_page(model: Model) -> str:
-    rows = [[worker_link(w.address), escape(w.name), str(w.nthreads), nbytes(w.memory),
-             nbytes(w.managed), nbytes(w.memory_limit) if w.memory_limit else "none",
+    rows = [[worker_link(w.address), escape(w.name), str(w.nthreads), format_bytes(w.memory),
+             format_bytes(w.managed), format_bytes(w.memory_limit) if w.memory_limit else "none",
              f"{w.cpu:.0f}%", str(w.executing), str(w.queued), str(w.keys),
              "paused" if w.paused else "", f"{w.silent:.1f} s"]
             for _, w in sorted(model.workers.items())]
@@ -121,7 +113,7 @@ def task_page(key: str, info: dict[str, Any] | None) -> str:
         if name == "processing_on" and value:
             cell = worker_link(str(value))
         elif name == "nbytes" and isinstance(value, int):
-            cell = nbytes(value)
+            cell = format_bytes(value)
         else:
             cell = escape(str(value))
         rows.append([escape(name), cell])

@@ -114,60 +114,61 @@
     return (i === 0 ? n.toFixed(0) : n.toFixed(1)) + " " + units[i];
   }
 
-  // A bar per worker: process memory against its limit, managed within it.
-  function drawMemory() {
-    const canvas = document.getElementById("memory");
+  // A row per worker on ``canvas``: its address, then what ``drawRow(ctx, w,
+  // y, x0, plot, scale, rowHeight)`` draws, against the largest of
+  // ``measure(w)`` over the workers; data-workers says how many were drawn.
+  function drawWorkerRows(canvas, measure, drawRow) {
     const workers = state.workers, rowHeight = 18, label = 130;
     const c = fitCanvas(canvas, Math.max(24, workers.length * rowHeight + 4));
     const ctx = c.ctx, plot = c.width - label - 150;
     let scale = 1;
-    for (const w of workers) scale = Math.max(scale, w.memory_limit || 0, w.memory, w.managed);
-    ctx.font = "11px sans-serif";
-    ctx.textBaseline = "middle";
-    workers.forEach(function (w, i) {
-      const y = i * rowHeight + 2, limit = w.memory_limit || scale;
-      ctx.fillStyle = "#555";
-      ctx.fillText(shortAddress(w.address), 2, y + rowHeight / 2, label - 6);
-      ctx.fillStyle = "#eee";
-      ctx.fillRect(label, y, plot * limit / scale, rowHeight - 4);
-      const full = w.memory_limit && w.memory > 0.8 * w.memory_limit;
-      ctx.fillStyle = full ? "#e8a33d" : "#9ecae1";
-      ctx.fillRect(label, y, plot * w.memory / scale, rowHeight - 4);
-      ctx.fillStyle = full ? "#b35806" : "#3182bd";
-      ctx.fillRect(label, y + 3, plot * Math.min(w.managed, w.memory || w.managed) / scale,
-                   rowHeight - 10);
-      ctx.fillStyle = "#333";
-      ctx.fillText(formatBytes(w.memory) + (w.memory_limit ? " / " + formatBytes(w.memory_limit) : ""),
-                   label + plot + 6, y + rowHeight / 2 - 2);
-    });
-    canvas.dataset.workers = String(workers.length);
-  }
-
-  // Executing (dark) and queued (light) tasks per worker, against its threads.
-  function drawOccupancy() {
-    const canvas = document.getElementById("occupancy");
-    const workers = state.workers, rowHeight = 18, label = 130;
-    const c = fitCanvas(canvas, Math.max(24, workers.length * rowHeight + 4));
-    const ctx = c.ctx, plot = c.width - label - 150;
-    let scale = 1;
-    for (const w of workers) scale = Math.max(scale, w.nthreads, w.executing + w.queued);
+    for (const w of workers) scale = Math.max(scale, measure(w));
     ctx.font = "11px sans-serif";
     ctx.textBaseline = "middle";
     workers.forEach(function (w, i) {
       const y = i * rowHeight + 2;
       ctx.fillStyle = "#555";
       ctx.fillText(shortAddress(w.address), 2, y + rowHeight / 2, label - 6);
-      ctx.fillStyle = "#eee";
-      ctx.fillRect(label, y, plot * w.nthreads / scale, rowHeight - 4);
-      ctx.fillStyle = "#31a354";
-      ctx.fillRect(label, y, plot * w.executing / scale, rowHeight - 4);
-      ctx.fillStyle = "#a1d99b";
-      ctx.fillRect(label + plot * w.executing / scale, y, plot * w.queued / scale, rowHeight - 4);
-      ctx.fillStyle = "#333";
-      ctx.fillText(w.executing + " running, " + w.queued + " queued" + (w.paused ? ", paused" : ""),
-                   label + plot + 6, y + rowHeight / 2 - 2);
+      drawRow(ctx, w, y, label, plot, scale, rowHeight);
     });
     canvas.dataset.workers = String(workers.length);
+  }
+
+  // Process memory against its limit, managed within it.
+  function drawMemory() {
+    drawWorkerRows(document.getElementById("memory"), function (w) {
+      return Math.max(w.memory_limit || 0, w.memory, w.managed);
+    }, function (ctx, w, y, x0, plot, scale, rowHeight) {
+      const limit = w.memory_limit || scale;
+      ctx.fillStyle = "#eee";
+      ctx.fillRect(x0, y, plot * limit / scale, rowHeight - 4);
+      const full = w.memory_limit && w.memory > 0.8 * w.memory_limit;
+      ctx.fillStyle = full ? "#e8a33d" : "#9ecae1";
+      ctx.fillRect(x0, y, plot * w.memory / scale, rowHeight - 4);
+      ctx.fillStyle = full ? "#b35806" : "#3182bd";
+      ctx.fillRect(x0, y + 3, plot * Math.min(w.managed, w.memory || w.managed) / scale,
+                   rowHeight - 10);
+      ctx.fillStyle = "#333";
+      ctx.fillText(formatBytes(w.memory) + (w.memory_limit ? " / " + formatBytes(w.memory_limit) : ""),
+                   x0 + plot + 6, y + rowHeight / 2 - 2);
+    });
+  }
+
+  // Executing (dark) and queued (light) tasks per worker, against its threads.
+  function drawOccupancy() {
+    drawWorkerRows(document.getElementById("occupancy"), function (w) {
+      return Math.max(w.nthreads, w.executing + w.queued);
+    }, function (ctx, w, y, x0, plot, scale, rowHeight) {
+      ctx.fillStyle = "#eee";
+      ctx.fillRect(x0, y, plot * w.nthreads / scale, rowHeight - 4);
+      ctx.fillStyle = "#31a354";
+      ctx.fillRect(x0, y, plot * w.executing / scale, rowHeight - 4);
+      ctx.fillStyle = "#a1d99b";
+      ctx.fillRect(x0 + plot * w.executing / scale, y, plot * w.queued / scale, rowHeight - 4);
+      ctx.fillStyle = "#333";
+      ctx.fillText(w.executing + " running, " + w.queued + " queued" + (w.paused ? ", paused" : ""),
+                   x0 + plot + 6, y + rowHeight / 2 - 2);
+    });
   }
 
   function drawCounters() {

@@ -414,10 +414,10 @@ def test_repr_html_escapes(monkeypatch):
 
             @staticmethod
             def request(cls: Any, timeout: float) -> dict[str, Any]:
-                return {"workers": {"w": {"name": "<i>", "nthreads": 2, "memory": 2e6,
-                                          "memory_limit": 4e9}}}
+                return {"workers": {"w": {"name": "<i>", "nthreads": 2, "memory": 2 * 2**20,
+                                          "memory_limit": 4 * 2**30}}}
 
     html = executor_html(Fake())
     assert "<script>" not in html and "<b>" not in html
-    assert "&lt;b&gt;" in html and "2.0 MB held of 4.0 GB" in html
+    assert "&lt;b&gt;" in html and "2.0 MiB held of 4.0 GiB" in html
     assert "<th style=\"text-align:left\">Threads</th><td style=\"text-align:left\">2<" in html

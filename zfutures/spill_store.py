@@ -90,7 +90,13 @@ class SpillError(OSError):
     def __init__(self, message: str, cause: OSError | None, directory: str | None):
         super().__init__(message)
         self.errno = cause.errno if cause is not None else None
+        self.strerror = cause.strerror if cause is not None else None
         self.filename = directory
+
+    def __str__(self) -> str:
+        # OSError's own would be "[Errno 28] No space left on device: 'dir'",
+        # leaving out the key and what the store was doing.
+        return str(self.args[0])
 
 
 def _why(error: OSError) -> str:
@@ -215,7 +221,7 @@ class SpillStore:
             The disk refused the write (full, read-only, ...). No file is
             left, and the store is as before the call.
         """
-        views = [pickle.PickleBuffer(frame).raw() for frame in frames]
+        views = [_flat(frame) for frame in frames]
         with self._lock:
             self._check_open()
             if key in self._files or key in self._writing:
@@ -339,6 +345,21 @@ class SpillStore:
     def _check_open(self) -> None:
         if not self._finalizer.alive:
             raise ValueError(f"the spill store at {self.directory} is closed")
+
+
+def _flat(frame: Any) -> memoryview:
+    """``frame``'s bytes as a one-dimensional memoryview of bytes, without a copy.
+
+    Never a PickleBuffer around a memoryview: a view of one, caught in a
+    reference cycle (an exception's traceback holding this frame's locals is
+    one), crashes CPython's garbage collector (3.11 at least) as it frees them.
+    """
+    view = memoryview(frame)
+    if view.c_contiguous:
+        return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+    if not isinstance(frame, memoryview):
+        return pickle.PickleBuffer(frame).raw()  # Fortran order: its bytes as they lie
+    raise BufferError("a frame must be a C-contiguous buffer (as serialize.dumps makes them)")
 
 
 def _pays_to_compress(view: memoryview) -> bool:

@@ -408,6 +408,9 @@ def _read_frames(file: io.FileIO) -> list[memoryview]:
                 if chunk_codec == RAW:
                     _read_into(file, part)
                 else:
+                    # lz4's Python API cannot decompress into a buffer: one chunk
+                    # is made, then copied (about 0.65 GB/s back for zeros here,
+                    # where an uncompressed frame reads at about 1.5 GB/s).
                     part[:] = lz4.block.decompress(_read_exactly(file, size),
                                                    uncompressed_size=part.nbytes)
         frames.append(frame)

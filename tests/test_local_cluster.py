@@ -69,6 +69,25 @@ def test_program_exiting_without_shutdown_leaves_no_process():
     wait_for(all_gone, timeout=10, message="children outlived their program")
 
 
+def test_a_local_clusters_memory_limit_reaches_each_worker():
+    with Executor(n_workers=2, memory_limit="300MB") as ex:
+        limits = [w["memory_limit"] for w in ex.scheduler_info()["workers"].values()]
+        assert limits == [300_000_000, 300_000_000]
+    from zfutures.processes import total_memory
+
+    with Executor(n_workers=1, memory_limit=0.25) as ex:
+        [limit] = [w["memory_limit"] for w in ex.scheduler_info()["workers"].values()]
+        assert limit == int(0.25 * total_memory())
+
+
+@pytest.mark.parametrize("limit, error", [("lots", ValueError), (-1, ValueError),
+                                          (1.5, ValueError), (True, TypeError)])
+def test_a_bad_memory_limit_raises_at_the_call_before_any_process(limit, error):
+    with pytest.raises(error, match="memory"):
+        Executor(n_workers=1, memory_limit=limit)
+    assert zfutures_children() == []
+
+
 def test_killed_program_leaves_no_process():
     script = textwrap.dedent("""
         import os, signal, psutil, urllib.request

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import sys
 import threading
@@ -12,6 +11,7 @@ import click
 
 from .addressing import DEFAULT_PORT, is_loopback
 from .processes import PARENT_PID_ENV, total_memory
+from .units import parse_memory
 
 
 def _setup_logging(level: str) -> None:
@@ -104,21 +104,12 @@ def parse_resources(text: str) -> dict[str, float]:
 
 def parse_memory_limit(text: str) -> int:
     """``"4GB"``, ``"0.8"`` (a share of this machine's memory), ``"auto"`` or ``"0"``."""
-    match = _MEMORY.match(text.strip().lower())
     if text.strip().lower() == "auto":
         return total_memory()
-    if match is None:
-        raise click.BadParameter(f"{text!r}: use e.g. 4GB, 0.8 or auto",
-                                 param_hint="--memory-limit")
-    value, unit = float(match["value"]), match["unit"]
-    if not unit:
-        return int(value * total_memory()) if value <= 1 else int(value)
-    return int(value * _UNITS[unit])
-
-
-_MEMORY = re.compile(r"^(?P<value>\d+(?:\.\d*)?(?:e\d+)?)\s*(?P<unit>[kmgt]i?b|b)?$")
-_UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+    try:
+        return parse_memory(text, total_memory())
+    except ValueError as e:
+        raise click.BadParameter(f"{e}, or auto", param_hint="--memory-limit") from None
 
 
 @click.command(name="zfut-center")

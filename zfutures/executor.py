@@ -121,8 +121,12 @@ class Executor:
         :class:`zfutures.ConnectionError`.
     cluster_options
         For a local cluster only: ``allowed_failures``, ``heartbeat_interval``
-        (seconds between heartbeats) and ``worker_timeout`` (seconds of silence
-        after which a worker is declared dead).
+        (seconds between heartbeats), ``worker_timeout`` (seconds of silence
+        after which a worker is declared dead) and ``memory_limit`` (per
+        worker: bytes, ``"300MB"``, ``"4GB"``, or a share of this machine's
+        memory such as ``0.25``; 0 for none; default: an equal share for each
+        worker). A worker near its limit pauses, and its nanny restarts it
+        above the limit.
 
     Examples
     --------

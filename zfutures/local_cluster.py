@@ -25,6 +25,7 @@ from .errors import ConnectionError
 from .messages import SchedulerInfo
 from .nanny import Nanny
 from .processes import PARENT_PID_ENV, read_matching_line, stop_processes, total_memory
+from .units import parse_memory
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class LocalCluster:
     def __init__(self, n_workers: int | None = None, threads_per_worker: int = 1,
                  timeout: float = 10, allowed_failures: int = 3,
                  heartbeat_interval: float | None = None, worker_timeout: float | None = None,
-                 security: Any = None):
+                 security: Any = None, memory_limit: int | float | str | None = None):
         self.n_workers = n_workers or os.cpu_count() or 1
         self.threads_per_worker = threads_per_worker
         self.processes: list[subprocess.Popen] = []  # the center
@@ -53,8 +54,10 @@ class LocalCluster:
         self._closed = False
         self._security = security
         center_args = ["--allowed-failures", str(allowed_failures)]
-        # Each worker may use an equal share of this machine's memory.
-        self._memory_limit = total_memory() // self.n_workers
+        # Per worker: by default an equal share of this machine's memory;
+        # checked here, before any process starts.
+        self._memory_limit = total_memory() // self.n_workers if memory_limit is None \
+            else parse_memory(memory_limit, total_memory())
         worker_args = ["--nthreads", str(threads_per_worker), "--host", "127.0.0.1",
                        "--memory-limit", str(self._memory_limit), "--log-level", "warning"]
         if security is not None:  # the same keys for everyone on this machine

@@ -367,7 +367,12 @@ def test_scheduler_info_fields_and_task_counts(ex, gates):
         assert w["nthreads"] == 1
         assert w["resources"] == {}
         assert isinstance(w["memory"], int) and w["memory"] >= 0
+        assert isinstance(w["managed"], int) and w["managed"] >= 0
         assert isinstance(w["memory_limit"], int) and w["memory_limit"] > 0
+    # the processes' own memory, from their heartbeats
+    wait_for(lambda: all(w["memory"] > 10_000_000
+                         for w in ex.scheduler_info()["workers"].values()),
+             message="the workers' process memory never came")
     assert all(isinstance(n, int) for n in info["tasks"].values())
 
     gate = gates()
@@ -384,7 +389,7 @@ def test_scheduler_info_fields_and_task_counts(ex, gates):
     before = ex.scheduler_info()["workers"][w1]
     big = ex.scatter(np.ones(200_000), workers=[w1])  # 1.6 MB
     after = ex.scheduler_info()
-    assert after["workers"][w1]["memory"] >= before["memory"] + 1_600_000
+    assert after["workers"][w1]["managed"] >= before["managed"] + 1_600_000
     assert after["workers"][w1]["keys"] >= 1
     assert after["tasks"].get("memory", 0) >= 3
     assert big.key in ex.has_what()[w1]

@@ -419,5 +419,5 @@ def test_repr_html_escapes(monkeypatch):
 
     html = executor_html(Fake())
     assert "<script>" not in html and "<b>" not in html
-    assert "&lt;b&gt;" in html and "2.0 MiB held of 4.0 GiB" in html
+    assert "&lt;b&gt;" in html and "2.0 MiB used of 4.0 GiB" in html
     assert "<th style=\"text-align:left\">Threads</th><td style=\"text-align:left\">2<" in html

@@ -157,7 +157,8 @@ def test_info_counts_tasks_by_state_and_reports_each_workers_load():
     assert info["tasks"] == {"memory": 1, "erred": 1, "processing": 2, "ready": 1,
                              "waiting": 1}
     assert info["workers"] == {addr(W1): {
-        "name": "w1", "nthreads": 1, "memory": 1234, "memory_limit": 0, "resources": {},
+        "name": "w1", "nthreads": 1, "memory": 0, "managed": 1234, "memory_limit": 0,
+        "resources": {},
         "executing": 1, "queued": 1, "keys": 1, "paused": False}}
 
 

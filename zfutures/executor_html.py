@@ -27,7 +27,7 @@ def executor_html(executor: Any) -> str:
         rows += [("Workers", str(len(workers))),
                  ("Threads", str(sum(w.get("nthreads", 0) for w in workers.values()))),
                  ("Memory", f"{format_bytes(sum(w.get('memory', 0) for w in workers.values()))} "
-                            "held" + (f" of {format_bytes(sum(limits))}" if all(limits) and limits
+                            "used" + (f" of {format_bytes(sum(limits))}" if all(limits) and limits
                                       else ""))]
     link = executor.dashboard_link
     if link:

@@ -513,7 +513,10 @@ class Scheduler:
             counts[ts.state] += 1
         workers = {
             ws.address: {
-                "name": ws.name, "nthreads": ws.nthreads, "memory": min(ws.nbytes, 2**62),
+                # the process (as its last heartbeat said), and the results
+                # it holds (as the center counts them)
+                "name": ws.name, "nthreads": ws.nthreads, "memory": ws.rss,
+                "managed": min(max(ws.nbytes, 0), 2**62),
                 "memory_limit": ws.memory_limit, "resources": ws.resources,
                 "executing": min(len(ws.processing), ws.nthreads),
                 "queued": max(0, len(ws.processing) - ws.nthreads),

@@ -124,6 +124,7 @@ class MemoryManager:
         self.memory_limit = memory_limit
         self.thresholds = thresholds or MemoryThresholds()
         self._nbytes: dict[str, int] = {}  # every key known: its size in memory
+        self._total = 0  # their sum, wherever they are
         self._memory: OrderedDict[str, None] = OrderedDict()  # in memory, least recent first
         self._files: dict[str, int] = {}  # key -> bytes its file takes
         self._writing: set[str] = set()
@@ -145,6 +146,7 @@ class MemoryManager:
         an older value of ``key`` left a file to delete now, else None."""
         action = self.removed(key) if key in self._nbytes else None
         self._nbytes[key] = nbytes
+        self._total += nbytes
         self._memory[key] = None
         self.managed += nbytes
         return action
@@ -176,6 +178,7 @@ class MemoryManager:
         nbytes = self._nbytes.pop(key, None)
         if nbytes is None:
             return None
+        self._total -= nbytes
         if key in self._memory:
             del self._memory[key]
             self.managed -= nbytes
@@ -283,7 +286,12 @@ class MemoryManager:
                 continue
             managed -= self._nbytes[key]
             process -= self._nbytes[key]
-        spilling = bool(plan or self._writing)
+        # Spilling, for the log, lasts from the first write until every result
+        # would fit in memory again (released, not merely written): one line
+        # each way for a run of writes, not a pair per result.
+        spilling = bool(plan or self._writing) or self._spilling and not (
+            (t.target is None or self._total <= t.target * limit)
+            and (t.spill is None or self._total <= t.spill * limit and rss <= t.spill * limit))
         if spilling != self._spilling:
             self._spilling = spilling
             self._changes.append(

@@ -222,8 +222,10 @@ class MemoryManager:
         self._stale.discard(key)
         if not self.disk_trouble:
             self.disk_trouble = True
-            self._changes.append(f"cannot spill to disk ({error}): spilling stopped; the worker "
-                                 f"pauses at {self._pause_marks()[0]:.0%} of its memory limit")
+            pause_at = self._pause_marks()[0]
+            self._changes.append(f"cannot spill to disk ({error}): spilling stopped; " + (
+                f"the worker pauses at {pause_at:.0%} of its memory limit" if pause_at
+                else "no pause mark is set"))
 
     def wanted(self, key: str) -> bool:
         """A task or a server needs ``key``: True if the shell must read it back

@@ -1,0 +1,369 @@
+"""What a worker keeps in memory, what it moves to disk, and when it pauses: decisions, no I/O.
+
+A worker's results live in memory until memory runs short; then the least
+recently used move to a :class:`~zfutures.spill_store.SpillStore`, and come
+back when a task, a peer or a client needs them. :class:`MemoryManager`
+decides; the worker's shell does the writing and reading (off its loop
+thread) and tells it when each is done. It has no clock, no thread and no
+file: events in, small plans out, tested one event at a time.
+
+A key is in one of these places::
+
+    memory          in WorkerState.data, no file           (may be written)
+    memory + file   read back, or kept after its write      (may be dropped: free)
+    file            on disk only                            (must be read back)
+    writing         in memory, its write in flight          (a file, or not, soon)
+    reading         on disk, its read in flight             (in memory soon)
+
+Each value is written once: a key read back keeps its file, so moving it out
+of memory again costs no write.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from collections.abc import Iterator
+
+#: What the shell does with a key's file or value (answers of :meth:`MemoryManager.written`,
+#: :meth:`~MemoryManager.removed`, :meth:`~MemoryManager.stored`).
+DROP = "drop"  # the value may leave memory: its file holds it
+KEEP = "keep"  # the value stays in memory (in use); its file is kept too
+DELETE = "delete"  # delete the key's file (its value was released)
+
+#: Below the pause mark by this share of the memory limit, a worker with no
+#: spill mark to resume at resumes: today's 0.8 / 0.7, so that a worker does
+#: not flip at every measurement.
+RESUME_GAP = 0.1
+
+_OFF = ("false", "off", "none", "no")
+
+
+def parse_fraction(text: str) -> float | None:
+    """A threshold from the command line: a share of the memory limit, or None (off).
+
+    >>> parse_fraction("0.6"), parse_fraction("false")
+    (0.6, None)
+    """
+    if text.strip().lower() in _OFF:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise ValueError(f"memory threshold {text!r}: pass a share of the memory limit, "
+                         f"a number in (0, 1] such as 0.6, or 'false' to turn it off")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryThresholds:
+    """Shares of the memory limit, each in (0, 1], or None (off).
+
+    target: results (``managed``) above it go to disk, least recently used first;
+    spill: the process above it (memory zfutures does not count too) writes more;
+    pause: the process above it starts no new task; terminate: the nanny restarts it.
+
+    >>> MemoryThresholds(target=None).spill
+    0.7
+    >>> MemoryThresholds(spill=0.9)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: memory thresholds out of order: spill 0.9 > pause 0.8 (each must be ...
+    """
+    target: float | None = 0.6
+    spill: float | None = 0.7
+    pause: float | None = 0.8
+    terminate: float | None = 0.95
+
+    def __post_init__(self) -> None:
+        named = [(name, getattr(self, name)) for name in ("target", "spill", "pause", "terminate")]
+        for name, value in named:
+            if value is not None and not (isinstance(value, (int, float)) and 0 < value <= 1):
+                raise ValueError(f"memory threshold {name}={value!r}: a number in (0, 1], "
+                                 f"or None to turn it off")
+        on = [(name, value) for name, value in named if value is not None]
+        for (low, a), (high, b) in zip(on, on[1:]):
+            if a > b:
+                raise ValueError(f"memory thresholds out of order: {low} {a} > {high} {b} "
+                                 f"(each must be at most the next: target <= spill <= pause "
+                                 f"<= terminate, those set)")
+
+
+@dataclasses.dataclass
+class Plan:
+    """What to move out of memory now, least recently used first: ``write``
+    these keys (then :meth:`MemoryManager.written`), and ``drop`` these from
+    memory at once (they have a file already)."""
+    write: list[str] = dataclasses.field(default_factory=list)
+    drop: list[str] = dataclasses.field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.write or self.drop)
+
+
+class MemoryManager:
+    """Where each result of a worker is (memory, disk, in flight), and what to move.
+
+    ``memory_limit`` in bytes; 0: no limit, and no threshold applies (plans are
+    empty, the worker never pauses); the bookkeeping still gives ``managed``.
+
+    >>> m = MemoryManager(1000, MemoryThresholds())
+    >>> m.stored("a", 400); m.stored("b", 400)
+    >>> m.measured(rss=900)                     # managed 800 > target 600
+    Plan(write=['a'], drop=[])
+    >>> m.written("a", disk_bytes=100), m.managed, m.spilled
+    ('drop', 400, 100)
+    >>> m.wanted("a"), m.wanted("a")            # one read, not two
+    (True, False)
+    >>> m.loaded("a"); m.stored("c", 300); m.measured(rss=1200)
+    True
+    Plan(write=['b'], drop=['a'])
+    """
+
+    def __init__(self, memory_limit: int, thresholds: MemoryThresholds | None = None):
+        self.memory_limit = memory_limit
+        self.thresholds = thresholds or MemoryThresholds()
+        self._nbytes: dict[str, int] = {}  # every key known: its size in memory
+        self._total = 0  # their sum, wherever they are
+        self._memory: OrderedDict[str, None] = OrderedDict()  # in memory, least recent first
+        self._files: dict[str, int] = {}  # key -> bytes its file takes
+        self._writing: set[str] = set()
+        self._reading: set[str] = set()
+        self._touched: set[str] = set()  # used while being written: kept in memory
+        self._stale: set[str] = set()  # in flight for a value since removed
+        self._pins: dict[str, int] = {}
+        self.managed = 0  # bytes (nbytes) of results in memory, in flight to disk or not
+        self.spilled = 0  # bytes their files take on disk
+        self.disk_trouble = False  # a write failed: no more writes; pausing is the way out
+        self.paused = False
+        self._spilling = False
+        self._changes: list[str] = []
+
+    # --- events ---------------------------------------------------------
+
+    def stored(self, key: str, nbytes: int) -> str | None:
+        """A result arrived in memory (computed, fetched, scattered): DELETE if
+        an older value of ``key`` left a file to delete now, else None."""
+        action = self.removed(key) if key in self._nbytes else None
+        self._nbytes[key] = nbytes
+        self._total += nbytes
+        self._memory[key] = None
+        self.managed += nbytes
+        return action
+
+    def used(self, key: str) -> None:
+        """``key`` was read: it is the most recently used now."""
+        if key in self._memory:
+            self._memory.move_to_end(key)
+            if key in self._writing:
+                self._touched.add(key)
+
+    def pin(self, key: str) -> None:
+        """``key`` is in use (a running task's input, a value being served, a
+        read lease): never moved out of memory until as many :meth:`unpin`.
+        Pins are counted apart from where the key is, as each user unpins."""
+        self._pins[key] = self._pins.get(key, 0) + 1
+        self.used(key)
+
+    def unpin(self, key: str) -> None:
+        count = self._pins.pop(key)  # KeyError: unpinned more often than pinned (a bug)
+        if count > 1:
+            self._pins[key] = count - 1
+
+    def removed(self, key: str) -> str | None:
+        """``key`` was released: DELETE if the shell must delete its file now
+        (a read of it in flight may fail or finish: :meth:`loaded` then says
+        to discard it); None otherwise. A write in flight is let finish, and
+        :meth:`written` answers DELETE then."""
+        nbytes = self._nbytes.pop(key, None)
+        if nbytes is None:
+            return None
+        self._total -= nbytes
+        if key in self._memory:
+            del self._memory[key]
+            self.managed -= nbytes
+        if key in self._writing or key in self._reading:
+            self._stale.add(key)
+        self._touched.discard(key)
+        if key in self._files:
+            self.spilled -= self._files.pop(key)
+            return DELETE
+        return None
+
+    def written(self, key: str, disk_bytes: int) -> str:
+        """The write of ``key`` finished, its file takes ``disk_bytes``.
+
+        DROP: the value may leave memory. KEEP: it stays, as it was pinned or
+        used since the write was planned (dropping a value in use frees
+        nothing, and one used just now is likely used again); its file is
+        kept, so moving it out later costs no write. DELETE: the key was
+        released meanwhile; delete the file.
+        """
+        self._writing.discard(key)
+        if key in self._stale:
+            self._stale.discard(key)
+            return DELETE
+        self._files[key] = disk_bytes
+        self.spilled += disk_bytes
+        if key in self._pins or key in self._touched:
+            self._touched.discard(key)
+            return KEEP
+        del self._memory[key]
+        self.managed -= self._nbytes[key]
+        return DROP
+
+    def write_failed(self, key: str, error: object) -> None:
+        """The write of ``key`` failed (disk full, directory gone): the value
+        stays in memory, nothing is lost, and no more writes are planned (a
+        full disk stays full: no retry loop). :meth:`should_pause` pauses the
+        worker lower from now on. Said once in :meth:`take_changes`."""
+        self._writing.discard(key)
+        self._touched.discard(key)
+        self._stale.discard(key)
+        if not self.disk_trouble:
+            self.disk_trouble = True
+            pause_at = self._pause_marks()[0]
+            self._changes.append(f"cannot spill to disk ({error}): spilling stopped; " + (
+                f"the worker pauses at {pause_at:.0%} of its memory limit" if pause_at
+                else "no pause mark is set"))
+
+    def wanted(self, key: str) -> bool:
+        """A task or a server needs ``key``: True if the shell must read it back
+        first (on disk only, and no read of it in flight already)."""
+        if key not in self._files or key in self._memory or key in self._reading:
+            return False
+        self._reading.add(key)
+        return True
+
+    def loaded(self, key: str) -> bool:
+        """The read of ``key`` finished: True to put the value in memory (the
+        most recently used, its file kept); False to discard it (released)."""
+        self._reading.discard(key)
+        if key in self._stale:
+            self._stale.discard(key)
+            return False
+        self._memory[key] = None
+        self.managed += self._nbytes[key]
+        return True
+
+    def read_failed(self, key: str, error: object) -> None:
+        """The read of ``key`` failed: no longer in flight, still on disk; the
+        shell says the key is lost (the center recomputes it) and removes it."""
+        self._reading.discard(key)
+        self._stale.discard(key)
+        self._changes.append(f"cannot read {key!r} back from disk: {error}")
+
+    # --- decisions ------------------------------------------------------
+
+    def measured(self, rss: int) -> Plan:
+        """The process holds ``rss`` bytes: which keys to move out of memory now.
+
+        While results in memory exceed ``target`` of the limit, or the process
+        exceeds ``spill``, the least recently used go, until results would be
+        under ``target`` and the process under ``spill`` (the values being
+        written count as gone). The ``spill`` rule stops at ``spill``, not at
+        ``target`` as dask's does: the results' own rule already brings them
+        to ``target``, and writing more than needed is spilling too early.
+        Pinned keys and keys in flight never go; one bigger than the whole
+        target goes all the same (it cannot fit anyway).
+        """
+        plan = Plan()
+        limit, t = self.memory_limit, self.thresholds
+        if not limit or (t.target is None and t.spill is None):
+            return plan
+        leaving = sum(self._nbytes[key] for key in self._writing if key not in self._stale)
+        managed, process = self.managed - leaving, rss - leaving
+        for key in self._lru():
+            if not ((t.target is not None and managed > t.target * limit)
+                    or (t.spill is not None and process > t.spill * limit)):
+                break
+            if key in self._files:
+                plan.drop.append(key)  # a clean copy: drops for free
+                del self._memory[key]
+                self.managed -= self._nbytes[key]
+            elif not self.disk_trouble:
+                plan.write.append(key)
+                self._writing.add(key)
+            else:
+                continue
+            managed -= self._nbytes[key]
+            process -= self._nbytes[key]
+        # Spilling, for the log, lasts from the first write until every result
+        # would fit in memory again (released, not merely written): one line
+        # each way for a run of writes, not a pair per result.
+        spilling = bool(plan or self._writing) or self._spilling and not (
+            (t.target is None or self._total <= t.target * limit)
+            and (t.spill is None or self._total <= t.spill * limit and rss <= t.spill * limit))
+        if spilling != self._spilling:
+            self._spilling = spilling
+            self._changes.append(
+                f"{'started' if spilling else 'stopped'} spilling: {_mb(self.managed)} of "
+                f"results in memory, {_mb(self.spilled)} on disk, process {_mb(rss)}")
+        return plan
+
+    def should_pause(self, rss: int) -> bool:
+        """Whether the worker should be paused (start no new task) at ``rss``.
+
+        It pauses above ``pause`` and resumes below ``spill``: memory that
+        spilling keeps under ``spill`` lets it resume on its own, and the gap
+        keeps it from flipping. With no spill mark below ``pause``, it resumes
+        RESUME_GAP lower. After disk trouble, spilling cannot hold memory
+        down: it pauses where it would have spilled, and resumes RESUME_GAP
+        below that, as memory frees (results released).
+        """
+        pause_at, resume_at = self._pause_marks()
+        if not self.memory_limit or pause_at <= 0:
+            return False
+        share = rss / self.memory_limit
+        if share > pause_at if not self.paused else share < resume_at:
+            self.paused = not self.paused
+            self._changes.append(f"{'paused' if self.paused else 'resumed'}: process "
+                                 f"{_mb(rss)}, {share:.0%} of its memory limit")
+        return self.paused
+
+    def should_terminate(self, rss: int) -> bool:
+        """The nanny's rule: restart the worker above ``terminate`` only."""
+        term = self.thresholds.terminate
+        return bool(self.memory_limit) and term is not None and rss > term * self.memory_limit
+
+    # --- readings -------------------------------------------------------
+
+    def take_changes(self) -> list[str]:
+        """What changed since last asked, to log once each: spilling started or
+        stopped, paused or resumed, disk trouble."""
+        changes, self._changes = self._changes, []
+        return changes
+
+    def counts(self) -> dict[str, int]:
+        """How many keys: in memory, with a file, being written, being read, pinned."""
+        return {"memory": len(self._memory), "disk": len(self._files),
+                "writing": len(self._writing), "reading": len(self._reading),
+                "pinned": len(self._pins)}
+
+    def in_memory(self, key: str) -> bool:
+        return key in self._memory
+
+    def on_disk(self, key: str) -> bool:
+        return key in self._files
+
+    # --- helpers --------------------------------------------------------
+
+    def _lru(self) -> Iterator[str]:
+        """Keys that may leave memory, least recently used first (a copy: the
+        caller moves some out)."""
+        return iter([key for key in self._memory
+                     if key not in self._pins and key not in self._writing])
+
+    def _pause_marks(self) -> tuple[float, float]:
+        """(pause above, resume below) as shares of the limit; 0 if off."""
+        t = self.thresholds
+        pause = t.pause or 0.0
+        if self.disk_trouble and t.spill is not None:
+            pause = t.spill
+        if t.spill is not None and t.spill < pause and not self.disk_trouble:
+            return pause, t.spill
+        return pause, max(pause - RESUME_GAP, 0.0)
+
+
+def _mb(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.0f} MB"

@@ -369,112 +369,108 @@ class FakeCenter:
         await self.socket.send_multipart([self.ident, *protocol.encode_message(msg)])
 
 
-def test_link_registers_watches_applies_and_answers():
+def run_link(check, timeout=30, **link_options):
+    """Run ``await check(center, link, model)`` with a CenterLink started on a
+    FakeCenter; closes both whatever happens (a link ``check`` closed itself
+    is closed once)."""
     async def main():
         context = zmq.asyncio.Context()
         center = FakeCenter(context)
         model = Model()
-        refusals = []
-        link = CenterLink(model, center.address, on_refused=refusals.append)
+        link = CenterLink(model, center.address, **link_options)
         link.start()
         try:
-            register = await center.expect(RegisterClient)
-            assert register.name == CLIENT_NAME
-            assert register.protocol == protocol.PROTOCOL_VERSION
-            await center.send(Welcome(protocol.PROTOCOL_VERSION))
-            assert (await center.expect(Watch)).stream is False
-            assert link.registered
-            link.want_stream(True)
-            assert (await center.expect(Watch)).stream is True
-            await center.expect(Heartbeat)
-
-            started = time.monotonic()
-            await link.heard(0.2)  # no events yet: it waited, and gave up
-            assert time.monotonic() - started >= 0.2
-            await center.send(Events(5.0, [GroupCounts("inc", 0, 0, 0, 1, 0, 0, 1, 0, 0.1)],
-                                     [], [], [], {"tasks": 1}))
-            await asyncio.wait_for(link.heard(30), 10)  # (returns as the events come)
-            asking = asyncio.ensure_future(link.describe("inc-1"))
-            ask = await center.expect(DescribeKey)
-            assert ask.key == "inc-1" and model.finished() == (1, 0)
-            await center.send(Reply(ask.id, {"key": "inc-1", "state": "memory"}))
-            assert (await asking)["state"] == "memory"
-
-            # A restarted center: register again, then watch again (with the stream).
-            await center.send(Reregister())
-            await center.expect(RegisterClient)
-            assert not model.groups and not link.registered
-            await center.send(Welcome(protocol.PROTOCOL_VERSION))
-            assert (await center.expect(Watch)).stream is True
-
-            await center.send(Refused("no more"))
-            deadline = time.monotonic() + 5
-            while not refusals and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            assert refusals == ["no more"]
+            await check(center, link, model)
         finally:
             await link.close()
             center.socket.close()
             context.term()
 
-    asyncio.run(asyncio.wait_for(main(), 30))
+    asyncio.run(asyncio.wait_for(main(), timeout))
+
+
+async def welcomed(center):
+    """Play the center's part of a registration: the link then watches."""
+    register = await center.expect(RegisterClient)
+    await center.send(Welcome(protocol.PROTOCOL_VERSION))
+    return register, await center.expect(Watch)
+
+
+def test_link_registers_watches_applies_and_answers():
+    refusals = []
+
+    async def check(center, link, model):
+        register, watch = await welcomed(center)
+        assert register.name == CLIENT_NAME
+        assert register.protocol == protocol.PROTOCOL_VERSION
+        assert watch.stream is False
+        assert link.registered
+        link.want_stream(True)
+        assert (await center.expect(Watch)).stream is True
+        await center.expect(Heartbeat)
+
+        started = time.monotonic()
+        await link.heard(0.2)  # no events yet: it waited, and gave up
+        assert time.monotonic() - started >= 0.2
+        await center.send(Events(5.0, [GroupCounts("inc", 0, 0, 0, 1, 0, 0, 1, 0, 0.1)],
+                                 [], [], [], {"tasks": 1}))
+        await asyncio.wait_for(link.heard(30), 10)  # (returns as the events come)
+        asking = asyncio.ensure_future(link.describe("inc-1"))
+        ask = await center.expect(DescribeKey)
+        assert ask.key == "inc-1" and model.finished() == (1, 0)
+        await center.send(Reply(ask.id, {"key": "inc-1", "state": "memory"}))
+        assert (await asking)["state"] == "memory"
+
+        # A restarted center: register again, then watch again (with the stream).
+        await center.send(Reregister())
+        await center.expect(RegisterClient)
+        assert not model.groups and not link.registered
+        await center.send(Welcome(protocol.PROTOCOL_VERSION))
+        assert (await center.expect(Watch)).stream is True
+
+        await center.send(Refused("no more"))
+        deadline = time.monotonic() + 5
+        while not refusals and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert refusals == ["no more"]
+
+    run_link(check, on_refused=refusals.append)
 
 
 def test_link_stops_watching_when_nobody_looks_and_watches_again_when_asked():
     from zfutures.dashboard.center_link import IDLE_UNWATCH
 
-    async def main():
-        context = zmq.asyncio.Context()
-        center = FakeCenter(context)
-        now = [0.0]
-        model = Model()
-        link = CenterLink(model, center.address, clock=lambda: now[0])
-        link.start()
-        try:
-            await center.expect(RegisterClient)
-            await center.send(Welcome(protocol.PROTOCOL_VERSION))
-            await center.expect(Watch)
-            await center.send(Events(5.0, [GroupCounts("inc", 0, 0, 0, 1, 0, 0, 1, 0, 0.1)],
-                                     [], [], [], {}))
-            await asyncio.wait_for(link.heard(30), 10)
-            now[0] = IDLE_UNWATCH - 1
-            link.want_stream(True)  # (a live page open: never idle)
-            await center.expect(Watch)
-            now[0] = 2 * IDLE_UNWATCH
-            await asyncio.sleep(1.2)  # (two heartbeats' checks: the page holds it)
-            assert link.watching
-            link.want_stream(False)
-            await center.expect(Watch)
-            await center.expect(Unwatch)  # idle: the center may observe nothing
-            assert not link.watching and model.groups  # (kept until used again)
-            link.used()
-            assert (await center.expect(Watch)).stream is False
-            assert link.watching and not model.groups  # stale: started over
-        finally:
-            await link.close()
-            center.socket.close()
-            context.term()
+    now = [0.0]
 
-    asyncio.run(asyncio.wait_for(main(), 30))
+    async def check(center, link, model):
+        await welcomed(center)
+        await center.send(Events(5.0, [GroupCounts("inc", 0, 0, 0, 1, 0, 0, 1, 0, 0.1)],
+                                 [], [], [], {}))
+        await asyncio.wait_for(link.heard(30), 10)
+        now[0] = IDLE_UNWATCH - 1
+        link.want_stream(True)  # (a live page open: never idle)
+        await center.expect(Watch)
+        now[0] = 2 * IDLE_UNWATCH
+        link._check_idle()  # (what each heartbeat does: the open page holds it)
+        assert link.watching
+        link.want_stream(False)
+        await center.expect(Watch)
+        await center.expect(Unwatch)  # idle, at the next heartbeat: the center may rest
+        assert not link.watching and model.groups  # (kept until used again)
+        link.used()
+        assert (await center.expect(Watch)).stream is False
+        assert link.watching and not model.groups  # stale: started over
+
+    run_link(check, clock=lambda: now[0])
 
 
 def test_link_says_goodbye_when_it_closes():
-    async def main():
-        context = zmq.asyncio.Context()
-        center = FakeCenter(context)
-        link = CenterLink(Model(), center.address)
-        link.start()
-        try:
-            await center.expect(RegisterClient)
-            await center.send(Welcome(protocol.PROTOCOL_VERSION))
-            await center.expect(Watch)
-            await link.close()
-            await center.expect(CloseClient)
-        finally:
-            center.socket.close()
-            context.term()
+    async def check(center, link, model):
+        await welcomed(center)
+        await link.close()
+        await center.expect(CloseClient)
 
-    asyncio.run(asyncio.wait_for(main(), 30))
+    run_link(check)
 
 
 # ---------------------------------------------------------------------- the process

@@ -109,7 +109,10 @@ class CenterLink:
 
     async def close(self) -> None:
         """Say goodbye (the center forgets the dashboard, and its watch, at once),
-        stop the tasks, close the socket and its context."""
+        stop the tasks, close the socket and its context (once: closing again
+        does nothing)."""
+        if self.socket.closed:
+            return
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

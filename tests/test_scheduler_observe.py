@@ -342,3 +342,14 @@ def test_a_group_with_no_task_left_is_said_once_then_forgotten_but_its_totals_st
     (late,) = [g for g in sim.s.observer.all_groups() if g.group == "inc"]
     assert (late.finished, late.seconds) == (1, 0.5)
     assert (sim.s.run_totals.finished, sim.s.run_totals.failed) == (1, 0)
+
+
+def test_a_nonsense_duration_counts_the_run_but_neither_its_seconds_nor_a_bar():
+    sim = watched()
+    sim.submit(task("inc-1"), task("inc-2"))
+    sim.finish("inc-1", duration=float("nan"), start=10.0, thread=0)
+    sim.finish("inc-2", duration=-1.0, start=10.0, thread=0)
+    events = take(sim)
+    inc = groups_of(events)["inc"]
+    assert (inc.finished, inc.seconds) == (2, 0.0)
+    assert events.runs == []

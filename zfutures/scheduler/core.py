@@ -34,7 +34,7 @@ from ..messages import (
 from ..protocol import Frames
 from .direct import DirectRuns, EarlyReport
 from .graph import MAX_NBYTES, TaskGraph
-from .observe import Observer, RunTotals
+from .observe import Observer, RunTotals, plausible_seconds
 from .outbox import Outbox
 from .placement import Placement
 from .records import ClientRecord, TaskState, WorkerRecord
@@ -132,9 +132,10 @@ class Scheduler:
         ws = self.workers.get(worker_ident)
         if ws is None:
             return
-        if isinstance(memory, int) and memory >= 0:
+        # (their types are checked as the message is read: only ranges here)
+        if memory is not None and memory >= 0:
             ws.rss = min(memory, 2**62)
-        if isinstance(cpu, (int, float)) and 0.0 <= cpu < 1e9:
+        if cpu is not None and 0.0 <= cpu < 1e9:
             ws.cpu = float(cpu)
 
     @property
@@ -345,8 +346,8 @@ class Scheduler:
             return
         if recovery.expected:
             recovery.expected.pop(key, None)
-        duration = item.duration
-        if duration is not None and 0.0 <= duration < 1e9:  # (NaN fails this too)
+        duration = plausible_seconds(item.duration)
+        if duration is not None:
             self.placement.timed(ts.group, duration)
         self.run_totals.ran(ts.group, True, duration)
         if self.graph.observer is not None:
@@ -391,7 +392,8 @@ class Scheduler:
         assert ws is not None
         self.run_totals.ran(ts.group, False, None)
         if self.graph.observer is not None:
-            self.graph.observer.ran(ts, ws, False, item.start, item.duration, item.thread)
+            self.graph.observer.ran(ts, ws, False, item.start, plausible_seconds(item.duration),
+                                    item.thread)
         self.placement.unassign(ts)
         self.graph.retry_or_err(ts, exception)
         tell_if_retired(ws, self.outbox)  # (a direct run may have kept it)

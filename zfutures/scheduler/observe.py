@@ -39,6 +39,16 @@ MAX_TRANSFERS = 20_000
 MAX_TOTALS = 10_000
 
 
+def plausible_seconds(duration: float | None) -> float | None:
+    """A run's duration as a worker reported it, or None if it makes no
+    sense (negative, huge, NaN): checked once, where a report comes in.
+
+    >>> plausible_seconds(0.5), plausible_seconds(-1.0), plausible_seconds(float("nan"))
+    (0.5, None, None)
+    """
+    return duration if duration is not None and 0.0 <= duration < 1e9 else None
+
+
 class RunTotals:
     """Runs finished and failed, and the seconds the finished ran, per task
     group, since the center started: always counted (a dashboard started
@@ -60,7 +70,7 @@ class RunTotals:
 
     def ran(self, group: str, ok: bool, duration: float | None) -> None:
         """A run of a task of ``group`` ended, ``ok`` or raising, after
-        ``duration`` seconds (None, or nonsense, if unknown)."""
+        ``duration`` seconds (None if unknown; see plausible_seconds)."""
         groups = self.groups
         totals = groups.get(group)
         if totals is None:
@@ -72,7 +82,7 @@ class RunTotals:
         if ok:
             totals[0] += 1
             self.finished += 1
-            if duration is not None and 0.0 <= duration < 1e9:  # (NaN fails this too)
+            if duration is not None:
                 totals[2] += duration
         else:
             totals[1] += 1
@@ -160,9 +170,7 @@ class Observer:
             duration: float | None, thread: int | None) -> None:
         """A run of ``ts`` on ``ws`` ended, ``ok`` or raising (counted in the
         totals already); the worker's clock and thread, as it reported them
-        (None from a worker that did not say: not drawn)."""
-        if duration is not None and not 0.0 <= duration < 1e9:  # (NaN too)
-            duration = None
+        (None from a worker that did not say, or nonsense: not drawn)."""
         self.changed.add(ts.group)
         if self.stream and start is not None and duration is not None and thread is not None:
             self.runs.append(TaskRun(ts.key, ws.address, thread, start, start + duration, ok))

@@ -11,8 +11,8 @@ from collections import deque
 MAX_TEXT = 300
 
 
-def _shorten(text: str) -> str:
-    return text if len(text) <= MAX_TEXT else f"{text[:MAX_TEXT]}... ({len(text)} characters)"
+def _shorten(text: str, limit: int = MAX_TEXT) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 class RateLimitedLog:
@@ -60,13 +60,9 @@ class _RecentLines(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            _recent.append(_shorten_to(self.format(record), RECENT_LINE_CHARS))
+            _recent.append(_shorten(self.format(record), RECENT_LINE_CHARS))
         except Exception:  # (a record whose message cannot be formatted)
             self.handleError(record)
-
-
-def _shorten_to(text: str, limit: int) -> str:
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def keep_recent_lines() -> None:

@@ -163,6 +163,7 @@ class Worker:
         self._last_heard = self._next_timeout_check = 0.0
         self._last_heartbeat = 0.0  # sent every interval, busy or not (see _heartbeat)
         self.cpu = CpuMeter()
+        self._rss = (0, -1e9)  # (the last memory measured, and when: see _heartbeat)
         self.state.wall_offset = time.time() - time.monotonic()
         # The center is silent for the time this loop could have heard it:
         # its own stretches of work past a heartbeat interval do not count.
@@ -318,7 +319,11 @@ class Worker:
         self._last_heartbeat = now
         # (the wall clock may have been set meanwhile: transfers' times follow it)
         self.state.wall_offset = time.time() - now
-        self._send_center(Heartbeat(own_rss(), self.cpu.percent(now)))
+        # (the memory check of this turn measured it already, if there is a limit)
+        rss, measured = self._rss
+        if now - measured >= self.heartbeat_interval:
+            rss = own_rss()
+        self._send_center(Heartbeat(rss, self.cpu.percent(now)))
 
     def _take_inbox(self, until: float) -> None:
         """Make the calls other threads asked for, until the slice is over."""
@@ -352,6 +357,7 @@ class Worker:
             self._trim_due = False  # (until more is freed: not at every check)
             release_free_memory()  # what is only free to reuse should not count
             rss = own_rss()
+        self._rss = rss, time.monotonic()
         self.state.memory_measured(rss)
 
     # ------------------------------------------------------------------ the center's messages

@@ -237,7 +237,8 @@ def test_threads_writing_and_reading_different_keys(store):
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(10)
+        assert not t.is_alive()
     assert len(store) == 4 * 20 == len(files(store))
     assert store.nbytes == sum(store.nbytes_of(k) for k in store.keys())
     assert store.nbytes == sum(os.path.getsize(os.path.join(store.directory, f))
@@ -245,7 +246,7 @@ def test_threads_writing_and_reading_different_keys(store):
 
 
 def test_two_threads_writing_one_key_one_wins(store):
-    barrier = threading.Barrier(2)
+    barrier = threading.Barrier(2, timeout=10)
     outcomes: list[str] = []
 
     def write(data: bytes) -> None:
@@ -260,7 +261,8 @@ def test_two_threads_writing_one_key_one_wins(store):
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(10)
+        assert not t.is_alive()
     assert sorted(outcomes) == ["KeyError", "written"]
     assert len(files(store)) == 1 and bytes(store.read("k")[0]) in (b"a" * MB, b"b" * MB)
 

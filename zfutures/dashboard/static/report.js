@@ -15,13 +15,6 @@ const zfReport = (function () {
   }
   function finish(info) { stopped = info.stopped; leftOut = info.left_out || 0; }
 
-  function formatBytes(n) {
-    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let i = 0;
-    while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
-    return (i === 0 ? n : n.toFixed(1)) + " " + units[i];
-  }
-
   function cell(row, text) {
     const td = document.createElement("td");
     td.textContent = text;

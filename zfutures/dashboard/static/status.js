@@ -107,13 +107,6 @@
     return div;
   }
 
-  function formatBytes(n) {
-    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let i = 0;
-    while (Math.abs(n) >= 1024 && i < units.length - 1) { n /= 1024; i++; }
-    return (i === 0 ? n.toFixed(0) : n.toFixed(1)) + " " + units[i];
-  }
-
   // A row per worker on ``canvas``: its address, then what ``drawRow(ctx, w,
   // y, x0, plot, scale, rowHeight)`` draws, against the largest of
   // ``measure(w)`` over the workers; data-workers says how many were drawn.

@@ -42,6 +42,14 @@ function fitCanvas(canvas, height) {
   return { ctx: ctx, width: width, height: height };
 }
 
+// A size for people: 1.5 MiB (as the dashboard's server-made pages write it).
+function formatBytes(n) {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (Math.abs(n) >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return (i === 0 ? n.toFixed(0) : n.toFixed(1)) + " " + units[i];
+}
+
 function shortAddress(address) {
   return address.replace(/^tcp:\/\//, "");
 }

@@ -5,7 +5,7 @@ import functools
 import re
 import socket
 import sys
-from typing import Any
+from typing import Any, TypeVar
 
 import zmq
 
@@ -114,7 +114,10 @@ def peer_endpoint(address: str) -> str:
     return address
 
 
-def configure(sock: zmq.Socket, security: Any = None, heartbeat_ms: int = 1000) -> zmq.Socket:
+_Socket = TypeVar("_Socket", bound=zmq.Socket)
+
+
+def configure(sock: _Socket, security: Any = None, heartbeat_ms: int = 1000) -> _Socket:
     """Settings every zfutures socket gets.
 
     - With ``security`` (a :class:`~zfutures.security.Security`): CURVE, as a

@@ -25,6 +25,7 @@ import zmq
 import zmq.asyncio
 
 from .. import protocol
+from ..addressing import configure
 from ..errors import ProtocolError
 from ..messages import (
     CloseClient,
@@ -79,12 +80,9 @@ class CenterLink:
         self.on_refused = on_refused
         self.clock = clock
         self.context = zmq.asyncio.Context()
-        self.socket = self.context.socket(zmq.DEALER)
-        self.socket.linger = 0
-        self.socket.sndhwm = SEND_HWM
         self.security = security
-        if security is not None:
-            security.connecting(self.socket)
+        self.socket = configure(self.context.socket(zmq.DEALER), security)
+        self.socket.sndhwm = SEND_HWM  # (a center away: heartbeats and watches are dropped)
         self.socket.connect(address)
         #: welcomed by the center (and not asked to register again since)
         self.registered = False
@@ -180,10 +178,7 @@ class CenterLink:
         """The recent log lines of the worker at ``address``, asked of its data
         server (with the cluster's keys); None if it does not answer well
         within ``timeout`` seconds."""
-        sock = self.context.socket(zmq.DEALER)
-        sock.linger = 0
-        if self.security is not None:
-            self.security.connecting(sock)
+        sock = configure(self.context.socket(zmq.DEALER), self.security)
         try:
             sock.connect(address)
             await sock.send_multipart(protocol.encode_message(GetLogs(1)))

@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
-import threading
 
 import click
 
 from .addressing import DEFAULT_PORT, is_loopback
-from .processes import PARENT_PID_ENV, total_memory
+from .processes import die_with_parent, total_memory
 from .units import parse_memory
 
 
@@ -19,27 +17,11 @@ def _setup_logging(level: str) -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
-def _die_with_parent(stop) -> None:
-    """When started by a local cluster, stop if that parent process goes away."""
-    parent = os.environ.get(PARENT_PID_ENV)
-    if not parent:
-        return
-
-    def watch() -> None:
-        while os.getppid() == int(parent):
-            if stopped.wait(0.5):
-                return
-        stop()
-
-    stopped = threading.Event()
-    threading.Thread(target=watch, daemon=True, name="zfutures-parent-watch").start()
-
-
 def _serve(run, stop) -> None:
     """Run until SIGINT or SIGTERM (exit status 0), or until a parent that
     started us as part of a local cluster goes away."""
     _stop_on_signals(stop)
-    _die_with_parent(stop)
+    die_with_parent(stop)
     run()
 
 

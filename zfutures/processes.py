@@ -8,8 +8,9 @@ import re
 import selectors
 import signal
 import subprocess
+import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 logger = logging.getLogger(__name__)
 
@@ -123,3 +124,21 @@ def read_matching_line(process: subprocess.Popen, pattern: str | re.Pattern,
             if match:
                 return match
     return None
+
+
+def die_with_parent(stop: Callable[[], None]) -> None:
+    """When started by a parent that set PARENT_PID_ENV (a local cluster, a
+    center starting its dashboard), call ``stop`` once that parent is gone;
+    a thread of its own looks twice a second."""
+    parent = os.environ.get(PARENT_PID_ENV)
+    if not parent:
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(parent):
+            if stopped.wait(0.5):
+                return
+        stop()
+
+    stopped = threading.Event()
+    threading.Thread(target=watch, daemon=True, name="zfutures-parent-watch").start()

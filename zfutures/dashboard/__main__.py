@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
 import sys
+from typing import Any
 
 from aiohttp import web
 
 from ..addressing import is_loopback
-from ..processes import PARENT_PID_ENV
+from ..processes import die_with_parent
 from .center_link import CenterLink
 from .launch import TOKEN_ENV
 from .model import Model
@@ -31,8 +33,6 @@ from .server import make_app
 
 logger = logging.getLogger("zfutures.dashboard")
 
-#: Seconds between looks at the parent process.
-PARENT_CHECK = 0.5
 #: Seconds the server waits for open requests when it stops (the live page's
 #: streams end at once).
 SHUTDOWN_TIMEOUT = 2.0
@@ -91,26 +91,20 @@ async def serve(center: str, listening: socket.socket, token: str | None,
     await runner.setup()
     await web.SockSite(runner, listening).start()
     link.start()
-    parent = loop.create_task(_watch_parent(stop))
+    die_with_parent(lambda: _call_soon(loop, stop.set))
     logger.info("dashboard serving on %s for the center at %s", listening.getsockname(), center)
     try:
         await stop.wait()
     finally:
-        parent.cancel()
         await runner.cleanup()
         await link.close()
     return 1 if refusals else 0
 
 
-async def _watch_parent(stop: asyncio.Event) -> None:
-    """Stop when the process that started us goes (we are then re-parented)."""
-    parent = os.environ.get(PARENT_PID_ENV)
-    if not parent:
-        return
-    while os.getppid() == int(parent):
-        await asyncio.sleep(PARENT_CHECK)
-    logger.info("the center (pid %s) is gone: stopping", parent)
-    stop.set()
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Any) -> None:
+    """``fn`` in ``loop``, from another thread; nothing if the loop is over."""
+    with contextlib.suppress(RuntimeError):  # (closed: the process is ending anyway)
+        loop.call_soon_threadsafe(fn)
 
 
 if __name__ == "__main__":

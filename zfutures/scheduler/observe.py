@@ -129,7 +129,7 @@ class Observer:
         self.transfers: deque[Transfer] = deque(maxlen=MAX_TRANSFERS)
         self.stream = stream
         self._last_sent: float | None = None
-        self._last_workers: list[WorkerStats] = []
+        self._last_workers: list[tuple] = []  # what was sent, less their silence
         for ts in tasks:
             self._group(ts.group).counts[ts.state] += 1
         self.changed.update(self.groups)
@@ -200,7 +200,8 @@ class Observer:
         (by ident); ``counters``: the center's totals."""
         stats = [worker_stats(ws, silent.get(ws.ident, 0.0)) for ws in workers]
         # (silence grows all the time: it alone is no change)
-        same_workers = [s[:-1] for s in stats] == [s[:-1] for s in self._last_workers]
+        seen = [s[:-1] for s in stats]
+        same_workers = seen == self._last_workers
         quiet = self._last_sent is not None and now - self._last_sent < QUIET_LIMIT
         if quiet and not force and same_workers and not self.changed and not self.runs \
                 and not self.transfers:
@@ -220,8 +221,8 @@ class Observer:
         self.runs.clear()
         self.transfers.clear()
         self._last_sent = now
-        self._last_workers = stats
-        return Events(now, changed, stats, runs, transfers, dict(counters or {}))
+        self._last_workers = seen
+        return Events(now, changed, stats, runs, transfers, counters or {})
 
 
 def worker_stats(ws: WorkerRecord, silent: float) -> WorkerStats:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from ..messages import Events, GroupCounts, TaskRun, Transfer, WorkerStats
 from .records import TaskState, WorkerRecord
@@ -129,7 +130,7 @@ class Observer:
         self.transfers: deque[Transfer] = deque(maxlen=MAX_TRANSFERS)
         self.stream = stream
         self._last_sent: float | None = None
-        self._last_workers: list[tuple] = []  # what was sent, less their silence
+        self._last_workers: list[tuple[Any, ...]] = []  # what was sent, less their silence
         for ts in tasks:
             self._group(ts.group).counts[ts.state] += 1
         self.changed.update(self.groups)

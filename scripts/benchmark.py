@@ -43,12 +43,17 @@ Benchmarks (``--only`` names):
                in the same directory under ``tempfile.gettempdir()``; the
                ratios store/dd.  Reads come from the page cache when memory
                allows, for the store and dd alike.  About 35 s.
+``spill_tree`` a tree reduction of 32 arrays of 100 MB made by tasks, on two
+               workers with a 750 MB memory limit each, so that workers must
+               spill: seconds, the workers' peak RSS, and how many workers were
+               replaced during the run (killed over their limit).  Under 2 min.
 
 Sizes, full / ``--quick``: 2,000 / 200 round trips; 10,000 / 300 tasks;
 chains of 2,000 / 200; trees of 16x1M, 64x1M, 16x8M / 16x100k, 64x100k,
 16x800k float64, each the median of 3 / 1 runs; the transfer, after an
 untimed one, repeated 3 / 1 times; 100,000 / 3,000 tasks for ``scale``;
-1,000 / 200 MB per case of ``spill``, the median of 3 / 1 rounds.
+1,000 / 200 MB per case of ``spill``, the median of 3 / 1 rounds; 32 / 16 arrays
+for ``spill_tree``.
 A full run takes 10-15 minutes on two cores, most of it dask running the
 100,000 tasks.
 
@@ -83,6 +88,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import contextlib
+import functools
 import gc
 import json
 import logging
@@ -129,6 +135,12 @@ def make_array(nbytes: int) -> np.ndarray:
     return np.random.random(nbytes // 8)
 
 
+def seeded_array(seed: int, n: int) -> np.ndarray:
+    """Return ``n`` random float64 from a generator seeded with ``seed``: the
+    client can make the same array to check a result."""
+    return np.random.default_rng(seed).random(n)
+
+
 def pid_and_nbytes(x: np.ndarray) -> tuple[int, int]:
     """Return the pid of the worker running this task and ``x.nbytes``."""
     return os.getpid(), x.nbytes
@@ -162,6 +174,14 @@ class Config:
     spill_bytes: int = 1000 * MB  # per case (random, compressible), in values of:
     spill_value_bytes: int = 100 * MB
     spill_repeats: int = 3
+    spill_tree: tuple[int, int] = (32, 12_500_000)  # arrays x float64 each: 32 x 100 MB
+    # Per worker. Not 500 MB: an add holds three arrays (300 MB) beside the
+    # worker's own 70-130 MB, and dask's workers, killed at 95% of the limit,
+    # died at 500 MB (KilledWorker in 2 runs of 2) and at 600 MB (1 of 2, and
+    # both workers replaced in the other); 5 runs of 5 at 750 MB went through,
+    # one worker spilling up to 1.8 GB, in 6-8 s.
+    spill_tree_memory_limit: str = "750MB"
+    spill_tree_timeout: float = 120.0  # seconds for the result
 
     @classmethod
     def for_mode(cls, quick: bool, n_workers: int, timeout: Optional[float]) -> Config:
@@ -185,6 +205,7 @@ class Config:
             n_scale=3000,
             spill_bytes=200 * MB,
             spill_repeats=1,
+            spill_tree=(16, 12_500_000),
         )
 
 
@@ -209,6 +230,10 @@ class BenchTimeout(Exception):
 
 class NotApplicable(Exception):
     """The benchmark does not apply to this system (shown as n/a)."""
+
+
+class BenchFailed(Exception):
+    """A benchmark failed; the message says how, and what the cluster looked like."""
 
 
 @contextlib.contextmanager
@@ -460,6 +485,11 @@ class System:
         """The pid of the center/scheduler process, or None if in-process."""
         return None
 
+    def workers_memory(self) -> str:
+        """Each worker's memory as the scheduler last heard it, in words."""
+        return ""
+
+
 class _ClientSystem(System):
     """Shared code of the two client/cluster systems (zfutures and dask)."""
 
@@ -486,6 +516,20 @@ class _ClientSystem(System):
     def who_has(self, future: Any) -> list[str]:
         return list(self.client.who_has([future]).get(future.key, []))
 
+    def workers_memory(self) -> str:
+        described = []
+        for worker, info in sorted(self.client.scheduler_info()["workers"].items()):
+            figures = self._memory_figures(info)
+            described.append(worker + ": " + ", ".join(
+                f"{name} {value / MB:.0f} MB" for name, value in figures.items()
+                if value is not None))
+        return "; ".join(described)
+
+    def _memory_figures(self, info: dict[str, Any]) -> dict[str, Optional[float]]:
+        """RSS, bytes of results in memory, bytes spilled: a worker's entry of
+        ``scheduler_info()["workers"]``, where the system reports them."""
+        raise NotImplementedError
+
     def _wait_until_idle(self, count_tasks: Callable[[], int]) -> Optional[str]:
         gc.collect()
         held = _poll(count_tasks, lambda held: not held, 5.0)
@@ -511,7 +555,10 @@ class ZFuturesSystem(_ClientSystem):
 
     def stop(self) -> None:
         self.running = False
-        self.client.shutdown()
+        # Not waiting for pending futures (shutdown's default, as in
+        # concurrent.futures): after a failed benchmark some may never finish.
+        # dask's Client.close() does not wait for them either.
+        self.client.shutdown(cancel_futures=True)
 
     def gather(self, futures: list) -> list:
         return self.client.gather(futures, timeout=self.timeout)
@@ -539,6 +586,10 @@ class ZFuturesSystem(_ClientSystem):
 
     def dashboard_link(self) -> Optional[str]:
         return self.client.dashboard_link
+
+    def _memory_figures(self, info: dict[str, Any]) -> dict[str, Optional[float]]:
+        return {"RSS": info.get("memory"), "in memory": info.get("managed"),
+                "spilled": info.get("spilled")}
 
     def center_pid(self) -> Optional[int]:
         """Our descendant process whose command line names the center."""
@@ -600,6 +651,12 @@ class DaskSystem(_ClientSystem):
 
     def settle(self) -> Optional[str]:
         return self._wait_until_idle(lambda: self.client.run_on_scheduler(_scheduler_task_count))
+
+    def _memory_figures(self, info: dict[str, Any]) -> dict[str, Optional[float]]:
+        metrics = info.get("metrics", {})
+        return {"RSS": metrics.get("memory"), "in memory": metrics.get("managed_bytes"),
+                "spilled": metrics.get("spilled_bytes", {}).get("disk")}
+
 
 class PoolSystem(System):
     """concurrent.futures.ProcessPoolExecutor.
@@ -1096,6 +1153,81 @@ def bench_spill(system: System, cfg: Config) -> Figures:
         yield f"spill_{case}_disk_ratio", disk_ratio[case]
 
 
+@functools.cache
+def _expected_tree(k: int, n: int) -> tuple[float, np.ndarray, np.ndarray]:
+    """What the sum of ``seeded_array(i, n)`` for i in range(k) must be:
+    the sum of all its elements, and its values at a few indices (also
+    returned). One array at a time in memory; computed once per size."""
+    probes = np.linspace(0, n - 1, 17).astype(np.int64)
+    total, at_probes = 0.0, np.zeros(len(probes))
+    for seed in range(k):
+        array = seeded_array(seed, n)
+        total += float(array.sum())
+        at_probes += array[probes]
+    return total, probes, at_probes
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie does not)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def bench_spill_tree(system: System, cfg: Config) -> Figures:
+    """Seconds for a tree reduction (``add``) of ``k`` arrays of 100 MB, made
+    by tasks (``seeded_array``), on workers whose memory limit (750 MB, see
+    ``Config.spill_tree_memory_limit``) is far
+    below their share of the data: they must spill to get through.
+
+    Also the workers' peak RSS, and how many of the workers there at the
+    start were replaced by the end (killed over their limit: a nanny restarts
+    a worker above it); both are reported when the run fails, before the
+    error. The result is checked against sums the client computes one array
+    at a time.
+    """
+    if not system.can_chain:
+        raise NotApplicable("futures cannot be passed to tasks")
+    k, n = cfg.spill_tree
+    expected, probes, at_probes = _expected_tree(k, n)
+    started = sorted(system.worker_pids().values())
+    wait = min(cfg.spill_tree_timeout, cfg.timeout)
+    failure: Optional[Exception] = None
+    with PeakMemory(started) as memory:
+        t0 = time.perf_counter()
+        try:
+            leaves = system.map(seeded_array, range(k), [n] * k)
+            final = tree_reduce(system.submit, leaves)
+            total = final.result(timeout=wait)
+        except TimeoutError:
+            failure = BenchTimeout(f"no result within {wait:.0f} s")
+        except Exception as exc:
+            failure = exc
+        elapsed = time.perf_counter() - t0
+    replaced = [pid for pid in started if not _alive(pid)]
+    yield "spill_tree_workers_replaced", float(len(replaced))
+    if not replaced:  # a dead worker's peak went with it
+        yield "spill_tree_worker_rss_peak_MB", max(memory.peak.values()) / MB
+    if failure is not None:
+        try:
+            then = system.workers_memory()
+        except Exception as exc:
+            then = f"unknown ({type(exc).__name__}: {exc})"
+        raise BenchFailed(
+            f"{type(failure).__name__}: {failure}; {len(replaced)} of the {len(started)} "
+            f"workers replaced meanwhile; workers then: {then}"
+        ) from failure
+    check(isinstance(total, np.ndarray) and total.shape == (n,),
+          f"the sum is {type(total).__name__} of shape {getattr(total, 'shape', None)}")
+    check(bool(np.isclose(float(total.sum()), expected, rtol=1e-9, atol=0)),
+          f"the sum of the sum is {float(total.sum())!r}, not {expected!r}")
+    check(np.allclose(total[probes], at_probes, rtol=1e-12, atol=0),
+          "the sum is wrong at some indices")
+    del leaves, final, total
+    yield "spill_tree_s", elapsed
+
+
 BENCHMARKS: dict[str, Callable[[System, Config], Figures]] = {
     "start": bench_start,
     "roundtrip": bench_roundtrip,
@@ -1106,6 +1238,7 @@ BENCHMARKS: dict[str, Callable[[System, Config], Figures]] = {
     "scale": bench_scale,
     "dashboard": bench_dashboard,
     "spill": bench_spill,
+    "spill_tree": bench_spill_tree,
 }
 
 
@@ -1153,6 +1286,8 @@ def cluster_options(name: str, cfg: Config) -> Optional[dict[str, Any]]:
     runs on: ``{}`` for the default cluster, None for no cluster at all."""
     if name == "spill":
         return None
+    if name == "spill_tree":
+        return {"memory_limit": cfg.spill_tree_memory_limit}
     return {}
 
 
@@ -1309,6 +1444,13 @@ def metric_rows(cfg: Config) -> list[Metric]:
         Metric("spill_fill_MB_per_s",
                f"copy into fresh {cfg.spill_value_bytes // MB} MB buffers (MB/s)", ratios=False),
     ]
+    case = tree_case_name(*cfg.spill_tree)
+    limit = cfg.spill_tree_memory_limit
+    rows += [
+        Metric("spill_tree_s", f"tree sum {case}, {limit} workers (s)"),
+        Metric("spill_tree_worker_rss_peak_MB", "  worker peak RSS (MB)", ratios=False),
+        Metric("spill_tree_workers_replaced", "  workers replaced during it", ratios=False),
+    ]
     return rows
 
 
@@ -1345,15 +1487,22 @@ BENCH_OF_METRIC = {
     "scale": "scale_",
     "dashboard": "dashboard_",
     "spill": "spill_",
+    "spill_tree": "spill_tree_",
 }
 
 
 def _bench_of(key: str) -> str:
-    """The benchmark that produces metric ``key``."""
-    for name, prefix in BENCH_OF_METRIC.items():
-        if key.startswith(prefix):
-            return name
-    raise KeyError(key)
+    """The benchmark that produces metric ``key``: the one of the longest
+    prefix it starts with (``spill_tree_s`` is spill_tree's, not spill's)."""
+    found = [
+        (len(prefix), name)
+        for name, prefixes in BENCH_OF_METRIC.items()
+        for prefix in ((prefixes,) if isinstance(prefixes, str) else prefixes)
+        if key.startswith(prefix)
+    ]
+    if not found:
+        raise KeyError(key)
+    return max(found)[1]
 
 
 def compare(

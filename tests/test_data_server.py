@@ -256,8 +256,8 @@ def test_a_lease_never_ended_expires(served):
     served.hold("big", big, big.nbytes)
     served.ask(peer_memory.data_request(1, ["big"]))
     leases = served.data_server.leases
-    assert leases.expire(time.monotonic()) == 0
-    assert leases.expire(time.monotonic() + peer_memory.LEASE_SECONDS + 60) == 1
+    assert leases.expire(time.monotonic()) == []
+    assert len(leases.expire(time.monotonic() + peer_memory.LEASE_SECONDS + 60)) == 1
 
 
 def test_a_reader_on_another_machine_gets_the_bytes(served):

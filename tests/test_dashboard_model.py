@@ -14,8 +14,8 @@ def counts(group, waiting=0, ready=0, processing=0, memory=0, erred=0, released=
                        finished, failed, seconds)
 
 
-def worker(address, memory=100, executing=0, nthreads=2):
-    return WorkerStats(address, "w", nthreads, memory, 10, 1000, 5.0, executing, 0, 1,
+def worker(address, memory=100, executing=0, nthreads=2, spilled=0):
+    return WorkerStats(address, "w", nthreads, memory, 10, spilled, 1000, 5.0, executing, 0, 1,
                        False, 0.1)
 
 

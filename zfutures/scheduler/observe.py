@@ -36,8 +36,8 @@ MAX_TRANSFERS = 20_000
 
 
 #: The most bytes a worker's numbers are taken to be (its memory, its
-#: results): a larger report is read as this, so that sums over workers stay
-#: within a signed 64-bit integer (msgpack's, Prometheus's).
+#: results in memory and on disk): a larger report is read as this, so that
+#: every number the center sends of it fits msgpack's 64-bit integers.
 MAX_REPORTED_BYTES = 2**62
 
 #: Task groups whose run totals :class:`RunTotals` keeps, at most: keys

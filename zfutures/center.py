@@ -412,9 +412,12 @@ class Center:
 
     def _heartbeat(self, ident: bytes, msg: Heartbeat, frames: list) -> None:
         """Any message a peer sends tells it is alive; a worker's heartbeat
-        also says how much memory and CPU its process uses."""
-        if msg.memory is not None or msg.cpu is not None:
-            self.scheduler.worker_heartbeat(ident, msg.memory, msg.cpu)
+        also says how much memory and CPU its process uses, and where its
+        results are (bytes in memory, bytes on disk)."""
+        if msg.memory is not None or msg.cpu is not None or msg.managed is not None \
+                or msg.spilled is not None:
+            self.scheduler.worker_heartbeat(ident, msg.memory, msg.cpu, msg.managed,
+                                            msg.spilled)
 
     def _who_has(self, ident: bytes, msg: WhoHas, frames: list) -> None:
         self._send(ident, Reply(msg.id, self.scheduler.who_has(msg.keys)))

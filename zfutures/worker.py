@@ -90,6 +90,15 @@ _BATCHED: dict[type, Callable[[list[Any]], Any]] = {
     DoneItem: TaskFinished, FailedItem: TaskErred, KeyAdded: KeysAdded}
 
 
+def _level_of(change: str) -> int:
+    """How loud a change of the memory manager is logged: the disk failing is
+    an error, a pause a warning (the center sends tasks elsewhere), spilling
+    and resuming are the worker doing its job."""
+    if change.startswith("cannot"):
+        return logging.ERROR
+    return logging.WARNING if change.startswith("paused") else logging.INFO
+
+
 class CpuMeter:
     """This process's CPU use between two readings, in percent of one core."""
 
@@ -332,7 +341,8 @@ class Worker:
 
     def _heartbeat(self, now: float) -> None:
         """Every heartbeat interval, busy or not: the center hears this worker
-        is alive, and how much memory and CPU its process uses (a few bytes)."""
+        is alive, how much memory and CPU its process uses, and how many bytes
+        of results it holds in memory and on disk (a few bytes)."""
         self._last_heartbeat = now
         # (the wall clock may have been set meanwhile: transfers' times follow it)
         self.state.wall_offset = time.time() - now
@@ -340,7 +350,8 @@ class Worker:
         rss, measured = self._rss
         if now - measured >= self.heartbeat_interval:
             rss = own_rss()
-        self._send_center(Heartbeat(rss, self.cpu.percent(now)))
+        memory = self.state.memory
+        self._send_center(Heartbeat(rss, self.cpu.percent(now), memory.managed, memory.spilled))
 
     def _take_inbox(self, until: float) -> None:
         """Make the calls other threads asked for, until the slice is over."""
@@ -466,7 +477,7 @@ class Worker:
         changes = state.memory.take_changes()
         if changes:
             for change in changes:
-                logger.warning("worker %s %s", self.address, change)
+                logger.log(_level_of(change), "worker %s %s", self.address, change)
         if state.to_center or state.held:
             self._report(state.take_reports(time.monotonic()))
 

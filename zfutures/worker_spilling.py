@@ -17,7 +17,7 @@ asked. A key held here is in :attr:`nbytes` (the manager's record) wherever
 it is, and in :attr:`data` while it is in memory. A task starts only with
 every input in memory, pinned there until it ends (see
 :meth:`WorkerSpilling.inputs_ready`); a task whose inputs are on disk waits
-for them to be read back.
+for them to be read back, its inputs pinned meanwhile.
 """
 from __future__ import annotations
 
@@ -67,8 +67,8 @@ class WorkerSpilling:
         self.disk_waiters: dict[str, set[str]] = {}
         # Tasks whose inputs are being read back, to start once they are in.
         self.loading: set[str] = set()
-        # Running tasks -> the inputs they pinned in memory.
-        self.running_inputs: dict[str, list[str]] = {}
+        # Tasks running or loading -> the inputs they pinned in memory.
+        self.pinned_inputs: dict[str, list[str]] = {}
         #: Measures the process's memory now (bytes), if the shell gives it.
         self.measure_rss: Callable[[], int] | None = None
 
@@ -90,31 +90,37 @@ class WorkerSpilling:
     # --------------------------------------------------------------- task inputs
 
     def inputs_ready(self, task: Task) -> bool:
-        """Whether ``task`` may start now, every input in memory; if so its
-        inputs are pinned there until it ends (:meth:`_inputs_done`). If not,
-        those on disk are read back, and the task waits in :attr:`loading`."""
+        """Whether ``task`` may start now, every input in memory. Its inputs
+        are pinned there from now until it ends or is dropped
+        (:meth:`_inputs_done`): those read back for it stay until it runs,
+        rather than go back to disk while it waits for a thread or another
+        read. Those on disk are read back, and the task waits in
+        :attr:`loading`."""
         deps = task.deps
         if not deps:
             return True
+        key = task.key
+        if key not in self.pinned_inputs:
+            pin = self.memory.pin
+            for dep in deps:
+                pin(dep)
+            self.pinned_inputs[key] = list(deps)
         data = self.data
         on_disk = [dep for dep in deps if dep not in data]
         if not on_disk:
-            memory = self.memory
-            for dep in deps:
-                memory.pin(dep)
-            self.running_inputs[task.key] = list(deps)
             return True
-        self.loading.add(task.key)
+        self.loading.add(key)
         task.missing.update(on_disk)
         for dep in on_disk:
-            self.disk_waiters.setdefault(dep, set()).add(task.key)
+            self.disk_waiters.setdefault(dep, set()).add(key)
             if self.memory.wanted(dep):
                 self.to_spill.append((READ, dep, None))
         return False
 
     def _inputs_done(self, key: str) -> None:
-        """The run of ``key`` ended: its inputs may leave memory again."""
-        inputs = self.running_inputs.pop(key, None)
+        """The run of ``key`` ended, or it waits no more: its inputs may
+        leave memory again."""
+        inputs = self.pinned_inputs.pop(key, None)
         if inputs is not None:
             unpin = self.memory.unpin
             for dep in inputs:
@@ -123,10 +129,19 @@ class WorkerSpilling:
     def _stop_loading(self, task: Task) -> None:
         """``task`` waits for reads no more (released, or given up)."""
         self.loading.discard(task.key)
+        self._inputs_done(task.key)
         for dep in task.missing:
             waiters = self.disk_waiters.get(dep)
             if waiters is not None:
                 waiters.discard(task.key)
+
+    def _forget_loading(self) -> None:
+        """The tasks that wait for reads are dropped (see WorkerState.forget_queue);
+        reads under way still bring their keys into memory."""
+        for key in self.loading:
+            self._inputs_done(key)
+        self.loading.clear()
+        self.disk_waiters.clear()
 
     # --------------------------------------------------------------- the shell's reports
 

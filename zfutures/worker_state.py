@@ -343,7 +343,7 @@ class WorkerState(WorkerPolicies, WorkerSpilling):
         (numbered from 0), for the center's task stream."""
         self.executing.discard(key)
         self.seceded.discard(key)
-        if self.running_inputs:
+        if self.pinned_inputs:
             self._inputs_done(key)
         if error is None:
             self.task_duration = 0.9 * self.task_duration + 0.1 * duration
@@ -425,8 +425,7 @@ class WorkerState(WorkerPolicies, WorkerSpilling):
         self.ready.clear()
         self.fetching.clear()
         self.local_waiters.clear()
-        self.loading.clear()  # (reads under way still bring their keys into memory)
-        self.disk_waiters.clear()
+        self._forget_loading()
         # What the center said before can no longer come: the puts that wait are stored.
         for put in self.scatters.take_waiting():
             self._store(put)

@@ -223,7 +223,8 @@ class WorkerSpilling:
             measure = self.measure_rss
             rss = measure() if measure is not None and nbytes >= BIG_RESULT * \
                 memory.memory_limit else memory.estimated_rss()
-            self._carry_out(memory.measured(rss), rss)
+            if not memory.calm(rss):
+                self._carry_out(memory.measured(rss), rss)
 
     def _carry_out(self, plan: Plan, rss: int) -> None:
         if plan:

@@ -24,7 +24,7 @@ test: lint
 
 # The state machines alone (center, worker, client cores): no process, no socket.
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q tests/test_scheduler*.py tests/test_worker_state.py tests/test_worker_memory.py tests/test_protocol.py \
+	$(BIN)/python -m pytest -q tests/test_scheduler*.py tests/test_worker_state.py tests/test_worker_memory.py tests/test_worker_spilling.py tests/test_protocol.py \
 		$(filter-out tests/test_client_io.py,$(wildcard tests/test_client_*.py)) tests/test_future.py
 
 # The model-based stress test for as long as asked: make stress SECONDS=600;

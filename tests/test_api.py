@@ -362,12 +362,13 @@ def test_scheduler_info_fields_and_task_counts(ex, gates):
     assert set(info["workers"]) == {w0, w1}
     assert {w["name"] for w in info["workers"].values()} == {"local-0", "local-1"}
     for w in info["workers"].values():
-        assert set(w) >= {"name", "nthreads", "memory", "memory_limit", "resources",
-                          "executing", "queued", "keys"}
+        assert set(w) >= {"name", "nthreads", "memory", "managed", "spilled", "memory_limit",
+                          "resources", "executing", "queued", "keys"}
         assert w["nthreads"] == 1
         assert w["resources"] == {}
         assert isinstance(w["memory"], int) and w["memory"] >= 0
         assert isinstance(w["managed"], int) and w["managed"] >= 0
+        assert w["spilled"] == 0  # (nothing goes to disk here)
         assert isinstance(w["memory_limit"], int) and w["memory_limit"] > 0
     # the processes' own memory, from their heartbeats
     wait_for(lambda: all(w["memory"] > 10_000_000

@@ -129,6 +129,26 @@ def test_any_op_a_peer_may_send_counts_as_hearing_from_it(cut):
     assert cut.center.peers[C].last_heard == -100.0
 
 
+def test_a_workers_heartbeat_reaches_the_scheduler_with_its_memory_and_disk(cut):
+    register(cut)
+    cut.send_op(W, "heartbeat", memory=5000, cpu=12.5, managed=1000, spilled=4000)
+    info = cut.center.scheduler.info()["workers"][WORKER_ADDRESS]
+    assert (info["memory"], info["managed"], info["spilled"]) == (5000, 1000, 4000)
+    # a heartbeat of the wire without them (an older worker's) keeps what was said
+    cut.send_op(W, "heartbeat", memory=6000, cpu=1.0)
+    info = cut.center.scheduler.info()["workers"][WORKER_ADDRESS]
+    assert (info["memory"], info["managed"], info["spilled"]) == (6000, 1000, 4000)
+    # nonsense is dropped field by field; a field of the wrong type, the message
+    cut.send_op(W, "heartbeat", memory=7000, cpu=1.0, managed=-1, spilled=-5)
+    cut.send_op(W, "heartbeat", memory=8000, cpu=1.0, managed=1, spilled="a lot")
+    info = cut.center.scheduler.info()["workers"][WORKER_ADDRESS]
+    assert (info["memory"], info["managed"], info["spilled"]) == (7000, 1000, 4000)
+    # a client's heartbeat says nothing of a worker (and only that it is alive)
+    cut.send_op(C, "heartbeat", memory=1, cpu=1.0, managed=1, spilled=1)
+    assert cut.center.scheduler.info()["workers"][WORKER_ADDRESS]["spilled"] == 4000
+    assert cut.errors == [] and cut.sent == []
+
+
 def test_a_handler_that_fails_drops_its_message_and_the_center_goes_on(cut, monkeypatch):
     register(cut)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 from operator import add
 
@@ -131,3 +132,21 @@ def test_a_worker_stopped_after_its_center_left_leaves_at_once(processes):
         assert kept.result(timeout=10).sum() == 1000  # (its data stays on the worker)
         assert stop(center) == 0
         assert stop(worker, timeout=5) == 0
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--memory-target", "1.5"], "--memory-target"),
+    (["--memory-pause", "lots"], "--memory-pause"),
+    (["--memory-spill", "0.9"], "spill 0.9 > pause 0.8"),
+])
+def test_worker_rejects_memory_thresholds_that_make_no_sense(processes, args, says):
+    worker = processes.start(command("zfut-worker"), "127.0.0.1:1", *args,
+                             stderr=subprocess.PIPE)
+    _, err = worker.communicate(timeout=30)
+    assert worker.returncode == 2 and says in err
+
+
+def test_a_threshold_turned_off_is_accepted(processes):
+    worker = processes.start(command("zfut-worker"), "127.0.0.1:1", "--no-nanny",
+                             "--memory-spill", "false", "--memory-target", "off")
+    read_line(worker, r"serving at tcp://")

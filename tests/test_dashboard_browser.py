@@ -3,9 +3,9 @@ its /status page in a headless Chromium, and its /metrics scraped by a real
 Prometheus.
 
 The page is read through the attributes it keeps for this: ``data-bars`` on
-``#task-stream`` (task runs drawn), ``data-workers`` on ``#memory`` (workers
-drawn) and the text of ``#progress``. Screenshots are kept under
-test-artifacts/dashboard/.
+``#task-stream`` (task runs drawn), ``data-workers`` and ``data-spilled`` on
+``#memory`` (workers drawn, and those drawn with results on disk) and the
+text of ``#progress``. Screenshots are kept under test-artifacts/dashboard/.
 """
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import zmq
 from conftest import command, wait_for
+from prometheus_client.parser import text_string_to_metric_families
+from raw_peer import REGISTER_WORKER, RawPeer, h
 
 from zfutures import Executor
 
@@ -33,14 +36,7 @@ class Cluster:
     """A center with its dashboard, two single-threaded workers, an Executor."""
 
     def __init__(self, processes: Any, *center_options: str):
-        self.center, address = processes.center("--log-level", "warning",
-                                                "--dashboard-address", "127.0.0.1:0",
-                                                *center_options)
-        # The center prints its dashboard's link in the same write as the
-        # listening line: already read into the pipe's buffer, or in the pipe.
-        line = self.center.stdout.readline()
-        assert line.startswith("zfut-center dashboard at "), line
-        self.link = line.split(" at ", 1)[1].strip()
+        self.center, address, self.link = center_with_dashboard(processes, *center_options)
         self.url = self.link.split("/status")[0]
         processes.worker(address, "--nworkers", "2", "--nthreads", "1", "--log-level",
                          "warning", *center_options)
@@ -50,6 +46,17 @@ class Cluster:
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def center_with_dashboard(processes: Any, *center_options: str) -> tuple[Any, str, str]:
+    """A center with its dashboard: (its process, its address, the dashboard's link)."""
+    center, address = processes.center("--log-level", "warning",
+                                       "--dashboard-address", "127.0.0.1:0", *center_options)
+    # The center prints its dashboard's link in the same write as the
+    # listening line: already read into the pipe's buffer, or in the pipe.
+    line = center.stdout.readline()
+    assert line.startswith("zfut-center dashboard at "), line
+    return center, address, line.split(" at ", 1)[1].strip()
 
 
 def _security(center_options: tuple[str, ...]) -> dict[str, Any]:
@@ -113,6 +120,70 @@ def test_status_page_follows_a_run(cluster, browser, screenshots):
         assert console.errors == []
     finally:
         page.close()
+
+
+class FakeWorker:
+    """A raw DEALER registered as a worker, whose heartbeats say what a test
+    chooses: a worker with results on disk, before real workers spill."""
+
+    def __init__(self, address: str, memory_limit: int):
+        self.context = zmq.Context()
+        self.peer = RawPeer(self.context, address)
+        self.peer.send(h("register-worker", **dict(REGISTER_WORKER, name="fake-spilling",
+                                                   memory_limit=memory_limit)))
+        self.peer.expect("welcome")
+        self.memory = self.managed = self.spilled = 0
+
+    def beat(self) -> None:
+        """One heartbeat with the numbers set (also what keeps it alive)."""
+        self.peer.send(h("heartbeat", memory=self.memory, cpu=1.0, managed=self.managed,
+                         spilled=self.spilled))
+
+    def close(self) -> None:
+        self.peer.close()
+        self.context.term()
+
+
+def test_memory_chart_shows_a_workers_results_on_disk(processes, browser, screenshots):
+    center, address, link = center_with_dashboard(processes)
+    url = link.split("/status")[0]
+    worker = FakeWorker(address, memory_limit=4 * 2**30)
+    try:
+        worker.memory, worker.managed, worker.spilled = 2 * 2**30, 1 * 2**30, 3 * 2**30
+        worker.beat()
+        page, console = open_page(browser, link)
+        try:
+            def drawn(spilled: int) -> bool:
+                worker.beat()  # (every look: the center hears it, and keeps it)
+                return attribute(page, "#memory", "data-workers") == 1 and \
+                    attribute(page, "#memory", "data-spilled") == spilled
+            wait_for(lambda: drawn(1), timeout=20, interval=0.25,
+                     message="no worker drawn with results on disk")
+            screenshots(page, "spilled")
+            state = page.request.get(url + "/api/v1/state").json()
+            (numbers,) = state["workers"].values()
+            assert (numbers["memory"], numbers["managed"], numbers["spilled"]) == \
+                (2 * 2**30, 1 * 2**30, 3 * 2**30)
+            assert "3.0 GiB" in page.request.get(url + "/workers").text()
+            metrics = text_string_to_metric_families(page.request.get(url + "/metrics").text())
+            (spilled,) = [s for family in metrics for s in family.samples
+                          if s.name == "zfutures_worker_spilled_bytes"]
+            assert spilled.labels == {"worker": REGISTER_WORKER["address"]}
+            assert spilled.value == 3 * 2**30
+            # All read back into memory: no bar on disk any more.
+            worker.managed, worker.spilled = 3 * 2**30, 0
+            wait_for(lambda: drawn(0), timeout=20, interval=0.25,
+                     message="the bar on disk stayed")
+            screenshots(page, "read-back")
+            # (nothing on disk: managed is the center's own count, and this worker
+            # holds no result)
+            (numbers,) = page.request.get(url + "/api/v1/state").json()["workers"].values()
+            assert (numbers["managed"], numbers["spilled"]) == (0, 0)
+            assert console.errors == []
+        finally:
+            page.close()
+    finally:
+        worker.close()
 
 
 def log_a_line() -> None:

@@ -419,5 +419,12 @@ def test_repr_html_escapes(monkeypatch):
 
     html = executor_html(Fake())
     assert "<script>" not in html and "<b>" not in html
-    assert "&lt;b&gt;" in html and "2.0 MiB used of 4.0 GiB" in html
+    assert "&lt;b&gt;" in html and "2.0 MiB used of 4.0 GiB<" in html  # (nothing on disk)
     assert "<th style=\"text-align:left\">Threads</th><td style=\"text-align:left\">2<" in html
+
+    def spilling(cls: Any, timeout: float) -> dict[str, Any]:
+        return {"workers": {"w": {"name": "w", "nthreads": 2, "memory": 2 * 2**20,
+                                  "memory_limit": 4 * 2**30, "spilled": 3 * 2**30}}}
+
+    monkeypatch.setattr(Fake._io, "request", staticmethod(spilling))
+    assert "2.0 MiB used of 4.0 GiB, 3.0 GiB spilled to disk<" in executor_html(Fake())

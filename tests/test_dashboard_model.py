@@ -14,8 +14,8 @@ def counts(group, waiting=0, ready=0, processing=0, memory=0, erred=0, released=
                        finished, failed, seconds)
 
 
-def worker(address, memory=100, executing=0, nthreads=2):
-    return WorkerStats(address, "w", nthreads, memory, 10, 1000, 5.0, executing, 0, 1,
+def worker(address, memory=100, executing=0, nthreads=2, spilled=0):
+    return WorkerStats(address, "w", nthreads, memory, 10, spilled, 1000, 5.0, executing, 0, 1,
                        False, 0.1)
 
 
@@ -64,6 +64,20 @@ def test_state_has_the_numbers_of_the_metrics():
     assert state["groups"]["inc"]["finished"] == 3 and "group" not in state["groups"]["inc"]
     assert state["workers"][W1]["nthreads"] == 2
     assert state["counters"] == {"messages": 7, "transfer_bytes": 64, "tasks": 3}
+
+
+def test_each_workers_memory_and_disk_reach_the_state_and_the_page_as_the_center_said():
+    model = Model()
+    model.apply(Events(100, [], [worker(W1, memory=5000, spilled=4000), worker(W2)], [], [], {}),
+                now=0)
+    state = model.state()["workers"]
+    assert (state[W1]["memory"], state[W1]["managed"], state[W1]["spilled"]) == (5000, 10, 4000)
+    assert state[W2]["spilled"] == 0
+    snapshot, cursor = model.snapshot()
+    assert [(w["address"], w["spilled"]) for w in snapshot["workers"]] == [(W1, 4000), (W2, 0)]
+    model.apply(Events(101, [], [worker(W1, memory=5000), worker(W2)], [], [], {}), now=1)
+    delta, _ = model.delta(cursor)  # read back from disk: every delta has every worker
+    assert [w["spilled"] for w in delta["workers"]] == [0, 0]
 
 
 def test_buffers_stay_bounded_over_a_hundred_thousand_runs():

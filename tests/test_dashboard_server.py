@@ -84,8 +84,9 @@ def fed_model() -> Model:
         time=100.0,
         groups=[GroupCounts("inc", 1, 0, 2, 7, 0, 0, 7, 0, 0.7),
                 GroupCounts(EVIL, 0, 0, 0, 1, 1, 0, 1, 1, 0.1)],
-        workers=[WorkerStats(W1, "one", 2, 50_000_000, 1000, 10**9, 12.5, 2, 1, 8, False, 0.2),
-                 WorkerStats(W2, EVIL, 1, 40_000_000, 0, 0, 0.0, 0, 0, 0, True, 0.1)],
+        workers=[WorkerStats(W1, "one", 2, 50_000_000, 1000, 3_000_000, 10**9, 12.5, 2, 1, 8,
+                             False, 0.2),
+                 WorkerStats(W2, EVIL, 1, 40_000_000, 0, 0, 0, 0.0, 0, 0, 0, True, 0.1)],
         runs=[TaskRun("inc-1", W1, 0, 99.0, 99.5, True),
               TaskRun(EVIL + "-1", W1, 1, 99.2, 99.4, False)],
         transfers=[Transfer("inc-1", W2, W1, 800, 99.6, 99.7)],
@@ -117,6 +118,7 @@ def test_health_and_root_and_status():
         r = await client.get("/status")
         page = await r.text()
         assert r.status == 200 and 'id="task-stream"' in page and 'id="memory"' in page
+        assert 'data-spilled="0"' in page and "spilled to disk" in page  # (the chart's legend)
         assert "default-src 'self'" in r.headers["Content-Security-Policy"]
         r = await client.get("/static/taskstream.js")
         assert r.status == 200 and "function drawTaskStream(" in await r.text()
@@ -154,6 +156,8 @@ def test_metrics_parse_and_count():
         assert samples[("zfutures_threads", ())] == 3
         assert samples[("zfutures_worker_memory_bytes", (("worker", W1),))] == 50_000_000
         assert samples[("zfutures_worker_managed_bytes", (("worker", W1),))] == 1000
+        assert samples[("zfutures_worker_spilled_bytes", (("worker", W1),))] == 3_000_000
+        assert samples[("zfutures_worker_spilled_bytes", (("worker", W2),))] == 0
         assert samples[("zfutures_worker_memory_limit_bytes", (("worker", W1),))] == 10**9
         assert samples[("zfutures_worker_cpu_percent", (("worker", W1),))] == 12.5
         assert samples[("zfutures_worker_executing", (("worker", W1),))] == 2
@@ -172,6 +176,8 @@ def test_api_state_is_the_same_numbers():
                                           "erred": 0, "released": 0, "finished": 7, "failed": 0,
                                           "seconds": 0.7}
         assert state["workers"][W1]["cpu"] == 12.5 and state["workers"][W2]["paused"] is True
+        assert state["workers"][W1]["managed"] == 1000
+        assert (state["workers"][W1]["spilled"], state["workers"][W2]["spilled"]) == (3_000_000, 0)
         assert state["counters"]["transfer_bytes"] == 800 and state["time"] == 100.0
     with_client(check)
 
@@ -180,6 +186,9 @@ def test_pages_list_workers_and_groups_escaped():
     async def check(client, link):
         workers = await (await client.get("/workers")).text()
         assert W1 in workers and f'href="/workers/{quote(W1, safe="")}"' in workers
+        # W1's results: 1000 B in memory, then 2.9 MiB on disk
+        assert "<th>Managed</th><th>Spilled</th>" in workers
+        assert '>1000 B</td><td class="num">2.9 MiB</td>' in workers
         tasks = await (await client.get("/tasks")).text()
         one = await (await client.get(f"/workers/{quote(W1, safe='')}")).text()
         assert "inc-1" in one and "Latest runs (2)" in one

@@ -49,6 +49,7 @@ from zfutures.messages import (
 )
 from zfutures.remote_errors import remote_exception
 from zfutures.worker_data import DataServer
+from zfutures.worker_disk import SpillThreads
 from zfutures.worker_state import WorkerState
 
 pytestmark = pytest.mark.timeout(90)
@@ -256,8 +257,8 @@ def test_a_lease_never_ended_expires(served):
     served.hold("big", big, big.nbytes)
     served.ask(peer_memory.data_request(1, ["big"]))
     leases = served.data_server.leases
-    assert leases.expire(time.monotonic()) == 0
-    assert leases.expire(time.monotonic() + peer_memory.LEASE_SECONDS + 60) == 1
+    assert leases.expire(time.monotonic()) == []
+    assert len(leases.expire(time.monotonic() + peer_memory.LEASE_SECONDS + 60)) == 1
 
 
 def test_a_reader_on_another_machine_gets_the_bytes(served):
@@ -266,6 +267,85 @@ def test_a_reader_on_another_machine_gets_the_bytes(served):
     reply, payload = served.ask(GetData(1, ["big"], machine="elsewhere", token="x" * 32))
     assert reply.lease is None and reply.items[0].remote is None
     assert np.array_equal(values_of(reply, payload)["big"], big)
+
+
+# ----------------------------------------------------------------------------- results on disk
+
+MB = 2**20
+
+
+@pytest.fixture
+def spilling(context, tmp_path):
+    """A Served whose worker has a 100 MB limit and spills to ``tmp_path``."""
+    served = Served(context)
+    served.state = WorkerState("tcp://127.0.0.1:1", nthreads=1, memory_limit=100 * MB)
+    served.disk = SpillThreads(str(tmp_path), served.state,
+                               lambda fn, *args: served.calls.put((fn, args)))
+    served.data_server = DataServer(served.server, served.state,
+                                    lambda fn, *args: served.calls.put((fn, args)),
+                                    served.dropped, served.disk)
+    try:
+        yield served
+    finally:
+        served.disk.close()
+
+
+def spill(served: Served, key: str, value: np.ndarray) -> None:
+    """Put ``key`` on disk, as the worker's loop would once memory ran short."""
+    served.hold(key, value, value.nbytes)
+    served.state.memory_measured(10**12)  # (far over every mark: everything goes)
+    served.disk.submit(served.state.to_spill)
+    served.state.to_spill.clear()
+    while key in served.state.data:
+        served.run_calls()  # spill_written
+
+
+def test_a_result_on_disk_is_served_from_its_file_and_stays_on_disk(spilling):
+    value = np.random.default_rng(1).random(1_000_000)
+    spill(spilling, "x", value)
+    send_frames(spilling.client, protocol.encode_message(
+        GetData(3, ["x"], machine="elsewhere", token="t" * 32)))
+    spilling.serve()
+    spilling.run_calls()  # the reader thread read the frames: the loop answers
+    reply, payload = spilling.answer()
+    assert reply.id == 3 and np.array_equal(values_of(reply, payload)["x"], value)
+    assert "x" not in spilling.state.data and spilling.state.memory.on_disk("x")
+
+
+@needs_reads
+def test_results_read_back_for_readers_are_held_one_answer_at_a_time_over_the_budget(spilling):
+    big = [np.full(3_000_000, float(i)) for i in range(2)]  # 24 MB each: over 10% of 100 MB
+    for i, value in enumerate(big):
+        spill(spilling, f"big{i}", value)
+    first, second = spilling.dealer(), spilling.dealer()
+    send_frames(first, protocol.encode_message(peer_memory.data_request(1, ["big0"])))
+    spilling.serve()
+    spilling.run_calls()
+    reply, _ = spilling.answer(first)
+    assert reply.lease is not None
+    send_frames(second, protocol.encode_message(peer_memory.data_request(2, ["big1"])))
+    spilling.serve()
+    with pytest.raises(queue.Empty):  # big1 is not read while big0's reader holds it
+        spilling.run_calls(timeout=0.5)
+    assert spilling.answer(second, timeout=0.1) is None
+    send_frames(first, protocol.encode_message(DataRead(reply.lease)))
+    spilling.serve()
+    spilling.run_calls()
+    reply, _ = spilling.answer(second)
+    assert reply.id == 2 and [item.key for item in reply.items] == ["big1"]
+
+
+@needs_reads
+def test_a_value_a_reader_on_this_machine_reads_is_not_spilled_under_it(spilling):
+    value = np.ones(1_000_000)
+    spilling.hold("x", value, value.nbytes)
+    reply, _ = spilling.ask(peer_memory.data_request(1, ["x"]))
+    assert reply.lease is not None
+    spilling.state.memory_measured(10**12)
+    assert spilling.state.to_spill == [] and "x" in spilling.state.data
+    spilling.ask(DataRead(reply.lease))
+    spilling.state.memory_measured(10**12)
+    assert [(kind, key) for kind, key, _ in spilling.state.to_spill] == [("write", "x")]
 
 
 # ----------------------------------------------------------------------------- malformed requests

@@ -128,8 +128,10 @@ def big_array(megabytes):
 def test_a_worker_over_its_memory_high_mark_takes_no_tasks_until_memory_falls(processes):
     center, address = processes.center()
     # Paused above 80% of 500 MB, resumed below 70%: a 400 MB result crosses the
-    # mark, and releasing it falls back under.
+    # mark, and releasing it falls back under. (With no spilling: it would move
+    # the result to disk, and resume at once.)
     processes.worker(address, "--memory-limit", "500MB", "--name", "full",
+                     "--memory-target", "false", "--memory-spill", "false",
                      "--heartbeat-interval", "0.1")
     processes.worker(address, "--name", "roomy")
     with Executor(address, timeout=10) as ex:

@@ -45,8 +45,8 @@ def test_a_lease_ends_only_for_its_reader_or_after_its_time():
     leases.end(lease, b"another peer")
     leases.end(lease + 1, b"reader")
     assert len(leases) == 1
-    assert leases.expire(now=159.9) == 0 and len(leases) == 1
-    assert leases.expire(now=160.0) == 1 and len(leases) == 0
+    assert leases.expire(now=159.9) == [] and len(leases) == 1
+    assert len(leases.expire(now=160.0)) == 1 and len(leases) == 0
 
     lease = leases.grant(b"reader", values, now=200.0)
     leases.end(lease, b"reader")
@@ -58,8 +58,8 @@ def test_a_lease_on_more_bytes_lasts_longer():
     leases = Leases(duration=60)
     reply_items = [OfferedItem("x", remote=[[1, 4096, int(10 * peer_memory.SLOWEST_READ)]])]
     leases.grant(b"reader", [], now=0.0, reading=peer_memory.read_time(reply_items))
-    assert leases.expire(now=69.0) == 0
-    assert leases.expire(now=70.0) == 1
+    assert leases.expire(now=69.0) == []
+    assert len(leases.expire(now=70.0)) == 1
 
 
 def test_each_lease_has_its_own_id():

@@ -14,7 +14,16 @@ from raw_wire import SCHEMAS
 
 from zfutures import loop, messages, protocol, serialize
 from zfutures.errors import ProtocolError
-from zfutures.messages import MESSAGES, Compute, ComputeItem, Release, Reply, Submit, TaskItem
+from zfutures.messages import (
+    MESSAGES,
+    Compute,
+    ComputeItem,
+    Heartbeat,
+    Release,
+    Reply,
+    Submit,
+    TaskItem,
+)
 from zfutures.protocol import decode_message, encode_message, unpack_items
 
 encode_header = raw_wire.header  # any fields, unchecked: what a peer could send
@@ -128,6 +137,20 @@ def test_decode_accepts_a_memoryview():
 def test_fields_a_newer_peer_adds_at_the_end_are_ignored():
     assert decode_header(msgpack.packb(["release", None, None, ["a"], 7, "new"])) == \
         Release(["a"])
+
+
+def test_a_heartbeat_reads_with_or_without_where_a_workers_results_are():
+    older = decode_header(msgpack.packb(["heartbeat", None, None, 5000, 12.5]))
+    assert older == Heartbeat(memory=5000, cpu=12.5, managed=None, spilled=None)
+    assert decode_header(msgpack.packb(["heartbeat", None, None])) == Heartbeat()
+    full = Heartbeat(memory=5000, cpu=12.5, managed=1000, spilled=4000)
+    assert decode_header(encode_message(full)[0]) == full
+    for bad in (1.5, "4000", True, [1]):
+        with pytest.raises(ProtocolError, match="spilled"):
+            decode_header(encode_header("heartbeat", memory=5000, cpu=1.0, managed=1,
+                                        spilled=bad))
+        with pytest.raises(ProtocolError, match="managed"):
+            decode_header(encode_header("heartbeat", managed=bad))
 
 
 def test_strings_and_binary_stay_distinct():

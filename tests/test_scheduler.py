@@ -20,6 +20,7 @@ from scheduler_sim import (
 )
 
 from zfutures.messages import DoneItem, FailedItem, KeyAdded, MissingData, TaskSeceded
+from zfutures.scheduler.observe import MAX_REPORTED_BYTES
 
 # --------------------------------------------------------------------------- stale reports
 
@@ -157,9 +158,49 @@ def test_info_counts_tasks_by_state_and_reports_each_workers_load():
     assert info["tasks"] == {"memory": 1, "erred": 1, "processing": 2, "ready": 1,
                              "waiting": 1}
     assert info["workers"] == {addr(W1): {
-        "name": "w1", "nthreads": 1, "memory": 0, "managed": 1234, "memory_limit": 0,
-        "resources": {},
+        "name": "w1", "nthreads": 1, "memory": 0, "managed": 1234, "spilled": 0,
+        "memory_limit": 0, "resources": {},
         "executing": 1, "queued": 1, "keys": 1, "paused": False}}
+
+
+def test_info_counts_results_in_memory_by_the_center_until_the_worker_spills_some():
+    sim = Sim()
+    sim.worker(W1)
+    sim.submit(task("a"))
+    sim.finish("a", nbytes=300)
+
+    def memory() -> tuple[int, int]:
+        w = sim.s.info()["workers"][addr(W1)]
+        return w["managed"], w["spilled"]
+
+    assert memory() == (300, 0)  # the worker never said: the center's count
+    sim.s.worker_heartbeat(W1, 10_000, 1.0, managed=0, spilled=0)  # (said before "a" came)
+    assert memory() == (300, 0)  # nothing on disk: the center's count, which is current
+    sim.s.worker_heartbeat(W1, 10_000, 1.0, managed=100, spilled=250)
+    assert memory() == (100, 250)  # some on disk: only the worker knows how much is left
+    sim.submit(task("b"))
+    sim.finish("b", nbytes=50)
+    assert memory() == (100, 250)  # (its word, until its next heartbeat)
+    sim.s.worker_heartbeat(W1, 10_000, 1.0, managed=350, spilled=0)  # read back, all of it
+    assert memory() == (350, 0)
+    sim.s.worker_heartbeat(W1, 10_000, 1.0)  # a worker that does not say keeps what it said
+    assert memory() == (350, 0)
+
+
+def test_a_heartbeats_numbers_out_of_range_are_dropped_and_the_last_ones_kept():
+    sim = Sim()
+    sim.worker(W1)
+    sim.submit(task("a"))
+    sim.finish("a", nbytes=300)
+    sim.s.worker_heartbeat(W1, 10_000, 1.0, managed=100, spilled=250)
+    sim.s.worker_heartbeat(W1, -1, -1.0, managed=-1, spilled=-1)
+    ws = sim.s.workers[W1]
+    assert (ws.rss, ws.cpu, ws.managed_reported, ws.spilled) == (10_000, 1.0, 100, 250)
+    sim.s.worker_heartbeat(W1, 2**63, None, managed=2**63, spilled=2**63)  # capped
+    w = sim.s.info()["workers"][addr(W1)]
+    assert w["memory"] == w["managed"] == w["spilled"] == MAX_REPORTED_BYTES
+    sim.s.worker_heartbeat(W3, 1, 1.0, managed=1, spilled=1)  # not a worker: nothing
+    assert W3 not in sim.s.workers
 
 
 # --------------------------------------------------------------------------- results already had

@@ -3,10 +3,13 @@ counts kept in step with every change of state, runs and transfers for the
 stream, and events only when something changed."""
 from __future__ import annotations
 
+import doctest
+
 import pytest
 from scheduler_sim import C1, W1, W2, Sim, addr, chain, exception_in, task
 
 from zfutures.messages import Events, KeyAdded, ScatteredItem, TaskRun, Transfer
+from zfutures.scheduler import observe
 from zfutures.scheduler.observe import QUIET_LIMIT, Observer
 
 
@@ -253,6 +256,33 @@ def test_workers_carry_their_heartbeats_memory_and_cpu_and_silence():
     events = take(sim, 1000.1)
     managed = {w.address: w.managed for w in events.workers}
     assert sum(managed.values()) == 500
+    assert [w.spilled for w in events.workers] == [0, 0]
+
+
+def test_workers_memory_and_disk_are_as_scheduler_info_counts_them():
+    sim = watched(nthreads=1)
+    sim.submit(task("inc-1"), task("inc-2"))
+    holder, other = sim.on_and_other("inc-1")
+    sim.finish("inc-1", nbytes=300)
+    sim.finish("inc-2", nbytes=200)
+    # one worker spilled some of its results, the other has none on disk
+    sim.s.worker_heartbeat(holder, 5000, 1.0, managed=120, spilled=180)
+    sim.s.worker_heartbeat(other, 5000, 1.0, managed=0, spilled=0)
+    events = take(sim, 1000.0)
+    seen = {w.address: (w.managed, w.spilled) for w in events.workers}
+    info = sim.s.info()["workers"]
+    assert seen == {a: (w["managed"], w["spilled"]) for a, w in info.items()}
+    assert seen[addr(holder)] == (120, 180)
+    assert seen[addr(other)] == (sim.s.workers[other].nbytes, 0)  # the center's count
+    # back from disk: news the watchers hear at once
+    sim.s.worker_heartbeat(holder, 5000, 1.0, managed=300, spilled=0)
+    events = take(sim, 1000.1)
+    assert events is not None
+    assert {w.address: w.spilled for w in events.workers}[addr(holder)] == 0
+
+
+def test_the_examples_in_observe_hold():
+    assert doctest.testmod(observe).failed == 0
 
 
 # --------------------------------------------------------------------------- when
@@ -283,7 +313,6 @@ def test_only_the_groups_that_changed_go_and_all_groups_on_request():
 
 
 def test_the_stream_is_bounded_between_takes(monkeypatch):
-    from zfutures.scheduler import observe
     monkeypatch.setattr(observe, "MAX_RUNS", 3)
     sim = watched()
     sim.submit(*[task(f"inc-{i}") for i in range(4)])

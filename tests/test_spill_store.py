@@ -387,3 +387,15 @@ def test_frames_in_a_reference_cycle_are_collected(store):
         cycle.error, cycle.self = e, cycle
     del cycle
     gc.collect()
+
+
+def test_the_directories_a_dead_process_left_are_removed_and_no_others(tmp_path):
+    from zfutures.spill_store import remove_leftovers
+
+    mine = [tmp_path / "zfutures-spill-4242-ab", tmp_path / "zfutures-spill-4242-cd"]
+    others = [tmp_path / "zfutures-spill-42421-ef", tmp_path / "unrelated-4242-"]
+    for path in mine + others:
+        path.mkdir()
+        (path / "0").write_bytes(b"x" * 100)
+    assert sorted(remove_leftovers(str(tmp_path), 4242)) == sorted(str(p) for p in mine)
+    assert sorted(tmp_path.iterdir()) == sorted(others)

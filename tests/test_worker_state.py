@@ -597,13 +597,14 @@ def test_a_paused_worker_starts_no_task_until_it_resumes():
 
 
 def test_a_worker_pauses_above_the_high_mark_and_resumes_only_below_the_low_one():
-    from zfutures.worker_policy import PAUSE_AT, RESUME_AT
+    from zfutures.memory_thresholds import MemoryThresholds
 
+    PAUSE_AT, RESUME_AT = MemoryThresholds().pause, MemoryThresholds().spill
     limit = 1000 * 2**20
     w = WorkerState(ME, nthreads=1, memory_limit=limit)
     w.memory_measured(int(PAUSE_AT * limit))            # at the mark: not over it
     assert not w.paused and reports(w) == []
-    assert not w.memory_high(int(PAUSE_AT * limit)) and w.memory_high(int(PAUSE_AT * limit) + 1)
+    assert not w.memory.high(int(RESUME_AT * limit)) and w.memory.high(int(RESUME_AT * limit) + 1)
     w.memory_measured(int(PAUSE_AT * limit) + 1)
     assert w.paused and reports(w) == [(Paused(True), [])]
     compute(w, "x")
@@ -620,7 +621,7 @@ def test_a_worker_pauses_above_the_high_mark_and_resumes_only_below_the_low_one(
 def test_a_worker_without_a_memory_limit_never_pauses():
     w = make()
     w.memory_measured(2**50)
-    assert not w.paused and not w.memory_high(2**50) and reports(w) == []
+    assert not w.paused and not w.memory.high(2**50) and reports(w) == []
 
 
 def test_an_input_that_cannot_arrive_fails_the_tasks_waiting_for_it_only():

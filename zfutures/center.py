@@ -65,7 +65,8 @@ from .messages import (
 )
 from .processes import release_free_memory
 from .scheduler import Scheduler
-from .scheduler.observe import EVENTS_INTERVAL
+from .scheduler.observe import EVENTS_INTERVAL, managed_bytes
+from .units import format_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -405,6 +406,14 @@ class Center:
         self.scheduler.retire_worker(ident)
 
     def _paused(self, ident: bytes, msg: Paused, frames: list) -> None:
+        ws = self.scheduler.workers.get(ident)
+        if ws is not None and ws.paused != msg.paused:
+            if msg.paused:
+                logger.warning("worker %s paused: its process is over its memory's pause mark "
+                               "(limit %s); it starts no task until memory falls",
+                               ws.address, format_bytes(ws.memory_limit))
+            else:
+                logger.info("worker %s resumed: its memory fell", ws.address)
         self.scheduler.worker_paused(ident, msg.paused)
 
     def _sync(self, ident: bytes, msg: Sync, frames: list) -> None:
@@ -412,9 +421,21 @@ class Center:
 
     def _heartbeat(self, ident: bytes, msg: Heartbeat, frames: list) -> None:
         """Any message a peer sends tells it is alive; a worker's heartbeat
-        also says how much memory and CPU its process uses."""
-        if msg.memory is not None or msg.cpu is not None:
-            self.scheduler.worker_heartbeat(ident, msg.memory, msg.cpu)
+        also says how much memory and CPU its process uses, and where its
+        results are (bytes in memory, bytes on disk)."""
+        if msg.memory is not None or msg.cpu is not None or msg.managed is not None \
+                or msg.spilled is not None:
+            ws = self.scheduler.workers.get(ident)
+            had_spilled = ws is not None and ws.spilled > 0
+            self.scheduler.worker_heartbeat(ident, msg.memory, msg.cpu, msg.managed,
+                                            msg.spilled)
+            if ws is not None and (ws.spilled > 0) != had_spilled:  # (once per change)
+                if had_spilled:
+                    logger.info("worker %s has no more results on disk", ws.address)
+                else:
+                    logger.info("worker %s spills results to disk: %s on disk, %s in "
+                                "memory, its process %s", ws.address, format_bytes(ws.spilled),
+                                format_bytes(managed_bytes(ws)), format_bytes(ws.rss))
 
     def _who_has(self, ident: bytes, msg: WhoHas, frames: list) -> None:
         self._send(ident, Reply(msg.id, self.scheduler.who_has(msg.keys)))

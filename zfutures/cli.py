@@ -8,6 +8,7 @@ import sys
 import click
 
 from .addressing import DEFAULT_PORT, is_loopback
+from .memory_thresholds import MemoryThresholds, parse_fraction
 from .processes import die_with_parent, total_memory
 from .units import parse_memory
 
@@ -169,6 +170,21 @@ def _start_dashboard(center_address: str, address: str | None, security, insecur
     return start_dashboard(center_address, address, security, insecure, log_level)
 
 
+def parse_thresholds(target: str, spill: str, pause: str, terminate: str) -> MemoryThresholds:
+    """The four memory thresholds of the command line, checked together."""
+    values = {}
+    for name, text in (("target", target), ("spill", spill), ("pause", pause),
+                       ("terminate", terminate)):
+        try:
+            values[name] = parse_fraction(text)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint=f"--memory-{name}") from None
+    try:
+        return MemoryThresholds(**values)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+
+
 @click.command(name="zfut-worker")
 @click.argument("address")
 @click.option("--nthreads", default=1, show_default=True, type=click.IntRange(min=1),
@@ -182,7 +198,24 @@ def _start_dashboard(center_address: str, address: str | None, security, insecur
                    "(default: the one that routes to the center).")
 @click.option("--memory-limit", default="auto", show_default=True,
               help="Per worker: 4GB, 0.8 (share of this machine's memory), 0 (none), or "
-                   "auto (an equal share for each worker). Above it the nanny restarts it.")
+                   "auto (an equal share for each worker). The --memory-* shares below say "
+                   "what happens as a worker nears it.")
+@click.option("--memory-target", default="0.6", show_default=True,
+              help="Share of the memory limit above which results move to disk, least "
+                   "recently used first; false: never.")
+@click.option("--memory-spill", default="0.7", show_default=True,
+              help="Share of the memory limit the whole process is kept under by moving "
+                   "results to disk; false: not checked.")
+@click.option("--memory-pause", default="0.8", show_default=True,
+              help="Share of the memory limit above which the worker starts no new task; "
+                   "false: never.")
+@click.option("--memory-terminate", default="0.95", show_default=True,
+              help="Share of the memory limit above which the nanny restarts the worker; "
+                   "false: never.")
+@click.option("--spill-dir", default=None, type=click.Path(file_okay=False),
+              help="Where results go when memory runs short (default: the system's "
+                   "temporary directory); each worker uses a fresh directory in it, removed "
+                   "when it stops.")
 @click.option("--resources", default="", help='Resources it offers, e.g. "GPU=1,MEM=8e9".')
 @click.option("--heartbeat-interval", default=0.5, show_default=True,
               help="Seconds between heartbeats to the center when idle.")
@@ -196,7 +229,9 @@ def _start_dashboard(center_address: str, address: str | None, security, insecur
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def worker_main(address: str, nthreads: int, nworkers: int, name: str | None, host: str | None,
-                memory_limit: str, resources: str, heartbeat_interval: float,
+                memory_limit: str, memory_target: str, memory_spill: str, memory_pause: str,
+                memory_terminate: str, spill_dir: str | None, resources: str,
+                heartbeat_interval: float,
                 heartbeat_timeout: float, no_nanny: bool, max_message_size: int,
                 keys: str | None, insecure: bool, log_level: str) -> None:
     """Serve tasks for the center at ADDRESS until interrupted.
@@ -214,6 +249,10 @@ def worker_main(address: str, nthreads: int, nworkers: int, name: str | None, ho
     limit = parse_memory_limit(memory_limit)
     if memory_limit.strip().lower() == "auto":
         limit //= nworkers
+    thresholds = parse_thresholds(memory_target, memory_spill, memory_pause, memory_terminate)
+    memory_args = ["--memory-target", memory_target, "--memory-spill", memory_spill,
+                   "--memory-pause", memory_pause, "--memory-terminate", memory_terminate,
+                   *(["--spill-dir", spill_dir] if spill_dir else [])]
     host = host or interface_towards(center)
     security = _load_keys(keys)
     check_bind(host, insecure, security)
@@ -224,10 +263,11 @@ def worker_main(address: str, nthreads: int, nworkers: int, name: str | None, ho
                        "--resources", resources, "--heartbeat-interval", str(heartbeat_interval),
                        "--heartbeat-timeout", str(heartbeat_timeout),
                        "--max-message-size", str(max_message_size),
+                       *memory_args,
                        "--log-level", log_level, *(["--insecure"] if insecure else []),
                        *(["--keys", str(security.directory)] if security else [])]
         nanny = Nanny(center, worker_args, nworkers, name, memory_limit=limit,
-                      security=security)
+                      security=security, terminate=thresholds.terminate, spill_dir=spill_dir)
         _serve(nanny.run, nanny.stop)
         return
     if nworkers > 1:
@@ -239,7 +279,8 @@ def worker_main(address: str, nthreads: int, nworkers: int, name: str | None, ho
     worker = Worker(center, nthreads=nthreads, name=name, host=host, memory_limit=limit,
                     resources=resource_map, heartbeat_interval=heartbeat_interval,
                     heartbeat_timeout=heartbeat_timeout, security=security,
-                    max_message_size=max_message_size)
+                    max_message_size=max_message_size, memory_thresholds=thresholds,
+                    spill_dir=spill_dir)
     print(f"zfut-worker {worker.name} serving at {worker.address} for {center}", flush=True)
     _serve(worker.run, worker.stop)
 

@@ -29,6 +29,11 @@ from .remote_errors import remote_exception
 
 logger = logging.getLogger(__name__)
 
+#: A gather asks a worker for at most about this many bytes of results per
+#: request (see Gathers._by_size): the worker then holds no more than that
+#: read back from disk at once for us.
+REQUEST_BYTES = 64 * 2**20
+
 #: What a gather ends with: {key: pickled value, or with per_key the error of a
 #: key that cannot be had}.
 Values = dict[str, Any]
@@ -135,12 +140,29 @@ class Gathers:
             self._ask_where(gather, exhausted, now)
         deadline = now + self.fetch_timeout
         for address, worker_keys in plan.items():
-            request_id = next(self._ids)
-            self.fetches[request_id] = Fetch(gather, address, worker_keys, now, deadline)
-            self._to_workers.append((address, peer_memory.data_request(request_id, worker_keys),
-                                     []))
+            for some_keys in self._by_size(worker_keys):
+                request_id = next(self._ids)
+                self.fetches[request_id] = Fetch(gather, address, some_keys, now, deadline)
+                self._to_workers.append((address, peer_memory.data_request(request_id,
+                                                                           some_keys), []))
         if not gather.remaining and not gather.result.done():
             self._finish(gather)
+
+    def _by_size(self, keys: list[str]) -> list[list[str]]:
+        """``keys`` in requests of at most REQUEST_BYTES each (as their sizes
+        are known; one key per request at least): a worker answers a request
+        whole, and one whose results are on disk reads them all back first."""
+        records, size = self._keys, 0
+        requests: list[list[str]] = [[]]
+        for key in keys:
+            info = records.get(key)
+            nbytes = info.nbytes if info is not None else 0
+            if size + nbytes > REQUEST_BYTES and requests[-1]:
+                requests.append([])
+                size = 0
+            requests[-1].append(key)
+            size += nbytes
+        return requests
 
     def _ask_where(self, gather: Gather, keys: list[str], now: float) -> None:
         """The holders we knew of failed: ask the center once where the keys are now

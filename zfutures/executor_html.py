@@ -24,11 +24,13 @@ def executor_html(executor: Any) -> str:
     else:
         workers = info.get("workers", {})
         limits = [w.get("memory_limit") or 0 for w in workers.values()]
+        spilled = sum(w.get("spilled") or 0 for w in workers.values())
         rows += [("Workers", str(len(workers))),
                  ("Threads", str(sum(w.get("nthreads", 0) for w in workers.values()))),
                  ("Memory", f"{format_bytes(sum(w.get('memory', 0) for w in workers.values()))} "
                             "used" + (f" of {format_bytes(sum(limits))}" if all(limits) and limits
-                                      else ""))]
+                                      else "")
+                            + (f", {format_bytes(spilled)} spilled to disk" if spilled else ""))]
     link = executor.dashboard_link
     if link:
         safe = escape(link, quote=True)

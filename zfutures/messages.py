@@ -213,9 +213,11 @@ class WorkerStats(NamedTuple):
     name: str
     nthreads: int
     #: the process's memory (its own report), the bytes of results it holds
-    #: (the center's count), and its limit (0: none)
+    #: in memory and on disk (see scheduler.observe.managed_bytes), and its
+    #: limit (0: none)
     memory: int
     managed: int
+    spilled: int
     memory_limit: int
     #: percent of one core its process used lately
     cpu: float
@@ -553,6 +555,11 @@ class Heartbeat(NamedTuple):
     #: core) lately, for the dashboard
     memory: Optional[int] = None
     cpu: Optional[float] = None
+    #: from a worker: the bytes of the results it holds in memory, and of
+    #: those it spilled to disk (see worker_memory.py); the center counts a
+    #: worker's results itself, but only the worker knows which are on disk
+    managed: Optional[int] = None
+    spilled: Optional[int] = None
 
 
 # ---------------------------------------------------------------- data server

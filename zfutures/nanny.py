@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import select
 import subprocess
 import sys
 import threading
@@ -24,9 +25,11 @@ import zmq
 from . import protocol
 from .addressing import configure
 from .logs import RateLimitedLog
-from .loop import send
+from .loop import Waker, send
+from .memory_thresholds import MemoryThresholds
 from .messages import RegisterNanny, WorkerDied
 from .processes import stop_processes, worker_environment
+from .spill_store import remove_leftovers
 
 logger = logging.getLogger(__name__)
 dropped = RateLimitedLog(logger)
@@ -56,9 +59,11 @@ class Nanny:
     """Keep ``nworkers`` worker processes running for the center at ``center_address``.
 
     ``worker_args`` are the options each worker gets (its center address
-    excepted); ``memory_limit`` (bytes, 0 for none) is per worker: above it,
-    the worker is restarted. ``env`` adds to the workers' environment; with
-    ``echo`` the workers' output is passed on to ours.
+    excepted); ``memory_limit`` (bytes, 0 for none) is per worker: above
+    ``terminate`` of it (a share; None: never), the worker is restarted.
+    A worker that dies leaves no spill files: those it made in ``spill_dir``
+    (None: the system's temporary directory) are removed. ``env`` adds to the
+    workers' environment; with ``echo`` the workers' output is passed on to ours.
 
     ``zfut-worker`` runs one in its own process; a local cluster runs one on
     a thread of the user's program (:meth:`run` there, :meth:`stop` to end).
@@ -66,16 +71,25 @@ class Nanny:
 
     def __init__(self, center_address: str, worker_args: list[str], nworkers: int = 1,
                  name: str | None = None, memory_limit: int = 0, restart: bool = True,
-                 security: Any = None, env: dict[str, str] | None = None, echo: bool = True):
+                 security: Any = None, env: dict[str, str] | None = None, echo: bool = True,
+                 terminate: float | None = MemoryThresholds().terminate,
+                 spill_dir: str | None = None):
         self.center_address = center_address
         self.worker_args = worker_args
         self.env = env or {}
         self.echo = echo
         self.memory_limit = memory_limit
+        # (the worker's own memory manager spills and pauses below this)
+        self.terminate_above = int(terminate * memory_limit) if terminate else 0
+        self.spill_dir = spill_dir
         self.restart = restart
         self.children = [_Child(f"{name}-{i}" if name and nworkers > 1 else name)
                          for i in range(nworkers)]
-        self._stopping = threading.Event()
+        # stop() may come from a signal handler, on the thread that waits in
+        # run(): a flag and a pipe, as a threading.Event would deadlock there
+        # (its set() takes the lock its wait() may be holding).
+        self._stopping = False
+        self._waker = Waker()
         self._context = zmq.Context()
         self._center = configure(self._context.socket(zmq.DEALER), security)
         self._center.setsockopt(zmq.ROUTING_ID, b"n-" + uuid.uuid4().hex.encode())
@@ -86,7 +100,7 @@ class Nanny:
         try:
             for child in self.children:
                 self._start(child)
-            while not self._stopping.wait(CHECK_INTERVAL):
+            while not self._wait(CHECK_INTERVAL):
                 for child in self.children:
                     self._check(child)
                 if not self.restart and all(c.process is None or c.process.poll() is not None
@@ -96,10 +110,19 @@ class Nanny:
             self._stop_children()
             self._center.close(linger=0)
             self._context.term()
+            self._waker.close()
 
     def stop(self) -> None:
         """Ask :meth:`run` to end; safe from signal handlers."""
-        self._stopping.set()
+        self._stopping = True
+        self._waker.wake()
+
+    def _wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for :meth:`stop`; whether it came."""
+        if not self._stopping:
+            select.select([self._waker.read_fd], [], [], timeout)
+            self._waker.drain()
+        return self._stopping
 
     def _start(self, child: _Child) -> None:
         args = [sys.executable, "-m", "zfutures", "worker", self.center_address,
@@ -132,27 +155,30 @@ class Nanny:
         if process is None:  # (not started yet)
             return
         if child.restart_at is not None:  # dead, and reported: waiting to restart
-            if time.monotonic() >= child.restart_at and not self._stopping.is_set():
+            if time.monotonic() >= child.restart_at and not self._stopping:
                 child.restart_at = None
                 child.restarts.append(time.monotonic())
                 self._start(child)
             return
         if process.poll() is None:
-            if self.memory_limit and self._rss(process.pid) > self.memory_limit:
-                logger.warning("worker %s uses more than its memory limit of %d bytes; "
-                               "restarting it", child.address or process.pid, self.memory_limit)
+            if self.terminate_above and self._rss(process.pid) > self.terminate_above:
+                logger.warning("worker %s uses more than %d MB, %.0f%% of its memory limit; "
+                               "restarting it", child.address or process.pid,
+                               self.terminate_above // 2**20,
+                               100 * self.terminate_above / self.memory_limit)
                 process.kill()
                 process.wait(10)
             else:
                 return
         logger.warning("worker %s exited with status %s", child.address or process.pid,
                        process.returncode)
+        remove_leftovers(self.spill_dir, process.pid)
         if child.address:
             send(self._center, protocol.encode_message(RegisterNanny(protocol.PROTOCOL_VERSION)),
                  dropped, "a report")
             send(self._center, protocol.encode_message(WorkerDied(child.address)),
                  dropped, "a report")
-        if not self.restart or self._stopping.is_set():
+        if not self.restart or self._stopping:
             return
         now = time.monotonic()
         child.restarts = [t for t in child.restarts if now - t < RESTART_WINDOW]
@@ -175,4 +201,7 @@ class Nanny:
 
     def _stop_children(self) -> None:
         # Leaving workers first hand their keys on: give them time to.
-        stop_processes([c.process for c in self.children if c.process], timeout=15.0)
+        processes = [c.process for c in self.children if c.process]
+        stop_processes(processes, timeout=15.0)
+        for process in processes:  # (one killed after the timeout left its files)
+            remove_leftovers(self.spill_dir, process.pid)

@@ -213,18 +213,21 @@ class Leases:
         self._held[lease] = (reader, values, now + self.duration + reading)
         return lease
 
-    def end(self, lease: int, reader: bytes) -> None:
-        """The reader is done. Only the reader a lease was granted to may end it."""
+    def end(self, lease: int, reader: bytes) -> bool:
+        """The reader is done: whether that ended the lease. Only the reader
+        a lease was granted to may end it."""
         held = self._held.get(lease)
         if held is not None and held[0] == reader:
             del self._held[lease]
+            return True
+        return False
 
-    def expire(self, now: float) -> int:
-        """End the leases past their time (readers that died); how many."""
+    def expire(self, now: float) -> list[int]:
+        """End the leases past their time (readers that died); which."""
         old = [lease for lease, (_, _, until) in self._held.items() if until <= now]
         for lease in old:
             del self._held[lease]
-        return len(old)
+        return old
 
 
 def read_time(items: list[OfferedItem]) -> float:

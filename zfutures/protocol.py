@@ -45,7 +45,7 @@ def same_call(payload: Frames, other: Frames) -> bool:
         all(memoryview(a) == memoryview(b) for a, b in zip(payload, other))
 
 #: Bumped whenever a message changes shape; peers must register with the same.
-PROTOCOL_VERSION = 9
+PROTOCOL_VERSION = 10
 
 #: Largest header accepted, in bytes. Headers hold keys and small numbers only.
 MAX_HEADER_BYTES = 64 * 1024 * 1024

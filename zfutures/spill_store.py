@@ -154,7 +154,10 @@ class SpillStore:
         try:
             if directory is not None:
                 os.makedirs(directory, exist_ok=True)
-            self.directory: str = tempfile.mkdtemp(prefix=_PREFIX, dir=directory)
+            # (named after this process, so that a worker killed before it could
+            # remove it is cleaned up after: see remove_leftovers)
+            self.directory: str = tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-",
+                                                   dir=directory)
         except OSError as e:
             where = directory if directory is not None else tempfile.gettempdir()
             raise SpillError(f"cannot create a spill directory in {where}: {_why(e)}",
@@ -345,6 +348,29 @@ class SpillStore:
     def _check_open(self) -> None:
         if not self._finalizer.alive:
             raise ValueError(f"the spill store at {self.directory} is closed")
+
+
+def remove_leftovers(directory: str | None, pid: int) -> list[str]:
+    """Remove the spill directories that process ``pid`` made in ``directory``
+    (None: the system's temporary directory) and could not remove itself (it
+    was killed); the paths removed. A nanny calls it when a worker dies.
+
+    >>> remove_leftovers(None, 2**22 + 1)  # (no such process ever spilled)
+    []
+    """
+    parent = directory if directory is not None else tempfile.gettempdir()
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return []
+    mine = f"{_PREFIX}{pid}-"
+    removed = []
+    for name in names:
+        if name.startswith(mine):
+            path = os.path.join(parent, name)
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def _flat(frame: Any) -> memoryview:

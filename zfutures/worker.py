@@ -38,6 +38,7 @@ from .addressing import (
 from .errors import ProtocolError
 from .logs import RateLimitedLog
 from .loop import SLICE, ListeningClock, Waker, drain, send
+from .memory_thresholds import MemoryThresholds
 from .messages import (
     Acquire,
     Closing,
@@ -66,6 +67,7 @@ from .processes import own_rss, release_free_memory
 from .protocol import Frames, unpack_items
 from .task_runner import LoopMoved, TaskRunner
 from .worker_data import DataServer, Fetcher, contained
+from .worker_disk import SpillThreads
 from .worker_state import Report, WorkerState
 
 logger = logging.getLogger(__name__)
@@ -76,10 +78,25 @@ dropped = RateLimitedLog(logger)
 #: what makes a burst of tasks on big arrays fast (processes._HUGE_PAGES_TUNABLE).
 GIVE_BACK_AFTER = 1.0
 
+#: How often (seconds) a worker with a memory limit measures its process's
+#: memory while it works (when idle: every heartbeat interval). Between
+#: measures, results that come in are counted at once (see
+#: MemoryManager.estimated_rss); what a running task allocates is seen here.
+MEMORY_CHECK_INTERVAL = 0.05
+
 #: Reports to the center that travel many to a message: the item's class ->
 #: the message that carries a list of them.
 _BATCHED: dict[type, Callable[[list[Any]], Any]] = {
     DoneItem: TaskFinished, FailedItem: TaskErred, KeyAdded: KeysAdded}
+
+
+def _level_of(change: str) -> int:
+    """How loud a change of the memory manager is logged: the disk failing is
+    an error, a pause a warning (the center sends tasks elsewhere), spilling
+    and resuming are the worker doing its job."""
+    if change.startswith("cannot"):
+        return logging.ERROR
+    return logging.WARNING if change.startswith("paused") else logging.INFO
 
 
 class CpuMeter:
@@ -114,7 +131,9 @@ class Worker:
                  resources: dict[str, float] | None = None,
                  heartbeat_interval: float = 0.5, heartbeat_timeout: float = 5.0,
                  fetch_timeout: float = 10.0, retire_timeout: float = 10.0,
-                 security: Any = None, max_message_size: int = protocol.MAX_MESSAGE_SIZE):
+                 security: Any = None, max_message_size: int = protocol.MAX_MESSAGE_SIZE,
+                 memory_thresholds: MemoryThresholds | None = None,
+                 spill_dir: str | None = None):
         self.center_address = normalize_address(center_address)
         self.nthreads = nthreads
         self.memory_limit = memory_limit
@@ -132,7 +151,7 @@ class Worker:
             server.bind(local_endpoint(self.address))
         self.name = name or self.address
         self.state = WorkerState(self.address, nthreads, fetch_timeout, memory_limit,
-                                 retire_timeout)
+                                 retire_timeout, memory_thresholds)
         self.center: zmq.Socket[Any] | None = None
         self.poller = zmq.Poller()
         self.poller.register(server, zmq.POLLIN)
@@ -142,7 +161,9 @@ class Worker:
         self.inbox: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]]] = \
             queue.SimpleQueue()
         self.executor: Any = None  # a client for tasks that submit tasks (executor.get_executor)
-        self.data_server = DataServer(server, self.state, self.call_soon, dropped)
+        self.state.measure_rss = own_rss
+        self.disk = SpillThreads(spill_dir, self.state, self.call_soon)
+        self.data_server = DataServer(server, self.state, self.call_soon, dropped, self.disk)
         self.fetcher = Fetcher(self.state, self.context, self.poller, security,
                                self.call_soon, dropped)
         self._closed = threading.Event()
@@ -164,6 +185,7 @@ class Worker:
         self._last_heartbeat = 0.0  # sent every interval, busy or not (see _heartbeat)
         self.cpu = CpuMeter()
         self._rss = (0, -1e9)  # (the last memory measured, and when: see _heartbeat)
+        self._next_memory_check = 0.0
         self.state.wall_offset = time.time() - time.monotonic()
         # The center is silent for the time this loop could have heard it:
         # its own stretches of work past a heartbeat interval do not count.
@@ -241,7 +263,7 @@ class Worker:
         """Announce this worker and the keys it holds; the center answers ``welcome``."""
         self.registered = False
         self.state.forget_queue()
-        keys = list(self.state.data)
+        keys = list(self.state.nbytes)
         self._send_center(RegisterWorker(
             protocol.PROTOCOL_VERSION, self.address, self.name, self.nthreads,
             self.memory_limit, self.resources, keys, [self.state.nbytes.get(k, 0) for k in keys]))
@@ -257,6 +279,7 @@ class Worker:
         if self.executor is not None:
             self.executor.shutdown(wait=False)
         self.runner.stop()
+        self.disk.close()  # (the spill directory goes, with its files)
         self.fetcher.close()
         self.data_server.server.close(linger=0)
         if self.center is not None:
@@ -275,6 +298,8 @@ class Worker:
         held_until = self.state.held_until
         if held_until is not None:  # (+1: poll's milliseconds must not round to 0)
             timeout_ms = min(timeout_ms, max(0, int(1000 * (held_until - now)) + 1))
+        if self.memory_limit and self.state.executing:  # (a task may be filling memory)
+            timeout_ms = min(timeout_ms, max(0, int(1000 * (self._next_memory_check - now)) + 1))
         self.listening.polling(now)
         events = dict(self.poller.poll(int(min(timeout_ms, 1000 * self.heartbeat_interval))))
         now = time.monotonic()
@@ -293,9 +318,10 @@ class Worker:
         if now >= self._next_timeout_check:  # timeouts are seconds long: no need to scan
             self._next_timeout_check = now + self.heartbeat_interval  # requests per message
             self.state.check_timeouts(now)
-            self.data_server.leases.expire(now)
+            self.data_server.expire_leases(now)
             self._give_back_memory(now)
-            self._check_memory()
+        if now >= self._next_memory_check:
+            self._check_memory(now)
         self._flush()
         if self._center_closed:
             self._center_closed = False
@@ -315,7 +341,8 @@ class Worker:
 
     def _heartbeat(self, now: float) -> None:
         """Every heartbeat interval, busy or not: the center hears this worker
-        is alive, and how much memory and CPU its process uses (a few bytes)."""
+        is alive, how much memory and CPU its process uses, and how many bytes
+        of results it holds in memory and on disk (a few bytes)."""
         self._last_heartbeat = now
         # (the wall clock may have been set meanwhile: transfers' times follow it)
         self.state.wall_offset = time.time() - now
@@ -323,7 +350,8 @@ class Worker:
         rss, measured = self._rss
         if now - measured >= self.heartbeat_interval:
             rss = own_rss()
-        self._send_center(Heartbeat(rss, self.cpu.percent(now)))
+        memory = self.state.memory
+        self._send_center(Heartbeat(rss, self.cpu.percent(now), memory.managed, memory.spilled))
 
     def _take_inbox(self, until: float) -> None:
         """Make the calls other threads asked for, until the slice is over."""
@@ -347,18 +375,20 @@ class Worker:
             self._trim_due = False
             release_free_memory()
 
-    def _check_memory(self) -> None:
-        """Tell the state machine how much memory this process holds (it pauses
-        or resumes: see WorkerState.memory_measured)."""
+    def _check_memory(self, now: float) -> None:
+        """Tell the state machine how much memory this process holds: it
+        moves results to disk, pauses or resumes (see worker_memory.py)."""
+        self._next_memory_check = now + MEMORY_CHECK_INTERVAL
+        state = self.state
         if not self.memory_limit:
             return
         rss = own_rss()
-        if self._trim_due and self.state.memory_high(rss):
+        if self._trim_due and state.memory.high(rss):
             self._trim_due = False  # (until more is freed: not at every check)
             release_free_memory()  # what is only free to reuse should not count
             rss = own_rss()
-        self._rss = rss, time.monotonic()
-        self.state.memory_measured(rss)
+        self._rss = rss, now
+        state.memory_measured(rss)
 
     # ------------------------------------------------------------------ the center's messages
 
@@ -404,7 +434,7 @@ class Worker:
         if self.registered:  # (else our registration is on its way already)
             logger.warning("the center at %s does not know this worker (it restarted?); "
                            "registering again with %d keys", self.center_address,
-                           len(self.state.data))
+                           len(self.state.nbytes))
             self._register()
 
     def _refused(self, msg: Refused, frames: Frames, now: float) -> None:
@@ -413,7 +443,7 @@ class Worker:
 
     def _center_closing(self, msg: Closing, frames: Frames, now: float) -> None:
         logger.info("the center at %s is closing; keeping %d keys for it to come back",
-                    self.center_address, len(self.state.data))
+                    self.center_address, len(self.state.nbytes))
         self._center_closed = True  # (reconnects after this drain: see _loop_once)
 
     def _retired(self, msg: Retired, frames: Frames, now: float) -> None:
@@ -441,6 +471,13 @@ class Worker:
             for request in state.to_fetch:
                 self.fetcher.request(*request)
             state.to_fetch.clear()
+        if state.to_spill:
+            self.disk.submit(state.to_spill)
+            state.to_spill.clear()
+        changes = state.memory.take_changes()
+        if changes:
+            for change in changes:
+                logger.log(_level_of(change), "worker %s %s", self.address, change)
         if state.to_center or state.held:
             self._report(state.take_reports(time.monotonic()))
 

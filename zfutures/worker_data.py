@@ -20,6 +20,7 @@ import functools
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -47,7 +48,15 @@ from .messages import (
 )
 from .protocol import Frames, unpack_items
 from .remote_errors import describe, pickle_exception
+from .worker_disk import SpillThreads
 from .worker_state import WorkerState
+
+#: What a data server holds read back from disk for answers at once, at
+#: most (one answer at least, whatever its size): this share of the memory
+#: limit, or DISK_SERVE_BYTES without a limit. The gap between the pause
+#: and terminate marks (0.8, 0.95) is a little more.
+DISK_SERVE_SHARE = 0.1
+DISK_SERVE_BYTES = 256 * 2**20
 
 
 def contained(handle: Callable[..., None]) -> Callable[..., None]:
@@ -76,12 +85,20 @@ class DataServer:
     made on another thread."""
 
     def __init__(self, server: zmq.Socket[Any], state: WorkerState,
-                 call_soon: Callable[..., None], dropped: RateLimitedLog):
+                 call_soon: Callable[..., None], dropped: RateLimitedLog,
+                 disk: SpillThreads | None = None):
         self.server = server
         self.state = state
+        self.disk = disk  # reads results on disk (None: none ever are)
         self.call_soon = call_soon
         self.dropped = dropped
         self.leases = peer_memory.Leases()  # values offered to readers on this machine
+        self._leased: dict[int, list[str]] = {}  # lease -> keys it pins in memory
+        # Requests for results on disk, waiting to be read (see _read_next):
+        # (requester, request, its keys, those on disk).
+        self._from_disk: deque[tuple[bytes, GetData, list[str], list[str]]] = deque()
+        self._read_out = 0  # bytes read back for answers not let go of yet
+        self._lease_sizes: dict[int, int] = {}  # lease -> bytes it holds read from disk
         #: The requests served: their class -> handler(requester, message, payload frames).
         self._handlers: dict[type, Callable[[bytes, Any, Frames], None]] = {
             GetData: self._get_data, PutData: self._put_data, Run: self._run,
@@ -105,35 +122,85 @@ class DataServer:
 
     def _get_data(self, ident: bytes, request: GetData, frames: Frames) -> None:
         """Serve results to a peer or a client; big buffers, to one on this
-        machine, by address, to be read from this process's memory."""
+        machine, by address, to be read from this process's memory. Results
+        on disk are read first, as frames, by the disk threads; the answer
+        goes once they are in."""
+        keys = list(dict.fromkeys(request.keys))  # each key once, however often asked
+        data, held = self.state.data, self.state.nbytes
+        on_disk = [key for key in keys if key not in data and key in held]
+        if on_disk and self.disk is not None:
+            self._from_disk.append((ident, request, keys, on_disk))
+            self._read_next()
+            return
+        self._answer(ident, request, keys, {})
+
+    def _read_next(self) -> None:
+        """Read back the results of the requests that wait, while what was read
+        for answers still held (sent, or leased to a reader) is under
+        DISK_SERVE_SHARE of the memory limit; one at least, whatever its size."""
+        waiting, nbytes = self._from_disk, self.state.nbytes
+        limit = self.state.memory.memory_limit
+        budget = DISK_SERVE_SHARE * limit if limit else DISK_SERVE_BYTES
+        while waiting and (not self._read_out or self._read_out < budget):
+            ident, request, keys, on_disk = waiting.popleft()
+            size = sum(nbytes.get(key, 0) for key in on_disk)
+            self._read_out += size
+            assert self.disk is not None  # (only then are requests queued)
+            self.disk.read_frames(on_disk, functools.partial(
+                self.call_soon, self._answer_read, ident, request, keys, size))
+
+    def _answer_read(self, ident: bytes, request: GetData, keys: list[str], size: int,
+                     read: dict[str, Frames | BaseException]) -> None:
+        """The results of ``request`` on disk were read (``size`` bytes): answer."""
+        lease = self._answer(ident, request, keys, read)
+        if lease is None:  # (sent: the socket lets go of them soon)
+            self._read_out -= size
+            self._read_next()
+        else:
+            self._lease_sizes[lease] = size  # (held until the reader is done)
+
+    def _answer(self, ident: bytes, request: GetData, keys: list[str],
+                read: dict[str, Frames | BaseException]) -> int | None:
+        """Answer ``request`` with ``keys``: their frames ``read`` from disk,
+        or the values in memory. The lease the answer offers reads under, if any."""
         items: list[OfferedItem] = []
         errors: list[OfferedItem] = []
         missing: list[str] = []
         out_frames: Frames = []
         error_frames: Frames = []
         data, nbytes = self.state.data, self.state.nbytes
-        offer, offered = peer_memory.may_offer(request), []
-        for key in dict.fromkeys(request.keys):  # each key once, however often asked
-            if key not in data:
+        offer, offered, leased = peer_memory.may_offer(request), [], []
+        for key in keys:
+            value_frames = read.get(key)
+            if isinstance(value_frames, BaseException):  # (lost, or released meanwhile)
+                self.dropped.warning(f"the result {key!r} could not be read from disk",
+                                     describe(value_frames))
                 missing.append(key)
                 continue
-            try:
-                value_frames = serialize.dumps(data[key])
-            except BaseException as e:  # noqa: B036 - the task's fault, reported to whoever wants it
-                self.dropped.warning(f"the result {key!r} cannot be pickled", describe(e))
-                exc = TypeError(f"the result of {key!r} cannot be pickled to leave its "
-                                f"worker: {describe(e)}")
-                frames = pickle_exception(exc)
-                errors.append(OfferedItem(key, len(frames)))
-                error_frames.extend(frames)
-                continue
+            size = nbytes.get(key, 0)
+            if value_frames is None:
+                if key not in data:
+                    missing.append(key)
+                    continue
+                try:
+                    value_frames = serialize.dumps(data[key])
+                except BaseException as e:  # noqa: B036 - the task's fault, reported to whoever wants it
+                    self.dropped.warning(f"the result {key!r} cannot be pickled", describe(e))
+                    exc = TypeError(f"the result of {key!r} cannot be pickled to leave its "
+                                    f"worker: {describe(e)}")
+                    frames = pickle_exception(exc)
+                    errors.append(OfferedItem(key, len(frames)))
+                    error_frames.extend(frames)
+                    continue
             remote: list[list[int]] | None = None
             if offer:
                 sent, left = peer_memory.split_frames(value_frames)
                 if left:
                     offered.append(value_frames)  # alive until read
                     value_frames, remote = sent, left
-            items.append(OfferedItem(key, len(value_frames), nbytes[key], remote))
+                    if key in data:
+                        leased.append(key)
+            items.append(OfferedItem(key, len(value_frames), size, remote))
             out_frames.extend(value_frames)
         lease = pid = proof = None
         if offered:
@@ -141,13 +208,37 @@ class DataServer:
             lease = self.leases.grant(ident, offered, time.monotonic(),
                                       peer_memory.read_time(items))
             pid = os.getpid()
+            # A value read from here is not moved to disk under its reader:
+            # that would free nothing (the lease holds it) and cost a write.
+            pin = self.state.memory.pin
+            for key in leased:
+                pin(key)
+            self._leased[lease] = leased
         reply = Data(request.id, items, missing, errors or None, lease, pid, proof)
         send_frames(self.server, [ident, *protocol.encode_message(
             reply, [*out_frames, *error_frames])])
+        return lease
+
+    def expire_leases(self, now: float) -> None:
+        """End the leases past their time (their readers died)."""
+        for lease in self.leases.expire(now):
+            self._lease_ended(lease)
+
+    def _lease_ended(self, lease: int) -> None:
+        """A reader let go of what ``lease`` held: its values may leave memory,
+        and what it held read back from disk counts no more."""
+        unpin = self.state.memory.unpin
+        for key in self._leased.pop(lease, ()):
+            unpin(key)
+        size = self._lease_sizes.pop(lease, None)
+        if size is not None:
+            self._read_out -= size
+            self._read_next()
 
     def _data_read(self, ident: bytes, msg: DataRead, frames: Frames) -> None:
         """A reader on this machine copied what a lease kept alive."""
-        self.leases.end(msg.lease, ident)
+        if self.leases.end(msg.lease, ident):
+            self._lease_ended(msg.lease)
 
     def send_stored(self, client: bytes, stored: DataStored) -> None:
         """The answer to a client's put-data (see WorkerState.stored)."""

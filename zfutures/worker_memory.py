@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
-from collections.abc import Iterator
 
 from .memory_thresholds import MemoryThresholds, parse_fraction
 
@@ -74,7 +73,10 @@ class MemoryManager:
     def __init__(self, memory_limit: int, thresholds: MemoryThresholds | None = None):
         self.memory_limit = memory_limit
         self.thresholds = thresholds or MemoryThresholds()
-        self._nbytes: dict[str, int] = {}  # every key known: its size in memory
+        #: Every key held, wherever it is: its size in memory. The worker's
+        #: record of its keys (WorkerState.nbytes is this dict); only the
+        #: manager's events change it.
+        self.nbytes: dict[str, int] = {}
         self._total = 0  # their sum, wherever they are
         self._memory: OrderedDict[str, None] = OrderedDict()  # in memory, least recent first
         self._files: dict[str, int] = {}  # key -> bytes its file takes
@@ -83,20 +85,30 @@ class MemoryManager:
         self._touched: set[str] = set()  # used while being written: kept in memory
         self._stale: set[str] = set()  # in flight for a value since removed
         self._pins: dict[str, int] = {}
+        self._unspillable: set[str] = set()  # values that cannot be pickled: stay in memory
         self.managed = 0  # bytes (nbytes) of results in memory, in flight to disk or not
         self.spilled = 0  # bytes their files take on disk
         self.disk_trouble = False  # a write failed: no more writes; pausing is the way out
         self.paused = False
         self._spilling = False
         self._changes: list[str] = []
+        # The last measure of the process, and the results in memory then
+        # (see estimated_rss).
+        self._rss_measured = 0
+        self._managed_then = 0
+        # Below both, nothing is to be decided (see calm): bytes.
+        t, limit = self.thresholds, memory_limit
+        self._target_bytes = t.target * limit if t.target is not None else float("inf")
+        marks = [mark for mark in (t.spill, t.pause) if mark is not None]
+        self._first_mark_bytes = min(marks) * limit if marks else float("inf")
 
     # --- events ---------------------------------------------------------
 
     def stored(self, key: str, nbytes: int) -> str | None:
         """A result arrived in memory (computed, fetched, scattered): DELETE if
         an older value of ``key`` left a file to delete now, else None."""
-        action = self.removed(key) if key in self._nbytes else None
-        self._nbytes[key] = nbytes
+        action = self.removed(key) if key in self.nbytes else None
+        self.nbytes[key] = nbytes
         self._total += nbytes
         self._memory[key] = None
         self.managed += nbytes
@@ -126,7 +138,7 @@ class MemoryManager:
         (a read of it in flight may fail or finish: :meth:`loaded` then says
         to discard it); None otherwise. A write in flight is let finish, and
         :meth:`written` answers DELETE then."""
-        nbytes = self._nbytes.pop(key, None)
+        nbytes = self.nbytes.pop(key, None)
         if nbytes is None:
             return None
         self._total -= nbytes
@@ -136,6 +148,7 @@ class MemoryManager:
         if key in self._writing or key in self._reading:
             self._stale.add(key)
         self._touched.discard(key)
+        self._unspillable.discard(key)
         if key in self._files:
             self.spilled -= self._files.pop(key)
             return DELETE
@@ -160,7 +173,7 @@ class MemoryManager:
             self._touched.discard(key)
             return KEEP
         del self._memory[key]
-        self.managed -= self._nbytes[key]
+        self.managed -= self.nbytes[key]
         return DROP
 
     def write_failed(self, key: str, error: object) -> None:
@@ -178,6 +191,16 @@ class MemoryManager:
                 f"the worker pauses at {pause_at:.0%} of its memory limit" if pause_at
                 else "no pause mark is set"))
 
+    def cannot_spill(self, key: str) -> None:
+        """The value of ``key`` cannot be written (it cannot be pickled): it
+        stays in memory, and is never planned again. No fault of the disk."""
+        self._writing.discard(key)
+        self._touched.discard(key)
+        if key in self._stale:
+            self._stale.discard(key)
+        elif key in self.nbytes:
+            self._unspillable.add(key)
+
     def wanted(self, key: str) -> bool:
         """A task or a server needs ``key``: True if the shell must read it back
         first (on disk only, and no read of it in flight already)."""
@@ -194,15 +217,20 @@ class MemoryManager:
             self._stale.discard(key)
             return False
         self._memory[key] = None
-        self.managed += self._nbytes[key]
+        self.managed += self.nbytes[key]
         return True
 
-    def read_failed(self, key: str, error: object) -> None:
-        """The read of ``key`` failed: no longer in flight, still on disk; the
-        shell says the key is lost (the center recomputes it) and removes it."""
+    def read_failed(self, key: str, error: object) -> bool:
+        """The read of ``key`` failed. True: the key is lost (its file is
+        unreadable): the shell forgets it, and the center recomputes it or
+        finds another copy. False: it was released meanwhile (the failure
+        may be its file's deletion), and nothing is lost."""
         self._reading.discard(key)
-        self._stale.discard(key)
+        if key in self._stale:
+            self._stale.discard(key)
+            return False
         self._changes.append(f"cannot read {key!r} back from disk: {error}")
+        return True
 
     # --- decisions ------------------------------------------------------
 
@@ -219,26 +247,36 @@ class MemoryManager:
         target goes all the same (it cannot fit anyway).
         """
         plan = Plan()
+        self._rss_measured, self._managed_then = rss, self.managed
         limit, t = self.memory_limit, self.thresholds
         if not limit or (t.target is None and t.spill is None):
             return plan
-        leaving = sum(self._nbytes[key] for key in self._writing if key not in self._stale)
+        leaving = self._leaving()
         managed, process = self.managed - leaving, rss - leaving
-        for key in self._lru():
-            if not ((t.target is not None and managed > t.target * limit)
-                    or (t.spill is not None and process > t.spill * limit)):
+        target = t.target * limit if t.target is not None else None
+        spill = t.spill * limit if t.spill is not None else None
+        if (target is None or managed <= target) and (spill is None or process <= spill) \
+                and not self._spilling:
+            return plan  # (the common case, checked at every result: no scan)
+        pins, writing, files = self._pins, self._writing, self._files
+        for key in self._memory:  # least recently used first
+            if not ((target is not None and managed > target)
+                    or (spill is not None and process > spill)):
                 break
-            if key in self._files:
+            if key in pins or key in writing or key in self._unspillable:
+                continue
+            if key in files:
                 plan.drop.append(key)  # a clean copy: drops for free
-                del self._memory[key]
-                self.managed -= self._nbytes[key]
             elif not self.disk_trouble:
                 plan.write.append(key)
-                self._writing.add(key)
             else:
                 continue
-            managed -= self._nbytes[key]
-            process -= self._nbytes[key]
+            managed -= self.nbytes[key]
+            process -= self.nbytes[key]
+        for key in plan.drop:
+            del self._memory[key]
+            self.managed -= self.nbytes[key]
+        writing.update(plan.write)
         # Spilling, for the log, lasts from the first write until every result
         # would fit in memory again (released, not merely written): one line
         # each way for a run of writes, not a pair per result.
@@ -252,6 +290,22 @@ class MemoryManager:
                 f"results in memory, {_mb(self.spilled)} on disk, process {_mb(rss)}")
         return plan
 
+    def calm(self, rss: int) -> bool:
+        """Whether nothing is to be decided at ``rss``: results under the
+        target, the process under every mark, nothing in flight to disk, not
+        spilling, not paused. A worker checks this at every result; a few
+        comparisons, so that small tasks pay next to nothing for spilling."""
+        return self.managed <= self._target_bytes and rss <= self._first_mark_bytes and \
+            not (self._writing or self._spilling or self.paused)
+
+    def estimated_rss(self) -> int:
+        """The process's memory now, as estimated between measures: the last
+        one, plus the results that came into memory since, less those that
+        left. A result made by a task may count twice until the next measure
+        (in the measure as the task's allocation, and as a result): the
+        estimate errs on the side of spilling and pausing a moment early."""
+        return max(0, self._rss_measured + self.managed - self._managed_then)
+
     def should_pause(self, rss: int) -> bool:
         """Whether the worker should be paused (start no new task) at ``rss``.
 
@@ -261,16 +315,42 @@ class MemoryManager:
         RESUME_GAP lower. After disk trouble, spilling cannot hold memory
         down: it pauses where it would have spilled, and resumes RESUME_GAP
         below that, as memory frees (results released).
+
+        The results being written count as gone: their writes will bring
+        memory down, and until they land no task starts anyway
+        (:meth:`holding`). A pause is for memory that spilling cannot bring
+        down, and the center is told of it; a worker spilling big results
+        does not flip at each one.
         """
         pause_at, resume_at = self._pause_marks()
         if not self.memory_limit or pause_at <= 0:
             return False
-        share = rss / self.memory_limit
+        leaving = self._leaving()
+        share = (rss - leaving) / self.memory_limit
         if share > pause_at if not self.paused else share < resume_at:
             self.paused = not self.paused
+            writing = f", {_mb(leaving)} more on its way to disk" if leaving else ""
             self._changes.append(f"{'paused' if self.paused else 'resumed'}: process "
-                                 f"{_mb(rss)}, {share:.0%} of its memory limit")
+                                 f"{_mb(rss - leaving)}{writing}, {share:.0%} of its "
+                                 f"memory limit")
         return self.paused
+
+    def high(self, rss: int) -> bool:
+        """Whether ``rss`` is past the first mark that moves results out or
+        pauses (memory the process could give back should not count: the shell
+        gives it back first)."""
+        t = self.thresholds
+        marks = [m for m in (t.spill, t.pause) if m is not None]
+        return bool(self.memory_limit and marks) and rss > min(marks) * self.memory_limit
+
+    def holding(self) -> bool:
+        """Whether to start no task until the writes in flight land: the
+        process is over the ``spill`` mark (as estimated), and they will
+        bring it down. A task started now would pile its memory onto theirs.
+        Not a pause: the center is not told, as it lasts a write's time."""
+        spill = self.thresholds.spill
+        return bool(self._writing) and spill is not None and bool(self.memory_limit) and \
+            self.estimated_rss() > spill * self.memory_limit
 
     def should_terminate(self, rss: int) -> bool:
         """The nanny's rule: restart the worker above ``terminate`` only."""
@@ -299,11 +379,12 @@ class MemoryManager:
 
     # --- helpers --------------------------------------------------------
 
-    def _lru(self) -> Iterator[str]:
-        """Keys that may leave memory, least recently used first (a copy: the
-        caller moves some out)."""
-        return iter([key for key in self._memory
-                     if key not in self._pins and key not in self._writing])
+    def _leaving(self) -> int:
+        """Bytes of the results being written (released ones excepted): memory
+        about to be freed."""
+        if not self._writing:
+            return 0
+        return sum(self.nbytes[key] for key in self._writing if key not in self._stale)
 
     def _pause_marks(self) -> tuple[float, float]:
         """(pause above, resume below) as shares of the limit; 0 if off."""

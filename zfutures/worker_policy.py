@@ -4,8 +4,6 @@
   to a message (:meth:`WorkerPolicies.take_reports`);
 - which task runs on the loop thread rather than a task thread
   (:meth:`WorkerPolicies.take_loop_run`);
-- when the worker pauses for memory, and resumes
-  (:meth:`WorkerPolicies.memory_measured`);
 - when a worker that leaves may stop (:meth:`WorkerPolicies.leave`).
 
 The shell measures (time, memory, whether its threads are free) and acts on
@@ -16,9 +14,9 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from .messages import DoneItem, Paused, Retire
+from .messages import DoneItem, Retire
 
 if TYPE_CHECKING:
     from .worker_state import Report, Task
@@ -42,12 +40,6 @@ HOLD_MAX = 64
 #: (report_now), and any other report ends the wait.
 HOLD_ANSWERED = 0.01
 
-#: Shares of the memory limit: above the first a worker starts no new task
-#: (the center sends them elsewhere); below the second it resumes. Above the
-#: limit itself, its nanny restarts it.
-PAUSE_AT, RESUME_AT = 0.8, 0.7
-
-
 class WorkerPolicies:
     """The policies of :class:`~zfutures.worker_state.WorkerState`, a mixin
     it is made of: they read its tasks and write its outputs, in a module of
@@ -57,7 +49,7 @@ class WorkerPolicies:
     # What the policies read of the state machine (WorkerState sets them).
     address: str
     nthreads: int
-    data: dict[str, Any]
+    nbytes: dict[str, int]
     executing: set[str]
     task_duration: float
     to_center: list[Report]
@@ -67,7 +59,7 @@ class WorkerPolicies:
     paused: bool
 
     def __init__(self, memory_limit: int = 0, retire_timeout: float = 10.0):
-        self.memory_limit = memory_limit  # bytes; 0: none (see memory_measured)
+        self.memory_limit = memory_limit  # bytes; 0: none (see worker_memory.py)
         self.retire_timeout = retire_timeout  # (see leave)
         # Reports held back a moment to go in one message (see take_reports),
         # since when, and until when at the latest (None: none held).
@@ -137,30 +129,6 @@ class WorkerPolicies:
             return None
         return self.to_execute.pop()
 
-    def memory_high(self, rss: int) -> bool:
-        """Whether ``rss`` bytes are past the mark where this worker pauses
-        (memory the process could give back first should not count)."""
-        return bool(self.memory_limit) and rss > PAUSE_AT * self.memory_limit
-
-    def memory_measured(self, rss: int) -> None:
-        """The process holds ``rss`` bytes: above PAUSE_AT of the memory limit
-        the worker starts no new task, and tells the center (which sends them
-        elsewhere); below RESUME_AT it resumes. In between it stays as it
-        was, so that it does not flip at every check."""
-        if not self.memory_limit:
-            return
-        if not self.paused and rss > PAUSE_AT * self.memory_limit:
-            logger.warning("worker %s uses %d MB, over %d%% of its memory limit: it starts "
-                           "no new task until memory falls", self.address, rss // 2**20,
-                           100 * PAUSE_AT)
-        elif self.paused and rss < RESUME_AT * self.memory_limit:
-            logger.warning("worker %s memory fell to %d MB: taking tasks again",
-                           self.address, rss // 2**20)
-        else:
-            return
-        self.set_paused(not self.paused)
-        self.to_center.append((Paused(self.paused), []))
-
     def set_paused(self, paused: bool) -> None:
         """Start no new task (``paused``), or start them again."""
         self.paused = paused
@@ -175,7 +143,7 @@ class WorkerPolicies:
         ``retired``), and stops anyway ``retire_timeout`` seconds later.
         """
         if self.retire_deadline is None:
-            if not (registered and self.data):
+            if not (registered and self.nbytes):
                 return True
             logger.info("worker %s retiring: handing its keys on", self.address)
             self.retire_deadline = now + self.retire_timeout

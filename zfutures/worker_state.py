@@ -31,7 +31,9 @@ when data clients put here is stored, by
 A task here goes ``fetching`` (inputs missing) → ``ready`` (waits for a
 thread) → ``executing`` → done (reported and removed); between the first two
 it goes ``behind`` while an earlier run of its key, released but of another
-call, still holds a thread (see :meth:`WorkerState.compute`). Time comes in as
+call, still holds a thread (see :meth:`WorkerState.compute`), and between the
+last two ``loading`` while inputs it found on disk are read back (see
+worker_spilling.py). Time comes in as
 an argument, so fetch timeouts are tested without sleeping.
 """
 from __future__ import annotations
@@ -40,6 +42,7 @@ import heapq
 import itertools
 from typing import Any, Union
 
+from .memory_thresholds import MemoryThresholds
 from .messages import (
     AcquireItem,
     ComputeItem,
@@ -62,8 +65,9 @@ from .protocol import Frames, same_call
 from .worker_fetch import Fetch, Fetches, Request
 from .worker_policy import WorkerPolicies
 from .worker_scatter import Put, Scatters, Values
+from .worker_spilling import WorkerSpilling
 
-FETCHING, BEHIND, READY, EXECUTING = "fetching", "behind", "ready", "executing"
+FETCHING, BEHIND, READY, LOADING, EXECUTING = "fetching", "behind", "ready", "loading", "executing"
 
 #: A report for the center, and its payload frames: an item the shell
 #: batches with others of its class, or a message sent as it is.
@@ -110,7 +114,7 @@ class Task:
         return f"<Task {self.key!r} {self.state}>"
 
 
-class WorkerState(WorkerPolicies):
+class WorkerState(WorkerPolicies, WorkerSpilling):
     """The data and the tasks of one worker.
 
     >>> w = WorkerState("tcp://127.0.0.1:9001", nthreads=1)
@@ -120,12 +124,12 @@ class WorkerState(WorkerPolicies):
     """
 
     def __init__(self, address: str, nthreads: int, fetch_timeout: float = 10.0,
-                 memory_limit: int = 0, retire_timeout: float = 10.0):
-        super().__init__(memory_limit, retire_timeout)
+                 memory_limit: int = 0, retire_timeout: float = 10.0,
+                 memory_thresholds: MemoryThresholds | None = None):
+        WorkerPolicies.__init__(self, memory_limit, retire_timeout)
+        WorkerSpilling.__init__(self, memory_limit, memory_thresholds)  # data, nbytes
         self.address = address
         self.nthreads = nthreads
-        self.data: dict[str, Any] = {}
-        self.nbytes: dict[str, int] = {}
         self.tasks: dict[str, Task] = {}
         self.ready: list[Task] = []
         self.executing: set[str] = set()  # handed to a task thread (running, or next)
@@ -179,7 +183,7 @@ class WorkerState(WorkerPolicies):
         dropped.
         """
         key, run = item.key, item.run
-        if key in self.data:  # already here (computed before a reconnect): just say so
+        if key in self.nbytes:  # already here (computed before a reconnect): just say so
             self.to_center.append((DoneItem(key, self.nbytes[key], run), []))
             return
         task = self.tasks.get(key)
@@ -202,8 +206,9 @@ class WorkerState(WorkerPolicies):
         deps = item.deps
         task = self.tasks[key] = Task(key, deps, item.priority, payload, next(self._order),
                                       item.send_result, run)
+        held = self.nbytes  # (in memory or on disk: read back as the task starts)
         for dep, holders in deps.items():
-            if dep in self.data:
+            if dep in held:
                 continue
             task.missing.add(dep)
             if dep in self.tasks:  # computed here soon: no need to fetch it
@@ -237,7 +242,7 @@ class WorkerState(WorkerPolicies):
         key, run = request.key, request.run
         dropped = self.dropped_direct.get(key)
         released = self.released_running.get(key)
-        if key in self.tasks or key in self.data or self.paused or self.closing or \
+        if key in self.tasks or key in self.nbytes or self.paused or self.closing or \
                 self.ready or len(self.executing) >= self.nthreads or \
                 (dropped is not None and dropped[0] == run) or \
                 (released is not None and not same_call(released.payload, payload)):
@@ -265,7 +270,7 @@ class WorkerState(WorkerPolicies):
         """
         key, run = item.key, item.run
         task = self.tasks.get(key)
-        if (task is not None and task.run == run) or key in self.data:
+        if (task is not None and task.run == run) or key in self.nbytes:
             return
         self.dropped_direct[key] = (run, now)
         self.to_center.append((TaskRefused(key, run), []))
@@ -280,8 +285,7 @@ class WorkerState(WorkerPolicies):
             source, start = request[0], request[3] + self.wall_offset
         for fetch in self.fetching.received(request_id, values):
             key = fetch.key
-            self.data[key] = values[key]
-            self.nbytes[key] = nbytes[key]
+            self._keep(key, values[key], nbytes[key])
             # The center tracks every copy: for locality, and so it can release
             # this one; and it shows the transfer to watchers.
             self.to_center.append((KeyAdded(key, nbytes[key], source, start, stop), []))
@@ -339,6 +343,8 @@ class WorkerState(WorkerPolicies):
         (numbered from 0), for the center's task stream."""
         self.executing.discard(key)
         self.seceded.discard(key)
+        if self.pinned_inputs:
+            self._inputs_done(key)
         if error is None:
             self.task_duration = 0.9 * self.task_duration + 0.1 * duration
         if self._released_run_ended(key):  # an unwanted result
@@ -348,8 +354,7 @@ class WorkerState(WorkerPolicies):
         waiters = self.local_waiters.pop(key, ())
         if task is not None:  # (None: given up meanwhile)
             if error is None:
-                self.data[key] = value
-                self.nbytes[key] = nbytes
+                self._keep(key, value, nbytes)
                 frames, answered = pickled or [], False
                 if task.reply_to is not None and frames:
                     client, client_run = task.reply_to
@@ -374,17 +379,19 @@ class WorkerState(WorkerPolicies):
     def release(self, keys: list[str]) -> None:
         """The center no longer needs ``keys`` here: drop data and pending work."""
         for key in keys:
-            self.data.pop(key, None)
-            self.nbytes.pop(key, None)
+            self._forget(key)
             task = self.tasks.get(key)
             if task is None:
                 continue
             del self.tasks[key]
+            if key in self.loading:
+                self._stop_loading(task)
             if task.state == EXECUTING:  # its result will be dropped on arrival
                 self.released_running[key] = task
             if task.state == READY:
                 self.ready.remove(task)
                 heapq.heapify(self.ready)
+                self._inputs_done(key)  # (pinned if read back from disk for it)
             for dep in task.missing:
                 waiting_here = self.local_waiters.get(dep)
                 if waiting_here is not None:
@@ -395,7 +402,7 @@ class WorkerState(WorkerPolicies):
         """Copy ``item.key`` here from ``item.holders`` (a worker that leaves
         hands it on)."""
         key = item.key
-        if key in self.data:
+        if key in self.nbytes:
             self.to_center.append((KeyAdded(key, self.nbytes[key]), []))
             return
         self.fetching.want(key, item.holders)
@@ -404,6 +411,7 @@ class WorkerState(WorkerPolicies):
     def task_skipped(self, key: str) -> None:
         """A task thread did not start ``key``, released while it waited in line."""
         self.executing.discard(key)
+        self._inputs_done(key)
         self._released_run_ended(key)
         self._start_tasks()
 
@@ -415,9 +423,12 @@ class WorkerState(WorkerPolicies):
         for key, task in list(self.tasks.items()):
             if task.state != EXECUTING:
                 del self.tasks[key]
+                if task.state == READY:
+                    self._inputs_done(key)  # (pinned if read back from disk for it)
         self.ready.clear()
         self.fetching.clear()
         self.local_waiters.clear()
+        self._forget_loading()
         # What the center said before can no longer come: the puts that wait are stored.
         for put in self.scatters.take_waiting():
             self._store(put)
@@ -443,7 +454,7 @@ class WorkerState(WorkerPolicies):
         why. The answer goes to :attr:`stored`, at once, or for keys held here
         already once the center answers their ``sync`` (see worker_scatter.py)."""
         put = Put(client, request_id, values, failed)
-        held = self.scatters.put(put, self.data)
+        held = self.scatters.put(put, self.nbytes)
         if held:
             self.to_center.append((Sync(held), []))
         else:
@@ -478,10 +489,8 @@ class WorkerState(WorkerPolicies):
 
     def _store(self, put: Put) -> None:
         """Store the data a client put here, and answer it."""
-        data, nbytes = self.data, self.nbytes
         for key, (value, size) in put.values.items():
-            data[key] = value
-            nbytes[key] = size
+            self._keep(key, value, size)
         self.stored.append((put.client, DataStored(
             put.request_id, {key: size for key, (_, size) in put.values.items()},
             put.failed or None)))
@@ -508,11 +517,23 @@ class WorkerState(WorkerPolicies):
     def _start_tasks(self) -> None:
         ahead = min(MAX_HANDED_AHEAD, int(HAND_AHEAD_TIME / max(self.task_duration, 1e-9)))
         limit = self.nthreads * (1 + ahead)
+        if self.ready and self.memory.holding():
+            return  # (until writes to disk land: see WorkerSpilling.spill_written)
+        later: list[Task] = []  # (inputs on disk, and reads enough under way already)
         while self.ready and len(self.executing) < limit and not self.paused:
             task = heapq.heappop(self.ready)
+            if task.deps and len(self.loading) >= self.nthreads and \
+                    any(dep not in self.data for dep in task.deps):
+                later.append(task)
+                continue
+            if not self.inputs_ready(task):
+                task.state = LOADING  # (inputs from disk, or gone: see WorkerSpilling)
+                continue
             task.state = EXECUTING
             self.executing.add(task.key)
             self.to_execute.append(task)
+        for task in later:
+            heapq.heappush(self.ready, task)
 
     def inputs_of(self, task: Task) -> dict[str, Any]:
         """The values of a task's inputs, to pass along with it to its thread."""

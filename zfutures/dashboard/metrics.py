@@ -21,7 +21,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 #: Per-worker gauges: metric name, help, WorkerStats field.
 _WORKER_GAUGES = (
     ("zfutures_worker_memory_bytes", "Memory of the worker's process (its RSS)", "memory"),
-    ("zfutures_worker_managed_bytes", "Bytes of results the worker holds", "managed"),
+    ("zfutures_worker_managed_bytes", "Bytes of results the worker holds in memory", "managed"),
+    ("zfutures_worker_spilled_bytes", "Bytes of results the worker spilled to disk", "spilled"),
     ("zfutures_worker_memory_limit_bytes", "The worker's memory limit (0: none)",
      "memory_limit"),
     ("zfutures_worker_cpu_percent", "CPU the worker's process used lately, "

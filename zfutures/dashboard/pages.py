@@ -54,12 +54,13 @@ def _table(headers: list[str], rows: list[list[str]], numeric_from: int = 1) -> 
 
 def workers_page(model: Model) -> str:
     rows = [[worker_link(w.address), escape(w.name), str(w.nthreads), format_bytes(w.memory),
-             format_bytes(w.managed), format_bytes(w.memory_limit) if w.memory_limit else "none",
+             format_bytes(w.managed), format_bytes(w.spilled),
+             format_bytes(w.memory_limit) if w.memory_limit else "none",
              f"{w.cpu:.0f}%", str(w.executing), str(w.queued), str(w.keys),
              "paused" if w.paused else "", f"{w.silent:.1f} s"]
             for _, w in sorted(model.workers.items())]
-    headers = ["Address", "Name", "Threads", "Memory", "Managed", "Limit", "CPU", "Executing",
-               "Queued", "Keys", "", "Silent"]
+    headers = ["Address", "Name", "Threads", "Memory", "Managed", "Spilled", "Limit", "CPU",
+               "Executing", "Queued", "Keys", "", "Silent"]
     body = f"<p>{len(rows)} workers, {sum(w.nthreads for w in model.workers.values())} threads.</p>"
     return layout("Workers", body + _table(headers, rows))
 

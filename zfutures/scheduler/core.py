@@ -34,7 +34,7 @@ from ..messages import (
 from ..protocol import Frames
 from .direct import DirectRuns, EarlyReport
 from .graph import MAX_NBYTES, TaskGraph
-from .observe import Observer, RunTotals, plausible_seconds
+from .observe import MAX_REPORTED_BYTES, Observer, RunTotals, managed_bytes, plausible_seconds
 from .outbox import Outbox
 from .placement import Placement
 from .records import ClientRecord, TaskState, WorkerRecord
@@ -126,17 +126,24 @@ class Scheduler:
         self.graph.observer = None
 
     def worker_heartbeat(self, worker_ident: bytes, memory: int | None,
-                         cpu: float | None) -> None:
+                         cpu: float | None, managed: int | None = None,
+                         spilled: int | None = None) -> None:
         """A worker's heartbeat said how much memory (bytes) and CPU (percent
-        of one core) its process uses."""
+        of one core) its process uses, and how many bytes of its results are
+        in memory (``managed``) and on disk (``spilled``). A value left out
+        (None) or out of range leaves the last one heard."""
         ws = self.workers.get(worker_ident)
         if ws is None:
             return
         # (their types are checked as the message is read: only ranges here)
         if memory is not None and memory >= 0:
-            ws.rss = min(memory, 2**62)
+            ws.rss = min(memory, MAX_REPORTED_BYTES)
         if cpu is not None and 0.0 <= cpu < 1e9:
             ws.cpu = float(cpu)
+        if managed is not None and managed >= 0:
+            ws.managed_reported = min(managed, MAX_REPORTED_BYTES)
+        if spilled is not None and spilled >= 0:
+            ws.spilled = min(spilled, MAX_REPORTED_BYTES)
 
     @property
     def recovering(self) -> bool:
@@ -516,9 +523,9 @@ class Scheduler:
         workers = {
             ws.address: {
                 # the process (as its last heartbeat said), and the results
-                # it holds (as the center counts them)
+                # it holds in memory and on disk (see managed_bytes)
                 "name": ws.name, "nthreads": ws.nthreads, "memory": ws.rss,
-                "managed": min(max(ws.nbytes, 0), 2**62),
+                "managed": managed_bytes(ws), "spilled": ws.spilled,
                 "memory_limit": ws.memory_limit, "resources": ws.resources,
                 "executing": min(len(ws.processing), ws.nthreads),
                 "queued": max(0, len(ws.processing) - ws.nthreads),

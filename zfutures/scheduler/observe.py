@@ -35,6 +35,11 @@ MAX_RUNS = 100_000
 MAX_TRANSFERS = 20_000
 
 
+#: The most bytes a worker's numbers are taken to be (its memory, its
+#: results in memory and on disk): a larger report is read as this, so that
+#: every number the center sends of it fits msgpack's 64-bit integers.
+MAX_REPORTED_BYTES = 2**62
+
 #: Task groups whose run totals :class:`RunTotals` keeps, at most: keys
 #: without a "-" make a group each, and the center may run for months.
 MAX_TOTALS = 10_000
@@ -230,6 +235,30 @@ def worker_stats(ws: WorkerRecord, silent: float) -> WorkerStats:
     """``ws`` as a watcher sees it (``silent``: seconds since it was heard)."""
     processing = len(ws.processing)  # (counted as Scheduler.info does)
     return WorkerStats(
-        ws.address, ws.name, ws.nthreads, ws.rss, min(max(ws.nbytes, 0), 2**62),
+        ws.address, ws.name, ws.nthreads, ws.rss, managed_bytes(ws), ws.spilled,
         ws.memory_limit, ws.cpu, min(processing, ws.nthreads),
         max(0, processing - ws.nthreads), len(ws.has_what), ws.paused, silent)
+
+
+def managed_bytes(ws: WorkerRecord) -> int:
+    """The bytes of ``ws``'s results in its memory, for Scheduler.info and
+    the watchers alike.
+
+    While the worker has nothing on disk, that is the center's own count
+    of the results it holds (``ws.nbytes``): exact, and current with the
+    last result. Once it spilled some, only the worker knows which are
+    still in memory: its own report, as of its last heartbeat. (A worker
+    that reports bytes on disk but never its managed bytes is counted by
+    the center, disk and all.)
+
+    >>> ws = WorkerRecord(b"w", "tcp://127.0.0.1:9000", "w", nthreads=1)
+    >>> ws.nbytes, ws.managed_reported = 300, 250   # (a heartbeat of a moment ago)
+    >>> managed_bytes(ws)
+    300
+    >>> ws.spilled, ws.managed_reported = 200, 100
+    >>> managed_bytes(ws)
+    100
+    """
+    if ws.spilled and ws.managed_reported is not None:
+        return ws.managed_reported
+    return min(max(ws.nbytes, 0), MAX_REPORTED_BYTES)

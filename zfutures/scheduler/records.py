@@ -97,7 +97,8 @@ class WorkerRecord:
 
     __slots__ = ("ident", "address", "name", "nthreads", "memory_limit", "resources",
                  "used_resources", "processing", "seceded", "has_what", "nbytes", "capacity",
-                 "retiring", "moving", "paused", "ready_here", "queued", "rss", "cpu")
+                 "retiring", "moving", "paused", "ready_here", "queued", "rss", "cpu",
+                 "managed_reported", "spilled")
 
     def __init__(self, ident: bytes, address: str, name: str, nthreads: int,
                  memory_limit: int = 0, resources: dict[str, float] | None = None,
@@ -123,6 +124,11 @@ class WorkerRecord:
         # last heartbeat said: for watchers (see observe.py)
         self.rss = 0
         self.cpu = 0.0
+        # ... and the bytes of its results in memory (None: it never said)
+        # and on disk: which of its results are where only it knows (see
+        # observe.managed_bytes)
+        self.managed_reported: int | None = None
+        self.spilled = 0
 
     def __repr__(self) -> str:
         return f"<Worker {self.address} processing={len(self.processing)}>"

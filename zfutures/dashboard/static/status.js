@@ -6,6 +6,8 @@
   const body = document.body;
   if (!body || !body.dataset.live) return;
   const WINDOW = 60, MIN_WINDOW = 5, MAX_RUNS = 20000, MAX_TRANSFERS = 5000, REDRAW_MS = 500, MAX_GROUPS = 30;
+  // Pixels for the memory rows' text: "1.2 GiB / 4.0 GiB, 300.0 MiB on disk".
+  const MEMORY_TEXT = 210;
   const state = {
     time: 0, receivedAt: 0, groups: {}, workers: [], runs: [], transfers: [], counters: {}
   };
@@ -109,11 +111,12 @@
 
   // A row per worker on ``canvas``: its address, then what ``drawRow(ctx, w,
   // y, x0, plot, scale, rowHeight)`` draws, against the largest of
-  // ``measure(w)`` over the workers; data-workers says how many were drawn.
-  function drawWorkerRows(canvas, measure, drawRow) {
+  // ``measure(w)`` over the workers, with ``textWidth`` pixels (default 150)
+  // left for its text at the right; data-workers says how many were drawn.
+  function drawWorkerRows(canvas, measure, drawRow, textWidth) {
     const workers = state.workers, rowHeight = 18, label = 130;
     const c = fitCanvas(canvas, Math.max(24, workers.length * rowHeight + 4));
-    const ctx = c.ctx, plot = c.width - label - 150;
+    const ctx = c.ctx, plot = c.width - label - (textWidth || 150);
     let scale = 1;
     for (const w of workers) scale = Math.max(scale, measure(w));
     ctx.font = "11px sans-serif";
@@ -127,10 +130,36 @@
     canvas.dataset.workers = String(workers.length);
   }
 
-  // Process memory against its limit, managed within it.
+  // Diagonal stripes: results spilled to disk (light grey would read as free room).
+  let diskPattern = null;
+  function diskFill(ctx) {
+    if (!diskPattern) {
+      const tile = document.createElement("canvas");
+      tile.width = tile.height = 6;
+      const t = tile.getContext("2d");
+      t.fillStyle = "#d9d9d9";
+      t.fillRect(0, 0, 6, 6);
+      t.strokeStyle = "#525252";
+      t.lineWidth = 1.5;
+      t.beginPath();
+      t.moveTo(-1, 7); t.lineTo(7, -1);
+      t.moveTo(-1, 1); t.lineTo(1, -1);
+      t.moveTo(5, 7); t.lineTo(7, 5);
+      t.stroke();
+      diskPattern = ctx.createPattern(tile, "repeat");
+    }
+    return diskPattern;
+  }
+
+  // Process memory against its limit (grey, up to a mark), managed within
+  // it, and the results spilled to disk after it, striped (on disk: not in
+  // the process's memory).
+  // data-spilled on the canvas says how many workers have some drawn.
   function drawMemory() {
-    drawWorkerRows(document.getElementById("memory"), function (w) {
-      return Math.max(w.memory_limit || 0, w.memory, w.managed);
+    const canvas = document.getElementById("memory");
+    let spilling = 0;
+    drawWorkerRows(canvas, function (w) {
+      return Math.max(w.memory_limit || 0, w.memory + (w.spilled || 0), w.managed);
     }, function (ctx, w, y, x0, plot, scale, rowHeight) {
       const limit = w.memory_limit || scale;
       ctx.fillStyle = "#eee";
@@ -141,10 +170,22 @@
       ctx.fillStyle = full ? "#b35806" : "#3182bd";
       ctx.fillRect(x0, y + 3, plot * Math.min(w.managed, w.memory || w.managed) / scale,
                    rowHeight - 10);
+      let text = formatBytes(w.memory) + (w.memory_limit ? " / " + formatBytes(w.memory_limit) : "");
+      if (w.spilled > 0) {
+        spilling++;
+        ctx.fillStyle = diskFill(ctx);
+        ctx.fillRect(x0 + plot * w.memory / scale, y, Math.max(1, plot * w.spilled / scale),
+                     rowHeight - 4);
+        text += ", " + formatBytes(w.spilled) + " on disk";
+      }
+      if (w.memory_limit) {  // (a mark: bars on disk may cover the limit's grey)
+        ctx.fillStyle = "#555";
+        ctx.fillRect(x0 + plot * limit / scale - 1, y - 1, 2, rowHeight - 2);
+      }
       ctx.fillStyle = "#333";
-      ctx.fillText(formatBytes(w.memory) + (w.memory_limit ? " / " + formatBytes(w.memory_limit) : ""),
-                   x0 + plot + 6, y + rowHeight / 2 - 2);
-    });
+      ctx.fillText(text, x0 + plot + 6, y + rowHeight / 2 - 2, MEMORY_TEXT - 8);
+    }, MEMORY_TEXT);
+    canvas.dataset.spilled = String(spilling);
   }
 
   // Executing (dark) and queued (light) tasks per worker, against its threads.

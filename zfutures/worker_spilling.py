@@ -1,0 +1,242 @@
+"""Where a worker's results are, memory or disk, as its tasks need them: no I/O.
+
+:class:`~zfutures.worker_memory.MemoryManager` decides what moves to disk and
+when the worker pauses; :class:`WorkerSpilling`, a part of
+:class:`~zfutures.worker_state.WorkerState`, carries its decisions out on the
+state machine's records and asks the shell for the disk work, in
+:attr:`WorkerSpilling.to_spill`:
+
+- ``(WRITE, key, value)``: write the value to the spill store, then call
+  :meth:`~WorkerSpilling.spill_written` (or :meth:`~WorkerSpilling.spill_write_failed`);
+- ``(READ, key, None)``: read it back, then :meth:`~WorkerSpilling.spill_loaded`
+  (or :meth:`~WorkerSpilling.spill_read_failed`);
+- ``(DELETE, key, None)``: delete its file.
+
+The shell does them off its loop thread, writes and deletes in the order
+asked. A key held here is in :attr:`nbytes` (the manager's record) wherever
+it is, and in :attr:`data` while it is in memory. A task starts only with
+every input in memory, pinned there until it ends (see
+:meth:`WorkerSpilling.inputs_ready`); a task whose inputs are on disk waits
+for them to be read back, its inputs pinned meanwhile.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Optional
+
+from .memory_thresholds import MemoryThresholds
+from .messages import MissingData, Paused
+from .worker_memory import DELETE, DROP, MemoryManager, Plan
+
+if TYPE_CHECKING:
+    from .worker_state import Report, Task
+
+WRITE, READ = "write", "read"
+
+#: A result of this share of the memory limit or more is worth a measure of
+#: the process as it comes in (see WorkerSpilling._memory_changed).
+BIG_RESULT = 0.01
+
+#: A disk operation for the shell: (WRITE | READ | DELETE, key, value or None).
+SpillOp = tuple[str, str, Optional[Any]]
+
+
+class WorkerSpilling:
+    """The memory side of :class:`~zfutures.worker_state.WorkerState`, a
+    mixin it is made of; tested through it (tests/test_worker_spilling.py)."""
+
+    # What this part reads of the state machine (WorkerState sets them).
+    address: str
+    nthreads: int
+    tasks: dict[str, Task]
+    to_center: list[Report]
+    paused: bool
+
+    if TYPE_CHECKING:
+        def _make_ready(self, task: Task) -> None: ...
+        def set_paused(self, paused: bool) -> None: ...
+        def _start_tasks(self) -> None: ...
+
+    def __init__(self, memory_limit: int = 0, thresholds: MemoryThresholds | None = None):
+        self.memory = MemoryManager(memory_limit, thresholds)
+        self.data: dict[str, Any] = {}  # the results in memory
+        #: Every key held here, in memory or on disk: its size (bytes in memory).
+        self.nbytes = self.memory.nbytes
+        self.to_spill: list[SpillOp] = []
+        # Keys being read back -> the tasks that wait for them.
+        self.disk_waiters: dict[str, set[str]] = {}
+        # Tasks whose inputs are being read back, to start once they are in.
+        self.loading: set[str] = set()
+        # Tasks running or loading -> the inputs they pinned in memory.
+        self.pinned_inputs: dict[str, list[str]] = {}
+        #: Measures the process's memory now (bytes), if the shell gives it.
+        self.measure_rss: Callable[[], int] | None = None
+
+    # --------------------------------------------------------------- records
+
+    def _keep(self, key: str, value: Any, nbytes: int) -> None:
+        """A result came into memory: computed, fetched or put here."""
+        self.data[key] = value
+        if self.memory.stored(key, nbytes) == DELETE:  # (an older value's file)
+            self.to_spill.append((DELETE, key, None))
+        self._memory_changed(nbytes)
+
+    def _forget(self, key: str) -> None:
+        """``key`` is released: its value and its file go."""
+        self.data.pop(key, None)
+        if self.memory.removed(key) == DELETE:
+            self.to_spill.append((DELETE, key, None))
+
+    # --------------------------------------------------------------- task inputs
+
+    def inputs_ready(self, task: Task) -> bool:
+        """Whether ``task`` may start now, every input in memory. Its inputs
+        are pinned there from now until it ends or is dropped
+        (:meth:`_inputs_done`): those read back for it stay until it runs,
+        rather than go back to disk while it waits for a thread or another
+        read. Those on disk are read back, and the task waits in
+        :attr:`loading`."""
+        deps = task.deps
+        if not deps:
+            return True
+        key = task.key
+        if key not in self.pinned_inputs:
+            pin = self.memory.pin
+            for dep in deps:
+                pin(dep)
+            self.pinned_inputs[key] = list(deps)
+        data = self.data
+        on_disk = [dep for dep in deps if dep not in data]
+        if not on_disk:
+            return True
+        gone = [dep for dep in on_disk if dep not in self.nbytes]
+        if gone:  # released since the task was made ready: the center finds them
+            self._inputs_done(key)
+            del self.tasks[key]
+            self.to_center.append((MissingData(key, gone, task.run, [self.address]), []))
+            return False
+        self.loading.add(key)
+        task.missing.update(on_disk)
+        for dep in on_disk:
+            self.disk_waiters.setdefault(dep, set()).add(key)
+            if self.memory.wanted(dep):
+                self.to_spill.append((READ, dep, None))
+        return False
+
+    def _inputs_done(self, key: str) -> None:
+        """The run of ``key`` ended, or it waits no more: its inputs may
+        leave memory again."""
+        inputs = self.pinned_inputs.pop(key, None)
+        if inputs is not None:
+            unpin = self.memory.unpin
+            for dep in inputs:
+                unpin(dep)
+
+    def _stop_loading(self, task: Task) -> None:
+        """``task`` waits for reads no more (released, or given up)."""
+        self.loading.discard(task.key)
+        self._inputs_done(task.key)
+        for dep in task.missing:
+            waiters = self.disk_waiters.get(dep)
+            if waiters is not None:
+                waiters.discard(task.key)
+
+    def _forget_loading(self) -> None:
+        """The tasks that wait for reads are dropped (see WorkerState.forget_queue);
+        reads under way still bring their keys into memory."""
+        for key in self.loading:
+            self._inputs_done(key)
+        self.loading.clear()
+        self.disk_waiters.clear()
+
+    # --------------------------------------------------------------- the shell's reports
+
+    def memory_measured(self, rss: int) -> None:
+        """The process holds ``rss`` bytes (measured now and then by the shell)."""
+        self._carry_out(self.memory.measured(rss), rss)
+
+    def spill_written(self, key: str, disk_bytes: int) -> None:
+        """The write of ``key`` to disk finished; its file takes ``disk_bytes``."""
+        action = self.memory.written(key, disk_bytes)
+        if action == DROP:
+            self.data.pop(key, None)
+        elif action == DELETE:
+            self.to_spill.append((DELETE, key, None))
+        self._check_pause(self.memory.estimated_rss())
+        self._start_tasks()  # (they may wait for writes to land: MemoryManager.holding)
+
+    def spill_write_failed(self, key: str, error: object, disk: bool = True) -> None:
+        """The write of ``key`` failed: the disk's fault (``disk``), or the
+        value's (it cannot be pickled: it stays in memory for good)."""
+        if disk:
+            self.memory.write_failed(key, error)
+        else:
+            self.memory.cannot_spill(key)
+        self._check_pause(self.memory.estimated_rss())
+
+    def spill_loaded(self, key: str, value: Any) -> None:
+        """``key`` was read back: the tasks that waited for it may start."""
+        if not self.memory.loaded(key):  # released meanwhile
+            self._inputs_lost(key)
+            return
+        self.data[key] = value
+        nbytes = self.nbytes[key]
+        for task_key in self.disk_waiters.pop(key, ()):
+            task = self.tasks.get(task_key)
+            if task is not None and task_key in self.loading:
+                task.missing.discard(key)
+                if not task.missing:
+                    self.loading.discard(task_key)
+                    self._make_ready(task)
+        self._memory_changed(nbytes)
+        self._start_tasks()
+
+    def spill_read_failed(self, key: str, error: object) -> None:
+        """``key`` could not be read back: it is lost here."""
+        if self.memory.read_failed(key, error):
+            self._forget(key)
+        self._inputs_lost(key)
+        self._start_tasks()
+
+    def _inputs_lost(self, key: str) -> None:
+        """``key``, read back for tasks, is not here after all (unreadable, or
+        released meanwhile): those tasks go back to the center, which drops
+        this copy and makes or finds another."""
+        for task_key in self.disk_waiters.pop(key, ()):
+            task = self.tasks.get(task_key)
+            if task is not None and task_key in self.loading:
+                self._stop_loading(task)
+                del self.tasks[task_key]
+                self.to_center.append((MissingData(task_key, [key], task.run,
+                                                   [self.address]), []))
+
+    # --------------------------------------------------------------- decisions
+
+    def _memory_changed(self, nbytes: int) -> None:
+        """A result of ``nbytes`` came into memory: move some out, or pause, at
+        once (the shell measures too seldom to catch a burst of big results).
+        By a measure of the process if the result is big and the shell gave
+        :attr:`measure_rss`; else by the estimate, as measuring costs more
+        than a small task (see MemoryManager.estimated_rss)."""
+        memory = self.memory
+        if memory.memory_limit:
+            measure = self.measure_rss
+            rss = measure() if measure is not None and nbytes >= BIG_RESULT * \
+                memory.memory_limit else memory.estimated_rss()
+            if not memory.calm(rss):
+                self._carry_out(memory.measured(rss), rss)
+
+    def _carry_out(self, plan: Plan, rss: int) -> None:
+        if plan:
+            data = self.data
+            for key in plan.write:
+                self.to_spill.append((WRITE, key, data[key]))
+            for key in plan.drop:
+                del data[key]
+        self._check_pause(rss)
+
+    def _check_pause(self, rss: int) -> None:
+        paused = self.memory.should_pause(rss)
+        if paused != self.paused:
+            self.set_paused(paused)
+            self.to_center.append((Paused(paused), []))

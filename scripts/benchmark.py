@@ -55,7 +55,8 @@ untimed one, repeated 3 / 1 times; 100,000 / 3,000 tasks for ``scale``;
 1,000 / 200 MB per case of ``spill``, the median of 3 / 1 rounds; 32 / 16 arrays
 for ``spill_tree``.
 A full run takes 10-15 minutes on two cores, most of it dask running the
-100,000 tasks.
+100,000 tasks, then 1-5 more for ``spill`` and ``spill_tree`` (a tree that
+gets no result gives up after 2 minutes).
 
 ProcessPoolExecutor cannot pass futures to tasks: for ``tree`` its adapter
 waits for the inputs in the client and sends their values (data goes through

@@ -78,6 +78,13 @@ def write_all(w: WorkerState) -> list[str]:
     return written
 
 
+def settle(w: WorkerState) -> None:
+    """Carry out writes until the worker asks for none (it may write some to
+    make room for a task about to start)."""
+    while write_all(w):
+        pass
+
+
 def reports(w: WorkerState) -> list:
     out = [report for report, _ in w.to_center]
     w.to_center.clear()
@@ -116,12 +123,15 @@ def test_a_task_whose_input_is_on_disk_starts_once_it_is_read_back_and_pins_it()
         run(w, key, 250 * MB)
     write_all(w)
     compute(w, "sum", {"a": [ME]})
-    assert executed(w) == [] and w.tasks["sum"].state == LOADING
-    assert disk_work(w) == [(READ, "a")]
-    assert w.to_fetch == []  # (read back, not fetched from a peer)
-    w.spill_loaded("a", "value of a")  # memory is over the spill mark again: "b" goes
-    assert disk_work(w) == [(WRITE, "b")] and executed(w) == []  # (until it lands)
+    # No room to read "a" back: "b" goes to disk first, and "sum" waits.
+    assert disk_work(w) == [(WRITE, "b")] and executed(w) == []
     w.spill_written("b", MB)
+    assert disk_work(w) == [(READ, "a")] and w.tasks["sum"].state == LOADING
+    assert w.to_fetch == []  # (read back, not fetched from a peer)
+    w.spill_loaded("a", "value of a")
+    # Room for the result "sum" is expected to make (as big as its input): "c" goes.
+    assert disk_work(w) == [(WRITE, "c")] and executed(w) == []
+    w.spill_written("c", MB)
     assert executed(w) == ["sum"] and w.tasks["sum"].state == EXECUTING
     assert w.inputs_of(w.tasks["sum"]) == {"a": "value of a"}
     # Running, its input stays in memory, however short memory runs.
@@ -140,10 +150,16 @@ def test_two_tasks_waiting_for_one_input_on_disk_read_it_once():
     write_all(w)
     compute(w, "x", {"a": [ME]})
     compute(w, "y", {"a": [ME]})
+    settle(w)  # (room is made first)
     assert disk_work(w) == [(READ, "a")]
     w.spill_loaded("a", "value of a")
-    write_all(w)
-    assert sorted(executed(w)) == ["x", "y"]
+    settle(w)
+    # One at a time, each with room for its result (as big as its input).
+    assert executed(w) == ["x"]
+    finish(w, "x", 250 * MB)
+    settle(w)
+    assert executed(w) == ["y"]
+    assert (READ, "a") not in disk_work(w)  # read once: pinned for "y" meanwhile
 
 
 def test_at_most_nthreads_tasks_read_inputs_back_at_once():
@@ -155,12 +171,13 @@ def test_at_most_nthreads_tasks_read_inputs_back_at_once():
     assert len(on_disk) >= 2
     compute(w, "x", {on_disk[0]: [ME]})
     compute(w, "y", {on_disk[1]: [ME]})
+    settle(w)  # (room is made first)
     assert disk_work(w) == [(READ, on_disk[0])]  # y waits its turn, in memory's favour
     w.spill_loaded(on_disk[0], "value")
-    write_all(w)
+    settle(w)
     assert executed(w) == ["x"]
     finish(w, "x", MB)
-    write_all(w)  # (memory is over the spill mark: "y" waits for the writes)
+    settle(w)  # (memory is over the spill mark: "y" waits for the writes)
     assert disk_work(w) == [(READ, on_disk[1])]
 
 
@@ -171,7 +188,8 @@ def test_an_input_released_while_read_back_sends_its_task_back_to_the_center():
     write_all(w)
     reports(w)
     compute(w, "sum", {"a": [ME]}, run=5)
-    disk_work(w)
+    settle(w)
+    assert disk_work(w) == [(READ, "a")]
     w.release(["a"])  # the center let go of it: its file goes
     assert disk_work(w) == [(DELETE, "a")]
     w.spill_loaded("a", "value of a")  # the read was under way
@@ -254,8 +272,10 @@ def test_a_value_that_cannot_be_pickled_stays_in_memory_and_is_not_tried_again()
     assert disk_work(w) == [(WRITE, "a")]
     w.spill_write_failed("a", TypeError("cannot pickle 'lock'"), disk=False)
     assert not w.memory.disk_trouble and w.data["a"] == "value of a"
-    run(w, "c", 100 * MB)
+    compute(w, "c")  # (memory is over the spill mark: room is made first)
     assert disk_work(w) == [(WRITE, "b")]  # the next one goes; "a" is never planned again
+    w.spill_written("b", MB)
+    assert executed(w) == ["c"] and "a" in w.data
 
 
 def test_data_put_here_and_fetched_spills_like_results():
@@ -291,9 +311,11 @@ def test_each_spilling_rule_can_be_turned_off(turned_off):
 
 
 def test_a_task_released_after_its_input_was_read_back_lets_go_of_it():
-    w = make(nthreads=1)
-    for key in "abc":
-        run(w, key, 250 * MB)
+    # (results kept to 500 MB, so that a 50 MB read leaves room for a task)
+    w = make(nthreads=1, thresholds=MemoryThresholds(target=0.5))
+    run(w, "a", 50 * MB)
+    run(w, "b", 250 * MB)
+    run(w, "c", 250 * MB)  # 550 MB > 500: "a" goes
     write_all(w)
     compute(w, "sum", {"a": [ME]})
     assert disk_work(w) == [(READ, "a")]

@@ -94,6 +94,9 @@ class ComputeItem(NamedTuple):
     priority: int = 0
     #: a client waits for it: a small result goes with the report
     send_result: bool = False
+    #: the sizes (bytes) of the big inputs held elsewhere, so that a worker
+    #: short of memory fetches no more than fits (None: none is big)
+    sizes: Optional[dict[str, int]] = None
 
 
 class DoneItem(NamedTuple):

@@ -319,6 +319,7 @@ class Worker:
             self._next_timeout_check = now + self.heartbeat_interval  # requests per message
             self.state.check_timeouts(now)
             self.data_server.expire_leases(now)
+            self.data_server.read_next(now)  # (requests that waited for room long enough)
             self._give_back_memory(now)
         if now >= self._next_memory_check:
             self._check_memory(now)
@@ -467,6 +468,10 @@ class Worker:
             for client, stored in state.stored:
                 self.data_server.send_stored(client, stored)
             state.stored.clear()
+        if self.data_server.waiting_for_room:  # (memory may have freed since)
+            self.data_server.read_next()
+        if state.fetching.held_back:  # (inputs held back while memory was short)
+            state.to_fetch += state.request_inputs(time.monotonic())
         if state.to_fetch:
             for request in state.to_fetch:
                 self.fetcher.request(*request)

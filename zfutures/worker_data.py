@@ -58,6 +58,12 @@ from .worker_state import WorkerState
 DISK_SERVE_SHARE = 0.1
 DISK_SERVE_BYTES = 256 * 2**20
 
+#: Seconds (plus the time to read its bytes at peer_memory.SLOWEST_READ) that
+#: what a lease holds read back from disk counts against DISK_SERVE_SHARE: a
+#: reader on this machine copies it in well under that, and one that died
+#: (its lease lasts a minute) then holds up no one else's answers.
+LEASE_COUNTS = 2.0
+
 
 def contained(handle: Callable[..., None]) -> Callable[..., None]:
     """A message handler, with a BaseException of user code raised as an error
@@ -94,11 +100,13 @@ class DataServer:
         self.dropped = dropped
         self.leases = peer_memory.Leases()  # values offered to readers on this machine
         self._leased: dict[int, list[str]] = {}  # lease -> keys it pins in memory
-        # Requests for results on disk, waiting to be read (see _read_next):
-        # (requester, request, its keys, those on disk).
-        self._from_disk: deque[tuple[bytes, GetData, list[str], list[str]]] = deque()
+        # Requests for results on disk, waiting to be read (see read_next):
+        # (requester, request, its keys, those on disk, since when).
+        self._from_disk: deque[tuple[bytes, GetData, list[str], list[str], float]] = deque()
         self._read_out = 0  # bytes read back for answers not let go of yet
-        self._lease_sizes: dict[int, int] = {}  # lease -> bytes it holds read from disk
+        self._waiting_bytes = 0  # bytes on disk the requests waiting ask for
+        # lease -> bytes it holds read from disk, and until when they count
+        self._lease_sizes: dict[int, tuple[int, float]] = {}
         #: The requests served: their class -> handler(requester, message, payload frames).
         self._handlers: dict[type, Callable[[bytes, Any, Frames], None]] = {
             GetData: self._get_data, PutData: self._put_data, Run: self._run,
@@ -129,35 +137,66 @@ class DataServer:
         data, held = self.state.data, self.state.nbytes
         on_disk = [key for key in keys if key not in data and key in held]
         if on_disk and self.disk is not None:
-            self._from_disk.append((ident, request, keys, on_disk))
-            self._read_next()
+            self._from_disk.append((ident, request, keys, on_disk, time.monotonic()))
+            self._waiting_bytes += self._disk_bytes(on_disk)
+            self.read_next()
+            if self._from_disk:  # (tasks give way to answers: see serving_changed)
+                self.state.serving_changed(self._read_out, self._waiting_bytes)
             return
         self._answer(ident, request, keys, {})
 
-    def _read_next(self) -> None:
-        """Read back the results of the requests that wait, while what was read
-        for answers still held (sent, or leased to a reader) is under
-        DISK_SERVE_SHARE of the memory limit; one at least, whatever its size."""
-        waiting, nbytes = self._from_disk, self.state.nbytes
+    def read_next(self, now: float | None = None) -> None:
+        """Read back the results of the requests that wait, oldest first:
+        while what was read for answers and is still held (sent, or leased to
+        a reader) is under DISK_SERVE_SHARE of the memory limit (one at
+        least, whatever its size), and the worker has room for it
+        (WorkerSpilling.may_serve). The shell calls again as memory frees,
+        and every heartbeat."""
+        waiting = self._from_disk
         limit = self.state.memory.memory_limit
         budget = DISK_SERVE_SHARE * limit if limit else DISK_SERVE_BYTES
         while waiting and (not self._read_out or self._read_out < budget):
-            ident, request, keys, on_disk = waiting.popleft()
-            size = sum(nbytes.get(key, 0) for key in on_disk)
-            self._read_out += size
+            ident, request, keys, on_disk, since = waiting[0]
+            size = self._disk_bytes(on_disk)
+            if now is None:
+                now = time.monotonic()
+            if not self.state.may_serve(size, now - since):
+                return
+            waiting.popleft()
+            self._waiting_bytes -= size
+            self._count_read(size)
             assert self.disk is not None  # (only then are requests queued)
             self.disk.read_frames(on_disk, functools.partial(
                 self.call_soon, self._answer_read, ident, request, keys, size))
+
+    @property
+    def waiting_for_room(self) -> bool:
+        """Whether requests for results on disk wait (see read_next)."""
+        return bool(self._from_disk)
 
     def _answer_read(self, ident: bytes, request: GetData, keys: list[str], size: int,
                      read: dict[str, Frames | BaseException]) -> None:
         """The results of ``request`` on disk were read (``size`` bytes): answer."""
         lease = self._answer(ident, request, keys, read)
         if lease is None:  # (sent: the socket lets go of them soon)
-            self._read_out -= size
-            self._read_next()
-        else:
-            self._lease_sizes[lease] = size  # (held until the reader is done)
+            self._count_read(-size)
+        else:  # (held until the reader is done, or seems gone: see expire_leases)
+            self._lease_sizes[lease] = (size, time.monotonic() + LEASE_COUNTS
+                                        + size / peer_memory.SLOWEST_READ)
+
+    def _count_read(self, nbytes: int) -> None:
+        """``nbytes`` more (or, negative, fewer) read back from disk for answers
+        are held: the worker's tasks wait while they take the room (see
+        WorkerSpilling.serving_changed), and more requests are read once
+        they are let go of."""
+        self._read_out += nbytes
+        self.state.serving_changed(self._read_out, self._waiting_bytes)
+        if nbytes < 0:
+            self.read_next()
+
+    def _disk_bytes(self, keys: list[str]) -> int:
+        nbytes = self.state.nbytes
+        return sum(nbytes.get(key, 0) for key in keys)
 
     def _answer(self, ident: bytes, request: GetData, keys: list[str],
                 read: dict[str, Frames | BaseException]) -> int | None:
@@ -220,9 +259,15 @@ class DataServer:
         return lease
 
     def expire_leases(self, now: float) -> None:
-        """End the leases past their time (their readers died)."""
+        """End the leases past their time (their readers died). What a lease
+        holds read back from disk stops counting sooner (LEASE_COUNTS): a
+        reader that died must not keep others from being answered for long."""
         for lease in self.leases.expire(now):
             self._lease_ended(lease)
+        for lease, (size, until) in list(self._lease_sizes.items()):
+            if until <= now:
+                del self._lease_sizes[lease]
+                self._count_read(-size)
 
     def _lease_ended(self, lease: int) -> None:
         """A reader let go of what ``lease`` held: its values may leave memory,
@@ -230,10 +275,9 @@ class DataServer:
         unpin = self.state.memory.unpin
         for key in self._leased.pop(lease, ()):
             unpin(key)
-        size = self._lease_sizes.pop(lease, None)
-        if size is not None:
-            self._read_out -= size
-            self._read_next()
+        counted = self._lease_sizes.pop(lease, None)
+        if counted is not None:
+            self._count_read(-counted[0])
 
     def _data_read(self, ident: bytes, msg: DataRead, frames: Frames) -> None:
         """A reader on this machine copied what a lease kept alive."""

@@ -30,10 +30,11 @@ class Fetch:
     tasks that wait for it, the request it was last asked in, and whether the
     center asked for it for its own sake (``acquire``: kept without a task)."""
 
-    __slots__ = ("key", "holders", "tried", "waiting_tasks", "request", "acquired")
+    __slots__ = ("key", "holders", "tried", "waiting_tasks", "request", "acquired", "nbytes")
 
-    def __init__(self, key: str, holders: list[str]):
+    def __init__(self, key: str, holders: list[str], nbytes: int = 0):
         self.key = key
+        self.nbytes = nbytes  # its size, as the center told (0: unknown, or small)
         self.holders = holders
         self.tried: list[str] = []
         self.waiting_tasks: set[str] = set()
@@ -57,16 +58,22 @@ class Fetches:
         self.fetches: dict[str, Fetch] = {}  # input key -> its fetch
         # id -> peer, keys, deadline, when it was made
         self.requests: dict[int, tuple[str, list[str], float, float]] = {}
-        self._planned: dict[str, list[str]] = {}  # peer -> keys, until make_requests()
+        # peer -> keys, until make_requests() (or later: held back for memory)
+        self._planned: dict[str, list[str]] = {}
         self._request_ids = itertools.count(1)
+        self._request_bytes: dict[int, int] = {}  # request id -> the bytes it asked for
+        self.incoming = 0  # bytes asked for and not arrived (as far as sizes are known)
 
-    def want(self, key: str, holders: list[str], task_key: str | None = None) -> None:
-        """Fetch ``key`` from ``holders``, for task ``task_key``, or (None) for
-        the center, which asked for it (once, however many want it)."""
+    def want(self, key: str, holders: list[str], task_key: str | None = None,
+             nbytes: int = 0) -> None:
+        """Fetch ``key`` (of ``nbytes``, 0 if unknown) from ``holders``, for task
+        ``task_key``, or (None) for the center, which asked for it (once,
+        however many want it)."""
         fetch = self.fetches.get(key)
         new = fetch is None
         if fetch is None:
-            fetch = self.fetches[key] = Fetch(key, [h for h in holders if h != self.address])
+            fetch = self.fetches[key] = Fetch(key, [h for h in holders if h != self.address],
+                                              nbytes)
             if self.address in holders:  # the center thinks we hold it: we do not
                 fetch.tried.append(self.address)
         if task_key is not None:
@@ -86,24 +93,71 @@ class Fetches:
             del self.fetches[fetch.key]
             self.give_up(fetch)
 
-    def make_requests(self, now: float) -> list[Request]:
-        """The requests planned in this event, one per peer, now out."""
+    def make_requests(self, now: float, budget: int | None = None,
+                      at_least_one: bool = True) -> list[Request]:
+        """The requests planned, one per peer, now out.
+
+        ``budget``: None, all of them; else only as many inputs as add up to
+        ``budget`` bytes more in flight (the worker's memory is short: see
+        WorkerSpilling.request_inputs), the others held back for a later call.
+        With ``at_least_one``, one input goes all the same while nothing is in
+        flight, so that a worker short of memory gets on, an input at a time.
+        """
         if not self._planned:
             return []
         planned, self._planned = self._planned, {}
-        made = []
+        fetches, made = self.fetches, []
         for peer, keys in planned.items():
             # A fetch planned in this same event may be gone already: its only
             # task was given up for want of another input.
-            keys = [key for key in keys if key in self.fetches]
+            keys = [key for key in keys if key in fetches]
+            if budget is not None:
+                keys = self._within(peer, keys, budget, at_least_one)
             if not keys:
                 continue
             request_id = next(self._request_ids)
             self.requests[request_id] = (peer, keys, now + self.timeout, now)
+            nbytes = 0
             for key in keys:
-                self.fetches[key].request = request_id
+                fetch = fetches[key]
+                fetch.request = request_id
+                nbytes += fetch.nbytes
+            if nbytes:
+                self._request_bytes[request_id] = nbytes
+                self.incoming += nbytes
+                if budget is not None:
+                    budget -= nbytes
             made.append((request_id, peer, keys))
         return made
+
+    def _within(self, peer: str, keys: list[str], budget: int, at_least_one: bool
+                ) -> list[str]:
+        """The first of ``keys`` (for ``peer``) that fit in ``budget`` more
+        bytes in flight; the others are held back (planned still)."""
+        taken: list[str] = []
+        size = 0
+        for i, key in enumerate(keys):
+            nbytes = self.fetches[key].nbytes
+            if size + nbytes > budget and (taken or self.requests or not at_least_one):
+                self._planned.setdefault(peer, []).extend(keys[i:])
+                break
+            taken.append(key)
+            size += nbytes
+        return taken
+
+    def next_size(self) -> int | None:
+        """The size of the first input planned (0 if unknown), or None if none is."""
+        for keys in self._planned.values():
+            for key in keys:
+                fetch = self.fetches.get(key)
+                if fetch is not None:
+                    return fetch.nbytes
+        return None
+
+    @property
+    def held_back(self) -> bool:
+        """Whether inputs wait to be asked for, held back for memory."""
+        return bool(self._planned)
 
     def received(self, request_id: int, values: Collection[str]) -> list[Fetch]:
         """A peer answered request ``request_id`` with the values of ``values``
@@ -112,6 +166,7 @@ class Fetches:
         next holders (planned). An answer that comes after its timeout
         serves all the same."""
         request = self.requests.pop(request_id, None)
+        self.incoming -= self._request_bytes.pop(request_id, 0)
         arrived = []
         for key in values if request is None else request[1]:
             fetch = self.fetches.get(key)
@@ -157,6 +212,10 @@ class Fetches:
         for request_id, (peer, _, _, _) in list(self.requests.items()):
             if peer == address:
                 self._abandon(request_id)
+        for key in self._planned.pop(address, ()):  # held back for it: the next holder
+            held_back = self.fetches.get(key)
+            if held_back is not None:
+                self.plan(held_back)
 
     def expire(self, now: float) -> None:
         """Give up on the requests past their deadline: ask the next holders (planned)."""
@@ -171,10 +230,14 @@ class Fetches:
         """Fetch nothing more, and wait for no answer."""
         self.fetches.clear()
         self.requests.clear()
+        self._planned.clear()
+        self._request_bytes.clear()
+        self.incoming = 0
 
     def _abandon(self, request_id: int) -> None:
         """Stop waiting for request ``request_id``: plan its keys from the next
         holders (those still fetched for it, not since asked elsewhere)."""
+        self.incoming -= self._request_bytes.pop(request_id, 0)
         for key in self.requests.pop(request_id)[1]:
             fetch = self.fetches.get(key)
             if fetch is not None and fetch.request == request_id:

@@ -213,7 +213,7 @@ class MemoryManager:
         """The read of ``key`` finished: True to put the value in memory (the
         most recently used, its file kept); False to discard it (released)."""
         self._reading.discard(key)
-        if key in self._stale:
+        if key in self._stale or key not in self.nbytes:
             self._stale.discard(key)
             return False
         self._memory[key] = None
@@ -234,7 +234,7 @@ class MemoryManager:
 
     # --- decisions ------------------------------------------------------
 
-    def measured(self, rss: int) -> Plan:
+    def measured(self, rss: int, reserve: int = 0) -> Plan:
         """The process holds ``rss`` bytes: which keys to move out of memory now.
 
         While results in memory exceed ``target`` of the limit, or the process
@@ -245,6 +245,10 @@ class MemoryManager:
         to ``target``, and writing more than needed is spilling too early.
         Pinned keys and keys in flight never go; one bigger than the whole
         target goes all the same (it cannot fit anyway).
+
+        ``reserve``: bytes to make room for besides (a task about to start,
+        and the result it is expected to make): the process is kept under
+        ``spill`` with them counted in.
         """
         plan = Plan()
         self._rss_measured, self._managed_then = rss, self.managed
@@ -252,7 +256,7 @@ class MemoryManager:
         if not limit or (t.target is None and t.spill is None):
             return plan
         leaving = self._leaving()
-        managed, process = self.managed - leaving, rss - leaving
+        managed, process = self.managed - leaving, rss - leaving + reserve
         target = t.target * limit if t.target is not None else None
         spill = t.spill * limit if t.spill is not None else None
         if (target is None or managed <= target) and (spill is None or process <= spill) \
@@ -343,14 +347,38 @@ class MemoryManager:
         marks = [m for m in (t.spill, t.pause) if m is not None]
         return bool(self.memory_limit and marks) and rss > min(marks) * self.memory_limit
 
-    def holding(self) -> bool:
-        """Whether to start no task until the writes in flight land: the
-        process is over the ``spill`` mark (as estimated), and they will
-        bring it down. A task started now would pile its memory onto theirs.
-        Not a pause: the center is not told, as it lasts a write's time."""
-        spill = self.thresholds.spill
-        return bool(self._writing) and spill is not None and bool(self.memory_limit) and \
-            self.estimated_rss() > spill * self.memory_limit
+    def room(self, coming: int = 0) -> int | None:
+        """Bytes that may still come into memory (inputs fetched from peers
+        or read back from disk, tasks' results) before the process is over
+        the first of the spill and pause marks, as estimated: what is being
+        read back and ``coming`` (other bytes on their way: inputs asked of
+        peers, results read back for them) count as come, and the results
+        being written as still here (they are, until their writes land).
+        None: no limit to keep (as many as come).
+
+        A worker with a limit takes in big data one piece at a time near its
+        marks: each of fetching, reading back and starting a task waits for
+        room (see WorkerSpilling), except when nothing at all is on its way,
+        so that it always gets on."""
+        if self._first_mark_bytes == float("inf") or not self.memory_limit:
+            return None
+        return int(self._first_mark_bytes - self.estimated_rss() - self._reading_bytes()
+                   - coming)
+
+    def on_its_way(self, coming: int = 0) -> bool:
+        """Whether memory will change without a new task or transfer: writes to
+        disk or reads back under way, or ``coming`` bytes on their way."""
+        return bool(coming or self._writing or self._reading)
+
+    def holding(self, coming: int = 0) -> bool:
+        """Whether to start no task until what is on its way lands (see
+        :meth:`room`): a task started with no room would pile its memory onto
+        theirs. Not a pause: the center is not told, as it lasts a
+        transfer's time."""
+        if not self.on_its_way(coming):
+            return False
+        room = self.room(coming)
+        return room is not None and room <= 0
 
     def should_terminate(self, rss: int) -> bool:
         """The nanny's rule: restart the worker above ``terminate`` only."""
@@ -378,6 +406,12 @@ class MemoryManager:
         return key in self._files
 
     # --- helpers --------------------------------------------------------
+
+    def _reading_bytes(self) -> int:
+        """Bytes of the results being read back (released ones excepted)."""
+        if not self._reading:
+            return 0
+        return sum(self.nbytes[key] for key in self._reading if key not in self._stale)
 
     def _leaving(self) -> int:
         """Bytes of the results being written (released ones excepted): memory

@@ -29,13 +29,29 @@ from .messages import MissingData, Paused
 from .worker_memory import DELETE, DROP, MemoryManager, Plan
 
 if TYPE_CHECKING:
+    from .worker_fetch import Fetches, Request
     from .worker_state import Report, Task
 
 WRITE, READ = "write", "read"
 
 #: A result of this share of the memory limit or more is worth a measure of
-#: the process as it comes in (see WorkerSpilling._memory_changed).
+#: the process as it comes in (see WorkerSpilling._memory_changed), and its
+#: size is remembered for its group (see WorkerSpilling._expected_result).
 BIG_RESULT = 0.01
+
+#: Seconds a request for results on disk waits for room at most (see
+#: WorkerSpilling.may_serve): tasks give way to it meanwhile, so room
+#: comes as the running ones end; past this, it is read back all the same,
+#: before the asker gives up on this worker (the fetch timeout, 10 s).
+SERVE_WAIT = 6.0
+
+#: The task groups whose big result sizes are remembered, the latest.
+BIG_GROUPS = 1000
+
+
+def group_of(key: str) -> str:
+    """A task's group, as the center names it: its key up to the last "-"."""
+    return key.rpartition("-")[0] or key
 
 #: A disk operation for the shell: (WRITE | READ | DELETE, key, value or None).
 SpillOp = tuple[str, str, Optional[Any]]
@@ -51,6 +67,9 @@ class WorkerSpilling:
     tasks: dict[str, Task]
     to_center: list[Report]
     paused: bool
+
+    fetching: Fetches
+    executing: set[str]  # (handed to task threads)
 
     if TYPE_CHECKING:
         def _make_ready(self, task: Task) -> None: ...
@@ -69,6 +88,15 @@ class WorkerSpilling:
         self.loading: set[str] = set()
         # Tasks running or loading -> the inputs they pinned in memory.
         self.pinned_inputs: dict[str, list[str]] = {}
+        # Bytes the data server read back from disk for answers and holds, and
+        # those requests waiting for room ask for (see serving_changed).
+        self.serving = 0
+        self.serve_waiting = 0
+        # Task group -> the size of its last big result (see _expected_result).
+        self._big_results: dict[str, int] = {}
+        # Running tasks -> the bytes of the results they are expected to make.
+        self._expecting: dict[str, int] = {}
+        self._reserved = 0
         #: Measures the process's memory now (bytes), if the shell gives it.
         self.measure_rss: Callable[[], int] | None = None
 
@@ -77,9 +105,13 @@ class WorkerSpilling:
     def _keep(self, key: str, value: Any, nbytes: int) -> None:
         """A result came into memory: computed, fetched or put here."""
         self.data[key] = value
-        if self.memory.stored(key, nbytes) == DELETE:  # (an older value's file)
+        memory = self.memory
+        if memory.stored(key, nbytes) == DELETE:  # (an older value's file)
             self.to_spill.append((DELETE, key, None))
-        self._memory_changed(nbytes)
+        if memory.memory_limit:
+            if nbytes >= BIG_RESULT * memory.memory_limit:
+                self._note_size(key, nbytes)
+            self._memory_changed(nbytes)
 
     def _forget(self, key: str) -> None:
         """``key`` is released: its value and its file go."""
@@ -174,6 +206,17 @@ class WorkerSpilling:
             self.memory.cannot_spill(key)
         self._check_pause(self.memory.estimated_rss())
 
+    def serving_changed(self, nbytes: int, waiting: int = 0) -> None:
+        """The data server holds ``nbytes`` read back from disk for answers,
+        and requests for ``waiting`` bytes more on disk wait for room: while
+        they take or want the room, no task starts (MemoryManager.holding,
+        _room_to_run), as other workers wait for those answers; once they
+        are let go of, tasks may."""
+        less = nbytes + waiting < self.serving + self.serve_waiting
+        self.serving, self.serve_waiting = nbytes, waiting
+        if less:
+            self._start_tasks()
+
     def spill_loaded(self, key: str, value: Any) -> None:
         """``key`` was read back: the tasks that waited for it may start."""
         if not self.memory.loaded(key):  # released meanwhile
@@ -212,6 +255,125 @@ class WorkerSpilling:
 
     # --------------------------------------------------------------- decisions
 
+    def request_inputs(self, now: float) -> list[Request]:
+        """The requests for inputs to send now: all those planned, or while
+        memory is short, those that fit in its room (MemoryManager.room); the
+        others wait for a later call (the shell calls again while
+        ``fetching.held_back``). With no room, and nothing on its way nor
+        running to wait for, results are moved to disk to make room for the
+        next input, or, if none can be, it comes all the same (see _admit)."""
+        coming = self._coming()
+        room = self.memory.room(coming)
+        if room is None:
+            return self.fetching.make_requests(now)
+        if self.paused:
+            room = 0
+        first = self.fetching.next_size()
+        one = first is not None and first > room and not self.paused and self._admit(first)
+        return self.fetching.make_requests(now, max(room, 0), at_least_one=one)
+
+    def _admit(self, size: int) -> bool:
+        """Whether ``size`` bytes may come into memory now (an input fetched or
+        read back, a task's result): if they fit in the room left. If not,
+        the worker waits for what is on its way or running to land, or, with
+        nothing to wait for, moves results to disk to make room and waits for
+        those writes; with nothing it may move, they come all the same, so
+        that a worker short of memory still gets on, one piece at a time."""
+        memory = self.memory
+        coming = self._coming()
+        room = memory.room(coming)
+        if room is None or size <= room:
+            return True
+        if self.executing or memory.on_its_way(coming):
+            return False
+        rss = memory.estimated_rss()
+        plan = memory.measured(rss, reserve=size + coming)
+        self._carry_out(plan, rss)
+        return not plan.write
+
+    def _coming(self) -> int:
+        """Bytes on their way into memory beyond the manager's own reads:
+        inputs asked of peers, results read back for them, and the results
+        the running tasks are expected to make (counted twice, in part, once
+        they are under way and measured: near the marks, that errs on the
+        safe side)."""
+        return self.fetching.incoming + self.serving + self._reserved
+
+    def _started(self, task: Task) -> None:
+        """``task`` goes to a thread: the result it is expected to make is
+        reserved until it ends (see _coming)."""
+        if task.deps or self._big_results:
+            need = self._expected_result(task)
+            if need:
+                self._expecting[task.key] = need
+                self._reserved += need
+
+    def _ended(self, key: str) -> None:
+        """The run of ``key`` ended: its inputs may leave memory, its
+        reservation goes."""
+        if self.pinned_inputs:
+            self._inputs_done(key)
+        if self._expecting:
+            self._reserved -= self._expecting.pop(key, 0)
+
+    def _may_load(self, task: Task) -> bool:
+        """Whether ``task``, whose inputs are not all in memory, may have them
+        read back now (see _admit), at most nthreads tasks at a time."""
+        if len(self.loading) >= self.nthreads:
+            return False
+        return self._admit(sum(self.nbytes.get(dep, 0) for dep in task.deps
+                               if dep not in self.data))
+
+    def may_serve(self, nbytes: int, waited: float) -> bool:
+        """Whether the data server may read back ``nbytes`` from disk now for a
+        peer or a client whose request has waited ``waited`` seconds: if they
+        fit in the room left, or nothing at all is on its way and no task
+        runs; and after SERVE_WAIT seconds all the same, well before the
+        asker gives up on this worker and the center believes its data lost
+        (the fetch timeout, 10 s by default)."""
+        # (inputs this worker asked for do not count: another worker may be
+        # waiting for this answer to answer ours, and answers go first)
+        coming = self._coming() - self.fetching.incoming
+        room = self.memory.room(coming)
+        if room is None or nbytes <= room or waited >= SERVE_WAIT:
+            return True
+        return not (self.executing or self.memory.on_its_way(coming))
+
+    def _holding(self) -> bool:
+        """Whether no task may start until what is on its way lands."""
+        return self.memory.holding(self._coming())
+
+    def _room_to_run(self, task: Task) -> bool:
+        """Whether ``task``, its inputs in memory, may start: if memory is
+        calm, or there is room for the result it is expected to make
+        (:meth:`_expected_result`, see :meth:`_admit`) besides the answers
+        that wait for room (others wait for them: they go first)."""
+        need = self._expected_result(task) if task.deps or self._big_results else 0
+        need += self.serve_waiting
+        if not need and not self._coming():
+            memory = self.memory
+            if memory.calm(memory.estimated_rss()):
+                return True  # (small tasks, memory calm: a few comparisons)
+        return self._admit(need)
+
+    def _expected_result(self, task: Task) -> int:
+        """The bytes ``task`` is expected to add to memory as it runs: as big
+        as its biggest input, or as the last big result of its group."""
+        nbytes = self.nbytes
+        size = max((nbytes.get(dep, 0) for dep in task.deps), default=0)
+        return max(size, self._big_results.get(group_of(task.key), 0))
+
+    def _note_size(self, key: str, nbytes: int) -> None:
+        """Remember ``nbytes`` as its group's result size, if big (see
+        _expected_result): of the last BIG_GROUPS groups."""
+        if nbytes >= BIG_RESULT * self.memory.memory_limit:
+            group = group_of(key)
+            sizes = self._big_results
+            sizes.pop(group, None)
+            sizes[group] = nbytes
+            if len(sizes) > BIG_GROUPS:
+                del sizes[next(iter(sizes))]
+
     def _memory_changed(self, nbytes: int) -> None:
         """A result of ``nbytes`` came into memory: move some out, or pause, at
         once (the shell measures too seldom to catch a burst of big results).
@@ -220,9 +382,9 @@ class WorkerSpilling:
         than a small task (see MemoryManager.estimated_rss)."""
         memory = self.memory
         if memory.memory_limit:
+            big = nbytes >= BIG_RESULT * memory.memory_limit
             measure = self.measure_rss
-            rss = measure() if measure is not None and nbytes >= BIG_RESULT * \
-                memory.memory_limit else memory.estimated_rss()
+            rss = measure() if measure is not None and big else memory.estimated_rss()
             if not memory.calm(rss):
                 self._carry_out(memory.measured(rss), rss)
 

@@ -207,6 +207,7 @@ class WorkerState(WorkerPolicies, WorkerSpilling):
         task = self.tasks[key] = Task(key, deps, item.priority, payload, next(self._order),
                                       item.send_result, run)
         held = self.nbytes  # (in memory or on disk: read back as the task starts)
+        sizes = item.sizes or {}
         for dep, holders in deps.items():
             if dep in held:
                 continue
@@ -214,9 +215,9 @@ class WorkerState(WorkerPolicies, WorkerSpilling):
             if dep in self.tasks:  # computed here soon: no need to fetch it
                 self.local_waiters.setdefault(dep, set()).add(key)
                 continue
-            self.fetching.want(dep, holders, key)
+            self.fetching.want(dep, holders, key, sizes.get(dep, 0))
         if deps:  # (most tasks have none: no call for them)
-            self.to_fetch += self.fetching.make_requests(now)
+            self.to_fetch += self.request_inputs(now)
         if key in self.tasks and not task.missing:  # not given up for want of an input
             self._make_ready(task)
         self._start_tasks()
@@ -295,7 +296,7 @@ class WorkerState(WorkerPolicies, WorkerSpilling):
                     task.missing.discard(key)
                     if not task.missing and task.state == FETCHING:
                         self._make_ready(task)
-        self.to_fetch += self.fetching.make_requests(now)
+        self.to_fetch += self.request_inputs(now)
         self._start_tasks()
 
     def extend_request(self, request_id: int, until: float) -> None:
@@ -308,7 +309,7 @@ class WorkerState(WorkerPolicies, WorkerSpilling):
         of it is asked of the next holder now (or reported missing), rather
         than after the fetch timeout, and it is asked nothing more."""
         self.fetching.peer_left(address)
-        self.to_fetch += self.fetching.make_requests(now)
+        self.to_fetch += self.request_inputs(now)
 
     def input_failed(self, key: str, error: Frames) -> None:
         """Input ``key`` can never arrive (its value cannot be pickled): the tasks
@@ -331,7 +332,7 @@ class WorkerState(WorkerPolicies, WorkerSpilling):
             if now - when > DROPPED_DIRECT_KEPT:
                 del self.dropped_direct[key]
         self.fetching.expire(now)
-        self.to_fetch += self.fetching.make_requests(now)
+        self.to_fetch += self.request_inputs(now)
 
     def task_done(self, key: str, value: Any = None, nbytes: int = 0,
                   duration: float = 0.0, error: Frames | None = None,
@@ -343,8 +344,7 @@ class WorkerState(WorkerPolicies, WorkerSpilling):
         (numbered from 0), for the center's task stream."""
         self.executing.discard(key)
         self.seceded.discard(key)
-        if self.pinned_inputs:
-            self._inputs_done(key)
+        self._ended(key)
         if error is None:
             self.task_duration = 0.9 * self.task_duration + 0.1 * duration
         if self._released_run_ended(key):  # an unwanted result
@@ -406,12 +406,12 @@ class WorkerState(WorkerPolicies, WorkerSpilling):
             self.to_center.append((KeyAdded(key, self.nbytes[key]), []))
             return
         self.fetching.want(key, item.holders)
-        self.to_fetch += self.fetching.make_requests(now)
+        self.to_fetch += self.request_inputs(now)
 
     def task_skipped(self, key: str) -> None:
         """A task thread did not start ``key``, released while it waited in line."""
         self.executing.discard(key)
-        self._inputs_done(key)
+        self._ended(key)
         self._released_run_ended(key)
         self._start_tasks()
 
@@ -517,18 +517,23 @@ class WorkerState(WorkerPolicies, WorkerSpilling):
     def _start_tasks(self) -> None:
         ahead = min(MAX_HANDED_AHEAD, int(HAND_AHEAD_TIME / max(self.task_duration, 1e-9)))
         limit = self.nthreads * (1 + ahead)
-        if self.ready and self.memory.holding():
-            return  # (until writes to disk land: see WorkerSpilling.spill_written)
-        later: list[Task] = []  # (inputs on disk, and reads enough under way already)
+        later: list[Task] = []  # (inputs on disk, and no room to read them back yet)
         while self.ready and len(self.executing) < limit and not self.paused:
+            if self._holding():  # (until what is on its way lands: see WorkerSpilling)
+                break
             task = heapq.heappop(self.ready)
-            if task.deps and len(self.loading) >= self.nthreads and \
-                    any(dep not in self.data for dep in task.deps):
+            if task.deps and any(dep not in self.data for dep in task.deps) and \
+                    not self._may_load(task):
                 later.append(task)
                 continue
             if not self.inputs_ready(task):
                 task.state = LOADING  # (inputs from disk, or gone: see WorkerSpilling)
                 continue
+            if self.memory.memory_limit:
+                if not self._room_to_run(task):
+                    later.append(task)  # (its inputs stay pinned: it goes next)
+                    break
+                self._started(task)
             task.state = EXECUTING
             self.executing.add(task.key)
             self.to_execute.append(task)

@@ -34,6 +34,10 @@ BANDWIDTH = 500e6
 #: not timed yet counts as a round trip, so none is sent beyond a worker's
 #: capacity until one has been.
 ROUND_TRIP = 0.002
+#: Inputs of this many bytes or more are "big": a task's message tells the
+#: worker their sizes, so that a worker short of memory fetches only what fits
+#: (WorkerSpilling.request_inputs). Smaller ones cost it little either way.
+BIG_INPUT = 1 << 20
 #: The most tasks queued ahead per thread, however short they are.
 MAX_AHEAD_PER_THREAD = 50
 #: Task groups whose durations are kept, the most recently timed: a key
@@ -303,13 +307,16 @@ class Placement:
         follow it there."""
         self.occupy(ts, ws)
         deps = {dep.key: [w.address for w in dep.who_has] for dep in ts.dependencies}
+        # (the worker fetches big inputs within its memory: it needs their sizes)
+        sizes = {dep.key: dep.nbytes for dep in ts.dependencies
+                 if dep.nbytes >= BIG_INPUT and ws not in dep.who_has} or None
         ts.run = run = self.next_run
         self.next_run += 1
         payload = ts.payload
         # (send_result: a client waits, so a small result comes with the completion)
         self.outbox.add(ws.ident, Compute, ComputeItem(
             ts.key, deps, run, len(payload) if payload is not None else 0, -ts.priority[0],
-            bool(ts.who_wants)), payload)
+            bool(ts.who_wants), sizes), payload)
         for dependent in ts.waiters:
             if dependent.state == WAITING and ts in dependent.waiting_on:
                 self.send_early(dependent)

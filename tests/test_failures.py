@@ -213,3 +213,22 @@ def test_fetching_a_result_whose_holder_died_waits_for_its_recomputation_not_a_t
         wait_for(lambda: holder not in ex.nthreads(), timeout=30,
                  message="the center did not notice the worker died")
         assert (value.result(timeout=60) == 7.0).all()
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_a_fresh_worker_imports_a_package_for_a_task_and_for_data_at_once(processes, attempt):
+    """A task whose module imports numpy, and numpy data put on the worker, as
+    it starts: both unpickle, and import numpy, on two threads at once (a task
+    thread, the loop thread). Each gets numpy, whole: no _DeadlockError, no
+    half-imported package."""
+    import numpy_task
+
+    center, address = processes.center()
+    processes.worker(address, "--no-nanny")
+    with Executor(address, timeout=10) as ex:
+        wait_for(lambda: len(ex.nthreads()) == 1, message="the worker did not register")
+        task = ex.submit(numpy_task.total, [1, 2, 3], pure=False)
+        [data] = ex.scatter([np.arange(1000)])
+        assert task.result(timeout=20) == 6
+        assert int(data.result(timeout=20).sum()) == 499500
+        assert ex.submit(np.sum, data).result(timeout=20) == 499500

@@ -29,6 +29,7 @@ import itertools
 import os
 import pickle
 import sys
+import threading
 import types
 import weakref
 from collections.abc import Mapping
@@ -66,9 +67,19 @@ def dumps(obj: Any) -> list:
     return frames
 
 
+#: Held while unpickling. Unpickling imports the modules a value or a task
+#: needs, and two threads importing one package at once (numpy, on a fresh
+#: worker: a task on a task thread, data put here on the loop thread) can
+#: each hold a part of it the other waits for: CPython then raises
+#: _DeadlockError in one, and the package stays half imported for good.
+#: Pickle holds the GIL anyway, so the lock costs no parallelism.
+UNPICKLING = threading.RLock()
+
+
 def loads(frames: list) -> Any:
     """Inverse of :func:`dumps`."""
-    return pickle.loads(frames[0], buffers=frames[1:])
+    with UNPICKLING:
+        return pickle.loads(frames[0], buffers=frames[1:])
 
 
 def _shared_rng_method(module: str, name: str) -> Any:
@@ -289,14 +300,15 @@ def loads_task(frames: list, data: Mapping[str, Any],
     if functions is not None and len(frames) == 2:
         key = bytes(frames[0])
         fn = functions.get(key)
-    if fn is None:
-        unpickler = _TaskUnpickler(io.BytesIO(frames[0]), buffers, data)
-        fn = unpickler.load()
-        if functions is not None and len(frames) == 2 and not unpickler.used_data:
-            if len(functions) >= FUNCTION_CACHE_SIZE:
-                functions.clear()
-            functions[key] = fn
-    args, kwargs = _TaskUnpickler(io.BytesIO(frames[1]), buffers, data).load()
+    with UNPICKLING:
+        if fn is None:
+            unpickler = _TaskUnpickler(io.BytesIO(frames[0]), buffers, data)
+            fn = unpickler.load()
+            if functions is not None and len(frames) == 2 and not unpickler.used_data:
+                if len(functions) >= FUNCTION_CACHE_SIZE:
+                    functions.clear()
+                functions[key] = fn
+        args, kwargs = _TaskUnpickler(io.BytesIO(frames[1]), buffers, data).load()
     return fn, args, kwargs
 
 

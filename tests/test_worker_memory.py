@@ -229,8 +229,8 @@ def test_pause_and_resume_with_hysteresis_logged_once_per_change():
     m = MemoryManager(1000, MemoryThresholds())
     assert [m.should_pause(rss) for rss in (790, 810, 900, 750, 701, 699, 750, 800)] == \
         [False, True, True, True, True, False, False, False]
-    assert m.take_changes() == ["paused: process 0 MB, 81% of its memory limit",
-                                "resumed: process 0 MB, 70% of its memory limit"]
+    assert m.take_changes() == ["paused: process 810 B, 81% of its memory limit",
+                                "resumed: process 699 B, 70% of its memory limit"]
     assert m.take_changes() == []
 
 
@@ -252,7 +252,8 @@ def test_spilling_started_and_stopped_logged_once_each_not_per_result():
         w.store(f"x{i}", 100 * MB)
         w.measure()
     [started] = w.m.take_changes()
-    assert started == "started spilling: 200 MB of results in memory, 0 MB on disk, process 250 MB"
+    assert started == ("started spilling: 200.0 MiB of results in memory, 0 B on disk, "
+                       "process 250.0 MiB")
     for i in range(8):
         w.m.removed(f"x{i}")
         w.data.pop(f"x{i}", None)
@@ -261,8 +262,8 @@ def test_spilling_started_and_stopped_logged_once_each_not_per_result():
     w.m.removed("x8")
     w.data.pop("x8", None)
     w.measure()
-    assert w.m.take_changes() == ["stopped spilling: 100 MB of results in memory, 0 MB on disk, "
-                                  "process 150 MB"]
+    assert w.m.take_changes() == ["stopped spilling: 100.0 MiB of results in memory, 0 B on "
+                                  "disk, process 150.0 MiB"]
 
 
 def test_the_spill_mark_moves_results_for_memory_zfutures_does_not_count():

@@ -30,6 +30,7 @@ from .memory_thresholds import MemoryThresholds
 from .messages import RegisterNanny, WorkerDied
 from .processes import stop_processes, worker_environment
 from .spill_store import remove_leftovers
+from .units import format_bytes
 
 logger = logging.getLogger(__name__)
 dropped = RateLimitedLog(logger)
@@ -162,9 +163,9 @@ class Nanny:
             return
         if process.poll() is None:
             if self.terminate_above and self._rss(process.pid) > self.terminate_above:
-                logger.warning("worker %s uses more than %d MB, %.0f%% of its memory limit; "
+                logger.warning("worker %s uses more than %s, %.0f%% of its memory limit; "
                                "restarting it", child.address or process.pid,
-                               self.terminate_above // 2**20,
+                               format_bytes(self.terminate_above),
                                100 * self.terminate_above / self.memory_limit)
                 process.kill()
                 process.wait(10)

@@ -24,6 +24,7 @@ import dataclasses
 from collections import OrderedDict
 
 from .memory_thresholds import MemoryThresholds, parse_fraction
+from .units import format_bytes
 
 __all__ = ["DELETE", "DROP", "KEEP", "MemoryManager", "MemoryThresholds", "Plan",
            "parse_fraction"]
@@ -333,10 +334,10 @@ class MemoryManager:
         share = (rss - leaving) / self.memory_limit
         if share > pause_at if not self.paused else share < resume_at:
             self.paused = not self.paused
-            writing = f", {_mb(leaving)} more on its way to disk" if leaving else ""
+            writing = f" ({_mb(leaving)} of it on its way to disk)" if leaving else ""
             self._changes.append(f"{'paused' if self.paused else 'resumed'}: process "
-                                 f"{_mb(rss - leaving)}{writing}, {share:.0%} of its "
-                                 f"memory limit")
+                                 f"{_mb(rss)}{writing}, {share:.0%} of its memory limit"
+                                 + (" without it" if leaving else ""))
         return self.paused
 
     def high(self, rss: int) -> bool:
@@ -432,4 +433,4 @@ class MemoryManager:
 
 
 def _mb(nbytes: int) -> str:
-    return f"{nbytes / 2**20:.0f} MB"
+    return format_bytes(nbytes)

@@ -1,0 +1,200 @@
+"""Workers that spill results to disk (issue #19), as real processes moving gigabytes.
+
+Each test starts a center and workers by hand (``zfut-worker``, a nanny and
+its worker unless said otherwise) and checks what a user would see: results
+far beyond a worker's memory limit come back byte-identical, nothing is
+computed twice, nobody is restarted, the spill directory is cleaned up; a
+slow disk does not make a worker look dead; a full disk pauses it rather
+than kill it; and the nanny restarts a worker only past its terminate mark.
+
+Results are random arrays: they do not compress, so the bytes on disk are
+the bytes in memory.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import threading
+
+import numpy as np
+import psutil
+import pytest
+from conftest import stop, wait_for
+
+from zfutures import Executor
+
+pytestmark = pytest.mark.timeout(180)
+
+#: float64 elements of a 100 MB array.
+N_100MB = 12_500_000
+
+
+def random_array(seed: int, n: int = N_100MB) -> np.ndarray:
+    return np.random.default_rng(seed).random(n)
+
+
+def logged_random_array(seed: int, log: str, n: int = N_100MB) -> np.ndarray:
+    """``random_array(seed, n)``, and ``seed`` appended to the file ``log``
+    (O_APPEND: one line per run, whichever process ran it)."""
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{seed}\n".encode())
+    finally:
+        os.close(fd)
+    return random_array(seed, n)
+
+
+def runs(log) -> list[int]:
+    """The seeds ``logged_random_array`` ran with, in order, once per run."""
+    with open(log) as f:
+        return [int(line) for line in f]
+
+
+def digest(array: np.ndarray) -> str:
+    return hashlib.sha256(memoryview(np.ascontiguousarray(array)).cast("B")).hexdigest()
+
+
+def spill_subdirectories(spill_dir) -> list[str]:
+    return sorted(glob.glob(os.path.join(str(spill_dir), "zfutures-spill-*")))
+
+
+def spill_files(spill_dir) -> list[str]:
+    """The files in the workers' spill directories under ``spill_dir``."""
+    found = []
+    for directory in spill_subdirectories(spill_dir):
+        try:
+            found += [os.path.join(directory, name) for name in os.listdir(directory)]
+        except FileNotFoundError:  # (removed as we looked)
+            pass
+    return found
+
+
+def lines_with(path, text: str) -> list[str]:
+    with open(path) as f:
+        return [line.rstrip("\n") for line in f if text in line]
+
+
+def nanny_said(log) -> list[str]:
+    """What the nanny logged of its worker's restarts or deaths."""
+    return [line for line in lines_with(log, "zfutures.nanny")
+            if "restarting it" in line or "exited with status" in line]
+
+
+def the_worker(ex: Executor, name: str) -> str:
+    """The address of the worker called ``name``, once it has registered."""
+    def find():
+        return next((address for address, info in ex.scheduler_info()["workers"].items()
+                     if info["name"] == name), None)
+    return wait_for(find, timeout=30, message=f"worker {name} did not register")
+
+
+class PeakRss:
+    """The peak resident memory of process ``pid``, sampled every ``interval``
+    seconds on a thread until :meth:`stop`."""
+
+    def __init__(self, pid: int, interval: float = 0.005):
+        self.process = psutil.Process(pid)
+        self.interval = interval
+        self.peak = 0
+        self.samples = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._done.is_set():
+            try:
+                rss = self.process.memory_info().rss
+            except psutil.Error:
+                return
+            self.peak = max(self.peak, rss)
+            self.samples += 1
+            self._done.wait(self.interval)
+
+    def stop(self) -> int:
+        self._done.set()
+        self._thread.join(5)
+        return self.peak
+
+
+def test_a_worker_spills_results_far_beyond_its_memory_limit_and_gives_them_all_back(
+        processes, tmp_path):
+    """1.7 GB of results on a worker of 300 MB: 200 MB scattered to it first,
+    then 15 x 100 MB made by its tasks. They move to disk as they come, each
+    task runs once, every result comes back byte-identical, the worker is
+    never restarted, and its spill files go with the results."""
+    spill = tmp_path / "spill"
+    log = tmp_path / "ran.log"
+    limit = 300_000_000
+    _, address = processes.center()
+    with open(tmp_path / "worker.log", "w") as stderr:
+        nanny = processes.worker(address, "--memory-limit", "300MB", "--spill-dir", str(spill),
+                                 "--name", "w", stderr=stderr)
+    with Executor(address, timeout=10) as ex:
+        w = the_worker(ex, "w")
+        pid = ex.run(os.getpid)[w]
+        assert psutil.Process(pid).ppid() == nanny.pid
+        peak_rss = PeakRss(pid)
+        scattered_seeds = [1000, 1001]
+        scattered = ex.scatter([random_array(s) for s in scattered_seeds], workers=["w"])
+        futures = [ex.submit(logged_random_array, i, str(log), pure=False) for i in range(15)]
+        total = 17 * N_100MB * 8
+        seen = {"spilled": 0, "files": 0}
+
+        def watch() -> dict:
+            """The worker's record, still the same worker; the most spilled."""
+            workers = ex.scheduler_info()["workers"]
+            assert list(workers) == [w], f"the worker changed: {workers}"
+            info = workers[w]
+            if info["spilled"] > seen["spilled"]:
+                seen["spilled"] = info["spilled"]
+                seen["files"] = max(seen["files"], len(spill_files(spill)))
+            return info
+
+        wait_for(lambda: watch() and all(f.done() for f in futures), timeout=120,
+                 interval=0.1, message="the tasks did not finish")
+        assert [f.exception() for f in futures] == [None] * 15
+        assert sorted(runs(log)) == list(range(15)), "a task ran twice, or never"
+
+        # A few at a time, to bound this process's memory.
+        for seeds, some in [(scattered_seeds, scattered)] + [
+                (list(range(i, min(i + 2, 15))), futures[i:i + 2]) for i in range(0, 15, 2)]:
+            try:
+                values = ex.gather(some, timeout=60)
+            except Exception as e:
+                raise AssertionError(
+                    f"gathering arrays {seeds} failed: {e!r}; the worker's peak memory was "
+                    f"{peak_rss.peak / 1e6:.0f} MB; the nanny said: "
+                    f"{nanny_said(tmp_path / 'worker.log')}") from e
+            watch()
+            for seed, value in zip(seeds, values):
+                assert value.shape == (N_100MB,) and value.dtype == np.float64
+                assert digest(value) == digest(random_array(seed)), f"array {seed} differs"
+            del values, value
+        peak = peak_rss.stop()
+        print(f"\nspill test 1: worker peak RSS {peak / 1e6:.0f} MB ({peak_rss.samples} "
+              f"samples), limit {limit / 1e6:.0f} MB; peak spilled "
+              f"{seen['spilled'] / 1e9:.2f} GB of {total / 1e9:.2f} GB")
+        assert sorted(runs(log)) == list(range(15)), "reading results back recomputed some"
+
+        assert 1.0e9 <= seen["spilled"] <= total + 17 * 4096, seen
+        assert seen["files"] >= 10, f"{seen['files']} spill files at the peak"
+        (subdirectory,) = spill_subdirectories(spill)
+        assert os.path.basename(subdirectory).startswith(f"zfutures-spill-{pid}-")
+
+        # Never restarted: the same process, the same worker, no word of it.
+        assert ex.run(os.getpid) == {w: pid}
+        assert not nanny_said(tmp_path / "worker.log")
+
+        futures.clear()  # (releases them: no other reference is left)
+        scattered.clear()
+        del some
+        wait_for(lambda: not spill_files(spill), timeout=20,
+                 message="spill files stayed after the results were released")
+        wait_for(lambda: ex.scheduler_info()["workers"][w]["spilled"] == 0, timeout=10,
+                 message="the center still counts bytes on disk")
+        assert spill_subdirectories(spill) == [subdirectory]
+    assert stop(nanny) == 0
+    assert not psutil.pid_exists(pid)
+    assert spill_subdirectories(spill) == [], "the spill directory outlived its worker"

@@ -145,7 +145,8 @@ def test_a_worker_spills_results_far_beyond_its_memory_limit_and_gives_them_all_
         def watch() -> dict:
             """The worker's record, still the same worker; the most spilled."""
             workers = ex.scheduler_info()["workers"]
-            assert list(workers) == [w], f"the worker changed: {workers}"
+            assert list(workers) == [w], \
+                f"the worker changed: {workers}; {nanny_said(tmp_path / 'worker.log')}"
             info = workers[w]
             if info["spilled"] > seen["spilled"]:
                 seen["spilled"] = info["spilled"]
@@ -198,3 +199,65 @@ def test_a_worker_spills_results_far_beyond_its_memory_limit_and_gives_them_all_
     assert stop(nanny) == 0
     assert not psutil.pid_exists(pid)
     assert spill_subdirectories(spill) == [], "the spill directory outlived its worker"
+
+
+def pairwise(values: list, add) -> object:
+    """``values`` summed pairwise, level by level: (v0 + v1) + (v2 + v3), ..."""
+    while len(values) > 1:
+        values = [add(values[i], values[i + 1]) for i in range(0, len(values), 2)]
+    return values[0]
+
+
+def test_a_tree_reduction_of_arrays_many_times_the_workers_memory_gives_the_right_sum(
+        processes, tmp_path):
+    """32 x 100 MB arrays made by tasks, summed pairwise with np.add, on two
+    workers of 500 MB each: 3.2 GB of leaves through 1 GB of memory. The sum
+    is right, each leaf is made once, and neither worker is restarted."""
+    spill = tmp_path / "spill"
+    log = tmp_path / "ran.log"
+    _, address = processes.center()
+    with open(tmp_path / "workers.log", "w") as stderr:
+        nanny = processes.worker(address, "--nworkers", "2", "--memory-limit", "500MB",
+                                 "--spill-dir", str(spill), "--name", "t", stderr=stderr)
+    seeds = [2000 + i for i in range(32)]
+    with Executor(address, timeout=10) as ex:
+        workers = sorted({the_worker(ex, "t-0"), the_worker(ex, "t-1")})
+        pids = ex.run(os.getpid)
+        assert sorted(pids) == workers
+        assert all(psutil.Process(pid).ppid() == nanny.pid for pid in pids.values())
+        peaks = [PeakRss(pid) for pid in pids.values()]
+        leaves = [ex.submit(logged_random_array, seed, str(log), pure=False) for seed in seeds]
+        total = pairwise(leaves, lambda a, b: ex.submit(np.add, a, b))
+        del leaves  # (the center drops each leaf once its sum is made)
+        most_spilled = 0
+
+        def watch() -> bool:
+            nonlocal most_spilled
+            info = ex.scheduler_info()["workers"]
+            assert sorted(info) == workers, \
+                f"the workers changed: {sorted(info)}; {nanny_said(tmp_path / 'workers.log')}"
+            most_spilled = max(most_spilled, sum(w["spilled"] for w in info.values()))
+            return total.done()
+
+        wait_for(watch, timeout=150, interval=0.1, message="the reduction did not finish")
+        result = total.result(timeout=30)
+        rss = [peak.stop() for peak in peaks]
+        print(f"\nspill test 2: workers' peak RSS {[round(r / 1e6) for r in rss]} MB, "
+              f"limit 500 MB; most spilled at once {most_spilled / 1e9:.2f} GB")
+        assert ex.run(os.getpid) == pids
+        assert not nanny_said(tmp_path / "workers.log")
+        assert sorted(runs(log)) == seeds, "a leaf was made twice, or never"
+        assert most_spilled > 0, "nothing went to disk: the test tests nothing"
+
+    # The expected sum without holding 32 arrays: each made again, one at a
+    # time; its sum, and a few elements, added in the same order as the tree.
+    where = np.array([0, 1, 12_345, N_100MB // 2, N_100MB - 1])
+    sums, elements = [], []
+    for seed in seeds:
+        array = random_array(seed)
+        sums.append(array.sum())
+        elements.append(array[where])
+        del array
+    assert result.shape == (N_100MB,) and result.dtype == np.float64
+    assert np.isclose(result.sum(), sum(sums), rtol=1e-10, atol=0)
+    assert np.array_equal(result[where], pairwise(elements, np.add))

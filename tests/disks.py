@@ -73,6 +73,7 @@ class SlowDisk:
         self.device: str | None = None
         self.mounted = False
         try:
+            os.makedirs(workdir, exist_ok=True)
             with open(self.backing, "wb") as f:
                 f.truncate(size)
             self.device = _run("losetup", "--find", "--show", self.backing).strip()

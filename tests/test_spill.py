@@ -16,11 +16,12 @@ import glob
 import hashlib
 import os
 import threading
+import time
 
 import numpy as np
 import psutil
 import pytest
-from conftest import stop, wait_for
+from conftest import SLOW_DISK_RATE, command, stop, wait_for
 
 from zfutures import Executor
 
@@ -28,6 +29,10 @@ pytestmark = pytest.mark.timeout(180)
 
 #: float64 elements of a 100 MB array.
 N_100MB = 12_500_000
+
+#: Seconds within which a worker spilling to a slow disk takes a small value
+#: and gives it back (a heartbeat timeout is 5 s).
+PROBE_TIMEOUT = 2.0
 
 
 def random_array(seed: int, n: int = N_100MB) -> np.ndarray:
@@ -261,3 +266,72 @@ def test_a_tree_reduction_of_arrays_many_times_the_workers_memory_gives_the_righ
     assert result.shape == (N_100MB,) and result.dtype == np.float64
     assert np.isclose(result.sum(), sum(sums), rtol=1e-10, atol=0)
     assert np.array_equal(result[where], pairwise(elements, np.add))
+
+
+def test_a_worker_writing_to_a_slow_disk_stays_alive_and_serves_what_it_holds(
+        slow_disk, processes, tmp_path):
+    """A worker spilling about 1 GB to a disk that takes 50 MB/s (so for many
+    seconds) keeps answering: the center never takes it for dead (0.2 s
+    heartbeats, the center's default timeout), data put on it and taken back
+    meanwhile comes and goes at once, and every result is right at the end."""
+    spill = os.path.join(slow_disk.mountpoint, "spill")
+    log = tmp_path / "ran.log"
+    with open(tmp_path / "center.log", "w") as stderr:
+        _, address = processes.center(stderr=stderr)
+    with open(tmp_path / "worker.log", "w") as stderr:
+        nanny = processes.start(*slow_disk.command(
+            command("zfut-worker"), address, "--memory-limit", "300MB", "--spill-dir", spill,
+            "--name", "slow", "--heartbeat-interval", "0.2"), stderr=stderr)
+    seeds = list(range(10))
+    with Executor(address, timeout=10) as ex:
+        w = the_worker(ex, "slow")
+        pid = ex.run(os.getpid)[w]
+        assert psutil.Process(pid).ppid() == nanny.pid
+        assert slow_disk.holds(nanny.pid) and slow_disk.holds(pid)
+
+        def probe() -> bool:
+            """The worker is in; a small value put on it comes back at once."""
+            workers = ex.scheduler_info()["workers"]
+            assert list(workers) == [w], \
+                f"the worker was removed: {workers}; {nanny_said(tmp_path / 'worker.log')}"
+            small = np.arange(1000) + len(probes)  # (a new key each time: a new fetch)
+            begin = time.monotonic()
+            future = ex.scatter(small, workers=[w], timeout=PROBE_TIMEOUT)
+            value = ex.gather(future, timeout=PROBE_TIMEOUT)
+            took = time.monotonic() - begin
+            assert np.array_equal(value, small)
+            finished = bool(futures) and all(f.done() for f in futures)
+            probes.append((begin, took, slow_disk.written()))
+            return finished
+
+        probes: list[tuple[float, float, int]] = []  # (when, round trip, bytes written by then)
+        futures: list = []
+        probe()  # (once idle, for comparison)
+        before = slow_disk.written()
+        futures += [ex.submit(logged_random_array, seed, str(log), pure=False) for seed in seeds]
+        wait_for(probe, timeout=120, interval=0.2, message="the tasks did not finish")
+        # The probes from the first bytes written to the last result: the
+        # worker spills as results come, and (over its limit) starts a task
+        # only as writes land, so its disk is busy all along.
+        during = [p for p in probes if p[2] > before]
+        span = during[-1][0] - during[0][0] if during else 0.0
+        rate = (during[-1][2] - during[0][2]) / span if span else 0.0
+        slowest = max(took for _, took, _ in during) if during else 0.0
+        print(f"\nspill test 3: {(slow_disk.written() - before) / 1e6:.0f} MB written to the "
+              f"slow disk; {len(during)} probes over {span:.1f} s of writes at "
+              f"{rate / 1e6:.0f} MB/s, the slowest {slowest:.3f} s (idle: {probes[0][1]:.3f} s)")
+        assert span >= 5 and len(during) >= 10, f"the disk was busy for {span:.1f} s only"
+        assert 0.5 * SLOW_DISK_RATE <= rate <= 1.5 * SLOW_DISK_RATE, \
+            f"{rate / 1e6:.0f} MB/s: the disk was not busy all along, or not slow"
+        assert slowest < PROBE_TIMEOUT  # (each probe's own timeouts say so too)
+
+        for seed, future in zip(seeds, futures):
+            assert digest(ex.gather(future, timeout=60)) == digest(random_array(seed)), seed
+        assert not nanny_said(tmp_path / "worker.log")
+        assert ex.run(os.getpid) == {w: pid}
+        assert sorted(runs(log)) == seeds, "a task ran twice, or never"
+    # Never taken for dead, nor dead.
+    assert not lines_with(tmp_path / "center.log", "removing it")
+    assert not lines_with(tmp_path / "center.log", "died")
+    assert stop(nanny) == 0
+    assert spill_subdirectories(spill) == []

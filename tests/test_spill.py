@@ -335,3 +335,78 @@ def test_a_worker_writing_to_a_slow_disk_stays_alive_and_serves_what_it_holds(
     assert not lines_with(tmp_path / "center.log", "died")
     assert stop(nanny) == 0
     assert spill_subdirectories(spill) == []
+
+
+#: float64 elements of a 20 MB array.
+N_20MB = 2_500_000
+
+
+def test_a_worker_whose_disk_is_full_pauses_keeps_every_result_and_finishes_as_memory_frees(
+        small_tmpfs, processes, tmp_path):
+    """400 MB of results on a 300 MB worker whose spill directory holds 50 MB.
+    Two results fit on disk; the next write fails. The worker says so once, at
+    ERROR; it stops spilling and pauses (at its spill mark, 70%), keeping every
+    result, so the computation waits rather than fails; each time the client
+    takes results and releases them, memory frees and more tasks run, until
+    all are done, each once. The worker is never restarted."""
+    spill = small_tmpfs(str(tmp_path / "spill"), "50m")
+    log = tmp_path / "ran.log"
+    with open(tmp_path / "center.log", "w") as stderr:
+        _, address = processes.center(stderr=stderr)
+    with open(tmp_path / "worker.log", "w") as stderr:
+        nanny = processes.worker(address, "--memory-limit", "300MB", "--spill-dir", spill,
+                                 "--name", "full", "--heartbeat-interval", "0.2", stderr=stderr)
+    seeds = list(range(20))
+    with Executor(address, timeout=10) as ex:
+        w = the_worker(ex, "full")
+        pid = ex.run(os.getpid)[w]
+
+        def info() -> dict:
+            workers = ex.scheduler_info()["workers"]
+            assert list(workers) == [w], \
+                f"the worker changed: {workers}; {nanny_said(tmp_path / 'worker.log')}"
+            return workers[w]
+
+        pending = {seed: ex.submit(logged_random_array, seed, str(log), N_20MB, pure=False)
+                   for seed in seeds}
+        wait_for(lambda: info()["paused"], timeout=30, message="the worker did not pause")
+        errors = wait_for(lambda: lines_with(tmp_path / "worker.log", "cannot spill"),
+                          timeout=10, message="the worker did not say it cannot spill")
+        assert "ERROR" in errors[0] and "No space left on device (ENOSPC)" in errors[0], errors
+        assert spill_files(spill), "nothing was spilled before the disk was full"
+        # Paused, it finishes the task it runs, if any, and starts no other:
+        # the computation waits (for a few heartbeats here) rather than fails.
+        stalled = {seed for seed, f in pending.items() if f.done()}
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            assert info()["paused"]
+            more = {seed for seed, f in pending.items() if f.done()} - stalled
+            assert len(more) <= 1, f"{len(more)} more tasks ran on the paused worker"
+            time.sleep(0.1)
+        stalled |= more
+        assert len(stalled) < len(seeds)
+        assert info()["memory"] < 0.95 * 300e6
+
+        # Take the results that are done, and let them go: more tasks run.
+        rounds = 0
+        while pending:
+            wait_for(lambda: any(f.done() for f in pending.values()), timeout=30,
+                     message=f"no task finished after results were released: {info()}")
+            done = [seed for seed, f in pending.items() if f.done()]
+            for seed in done:
+                future = pending.pop(seed)
+                assert digest(future.result(timeout=30)) == digest(random_array(seed, N_20MB))
+                del future
+            rounds += 1
+        print(f"\nspill test 4: {len(stalled)} results before the pause, all {len(seeds)} "
+              f"after {rounds} rounds of releasing")
+        assert rounds >= 2
+        assert sorted(runs(log)) == seeds, "a task ran twice, or never"
+        wait_for(lambda: not spill_files(spill), timeout=10,
+                 message="spill files stayed after their results were released")
+        assert ex.run(os.getpid) == {w: pid}
+    assert not nanny_said(tmp_path / "worker.log")
+    assert len(lines_with(tmp_path / "worker.log", "cannot spill")) == 1, "said more than once"
+    assert lines_with(tmp_path / "center.log", f"worker {w} paused")
+    assert stop(nanny) == 0
+    assert spill_subdirectories(spill) == []

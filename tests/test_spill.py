@@ -23,7 +23,7 @@ import psutil
 import pytest
 from conftest import SLOW_DISK_RATE, command, stop, wait_for
 
-from zfutures import Executor
+from zfutures import Executor, KilledWorker
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -410,3 +410,92 @@ def test_a_worker_whose_disk_is_full_pauses_keeps_every_result_and_finishes_as_m
     assert lines_with(tmp_path / "center.log", f"worker {w} paused")
     assert stop(nanny) == 0
     assert spill_subdirectories(spill) == []
+
+
+def hold_memory(share: float, limit: int, release: str, timeout: float = 60.0) -> int:
+    """Grow this process to ``share`` of ``limit`` bytes with a block of its
+    own (touched, so resident: memory of the task, not a result), and hold it
+    until the file ``release`` exists, ``timeout`` seconds at most. The bytes
+    of the block."""
+    grow = int(share * limit) - psutil.Process().memory_info().rss
+    block = np.ones(max(grow, 0) // 8)
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return block.nbytes
+
+
+def holds_steady(ex: Executor, w: str, pid: int, log, seconds: float = 1.0,
+                 above: float = 0.0) -> None:
+    """For ``seconds`` (a few heartbeats and nanny checks), worker ``w`` stays
+    in, paused, the same process, over ``above`` bytes, and the nanny says nothing."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        info = ex.scheduler_info()["workers"].get(w)
+        assert info is not None, f"worker {w} left; {nanny_said(log)}"
+        assert info["paused"] and info["memory"] > above, info
+        assert psutil.pid_exists(pid) and not nanny_said(log), nanny_said(log)
+        time.sleep(0.1)
+
+
+def test_the_nanny_restarts_a_worker_only_past_its_terminate_mark(processes, tmp_path):
+    """A 400 MB worker whose task holds 85% of it pauses and is left alone (the
+    pause mark is 80%, terminate 95%); one whose task takes all of it is
+    restarted by its nanny: a new process, and the task fails with KilledWorker."""
+    limit = 400_000_000
+    release = str(tmp_path / "release")
+    log = tmp_path / "worker.log"
+    _, address = processes.center("--allowed-failures", "1")
+    with open(log, "w") as stderr:
+        processes.worker(address, "--memory-limit", "400MB", "--name", "big",
+                         "--heartbeat-interval", "0.2", stderr=stderr)
+    with Executor(address, timeout=10) as ex:
+        w = the_worker(ex, "big")
+        pid = ex.run(os.getpid)[w]
+        held = ex.submit(hold_memory, 0.85, limit, release, pure=False)
+        wait_for(lambda: ex.scheduler_info()["workers"][w]["memory"] > 0.8 * limit, timeout=30,
+                 message="the task did not grow the worker past 80% of its limit")
+        wait_for(lambda: ex.scheduler_info()["workers"][w]["paused"], timeout=10,
+                 message="the worker over its pause mark did not pause")
+        holds_steady(ex, w, pid, log, above=0.8 * limit)
+        open(release, "w").close()
+        assert held.result(timeout=30) > 0.5 * limit
+        wait_for(lambda: not ex.scheduler_info()["workers"][w]["paused"], timeout=10,
+                 message="the worker did not resume once its task let go of its memory")
+        assert ex.run(os.getpid) == {w: pid}
+        assert not nanny_said(log)
+
+        too_much = ex.submit(hold_memory, 1.0, limit, str(tmp_path / "never"), pure=False)
+        with pytest.raises(KilledWorker):
+            too_much.result(timeout=30)
+        replacement = wait_for(lambda: next(iter(set(ex.nthreads()) - {w}), None), timeout=20,
+                               message="no new worker replaced the one restarted")
+        new_pid = ex.run(os.getpid)[replacement]
+        assert new_pid != pid and not psutil.pid_exists(pid)
+        said = nanny_said(log)
+        assert len(said) == 2 and "restarting it" in said[0] and "status -9" in said[1], said
+        assert ex.submit(sum, [1, 2], pure=False).result(timeout=20) == 3
+    print(f"\nspill test 5: the nanny said: {said}")
+
+
+def test_with_terminate_off_the_nanny_leaves_a_worker_over_its_limit_alone(processes, tmp_path):
+    """``--memory-terminate false``: a task that takes all of the 400 MB limit
+    and more pauses its worker, and the worker lives on and finishes it."""
+    limit = 400_000_000
+    release = str(tmp_path / "release")
+    log = tmp_path / "worker.log"
+    _, address = processes.center()
+    with open(log, "w") as stderr:
+        processes.worker(address, "--memory-limit", "400MB", "--memory-terminate", "false",
+                         "--name", "unbounded", "--heartbeat-interval", "0.2", stderr=stderr)
+    with Executor(address, timeout=10) as ex:
+        w = the_worker(ex, "unbounded")
+        pid = ex.run(os.getpid)[w]
+        held = ex.submit(hold_memory, 1.05, limit, release, pure=False)
+        wait_for(lambda: ex.scheduler_info()["workers"][w]["memory"] > limit, timeout=30,
+                 message="the task did not grow the worker past its limit")
+        holds_steady(ex, w, pid, log, above=0.95 * limit)
+        open(release, "w").close()
+        assert held.result(timeout=30) > 0.5 * limit
+        assert ex.run(os.getpid) == {w: pid}
+        assert not nanny_said(log)

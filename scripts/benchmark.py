@@ -35,13 +35,28 @@ Benchmarks (``--only`` names):
                page open in a headless Chromium (Debian's, driven by
                playwright), against the same map without it, one run each;
                n/a without Chromium or playwright. About 10 s.
+``spill``      zfutures only, no cluster: MB/s of zfutures' SpillStore writing
+               then reading back 100 MB values (``serialize.dumps`` frames in,
+               ``serialize.loads(store.read(key))`` out), random float64
+               (incompressible) and ``np.arange`` (lz4 halves it), against
+               ``dd`` (bs=1M, no sync flag: the store does not fsync either)
+               in the same directory under ``tempfile.gettempdir()``; the
+               ratios store/dd.  Reads come from the page cache when memory
+               allows, for the store and dd alike.  About a minute.
+``spill_tree`` a tree reduction of 32 arrays of 100 MB made by tasks, on two
+               workers with a 750 MB memory limit each, so that workers must
+               spill: seconds, the workers' peak RSS, and how many workers were
+               replaced during the run (killed over their limit).  Under 2 min.
 
 Sizes, full / ``--quick``: 2,000 / 200 round trips; 10,000 / 300 tasks;
 chains of 2,000 / 200; trees of 16x1M, 64x1M, 16x8M / 16x100k, 64x100k,
 16x800k float64, each the median of 3 / 1 runs; the transfer, after an
-untimed one, repeated 3 / 1 times; 100,000 / 3,000 tasks for ``scale``.
+untimed one, repeated 3 / 1 times; 100,000 / 3,000 tasks for ``scale``;
+1,000 / 200 MB per case of ``spill``, the median of 5 / 1 rounds; 32 / 16 arrays
+for ``spill_tree``.
 A full run takes 10-15 minutes on two cores, most of it dask running the
-100,000 tasks.
+100,000 tasks, then 1-5 more for ``spill`` and ``spill_tree`` (a tree that
+gets no result gives up after 2 minutes).
 
 ProcessPoolExecutor cannot pass futures to tasks: for ``tree`` its adapter
 waits for the inputs in the client and sends their values (data goes through
@@ -74,19 +89,23 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import contextlib
+import functools
 import gc
 import json
 import logging
 import os
 import platform
+import shutil
 import signal
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 import numpy as np
 import psutil
@@ -115,6 +134,12 @@ def add(a: Any, b: Any) -> Any:
 def make_array(nbytes: int) -> np.ndarray:
     """Return a float64 array of ``nbytes`` random bytes."""
     return np.random.random(nbytes // 8)
+
+
+def seeded_array(seed: int, n: int) -> np.ndarray:
+    """Return ``n`` random float64 from a generator seeded with ``seed``: the
+    client can make the same array to check a result."""
+    return np.random.default_rng(seed).random(n)
 
 
 def pid_and_nbytes(x: np.ndarray) -> tuple[int, int]:
@@ -147,6 +172,17 @@ class Config:
     transfer_repeats: int = 3
     tree_repeats: int = 3
     n_scale: int = 100_000
+    spill_bytes: int = 1000 * MB  # per case (random, compressible), in values of:
+    spill_value_bytes: int = 100 * MB
+    spill_repeats: int = 5
+    spill_tree: tuple[int, int] = (32, 12_500_000)  # arrays x float64 each: 32 x 100 MB
+    # Per worker. Not 500 MB: an add holds three arrays (300 MB) beside the
+    # worker's own 70-130 MB, and dask's workers, killed at 95% of the limit,
+    # died at 500 MB (KilledWorker in 2 runs of 2) and at 600 MB (1 of 2, and
+    # both workers replaced in the other); 5 runs of 5 at 750 MB went through,
+    # one worker spilling up to 1.8 GB, in 6-8 s.
+    spill_tree_memory_limit: str = "750MB"
+    spill_tree_timeout: float = 120.0  # seconds for the result
 
     @classmethod
     def for_mode(cls, quick: bool, n_workers: int, timeout: Optional[float]) -> Config:
@@ -168,6 +204,9 @@ class Config:
             transfer_repeats=1,
             tree_repeats=1,
             n_scale=3000,
+            spill_bytes=200 * MB,
+            spill_repeats=1,
+            spill_tree=(16, 12_500_000),
         )
 
 
@@ -192,6 +231,10 @@ class BenchTimeout(Exception):
 
 class NotApplicable(Exception):
     """The benchmark does not apply to this system (shown as n/a)."""
+
+
+class BenchFailed(Exception):
+    """A benchmark failed; the message says how, and what the cluster looked like."""
 
 
 @contextlib.contextmanager
@@ -378,9 +421,14 @@ class System:
         self.n_workers = n_workers
         self.timeout = timeout
         self.running = False
+        self.options: dict[str, Any] = {}  # those the running cluster was started with
 
-    def start(self) -> None:
-        """Start the local cluster; return once it is constructed."""
+    def start(self, **options: Any) -> None:
+        """Start the local cluster; return once it is constructed.
+
+        ``options``: ``memory_limit`` (per worker, ``"500MB"``), or none for
+        the system's defaults; NotApplicable if the system has no such option.
+        """
         raise NotImplementedError
 
     def stop(self) -> None:
@@ -438,6 +486,10 @@ class System:
         """The pid of the center/scheduler process, or None if in-process."""
         return None
 
+    def workers_memory(self) -> str:
+        """Each worker's memory as the scheduler last heard it, in words."""
+        return ""
+
 
 class _ClientSystem(System):
     """Shared code of the two client/cluster systems (zfutures and dask)."""
@@ -465,6 +517,20 @@ class _ClientSystem(System):
     def who_has(self, future: Any) -> list[str]:
         return list(self.client.who_has([future]).get(future.key, []))
 
+    def workers_memory(self) -> str:
+        described = []
+        for worker, info in sorted(self.client.scheduler_info()["workers"].items()):
+            figures = self._memory_figures(info)
+            described.append(worker + ": " + ", ".join(
+                f"{name} {value / MB:.0f} MB" for name, value in figures.items()
+                if value is not None))
+        return "; ".join(described)
+
+    def _memory_figures(self, info: dict[str, Any]) -> dict[str, Optional[float]]:
+        """RSS, bytes of results in memory, bytes spilled: a worker's entry of
+        ``scheduler_info()["workers"]``, where the system reports them."""
+        raise NotImplementedError
+
     def _wait_until_idle(self, count_tasks: Callable[[], int]) -> Optional[str]:
         gc.collect()
         held = _poll(count_tasks, lambda held: not held, 5.0)
@@ -482,13 +548,18 @@ class ZFuturesSystem(_ClientSystem):
 
         self._zf = zfutures
 
-    def start(self) -> None:
-        self.client = self._zf.Executor(n_workers=self.n_workers, threads_per_worker=1)
+    def start(self, **options: Any) -> None:
+        self.client = self._zf.Executor(n_workers=self.n_workers, threads_per_worker=1,
+                                        **options)
+        self.options = options
         self.running = True
 
     def stop(self) -> None:
         self.running = False
-        self.client.shutdown()
+        # Not waiting for pending futures (shutdown's default, as in
+        # concurrent.futures): after a failed benchmark some may never finish.
+        # dask's Client.close() does not wait for them either.
+        self.client.shutdown(cancel_futures=True)
 
     def gather(self, futures: list) -> list:
         return self.client.gather(futures, timeout=self.timeout)
@@ -517,6 +588,10 @@ class ZFuturesSystem(_ClientSystem):
     def dashboard_link(self) -> Optional[str]:
         return self.client.dashboard_link
 
+    def _memory_figures(self, info: dict[str, Any]) -> dict[str, Optional[float]]:
+        return {"RSS": info.get("memory"), "in memory": info.get("managed"),
+                "spilled": info.get("spilled")}
+
     def center_pid(self) -> Optional[int]:
         """Our descendant process whose command line names the center."""
         for proc in psutil.Process().children(recursive=True):
@@ -544,15 +619,17 @@ class DaskSystem(_ClientSystem):
         self._distributed = distributed
         self.cluster: Any = None
 
-    def start(self) -> None:
+    def start(self, **options: Any) -> None:
         self.cluster = self._distributed.LocalCluster(
             n_workers=self.n_workers,
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
             silence_logs=logging.ERROR,
+            **options,
         )
         self.client = self._distributed.Client(self.cluster)
+        self.options = options
         self.running = True
 
     def stop(self) -> None:
@@ -576,6 +653,11 @@ class DaskSystem(_ClientSystem):
     def settle(self) -> Optional[str]:
         return self._wait_until_idle(lambda: self.client.run_on_scheduler(_scheduler_task_count))
 
+    def _memory_figures(self, info: dict[str, Any]) -> dict[str, Optional[float]]:
+        metrics = info.get("metrics", {})
+        return {"RSS": metrics.get("memory"), "in memory": metrics.get("managed_bytes"),
+                "spilled": metrics.get("spilled_bytes", {}).get("disk")}
+
 
 class PoolSystem(System):
     """concurrent.futures.ProcessPoolExecutor.
@@ -589,7 +671,9 @@ class PoolSystem(System):
     can_chain = False
     can_pin = False
 
-    def start(self) -> None:
+    def start(self, **options: Any) -> None:
+        if options:
+            raise NotApplicable(f"ProcessPoolExecutor takes no {', '.join(options)}")
         self.pool = cf.ProcessPoolExecutor(self.n_workers)
         self.running = True
 
@@ -928,6 +1012,229 @@ def _page_has_workers(page: Any, timeout: float = 30.0) -> None:
         page.wait_for_timeout(50)
 
 
+MiB = 1 << 20  # dd's bs=1M
+
+
+def _dd_rates(directory: str, nbytes: int, timeout: float) -> tuple[float, float]:
+    """MB/s of ``dd`` writing ``nbytes`` of zeros to a new file in ``directory``
+    (bs=1M, no sync flag), then reading it back to /dev/null; the file is
+    removed. Wall time of the ``dd`` process, as the store's is of its calls."""
+    path = os.path.join(directory, "dd-file")
+    count = max(1, round(nbytes / MiB))
+    commands = [
+        ["dd", "if=/dev/zero", f"of={path}", "bs=1M", f"count={count}"],
+        ["dd", f"if={path}", "of=/dev/null", "bs=1M"],
+    ]
+    try:
+        seconds = []
+        for command in commands:
+            t0 = time.perf_counter()
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+            seconds.append(time.perf_counter() - t0)
+            check(done.returncode == 0, f"{' '.join(command)}: {done.stderr.strip()}")
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    return count * MiB / MB / seconds[0], count * MiB / MB / seconds[1]
+
+
+def _store_rates(directory: str, value: np.ndarray, count: int) -> tuple[float, float, float]:
+    """(write MB/s, read MB/s, bytes on disk / bytes of the values) of a
+    SpillStore in ``directory`` writing ``count`` copies of ``value`` under
+    keys of their own, then reading each back, as a worker spills and
+    unspills: ``store.write(key, serialize.dumps(value))`` and
+    ``serialize.loads(store.read(key))``. Each value read back is checked
+    (outside the time measured)."""
+    from zfutures import serialize
+    from zfutures.spill_store import SpillStore
+
+    keys = [f"value-{i}" for i in range(count)]
+    with SpillStore(directory) as store:
+        write_s, _ = _timed(lambda: [store.write(key, serialize.dumps(value)) for key in keys])
+        on_disk = store.nbytes
+        read_s = 0.0
+        for key in keys:
+            t0 = time.perf_counter()
+            back = serialize.loads(store.read(key))
+            read_s += time.perf_counter() - t0
+            check(np.array_equal(back, value), f"{key} read back differs from what was written")
+            del back
+            store.remove(key)
+    nbytes = count * value.nbytes
+    return nbytes / MB / write_s, nbytes / MB / read_s, on_disk / nbytes
+
+
+def _fill_rate(value: np.ndarray, count: int) -> float:
+    """MB/s of copying ``value`` into ``count`` fresh buffers, one at a time:
+    what a read back costs at least, in memory alone (the store reads each
+    frame into a bytearray of its own; dd reuses one 1 MiB buffer)."""
+    source = value.data.cast("B")
+    seconds = 0.0
+    for _ in range(count):
+        t0 = time.perf_counter()
+        buffer = bytearray(source.nbytes)
+        memoryview(buffer)[:] = source
+        seconds += time.perf_counter() - t0
+        del buffer
+    return count * value.nbytes / MB / seconds
+
+
+SPILL_CASES = ("random", "compressible")
+T = TypeVar("T")
+
+
+def _after_twin(measure: Callable[[], T]) -> T:
+    """``measure()`` after an ``os.sync()`` and an untimed ``measure()``:
+    what it gives on memory its twin just used and freed (see bench_spill)."""
+    os.sync()
+    measure()
+    return measure()
+
+
+def bench_spill(system: System, cfg: Config) -> Figures:
+    """MB/s of zfutures' SpillStore writing then reading back about
+    ``cfg.spill_bytes`` of 100 MB values, random float64 (lz4 cannot shrink
+    them: stored as they are) and ``np.arange`` (lz4 halves it), against
+    ``dd`` in the same directory; the median of ``cfg.spill_repeats`` rounds,
+    each of dd and both cases, every measurement right after an untimed twin;
+    the ratios to dd are the median of each round's.
+
+    No cluster: the store alone, in this process. Nothing is synced, by the
+    store or by dd, and the page cache is not dropped (that needs root and
+    would not say what a worker sees): reads come from the page cache when
+    the machine has the memory, for both alike. dd reads into one 1 MiB
+    buffer over and over, the store into a fresh buffer per value, as it
+    must: the rate of copying into fresh buffers (``spill_fill``) is that
+    bound, without the disk.
+
+    Page-cache writes depend on what the memory did just before, far more
+    than on the writer. On the 2-core VM where this was written, dd's 1 GB
+    write ran at 0.45 GB/s first, then 5.6-5.9 GB/s repeated (a ``sync``
+    before each, reading and deleting the file after); but at 1.2-1.3 GB/s
+    right after this process had filled and freed ten 100 MB buffers, which
+    the store's reads do (the VM likely hands freed memory back to its host,
+    and taking it again is slow). Earlier files' dirty pages slowed it too
+    (0.4-0.8 GB/s). So every measurement here runs twice, after an
+    ``os.sync()``, and only the second is timed: each, dd's and the store's,
+    follows its own twin.
+    """
+    if system.name != "zfutures":
+        raise NotApplicable("zfutures' own spill store (dd is its reference)")
+    count = max(1, cfg.spill_bytes // cfg.spill_value_bytes)
+    values = {
+        "random": make_array(cfg.spill_value_bytes),
+        "compressible": np.arange(cfg.spill_value_bytes // 8, dtype=np.float64),
+    }
+    rates: dict[str, list[float]] = {
+        f"{case}_{op}": [] for case in (*SPILL_CASES, "dd") for op in ("write", "read")
+    }
+    rates["fill"] = []
+    disk_ratio = {}
+    directory = tempfile.mkdtemp(prefix="zfutures-bench-spill-")
+    try:
+        nbytes = count * cfg.spill_value_bytes
+        for _ in range(cfg.spill_repeats):
+            write, read = _after_twin(lambda: _dd_rates(directory, nbytes, cfg.timeout))
+            rates["dd_write"].append(write)
+            rates["dd_read"].append(read)
+            for case in SPILL_CASES:
+                write, read, disk_ratio[case] = _after_twin(
+                    lambda case=case: _store_rates(directory, values[case], count))
+                rates[f"{case}_write"].append(write)
+                rates[f"{case}_read"].append(read)
+            rates["fill"].append(_after_twin(lambda: _fill_rate(values["random"], count)))
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    medians = {name: statistics.median(runs) for name, runs in rates.items()}
+    for name, median in medians.items():
+        yield f"spill_{name}_MB_per_s", median
+        yield f"spill_{name}_runs_MB_per_s", rates[name]  # (JSON only: the spread)
+    # Ratios round by round, then their median: the store and dd of one round
+    # meet the same machine (a round that was slow for both, as one was here
+    # with other work writing to the disk, then counts as one ratio, not as
+    # two slow figures paired with others).
+    for case in SPILL_CASES:
+        for op in ("write", "read"):
+            ratios = [a / b for a, b in zip(rates[f"{case}_{op}"], rates[f"dd_{op}"])]
+            yield f"spill_{case}_{op}_vs_dd", statistics.median(ratios)
+        yield f"spill_{case}_disk_ratio", disk_ratio[case]
+
+
+@functools.cache
+def _expected_tree(k: int, n: int) -> tuple[float, np.ndarray, np.ndarray]:
+    """What the sum of ``seeded_array(i, n)`` for i in range(k) must be:
+    the sum of all its elements, and its values at a few indices (also
+    returned). One array at a time in memory; computed once per size."""
+    probes = np.linspace(0, n - 1, 17).astype(np.int64)
+    total, at_probes = 0.0, np.zeros(len(probes))
+    for seed in range(k):
+        array = seeded_array(seed, n)
+        total += float(array.sum())
+        at_probes += array[probes]
+    return total, probes, at_probes
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie does not)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def bench_spill_tree(system: System, cfg: Config) -> Figures:
+    """Seconds for a tree reduction (``add``) of ``k`` arrays of 100 MB, made
+    by tasks (``seeded_array``), on workers whose memory limit (750 MB, see
+    ``Config.spill_tree_memory_limit``) is far
+    below their share of the data: they must spill to get through.
+
+    Also the workers' peak RSS, and how many of the workers there at the
+    start were replaced by the end (killed over their limit: a nanny restarts
+    a worker above it); both are reported when the run fails, before the
+    error. The result is checked against sums the client computes one array
+    at a time.
+    """
+    if not system.can_chain:
+        raise NotApplicable("futures cannot be passed to tasks")
+    k, n = cfg.spill_tree
+    expected, probes, at_probes = _expected_tree(k, n)
+    started = sorted(system.worker_pids().values())
+    wait = min(cfg.spill_tree_timeout, cfg.timeout)
+    failure: Optional[Exception] = None
+    with PeakMemory(started) as memory:
+        t0 = time.perf_counter()
+        try:
+            leaves = system.map(seeded_array, range(k), [n] * k)
+            final = tree_reduce(system.submit, leaves)
+            total = final.result(timeout=wait)
+        except TimeoutError:
+            failure = BenchTimeout(f"no result within {wait:.0f} s")
+        except Exception as exc:
+            failure = exc
+        elapsed = time.perf_counter() - t0
+    replaced = [pid for pid in started if not _alive(pid)]
+    yield "spill_tree_workers_replaced", float(len(replaced))
+    if not replaced:  # a dead worker's peak went with it
+        yield "spill_tree_worker_rss_peak_MB", max(memory.peak.values()) / MB
+    if failure is not None:
+        try:
+            then = system.workers_memory()
+        except Exception as exc:
+            then = f"unknown ({type(exc).__name__}: {exc})"
+        raise BenchFailed(
+            f"{type(failure).__name__}: {failure}; {len(replaced)} of the {len(started)} "
+            f"workers replaced meanwhile; workers then: {then}"
+        ) from failure
+    check(isinstance(total, np.ndarray) and total.shape == (n,),
+          f"the sum is {type(total).__name__} of shape {getattr(total, 'shape', None)}")
+    check(bool(np.isclose(float(total.sum()), expected, rtol=1e-9, atol=0)),
+          f"the sum of the sum is {float(total.sum())!r}, not {expected!r}")
+    check(np.allclose(total[probes], at_probes, rtol=1e-12, atol=0),
+          "the sum is wrong at some indices")
+    del leaves, final, total
+    yield "spill_tree_s", elapsed
+
+
 BENCHMARKS: dict[str, Callable[[System, Config], Figures]] = {
     "start": bench_start,
     "roundtrip": bench_roundtrip,
@@ -937,6 +1244,8 @@ BENCHMARKS: dict[str, Callable[[System, Config], Figures]] = {
     "transfer": bench_transfer,
     "scale": bench_scale,
     "dashboard": bench_dashboard,
+    "spill": bench_spill,
+    "spill_tree": bench_spill_tree,
 }
 
 
@@ -979,20 +1288,32 @@ def stop_system(system: System, tracker: ProcessTracker, run: SystemRun) -> None
         )
 
 
+def cluster_options(name: str, cfg: Config) -> Optional[dict[str, Any]]:
+    """The options (of ``System.start``) of the cluster benchmark ``name``
+    runs on: ``{}`` for the default cluster, None for no cluster at all."""
+    if name == "spill":
+        return None
+    if name == "spill_tree":
+        return {"memory_limit": cfg.spill_tree_memory_limit}
+    return {}
+
+
 def run_benchmark(
     system: System, name: str, cfg: Config, tracker: ProcessTracker, metrics: Metrics
 ) -> None:
-    """One benchmark under its time limit, on a running, warmed-up cluster.
+    """One benchmark under its time limit, on a running, warmed-up cluster
+    started with its ``cluster_options`` (or none, if it needs none).
 
     ``start`` starts the cluster itself; other benchmarks start one first if
     needed, under a separate time limit so that starting is not charged to
     them.  Figures go into ``metrics`` as they come, so a benchmark that
     fails half-way keeps those it produced.
     """
-    if name != "start":
+    options = cluster_options(name, cfg)
+    if name != "start" and options is not None:
         with time_limit(cfg.timeout, f"{system.name}: starting the cluster"):
             if not system.running:
-                system.start()
+                system.start(**options)
             tracker.snapshot()
             system.ready()
     with time_limit(cfg.timeout, f"{system.name} {name}"):
@@ -1005,7 +1326,8 @@ def run_system(system: System, names: list[str], cfg: Config) -> SystemRun:
     """Run the chosen benchmarks on one system, one at a time.
 
     The cluster started by ``start`` (or before the first benchmark) is
-    reused; after a failed benchmark it is stopped and a fresh one started.
+    reused; after a failed benchmark it is stopped and a fresh one started,
+    as it is before a benchmark that needs another kind of cluster (or none).
     """
     run = SystemRun()
     tracker = ProcessTracker()
@@ -1013,10 +1335,12 @@ def run_system(system: System, names: list[str], cfg: Config) -> SystemRun:
         for name in names:
             log(f"[{system.name}] {name} ...")
             t0 = time.perf_counter()
+            if system.running and cluster_options(name, cfg) != system.options:
+                stop_system(system, tracker, run)
             try:
                 run_benchmark(system, name, cfg, tracker, run.metrics)
                 with time_limit(cfg.timeout, f"{system.name}: releasing after {name}"):
-                    note = system.settle()
+                    note = system.settle() if system.running else None
                 if note:
                     run.notes.append(f"after {name}: {note}")
             except NotApplicable as exc:
@@ -1110,6 +1434,30 @@ def metric_rows(cfg: Config) -> list[Metric]:
         Metric("dashboard_map_ratio", "  time with /status open vs without (x)",
                ratios=False),
     ]
+    spilled = f"{cfg.spill_bytes // MB:,} MB"
+    for case, label in (("random", "random float64"), ("compressible", "np.arange")):
+        rows += [
+            Metric(f"spill_{case}_write_MB_per_s", f"spill store write {spilled} {label} (MB/s)"),
+            Metric(f"spill_{case}_read_MB_per_s", "  read back, page cache (MB/s)"),
+            Metric(f"spill_{case}_write_vs_dd", "  write / dd write (x)", ratios=False),
+            Metric(f"spill_{case}_read_vs_dd", "  read / dd read (x)", ratios=False),
+        ]
+    rows += [
+        Metric("spill_compressible_disk_ratio", "  np.arange: bytes on disk / in memory",
+               ratios=False),
+        Metric("spill_dd_write_MB_per_s", f"dd bs=1M {spilled}, same dir: write (MB/s)",
+               ratios=False),
+        Metric("spill_dd_read_MB_per_s", "  read, page cache (MB/s)", ratios=False),
+        Metric("spill_fill_MB_per_s",
+               f"copy into fresh {cfg.spill_value_bytes // MB} MB buffers (MB/s)", ratios=False),
+    ]
+    case = tree_case_name(*cfg.spill_tree)
+    limit = cfg.spill_tree_memory_limit
+    rows += [
+        Metric("spill_tree_s", f"tree sum {case}, {limit} workers (s)"),
+        Metric("spill_tree_worker_rss_peak_MB", "  worker peak RSS (MB)", ratios=False),
+        Metric("spill_tree_workers_replaced", "  workers replaced during it", ratios=False),
+    ]
     return rows
 
 
@@ -1145,15 +1493,23 @@ BENCH_OF_METRIC = {
     "transfer": "transfer_",
     "scale": "scale_",
     "dashboard": "dashboard_",
+    "spill": "spill_",
+    "spill_tree": "spill_tree_",
 }
 
 
 def _bench_of(key: str) -> str:
-    """The benchmark that produces metric ``key``."""
-    for name, prefix in BENCH_OF_METRIC.items():
-        if key.startswith(prefix):
-            return name
-    raise KeyError(key)
+    """The benchmark that produces metric ``key``: the one of the longest
+    prefix it starts with (``spill_tree_s`` is spill_tree's, not spill's)."""
+    found = [
+        (len(prefix), name)
+        for name, prefixes in BENCH_OF_METRIC.items()
+        for prefix in ((prefixes,) if isinstance(prefixes, str) else prefixes)
+        if key.startswith(prefix)
+    ]
+    if not found:
+        raise KeyError(key)
+    return max(found)[1]
 
 
 def compare(
@@ -1353,6 +1709,9 @@ def print_report(
             print(f"{name}: {note}")
     if "dask" in runs and "scale_center_rss_peak_MB" in runs["dask"].metrics:
         print("dask: the scheduler runs in the client process: its center RSS is that process")
+    if any("spill_dd_read_MB_per_s" in run.metrics for run in runs.values()):
+        print("spill: neither the store nor dd syncs; reads come from the page cache when "
+              "memory allows, for both alike")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

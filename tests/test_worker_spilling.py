@@ -288,3 +288,37 @@ def test_each_spilling_rule_can_be_turned_off(turned_off):
     run(both_off, "a", 350 * MB)
     run(both_off, "b", 300 * MB)
     assert disk_work(both_off) == []
+
+
+def test_a_task_released_after_its_input_was_read_back_lets_go_of_it():
+    w = make(nthreads=1)
+    for key in "abc":
+        run(w, key, 250 * MB)
+    write_all(w)
+    compute(w, "sum", {"a": [ME]})
+    assert disk_work(w) == [(READ, "a")]
+    compute(w, "other")  # takes the thread while "sum" waits for its read
+    assert executed(w) == ["other"]
+    w.spill_loaded("a", "value of a")
+    write_all(w)
+    assert executed(w) == [] and w.tasks["sum"].state == "ready"  # (the thread is busy)
+    w.memory_measured(2 * LIMIT)
+    assert "a" in w.data  # pinned for "sum", which will run
+    w.release(["sum"])
+    w.memory_measured(2 * LIMIT)
+    assert "a" not in w.data and w.memory.on_disk("a")  # no pin left behind
+
+
+def test_a_task_whose_input_was_released_meanwhile_goes_back_to_the_center_at_its_start():
+    w = make(nthreads=1)
+    for key in "abc":
+        run(w, key, 250 * MB)
+    write_all(w)
+    reports(w)
+    compute(w, "blocker")
+    executed(w)
+    compute(w, "sum", {"a": [ME]}, run=9)
+    w.release(["a"])  # (the center would release "sum" too; its message may lag)
+    finish(w, "blocker", MB)
+    assert executed(w) == [] and "sum" not in w.tasks
+    assert MissingData("sum", ["a"], 9, [ME]) in reports(w)

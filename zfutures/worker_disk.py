@@ -37,8 +37,8 @@ from .worker_spilling import READ, WRITE, SpillOp
 logger = logging.getLogger(__name__)
 
 #: How long (seconds) closing waits for a write or read under way to end,
-#: before the directory is removed under it.
-CLOSE_WAIT = 10.0
+#: before the directory is removed under it (work still queued is skipped).
+CLOSE_WAIT = 2.0
 
 _STOP = object()
 
@@ -124,6 +124,8 @@ class SpillThreads:
                 return
             kind, key, value = op
             del op
+            if self._closed:
+                continue  # (the worker stops: the directory goes with everything in it)
             if kind == DELETE:
                 if self.store is not None:
                     try:
@@ -158,6 +160,8 @@ class SpillThreads:
             op = self._reads.get()
             if op is _STOP:
                 return
+            if self._closed:
+                continue
             if op[0] == "frames":
                 _, keys, done = op
                 del op

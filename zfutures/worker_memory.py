@@ -96,6 +96,11 @@ class MemoryManager:
         # (see estimated_rss).
         self._rss_measured = 0
         self._managed_then = 0
+        # Below both, nothing is to be decided (see calm): bytes.
+        t, limit = self.thresholds, memory_limit
+        self._target_bytes = t.target * limit if t.target is not None else float("inf")
+        marks = [mark for mark in (t.spill, t.pause) if mark is not None]
+        self._first_mark_bytes = min(marks) * limit if marks else float("inf")
 
     # --- events ---------------------------------------------------------
 
@@ -284,6 +289,14 @@ class MemoryManager:
                 f"{'started' if spilling else 'stopped'} spilling: {_mb(self.managed)} of "
                 f"results in memory, {_mb(self.spilled)} on disk, process {_mb(rss)}")
         return plan
+
+    def calm(self, rss: int) -> bool:
+        """Whether nothing is to be decided at ``rss``: results under the
+        target, the process under every mark, nothing in flight to disk, not
+        spilling, not paused. A worker checks this at every result; a few
+        comparisons, so that small tasks pay next to nothing for spilling."""
+        return self.managed <= self._target_bytes and rss <= self._first_mark_bytes and \
+            not (self._writing or self._spilling or self.paused)
 
     def estimated_rss(self) -> int:
         """The process's memory now, as estimated between measures: the last

@@ -109,6 +109,12 @@ class WorkerSpilling:
         on_disk = [dep for dep in deps if dep not in data]
         if not on_disk:
             return True
+        gone = [dep for dep in on_disk if dep not in self.nbytes]
+        if gone:  # released since the task was made ready: the center finds them
+            self._inputs_done(key)
+            del self.tasks[key]
+            self.to_center.append((MissingData(key, gone, task.run, [self.address]), []))
+            return False
         self.loading.add(key)
         task.missing.update(on_disk)
         for dep in on_disk:
@@ -217,7 +223,8 @@ class WorkerSpilling:
             measure = self.measure_rss
             rss = measure() if measure is not None and nbytes >= BIG_RESULT * \
                 memory.memory_limit else memory.estimated_rss()
-            self._carry_out(memory.measured(rss), rss)
+            if not memory.calm(rss):
+                self._carry_out(memory.measured(rss), rss)
 
     def _carry_out(self, plan: Plan, rss: int) -> None:
         if plan:

@@ -391,6 +391,7 @@ class WorkerState(WorkerPolicies, WorkerSpilling):
             if task.state == READY:
                 self.ready.remove(task)
                 heapq.heapify(self.ready)
+                self._inputs_done(key)  # (pinned if read back from disk for it)
             for dep in task.missing:
                 waiting_here = self.local_waiters.get(dep)
                 if waiting_here is not None:
@@ -422,6 +423,8 @@ class WorkerState(WorkerPolicies, WorkerSpilling):
         for key, task in list(self.tasks.items()):
             if task.state != EXECUTING:
                 del self.tasks[key]
+                if task.state == READY:
+                    self._inputs_done(key)  # (pinned if read back from disk for it)
         self.ready.clear()
         self.fetching.clear()
         self.local_waiters.clear()
@@ -524,7 +527,7 @@ class WorkerState(WorkerPolicies, WorkerSpilling):
                 later.append(task)
                 continue
             if not self.inputs_ready(task):
-                task.state = LOADING  # (its inputs from disk: see WorkerSpilling.spill_loaded)
+                task.state = LOADING  # (inputs from disk, or gone: see WorkerSpilling)
                 continue
             task.state = EXECUTING
             self.executing.add(task.key)

@@ -408,3 +408,60 @@ def prometheus(tmp_path: Any) -> Iterator[Any]:
     yield start
     for server in started:
         server.stop()
+
+
+# ---------------------------------------------------------------- real disks
+# The spilling tests write to a slow disk and to a full one (tests/disks.py).
+# Both need root; CI runs as root (CI=true): there a missing feature fails the
+# test instead of skipping it. A test asks for them before ``processes``, so
+# that its processes stop (and leave the mount) before the disk is undone.
+
+#: The slow disk's write rate, bytes per second.
+SLOW_DISK_RATE = 50_000_000
+
+
+@pytest.fixture
+def slow_disk(tmp_path: Any) -> Iterator[Any]:
+    """A :class:`disks.SlowDisk` of 2 GiB (sparse) writing at SLOW_DISK_RATE,
+    checked with dd before use; undone at the end of the test."""
+    import disks
+
+    missing = disks.missing_for_slow_disk()
+    if missing:
+        disks.unavailable(missing)
+    try:
+        disk = disks.SlowDisk(str(tmp_path / "slow-disk"), 2 * 2**30, SLOW_DISK_RATE)
+    except OSError as e:
+        disks.unavailable(f"cannot make a slow disk here ({e}): {disks.HOW}")
+    try:
+        rate = disk.measure()
+        if rate > 2 * SLOW_DISK_RATE:
+            disks.unavailable(f"the blkio throttle does not slow writes here: dd wrote "
+                              f"{rate / 1e6:.0f} MB/s through a limit of "
+                              f"{SLOW_DISK_RATE / 1e6:.0f} MB/s")
+        yield disk
+    finally:
+        disk.close()
+
+
+@pytest.fixture
+def small_tmpfs() -> Iterator[Any]:
+    """``mount(path, size)``: a tmpfs of ``size`` (``"50m"``) at ``path``;
+    each unmounted at the end of the test."""
+    import disks
+
+    missing = disks.missing_for_tmpfs()
+    if missing:
+        disks.unavailable(missing)
+    mounted: list[Any] = []
+
+    def mount(path: str, size: str) -> str:
+        try:
+            mounted.append(disks.SmallTmpfs(path, size))
+        except OSError as e:
+            disks.unavailable(f"cannot mount a tmpfs here ({e}): run the tests as root")
+        return path
+
+    yield mount
+    for fs in reversed(mounted):
+        fs.close()

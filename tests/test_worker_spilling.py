@@ -344,3 +344,15 @@ def test_a_task_whose_input_was_released_meanwhile_goes_back_to_the_center_at_it
     finish(w, "blocker", MB)
     assert executed(w) == [] and "sum" not in w.tasks
     assert MissingData("sum", ["a"], 9, [ME]) in reports(w)
+
+
+def test_a_task_held_for_a_write_starts_when_the_write_fails():
+    w = make(thresholds=MemoryThresholds(target=0.5))
+    run(w, "a", 250 * MB)
+    run(w, "b", 260 * MB)  # results 510 MB > 500: "a" goes; the process 610 MB
+    assert disk_work(w) == [(WRITE, "a")]
+    compute(w, "c", {"b": [ME]})  # its result, as big as "b", does not fit yet
+    assert executed(w) == []  # (held for the write)
+    w.spill_write_failed("a", OSError(28, "No space left on device"))
+    # Nothing more can go to disk, and 610 MB is under the pause mark: it runs.
+    assert not w.paused and executed(w) == ["c"]

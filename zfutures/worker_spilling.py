@@ -205,6 +205,7 @@ class WorkerSpilling:
         else:
             self.memory.cannot_spill(key)
         self._check_pause(self.memory.estimated_rss())
+        self._start_tasks()  # (they may have waited for this write to land)
 
     def serving_changed(self, nbytes: int, waiting: int = 0) -> None:
         """The data server holds ``nbytes`` read back from disk for answers,

@@ -356,3 +356,59 @@ def test_a_task_held_for_a_write_starts_when_the_write_fails():
     w.spill_write_failed("a", OSError(28, "No space left on device"))
     # Nothing more can go to disk, and 610 MB is under the pause mark: it runs.
     assert not w.paused and executed(w) == ["c"]
+
+
+# --------------------------------------------------------------------------- inputs from peers
+
+P1, P2 = "tcp://p1:9000", "tcp://p2:9000"
+
+
+def compute_sized(w: WorkerState, key: str, deps: dict, sizes: dict) -> None:
+    w.compute(ComputeItem(key, deps, 1, sizes=sizes), [f"payload of {key}".encode()], 0.0)
+
+
+def asked(w: WorkerState) -> list[list[str]]:
+    keys = [keys for _, _, keys in w.to_fetch]
+    w.to_fetch.clear()
+    return keys
+
+
+def test_a_worker_short_of_memory_asks_its_peers_for_what_fits_and_the_rest_later():
+    w = make(nthreads=4)
+    run(w, "local", 400 * MB)  # the process 500 MB: 200 MB of room under the spill mark
+    for i in range(4):
+        compute_sized(w, f"t{i}", {f"in{i}": [P1]}, {f"in{i}": 150 * MB})
+    [(request, peer, keys)] = w.to_fetch
+    w.to_fetch.clear()
+    assert (peer, keys) == (P1, ["in0"])  # 150 MB fits; a second would not
+    assert w.fetching.held_back and w.request_inputs(0.0) == []  # (no room yet)
+    w.data_received(request, {"in0": "value"}, {"in0": 150 * MB}, 0.0)
+    # t0 may run once there is room for its result (as big as its input):
+    # "local" goes to disk, and then t0 runs, 150 MB reserved for its result.
+    assert disk_work(w) == [(WRITE, "local")] and executed(w) == []
+    w.spill_written("local", MB)
+    assert executed(w) == ["t0"]
+    # 250 MB in memory, 150 MB reserved: 300 MB of room, two inputs.
+    assert [keys for _, _, keys in w.request_inputs(0.0)] == [["in1", "in2"]]
+    assert w.fetching.held_back  # in3, later
+
+
+def test_a_calm_worker_asks_for_every_input_at_once():
+    w = make(nthreads=4)
+    compute_sized(w, "t", {"x": [P1], "y": [P1], "z": [P2]},
+                  {"x": 10 * MB, "y": 10 * MB, "z": 10 * MB})
+    assert sorted(map(sorted, asked(w))) == [["x", "y"], ["z"]]
+    assert w.fetching.incoming == 30 * MB and not w.fetching.held_back
+
+
+def test_inputs_held_back_for_a_peer_that_leaves_are_asked_of_the_next_holder():
+    w = make(nthreads=4)
+    run(w, "local", 400 * MB)
+    compute_sized(w, "a", {"x": [P1]}, {"x": 150 * MB})
+    compute_sized(w, "b", {"y": [P1, P2]}, {"y": 150 * MB})
+    assert asked(w) == [["x"]] and w.fetching.held_back
+    w.peer_left(P1, 0.0)  # x goes to no one (given up); y is planned from P2
+    settle(w)
+    reports(w)
+    w.to_fetch += w.request_inputs(0.0)
+    assert [(peer, keys) for _, peer, keys in w.to_fetch] == [(P2, ["y"])]

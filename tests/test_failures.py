@@ -215,19 +215,25 @@ def test_fetching_a_result_whose_holder_died_waits_for_its_recomputation_not_a_t
         assert (value.result(timeout=60) == 7.0).all()
 
 
-@pytest.mark.parametrize("attempt", range(3))
-def test_a_fresh_worker_imports_a_package_for_a_task_and_for_data_at_once(processes, attempt):
-    """A task whose module imports numpy, and numpy data put on the worker, as
-    it starts: both unpickle, and import numpy, on two threads at once (a task
-    thread, the loop thread). Each gets numpy, whole: no _DeadlockError, no
-    half-imported package."""
+@pytest.mark.parametrize("attempt", range(2))
+@pytest.mark.parametrize("pickled", ["by reference", "by value"])
+def test_a_fresh_worker_imports_a_package_for_a_task_and_for_data_at_once(processes, attempt,
+                                                                          pickled):
+    """A task that needs numpy (its module imports it, or, pickled by value, it
+    names it), and numpy data put on the worker, as it starts: both unpickle,
+    and import numpy, on two threads at once (a task thread, the loop thread).
+    Each gets numpy, whole: no _DeadlockError, no half-imported package."""
     import numpy_task
 
+    def total_by_value(values):  # (a nested function: cloudpickle sends its code)
+        return int(np.sum(values))
+
+    total = numpy_task.total if pickled == "by reference" else total_by_value
     center, address = processes.center()
     processes.worker(address, "--no-nanny")
     with Executor(address, timeout=10) as ex:
         wait_for(lambda: len(ex.nthreads()) == 1, message="the worker did not register")
-        task = ex.submit(numpy_task.total, [1, 2, 3], pure=False)
+        task = ex.submit(total, [1, 2, 3], pure=False)
         [data] = ex.scatter([np.arange(1000)])
         assert task.result(timeout=20) == 6
         assert int(data.result(timeout=20).sum()) == 499500

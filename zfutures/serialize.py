@@ -72,7 +72,8 @@ def dumps(obj: Any) -> list:
 #: worker: a task on a task thread, data put here on the loop thread) can
 #: each hold a part of it the other waits for: CPython then raises
 #: _DeadlockError in one, and the package stays half imported for good.
-#: Pickle holds the GIL anyway, so the lock costs no parallelism.
+#: Pickle holds the GIL for most of its work anyway; a value whose modules
+#: are imported already needs no lock (:func:`loads_made_here`).
 UNPICKLING = threading.RLock()
 
 
@@ -80,6 +81,13 @@ def loads(frames: list) -> Any:
     """Inverse of :func:`dumps`."""
     with UNPICKLING:
         return pickle.loads(frames[0], buffers=frames[1:])
+
+
+def loads_made_here(frames: list) -> Any:
+    """:func:`loads` of frames this process made from a value of its own (a
+    result spilled to disk): its modules are imported already, so it takes
+    no lock, and a long unpickling holds up no other thread's."""
+    return pickle.loads(frames[0], buffers=frames[1:])
 
 
 def _shared_rng_method(module: str, name: str) -> Any:

@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import zmq
 
@@ -65,6 +65,18 @@ DISK_SERVE_BYTES = 256 * 2**20
 LEASE_COUNTS = 2.0
 
 
+class _Waiting(NamedTuple):
+    """A request for results on disk, waiting to be read back (see read_next)."""
+
+    ident: bytes  # the requester
+    request: GetData
+    keys: list[str]  # each key asked for, once
+    on_disk: list[str]  # those to read back
+    since: float  # when it came (time.monotonic)
+    size: int  # the bytes to read back
+    pinned: list[str]  # the keys it keeps where they are until answered
+
+
 def contained(handle: Callable[..., None]) -> Callable[..., None]:
     """A message handler, with a BaseException of user code raised as an error
     that :func:`loop.drain` logs and drops, like any failing message.
@@ -100,9 +112,8 @@ class DataServer:
         self.dropped = dropped
         self.leases = peer_memory.Leases()  # values offered to readers on this machine
         self._leased: dict[int, list[str]] = {}  # lease -> keys it pins in memory
-        # Requests for results on disk, waiting to be read (see read_next):
-        # (requester, request, its keys, those on disk, since when).
-        self._from_disk: deque[tuple[bytes, GetData, list[str], list[str], float]] = deque()
+        # Requests for results on disk, waiting to be read (see read_next).
+        self._from_disk: deque[_Waiting] = deque()
         self._read_out = 0  # bytes read back for answers not let go of yet
         self._waiting_bytes = 0  # bytes on disk the requests waiting ask for
         # lease -> bytes it holds read from disk, and until when they count
@@ -137,8 +148,16 @@ class DataServer:
         data, held = self.state.data, self.state.nbytes
         on_disk = [key for key in keys if key not in data and key in held]
         if on_disk and self.disk is not None:
-            self._from_disk.append((ident, request, keys, on_disk, time.monotonic()))
-            self._waiting_bytes += self._disk_bytes(on_disk)
+            # The keys asked for stay where they are until the answer goes (a
+            # key in memory moved to disk meanwhile would be answered missing).
+            pinned = [key for key in keys if key in held]
+            pin = self.state.memory.pin
+            for key in pinned:
+                pin(key)
+            size = self._disk_bytes(on_disk)
+            self._from_disk.append(_Waiting(ident, request, keys, on_disk, time.monotonic(),
+                                            size, pinned))
+            self._waiting_bytes += size
             self.read_next()
             if self._from_disk:  # (tasks give way to answers: see serving_changed)
                 self.state.serving_changed(self._read_out, self._waiting_bytes)
@@ -156,28 +175,30 @@ class DataServer:
         limit = self.state.memory.memory_limit
         budget = DISK_SERVE_SHARE * limit if limit else DISK_SERVE_BYTES
         while waiting and (not self._read_out or self._read_out < budget):
-            ident, request, keys, on_disk, since = waiting[0]
-            size = self._disk_bytes(on_disk)
+            first = waiting[0]
             if now is None:
                 now = time.monotonic()
-            if not self.state.may_serve(size, now - since):
+            if not self.state.may_serve(first.size, now - first.since):
                 return
             waiting.popleft()
-            self._waiting_bytes -= size
-            self._count_read(size)
+            self._waiting_bytes -= first.size
+            self._count_read(first.size)
             assert self.disk is not None  # (only then are requests queued)
-            self.disk.read_frames(on_disk, functools.partial(
-                self.call_soon, self._answer_read, ident, request, keys, size))
+            self.disk.read_frames(first.on_disk, functools.partial(
+                self.call_soon, self._answer_read, first))
 
     @property
     def waiting_for_room(self) -> bool:
         """Whether requests for results on disk wait (see read_next)."""
         return bool(self._from_disk)
 
-    def _answer_read(self, ident: bytes, request: GetData, keys: list[str], size: int,
-                     read: dict[str, Frames | BaseException]) -> None:
-        """The results of ``request`` on disk were read (``size`` bytes): answer."""
-        lease = self._answer(ident, request, keys, read)
+    def _answer_read(self, waited: _Waiting, read: dict[str, Frames | BaseException]) -> None:
+        """The results on disk of a request that waited were read: answer."""
+        lease = self._answer(waited.ident, waited.request, waited.keys, read)
+        unpin = self.state.memory.unpin
+        for key in waited.pinned:
+            unpin(key)
+        size = waited.size
         if lease is None:  # (sent: the socket lets go of them soon)
             self._count_read(-size)
         else:  # (held until the reader is done, or seems gone: see expire_leases)
@@ -211,6 +232,8 @@ class DataServer:
         offer, offered, leased = peer_memory.may_offer(request), [], []
         for key in keys:
             value_frames = read.get(key)
+            if isinstance(value_frames, BaseException) and key in data:
+                value_frames = None  # (released and made again meanwhile: in memory)
             if isinstance(value_frames, BaseException):  # (lost, or released meanwhile)
                 self.dropped.warning(f"the result {key!r} could not be read from disk",
                                      describe(value_frames))

@@ -132,6 +132,8 @@ class SpillThreads:
                         self.store.remove(key)
                     except KeyError:
                         pass  # (never written: its write failed)
+                    except OSError as e:  # (the file stays; the directory goes at close)
+                        logger.warning("cannot delete the spill file of %r: %s", key, e)
                 continue
             assert kind == WRITE
             self._write(key, value)
@@ -148,7 +150,7 @@ class SpillThreads:
             return
         try:
             nbytes = self._open_store().write(key, frames)
-        except SpillError as e:
+        except (SpillError, MemoryError) as e:
             call_soon(state.spill_write_failed, key, e)
         except BaseException as e:  # noqa: B036 - user code's buffers (an odd __buffer__)
             call_soon(state.spill_write_failed, key, e, False)
@@ -165,7 +167,7 @@ class SpillThreads:
             if op[0] == "frames":
                 _, keys, done = op
                 del op
-                done({key: self._read(key) for key in keys})
+                done({key: self._read(key) for key in keys})  # (errors are values)
                 continue
             key = op[1]
             del op
@@ -179,7 +181,7 @@ class SpillThreads:
             call_soon(state.spill_read_failed, key, frames)
             return
         try:
-            value = serialize.loads(frames)
+            value = serialize.loads_made_here(frames)
         except BaseException as e:  # noqa: B036 - user code's unpickling
             call_soon(state.spill_read_failed, key, e)
         else:
@@ -191,5 +193,5 @@ class SpillThreads:
             return KeyError(key)
         try:
             return list(store.read(key))
-        except (KeyError, OSError, ValueError) as e:  # (ValueError: closed meanwhile)
+        except BaseException as e:  # noqa: B036 - a corrupt file (lz4), no memory, closed: the key's
             return e

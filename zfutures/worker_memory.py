@@ -84,7 +84,12 @@ class MemoryManager:
         self._writing: set[str] = set()
         self._reading: set[str] = set()
         self._touched: set[str] = set()  # used while being written: kept in memory
-        self._stale: set[str] = set()  # in flight for a value since removed
+        # Writes and reads in flight for a value since removed (one set each: a
+        # key released and stored again may have an old read and a new write).
+        self._stale_writes: set[str] = set()
+        self._stale_reads: set[str] = set()
+        self._leaving = 0  # bytes of the (not stale) values being written
+        self._coming_back = 0  # bytes of the (not stale) values being read back
         self._pins: dict[str, int] = {}
         self._unspillable: set[str] = set()  # values that cannot be pickled: stay in memory
         self.managed = 0  # bytes (nbytes) of results in memory, in flight to disk or not
@@ -146,8 +151,12 @@ class MemoryManager:
         if key in self._memory:
             del self._memory[key]
             self.managed -= nbytes
-        if key in self._writing or key in self._reading:
-            self._stale.add(key)
+        if key in self._writing and key not in self._stale_writes:
+            self._stale_writes.add(key)
+            self._leaving -= nbytes
+        if key in self._reading and key not in self._stale_reads:
+            self._stale_reads.add(key)
+            self._coming_back -= nbytes
         self._touched.discard(key)
         self._unspillable.discard(key)
         if key in self._files:
@@ -165,9 +174,10 @@ class MemoryManager:
         released meanwhile; delete the file.
         """
         self._writing.discard(key)
-        if key in self._stale:
-            self._stale.discard(key)
+        if key in self._stale_writes:
+            self._stale_writes.discard(key)
             return DELETE
+        self._leaving -= self.nbytes[key]
         self._files[key] = disk_bytes
         self.spilled += disk_bytes
         if key in self._pins or key in self._touched:
@@ -182,9 +192,7 @@ class MemoryManager:
         stays in memory, nothing is lost, and no more writes are planned (a
         full disk stays full: no retry loop). :meth:`should_pause` pauses the
         worker lower from now on. Said once in :meth:`take_changes`."""
-        self._writing.discard(key)
-        self._touched.discard(key)
-        self._stale.discard(key)
+        self._write_ended(key)
         if not self.disk_trouble:
             self.disk_trouble = True
             pause_at = self._pause_marks()[0]
@@ -195,11 +203,7 @@ class MemoryManager:
     def cannot_spill(self, key: str) -> None:
         """The value of ``key`` cannot be written (it cannot be pickled): it
         stays in memory, and is never planned again. No fault of the disk."""
-        self._writing.discard(key)
-        self._touched.discard(key)
-        if key in self._stale:
-            self._stale.discard(key)
-        elif key in self.nbytes:
+        if self._write_ended(key):
             self._unspillable.add(key)
 
     def wanted(self, key: str) -> bool:
@@ -208,14 +212,13 @@ class MemoryManager:
         if key not in self._files or key in self._memory or key in self._reading:
             return False
         self._reading.add(key)
+        self._coming_back += self.nbytes[key]
         return True
 
     def loaded(self, key: str) -> bool:
         """The read of ``key`` finished: True to put the value in memory (the
         most recently used, its file kept); False to discard it (released)."""
-        self._reading.discard(key)
-        if key in self._stale or key not in self.nbytes:
-            self._stale.discard(key)
+        if not self._read_ended(key):
             return False
         self._memory[key] = None
         self.managed += self.nbytes[key]
@@ -226,11 +229,34 @@ class MemoryManager:
         unreadable): the shell forgets it, and the center recomputes it or
         finds another copy. False: it was released meanwhile (the failure
         may be its file's deletion), and nothing is lost."""
-        self._reading.discard(key)
-        if key in self._stale:
-            self._stale.discard(key)
+        if not self._read_ended(key):
             return False
         self._changes.append(f"cannot read {key!r} back from disk: {error}")
+        return True
+
+    def _write_ended(self, key: str) -> bool:
+        """A write of ``key`` ended without a file: whether it was of the value
+        held now (not of one released since)."""
+        if key not in self._writing:
+            return False  # (never planned: nothing to undo)
+        self._writing.discard(key)
+        self._touched.discard(key)
+        if key in self._stale_writes:
+            self._stale_writes.discard(key)
+            return False
+        self._leaving -= self.nbytes[key]
+        return True
+
+    def _read_ended(self, key: str) -> bool:
+        """A read of ``key`` ended: whether it was of the value held now (not
+        of one released since, whose file may be gone)."""
+        if key not in self._reading:
+            return False  # (never asked for: nothing to take)
+        self._reading.discard(key)
+        if key in self._stale_reads:
+            self._stale_reads.discard(key)
+            return False
+        self._coming_back -= self.nbytes[key]
         return True
 
     # --- decisions ------------------------------------------------------
@@ -256,7 +282,7 @@ class MemoryManager:
         limit, t = self.memory_limit, self.thresholds
         if not limit or (t.target is None and t.spill is None):
             return plan
-        leaving = self._leaving()
+        leaving = self._leaving_bytes()
         managed, process = self.managed - leaving, rss - leaving + reserve
         target = t.target * limit if t.target is not None else None
         spill = t.spill * limit if t.spill is not None else None
@@ -282,6 +308,8 @@ class MemoryManager:
             del self._memory[key]
             self.managed -= self.nbytes[key]
         writing.update(plan.write)
+        nbytes = self.nbytes
+        self._leaving += sum(nbytes[key] for key in plan.write)
         # Spilling, for the log, lasts from the first write until every result
         # would fit in memory again (released, not merely written): one line
         # each way for a run of writes, not a pair per result.
@@ -330,7 +358,7 @@ class MemoryManager:
         pause_at, resume_at = self._pause_marks()
         if not self.memory_limit or pause_at <= 0:
             return False
-        leaving = self._leaving()
+        leaving = self._leaving_bytes()
         share = (rss - leaving) / self.memory_limit
         if share > pause_at if not self.paused else share < resume_at:
             self.paused = not self.paused
@@ -410,16 +438,12 @@ class MemoryManager:
 
     def _reading_bytes(self) -> int:
         """Bytes of the results being read back (released ones excepted)."""
-        if not self._reading:
-            return 0
-        return sum(self.nbytes[key] for key in self._reading if key not in self._stale)
+        return self._coming_back
 
-    def _leaving(self) -> int:
+    def _leaving_bytes(self) -> int:
         """Bytes of the results being written (released ones excepted): memory
         about to be freed."""
-        if not self._writing:
-            return 0
-        return sum(self.nbytes[key] for key in self._writing if key not in self._stale)
+        return self._leaving
 
     def _pause_marks(self) -> tuple[float, float]:
         """(pause above, resume below) as shares of the limit; 0 if off."""

@@ -300,14 +300,11 @@ class WorkerSpilling:
         safe side)."""
         return self.fetching.incoming + self.serving + self._reserved
 
-    def _started(self, task: Task) -> None:
-        """``task`` goes to a thread: the result it is expected to make is
-        reserved until it ends (see _coming)."""
-        if task.deps or self._big_results:
-            need = self._expected_result(task)
-            if need:
-                self._expecting[task.key] = need
-                self._reserved += need
+    def _started(self, task: Task, need: int) -> None:
+        """``task`` goes to a thread: the ``need`` bytes of the result it is
+        expected to make are reserved until it ends or secedes (see _coming)."""
+        self._expecting[task.key] = need
+        self._reserved += need
 
     def _ended(self, key: str) -> None:
         """The run of ``key`` ended: its inputs may leave memory, its
@@ -344,18 +341,17 @@ class WorkerSpilling:
         """Whether no task may start until what is on its way lands."""
         return self.memory.holding(self._coming())
 
-    def _room_to_run(self, task: Task) -> bool:
-        """Whether ``task``, its inputs in memory, may start: if memory is
-        calm, or there is room for the result it is expected to make
-        (:meth:`_expected_result`, see :meth:`_admit`) besides the answers
-        that wait for room (others wait for them: they go first)."""
+    def _room_to_run(self, task: Task) -> int | None:
+        """Whether ``task``, its inputs in memory, may start: None if not yet;
+        else the bytes of the result it is expected to make
+        (:meth:`_expected_result`), for which there is room (see
+        :meth:`_admit`) besides the answers that wait for room (others wait
+        for them: they go first). A task expected to add nothing starts
+        (unless the worker holds all tasks: MemoryManager.holding)."""
         need = self._expected_result(task) if task.deps or self._big_results else 0
-        need += self.serve_waiting
-        if not need and not self._coming():
-            memory = self.memory
-            if memory.calm(memory.estimated_rss()):
-                return True  # (small tasks, memory calm: a few comparisons)
-        return self._admit(need)
+        if not need and not self.serve_waiting:
+            return 0
+        return need if self._admit(need + self.serve_waiting) else None
 
     def _expected_result(self, task: Task) -> int:
         """The bytes ``task`` is expected to add to memory as it runs: as big

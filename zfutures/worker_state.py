@@ -81,6 +81,10 @@ Report = tuple[Union[DoneItem, FailedItem, KeyAdded, TaskSeceded, TaskAccepted, 
 HAND_AHEAD_TIME = 0.002
 MAX_HANDED_AHEAD = 8
 
+#: Tasks whose inputs are on disk, and may not be read back yet, looked at
+#: per event at most: the rest of the queue waits for the next.
+MAX_SET_ASIDE = 16
+
 #: How long (seconds) a worker refuses a direct run the center gave up on, in
 #: case the client's message comes after all (see WorkerState.drop_direct).
 DROPPED_DIRECT_KEPT = 60.0
@@ -310,6 +314,7 @@ class WorkerState(WorkerPolicies, WorkerSpilling):
         than after the fetch timeout, and it is asked nothing more."""
         self.fetching.peer_left(address)
         self.to_fetch += self.request_inputs(now)
+        self._start_tasks()  # (inputs asked of it were on their way: room)
 
     def input_failed(self, key: str, error: Frames) -> None:
         """Input ``key`` can never arrive (its value cannot be pickled): the tasks
@@ -333,6 +338,7 @@ class WorkerState(WorkerPolicies, WorkerSpilling):
                 del self.dropped_direct[key]
         self.fetching.expire(now)
         self.to_fetch += self.request_inputs(now)
+        self._start_tasks()  # (inputs given up on were on their way: room)
 
     def task_done(self, key: str, value: Any = None, nbytes: int = 0,
                   duration: float = 0.0, error: Frames | None = None,
@@ -441,6 +447,8 @@ class WorkerState(WorkerPolicies, WorkerSpilling):
             return
         self.executing.discard(key)
         self.seceded.add(key)
+        if self._expecting:  # (it waits on others: they may need the room)
+            self._reserved -= self._expecting.pop(key, 0)
         self._start_tasks()
         task = self.tasks.get(key)
         # (a released run tells nothing: a later run of the key, if any, is not it)
@@ -525,15 +533,19 @@ class WorkerState(WorkerPolicies, WorkerSpilling):
             if task.deps and any(dep not in self.data for dep in task.deps) and \
                     not self._may_load(task):
                 later.append(task)
+                if len(later) >= MAX_SET_ASIDE:  # (no rescan of a long queue per event)
+                    break
                 continue
             if not self.inputs_ready(task):
                 task.state = LOADING  # (inputs from disk, or gone: see WorkerSpilling)
                 continue
             if self.memory.memory_limit:
-                if not self._room_to_run(task):
+                need = self._room_to_run(task)
+                if need is None:
                     later.append(task)  # (its inputs stay pinned: it goes next)
                     break
-                self._started(task)
+                if need:
+                    self._started(task, need)
             task.state = EXECUTING
             self.executing.add(task.key)
             self.to_execute.append(task)

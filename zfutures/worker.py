@@ -487,22 +487,28 @@ class Worker:
             self._report(state.take_reports(time.monotonic()))
 
     def _report(self, reports: list[Report]) -> None:
-        """Send reports to the center: the messages as they are, then the
-        items of each class of _BATCHED in one message, in the order of their
-        first report."""
-        if reports:
-            batches: dict[type, tuple[list[Any], Frames]] = {}
-            for report, frames in reports:
-                kind = type(report)
-                if kind in _BATCHED:
-                    items, all_frames = batches.setdefault(kind, ([], []))
-                    items.append(report)
-                    if frames:
-                        all_frames.extend(frames)
-                else:
-                    self._send_center(report)
-            for kind, (items, frames) in batches.items():
-                self._send_center(_BATCHED[kind](items), frames)
+        """Send reports to the center in their order: the items of each class
+        of _BATCHED in one message per run of them, a message of its own as
+        it is. The order matters: a pause told before the completions that
+        came first would have the center take back, as queued, a task the
+        worker already runs (and drop its result)."""
+        batches: dict[type, tuple[list[Any], Frames]] = {}
+        for report, frames in reports:
+            kind = type(report)
+            if kind in _BATCHED:
+                items, all_frames = batches.setdefault(kind, ([], []))
+                items.append(report)
+                if frames:
+                    all_frames.extend(frames)
+            else:
+                self._send_batches(batches)
+                self._send_center(report)
+        self._send_batches(batches)
+
+    def _send_batches(self, batches: dict[type, tuple[list[Any], Frames]]) -> None:
+        for kind, (items, frames) in batches.items():
+            self._send_center(_BATCHED[kind](items), frames)
+        batches.clear()
 
     def _send_center(self, msg: Any, frames: Frames | None = None) -> None:
         assert self.center is not None  # (connected before the loop starts)

@@ -129,10 +129,11 @@ def test_a_worker_over_its_memory_high_mark_takes_no_tasks_until_memory_falls(pr
     center, address = processes.center()
     # Paused above 80% of 500 MB, resumed below 70%: a 400 MB result crosses the
     # mark, and releasing it falls back under. (With no spilling: it would move
-    # the result to disk, and resume at once.)
+    # the result to disk, and resume at once; and no restart: the result and
+    # the interpreter come near the 95% mark.)
     processes.worker(address, "--memory-limit", "500MB", "--name", "full",
                      "--memory-target", "false", "--memory-spill", "false",
-                     "--heartbeat-interval", "0.1")
+                     "--memory-terminate", "false", "--heartbeat-interval", "0.1")
     processes.worker(address, "--name", "roomy")
     with Executor(address, timeout=10) as ex:
         wait_for(lambda: len(ex.nthreads()) == 2, message="workers did not register")

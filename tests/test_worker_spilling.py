@@ -85,6 +85,25 @@ def settle(w: WorkerState) -> None:
         pass
 
 
+def three_results_one_on_disk(w: WorkerState) -> None:
+    """Results a, b, c of 250 MB each: 750 MB is over the 600 MB target, so
+    "a", the least recently used, goes to disk."""
+    for key in "abc":
+        run(w, key, 250 * MB)
+    assert write_all(w) == ["a"]
+
+
+def a_task_waiting_for_a_read() -> WorkerState:
+    """A worker whose task "sum" (run 5) waits for its input "a" to be read back."""
+    w = make()
+    three_results_one_on_disk(w)
+    reports(w)
+    compute(w, "sum", {"a": [ME]}, run=5)
+    settle(w)  # (room is made first)
+    assert disk_work(w) == [(READ, "a")]
+    return w
+
+
 def reports(w: WorkerState) -> list:
     out = [report for report, _ in w.to_center]
     w.to_center.clear()
@@ -109,9 +128,7 @@ def test_results_beyond_the_target_go_to_disk_least_recently_used_first_and_stay
 
 def test_a_key_held_on_disk_counts_as_held():
     w = make()
-    for key in "abc":
-        run(w, key, 250 * MB)
-    write_all(w)
+    three_results_one_on_disk(w)
     reports(w)
     compute(w, "a", run=2)  # the center asks again (after a reconnect): it is here
     assert reports(w) == [DoneItem("a", 250 * MB, 2)]
@@ -119,9 +136,7 @@ def test_a_key_held_on_disk_counts_as_held():
 
 def test_a_task_whose_input_is_on_disk_starts_once_it_is_read_back_and_pins_it():
     w = make(nthreads=2)
-    for key in "abc":
-        run(w, key, 250 * MB)
-    write_all(w)
+    three_results_one_on_disk(w)
     compute(w, "sum", {"a": [ME]})
     # No room to read "a" back: "b" goes to disk first, and "sum" waits.
     assert disk_work(w) == [(WRITE, "b")] and executed(w) == []
@@ -145,9 +160,7 @@ def test_a_task_whose_input_is_on_disk_starts_once_it_is_read_back_and_pins_it()
 
 def test_two_tasks_waiting_for_one_input_on_disk_read_it_once():
     w = make(nthreads=2)
-    for key in "abc":
-        run(w, key, 250 * MB)
-    write_all(w)
+    three_results_one_on_disk(w)
     compute(w, "x", {"a": [ME]})
     compute(w, "y", {"a": [ME]})
     settle(w)  # (room is made first)
@@ -182,14 +195,7 @@ def test_at_most_nthreads_tasks_read_inputs_back_at_once():
 
 
 def test_an_input_released_while_read_back_sends_its_task_back_to_the_center():
-    w = make()
-    for key in "abc":
-        run(w, key, 250 * MB)
-    write_all(w)
-    reports(w)
-    compute(w, "sum", {"a": [ME]}, run=5)
-    settle(w)
-    assert disk_work(w) == [(READ, "a")]
+    w = a_task_waiting_for_a_read()
     w.release(["a"])  # the center let go of it: its file goes
     assert disk_work(w) == [(DELETE, "a")]
     w.spill_loaded("a", "value of a")  # the read was under way
@@ -199,14 +205,7 @@ def test_an_input_released_while_read_back_sends_its_task_back_to_the_center():
 
 
 def test_an_input_that_cannot_be_read_back_is_lost_here_and_its_task_goes_back():
-    w = make()
-    for key in "abc":
-        run(w, key, 250 * MB)
-    write_all(w)
-    reports(w)
-    compute(w, "sum", {"a": [ME]}, run=5)
-    settle(w)
-    assert disk_work(w) == [(READ, "a")]
+    w = a_task_waiting_for_a_read()
     w.spill_read_failed("a", OSError("bad sector"))
     assert "a" not in w.nbytes and disk_work(w) == [(DELETE, "a")]
     assert reports(w) == [MissingData("sum", ["a"], 5, [ME])]
@@ -215,9 +214,7 @@ def test_an_input_that_cannot_be_read_back_is_lost_here_and_its_task_goes_back()
 
 def test_a_released_key_loses_its_file_and_a_write_under_way_is_deleted_when_it_lands():
     w = make()
-    for key in "abc":
-        run(w, key, 250 * MB)
-    write_all(w)
+    three_results_one_on_disk(w)
     w.release(["a"])
     assert disk_work(w) == [(DELETE, "a")]
     run(w, "d", 250 * MB)
@@ -334,9 +331,7 @@ def test_a_task_released_after_its_input_was_read_back_lets_go_of_it():
 
 def test_a_task_whose_input_was_released_meanwhile_goes_back_to_the_center_at_its_start():
     w = make(nthreads=1)
-    for key in "abc":
-        run(w, key, 250 * MB)
-    write_all(w)
+    three_results_one_on_disk(w)
     reports(w)
     compute(w, "blocker")
     executed(w)

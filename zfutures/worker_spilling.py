@@ -18,6 +18,12 @@ it is, and in :attr:`data` while it is in memory. A task starts only with
 every input in memory, pinned there until it ends (see
 :meth:`WorkerSpilling.inputs_ready`); a task whose inputs are on disk waits
 for them to be read back, its inputs pinned meanwhile.
+
+Near the memory marks, big data comes in one piece at a time, each once
+there is room for it (:meth:`WorkerSpilling._admit`): inputs asked of peers
+(:meth:`WorkerSpilling.request_inputs`), inputs read back, and the result a
+task is expected to make (:meth:`WorkerSpilling._room_to_run`); answers read
+back from disk for other workers go first (:meth:`WorkerSpilling.may_serve`).
 """
 from __future__ import annotations
 

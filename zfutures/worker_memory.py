@@ -107,6 +107,7 @@ class MemoryManager:
         self._target_bytes = t.target * limit if t.target is not None else float("inf")
         marks = [mark for mark in (t.spill, t.pause) if mark is not None]
         self._first_mark_bytes = min(marks) * limit if marks else float("inf")
+        self._spill_bytes = t.spill * limit if t.spill is not None else float("inf")
 
     # --- events ---------------------------------------------------------
 
@@ -282,17 +283,14 @@ class MemoryManager:
         limit, t = self.memory_limit, self.thresholds
         if not limit or (t.target is None and t.spill is None):
             return plan
-        leaving = self._leaving_bytes()
+        leaving = self._leaving
         managed, process = self.managed - leaving, rss - leaving + reserve
-        target = t.target * limit if t.target is not None else None
-        spill = t.spill * limit if t.spill is not None else None
-        if (target is None or managed <= target) and (spill is None or process <= spill) \
-                and not self._spilling:
+        target, spill = self._target_bytes, self._spill_bytes  # (inf: off)
+        if managed <= target and process <= spill and not self._spilling:
             return plan  # (the common case, checked at every result: no scan)
         pins, writing, files = self._pins, self._writing, self._files
         for key in self._memory:  # least recently used first
-            if not ((target is not None and managed > target)
-                    or (spill is not None and process > spill)):
+            if managed <= target and process <= spill:
                 break
             if key in pins or key in writing or key in self._unspillable:
                 continue
@@ -314,8 +312,7 @@ class MemoryManager:
         # would fit in memory again (released, not merely written): one line
         # each way for a run of writes, not a pair per result.
         spilling = bool(plan or self._writing) or self._spilling and not (
-            (t.target is None or self._total <= t.target * limit)
-            and (t.spill is None or self._total <= t.spill * limit and rss <= t.spill * limit))
+            self._total <= target and self._total <= spill and rss <= spill)
         if spilling != self._spilling:
             self._spilling = spilling
             self._changes.append(
@@ -358,7 +355,7 @@ class MemoryManager:
         pause_at, resume_at = self._pause_marks()
         if not self.memory_limit or pause_at <= 0:
             return False
-        leaving = self._leaving_bytes()
+        leaving = self._leaving
         share = (rss - leaving) / self.memory_limit
         if share > pause_at if not self.paused else share < resume_at:
             self.paused = not self.paused
@@ -391,7 +388,7 @@ class MemoryManager:
         so that it always gets on."""
         if self._first_mark_bytes == float("inf") or not self.memory_limit:
             return None
-        return int(self._first_mark_bytes - self.estimated_rss() - self._reading_bytes()
+        return int(self._first_mark_bytes - self.estimated_rss() - self._coming_back
                    - coming)
 
     def on_its_way(self, coming: int = 0) -> bool:
@@ -435,15 +432,6 @@ class MemoryManager:
         return key in self._files
 
     # --- helpers --------------------------------------------------------
-
-    def _reading_bytes(self) -> int:
-        """Bytes of the results being read back (released ones excepted)."""
-        return self._coming_back
-
-    def _leaving_bytes(self) -> int:
-        """Bytes of the results being written (released ones excepted): memory
-        about to be freed."""
-        return self._leaving
 
     def _pause_marks(self) -> tuple[float, float]:
         """(pause above, resume below) as shares of the limit; 0 if off."""

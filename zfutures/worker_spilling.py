@@ -115,9 +115,10 @@ class WorkerSpilling:
         if memory.stored(key, nbytes) == DELETE:  # (an older value's file)
             self.to_spill.append((DELETE, key, None))
         if memory.memory_limit:
-            if nbytes >= BIG_RESULT * memory.memory_limit:
+            big = nbytes >= BIG_RESULT * memory.memory_limit
+            if big:
                 self._note_size(key, nbytes)
-            self._memory_changed(nbytes)
+            self._memory_changed(big)
 
     def _forget(self, key: str) -> None:
         """``key`` is released: its value and its file go."""
@@ -230,7 +231,6 @@ class WorkerSpilling:
             self._inputs_lost(key)
             return
         self.data[key] = value
-        nbytes = self.nbytes[key]
         for task_key in self.disk_waiters.pop(key, ()):
             task = self.tasks.get(task_key)
             if task is not None and task_key in self.loading:
@@ -238,7 +238,8 @@ class WorkerSpilling:
                 if not task.missing:
                     self.loading.discard(task_key)
                     self._make_ready(task)
-        self._memory_changed(nbytes)
+        if self.memory.memory_limit:
+            self._memory_changed(self.nbytes[key] >= BIG_RESULT * self.memory.memory_limit)
         self._start_tasks()
 
     def spill_read_failed(self, key: str, error: object) -> None:
@@ -291,7 +292,7 @@ class WorkerSpilling:
         room = memory.room(coming)
         if room is None or size <= room:
             return True
-        if self.executing or memory.on_its_way(coming):
+        if self._waiting_on_something(coming):
             return False
         rss = memory.estimated_rss()
         plan = memory.measured(rss, reserve=size + coming)
@@ -341,7 +342,12 @@ class WorkerSpilling:
         room = self.memory.room(coming)
         if room is None or nbytes <= room or waited >= SERVE_WAIT:
             return True
-        return not (self.executing or self.memory.on_its_way(coming))
+        return not self._waiting_on_something(coming)
+
+    def _waiting_on_something(self, coming: int) -> bool:
+        """Whether memory will change without a new task or transfer: a task
+        runs, or writes, reads or ``coming`` bytes are on their way."""
+        return bool(self.executing) or self.memory.on_its_way(coming)
 
     def _holding(self) -> bool:
         """Whether no task may start until what is on its way lands."""
@@ -367,29 +373,27 @@ class WorkerSpilling:
         return max(size, self._big_results.get(group_of(task.key), 0))
 
     def _note_size(self, key: str, nbytes: int) -> None:
-        """Remember ``nbytes`` as its group's result size, if big (see
+        """Remember ``nbytes``, a big result's size, as its group's (see
         _expected_result): of the last BIG_GROUPS groups."""
-        if nbytes >= BIG_RESULT * self.memory.memory_limit:
-            group = group_of(key)
-            sizes = self._big_results
-            sizes.pop(group, None)
-            sizes[group] = nbytes
-            if len(sizes) > BIG_GROUPS:
-                del sizes[next(iter(sizes))]
+        group = group_of(key)
+        sizes = self._big_results
+        sizes.pop(group, None)
+        sizes[group] = nbytes
+        if len(sizes) > BIG_GROUPS:
+            del sizes[next(iter(sizes))]
 
-    def _memory_changed(self, nbytes: int) -> None:
-        """A result of ``nbytes`` came into memory: move some out, or pause, at
+    def _memory_changed(self, big: bool) -> None:
+        """A result came into memory (``big``: of BIG_RESULT of the limit or
+        more), on a worker with a memory limit: move some out, or pause, at
         once (the shell measures too seldom to catch a burst of big results).
         By a measure of the process if the result is big and the shell gave
         :attr:`measure_rss`; else by the estimate, as measuring costs more
         than a small task (see MemoryManager.estimated_rss)."""
         memory = self.memory
-        if memory.memory_limit:
-            big = nbytes >= BIG_RESULT * memory.memory_limit
-            measure = self.measure_rss
-            rss = measure() if measure is not None and big else memory.estimated_rss()
-            if not memory.calm(rss):
-                self._carry_out(memory.measured(rss), rss)
+        measure = self.measure_rss
+        rss = measure() if big and measure is not None else memory.estimated_rss()
+        if not memory.calm(rss):
+            self._carry_out(memory.measured(rss), rss)
 
     def _carry_out(self, plan: Plan, rss: int) -> None:
         if plan:

@@ -7,6 +7,7 @@ the worker's spill thread would, unless a test holds it in flight.
 from __future__ import annotations
 
 import doctest
+import logging
 
 import pytest
 
@@ -229,8 +230,11 @@ def test_pause_and_resume_with_hysteresis_logged_once_per_change():
     m = MemoryManager(1000, MemoryThresholds())
     assert [m.should_pause(rss) for rss in (790, 810, 900, 750, 701, 699, 750, 800)] == \
         [False, True, True, True, True, False, False, False]
-    assert m.take_changes() == ["paused: process 810 B, 81% of its memory limit",
-                                "resumed: process 699 B, 70% of its memory limit"]
+    changes = m.take_changes()
+    assert changes == ["paused: process 810 B, 81% of its memory limit",
+                       "resumed: process 699 B, 70% of its memory limit"]
+    # (logged as a warning, then as news: the center sends a paused worker's tasks elsewhere)
+    assert [change.level for change in changes] == [logging.WARNING, logging.INFO]
     assert m.take_changes() == []
 
 

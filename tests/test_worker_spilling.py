@@ -7,6 +7,8 @@ take the disk work from ``to_spill`` and report its outcome with the
 """
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from zfutures.memory_thresholds import MemoryThresholds
@@ -253,6 +255,7 @@ def test_a_worker_whose_disk_fails_keeps_its_results_and_pauses_at_the_spill_mar
     assert w.paused and reports(w) == [Paused(True)]
     [change] = [c for c in w.memory.take_changes() if c.startswith("cannot")]
     assert "cannot spill to disk" in change and "No space left" in change
+    assert change.level == logging.ERROR  # (the worker logs it so)
     compute(w, "c")
     assert executed(w) == []
     w.release(["b"])  # memory frees: 400 MB of 1000

@@ -90,15 +90,6 @@ _BATCHED: dict[type, Callable[[list[Any]], Any]] = {
     DoneItem: TaskFinished, FailedItem: TaskErred, KeyAdded: KeysAdded}
 
 
-def _level_of(change: str) -> int:
-    """How loud a change of the memory manager is logged: the disk failing is
-    an error, a pause a warning (the center sends tasks elsewhere), spilling
-    and resuming are the worker doing its job."""
-    if change.startswith("cannot"):
-        return logging.ERROR
-    return logging.WARNING if change.startswith("paused") else logging.INFO
-
-
 class CpuMeter:
     """This process's CPU use between two readings, in percent of one core."""
 
@@ -482,7 +473,7 @@ class Worker:
         changes = state.memory.take_changes()
         if changes:
             for change in changes:
-                logger.log(_level_of(change), "worker %s %s", self.address, change)
+                logger.log(change.level, "worker %s %s", self.address, change)
         if state.to_center or state.held:
             self._report(state.take_reports(time.monotonic()))
 

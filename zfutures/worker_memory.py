@@ -21,6 +21,7 @@ of memory again costs no write.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections import OrderedDict
 
 from .memory_thresholds import MemoryThresholds, parse_fraction
@@ -39,6 +40,18 @@ DELETE = "delete"  # delete the key's file (its value was released)
 #: spill mark to resume at resumes: today's 0.8 / 0.7, so that a worker does
 #: not flip at every measurement.
 RESUME_GAP = 0.1
+
+class Change(str):
+    """A change to log once (see MemoryManager.take_changes): its text, and
+    how loud, a ``logging`` level."""
+
+    level: int
+
+    def __new__(cls, text: str, level: int) -> Change:
+        change = super().__new__(cls, text)
+        change.level = level
+        return change
+
 
 @dataclasses.dataclass
 class Plan:
@@ -97,7 +110,7 @@ class MemoryManager:
         self.disk_trouble = False  # a write failed: no more writes; pausing is the way out
         self.paused = False
         self._spilling = False
-        self._changes: list[str] = []
+        self._changes: list[Change] = []
         # The last measure of the process, and the results in memory then
         # (see estimated_rss).
         self._rss_measured = 0
@@ -197,9 +210,10 @@ class MemoryManager:
         if not self.disk_trouble:
             self.disk_trouble = True
             pause_at = self._pause_marks()[0]
-            self._changes.append(f"cannot spill to disk ({error}): spilling stopped; " + (
-                f"the worker pauses at {pause_at:.0%} of its memory limit" if pause_at
-                else "no pause mark is set"))
+            self._changes.append(Change(
+                f"cannot spill to disk ({error}): spilling stopped; " + (
+                    f"the worker pauses at {pause_at:.0%} of its memory limit" if pause_at
+                    else "no pause mark is set"), logging.ERROR))
 
     def cannot_spill(self, key: str) -> None:
         """The value of ``key`` cannot be written (it cannot be pickled): it
@@ -232,7 +246,8 @@ class MemoryManager:
         may be its file's deletion), and nothing is lost."""
         if not self._read_ended(key):
             return False
-        self._changes.append(f"cannot read {key!r} back from disk: {error}")
+        self._changes.append(Change(f"cannot read {key!r} back from disk: {error}",
+                                    logging.ERROR))
         return True
 
     def _write_ended(self, key: str) -> bool:
@@ -315,9 +330,10 @@ class MemoryManager:
             self._total <= target and self._total <= spill and rss <= spill)
         if spilling != self._spilling:
             self._spilling = spilling
-            self._changes.append(
+            self._changes.append(Change(
                 f"{'started' if spilling else 'stopped'} spilling: {_mb(self.managed)} of "
-                f"results in memory, {_mb(self.spilled)} on disk, process {_mb(rss)}")
+                f"results in memory, {_mb(self.spilled)} on disk, process {_mb(rss)}",
+                logging.INFO))
         return plan
 
     def calm(self, rss: int) -> bool:
@@ -360,9 +376,11 @@ class MemoryManager:
         if share > pause_at if not self.paused else share < resume_at:
             self.paused = not self.paused
             writing = f" ({_mb(leaving)} of it on its way to disk)" if leaving else ""
-            self._changes.append(f"{'paused' if self.paused else 'resumed'}: process "
-                                 f"{_mb(rss)}{writing}, {share:.0%} of its memory limit"
-                                 + (" without it" if leaving else ""))
+            # (a pause is a warning: the center sends the worker's tasks elsewhere)
+            self._changes.append(Change(
+                f"{'paused' if self.paused else 'resumed'}: process {_mb(rss)}{writing}, "
+                f"{share:.0%} of its memory limit" + (" without it" if leaving else ""),
+                logging.WARNING if self.paused else logging.INFO))
         return self.paused
 
     def high(self, rss: int) -> bool:
@@ -413,7 +431,7 @@ class MemoryManager:
 
     # --- readings -------------------------------------------------------
 
-    def take_changes(self) -> list[str]:
+    def take_changes(self) -> list[Change]:
         """What changed since last asked, to log once each: spilling started or
         stopped, paused or resumed, disk trouble."""
         changes, self._changes = self._changes, []

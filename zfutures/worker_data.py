@@ -151,9 +151,7 @@ class DataServer:
             # The keys asked for stay where they are until the answer goes (a
             # key in memory moved to disk meanwhile would be answered missing).
             pinned = [key for key in keys if key in held]
-            pin = self.state.memory.pin
-            for key in pinned:
-                pin(key)
+            self.state.memory.pin_all(pinned)
             size = self._disk_bytes(on_disk)
             self._from_disk.append(_Waiting(ident, request, keys, on_disk, time.monotonic(),
                                             size, pinned))
@@ -195,9 +193,7 @@ class DataServer:
     def _answer_read(self, waited: _Waiting, read: dict[str, Frames | BaseException]) -> None:
         """The results on disk of a request that waited were read: answer."""
         lease = self._answer(waited.ident, waited.request, waited.keys, read)
-        unpin = self.state.memory.unpin
-        for key in waited.pinned:
-            unpin(key)
+        self.state.memory.unpin_all(waited.pinned)
         size = waited.size
         if lease is None:  # (sent: the socket lets go of them soon)
             self._count_read(-size)
@@ -272,9 +268,7 @@ class DataServer:
             pid = os.getpid()
             # A value read from here is not moved to disk under its reader:
             # that would free nothing (the lease holds it) and cost a write.
-            pin = self.state.memory.pin
-            for key in leased:
-                pin(key)
+            self.state.memory.pin_all(leased)
             self._leased[lease] = leased
         reply = Data(request.id, items, missing, errors or None, lease, pid, proof)
         send_frames(self.server, [ident, *protocol.encode_message(
@@ -295,9 +289,7 @@ class DataServer:
     def _lease_ended(self, lease: int) -> None:
         """A reader let go of what ``lease`` held: its values may leave memory,
         and what it held read back from disk counts no more."""
-        unpin = self.state.memory.unpin
-        for key in self._leased.pop(lease, ()):
-            unpin(key)
+        self.state.memory.unpin_all(self._leased.pop(lease, ()))
         counted = self._lease_sizes.pop(lease, None)
         if counted is not None:
             self._count_read(-counted[0])

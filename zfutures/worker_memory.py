@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import OrderedDict
+from collections.abc import Iterable
 
 from .memory_thresholds import MemoryThresholds, parse_fraction
 from .units import format_bytes
@@ -152,6 +153,14 @@ class MemoryManager:
         count = self._pins.pop(key)  # KeyError: unpinned more often than pinned (a bug)
         if count > 1:
             self._pins[key] = count - 1
+
+    def pin_all(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self.pin(key)
+
+    def unpin_all(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self.unpin(key)
 
     def removed(self, key: str) -> str | None:
         """``key`` was released: DELETE if the shell must delete its file now

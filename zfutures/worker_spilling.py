@@ -140,9 +140,7 @@ class WorkerSpilling:
             return True
         key = task.key
         if key not in self.pinned_inputs:
-            pin = self.memory.pin
-            for dep in deps:
-                pin(dep)
+            self.memory.pin_all(deps)
             self.pinned_inputs[key] = list(deps)
         data = self.data
         on_disk = [dep for dep in deps if dep not in data]
@@ -167,9 +165,7 @@ class WorkerSpilling:
         leave memory again."""
         inputs = self.pinned_inputs.pop(key, None)
         if inputs is not None:
-            unpin = self.memory.unpin
-            for dep in inputs:
-                unpin(dep)
+            self.memory.unpin_all(inputs)
 
     def _stop_loading(self, task: Task) -> None:
         """``task`` waits for reads no more (released, or given up)."""

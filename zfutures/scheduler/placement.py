@@ -306,10 +306,13 @@ class Placement:
         """Send ``ts`` to ``ws``, in a new run; the next links of a chain may
         follow it there."""
         self.occupy(ts, ws)
-        deps = {dep.key: [w.address for w in dep.who_has] for dep in ts.dependencies}
-        # (the worker fetches big inputs within its memory: it needs their sizes)
-        sizes = {dep.key: dep.nbytes for dep in ts.dependencies
-                 if dep.nbytes >= BIG_INPUT and ws not in dep.who_has} or None
+        deps = {}
+        sizes = None  # (the worker fetches big inputs within its memory: their sizes)
+        for dep in ts.dependencies:
+            deps[dep.key] = [w.address for w in dep.who_has]
+            if dep.nbytes >= BIG_INPUT and ws not in dep.who_has:
+                sizes = sizes or {}
+                sizes[dep.key] = dep.nbytes
         ts.run = run = self.next_run
         self.next_run += 1
         payload = ts.payload

@@ -266,6 +266,8 @@ class WorkerSpilling:
         ``fetching.held_back``). With no room, and nothing on its way nor
         running to wait for, results are moved to disk to make room for the
         next input, or, if none can be, it comes all the same (see _admit)."""
+        if not self.fetching.held_back:
+            return []  # (nothing planned: most tasks' inputs are here already)
         coming = self._coming()
         room = self.memory.room(coming)
         if room is None:
@@ -354,9 +356,11 @@ class WorkerSpilling:
         else the bytes of the result it is expected to make
         (:meth:`_expected_result`), for which there is room (see
         :meth:`_admit`) besides the answers that wait for room (others wait
-        for them: they go first). A task expected to add nothing starts
+        for them: they go first). A task expected to add nothing big starts
         (unless the worker holds all tasks: MemoryManager.holding)."""
         need = self._expected_result(task) if task.deps or self._big_results else 0
+        if need < BIG_RESULT * self.memory.memory_limit:
+            need = 0  # (small: measured as it comes, no reservation)
         if not need and not self.serve_waiting:
             return 0
         return need if self._admit(need + self.serve_waiting) else None
@@ -365,8 +369,10 @@ class WorkerSpilling:
         """The bytes ``task`` is expected to add to memory as it runs: as big
         as its biggest input, or as the last big result of its group."""
         nbytes = self.nbytes
-        size = max((nbytes.get(dep, 0) for dep in task.deps), default=0)
-        return max(size, self._big_results.get(group_of(task.key), 0))
+        size = max([nbytes.get(dep, 0) for dep in task.deps]) if task.deps else 0
+        if self._big_results:
+            size = max(size, self._big_results.get(group_of(task.key), 0))
+        return size
 
     def _note_size(self, key: str, nbytes: int) -> None:
         """Remember ``nbytes``, a big result's size, as its group's (see
